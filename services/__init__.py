@@ -1,0 +1,1 @@
+"""The six Cascade services, one package each."""

@@ -1,0 +1,44 @@
+"""Wires ingest together: store, domain core, Kafka and gRPC transports."""
+
+from __future__ import annotations
+
+import grpc
+
+from services.ingest import kafka_api
+from services.ingest.core import IngestCore
+from services.ingest.grpc_api import SERVICE_NAME, IngestServicer
+from services.ingest.settings import IngestSettings
+from services.ingest.store import IngestStore
+from shared.events import DataArrived, Topics
+from shared.messaging import build_broker, publish_event
+from shared.service import Service
+from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
+
+
+def build(settings: IngestSettings | None = None) -> Service:
+    settings = settings or IngestSettings()
+    topics = Topics(settings.topic_prefix)
+    broker = build_broker(settings, "ingest")
+    store = IngestStore(settings.data_dir)
+
+    async def emit(event: DataArrived) -> None:
+        await publish_event(broker, topics, event)
+
+    core = IngestCore(store, emit, settings.max_classes)
+    kafka_api.register(broker, core, topics)
+    servicer = IngestServicer(core, settings.max_upload_bytes)
+
+    def add_servicer(server: grpc.aio.Server) -> None:
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server)
+
+    async def close_store() -> None:
+        store.close()
+
+    return Service(
+        name="ingest",
+        settings=settings,
+        broker=broker,
+        grpc_registrars=[add_servicer],
+        grpc_service_names=[SERVICE_NAME],
+        on_stop=[close_store],
+    )

@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+
+class IngestSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="CASCADE_INGEST_", extra="ignore", frozen=True)
+
+    grpc_port: int = Field(50051, description="gRPC port of IngestService.")
+    max_upload_bytes: int = Field(512 * 1024 * 1024, description="Largest batch file accepted.")
+    max_classes: int = Field(20, description="A target with at most this many integer values is a class label.")

@@ -1,0 +1,5 @@
+from services.monitor.app import build
+from shared.service import run_main
+
+if __name__ == "__main__":
+    run_main("monitor", build)

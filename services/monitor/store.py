@@ -1,0 +1,183 @@
+"""The monitor's own store, SQLite in WAL mode: each model's current reference, its latest drift
+report, and the history of every verdict. Reports survive restarts and name the reference they used;
+the reference data itself is not kept here, since ingest serves it again on demand."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from services.monitor.drift import FeatureDrift
+
+__all__ = ["DriftReport", "MonitorStore", "ReferenceInfo", "Verdict"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS reference_datasets (
+    model TEXT PRIMARY KEY,
+    model_version INTEGER NOT NULL,
+    dataset TEXT NOT NULL,
+    dataset_version TEXT NOT NULL,
+    features_json TEXT NOT NULL,
+    rows INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS latest_reports (
+    model TEXT PRIMARY KEY,
+    report_json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS verdicts (
+    model TEXT NOT NULL,
+    computed_at TEXT NOT NULL,
+    model_version INTEGER NOT NULL,
+    reference_dataset TEXT NOT NULL,
+    reference_dataset_version TEXT NOT NULL,
+    window_size INTEGER NOT NULL,
+    predictions_seen INTEGER NOT NULL,
+    dataset_drifted INTEGER NOT NULL,
+    drifted_features_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS verdicts_by_model ON verdicts(model, computed_at);
+"""
+
+
+@dataclass(frozen=True)
+class ReferenceInfo:
+    """Which data a model's drift is measured against: the dataset version its champion was trained on."""
+
+    model: str
+    model_version: int
+    dataset: str
+    dataset_version: str
+    features: tuple[str, ...]
+    rows: int
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    model: str
+    model_version: int  # the champion whose reference the window was compared with
+    reference_dataset: str
+    reference_dataset_version: str
+    window_size: int  # prediction rows actually compared
+    features: tuple[FeatureDrift, ...]
+    dataset_drifted: bool
+    computed_at: datetime
+    predictions_seen: int
+
+    @property
+    def drifted_features(self) -> list[str]:
+        return [feature.feature for feature in self.features if feature.drifted]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One line of a model's drift history."""
+
+    model_version: int
+    reference_dataset_version: str
+    window_size: int
+    predictions_seen: int
+    dataset_drifted: bool
+    drifted_features: tuple[str, ...]
+    computed_at: datetime
+
+
+class MonitorStore:
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(root / "monitor.sqlite3", isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- references ----------------------------------------------------------------------------
+    def save_reference(self, info: ReferenceInfo) -> None:
+        self._db.execute(
+            "INSERT INTO reference_datasets VALUES (?,?,?,?,?,?) ON CONFLICT(model) DO UPDATE SET "
+            "model_version=excluded.model_version, dataset=excluded.dataset, "
+            "dataset_version=excluded.dataset_version, features_json=excluded.features_json, rows=excluded.rows",
+            (info.model, info.model_version, info.dataset, info.dataset_version, json.dumps(info.features), info.rows),
+        )
+
+    def reference(self, model: str) -> ReferenceInfo | None:
+        row = self._db.execute(
+            "SELECT model_version, dataset, dataset_version, features_json, rows FROM reference_datasets "
+            "WHERE model=?",
+            (model,),
+        ).fetchone()
+        if row is None:
+            return None
+        return ReferenceInfo(model, row[0], row[1], row[2], tuple(json.loads(row[3])), row[4])
+
+    # -- reports -------------------------------------------------------------------------------
+    def save_report(self, report: DriftReport) -> None:
+        """Replace the model's latest report and append its verdict to the history, atomically."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO latest_reports VALUES (?,?) "
+                "ON CONFLICT(model) DO UPDATE SET report_json=excluded.report_json",
+                (report.model, _report_to_json(report)),
+            )
+            self._db.execute(
+                "INSERT INTO verdicts VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    report.model,
+                    report.computed_at.isoformat(),
+                    report.model_version,
+                    report.reference_dataset,
+                    report.reference_dataset_version,
+                    report.window_size,
+                    report.predictions_seen,
+                    int(report.dataset_drifted),
+                    json.dumps(report.drifted_features),
+                ),
+            )
+
+    def latest_report(self, model: str) -> DriftReport | None:
+        row = self._db.execute("SELECT report_json FROM latest_reports WHERE model=?", (model,)).fetchone()
+        return _report_from_json(row[0]) if row else None
+
+    def verdicts(self, model: str, limit: int = 100) -> list[Verdict]:
+        """The model's most recent verdicts, newest first."""
+        rows = self._db.execute(
+            "SELECT model_version, reference_dataset_version, window_size, predictions_seen, dataset_drifted, "
+            "drifted_features_json, computed_at FROM verdicts WHERE model=? "
+            "ORDER BY computed_at DESC, rowid DESC LIMIT ?",
+            (model, limit),
+        )
+        return [
+            Verdict(row[0], row[1], row[2], row[3], bool(row[4]), tuple(json.loads(row[5])),
+                    datetime.fromisoformat(row[6]))
+            for row in rows
+        ]
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+
+def _report_to_json(report: DriftReport) -> str:
+    document: dict[str, Any] = asdict(report)
+    document["computed_at"] = report.computed_at.isoformat()
+    return json.dumps(document)
+
+
+def _report_from_json(text: str) -> DriftReport:
+    document = json.loads(text)
+    document["features"] = tuple(FeatureDrift(**feature) for feature in document["features"])
+    document["computed_at"] = datetime.fromisoformat(document["computed_at"])
+    return DriftReport(**document)

@@ -1,0 +1,46 @@
+"""Wires the registry together: store, artifacts, domain core, Kafka and gRPC transports."""
+
+from __future__ import annotations
+
+import grpc
+
+from services.registry import kafka_api
+from services.registry.artifacts import LocalArtifactStore
+from services.registry.core import RegistryCore
+from services.registry.grpc_api import SERVICE_NAME, RegistryServicer
+from services.registry.settings import RegistrySettings
+from services.registry.store import RegistryStore
+from shared.events import Event, Topics
+from shared.messaging import build_broker, publish_event
+from shared.service import Service
+from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
+
+
+def build(settings: RegistrySettings | None = None) -> Service:
+    settings = settings or RegistrySettings()
+    topics = Topics(settings.topic_prefix)
+    broker = build_broker(settings, "registry")
+    store = RegistryStore(settings.data_dir / "registry.sqlite3")
+    artifacts = LocalArtifactStore(settings.data_dir / "artifacts")
+
+    async def publish(event: Event) -> None:
+        await publish_event(broker, topics, event)
+
+    core = RegistryCore(store, artifacts, publish, settings.promotion_policy)
+    kafka_api.register(broker, core, topics)
+    servicer = RegistryServicer(core, settings.data_dir / "spool", settings.max_artifact_bytes)
+
+    def add_servicer(server: grpc.aio.Server) -> None:
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server)
+
+    async def close_store() -> None:
+        store.close()
+
+    return Service(
+        name="registry",
+        settings=settings,
+        broker=broker,
+        grpc_registrars=[add_servicer],
+        grpc_service_names=[SERVICE_NAME],
+        on_stop=[close_store],
+    )

@@ -1,0 +1,145 @@
+"""RegistryService over gRPC: protobuf in and out, the domain in services.registry.core."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.registry.core import NewVersion, RegistryCore
+from services.registry.store import VersionRecord
+from shared.errors import InvalidArgument, grpc_errors
+from shared.grpc_io import file_chunks, receive_to_file
+from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
+from shared.stubs.cascade.registry.v1 import registry_pb2_grpc as pb_grpc
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RegistryService"].full_name
+_STATUS = {
+    "PENDING": pb.VERSION_STATUS_PENDING,
+    "READY": pb.VERSION_STATUS_READY,
+    "FAILED": pb.VERSION_STATUS_FAILED,
+}
+
+
+class RegistryServicer(pb_grpc.RegistryServiceServicer):
+    def __init__(self, core: RegistryCore, spool_dir: Path, max_artifact_bytes: int) -> None:
+        self.core = core
+        self.spool_dir = spool_dir
+        self.max_artifact_bytes = max_artifact_bytes
+
+    @grpc_errors
+    async def CreateModelVersion(
+        self, request_iterator: AsyncIterator[pb.CreateModelVersionRequest], context: grpc.aio.ServicerContext
+    ) -> pb.ModelVersion:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or not first.HasField("header"):
+            raise InvalidArgument("the first CreateModelVersion message must carry the header")
+        header = first.header
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for message in request_iterator:
+                if message.HasField("header"):
+                    raise InvalidArgument("only the first CreateModelVersion message may carry a header")
+                yield message.chunk
+
+        upload = await receive_to_file(chunks(), self.spool_dir, self.max_artifact_bytes)
+        run = header.run
+        spec = NewVersion(
+            model=header.model,
+            dataset=header.dataset,
+            dataset_version=header.dataset_version,
+            run={
+                "run_id": run.run_id,
+                "params": dict(run.params),
+                "metrics": dict(run.metrics),
+                "seed": run.seed,
+                "train_seconds": run.train_seconds,
+                "code_version": run.code_version,
+            },
+            idempotency_key=header.idempotency_key,
+            tags=dict(header.tags),
+            description=header.description,
+        )
+        try:
+            record = self.core.create_version(spec, upload)
+        finally:
+            upload.discard()
+        return version_message(record)
+
+    @grpc_errors
+    async def GetModelVersion(self, request: pb.GetModelVersionRequest, context: grpc.aio.ServicerContext) -> pb.ModelVersion:
+        return version_message(
+            self.core.resolve(request.model, request.version, request.alias, request.idempotency_key)
+        )
+
+    @grpc_errors
+    async def ListModelVersions(
+        self, request: pb.ListModelVersionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelVersionsResponse:
+        return pb.ListModelVersionsResponse(
+            versions=[version_message(r) for r in self.core.store.list_versions(request.model)]
+        )
+
+    @grpc_errors
+    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(
+            models=[
+                pb.Model(name=name, latest_version=latest, aliases=aliases)
+                for name, latest, aliases in self.core.store.models()
+            ]
+        )
+
+    @grpc_errors
+    async def SetAlias(self, request: pb.SetAliasRequest, context: grpc.aio.ServicerContext) -> pb.ModelVersion:
+        record = await self.core.set_alias(request.model, request.alias, request.version, request.actor, request.reason)
+        return version_message(record)
+
+    @grpc_errors
+    async def DownloadArtifact(
+        self, request: pb.DownloadArtifactRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ArtifactChunk]:
+        record = self.core.resolve(request.model, request.version)
+        path = self.core.artifacts.verify(record.artifact_sha256)
+        if not 0 <= request.offset <= record.artifact_size:
+            raise InvalidArgument(f"offset {request.offset} is outside 0..{record.artifact_size}")
+        for offset, data in file_chunks(path, request.offset):
+            yield pb.ArtifactChunk(
+                data=data, offset=offset, total_size=record.artifact_size, sha256=record.artifact_sha256
+            )
+
+
+def version_message(record: VersionRecord) -> pb.ModelVersion:
+    created = Timestamp()
+    created.FromDatetime(record.created_at)
+    run = record.run
+    return pb.ModelVersion(
+        model=record.model,
+        version=record.version,
+        status=_STATUS.get(record.status, pb.VERSION_STATUS_UNSPECIFIED),
+        artifact_sha256=record.artifact_sha256,
+        artifact_size=record.artifact_size,
+        dataset=record.dataset,
+        dataset_version=record.dataset_version,
+        run=pb.TrainingRun(
+            run_id=run.get("run_id", ""),
+            params=run.get("params", {}),
+            metrics=run.get("metrics", {}),
+            seed=run.get("seed", 0),
+            train_seconds=run.get("train_seconds", 0.0),
+            code_version=run.get("code_version", ""),
+        ),
+        aliases=record.aliases,
+        tags=record.tags,
+        inputs=[pb.TensorSpec(**spec) for spec in record.signature.get("inputs", [])],
+        outputs=[pb.TensorSpec(**spec) for spec in record.signature.get("outputs", [])],
+        created_at=created,
+        idempotency_key=record.idempotency_key or "",
+        description=record.description,
+        validation=pb.ValidationSummary(
+            passed=bool(record.validation and record.validation.get("passed")),
+            report_json=json.dumps(record.validation) if record.validation else "",
+        ),
+    )

@@ -1,0 +1,15 @@
+"""The registry's Kafka side: verdicts from the validator move aliases."""
+
+from __future__ import annotations
+
+from faststream.kafka import KafkaBroker
+
+from services.registry.core import RegistryCore
+from shared.events import ModelValidated, Topics
+from shared.messaging import subscriber_options
+
+
+def register(broker: KafkaBroker, core: RegistryCore, topics: Topics) -> None:
+    @broker.subscriber(topics.for_event(ModelValidated), **subscriber_options(f"{topics.prefix}.registry"))
+    async def on_model_validated(event: ModelValidated) -> None:
+        await core.on_validated(event)

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+
+class RegistrySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="CASCADE_REGISTRY_", extra="ignore", frozen=True)
+
+    grpc_port: int = Field(50054, description="gRPC port of RegistryService.")
+    max_artifact_bytes: int = Field(1024 * 1024 * 1024, description="Largest artifact accepted.")
+    promotion_policy: Literal["automatic", "manual"] = Field(
+        "automatic",
+        description="automatic: a passed candidate becomes champion; manual: it becomes challenger.",
+    )

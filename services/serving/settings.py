@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import socket
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+__all__ = ["ServingSettings"]
+
+
+class ServingSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="CASCADE_SERVING_", extra="ignore", frozen=True)
+
+    grpc_port: int = Field(8001, description="gRPC port of the inference service (Triton's default).")
+    registry_address: str = Field("127.0.0.1:50054", description="host:port of the model registry.")
+    registry_timeout_seconds: float = Field(
+        60.0, description="Deadline of one registry call, artifact download included."
+    )
+    instance_id: str = Field(
+        default_factory=socket.gethostname,
+        description=(
+            "Name of this replica. Each replica consumes promotions in its own consumer group "
+            "(<prefix>.serving.<instance_id>), so every replica sees every promotion; it must be "
+            "unique per replica and stable across restarts of the same replica."
+        ),
+    )
+    prediction_log_sample_rate: float = Field(
+        1.0, ge=0.0, le=1.0, description="Fraction of inference requests logged for the monitor."
+    )
+    prediction_log_queue_size: int = Field(
+        10000, gt=0, description="Sampled predictions waiting to be published; beyond it they are dropped."
+    )
+    keep_versions: int = Field(
+        2, ge=1, description="Versions per model kept loaded, the champion included, for explicit addressing."
+    )

@@ -1,0 +1,107 @@
+"""The validator's domain: judge a freshly trained candidate against the serving champion."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+import grpc
+import numpy as np
+from prometheus_client import Counter
+
+from services.validator.gates import Thresholds, judge, score
+from services.validator.settings import ValidatorSettings
+from shared.clients import download_artifact, fetch_dataset, unavailable_as_retryable
+from shared.events import ModelTrained, ModelValidated
+from shared.splits import holdout_mask
+from shared.stubs.cascade.registry.v1 import registry_pb2 as registry_pb
+from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SOURCE = "cascade/validator"
+VERDICTS = Counter("cascade_validator_verdicts_total", "Verdicts, by outcome.", ["model", "outcome"])
+GATES_FAILED = Counter("cascade_validator_gates_failed_total", "Failed gates.", ["model", "gate"])
+
+Emit = Callable[[ModelValidated], Awaitable[None]]
+
+
+class ValidatorCore:
+    def __init__(
+        self, settings: ValidatorSettings, ingest: grpc.aio.Channel, registry: grpc.aio.Channel, emit: Emit
+    ) -> None:
+        self.settings = settings
+        self.ingest = ingest
+        self.registry_channel = registry
+        self.registry = registry_pb2_grpc.RegistryServiceStub(registry)
+        self.emit = emit
+        self.thresholds = Thresholds(
+            settings.min_rows, settings.min_accuracy, settings.min_r2, settings.max_regression
+        )
+
+    async def on_model_trained(self, event: ModelTrained) -> None:
+        """Deterministic, so a redelivered event yields the same verdict again (and the registry
+        records only the first)."""
+        candidate = await self._version(event.model, version=event.model_version)
+        assert candidate is not None
+        champion = await self._version(event.model, alias="champion")
+        features = json.loads(candidate.tags["features"])
+        target, task = candidate.tags["target"], candidate.tags["task"]
+
+        _, frame = await fetch_dataset(self.ingest, event.dataset, event.dataset_version)
+        fresh = frame[holdout_mask(frame[[*features, target]], self.settings.holdout_fraction)]
+        rows = fresh[features].to_numpy(dtype=np.float32)
+        truth = fresh[target].to_numpy()
+
+        candidate_score = score(
+            await download_artifact(self.registry_channel, event.model, event.model_version), rows, truth, task
+        )
+        champion_score = None
+        if champion is not None and champion.version != candidate.version:
+            champion_score = score(
+                await download_artifact(self.registry_channel, event.model, champion.version), rows, truth, task
+            )
+        gates = judge(task, len(rows), candidate_score, champion_score, self.thresholds)
+        passed = all(g.passed for g in gates)
+        VERDICTS.labels(event.model, "passed" if passed else "failed").inc()
+        for gate in gates:
+            if not gate.passed:
+                GATES_FAILED.labels(event.model, gate.name).inc()
+        log.info(
+            "%s v%d %s: candidate %.4f vs champion %s on %d fresh rows",
+            event.model, event.model_version, "PASSED" if passed else "FAILED", candidate_score,
+            "none" if champion_score is None else f"{champion_score:.4f}", len(rows),
+        )
+        metrics = {"candidate": candidate_score}
+        if champion_score is not None:
+            metrics["champion"] = champion_score
+        await self.emit(
+            ModelValidated(
+                id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"cascade:validated:{event.model}:{event.model_version}")),
+                source=SOURCE,
+                subject=event.model,
+                model=event.model,
+                model_version=event.model_version,
+                champion_version=champion.version if champion is not None else None,
+                passed=passed,
+                gates=gates,
+                metrics=metrics,
+                dataset_version=event.dataset_version,
+                training_run=event.training_run,
+            )
+        )
+
+    async def _version(self, model: str, version: int = 0, alias: str = "") -> registry_pb.ModelVersion | None:
+        request = (
+            registry_pb.GetModelVersionRequest(model=model, alias=alias)
+            if alias
+            else registry_pb.GetModelVersionRequest(model=model, version=version)
+        )
+        try:
+            return await self.registry.GetModelVersion(request)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND and alias:
+                return None
+            raise unavailable_as_retryable(exc, f"registry: reading {model}") from exc

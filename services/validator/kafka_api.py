@@ -1,0 +1,15 @@
+"""The validator's Kafka side: each trained candidate gets a verdict."""
+
+from __future__ import annotations
+
+from faststream.kafka import KafkaBroker
+
+from services.validator.core import ValidatorCore
+from shared.events import ModelTrained, Topics
+from shared.messaging import subscriber_options
+
+
+def register(broker: KafkaBroker, core: ValidatorCore, topics: Topics) -> None:
+    @broker.subscriber(topics.for_event(ModelTrained), **subscriber_options(f"{topics.prefix}.validator"))
+    async def on_model_trained(event: ModelTrained) -> None:
+        await core.on_model_trained(event)

@@ -1,0 +1,1 @@
+"""Code shared by every Cascade service: events, settings, messaging, telemetry, errors and gRPC stubs."""

@@ -1,0 +1,193 @@
+"""The events that cascade between services, and the topics they travel on.
+
+Every event is a small, versioned pydantic model with a CloudEvents-style envelope. It travels as
+JSON, keyed by `subject` (the dataset or model name) so one model's events stay in order, with the
+envelope mirrored into CloudEvents binary-mode headers (`ce_*`) for routers that never parse bodies.
+Payloads (datasets, ONNX files) never ride on events: they move over gRPC streams.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "DataArrived",
+    "DatasetProfileEntry",
+    "Event",
+    "GateResult",
+    "ModelPromoted",
+    "ModelTrained",
+    "ModelValidated",
+    "PredictionLogged",
+    "RawRecords",
+    "Topics",
+    "cloudevent_headers",
+]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    """The envelope. Subclasses fix `type` to a versioned literal and name their topic."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    TOPIC: ClassVar[str]
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    type: str
+    source: str = Field(description="The service that emitted the event, as a URI reference.")
+    time: datetime = Field(default_factory=_now)
+    subject: str = Field(min_length=1, description="Dataset or model name; also the Kafka key.")
+    # Causal ids: what this event descends from, so any consumer can walk lineage.
+    dataset_version: str | None = None
+    training_run: str | None = None
+    model_version: int | None = None
+
+
+def cloudevent_headers(event: Event) -> dict[str, str]:
+    """CloudEvents Kafka binary-mode headers mirroring the envelope."""
+    headers = {
+        "ce_specversion": event.specversion,
+        "ce_id": event.id,
+        "ce_type": event.type,
+        "ce_source": event.source,
+        "ce_time": event.time.isoformat(),
+        "ce_subject": event.subject,
+    }
+    # Extension attribute names must be lower-case alphanumerics.
+    if event.dataset_version is not None:
+        headers["ce_datasetversion"] = event.dataset_version
+    if event.training_run is not None:
+        headers["ce_trainingrun"] = event.training_run
+    if event.model_version is not None:
+        headers["ce_modelversion"] = str(event.model_version)
+    return headers
+
+
+class DatasetProfileEntry(BaseModel):
+    """Summary of one feature of a dataset version; the monitor's drift reference."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    count: int
+    missing_rate: float
+    mean: float
+    std: float
+    min: float
+    max: float
+    quantiles: list[float] = Field(description="5th, 25th, 50th, 75th and 95th percentiles.")
+
+
+class DataArrived(Event):
+    TOPIC: ClassVar[str] = "data-arrived.v1"
+    type: Literal["io.cascade.data.arrived.v1"] = "io.cascade.data.arrived.v1"
+
+    dataset: str
+    dataset_version: str
+    parent_version: str | None = None
+    batch_id: str
+    rows: int
+    target: str
+    task: Literal["classification", "regression"]
+    features: list[str]
+    profile: list[DatasetProfileEntry] = []
+
+
+class ModelTrained(Event):
+    TOPIC: ClassVar[str] = "model-trained.v1"
+    type: Literal["io.cascade.model.trained.v1"] = "io.cascade.model.trained.v1"
+
+    model: str
+    model_version: int
+    dataset: str
+    dataset_version: str
+    training_run: str
+    metrics: dict[str, float] = {}
+    train_seconds: float = 0.0
+
+
+class GateResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    passed: bool
+    value: float | None = None
+    threshold: float | None = None
+    detail: str = ""
+
+
+class ModelValidated(Event):
+    TOPIC: ClassVar[str] = "model-validated.v1"
+    type: Literal["io.cascade.model.validated.v1"] = "io.cascade.model.validated.v1"
+
+    model: str
+    model_version: int
+    champion_version: int | None = None
+    passed: bool
+    gates: list[GateResult]
+    metrics: dict[str, float] = {}
+
+
+class ModelPromoted(Event):
+    TOPIC: ClassVar[str] = "model-promoted.v1"
+    type: Literal["io.cascade.model.promoted.v1"] = "io.cascade.model.promoted.v1"
+
+    model: str
+    model_version: int
+    alias: str = "champion"
+    previous_version: int | None = None
+    actor: str
+    reason: str = ""
+
+
+class PredictionLogged(Event):
+    """A sampled inference request and its answer, for the monitor."""
+
+    TOPIC: ClassVar[str] = "predictions.v1"
+    type: Literal["io.cascade.prediction.logged.v1"] = "io.cascade.prediction.logged.v1"
+
+    model: str
+    model_version: int
+    request_id: str
+    features: list[str]
+    inputs: list[list[float]]
+    outputs: list[float]
+
+
+class RawRecords(BaseModel):
+    """What outside producers put on the raw-records topic: plain JSON, no envelope required.
+
+    Example: {"dataset": "breast_cancer", "records": [{"mean radius": 14.1, ..., "target": 1}]}
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    TOPIC: ClassVar[str] = "ingest.records.v1"
+
+    dataset: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    records: list[dict[str, Any]] = Field(min_length=1)
+    target: str = "target"
+    source: str = "kafka"
+
+
+class Topics:
+    """Topic names under one prefix, so several Cascades (or test runs) can share a cluster."""
+
+    def __init__(self, prefix: str = "cascade") -> None:
+        self.prefix = prefix
+
+    def for_event(self, event_type: type[Event] | type[RawRecords]) -> str:
+        return f"{self.prefix}.{event_type.TOPIC}"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}.dead-letter.v1"

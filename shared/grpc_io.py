@@ -1,0 +1,68 @@
+"""gRPC client plumbing and chunked byte streams, shared by every service and the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+
+from shared.errors import InvalidArgument
+from shared.service import GRPC_OPTIONS
+from shared.telemetry import grpc_client_interceptors
+
+__all__ = ["CHUNK_SIZE", "ReceivedFile", "file_chunks", "open_channel", "receive_to_file"]
+
+CHUNK_SIZE = 1024 * 1024
+
+
+def open_channel(address: str) -> grpc.aio.Channel:
+    """An insecure channel that traces its calls and carries the trace context."""
+    return grpc.aio.insecure_channel(address, options=GRPC_OPTIONS, interceptors=grpc_client_interceptors())
+
+
+def file_chunks(path: Path, offset: int = 0, chunk_size: int = CHUNK_SIZE) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes) pieces of a file from `offset` on."""
+    with path.open("rb") as source:
+        source.seek(offset)
+        while data := source.read(chunk_size):
+            yield offset, data
+            offset += len(data)
+
+
+class ReceivedFile:
+    """A streamed upload spooled to a temporary file beside its final home, with its sha256."""
+
+    def __init__(self, path: Path, size: int, sha256: str) -> None:
+        self.path = path
+        self.size = size
+        self.sha256 = sha256
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+async def receive_to_file(chunks: AsyncIterator[bytes], spool_dir: Path, max_bytes: int) -> ReceivedFile:
+    """Write streamed chunks to a temporary file, hashing as they come; refuse empty or oversized."""
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    size = 0
+    fd, name = tempfile.mkstemp(dir=spool_dir, prefix=".upload-")
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise InvalidArgument(f"upload exceeds the limit of {max_bytes} bytes")
+                digest.update(chunk)
+                out.write(chunk)
+        if size == 0:
+            raise InvalidArgument("upload is empty")
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return ReceivedFile(path, size, digest.hexdigest())

@@ -1,0 +1,519 @@
+"""Run a real single-node Apache Kafka 4.x broker (KRaft) with plain ``java``.
+
+One JVM acts as both broker and controller (``process.roles=broker,controller``).
+Everything it needs lives under ``BrokerConfig.home``::
+
+    libs/               broker jars, resolved by Maven from deploy/kafka/pom.xml
+    data/               KRaft metadata and topic logs (formatted once)
+    logs/server.log     log4j2 output (deploy/kafka/log4j2.properties)
+    logs/stdout.log     raw JVM stdout/stderr (crashes, bad JVM flags)
+    cluster.id          generated once, so a re-format keeps the same id
+    server.properties   rendered from deploy/kafka/server.properties.template
+    broker.pid          pid (= process group id) of the running JVM
+    .lock               flock serialising start()/stop() across processes
+
+Unix only: relies on process groups, ``fcntl`` and ``/proc`` (or ``ps``).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "DEPLOY_DIR",
+    "READY_LOG_LINE",
+    "BrokerConfig",
+    "BrokerError",
+    "BrokerStatus",
+    "install",
+    "start",
+    "status",
+    "stop",
+    "wait_ready",
+]
+
+DEPLOY_DIR = Path(__file__).resolve().parents[1] / "deploy" / "kafka"
+LOOPBACK = "127.0.0.1"
+# Logged by kafka.server.KafkaRaftServer once broker and controller are both
+# up. The listener port is bound well before that, so a TCP connect alone
+# would report "ready" while requests still fail.
+READY_LOG_LINE = "Kafka Server started"
+KAFKA_JAR_GLOB = "kafka_2.13-*.jar"
+
+_POLL_INTERVAL = 0.1
+_TAIL_LINES = 40
+_KILL_GRACE = 5.0
+# Debian's Maven 3.8 writes colour resets even in batch mode.
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# Popen objects of brokers spawned by this process. Holding them keeps the
+# child from being reaped behind our back (and avoids "subprocess is still
+# running" ResourceWarnings); stop() uses them to reap, so no zombies linger.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+# A forked child inherits the dict but is not the broker's parent: poll() there
+# would hit ECHILD, which Popen reports as "exited", and we'd forget a live broker.
+os.register_at_fork(after_in_child=_CHILDREN.clear)
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be installed, started or stopped."""
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    home: Path
+    port: int = 9092
+    controller_port: int = 9093
+    heap: str = "512m"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def libs_dir(self) -> Path:
+        return self.home / "libs"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def server_log(self) -> Path:
+        return self.logs_dir / "server.log"
+
+    @property
+    def stdout_log(self) -> Path:
+        return self.logs_dir / "stdout.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "broker.pid"
+
+    @property
+    def properties_file(self) -> Path:
+        return self.home / "server.properties"
+
+    @property
+    def cluster_id_file(self) -> Path:
+        return self.home / "cluster.id"
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    running: bool
+    pid: int | None
+    bootstrap: str
+    ready: bool
+
+
+# --------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------
+
+
+def install(config: BrokerConfig, *, pom: Path, quiet: bool = True) -> Path:
+    """Resolve the broker jars into ``home/libs`` (no-op if already there)."""
+    libs = config.libs_dir
+    if any(libs.glob(KAFKA_JAR_GLOB)):
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerError("Maven ('mvn') not found on PATH; it is needed to fetch the Kafka jars")
+    _java_executable()  # mvn needs a JDK too; fail with our message, not Maven's.
+    config.home.mkdir(parents=True, exist_ok=True)
+    # Download into a scratch dir and rename at the end, so an interrupted run
+    # never leaves a libs/ that looks complete but lacks jars.
+    staging = config.home / "libs.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    command = [
+        mvn, "-B", *(["-q"] if quiet else []),
+        "-f", str(pom), "dependency:copy-dependencies", f"-DoutputDirectory={staging}",
+    ]  # fmt: skip
+    returncode, tail = _run_with_tail(command, echo=not quiet)
+    if returncode != 0 or not any(staging.glob(KAFKA_JAR_GLOB)):
+        raise BrokerError(
+            f"Maven failed to fetch the Kafka jars (exit code {returncode}).\n"
+            f"Command: {' '.join(command)}\n--- last lines of output ---\n{tail}"
+        )
+    shutil.rmtree(libs, ignore_errors=True)
+    staging.rename(libs)
+    return libs
+
+
+def start(
+    config: BrokerConfig,
+    *,
+    pom: Path,
+    timeout: float = 60.0,
+    deploy_dir: Path = DEPLOY_DIR,
+) -> int:
+    """Start the broker (or find the one already running) and return its pid.
+
+    ``timeout`` bounds the wait for the broker to come up, not the one-off
+    Maven download, whose duration depends on the network.
+    """
+    config.home.mkdir(parents=True, exist_ok=True)
+    with _home_lock(config):
+        pid = _running_pid(config)
+        if pid is not None:
+            # Ours and alive; normally already listening, but allow for a broker
+            # left mid-startup by a start() that was interrupted elsewhere.
+            if not wait_ready(LOOPBACK, config.port, timeout):
+                raise BrokerError(
+                    f"broker pid {pid} from {config.home} is running but not accepting on {config.bootstrap}"
+                )
+            return pid
+        config.pid_file.unlink(missing_ok=True)
+        _ensure_ports_free(config)
+        install(config, pom=pom)
+        _write_server_properties(config, deploy_dir)
+        log4j_config = deploy_dir / "log4j2.properties"
+        _format_storage_once(config, log4j_config)
+        return _spawn_and_wait(config, log4j_config, time.monotonic() + timeout)
+
+
+def status(config: BrokerConfig) -> BrokerStatus:
+    pid = _running_pid(config)
+    running = pid is not None
+    return BrokerStatus(
+        running=running,
+        pid=pid,
+        bootstrap=config.bootstrap,
+        ready=running and _port_accepts(LOOPBACK, config.port),
+    )
+
+
+def stop(config: BrokerConfig, *, timeout: float = 30.0) -> bool:
+    """Stop the broker from this home; return True if one was running."""
+    if not config.home.is_dir():
+        return False
+    with _home_lock(config):
+        pid = _running_pid(config)
+        if pid is not None:
+            _terminate_group(pid, timeout)
+        config.pid_file.unlink(missing_ok=True)
+        return pid is not None
+
+
+def wait_ready(bootstrap_host: str, port: int, timeout: float) -> bool:
+    """Poll until ``bootstrap_host:port`` accepts TCP connections; False on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if _port_accepts(bootstrap_host, port):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_POLL_INTERVAL)
+
+
+# --------------------------------------------------------------------------
+# Start helpers
+# --------------------------------------------------------------------------
+
+
+def _ensure_ports_free(config: BrokerConfig) -> None:
+    for port in (config.port, config.controller_port):
+        if _port_accepts(LOOPBACK, port):
+            raise BrokerError(
+                f"port {LOOPBACK}:{port} is already in use by a process that is not the broker "
+                f"from {config.home} (no live pid in {config.pid_file}). If it is a stray Kafka, "
+                "find it with: pgrep -af kafka.Kafka"
+            )
+
+
+def _write_server_properties(config: BrokerConfig, deploy_dir: Path) -> None:
+    template = string.Template((deploy_dir / "server.properties.template").read_text())
+    rendered = template.substitute(
+        port=config.port,
+        controller_port=config.controller_port,
+        data_dir=config.data_dir,
+    )
+    _write_atomically(config.properties_file, rendered)
+
+
+def _format_storage_once(config: BrokerConfig, log4j_config: Path) -> None:
+    if (config.data_dir / "meta.properties").exists():
+        return
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    # --standalone makes this node the sole voter of a dynamic (KIP-853) quorum;
+    # it requires controller.quorum.bootstrap.servers in server.properties.
+    command = [
+        *_java_command(config, log4j_config, heap=None),
+        "kafka.tools.StorageTool", "format", "--standalone",
+        "-t", _cluster_id(config), "-c", str(config.properties_file),
+    ]  # fmt: skip
+    returncode, tail = _run_with_tail(command, echo=False)
+    if returncode != 0:
+        raise BrokerError(f"formatting {config.data_dir} failed (exit code {returncode}):\n{tail}")
+
+
+def _cluster_id(config: BrokerConfig) -> str:
+    path = config.cluster_id_file
+    if path.exists():
+        return path.read_text().strip()
+    cluster_id = _new_kafka_uuid()
+    _write_atomically(path, cluster_id + "\n")
+    return cluster_id
+
+
+def _new_kafka_uuid() -> str:
+    # Same encoding as Kafka's Uuid.randomUuid() (what `StorageTool random-uuid`
+    # prints): URL-safe base64 of 16 random bytes, no padding. A leading "-"
+    # would be parsed as a CLI flag, so Kafka rejects those too.
+    while True:
+        encoded = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not encoded.startswith("-"):
+            return encoded
+
+
+def _spawn_and_wait(config: BrokerConfig, log4j_config: Path, deadline: float) -> int:
+    config.logs_dir.mkdir(parents=True, exist_ok=True)
+    # server.log is appended to across runs; only lines after this offset
+    # belong to the JVM we are about to start.
+    log_offset = _file_size(config.server_log)
+    java = _java_command(config, log4j_config, heap=config.heap)
+    command = [*java, "kafka.Kafka", str(config.properties_file)]
+    with config.stdout_log.open("wb") as stdout:
+        # New session: the broker outlives us and gets its own process group,
+        # so stop() can signal the JVM and anything it forks in one go.
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            cwd=config.home,
+            start_new_session=True,
+        )
+    _CHILDREN[process.pid] = process
+    _write_atomically(config.pid_file, f"{process.pid}\n")
+    try:
+        _wait_until_started(config, process, log_offset, deadline)
+    except BrokerError:
+        _terminate_group(process.pid, _KILL_GRACE)
+        config.pid_file.unlink(missing_ok=True)
+        raise
+    return process.pid
+
+
+def _wait_until_started(
+    config: BrokerConfig, process: subprocess.Popen[bytes], log_offset: int, deadline: float
+) -> None:
+    while True:
+        returncode = process.poll()
+        if returncode is not None:
+            raise BrokerError(
+                f"Kafka broker exited with code {returncode} during startup.\n"
+                + _startup_logs(config, log_offset)
+            )
+        started = _log_contains(config.server_log, READY_LOG_LINE, log_offset)
+        if started and _port_accepts(LOOPBACK, config.port):
+            return
+        if time.monotonic() >= deadline:
+            raise BrokerError(
+                f"Kafka broker (pid {process.pid}) not ready on {config.bootstrap} in time; killed it.\n"
+                + _startup_logs(config, log_offset)
+            )
+        time.sleep(_POLL_INTERVAL)
+
+
+def _java_command(config: BrokerConfig, log4j_config: Path, *, heap: str | None) -> list[str]:
+    heap_flags = [f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC"] if heap else []
+    return [
+        _java_executable(),
+        *heap_flags,
+        f"-Dlog4j2.configurationFile={log4j_config}",
+        f"-Dkafka.logs.dir={config.logs_dir}",
+        "-cp",
+        f"{config.libs_dir}/*",  # expanded by java itself, not a shell
+    ]
+
+
+def _java_executable() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").is_file():
+        return str(Path(java_home) / "bin" / "java")
+    java = shutil.which("java")
+    if java is None:
+        raise BrokerError("'java' not found on PATH (and JAVA_HOME unset); Kafka 4.x needs Java 17+")
+    return java
+
+
+# --------------------------------------------------------------------------
+# Process helpers
+# --------------------------------------------------------------------------
+
+
+def _running_pid(config: BrokerConfig) -> int | None:
+    """Pid from the pid file if that process is alive and is *this* home's broker."""
+    try:
+        pid = int(config.pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    if not _process_alive(pid):
+        return None
+    # Guards against pid reuse after a crash or reboot.
+    command_line = _process_command_line(pid)
+    if command_line is not None and str(config.properties_file) not in command_line:
+        return None
+    return pid
+
+
+def _process_alive(pid: int) -> bool:
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        if child.poll() is None:
+            return True
+        del _CHILDREN[pid]  # poll() reaped it
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else; the command line check decides
+    return True
+
+
+def _process_command_line(pid: int) -> str | None:
+    """Command line of ``pid`` ('' for a zombie); None if it cannot be determined."""
+    proc_entry = Path(f"/proc/{pid}/cmdline")
+    if proc_entry.parent.is_dir():
+        try:
+            return proc_entry.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return ""
+    ps = shutil.which("ps")
+    if ps is None:
+        return None
+    result = subprocess.run(
+        [ps, "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=False
+    )
+    return result.stdout.strip()
+
+
+def _terminate_group(pid: int, timeout: float) -> None:
+    # Kafka shuts down cleanly on SIGTERM (flushes logs, closes the metadata
+    # log), which makes the next start fast; SIGKILL only as a last resort.
+    _signal_group(pid, signal.SIGTERM)
+    if _wait_for_exit(pid, timeout):
+        return
+    _signal_group(pid, signal.SIGKILL)
+    if not _wait_for_exit(pid, _KILL_GRACE):
+        raise BrokerError(f"Kafka broker pid {pid} survived SIGKILL")
+
+
+def _signal_group(pid: int, signum: signal.Signals) -> None:
+    # The broker leads its own session (start_new_session), so pgid == pid.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signum)
+
+
+def _wait_for_exit(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _process_alive(pid) and _process_command_line(pid) != "":
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_POLL_INTERVAL)
+    _CHILDREN.pop(pid, None)
+    return True
+
+
+@contextlib.contextmanager
+def _home_lock(config: BrokerConfig) -> Iterator[None]:
+    # Serialises start/stop across processes (e.g. parallel test workers) so two
+    # callers never both decide "not running" and spawn two brokers.
+    with (config.home / ".lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run_with_tail(command: list[str], *, echo: bool) -> tuple[int, str]:
+    """Run ``command``, optionally echoing its output; return (exit code, output tail)."""
+    tail: deque[str] = deque(maxlen=_TAIL_LINES)
+    try:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+    except OSError as error:
+        raise BrokerError(f"cannot run {command[0]}: {error}") from error
+    with process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            tail.append(_ANSI_ESCAPE.sub("", line.rstrip("\n")))
+            if echo:
+                sys.stderr.write(line)
+    return process.returncode, "\n".join(tail)
+
+
+# --------------------------------------------------------------------------
+# Small I/O helpers
+# --------------------------------------------------------------------------
+
+
+def _port_accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with path.open("rb") as handle:
+            if _file_size(path) >= offset:  # else rotated: read the new file whole
+                handle.seek(offset)
+            return handle.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _log_contains(path: Path, needle: str, offset: int) -> bool:
+    return needle in _read_from(path, offset)
+
+
+def _tail(text: str, lines: int = _TAIL_LINES) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _startup_logs(config: BrokerConfig, log_offset: int) -> str:
+    return (
+        f"--- {config.stdout_log} ---\n{_tail(_read_from(config.stdout_log, 0))}\n"
+        f"--- {config.server_log} (this run) ---\n{_tail(_read_from(config.server_log, log_offset))}"
+    )
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text(text)
+    staging.replace(path)

@@ -1,0 +1,80 @@
+"""Generate the gRPC stubs (with .pyi) from protos/ into shared/stubs/.
+
+`python -m shared.protogen` regenerates them in place; `--check` fails when the committed stubs
+differ from what the protos generate (tests run it, so stale stubs never land).
+
+The protos are mapped under the virtual path `shared/stubs`, so generated modules import each other
+as `shared.stubs.cascade.registry.v1...` while the proto packages stay `cascade.registry.v1` and
+`inference`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PROTOS = REPO / "protos"
+STUBS = REPO / "shared" / "stubs"
+VIRTUAL_ROOT = "shared/stubs"
+
+
+def generate(out_root: Path) -> list[Path]:
+    """Write stubs for every proto under `out_root`/shared/stubs; return the files written."""
+    from grpc_tools import protoc
+
+    protos = sorted(p.relative_to(PROTOS) for p in PROTOS.rglob("*.proto"))
+    well_known = Path(protoc.__file__).parent / "_proto"
+    args = [
+        "protoc",
+        f"-I{VIRTUAL_ROOT}={PROTOS}",
+        f"-I{well_known}",
+        f"--python_out={out_root}",
+        f"--pyi_out={out_root}",
+        f"--grpc_python_out={out_root}",
+        *(f"{VIRTUAL_ROOT}/{p.as_posix()}" for p in protos),
+    ]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed")
+    stubs = out_root / VIRTUAL_ROOT
+    for directory in [stubs, *(d for d in stubs.rglob("*") if d.is_dir())]:
+        (directory / "__init__.py").touch()
+    return sorted(p for p in stubs.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+
+
+def stale_files() -> list[str]:
+    """Relative paths whose committed content differs from a fresh generation (or is missing/extra)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh_root = Path(tmp) / VIRTUAL_ROOT
+        fresh = {p.relative_to(fresh_root) for p in generate(Path(tmp))}
+        current = {
+            p.relative_to(STUBS) for p in STUBS.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+        }
+        differing = [
+            str(rel) for rel in sorted(fresh & current) if not filecmp.cmp(fresh_root / rel, STUBS / rel, False)
+        ]
+        return differing + [f"missing: {rel}" for rel in sorted(fresh - current)] + [
+            f"extra: {rel}" for rel in sorted(current - fresh)
+        ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if the committed stubs are stale")
+    args = parser.parse_args()
+    if args.check:
+        stale = stale_files()
+        if stale:
+            print("stale gRPC stubs (run `make protos`):", *stale, sep="\n  ", file=sys.stderr)
+            raise SystemExit(1)
+        print("gRPC stubs are up to date")
+        return
+    for path in generate(REPO):
+        print(path.relative_to(REPO))
+
+
+if __name__ == "__main__":
+    main()

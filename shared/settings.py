@@ -1,0 +1,28 @@
+"""The settings every service shares. Each service subclasses `ServiceSettings` with its own prefix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ServiceSettings"]
+
+
+class ServiceSettings(BaseSettings):
+    """Read once at start-up from the environment (CASCADE_<SERVICE>_*) and passed in; nothing else
+    reads os.environ. Tracing is configured by the standard OTEL_* variables instead."""
+
+    model_config = SettingsConfigDict(env_prefix="CASCADE_", extra="ignore", frozen=True)
+
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated.")
+    topic_prefix: str = Field("cascade", description="Prefix of every topic name, to share a cluster.")
+    grpc_host: str = Field("127.0.0.1", description="Interface the gRPC server binds to.")
+    grpc_port: int = Field(0, description="gRPC port; 0 picks a free one (the service logs it).")
+    metrics_port: int = Field(0, description="Prometheus /metrics port; 0 disables the endpoint.")
+    data_dir: Path = Field(Path(".cascade/data"), description="Directory this service alone owns.")
+    log_level: str = Field("INFO", description="Python log level.")
+    log_format: str = Field("auto", description="'json', 'text', or 'auto' (json unless on a terminal).")
+    shutdown_grace_seconds: float = Field(10.0, description="How long in-flight work may finish on SIGTERM.")
+    retry_backoff_seconds: float = Field(1.0, description="Pause before a failed message is redelivered.")
