@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from aiokafka import ConsumerRecord
 from faststream import AckPolicy
@@ -26,7 +26,7 @@ from shared.errors import is_permanent
 from shared.events import Event, Topics, cloudevent_headers
 from shared.settings import ServiceSettings
 
-__all__ = ["DeadLetters", "build_broker", "publish_event", "subscriber_options"]
+__all__ = ["DeadLetters", "SubscriberOptions", "build_broker", "publish_event", "subscriber_options"]
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,15 @@ def build_broker(settings: ServiceSettings, service: str) -> KafkaBroker:
     return broker
 
 
-def subscriber_options(group_id: str) -> dict[str, Any]:
+class SubscriberOptions(TypedDict):
+    """Typed, so that `broker.subscriber(topic, **options)` resolves to a typed subscriber for mypy."""
+
+    group_id: str
+    ack_policy: AckPolicy
+    auto_offset_reset: Literal["earliest"]
+
+
+def subscriber_options(group_id: str) -> SubscriberOptions:
     """Options for at-least-once consumption by a consumer group."""
     return {
         "group_id": group_id,

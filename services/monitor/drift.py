@@ -64,6 +64,8 @@ def _check_comparable(current: Matrix, reference: Matrix) -> None:
     if current.ndim != 2 or reference.ndim != 2:
         raise ValueError("drift is measured between two 2-D matrices (rows x features)")
     if current.shape[1] != reference.shape[1]:
-        raise ValueError(f"{current.shape[1]} current features against {reference.shape[1]} reference features")
+        raise ValueError(
+            f"{current.shape[1]} current features against {reference.shape[1]} reference features"
+        )
     if not (len(current) and len(reference)):
         raise ValueError("drift needs at least one row on each side")

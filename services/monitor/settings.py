@@ -11,12 +11,15 @@ class MonitorSettings(ServiceSettings):
 
     grpc_port: int = Field(50055, description="gRPC port of MonitorService.")
     registry_address: str = Field(
-        "127.0.0.1:50054", description="host:port of the registry, asked which dataset a model was trained on."
+        "127.0.0.1:50054",
+        description="host:port of the registry, asked which dataset a model was trained on.",
     )
     ingest_address: str = Field(
         "127.0.0.1:50051", description="host:port of ingest, which serves the reference dataset versions."
     )
-    window_size: int = Field(200, ge=2, description="Most recent prediction rows compared with the reference.")
+    window_size: int = Field(
+        200, ge=2, description="Most recent prediction rows compared with the reference."
+    )
     evaluate_every: int = Field(
         50, ge=1, description="New prediction rows, per model, between two drift evaluations."
     )

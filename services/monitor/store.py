@@ -101,10 +101,15 @@ class MonitorStore:
     # -- references ----------------------------------------------------------------------------
     def save_reference(self, info: ReferenceInfo) -> None:
         self._db.execute(
-            "INSERT INTO reference_datasets VALUES (?,?,?,?,?,?) ON CONFLICT(model) DO UPDATE SET "
-            "model_version=excluded.model_version, dataset=excluded.dataset, "
-            "dataset_version=excluded.dataset_version, features_json=excluded.features_json, rows=excluded.rows",
-            (info.model, info.model_version, info.dataset, info.dataset_version, json.dumps(info.features), info.rows),
+            "INSERT OR REPLACE INTO reference_datasets VALUES (?,?,?,?,?,?)",
+            (
+                info.model,
+                info.model_version,
+                info.dataset,
+                info.dataset_version,
+                json.dumps(info.features),
+                info.rows,
+            ),
         )
 
     def reference(self, model: str) -> ReferenceInfo | None:
@@ -148,14 +153,21 @@ class MonitorStore:
     def verdicts(self, model: str, limit: int = 100) -> list[Verdict]:
         """The model's most recent verdicts, newest first."""
         rows = self._db.execute(
-            "SELECT model_version, reference_dataset_version, window_size, predictions_seen, dataset_drifted, "
-            "drifted_features_json, computed_at FROM verdicts WHERE model=? "
-            "ORDER BY computed_at DESC, rowid DESC LIMIT ?",
+            "SELECT model_version, reference_dataset_version, window_size, predictions_seen, "
+            "dataset_drifted, drifted_features_json, computed_at FROM verdicts "
+            "WHERE model=? ORDER BY computed_at DESC, rowid DESC LIMIT ?",
             (model, limit),
         )
         return [
-            Verdict(row[0], row[1], row[2], row[3], bool(row[4]), tuple(json.loads(row[5])),
-                    datetime.fromisoformat(row[6]))
+            Verdict(
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                bool(row[4]),
+                tuple(json.loads(row[5])),
+                datetime.fromisoformat(row[6]),
+            )
             for row in rows
         ]
 

@@ -1,0 +1,38 @@
+"""The monitor's Kafka side: promotions set the reference, logged predictions fill the window."""
+
+from __future__ import annotations
+
+import logging
+
+from faststream.kafka import KafkaBroker
+
+from services.monitor.core import MonitorCore
+from shared.events import ModelPromoted, PredictionLogged, Topics
+from shared.messaging import subscriber_options
+
+__all__ = ["CHAMPION_ALIAS", "register"]
+
+log = logging.getLogger(__name__)
+
+# Serving answers with the champion, so only its training data is the reference for live traffic.
+CHAMPION_ALIAS = "champion"
+
+
+def register(broker: KafkaBroker, core: MonitorCore, topics: Topics) -> None:
+    options = subscriber_options(f"{topics.prefix}.monitor")
+
+    @broker.subscriber(topics.for_event(ModelPromoted), **options)
+    async def on_model_promoted(event: ModelPromoted) -> None:
+        if event.alias != CHAMPION_ALIAS:
+            log.info(
+                "%s v%d promoted to %r, not the champion; ignored",
+                event.model,
+                event.model_version,
+                event.alias,
+            )
+            return
+        await core.set_reference(event.model, event.model_version)
+
+    @broker.subscriber(topics.for_event(PredictionLogged), **options)
+    async def on_prediction_logged(event: PredictionLogged) -> None:
+        await core.record_predictions(event.model, event.features, event.inputs)

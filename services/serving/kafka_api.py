@@ -1,0 +1,24 @@
+"""Serving's Kafka side: a promotion makes every replica serve the new champion."""
+
+from __future__ import annotations
+
+from faststream.kafka import KafkaBroker
+
+from services.serving.repository import ModelRepository
+from shared.events import ModelPromoted, Topics
+from shared.messaging import subscriber_options
+
+__all__ = ["consumer_group", "register"]
+
+
+def consumer_group(topics: Topics, instance_id: str) -> str:
+    """One group per replica, so that every replica, not just one of them, sees each promotion."""
+    return f"{topics.prefix}.serving.{instance_id}"
+
+
+def register(broker: KafkaBroker, repository: ModelRepository, topics: Topics, instance_id: str) -> None:
+    @broker.subscriber(topics.for_event(ModelPromoted), **subscriber_options(consumer_group(topics, instance_id)))
+    async def on_model_promoted(event: ModelPromoted) -> None:
+        # The alias is re-read from the registry rather than taken from the event, so a repeated or
+        # late event cannot roll the champion back. Unavailable (registry down) means redelivery.
+        await repository.sync_champion(event.model)

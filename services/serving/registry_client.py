@@ -1,0 +1,119 @@
+"""The registry as serving's `ModelSource`: champions, their feature names and verified artifacts."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Mapping
+
+import grpc
+
+from services.serving.repository import ModelRef
+from shared.errors import CascadeError, FailedPrecondition, NotFound, Unavailable, is_permanent
+from shared.grpc_io import open_channel
+from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
+from shared.stubs.cascade.registry.v1 import registry_pb2_grpc as pb_grpc
+
+__all__ = ["CHAMPION", "RegistryClient"]
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+FEATURES_TAG = "features"
+
+
+class RegistryClient:
+    def __init__(self, address: str, timeout_seconds: float = 60.0) -> None:
+        self.address = address
+        self.timeout_seconds = timeout_seconds
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: pb_grpc.RegistryServiceStub | None = None
+
+    def _registry(self) -> pb_grpc.RegistryServiceStub:
+        # Opened on first use, inside the running event loop that the channel belongs to.
+        if self._stub is None:
+            self._channel = open_channel(self.address)
+            self._stub = pb_grpc.RegistryServiceStub(self._channel)
+        return self._stub
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+        self._channel = self._stub = None
+
+    async def models_with_champion(self) -> list[str]:
+        with self._errors("listing models"):
+            response = await self._registry().ListModels(pb.ListModelsRequest(), timeout=self.timeout_seconds)
+        return [model.name for model in response.models if CHAMPION in model.aliases]
+
+    async def champion(self, model: str) -> ModelRef:
+        with self._errors(f"resolving the champion of {model}"):
+            version = await self._registry().GetModelVersion(
+                pb.GetModelVersionRequest(model=model, alias=CHAMPION), timeout=self.timeout_seconds
+            )
+        return ModelRef(
+            model=version.model,
+            version=version.version,
+            artifact_sha256=version.artifact_sha256,
+            features=_feature_names(model, version.tags),
+        )
+
+    async def artifact(self, ref: ModelRef) -> bytes:
+        """Download the artifact and refuse it unless its sha256 is the one the registry recorded."""
+        data = bytearray()
+        announced: set[str] = set()
+        request = pb.DownloadArtifactRequest(model=ref.model, version=ref.version, offset=0)
+        with self._errors(f"downloading {ref.model} version {ref.version}"):
+            async for chunk in self._registry().DownloadArtifact(request, timeout=self.timeout_seconds):
+                if chunk.offset != len(data):
+                    raise FailedPrecondition(
+                        f"artifact of {ref.model} version {ref.version}: chunk at offset {chunk.offset}, "
+                        f"expected {len(data)}"
+                    )
+                data += chunk.data
+                announced.add(chunk.sha256)
+        _verify(ref, bytes(data), announced)
+        return bytes(data)
+
+    @contextlib.contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        """Registry failures as Cascade errors: unreachable means retry later, the rest is final."""
+        try:
+            yield
+        except grpc.aio.AioRpcError as exc:
+            message = f"registry at {self.address}, {doing}: {exc.code().name} {exc.details()}"
+            error: CascadeError
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                error = NotFound(message)
+            elif is_permanent(exc):
+                error = FailedPrecondition(message)
+            else:
+                error = Unavailable(message)
+            raise error from exc
+
+
+def _verify(ref: ModelRef, data: bytes, announced: set[str]) -> None:
+    actual = hashlib.sha256(data).hexdigest()
+    expected = {ref.artifact_sha256, *announced}
+    if expected != {actual}:
+        raise FailedPrecondition(
+            f"artifact of {ref.model} version {ref.version} has sha256 {actual}, but the registry "
+            f"recorded {ref.artifact_sha256 or 'none'} and streamed {sorted(announced) or 'none'}; refused"
+        )
+
+
+def _feature_names(model: str, tags: Mapping[str, str]) -> tuple[str, ...]:
+    """Column names from the version's "features" tag (a JSON list of strings), if it has one."""
+    raw = tags.get(FEATURES_TAG)
+    if not raw:
+        return ()
+    try:
+        names = json.loads(raw)
+    except json.JSONDecodeError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        log.warning("model %s: tag %r is not a JSON list of names; using x0, x1, ...", model, FEATURES_TAG)
+        return ()
+    return tuple(names)

@@ -1,0 +1,309 @@
+"""The models being served: loading, atomic hot swap, and lookup by name and version. No transport.
+
+Each loaded version is an immutable `LoadedModel`. Promoting one is a single assignment of the
+champion pointer (atomic in CPython), so a request that already resolved the old model finishes on
+it, and the next request gets the new one. A version is built and warmed up before it is swapped
+in; if that fails, the old version keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtInvalidArgument
+from prometheus_client import Counter, Gauge, Histogram
+
+from shared.errors import CascadeError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+
+__all__ = [
+    "LoadedModel",
+    "ModelRef",
+    "ModelRepository",
+    "ModelSource",
+    "TensorSpec",
+    "oip_datatype",
+]
+
+log = logging.getLogger(__name__)
+
+LOADED_VERSION = Gauge("cascade_serving_loaded_version", "Version of each model's champion.", ["model"])
+SWAPS = Counter("cascade_serving_swaps_total", "Champion swaps, by model.", ["model"])
+SWAP_SECONDS = Histogram(
+    "cascade_serving_swap_seconds",
+    "Time to build, warm up and swap in a model version.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+Array = npt.NDArray[Any]
+
+# ONNX tensor element types and the Open Inference Protocol datatype names for them.
+_ONNX_TO_OIP = {
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(float16)": "FP16",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(bool)": "BOOL",
+}
+_OIP_TO_NUMPY: dict[str, np.dtype[Any]] = {
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "FP16": np.dtype(np.float16),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "BOOL": np.dtype(np.bool_),
+}
+_NUMPY_TO_OIP = {dtype: name for name, dtype in _OIP_TO_NUMPY.items()}
+
+
+def oip_datatype(dtype: np.dtype[Any]) -> str:
+    """The Open Inference Protocol name of a numpy dtype, e.g. FP32 for float32."""
+    try:
+        return _NUMPY_TO_OIP[dtype.newbyteorder("=")]
+    except KeyError:
+        raise InvalidArgument(f"numpy dtype {dtype} has no Open Inference Protocol datatype") from None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a model, as the session declares it."""
+
+    name: str
+    datatype: str  # OIP name: FP32, INT64, ...
+    shape: tuple[int, ...]  # -1 where the size is dynamic
+    dtype: np.dtype[Any]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One version of one model, ready to answer. Never mutated, so it can be swapped atomically."""
+
+    name: str
+    version: int
+    session: ort.InferenceSession
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    # Column names of the first input, from the registry's "features" tag; empty when unknown.
+    features: tuple[str, ...] = ()
+
+    def predict(self, feeds: Mapping[str, Array]) -> list[Array]:
+        """Every output, in the model's order. Blocking: call it from a worker thread."""
+        try:
+            results: list[Array] = self.session.run(None, dict(feeds))
+        except OrtInvalidArgument as exc:
+            raise InvalidArgument(f"model {self.name} version {self.version} rejected the input: {exc}") from exc
+        return results
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A version the registry vouches for: which artifact to fetch and the digest it must have."""
+
+    model: str
+    version: int
+    artifact_sha256: str
+    features: tuple[str, ...] = ()
+
+
+class ModelSource(Protocol):
+    """Where models come from (the registry). Raises `Unavailable` while it cannot be reached."""
+
+    async def models_with_champion(self) -> list[str]: ...
+
+    async def champion(self, model: str) -> ModelRef: ...
+
+    async def artifact(self, ref: ModelRef) -> bytes:
+        """The ONNX bytes of `ref`, already checked against its digest."""
+        ...
+
+
+class ModelRepository:
+    def __init__(self, source: ModelSource, keep_versions: int = 2) -> None:
+        if keep_versions < 1:
+            raise ValueError("keep_versions must be at least 1: the champion stays loaded")
+        self._source = source
+        self._keep_versions = keep_versions
+        self._champions: dict[str, LoadedModel] = {}
+        # Per model, the versions kept loaded, oldest load first. Replaced whole, never edited in place.
+        self._loaded: dict[str, dict[int, LoadedModel]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # -- lookups (called on every request: no awaits, no locks) ----------------------------------
+    def models(self) -> list[str]:
+        return sorted(self._champions)
+
+    def champion(self, name: str) -> LoadedModel | None:
+        return self._champions.get(name)
+
+    def versions(self, name: str) -> list[int]:
+        return sorted(self._loaded.get(name, {}))
+
+    def resolve(self, name: str, version: str = "") -> LoadedModel:
+        """The champion of `name` for an empty version, else that loaded version."""
+        champion = self._champions.get(name)
+        if champion is None:
+            raise NotFound(f"model {name!r} is not loaded; loaded models: {self.models()}")
+        if not version:
+            return champion
+        loaded = self._loaded.get(name, {})
+        model = loaded.get(int(version)) if version.isdecimal() else None
+        if model is None:
+            raise NotFound(
+                f"model {name!r} has no loaded version {version!r}; loaded versions: {self.versions(name)}"
+            )
+        return model
+
+    def is_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.resolve(name, version)
+        except NotFound:
+            return False
+        return True
+
+    # -- changes ---------------------------------------------------------------------------------
+    async def load(self, name: str, version: int, onnx_bytes: bytes, features: Sequence[str] = ()) -> LoadedModel:
+        """Build and warm up a version off the event loop, then make it the champion."""
+        async with self._lock(name):
+            return await self._load(name, version, onnx_bytes, tuple(features))
+
+    async def sync_champion(self, name: str) -> bool:
+        """Serve whatever the registry's champion of `name` is now; True if the champion changed.
+
+        Idempotent, and it re-reads the alias instead of trusting an event, so repeated or
+        out-of-order promotions are harmless. Raises `Unavailable` while the registry is
+        unreachable; any other failure is logged and raised with the old version still serving.
+        """
+        async with self._lock(name):
+            try:
+                return await self._sync(name)
+            except Unavailable:
+                raise
+            except CascadeError as exc:
+                current = self._champions.get(name)
+                log.error(
+                    "champion of %s refused; %s: %s",
+                    name,
+                    f"version {current.version} keeps serving" if current else "nothing is served",
+                    exc,
+                )
+                raise
+
+    async def sync_all(self) -> None:
+        """Sync every model that has a champion. One broken model does not stop the others."""
+        for name in await self._source.models_with_champion():
+            try:
+                await self.sync_champion(name)
+            except Unavailable:
+                raise
+            except CascadeError:
+                continue  # logged by sync_champion; the old version (if any) keeps serving
+
+    async def sync_all_until_done(self, first_delay: float = 0.5, max_delay: float = 30.0) -> None:
+        """`sync_all`, retried with exponential backoff for as long as the registry is unreachable."""
+        delay = first_delay
+        while True:
+            try:
+                await self.sync_all()
+                return
+            except Unavailable as exc:
+                log.warning("cannot load champions yet (%s); retrying in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay)
+
+    # -- internals -------------------------------------------------------------------------------
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def _sync(self, name: str) -> bool:
+        ref = await self._source.champion(name)
+        current = self._champions.get(name)
+        if current is not None and current.version == ref.version:
+            return False
+        kept = self._loaded.get(name, {}).get(ref.version)
+        if kept is not None:  # e.g. a rollback to a version still loaded: swap, no download
+            self._install(kept)
+            log.info("model %s: champion is now version %d (already loaded)", name, ref.version)
+            return True
+        onnx_bytes = await self._source.artifact(ref)
+        await self._load(name, ref.version, onnx_bytes, ref.features)
+        return True
+
+    async def _load(self, name: str, version: int, onnx_bytes: bytes, features: tuple[str, ...]) -> LoadedModel:
+        started = time.perf_counter()
+        try:
+            session = await asyncio.to_thread(_open_session, onnx_bytes)
+            model = LoadedModel(name, version, session, *_tensor_specs(session), features=features)
+            await asyncio.to_thread(_warm_up, model)
+        except Exception as exc:
+            raise FailedPrecondition(f"model {name} version {version} cannot be served: {exc}") from exc
+        previous = self._champions.get(name)
+        self._install(model)
+        seconds = time.perf_counter() - started
+        SWAP_SECONDS.observe(seconds)
+        log.info(
+            "model %s: champion is now version %d (was %s), loaded in %.3f s",
+            name,
+            version,
+            previous.version if previous else "none",
+            seconds,
+        )
+        return model
+
+    def _install(self, model: LoadedModel) -> None:
+        """Keep `model` loaded and make it the champion, each with a single assignment."""
+        versions = {v: m for v, m in self._loaded.get(model.name, {}).items() if v != model.version}
+        versions[model.version] = model  # most recent last
+        while len(versions) > self._keep_versions:
+            del versions[next(iter(versions))]  # the oldest; never the champion, which is last
+        self._loaded[model.name] = versions
+        self._champions[model.name] = model
+        SWAPS.labels(model.name).inc()
+        LOADED_VERSION.labels(model.name).set(model.version)
+
+
+def _open_session(onnx_bytes: bytes) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    # One thread per request: requests run in parallel on the worker pool instead.
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def _tensor_specs(session: ort.InferenceSession) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    inputs = tuple(_tensor_spec(node, "input") for node in session.get_inputs())
+    outputs = tuple(_tensor_spec(node, "output") for node in session.get_outputs())
+    return inputs, outputs
+
+
+def _tensor_spec(node: Any, kind: str) -> TensorSpec:
+    datatype = _ONNX_TO_OIP.get(node.type)
+    if datatype is None:
+        hint = "; export it with zipmap disabled" if node.type.startswith("seq(") else ""
+        raise ValueError(f"{kind} {node.name!r} has type {node.type}, which serving does not support{hint}")
+    shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in node.shape)
+    return TensorSpec(node.name, datatype, shape, _OIP_TO_NUMPY[datatype])
+
+
+def _warm_up(model: LoadedModel) -> None:
+    """One dummy row through the model, so its first real request is not the slow one."""
+    feeds = {spec.name: np.zeros([1 if dim < 0 else dim for dim in spec.shape], spec.dtype) for spec in model.inputs}
+    model.predict(feeds)

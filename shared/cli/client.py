@@ -1,0 +1,171 @@
+"""Client calls of the CLI that any command may make: uploading a batch to ingest, traced.
+
+Failures surface as `ClientError` with a message fit for a terminal, never a gRPC traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import grpc
+from opentelemetry import trace
+
+from shared.cli.stack import Stack
+from shared.grpc_io import CHUNK_SIZE, file_chunks, open_channel
+from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from shared.telemetry import current_trace_id, setup_tracing
+
+__all__ = [
+    "ClientError",
+    "FileFormat",
+    "IngestResult",
+    "describe_rpc_error",
+    "format_of",
+    "ingest_file",
+    "setup_cli_tracing",
+    "upload_requests",
+]
+
+_FORMATS_BY_SUFFIX = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+_tracing_ready = False
+
+
+class ClientError(RuntimeError):
+    """A call to a Cascade service failed; the message says what to do about it."""
+
+
+class FileFormat(StrEnum):
+    csv = "csv"
+    parquet = "parquet"
+
+    @property
+    def proto(self) -> ingest_pb2.FileFormat:
+        return ingest_pb2.FILE_FORMAT_PARQUET if self is FileFormat.parquet else ingest_pb2.FILE_FORMAT_CSV
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    source: str
+    dataset: str
+    batch_id: str
+    dataset_version: str
+    created: bool
+    rows_received: int
+    rows_accepted: int
+    rows_rejected: int
+    rows_duplicate: int
+    # (row, reason) of the first rejected rows, as ingest reported them.
+    rejected: list[tuple[int, str]]
+    trace_id: str
+
+
+def format_of(path: Path) -> FileFormat:
+    """The batch format implied by a file's suffix."""
+    try:
+        return FileFormat(_FORMATS_BY_SUFFIX[path.suffix.lower()])
+    except KeyError:
+        raise ClientError(f"cannot tell the format of {path.name} from its suffix; pass --format") from None
+
+
+def setup_cli_tracing(stack: Stack) -> None:
+    """Trace this process as `cascade-cli`, into the stack's traces/cli.jsonl unless the caller
+    chose an exporter. Once per process: OpenTelemetry refuses a second tracer provider."""
+    global _tracing_ready  # noqa: PLW0603 - the provider it guards is process-global too
+    if _tracing_ready:
+        return
+    # setup_tracing reads the standard OTEL_* variables; the CLI is the outermost layer.
+    os.environ.update(stack.tracing_env("cli"))
+    setup_tracing("cascade-cli", package_version())
+    _tracing_ready = True
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cascade-mlops")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def upload_requests(
+    path: Path, header: ingest_pb2.BatchHeader, chunk_size: int = CHUNK_SIZE
+) -> Iterator[ingest_pb2.UploadBatchRequest]:
+    """The UploadBatch stream: the header first, then the file in chunks."""
+    yield ingest_pb2.UploadBatchRequest(header=header)
+    for _offset, data in file_chunks(path, chunk_size=chunk_size):
+        yield ingest_pb2.UploadBatchRequest(chunk=data)
+
+
+def ingest_file(
+    address: str, path: Path, dataset: str, target: str = "target", file_format: FileFormat | None = None
+) -> IngestResult:
+    """Upload one batch file to ingest inside a `cascade ingest` span, whose trace the cascade
+    that follows continues; flushes the span so the trace is on disk when this returns."""
+    if not path.is_file():
+        raise ClientError(f"no such file: {path}")
+    header = ingest_pb2.BatchHeader(
+        dataset=dataset, format=(file_format or format_of(path)).proto, target=target, source=path.name
+    )
+    tracer = trace.get_tracer("shared.cli")
+    with tracer.start_as_current_span("cascade ingest") as span:
+        span.set_attribute("cascade.dataset", dataset)
+        span.set_attribute("cascade.source", path.name)
+        trace_id = current_trace_id()
+        # asyncio.run copies the current context, so the client interceptor sees the span.
+        response = asyncio.run(_upload(address, path, header))
+        span.set_attribute("cascade.dataset_version", response.dataset_version)
+    _flush_spans()
+    return _result(path, dataset, response, trace_id)
+
+
+async def _upload(address: str, path: Path, header: ingest_pb2.BatchHeader) -> ingest_pb2.UploadBatchResponse:
+    async with open_channel(address) as channel:
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        try:
+            response: ingest_pb2.UploadBatchResponse = await stub.UploadBatch(upload_requests(path, header))
+        except grpc.aio.AioRpcError as error:
+            raise ClientError(describe_rpc_error("ingest", address, error)) from None
+    return response
+
+
+def _result(path: Path, dataset: str, response: ingest_pb2.UploadBatchResponse, trace_id: str) -> IngestResult:
+    report = response.report
+    return IngestResult(
+        source=path.name,
+        dataset=dataset,
+        batch_id=response.batch_id,
+        dataset_version=response.dataset_version,
+        created=response.created,
+        rows_received=report.rows_received,
+        rows_accepted=report.rows_accepted,
+        rows_rejected=report.rows_rejected,
+        rows_duplicate=report.rows_duplicate,
+        rejected=[(row.row, row.reason) for row in report.rejected],
+        trace_id=trace_id,
+    )
+
+
+def describe_rpc_error(service: str, address: str, error: grpc.RpcError) -> str:
+    """One line saying what went wrong in a call, and for an unreachable service what to run."""
+    # Sync errors are also a grpc.Call; aio errors are not, but carry the same accessors.
+    has_status = isinstance(error, (grpc.Call, grpc.aio.AioRpcError))
+    code = error.code() if has_status else None
+    details = (error.details() if has_status else None) or str(error)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return f"cannot reach {service} at {address} ({details}). Is the stack up? Start it with `cascade up`."
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return f"{service} refused the request: {details}"
+    name = code.name if code is not None else "error"
+    return f"{service} at {address} failed ({name}): {details}"
+
+
+def _flush_spans() -> None:
+    force_flush = getattr(trace.get_tracer_provider(), "force_flush", None)
+    if callable(force_flush):
+        force_flush()

@@ -1,0 +1,460 @@
+"""Start, watch and stop a whole local Cascade stack: the Kafka broker and the six services.
+
+The CLI (`cascade up/status/down/demo`) and the integration tests both drive this module, so it
+speaks no CLI: progress goes to an optional callback and failures raise `StackError`. Everything a
+stack owns lives under one home directory::
+
+    kafka/               the broker (see shared.kafka_broker)
+    data/<service>/      each service's own data; services share no filesystem
+    logs/<service>.log   stdout and stderr of the service, appended across runs
+    run/<service>.pid    pid (= process group id) of the running service
+    traces/<name>.jsonl  OTLP-JSON spans, unless the caller chose OTEL_TRACES_EXPORTER
+
+Each service is a detached process (its own session), so it outlives the command that started it
+and a signal to its process group reaches anything it forks. Unix only, like shared.kafka_broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shared import kafka_broker
+from shared.kafka_broker import BrokerConfig
+
+__all__ = [
+    "DEFAULT_PORTS",
+    "DEPENDENCIES",
+    "SERVICES",
+    "Health",
+    "ServiceStatus",
+    "Stack",
+    "StackConfig",
+    "StackError",
+    "check_health",
+]
+
+LOOPBACK = "127.0.0.1"
+KAFKA_POM = kafka_broker.DEPLOY_DIR / "pom.xml"
+# Start order: the services others call first. All are started before any is awaited, and each
+# retries Kafka and its dependencies, so the order only makes start-up a little smoother.
+SERVICES: tuple[str, ...] = ("ingest", "registry", "trainer", "validator", "monitor", "serving")
+DEFAULT_PORTS: Mapping[str, int] = {
+    "ingest": 50051,
+    "trainer": 50052,
+    "validator": 50053,
+    "registry": 50054,
+    "monitor": 50055,
+    "serving": 8001,
+}
+# The services whose gRPC address each service is given, as CASCADE_<NAME>_<DEPENDENCY>_ADDRESS.
+DEPENDENCIES: Mapping[str, tuple[str, ...]] = {
+    "ingest": (),
+    "registry": (),
+    "trainer": ("ingest", "registry"),
+    "validator": ("ingest", "registry"),
+    "monitor": ("ingest", "registry"),
+    "serving": ("registry",),
+}
+
+Health = Literal["SERVING", "NOT_SERVING", "DOWN"]
+Progress = Callable[[str], None]
+
+_HEALTH_TIMEOUT = 1.0
+_POLL_INTERVAL = 0.25
+_PROGRESS_EVERY = 5.0
+_KILL_GRACE = 5.0
+_TAIL_LINES = 30
+
+
+class StackError(RuntimeError):
+    """The stack could not be started or stopped; the message says why and where to look."""
+
+
+@dataclass
+class StackConfig:
+    home: Path = Path(".cascade")
+    kafka_port: int = 9092
+    controller_port: int = 9093
+    topic_prefix: str = "cascade"
+    # gRPC port per service; a service left out keeps its DEFAULT_PORTS entry.
+    ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    # Added to every service's environment last, e.g. {"CASCADE_TRAINER_MIN_ROWS": "50"}.
+    extra_env: dict[str, str] = field(default_factory=dict)
+    # Write spans to traces/<service>.jsonl (ignored when the caller sets OTEL_TRACES_EXPORTER).
+    traces: bool = True
+    # Prometheus port per service; a service left out exposes no /metrics.
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+    log_format: str = "json"
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    pid: int | None
+    endpoint: str
+    health: Health
+
+
+class Stack:
+    """One local stack, identified by its home directory. Cheap to build: it holds no resources,
+    so any number of `Stack` objects (or CLI processes) can manage the same home."""
+
+    def __init__(
+        self,
+        config: StackConfig | None = None,
+        *,
+        on_progress: Progress | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = config or StackConfig()
+        # Resolved once: services run with the repository as their working directory.
+        self.home = self.config.home.expanduser().resolve()
+        self.kafka = BrokerConfig(
+            home=self.home / "kafka", port=self.config.kafka_port, controller_port=self.config.controller_port
+        )
+        self._progress = on_progress or (lambda _message: None)
+        # The caller's environment, which services inherit; a seam for tests.
+        self._environ = os.environ if environ is None else environ
+        # The latest process this object spawned per service, kept so it can be reaped (no
+        # zombies, no ResourceWarning) and its exit code reported.
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        # Size of each log before the latest start, so errors show only that run's lines.
+        self._log_offsets: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ paths and addresses
+
+    def data_dir(self, name: str) -> Path:
+        return self.home / "data" / name
+
+    def log_file(self, name: str) -> Path:
+        return self.home / "logs" / f"{name}.log"
+
+    def pid_file(self, name: str) -> Path:
+        return self.home / "run" / f"{name}.pid"
+
+    def traces_file(self, name: str) -> Path:
+        return self.home / "traces" / f"{name}.jsonl"
+
+    def port(self, name: str) -> int:
+        _check_known(name)
+        return self.config.ports.get(name, DEFAULT_PORTS[name])
+
+    def address(self, name: str) -> str:
+        """`host:port` of a service's gRPC server, or the Kafka bootstrap for "kafka"."""
+        if name == "kafka":
+            return self.kafka.bootstrap
+        return f"{LOOPBACK}:{self.port(name)}"
+
+    # ------------------------------------------------------------------ environment
+
+    def service_env(self, name: str) -> dict[str, str]:
+        """The variables the stack sets for one service (on top of the caller's environment)."""
+        prefix = f"CASCADE_{name.upper()}_"
+        settings = {
+            "KAFKA_BOOTSTRAP": self.kafka.bootstrap,
+            "TOPIC_PREFIX": self.config.topic_prefix,
+            "GRPC_HOST": LOOPBACK,
+            "GRPC_PORT": str(self.port(name)),
+            "DATA_DIR": str(self.data_dir(name)),
+            "METRICS_PORT": str(self.config.metrics_ports.get(name, 0)),
+            "LOG_FORMAT": self.config.log_format,
+        }
+        for dependency in DEPENDENCIES[name]:
+            settings[f"{dependency.upper()}_ADDRESS"] = self.address(dependency)
+        env = {prefix + key: value for key, value in settings.items()}
+        env["PYTHONUNBUFFERED"] = "1"  # a crash's last words reach the log
+        env.update(self.tracing_env(name))
+        env.update(self.config.extra_env)
+        return env
+
+    def tracing_env(self, component: str) -> dict[str, str]:
+        """OTEL variables for one process of the stack (a service, or "cli"); empty when the caller
+        chose an exporter, since their choice wins."""
+        if "OTEL_TRACES_EXPORTER" in self._environ:
+            return {}
+        if not self.config.traces:
+            # Without this the SDK default, otlp, would retry a collector that is not there.
+            return {"OTEL_TRACES_EXPORTER": "none"}
+        return {"OTEL_TRACES_EXPORTER": "otlp_json_file", "CASCADE_TRACES_FILE": str(self.traces_file(component))}
+
+    # ------------------------------------------------------------------ start
+
+    def start(self, services: Iterable[str] = SERVICES, timeout: float = 120.0) -> None:
+        """Start Kafka and the given services unless already running, then wait until every one
+        reports SERVING. On failure the processes that did start keep running: call `stop()`.
+        `timeout` does not count the one-off download of the Kafka jars."""
+        names = _ordered(services)
+        self._install_kafka()
+        deadline = time.monotonic() + timeout
+        self._progress(f"Starting Kafka on {self.kafka.bootstrap}")
+        kafka_broker.start(self.kafka, pom=KAFKA_POM, timeout=timeout)
+        for name in names:
+            self._ensure_running(name)
+        self._wait_serving(names, deadline)
+
+    def start_service(self, name: str, timeout: float = 60.0) -> None:
+        """Start one service (Kafka is assumed up) unless running, and wait until it is SERVING."""
+        self._ensure_running(name)
+        self._wait_serving([name], time.monotonic() + timeout)
+
+    def _install_kafka(self) -> None:
+        if not self.kafka.libs_dir.is_dir():
+            self._progress("Fetching the Kafka jars with Maven (first run only)")
+        kafka_broker.install(self.kafka, pom=KAFKA_POM)
+
+    def _ensure_running(self, name: str) -> None:
+        _check_known(name)
+        with self._lock():
+            pid = self.pid(name)
+            if pid is not None:
+                self._progress(f"{name} already running (pid {pid})")
+                return
+            if _port_accepts(self.port(name)):
+                raise StackError(
+                    f"cannot start {name}: {self.address(name)} is already taken by a process that is not "
+                    f"this stack's {name} (no live pid in {self.pid_file(name)})"
+                )
+            self._spawn(name)
+
+    def _spawn(self, name: str) -> None:
+        log_file = self.log_file(name)
+        for directory in (log_file.parent, self.pid_file(name).parent, self.data_dir(name)):
+            directory.mkdir(parents=True, exist_ok=True)
+        with log_file.open("ab") as log:
+            log.write(f"===== cascade: starting services.{name} at {datetime.now(UTC).isoformat()} =====\n".encode())
+            log.flush()
+            self._log_offsets[name] = log.tell()
+            process = subprocess.Popen(
+                [sys.executable, "-m", f"services.{name}"],
+                cwd=_repo_root(),
+                env={**self._environ, **self.service_env(name)},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._children[name] = process
+        _write_atomically(self.pid_file(name), f"{process.pid}\n")
+        self._progress(f"Started {name} (pid {process.pid}) on {self.address(name)}")
+
+    def _wait_serving(self, names: list[str], deadline: float) -> None:
+        pending = list(names)
+        next_report = time.monotonic() + _PROGRESS_EVERY
+        while pending:
+            for name in list(pending):
+                if self.pid(name) is None:
+                    raise StackError(self._died_message(name))
+                if check_health(self.address(name)) == "SERVING":
+                    pending.remove(name)
+                    self._progress(f"{name} is SERVING on {self.address(name)}")
+            if not pending:
+                return
+            now = time.monotonic()
+            if now >= deadline:
+                raise StackError(self._timeout_message(pending))
+            if now >= next_report:
+                self._progress(f"Waiting for {', '.join(pending)} to report SERVING")
+                next_report = now + _PROGRESS_EVERY
+            time.sleep(_POLL_INTERVAL)
+
+    def _died_message(self, name: str) -> str:
+        exit_code = self._forget_exited(name)
+        how = f"exited with code {exit_code}" if exit_code is not None else "exited"
+        return f"{name} {how} during start-up.\n{self._log_tail(name)}"
+
+    def _timeout_message(self, pending: list[str]) -> str:
+        tails = "\n".join(self._log_tail(name) for name in pending)
+        return f"{', '.join(pending)} not SERVING in time (still running; `stop()` ends them).\n{tails}"
+
+    def _forget_exited(self, name: str) -> int | None:
+        """Exit code of the service if this object spawned it; drops its stale pid file."""
+        child = self._children.pop(name, None)
+        self.pid_file(name).unlink(missing_ok=True)
+        return None if child is None else child.poll()
+
+    def _log_tail(self, name: str) -> str:
+        path = self.log_file(name)
+        try:
+            with path.open("rb") as log:
+                log.seek(self._log_offsets.get(name, 0))
+                text = log.read().decode(errors="replace")
+        except FileNotFoundError:
+            text = ""
+        lines = "\n".join(text.splitlines()[-_TAIL_LINES:]) or "(empty)"
+        return f"--- last lines of {path} ---\n{lines}"
+
+    # ------------------------------------------------------------------ stop
+
+    def kill_service(
+        self, name: str, sig: signal.Signals = signal.SIGTERM, wait: bool = True, timeout: float = 30.0
+    ) -> bool:
+        """Send `sig` to a service's process group; with `wait`, return once it is gone. Returns
+        whether it was running. SIGKILL leaves Kafka offsets uncommitted, as a real crash would."""
+        pid = self.pid(name)
+        if pid is None:
+            self.pid_file(name).unlink(missing_ok=True)
+            return False
+        _signal_group(pid, sig)
+        if wait:
+            if self._wait_exit({name: pid}, timeout):
+                raise StackError(f"{name} (pid {pid}) still running {timeout:g} s after {sig.name}")
+            self.pid_file(name).unlink(missing_ok=True)
+        return True
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM every service, SIGKILL what is left after `timeout`, then stop Kafka.
+        Idempotent, and leaves no process of this stack behind."""
+        if not self.home.is_dir():
+            return
+        running = {name: pid for name in SERVICES if (pid := self.pid(name)) is not None}
+        if running:
+            self._progress(f"Stopping {', '.join(running)}")
+        for pid in running.values():
+            _signal_group(pid, signal.SIGTERM)
+        stubborn = self._wait_exit(running, timeout)
+        for name, pid in stubborn.items():
+            self._progress(f"{name} (pid {pid}) ignored SIGTERM for {timeout:g} s; killing it")
+            _signal_group(pid, signal.SIGKILL)
+        survivors = self._wait_exit(stubborn, _KILL_GRACE)
+        if survivors:
+            raise StackError(f"still running after SIGKILL: {survivors}")
+        for name in SERVICES:
+            self.pid_file(name).unlink(missing_ok=True)
+        if kafka_broker.status(self.kafka).running:
+            self._progress("Stopping Kafka")
+        kafka_broker.stop(self.kafka)
+
+    def _wait_exit(self, pids: dict[str, int], timeout: float) -> dict[str, int]:
+        """Wait until the processes are gone; return those still running at the deadline."""
+        deadline = time.monotonic() + timeout
+        alive = dict(pids)
+        while alive:
+            alive = {name: pid for name, pid in alive.items() if self._is_service_process(pid, name)}
+            if not alive or time.monotonic() >= deadline:
+                break
+            time.sleep(_POLL_INTERVAL / 2)
+        return alive
+
+    # ------------------------------------------------------------------ status
+
+    def pid(self, name: str) -> int | None:
+        """Pid of the service if its pid file names a live process that is that service."""
+        try:
+            pid = int(self.pid_file(name).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if self._is_service_process(pid, name) else None
+
+    def health(self, name: str) -> Health:
+        """DOWN without a live process; NOT_SERVING while it starts, drains or lost Kafka."""
+        if self.pid(name) is None:
+            return "DOWN"
+        health = check_health(self.address(name))
+        return "NOT_SERVING" if health == "DOWN" else health
+
+    def status(self) -> list[ServiceStatus]:
+        """Kafka first, then every service in start order. Never raises for a stack that is down."""
+        broker = kafka_broker.status(self.kafka)
+        kafka_health: Health = "SERVING" if broker.ready else "NOT_SERVING" if broker.running else "DOWN"
+        rows = [ServiceStatus("kafka", broker.pid, broker.bootstrap, kafka_health)]
+        for name in SERVICES:
+            rows.append(ServiceStatus(name, self.pid(name), self.address(name), self.health(name)))
+        return rows
+
+    # ------------------------------------------------------------------ process helpers
+
+    def _is_service_process(self, pid: int, name: str) -> bool:
+        child = self._children.get(name)
+        if child is not None and child.pid == pid:
+            return child.poll() is None  # poll() also reaps it, so no zombie lingers
+        # Not our child: check the command line, which also guards against pid reuse.
+        command_line = _command_line(pid)
+        return command_line is not None and f"services.{name}" in command_line
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        # Two `cascade up` at once must not both find a service down and start it twice.
+        lock_file = self.home / "run" / ".lock"
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        with lock_file.open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def check_health(address: str, timeout: float = _HEALTH_TIMEOUT) -> Health:
+    """`grpc.health.v1.Health/Check` for the whole server (service ""); DOWN if unreachable."""
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.RpcError:
+            return "DOWN"
+    return "SERVING" if response.status == health_pb2.HealthCheckResponse.SERVING else "NOT_SERVING"
+
+
+def _check_known(name: str) -> None:
+    if name not in DEFAULT_PORTS:
+        raise StackError(f"unknown service {name!r}; the services are {', '.join(SERVICES)}")
+
+
+def _ordered(services: Iterable[str]) -> list[str]:
+    wanted = set(services)
+    for name in wanted:
+        _check_known(name)
+    return [name for name in SERVICES if name in wanted]
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    # Each service leads its own session (start_new_session), so its process group id is its pid.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+
+
+def _command_line(pid: int) -> str | None:
+    """Command line of a process, '' for a zombie, None if there is no such process."""
+    proc_entry = Path(f"/proc/{pid}/cmdline")
+    if Path("/proc/self").is_dir():
+        try:
+            return proc_entry.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return ""
+    result = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=False)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def _port_accepts(port: int) -> bool:
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text(text)
+    staging.replace(path)
