@@ -17,7 +17,9 @@ def consumer_group(topics: Topics, instance_id: str) -> str:
 
 
 def register(broker: KafkaBroker, repository: ModelRepository, topics: Topics, instance_id: str) -> None:
-    @broker.subscriber(topics.for_event(ModelPromoted), **subscriber_options(consumer_group(topics, instance_id)))
+    @broker.subscriber(
+        topics.for_event(ModelPromoted), **subscriber_options(consumer_group(topics, instance_id))
+    )
     async def on_model_promoted(event: ModelPromoted) -> None:
         # The alias is re-read from the registry rather than taken from the event, so a repeated or
         # late event cannot roll the champion back. Unavailable (registry down) means redelivery.

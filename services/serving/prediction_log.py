@@ -56,7 +56,9 @@ class PredictionLog:
         self._task: asyncio.Task[None] | None = None
         self._failing = False
 
-    def record(self, model: LoadedModel, request_id: str, inputs: npt.NDArray[Any], outputs: npt.NDArray[Any]) -> None:
+    def record(
+        self, model: LoadedModel, request_id: str, inputs: npt.NDArray[Any], outputs: npt.NDArray[Any]
+    ) -> None:
         """Maybe log one answered request: the model's first input and first output. Never blocks."""
         if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
             return

@@ -40,7 +40,7 @@ class RegistryClient:
 
     async def close(self) -> None:
         if self._channel is not None:
-            await self._channel.close()
+            await self._channel.close(None)
         self._channel = self._stub = None
 
     async def models_with_champion(self) -> list[str]:

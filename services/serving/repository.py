@@ -24,6 +24,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from shared.errors import CascadeError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 __all__ = [
+    "Array",
     "LoadedModel",
     "ModelRef",
     "ModelRepository",
@@ -111,7 +112,9 @@ class LoadedModel:
         try:
             results: list[Array] = self.session.run(None, dict(feeds))
         except OrtInvalidArgument as exc:
-            raise InvalidArgument(f"model {self.name} version {self.version} rejected the input: {exc}") from exc
+            raise InvalidArgument(
+                f"model {self.name} version {self.version} rejected the input: {exc}"
+            ) from exc
         return results
 
 
@@ -181,7 +184,9 @@ class ModelRepository:
         return True
 
     # -- changes ---------------------------------------------------------------------------------
-    async def load(self, name: str, version: int, onnx_bytes: bytes, features: Sequence[str] = ()) -> LoadedModel:
+    async def load(
+        self, name: str, version: int, onnx_bytes: bytes, features: Sequence[str] = ()
+    ) -> LoadedModel:
         """Build and warm up a version off the event loop, then make it the champion."""
         async with self._lock(name):
             return await self._load(name, version, onnx_bytes, tuple(features))
@@ -248,7 +253,9 @@ class ModelRepository:
         await self._load(name, ref.version, onnx_bytes, ref.features)
         return True
 
-    async def _load(self, name: str, version: int, onnx_bytes: bytes, features: tuple[str, ...]) -> LoadedModel:
+    async def _load(
+        self, name: str, version: int, onnx_bytes: bytes, features: tuple[str, ...]
+    ) -> LoadedModel:
         started = time.perf_counter()
         try:
             session = await asyncio.to_thread(_open_session, onnx_bytes)
@@ -291,6 +298,8 @@ def _open_session(onnx_bytes: bytes) -> ort.InferenceSession:
 def _tensor_specs(session: ort.InferenceSession) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     inputs = tuple(_tensor_spec(node, "input") for node in session.get_inputs())
     outputs = tuple(_tensor_spec(node, "output") for node in session.get_outputs())
+    if not inputs or not outputs:
+        raise ValueError("a served model needs at least one input and one output")
     return inputs, outputs
 
 
@@ -305,5 +314,8 @@ def _tensor_spec(node: Any, kind: str) -> TensorSpec:
 
 def _warm_up(model: LoadedModel) -> None:
     """One dummy row through the model, so its first real request is not the slow one."""
-    feeds = {spec.name: np.zeros([1 if dim < 0 else dim for dim in spec.shape], spec.dtype) for spec in model.inputs}
+    feeds = {
+        spec.name: np.zeros([1 if dim < 0 else dim for dim in spec.shape], spec.dtype)
+        for spec in model.inputs
+    }
     model.predict(feeds)

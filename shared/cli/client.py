@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 from opentelemetry import trace
 
+from shared.cli.errors import ClientError
 from shared.cli.stack import Stack
 from shared.grpc_io import CHUNK_SIZE, file_chunks, open_channel
 from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
@@ -33,10 +34,6 @@ __all__ = [
 
 _FORMATS_BY_SUFFIX = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 _tracing_ready = False
-
-
-class ClientError(RuntimeError):
-    """A call to a Cascade service failed; the message says what to do about it."""
 
 
 class FileFormat(StrEnum):
@@ -134,7 +131,9 @@ async def _upload(address: str, path: Path, header: ingest_pb2.BatchHeader) -> i
     return response
 
 
-def _result(path: Path, dataset: str, response: ingest_pb2.UploadBatchResponse, trace_id: str) -> IngestResult:
+def _result(
+    path: Path, dataset: str, response: ingest_pb2.UploadBatchResponse, trace_id: str
+) -> IngestResult:
     report = response.report
     return IngestResult(
         source=path.name,
@@ -158,7 +157,9 @@ def describe_rpc_error(service: str, address: str, error: grpc.RpcError) -> str:
     code = error.code() if has_status else None
     details = (error.details() if has_status else None) or str(error)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return f"cannot reach {service} at {address} ({details}). Is the stack up? Start it with `cascade up`."
+        return (
+            f"cannot reach {service} at {address} ({details}). Is the stack up? Start it with `cascade up`."
+        )
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return f"{service} refused the request: {details}"
     name = code.name if code is not None else "error"

@@ -34,6 +34,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared import kafka_broker
+from shared.cli.errors import StackError
 from shared.kafka_broker import BrokerConfig
 
 __all__ = [
@@ -79,10 +80,6 @@ _POLL_INTERVAL = 0.25
 _PROGRESS_EVERY = 5.0
 _KILL_GRACE = 5.0
 _TAIL_LINES = 30
-
-
-class StackError(RuntimeError):
-    """The stack could not be started or stopped; the message says why and where to look."""
 
 
 @dataclass
@@ -190,7 +187,10 @@ class Stack:
         if not self.config.traces:
             # Without this the SDK default, otlp, would retry a collector that is not there.
             return {"OTEL_TRACES_EXPORTER": "none"}
-        return {"OTEL_TRACES_EXPORTER": "otlp_json_file", "CASCADE_TRACES_FILE": str(self.traces_file(component))}
+        return {
+            "OTEL_TRACES_EXPORTER": "otlp_json_file",
+            "CASCADE_TRACES_FILE": str(self.traces_file(component)),
+        }
 
     # ------------------------------------------------------------------ start
 
@@ -236,7 +236,9 @@ class Stack:
         for directory in (log_file.parent, self.pid_file(name).parent, self.data_dir(name)):
             directory.mkdir(parents=True, exist_ok=True)
         with log_file.open("ab") as log:
-            log.write(f"===== cascade: starting services.{name} at {datetime.now(UTC).isoformat()} =====\n".encode())
+            log.write(
+                f"===== cascade: starting services.{name} at {datetime.now(UTC).isoformat()} =====\n".encode()
+            )
             log.flush()
             self._log_offsets[name] = log.tell()
             process = subprocess.Popen(
@@ -442,7 +444,9 @@ def _command_line(pid: int) -> str | None:
             return None
         except OSError:
             return ""
-    result = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=False
+    )
     return result.stdout.strip() if result.returncode == 0 else None
 
 

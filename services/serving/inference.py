@@ -1,0 +1,238 @@
+"""The Open Inference Protocol (v2) over gRPC: protobuf tensors to numpy and back, nothing more.
+
+Each request resolves its model once, so a champion swapped mid-request does not affect it.
+Inputs come either all as `raw_input_contents` (little-endian bytes, row-major) or all as typed
+`contents`; outputs always go back as `raw_output_contents`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from types import TracebackType
+from typing import Any
+
+import grpc
+import numpy as np
+from prometheus_client import Counter, Histogram
+
+from services.serving.prediction_log import PredictionLog
+from services.serving.repository import Array, LoadedModel, ModelRepository, TensorSpec, oip_datatype
+from shared.errors import CascadeError, InvalidArgument, grpc_errors
+from shared.stubs.inference import grpc_service_pb2 as pb
+from shared.stubs.inference import grpc_service_pb2_grpc as pb_grpc
+
+__all__ = ["PLATFORM", "SERVER_NAME", "SERVICE_NAME", "InferenceServicer", "decode_inputs"]
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+SERVER_NAME = "cascade-serving"
+PLATFORM = "onnxruntime_onnx"
+
+REQUESTS = Counter("cascade_serving_requests_total", "ModelInfer requests.", ["model", "version", "outcome"])
+REQUEST_SECONDS = Histogram(
+    "cascade_serving_request_seconds",
+    "ModelInfer latency, decoding and encoding included.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+# The datatypes a request may send, and where each one's typed values are.
+_REQUEST_DTYPES: dict[str, np.dtype[Any]] = {
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "BOOL": np.dtype(np.bool_),
+}
+_CONTENTS_FIELD = {
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "BOOL": "bool_contents",
+}
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]  # stubs are untyped
+    def __init__(
+        self, repository: ModelRepository, prediction_log: PredictionLog, server_version: str
+    ) -> None:
+        self.repository = repository
+        self.prediction_log = prediction_log
+        self.server_version = server_version
+        self.ready = False  # set once the service has started
+
+    @grpc_errors
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @grpc_errors
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.ready)
+
+    @grpc_errors
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self.repository.is_ready(request.name, request.version))
+
+    @grpc_errors
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Context
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=self.server_version, extensions=[])
+
+    @grpc_errors
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: Context
+    ) -> pb.ModelMetadataResponse:
+        model = self.repository.resolve(request.name, request.version)
+        return pb.ModelMetadataResponse(
+            name=model.name,
+            versions=[str(version) for version in self.repository.versions(model.name)],
+            platform=PLATFORM,
+            inputs=[_tensor_metadata(spec) for spec in model.inputs],
+            outputs=[_tensor_metadata(spec) for spec in model.outputs],
+        )
+
+    @grpc_errors
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
+        with _Observed(self.repository, request.model_name) as observed:
+            model = self.repository.resolve(request.model_name, request.model_version)
+            observed.version = str(model.version)
+            feeds = decode_inputs(request, model.inputs)
+            wanted = requested_outputs(request, model.outputs)
+            # All outputs are computed (sklearn graphs compute them together anyway) so the
+            # prediction log always gets the first one, whatever the client asked for.
+            results = await asyncio.to_thread(model.predict, feeds)
+            self.prediction_log.record(model, request.id, feeds[model.inputs[0].name], results[0])
+            return encode_response(request, model, wanted, results)
+
+
+def decode_inputs(request: pb.ModelInferRequest, specs: tuple[TensorSpec, ...]) -> dict[str, Array]:
+    """The request's input tensors as arrays of the model's dtypes, checked against its inputs."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidArgument(
+            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs: send raw contents for "
+            "every input or for none"
+        )
+    expected = {spec.name: spec for spec in specs}
+    feeds: dict[str, Array] = {}
+    for index, tensor in enumerate(request.inputs):
+        spec = expected.get(tensor.name)
+        if spec is None:
+            raise InvalidArgument(f"unknown input {tensor.name!r}; the model's inputs are {list(expected)}")
+        if tensor.name in feeds:
+            raise InvalidArgument(f"input {tensor.name!r} is given twice")
+        feeds[tensor.name] = _conform(
+            _decode_tensor(tensor, raw[index] if raw else None), tensor.datatype, spec
+        )
+    missing = [name for name in expected if name not in feeds]
+    if missing:
+        raise InvalidArgument(f"missing input(s) {missing}; the model's inputs are {list(expected)}")
+    return feeds
+
+
+def _decode_tensor(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> Array:
+    dtype = _REQUEST_DTYPES.get(tensor.datatype)
+    if dtype is None:
+        raise InvalidArgument(
+            f"input {tensor.name!r} has datatype {tensor.datatype!r}; supported: {list(_REQUEST_DTYPES)}"
+        )
+    shape = tuple(tensor.shape)
+    if any(dim < 0 for dim in shape):
+        raise InvalidArgument(f"input {tensor.name!r} has shape {list(shape)}; sizes cannot be negative")
+    count = math.prod(shape)
+    if raw is None:
+        values = getattr(tensor.contents, _CONTENTS_FIELD[tensor.datatype])
+        if len(values) != count:
+            raise InvalidArgument(
+                f"input {tensor.name!r}: contents.{_CONTENTS_FIELD[tensor.datatype]} has {len(values)} "
+                f"values, but shape {list(shape)} needs {count}"
+            )
+        return np.array(values, dtype=dtype).reshape(shape)
+    if len(raw) != count * dtype.itemsize:
+        raise InvalidArgument(
+            f"input {tensor.name!r}: raw_input_contents has {len(raw)} bytes, but shape {list(shape)} "
+            f"of {tensor.datatype} needs {count * dtype.itemsize}"
+        )
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
+
+
+def _conform(array: Array, datatype: str, spec: TensorSpec) -> Array:
+    """Check the shape against the model's and cast to its dtype when no kind changes (FP64 -> FP32)."""
+    fits = array.ndim == len(spec.shape) and all(
+        want in (-1, got) for want, got in zip(spec.shape, array.shape, strict=True)
+    )
+    if not fits:
+        raise InvalidArgument(
+            f"input {spec.name!r} has shape {list(array.shape)}, but the model expects {list(spec.shape)} "
+            "(-1: any size)"
+        )
+    if array.dtype == spec.dtype:
+        return array
+    if not np.can_cast(array.dtype, spec.dtype, casting="same_kind"):
+        raise InvalidArgument(
+            f"input {spec.name!r} has datatype {datatype}, which cannot be converted to the model's "
+            f"{spec.datatype}"
+        )
+    return array.astype(spec.dtype)
+
+
+def requested_outputs(request: pb.ModelInferRequest, specs: tuple[TensorSpec, ...]) -> list[str]:
+    """The outputs to answer with, in the requested order; all of the model's when none is named."""
+    known = [spec.name for spec in specs]
+    names = [output.name for output in request.outputs] or known
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise InvalidArgument(f"unknown output(s) {unknown}; the model's outputs are {known}")
+    if len(set(names)) != len(names):
+        raise InvalidArgument(f"outputs {names} name one output more than once")
+    return names
+
+
+def encode_response(
+    request: pb.ModelInferRequest, model: LoadedModel, names: list[str], results: list[Array]
+) -> pb.ModelInferResponse:
+    by_name = {spec.name: result for spec, result in zip(model.outputs, results, strict=True)}
+    response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request.id)
+    for name in names:
+        array = by_name[name]
+        response.outputs.add(name=name, datatype=oip_datatype(array.dtype), shape=array.shape)
+        response.raw_output_contents.append(
+            np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+        )
+    return response
+
+
+def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
+    return pb.ModelMetadataResponse.TensorMetadata(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+
+
+class _Observed:
+    """Counts one ModelInfer by model, version and outcome, and times it."""
+
+    def __init__(self, repository: ModelRepository, model: str) -> None:
+        # Names of models never loaded collapse into one label, so clients cannot grow the series.
+        self.model = model if repository.champion(model) is not None else "_unknown"
+        self.version = ""
+        self._started = time.perf_counter()
+
+    def __enter__(self) -> _Observed:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        REQUEST_SECONDS.observe(time.perf_counter() - self._started)
+        REQUESTS.labels(self.model, self.version, _outcome(exc)).inc()
+
+
+def _outcome(exc: BaseException | None) -> str:
+    if exc is None:
+        return "ok"
+    if isinstance(exc, CascadeError):
+        return exc.status.name.lower()
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return "internal"

@@ -1,0 +1,165 @@
+"""`cascade demo`: two batches of data in, two models out, with nobody touching the models.
+
+Batch 1 (60% of scikit-learn's breast-cancer data) cascades through ingest, trainer, validator,
+registry and serving into model version 1; batch 2 (the other 40%) into version 2. The demo times
+each cascade from the upload to the new version serving, and checks a few predictions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+from sklearn.datasets import load_breast_cancer
+
+from shared.cli.client import IngestResult, ingest_file, setup_cli_tracing
+from shared.cli.errors import DemoError
+from shared.cli.stack import Stack
+
+if TYPE_CHECKING:
+    from shared.cli.inference_client import InferenceClient, Prediction
+
+__all__ = ["DATASET", "CascadeOutcome", "DemoBatches", "run_demo", "summary", "write_batches"]
+
+DATASET = "breast_cancer"
+MODEL = DATASET  # the trainer names a model after its dataset
+TARGET = "target"
+SEED = 7
+FIRST_BATCH_SHARE = 0.6
+PROBE_ROWS = 5
+_POLL_INTERVAL = 1.0
+_PROGRESS_EVERY = 10.0
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DemoBatches:
+    first: Path
+    second: Path
+    # The first rows of batch 2: model version 1 never saw them.
+    probe_features: npt.NDArray[np.float32]
+    probe_labels: npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class CascadeOutcome:
+    ingest: IngestResult
+    expected_version: str
+    seconds_to_serving: float
+    prediction: Prediction
+    correct: int
+
+
+def write_batches(directory: Path) -> DemoBatches:
+    """Shuffle the bundled breast-cancer data with a fixed seed and write it as two CSV batches."""
+    frame = load_breast_cancer(as_frame=True).frame.sample(frac=1.0, random_state=SEED).reset_index(drop=True)
+    cut = int(len(frame) * FIRST_BATCH_SHARE)
+    directory.mkdir(parents=True, exist_ok=True)
+    first, second = directory / "batch-1.csv", directory / "batch-2.csv"
+    frame.iloc[:cut].to_csv(first, index=False)
+    frame.iloc[cut:].to_csv(second, index=False)
+    probe = frame.iloc[cut : cut + PROBE_ROWS]
+    return DemoBatches(
+        first=first,
+        second=second,
+        probe_features=probe.drop(columns=[TARGET]).to_numpy(dtype=np.float32),
+        probe_labels=probe[TARGET].to_numpy(dtype=np.int64),
+    )
+
+
+def run_demo(stack: Stack, timeout: float, echo: Echo) -> list[CascadeOutcome]:
+    """Start the stack, run both cascades and return what happened; the stack keeps running."""
+    # Imported here so that importing this module (as tests do) never loads the `inference`
+    # protobuf package, which would clash with tritonclient's.
+    from shared.cli.inference_client import InferenceClient
+
+    stack.start(timeout=timeout)
+    setup_cli_tracing(stack)
+    batches = write_batches(stack.home / "demo")
+    echo(f"Wrote {batches.first} and {batches.second}")
+    with InferenceClient(stack.address("serving")) as serving:
+        run = _DemoRun(stack, serving, batches, timeout, echo)
+        return [run.cascade(batches.first, "1"), run.cascade(batches.second, "2")]
+
+
+@dataclass(frozen=True)
+class _DemoRun:
+    stack: Stack
+    serving: InferenceClient
+    batches: DemoBatches
+    timeout: float
+    echo: Echo
+
+    def cascade(self, batch: Path, version: str) -> CascadeOutcome:
+        """Ingest one batch, wait for the model version it should yield, and try that model."""
+        self.echo(f"\nIngesting {batch.name} into dataset {DATASET!r}")
+        started = time.monotonic()
+        result = ingest_file(self.stack.address("ingest"), batch, DATASET, TARGET)
+        if not result.created:
+            raise DemoError(
+                f"{self.stack.home} already holds {batch.name}, so no new model will be trained. "
+                f"For a fresh demo run:\n  cascade --home {self.stack.home} down && rm -rf {self.stack.home}"
+            )
+        self.echo(
+            f"  {result.rows_accepted}/{result.rows_received} rows accepted -> dataset version "
+            f"{result.dataset_version} (trace {result.trace_id})"
+        )
+        self._wait_until_served(version, result, started)
+        seconds = time.monotonic() - started
+        self.echo(f"  model {MODEL} version {version} serving {seconds:.1f} s after the upload")
+        prediction = self.serving.predict(MODEL, self.batches.probe_features)
+        correct = int(np.sum(prediction.labels == self.batches.probe_labels))
+        self.echo(
+            f"  predicted {prediction.labels.tolist()} for true labels {self.batches.probe_labels.tolist()}"
+        )
+        return CascadeOutcome(result, version, seconds, prediction, correct)
+
+    def _wait_until_served(self, version: str, result: IngestResult, started: float) -> None:
+        self.echo(f"  waiting for trainer -> validator -> registry -> serving to deliver version {version}")
+        deadline = started + self.timeout
+        next_report = time.monotonic() + _PROGRESS_EVERY
+        while not self.serving.serves(MODEL, version):
+            now = time.monotonic()
+            if now >= deadline:
+                raise DemoError(
+                    f"model {MODEL} version {version} was not serving {self.timeout:g} s after the upload.\n"
+                    f"Follow the cascade in the logs: grep {result.trace_id} {self.stack.home}/logs/*.log\n"
+                    "(`cascade status` shows which services are up; --timeout waits longer)"
+                )
+            if now >= next_report:
+                self.echo(f"  ... still waiting for version {version} ({now - started:.0f} s)")
+                next_report = now + _PROGRESS_EVERY
+            time.sleep(_POLL_INTERVAL)
+
+
+def summary(stack: Stack, outcomes: list[CascadeOutcome]) -> list[str]:
+    """The closing report: what each cascade delivered, how fast, and where to dig further."""
+    lines = ["", "Cascade demo summary"]
+    for number, outcome in enumerate(outcomes, start=1):
+        served = outcome.prediction.model_version or "?"
+        mismatch = "" if served == outcome.expected_version else f" (expected {outcome.expected_version})"
+        lines += [
+            f"  cascade {number}: {outcome.ingest.source} -> model version {served}{mismatch} "
+            f"serving after {outcome.seconds_to_serving:.1f} s",
+            f"    accuracy on {PROBE_ROWS} rows of batch 2: {outcome.correct}/{PROBE_ROWS} "
+            f"= {outcome.correct / PROBE_ROWS:.0%}",
+            f"    trace id: {outcome.ingest.trace_id}",
+        ]
+    lines += [
+        f"  logs:   {stack.home}/logs/<service>.log",
+        f"  traces: {_traces_hint(stack)}",
+        "The stack is still running: `cascade status` shows it, `cascade down` stops it.",
+    ]
+    return lines
+
+
+def _traces_hint(stack: Stack) -> str:
+    if "CASCADE_TRACES_FILE" not in stack.tracing_env("cli"):
+        return "sent where your OTEL_TRACES_EXPORTER says"
+    return f"{stack.home}/traces/<service>.jsonl (OTLP-JSON lines; grep a trace id)"

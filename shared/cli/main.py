@@ -1,0 +1,310 @@
+"""The `cascade` command: run a local Cascade stack, feed it data and watch models follow.
+
+Commands only parse options, call `shared.cli.stack` / `shared.cli.client` and print; known
+failures become one-line messages and exit code 1, never tracebacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+
+from shared.cli.errors import CliError
+from shared.cli.stack import SERVICES, ServiceStatus, Stack, StackConfig
+from shared.kafka_broker import BrokerError
+
+if TYPE_CHECKING:
+    # The client pulls in the whole gRPC runtime; commands import it only when they need it,
+    # which keeps `cascade --help` and `cascade status` quick.
+    from shared.cli.client import FileFormat, IngestResult
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="cascade",
+    help="Cascade keeps a model correct while its data changes: new data is ingested, a model "
+    "trained, validated, registered and served, each step by its own service, cascading over Kafka "
+    "and gRPC. This command runs such a stack on this machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    # Markdown joins the wrapped lines of a docstring paragraph; the default keeps the breaks.
+    rich_markup_mode="markdown",
+)
+kafka_app = typer.Typer(
+    help="The local single-node Kafka broker (KRaft) the services talk through, kept in HOME/kafka.",
+    no_args_is_help=True,
+)
+app.add_typer(kafka_app, name="kafka")
+
+
+# ---------------------------------------------------------------------- shared plumbing
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    home: Annotated[
+        Path,
+        typer.Option(
+            envvar="CASCADE_HOME", help="Directory holding the stack's data, logs, pids and traces."
+        ),
+    ] = Path(".cascade"),
+    kafka_port: Annotated[
+        int, typer.Option(envvar="CASCADE_KAFKA_PORT", help="Kafka client port (the bootstrap address).")
+    ] = 9092,
+    controller_port: Annotated[
+        int, typer.Option(envvar="CASCADE_KAFKA_CONTROLLER_PORT", help="Kafka KRaft controller port.")
+    ] = 9093,
+) -> None:
+    ctx.obj = StackConfig(home=home, kafka_port=kafka_port, controller_port=controller_port)
+
+
+def _stack(ctx: typer.Context) -> Stack:
+    config: StackConfig = ctx.obj
+    return Stack(config, on_progress=_progress)
+
+
+def _progress(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _fail(message: str) -> NoReturn:
+    typer.secho(f"Error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def friendly_errors() -> Iterator[None]:
+    """Turn the failures a user can act on into a message; anything else is a bug and shows."""
+    try:
+        yield
+    except (CliError, BrokerError) as error:
+        _fail(str(error))
+    except KeyboardInterrupt:
+        _fail("interrupted; services already started keep running (`cascade down` stops them)")
+
+
+# ---------------------------------------------------------------------- kafka
+
+
+@kafka_app.command("install")
+def kafka_install(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option(help="Show Maven's output.")] = False,
+) -> None:
+    """Fetch the Kafka broker jars with Maven into HOME/kafka/libs (once; a no-op afterwards)."""
+    from shared import kafka_broker
+    from shared.cli.stack import KAFKA_POM
+
+    stack = _stack(ctx)
+    with friendly_errors():
+        _progress("Fetching the Kafka jars with Maven (first run only)")
+        libs = kafka_broker.install(stack.kafka, pom=KAFKA_POM, quiet=not verbose)
+    typer.echo(f"Kafka jars in {libs}")
+
+
+@kafka_app.command("start")
+def kafka_start(
+    ctx: typer.Context,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker to be ready.")] = 60.0,
+) -> None:
+    """Start the broker (installing it first if needed) and wait until it accepts clients."""
+    from shared import kafka_broker
+    from shared.cli.stack import KAFKA_POM
+
+    stack = _stack(ctx)
+    with friendly_errors():
+        if not stack.kafka.libs_dir.is_dir():
+            _progress("Fetching the Kafka jars with Maven (first run only)")
+            kafka_broker.install(stack.kafka, pom=KAFKA_POM)
+        _progress(f"Starting Kafka on {stack.kafka.bootstrap}")
+        pid = kafka_broker.start(stack.kafka, pom=KAFKA_POM, timeout=timeout)
+    typer.echo(f"Kafka running: pid {pid}, bootstrap {stack.kafka.bootstrap}, logs in {stack.kafka.logs_dir}")
+
+
+@kafka_app.command("stop")
+def kafka_stop(
+    ctx: typer.Context,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait after SIGTERM before SIGKILL.")] = 30.0,
+) -> None:
+    """Stop the broker of this home (services lose Kafka and report NOT_SERVING)."""
+    from shared import kafka_broker
+
+    stack = _stack(ctx)
+    with friendly_errors():
+        was_running = kafka_broker.stop(stack.kafka, timeout=timeout)
+    typer.echo("Kafka stopped" if was_running else "Kafka was not running")
+
+
+@kafka_app.command("status")
+def kafka_status(ctx: typer.Context) -> None:
+    """Show whether the broker of this home runs and accepts clients."""
+    from shared import kafka_broker
+
+    broker = kafka_broker.status(_stack(ctx).kafka)
+    if not broker.running:
+        typer.echo(f"Kafka is not running (bootstrap would be {broker.bootstrap})")
+        return
+    state = "ready" if broker.ready else "starting (not accepting clients yet)"
+    typer.echo(f"Kafka is {state}: pid {broker.pid}, bootstrap {broker.bootstrap}")
+
+
+# ---------------------------------------------------------------------- the stack
+
+
+@app.command()
+def up(
+    ctx: typer.Context,
+    services: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help=f"Services to start (default: all of {', '.join(SERVICES)}).", show_default=False
+        ),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for everything to be SERVING.")] = 120.0,
+) -> None:
+    """Start Kafka and the services and wait until all report SERVING.
+
+    Each service runs detached, logging to HOME/logs/SERVICE.log; one already running is left
+    alone. `cascade down` stops them.
+    """
+    stack = _stack(ctx)
+    with friendly_errors():
+        stack.start(services or SERVICES, timeout=timeout)
+    _print_table(stack.status())
+    typer.echo("`cascade down` stops the stack.")
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show Kafka and every service: pid, endpoint and health (SERVING, NOT_SERVING or DOWN)."""
+    rows = _stack(ctx).status()
+    if as_json:
+        typer.echo(json.dumps([asdict(row) for row in rows], indent=2))
+    else:
+        _print_table(rows)
+
+
+@app.command()
+def down(
+    ctx: typer.Context,
+    timeout: Annotated[float, typer.Option(help="Seconds each service may drain before SIGKILL.")] = 20.0,
+) -> None:
+    """Stop every service and then Kafka; the data stays in HOME.
+
+    Services get SIGTERM and drain their in-flight work; any still running after the timeout
+    gets SIGKILL.
+    """
+    stack = _stack(ctx)
+    with friendly_errors():
+        stack.stop(timeout=timeout)
+    typer.echo(f"Stack in {stack.home} stopped.")
+
+
+def _print_table(rows: list[ServiceStatus]) -> None:
+    typer.echo(f"{'NAME':<10} {'PID':>8}  {'ENDPOINT':<22} HEALTH")
+    for row in rows:
+        pid = str(row.pid) if row.pid is not None else "-"
+        colour = typer.colors.GREEN if row.health == "SERVING" else typer.colors.YELLOW
+        health = typer.style(row.health, fg=colour if row.health != "DOWN" else typer.colors.RED)
+        typer.echo(f"{row.name:<10} {pid:>8}  {row.endpoint:<22} {health}")
+
+
+# ---------------------------------------------------------------------- data
+
+
+@app.command()
+def ingest(
+    ctx: typer.Context,
+    *,
+    file: Annotated[
+        Path,
+        typer.Argument(exists=True, dir_okay=False, readable=True, help="The batch: a CSV or Parquet file."),
+    ],
+    dataset: Annotated[str, typer.Option(help="Dataset the batch belongs to.")],
+    target: Annotated[str, typer.Option(help="Name of the target (label) column.")] = "target",
+    file_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help="csv or parquet; by default taken from the file's suffix.", show_default=False
+        ),
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ingest's gRPC address (default: this stack's).", show_default=False)
+    ] = None,
+) -> None:
+    """Upload a batch file to ingest and print its report.
+
+    A new dataset version starts a cascade: training, validation, registration and serving of a
+    new model version, all in the trace whose id is printed.
+    """
+    from shared.cli.client import ingest_file, setup_cli_tracing
+
+    stack = _stack(ctx)
+    with friendly_errors():
+        chosen = _parse_format(file_format)
+        setup_cli_tracing(stack)
+        result = ingest_file(address or stack.address("ingest"), file, dataset, target, chosen)
+    _print_ingest(result)
+    if result.created:
+        typer.echo("The cascade is under way: `cascade status` shows the services.")
+
+
+def _parse_format(value: str | None) -> FileFormat | None:
+    from shared.cli.client import FileFormat
+
+    if value is None:
+        return None
+    try:
+        return FileFormat(value.lower())
+    except ValueError:
+        _fail(f"--format must be csv or parquet, not {value!r}")
+
+
+def _print_ingest(result: IngestResult) -> None:
+    state = "new dataset version" if result.created else "already ingested before: nothing changed"
+    typer.echo(f"Ingested {result.source} into dataset {result.dataset!r}")
+    typer.echo(
+        f"  rows: {result.rows_received} received, {result.rows_accepted} accepted, "
+        f"{result.rows_rejected} rejected, {result.rows_duplicate} duplicate"
+    )
+    for row, reason in result.rejected[:5]:
+        typer.echo(f"    row {row} rejected: {reason}")
+    typer.echo(f"  dataset version: {result.dataset_version or '-'} ({state})")
+    typer.echo(f"  batch id: {result.batch_id}")
+    typer.echo(f"  trace id: {result.trace_id}")
+
+
+# ---------------------------------------------------------------------- demo
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the stack, and for each new model version to serve.")
+    ] = 300.0,
+) -> None:
+    """Run the whole story: two batches of data in, two served model versions out.
+
+    Starts the stack, ingests 60% of scikit-learn's breast-cancer data, waits for model version 1
+    to serve and tries it, then does the same with the other 40% and version 2. The stack keeps
+    running afterwards; `cascade down` stops it.
+    """
+    from shared.cli.demo import run_demo, summary
+
+    stack = _stack(ctx)
+    with friendly_errors():
+        outcomes = run_demo(stack, timeout, typer.echo)
+    for line in summary(stack, outcomes):
+        typer.echo(line)

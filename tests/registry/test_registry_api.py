@@ -1,0 +1,153 @@
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from services.registry.artifacts import LocalArtifactStore
+from services.registry.core import RegistryCore
+from services.registry.grpc_api import RegistryServicer
+from services.registry.store import RegistryStore
+from services.trainer.training import TrainingResult
+from shared.clients import download_artifact
+from shared.events import Event, GateResult, ModelPromoted, ModelValidated
+from shared.grpc_io import open_channel
+from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
+from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
+from tests.grpc_server import serving
+
+
+@dataclass
+class Registry:
+    stub: registry_pb2_grpc.RegistryServiceStub
+    channel: grpc.aio.Channel
+    core: RegistryCore
+    published: list[Event]
+
+
+@pytest.fixture
+async def registry(tmp_path: Path) -> AsyncIterator[Registry]:
+    published: list[Event] = []
+
+    async def publish(event: Event) -> None:
+        published.append(event)
+
+    core = RegistryCore(RegistryStore(tmp_path / "r.sqlite3"), LocalArtifactStore(tmp_path / "a"), publish, "automatic")
+    servicer = RegistryServicer(core, tmp_path / "spool", max_artifact_bytes=5_000_000)
+    async with serving(lambda s: registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, s)) as address:
+        async with open_channel(address) as channel:
+            yield Registry(registry_pb2_grpc.RegistryServiceStub(channel), channel, core, published)
+
+
+def _create(model: str, artifact: bytes, key: str = "", chunk: int = 300) -> list[pb.CreateModelVersionRequest]:
+    header = pb.VersionHeader(
+        model=model, dataset="bc", dataset_version="d1", idempotency_key=key,
+        run=pb.TrainingRun(run_id="r1", metrics={"cv_accuracy": 0.97}, seed=42),
+        tags={"features": json.dumps(["a"])},
+    )
+    return [pb.CreateModelVersionRequest(header=header)] + [
+        pb.CreateModelVersionRequest(chunk=artifact[i : i + chunk]) for i in range(0, len(artifact), chunk)
+    ]
+
+
+async def test_versions_are_numbered_and_keep_signature_and_lineage(
+    registry: Registry, trained_breast_cancer: TrainingResult
+) -> None:
+    onnx_bytes = trained_breast_cancer.onnx_bytes
+    first = await registry.stub.CreateModelVersion(iter(_create("bc", onnx_bytes, key="k1")))
+    second = await registry.stub.CreateModelVersion(iter(_create("bc", onnx_bytes, key="k2")))
+    assert (first.version, second.version) == (1, 2)
+    assert first.artifact_sha256 == hashlib.sha256(onnx_bytes).hexdigest()
+    assert [(t.name, t.datatype, list(t.shape)) for t in first.inputs] == [("input", "FP32", [-1, 30])]
+    assert [t.name for t in first.outputs] == ["label", "probabilities"]
+    assert (first.dataset_version, first.run.run_id, first.run.metrics["cv_accuracy"]) == ("d1", "r1", 0.97)
+    assert await download_artifact(registry.channel, "bc", 2) == onnx_bytes
+
+
+async def test_a_repeated_idempotency_key_returns_the_first_version(
+    registry: Registry, trained_breast_cancer: TrainingResult
+) -> None:
+    first = await registry.stub.CreateModelVersion(iter(_create("bc", trained_breast_cancer.onnx_bytes, key="k")))
+    again = await registry.stub.CreateModelVersion(iter(_create("bc", trained_breast_cancer.onnx_bytes, key="k")))
+    assert again.version == first.version == 1
+    found = await registry.stub.GetModelVersion(pb.GetModelVersionRequest(model="bc", idempotency_key="k"))
+    assert found.version == 1
+
+
+async def test_a_passed_validation_promotes_exactly_once(registry: Registry, trained_breast_cancer: TrainingResult) -> None:
+    await registry.stub.CreateModelVersion(iter(_create("bc", trained_breast_cancer.onnx_bytes)))
+    verdict = ModelValidated(
+        source="cascade/validator", subject="bc", model="bc", model_version=1, passed=True,
+        gates=[GateResult(name="min_accuracy", passed=True, value=0.97, threshold=0.7)],
+    )
+    await registry.core.on_validated(verdict)
+    await registry.core.on_validated(verdict)  # redelivered
+    assert [(e.model_version, e.previous_version) for e in registry.published if isinstance(e, ModelPromoted)] == [
+        (1, None)
+    ]
+    champion = await registry.stub.GetModelVersion(pb.GetModelVersionRequest(model="bc", alias="champion"))
+    assert champion.version == 1 and "champion" in champion.aliases
+    assert json.loads(champion.validation.report_json)["gates"][0]["name"] == "min_accuracy"
+    history = registry.core.store.history("bc")
+    assert [(h["alias"], h["to_version"], h["actor"]) for h in history] == [("champion", 1, "validator")]
+
+
+async def test_a_failed_validation_moves_no_alias(registry: Registry, trained_breast_cancer: TrainingResult) -> None:
+    await registry.stub.CreateModelVersion(iter(_create("bc", trained_breast_cancer.onnx_bytes)))
+    await registry.core.on_validated(
+        ModelValidated(source="v", subject="bc", model="bc", model_version=1, passed=False, gates=[])
+    )
+    assert registry.published == []
+    models = await registry.stub.ListModels(pb.ListModelsRequest())
+    assert [(m.name, m.latest_version, dict(m.aliases)) for m in models.models] == [("bc", 1, {})]
+
+
+async def test_a_corrupt_artifact_is_refused_not_served(
+    registry: Registry, trained_breast_cancer: TrainingResult
+) -> None:
+    created = await registry.stub.CreateModelVersion(iter(_create("bc", trained_breast_cancer.onnx_bytes)))
+    path = registry.core.artifacts.path(created.artifact_sha256)
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await download_artifact(registry.channel, "bc", 1)
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "corrupt" in (raised.value.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("request_", "code"),
+    [
+        (pb.GetModelVersionRequest(model="nope", version=1), grpc.StatusCode.NOT_FOUND),
+        (pb.GetModelVersionRequest(model="../x", version=1), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.GetModelVersionRequest(model="bc", alias="Bad Alias"), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.GetModelVersionRequest(model="bc"), grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+)
+async def test_bad_lookups_get_clear_errors(
+    registry: Registry, request_: pb.GetModelVersionRequest, code: grpc.StatusCode
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await registry.stub.GetModelVersion(request_)
+    assert raised.value.code() == code
+    assert raised.value.details()
+
+
+@pytest.mark.parametrize(
+    ("requests", "message"),
+    [
+        (_create("bc", b""), "empty"),
+        (_create("bc", b"x" * 5_000_001, chunk=1_000_000), "exceeds the limit"),
+        (_create("bc", b"not an onnx model"), "not a valid ONNX model"),
+        (_create("../x", b"whatever"), "invalid model name"),
+    ],
+)
+async def test_bad_uploads_are_invalid_arguments(
+    registry: Registry, requests: list[pb.CreateModelVersionRequest], message: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await registry.stub.CreateModelVersion(iter(requests))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in (raised.value.details() or "")

@@ -1,0 +1,90 @@
+"""Runs the real serving service (`build()` + `Service.run`) for the tests, in its own process.
+
+Own process, because tritonclient and Cascade's stubs both register the proto package `inference`
+and cannot share one. Kafka is faststream's in-memory TestKafkaBroker, so no broker is needed.
+
+    python serving_process.py --registry HOST:PORT [--sample-rate R]
+
+One line per message:
+    stdout  PORT <port>                  the gRPC port, once the service has started
+    stdout  LOGGED <json>                every PredictionLogged event the service publishes
+    stdin   promote <model> <version>    publish ModelPromoted, as the validator would; then
+    stdout  PROMOTED <model> <version>   once the service has handled it
+Closing stdin stops the service gracefully.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from faststream.kafka import KafkaBroker, TestKafkaBroker
+
+from services.serving.app import build
+from services.serving.settings import ServingSettings
+from shared.events import ModelPromoted, PredictionLogged, Topics
+from shared.logs import setup_logging
+
+
+def say(*words: object) -> None:
+    print(*words, flush=True)
+
+
+async def stdin_lines() -> asyncio.StreamReader:
+    reader = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+async def obey(commands: asyncio.StreamReader, broker: KafkaBroker, topics: Topics) -> None:
+    while line := (await commands.readline()).decode():
+        verb, model, version = line.split()
+        assert verb == "promote", line
+        event = ModelPromoted(
+            source="tests", subject=model, model=model, model_version=int(version), actor="tests"
+        )
+        await broker.publish(event, topic=topics.for_event(ModelPromoted), key=model.encode())
+        say("PROMOTED", model, version)
+
+
+async def main(registry: str, sample_rate: float) -> None:
+    settings = ServingSettings(
+        grpc_port=0,
+        registry_address=registry,
+        instance_id="test",
+        topic_prefix="test",
+        prediction_log_sample_rate=sample_rate,
+        shutdown_grace_seconds=1.0,
+    )
+    service = build(settings)
+    assert service.broker is not None
+    topics = Topics(settings.topic_prefix)
+
+    @service.broker.subscriber(topics.for_event(PredictionLogged))
+    async def on_logged(event: PredictionLogged) -> None:
+        say("LOGGED", event.model_dump_json())
+
+    async def announce_port() -> None:
+        say("PORT", service.bound_port)
+
+    service.on_start = [*service.on_start, announce_port]
+    commands = await stdin_lines()
+    stop = asyncio.Event()
+    async with TestKafkaBroker(service.broker) as broker:
+        running = asyncio.create_task(service.run(stop))
+        obeying = asyncio.create_task(obey(commands, broker, topics))
+        await asyncio.wait({running, obeying}, return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        obeying.cancel()
+        await running  # re-raises if the service failed
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--registry", required=True)
+    parser.add_argument("--sample-rate", type=float, default=1.0)
+    arguments = parser.parse_args()
+    setup_logging("serving", "INFO", "text")
+    asyncio.run(main(arguments.registry, arguments.sample_rate))
