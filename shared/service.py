@@ -59,19 +59,22 @@ class Service:
         for name in ("", *self.grpc_service_names):
             await self.health.set(name, status)
 
-    async def _start_broker(self) -> None:
+    async def _start_broker(self, stop: asyncio.Event) -> bool:
+        """Connect, retrying while Kafka is not up (staying NOT_SERVING); False if told to stop first."""
         assert self.broker is not None
         delay = 0.5
-        while True:
+        while not stop.is_set():
             try:
                 await self.broker.start()
-                return
-            except Exception as exc:  # Kafka not up yet: keep trying, stay NOT_SERVING meanwhile.
+                return True
+            except Exception as exc:
                 log.warning("Kafka at %s not reachable yet (%s); retrying", self.settings.kafka_bootstrap, exc)
                 with contextlib.suppress(Exception):
                     await self.broker.stop()
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
                 delay = min(delay * 2, 5.0)
+        return False
 
     async def _watch_broker(self) -> None:
         """Health follows the broker: NOT_SERVING while Kafka is unreachable."""
@@ -115,11 +118,11 @@ class Service:
         try:
             for hook in self.on_start:
                 await hook()
-            if self.broker is not None:
-                await self._start_broker()
-                watcher = asyncio.create_task(self._watch_broker())
-            await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-            log.info("%s ready", self.name)
+            if self.broker is None or await self._start_broker(stop):
+                if self.broker is not None:
+                    watcher = asyncio.create_task(self._watch_broker())
+                await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+                log.info("%s ready", self.name)
             await stop.wait()
             log.info("%s stopping", self.name)
         finally:

@@ -15,6 +15,8 @@ from shared.messaging import build_broker
 from shared.service import Service
 from shared.stubs.cascade.monitor.v1 import monitor_pb2_grpc
 
+__all__ = ["build"]
+
 
 def build(settings: MonitorSettings | None = None) -> Service:
     settings = settings or MonitorSettings()

@@ -90,15 +90,19 @@ class GrpcReferenceSource:
         request = ingest_pb2.DownloadDatasetVersionRequest(dataset=dataset, version=version)
         data = bytearray()
         total_size, sha256 = -1, ""
-        async with _calling("ingest", self.ingest_address, f"download of {dataset}@{version}"):
-            async for chunk in self._ingest.DownloadDatasetVersion(request, timeout=self.timeout_seconds):
-                if chunk.offset != len(data):
-                    raise FailedPrecondition(
-                        f"ingest sent {dataset}@{version} out of order: "
-                        f"offset {chunk.offset}, expected {len(data)}"
-                    )
-                data += chunk.data
-                total_size, sha256 = chunk.total_size, chunk.sha256
+        call = self._ingest.DownloadDatasetVersion(request, timeout=self.timeout_seconds)
+        try:
+            async with _calling("ingest", self.ingest_address, f"download of {dataset}@{version}"):
+                async for chunk in call:
+                    if chunk.offset != len(data):
+                        raise FailedPrecondition(
+                            f"ingest sent {dataset}@{version} out of order: "
+                            f"offset {chunk.offset}, expected {len(data)}"
+                        )
+                    data += chunk.data
+                    total_size, sha256 = chunk.total_size, chunk.sha256
+        finally:
+            call.cancel()  # a no-op after the last chunk; frees the stream if we stopped early
         _verify(bytes(data), total_size, sha256, f"{dataset}@{version}")
         return bytes(data)
 

@@ -5,6 +5,8 @@ from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
 
+__all__ = ["MonitorSettings"]
+
 
 class MonitorSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CASCADE_MONITOR_", extra="ignore", frozen=True)

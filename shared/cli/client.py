@@ -6,6 +6,7 @@ Failures surface as `ClientError` with a message fit for a terminal, never a gRP
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -75,10 +76,25 @@ def setup_cli_tracing(stack: Stack) -> None:
     global _tracing_ready  # noqa: PLW0603 - the provider it guards is process-global too
     if _tracing_ready:
         return
-    # setup_tracing reads the standard OTEL_* variables; the CLI is the outermost layer.
-    os.environ.update(stack.tracing_env("cli"))
-    setup_tracing("cascade-cli", package_version())
+    # setup_tracing and the exporter it builds read os.environ; set our defaults only while they
+    # do, so they never leak into the environment of services this process starts later.
+    with _environment(stack.tracing_env("cli")):
+        setup_tracing("cascade-cli", package_version())
     _tracing_ready = True
+
+
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def package_version() -> str:

@@ -125,8 +125,9 @@ class Stack:
             home=self.home / "kafka", port=self.config.kafka_port, controller_port=self.config.controller_port
         )
         self._progress = on_progress or (lambda _message: None)
-        # The caller's environment, which services inherit; a seam for tests.
-        self._environ = os.environ if environ is None else environ
+        # The caller's environment, which services inherit; a copy, so later changes to
+        # os.environ in this process cannot change what services get. Tests pass their own.
+        self._environ = dict(os.environ if environ is None else environ)
         # The latest process this object spawned per service, kept so it can be reaped (no
         # zombies, no ResourceWarning) and its exit code reported.
         self._children: dict[str, subprocess.Popen[bytes]] = {}

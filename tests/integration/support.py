@@ -1,0 +1,89 @@
+"""Helpers for driving the real stack from tests, as an outside client would."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import numpy as np
+import pandas as pd
+import tritonclient.grpc as triton
+
+from shared.cli.stack import Stack
+from shared.stubs.cascade.ingest.v1 import ingest_pb2 as pb
+from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def upload(stack: Stack, dataset: str, frame: pd.DataFrame) -> tuple[pb.UploadBatchResponse, str]:
+    """Upload a CSV batch as a traced outside client: the W3C `traceparent` it sends makes the
+    cascade's trace id known to the test."""
+    trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
+    data = frame.to_csv(index=False).encode()
+    requests = [
+        pb.UploadBatchRequest(header=pb.BatchHeader(dataset=dataset, format=pb.FILE_FORMAT_CSV, target="target")),
+        *(pb.UploadBatchRequest(chunk=data[i : i + 65536]) for i in range(0, len(data), 65536)),
+    ]
+    with grpc.insecure_channel(stack.address("ingest")) as channel:
+        response = ingest_pb2_grpc.IngestServiceStub(channel).UploadBatch(
+            iter(requests), metadata=(("traceparent", f"00-{trace_id}-{span_id}-01"),), timeout=60
+        )
+    return response, trace_id
+
+
+def infer(stack: Stack, model: str, rows: np.ndarray, version: str = "") -> tuple[str, np.ndarray]:
+    """(model version that answered, predicted labels) through tritonclient, unchanged."""
+    client = triton.InferenceServerClient(url=stack.address("serving"))
+    try:
+        request = triton.InferInput("input", list(rows.shape), "FP32")
+        request.set_data_from_numpy(rows.astype(np.float32))
+        result = client.infer(
+            model, [request], model_version=version, outputs=[triton.InferRequestedOutput("label")]
+        )
+        labels = result.as_numpy("label")
+        assert labels is not None
+        return result.get_response().model_version, labels
+    finally:
+        client.close()
+
+
+def model_ready(stack: Stack, model: str, version: str) -> bool:
+    client = triton.InferenceServerClient(url=stack.address("serving"))
+    try:
+        return bool(client.is_model_ready(model, version))
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+def spans_of_trace(stack: Stack, trace_id: str) -> list[dict[str, object]]:
+    """Every span of one trace across the services' OTLP-JSON files, with its service.name."""
+    spans: list[dict[str, object]] = []
+    for path in sorted(Path(stack.home, "traces").glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            for resource_spans in json.loads(line).get("resourceSpans", []):
+                attributes = {
+                    a["key"]: a["value"].get("stringValue") for a in resource_spans["resource"]["attributes"]
+                }
+                for scope in resource_spans.get("scopeSpans", []):
+                    for span in scope.get("spans", []):
+                        if span["traceId"] == trace_id:
+                            spans.append({**span, "service.name": attributes.get("service.name")})
+    return spans

@@ -1,0 +1,139 @@
+"""The whole cascade through real Kafka, real gRPC and six real service processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import uuid
+
+import numpy as np
+import pandas as pd
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from sklearn.datasets import load_breast_cancer, make_classification
+
+from shared.cli.stack import SERVICES, Stack
+from shared.events import DataArrived, ModelPromoted, ModelTrained, ModelValidated, PredictionLogged, RawRecords, Topics
+from shared.messaging import DLQ_REASON, DLQ_SERVICE, DLQ_TOPIC
+from tests.integration.support import infer, model_ready, spans_of_trace, upload, wait_for
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+CASCADE_TIMEOUT = 120.0
+
+
+def _breast_cancer_batches() -> tuple[pd.DataFrame, pd.DataFrame]:
+    frame = load_breast_cancer(as_frame=True).frame.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    cut = int(len(frame) * 0.6)
+    return frame.iloc[:cut], frame.iloc[cut:]
+
+
+def test_ingest_cascades_to_served_versions_one_then_two_in_one_trace(stack: Stack) -> None:
+    model = "bc_cascade"
+    first, second = _breast_cancer_batches()
+    features = first.drop(columns="target").to_numpy(np.float32)
+
+    response, trace_id = upload(stack, model, first)
+    assert response.created and response.report.rows_accepted == len(first)
+    wait_for(lambda: model_ready(stack, model, "1"), CASCADE_TIMEOUT, "serving to load version 1")
+    version, labels = infer(stack, model, features[:32])
+    assert version == "1"
+    assert np.mean(labels == first["target"].to_numpy()[:32]) > 0.85
+
+    response, _ = upload(stack, model, second)
+    assert response.created
+    wait_for(lambda: infer(stack, model, features[:4])[0] == "2", CASCADE_TIMEOUT, "serving to swap to version 2")
+    assert infer(stack, model, features[:4], version="1")[0] == "1"  # the previous version stays addressable
+
+    def all_six_services_in_trace() -> set[str] | None:
+        services = {str(span["service.name"]) for span in spans_of_trace(stack, trace_id)}
+        return services if {f"cascade-{name}" for name in SERVICES} <= services else None
+
+    services = wait_for(all_six_services_in_trace, 30, "spans from all six services in the first cascade's trace")
+    assert services >= {f"cascade-{name}" for name in SERVICES}
+    kinds = {(span["service.name"], span["kind"]) for span in spans_of_trace(stack, trace_id)}
+    assert ("cascade-trainer", "SPAN_KIND_CONSUMER") in kinds
+    assert ("cascade-registry", "SPAN_KIND_SERVER") in kinds
+    assert not any("grpc.health" in str(span["name"]) for span in spans_of_trace(stack, trace_id))
+
+
+def test_a_service_killed_mid_cascade_lets_the_cascade_finish(stack: Stack) -> None:
+    model = "bc_crash"
+    # Big enough that training takes a moment, so the kill lands while the trainer is busy.
+    x, y = make_classification(n_samples=40_000, n_features=30, n_informative=12, random_state=5)
+    frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(30)]).assign(target=y)
+    log = stack.log_file("trainer")
+    log_before = log.read_text() if log.exists() else ""
+
+    upload(stack, model, frame)
+    wait_for(lambda: f"training {model}" in log.read_text()[len(log_before) :], 60, "the trainer to start training")
+    stack.kill_service("trainer", signal.SIGKILL)
+    killed_at = len(log.read_text())
+    stack.start_service("trainer")
+
+    wait_for(lambda: model_ready(stack, model, "1"), CASCADE_TIMEOUT, "the cascade to finish after the crash")
+    after_restart = log.read_text()[killed_at:]
+    # The unacknowledged data-arrived was redelivered to the new trainer process.
+    assert f"training {model}" in after_restart or f"{model}@" in after_restart
+    version, labels = infer(stack, model, x[:16].astype(np.float32))
+    assert version == "1" and np.mean(labels == y[:16]) > 0.7
+
+
+async def _produce(bootstrap: str, messages: list[tuple[str, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for topic, value in messages:
+            await producer.send_and_wait(topic, value, key=b"malformed")
+    finally:
+        await producer.stop()
+
+
+async def _dead_letters(bootstrap: str, topic: str, marker: bytes, count: int) -> list[dict[str, str]]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    found: list[dict[str, str]] = []
+    try:
+        async with asyncio.timeout(60):
+            while len(found) < count:
+                record = await consumer.getone()
+                if marker in (record.value or b""):
+                    found.append({k: v.decode() for k, v in record.headers})
+    finally:
+        await consumer.stop()
+    return found
+
+
+def test_malformed_events_on_every_input_topic_are_dead_lettered_with_a_reason(stack: Stack) -> None:
+    topics = Topics(stack.config.topic_prefix)
+    marker = uuid.uuid4().hex.encode()
+    inputs = [RawRecords, DataArrived, ModelTrained, ModelValidated, ModelPromoted, PredictionLogged]
+    bootstrap = stack.address("kafka")
+    asyncio.run(_produce(bootstrap, [(topics.for_event(e), b"{malformed " + marker) for e in inputs]))
+    # model-promoted feeds both serving and monitor; each dead-letters its own copy.
+    letters = asyncio.run(_dead_letters(bootstrap, topics.dead_letter, marker, len(inputs) + 1))
+
+    by_service = {(h[DLQ_SERVICE], h[DLQ_TOPIC]) for h in letters}
+    assert by_service == {
+        ("ingest", topics.for_event(RawRecords)),
+        ("trainer", topics.for_event(DataArrived)),
+        ("validator", topics.for_event(ModelTrained)),
+        ("registry", topics.for_event(ModelValidated)),
+        ("serving", topics.for_event(ModelPromoted)),
+        ("monitor", topics.for_event(ModelPromoted)),
+        ("monitor", topics.for_event(PredictionLogged)),
+    }
+    assert all("ValidationError" in h[DLQ_REASON] for h in letters)
+    # Every service kept running and still answers SERVING.
+    assert all(row.health == "SERVING" for row in stack.status())
+
+
+def test_raw_records_from_any_kafka_producer_are_ingested(stack: Stack) -> None:
+    topics = Topics(stack.config.topic_prefix)
+    frame = load_breast_cancer(as_frame=True).frame.head(300)
+    records = json.loads(frame.to_json(orient="records"))
+    records[0]["mean radius"] = "oops"
+    body = json.dumps({"dataset": "bc_records", "records": records}).encode()
+    asyncio.run(_produce(stack.address("kafka"), [(topics.for_event(RawRecords), body)]))
+    wait_for(lambda: model_ready(stack, "bc_records", "1"), CASCADE_TIMEOUT, "the records to cascade to a model")

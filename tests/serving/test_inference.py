@@ -1,0 +1,359 @@
+"""The inference service end to end: the real service in a subprocess, called through tritonclient
+(and tritonclient's own generated stubs, for the malformed requests its helpers refuse to build)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from tritonclient.grpc import aio as triton_aio
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from .support import MODEL, Dataset, RunningRegistry, TrainedModel
+
+HARNESS = Path(__file__).with_name("serving_process.py")
+REPO_ROOT = Path(__file__).parents[2]
+
+
+class ServingProcess:
+    """The serving service in a child process; see serving_process.py for its line protocol."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.logged: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.promoted: asyncio.Queue[str] = asyncio.Queue()
+        self._reader = asyncio.create_task(self._read_stdout())
+
+    @classmethod
+    async def start(cls, registry_address: str) -> ServingProcess:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(HARNESS),
+            "--registry",
+            registry_address,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=REPO_ROOT,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OTEL_SDK_DISABLED": "true"},
+        )
+        serving = cls(process)
+        await asyncio.wait_for(asyncio.shield(serving.port), 30)
+        return serving
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port.result()}"
+
+    async def _read_stdout(self) -> None:
+        assert self.process.stdout is not None
+        while line := (await self.process.stdout.readline()).decode():
+            kind, _, rest = line.rstrip("\n").partition(" ")
+            if kind == "PORT":
+                self.port.set_result(int(rest))
+            elif kind == "LOGGED":
+                self.logged.put_nowait(json.loads(rest))
+            elif kind == "PROMOTED":
+                self.promoted.put_nowait(rest)
+        if not self.port.done():
+            self.port.set_exception(RuntimeError("the serving process exited before it started"))
+
+    async def promote(self, model: str, version: int) -> None:
+        """Publish ModelPromoted and wait until the service has handled it."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"promote {model} {version}\n".encode())
+        await self.process.stdin.drain()
+        assert await asyncio.wait_for(self.promoted.get(), 30) == f"{model} {version}"
+
+    async def wait_until_ready(self, client: triton_aio.InferenceServerClient, version: str = "") -> None:
+        for _ in range(600):  # polling a remote service: up to 30 s
+            if await client.is_model_ready(MODEL, version):
+                return
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"{MODEL} never became ready")
+
+    async def stop(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()  # the harness stops the service gracefully
+        try:
+            await asyncio.wait_for(self.process.wait(), 15)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+        await self._reader
+
+
+@contextlib.asynccontextmanager
+async def serving_client(registry: RunningRegistry) -> AsyncIterator[tuple[ServingProcess, Any]]:
+    serving = await ServingProcess.start(registry.address)
+    client = triton_aio.InferenceServerClient(serving.url)
+    try:
+        await serving.wait_until_ready(client)
+        yield serving, client
+    finally:
+        await client.close()
+        await serving.stop()
+
+
+@pytest.fixture(scope="module")
+async def served(module_registry: RunningRegistry) -> AsyncIterator[tuple[ServingProcess, Any]]:
+    """One service for the tests that only read; version 1 is the champion throughout."""
+    async with serving_client(module_registry) as pair:
+        yield pair
+
+
+@pytest.fixture(scope="module")
+async def stub(served: tuple[ServingProcess, Any]) -> AsyncIterator[Any]:
+    """A raw OIP stub (tritonclient's), for requests the tritonclient helpers would not build."""
+    async with grpc.aio.insecure_channel(served[0].url) as channel:
+        yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+
+def raw_input(rows: np.ndarray, datatype: str = "FP32") -> triton.InferInput:
+    tensor = triton.InferInput("input", list(rows.shape), datatype)
+    tensor.set_data_from_numpy(rows)
+    return tensor
+
+
+def assert_answers(result: triton.InferResult, model: TrainedModel, rows: np.ndarray) -> None:
+    np.testing.assert_array_equal(result.as_numpy("label"), model.labels(rows))
+    np.testing.assert_allclose(result.as_numpy("probabilities"), model.probabilities(rows), atol=1e-5)
+
+
+# -- health and metadata ---------------------------------------------------------------------------
+async def test_server_live_ready_and_metadata(served: tuple[ServingProcess, Any]) -> None:
+    _, client = served
+    assert await client.is_server_live()
+    assert await client.is_server_ready()
+    metadata = await client.get_server_metadata()
+    assert (metadata.name, list(metadata.extensions)) == ("cascade-serving", [])
+    assert metadata.version
+
+
+async def test_model_metadata_describes_the_session(served: tuple[ServingProcess, Any]) -> None:
+    _, client = served
+    metadata = await client.get_model_metadata(MODEL)
+    assert (metadata.name, list(metadata.versions), metadata.platform) == (MODEL, ["1"], "onnxruntime_onnx")
+    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [("input", "FP32", [-1, 30])]
+    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.outputs] == [
+        ("label", "INT64", [-1]),
+        ("probabilities", "FP32", [-1, 2]),
+    ]
+
+
+async def test_model_ready_only_for_loaded_versions(served: tuple[ServingProcess, Any]) -> None:
+    _, client = served
+    assert await client.is_model_ready(MODEL)
+    assert await client.is_model_ready(MODEL, "1")
+    assert not await client.is_model_ready(MODEL, "2")  # registered, never champion: not loaded
+    assert not await client.is_model_ready("no-such-model")
+
+
+# -- inference -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("datatype", ["FP32", "FP64"])
+async def test_raw_batch_matches_sklearn(
+    served: tuple[ServingProcess, Any], models: dict[int, TrainedModel], dataset: Dataset, datatype: str
+) -> None:
+    _, client = served
+    rows = dataset.rows[:5].astype(triton.triton_to_np_dtype(datatype))
+    result = await client.infer(MODEL, [raw_input(rows, datatype)], request_id=f"raw-{datatype}")
+    response = result.get_response()
+    assert (response.id, response.model_name, response.model_version) == (f"raw-{datatype}", MODEL, "1")
+    assert [(o.name, o.datatype, list(o.shape)) for o in response.outputs] == [
+        ("label", "INT64", [5]),
+        ("probabilities", "FP32", [5, 2]),
+    ]
+    assert_answers(result, models[1], rows)
+
+
+@pytest.mark.parametrize(("datatype", "field"), [("FP32", "fp32_contents"), ("FP64", "fp64_contents")])
+async def test_typed_contents_match_sklearn(
+    stub: Any, models: dict[int, TrainedModel], dataset: Dataset, datatype: str, field: str
+) -> None:
+    rows = dataset.rows[5:10]
+    tensor = service_pb2.ModelInferRequest.InferInputTensor(name="input", datatype=datatype, shape=[5, 30])
+    getattr(tensor.contents, field).extend(rows.ravel().tolist())
+    response = await stub.ModelInfer(service_pb2.ModelInferRequest(model_name=MODEL, inputs=[tensor]))
+    assert_answers(triton.InferResult(response), models[1], rows)
+
+
+async def test_only_the_requested_outputs_in_the_requested_order(
+    served: tuple[ServingProcess, Any], dataset: Dataset
+) -> None:
+    _, client = served
+    rows = dataset.rows[:5]
+    for names in (["probabilities", "label"], ["probabilities"]):
+        outputs = [triton.InferRequestedOutput(name) for name in names]
+        result = await client.infer(MODEL, [raw_input(rows)], outputs=outputs)
+        assert [output.name for output in result.get_response().outputs] == names
+
+
+async def test_explicit_version(served: tuple[ServingProcess, Any], dataset: Dataset) -> None:
+    _, client = served
+    result = await client.infer(MODEL, [raw_input(dataset.rows[:1])], model_version="1")
+    assert result.get_response().model_version == "1"
+
+
+async def test_predictions_are_logged_with_feature_names(
+    served: tuple[ServingProcess, Any], models: dict[int, TrainedModel], dataset: Dataset
+) -> None:
+    serving, client = served
+    rows = dataset.rows[20:25]
+    await client.infer(MODEL, [raw_input(rows)], request_id="to-be-logged")
+    async with asyncio.timeout(10):
+        event = await serving.logged.get()
+        while event["request_id"] != "to-be-logged":  # earlier tests' requests are logged too
+            event = await serving.logged.get()
+    assert (event["subject"], event["model"], event["model_version"]) == (MODEL, MODEL, 1)
+    assert event["source"] == "cascade/serving"
+    assert event["features"] == dataset.features  # from the version's "features" tag
+    np.testing.assert_array_equal(np.array(event["inputs"], dtype=np.float32), rows)
+    assert event["outputs"] == models[1].labels(rows).astype(float).tolist()
+
+
+# -- bad requests ----------------------------------------------------------------------------------
+def good_request(dataset: Dataset) -> Any:
+    rows = dataset.rows[:5]
+    return service_pb2.ModelInferRequest(
+        model_name=MODEL,
+        inputs=[service_pb2.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[5, 30])],
+        raw_input_contents=[rows.tobytes()],
+    )
+
+
+def set_model(name: str) -> Callable[[Any], None]:
+    return lambda request: setattr(request, "model_name", name)
+
+
+def set_version(version: str) -> Callable[[Any], None]:
+    return lambda request: setattr(request, "model_version", version)
+
+
+def set_input(**changes: Any) -> Callable[[Any], None]:
+    def change(request: Any) -> None:
+        for name, value in changes.items():
+            if name == "shape":
+                del request.inputs[0].shape[:]
+                request.inputs[0].shape.extend(value)
+            else:
+                setattr(request.inputs[0], name, value)
+
+    return change
+
+
+def drop_inputs(request: Any) -> None:
+    del request.inputs[:]
+    del request.raw_input_contents[:]
+
+
+def shorten_raw(request: Any) -> None:
+    request.raw_input_contents[0] = request.raw_input_contents[0][:-4]
+
+
+def typed_too_few(request: Any) -> None:
+    del request.raw_input_contents[:]
+    request.inputs[0].contents.fp32_contents.extend([1.0] * 10)
+
+
+def ask_unknown_output(request: Any) -> None:
+    request.outputs.add(name="score")
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "message"),
+    [
+        (set_model("no-such-model"), grpc.StatusCode.NOT_FOUND, "model 'no-such-model' is not loaded"),
+        (set_version("7"), grpc.StatusCode.NOT_FOUND, "no loaded version '7'"),
+        (set_version("latest"), grpc.StatusCode.NOT_FOUND, "no loaded version 'latest'"),
+        (drop_inputs, grpc.StatusCode.INVALID_ARGUMENT, "missing input(s) ['input']"),
+        (set_input(name="features"), grpc.StatusCode.INVALID_ARGUMENT, "unknown input 'features'"),
+        (set_input(shape=[30, 5]), grpc.StatusCode.INVALID_ARGUMENT, "shape [30, 5], but the model expects"),
+        (set_input(datatype="BYTES"), grpc.StatusCode.INVALID_ARGUMENT, "has datatype 'BYTES'"),
+        (shorten_raw, grpc.StatusCode.INVALID_ARGUMENT, "has 596 bytes, but shape [5, 30] of FP32 needs 600"),
+        (typed_too_few, grpc.StatusCode.INVALID_ARGUMENT, "fp32_contents has 10 values, but shape [5, 30]"),
+        (ask_unknown_output, grpc.StatusCode.INVALID_ARGUMENT, "unknown output(s) ['score']"),
+    ],
+    ids=[
+        "unknown-model",
+        "unknown-version",
+        "non-numeric-version",
+        "missing-input",
+        "unknown-input",
+        "wrong-shape",
+        "wrong-datatype",
+        "wrong-byte-length",
+        "wrong-value-count",
+        "unknown-output",
+    ],
+)
+async def test_bad_requests_are_refused_with_a_reason(
+    stub: Any, dataset: Dataset, change: Callable[[Any], None], code: grpc.StatusCode, message: str
+) -> None:
+    request = good_request(dataset)
+    change(request)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.ModelInfer(request)
+    assert refused.value.code() == code
+    assert message in (refused.value.details() or "")
+
+
+async def test_the_server_still_answers_after_bad_requests(stub: Any, dataset: Dataset) -> None:
+    response = await stub.ModelInfer(good_request(dataset))
+    assert response.model_version == "1"
+
+
+# -- hot swap --------------------------------------------------------------------------------------
+async def test_hot_swap_under_load_fails_no_request(
+    registry: RunningRegistry, models: dict[int, TrainedModel], dataset: Dataset
+) -> None:
+    rows = dataset.rows[:5]
+    answers: list[triton.InferResult] = []
+    failures: list[BaseException] = []
+    done = asyncio.Event()
+
+    async with serving_client(registry) as (serving, client):
+
+        async def keep_asking() -> None:
+            while not done.is_set():
+                try:
+                    answers.append(await client.infer(MODEL, [raw_input(rows)]))
+                except Exception as exc:
+                    failures.append(exc)
+
+        workers = [asyncio.create_task(keep_asking()) for _ in range(8)]
+        await asyncio.sleep(0.5)
+        registry.fake.promote(MODEL, 2)
+        await serving.promote(MODEL, 2)  # returns once the service has swapped
+        await asyncio.sleep(0.5)
+        done.set()
+        await asyncio.gather(*workers)
+
+        assert failures == []
+        by_version = {"1": 0, "2": 0}
+        for result in answers:
+            version = result.get_response().model_version
+            by_version[version] += 1
+            assert_answers(result, models[int(version)], rows)
+        assert by_version["1"] > 0 and by_version["2"] > 0, by_version
+
+        # The new champion answers by default; the old version stays addressable explicitly.
+        latest = await client.infer(MODEL, [raw_input(rows)])
+        assert latest.get_response().model_version == "2"
+        old = await client.infer(MODEL, [raw_input(rows)], model_version="1")
+        assert_answers(old, models[1], rows)
+        assert list((await client.get_model_metadata(MODEL)).versions) == ["1", "2"]
+
+        # A repeated promotion is harmless: nothing is downloaded again.
+        downloads = registry.fake.downloads
+        await serving.promote(MODEL, 2)
+        assert registry.fake.downloads == downloads

@@ -1,0 +1,80 @@
+"""The registry client against a fake registry speaking the real gRPC protocol."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+
+from services.serving.registry_client import RegistryClient
+from services.serving.repository import ModelRef, ModelRepository
+from shared.errors import FailedPrecondition, NotFound, Unavailable
+
+from .support import MODEL, Dataset, RunningRegistry, TrainedModel
+
+
+@pytest.fixture
+async def client(registry: RunningRegistry) -> AsyncIterator[RegistryClient]:
+    client = RegistryClient(registry.address, timeout_seconds=5)
+    yield client
+    await client.close()
+
+
+async def test_champion_carries_version_digest_and_feature_names(
+    client: RegistryClient, models: dict[int, TrainedModel], dataset: Dataset
+) -> None:
+    ref = await client.champion(MODEL)
+    assert ref == ModelRef(MODEL, 1, hashlib.sha256(models[1].onnx).hexdigest(), tuple(dataset.features))
+    assert await client.models_with_champion() == [MODEL]
+
+
+async def test_artifact_is_assembled_from_chunks(
+    client: RegistryClient, models: dict[int, TrainedModel]
+) -> None:
+    ref = await client.champion(MODEL)
+    assert await client.artifact(ref) == models[1].onnx
+
+
+async def test_artifact_with_a_wrong_digest_is_refused(
+    client: RegistryClient, registry: RunningRegistry, models: dict[int, TrainedModel]
+) -> None:
+    registry.fake.recorded_sha256[MODEL, 1] = "0" * 64
+    ref = await client.champion(MODEL)
+    with pytest.raises(FailedPrecondition, match=r"has sha256 .* refused"):
+        await client.artifact(ref)
+    # The digest the version claims must match too, not just the one the stream announces.
+    del registry.fake.recorded_sha256[MODEL, 1]
+    stale = ModelRef(MODEL, 1, "f" * 64)
+    with pytest.raises(FailedPrecondition, match="refused"):
+        await client.artifact(stale)
+
+
+async def test_corrupt_champion_leaves_the_old_one_serving(
+    client: RegistryClient, registry: RunningRegistry
+) -> None:
+    repository = ModelRepository(client)
+    await repository.sync_champion(MODEL)
+    registry.fake.promote(MODEL, 2)
+    registry.fake.recorded_sha256[MODEL, 2] = "0" * 64
+    with pytest.raises(FailedPrecondition):
+        await repository.sync_champion(MODEL)
+    assert repository.resolve(MODEL).version == 1
+
+
+async def test_unknown_model_is_not_found(client: RegistryClient) -> None:
+    with pytest.raises(NotFound, match="NOT_FOUND"):
+        await client.champion("no-such-model")
+
+
+async def test_unreachable_registry_is_unavailable() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    client = RegistryClient(address, timeout_seconds=2)
+    try:
+        with pytest.raises(Unavailable, match=r"registry at 127\.0\.0\.1"):
+            await client.champion(MODEL)
+    finally:
+        await client.close()
