@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    # A second copy of a service must fail to bind rather than silently share the port.
+    ("grpc.so_reuseport", 0),
 ]
 
 Hook = Callable[[], Awaitable[None]]

@@ -152,6 +152,7 @@ def summary(stack: Stack, outcomes: list[CascadeOutcome]) -> list[str]:
             f"    trace id: {outcome.ingest.trace_id}",
         ]
     lines += [
+        "  (version 1 never saw those rows; version 2 was trained on batch 2, them included)",
         f"  logs:   {stack.home}/logs/<service>.log",
         f"  traces: {_traces_hint(stack)}",
         "The stack is still running: `cascade status` shows it, `cascade down` stops it.",

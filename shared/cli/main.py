@@ -105,7 +105,8 @@ def kafka_install(
 
     stack = _stack(ctx)
     with friendly_errors():
-        _progress("Fetching the Kafka jars with Maven (first run only)")
+        if not stack.kafka.libs_dir.is_dir():
+            _progress("Fetching the Kafka jars with Maven")
         libs = kafka_broker.install(stack.kafka, pom=KAFKA_POM, quiet=not verbose)
     typer.echo(f"Kafka jars in {libs}")
 
@@ -124,9 +125,12 @@ def kafka_start(
         if not stack.kafka.libs_dir.is_dir():
             _progress("Fetching the Kafka jars with Maven (first run only)")
             kafka_broker.install(stack.kafka, pom=KAFKA_POM)
-        _progress(f"Starting Kafka on {stack.kafka.bootstrap}")
+        was_running = kafka_broker.status(stack.kafka).running
+        if not was_running:
+            _progress(f"Starting Kafka on {stack.kafka.bootstrap}")
         pid = kafka_broker.start(stack.kafka, pom=KAFKA_POM, timeout=timeout)
-    typer.echo(f"Kafka running: pid {pid}, bootstrap {stack.kafka.bootstrap}, logs in {stack.kafka.logs_dir}")
+    state = "already running" if was_running else "running"
+    typer.echo(f"Kafka {state}: pid {pid}, bootstrap {stack.kafka.bootstrap}, logs in {stack.kafka.logs_dir}")
 
 
 @kafka_app.command("stop")

@@ -202,8 +202,7 @@ class Stack:
         names = _ordered(services)
         self._install_kafka()
         deadline = time.monotonic() + timeout
-        self._progress(f"Starting Kafka on {self.kafka.bootstrap}")
-        kafka_broker.start(self.kafka, pom=KAFKA_POM, timeout=timeout)
+        self._start_kafka(timeout)
         for name in names:
             self._ensure_running(name)
         self._wait_serving(names, deadline)
@@ -212,6 +211,15 @@ class Stack:
         """Start one service (Kafka is assumed up) unless running, and wait until it is SERVING."""
         self._ensure_running(name)
         self._wait_serving([name], time.monotonic() + timeout)
+
+    def _start_kafka(self, timeout: float) -> None:
+        broker = kafka_broker.status(self.kafka)
+        if broker.running:
+            self._progress(f"Kafka already running (pid {broker.pid}) on {broker.bootstrap}")
+        else:
+            self._progress(f"Starting Kafka on {broker.bootstrap}")
+        # Also when running: start() then waits out a broker another process is still starting.
+        kafka_broker.start(self.kafka, pom=KAFKA_POM, timeout=timeout)
 
     def _install_kafka(self) -> None:
         if not self.kafka.libs_dir.is_dir():

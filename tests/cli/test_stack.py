@@ -139,3 +139,18 @@ def test_stale_pid_file_is_not_a_running_service(stack: Stack) -> None:
 def test_stop_and_kill_of_a_stack_not_running_are_no_ops(stack: Stack) -> None:
     stack.stop()
     assert stack.kill_service("ingest") is False
+
+
+def test_a_service_dying_at_start_up_is_reported_with_its_log(tmp_path: Path) -> None:
+    # An invalid setting makes the real ingest process exit before it binds any port.
+    config = StackConfig(
+        home=tmp_path, ports={"ingest": 40200}, extra_env={"CASCADE_INGEST_MAX_CLASSES": "many"}
+    )
+    stack = Stack(config, environ={k: v for k, v in os.environ.items() if not k.startswith("OTEL_")})
+
+    with pytest.raises(StackError, match=r"ingest exited with code \d+ during start-up") as raised:
+        stack.start_service("ingest", timeout=60)
+
+    assert "max_classes" in str(raised.value)  # the tail of the service's own log
+    assert stack.pid("ingest") is None
+    assert not stack.pid_file("ingest").exists()
