@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable
 from typing import Protocol
 
 import grpc
@@ -23,7 +23,7 @@ class _Chunk(Protocol):
     sha256: str
 
 
-async def _assemble(stream: AsyncIterator[_Chunk], what: str) -> bytes:
+async def _assemble(stream: AsyncIterable[_Chunk], what: str) -> bytes:
     buffer = bytearray()
     expected = ""
     async for chunk in stream:
@@ -48,7 +48,9 @@ async def fetch_dataset(
     """A dataset version's description and its rows, from ingest."""
     stub = ingest_pb2_grpc.IngestServiceStub(channel)
     try:
-        info = await stub.GetDatasetVersion(ingest_pb2.GetDatasetVersionRequest(dataset=dataset, version=version))
+        info = await stub.GetDatasetVersion(
+            ingest_pb2.GetDatasetVersionRequest(dataset=dataset, version=version)
+        )
         data = await _assemble(
             stub.DownloadDatasetVersion(
                 ingest_pb2.DownloadDatasetVersionRequest(dataset=dataset, version=info.version)

@@ -1,4 +1,4 @@
-"""Generate the gRPC stubs (with .pyi) from protos/ into shared/stubs/.
+"""Generate the gRPC stubs (with typed .pyi from mypy-protobuf) from protos/ into shared/stubs/.
 
 `python -m shared.protogen` regenerates them in place; `--check` fails when the committed stubs
 differ from what the protos generate (tests run it, so stale stubs never land).
@@ -28,13 +28,17 @@ def generate(out_root: Path) -> list[Path]:
 
     protos = sorted(p.relative_to(PROTOS) for p in PROTOS.rglob("*.proto"))
     well_known = Path(protoc.__file__).parent / "_proto"
+    plugins = Path(sys.executable).parent  # mypy-protobuf's protoc plugins, installed beside python
     args = [
         "protoc",
         f"-I{VIRTUAL_ROOT}={PROTOS}",
         f"-I{well_known}",
+        f"--plugin=protoc-gen-mypy={plugins / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={plugins / 'protoc-gen-mypy_grpc'}",
         f"--python_out={out_root}",
-        f"--pyi_out={out_root}",
+        f"--mypy_out={out_root}",
         f"--grpc_python_out={out_root}",
+        f"--mypy_grpc_out={out_root}",
         *(f"{VIRTUAL_ROOT}/{p.as_posix()}" for p in protos),
     ]
     if protoc.main(args) != 0:
@@ -54,11 +58,15 @@ def stale_files() -> list[str]:
             p.relative_to(STUBS) for p in STUBS.rglob("*") if p.is_file() and "__pycache__" not in p.parts
         }
         differing = [
-            str(rel) for rel in sorted(fresh & current) if not filecmp.cmp(fresh_root / rel, STUBS / rel, False)
+            str(rel)
+            for rel in sorted(fresh & current)
+            if not filecmp.cmp(fresh_root / rel, STUBS / rel, False)
         ]
-        return differing + [f"missing: {rel}" for rel in sorted(fresh - current)] + [
-            f"extra: {rel}" for rel in sorted(current - fresh)
-        ]
+        return (
+            differing
+            + [f"missing: {rel}" for rel in sorted(fresh - current)]
+            + [f"extra: {rel}" for rel in sorted(current - fresh)]
+        )
 
 
 def main() -> None:

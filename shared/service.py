@@ -70,7 +70,9 @@ class Service:
                 await self.broker.start()
                 return True
             except Exception as exc:
-                log.warning("Kafka at %s not reachable yet (%s); retrying", self.settings.kafka_bootstrap, exc)
+                log.warning(
+                    "Kafka at %s not reachable yet (%s); retrying", self.settings.kafka_bootstrap, exc
+                )
                 with contextlib.suppress(Exception):
                     await self.broker.stop()
                 with contextlib.suppress(TimeoutError):
@@ -89,7 +91,9 @@ class Service:
                 serving = ok
                 log.warning("Kafka %s", "reachable again" if ok else "unreachable: health NOT_SERVING")
                 await self._set_health(
-                    health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+                    health_pb2.HealthCheckResponse.SERVING
+                    if ok
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
                 )
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -107,8 +111,11 @@ class Service:
         for register in self.grpc_registrars:
             register(server)
         reflection.enable_server_reflection(
-            (*self.grpc_service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
+            (
+                *self.grpc_service_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -77,7 +77,9 @@ def infer_schema(frame: pd.DataFrame, target: str, max_classes: int) -> Schema:
     if not features:
         raise InvalidArgument("a batch needs at least one feature column besides the target")
     labels = pd.to_numeric(frame[target], errors="coerce").dropna()
-    is_label = bool(len(labels)) and bool(np.all(labels == labels.round())) and labels.nunique() <= max_classes
+    is_label = (
+        bool(len(labels)) and bool(np.all(labels == labels.round())) and labels.nunique() <= max_classes
+    )
     return Schema(features=features, target=target, task="classification" if is_label else "regression")
 
 
@@ -100,7 +102,7 @@ def clean(frame: pd.DataFrame, schema: Schema) -> CleanBatch:
         for col_index, column in enumerate(schema.columns):
             if finite[row, col_index]:
                 continue
-            cell = raw.iat[row, col_index]
+            cell = raw.iat[int(row), col_index]
             if not_a_number[row, col_index]:
                 reasons.append(f"{column}: not a number ({cell!r})")
             elif np.isinf(values[row, col_index]):
@@ -115,8 +117,11 @@ def clean(frame: pd.DataFrame, schema: Schema) -> CleanBatch:
         fractional = good & (labels != np.round(labels))
         for row in np.flatnonzero(fractional):
             rejected.append(
-                Rejection(int(row), f"{schema.target}: class label {labels[row]} is not an integer",
-                          _jsonable(raw.iloc[row].to_dict()))
+                Rejection(
+                    int(row),
+                    f"{schema.target}: class label {labels[row]} is not an integer",
+                    _jsonable(raw.iloc[row].to_dict()),
+                )
             )
         keep = good & ~fractional
     else:
@@ -134,4 +139,5 @@ def clean(frame: pd.DataFrame, schema: Schema) -> CleanBatch:
 
 
 def _jsonable(values: dict[Any, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps({str(k): v for k, v in values.items()}, default=str))
+    plain: dict[str, Any] = json.loads(json.dumps({str(k): v for k, v in values.items()}, default=str))
+    return plain

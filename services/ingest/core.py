@@ -50,7 +50,9 @@ class IngestCore:
         self.max_classes = max_classes
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def ingest(self, dataset: str, frame: pd.DataFrame, batch_id: str, target: str, source: str) -> IngestResult:
+    async def ingest(
+        self, dataset: str, frame: pd.DataFrame, batch_id: str, target: str, source: str
+    ) -> IngestResult:
         """Validate, clean and append one batch. Idempotent: a batch seen before changes nothing
         and its *data arrived* is announced again, so a crash between storing and announcing
         loses nothing."""
@@ -64,12 +66,16 @@ class IngestCore:
                 if seen.version:
                     await self.emit(self._event(self.store.version(dataset, seen.version), batch_id))
                 return IngestResult(batch_id, seen.version, False, seen.report)
-            result = await asyncio.to_thread(self._append, dataset, frame, batch_id, target or "target", source)
+            result = await asyncio.to_thread(
+                self._append, dataset, frame, batch_id, target or "target", source
+            )
         if result.created and result.dataset_version:
             await self.emit(self._event(self.store.version(dataset, result.dataset_version), batch_id))
         return result
 
-    def _append(self, dataset: str, frame: pd.DataFrame, batch_id: str, target: str, source: str) -> IngestResult:
+    def _append(
+        self, dataset: str, frame: pd.DataFrame, batch_id: str, target: str, source: str
+    ) -> IngestResult:
         schema = self.store.schema(dataset) or infer_schema(frame, target, self.max_classes)
         if target != schema.target:
             raise InvalidArgument(f"dataset {dataset!r} has target {schema.target!r}, not {target!r}")
@@ -86,8 +92,13 @@ class IngestCore:
         ROWS.labels(dataset, "duplicate").inc(report["rows_duplicate"])
         log.info(
             "batch %s of %s: %d received, %d accepted, %d rejected, %d duplicate -> version %s",
-            batch_id[:12], dataset, report["rows_received"], report["rows_accepted"],
-            report["rows_rejected"], report["rows_duplicate"], (version or "-")[:12],
+            batch_id[:12],
+            dataset,
+            report["rows_received"],
+            report["rows_accepted"],
+            report["rows_rejected"],
+            report["rows_duplicate"],
+            (version or "-")[:12],
         )
         return IngestResult(batch_id, version, version is not None and version != parent, report)
 

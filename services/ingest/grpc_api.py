@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.ingest.cleaning import read_csv, read_parquet
 from services.ingest.core import IngestCore, batch_id_of
 from services.ingest.store import VersionInfo
 from shared.errors import InvalidArgument, grpc_errors
-from shared.grpc_io import file_chunks, receive_to_file
+from shared.grpc_io import ServicerContext, file_chunks, receive_to_file
 from shared.stubs.cascade.ingest.v1 import ingest_pb2 as pb
 from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc as pb_grpc
 
@@ -25,7 +24,7 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
 
     @grpc_errors
     async def UploadBatch(
-        self, request_iterator: AsyncIterator[pb.UploadBatchRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[pb.UploadBatchRequest], context: ServicerContext
     ) -> pb.UploadBatchResponse:
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("header"):
@@ -50,7 +49,11 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
         else:
             raise InvalidArgument(f"unknown file format {header.format}")
         result = await self.core.ingest(
-            header.dataset, frame, batch_id_of(data), header.target or "target", header.source or "grpc-upload"
+            header.dataset,
+            frame,
+            batch_id_of(data),
+            header.target or "target",
+            header.source or "grpc-upload",
         )
         report = result.report
         return pb.UploadBatchResponse(
@@ -62,19 +65,21 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
                 rows_accepted=report["rows_accepted"],
                 rows_rejected=report["rows_rejected"],
                 rows_duplicate=report["rows_duplicate"],
-                rejected=[pb.RejectedRow(row=r["row"], reason=r["reason"]) for r in report["rejected"][:1000]],
+                rejected=[
+                    pb.RejectedRow(row=r["row"], reason=r["reason"]) for r in report["rejected"][:1000]
+                ],
             ),
         )
 
     @grpc_errors
     async def GetDatasetVersion(
-        self, request: pb.GetDatasetVersionRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetDatasetVersionRequest, context: ServicerContext
     ) -> pb.DatasetVersion:
         return _version_message(self.core.store.version(request.dataset, request.version))
 
     @grpc_errors
     async def DownloadDatasetVersion(
-        self, request: pb.DownloadDatasetVersionRequest, context: grpc.aio.ServicerContext
+        self, request: pb.DownloadDatasetVersionRequest, context: ServicerContext
     ) -> AsyncIterator[pb.DataChunk]:
         info = self.core.store.version(request.dataset, request.version)
         path = self.core.store.version_path(info.version)

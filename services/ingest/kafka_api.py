@@ -14,5 +14,9 @@ def register(broker: KafkaBroker, core: IngestCore, topics: Topics) -> None:
     @broker.subscriber(topics.for_event(RawRecords), **subscriber_options(f"{topics.prefix}.ingest"))
     async def on_raw_records(batch: RawRecords) -> None:
         await core.ingest(
-            batch.dataset, read_records(batch.records), records_batch_id(batch.records), batch.target, batch.source
+            batch.dataset,
+            read_records(batch.records),
+            records_batch_id(batch.records),
+            batch.target,
+            batch.source,
         )

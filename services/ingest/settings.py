@@ -11,4 +11,6 @@ class IngestSettings(ServiceSettings):
 
     grpc_port: int = Field(50051, description="gRPC port of IngestService.")
     max_upload_bytes: int = Field(512 * 1024 * 1024, description="Largest batch file accepted.")
-    max_classes: int = Field(20, description="A target with at most this many integer values is a class label.")
+    max_classes: int = Field(
+        20, description="A target with at most this many integer values is a class label."
+    )

@@ -146,7 +146,8 @@ class IngestStore:
             raise NotFound(f"dataset {dataset!r} does not exist")
         version = version or (self.head(dataset) or "")
         row = self._db.execute(
-            "SELECT parent, rows, size_bytes, file_sha256, profile_json, created_at FROM versions WHERE dataset=? AND version=?",
+            "SELECT parent, rows, size_bytes, file_sha256, profile_json, created_at FROM versions"
+            " WHERE dataset=? AND version=?",
             (dataset, version),
         ).fetchone()
         if row is None:
@@ -218,7 +219,8 @@ class IngestStore:
             db.execute("BEGIN IMMEDIATE")
             try:
                 db.execute(
-                    "INSERT OR IGNORE INTO datasets(name, schema_json, head_version, created_at) VALUES (?,?,?,?)",
+                    "INSERT OR IGNORE INTO datasets(name, schema_json, head_version, created_at)"
+                    " VALUES (?,?,?,?)",
                     (dataset, json.dumps(schema.__dict__), None, now),
                 )
                 if new_version:
@@ -226,9 +228,16 @@ class IngestStore:
                     file_bytes = self.version_path(version).read_bytes()
                     db.execute(
                         "INSERT OR IGNORE INTO versions VALUES (?,?,?,?,?,?,?,?)",
-                        (version, dataset, parent, len(deduplicated), len(file_bytes),
-                         hashlib.sha256(file_bytes).hexdigest(),
-                         json.dumps(profile(deduplicated[schema.features])), now),
+                        (
+                            version,
+                            dataset,
+                            parent,
+                            len(deduplicated),
+                            len(file_bytes),
+                            hashlib.sha256(file_bytes).hexdigest(),
+                            json.dumps(profile(deduplicated[schema.features])),
+                            now,
+                        ),
                     )
                     db.execute("UPDATE datasets SET head_version=? WHERE name=?", (version, dataset))
                 db.execute(

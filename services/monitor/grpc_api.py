@@ -2,34 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.monitor.core import MonitorCore
 from services.monitor.store import DriftReport
 from shared.errors import grpc_errors
+from shared.grpc_io import ServicerContext
 from shared.stubs.cascade.monitor.v1 import monitor_pb2 as pb
+from shared.stubs.cascade.monitor.v1 import monitor_pb2_grpc
 
 __all__ = ["SERVICE_NAME", "MonitorServicer", "report_message"]
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MonitorService"].full_name
 
 
-# Registered with monitor_pb2_grpc.add_MonitorServiceServicer_to_server, which only needs the methods;
-# not subclassing the generated base keeps it typed, since the stubs are untyped to mypy.
-class MonitorServicer:
+class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
     def __init__(self, core: MonitorCore) -> None:
         self.core = core
 
     @grpc_errors
     async def GetDriftReport(
-        self, request: pb.GetDriftReportRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: pb.GetDriftReportRequest, context: ServicerContext
     ) -> pb.DriftReport:
         return report_message(self.core.latest_report(request.model))
 
 
 def report_message(report: DriftReport) -> pb.DriftReport:
+    computed_at = Timestamp()
+    computed_at.FromDatetime(report.computed_at)
     return pb.DriftReport(
         model=report.model,
         model_version=report.model_version,
@@ -47,6 +47,6 @@ def report_message(report: DriftReport) -> pb.DriftReport:
             for feature in report.features
         ],
         dataset_drifted=report.dataset_drifted,
-        computed_at=report.computed_at,
+        computed_at=computed_at,
         predictions_seen=report.predictions_seen,
     )

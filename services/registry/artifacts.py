@@ -25,7 +25,7 @@ class LocalArtifactStore:
         return self.root / sha256[:2] / sha256
 
     def put(self, spooled: Path, sha256: str) -> None:
-        """Move a fully written, fsynced upload into place; rename is atomic, so readers see all or nothing."""
+        """Move a fully written upload into place, fsynced; the rename is atomic: all or nothing."""
         target = self.path(sha256)
         target.parent.mkdir(parents=True, exist_ok=True)
         with spooled.open("rb") as written:
@@ -42,5 +42,7 @@ class LocalArtifactStore:
             while block := source.read(1024 * 1024):
                 digest.update(block)
         if digest.hexdigest() != sha256:
-            raise FailedPrecondition(f"artifact {sha256} is corrupt on disk (its bytes hash to {digest.hexdigest()})")
+            raise FailedPrecondition(
+                f"artifact {sha256} is corrupt on disk (its bytes hash to {digest.hexdigest()})"
+            )
         return target

@@ -55,7 +55,9 @@ def onnx_signature(path: Any) -> dict[str, list[dict[str, Any]]]:
             {
                 "name": value.name,
                 "datatype": _ONNX_TYPES.get(value.type.tensor_type.elem_type, "UNKNOWN"),
-                "shape": [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim],
+                "shape": [
+                    d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim
+                ],
             }
             for value in values
         ]
@@ -110,7 +112,9 @@ class RegistryCore:
         log.info("registered %s version %d (artifact %s)", spec.model, version, upload.sha256[:12])
         return self.store.get(spec.model, version)
 
-    def resolve(self, model: str, version: int = 0, alias: str = "", idempotency_key: str = "") -> VersionRecord:
+    def resolve(
+        self, model: str, version: int = 0, alias: str = "", idempotency_key: str = ""
+    ) -> VersionRecord:
         check_name("model", model)
         if idempotency_key:
             found = self.store.find_by_key(model, idempotency_key)
@@ -149,15 +153,23 @@ class RegistryCore:
             with self.store.transaction() as db:
                 self.store.set_validation(db, event.model, event.model_version, event.model_dump(mode="json"))
                 if event.passed:
-                    previous = self.store.move_alias(db, event.model, alias, event.model_version, "validator", reason)
+                    previous = self.store.move_alias(
+                        db, event.model, alias, event.model_version, "validator", reason
+                    )
                     if alias == "champion":
                         self.store.enqueue(
                             db,
-                            _promoted(event.model, event.model_version, previous, "validator", reason, event)
-                            .model_dump_json(),
+                            _promoted(
+                                event.model, event.model_version, previous, "validator", reason, event
+                            ).model_dump_json(),
                         )
                     PROMOTIONS.labels(event.model, alias, "validator").inc()
-            log.info("%s v%d validation %s", event.model, event.model_version, "passed" if event.passed else "failed")
+            log.info(
+                "%s v%d validation %s",
+                event.model,
+                event.model_version,
+                "passed" if event.passed else "failed",
+            )
         await self.flush_outbox()
 
     async def flush_outbox(self) -> None:

@@ -6,13 +6,12 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.registry.core import NewVersion, RegistryCore
 from services.registry.store import VersionRecord
 from shared.errors import InvalidArgument, grpc_errors
-from shared.grpc_io import file_chunks, receive_to_file
+from shared.grpc_io import ServicerContext, file_chunks, receive_to_file
 from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
 from shared.stubs.cascade.registry.v1 import registry_pb2_grpc as pb_grpc
 
@@ -32,7 +31,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     @grpc_errors
     async def CreateModelVersion(
-        self, request_iterator: AsyncIterator[pb.CreateModelVersionRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[pb.CreateModelVersionRequest], context: ServicerContext
     ) -> pb.ModelVersion:
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("header"):
@@ -70,21 +69,25 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         return version_message(record)
 
     @grpc_errors
-    async def GetModelVersion(self, request: pb.GetModelVersionRequest, context: grpc.aio.ServicerContext) -> pb.ModelVersion:
+    async def GetModelVersion(
+        self, request: pb.GetModelVersionRequest, context: ServicerContext
+    ) -> pb.ModelVersion:
         return version_message(
             self.core.resolve(request.model, request.version, request.alias, request.idempotency_key)
         )
 
     @grpc_errors
     async def ListModelVersions(
-        self, request: pb.ListModelVersionsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListModelVersionsRequest, context: ServicerContext
     ) -> pb.ListModelVersionsResponse:
         return pb.ListModelVersionsResponse(
             versions=[version_message(r) for r in self.core.store.list_versions(request.model)]
         )
 
     @grpc_errors
-    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: ServicerContext
+    ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(
             models=[
                 pb.Model(name=name, latest_version=latest, aliases=aliases)
@@ -93,13 +96,15 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         )
 
     @grpc_errors
-    async def SetAlias(self, request: pb.SetAliasRequest, context: grpc.aio.ServicerContext) -> pb.ModelVersion:
-        record = await self.core.set_alias(request.model, request.alias, request.version, request.actor, request.reason)
+    async def SetAlias(self, request: pb.SetAliasRequest, context: ServicerContext) -> pb.ModelVersion:
+        record = await self.core.set_alias(
+            request.model, request.alias, request.version, request.actor, request.reason
+        )
         return version_message(record)
 
     @grpc_errors
     async def DownloadArtifact(
-        self, request: pb.DownloadArtifactRequest, context: grpc.aio.ServicerContext
+        self, request: pb.DownloadArtifactRequest, context: ServicerContext
     ) -> AsyncIterator[pb.ArtifactChunk]:
         record = self.core.resolve(request.model, request.version)
         path = self.core.artifacts.verify(record.artifact_sha256)

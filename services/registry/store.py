@@ -103,15 +103,27 @@ class RegistryStore:
 
     # -- versions ------------------------------------------------------------------------------
     def insert_version(self, db: sqlite3.Connection, record: dict[str, Any]) -> int:
-        row = db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE model=?", (record["model"],))
+        row = db.execute(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE model=?", (record["model"],)
+        )
         version = int(row.fetchone()[0])
         db.execute(
             "INSERT INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
-                record["model"], version, "READY", record["artifact_sha256"], record["artifact_size"],
-                record["dataset"], record["dataset_version"], json.dumps(record["run"]),
-                json.dumps(record["tags"]), json.dumps(record["signature"]), record["idempotency_key"] or None,
-                record["description"], None, datetime.now(UTC).isoformat(),
+                record["model"],
+                version,
+                "READY",
+                record["artifact_sha256"],
+                record["artifact_size"],
+                record["dataset"],
+                record["dataset_version"],
+                json.dumps(record["run"]),
+                json.dumps(record["tags"]),
+                json.dumps(record["signature"]),
+                record["idempotency_key"] or None,
+                record["description"],
+                None,
+                datetime.now(UTC).isoformat(),
             ),
         )
         return version
@@ -123,7 +135,9 @@ class RegistryStore:
         return self.get(model, int(row[0])) if row else None
 
     def get(self, model: str, version: int) -> VersionRecord:
-        row = self._db.execute("SELECT * FROM versions WHERE model=? AND version=?", (model, version)).fetchone()
+        row = self._db.execute(
+            "SELECT * FROM versions WHERE model=? AND version=?", (model, version)
+        ).fetchone()
         if row is None:
             raise NotFound(f"model {model!r} has no version {version}")
         return self._record(row)
@@ -133,12 +147,17 @@ class RegistryStore:
         return [self._record(row) for row in rows]
 
     def models(self) -> list[tuple[str, int, dict[str, int]]]:
-        rows = self._db.execute("SELECT model, MAX(version) FROM versions GROUP BY model ORDER BY model").fetchall()
+        rows = self._db.execute(
+            "SELECT model, MAX(version) FROM versions GROUP BY model ORDER BY model"
+        ).fetchall()
         return [(name, latest, self.aliases(name)) for name, latest in rows]
 
-    def set_validation(self, db: sqlite3.Connection, model: str, version: int, report: dict[str, Any]) -> None:
+    def set_validation(
+        self, db: sqlite3.Connection, model: str, version: int, report: dict[str, Any]
+    ) -> None:
         db.execute(
-            "UPDATE versions SET validation_json=? WHERE model=? AND version=?", (json.dumps(report), model, version)
+            "UPDATE versions SET validation_json=? WHERE model=? AND version=?",
+            (json.dumps(report), model, version),
         )
 
     # -- aliases -------------------------------------------------------------------------------
@@ -147,7 +166,9 @@ class RegistryStore:
         return {alias: int(version) for alias, version in rows}
 
     def alias_target(self, model: str, alias: str) -> int | None:
-        row = self._db.execute("SELECT version FROM aliases WHERE model=? AND alias=?", (model, alias)).fetchone()
+        row = self._db.execute(
+            "SELECT version FROM aliases WHERE model=? AND alias=?", (model, alias)
+        ).fetchone()
         return int(row[0]) if row else None
 
     def move_alias(
@@ -156,18 +177,21 @@ class RegistryStore:
         """Point `alias` at `version` and append the move to the history; returns the previous target."""
         previous = self.alias_target(model, alias)
         db.execute(
-            "INSERT INTO aliases VALUES (?,?,?) ON CONFLICT(model, alias) DO UPDATE SET version=excluded.version",
+            "INSERT INTO aliases VALUES (?,?,?)"
+            " ON CONFLICT(model, alias) DO UPDATE SET version=excluded.version",
             (model, alias, version),
         )
         db.execute(
-            "INSERT INTO alias_history(model, alias, from_version, to_version, actor, reason, at) VALUES (?,?,?,?,?,?,?)",
+            "INSERT INTO alias_history(model, alias, from_version, to_version, actor, reason, at)"
+            " VALUES (?,?,?,?,?,?,?)",
             (model, alias, previous, version, actor, reason, datetime.now(UTC).isoformat()),
         )
         return previous
 
     def history(self, model: str) -> list[dict[str, Any]]:
         rows = self._db.execute(
-            "SELECT alias, from_version, to_version, actor, reason, at FROM alias_history WHERE model=? ORDER BY id",
+            "SELECT alias, from_version, to_version, actor, reason, at FROM alias_history"
+            " WHERE model=? ORDER BY id",
             (model,),
         ).fetchall()
         keys = ("alias", "from_version", "to_version", "actor", "reason", "at")

@@ -25,7 +25,7 @@ def build(settings: TrainerSettings | None = None) -> Service:
     kafka_api.register(broker, core, topics)
 
     async def close_channels() -> None:
-        await ingest.close()
-        await registry.close()
+        await ingest.close(None)
+        await registry.close(None)
 
     return Service(name="trainer", settings=settings, broker=broker, on_stop=[close_channels])

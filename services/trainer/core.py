@@ -39,7 +39,12 @@ class TrainerCore:
         self.registry = registry_pb2_grpc.RegistryServiceStub(registry)
         self.emit = emit
         # What makes two runs equivalent: same data version and same training settings.
-        spec = {"seed": settings.seed, "folds": settings.cv_folds, "holdout": settings.holdout_fraction, "v": 1}
+        spec = {
+            "seed": settings.seed,
+            "folds": settings.cv_folds,
+            "holdout": settings.holdout_fraction,
+            "v": 1,
+        }
         self.spec_digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
     async def on_data_arrived(self, event: DataArrived) -> None:
@@ -84,8 +89,14 @@ class TrainerCore:
         try:
             with TRAIN_SECONDS.time():
                 result = await asyncio.to_thread(
-                    train, frame, features, target, event.task, self.settings.seed,
-                    self.settings.cv_folds, self.settings.holdout_fraction,
+                    train,
+                    frame,
+                    features,
+                    target,
+                    event.task,
+                    self.settings.seed,
+                    self.settings.cv_folds,
+                    self.settings.holdout_fraction,
                 )
         except Exception:
             RUNS.labels(model, "failed").inc()
@@ -94,11 +105,19 @@ class TrainerCore:
         TRIALS.labels(model).inc(len(result.trials))
         run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"cascade:run:{model}:{key}"))
         version = await self._upload(model, key, run_id, event, features, target, result)
-        log.info("registered %s v%d: %s in %.2fs", model, version.version, result.metrics, result.train_seconds)
+        log.info(
+            "registered %s v%d: %s in %.2fs", model, version.version, result.metrics, result.train_seconds
+        )
         return version
 
     async def _upload(
-        self, model: str, key: str, run_id: str, event: DataArrived, features: list[str], target: str,
+        self,
+        model: str,
+        key: str,
+        run_id: str,
+        event: DataArrived,
+        features: list[str],
+        target: str,
         result: TrainingResult,
     ) -> registry_pb.ModelVersion:
         header = registry_pb.VersionHeader(
@@ -120,7 +139,9 @@ class TrainerCore:
         async def requests() -> AsyncIterator[registry_pb.CreateModelVersionRequest]:
             yield registry_pb.CreateModelVersionRequest(header=header)
             for start in range(0, len(result.onnx_bytes), CHUNK_SIZE):
-                yield registry_pb.CreateModelVersionRequest(chunk=result.onnx_bytes[start : start + CHUNK_SIZE])
+                yield registry_pb.CreateModelVersionRequest(
+                    chunk=result.onnx_bytes[start : start + CHUNK_SIZE]
+                )
 
         try:
             return await self.registry.CreateModelVersion(requests())

@@ -71,7 +71,9 @@ def train(
     search.fit(x_train, y_train)
     trials = [
         {"params": {k: str(v) for k, v in params.items()}, "score": float(score)}
-        for params, score in zip(search.cv_results_["params"], search.cv_results_["mean_test_score"], strict=True)
+        for params, score in zip(
+            search.cv_results_["params"], search.cv_results_["mean_test_score"], strict=True
+        )
     ]
     log.info("search done: %d trials, best %s = %.4f", len(trials), search.scoring, search.best_score_)
 
@@ -87,7 +89,9 @@ def train(
     check_parity(best, onnx_bytes, x_holdout, task)
 
     y_holdout = holdout_rows[target].to_numpy()
-    holdout_score = float(best.score(x_holdout, y_holdout.astype(np.int64) if task == "classification" else y_holdout))
+    holdout_score = float(
+        best.score(x_holdout, y_holdout.astype(np.int64) if task == "classification" else y_holdout)
+    )
     metric = "accuracy" if task == "classification" else "r2"
     return TrainingResult(
         onnx_bytes=onnx_bytes,
@@ -112,4 +116,6 @@ def check_parity(pipeline: Pipeline, onnx_bytes: bytes, rows: np.ndarray, task: 
     else:
         gap = float(np.max(np.abs(outputs[0].ravel() - pipeline.predict(rows))))
     if gap > PROBABILITY_TOLERANCE:
-        raise FailedPrecondition(f"ONNX parity failed: max difference {gap:.2e} exceeds {PROBABILITY_TOLERANCE}")
+        raise FailedPrecondition(
+            f"ONNX parity failed: max difference {gap:.2e} exceeds {PROBABILITY_TOLERANCE}"
+        )

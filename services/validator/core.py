@@ -56,12 +56,18 @@ class ValidatorCore:
         truth = fresh[target].to_numpy()
 
         candidate_score = score(
-            await download_artifact(self.registry_channel, event.model, event.model_version), rows, truth, task
+            await download_artifact(self.registry_channel, event.model, event.model_version),
+            rows,
+            truth,
+            task,
         )
         champion_score = None
         if champion is not None and champion.version != candidate.version:
             champion_score = score(
-                await download_artifact(self.registry_channel, event.model, champion.version), rows, truth, task
+                await download_artifact(self.registry_channel, event.model, champion.version),
+                rows,
+                truth,
+                task,
             )
         gates = judge(task, len(rows), candidate_score, champion_score, self.thresholds)
         passed = all(g.passed for g in gates)
@@ -71,15 +77,21 @@ class ValidatorCore:
                 GATES_FAILED.labels(event.model, gate.name).inc()
         log.info(
             "%s v%d %s: candidate %.4f vs champion %s on %d fresh rows",
-            event.model, event.model_version, "PASSED" if passed else "FAILED", candidate_score,
-            "none" if champion_score is None else f"{champion_score:.4f}", len(rows),
+            event.model,
+            event.model_version,
+            "PASSED" if passed else "FAILED",
+            candidate_score,
+            "none" if champion_score is None else f"{champion_score:.4f}",
+            len(rows),
         )
         metrics = {"candidate": candidate_score}
         if champion_score is not None:
             metrics["champion"] = champion_score
         await self.emit(
             ModelValidated(
-                id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"cascade:validated:{event.model}:{event.model_version}")),
+                id=str(
+                    uuid.uuid5(uuid.NAMESPACE_URL, f"cascade:validated:{event.model}:{event.model_version}")
+                ),
                 source=SOURCE,
                 subject=event.model,
                 model=event.model,
@@ -93,7 +105,9 @@ class ValidatorCore:
             )
         )
 
-    async def _version(self, model: str, version: int = 0, alias: str = "") -> registry_pb.ModelVersion | None:
+    async def _version(
+        self, model: str, version: int = 0, alias: str = ""
+    ) -> registry_pb.ModelVersion | None:
         request = (
             registry_pb.GetModelVersionRequest(model=model, alias=alias)
             if alias

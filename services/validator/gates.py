@@ -37,9 +37,14 @@ def judge(
     metric = "accuracy" if task == "classification" else "r2"
     floor = limits.min_accuracy if task == "classification" else limits.min_r2
     gates = [
-        GateResult(name="enough_fresh_rows", passed=rows >= limits.min_rows, value=rows, threshold=limits.min_rows),
         GateResult(
-            name=f"min_{metric}", passed=candidate >= floor, value=candidate, threshold=floor,
+            name="enough_fresh_rows", passed=rows >= limits.min_rows, value=rows, threshold=limits.min_rows
+        ),
+        GateResult(
+            name=f"min_{metric}",
+            passed=candidate >= floor,
+            value=candidate,
+            threshold=floor,
             detail=f"candidate {metric} on fresh data",
         ),
     ]
@@ -49,7 +54,10 @@ def judge(
         allowed = champion - limits.max_regression
         gates.append(
             GateResult(
-                name="no_regression", passed=candidate >= allowed, value=candidate, threshold=allowed,
+                name="no_regression",
+                passed=candidate >= allowed,
+                value=candidate,
+                threshold=allowed,
                 detail=f"champion scored {champion:.4f} on the same rows",
             )
         )

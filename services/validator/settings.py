@@ -12,7 +12,9 @@ class ValidatorSettings(ServiceSettings):
     grpc_port: int = Field(50053, description="gRPC port (health and reflection).")
     ingest_address: str = Field("127.0.0.1:50051", description="Where IngestService answers.")
     registry_address: str = Field("127.0.0.1:50054", description="Where RegistryService answers.")
-    holdout_fraction: float = Field(0.2, description="Must match the trainer's: the rows it never trained on.")
+    holdout_fraction: float = Field(
+        0.2, description="Must match the trainer's: the rows it never trained on."
+    )
     min_rows: int = Field(10, description="Fewest fresh rows a verdict may rest on.")
     min_accuracy: float = Field(0.7, description="Floor of a classifier's accuracy on fresh data.")
     min_r2: float = Field(0.0, description="Floor of a regressor's R² on fresh data.")

@@ -42,7 +42,7 @@ class FileFormat(StrEnum):
     parquet = "parquet"
 
     @property
-    def proto(self) -> ingest_pb2.FileFormat:
+    def proto(self) -> ingest_pb2.FileFormat.ValueType:
         return ingest_pb2.FILE_FORMAT_PARQUET if self is FileFormat.parquet else ingest_pb2.FILE_FORMAT_CSV
 
 

@@ -41,7 +41,9 @@ async def test_each_batch_makes_a_version_on_top_of_the_previous(tmp_path: Path,
     assert {p.name for p in announced[1].profile} == set(info.schema.features)
 
 
-async def test_redelivering_a_batch_changes_nothing_but_announces_again(tmp_path: Path, wine: pd.DataFrame) -> None:
+async def test_redelivering_a_batch_changes_nothing_but_announces_again(
+    tmp_path: Path, wine: pd.DataFrame
+) -> None:
     core, announced = _core(tmp_path)
     version = await _ingest(core, wine.iloc[:100])
     again = await _ingest(core, wine.iloc[:100])

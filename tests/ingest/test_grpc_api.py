@@ -22,9 +22,9 @@ async def ingest(tmp_path: Path) -> AsyncIterator[ingest_pb2_grpc.IngestServiceS
         pass
 
     servicer = IngestServicer(IngestCore(IngestStore(tmp_path), emit), max_upload_bytes=1_000_000)
-    async with serving(lambda s: ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, s)) as address:
-        async with open_channel(address) as channel:
-            yield ingest_pb2_grpc.IngestServiceStub(channel)
+    register = lambda s: ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, s)  # noqa: E731
+    async with serving(register) as address, open_channel(address) as channel:
+        yield ingest_pb2_grpc.IngestServiceStub(channel)
 
 
 def _upload(dataset: str, data: bytes, chunk: int = 1000) -> list[pb.UploadBatchRequest]:
@@ -34,7 +34,9 @@ def _upload(dataset: str, data: bytes, chunk: int = 1000) -> list[pb.UploadBatch
     ]
 
 
-async def test_upload_then_download_gives_back_the_clean_rows(ingest: ingest_pb2_grpc.IngestServiceStub) -> None:
+async def test_upload_then_download_gives_back_the_clean_rows(
+    ingest: ingest_pb2_grpc.IngestServiceStub,
+) -> None:
     wine = load_wine(as_frame=True).frame
     response = await ingest.UploadBatch(iter(_upload("wine", wine.to_csv(index=False).encode())))
     assert response.created and response.report.rows_accepted == len(wine)
@@ -50,12 +52,18 @@ async def test_upload_then_download_gives_back_the_clean_rows(ingest: ingest_pb2
         ([pb.UploadBatchRequest(chunk=b"a,b")], grpc.StatusCode.INVALID_ARGUMENT, "header"),
         (_upload("wine", b""), grpc.StatusCode.INVALID_ARGUMENT, "empty"),
         (_upload("../etc", b"a,target\n1,0\n"), grpc.StatusCode.INVALID_ARGUMENT, "invalid dataset name"),
-        (_upload("wine", b"a,b\n1,2\n"), grpc.StatusCode.INVALID_ARGUMENT, "target column 'target' is missing"),
+        (
+            _upload("wine", b"a,b\n1,2\n"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "target column 'target' is missing",
+        ),
         (_upload("wine", b"x" * 1_000_001, 100_000), grpc.StatusCode.INVALID_ARGUMENT, "exceeds the limit"),
     ],
 )
 async def test_bad_uploads_get_invalid_argument_with_a_reason(
-    ingest: ingest_pb2_grpc.IngestServiceStub, requests: list[pb.UploadBatchRequest], code: grpc.StatusCode,
+    ingest: ingest_pb2_grpc.IngestServiceStub,
+    requests: list[pb.UploadBatchRequest],
+    code: grpc.StatusCode,
     message: str,
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -80,10 +88,10 @@ async def test_fetch_dataset_streams_and_verifies_a_version(tmp_path: Path) -> N
 
     wine = load_wine(as_frame=True).frame
     servicer = IngestServicer(IngestCore(IngestStore(tmp_path), emit), max_upload_bytes=10_000_000)
-    async with serving(lambda s: ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, s)) as address:
-        async with open_channel(address) as channel:
-            stub = ingest_pb2_grpc.IngestServiceStub(channel)
-            await stub.UploadBatch(iter(_upload("wine", wine.to_csv(index=False).encode())))
-            info, frame = await fetch_dataset(channel, "wine")
+    register = lambda s: ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, s)  # noqa: E731
+    async with serving(register) as address, open_channel(address) as channel:
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        await stub.UploadBatch(iter(_upload("wine", wine.to_csv(index=False).encode())))
+        info, frame = await fetch_dataset(channel, "wine")
     assert len(frame) == info.rows == len(wine)
     assert frame.drop(columns="target").to_numpy().tolist() == wine.drop(columns="target").to_numpy().tolist()

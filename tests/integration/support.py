@@ -37,7 +37,9 @@ def upload(stack: Stack, dataset: str, frame: pd.DataFrame) -> tuple[pb.UploadBa
     trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
     data = frame.to_csv(index=False).encode()
     requests = [
-        pb.UploadBatchRequest(header=pb.BatchHeader(dataset=dataset, format=pb.FILE_FORMAT_CSV, target="target")),
+        pb.UploadBatchRequest(
+            header=pb.BatchHeader(dataset=dataset, format=pb.FILE_FORMAT_CSV, target="target")
+        ),
         *(pb.UploadBatchRequest(chunk=data[i : i + 65536]) for i in range(0, len(data), 65536)),
     ]
     with grpc.insecure_channel(stack.address("ingest")) as channel:

@@ -14,7 +14,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from sklearn.datasets import load_breast_cancer, make_classification
 
 from shared.cli.stack import SERVICES, Stack
-from shared.events import DataArrived, ModelPromoted, ModelTrained, ModelValidated, PredictionLogged, RawRecords, Topics
+from shared.events import (
+    DataArrived,
+    ModelPromoted,
+    ModelTrained,
+    ModelValidated,
+    PredictionLogged,
+    RawRecords,
+    Topics,
+)
 from shared.messaging import DLQ_REASON, DLQ_SERVICE, DLQ_TOPIC
 from tests.integration.support import infer, model_ready, spans_of_trace, upload, wait_for
 
@@ -43,14 +51,18 @@ def test_ingest_cascades_to_served_versions_one_then_two_in_one_trace(stack: Sta
 
     response, _ = upload(stack, model, second)
     assert response.created
-    wait_for(lambda: infer(stack, model, features[:4])[0] == "2", CASCADE_TIMEOUT, "serving to swap to version 2")
+    wait_for(
+        lambda: infer(stack, model, features[:4])[0] == "2", CASCADE_TIMEOUT, "serving to swap to version 2"
+    )
     assert infer(stack, model, features[:4], version="1")[0] == "1"  # the previous version stays addressable
 
     def all_six_services_in_trace() -> set[str] | None:
         services = {str(span["service.name"]) for span in spans_of_trace(stack, trace_id)}
         return services if {f"cascade-{name}" for name in SERVICES} <= services else None
 
-    services = wait_for(all_six_services_in_trace, 30, "spans from all six services in the first cascade's trace")
+    services = wait_for(
+        all_six_services_in_trace, 30, "spans from all six services in the first cascade's trace"
+    )
     assert services >= {f"cascade-{name}" for name in SERVICES}
     kinds = {(span["service.name"], span["kind"]) for span in spans_of_trace(stack, trace_id)}
     assert ("cascade-trainer", "SPAN_KIND_CONSUMER") in kinds
@@ -67,7 +79,9 @@ def test_a_service_killed_mid_cascade_lets_the_cascade_finish(stack: Stack) -> N
     log_before = log.read_text() if log.exists() else ""
 
     upload(stack, model, frame)
-    wait_for(lambda: f"training {model}" in log.read_text()[len(log_before) :], 60, "the trainer to start training")
+    wait_for(
+        lambda: f"training {model}" in log.read_text()[len(log_before) :], 60, "the trainer to start training"
+    )
     stack.kill_service("trainer", signal.SIGKILL)
     killed_at = len(log.read_text())
     stack.start_service("trainer")
@@ -91,7 +105,9 @@ async def _produce(bootstrap: str, messages: list[tuple[str, bytes]]) -> None:
 
 
 async def _dead_letters(bootstrap: str, topic: str, marker: bytes, count: int) -> list[dict[str, str]]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
     await consumer.start()
     found: list[dict[str, str]] = []
     try:
@@ -136,4 +152,6 @@ def test_raw_records_from_any_kafka_producer_are_ingested(stack: Stack) -> None:
     records[0]["mean radius"] = "oops"
     body = json.dumps({"dataset": "bc_records", "records": records}).encode()
     asyncio.run(_produce(stack.address("kafka"), [(topics.for_event(RawRecords), body)]))
-    wait_for(lambda: model_ready(stack, "bc_records", "1"), CASCADE_TIMEOUT, "the records to cascade to a model")
+    wait_for(
+        lambda: model_ready(stack, "bc_records", "1"), CASCADE_TIMEOUT, "the records to cascade to a model"
+    )

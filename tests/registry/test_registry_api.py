@@ -35,16 +35,25 @@ async def registry(tmp_path: Path) -> AsyncIterator[Registry]:
     async def publish(event: Event) -> None:
         published.append(event)
 
-    core = RegistryCore(RegistryStore(tmp_path / "r.sqlite3"), LocalArtifactStore(tmp_path / "a"), publish, "automatic")
+    core = RegistryCore(
+        RegistryStore(tmp_path / "r.sqlite3"), LocalArtifactStore(tmp_path / "a"), publish, "automatic"
+    )
     servicer = RegistryServicer(core, tmp_path / "spool", max_artifact_bytes=5_000_000)
-    async with serving(lambda s: registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, s)) as address:
-        async with open_channel(address) as channel:
-            yield Registry(registry_pb2_grpc.RegistryServiceStub(channel), channel, core, published)
+    async with (
+        serving(lambda s: registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, s)) as address,
+        open_channel(address) as channel,
+    ):
+        yield Registry(registry_pb2_grpc.RegistryServiceStub(channel), channel, core, published)
 
 
-def _create(model: str, artifact: bytes, key: str = "", chunk: int = 300) -> list[pb.CreateModelVersionRequest]:
+def _create(
+    model: str, artifact: bytes, key: str = "", chunk: int = 300
+) -> list[pb.CreateModelVersionRequest]:
     header = pb.VersionHeader(
-        model=model, dataset="bc", dataset_version="d1", idempotency_key=key,
+        model=model,
+        dataset="bc",
+        dataset_version="d1",
+        idempotency_key=key,
         run=pb.TrainingRun(run_id="r1", metrics={"cv_accuracy": 0.97}, seed=42),
         tags={"features": json.dumps(["a"])},
     )
@@ -70,24 +79,34 @@ async def test_versions_are_numbered_and_keep_signature_and_lineage(
 async def test_a_repeated_idempotency_key_returns_the_first_version(
     registry: Registry, trained_breast_cancer: TrainingResult
 ) -> None:
-    first = await registry.stub.CreateModelVersion(iter(_create("bc", trained_breast_cancer.onnx_bytes, key="k")))
-    again = await registry.stub.CreateModelVersion(iter(_create("bc", trained_breast_cancer.onnx_bytes, key="k")))
+    first = await registry.stub.CreateModelVersion(
+        iter(_create("bc", trained_breast_cancer.onnx_bytes, key="k"))
+    )
+    again = await registry.stub.CreateModelVersion(
+        iter(_create("bc", trained_breast_cancer.onnx_bytes, key="k"))
+    )
     assert again.version == first.version == 1
     found = await registry.stub.GetModelVersion(pb.GetModelVersionRequest(model="bc", idempotency_key="k"))
     assert found.version == 1
 
 
-async def test_a_passed_validation_promotes_exactly_once(registry: Registry, trained_breast_cancer: TrainingResult) -> None:
+async def test_a_passed_validation_promotes_exactly_once(
+    registry: Registry, trained_breast_cancer: TrainingResult
+) -> None:
     await registry.stub.CreateModelVersion(iter(_create("bc", trained_breast_cancer.onnx_bytes)))
     verdict = ModelValidated(
-        source="cascade/validator", subject="bc", model="bc", model_version=1, passed=True,
+        source="cascade/validator",
+        subject="bc",
+        model="bc",
+        model_version=1,
+        passed=True,
         gates=[GateResult(name="min_accuracy", passed=True, value=0.97, threshold=0.7)],
     )
     await registry.core.on_validated(verdict)
     await registry.core.on_validated(verdict)  # redelivered
-    assert [(e.model_version, e.previous_version) for e in registry.published if isinstance(e, ModelPromoted)] == [
-        (1, None)
-    ]
+    assert [
+        (e.model_version, e.previous_version) for e in registry.published if isinstance(e, ModelPromoted)
+    ] == [(1, None)]
     champion = await registry.stub.GetModelVersion(pb.GetModelVersionRequest(model="bc", alias="champion"))
     assert champion.version == 1 and "champion" in champion.aliases
     assert json.loads(champion.validation.report_json)["gates"][0]["name"] == "min_accuracy"
@@ -95,7 +114,9 @@ async def test_a_passed_validation_promotes_exactly_once(registry: Registry, tra
     assert [(h["alias"], h["to_version"], h["actor"]) for h in history] == [("champion", 1, "validator")]
 
 
-async def test_a_failed_validation_moves_no_alias(registry: Registry, trained_breast_cancer: TrainingResult) -> None:
+async def test_a_failed_validation_moves_no_alias(
+    registry: Registry, trained_breast_cancer: TrainingResult
+) -> None:
     await registry.stub.CreateModelVersion(iter(_create("bc", trained_breast_cancer.onnx_bytes)))
     await registry.core.on_validated(
         ModelValidated(source="v", subject="bc", model="bc", model_version=1, passed=False, gates=[])

@@ -3,7 +3,6 @@
 import uuid
 
 import pytest
-
 from faststream.kafka import TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
@@ -46,7 +45,7 @@ async def test_malformed_and_permanently_failing_messages_go_to_the_dead_letter_
         await test_broker.publish(good, topic=topics.for_event(DataArrived))
 
     assert handled == [good]
-    assert [body for body, _ in dead][0] == b"{not json"
+    assert dead[0][0] == b"{not json"
     reasons = [headers[DLQ_REASON] for _, headers in dead]
     assert "ValidationError" in reasons[0]
     assert reasons[1] == "InvalidArgument: rows cannot be negative"

@@ -29,7 +29,9 @@ def test_a_regressor_trains_and_exports() -> None:
     frame = load_diabetes(as_frame=True).frame
     result = train(frame, _features(frame), "target", "regression", seed=1, folds=3, holdout=0.2)
     assert result.metrics["holdout_r2"] > 0.3
-    prediction = ort.InferenceSession(result.onnx_bytes).run(None, {"input": frame[_features(frame)][:3].to_numpy(np.float32)})
+    prediction = ort.InferenceSession(result.onnx_bytes).run(
+        None, {"input": frame[_features(frame)][:3].to_numpy(np.float32)}
+    )
     assert prediction[0].shape == (3, 1)
 
 
@@ -48,8 +50,12 @@ def test_too_little_data_is_a_permanent_error() -> None:
         train(frame, _features(frame), "target", "classification", 1, 3, 0.2)
 
 
-def test_parity_check_catches_a_model_that_predicts_differently(trained_breast_cancer: TrainingResult) -> None:
+def test_parity_check_catches_a_model_that_predicts_differently(
+    trained_breast_cancer: TrainingResult,
+) -> None:
     data = load_breast_cancer()
     other = Pipeline([("model", LogisticRegression(max_iter=1000, C=1e-6))]).fit(data.data, 1 - data.target)
     with pytest.raises(FailedPrecondition, match="parity failed"):
-        check_parity(other, trained_breast_cancer.onnx_bytes, data.data[:50].astype(np.float32), "classification")
+        check_parity(
+            other, trained_breast_cancer.onnx_bytes, data.data[:50].astype(np.float32), "classification"
+        )

@@ -9,9 +9,13 @@ LIMITS = Thresholds(min_rows=10, min_accuracy=0.7, min_r2=0.0, max_regression=0.
 
 def test_score_is_accuracy_of_the_onnx_model(trained_breast_cancer: TrainingResult) -> None:
     data = load_breast_cancer()
-    accuracy = score(trained_breast_cancer.onnx_bytes, data.data.astype(np.float32), data.target, "classification")
+    accuracy = score(
+        trained_breast_cancer.onnx_bytes, data.data.astype(np.float32), data.target, "classification"
+    )
     assert 0.9 < accuracy <= 1.0
-    flipped = score(trained_breast_cancer.onnx_bytes, data.data.astype(np.float32), 1 - data.target, "classification")
+    flipped = score(
+        trained_breast_cancer.onnx_bytes, data.data.astype(np.float32), 1 - data.target, "classification"
+    )
     assert abs(accuracy + flipped - 1.0) < 1e-9
 
 
