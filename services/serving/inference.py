@@ -13,13 +13,13 @@ import time
 from types import TracebackType
 from typing import Any
 
-import grpc
 import numpy as np
 from prometheus_client import Counter, Histogram
 
 from services.serving.prediction_log import PredictionLog
 from services.serving.repository import Array, LoadedModel, ModelRepository, TensorSpec, oip_datatype
 from shared.errors import CascadeError, InvalidArgument, grpc_errors
+from shared.grpc_io import ServicerContext
 from shared.stubs.inference import grpc_service_pb2 as pb
 from shared.stubs.inference import grpc_service_pb2_grpc as pb_grpc
 
@@ -51,10 +51,9 @@ _CONTENTS_FIELD = {
     "INT64": "int64_contents",
     "BOOL": "bool_contents",
 }
-Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]  # stubs are untyped
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
         self, repository: ModelRepository, prediction_log: PredictionLog, server_version: str
     ) -> None:
@@ -64,26 +63,32 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         self.ready = False  # set once the service has started
 
     @grpc_errors
-    async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: ServicerContext
+    ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
     @grpc_errors
-    async def ServerReady(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: ServicerContext
+    ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.ready)
 
     @grpc_errors
-    async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: ServicerContext
+    ) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=self.repository.is_ready(request.name, request.version))
 
     @grpc_errors
     async def ServerMetadata(
-        self, request: pb.ServerMetadataRequest, context: Context
+        self, request: pb.ServerMetadataRequest, context: ServicerContext
     ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=self.server_version, extensions=[])
 
     @grpc_errors
     async def ModelMetadata(
-        self, request: pb.ModelMetadataRequest, context: Context
+        self, request: pb.ModelMetadataRequest, context: ServicerContext
     ) -> pb.ModelMetadataResponse:
         model = self.repository.resolve(request.name, request.version)
         return pb.ModelMetadataResponse(
@@ -95,7 +100,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         )
 
     @grpc_errors
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: ServicerContext
+    ) -> pb.ModelInferResponse:
         with _Observed(self.repository, request.model_name) as observed:
             model = self.repository.resolve(request.model_name, request.model_version)
             observed.version = str(model.version)

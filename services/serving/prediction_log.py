@@ -108,16 +108,21 @@ class PredictionLog:
 def events_of(
     model: LoadedModel, request_id: str, inputs: npt.NDArray[Any], outputs: npt.NDArray[Any]
 ) -> Iterator[PredictionLogged]:
-    """The events for one request: its rows in chunks of `MAX_ROWS_PER_EVENT`, same request id."""
+    """The events for one request: its rows in chunks of `MAX_ROWS_PER_EVENT`, same request id.
+    None for an empty batch or one with non-finite inputs, which the monitor would refuse."""
+    if inputs.size == 0:
+        return
     rows = inputs.reshape(inputs.shape[0] if inputs.ndim else 1, -1).astype(np.float64)
+    if not np.isfinite(rows).all():
+        return
     answers = outputs.astype(np.float64).ravel()
     # Chunk only when every row has the same number of answers, so chunks keep rows and answers paired.
-    aligned = len(rows) > 0 and answers.size % len(rows) == 0
-    step = MAX_ROWS_PER_EVENT if aligned else max(len(rows), 1)
-    per_row = answers.size // len(rows) if aligned else 0
+    aligned = answers.size % len(rows) == 0
+    step = MAX_ROWS_PER_EVENT if aligned else len(rows)
+    per_row = answers.size // len(rows)
     features = _feature_names(model, rows.shape[1])
     request_id = request_id or str(uuid.uuid4())
-    for start in range(0, max(len(rows), 1), step):
+    for start in range(0, len(rows), step):
         stop = start + step
         yield PredictionLogged(
             source=SOURCE,

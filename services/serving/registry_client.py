@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
 import logging
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import grpc
 
 from services.serving.repository import ModelRef
+from shared.clients import download_artifact
 from shared.errors import CascadeError, FailedPrecondition, NotFound, Unavailable, is_permanent
 from shared.grpc_io import open_channel
 from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
@@ -29,13 +32,18 @@ class RegistryClient:
         self.address = address
         self.timeout_seconds = timeout_seconds
         self._channel: grpc.aio.Channel | None = None
-        self._stub: pb_grpc.RegistryServiceStub | None = None
+        # Any: the generated stubs type every call as synchronous, and ours are awaited.
+        self._stub: Any = None
 
-    def _registry(self) -> pb_grpc.RegistryServiceStub:
-        # Opened on first use, inside the running event loop that the channel belongs to.
-        if self._stub is None:
+    def _connect(self) -> grpc.aio.Channel:
+        """The channel, opened on first use: inside the running event loop that it belongs to."""
+        if self._channel is None:
             self._channel = open_channel(self.address)
             self._stub = pb_grpc.RegistryServiceStub(self._channel)
+        return self._channel
+
+    def _registry(self) -> Any:
+        self._connect()
         return self._stub
 
     async def close(self) -> None:
@@ -61,27 +69,28 @@ class RegistryClient:
         )
 
     async def artifact(self, ref: ModelRef) -> bytes:
-        """Download the artifact and refuse it unless its sha256 is the one the registry recorded."""
-        data = bytearray()
-        announced: set[str] = set()
-        request = pb.DownloadArtifactRequest(model=ref.model, version=ref.version, offset=0)
+        """Download the artifact; refuse it unless its sha256 is both the one streamed with it
+        (checked by `download_artifact`) and the one the registry recorded for the version."""
         with self._errors(f"downloading {ref.model} version {ref.version}"):
-            async for chunk in self._registry().DownloadArtifact(request, timeout=self.timeout_seconds):
-                if chunk.offset != len(data):
-                    raise FailedPrecondition(
-                        f"artifact of {ref.model} version {ref.version}: chunk at offset {chunk.offset}, "
-                        f"expected {len(data)}"
-                    )
-                data += chunk.data
-                announced.add(chunk.sha256)
-        _verify(ref, bytes(data), announced)
-        return bytes(data)
+            async with asyncio.timeout(self.timeout_seconds):
+                data = await download_artifact(self._connect(), ref.model, ref.version)
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != ref.artifact_sha256:
+            raise FailedPrecondition(
+                f"artifact of {ref.model} version {ref.version} has sha256 {actual}, but the registry "
+                f"recorded {ref.artifact_sha256 or 'none'}; refused"
+            )
+        return data
 
     @contextlib.contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
         """Registry failures as Cascade errors: unreachable means retry later, the rest is final."""
         try:
             yield
+        except TimeoutError as exc:
+            raise Unavailable(
+                f"registry at {self.address}, {doing}: no answer within {self.timeout_seconds:g} s"
+            ) from exc
         except grpc.aio.AioRpcError as exc:
             message = f"registry at {self.address}, {doing}: {exc.code().name} {exc.details()}"
             error: CascadeError
@@ -92,16 +101,6 @@ class RegistryClient:
             else:
                 error = Unavailable(message)
             raise error from exc
-
-
-def _verify(ref: ModelRef, data: bytes, announced: set[str]) -> None:
-    actual = hashlib.sha256(data).hexdigest()
-    expected = {ref.artifact_sha256, *announced}
-    if expected != {actual}:
-        raise FailedPrecondition(
-            f"artifact of {ref.model} version {ref.version} has sha256 {actual}, but the registry "
-            f"recorded {ref.artifact_sha256 or 'none'} and streamed {sorted(announced) or 'none'}; refused"
-        )
 
 
 def _feature_names(model: str, tags: Mapping[str, str]) -> tuple[str, ...]:

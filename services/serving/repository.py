@@ -224,7 +224,10 @@ class ModelRepository:
                 continue  # logged by sync_champion; the old version (if any) keeps serving
 
     async def sync_all_until_done(self, first_delay: float = 0.5, max_delay: float = 30.0) -> None:
-        """`sync_all`, retried with exponential backoff for as long as the registry is unreachable."""
+        """`sync_all`, retried with exponential backoff for as long as the registry is unreachable.
+
+        Runs as a background task, so it never raises: a permanent failure is logged, and the
+        champions then load on their next promotion."""
         delay = first_delay
         while True:
             try:
@@ -232,6 +235,11 @@ class ModelRepository:
                 return
             except Unavailable as exc:
                 log.warning("cannot load champions yet (%s); retrying in %.1f s", exc, delay)
+            except CascadeError as exc:
+                log.error("cannot load champions: %s; they will load on their next promotion", exc)
+                return
+            except Exception:  # unexpected, so maybe transient: keep trying rather than serve nothing
+                log.exception("loading champions failed; retrying in %.1f s", delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay)
 

@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import aio as triton_aio
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
@@ -138,6 +139,14 @@ async def test_server_live_ready_and_metadata(served: tuple[ServingProcess, Any]
     metadata = await client.get_server_metadata()
     assert (metadata.name, list(metadata.extensions)) == ("cascade-serving", [])
     assert metadata.version
+
+
+async def test_health_reports_the_inference_service(served: tuple[ServingProcess, Any]) -> None:
+    async with grpc.aio.insecure_channel(served[0].url) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "inference.GRPCInferenceService"):
+            response = await health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert response.status == health_pb2.HealthCheckResponse.SERVING, service
 
 
 async def test_model_metadata_describes_the_session(served: tuple[ServingProcess, Any]) -> None:

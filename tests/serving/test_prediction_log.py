@@ -52,6 +52,12 @@ def test_unknown_feature_names_fall_back_to_positions(model: LoadedModel) -> Non
     assert event.request_id  # a generated one
 
 
+def test_empty_or_non_finite_batches_are_not_logged(model: LoadedModel) -> None:
+    # The monitor refuses such rows; logging them would only fill its dead-letter topic.
+    assert list(events_of(model, "", np.zeros((0, 2), np.float32), np.zeros(0))) == []
+    assert list(events_of(model, "", np.array([[1, np.nan]], np.float32), np.zeros(1))) == []
+
+
 def test_large_batches_are_split_keeping_rows_and_answers_together(model: LoadedModel) -> None:
     rows = MAX_ROWS_PER_EVENT + 1
     events = list(events_of(model, "big", np.zeros((rows, 2), np.float32), np.arange(rows)))

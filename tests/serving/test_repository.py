@@ -21,6 +21,7 @@ class FakeSource:
         self.artifacts = artifacts
         self.champion_version = champion
         self.down = 0
+        self.refuses_listing = False
         self.downloads = 0
 
     def _reach(self) -> None:
@@ -30,6 +31,8 @@ class FakeSource:
 
     async def models_with_champion(self) -> list[str]:
         self._reach()
+        if self.refuses_listing:
+            raise FailedPrecondition("UNIMPLEMENTED")
         return [MODEL]
 
     async def champion(self, model: str) -> ModelRef:
@@ -167,3 +170,11 @@ async def test_sync_all_until_done_waits_out_the_registry(
     await asyncio.wait_for(repository.sync_all_until_done(first_delay=0.01, max_delay=0.02), 5)
     assert repository.resolve(MODEL).version == 1
     assert source.down == 0
+
+
+async def test_sync_all_until_done_gives_up_on_a_permanent_error(
+    repository: ModelRepository, source: FakeSource
+) -> None:
+    source.refuses_listing = True
+    await asyncio.wait_for(repository.sync_all_until_done(first_delay=0.01), 5)  # returns, no raise
+    assert repository.models() == []
