@@ -26,6 +26,8 @@ from sklearn.datasets import load_breast_cancer
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import itertools
+
 from services.trainer.training import train  # noqa: E402
 from shared.cli.client import ingest_file  # noqa: E402
 from shared.cli.inference_client import InferenceClient  # noqa: E402
@@ -64,7 +66,7 @@ def main() -> None:
     frame = load_breast_cancer(as_frame=True).frame.sample(frac=1.0, random_state=11).reset_index(drop=True)
     first = int(len(frame) * 0.4)
     edges = np.linspace(first, len(frame), args.runs + 1).astype(int)
-    batches = [frame.iloc[:first]] + [frame.iloc[a:b] for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    batches = [frame.iloc[:first]] + [frame.iloc[a:b] for a, b in itertools.pairwise(edges)]
     features = [c for c in frame.columns if c != "target"]
 
     rows: list[tuple[int, int, float, float, float]] = []
