@@ -12,9 +12,9 @@ ratio to a baseline measured in the same run: the same training called in-proces
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,17 +23,13 @@ import grpc
 import numpy as np
 from sklearn.datasets import load_breast_cancer
 
+from services.trainer.training import train
+from shared.cli.client import ingest_file
+from shared.cli.inference_client import InferenceClient
+from shared.cli.stack import Stack, StackConfig
+from shared.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import itertools
-
-from services.trainer.training import train  # noqa: E402
-from shared.cli.client import ingest_file  # noqa: E402
-from shared.cli.inference_client import InferenceClient  # noqa: E402
-from shared.cli.stack import Stack, StackConfig  # noqa: E402
-from shared.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc  # noqa: E402
-
 PORTS = {
     "ingest": 39051,
     "trainer": 39052,
