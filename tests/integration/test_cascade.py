@@ -7,6 +7,7 @@ import json
 import signal
 import uuid
 
+import grpc
 import numpy as np
 import pandas as pd
 import pytest
@@ -24,6 +25,7 @@ from shared.events import (
     Topics,
 )
 from shared.messaging import DLQ_REASON, DLQ_SERVICE, DLQ_TOPIC
+from shared.stubs.cascade.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from tests.integration.support import infer, model_ready, spans_of_trace, upload, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -65,9 +67,35 @@ def test_ingest_cascades_to_served_versions_one_then_two_in_one_trace(stack: Sta
     )
     assert services >= {f"cascade-{name}" for name in SERVICES}
     kinds = {(span["service.name"], span["kind"]) for span in spans_of_trace(stack, trace_id)}
+    assert ("cascade-monitor", "SPAN_KIND_CONSUMER") in kinds
     assert ("cascade-trainer", "SPAN_KIND_CONSUMER") in kinds
     assert ("cascade-registry", "SPAN_KIND_SERVER") in kinds
     assert not any("grpc.health" in str(span["name"]) for span in spans_of_trace(stack, trace_id))
+
+
+def test_the_monitor_tests_served_predictions_against_the_training_data(stack: Stack) -> None:
+    model = "bc_monitor"
+    first, _ = _breast_cancer_batches()
+    upload(stack, model, first)
+    wait_for(lambda: model_ready(stack, model, "1"), CASCADE_TIMEOUT, "serving to load version 1")
+    features = first.drop(columns="target").to_numpy(np.float32)
+    # Shift every feature far from the training data: the monitor must call it drift.
+    infer(stack, model, features[:40] * 3.0 + 100.0)
+
+    def report() -> monitor_pb2.DriftReport | None:
+        with grpc.insecure_channel(stack.address("monitor")) as channel:
+            try:
+                return monitor_pb2_grpc.MonitorServiceStub(channel).GetDriftReport(
+                    monitor_pb2.GetDriftReportRequest(model=model), timeout=5
+                )
+            except grpc.RpcError:
+                return None
+
+    drift = wait_for(report, 60, "the monitor's first drift report")
+    assert drift.model_version == 1 and drift.predictions_seen >= 20
+    assert {f.feature for f in drift.features} == set(first.columns) - {"target"}
+    assert all(f.test and 0 <= f.p_value <= 1 for f in drift.features)
+    assert drift.dataset_drifted
 
 
 def test_a_service_killed_mid_cascade_lets_the_cascade_finish(stack: Stack) -> None:
