@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 from prometheus_client import start_http_server
 
+from shared.metrics import GrpcMetricsInterceptor
 from shared.settings import ServiceSettings
 from shared.telemetry import grpc_server_interceptors
 
@@ -106,7 +107,9 @@ class Service:
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port, addr=self.settings.grpc_host)
 
-        server = grpc.aio.server(interceptors=grpc_server_interceptors(), options=GRPC_OPTIONS)
+        server = grpc.aio.server(
+            interceptors=[*grpc_server_interceptors(), GrpcMetricsInterceptor()], options=GRPC_OPTIONS
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for register in self.grpc_registrars:
             register(server)
