@@ -289,6 +289,46 @@ def _print_ingest(result: IngestResult) -> None:
     typer.echo(f"  trace id: {result.trace_id}")
 
 
+# ---------------------------------------------------------------------- traces
+
+
+@app.command()
+def trace(
+    ctx: typer.Context,
+    trace_id: Annotated[
+        str | None, typer.Argument(help="Trace id, or its first digits; without it, list the latest traces.")
+    ] = None,
+    source: Annotated[
+        Path | None,
+        typer.Option("--file", help="An OTLP-JSON span file or a directory of them [default: HOME/traces]."),
+    ] = None,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="List single-service traces too (inference calls, health).")
+    ] = False,
+) -> None:
+    """Print one cascade's trace as a waterfall, from OTLP-JSON span files; no backend needed.
+
+    `cascade up` makes every service write its spans to HOME/traces/<service>.jsonl, and
+    `cascade ingest` and `cascade demo` print the trace id of each upload.
+    """
+    from datetime import UTC, datetime
+
+    from shared.cli.traces import find_trace, load_spans, recent_traces, waterfall
+
+    config: StackConfig = ctx.obj
+    with friendly_errors():
+        spans = load_spans(source or config.home / "traces")
+        if trace_id is None:
+            for found, started, count, services, root in recent_traces(
+                spans, min_services=1 if show_all else 2
+            ):
+                when = datetime.fromtimestamp(started, UTC).strftime("%Y-%m-%d %H:%M:%S")
+                typer.echo(f"{found}  {when}  {count:>3} spans  {len(services)} services  {root}")
+            return
+        for line in waterfall(find_trace(spans, trace_id)):
+            typer.echo(line)
+
+
 # ---------------------------------------------------------------------- demo
 
 
