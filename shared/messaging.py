@@ -20,6 +20,7 @@ from faststream._internal.middlewares import BaseMiddleware
 from faststream.kafka import KafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from opentelemetry import trace
 from prometheus_client import REGISTRY, Counter
 
 from shared.errors import is_permanent
@@ -102,6 +103,17 @@ class _DeadLetterMiddleware(BaseMiddleware[Any, Any]):
         return False  # the subscriber's NACK_ON_ERROR seeks back: the message is redelivered
 
 
+class _DestinationAttributeMiddleware(BaseMiddleware[Any, Any]):
+    """FastStream names a consumer span's topic `messaging.destination_publish.name`; the messaging
+    semantic conventions also want `messaging.destination.name` there, which backends group by."""
+
+    async def consume_scope(self, call_next: Any, msg: Any) -> Any:
+        # Runs inside the telemetry middleware's scope, so the current span is the process span.
+        if isinstance(self.msg, ConsumerRecord):
+            trace.get_current_span().set_attribute("messaging.destination.name", self.msg.topic)
+        return await call_next(msg)
+
+
 def build_broker(settings: ServiceSettings, service: str) -> KafkaBroker:
     """A broker with tracing, Prometheus metrics and dead-lettering, durable (acks=all) producing."""
     topics = Topics(settings.topic_prefix)
@@ -115,6 +127,7 @@ def build_broker(settings: ServiceSettings, service: str) -> KafkaBroker:
         middlewares=(
             dead_letters.middleware,
             KafkaTelemetryMiddleware(),
+            _DestinationAttributeMiddleware,
             KafkaPrometheusMiddleware(registry=REGISTRY, app_name=service),
         ),
         logger=logging.getLogger(f"cascade.{service}.kafka"),

@@ -1,8 +1,8 @@
 """OpenTelemetry set-up shared by every service and the CLI.
 
 Exporters are chosen by the standard `OTEL_TRACES_EXPORTER` (comma-separated names looked up in the
-`opentelemetry_traces_exporter` entry-point group, so `otlp`, `console` and any installed exporter
-work). Cascade adds `otlp_json_file`: OTLP-JSON lines written to `CASCADE_TRACES_FILE`, the format of
+`opentelemetry_traces_exporter` entry-point group, so `console` and any installed exporter work;
+`otlp` follows `OTEL_EXPORTER_OTLP_PROTOCOL`: `grpc` or, the spec's default, `http/protobuf`). Cascade adds `otlp_json_file`: OTLP-JSON lines written to `CASCADE_TRACES_FILE`, the format of
 the Collector's file exporter, which `cascade trace` reads without any backend.
 """
 
@@ -70,6 +70,12 @@ def _hex_ids(document: dict[str, Any]) -> None:
 
 
 def _load_exporter(name: str) -> SpanExporter:
+    if name == "otlp":
+        # The spec's "otlp" means the protocol OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL names.
+        protocol = os.environ.get(
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        )
+        name = "otlp_proto_grpc" if protocol == "grpc" else "otlp_proto_http"
     matches = entry_points(group=_EXPORTER_GROUP, name=name)
     if not matches:
         known = sorted(ep.name for ep in entry_points(group=_EXPORTER_GROUP))

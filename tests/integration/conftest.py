@@ -5,6 +5,7 @@ Tests isolate themselves by dataset/model name; the stack is stopped at the end,
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from shared.cli.stack import SERVICES, Stack, StackConfig
+from tests.integration.otlp_receiver import OtlpReceiver
 
 TEST_PORTS = {
     "ingest": 29051,
@@ -21,10 +23,19 @@ TEST_PORTS = {
     "monitor": 29055,
     "serving": 29001,
 }
+METRICS_PORTS = {name: 29100 + number for number, name in enumerate(SERVICES, start=1)}
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    receiver = OtlpReceiver()
+    receiver.start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(otlp_receiver: OtlpReceiver) -> Iterator[Stack]:
     home = Path(tempfile.mkdtemp(prefix="cascade-it-"))
     config = StackConfig(
         home=home,
@@ -32,7 +43,12 @@ def stack() -> Iterator[Stack]:
         controller_port=29093,
         topic_prefix="it",
         ports=TEST_PORTS,
+        metrics_ports=METRICS_PORTS,
         extra_env={
+            # Spans go both to files (for `cascade trace`) and to the in-test OTLP receiver.
+            "OTEL_TRACES_EXPORTER": "otlp_json_file,otlp",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_receiver.port}",
             "OTEL_BSP_SCHEDULE_DELAY": "200",  # flush spans quickly so the trace test need not wait
             "CASCADE_MONITOR_EVALUATE_EVERY": "20",
             "CASCADE_MONITOR_WINDOW_SIZE": "40",
@@ -45,3 +61,6 @@ def stack() -> Iterator[Stack]:
         yield test_stack
     finally:
         test_stack.stop()
+    # Kept only on request: logs and traces of a failed run are worth a look.
+    if not os.environ.get("CASCADE_KEEP_TEST_STACK"):
+        shutil.rmtree(home, ignore_errors=True)

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import urllib.request
 import uuid
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
 import pandas as pd
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanKind
+from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_breast_cancer, make_classification
 
 from shared.cli.stack import SERVICES, Stack
@@ -26,6 +30,7 @@ from shared.events import (
 )
 from shared.messaging import DLQ_REASON, DLQ_SERVICE, DLQ_TOPIC
 from shared.stubs.cascade.monitor.v1 import monitor_pb2, monitor_pb2_grpc
+from tests.integration.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.integration.support import infer, model_ready, spans_of_trace, upload, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -39,7 +44,17 @@ def _breast_cancer_batches() -> tuple[pd.DataFrame, pd.DataFrame]:
     return frame.iloc[:cut], frame.iloc[cut:]
 
 
-def test_ingest_cascades_to_served_versions_one_then_two_in_one_trace(stack: Stack) -> None:
+@dataclass(frozen=True)
+class Cascade:
+    model: str
+    first: pd.DataFrame
+    second: pd.DataFrame
+    trace_id: str
+
+
+@pytest.fixture(scope="module")
+def cascade(stack: Stack) -> Cascade:
+    """Two batches of breast_cancer cascading into served versions 1 and 2 (asserted on the way)."""
     model = "bc_cascade"
     first, second = _breast_cancer_batches()
     features = first.drop(columns="target").to_numpy(np.float32)
@@ -56,21 +71,114 @@ def test_ingest_cascades_to_served_versions_one_then_two_in_one_trace(stack: Sta
     wait_for(
         lambda: infer(stack, model, features[:4])[0] == "2", CASCADE_TIMEOUT, "serving to swap to version 2"
     )
-    assert infer(stack, model, features[:4], version="1")[0] == "1"  # the previous version stays addressable
+    return Cascade(model, first, second, trace_id)
+
+
+def test_ingest_cascades_to_served_versions_one_then_two_in_one_trace(stack: Stack, cascade: Cascade) -> None:
+    features = cascade.first.drop(columns="target").to_numpy(np.float32)
+    assert infer(stack, cascade.model, features[:4])[0] == "2"
+    assert (
+        infer(stack, cascade.model, features[:4], version="1")[0] == "1"
+    )  # the previous one stays addressable
 
     def all_six_services_in_trace() -> set[str] | None:
-        services = {str(span["service.name"]) for span in spans_of_trace(stack, trace_id)}
+        services = {str(span["service.name"]) for span in spans_of_trace(stack, cascade.trace_id)}
         return services if {f"cascade-{name}" for name in SERVICES} <= services else None
 
     services = wait_for(
         all_six_services_in_trace, 30, "spans from all six services in the first cascade's trace"
     )
     assert services >= {f"cascade-{name}" for name in SERVICES}
-    kinds = {(span["service.name"], span["kind"]) for span in spans_of_trace(stack, trace_id)}
-    assert ("cascade-monitor", "SPAN_KIND_CONSUMER") in kinds
+    kinds = {(span["service.name"], span["kind"]) for span in spans_of_trace(stack, cascade.trace_id)}
     assert ("cascade-trainer", "SPAN_KIND_CONSUMER") in kinds
+    assert ("cascade-monitor", "SPAN_KIND_CONSUMER") in kinds
     assert ("cascade-registry", "SPAN_KIND_SERVER") in kinds
-    assert not any("grpc.health" in str(span["name"]) for span in spans_of_trace(stack, trace_id))
+    assert not any("grpc.health" in str(span["name"]) for span in spans_of_trace(stack, cascade.trace_id))
+
+
+def test_an_otlp_receiver_gets_one_trace_with_the_cascade_span_tree(
+    otlp_receiver: OtlpReceiver, cascade: Cascade
+) -> None:
+    def serving_swap_span() -> ReceivedSpan | None:
+        return next(
+            (
+                span
+                for span in otlp_receiver.spans(cascade.trace_id)
+                if span.service == "cascade-serving" and span.kind == SpanKind.SPAN_KIND_CONSUMER
+            ),
+            None,
+        )
+
+    swap = wait_for(serving_swap_span, 30, "serving's promotion span at the OTLP receiver")
+    spans = {span.span_id: span for span in otlp_receiver.spans(cascade.trace_id)}
+    assert {span.service for span in spans.values()} == {f"cascade-{name}" for name in SERVICES}
+    assert all(span.resource["service.version"] for span in spans.values())
+
+    # Walking up from serving's swap reaches the upload, through every step of the cascade, in order.
+    chain: list[ReceivedSpan] = []
+    current: ReceivedSpan | None = swap
+    while current is not None:
+        chain.append(current)
+        current = spans.get(current.parent_id)
+    steps = [
+        (span.service, span.kind) for span in reversed(chain) if span.kind != SpanKind.SPAN_KIND_INTERNAL
+    ]
+    consumers = [service for service, kind in steps if kind == SpanKind.SPAN_KIND_CONSUMER]
+    assert consumers == ["cascade-trainer", "cascade-validator", "cascade-registry", "cascade-serving"]
+    assert steps[0] == ("cascade-ingest", SpanKind.SPAN_KIND_SERVER)
+    assert chain[-1].attributes["rpc.method"] == "UploadBatch"
+
+    for span in spans.values():
+        assert "grpc.health" not in span.name
+        if span.kind in (SpanKind.SPAN_KIND_SERVER, SpanKind.SPAN_KIND_CLIENT):
+            assert span.attributes["rpc.system"] == "grpc"
+            assert span.name == f"/{span.attributes['rpc.service']}/{span.attributes['rpc.method']}"
+            assert "rpc.grpc.status_code" in span.attributes
+        elif span.kind in (SpanKind.SPAN_KIND_PRODUCER, SpanKind.SPAN_KIND_CONSUMER):
+            assert span.attributes["messaging.system"] == "kafka"
+            assert span.attributes["messaging.destination.name"].startswith("it.")
+        if span.kind == SpanKind.SPAN_KIND_CONSUMER and span.name.endswith("process"):
+            assert span.attributes["messaging.operation"] == "process"
+            assert "messaging.kafka.message.offset" in span.attributes
+
+
+def _scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _value(metrics: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    return sum(v for (n, ls), v in metrics.items() if n == name and set(labels.items()) <= ls)
+
+
+def test_every_service_exposes_its_domain_metrics(stack: Stack, cascade: Cascade) -> None:
+    model, rows = cascade.model, len(cascade.first) + len(cascade.second)
+    metrics = {name: _scrape(port) for name, port in stack.config.metrics_ports.items()}
+
+    assert _value(metrics["ingest"], "cascade_ingest_rows_total", dataset=model, outcome="accepted") == rows
+    assert _value(metrics["trainer"], "cascade_trainer_runs_total", model=model, outcome="succeeded") == 2
+    assert _value(metrics["trainer"], "cascade_trainer_trials_total", model=model) == 6
+    assert (
+        _value(metrics["validator"], "cascade_validator_verdicts_total", model=model, outcome="passed") >= 2
+    )
+    assert (
+        _value(metrics["registry"], "cascade_registry_alias_moves_total", model=model, alias="champion") == 2
+    )
+    assert _value(metrics["serving"], "cascade_serving_swaps_total", model=model) == 2
+    assert _value(metrics["serving"], "cascade_serving_loaded_version", model=model) == 2
+    assert _value(metrics["monitor"], "cascade_monitor_predictions_total", model=model) >= 32
+    # gRPC server metrics and FastStream's Kafka metrics, on every service.
+    assert (
+        _value(metrics["ingest"], "grpc_server_handled_total", grpc_method="UploadBatch", grpc_code="OK") >= 2
+    )
+    assert _value(metrics["registry"], "grpc_server_handled_total", grpc_method="CreateModelVersion") >= 2
+    for name in ("trainer", "validator", "registry", "serving", "monitor"):
+        assert _value(metrics[name], "faststream_received_messages_total") >= 2, name
 
 
 def test_the_monitor_tests_served_predictions_against_the_training_data(stack: Stack) -> None:
