@@ -2,8 +2,9 @@
 
 Exporters are chosen by the standard `OTEL_TRACES_EXPORTER` (comma-separated names looked up in the
 `opentelemetry_traces_exporter` entry-point group, so `console` and any installed exporter work;
-`otlp` follows `OTEL_EXPORTER_OTLP_PROTOCOL`: `grpc` or, the spec's default, `http/protobuf`). Cascade adds `otlp_json_file`: OTLP-JSON lines written to `CASCADE_TRACES_FILE`, the format of
-the Collector's file exporter, which `cascade trace` reads without any backend.
+`otlp` follows `OTEL_EXPORTER_OTLP_PROTOCOL`: `grpc` or, the spec's default, `http/protobuf`).
+Cascade adds `otlp_json_file`: OTLP-JSON lines written to `CASCADE_TRACES_FILE`, the format of the
+Collector's file exporter, which `cascade trace` reads without any backend.
 """
 
 from __future__ import annotations
@@ -72,9 +73,8 @@ def _hex_ids(document: dict[str, Any]) -> None:
 def _load_exporter(name: str) -> SpanExporter:
     if name == "otlp":
         # The spec's "otlp" means the protocol OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL names.
-        protocol = os.environ.get(
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-        )
+        default = os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", default)
         name = "otlp_proto_grpc" if protocol == "grpc" else "otlp_proto_http"
     matches = entry_points(group=_EXPORTER_GROUP, name=name)
     if not matches:
