@@ -57,6 +57,7 @@ def main() -> None:
             topic_prefix="bench",
             ports=PORTS,
             traces=False,
+            metrics_ports={},  # no /metrics: keeps clear of a `cascade up` stack on this machine
         )
     )
     frame = load_breast_cancer(as_frame=True).frame.sample(frac=1.0, random_state=11).reset_index(drop=True)

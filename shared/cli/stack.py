@@ -38,6 +38,7 @@ from shared.cli.errors import StackError
 from shared.kafka_broker import BrokerConfig
 
 __all__ = [
+    "DEFAULT_METRICS_PORTS",
     "DEFAULT_PORTS",
     "DEPENDENCIES",
     "SERVICES",
@@ -61,6 +62,15 @@ DEFAULT_PORTS: Mapping[str, int] = {
     "registry": 50054,
     "monitor": 50055,
     "serving": 8001,
+}
+# Prometheus /metrics port of each service under `cascade up`.
+DEFAULT_METRICS_PORTS: Mapping[str, int] = {
+    "ingest": 9151,
+    "trainer": 9152,
+    "validator": 9153,
+    "registry": 9154,
+    "monitor": 9155,
+    "serving": 9101,
 }
 # The services whose gRPC address each service is given, as CASCADE_<NAME>_<DEPENDENCY>_ADDRESS.
 DEPENDENCIES: Mapping[str, tuple[str, ...]] = {
@@ -95,7 +105,7 @@ class StackConfig:
     # Write spans to traces/<service>.jsonl (ignored when the caller sets OTEL_TRACES_EXPORTER).
     traces: bool = True
     # Prometheus port per service; a service left out exposes no /metrics.
-    metrics_ports: dict[str, int] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_METRICS_PORTS))
     log_format: str = "json"
 
 

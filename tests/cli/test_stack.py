@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.cli.stack import DEFAULT_PORTS, SERVICES, Stack, StackConfig, StackError
+from shared.cli.stack import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, SERVICES, Stack, StackConfig, StackError
 
 PORTS = {name: 40000 + index for index, name in enumerate(SERVICES)}
 
@@ -30,7 +30,7 @@ def test_service_env_uses_the_service_prefix_and_stack_settings(stack: Stack, na
     assert env[prefix + "GRPC_HOST"] == "127.0.0.1"
     assert env[prefix + "GRPC_PORT"] == str(PORTS[name])
     assert env[prefix + "DATA_DIR"] == str(stack.home / "data" / name)
-    assert env[prefix + "METRICS_PORT"] == "0"
+    assert env[prefix + "METRICS_PORT"] == str(DEFAULT_METRICS_PORTS[name])
     cascade_keys = [key for key in env if key.startswith("CASCADE_") and key != "CASCADE_TRACES_FILE"]
     assert all(key.startswith(prefix) for key in cascade_keys)
 
