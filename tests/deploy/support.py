@@ -1,0 +1,185 @@
+"""What the deployment tests share: the services and their settings classes, and a Dockerfile reader."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from shared.cli.stack import DEFAULT_PORTS, SERVICES
+from shared.settings import ServiceSettings
+
+__all__ = [
+    "DATA_SERVICES",
+    "DEFAULT_PORTS",
+    "DOCKERFILE",
+    "METRICS_PORT",
+    "REPO",
+    "SERVICES",
+    "Stage",
+    "env_problems",
+    "load_settings",
+    "module_problems",
+    "parse_dockerfile",
+    "settings_class",
+]
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO / "deploy" / "docker" / "Dockerfile"
+# The services that own data which must outlive a container (their DATA_DIR is a volume).
+DATA_SERVICES = ("ingest", "registry", "monitor")
+# Prometheus port of every service in a container.
+METRICS_PORT = 9464
+# CASCADE_* variables that are not a service's settings but are still read (by the span exporter).
+_OTHER_CASCADE_VARIABLES = frozenset({"CASCADE_TRACES_FILE"})
+
+
+def settings_class(name: str) -> type[ServiceSettings]:
+    """The settings class of `services.<name>`: the one in its settings module with its prefix."""
+    module = importlib.import_module(f"services.{name}.settings")
+    prefix = f"CASCADE_{name.upper()}_"
+    found = [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, ServiceSettings)
+        and value.model_config.get("env_prefix") == prefix
+    ]
+    assert len(found) == 1, f"services.{name}.settings should define one settings class with {prefix}"
+    return found[0]
+
+
+def env_problems(name: str, env: Mapping[str, str]) -> list[str]:
+    """What is wrong with a container environment for service `name`: variables with its prefix
+    that name no settings field, Cascade variables with another prefix, required fields unset."""
+    cls = settings_class(name)
+    prefix = f"CASCADE_{name.upper()}_"
+    problems = []
+    for key in env:
+        if key.startswith(prefix):
+            if key.removeprefix(prefix).lower() not in cls.model_fields:
+                problems.append(f"{key} names no field of {cls.__name__}")
+        elif key.startswith("CASCADE_") and key not in _OTHER_CASCADE_VARIABLES:
+            problems.append(f"{key} is not {name}'s (its prefix is {prefix})")
+    for field_name, info in cls.model_fields.items():
+        if info.is_required() and prefix + field_name.upper() not in env:
+            problems.append(f"{prefix}{field_name.upper()} is required and not set")
+    return problems
+
+
+def load_settings(name: str, env: Mapping[str, str], monkeypatch: pytest.MonkeyPatch) -> ServiceSettings:
+    """The settings the service would build from exactly this environment (no .env file)."""
+    for key in list(os.environ):
+        if key.startswith("CASCADE_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return settings_class(name)(_env_file=None)
+
+
+def module_problems(command: list[str]) -> list[str]:
+    """`python -m MODULE` must name a module that exists and can run as a program."""
+    if command[:2] != ["python", "-m"] or len(command) < 3:
+        return [f"{command} is not `python -m MODULE`"]
+    module = command[2]
+    try:
+        spec = importlib.util.find_spec(module)
+    except ModuleNotFoundError:  # its parent package is missing
+        spec = None
+    if spec is None:
+        return [f"no module {module}"]
+    if spec.submodule_search_locations is not None and importlib.util.find_spec(f"{module}.__main__") is None:
+        return [f"package {module} has no __main__"]
+    return []
+
+
+# ---------------------------------------------------------------------- Dockerfile
+
+
+@dataclass
+class Stage:
+    name: str
+    base: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[str]:
+        return [args for key, args in self.instructions if key == keyword]
+
+    def last(self, keyword: str) -> str | None:
+        found = self.all(keyword)
+        return found[-1] if found else None
+
+    def env(self) -> dict[str, str]:
+        """ENV KEY=VALUE ... (the only form used here), all of them in order."""
+        env: dict[str, str] = {}
+        for args in self.all("ENV"):
+            for token in shlex.split(args):
+                key, sep, value = token.partition("=")
+                assert sep, f"ENV {args!r}: use KEY=VALUE"
+                env[key] = value
+        return env
+
+    def exposed(self) -> list[int]:
+        return [int(port.split("/")[0]) for args in self.all("EXPOSE") for port in args.split()]
+
+    def cmd(self) -> list[str] | None:
+        args = self.last("CMD")
+        return _exec_form(args) if args is not None else None
+
+    def healthcheck(self) -> list[str] | None:
+        args = self.last("HEALTHCHECK")
+        if args is None:
+            return None
+        match = re.fullmatch(r"((?:--\S+\s+)*)CMD\s+(.+)", args, re.DOTALL)
+        assert match, f"HEALTHCHECK {args!r}: expected [OPTIONS] CMD [...]"
+        return _exec_form(match.group(2))
+
+
+def _exec_form(args: str) -> list[str]:
+    value = json.loads(args)
+    assert isinstance(value, list) and all(isinstance(item, str) for item in value), args
+    return value
+
+
+def parse_dockerfile(path: Path = DOCKERFILE) -> dict[str, Stage]:
+    """Stages by name (or index), each with its instructions, continuation lines joined."""
+    logical: list[str] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line.startswith("#") or not line:  # as Docker: also inside a continued line
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    assert not pending, "the Dockerfile ends inside a continued line"
+
+    global_args: dict[str, str] = {}
+    stages: dict[str, Stage] = {}
+    current: Stage | None = None
+    for line in logical:
+        keyword, _, args = line.partition(" ")
+        keyword, args = keyword.upper(), args.strip()
+        if keyword == "FROM":
+            match = re.fullmatch(r"(?:--\S+\s+)*(\S+)(?:\s+AS\s+(\S+))?", args, re.IGNORECASE)
+            assert match, f"FROM {args!r}"
+            base = re.sub(r"\$\{?(\w+)\}?", lambda m: global_args.get(m.group(1), m.group(0)), match.group(1))
+            current = Stage(name=match.group(2) or str(len(stages)), base=base)
+            stages[current.name] = current
+        elif current is None:
+            assert keyword == "ARG", f"only ARG may come before the first FROM, not {keyword}"
+            key, _, value = args.partition("=")
+            global_args[key] = value
+        else:
+            current.instructions.append((keyword, args))
+    return stages
