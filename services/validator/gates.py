@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,3 +63,52 @@ def judge(
             )
         )
     return gates
+
+
+Signature = dict[str, list[tuple[str, str, tuple[int, ...]]]]
+
+
+def schema_gate(candidate: Signature, champion: Signature | None, declared_change: bool) -> GateResult:
+    """Inputs and outputs must match the champion's (names, datatypes, shapes), or the change must
+    have been declared: clients built against the champion would break otherwise."""
+    if champion is None:
+        return GateResult(name="schema", passed=True, detail="no champion to be compatible with")
+    differences = [
+        f"{side}: champion {champion[side]} vs candidate {candidate[side]}"
+        for side in ("inputs", "outputs")
+        if candidate[side] != champion[side]
+    ]
+    if not differences:
+        return GateResult(name="schema", passed=True, detail="same inputs and outputs as the champion")
+    if declared_change:
+        return GateResult(name="schema", passed=True, detail="declared change: " + "; ".join(differences))
+    return GateResult(name="schema", passed=False, detail="undeclared change: " + "; ".join(differences))
+
+
+def latency_gate(onnx_bytes: bytes, rows: np.ndarray, budget_ms: float, samples: int = 200) -> GateResult:
+    """p99 of one-row inference in onnxruntime (one thread, after a warm-up) within the budget."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    singles = [rows[i % len(rows)][None, :] for i in range(samples)]
+    session.run(None, {name: singles[0]})
+    timings = np.empty(samples)
+    for index, row in enumerate(singles):
+        started = time.perf_counter()
+        session.run(None, {name: row})
+        timings[index] = time.perf_counter() - started
+    p99_ms = float(np.percentile(timings, 99) * 1000)
+    return GateResult(
+        name="latency_p99_ms",
+        passed=p99_ms <= budget_ms,
+        value=round(p99_ms, 4),
+        threshold=budget_ms,
+        detail=f"p99 of {samples} one-row runs",
+    )
+
+
+def size_gate(size_bytes: int, budget_bytes: int) -> GateResult:
+    return GateResult(
+        name="artifact_bytes", passed=size_bytes <= budget_bytes, value=size_bytes, threshold=budget_bytes
+    )

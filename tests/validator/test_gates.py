@@ -2,7 +2,7 @@ import numpy as np
 from sklearn.datasets import load_breast_cancer
 
 from services.trainer.training import TrainingResult
-from services.validator.gates import Thresholds, judge, score
+from services.validator.gates import Thresholds, judge, latency_gate, schema_gate, score, size_gate
 
 LIMITS = Thresholds(min_rows=10, min_accuracy=0.7, min_r2=0.0, max_regression=0.02)
 
@@ -37,3 +37,29 @@ def test_too_few_rows_or_too_low_a_score_fail() -> None:
     gates = {g.name: g for g in judge("regression", 5, -0.5, None, LIMITS)}
     assert not gates["enough_fresh_rows"].passed
     assert not gates["min_r2"].passed
+
+
+SIGNATURE = {"inputs": [("input", "FP32", (-1, 30))], "outputs": [("label", "INT64", (-1,))]}
+
+
+def test_schema_gate_refuses_an_undeclared_change_only() -> None:
+    wider = {**SIGNATURE, "inputs": [("input", "FP32", (-1, 31))]}
+    assert schema_gate(SIGNATURE, SIGNATURE, declared_change=False).passed
+    assert schema_gate(SIGNATURE, None, declared_change=False).passed
+    refused = schema_gate(wider, SIGNATURE, declared_change=False)
+    assert not refused.passed and "(-1, 31)" in refused.detail and "inputs" in refused.detail
+    assert schema_gate(wider, SIGNATURE, declared_change=True).passed
+
+
+def test_latency_gate_measures_one_row_runs(trained_breast_cancer: TrainingResult) -> None:
+    rows = load_breast_cancer().data.astype(np.float32)
+    unlimited = latency_gate(trained_breast_cancer.onnx_bytes, rows, budget_ms=float("inf"), samples=50)
+    assert unlimited.passed and unlimited.value is not None and unlimited.value > 0
+    impossible = latency_gate(trained_breast_cancer.onnx_bytes, rows, budget_ms=0.0, samples=50)
+    assert not impossible.passed and impossible.threshold == 0.0
+
+
+def test_size_gate() -> None:
+    assert size_gate(1000, 2000).passed
+    refused = size_gate(3000, 2000)
+    assert not refused.passed and (refused.value, refused.threshold) == (3000, 2000)
