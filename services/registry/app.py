@@ -6,13 +6,15 @@ import grpc
 
 from services.registry import kafka_api
 from services.registry.artifacts import LocalArtifactStore
-from services.registry.core import RegistryCore
+from services.registry.core import Lineage, RegistryCore
 from services.registry.grpc_api import SERVICE_NAME, RegistryServicer
 from services.registry.settings import RegistrySettings
 from services.registry.store import RegistryStore
 from shared.events import Event, Topics
+from shared.grpc_io import open_channel
 from shared.messaging import build_broker, publish_event
 from shared.service import Service
+from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
 from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
 
 
@@ -28,12 +30,15 @@ def build(settings: RegistrySettings | None = None) -> Service:
 
     core = RegistryCore(store, artifacts, publish, settings.promotion_policy)
     kafka_api.register(broker, core, topics)
-    servicer = RegistryServicer(core, settings.data_dir / "spool", settings.max_artifact_bytes)
+    ingest = open_channel(settings.ingest_address)
+    lineage = Lineage(core, ingest_pb2_grpc.IngestServiceStub(ingest))
+    servicer = RegistryServicer(core, lineage, settings.data_dir / "spool", settings.max_artifact_bytes)
 
     def add_servicer(server: grpc.aio.Server) -> None:
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server)
 
     async def close_store() -> None:
+        await ingest.close(None)
         store.close()
 
     return Service(

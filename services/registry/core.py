@@ -9,14 +9,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 import onnx
 from prometheus_client import Counter
 
 from services.registry.artifacts import ArtifactStore
 from services.registry.store import RegistryStore, VersionRecord
-from shared.errors import InvalidArgument, NotFound
+from shared.clients import unavailable_as_retryable
+from shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from shared.events import Event, ModelPromoted, ModelValidated
 from shared.grpc_io import ReceivedFile
+from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +175,20 @@ class RegistryCore:
             )
         await self.flush_outbox()
 
+    async def rollback(self, model: str, actor: str, reason: str) -> VersionRecord:
+        """Point `champion` back at the version it held before its latest move."""
+        moves = [move for move in self.store.history(model) if move["alias"] == "champion"]
+        if not moves or moves[-1]["from_version"] is None:
+            raise FailedPrecondition(f"model {model!r} has no previous champion to roll back to")
+        previous = int(moves[-1]["from_version"])
+        return await self.set_alias(
+            model,
+            "champion",
+            previous,
+            actor or "unknown",
+            f"rollback from v{moves[-1]['to_version']}: {reason}",
+        )
+
     async def flush_outbox(self) -> None:
         for event_id, event_json in await asyncio.to_thread(self.store.pending_events):
             await self.publish(ModelPromoted.model_validate_json(event_json))
@@ -192,3 +209,24 @@ def _promoted(
         dataset_version=cause.dataset_version if cause else None,
         training_run=cause.training_run if cause else None,
     )
+
+
+class Lineage:
+    """Reads a version's lineage: its own record, then the dataset version's batches from ingest."""
+
+    def __init__(self, core: RegistryCore, ingest: ingest_pb2_grpc.IngestServiceAsyncStub) -> None:
+        self.core = core
+        self.ingest = ingest
+
+    async def of(self, model: str, version: int) -> tuple[VersionRecord, str, list[str]]:
+        """(version record, parent dataset version, raw batch ids oldest first)."""
+        record = self.core.resolve(model, version)
+        try:
+            dataset = await self.ingest.GetDatasetVersion(
+                ingest_pb2.GetDatasetVersionRequest(dataset=record.dataset, version=record.dataset_version)
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(f"ingest no longer knows dataset version {record.dataset_version}") from exc
+            raise unavailable_as_retryable(exc, "ingest: reading lineage") from exc
+        return record, dataset.parent, list(dataset.batch_ids)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.registry.core import NewVersion, RegistryCore
+from services.registry.core import Lineage, NewVersion, RegistryCore, check_name
 from services.registry.store import VersionRecord
 from shared.errors import InvalidArgument, grpc_errors
 from shared.grpc_io import ServicerContext, file_chunks, receive_to_file
@@ -24,8 +25,11 @@ _STATUS = {
 
 
 class RegistryServicer(pb_grpc.RegistryServiceServicer):
-    def __init__(self, core: RegistryCore, spool_dir: Path, max_artifact_bytes: int) -> None:
+    def __init__(
+        self, core: RegistryCore, lineage: Lineage, spool_dir: Path, max_artifact_bytes: int
+    ) -> None:
         self.core = core
+        self.lineage = lineage
         self.spool_dir = spool_dir
         self.max_artifact_bytes = max_artifact_bytes
 
@@ -81,7 +85,10 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self, request: pb.ListModelVersionsRequest, context: ServicerContext
     ) -> pb.ListModelVersionsResponse:
         return pb.ListModelVersionsResponse(
-            versions=[version_message(r) for r in self.core.store.list_versions(request.model)]
+            versions=[
+                version_message(r)
+                for r in self.core.store.list_versions(request.model, request.dataset_version)
+            ]
         )
 
     @grpc_errors
@@ -114,6 +121,42 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             yield pb.ArtifactChunk(
                 data=data, offset=offset, total_size=record.artifact_size, sha256=record.artifact_sha256
             )
+
+    @grpc_errors
+    async def Rollback(self, request: pb.RollbackRequest, context: ServicerContext) -> pb.ModelVersion:
+        return version_message(await self.core.rollback(request.model, request.actor, request.reason))
+
+    @grpc_errors
+    async def GetAliasHistory(
+        self, request: pb.GetAliasHistoryRequest, context: ServicerContext
+    ) -> pb.AliasHistory:
+        check_name("model", request.model)
+        moves = []
+        for move in self.core.store.history(request.model):
+            at = Timestamp()
+            at.FromDatetime(datetime.fromisoformat(move["at"]))
+            moves.append(
+                pb.AliasMove(
+                    alias=move["alias"],
+                    from_version=move["from_version"] or 0,
+                    to_version=move["to_version"],
+                    actor=move["actor"],
+                    reason=move["reason"],
+                    at=at,
+                )
+            )
+        return pb.AliasHistory(model=request.model, moves=moves)
+
+    @grpc_errors
+    async def GetLineage(self, request: pb.GetLineageRequest, context: ServicerContext) -> pb.Lineage:
+        record, parent, batch_ids = await self.lineage.of(request.model, request.version)
+        return pb.Lineage(
+            version=version_message(record),
+            dataset=record.dataset,
+            dataset_version=record.dataset_version,
+            parent_dataset_version=parent,
+            batch_ids=batch_ids,
+        )
 
 
 def version_message(record: VersionRecord) -> pb.ModelVersion:

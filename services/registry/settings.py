@@ -12,6 +12,7 @@ class RegistrySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CASCADE_REGISTRY_", extra="ignore", frozen=True)
 
     grpc_port: int = Field(50054, description="gRPC port of RegistryService.")
+    ingest_address: str = Field("127.0.0.1:50051", description="Where IngestService answers (for lineage).")
     max_artifact_bytes: int = Field(1024 * 1024 * 1024, description="Largest artifact accepted.")
     promotion_policy: Literal["automatic", "manual"] = Field(
         "automatic",

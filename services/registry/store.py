@@ -142,8 +142,11 @@ class RegistryStore:
             raise NotFound(f"model {model!r} has no version {version}")
         return self._record(row)
 
-    def list_versions(self, model: str) -> list[VersionRecord]:
-        rows = self._db.execute("SELECT * FROM versions WHERE model=? ORDER BY version", (model,)).fetchall()
+    def list_versions(self, model: str, dataset_version: str = "") -> list[VersionRecord]:
+        query, args = "SELECT * FROM versions WHERE model=?", [model]
+        if dataset_version:
+            query, args = query + " AND dataset_version=?", [*args, dataset_version]
+        rows = self._db.execute(query + " ORDER BY version", args).fetchall()
         return [self._record(row) for row in rows]
 
     def models(self) -> list[tuple[str, int, dict[str, int]]]:

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 from shared.cli.errors import CliError
-from shared.cli.stack import SERVICES, ServiceStatus, Stack, StackConfig
+from shared.cli.models import models_app
+from shared.cli.stack import SERVICES, ServiceStatus, Stack, StackConfig, remembered_config
 from shared.kafka_broker import BrokerError
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ kafka_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(kafka_app, name="kafka")
+app.add_typer(models_app, name="models")
 
 
 # ---------------------------------------------------------------------- shared plumbing
@@ -63,7 +65,10 @@ def main(
         int, typer.Option(envvar="CASCADE_KAFKA_CONTROLLER_PORT", help="Kafka KRaft controller port.")
     ] = 9093,
 ) -> None:
-    ctx.obj = StackConfig(home=home, kafka_port=kafka_port, controller_port=controller_port)
+    # A stack started from this home (by `cascade up` or from Python) remembers its ports.
+    ctx.obj = remembered_config(home) or StackConfig(
+        home=home, kafka_port=kafka_port, controller_port=controller_port
+    )
 
 
 def _stack(ctx: typer.Context) -> Stack:

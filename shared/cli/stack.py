@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import signal
 import socket
@@ -48,6 +49,7 @@ __all__ = [
     "StackConfig",
     "StackError",
     "check_health",
+    "remembered_config",
 ]
 
 LOOPBACK = "127.0.0.1"
@@ -75,7 +77,7 @@ DEFAULT_METRICS_PORTS: Mapping[str, int] = {
 # The services whose gRPC address each service is given, as CASCADE_<NAME>_<DEPENDENCY>_ADDRESS.
 DEPENDENCIES: Mapping[str, tuple[str, ...]] = {
     "ingest": (),
-    "registry": (),
+    "registry": ("ingest",),  # lineage reads the dataset's batches from ingest
     "trainer": ("ingest", "registry"),
     "validator": ("ingest", "registry"),
     "monitor": ("ingest", "registry"),
@@ -211,11 +213,25 @@ class Stack:
         `timeout` does not count the one-off download of the Kafka jars."""
         names = _ordered(services)
         self._install_kafka()
+        self._remember_ports()
         deadline = time.monotonic() + timeout
         self._start_kafka(timeout)
         for name in names:
             self._ensure_running(name)
         self._wait_serving(names, deadline)
+
+    def _remember_ports(self) -> None:
+        """Write the ports to HOME/run/stack.json, so later commands on this home find the services."""
+        saved = {
+            "kafka_port": self.config.kafka_port,
+            "controller_port": self.config.controller_port,
+            "topic_prefix": self.config.topic_prefix,
+            "ports": {name: self.port(name) for name in SERVICES},
+            "metrics_ports": self.config.metrics_ports,
+        }
+        remembered = self.home / "run" / "stack.json"
+        remembered.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(remembered, json.dumps(saved, indent=2))
 
     def start_service(self, name: str, timeout: float = 60.0) -> None:
         """Start one service (Kafka is assumed up) unless running, and wait until it is SERVING."""
@@ -418,6 +434,22 @@ class Stack:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def remembered_config(home: Path) -> StackConfig | None:
+    """The config a stack in `home` was started with, if one was."""
+    try:
+        saved = json.loads((home / "run" / "stack.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return StackConfig(
+        home=home,
+        kafka_port=int(saved["kafka_port"]),
+        controller_port=int(saved["controller_port"]),
+        topic_prefix=str(saved["topic_prefix"]),
+        ports={str(k): int(v) for k, v in saved["ports"].items()},
+        metrics_ports={str(k): int(v) for k, v in saved["metrics_ports"].items()},
+    )
 
 
 def check_health(address: str, timeout: float = _HEALTH_TIMEOUT) -> Health:

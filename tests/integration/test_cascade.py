@@ -17,8 +17,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_breast_cancer, make_classification
+from typer.testing import CliRunner
 
 from services.trainer.spec import TrainingSpec
+from shared.cli.main import app
 from shared.cli.stack import SERVICES, Stack
 from shared.events import (
     DataArrived,
@@ -183,6 +185,44 @@ def test_every_service_exposes_its_domain_metrics(stack: Stack, cascade: Cascade
     assert _value(metrics["registry"], "grpc_server_handled_total", grpc_method="CreateModelVersion") >= 2
     for name in ("trainer", "validator", "registry", "serving", "monitor"):
         assert _value(metrics[name], "faststream_received_messages_total") >= 2, name
+
+
+def test_the_models_cli_reads_the_registry_and_moves_the_champion(stack: Stack, cascade: Cascade) -> None:
+    runner = CliRunner()
+    home = ["--home", str(stack.home)]  # the stack remembered its ports there
+
+    def cli(*args: str) -> str:
+        result = runner.invoke(app, [*home, "models", *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    listed = {m["name"]: m for m in json.loads(cli("list", "--json"))}
+    assert listed[cascade.model]["latest_version"] == "2"
+    assert listed[cascade.model]["aliases"] == {"champion": "2"}
+    shown = json.loads(cli("show", f"{cascade.model}/1", "--json"))
+    assert shown["dataset"] == cascade.model and json.loads(shown["validation"]["report_json"])["passed"]
+    lineage = json.loads(cli("lineage", f"{cascade.model}@champion", "--json"))
+    assert len(lineage["batch_ids"]) == 2 and lineage["version"]["version"] == "2"
+
+    cli("promote", cascade.model, "1", "--reason", "canary looks better", "--actor", "alice")
+    features = cascade.first.drop(columns="target").to_numpy(np.float32)[:4]
+    wait_for(lambda: infer(stack, cascade.model, features)[0] == "1", 60, "serving to follow the promotion")
+    cli("rollback", cascade.model, "--reason", "undo", "--actor", "alice")
+    wait_for(lambda: infer(stack, cascade.model, features)[0] == "2", 60, "serving to follow the rollback")
+
+    moves = json.loads(cli("history", cascade.model, "--json"))["moves"]
+    assert [(m.get("from_version", "0"), m["to_version"], m["actor"]) for m in moves] == [
+        ("0", "1", "validator"),
+        ("1", "2", "validator"),
+        ("2", "1", "alice"),
+        ("1", "2", "alice"),
+    ]
+    assert moves[2]["reason"] == "canary looks better"
+    assert moves[3]["reason"] == "rollback from v1: undo"
+    table = cli("history", cascade.model)
+    assert "canary looks better" in table and "ALIAS" in table
+    missing = runner.invoke(app, [*home, "models", "show", "no_such_model"])
+    assert missing.exit_code == 1 and "NOT_FOUND" in missing.output
 
 
 def test_the_monitor_tests_served_predictions_against_the_training_data(stack: Stack) -> None:

@@ -7,14 +7,18 @@ from pathlib import Path
 import grpc
 import pytest
 
+from services.ingest.core import IngestCore
+from services.ingest.grpc_api import IngestServicer
+from services.ingest.store import IngestStore
 from services.registry.artifacts import LocalArtifactStore
-from services.registry.core import RegistryCore
+from services.registry.core import Lineage, RegistryCore
 from services.registry.grpc_api import RegistryServicer
 from services.registry.store import RegistryStore
 from services.trainer.training import TrainingResult
 from shared.clients import download_artifact
 from shared.events import Event, GateResult, ModelPromoted, ModelValidated
 from shared.grpc_io import open_channel
+from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
 from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
 from tests.grpc_server import serving
@@ -26,6 +30,7 @@ class Registry:
     channel: grpc.aio.Channel
     core: RegistryCore
     published: list[Event]
+    ingest_channel: grpc.aio.Channel
 
 
 @pytest.fixture
@@ -38,12 +43,27 @@ async def registry(tmp_path: Path) -> AsyncIterator[Registry]:
     core = RegistryCore(
         RegistryStore(tmp_path / "r.sqlite3"), LocalArtifactStore(tmp_path / "a"), publish, "automatic"
     )
-    servicer = RegistryServicer(core, tmp_path / "spool", max_artifact_bytes=5_000_000)
-    async with (
-        serving(lambda s: registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, s)) as address,
-        open_channel(address) as channel,
-    ):
-        yield Registry(registry_pb2_grpc.RegistryServiceStub(channel), channel, core, published)
+    ingest = IngestServicer(
+        IngestCore(IngestStore(tmp_path / "ingest"), _ignore), max_upload_bytes=10_000_000
+    )
+
+    def register_ingest(server: grpc.aio.Server) -> None:
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)
+
+    async with serving(register_ingest) as ingest_address, open_channel(ingest_address) as ingest_channel:
+        lineage = Lineage(core, ingest_pb2_grpc.IngestServiceStub(ingest_channel))
+        servicer = RegistryServicer(core, lineage, tmp_path / "spool", max_artifact_bytes=5_000_000)
+
+        def register(server: grpc.aio.Server) -> None:
+            registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server)
+
+        async with serving(register) as address, open_channel(address) as channel:
+            stub = registry_pb2_grpc.RegistryServiceStub(channel)
+            yield Registry(stub, channel, core, published, ingest_channel)
+
+
+async def _ignore(event: Event) -> None:
+    pass
 
 
 def _create(
@@ -172,3 +192,74 @@ async def test_bad_uploads_are_invalid_arguments(
         await registry.stub.CreateModelVersion(iter(requests))
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in (raised.value.details() or "")
+
+
+def _passed(version: int) -> ModelValidated:
+    return ModelValidated(source="v", subject="bc", model="bc", model_version=version, passed=True, gates=[])
+
+
+async def test_rollback_returns_the_previous_champion_and_history_records_every_move(
+    registry: Registry, trained_breast_cancer: TrainingResult
+) -> None:
+    for key in ("k1", "k2"):
+        await registry.stub.CreateModelVersion(iter(_create("bc", trained_breast_cancer.onnx_bytes, key=key)))
+    await registry.core.on_validated(_passed(1))
+    await registry.core.on_validated(_passed(2))
+    rolled = await registry.stub.Rollback(pb.RollbackRequest(model="bc", actor="alice", reason="bad canary"))
+    assert rolled.version == 1 and "champion" in rolled.aliases
+    history = await registry.stub.GetAliasHistory(pb.GetAliasHistoryRequest(model="bc"))
+    assert [(m.alias, m.from_version, m.to_version, m.actor) for m in history.moves] == [
+        ("champion", 0, 1, "validator"),
+        ("champion", 1, 2, "validator"),
+        ("champion", 2, 1, "alice"),
+    ]
+    assert history.moves[2].reason == "rollback from v2: bad canary"
+    assert all(m.at.seconds > 0 for m in history.moves)
+    promoted = [e.model_version for e in registry.published if isinstance(e, ModelPromoted)]
+    assert promoted == [1, 2, 1]
+
+
+async def test_rollback_without_a_previous_champion_is_refused(registry: Registry) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await registry.stub.Rollback(pb.RollbackRequest(model="bc"))
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_lineage_walks_back_to_the_raw_batches_and_forward_from_a_dataset_version(
+    registry: Registry, trained_breast_cancer: TrainingResult
+) -> None:
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True).frame
+    ingest = ingest_pb2_grpc.IngestServiceStub(registry.ingest_channel)
+    uploads = []
+    for part in (frame.iloc[:300], frame.iloc[300:]):
+        data = part.to_csv(index=False).encode()
+        uploads.append(
+            await ingest.UploadBatch(
+                iter(
+                    [
+                        ingest_pb2.UploadBatchRequest(header=ingest_pb2.BatchHeader(dataset="bc")),
+                        ingest_pb2.UploadBatchRequest(chunk=data),
+                    ]
+                )
+            )
+        )
+    header = _create("bc", trained_breast_cancer.onnx_bytes)
+    header[0].header.dataset_version = uploads[1].dataset_version
+    await registry.stub.CreateModelVersion(iter(header))
+
+    lineage = await registry.stub.GetLineage(pb.GetLineageRequest(model="bc", version=1))
+    assert lineage.dataset_version == uploads[1].dataset_version
+    assert lineage.parent_dataset_version == uploads[0].dataset_version
+    assert list(lineage.batch_ids) == [uploads[0].batch_id, uploads[1].batch_id]
+    assert lineage.version.run.run_id == "r1"
+
+    trained_on = await registry.stub.ListModelVersions(
+        pb.ListModelVersionsRequest(model="bc", dataset_version=uploads[1].dataset_version)
+    )
+    assert [v.version for v in trained_on.versions] == [1]
+    none = await registry.stub.ListModelVersions(
+        pb.ListModelVersionsRequest(model="bc", dataset_version=uploads[0].dataset_version)
+    )
+    assert list(none.versions) == []

@@ -64,6 +64,21 @@ class RegistryServiceStub:
                 request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DownloadArtifactRequest.SerializeToString,
                 response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ArtifactChunk.FromString,
                 _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/cascade.registry.v1.RegistryService/Rollback',
+                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+                _registered_method=True)
+        self.GetAliasHistory = channel.unary_unary(
+                '/cascade.registry.v1.RegistryService/GetAliasHistory',
+                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetAliasHistoryRequest.SerializeToString,
+                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.AliasHistory.FromString,
+                _registered_method=True)
+        self.GetLineage = channel.unary_unary(
+                '/cascade.registry.v1.RegistryService/GetLineage',
+                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetLineageRequest.SerializeToString,
+                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Lineage.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -108,6 +123,27 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rollback(self, request, context):
+        """Moves `champion` back to the version it pointed at before its latest move.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAliasHistory(self, request, context):
+        """Every alias move of a model, oldest first: who, when, why. Read-only; nothing edits it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLineage(self, request, context):
+        """A version's lineage: its training run, its dataset version and the raw batches behind it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -140,6 +176,21 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.DownloadArtifact,
                     request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DownloadArtifactRequest.FromString,
                     response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ArtifactChunk.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.RollbackRequest.FromString,
+                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
+            ),
+            'GetAliasHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAliasHistory,
+                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetAliasHistoryRequest.FromString,
+                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.AliasHistory.SerializeToString,
+            ),
+            'GetLineage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLineage,
+                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetLineageRequest.FromString,
+                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Lineage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -304,6 +355,87 @@ class RegistryService:
             '/cascade.registry.v1.RegistryService/DownloadArtifact',
             shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DownloadArtifactRequest.SerializeToString,
             shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ArtifactChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.registry.v1.RegistryService/Rollback',
+            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.RollbackRequest.SerializeToString,
+            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAliasHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.registry.v1.RegistryService/GetAliasHistory',
+            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetAliasHistoryRequest.SerializeToString,
+            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.AliasHistory.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLineage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.registry.v1.RegistryService/GetLineage',
+            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetLineageRequest.SerializeToString,
+            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Lineage.FromString,
             options,
             channel_credentials,
             insecure,

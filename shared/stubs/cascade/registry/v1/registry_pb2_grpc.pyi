@@ -41,6 +41,12 @@ class RegistryServiceStub:
     SetAlias: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetAliasRequest, _registry_pb2.ModelVersion]
     DownloadArtifact: _grpc.UnaryStreamMultiCallable[_registry_pb2.DownloadArtifactRequest, _registry_pb2.ArtifactChunk]
     """Streams the artifact, resumable from an offset."""
+    Rollback: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RollbackRequest, _registry_pb2.ModelVersion]
+    """Moves `champion` back to the version it pointed at before its latest move."""
+    GetAliasHistory: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetAliasHistoryRequest, _registry_pb2.AliasHistory]
+    """Every alias move of a model, oldest first: who, when, why. Read-only; nothing edits it."""
+    GetLineage: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetLineageRequest, _registry_pb2.Lineage]
+    """A version's lineage: its training run, its dataset version and the raw batches behind it."""
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -55,6 +61,12 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     SetAlias: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetAliasRequest, _registry_pb2.ModelVersion]  # type: ignore[assignment]
     DownloadArtifact: _aio.UnaryStreamMultiCallable[_registry_pb2.DownloadArtifactRequest, _registry_pb2.ArtifactChunk]  # type: ignore[assignment]
     """Streams the artifact, resumable from an offset."""
+    Rollback: _aio.UnaryUnaryMultiCallable[_registry_pb2.RollbackRequest, _registry_pb2.ModelVersion]  # type: ignore[assignment]
+    """Moves `champion` back to the version it pointed at before its latest move."""
+    GetAliasHistory: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetAliasHistoryRequest, _registry_pb2.AliasHistory]  # type: ignore[assignment]
+    """Every alias move of a model, oldest first: who, when, why. Read-only; nothing edits it."""
+    GetLineage: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetLineageRequest, _registry_pb2.Lineage]  # type: ignore[assignment]
+    """A version's lineage: its training run, its dataset version and the raw batches behind it."""
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -102,5 +114,29 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_registry_pb2.ArtifactChunk], _abc.AsyncIterator[_registry_pb2.ArtifactChunk]]:
         """Streams the artifact, resumable from an offset."""
+
+    @_abc_1.abstractmethod
+    def Rollback(
+        self,
+        request: _registry_pb2.RollbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ModelVersion, _abc.Awaitable[_registry_pb2.ModelVersion]]:
+        """Moves `champion` back to the version it pointed at before its latest move."""
+
+    @_abc_1.abstractmethod
+    def GetAliasHistory(
+        self,
+        request: _registry_pb2.GetAliasHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.AliasHistory, _abc.Awaitable[_registry_pb2.AliasHistory]]:
+        """Every alias move of a model, oldest first: who, when, why. Read-only; nothing edits it."""
+
+    @_abc_1.abstractmethod
+    def GetLineage(
+        self,
+        request: _registry_pb2.GetLineageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Lineage, _abc.Awaitable[_registry_pb2.Lineage]]:
+        """A version's lineage: its training run, its dataset version and the raw batches behind it."""
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
