@@ -7,7 +7,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -15,7 +15,15 @@ from shared.errors import InvalidArgument
 from shared.service import GRPC_OPTIONS
 from shared.telemetry import grpc_client_interceptors
 
-__all__ = ["CHUNK_SIZE", "ReceivedFile", "ServicerContext", "file_chunks", "open_channel", "receive_to_file"]
+__all__ = [
+    "CHUNK_SIZE",
+    "ReceivedFile",
+    "ServicerContext",
+    "file_chunks",
+    "open_channel",
+    "receive_to_file",
+    "split_upload",
+]
 
 CHUNK_SIZE = 1024 * 1024
 
@@ -26,6 +34,31 @@ ServicerContext = grpc.aio.ServicerContext[Any, Any]
 def open_channel(address: str) -> grpc.aio.Channel:
     """An insecure channel that traces its calls and carries the trace context."""
     return grpc.aio.insecure_channel(address, options=GRPC_OPTIONS, interceptors=grpc_client_interceptors())
+
+
+class _UploadMessage(Protocol):
+    """A client-streamed upload message: a `header` first, then `chunk`s (a oneof `payload`)."""
+
+    header: Any
+    chunk: bytes
+
+    def HasField(self, field_name: Any) -> bool: ...
+
+
+async def split_upload(requests: AsyncIterator[_UploadMessage], rpc: str) -> tuple[Any, AsyncIterator[bytes]]:
+    """The header of an upload stream, and the stream of its remaining chunks; a missing or
+    repeated header is an InvalidArgument naming the RPC."""
+    first = await anext(aiter(requests), None)
+    if first is None or not first.HasField("header"):
+        raise InvalidArgument(f"the first {rpc} message must carry the header")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        async for message in requests:
+            if message.HasField("header"):
+                raise InvalidArgument(f"only the first {rpc} message may carry a header")
+            yield message.chunk
+
+    return first.header, chunks()
 
 
 def file_chunks(path: Path, offset: int = 0, chunk_size: int = CHUNK_SIZE) -> Iterator[tuple[int, bytes]]:

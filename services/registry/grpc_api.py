@@ -12,7 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from services.registry.core import Lineage, NewVersion, RegistryCore, check_name
 from services.registry.store import VersionRecord
 from shared.errors import InvalidArgument, grpc_errors
-from shared.grpc_io import ServicerContext, file_chunks, receive_to_file
+from shared.grpc_io import ServicerContext, file_chunks, receive_to_file, split_upload
 from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
 from shared.stubs.cascade.registry.v1 import registry_pb2_grpc as pb_grpc
 
@@ -37,18 +37,8 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def CreateModelVersion(
         self, request_iterator: AsyncIterator[pb.CreateModelVersionRequest], context: ServicerContext
     ) -> pb.ModelVersion:
-        first = await anext(aiter(request_iterator), None)
-        if first is None or not first.HasField("header"):
-            raise InvalidArgument("the first CreateModelVersion message must carry the header")
-        header = first.header
-
-        async def chunks() -> AsyncIterator[bytes]:
-            async for message in request_iterator:
-                if message.HasField("header"):
-                    raise InvalidArgument("only the first CreateModelVersion message may carry a header")
-                yield message.chunk
-
-        upload = await receive_to_file(chunks(), self.spool_dir, self.max_artifact_bytes)
+        header, chunks = await split_upload(request_iterator, "CreateModelVersion")
+        upload = await receive_to_file(chunks, self.spool_dir, self.max_artifact_bytes)
         run = header.run
         spec = NewVersion(
             model=header.model,
