@@ -39,8 +39,10 @@ def open_channel(address: str) -> grpc.aio.Channel:
 class _UploadMessage(Protocol):
     """A client-streamed upload message: a `header` first, then `chunk`s (a oneof `payload`)."""
 
-    header: Any
-    chunk: bytes
+    @property
+    def header(self) -> Any: ...
+    @property
+    def chunk(self) -> bytes: ...
 
     def HasField(self, field_name: Any) -> bool: ...
 
