@@ -43,9 +43,16 @@ def unavailable_as_retryable(exc: grpc.aio.AioRpcError, what: str) -> Exception:
 
 
 async def fetch_dataset(
-    channel: grpc.aio.Channel, dataset: str, version: str = ""
+    channel: grpc.aio.Channel,
+    dataset: str,
+    version: str = "",
+    *,
+    row_start: int = 0,
+    row_end: int = 0,
+    last_batches: int = 0,
 ) -> tuple[ingest_pb2.DatasetVersion, pd.DataFrame]:
-    """A dataset version's description and its rows, from ingest."""
+    """A dataset version's description and its rows, from ingest: all of them, or a slice (rows
+    [row_start, row_end), row_end 0 meaning the last; or the rows its latest `last_batches` added)."""
     stub = ingest_pb2_grpc.IngestServiceStub(channel)
     try:
         info = await stub.GetDatasetVersion(
@@ -53,7 +60,13 @@ async def fetch_dataset(
         )
         data = await _assemble(
             stub.DownloadDatasetVersion(
-                ingest_pb2.DownloadDatasetVersionRequest(dataset=dataset, version=info.version)
+                ingest_pb2.DownloadDatasetVersionRequest(
+                    dataset=dataset,
+                    version=info.version,
+                    row_start=row_start,
+                    row_end=row_end,
+                    last_batches=last_batches,
+                )
             ),
             f"dataset {dataset}@{info.version[:12]}",
         )

@@ -12,18 +12,22 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "DataArrived",
     "DatasetProfileEntry",
+    "DriftDetected",
     "Event",
     "GateResult",
+    "LabelsArrived",
+    "ModelLoadFailed",
     "ModelPromoted",
     "ModelTrained",
     "ModelValidated",
     "PredictionLogged",
     "RawRecords",
+    "RetrainCause",
     "Topics",
     "cloudevent_headers",
 ]
@@ -102,6 +106,18 @@ class DataArrived(Event):
     profile: list[DatasetProfileEntry] = []
 
 
+class RetrainCause(BaseModel):
+    """Why a model version was trained when it was not new data: carried from *drift detected*
+    through *model trained* and *model validated* into the registry's alias history."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["drift", "decay"]
+    event_id: str = Field(description="The id of the *drift detected* event that caused the retrain.")
+    summary: str = ""
+    report: dict[str, Any] = {}
+
+
 class ModelTrained(Event):
     TOPIC: ClassVar[str] = "model-trained.v1"
     type: Literal["io.cascade.model.trained.v1"] = "io.cascade.model.trained.v1"
@@ -113,6 +129,7 @@ class ModelTrained(Event):
     training_run: str
     metrics: dict[str, float] = {}
     train_seconds: float = 0.0
+    cause: RetrainCause | None = None  # None: trained because data arrived
 
 
 class GateResult(BaseModel):
@@ -135,6 +152,7 @@ class ModelValidated(Event):
     passed: bool
     gates: list[GateResult]
     metrics: dict[str, float] = {}
+    cause: RetrainCause | None = None  # copied from ModelTrained
 
 
 class ModelPromoted(Event):
@@ -149,6 +167,22 @@ class ModelPromoted(Event):
     reason: str = ""
 
 
+class ModelLoadFailed(Event):
+    """Serving refused a version (corrupt or incompatible artifact); the old one keeps serving."""
+
+    TOPIC: ClassVar[str] = "model-load-failed.v1"
+    type: Literal["io.cascade.model.load_failed.v1"] = "io.cascade.model.load_failed.v1"
+
+    model: str
+    model_version: int
+    reason: str = Field(
+        description="digest_mismatch, download_refused, invalid_model, incompatible or warmup_failed."
+    )
+    detail: str = ""
+    serving_version: int | None = Field(None, description="The version that keeps serving, if any.")
+    instance: str = Field("", description="The serving replica (and worker) that refused it.")
+
+
 class PredictionLogged(Event):
     """A sampled inference request and its answer, for the monitor."""
 
@@ -161,6 +195,53 @@ class PredictionLogged(Event):
     features: list[str]
     inputs: list[list[float]]
     outputs: list[float]
+    probabilities: list[list[float]] | None = Field(
+        None, description="Per row, the predicted probability of each class (classifiers), if logged."
+    )
+
+
+class DriftDetected(Event):
+    """The monitor's verdict that a model's champion no longer fits its traffic, with the report."""
+
+    TOPIC: ClassVar[str] = "drift-detected.v1"
+    type: Literal["io.cascade.drift.detected.v1"] = "io.cascade.drift.detected.v1"
+
+    model: str
+    model_version: int = Field(description="The champion whose reference the window was tested against.")
+    kind: Literal["drift", "decay"]
+    summary: str
+    drifted_features: list[str] = []
+    report: dict[str, Any] = Field(description="The drift (or decay) report, as JSON.")
+
+
+class LabelsArrived(BaseModel):
+    """Ground truth for logged predictions, from any producer: plain JSON, no envelope required.
+
+    Example: {"model": "breast_cancer", "request_id": "3f2c…", "label": 1}
+    `request_id` is the id of the inference request (KServe `id`) whose rows are labelled; give
+    `label` for a one-row request or `labels`, one per row in request order.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    TOPIC: ClassVar[str] = "labels.v1"
+
+    model: str = Field(min_length=1, max_length=128)
+    request_id: str = Field(min_length=1)
+    label: float | None = None
+    labels: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _one_of_label_or_labels(self) -> LabelsArrived:
+        if (self.label is None) == (self.labels is None):
+            raise ValueError("give exactly one of `label` and `labels`")
+        if self.labels is not None and not self.labels:
+            raise ValueError("`labels` must not be empty")
+        return self
+
+    @property
+    def values(self) -> list[float]:
+        return [self.label] if self.label is not None else list(self.labels or [])
 
 
 class RawRecords(BaseModel):
@@ -185,7 +266,7 @@ class Topics:
     def __init__(self, prefix: str = "cascade") -> None:
         self.prefix = prefix
 
-    def for_event(self, event_type: type[Event] | type[RawRecords]) -> str:
+    def for_event(self, event_type: type[Event] | type[RawRecords] | type[LabelsArrived]) -> str:
         return f"{self.prefix}.{event_type.TOPIC}"
 
     @property

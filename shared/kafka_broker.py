@@ -55,6 +55,9 @@ LOOPBACK = "127.0.0.1"
 # would report "ready" while requests still fail.
 READY_LOG_LINE = "Kafka Server started"
 KAFKA_JAR_GLOB = "kafka_2.13-*.jar"
+# The command-line tools jar (ConsoleProducer, ...); a libs dir resolved before the pom listed it
+# lacks it, and is resolved again.
+TOOLS_JAR_GLOB = "kafka-tools-[0-9]*.jar"
 
 _POLL_INTERVAL = 0.1
 _TAIL_LINES = 40
@@ -134,7 +137,7 @@ class BrokerStatus:
 def install(config: BrokerConfig, *, pom: Path, quiet: bool = True) -> Path:
     """Resolve the broker jars into ``home/libs`` (no-op if already there)."""
     libs = config.libs_dir
-    if any(libs.glob(KAFKA_JAR_GLOB)):
+    if any(libs.glob(KAFKA_JAR_GLOB)) and any(libs.glob(TOOLS_JAR_GLOB)):
         return libs
     mvn = shutil.which("mvn")
     if mvn is None:

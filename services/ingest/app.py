@@ -25,7 +25,7 @@ def build(settings: IngestSettings | None = None) -> Service:
         await publish_event(broker, topics, event)
 
     core = IngestCore(store, emit, settings.max_classes)
-    kafka_api.register(broker, core, topics)
+    kafka_api.register(broker, core, topics, settings.max_record_bytes)
     servicer = IngestServicer(core, settings.max_upload_bytes)
 
     def add_servicer(server: grpc.aio.Server) -> None:

@@ -14,7 +14,8 @@ from typing import Any
 import pandas as pd
 from prometheus_client import Counter
 
-from services.ingest.cleaning import clean, infer_schema
+from services.ingest.cleaning import clean, infer_schema, suggest_schema
+from services.ingest.schema import Schema, validate_dataset_name
 from services.ingest.store import IngestStore, VersionInfo
 from shared.errors import InvalidArgument
 from shared.events import DataArrived, DatasetProfileEntry
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 ROWS = Counter("cascade_ingest_rows_total", "Rows ingested, by outcome.", ["dataset", "outcome"])
 
 SOURCE = "cascade/ingest"
+_PROFILE_FIELDS = set(DatasetProfileEntry.model_fields)
 Emit = Callable[[DataArrived], Awaitable[None]]
 
 
@@ -56,8 +58,7 @@ class IngestCore:
         """Validate, clean and append one batch. Idempotent: a batch seen before changes nothing
         and its *data arrived* is announced again, so a crash between storing and announcing
         loses nothing."""
-        if not dataset or "/" in dataset or dataset.startswith("."):
-            raise InvalidArgument(f"invalid dataset name {dataset!r}")
+        validate_dataset_name(dataset)
         lock = self._locks.setdefault(dataset, asyncio.Lock())
         async with lock:
             seen = self.store.batch(dataset, batch_id)
@@ -77,30 +78,40 @@ class IngestCore:
         self, dataset: str, frame: pd.DataFrame, batch_id: str, target: str, source: str
     ) -> IngestResult:
         schema = self.store.schema(dataset) or infer_schema(frame, target, self.max_classes)
-        if target != schema.target:
+        if target != schema.target and not (schema.declared and target == "target"):
             raise InvalidArgument(f"dataset {dataset!r} has target {schema.target!r}, not {target!r}")
         batch = clean(frame, schema)
         report = batch.report()
         parent = self.store.head(dataset)
-        version, already_present = self.store.append_batch(
-            dataset, schema, batch_id, batch.rows, report, batch.rejected, source
+        version, _already_present = self.store.append_batch(
+            dataset, schema, batch_id, batch.rows, report, batch.rejected, source, batch.hashes
         )
-        report["rows_duplicate"] += already_present
-        report["rows_accepted"] -= already_present
         ROWS.labels(dataset, "accepted").inc(report["rows_accepted"])
+        ROWS.labels(dataset, "repaired").inc(report["rows_repaired"])
         ROWS.labels(dataset, "rejected").inc(report["rows_rejected"])
         ROWS.labels(dataset, "duplicate").inc(report["rows_duplicate"])
         log.info(
-            "batch %s of %s: %d received, %d accepted, %d rejected, %d duplicate -> version %s",
+            "batch %s of %s: %d received, %d accepted (%d repaired), %d rejected, %d duplicate -> version %s",
             batch_id[:12],
             dataset,
             report["rows_received"],
             report["rows_accepted"],
+            report["rows_repaired"],
             report["rows_rejected"],
             report["rows_duplicate"],
             (version or "-")[:12],
         )
         return IngestResult(batch_id, version, version is not None and version != parent, report)
+
+    async def register(self, dataset: str, schema: Schema) -> Schema:
+        validate_dataset_name(dataset)
+        lock = self._locks.setdefault(dataset, asyncio.Lock())
+        async with lock:
+            return await asyncio.to_thread(self.store.register, dataset, schema)
+
+    def suggest(self, frame: pd.DataFrame, target: str) -> Schema:
+        """A schema inferred from a sample, for a person to confirm and register."""
+        return suggest_schema(frame, target or "target", self.max_classes)
 
     @staticmethod
     def _event(info: VersionInfo, batch_id: str) -> DataArrived:
@@ -116,6 +127,9 @@ class IngestCore:
             rows=info.rows,
             target=info.schema.target,
             task=info.schema.task,
-            features=info.schema.features,
-            profile=[DatasetProfileEntry(**entry) for entry in info.profile],
+            features=info.schema.names,
+            profile=[
+                DatasetProfileEntry(**{k: v for k, v in entry.items() if k in _PROFILE_FIELDS})
+                for entry in info.profile
+            ],
         )

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
 
+from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.ingest.cleaning import read_csv, read_parquet
 from services.ingest.core import IngestCore, batch_id_of
-from services.ingest.store import VersionInfo
-from shared.errors import InvalidArgument, grpc_errors
+from services.ingest.schema import Schema
+from services.ingest.store import BatchRecord, VersionInfo
+from shared.errors import InvalidArgument, NotFound, grpc_errors
 from shared.grpc_io import ServicerContext, file_chunks, receive_to_file
 from shared.stubs.cascade.ingest.v1 import ingest_pb2 as pb
 from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["IngestService"].full_name
+_REPORT_LIMIT = 1000
 
 
 class IngestServicer(pb_grpc.IngestServiceServicer):
@@ -39,15 +46,10 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
 
         received = await receive_to_file(chunks(), self.core.store.root / "spool", self.max_upload_bytes)
         try:
-            data = received.path.read_bytes()
+            data = await asyncio.to_thread(received.path.read_bytes)
         finally:
             received.discard()
-        if header.format == pb.FILE_FORMAT_PARQUET:
-            frame = read_parquet(data)
-        elif header.format in (pb.FILE_FORMAT_CSV, pb.FILE_FORMAT_UNSPECIFIED):
-            frame = read_csv(data)
-        else:
-            raise InvalidArgument(f"unknown file format {header.format}")
+        frame = await asyncio.to_thread(_read, header.format, data)
         result = await self.core.ingest(
             header.dataset,
             frame,
@@ -55,20 +57,11 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
             header.target or "target",
             header.source or "grpc-upload",
         )
-        report = result.report
         return pb.UploadBatchResponse(
             batch_id=result.batch_id,
             dataset_version=result.dataset_version or "",
             created=result.created,
-            report=pb.BatchReport(
-                rows_received=report["rows_received"],
-                rows_accepted=report["rows_accepted"],
-                rows_rejected=report["rows_rejected"],
-                rows_duplicate=report["rows_duplicate"],
-                rejected=[
-                    pb.RejectedRow(row=r["row"], reason=r["reason"]) for r in report["rejected"][:1000]
-                ],
-            ),
+            report=report_message(result.report),
         )
 
     @grpc_errors
@@ -82,16 +75,164 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
         self, request: pb.DownloadDatasetVersionRequest, context: ServicerContext
     ) -> AsyncIterator[pb.DataChunk]:
         info = self.core.store.version(request.dataset, request.version)
-        path = self.core.store.version_path(info.version)
-        if not 0 <= request.offset <= info.size_bytes:
-            raise InvalidArgument(f"offset {request.offset} is outside 0..{info.size_bytes}")
+        path, digest = await asyncio.to_thread(
+            self.core.store.export,
+            info.dataset,
+            info.version,
+            request.row_start,
+            request.row_end,
+            request.last_batches,
+        )
+        size = path.stat().st_size
+        if not 0 <= request.offset <= size:
+            raise InvalidArgument(f"offset {request.offset} is outside 0..{size}")
         for offset, data in file_chunks(path, request.offset):
-            yield pb.DataChunk(data=data, offset=offset, total_size=info.size_bytes, sha256=info.file_sha256)
+            yield pb.DataChunk(data=data, offset=offset, total_size=size, sha256=digest)
+
+    @grpc_errors
+    async def ListDatasetVersions(
+        self, request: pb.ListDatasetVersionsRequest, context: ServicerContext
+    ) -> pb.ListDatasetVersionsResponse:
+        versions = await asyncio.to_thread(self.core.store.versions, request.dataset)
+        return pb.ListDatasetVersionsResponse(versions=[_version_message(v) for v in versions])
+
+    @grpc_errors
+    async def RegisterDataset(
+        self, request: pb.RegisterDatasetRequest, context: ServicerContext
+    ) -> pb.Dataset:
+        schema = await self.core.register(request.dataset, schema_from_message(request.schema))
+        return self._dataset(request.dataset, schema)
+
+    @grpc_errors
+    async def GetDataset(self, request: pb.GetDatasetRequest, context: ServicerContext) -> pb.Dataset:
+        for name, schema, _head, _count in self.core.store.datasets():
+            if name == request.dataset:
+                return self._dataset(name, schema)
+        raise NotFound(f"dataset {request.dataset!r} does not exist")
+
+    @grpc_errors
+    async def ListDatasets(
+        self, request: pb.ListDatasetsRequest, context: ServicerContext
+    ) -> pb.ListDatasetsResponse:
+        return pb.ListDatasetsResponse(
+            datasets=[
+                pb.Dataset(dataset=name, schema=schema_message(schema), head_version=head or "", versions=n)
+                for name, schema, head, n in self.core.store.datasets()
+            ]
+        )
+
+    @grpc_errors
+    async def InferSchema(self, request: pb.InferSchemaRequest, context: ServicerContext) -> pb.DatasetSchema:
+        if not request.data:
+            raise InvalidArgument("the sample is empty")
+        frame = await asyncio.to_thread(_read, request.format, request.data)
+        return schema_message(self.core.suggest(frame, request.target))
+
+    @grpc_errors
+    async def ListBatches(
+        self, request: pb.ListBatchesRequest, context: ServicerContext
+    ) -> pb.ListBatchesResponse:
+        if self.core.store.schema(request.dataset) is None:
+            raise NotFound(f"dataset {request.dataset!r} does not exist")
+        batches = self.core.store.batches(request.dataset, request.version)
+        return pb.ListBatchesResponse(batches=[_batch_message(b) for b in batches])
+
+    @grpc_errors
+    async def ListRejectedRows(
+        self, request: pb.ListRejectedRowsRequest, context: ServicerContext
+    ) -> pb.ListRejectedRowsResponse:
+        rows = self.core.store.rejected_rows(request.dataset, request.batch_id)
+        return pb.ListRejectedRowsResponse(
+            rows=[pb.RejectedRow(row=r.row, reason=r.reason, values_json=json.dumps(r.values)) for r in rows]
+        )
+
+    def _dataset(self, name: str, schema: Schema) -> pb.Dataset:
+        versions = self.core.store.versions(name)
+        return pb.Dataset(
+            dataset=name,
+            schema=schema_message(schema),
+            head_version=self.core.store.head(name) or "",
+            versions=len(versions),
+        )
+
+
+def _read(file_format: int, data: bytes) -> Any:
+    if file_format == pb.FILE_FORMAT_PARQUET:
+        return read_parquet(data)
+    if file_format in (pb.FILE_FORMAT_CSV, pb.FILE_FORMAT_UNSPECIFIED):
+        return read_csv(data)
+    raise InvalidArgument(f"unknown file format {file_format}")
+
+
+def schema_message(schema: Schema) -> pb.DatasetSchema:
+    message = pb.DatasetSchema()
+    ParseDict(schema.to_dict(), message)
+    return message
+
+
+def schema_from_message(message: pb.DatasetSchema) -> Schema:
+    data = MessageToDict(message, preserving_proto_field_name=True)
+    policy = data.get("policy", {})
+    # Unset strings and numbers mean "the default".
+    data["policy"] = {k: v for k, v in policy.items() if v not in ("", 0, 0.0)}
+    data.setdefault("features", [])
+    data.setdefault("task", "")
+    return Schema.from_dict(data, declared=True)
+
+
+def report_message(report: dict[str, Any]) -> pb.BatchReport:
+    return pb.BatchReport(
+        rows_received=report["rows_received"],
+        rows_accepted=report["rows_accepted"],
+        rows_rejected=report["rows_rejected"],
+        rows_duplicate=report["rows_duplicate"],
+        rows_repaired=report.get("rows_repaired", 0),
+        rows_flagged=report.get("rows_flagged", 0),
+        rejected=[
+            pb.RejectedRow(row=r["row"], reason=r["reason"]) for r in report["rejected"][:_REPORT_LIMIT]
+        ],
+        repaired=[
+            pb.RowNote(row=r["row"], note=r["note"]) for r in report.get("repaired", [])[:_REPORT_LIMIT]
+        ],
+        flagged=[pb.RowNote(row=r["row"], note=r["note"]) for r in report.get("flagged", [])[:_REPORT_LIMIT]],
+        issues=report.get("issues", {}),
+    )
+
+
+def _timestamp(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _batch_message(batch: BatchRecord) -> pb.Batch:
+    return pb.Batch(
+        batch_id=batch.batch_id,
+        version=batch.version or "",
+        source=batch.source,
+        received_at=_timestamp(datetime.fromisoformat(batch.received_at)),
+        report=report_message(batch.report),
+    )
+
+
+def _profile_message(entry: dict[str, Any]) -> pb.FeatureProfile:
+    return pb.FeatureProfile(
+        name=entry["name"],
+        count=entry["count"],
+        missing_rate=entry["missing_rate"],
+        mean=entry["mean"],
+        std=entry["std"],
+        min=entry["min"],
+        max=entry["max"],
+        quantiles=entry["quantiles"],
+        type=entry.get("type", "numeric"),
+        histogram_edges=entry.get("histogram_edges", []),
+        histogram_counts=entry.get("histogram_counts", []),
+        categories=entry.get("categories", {}),
+    )
 
 
 def _version_message(info: VersionInfo) -> pb.DatasetVersion:
-    created = Timestamp()
-    created.FromDatetime(info.created_at)
     return pb.DatasetVersion(
         dataset=info.dataset,
         version=info.version,
@@ -99,9 +240,10 @@ def _version_message(info: VersionInfo) -> pb.DatasetVersion:
         batch_ids=info.batch_ids,
         rows=info.rows,
         target=info.schema.target,
-        features=info.schema.features,
+        features=info.schema.names,
         task=info.schema.task,
-        profile=[pb.FeatureProfile(**entry) for entry in info.profile],
-        created_at=created,
+        profile=[_profile_message(entry) for entry in info.profile],
+        created_at=_timestamp(info.created_at),
         size_bytes=info.size_bytes,
+        segments=info.segments,
     )

@@ -11,6 +11,11 @@ class IngestSettings(ServiceSettings):
 
     grpc_port: int = Field(50051, description="gRPC port of IngestService.")
     max_upload_bytes: int = Field(512 * 1024 * 1024, description="Largest batch file accepted.")
+    max_record_bytes: int = Field(
+        512 * 1024,
+        description="Largest raw-records message accepted from Kafka; a larger one is dead-lettered"
+        " (below the broker's message.max.bytes, so the limit is ours and the reason is recorded).",
+    )
     max_classes: int = Field(
         20, description="A target with at most this many integer values is a class label."
     )

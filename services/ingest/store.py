@@ -1,7 +1,26 @@
-"""Ingest's own store: SQLite for metadata, one immutable Parquet file per dataset version.
+"""Ingest's own store: SQLite for metadata, immutable per-batch Parquet segments for rows.
 
-A version is named by the sha256 of its canonical content (column names, then each column's values
-as little-endian float64), so the same data always gets the same id, whatever path it came by.
+A dataset version is a manifest: the chain of segments from its first version to itself, each
+version adding exactly one segment (the batch's rows not already in the dataset). Appending a batch
+writes only that segment: history is never rewritten.
+
+Content addresses (all sha256, lower-case hex):
+
+* a segment's digest ``d`` is over its canonical content: for each column in schema order, the
+  column name in UTF-8, a NUL byte, then the column's values as little-endian float64;
+* a version's id is a hash chain over its segments' digests:
+  ``v_1 = sha256("cascade-dataset-v2\\0" + "" + "\\0" + d_1)`` and
+  ``v_k = sha256("cascade-dataset-v2\\0" + v_(k-1) + "\\0" + d_k)`` (hex strings, UTF-8),
+  so the same rows arriving as the same sequence of batches always get the same id, by any path.
+
+A version made before segments existed (one Parquet file ``versions/<id>.parquet`` with all its
+rows) is read as a single segment, and versions appended to it chain from its id.
+
+Durability: a segment is written to a temporary file, fsynced, renamed into place and its directory
+fsynced before the SQLite transaction (WAL, synchronous=FULL) that records the version commits; an
+acknowledged batch therefore survives a crash, and a crash before the commit leaves at most an
+unreferenced segment file, which start-up removes. Downloads of a whole version or a slice are
+materialised once into ``exports/`` (a cache, rebuilt on demand).
 """
 
 from __future__ import annotations
@@ -12,6 +31,7 @@ import os
 import sqlite3
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,9 +39,23 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from services.ingest.cleaning import Rejection, Schema
-from shared.errors import NotFound
+from services.ingest.cleaning import Rejection, quantiles, row_hashes
+from services.ingest.schema import Schema
+from shared.errors import AlreadyExists, InvalidArgument, NotFound
+
+__all__ = [
+    "BatchRecord",
+    "IngestStore",
+    "Segment",
+    "VersionInfo",
+    "chain_version",
+    "merge_profile",
+    "segment_digest",
+    "segment_stats",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS datasets (
@@ -39,6 +73,17 @@ CREATE TABLE IF NOT EXISTS versions (
     file_sha256 TEXT NOT NULL,
     profile_json TEXT NOT NULL,
     created_at TEXT NOT NULL,
+    PRIMARY KEY (dataset, version)
+);
+CREATE TABLE IF NOT EXISTS segments (
+    dataset TEXT NOT NULL,
+    version TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    segment TEXT NOT NULL,
+    row_start INTEGER NOT NULL,
+    rows INTEGER NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    stats_json TEXT NOT NULL,
     PRIMARY KEY (dataset, version)
 );
 CREATE TABLE IF NOT EXISTS batches (
@@ -60,6 +105,21 @@ CREATE TABLE IF NOT EXISTS rejected_rows (
 );
 """
 
+_CHAIN_DOMAIN = b"cascade-dataset-v2\0"
+_SKETCH_POINTS = np.linspace(0.0, 1.0, 101)
+_QUANTILES = [0.05, 0.25, 0.5, 0.75, 0.95]
+_HISTOGRAM_BINS = 10
+_EXPORTS_KEPT = 8
+
+
+@dataclass(frozen=True)
+class Segment:
+    segment: str  # digest of its canonical content; also its file name
+    row_start: int
+    rows: int
+    size_bytes: int
+    path: Path
+
 
 @dataclass(frozen=True)
 class VersionInfo:
@@ -73,16 +133,30 @@ class VersionInfo:
     created_at: datetime
     batch_ids: list[str]
     schema: Schema
+    segments: list[str]
 
 
 @dataclass(frozen=True)
 class BatchRecord:
     batch_id: str
+    dataset: str
     version: str | None
+    source: str
+    received_at: str
     report: dict[str, Any]
 
 
-def content_address(frame: pd.DataFrame) -> str:
+@dataclass(frozen=True)
+class RejectedRecord:
+    row: int
+    reason: str
+    values: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------- content addresses
+
+
+def segment_digest(frame: pd.DataFrame) -> str:
     digest = hashlib.sha256()
     for column in frame.columns:
         digest.update(str(column).encode() + b"\0")
@@ -90,56 +164,229 @@ def content_address(frame: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def profile(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    entries = []
-    for column in frame.columns:
-        values = frame[column].to_numpy(dtype="float64")
-        present = values[~np.isnan(values)]
-        quantiles = np.quantile(present, [0.05, 0.25, 0.5, 0.75, 0.95]) if len(present) else np.zeros(5)
-        entries.append(
-            {
-                "name": str(column),
-                "count": len(present),
-                "missing_rate": float(1 - len(present) / len(values)) if len(values) else 0.0,
-                "mean": float(present.mean()) if len(present) else 0.0,
-                "std": float(present.std()) if len(present) else 0.0,
-                "min": float(present.min()) if len(present) else 0.0,
-                "max": float(present.max()) if len(present) else 0.0,
-                "quantiles": [float(q) for q in quantiles],
-            }
-        )
-    return entries
+def chain_version(parent: str | None, segment: str) -> str:
+    return hashlib.sha256(_CHAIN_DOMAIN + (parent or "").encode() + b"\0" + segment.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------- profiles
+
+
+def segment_stats(frame: pd.DataFrame, schema: Schema) -> dict[str, Any]:
+    """Mergeable per-feature statistics of one segment: moments, extremes, a 101-point quantile
+    sketch, and exact value counts of categorical and boolean features."""
+    stats: dict[str, Any] = {}
+    for feature in schema.features:
+        values = np.sort(frame[feature.name].to_numpy(dtype="float64"))
+        entry: dict[str, Any] = {"count": len(values)}
+        if len(values):
+            mean = float(values.mean())
+            entry.update(
+                mean=mean,
+                m2=float(np.sum((values - mean) ** 2)),
+                min=float(values[0]),
+                max=float(values[-1]),
+                sketch=quantiles(values, _SKETCH_POINTS),
+            )
+            if feature.type in ("categorical", "boolean"):
+                codes, counts = np.unique(values, return_counts=True)
+                entry["counts"] = {str(int(c)): int(n) for c, n in zip(codes, counts, strict=True)}
+        stats[feature.name] = entry
+    return stats
+
+
+def merge_profile(schema: Schema, parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A version's profile from its segments' statistics. Count, mean, std (population), min,
+    max and category frequencies are exact; quantiles and the histogram come from the merged
+    quantile sketches (exact for a single segment's quantiles, within 1% of rank otherwise)."""
+    profile = []
+    for feature in schema.features:
+        pieces = [p[feature.name] for p in parts if p[feature.name]["count"]]
+        count = sum(int(p["count"]) for p in pieces)
+        entry: dict[str, Any] = {
+            "name": feature.name,
+            "type": feature.type,
+            "count": count,
+            "missing_rate": 0.0,  # stored rows are complete: missing values were dropped or imputed
+            "mean": 0.0,
+            "std": 0.0,
+            "min": 0.0,
+            "max": 0.0,
+            "quantiles": [0.0] * len(_QUANTILES),
+            "histogram_edges": [],
+            "histogram_counts": [],
+            "categories": {},
+        }
+        if count:
+            mean = sum(p["mean"] * p["count"] for p in pieces) / count
+            m2 = sum(p["m2"] + p["count"] * (p["mean"] - mean) ** 2 for p in pieces)
+            low, high = min(p["min"] for p in pieces), max(p["max"] for p in pieces)
+            points = np.concatenate([np.asarray(p["sketch"]) for p in pieces])
+            weights = np.concatenate(
+                [np.full(len(p["sketch"]), p["count"] / len(p["sketch"])) for p in pieces]
+            )
+            order = np.argsort(points, kind="stable")
+            points, weights = points[order], weights[order]
+            ranks = (np.cumsum(weights) - weights / 2) / count
+            if len(pieces) == 1:
+                quantiles = np.interp(_QUANTILES, _SKETCH_POINTS, pieces[0]["sketch"])
+            else:
+                quantiles = np.interp(_QUANTILES, ranks, points)
+            edges = np.linspace(low, high, _HISTOGRAM_BINS + 1) if high > low else np.array([low, high])
+            cdf = np.interp(edges, points, ranks, left=0.0, right=1.0)
+            cdf[0], cdf[-1] = 0.0, 1.0
+            histogram = np.diff(np.round(cdf * count)).astype(int)
+            entry.update(
+                mean=float(mean),
+                std=float(np.sqrt(m2 / count)),
+                min=float(low),
+                max=float(high),
+                quantiles=[float(q) for q in quantiles],
+                histogram_edges=[float(e) for e in edges],
+                histogram_counts=[int(c) for c in histogram],
+            )
+            if feature.type in ("categorical", "boolean"):
+                labels = (
+                    [*feature.categories, "__other__"] if feature.type == "categorical" else ["false", "true"]
+                )
+                counts: dict[str, int] = {}
+                for piece in pieces:
+                    for code, n in piece.get("counts", {}).items():
+                        label = labels[int(code)] if int(code) < len(labels) else code
+                        counts[label] = counts.get(label, 0) + int(n)
+                entry["categories"] = counts
+        profile.append(entry)
+    return profile
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(path: Path, write: Any) -> None:
+    """`write(tmp_path)` then fsync, rename into place and fsync the directory."""
+    if path.exists():
+        return  # content-addressed: an existing file already holds exactly this content
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class IngestStore:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.versions_dir = root / "versions"
-        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        self.versions_dir = root / "versions"  # single-file versions made before segments
+        self.segments_dir = root / "segments"
+        self.exports_dir = root / "exports"
+        for directory in (self.versions_dir, self.segments_dir, self.exports_dir):
+            directory.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(root / "ingest.sqlite3", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        # dataset -> (head version, sorted 64-bit hashes of its rows): dedupe without re-reading.
+        self._hashes: dict[str, tuple[str | None, np.ndarray]] = {}
+        self._export_digests: dict[Path, str] = {}
+        self._sweep()
 
     def close(self) -> None:
         self._db.close()
 
-    # -- reads ---------------------------------------------------------------------------------
+    def _sweep(self) -> None:
+        """Remove what a crash can leave behind: temporary files and segments no version names."""
+        referenced = {row[0] for row in self._db.execute("SELECT segment FROM segments")}
+        for directory in (self.segments_dir, self.exports_dir, self.versions_dir):
+            for path in directory.glob(".tmp-*"):
+                path.unlink(missing_ok=True)
+        for path in self.segments_dir.glob("*.parquet"):
+            if path.stem not in referenced:
+                path.unlink(missing_ok=True)
+
+    # -- datasets ------------------------------------------------------------------------------
     def schema(self, dataset: str) -> Schema | None:
         row = self._db.execute("SELECT schema_json FROM datasets WHERE name=?", (dataset,)).fetchone()
-        return Schema(**json.loads(row[0])) if row else None
+        return Schema.from_dict(json.loads(row[0])) if row else None
 
     def head(self, dataset: str) -> str | None:
         row = self._db.execute("SELECT head_version FROM datasets WHERE name=?", (dataset,)).fetchone()
         return row[0] if row else None
 
+    def datasets(self) -> list[tuple[str, Schema, str | None, int]]:
+        """(name, schema, head version, number of versions) of every dataset, by name."""
+        rows = self._db.execute(
+            "SELECT d.name, d.schema_json, d.head_version,"
+            " (SELECT COUNT(*) FROM versions v WHERE v.dataset = d.name) FROM datasets d ORDER BY d.name"
+        ).fetchall()
+        return [(r[0], Schema.from_dict(json.loads(r[1])), r[2], r[3]) for r in rows]
+
+    def register(self, dataset: str, schema: Schema) -> Schema:
+        """Declare a dataset's schema. Registering the same schema again changes nothing; a
+        different one for a dataset that already has data is refused."""
+        declared = Schema.from_dict(schema.to_dict(), declared=True)
+        with self._lock:
+            existing = self.schema(dataset)
+            if existing is not None:
+                if existing == declared:
+                    return existing
+                if self.head(dataset) is not None or existing.declared:
+                    raise AlreadyExists(f"dataset {dataset!r} already has a schema; it cannot change")
+            self._db.execute(
+                "INSERT INTO datasets(name, schema_json, head_version, created_at) VALUES (?,?,?,?)"
+                " ON CONFLICT(name) DO UPDATE SET schema_json=excluded.schema_json",
+                (dataset, json.dumps(declared.to_dict()), None, datetime.now(UTC).isoformat()),
+            )
+        return declared
+
+    # -- batches -------------------------------------------------------------------------------
     def batch(self, dataset: str, batch_id: str) -> BatchRecord | None:
         row = self._db.execute(
-            "SELECT version, report_json FROM batches WHERE dataset=? AND batch_id=?", (dataset, batch_id)
+            "SELECT batch_id, dataset, version, source, received_at, report_json FROM batches"
+            " WHERE dataset=? AND batch_id=?",
+            (dataset, batch_id),
         ).fetchone()
-        return BatchRecord(batch_id, row[0], json.loads(row[1])) if row else None
+        return _batch_record(row) if row else None
 
+    def batches(self, dataset: str, version: str = "") -> list[BatchRecord]:
+        """Batches of a dataset, oldest first; with `version`, those in its lineage."""
+        rows = self._db.execute(
+            "SELECT batch_id, dataset, version, source, received_at, report_json FROM batches"
+            " WHERE dataset=? ORDER BY received_at, rowid",
+            (dataset,),
+        ).fetchall()
+        records = [_batch_record(r) for r in rows]
+        if version:
+            lineage = set(self.version(dataset, version).batch_ids)
+            records = [r for r in records if r.batch_id in lineage]
+        return records
+
+    def rejected_rows(self, dataset: str, batch_id: str) -> list[RejectedRecord]:
+        if self.batch(dataset, batch_id) is None:
+            raise NotFound(f"dataset {dataset!r} has no batch {batch_id!r}")
+        return [
+            RejectedRecord(r[0], r[1], json.loads(r[2]))
+            for r in self._db.execute(
+                "SELECT row, reason, values_json FROM rejected_rows WHERE dataset=? AND batch_id=?"
+                " ORDER BY row",
+                (dataset, batch_id),
+            )
+        ]
+
+    # -- versions ------------------------------------------------------------------------------
     def version(self, dataset: str, version: str = "") -> VersionInfo:
         schema = self.schema(dataset)
         if schema is None:
@@ -163,33 +410,134 @@ class IngestStore:
             created_at=datetime.fromisoformat(row[5]),
             batch_ids=self._lineage_batches(dataset, version),
             schema=schema,
+            segments=[s.segment for s in self.manifest(dataset, version)],
         )
 
+    def versions(self, dataset: str) -> list[VersionInfo]:
+        if self.schema(dataset) is None:
+            raise NotFound(f"dataset {dataset!r} does not exist")
+        names = [
+            r[0]
+            for r in self._db.execute(
+                "SELECT version FROM versions WHERE dataset=? ORDER BY created_at, rowid", (dataset,)
+            )
+        ]
+        return [self.version(dataset, name) for name in names]
+
+    def _lineage(self, dataset: str, version: str) -> list[str]:
+        """The version and its ancestors, newest first."""
+        rows = self._db.execute(
+            "WITH RECURSIVE chain(v, depth) AS (SELECT ?, 0 UNION ALL"
+            " SELECT versions.parent, chain.depth + 1 FROM versions JOIN chain"
+            " ON versions.dataset = ? AND versions.version = chain.v WHERE versions.parent IS NOT NULL)"
+            " SELECT v FROM chain ORDER BY depth",
+            (version, dataset),
+        ).fetchall()
+        return [r[0] for r in rows]
+
     def _lineage_batches(self, dataset: str, version: str) -> list[str]:
-        """Every batch that contributed to `version`, oldest first, by walking its parents."""
+        """Every batch that contributed to `version`, oldest first."""
         chain: list[str] = []
-        current: str | None = version
-        while current:
+        for current in self._lineage(dataset, version):
             chain.extend(
                 r[0]
                 for r in self._db.execute(
-                    "SELECT batch_id FROM batches WHERE dataset=? AND version=? ORDER BY received_at",
+                    "SELECT batch_id FROM batches WHERE dataset=? AND version=? ORDER BY received_at DESC",
                     (dataset, current),
                 )
             )
-            parent = self._db.execute(
-                "SELECT parent FROM versions WHERE dataset=? AND version=?", (dataset, current)
-            ).fetchone()
-            current = parent[0] if parent else None
         return chain[::-1]
 
-    def version_path(self, version: str) -> Path:
-        return self.versions_dir / f"{version}.parquet"
+    def manifest(self, dataset: str, version: str) -> list[Segment]:
+        """The segments whose concatenation is the version, oldest first."""
+        segments: list[Segment] = []
+        for current in self._lineage(dataset, version):
+            row = self._db.execute(
+                "SELECT segment, row_start, rows, size_bytes FROM segments WHERE dataset=? AND version=?",
+                (dataset, current),
+            ).fetchone()
+            if row is None:  # a single-file version from before segments: all rows up to it
+                legacy = self.versions_dir / f"{current}.parquet"
+                meta = self._db.execute(
+                    "SELECT rows, size_bytes FROM versions WHERE dataset=? AND version=?", (dataset, current)
+                ).fetchone()
+                if meta is None or not legacy.exists():
+                    raise NotFound(f"dataset {dataset!r}: version {current!r} has no data")
+                segments.append(Segment(current, 0, meta[0], meta[1], legacy))
+                break
+            segments.append(Segment(row[0], row[1], row[2], row[3], self.segments_dir / f"{row[0]}.parquet"))
+        return segments[::-1]
 
-    def load(self, version: str) -> pd.DataFrame:
-        return pd.read_parquet(self.version_path(version))
+    def load(self, dataset: str, version: str) -> pd.DataFrame:
+        return pd.concat(
+            [pd.read_parquet(s.path) for s in self.manifest(dataset, version)], ignore_index=True
+        )
+
+    # -- downloads -----------------------------------------------------------------------------
+    def export(
+        self, dataset: str, version: str, row_start: int = 0, row_end: int = 0, last_batches: int = 0
+    ) -> tuple[Path, str]:
+        """One Parquet file holding the version (or a slice: rows [row_start, row_end), or the rows
+        its latest `last_batches` batches added), and its sha256. Built once, segment by segment."""
+        segments = self.manifest(dataset, version)
+        total = segments[-1].row_start + segments[-1].rows if segments else 0
+        if last_batches < 0 or row_start < 0 or row_end < 0:
+            raise InvalidArgument("slice bounds must not be negative")
+        if last_batches:
+            if row_start or row_end:
+                raise InvalidArgument("give either a row range or last_batches, not both")
+            chosen = segments[-last_batches:]
+            row_start, row_end = (chosen[0].row_start, total) if chosen else (total, total)
+        row_end = row_end or total
+        if row_start > row_end or row_end > total:
+            raise InvalidArgument(f"row range {row_start}..{row_end} is outside 0..{total}")
+        whole = row_start == 0 and row_end == total
+        path = self.exports_dir / (
+            f"{version}.parquet" if whole else f"{version}-{row_start}-{row_end}.parquet"
+        )
+        with self._lock:
+            if not path.exists():
+                _write_atomically(path, lambda tmp: self._concatenate(segments, row_start, row_end, tmp))
+                self._prune_exports(keep=path)
+            digest = self._export_digests.get(path)
+            if digest is None:
+                digest = _file_sha256(path)
+                self._export_digests[path] = digest
+        return path, digest
+
+    def _prune_exports(self, keep: Path) -> None:
+        """Exports are a cache: keep the most recently built few. A download in progress reads
+        from its open file, and a resumed one rebuilds the same bytes."""
+        built = sorted(self.exports_dir.glob("*.parquet"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        for path in [p for p in built if p != keep][_EXPORTS_KEPT - 1 :]:
+            path.unlink(missing_ok=True)
+            self._export_digests.pop(path, None)
+
+    def _concatenate(self, segments: list[Segment], start: int, end: int, out: str) -> None:
+        writer: pq.ParquetWriter | None = None
+        try:
+            for segment in segments:
+                low, high = max(start, segment.row_start), min(end, segment.row_start + segment.rows)
+                if low >= high and writer is not None:
+                    continue
+                table = pq.read_table(segment.path)
+                table = table.slice(low - segment.row_start, max(0, high - low)).replace_schema_metadata(None)
+                if writer is None:
+                    writer = pq.ParquetWriter(out, table.schema, use_dictionary=False)
+                writer.write_table(table)
+        finally:
+            if writer is not None:
+                writer.close()
 
     # -- writes --------------------------------------------------------------------------------
+    def _history_hashes(self, dataset: str, head: str | None) -> np.ndarray:
+        cached = self._hashes.get(dataset)
+        if cached is not None and cached[0] == head:
+            return cached[1]
+        hashes = np.sort(row_hashes(self.load(dataset, head))) if head else np.zeros(0, dtype="uint64")
+        self._hashes[dataset] = (head, hashes)
+        return hashes
+
     def append_batch(
         self,
         dataset: str,
@@ -199,50 +547,79 @@ class IngestStore:
         report: dict[str, Any],
         rejected: list[Rejection],
         source: str,
+        hashes: np.ndarray | None = None,
     ) -> tuple[str | None, int]:
-        """Record a batch and, if it adds rows, the new version (parent + batch). Returns the version
-        the dataset is at after it and how many rows were already in the parent version."""
+        """Record a batch and, if it adds rows, the new version (parent + one segment of the rows
+        new to the dataset). Returns the dataset's version after it and how many of the batch's
+        rows were already in the parent version."""
         with self._lock:
             now = datetime.now(UTC).isoformat()
             parent = self.head(dataset)
-            base = self.load(parent) if parent else pd.DataFrame(columns=schema.columns, dtype="float64")
-            combined = pd.concat([base, rows], ignore_index=True)
-            deduplicated = combined.drop_duplicates(ignore_index=True)
-            already_present = len(combined) - len(deduplicated)
+            history = self._history_hashes(dataset, parent)
+            hashes = row_hashes(rows) if hashes is None else hashes
+            if len(history):
+                positions = np.minimum(np.searchsorted(history, hashes), len(history) - 1)
+                known = history[positions] == hashes
+            else:
+                known = np.zeros(len(rows), dtype=bool)
+            new_rows = rows[~known].reset_index(drop=True)
+            already_present = int(known.sum())
+            report["rows_duplicate"] += already_present
+            report["rows_accepted"] -= already_present
             version = parent
-            new_version = False
-            if len(deduplicated) > len(base):
-                version = content_address(deduplicated)
-                new_version = True
-                self._write_parquet(deduplicated, self.version_path(version))
+            segment: Segment | None = None
+            stats: dict[str, Any] = {}
+            if len(new_rows):
+                digest = segment_digest(new_rows)
+                version = chain_version(parent, digest)
+                path = self.segments_dir / f"{digest}.parquet"
+                table = pa.Table.from_pandas(new_rows, preserve_index=False).replace_schema_metadata(None)
+                _write_atomically(path, lambda tmp: pq.write_table(table, tmp, use_dictionary=False))
+                parent_rows = self.version(dataset, parent).rows if parent else 0
+                segment = Segment(digest, parent_rows, len(new_rows), path.stat().st_size, path)
+                stats = segment_stats(new_rows, schema)
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
                 db.execute(
                     "INSERT OR IGNORE INTO datasets(name, schema_json, head_version, created_at)"
                     " VALUES (?,?,?,?)",
-                    (dataset, json.dumps(schema.__dict__), None, now),
+                    (dataset, json.dumps(schema.to_dict()), None, now),
                 )
-                if new_version:
+                if segment is not None:
                     assert version is not None
-                    file_bytes = self.version_path(version).read_bytes()
+                    parts = [stats, *self._stats_of(dataset, parent)]
+                    size = segment.size_bytes + (self.version(dataset, parent).size_bytes if parent else 0)
                     db.execute(
                         "INSERT OR IGNORE INTO versions VALUES (?,?,?,?,?,?,?,?)",
                         (
                             version,
                             dataset,
                             parent,
-                            len(deduplicated),
-                            len(file_bytes),
-                            hashlib.sha256(file_bytes).hexdigest(),
-                            json.dumps(profile(deduplicated[schema.features])),
+                            segment.row_start + segment.rows,
+                            size,
+                            segment.segment,
+                            json.dumps(merge_profile(schema, parts)),
                             now,
+                        ),
+                    )
+                    db.execute(
+                        "INSERT OR IGNORE INTO segments VALUES (?,?,?,?,?,?,?,?)",
+                        (
+                            dataset,
+                            version,
+                            len(self._lineage(dataset, parent)) if parent else 0,
+                            segment.segment,
+                            segment.row_start,
+                            segment.rows,
+                            segment.size_bytes,
+                            json.dumps(stats),
                         ),
                     )
                     db.execute("UPDATE datasets SET head_version=? WHERE name=?", (version, dataset))
                 db.execute(
                     "INSERT INTO batches VALUES (?,?,?,?,?,?)",
-                    (batch_id, dataset, version if new_version else None, source, json.dumps(report), now),
+                    (batch_id, dataset, version if segment else None, source, json.dumps(report), now),
                 )
                 db.executemany(
                     "INSERT OR IGNORE INTO rejected_rows VALUES (?,?,?,?,?)",
@@ -252,19 +629,37 @@ class IngestStore:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            if segment is not None:
+                merged = np.concatenate([history, hashes[~known]])
+                merged.sort()
+                self._hashes[dataset] = (version, merged)
             return version, already_present
 
-    @staticmethod
-    def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
-        if path.exists():
-            return  # content-addressed: an existing file already holds exactly these rows
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        os.close(fd)
-        try:
-            frame.to_parquet(tmp, index=False)
-            with open(tmp, "rb") as written:
-                os.fsync(written.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    def _stats_of(self, dataset: str, version: str | None) -> list[dict[str, Any]]:
+        """Segment statistics of a version's lineage (computed from the file for a legacy one)."""
+        if not version:
+            return []
+        schema = self.schema(dataset)
+        assert schema is not None
+        parts = []
+        for segment in self.manifest(dataset, version):
+            row = self._db.execute(
+                "SELECT stats_json FROM segments WHERE dataset=? AND segment=?", (dataset, segment.segment)
+            ).fetchone()
+            parts.append(json.loads(row[0]) if row else segment_stats(pd.read_parquet(segment.path), schema))
+        return parts
+
+    def segments(self, dataset: str, version: str) -> Iterator[Segment]:
+        yield from self.manifest(dataset, version)
+
+
+def _batch_record(row: tuple[Any, ...]) -> BatchRecord:
+    return BatchRecord(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]))
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        while chunk := source.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

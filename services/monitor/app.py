@@ -5,13 +5,13 @@ from __future__ import annotations
 import grpc
 
 from services.monitor import kafka_api
-from services.monitor.core import MonitorCore
+from services.monitor.core import DriftPolicy, MonitorCore
 from services.monitor.grpc_api import SERVICE_NAME, MonitorServicer
 from services.monitor.references import GrpcReferenceSource
 from services.monitor.settings import MonitorSettings
 from services.monitor.store import MonitorStore
-from shared.events import Topics
-from shared.messaging import build_broker
+from shared.events import DriftDetected, Topics
+from shared.messaging import build_broker, publish_event
 from shared.service import Service
 from shared.stubs.cascade.monitor.v1 import monitor_pb2_grpc
 
@@ -25,14 +25,34 @@ def build(settings: MonitorSettings | None = None) -> Service:
     source = GrpcReferenceSource(
         settings.registry_address, settings.ingest_address, settings.rpc_timeout_seconds
     )
+    topics = Topics(settings.topic_prefix)
+
+    async def emit(event: DriftDetected) -> None:
+        await publish_event(broker, topics, event)
+
     core = MonitorCore(
         store,
         source,
         window_size=settings.window_size,
         evaluate_every=settings.evaluate_every,
         p_value_threshold=settings.p_value_threshold,
+        policy=DriftPolicy(
+            feature_tests=settings.feature_tests,
+            categorical_features=frozenset(settings.categorical_features),
+            thresholds=settings.test_thresholds,
+            dataset_drift_share=settings.dataset_drift_share,
+            window_seconds=settings.window_seconds,
+            trigger_after=settings.trigger_after,
+            cooldown_seconds=settings.cooldown_seconds,
+            retrain_models=settings.retrain_models,
+            decay_threshold=settings.decay_threshold,
+            labels_window=settings.labels_window,
+            min_labels=settings.min_labels,
+            remembered_requests=settings.remembered_requests,
+        ),
+        emit=emit,
     )
-    kafka_api.register(broker, core, Topics(settings.topic_prefix))
+    kafka_api.register(broker, core, topics)
     servicer = MonitorServicer(core)
 
     def add_servicer(server: grpc.aio.Server) -> None:

@@ -1,5 +1,12 @@
-"""The monitor's domain, free of transports: per model, a window of the latest prediction inputs,
-the reference data its champion was trained on, and a drift report every `evaluate_every` new rows.
+"""The monitor's domain, free of transports: per model, a window of the latest prediction inputs
+and outputs, the reference data its champion was trained on (prepared once: sorted and counted), and
+a drift report every `evaluate_every` new rows, with Evidently's default test per feature and for the
+prediction. Ground-truth labels, joined on the request id, give the champion's real performance per
+window (decay); without labels, predicted probabilities give a CBPE-like *estimate*.
+
+Closing the loop: when `trigger_after` consecutive reports find dataset drift (hysteresis), or the
+labelled metric falls more than `decay_threshold` below the champion's validation metric, the core
+emits *drift detected*; then nothing more for `cooldown_seconds`, and the count starts again.
 
 Predictions may arrive before any reference (they travel on another topic): they just fill the
 window, and the first evaluation happens as soon as the reference is in. Delivery is at-least-once,
@@ -10,9 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -20,31 +31,106 @@ import numpy as np
 from numpy.typing import NDArray
 from prometheus_client import Counter, Gauge
 
-from services.monitor.drift import dataset_drifted, feature_drift
-from services.monitor.store import DriftReport, MonitorStore, ReferenceInfo
+from services.monitor.drift import (
+    CATEGORICAL,
+    DEFAULT_THRESHOLDS,
+    NUMERIC,
+    P_VALUE_TESTS,
+    TESTS,
+    ColumnReference,
+    FeatureDrift,
+    PreparedReference,
+    column_drift,
+    dataset_drifted,
+)
+from services.monitor.store import (
+    DriftEventRecord,
+    DriftReport,
+    MonitorStore,
+    Performance,
+    ReferenceInfo,
+    Verdict,
+)
 from shared.errors import InvalidArgument, NotFound
+from shared.events import DriftDetected
 
-__all__ = ["MonitorCore", "Reference", "ReferenceSource", "Window"]
+__all__ = ["DriftPolicy", "MonitorCore", "Reference", "ReferenceSource", "Window"]
+
+SOURCE = "cascade/monitor"
+PREDICTION = "prediction"  # the name of the output column in reports
 
 log = logging.getLogger(__name__)
 
 PREDICTIONS = Counter("cascade_monitor_predictions_total", "Prediction rows received, by model.", ["model"])
 FEATURE_DRIFT = Gauge(
     "cascade_monitor_feature_drift_statistic",
-    "KS statistic of the latest window against the reference, by feature.",
+    "Statistic of the latest window's drift test against the reference, by feature (and prediction).",
     ["model", "feature"],
 )
 DATASET_DRIFTED = Gauge(
     "cascade_monitor_dataset_drifted", "1 when the latest report found dataset drift, else 0.", ["model"]
 )
+WINDOW_METRIC = Gauge(
+    "cascade_monitor_window_metric",
+    "The champion's primary metric on the latest window of labelled predictions.",
+    ["model", "metric"],
+)
+DRIFT_EVENTS = Counter(
+    "cascade_monitor_drift_detected_total", "Drift detected events emitted.", ["model", "kind"]
+)
 
 Matrix = NDArray[np.float64]
+Emit = Callable[[DriftDetected], Awaitable[None]]
 
 
 @dataclass(frozen=True)
 class Reference:
     info: ReferenceInfo
     rows: Matrix  # reference rows x features, in `info.features` order
+    target: Matrix | None = None  # the training labels, reference of prediction drift
+    task: str = ""  # "classification" or "regression", as the registry's tags say
+    champion_metrics: Mapping[str, float] = field(default_factory=dict)  # the run's, e.g. holdout_accuracy
+
+    @property
+    def primary_metric(self) -> str:
+        return "r2" if self.task == "regression" else "accuracy"
+
+    @property
+    def validation_metric(self) -> float | None:
+        """The champion's primary metric on its held-out rows at training time."""
+        value = self.champion_metrics.get(f"holdout_{self.primary_metric}")
+        return None if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class DriftPolicy:
+    """How reports are computed and when they close the loop (see MonitorSettings for each field)."""
+
+    feature_tests: Mapping[str, str] = field(default_factory=dict)
+    categorical_features: frozenset[str] = frozenset()
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    dataset_drift_share: float = 0.5
+    window_seconds: float = 0.0
+    trigger_after: int = 2
+    cooldown_seconds: float = 600.0
+    retrain_models: str = "*"
+    decay_threshold: float = 0.1
+    labels_window: int = 200
+    min_labels: int = 30
+    remembered_requests: int = 10000
+
+    def __post_init__(self) -> None:
+        for feature, test in self.feature_tests.items():
+            if test not in TESTS:
+                raise ValueError(
+                    f"feature {feature!r}: unknown drift test {test!r}; known: {', '.join(TESTS)}"
+                )
+        for test in self.thresholds:
+            if test not in DEFAULT_THRESHOLDS:
+                raise ValueError(f"a threshold for unknown drift test {test!r}")
+
+    def retrains(self, model: str) -> bool:
+        return fnmatch.fnmatchcase(model, self.retrain_models)
 
 
 class ReferenceSource(Protocol):
@@ -54,10 +140,14 @@ class ReferenceSource(Protocol):
 
 
 class Window:
-    """Ring buffer of the most recent `size` rows; a batch is written in one vectorised assignment."""
+    """Ring buffer of the most recent `size` rows, with each row's prediction and arrival time; a
+    batch is written in one vectorised assignment. Count windows are its size; time windows select
+    the rows younger than a cutoff when read."""
 
     def __init__(self, size: int, width: int) -> None:
         self._rows = np.empty((size, width), dtype=np.float64)
+        self._outputs = np.full(size, np.nan)
+        self._times = np.zeros(size)
         self._next = 0
         self._filled = 0
 
@@ -72,26 +162,68 @@ class Window:
     def __len__(self) -> int:
         return self._filled
 
-    def append(self, batch: Matrix) -> None:
+    def append(self, batch: Matrix, outputs: Matrix | None = None, at: float | None = None) -> None:
         kept = batch[-self.size :]  # older rows of a huge batch would be overwritten anyway
         positions = (self._next + np.arange(len(kept))) % self.size
         self._rows[positions] = kept
+        self._outputs[positions] = np.nan if outputs is None else outputs[-self.size :]
+        self._times[positions] = time.time() if at is None else at
         self._next = (self._next + len(kept)) % self.size
         self._filled = min(self._filled + len(kept), self.size)
 
-    def rows(self) -> Matrix:
-        """A copy of the rows held, oldest first."""
+    def _order(self) -> NDArray[np.int64]:
         if self._filled < self.size:
-            return self._rows[: self._filled].copy()
-        return np.roll(self._rows, -self._next, axis=0)
+            return np.arange(self._filled)
+        return (self._next + np.arange(self.size)) % self.size
+
+    def rows(self, since: float | None = None) -> Matrix:
+        """A copy of the rows held, oldest first; only those that arrived at `since` or later if given."""
+        order = self._order()
+        if since is not None:
+            order = order[self._times[order] >= since]
+        return self._rows[order]
+
+    def outputs(self, since: float | None = None) -> Matrix:
+        order = self._order()
+        if since is not None:
+            order = order[self._times[order] >= since]
+        return self._outputs[order]
+
+
+class _Labelled:
+    """Ring buffer of (prediction, truth, confidence) for the decay window."""
+
+    def __init__(self, size: int) -> None:
+        self.values = np.full((size, 3), np.nan)
+        self.next = 0
+        self.filled = 0
+
+    def append(self, rows: Matrix) -> None:
+        kept = rows[-len(self.values) :]
+        positions = (self.next + np.arange(len(kept))) % len(self.values)
+        self.values[positions] = kept
+        self.next = (self.next + len(kept)) % len(self.values)
+        self.filled = min(self.filled + len(kept), len(self.values))
+
+    def rows(self) -> Matrix:
+        return self.values[: self.filled] if self.filled < len(self.values) else self.values
 
 
 @dataclass
 class _ModelState:
     window: Window | None = None
     reference: Reference | None = None
+    prepared: PreparedReference | None = None  # the reference, sorted and counted once
+    prediction_reference: ColumnReference | None = None
     pending: int = 0  # rows received since the last evaluation
     seen: int = 0  # rows received in all, carried over restarts by the latest report
+    consecutive_drifted: int = 0  # reports in a row that found dataset drift (hysteresis)
+    last_emitted: float = -math.inf  # wall-clock time of the last *drift detected* (cooldown)
+    # request id -> (predictions, confidences) of logged requests not labelled yet, oldest first
+    awaiting_labels: OrderedDict[str, tuple[Matrix, Matrix]] = field(default_factory=OrderedDict)
+    labelled: _Labelled | None = None
+    labels_pending: int = 0
+    confidences: Matrix = field(default_factory=lambda: np.empty(0))  # latest window's max probabilities
 
 
 class MonitorCore:
@@ -102,12 +234,21 @@ class MonitorCore:
         window_size: int,
         evaluate_every: int,
         p_value_threshold: float,
+        policy: DriftPolicy | None = None,
+        emit: Emit | None = None,
     ) -> None:
         self.store = store
         self.source = source
         self.window_size = window_size
         self.evaluate_every = evaluate_every
         self.p_value_threshold = p_value_threshold
+        self.policy = policy or DriftPolicy()
+        self.emit = emit
+        # p_value_threshold is the threshold of the p-value tests unless the policy names one
+        self.thresholds = {
+            **{test: p_value_threshold for test in P_VALUE_TESTS},
+            **self.policy.thresholds,
+        }
         self._models: dict[str, _ModelState] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -125,23 +266,76 @@ class MonitorCore:
             return await self._evaluate_if_due(model, state)
 
     async def record_predictions(
-        self, model: str, features: Sequence[str], inputs: Sequence[Sequence[float]]
+        self,
+        model: str,
+        features: Sequence[str],
+        inputs: Sequence[Sequence[float]],
+        outputs: Sequence[float] = (),
+        request_id: str = "",
+        probabilities: Sequence[Sequence[float]] | None = None,
     ) -> DriftReport | None:
-        """Append a batch of prediction inputs to the model's window; returns the report if one was due."""
+        """Append a batch of prediction inputs (and their predictions, one per row, when given) to
+        the model's window; remember them under `request_id` for labels to come. Returns the report
+        if one was due."""
         if not inputs:
             return None
         rows = _prediction_rows(model, features, inputs)
+        predicted = _per_row(outputs, len(rows))
+        confidence = _confidences(probabilities, len(rows))
         async with self._lock(model):
             state = self._state(model)
             await self._restore_reference(model, state)
             _check_width(model, state, rows.shape[1])
             if state.window is None:
                 state.window = Window(self.window_size, rows.shape[1])
-            state.window.append(rows)
+            state.window.append(rows, predicted)
+            if confidence is not None:
+                state.confidences = np.concatenate([state.confidences, confidence])[-self.window_size :]
+            if request_id and predicted is not None:
+                self._remember(state, request_id, predicted, confidence)
             state.pending += len(rows)
             state.seen += len(rows)
             PREDICTIONS.labels(model).inc(len(rows))
             return await self._evaluate_if_due(model, state)
+
+    async def record_labels(self, model: str, request_id: str, labels: Sequence[float]) -> Performance | None:
+        """Join ground truth with the predictions logged under `request_id`; returns the decay
+        measurement if one was due. Labels of a request not (or no longer) remembered are dropped."""
+        async with self._lock(model):
+            state = self._state(model)
+            await self._restore_reference(model, state)
+            remembered = state.awaiting_labels.pop(request_id, None)
+            if remembered is None:
+                log.info("%s: labels for unknown request %s dropped", model, request_id)
+                return None
+            predicted, confidence = remembered
+            if len(labels) != len(predicted):
+                raise InvalidArgument(
+                    f"{model}: {len(labels)} labels for request {request_id} of {len(predicted)} rows"
+                )
+            if state.labelled is None:
+                state.labelled = _Labelled(self.policy.labels_window)
+            state.labelled.append(
+                np.column_stack([predicted, np.asarray(labels, dtype=np.float64), confidence])
+            )
+            state.labels_pending += len(labels)
+            if state.labels_pending < self.policy.min_labels or state.reference is None:
+                return None
+            state.labels_pending = 0
+            performance = self._performance(state.reference, state)
+            if performance.value is not None:
+                WINDOW_METRIC.labels(model, performance.metric).set(performance.value)
+            latest = self.store.latest_report(model)
+            if latest is not None:  # the latest report carries the latest decay measurement
+                self.store.update_performance(model, performance)
+            if performance.decayed:
+                await self._maybe_emit(model, state, "decay", performance.summary, [], asdict(performance))
+            return performance
+
+    def history(self, model: str, limit: int = 100) -> tuple[list[Verdict], list[DriftEventRecord]]:
+        if not model:
+            raise InvalidArgument("a model name is required")
+        return self.store.verdicts(model, limit), self.store.drift_events(model, limit)
 
     def latest_report(self, model: str) -> DriftReport:
         if not model:
@@ -155,13 +349,124 @@ class MonitorCore:
         return report
 
     # -- internals -----------------------------------------------------------------------------
+    def _drift(
+        self,
+        prepared: PreparedReference,
+        prediction_reference: ColumnReference | None,
+        current: Matrix,
+        outputs: Matrix,
+    ) -> tuple[list[FeatureDrift], FeatureDrift | None]:
+        """Every feature's test, and the prediction's against the training labels (when known)."""
+        features = [self._column(column, current[:, index]) for index, column in enumerate(prepared.columns)]
+        known = outputs[np.isfinite(outputs)]
+        prediction = (
+            self._column(prediction_reference, known) if prediction_reference and len(known) else None
+        )
+        return features, prediction
+
+    def _column(self, reference: ColumnReference, values: Matrix) -> FeatureDrift:
+        test = self.policy.feature_tests.get(reference.name)
+        result = column_drift(reference, values, test, self.thresholds.get(test) if test else None)
+        if test is None and result.test in self.thresholds:  # the default test, with a configured threshold
+            threshold = self.thresholds[result.test]
+            if threshold != result.threshold:
+                result = column_drift(reference, values, result.test, threshold)
+        return result
+
     def _lock(self, model: str) -> asyncio.Lock:
         return self._locks.setdefault(model, asyncio.Lock())
+
+    def _remember(
+        self, state: _ModelState, request_id: str, predicted: Matrix, confidence: Matrix | None
+    ) -> None:
+        conf = np.full(len(predicted), np.nan) if confidence is None else confidence
+        previous = state.awaiting_labels.pop(request_id, None)
+        if previous is not None:  # a request logged in chunks: rows in order
+            predicted = np.concatenate([previous[0], predicted])
+            conf = np.concatenate([previous[1], conf])
+        state.awaiting_labels[request_id] = (predicted, conf)
+        while len(state.awaiting_labels) > self.policy.remembered_requests:
+            state.awaiting_labels.popitem(last=False)
+
+    def _performance(self, reference: Reference, state: _ModelState) -> Performance:
+        labelled = state.labelled.rows() if state.labelled is not None else np.empty((0, 3))
+        metric = reference.primary_metric
+        value = _metric(metric, labelled[:, 0], labelled[:, 1]) if len(labelled) else None
+        champion = reference.validation_metric
+        decayed = (
+            value is not None and champion is not None and champion - value > self.policy.decay_threshold
+        )
+        estimate, note = None, "unavailable: serving logs no predicted probabilities"
+        if reference.task == "regression":
+            note = "unavailable: a confidence-based estimate needs a classifier"
+        elif len(state.confidences) and np.isfinite(state.confidences).any():
+            estimate = float(np.nanmean(state.confidences))
+            note = "estimate (CBPE-like): mean top-class probability, assuming calibrated probabilities"
+        return Performance(
+            metric=metric,
+            value=value,
+            labelled_rows=len(labelled),
+            champion_value=champion,
+            threshold=self.policy.decay_threshold,
+            decayed=bool(decayed),
+            estimated_accuracy=estimate,
+            estimate_note=note,
+        )
+
+    async def _maybe_emit(
+        self,
+        model: str,
+        state: _ModelState,
+        kind: str,
+        summary: str,
+        drifted_features: list[str],
+        report: dict[str, object],
+    ) -> None:
+        """Emit *drift detected* unless the model is not retrained automatically or is cooling down."""
+        if self.emit is None or state.reference is None or not self.policy.retrains(model):
+            return
+        now = time.time()
+        if now - state.last_emitted < self.policy.cooldown_seconds:
+            log.info(
+                "%s: %s again, but within the %gs cooldown; not emitted",
+                model,
+                kind,
+                self.policy.cooldown_seconds,
+            )
+            return
+        event = DriftDetected(
+            source=SOURCE,
+            subject=model,
+            model=model,
+            model_version=state.reference.info.model_version,
+            kind="decay" if kind == "decay" else "drift",
+            summary=summary,
+            drifted_features=drifted_features,
+            report=report,
+            dataset_version=state.reference.info.dataset_version,
+        )
+        await self.emit(event)
+        state.last_emitted = now
+        state.consecutive_drifted = 0
+        self.store.save_drift_event(model, event.id, event.kind, event.model_version, summary, event.time)
+        DRIFT_EVENTS.labels(model, event.kind).inc()
+        log.warning(
+            "%s v%d: %s detected (%s); drift event %s emitted",
+            model,
+            event.model_version,
+            kind,
+            summary,
+            event.id,
+        )
 
     def _state(self, model: str) -> _ModelState:
         if model not in self._models:
             previous = self.store.latest_report(model)
-            self._models[model] = _ModelState(seen=previous.predictions_seen if previous else 0)
+            emitted = self.store.drift_events(model, 1)  # the cooldown survives restarts
+            self._models[model] = _ModelState(
+                seen=previous.predictions_seen if previous else 0,
+                last_emitted=emitted[0].emitted_at.timestamp() if emitted else -math.inf,
+            )
         return self._models[model]
 
     async def _restore_reference(self, model: str, state: _ModelState) -> None:
@@ -176,6 +481,20 @@ class MonitorCore:
     def _install(self, model: str, state: _ModelState, reference: Reference) -> None:
         previous = state.reference
         state.reference = reference
+        kinds = {name: CATEGORICAL for name in self.policy.categorical_features}
+        state.prepared = PreparedReference.of(reference.rows, reference.info.features, kinds)
+        state.prediction_reference = (
+            ColumnReference.of(
+                PREDICTION, reference.target, CATEGORICAL if reference.task != "regression" else NUMERIC
+            )
+            if reference.target is not None and len(reference.target)
+            else None
+        )
+        state.consecutive_drifted = 0  # a new champion earns a fresh count
+        if previous is not None:  # labelled rows and confidences were the previous champion's answers
+            state.labelled, state.labels_pending = None, 0
+            state.confidences = np.empty(0)
+            state.awaiting_labels.clear()
         if previous is not None:
             _forget_feature_gauges(model, set(previous.info.features) - set(reference.info.features))
         if state.window is not None and state.window.width != len(reference.info.features):
@@ -198,13 +517,17 @@ class MonitorCore:
         )
 
     async def _evaluate_if_due(self, model: str, state: _ModelState) -> DriftReport | None:
-        reference, window = state.reference, state.window
-        if reference is None or window is None or state.pending < self.evaluate_every:
+        reference, window, prepared = state.reference, state.window, state.prepared
+        if reference is None or window is None or prepared is None or state.pending < self.evaluate_every:
             return None
-        current = window.rows()
-        # Off the event loop: a large reference takes tens of milliseconds to test.
-        features = await asyncio.to_thread(
-            feature_drift, current, reference.rows, reference.info.features, self.p_value_threshold
+        since = time.time() - self.policy.window_seconds if self.policy.window_seconds > 0 else None
+        current, outputs = window.rows(since), window.outputs(since)
+        if not len(current):
+            state.pending = 0
+            return None
+        # Off the event loop: a large reference takes milliseconds to test.
+        features, prediction = await asyncio.to_thread(
+            self._drift, prepared, state.prediction_reference, current, outputs
         )
         report = DriftReport(
             model=model,
@@ -213,13 +536,29 @@ class MonitorCore:
             reference_dataset_version=reference.info.dataset_version,
             window_size=len(current),
             features=tuple(features),
-            dataset_drifted=dataset_drifted([feature.drifted for feature in features]),
+            dataset_drifted=dataset_drifted(
+                [feature.drifted for feature in features], self.policy.dataset_drift_share
+            ),
             computed_at=datetime.now(UTC),
             predictions_seen=state.seen,
+            prediction=prediction,
+            reference_rows=len(reference.rows),
+            performance=self._performance(reference, state)
+            if state.labelled or len(state.confidences)
+            else None,
         )
         self.store.save_report(report)
         state.pending = 0
         _export_metrics(report)
+        state.consecutive_drifted = state.consecutive_drifted + 1 if report.dataset_drifted else 0
+        if state.consecutive_drifted >= self.policy.trigger_after:
+            drifted = report.drifted_features
+            summary = (
+                f"{len(drifted)} of {len(report.features)} features drifted in {state.consecutive_drifted} "
+                f"reports in a row: "
+                + ", ".join(f"{f.feature} ({f.test})" for f in report.features if f.drifted)
+            )
+            await self._maybe_emit(model, state, "drift", summary, drifted, report_document(report))
         log.info(
             "%s: drift over %d rows: %d of %d features drifted, dataset %s",
             model,
@@ -229,6 +568,41 @@ class MonitorCore:
             "DRIFTED" if report.dataset_drifted else "stable",
         )
         return report
+
+
+def report_document(report: DriftReport) -> dict[str, object]:
+    """The report as JSON-ready data, as it rides on *drift detected*."""
+    document = asdict(report)
+    document["computed_at"] = report.computed_at.isoformat()
+    for entry in [*document["features"], document.get("prediction") or {}]:
+        if isinstance(entry.get("p_value"), float) and math.isnan(entry["p_value"]):
+            entry["p_value"] = None  # JSON has no NaN
+    return document
+
+
+def _metric(metric: str, predicted: Matrix, truth: Matrix) -> float | None:
+    if metric == "accuracy":
+        return float(np.mean(predicted == truth))
+    spread = float(np.sum((truth - truth.mean()) ** 2))
+    return None if spread == 0 else 1.0 - float(np.sum((truth - predicted) ** 2)) / spread
+
+
+def _per_row(outputs: Sequence[float], rows: int) -> Matrix | None:
+    """One prediction per row (the first output of each row), or None when they cannot be paired."""
+    values = np.asarray(outputs, dtype=np.float64).ravel()
+    if not len(values) or len(values) % rows or not np.isfinite(values).all():
+        return None
+    return values.reshape(rows, -1)[:, 0].copy()
+
+
+def _confidences(probabilities: Sequence[Sequence[float]] | None, rows: int) -> Matrix | None:
+    if not probabilities:
+        return None
+    values = np.asarray(probabilities, dtype=np.float64)
+    if values.ndim != 2 or len(values) != rows:
+        return None
+    confidences: Matrix = values.max(axis=1)
+    return confidences
 
 
 def _prediction_rows(model: str, features: Sequence[str], inputs: Sequence[Sequence[float]]) -> Matrix:
@@ -260,7 +634,7 @@ def _check_width(model: str, state: _ModelState, width: int) -> None:
 
 
 def _export_metrics(report: DriftReport) -> None:
-    for feature in report.features:
+    for feature in [*report.features, *([report.prediction] if report.prediction else [])]:
         FEATURE_DRIFT.labels(report.model, feature.feature).set(feature.statistic)
     DATASET_DRIFTED.labels(report.model).set(int(report.dataset_drifted))
 

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.monitor.core import MonitorCore
-from services.monitor.store import DriftReport
+from services.monitor.drift import FeatureDrift
+from services.monitor.store import DriftEventRecord, DriftReport, Performance, Verdict
 from shared.errors import grpc_errors
 from shared.grpc_io import ServicerContext
 from shared.stubs.cascade.monitor.v1 import monitor_pb2 as pb
 from shared.stubs.cascade.monitor.v1 import monitor_pb2_grpc
 
-__all__ = ["SERVICE_NAME", "MonitorServicer", "report_message"]
+__all__ = ["DEFAULT_HISTORY", "SERVICE_NAME", "MonitorServicer", "history_message", "report_message"]
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MonitorService"].full_name
+DEFAULT_HISTORY = 100
 
 
 class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
@@ -26,27 +30,90 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
     ) -> pb.DriftReport:
         return report_message(self.core.latest_report(request.model))
 
+    @grpc_errors
+    async def GetDriftHistory(
+        self, request: pb.GetDriftHistoryRequest, context: ServicerContext
+    ) -> pb.DriftHistory:
+        verdicts, events = self.core.history(request.model, request.limit or DEFAULT_HISTORY)
+        return history_message(request.model, verdicts, events)
+
+
+def _timestamp(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _feature(feature: FeatureDrift) -> pb.FeatureDrift:
+    return pb.FeatureDrift(
+        feature=feature.feature,
+        test=feature.test,
+        statistic=feature.statistic,
+        p_value=feature.p_value,
+        threshold=feature.threshold,
+        drifted=feature.drifted,
+    )
+
+
+def _performance(performance: Performance) -> pb.Performance:
+    message = pb.Performance(
+        metric=performance.metric,
+        labelled_rows=performance.labelled_rows,
+        threshold=performance.threshold,
+        decayed=performance.decayed,
+        estimate_note=performance.estimate_note,
+    )
+    if performance.value is not None:
+        message.value = performance.value
+    if performance.champion_value is not None:
+        message.champion_value = performance.champion_value
+    if performance.estimated_accuracy is not None:
+        message.estimated_accuracy = performance.estimated_accuracy
+    return message
+
 
 def report_message(report: DriftReport) -> pb.DriftReport:
-    computed_at = Timestamp()
-    computed_at.FromDatetime(report.computed_at)
-    return pb.DriftReport(
+    message = pb.DriftReport(
         model=report.model,
         model_version=report.model_version,
         reference_dataset_version=report.reference_dataset_version,
         window_size=report.window_size,
-        features=[
-            pb.FeatureDrift(
-                feature=feature.feature,
-                test=feature.test,
-                statistic=feature.statistic,
-                p_value=feature.p_value,
-                threshold=feature.threshold,
-                drifted=feature.drifted,
-            )
-            for feature in report.features
-        ],
+        features=[_feature(feature) for feature in report.features],
         dataset_drifted=report.dataset_drifted,
-        computed_at=computed_at,
+        computed_at=_timestamp(report.computed_at),
         predictions_seen=report.predictions_seen,
+        reference_rows=report.reference_rows,
+    )
+    if report.prediction is not None:
+        message.prediction.CopyFrom(_feature(report.prediction))
+    if report.performance is not None:
+        message.performance.CopyFrom(_performance(report.performance))
+    return message
+
+
+def history_message(model: str, verdicts: list[Verdict], events: list[DriftEventRecord]) -> pb.DriftHistory:
+    return pb.DriftHistory(
+        model=model,
+        verdicts=[
+            pb.Verdict(
+                model_version=verdict.model_version,
+                reference_dataset_version=verdict.reference_dataset_version,
+                window_size=verdict.window_size,
+                predictions_seen=verdict.predictions_seen,
+                dataset_drifted=verdict.dataset_drifted,
+                drifted_features=list(verdict.drifted_features),
+                computed_at=_timestamp(verdict.computed_at),
+            )
+            for verdict in verdicts
+        ],
+        drift_events=[
+            pb.DriftEvent(
+                event_id=event.event_id,
+                kind=event.kind,
+                model_version=event.model_version,
+                summary=event.summary,
+                emitted_at=_timestamp(event.emitted_at),
+            )
+            for event in events
+        ],
     )

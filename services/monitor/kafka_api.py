@@ -1,4 +1,5 @@
-"""The monitor's Kafka side: promotions set the reference, logged predictions fill the window."""
+"""The monitor's Kafka side: promotions set the reference, logged predictions fill the window,
+labels from any producer measure decay."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 from faststream.kafka import KafkaBroker
 
 from services.monitor.core import MonitorCore
-from shared.events import ModelPromoted, PredictionLogged, Topics
+from shared.events import LabelsArrived, ModelPromoted, PredictionLogged, Topics
 from shared.messaging import subscriber_options
 
 __all__ = ["CHAMPION_ALIAS", "register"]
@@ -35,4 +36,10 @@ def register(broker: KafkaBroker, core: MonitorCore, topics: Topics) -> None:
 
     @broker.subscriber(topics.for_event(PredictionLogged), **options)
     async def on_prediction_logged(event: PredictionLogged) -> None:
-        await core.record_predictions(event.model, event.features, event.inputs)
+        await core.record_predictions(
+            event.model, event.features, event.inputs, event.outputs, event.request_id, event.probabilities
+        )
+
+    @broker.subscriber(topics.for_event(LabelsArrived), **options)
+    async def on_labels(labels: LabelsArrived) -> None:
+        await core.record_labels(labels.model, labels.request_id, labels.values)

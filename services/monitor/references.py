@@ -69,11 +69,18 @@ class GrpcReferenceSource:
         dataset = await self._dataset_version(version.dataset, version.dataset_version)
         features = list(dataset.features)
         data = await self._download(dataset.dataset, dataset.version)
-        rows = await asyncio.to_thread(_feature_rows, data, features, f"{dataset.dataset}@{dataset.version}")
+        name = f"{dataset.dataset}@{dataset.version}"
+        rows, target = await asyncio.to_thread(_feature_rows, data, features, name, dataset.target)
         info = ReferenceInfo(
             model, model_version, dataset.dataset, dataset.version, tuple(features), len(rows)
         )
-        return Reference(info, rows)
+        return Reference(
+            info,
+            rows,
+            target=target,
+            task=version.tags.get("task", "") or dataset.task,
+            champion_metrics=dict(version.run.metrics),
+        )
 
     async def _model_version(self, model: str, model_version: int) -> Any:
         request = registry_pb2.GetModelVersionRequest(model=model, version=model_version)
@@ -133,16 +140,25 @@ def _verify(data: bytes, total_size: int, sha256: str, name: str) -> None:
         )
 
 
-def _feature_rows(data: bytes, features: list[str], name: str) -> Matrix:
-    """The complete rows of the feature columns, in `features` order."""
+def _feature_rows(
+    data: bytes, features: list[str], name: str, target: str = ""
+) -> tuple[Matrix, Matrix | None]:
+    """The complete rows of the feature columns, in `features` order, and the target column of
+    those rows when the dataset has one (the reference of prediction drift)."""
     if not features:
         raise FailedPrecondition(f"dataset {name} has no features")
     try:
-        frame = pd.read_parquet(io.BytesIO(data), columns=features)
+        frame = pd.read_parquet(io.BytesIO(data))
+        rows = frame[features].to_numpy(dtype=np.float64)
     except Exception as exc:  # pyarrow raises several unrelated types for bad files or columns
         raise FailedPrecondition(f"dataset {name} is not Parquet with columns {features}: {exc}") from exc
-    rows = frame.to_numpy(dtype=np.float64)
-    complete: Matrix = rows[np.isfinite(rows).all(axis=1)]
+    complete_rows = np.isfinite(rows).all(axis=1)
+    complete: Matrix = rows[complete_rows]
     if not len(complete):
         raise FailedPrecondition(f"dataset {name} has no complete rows to compare with")
-    return complete
+    labels: Matrix | None = None
+    if target and target in frame.columns:
+        with contextlib.suppress(ValueError, TypeError):  # a non-numeric target: no prediction drift
+            values = frame[target].to_numpy(dtype=np.float64)[complete_rows]
+            labels = values if np.isfinite(values).all() else None
+    return complete, labels

@@ -20,7 +20,51 @@ class MonitorSettings(ServiceSettings):
         "127.0.0.1:50051", description="host:port of ingest, which serves the reference dataset versions."
     )
     window_size: int = Field(
-        200, ge=2, description="Most recent prediction rows compared with the reference."
+        200, ge=2, description="Count window: the most recent prediction rows compared with the reference."
+    )
+    window_seconds: float = Field(
+        0.0,
+        ge=0.0,
+        description="Time window: only rows logged this many seconds ago or later are compared (0: off). "
+        "Combines with the count window: the latest `window_size` rows, as far as they are this young.",
+    )
+    feature_tests: dict[str, str] = Field(
+        default_factory=dict,
+        description='Drift test per feature, JSON, e.g. {"mean radius": "psi"}: ks, chisquare, z, '
+        "wasserstein, jensenshannon or psi. Features not named get Evidently's default test; the "
+        'predicted output is named "prediction".',
+    )
+    categorical_features: list[str] = Field(
+        default_factory=list,
+        description="Features tested as categorical (JSON list); the others are numeric.",
+    )
+    test_thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description='Threshold per test name, JSON, e.g. {"wasserstein": 0.2}; defaults: p < 0.05 for ks, '
+        "chisquare and z (or `p_value_threshold`), distance >= 0.1 for wasserstein, jensenshannon, psi.",
+    )
+    dataset_drift_share: float = Field(
+        0.5, gt=0.0, le=1.0, description="The dataset drifts when at least this share of features drift."
+    )
+    retrain_models: str = Field(
+        "*", description="Glob of the models whose drift or decay emits *drift detected* (and so retrains)."
+    )
+    trigger_after: int = Field(
+        2, ge=1, description="Hysteresis: consecutive drifted reports needed before *drift detected*."
+    )
+    cooldown_seconds: float = Field(
+        600.0, ge=0.0, description="After *drift detected*, none for the same model during this long."
+    )
+    decay_threshold: float = Field(
+        0.1,
+        ge=0.0,
+        description="Decay when the labelled window's metric is this much below the champion's "
+        "validation metric.",
+    )
+    labels_window: int = Field(200, ge=1, description="Most recent labelled predictions measured for decay.")
+    min_labels: int = Field(30, ge=1, description="New labelled rows between two decay measurements.")
+    remembered_requests: int = Field(
+        10000, ge=1, description="Logged requests kept, per model, for labels arriving later to join."
     )
     evaluate_every: int = Field(
         50, ge=1, description="New prediction rows, per model, between two drift evaluations."

@@ -5,6 +5,7 @@ the reference data itself is not kept here, since ingest serves it again on dema
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from typing import Any
 
 from services.monitor.drift import FeatureDrift
 
-__all__ = ["DriftReport", "MonitorStore", "ReferenceInfo", "Verdict"]
+__all__ = ["DriftEventRecord", "DriftReport", "MonitorStore", "Performance", "ReferenceInfo", "Verdict"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reference_datasets (
@@ -42,6 +43,14 @@ CREATE TABLE IF NOT EXISTS verdicts (
     drifted_features_json TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS verdicts_by_model ON verdicts(model, computed_at);
+CREATE TABLE IF NOT EXISTS drift_events (
+    model TEXT NOT NULL,
+    event_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    model_version INTEGER NOT NULL,
+    summary TEXT NOT NULL,
+    emitted_at TEXT NOT NULL
+);
 """
 
 
@@ -58,6 +67,41 @@ class ReferenceInfo:
 
 
 @dataclass(frozen=True)
+class Performance:
+    """The champion's performance on the latest window: measured from joined labels (`value`), and
+    estimated without labels from predicted probabilities (`estimated_accuracy`, an *estimate*)."""
+
+    metric: str  # "accuracy" or "r2"
+    value: float | None  # on `labelled_rows` labelled predictions; None before any label
+    labelled_rows: int
+    champion_value: float | None  # the champion's metric on its held-out rows at training
+    threshold: float  # decay when champion_value - value exceeds it
+    decayed: bool
+    estimated_accuracy: float | None = None
+    estimate_note: str = ""
+
+    @property
+    def summary(self) -> str:
+        value = "n/a" if self.value is None else f"{self.value:.3f}"
+        champion = "n/a" if self.champion_value is None else f"{self.champion_value:.3f}"
+        return (
+            f"{self.metric} {value} on {self.labelled_rows} labelled predictions against {champion} at "
+            f"validation (decay when more than {self.threshold:g} lower)"
+        )
+
+
+@dataclass(frozen=True)
+class DriftEventRecord:
+    """One *drift detected* the monitor emitted."""
+
+    event_id: str
+    kind: str
+    model_version: int
+    summary: str
+    emitted_at: datetime
+
+
+@dataclass(frozen=True)
 class DriftReport:
     model: str
     model_version: int  # the champion whose reference the window was compared with
@@ -68,6 +112,9 @@ class DriftReport:
     dataset_drifted: bool
     computed_at: datetime
     predictions_seen: int
+    prediction: FeatureDrift | None = None  # the predicted output against the training labels
+    reference_rows: int = 0
+    performance: Performance | None = None
 
     @property
     def drifted_features(self) -> list[str]:
@@ -146,6 +193,34 @@ class MonitorStore:
                 ),
             )
 
+    def update_performance(self, model: str, performance: Performance) -> None:
+        """Put a newer decay measurement into the model's latest report."""
+        with self._transaction():
+            report = self.latest_report(model)
+            if report is None:
+                return
+            self._db.execute(
+                "UPDATE latest_reports SET report_json=? WHERE model=?",
+                (_report_to_json(dataclasses.replace(report, performance=performance)), model),
+            )
+
+    def save_drift_event(
+        self, model: str, event_id: str, kind: str, model_version: int, summary: str, emitted_at: datetime
+    ) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO drift_events VALUES (?,?,?,?,?,?)",
+            (model, event_id, kind, model_version, summary, emitted_at.isoformat()),
+        )
+
+    def drift_events(self, model: str, limit: int = 100) -> list[DriftEventRecord]:
+        """The *drift detected* events emitted for the model, newest first."""
+        rows = self._db.execute(
+            "SELECT event_id, kind, model_version, summary, emitted_at FROM drift_events WHERE model=? "
+            "ORDER BY emitted_at DESC, rowid DESC LIMIT ?",
+            (model, limit),
+        )
+        return [DriftEventRecord(r[0], r[1], r[2], r[3], datetime.fromisoformat(r[4])) for r in rows]
+
     def latest_report(self, model: str) -> DriftReport | None:
         row = self._db.execute("SELECT report_json FROM latest_reports WHERE model=?", (model,)).fetchone()
         return _report_from_json(row[0]) if row else None
@@ -192,4 +267,8 @@ def _report_from_json(text: str) -> DriftReport:
     document = json.loads(text)
     document["features"] = tuple(FeatureDrift(**feature) for feature in document["features"])
     document["computed_at"] = datetime.fromisoformat(document["computed_at"])
+    if document.get("prediction"):
+        document["prediction"] = FeatureDrift(**document["prediction"])
+    if document.get("performance"):
+        document["performance"] = Performance(**document["performance"])
     return DriftReport(**document)

@@ -153,6 +153,11 @@ class RegistryCore:
         if record.validation is None:
             alias = "champion" if self.policy == "automatic" else "challenger"
             reason = f"validation {event.id}: " + ("passed" if event.passed else "failed")
+            if event.cause is not None:  # the history says why this version was trained at all
+                reason += (
+                    f"; retrained because {event.cause.kind} was detected "
+                    f"(event {event.cause.event_id}): {event.cause.summary}"
+                )
             with self.store.transaction() as db:
                 self.store.set_validation(db, event.model, event.model_version, event.model_dump(mode="json"))
                 if event.passed:

@@ -102,6 +102,7 @@ class ValidatorCore:
                 metrics=metrics,
                 dataset_version=event.dataset_version,
                 training_run=event.training_run,
+                cause=event.cause,
             )
         )
 

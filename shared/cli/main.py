@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
+from shared.cli.datasets import datasets_app
 from shared.cli.errors import CliError
 from shared.cli.models import models_app
+from shared.cli.monitor import monitor as monitor_command
 from shared.cli.stack import SERVICES, ServiceStatus, Stack, StackConfig, remembered_config
 from shared.kafka_broker import BrokerError
 
@@ -43,7 +45,9 @@ kafka_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(kafka_app, name="kafka")
+app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
+app.command("monitor")(monitor_command)
 
 
 # ---------------------------------------------------------------------- shared plumbing

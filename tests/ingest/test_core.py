@@ -1,11 +1,14 @@
+import json
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from sklearn.datasets import load_wine
 
 from services.ingest.core import IngestCore, batch_id_of
-from services.ingest.store import IngestStore, content_address
+from services.ingest.schema import Feature, Policy, Schema
+from services.ingest.store import IngestStore, chain_version, segment_digest
 from shared.events import DataArrived
 
 
@@ -38,7 +41,7 @@ async def test_each_batch_makes_a_version_on_top_of_the_previous(tmp_path: Path,
     assert (info.parent, info.rows, len(info.batch_ids)) == (first, len(wine), 2)
     assert [e.dataset_version for e in announced] == [first, second]
     assert announced[1].task == "classification" and announced[1].rows == len(wine)
-    assert {p.name for p in announced[1].profile} == set(info.schema.features)
+    assert {p.name for p in announced[1].profile} == set(info.schema.names)
 
 
 async def test_redelivering_a_batch_changes_nothing_but_announces_again(
@@ -60,7 +63,8 @@ async def test_versions_are_content_addressed(tmp_path: Path, wine: pd.DataFrame
     as_text = wine.iloc[:50].astype(str)
     assert (await other.ingest("wine", as_text, "another-batch", "target", "test")).created
     assert other.store.head("wine") == version
-    assert version == content_address(one.store.load(version))
+    # The id is the hash chain over segment digests (store.py's docstring): one segment here.
+    assert version == chain_version(None, segment_digest(one.store.load("wine", version)))
 
 
 async def test_rejected_rows_are_kept_with_their_reason(tmp_path: Path, wine: pd.DataFrame) -> None:
@@ -69,5 +73,145 @@ async def test_rejected_rows_are_kept_with_their_reason(tmp_path: Path, wine: pd
     frame.iat[3, 0] = "n/a"
     result = await core.ingest("wine", frame, "b1", "target", "test")
     assert result.report["rows_rejected"] == 1
-    stored = core.store._db.execute("SELECT row, reason FROM rejected_rows WHERE batch_id='b1'").fetchall()
-    assert stored == [(3, "alcohol: not a number ('n/a')")]
+    stored = core.store.rejected_rows("wine", "b1")
+    assert [(r.row, r.reason) for r in stored] == [(3, "alcohol: not a number ('n/a')")]
+    assert stored[0].values["alcohol"] == "n/a"
+
+
+async def test_appending_writes_one_segment_and_never_rewrites_history(
+    tmp_path: Path, wine: pd.DataFrame
+) -> None:
+    core, _ = _core(tmp_path)
+    first = await _ingest(core, wine.iloc[:100])
+    files_after_first = {p: p.stat().st_mtime_ns for p in core.store.segments_dir.iterdir()}
+    # The second batch repeats 20 rows of the first: only its 58 new rows make the new segment.
+    second = await _ingest(core, wine.iloc[80:])
+    assert first and second
+    files = {p: p.stat().st_mtime_ns for p in core.store.segments_dir.iterdir()}
+    assert {p: files[p] for p in files_after_first} == files_after_first  # untouched
+    info = core.store.version("wine", second)
+    manifest = core.store.manifest("wine", second)
+    assert [s.rows for s in manifest] == [100, len(wine) - 100]
+    assert info.segments == [s.segment for s in manifest]
+    assert second == chain_version(first, manifest[1].segment)
+    assert core.store.batches("wine")[1].report["rows_duplicate"] == 20
+    assert core.store.load("wine", second).to_numpy().tolist() == wine.to_numpy(dtype="float64").tolist()
+
+
+async def test_slices_of_a_version_are_one_parquet_file(tmp_path: Path, wine: pd.DataFrame) -> None:
+    core, _ = _core(tmp_path)
+    await _ingest(core, wine.iloc[:100])
+    await _ingest(core, wine.iloc[100:150])
+    head = await _ingest(core, wine.iloc[150:])
+    assert head
+    expected = wine.to_numpy(dtype="float64")
+    for arguments, rows in [
+        ({}, expected),
+        ({"row_start": 90, "row_end": 120}, expected[90:120]),
+        ({"row_start": 160}, expected[160:]),
+        ({"last_batches": 2}, expected[100:]),
+        ({"last_batches": 1}, expected[150:]),
+    ]:
+        path, _ = core.store.export("wine", head, **arguments)
+        assert pq.read_table(path).to_pandas().to_numpy().tolist() == rows.tolist(), arguments
+
+
+async def test_the_profile_merges_segments(tmp_path: Path, wine: pd.DataFrame) -> None:
+    core, _ = _core(tmp_path)
+    await _ingest(core, wine.iloc[:60])
+    head = await _ingest(core, wine.iloc[60:])
+    assert head
+    profile = {p["name"]: p for p in core.store.version("wine", head).profile}
+    alcohol = wine["alcohol"]
+    entry = profile["alcohol"]
+    assert entry["count"] == len(wine)
+    assert entry["mean"] == pytest.approx(alcohol.mean())
+    assert entry["std"] == pytest.approx(alcohol.std(ddof=0))
+    assert (entry["min"], entry["max"]) == (alcohol.min(), alcohol.max())
+    assert entry["quantiles"][2] == pytest.approx(alcohol.median(), rel=0.01)
+    assert sum(entry["histogram_counts"]) == len(wine) and len(entry["histogram_edges"]) == 11
+
+
+async def test_a_declared_schema_governs_cleaning_and_categories_are_profiled(tmp_path: Path) -> None:
+    core, announced = _core(tmp_path)
+    schema = Schema(
+        (Feature("x", "numeric", min=0, max=10), Feature("c", "categorical", categories=("a", "b"))),
+        "y",
+        "classification",
+        Policy(out_of_range="clip", unknown_category="other"),
+    )
+    registered = await core.register("declared", schema)
+    assert registered.declared and await core.register("declared", schema) == registered
+    frame = pd.DataFrame({"x": [1, 20, 3], "c": ["a", "b", "zz"], "y": [0, 1, 0]})
+    result = await core.ingest("declared", frame, "b1", "target", "test")
+    assert result.report["rows_repaired"] == 2
+    info = core.store.version("declared", result.dataset_version or "")
+    assert core.store.load("declared", info.version).to_numpy().tolist() == [
+        [1.0, 0.0, 0.0],
+        [10.0, 1.0, 1.0],
+        [3.0, 2.0, 0.0],
+    ]
+    categories = {p["name"]: p["categories"] for p in info.profile}["c"]
+    assert categories == {"a": 1, "b": 1, "__other__": 1}
+    assert announced[0].features == ["x", "c"]
+
+
+async def test_a_store_reopened_after_a_crash_is_consistent(tmp_path: Path, wine: pd.DataFrame) -> None:
+    core, _ = _core(tmp_path)
+    head = await _ingest(core, wine.iloc[:100])
+    # What a crash between writing a segment and committing its version leaves behind.
+    (core.store.segments_dir / ".tmp-half").write_bytes(b"PAR1 half")
+    (core.store.segments_dir / ("0" * 64 + ".parquet")).write_bytes(b"orphan")
+    core.store.close()
+    reopened = IngestStore(tmp_path)
+    assert sorted(p.name for p in reopened.segments_dir.iterdir()) == [
+        f"{s.segment}.parquet" for s in reopened.manifest("wine", head or "")
+    ]
+    assert reopened.head("wine") == head
+
+
+async def test_exports_are_a_bounded_cache_rebuilt_byte_for_byte(tmp_path: Path, wine: pd.DataFrame) -> None:
+    core, _ = _core(tmp_path)
+    head = await _ingest(core, wine)
+    assert head
+    path, digest = core.store.export("wine", head)
+    for start in range(10):  # more slices than the cache keeps
+        core.store.export("wine", head, row_start=start)
+    assert len(list(core.store.exports_dir.glob("*.parquet"))) == 8
+    assert not path.exists()
+    rebuilt, again = core.store.export("wine", head)
+    assert (rebuilt, again) == (path, digest)
+
+
+async def test_a_version_stored_before_segments_is_read_and_appended_to(
+    tmp_path: Path, wine: pd.DataFrame
+) -> None:
+    # The layout of older stores: one Parquet file per version with all its rows, no segments.
+    old = wine.iloc[:100].astype("float64").reset_index(drop=True)
+    store = IngestStore(tmp_path)
+    old.to_parquet(store.versions_dir / "legacy.parquet", index=False)
+    features = [c for c in wine.columns if c != "target"]
+    store._db.execute(
+        "INSERT INTO datasets VALUES (?,?,?,?)",
+        (
+            "wine",
+            json.dumps({"features": features, "target": "target", "task": "classification"}),
+            "legacy",
+            "t",
+        ),
+    )
+    store._db.execute(
+        "INSERT INTO versions VALUES (?,?,?,?,?,?,?,?)",
+        ("legacy", "wine", None, 100, 1, "x", "[]", "2026-01-01T00:00:00+00:00"),
+    )
+    store._db.execute("INSERT INTO batches VALUES (?,?,?,?,?,?)", ("b0", "wine", "legacy", "old", "{}", "t"))
+    store.close()
+
+    core, _ = _core(tmp_path)
+    head = await _ingest(core, wine.iloc[90:])  # ten rows overlap the old version
+    assert head
+    info = core.store.version("wine", head)
+    assert (info.parent, info.rows, info.batch_ids[0]) == ("legacy", len(wine), "b0")
+    assert info.segments[0] == "legacy" and head == chain_version("legacy", info.segments[1])
+    assert core.store.load("wine", head).to_numpy().tolist() == wine.to_numpy(dtype="float64").tolist()
+    assert {p["name"]: p["count"] for p in info.profile}["alcohol"] == len(wine)

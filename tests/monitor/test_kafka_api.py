@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import uuid
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from services.monitor.app import build
 from services.monitor.grpc_api import SERVICE_NAME
 from services.monitor.settings import MonitorSettings
 from shared.errors import Unavailable
-from shared.events import Event, ModelPromoted, PredictionLogged, Topics
+from shared.events import DriftDetected, Event, LabelsArrived, ModelPromoted, PredictionLogged, Topics
 from shared.messaging import DLQ_REASON, publish_event
 from shared.service import Service
 from shared.stubs.cascade.monitor.v1 import monitor_pb2 as pb
@@ -179,4 +180,35 @@ async def test_an_unreachable_registry_is_retried_not_dead_lettered(
         with pytest.raises(Unavailable):  # in memory, the redelivery shows as the error itself
             await app.publish(promoted())
 
+        assert app.dead_letters == []
+
+
+async def test_drift_emits_drift_detected_and_labels_arrive_as_plain_json(
+    tmp_path: Path, dependencies: Dependencies
+) -> None:
+    settings = settings_for(tmp_path, dependencies.address, dependencies.address).model_copy(
+        update={"trigger_after": 1, "min_labels": 5}
+    )
+    async with running(settings) as app:
+        detected: list[DriftDetected] = []
+
+        @app.broker.subscriber(app.topics.for_event(DriftDetected))
+        async def on_drift(event: DriftDetected) -> None:
+            detected.append(event)
+
+        await app.broker.start()  # the subscriber was added after the broker started
+        await app.publish(promoted())
+        logged = predictions(normal_rows(EVERY, shift=3.0, seed=7))
+        await app.publish(logged)
+        assert [event.model for event in detected] == [MODEL] and detected[0].kind == "drift"
+
+        # Labels from any producer: plain JSON, no envelope, on the labels topic.
+        labels = {"model": MODEL, "request_id": logged.request_id, "labels": [0.0] * EVERY}
+        await app.broker.publish(json.dumps(labels).encode(), app.topics.for_event(LabelsArrived))
+        report = await drift_report(app.monitor)
+        assert report.performance.labelled_rows == EVERY and report.performance.value == 1.0
+
+        history = await app.monitor.GetDriftHistory(pb.GetDriftHistoryRequest(model=MODEL))
+        assert [event.event_id for event in history.drift_events] == [detected[0].id]
+        assert history.verdicts[0].dataset_drifted
         assert app.dead_letters == []

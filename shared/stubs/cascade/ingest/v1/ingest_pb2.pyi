@@ -98,37 +98,109 @@ class RejectedRow(_message.Message):
 
     ROW_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    VALUES_JSON_FIELD_NUMBER: _builtins.int
     row: _builtins.int
+    """0-based row number within the batch."""
     reason: _builtins.str
+    values_json: _builtins.str
+    """The row as received, as a JSON object (filled by ListRejectedRows)."""
     def __init__(
         self,
         *,
         row: _builtins.int = ...,
         reason: _builtins.str = ...,
+        values_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "row", b"row"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "row", b"row", "values_json", b"values_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RejectedRow: _TypeAlias = RejectedRow  # noqa: Y015
 
 @_typing.final
+class RowNote(_message.Message):
+    """A note on an accepted row: how it was repaired, or why it was flagged."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROW_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    row: _builtins.int
+    note: _builtins.str
+    def __init__(
+        self,
+        *,
+        row: _builtins.int = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["note", b"note", "row", b"row"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RowNote: _TypeAlias = RowNote  # noqa: Y015
+
+@_typing.final
 class BatchReport(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class IssuesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     ROWS_RECEIVED_FIELD_NUMBER: _builtins.int
     ROWS_ACCEPTED_FIELD_NUMBER: _builtins.int
     ROWS_REJECTED_FIELD_NUMBER: _builtins.int
     ROWS_DUPLICATE_FIELD_NUMBER: _builtins.int
     REJECTED_FIELD_NUMBER: _builtins.int
+    ROWS_REPAIRED_FIELD_NUMBER: _builtins.int
+    ROWS_FLAGGED_FIELD_NUMBER: _builtins.int
+    REPAIRED_FIELD_NUMBER: _builtins.int
+    FLAGGED_FIELD_NUMBER: _builtins.int
+    ISSUES_FIELD_NUMBER: _builtins.int
     rows_received: _builtins.int
     rows_accepted: _builtins.int
+    """Rows in the dataset version after the batch (repaired ones included)."""
     rows_rejected: _builtins.int
     rows_duplicate: _builtins.int
+    """Exact copies of an accepted row, within the batch or already in the dataset."""
+    rows_repaired: _builtins.int
+    rows_flagged: _builtins.int
     @_builtins.property
-    def rejected(self) -> _containers.RepeatedCompositeFieldContainer[Global___RejectedRow]: ...
+    def rejected(self) -> _containers.RepeatedCompositeFieldContainer[Global___RejectedRow]:
+        """The first 1000 rejected rows; all of them through ListRejectedRows."""
+
+    @_builtins.property
+    def repaired(self) -> _containers.RepeatedCompositeFieldContainer[Global___RowNote]:
+        """The first 1000 of each."""
+
+    @_builtins.property
+    def flagged(self) -> _containers.RepeatedCompositeFieldContainer[Global___RowNote]: ...
+    @_builtins.property
+    def issues(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Cells found with each problem: type_error, infinite, missing, unknown_category, out_of_range,
+        outlier, bad_label (absent when none).
+        """
+
     def __init__(
         self,
         *,
@@ -137,10 +209,15 @@ class BatchReport(_message.Message):
         rows_rejected: _builtins.int = ...,
         rows_duplicate: _builtins.int = ...,
         rejected: _abc.Iterable[Global___RejectedRow] | None = ...,
+        rows_repaired: _builtins.int = ...,
+        rows_flagged: _builtins.int = ...,
+        repaired: _abc.Iterable[Global___RowNote] | None = ...,
+        flagged: _abc.Iterable[Global___RowNote] | None = ...,
+        issues: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["rejected", b"rejected", "rows_accepted", b"rows_accepted", "rows_duplicate", b"rows_duplicate", "rows_received", b"rows_received", "rows_rejected", b"rows_rejected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flagged", b"flagged", "issues", b"issues", "rejected", b"rejected", "repaired", b"repaired", "rows_accepted", b"rows_accepted", "rows_duplicate", b"rows_duplicate", "rows_flagged", b"rows_flagged", "rows_received", b"rows_received", "rows_rejected", b"rows_rejected", "rows_repaired", b"rows_repaired"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -202,6 +279,26 @@ Global___GetDatasetVersionRequest: _TypeAlias = GetDatasetVersionRequest  # noqa
 class FeatureProfile(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class CategoriesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
     MISSING_RATE_FIELD_NUMBER: _builtins.int
@@ -210,6 +307,10 @@ class FeatureProfile(_message.Message):
     MIN_FIELD_NUMBER: _builtins.int
     MAX_FIELD_NUMBER: _builtins.int
     QUANTILES_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    HISTOGRAM_EDGES_FIELD_NUMBER: _builtins.int
+    HISTOGRAM_COUNTS_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     count: _builtins.int
     missing_rate: _builtins.float
@@ -217,9 +318,21 @@ class FeatureProfile(_message.Message):
     std: _builtins.float
     min: _builtins.float
     max: _builtins.float
+    type: _builtins.str
+    """The feature's type: numeric, integer, categorical or boolean."""
     @_builtins.property
     def quantiles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """The 5th, 25th, 50th, 75th and 95th percentiles."""
+
+    @_builtins.property
+    def histogram_edges(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Ten equal-width bins from min to max: 11 edges and 10 counts."""
+
+    @_builtins.property
+    def histogram_counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def categories(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Categorical and boolean features: rows per category."""
 
     def __init__(
         self,
@@ -232,10 +345,14 @@ class FeatureProfile(_message.Message):
         min: _builtins.float = ...,
         max: _builtins.float = ...,
         quantiles: _abc.Iterable[_builtins.float] | None = ...,
+        type: _builtins.str = ...,
+        histogram_edges: _abc.Iterable[_builtins.float] | None = ...,
+        histogram_counts: _abc.Iterable[_builtins.int] | None = ...,
+        categories: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "max", b"max", "mean", b"mean", "min", b"min", "missing_rate", b"missing_rate", "name", b"name", "quantiles", b"quantiles", "std", b"std"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "count", b"count", "histogram_counts", b"histogram_counts", "histogram_edges", b"histogram_edges", "max", b"max", "mean", b"mean", "min", b"min", "missing_rate", b"missing_rate", "name", b"name", "quantiles", b"quantiles", "std", b"std", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -256,6 +373,7 @@ class DatasetVersion(_message.Message):
     PROFILE_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    SEGMENTS_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     version: _builtins.str
     parent: _builtins.str
@@ -263,6 +381,7 @@ class DatasetVersion(_message.Message):
     target: _builtins.str
     task: _builtins.str
     size_bytes: _builtins.int
+    """Total size of the version's Parquet segments."""
     @_builtins.property
     def batch_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -271,6 +390,10 @@ class DatasetVersion(_message.Message):
     def profile(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureProfile]: ...
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def segments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The digests of the segments whose concatenation is the version, oldest first."""
+
     def __init__(
         self,
         *,
@@ -285,10 +408,11 @@ class DatasetVersion(_message.Message):
         profile: _abc.Iterable[Global___FeatureProfile] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         size_bytes: _builtins.int = ...,
+        segments: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_ids", b"batch_ids", "created_at", b"created_at", "dataset", b"dataset", "features", b"features", "parent", b"parent", "profile", b"profile", "rows", b"rows", "size_bytes", b"size_bytes", "target", b"target", "task", b"task", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_ids", b"batch_ids", "created_at", b"created_at", "dataset", b"dataset", "features", b"features", "parent", b"parent", "profile", b"profile", "rows", b"rows", "segments", b"segments", "size_bytes", b"size_bytes", "target", b"target", "task", b"task", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -301,23 +425,455 @@ class DownloadDatasetVersionRequest(_message.Message):
     DATASET_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
+    ROW_START_FIELD_NUMBER: _builtins.int
+    ROW_END_FIELD_NUMBER: _builtins.int
+    LAST_BATCHES_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     version: _builtins.str
     offset: _builtins.int
+    """Byte offset into the Parquet file to resume from."""
+    row_start: _builtins.int
+    """A slice of rows: [row_start, row_end); row_end 0 means the last row. Both 0: the whole version."""
+    row_end: _builtins.int
+    last_batches: _builtins.int
+    """Only the rows the latest N batches added (exclusive with a row range)."""
     def __init__(
         self,
         *,
         dataset: _builtins.str = ...,
         version: _builtins.str = ...,
         offset: _builtins.int = ...,
+        row_start: _builtins.int = ...,
+        row_end: _builtins.int = ...,
+        last_batches: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "offset", b"offset", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "last_batches", b"last_batches", "offset", b"offset", "row_end", b"row_end", "row_start", b"row_start", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DownloadDatasetVersionRequest: _TypeAlias = DownloadDatasetVersionRequest  # noqa: Y015
+
+@_typing.final
+class ListDatasetVersionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDatasetVersionsRequest: _TypeAlias = ListDatasetVersionsRequest  # noqa: Y015
+
+@_typing.final
+class ListDatasetVersionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___DatasetVersion]: ...
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[Global___DatasetVersion] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDatasetVersionsResponse: _TypeAlias = ListDatasetVersionsResponse  # noqa: Y015
+
+@_typing.final
+class FeatureSpec(_message.Message):
+    """A feature of a declared dataset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    type: _builtins.str
+    """numeric, integer, categorical or boolean."""
+    min: _builtins.float
+    max: _builtins.float
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The allowed values of a categorical feature, in the order of their codes."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        min: _builtins.float | None = ...,
+        max: _builtins.float | None = ...,
+        categories: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max", b"_max", "_min", b"_min", "max", b"max", "min", b"min"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max", b"_max", "_min", b"_min", "categories", b"categories", "max", b"max", "min", b"min", "name", b"name", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max: _TypeAlias = _typing.Literal["max"]  # noqa: Y015
+    _WhichOneofArgType__max: _TypeAlias = _typing.Literal["_max", b"_max"]  # noqa: Y015
+    _WhichOneofReturnType__min: _TypeAlias = _typing.Literal["min"]  # noqa: Y015
+    _WhichOneofArgType__min: _TypeAlias = _typing.Literal["_min", b"_min"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max) -> _WhichOneofReturnType__max | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min) -> _WhichOneofReturnType__min | None: ...
+
+Global___FeatureSpec: _TypeAlias = FeatureSpec  # noqa: Y015
+
+@_typing.final
+class CleaningPolicy(_message.Message):
+    """How cleaning treats what it finds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MISSING_FIELD_NUMBER: _builtins.int
+    IMPUTE_FIELD_NUMBER: _builtins.int
+    IMPUTE_CONSTANT_FIELD_NUMBER: _builtins.int
+    OUT_OF_RANGE_FIELD_NUMBER: _builtins.int
+    OUTLIERS_FIELD_NUMBER: _builtins.int
+    OUTLIER_THRESHOLD_FIELD_NUMBER: _builtins.int
+    OUTLIER_ACTION_FIELD_NUMBER: _builtins.int
+    UNKNOWN_CATEGORY_FIELD_NUMBER: _builtins.int
+    missing: _builtins.str
+    """drop (reject the row) or impute."""
+    impute: _builtins.str
+    """mean, median, mode or constant (categorical and boolean features always use the mode)."""
+    impute_constant: _builtins.float
+    out_of_range: _builtins.str
+    """flag, clip or reject."""
+    outliers: _builtins.str
+    """none, zscore or iqr."""
+    outlier_threshold: _builtins.float
+    """|z| for zscore (default 3), the IQR multiple for iqr (default 1.5)."""
+    outlier_action: _builtins.str
+    """flag, clip or reject."""
+    unknown_category: _builtins.str
+    """reject, or other (map to an extra "__other__" category)."""
+    def __init__(
+        self,
+        *,
+        missing: _builtins.str = ...,
+        impute: _builtins.str = ...,
+        impute_constant: _builtins.float = ...,
+        out_of_range: _builtins.str = ...,
+        outliers: _builtins.str = ...,
+        outlier_threshold: _builtins.float = ...,
+        outlier_action: _builtins.str = ...,
+        unknown_category: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["impute", b"impute", "impute_constant", b"impute_constant", "missing", b"missing", "out_of_range", b"out_of_range", "outlier_action", b"outlier_action", "outlier_threshold", b"outlier_threshold", "outliers", b"outliers", "unknown_category", b"unknown_category"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CleaningPolicy: _TypeAlias = CleaningPolicy  # noqa: Y015
+
+@_typing.final
+class DatasetSchema(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURES_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    DECLARED_FIELD_NUMBER: _builtins.int
+    target: _builtins.str
+    task: _builtins.str
+    """classification or regression."""
+    declared: _builtins.bool
+    """False when inferred from the dataset's first batch."""
+    @_builtins.property
+    def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureSpec]: ...
+    @_builtins.property
+    def policy(self) -> Global___CleaningPolicy: ...
+    def __init__(
+        self,
+        *,
+        features: _abc.Iterable[Global___FeatureSpec] | None = ...,
+        target: _builtins.str = ...,
+        task: _builtins.str = ...,
+        policy: Global___CleaningPolicy | None = ...,
+        declared: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["declared", b"declared", "features", b"features", "policy", b"policy", "target", b"target", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DatasetSchema: _TypeAlias = DatasetSchema  # noqa: Y015
+
+@_typing.final
+class RegisterDatasetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    SCHEMA_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    @_builtins.property
+    def schema(self) -> Global___DatasetSchema: ...
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+        schema: Global___DatasetSchema | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schema", b"schema"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "schema", b"schema"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterDatasetRequest: _TypeAlias = RegisterDatasetRequest  # noqa: Y015
+
+@_typing.final
+class GetDatasetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDatasetRequest: _TypeAlias = GetDatasetRequest  # noqa: Y015
+
+@_typing.final
+class Dataset(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    SCHEMA_FIELD_NUMBER: _builtins.int
+    HEAD_VERSION_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    head_version: _builtins.str
+    """Empty until a batch adds rows."""
+    versions: _builtins.int
+    @_builtins.property
+    def schema(self) -> Global___DatasetSchema: ...
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+        schema: Global___DatasetSchema | None = ...,
+        head_version: _builtins.str = ...,
+        versions: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schema", b"schema"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "head_version", b"head_version", "schema", b"schema", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Dataset: _TypeAlias = Dataset  # noqa: Y015
+
+@_typing.final
+class ListDatasetsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDatasetsRequest: _TypeAlias = ListDatasetsRequest  # noqa: Y015
+
+@_typing.final
+class ListDatasetsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def datasets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Dataset]: ...
+    def __init__(
+        self,
+        *,
+        datasets: _abc.Iterable[Global___Dataset] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["datasets", b"datasets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDatasetsResponse: _TypeAlias = ListDatasetsResponse  # noqa: Y015
+
+@_typing.final
+class InferSchemaRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORMAT_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    format: Global___FileFormat.ValueType
+    data: _builtins.bytes
+    """A sample of the file (the whole file if small)."""
+    target: _builtins.str
+    """Name of the target column; empty means "target"."""
+    def __init__(
+        self,
+        *,
+        format: Global___FileFormat.ValueType = ...,
+        data: _builtins.bytes = ...,
+        target: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "format", b"format", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InferSchemaRequest: _TypeAlias = InferSchemaRequest  # noqa: Y015
+
+@_typing.final
+class ListBatchesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    version: _builtins.str
+    """Only the batches in this version's lineage; empty: every batch of the dataset."""
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+        version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBatchesRequest: _TypeAlias = ListBatchesRequest  # noqa: Y015
+
+@_typing.final
+class Batch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    RECEIVED_AT_FIELD_NUMBER: _builtins.int
+    REPORT_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.str
+    version: _builtins.str
+    """The version the batch made; empty when it added no rows."""
+    source: _builtins.str
+    @_builtins.property
+    def received_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def report(self) -> Global___BatchReport: ...
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.str = ...,
+        version: _builtins.str = ...,
+        source: _builtins.str = ...,
+        received_at: _timestamp_pb2.Timestamp | None = ...,
+        report: Global___BatchReport | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["received_at", b"received_at", "report", b"report"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "received_at", b"received_at", "report", b"report", "source", b"source", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Batch: _TypeAlias = Batch  # noqa: Y015
+
+@_typing.final
+class ListBatchesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCHES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def batches(self) -> _containers.RepeatedCompositeFieldContainer[Global___Batch]: ...
+    def __init__(
+        self,
+        *,
+        batches: _abc.Iterable[Global___Batch] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBatchesResponse: _TypeAlias = ListBatchesResponse  # noqa: Y015
+
+@_typing.final
+class ListRejectedRowsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    batch_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+        batch_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "dataset", b"dataset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRejectedRowsRequest: _TypeAlias = ListRejectedRowsRequest  # noqa: Y015
+
+@_typing.final
+class ListRejectedRowsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___RejectedRow]: ...
+    def __init__(
+        self,
+        *,
+        rows: _abc.Iterable[Global___RejectedRow] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRejectedRowsResponse: _TypeAlias = ListRejectedRowsResponse  # noqa: Y015
 
 @_typing.final
 class DataChunk(_message.Message):

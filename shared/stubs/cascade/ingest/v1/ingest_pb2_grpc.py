@@ -49,6 +49,41 @@ class IngestServiceStub:
                 request_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DownloadDatasetVersionRequest.SerializeToString,
                 response_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DataChunk.FromString,
                 _registered_method=True)
+        self.ListDatasetVersions = channel.unary_unary(
+                '/cascade.ingest.v1.IngestService/ListDatasetVersions',
+                request_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetVersionsRequest.SerializeToString,
+                response_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetVersionsResponse.FromString,
+                _registered_method=True)
+        self.RegisterDataset = channel.unary_unary(
+                '/cascade.ingest.v1.IngestService/RegisterDataset',
+                request_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.RegisterDatasetRequest.SerializeToString,
+                response_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.Dataset.FromString,
+                _registered_method=True)
+        self.GetDataset = channel.unary_unary(
+                '/cascade.ingest.v1.IngestService/GetDataset',
+                request_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.GetDatasetRequest.SerializeToString,
+                response_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.Dataset.FromString,
+                _registered_method=True)
+        self.ListDatasets = channel.unary_unary(
+                '/cascade.ingest.v1.IngestService/ListDatasets',
+                request_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetsRequest.SerializeToString,
+                response_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetsResponse.FromString,
+                _registered_method=True)
+        self.InferSchema = channel.unary_unary(
+                '/cascade.ingest.v1.IngestService/InferSchema',
+                request_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.InferSchemaRequest.SerializeToString,
+                response_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DatasetSchema.FromString,
+                _registered_method=True)
+        self.ListBatches = channel.unary_unary(
+                '/cascade.ingest.v1.IngestService/ListBatches',
+                request_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListBatchesRequest.SerializeToString,
+                response_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListBatchesResponse.FromString,
+                _registered_method=True)
+        self.ListRejectedRows = channel.unary_unary(
+                '/cascade.ingest.v1.IngestService/ListRejectedRows',
+                request_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListRejectedRowsRequest.SerializeToString,
+                response_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListRejectedRowsResponse.FromString,
+                _registered_method=True)
 
 
 class IngestServiceServicer:
@@ -69,7 +104,56 @@ class IngestServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DownloadDatasetVersion(self, request, context):
-        """Streams a dataset version as Parquet bytes, resumable from an offset.
+        """Streams a dataset version, or a slice of it, as one Parquet file, resumable from an offset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDatasetVersions(self, request, context):
+        """Lists a dataset's versions, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterDataset(self, request, context):
+        """Declares a dataset: its typed features, target, task and cleaning policy. Registering the same
+        schema again changes nothing; another schema for a dataset that has one is ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDataset(self, request, context):
+        """Describes a dataset: its schema (declared or inferred from its first batch) and latest version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDatasets(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InferSchema(self, request, context):
+        """Infers a schema from a sample file (CSV or Parquet) for a person to confirm; registers nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBatches(self, request, context):
+        """The batches of a dataset (or of one version's lineage) with their reports.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRejectedRows(self, request, context):
+        """The rows a batch's cleaning rejected, with the reason and the values as received.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -92,6 +176,41 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.DownloadDatasetVersion,
                     request_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DownloadDatasetVersionRequest.FromString,
                     response_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DataChunk.SerializeToString,
+            ),
+            'ListDatasetVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDatasetVersions,
+                    request_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetVersionsRequest.FromString,
+                    response_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetVersionsResponse.SerializeToString,
+            ),
+            'RegisterDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterDataset,
+                    request_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.RegisterDatasetRequest.FromString,
+                    response_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.Dataset.SerializeToString,
+            ),
+            'GetDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDataset,
+                    request_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.GetDatasetRequest.FromString,
+                    response_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.Dataset.SerializeToString,
+            ),
+            'ListDatasets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDatasets,
+                    request_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetsRequest.FromString,
+                    response_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetsResponse.SerializeToString,
+            ),
+            'InferSchema': grpc.unary_unary_rpc_method_handler(
+                    servicer.InferSchema,
+                    request_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.InferSchemaRequest.FromString,
+                    response_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DatasetSchema.SerializeToString,
+            ),
+            'ListBatches': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBatches,
+                    request_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListBatchesRequest.FromString,
+                    response_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListBatchesResponse.SerializeToString,
+            ),
+            'ListRejectedRows': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRejectedRows,
+                    request_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListRejectedRowsRequest.FromString,
+                    response_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListRejectedRowsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +294,195 @@ class IngestService:
             '/cascade.ingest.v1.IngestService/DownloadDatasetVersion',
             shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DownloadDatasetVersionRequest.SerializeToString,
             shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DataChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDatasetVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.ingest.v1.IngestService/ListDatasetVersions',
+            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetVersionsRequest.SerializeToString,
+            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.ingest.v1.IngestService/RegisterDataset',
+            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.RegisterDatasetRequest.SerializeToString,
+            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.Dataset.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.ingest.v1.IngestService/GetDataset',
+            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.GetDatasetRequest.SerializeToString,
+            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.Dataset.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDatasets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.ingest.v1.IngestService/ListDatasets',
+            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetsRequest.SerializeToString,
+            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InferSchema(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.ingest.v1.IngestService/InferSchema',
+            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.InferSchemaRequest.SerializeToString,
+            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DatasetSchema.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.ingest.v1.IngestService/ListBatches',
+            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListBatchesRequest.SerializeToString,
+            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListBatchesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRejectedRows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.ingest.v1.IngestService/ListRejectedRows',
+            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListRejectedRowsRequest.SerializeToString,
+            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListRejectedRowsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -36,7 +36,22 @@ class IngestServiceStub:
     GetDatasetVersion: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.GetDatasetVersionRequest, _ingest_pb2.DatasetVersion]
     """Describes a dataset version; an empty version means the dataset's latest."""
     DownloadDatasetVersion: _grpc.UnaryStreamMultiCallable[_ingest_pb2.DownloadDatasetVersionRequest, _ingest_pb2.DataChunk]
-    """Streams a dataset version as Parquet bytes, resumable from an offset."""
+    """Streams a dataset version, or a slice of it, as one Parquet file, resumable from an offset."""
+    ListDatasetVersions: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.ListDatasetVersionsRequest, _ingest_pb2.ListDatasetVersionsResponse]
+    """Lists a dataset's versions, oldest first."""
+    RegisterDataset: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.RegisterDatasetRequest, _ingest_pb2.Dataset]
+    """Declares a dataset: its typed features, target, task and cleaning policy. Registering the same
+    schema again changes nothing; another schema for a dataset that has one is ALREADY_EXISTS.
+    """
+    GetDataset: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.GetDatasetRequest, _ingest_pb2.Dataset]
+    """Describes a dataset: its schema (declared or inferred from its first batch) and latest version."""
+    ListDatasets: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.ListDatasetsRequest, _ingest_pb2.ListDatasetsResponse]
+    InferSchema: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.InferSchemaRequest, _ingest_pb2.DatasetSchema]
+    """Infers a schema from a sample file (CSV or Parquet) for a person to confirm; registers nothing."""
+    ListBatches: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.ListBatchesRequest, _ingest_pb2.ListBatchesResponse]
+    """The batches of a dataset (or of one version's lineage) with their reports."""
+    ListRejectedRows: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.ListRejectedRowsRequest, _ingest_pb2.ListRejectedRowsResponse]
+    """The rows a batch's cleaning rejected, with the reason and the values as received."""
 
 @_typing.type_check_only
 class IngestServiceAsyncStub(IngestServiceStub):
@@ -46,7 +61,22 @@ class IngestServiceAsyncStub(IngestServiceStub):
     GetDatasetVersion: _aio.UnaryUnaryMultiCallable[_ingest_pb2.GetDatasetVersionRequest, _ingest_pb2.DatasetVersion]  # type: ignore[assignment]
     """Describes a dataset version; an empty version means the dataset's latest."""
     DownloadDatasetVersion: _aio.UnaryStreamMultiCallable[_ingest_pb2.DownloadDatasetVersionRequest, _ingest_pb2.DataChunk]  # type: ignore[assignment]
-    """Streams a dataset version as Parquet bytes, resumable from an offset."""
+    """Streams a dataset version, or a slice of it, as one Parquet file, resumable from an offset."""
+    ListDatasetVersions: _aio.UnaryUnaryMultiCallable[_ingest_pb2.ListDatasetVersionsRequest, _ingest_pb2.ListDatasetVersionsResponse]  # type: ignore[assignment]
+    """Lists a dataset's versions, oldest first."""
+    RegisterDataset: _aio.UnaryUnaryMultiCallable[_ingest_pb2.RegisterDatasetRequest, _ingest_pb2.Dataset]  # type: ignore[assignment]
+    """Declares a dataset: its typed features, target, task and cleaning policy. Registering the same
+    schema again changes nothing; another schema for a dataset that has one is ALREADY_EXISTS.
+    """
+    GetDataset: _aio.UnaryUnaryMultiCallable[_ingest_pb2.GetDatasetRequest, _ingest_pb2.Dataset]  # type: ignore[assignment]
+    """Describes a dataset: its schema (declared or inferred from its first batch) and latest version."""
+    ListDatasets: _aio.UnaryUnaryMultiCallable[_ingest_pb2.ListDatasetsRequest, _ingest_pb2.ListDatasetsResponse]  # type: ignore[assignment]
+    InferSchema: _aio.UnaryUnaryMultiCallable[_ingest_pb2.InferSchemaRequest, _ingest_pb2.DatasetSchema]  # type: ignore[assignment]
+    """Infers a schema from a sample file (CSV or Parquet) for a person to confirm; registers nothing."""
+    ListBatches: _aio.UnaryUnaryMultiCallable[_ingest_pb2.ListBatchesRequest, _ingest_pb2.ListBatchesResponse]  # type: ignore[assignment]
+    """The batches of a dataset (or of one version's lineage) with their reports."""
+    ListRejectedRows: _aio.UnaryUnaryMultiCallable[_ingest_pb2.ListRejectedRowsRequest, _ingest_pb2.ListRejectedRowsResponse]  # type: ignore[assignment]
+    """The rows a batch's cleaning rejected, with the reason and the values as received."""
 
 class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -71,6 +101,63 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ingest_pb2.DownloadDatasetVersionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_ingest_pb2.DataChunk], _abc.AsyncIterator[_ingest_pb2.DataChunk]]:
-        """Streams a dataset version as Parquet bytes, resumable from an offset."""
+        """Streams a dataset version, or a slice of it, as one Parquet file, resumable from an offset."""
+
+    @_abc_1.abstractmethod
+    def ListDatasetVersions(
+        self,
+        request: _ingest_pb2.ListDatasetVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.ListDatasetVersionsResponse, _abc.Awaitable[_ingest_pb2.ListDatasetVersionsResponse]]:
+        """Lists a dataset's versions, oldest first."""
+
+    @_abc_1.abstractmethod
+    def RegisterDataset(
+        self,
+        request: _ingest_pb2.RegisterDatasetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.Dataset, _abc.Awaitable[_ingest_pb2.Dataset]]:
+        """Declares a dataset: its typed features, target, task and cleaning policy. Registering the same
+        schema again changes nothing; another schema for a dataset that has one is ALREADY_EXISTS.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDataset(
+        self,
+        request: _ingest_pb2.GetDatasetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.Dataset, _abc.Awaitable[_ingest_pb2.Dataset]]:
+        """Describes a dataset: its schema (declared or inferred from its first batch) and latest version."""
+
+    @_abc_1.abstractmethod
+    def ListDatasets(
+        self,
+        request: _ingest_pb2.ListDatasetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.ListDatasetsResponse, _abc.Awaitable[_ingest_pb2.ListDatasetsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def InferSchema(
+        self,
+        request: _ingest_pb2.InferSchemaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.DatasetSchema, _abc.Awaitable[_ingest_pb2.DatasetSchema]]:
+        """Infers a schema from a sample file (CSV or Parquet) for a person to confirm; registers nothing."""
+
+    @_abc_1.abstractmethod
+    def ListBatches(
+        self,
+        request: _ingest_pb2.ListBatchesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.ListBatchesResponse, _abc.Awaitable[_ingest_pb2.ListBatchesResponse]]:
+        """The batches of a dataset (or of one version's lineage) with their reports."""
+
+    @_abc_1.abstractmethod
+    def ListRejectedRows(
+        self,
+        request: _ingest_pb2.ListRejectedRowsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.ListRejectedRowsResponse, _abc.Awaitable[_ingest_pb2.ListRejectedRowsResponse]]:
+        """The rows a batch's cleaning rejected, with the reason and the values as received."""
 
 def add_IngestServiceServicer_to_server(servicer: IngestServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -50,8 +50,10 @@ class FeatureDrift(_message.Message):
     DRIFTED_FIELD_NUMBER: _builtins.int
     feature: _builtins.str
     test: _builtins.str
+    """ks, chisquare, z (p-value tests), wasserstein, jensenshannon, psi (distances)."""
     statistic: _builtins.float
     p_value: _builtins.float
+    """NaN for the distance tests, whose statistic is compared with the threshold."""
     threshold: _builtins.float
     drifted: _builtins.bool
     def __init__(
@@ -73,6 +75,63 @@ class FeatureDrift(_message.Message):
 Global___FeatureDrift: _TypeAlias = FeatureDrift  # noqa: Y015
 
 @_typing.final
+class Performance(_message.Message):
+    """The champion's performance on the latest window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRIC_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    LABELLED_ROWS_FIELD_NUMBER: _builtins.int
+    CHAMPION_VALUE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    DECAYED_FIELD_NUMBER: _builtins.int
+    ESTIMATED_ACCURACY_FIELD_NUMBER: _builtins.int
+    ESTIMATE_NOTE_FIELD_NUMBER: _builtins.int
+    metric: _builtins.str
+    """accuracy or r2"""
+    value: _builtins.float
+    """Measured on labelled predictions; unset before any label arrived."""
+    labelled_rows: _builtins.int
+    champion_value: _builtins.float
+    """the champion's metric on its held-out rows"""
+    threshold: _builtins.float
+    decayed: _builtins.bool
+    estimated_accuracy: _builtins.float
+    """An ESTIMATE without labels (CBPE-like), from predicted probabilities; unset when unavailable."""
+    estimate_note: _builtins.str
+    def __init__(
+        self,
+        *,
+        metric: _builtins.str = ...,
+        value: _builtins.float | None = ...,
+        labelled_rows: _builtins.int = ...,
+        champion_value: _builtins.float | None = ...,
+        threshold: _builtins.float = ...,
+        decayed: _builtins.bool = ...,
+        estimated_accuracy: _builtins.float | None = ...,
+        estimate_note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_champion_value", b"_champion_value", "_estimated_accuracy", b"_estimated_accuracy", "_value", b"_value", "champion_value", b"champion_value", "estimated_accuracy", b"estimated_accuracy", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_champion_value", b"_champion_value", "_estimated_accuracy", b"_estimated_accuracy", "_value", b"_value", "champion_value", b"champion_value", "decayed", b"decayed", "estimate_note", b"estimate_note", "estimated_accuracy", b"estimated_accuracy", "labelled_rows", b"labelled_rows", "metric", b"metric", "threshold", b"threshold", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__champion_value: _TypeAlias = _typing.Literal["champion_value"]  # noqa: Y015
+    _WhichOneofArgType__champion_value: _TypeAlias = _typing.Literal["_champion_value", b"_champion_value"]  # noqa: Y015
+    _WhichOneofReturnType__estimated_accuracy: _TypeAlias = _typing.Literal["estimated_accuracy"]  # noqa: Y015
+    _WhichOneofArgType__estimated_accuracy: _TypeAlias = _typing.Literal["_estimated_accuracy", b"_estimated_accuracy"]  # noqa: Y015
+    _WhichOneofReturnType__value: _TypeAlias = _typing.Literal["value"]  # noqa: Y015
+    _WhichOneofArgType__value: _TypeAlias = _typing.Literal["_value", b"_value"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__champion_value) -> _WhichOneofReturnType__champion_value | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__estimated_accuracy) -> _WhichOneofReturnType__estimated_accuracy | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__value) -> _WhichOneofReturnType__value | None: ...
+
+Global___Performance: _TypeAlias = Performance  # noqa: Y015
+
+@_typing.final
 class DriftReport(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -84,16 +143,26 @@ class DriftReport(_message.Message):
     DATASET_DRIFTED_FIELD_NUMBER: _builtins.int
     COMPUTED_AT_FIELD_NUMBER: _builtins.int
     PREDICTIONS_SEEN_FIELD_NUMBER: _builtins.int
+    PREDICTION_FIELD_NUMBER: _builtins.int
+    REFERENCE_ROWS_FIELD_NUMBER: _builtins.int
+    PERFORMANCE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     model_version: _builtins.int
     reference_dataset_version: _builtins.str
     window_size: _builtins.int
     dataset_drifted: _builtins.bool
     predictions_seen: _builtins.int
+    reference_rows: _builtins.int
     @_builtins.property
     def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureDrift]: ...
     @_builtins.property
     def computed_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def prediction(self) -> Global___FeatureDrift:
+        """The predicted output against the training labels; unset when predictions were not logged."""
+
+    @_builtins.property
+    def performance(self) -> Global___Performance: ...
     def __init__(
         self,
         *,
@@ -105,11 +174,136 @@ class DriftReport(_message.Message):
         dataset_drifted: _builtins.bool = ...,
         computed_at: _timestamp_pb2.Timestamp | None = ...,
         predictions_seen: _builtins.int = ...,
+        prediction: Global___FeatureDrift | None = ...,
+        reference_rows: _builtins.int = ...,
+        performance: Global___Performance | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["computed_at", b"computed_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["computed_at", b"computed_at", "performance", b"performance", "prediction", b"prediction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["computed_at", b"computed_at", "dataset_drifted", b"dataset_drifted", "features", b"features", "model", b"model", "model_version", b"model_version", "predictions_seen", b"predictions_seen", "reference_dataset_version", b"reference_dataset_version", "window_size", b"window_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["computed_at", b"computed_at", "dataset_drifted", b"dataset_drifted", "features", b"features", "model", b"model", "model_version", b"model_version", "performance", b"performance", "prediction", b"prediction", "predictions_seen", b"predictions_seen", "reference_dataset_version", b"reference_dataset_version", "reference_rows", b"reference_rows", "window_size", b"window_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DriftReport: _TypeAlias = DriftReport  # noqa: Y015
+
+@_typing.final
+class GetDriftHistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    limit: _builtins.int
+    """0: 100"""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDriftHistoryRequest: _TypeAlias = GetDriftHistoryRequest  # noqa: Y015
+
+@_typing.final
+class Verdict(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    REFERENCE_DATASET_VERSION_FIELD_NUMBER: _builtins.int
+    WINDOW_SIZE_FIELD_NUMBER: _builtins.int
+    PREDICTIONS_SEEN_FIELD_NUMBER: _builtins.int
+    DATASET_DRIFTED_FIELD_NUMBER: _builtins.int
+    DRIFTED_FEATURES_FIELD_NUMBER: _builtins.int
+    COMPUTED_AT_FIELD_NUMBER: _builtins.int
+    model_version: _builtins.int
+    reference_dataset_version: _builtins.str
+    window_size: _builtins.int
+    predictions_seen: _builtins.int
+    dataset_drifted: _builtins.bool
+    @_builtins.property
+    def drifted_features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def computed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        model_version: _builtins.int = ...,
+        reference_dataset_version: _builtins.str = ...,
+        window_size: _builtins.int = ...,
+        predictions_seen: _builtins.int = ...,
+        dataset_drifted: _builtins.bool = ...,
+        drifted_features: _abc.Iterable[_builtins.str] | None = ...,
+        computed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["computed_at", b"computed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["computed_at", b"computed_at", "dataset_drifted", b"dataset_drifted", "drifted_features", b"drifted_features", "model_version", b"model_version", "predictions_seen", b"predictions_seen", "reference_dataset_version", b"reference_dataset_version", "window_size", b"window_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Verdict: _TypeAlias = Verdict  # noqa: Y015
+
+@_typing.final
+class DriftEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    EMITTED_AT_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    kind: _builtins.str
+    """drift or decay"""
+    model_version: _builtins.int
+    summary: _builtins.str
+    @_builtins.property
+    def emitted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        model_version: _builtins.int = ...,
+        summary: _builtins.str = ...,
+        emitted_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["emitted_at", b"emitted_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["emitted_at", b"emitted_at", "event_id", b"event_id", "kind", b"kind", "model_version", b"model_version", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DriftEvent: _TypeAlias = DriftEvent  # noqa: Y015
+
+@_typing.final
+class DriftHistory(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERDICTS_FIELD_NUMBER: _builtins.int
+    DRIFT_EVENTS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    @_builtins.property
+    def verdicts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Verdict]: ...
+    @_builtins.property
+    def drift_events(self) -> _containers.RepeatedCompositeFieldContainer[Global___DriftEvent]: ...
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        verdicts: _abc.Iterable[Global___Verdict] | None = ...,
+        drift_events: _abc.Iterable[Global___DriftEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drift_events", b"drift_events", "model", b"model", "verdicts", b"verdicts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DriftHistory: _TypeAlias = DriftHistory  # noqa: Y015

@@ -39,13 +39,26 @@ class MonitorServiceStub:
                 request_serializer=shared_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.GetDriftReportRequest.SerializeToString,
                 response_deserializer=shared_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.DriftReport.FromString,
                 _registered_method=True)
+        self.GetDriftHistory = channel.unary_unary(
+                '/cascade.monitor.v1.MonitorService/GetDriftHistory',
+                request_serializer=shared_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.GetDriftHistoryRequest.SerializeToString,
+                response_deserializer=shared_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.DriftHistory.FromString,
+                _registered_method=True)
 
 
 class MonitorServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetDriftReport(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The model's latest drift report: per feature and for the prediction, and its performance.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDriftHistory(self, request, context):
+        """The model's verdicts, newest first, and the *drift detected* events they led to.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -57,6 +70,11 @@ def add_MonitorServiceServicer_to_server(servicer, server):
                     servicer.GetDriftReport,
                     request_deserializer=shared_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.GetDriftReportRequest.FromString,
                     response_serializer=shared_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.DriftReport.SerializeToString,
+            ),
+            'GetDriftHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDriftHistory,
+                    request_deserializer=shared_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.GetDriftHistoryRequest.FromString,
+                    response_serializer=shared_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.DriftHistory.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +104,33 @@ class MonitorService:
             '/cascade.monitor.v1.MonitorService/GetDriftReport',
             shared_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.GetDriftReportRequest.SerializeToString,
             shared_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.DriftReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDriftHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.monitor.v1.MonitorService/GetDriftHistory',
+            shared_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.GetDriftHistoryRequest.SerializeToString,
+            shared_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.DriftHistory.FromString,
             options,
             channel_credentials,
             insecure,

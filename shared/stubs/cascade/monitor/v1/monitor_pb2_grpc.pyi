@@ -32,11 +32,17 @@ class MonitorServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> MonitorServiceAsyncStub: ...
     GetDriftReport: _grpc.UnaryUnaryMultiCallable[_monitor_pb2.GetDriftReportRequest, _monitor_pb2.DriftReport]
+    """The model's latest drift report: per feature and for the prediction, and its performance."""
+    GetDriftHistory: _grpc.UnaryUnaryMultiCallable[_monitor_pb2.GetDriftHistoryRequest, _monitor_pb2.DriftHistory]
+    """The model's verdicts, newest first, and the *drift detected* events they led to."""
 
 @_typing.type_check_only
 class MonitorServiceAsyncStub(MonitorServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetDriftReport: _aio.UnaryUnaryMultiCallable[_monitor_pb2.GetDriftReportRequest, _monitor_pb2.DriftReport]  # type: ignore[assignment]
+    """The model's latest drift report: per feature and for the prediction, and its performance."""
+    GetDriftHistory: _aio.UnaryUnaryMultiCallable[_monitor_pb2.GetDriftHistoryRequest, _monitor_pb2.DriftHistory]  # type: ignore[assignment]
+    """The model's verdicts, newest first, and the *drift detected* events they led to."""
 
 class MonitorServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -44,6 +50,15 @@ class MonitorServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _monitor_pb2.GetDriftReportRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_monitor_pb2.DriftReport, _abc.Awaitable[_monitor_pb2.DriftReport]]: ...
+    ) -> _typing.Union[_monitor_pb2.DriftReport, _abc.Awaitable[_monitor_pb2.DriftReport]]:
+        """The model's latest drift report: per feature and for the prediction, and its performance."""
+
+    @_abc_1.abstractmethod
+    def GetDriftHistory(
+        self,
+        request: _monitor_pb2.GetDriftHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_monitor_pb2.DriftHistory, _abc.Awaitable[_monitor_pb2.DriftHistory]]:
+        """The model's verdicts, newest first, and the *drift detected* events they led to."""
 
 def add_MonitorServiceServicer_to_server(servicer: MonitorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

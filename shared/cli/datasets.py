@@ -1,0 +1,190 @@
+"""`cascade datasets`: declare a dataset's schema, infer one from a file to confirm, list and show.
+
+A schema is JSON (see services/ingest/schema.py for every field)::
+
+    {"target": "label", "task": "classification",
+     "features": [{"name": "age", "type": "integer", "min": 0, "max": 120},
+                  {"name": "colour", "type": "categorical", "categories": ["red", "green"]}],
+     "policy": {"missing": "impute", "impute": "median", "out_of_range": "clip"}}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+
+__all__ = ["datasets_app"]
+
+T = TypeVar("T")
+
+datasets_app = typer.Typer(
+    help="Declared datasets: typed features, target, task and cleaning policy, kept by ingest.",
+    no_args_is_help=True,
+)
+
+AddressOption = Annotated[
+    str | None, typer.Option(help="Ingest's gRPC address (default: this stack's).", show_default=False)
+]
+
+
+def _fail(message: str) -> NoReturn:
+    typer.secho(f"Error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(1)
+
+
+def _address(ctx: typer.Context, address: str | None) -> str:
+    if address:
+        return address
+    from shared.cli.stack import Stack, StackConfig
+
+    config = ctx.obj if isinstance(ctx.obj, StackConfig) else StackConfig()
+    return Stack(config).address("ingest")
+
+
+def _call(address: str, call: Callable[[Any], Awaitable[T]]) -> T:
+    """Run one call on IngestService; a gRPC failure becomes a one-line message."""
+    import grpc
+
+    from shared.cli.client import describe_rpc_error
+    from shared.grpc_io import open_channel
+    from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
+
+    async def run() -> T:
+        async with open_channel(address) as channel:
+            return await call(ingest_pb2_grpc.IngestServiceStub(channel))
+
+    try:
+        return asyncio.run(run())
+    except grpc.aio.AioRpcError as error:
+        _fail(describe_rpc_error("ingest", address, error))
+
+
+def _schema_json(message: Any) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict
+
+    data: dict[str, Any] = MessageToDict(message, preserving_proto_field_name=True)
+    return data
+
+
+@datasets_app.command("register")
+def register(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The dataset's name.")],
+    schema: Annotated[
+        Path, typer.Option(exists=True, dir_okay=False, readable=True, help="The schema, as JSON.")
+    ],
+    address: AddressOption = None,
+) -> None:
+    """Declare NAME with the schema in a JSON file; its batches are then cleaned by it."""
+    from google.protobuf.json_format import ParseDict, ParseError
+
+    from shared.stubs.cascade.ingest.v1 import ingest_pb2 as pb
+
+    try:
+        data = json.loads(schema.read_text())
+        data.pop("declared", None)
+        message = ParseDict(data, pb.DatasetSchema())
+    except (json.JSONDecodeError, ParseError) as error:
+        _fail(f"{schema} is not a valid schema: {error}")
+    request = pb.RegisterDatasetRequest(dataset=name, schema=message)
+    dataset = _call(_address(ctx, address), lambda stub: stub.RegisterDataset(request))
+    typer.echo(f"Registered dataset {dataset.dataset!r} with {len(dataset.schema.features)} features:")
+    typer.echo(json.dumps(_schema_json(dataset.schema), indent=2))
+
+
+@datasets_app.command("infer")
+def infer(
+    ctx: typer.Context,
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="A CSV or Parquet file.")
+    ],
+    target: Annotated[str, typer.Option(help="Name of the target (label) column.")] = "target",
+    output: Annotated[
+        Path | None, typer.Option(help="Write the schema here instead of printing it.", show_default=False)
+    ] = None,
+    sample_bytes: Annotated[int, typer.Option(help="How much of the file to read.")] = 8 * 1024 * 1024,
+    address: AddressOption = None,
+) -> None:
+    """Infer a schema from FILE and print it, to check, edit and then register."""
+    from shared.cli.client import format_of
+    from shared.stubs.cascade.ingest.v1 import ingest_pb2 as pb
+
+    file_format = format_of(file)
+    data = file.read_bytes() if file_format.value == "parquet" else _head(file, sample_bytes)
+    request = pb.InferSchemaRequest(format=file_format.proto, data=data, target=target)
+    schema = _call(_address(ctx, address), lambda stub: stub.InferSchema(request))
+    text = json.dumps(_schema_json(schema), indent=2)
+    if output is not None:
+        output.write_text(text + "\n")
+        typer.echo(f"Wrote the schema to {output}", err=True)
+    else:
+        typer.echo(text)
+    typer.echo(
+        "Check the types, add ranges and a cleaning policy, then: "
+        f"cascade datasets register NAME --schema {output or 'schema.json'}",
+        err=True,
+    )
+
+
+def _head(path: Path, limit: int) -> bytes:
+    """The file's first `limit` bytes, cut after its last complete line."""
+    with path.open("rb") as source:
+        data = source.read(limit)
+        if source.read(1):
+            data = data[: data.rfind(b"\n") + 1]
+    return data
+
+
+@datasets_app.command("list")
+def list_datasets(ctx: typer.Context, address: AddressOption = None) -> None:
+    """List the datasets ingest knows, declared or inferred from a first batch."""
+    from shared.stubs.cascade.ingest.v1 import ingest_pb2 as pb
+
+    response = _call(_address(ctx, address), lambda stub: stub.ListDatasets(pb.ListDatasetsRequest()))
+    if not response.datasets:
+        typer.echo("No datasets yet.")
+        return
+    typer.echo(f"{'dataset':<24} {'schema':<9} {'features':>8} {'versions':>8}  latest")
+    for d in response.datasets:
+        kind = "declared" if d.schema.declared else "inferred"
+        latest = d.head_version[:12] or "-"
+        typer.echo(f"{d.dataset:<24} {kind:<9} {len(d.schema.features):>8} {d.versions:>8}  {latest}")
+
+
+@datasets_app.command("show")
+def show(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The dataset's name.")],
+    address: AddressOption = None,
+) -> None:
+    """Show a dataset's schema, its versions and its batches' reports."""
+    from shared.stubs.cascade.ingest.v1 import ingest_pb2 as pb
+
+    where = _address(ctx, address)
+    dataset = _call(where, lambda stub: stub.GetDataset(pb.GetDatasetRequest(dataset=name)))
+    versions = _call(
+        where, lambda stub: stub.ListDatasetVersions(pb.ListDatasetVersionsRequest(dataset=name))
+    ).versions
+    batches = _call(where, lambda stub: stub.ListBatches(pb.ListBatchesRequest(dataset=name))).batches
+    kind = "declared" if dataset.schema.declared else "inferred from its first batch"
+    typer.echo(f"Dataset {name!r} (schema {kind}):")
+    typer.echo(json.dumps(_schema_json(dataset.schema), indent=2))
+    typer.echo(f"Versions ({len(versions)}):")
+    for v in versions:
+        typer.echo(
+            f"  {v.version[:12]}  {v.rows:>9} rows  {len(v.segments):>4} segments"
+            f"  parent {v.parent[:12] or '-'}  {v.created_at.ToDatetime():%Y-%m-%d %H:%M:%S}"
+        )
+    typer.echo(f"Batches ({len(batches)}):")
+    for b in batches:
+        r = b.report
+        typer.echo(
+            f"  {b.batch_id[:12]}  {r.rows_received} received, {r.rows_accepted} accepted"
+            f" ({r.rows_repaired} repaired, {r.rows_flagged} flagged), {r.rows_rejected} rejected,"
+            f" {r.rows_duplicate} duplicate  -> {b.version[:12] or '-'}  [{b.source}]"
+        )

@@ -1,0 +1,125 @@
+"""`cascade monitor MODEL`: the monitor's latest drift report as a table per feature, and its history.
+
+Registered in shared/cli/main.py; reads MonitorService over gRPC (imported only when the command
+runs, so `cascade --help` stays quick)."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from shared.cli.stack import Stack, StackConfig
+
+if TYPE_CHECKING:
+    from shared.stubs.cascade.monitor.v1 import monitor_pb2
+
+__all__ = ["format_history", "format_report", "monitor"]
+
+
+def monitor(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="The model (its name in the registry and serving).")],
+    address: Annotated[
+        str | None, typer.Option(help="host:port of MonitorService (default: this stack's monitor).")
+    ] = None,
+    history: Annotated[int, typer.Option(help="Also list this many past verdicts and drift events.")] = 5,
+) -> None:
+    """Show MODEL's latest drift report: per feature the test, statistic, threshold and verdict; the
+    prediction's drift, the champion's performance (measured, and estimated), and recent history."""
+    import grpc
+
+    from shared.stubs.cascade.monitor.v1 import monitor_pb2, monitor_pb2_grpc
+
+    config: StackConfig = ctx.obj
+    target = address or Stack(config).address("monitor")
+    try:
+        with grpc.insecure_channel(target) as channel:
+            stub = monitor_pb2_grpc.MonitorServiceStub(channel)
+            report = stub.GetDriftReport(monitor_pb2.GetDriftReportRequest(model=model), timeout=10)
+            past = (
+                stub.GetDriftHistory(
+                    monitor_pb2.GetDriftHistoryRequest(model=model, limit=history), timeout=10
+                )
+                if history > 0
+                else None
+            )
+    except grpc.RpcError as error:
+        code: Any = error.code()
+        details: Any = error.details()
+        typer.secho(f"Error: monitor at {target}: {code.name}: {details}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1) from None
+    typer.echo(format_report(report))
+    if past is not None:
+        typer.echo(format_history(past))
+
+
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.4g}"
+
+
+def format_report(report: monitor_pb2.DriftReport) -> str:
+    verdict = "DRIFTED" if report.dataset_drifted else "no drift"
+    drifted = sum(feature.drifted for feature in report.features)
+    lines = [
+        f"{report.model}: champion v{report.model_version}, reference "
+        f"{report.reference_dataset_version[:12]} ({report.reference_rows} rows), window of "
+        f"{report.window_size} predictions ({report.predictions_seen} seen), "
+        f"computed {report.computed_at.ToDatetime():%Y-%m-%d %H:%M:%S} UTC",
+        f"dataset: {verdict} ({drifted} of {len(report.features)} features drifted)",
+        "",
+    ]
+    rows = [*report.features, *([report.prediction] if report.HasField("prediction") else [])]
+    width = max([len("feature"), *(len(row.feature) for row in rows)])
+    lines.append(
+        f"{'feature':<{width}}  {'test':<13}  {'statistic':>10}  {'p-value':>10}  {'threshold':>9}  drifted"
+    )
+    for row in rows:
+        lines.append(
+            f"{row.feature:<{width}}  {row.test:<13}  {_number(row.statistic):>10}  "
+            f"{_number(row.p_value):>10}  {_number(row.threshold):>9}  {'YES' if row.drifted else 'no'}"
+        )
+    if report.HasField("performance"):
+        performance = report.performance
+        measured = f"{performance.metric}: no labels yet"
+        if performance.HasField("value"):
+            measured = (
+                f"{performance.metric} {performance.value:.4f} on {performance.labelled_rows} labelled rows"
+            )
+        champion = (
+            f" vs {performance.champion_value:.4f} at validation"
+            if performance.HasField("champion_value")
+            else ""
+        )
+        lines += ["", f"performance: {measured}{champion}" + (" - DECAYED" if performance.decayed else "")]
+        if performance.HasField("estimated_accuracy"):
+            lines.append(
+                f"estimated accuracy {performance.estimated_accuracy:.4f} ({performance.estimate_note})"
+            )
+        else:
+            lines.append(f"estimated accuracy {performance.estimate_note}")
+    return "\n".join(lines)
+
+
+def format_history(history: monitor_pb2.DriftHistory) -> str:
+    lines = ["", "recent verdicts:"]
+    for verdict in history.verdicts:
+        lines.append(
+            f"  {verdict.computed_at.ToDatetime():%H:%M:%S}  v{verdict.model_version}  "
+            f"{'DRIFTED' if verdict.dataset_drifted else 'stable ':<7}  window {verdict.window_size}  "
+            + (", ".join(verdict.drifted_features) or "-")
+        )
+    if history.drift_events:
+        lines.append("drift detected (each triggers a retrain):")
+        for event in history.drift_events:
+            when = event.emitted_at.ToDatetime()
+            lines.append(
+                f"  {when:%Y-%m-%d %H:%M:%S}  {event.kind} on v{event.model_version}  "
+                f"{event.event_id}  {event.summary}"
+            )
+    return "\n".join(lines)
