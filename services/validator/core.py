@@ -11,7 +11,15 @@ import grpc
 import numpy as np
 from prometheus_client import Counter
 
-from services.validator.gates import Thresholds, judge, score
+from services.validator.gates import (
+    Signature,
+    Thresholds,
+    judge,
+    latency_gate,
+    schema_gate,
+    score,
+    size_gate,
+)
 from services.validator.settings import ValidatorSettings
 from shared.clients import download_artifact, fetch_dataset, unavailable_as_retryable
 from shared.events import ModelTrained, ModelValidated
@@ -37,9 +45,19 @@ class ValidatorCore:
         self.registry_channel = registry
         self.registry = registry_pb2_grpc.RegistryServiceStub(registry)
         self.emit = emit
-        self.thresholds = Thresholds(
-            settings.min_rows, settings.min_accuracy, settings.min_r2, settings.max_regression
+        defaults = Thresholds(
+            settings.min_rows,
+            settings.min_accuracy,
+            settings.min_r2,
+            settings.max_regression,
+            settings.latency_budget_ms,
+            settings.max_artifact_bytes,
         )
+        self.thresholds = defaults
+        # Checked at start-up: a typo in a model's thresholds fails fast, not at its first verdict.
+        self.model_thresholds = {
+            model: defaults.overridden(values) for model, values in settings.model_thresholds.items()
+        }
 
     async def on_model_trained(self, event: ModelTrained) -> None:
         """Deterministic, so a redelivered event yields the same verdict again (and the registry
@@ -55,12 +73,9 @@ class ValidatorCore:
         rows = fresh[features].to_numpy(dtype=np.float32)
         truth = fresh[target].to_numpy()
 
-        candidate_score = score(
-            await download_artifact(self.registry_channel, event.model, event.model_version),
-            rows,
-            truth,
-            task,
-        )
+        limits = self.model_thresholds.get(event.model, self.thresholds)
+        candidate_onnx = await download_artifact(self.registry_channel, event.model, event.model_version)
+        candidate_score = score(candidate_onnx, rows, truth, task)
         champion_score = None
         if champion is not None and champion.version != candidate.version:
             champion_score = score(
@@ -69,7 +84,16 @@ class ValidatorCore:
                 truth,
                 task,
             )
-        gates = judge(task, len(rows), candidate_score, champion_score, self.thresholds)
+        gates = [
+            *judge(task, len(rows), candidate_score, champion_score, limits),
+            schema_gate(
+                _signature(candidate),
+                _signature(champion) if champion is not None else None,
+                declared_change=candidate.tags.get("schema_change") == "declared",
+            ),
+            latency_gate(candidate_onnx, rows, limits.latency_budget_ms),
+            size_gate(len(candidate_onnx), limits.max_artifact_bytes),
+        ]
         passed = all(g.passed for g in gates)
         VERDICTS.labels(event.model, "passed" if passed else "failed").inc()
         for gate in gates:
@@ -120,3 +144,11 @@ class ValidatorCore:
             if exc.code() == grpc.StatusCode.NOT_FOUND and alias:
                 return None
             raise unavailable_as_retryable(exc, f"registry: reading {model}") from exc
+
+
+def _signature(version: registry_pb.ModelVersion) -> Signature:
+    """Names, datatypes and shapes of a version's inputs and outputs, as the registry read them."""
+    return {
+        "inputs": [(t.name, t.datatype, tuple(t.shape)) for t in version.inputs],
+        "outputs": [(t.name, t.datatype, tuple(t.shape)) for t in version.outputs],
+    }

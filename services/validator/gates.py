@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnxruntime as ort
@@ -17,6 +17,18 @@ class Thresholds:
     min_accuracy: float
     min_r2: float
     max_regression: float
+    latency_budget_ms: float = 20.0
+    max_artifact_bytes: int = 200 * 1024 * 1024
+
+    def overridden(self, overrides: dict[str, float]) -> Thresholds:
+        """These thresholds with a model's own values; an unknown name is a configuration error."""
+        unknown = set(overrides) - set(self.__dataclass_fields__)
+        if unknown:
+            raise ValueError(
+                f"unknown thresholds {sorted(unknown)}; known: {sorted(self.__dataclass_fields__)}"
+            )
+        typed = {name: type(getattr(self, name))(value) for name, value in overrides.items()}
+        return replace(self, **typed)
 
 
 def score(onnx_bytes: bytes, rows: np.ndarray, truth: np.ndarray, task: str) -> float:

@@ -19,3 +19,9 @@ class ValidatorSettings(ServiceSettings):
     min_accuracy: float = Field(0.7, description="Floor of a classifier's accuracy on fresh data.")
     min_r2: float = Field(0.0, description="Floor of a regressor's R² on fresh data.")
     max_regression: float = Field(0.02, description="How much worse than the champion a candidate may score.")
+    latency_budget_ms: float = Field(20.0, description="Budget of the one-row p99 in onnxruntime, in ms.")
+    max_artifact_bytes: int = Field(200 * 1024 * 1024, description="Largest ONNX artifact that may serve.")
+    model_thresholds: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description='Per-model overrides of the thresholds above, e.g. {"fraud": {"min_accuracy": 0.95}}.',
+    )

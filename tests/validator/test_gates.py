@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from sklearn.datasets import load_breast_cancer
 
 from services.trainer.training import TrainingResult
@@ -63,3 +64,11 @@ def test_size_gate() -> None:
     assert size_gate(1000, 2000).passed
     refused = size_gate(3000, 2000)
     assert not refused.passed and (refused.value, refused.threshold) == (3000, 2000)
+
+
+def test_thresholds_can_be_overridden_per_model_and_typos_fail_fast() -> None:
+    strict = LIMITS.overridden({"min_accuracy": 0.95, "min_rows": 50})
+    assert (strict.min_accuracy, strict.min_rows, strict.max_regression) == (0.95, 50, 0.02)
+    assert isinstance(strict.min_rows, int)
+    with pytest.raises(ValueError, match="unknown thresholds"):
+        LIMITS.overridden({"min_acuracy": 0.9})
