@@ -12,6 +12,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
+from faststream.kafka.schemas.topic import Topic as KafkaTopic
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "RawRecords",
     "RetrainCause",
     "Topics",
+    "TrainingProgress",
+    "TrainingRequested",
     "cloudevent_headers",
 ]
 
@@ -112,8 +115,8 @@ class RetrainCause(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    kind: Literal["drift", "decay"]
-    event_id: str = Field(description="The id of the *drift detected* event that caused the retrain.")
+    kind: Literal["drift", "decay", "manual"]
+    event_id: str = Field(description="The id of the event (drift detected, training requested) behind it.")
     summary: str = ""
     report: dict[str, Any] = {}
 
@@ -214,6 +217,35 @@ class DriftDetected(Event):
     report: dict[str, Any] = Field(description="The drift (or decay) report, as JSON.")
 
 
+class TrainingRequested(Event):
+    """Someone asked for a retrain (CLI or gRPC); queued so the replica owning the model runs it."""
+
+    TOPIC: ClassVar[str] = "training-requested.v1"
+    type: Literal["io.cascade.training.requested.v1"] = "io.cascade.training.requested.v1"
+
+    model: str
+    actor: str = "unknown"
+    reason: str = ""
+
+
+class TrainingProgress(Event):
+    """One step of a run: a finished trial, or the run's end. Best effort, for people watching."""
+
+    TOPIC: ClassVar[str] = "training-progress.v1"
+    type: Literal["io.cascade.training.progress.v1"] = "io.cascade.training.progress.v1"
+
+    model: str
+    run_key: str = Field(description="The run's idempotency key; a manual request's id is part of it.")
+    stage: Literal["started", "trial", "finished", "failed"]
+    trial: int | None = None
+    max_trials: int | None = None
+    estimator: str | None = None
+    state: str | None = None
+    score: float | None = None
+    best_score: float | None = None
+    message: str = ""
+
+
 class LabelsArrived(BaseModel):
     """Ground truth for logged predictions, from any producer: plain JSON, no envelope required.
 
@@ -263,8 +295,14 @@ class RawRecords(BaseModel):
 class Topics:
     """Topic names under one prefix, so several Cascades (or test runs) can share a cluster."""
 
-    def __init__(self, prefix: str = "cascade") -> None:
+    def __init__(self, prefix: str = "cascade", partitions: int = 3) -> None:
         self.prefix = prefix
+        self.partitions = partitions
+
+    def declared(self, event_type: type[Event] | type[RawRecords] | type[LabelsArrived]) -> KafkaTopic:
+        """The topic as a consumer declares it: created with enough partitions that a consumer group
+        (several trainers, say) shares the work, keyed by model so each model stays in order."""
+        return KafkaTopic(self.for_event(event_type), num_partitions=self.partitions)
 
     def for_event(self, event_type: type[Event] | type[RawRecords] | type[LabelsArrived]) -> str:
         return f"{self.prefix}.{event_type.TOPIC}"

@@ -56,6 +56,9 @@ class Service:
     on_start: Sequence[Hook] = ()
     on_stop: Sequence[Hook] = ()
     health: HealthServicer = field(default_factory=HealthServicer)
+    # Several processes of one service may listen on one port (SO_REUSEPORT); off by default, so
+    # that a second copy started by mistake fails to bind instead of silently sharing the port.
+    share_port: bool = False
     bound_port: int = 0
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
@@ -107,8 +110,10 @@ class Service:
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port, addr=self.settings.grpc_host)
 
+        options = [o for o in GRPC_OPTIONS if o[0] != "grpc.so_reuseport"]
+        options.append(("grpc.so_reuseport", int(self.share_port)))
         server = grpc.aio.server(
-            interceptors=[*grpc_server_interceptors(), GrpcMetricsInterceptor()], options=GRPC_OPTIONS
+            interceptors=[*grpc_server_interceptors(), GrpcMetricsInterceptor()], options=options
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for register in self.grpc_registrars:

@@ -18,6 +18,11 @@ class ServiceSettings(BaseSettings):
 
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated.")
     topic_prefix: str = Field("cascade", description="Prefix of every topic name, to share a cluster.")
+    topic_partitions: int = Field(
+        3,
+        ge=1,
+        description="Partitions of the topics this service creates; the most consumers a group can use.",
+    )
     grpc_host: str = Field("127.0.0.1", description="Interface the gRPC server binds to.")
     grpc_port: int = Field(0, description="gRPC port; 0 picks a free one (the service logs it).")
     metrics_port: int = Field(0, description="Prometheus /metrics port; 0 disables the endpoint.")

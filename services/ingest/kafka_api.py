@@ -13,7 +13,7 @@ from shared.messaging import subscriber_options
 
 
 def register(broker: KafkaBroker, core: IngestCore, topics: Topics, max_record_bytes: int) -> None:
-    @broker.subscriber(topics.for_event(RawRecords), **subscriber_options(f"{topics.prefix}.ingest"))
+    @broker.subscriber(topics.declared(RawRecords), **subscriber_options(f"{topics.prefix}.ingest"))
     async def on_raw_records(message: KafkaMessage) -> None:
         # The body is parsed here, after the size check, so that each failure has its own reason;
         # every one is permanent, so the message goes to the dead-letter topic with it.

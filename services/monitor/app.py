@@ -25,7 +25,7 @@ def build(settings: MonitorSettings | None = None) -> Service:
     source = GrpcReferenceSource(
         settings.registry_address, settings.ingest_address, settings.rpc_timeout_seconds
     )
-    topics = Topics(settings.topic_prefix)
+    topics = Topics(settings.topic_prefix, settings.topic_partitions)
 
     async def emit(event: DriftDetected) -> None:
         await publish_event(broker, topics, event)

@@ -22,7 +22,7 @@ CHAMPION_ALIAS = "champion"
 def register(broker: KafkaBroker, core: MonitorCore, topics: Topics) -> None:
     options = subscriber_options(f"{topics.prefix}.monitor")
 
-    @broker.subscriber(topics.for_event(ModelPromoted), **options)
+    @broker.subscriber(topics.declared(ModelPromoted), **options)
     async def on_model_promoted(event: ModelPromoted) -> None:
         if event.alias != CHAMPION_ALIAS:
             log.info(
@@ -34,12 +34,12 @@ def register(broker: KafkaBroker, core: MonitorCore, topics: Topics) -> None:
             return
         await core.set_reference(event.model, event.model_version)
 
-    @broker.subscriber(topics.for_event(PredictionLogged), **options)
+    @broker.subscriber(topics.declared(PredictionLogged), **options)
     async def on_prediction_logged(event: PredictionLogged) -> None:
         await core.record_predictions(
             event.model, event.features, event.inputs, event.outputs, event.request_id, event.probabilities
         )
 
-    @broker.subscriber(topics.for_event(LabelsArrived), **options)
+    @broker.subscriber(topics.declared(LabelsArrived), **options)
     async def on_labels(labels: LabelsArrived) -> None:
         await core.record_labels(labels.model, labels.request_id, labels.values)

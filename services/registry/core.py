@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,13 +19,12 @@ from shared.clients import unavailable_as_retryable
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from shared.events import Event, ModelPromoted, ModelValidated
 from shared.grpc_io import ReceivedFile
+from shared.names import ALIAS_PATTERN, check_name
 from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 SOURCE = "cascade/registry"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-ALIAS_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 PROMOTIONS = Counter("cascade_registry_alias_moves_total", "Alias moves.", ["model", "alias", "actor"])
 
 Publish = Callable[[Event], Awaitable[None]]
@@ -38,12 +37,6 @@ _ONNX_TYPES = {
     onnx.TensorProto.BOOL: "BOOL",
     onnx.TensorProto.STRING: "BYTES",
 }
-
-
-def check_name(kind: str, name: str, pattern: re.Pattern[str] = NAME_PATTERN) -> str:
-    if not pattern.fullmatch(name):
-        raise InvalidArgument(f"invalid {kind} name {name!r}: must match {pattern.pattern}")
-    return name
 
 
 def onnx_signature(path: Any) -> dict[str, list[dict[str, Any]]]:
@@ -179,6 +172,16 @@ class RegistryCore:
                 "passed" if event.passed else "failed",
             )
         await self.flush_outbox()
+
+    def set_training_spec(self, model: str, spec_json: str, actor: str) -> int:
+        check_name("model", model)
+        try:
+            spec = json.loads(spec_json)
+        except ValueError as exc:
+            raise InvalidArgument(f"the training spec is not JSON: {exc}") from exc
+        if not isinstance(spec, dict):
+            raise InvalidArgument("the training spec must be a JSON object")
+        return self.store.add_training_spec(model, json.dumps(spec, sort_keys=True), actor or "unknown")
 
     async def rollback(self, model: str, actor: str, reason: str) -> VersionRecord:
         """Point `champion` back at the version it held before its latest move."""

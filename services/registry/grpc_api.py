@@ -9,10 +9,11 @@ from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.registry.core import Lineage, NewVersion, RegistryCore, check_name
+from services.registry.core import Lineage, NewVersion, RegistryCore
 from services.registry.store import VersionRecord
 from shared.errors import InvalidArgument, grpc_errors
 from shared.grpc_io import ServicerContext, file_chunks, receive_to_file, split_upload
+from shared.names import check_name
 from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
 from shared.stubs.cascade.registry.v1 import registry_pb2_grpc as pb_grpc
 
@@ -147,6 +148,26 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             parent_dataset_version=parent,
             batch_ids=batch_ids,
         )
+
+    @grpc_errors
+    async def SetTrainingSpec(
+        self, request: pb.SetTrainingSpecRequest, context: ServicerContext
+    ) -> pb.TrainingSpec:
+        version = self.core.set_training_spec(request.model, request.spec_json, request.actor)
+        return _spec_message(request.model, *self.core.store.training_spec(request.model, version))
+
+    @grpc_errors
+    async def GetTrainingSpec(
+        self, request: pb.GetTrainingSpecRequest, context: ServicerContext
+    ) -> pb.TrainingSpec:
+        check_name("model", request.model)
+        return _spec_message(request.model, *self.core.store.training_spec(request.model, request.version))
+
+
+def _spec_message(model: str, version: int, spec_json: str, actor: str, created: datetime) -> pb.TrainingSpec:
+    at = Timestamp()
+    at.FromDatetime(created)
+    return pb.TrainingSpec(model=model, version=version, spec_json=spec_json, actor=actor, created_at=at)
 
 
 def version_message(record: VersionRecord) -> pb.ModelVersion:

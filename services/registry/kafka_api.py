@@ -10,6 +10,6 @@ from shared.messaging import subscriber_options
 
 
 def register(broker: KafkaBroker, core: RegistryCore, topics: Topics) -> None:
-    @broker.subscriber(topics.for_event(ModelValidated), **subscriber_options(f"{topics.prefix}.registry"))
+    @broker.subscriber(topics.declared(ModelValidated), **subscriber_options(f"{topics.prefix}.registry"))
     async def on_model_validated(event: ModelValidated) -> None:
         await core.on_validated(event)

@@ -50,6 +50,14 @@ CREATE TABLE IF NOT EXISTS alias_history (
     reason TEXT NOT NULL,
     at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS training_specs (
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    spec_json TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (model, version)
+);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     event_json TEXT NOT NULL,
@@ -199,6 +207,32 @@ class RegistryStore:
         ).fetchall()
         keys = ("alias", "from_version", "to_version", "actor", "reason", "at")
         return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    # -- training specs ------------------------------------------------------------------------
+    def add_training_spec(self, model: str, spec_json: str, actor: str) -> int:
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM training_specs WHERE model=?", (model,)
+            )
+            version = int(row.fetchone()[0])
+            db.execute(
+                "INSERT INTO training_specs VALUES (?,?,?,?,?)",
+                (model, version, spec_json, actor, datetime.now(UTC).isoformat()),
+            )
+        return version
+
+    def training_spec(self, model: str, version: int = 0) -> tuple[int, str, str, datetime]:
+        """(version, spec JSON, actor, created at) of a model's spec; the latest when version is 0."""
+        query = "SELECT version, spec_json, actor, created_at FROM training_specs WHERE model=?"
+        args: tuple[Any, ...] = (model,)
+        if version:
+            query, args = query + " AND version=?", (model, version)
+        row = self._db.execute(query + " ORDER BY version DESC LIMIT 1", args).fetchone()
+        if row is None:
+            raise NotFound(
+                f"model {model!r} has no training spec" + (f" version {version}" if version else "")
+            )
+        return int(row[0]), str(row[1]), str(row[2]), datetime.fromisoformat(row[3])
 
     # -- outbox --------------------------------------------------------------------------------
     def enqueue(self, db: sqlite3.Connection, event_json: str) -> None:

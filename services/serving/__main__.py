@@ -1,5 +1,4 @@
-from services.serving.app import build
-from shared.service import run_main
+from services.serving.workers import main
 
 if __name__ == "__main__":
-    run_main("serving", build)
+    main()

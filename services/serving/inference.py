@@ -3,6 +3,13 @@
 Each request resolves its model once, so a champion swapped mid-request does not affect it.
 Inputs come either all as `raw_input_contents` (little-endian bytes, row-major) or all as typed
 `contents`; outputs always go back as `raw_output_contents`.
+
+Also Triton's extensions ModelConfig, ModelStatistics and RepositoryIndex, so that Triton's tools
+(tritonclient's statistics, perf_analyzer) work against Cascade.
+
+Small requests run `session.run` on the event loop: for a few rows it takes microseconds, less than
+handing it to a thread would cost (see bench/RESULTS.md). Larger ones go to a worker thread so the
+loop keeps serving.
 """
 
 from __future__ import annotations
@@ -18,16 +25,29 @@ from prometheus_client import Counter, Histogram
 
 from services.serving.prediction_log import PredictionLog
 from services.serving.repository import Array, LoadedModel, ModelRepository, TensorSpec, oip_datatype
-from shared.errors import CascadeError, InvalidArgument, grpc_errors
+from services.serving.statistics import InferenceStatistics, VersionStatistics
+from shared.errors import CascadeError, InvalidArgument, NotFound, grpc_errors
 from shared.grpc_io import ServicerContext
 from shared.stubs.inference import grpc_service_pb2 as pb
 from shared.stubs.inference import grpc_service_pb2_grpc as pb_grpc
+from shared.stubs.inference import model_config_pb2 as config_pb
 
-__all__ = ["PLATFORM", "SERVER_NAME", "SERVICE_NAME", "InferenceServicer", "decode_inputs"]
+__all__ = [
+    "EXTENSIONS",
+    "PLATFORM",
+    "SERVER_NAME",
+    "SERVICE_NAME",
+    "InferenceServicer",
+    "decode_inputs",
+    "model_config",
+]
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 SERVER_NAME = "cascade-serving"
 PLATFORM = "onnxruntime_onnx"
+BACKEND = "onnxruntime"
+# Triton's names for the extensions implemented, as ServerMetadata lists them.
+EXTENSIONS = ["model_configuration", "statistics", "model_repository"]
 
 REQUESTS = Counter("cascade_serving_requests_total", "ModelInfer requests.", ["model", "version", "outcome"])
 REQUEST_SECONDS = Histogram(
@@ -55,11 +75,20 @@ _CONTENTS_FIELD = {
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
-        self, repository: ModelRepository, prediction_log: PredictionLog, server_version: str
+        self,
+        repository: ModelRepository,
+        prediction_log: PredictionLog,
+        server_version: str,
+        inline_max_rows: int = 256,
+        instances: int = 1,
     ) -> None:
         self.repository = repository
         self.prediction_log = prediction_log
         self.server_version = server_version
+        # Requests of at most this many rows run the model on the event loop, larger ones in a thread.
+        self.inline_max_rows = inline_max_rows
+        self.instances = instances  # worker processes sharing the port, for ModelConfig
+        self.statistics = InferenceStatistics()
         self.ready = False  # set once the service has started
 
     @grpc_errors
@@ -84,7 +113,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: ServicerContext
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=self.server_version, extensions=[])
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=self.server_version, extensions=EXTENSIONS)
 
     @grpc_errors
     async def ModelMetadata(
@@ -103,16 +132,125 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: ServicerContext
     ) -> pb.ModelInferResponse:
+        started = time.perf_counter_ns()
         with _Observed(self.repository, request.model_name) as observed:
             model = self.repository.resolve(request.model_name, request.model_version)
             observed.version = str(model.version)
-            feeds = decode_inputs(request, model.inputs)
-            wanted = requested_outputs(request, model.outputs)
-            # All outputs are computed (sklearn graphs compute them together anyway) so the
-            # prediction log always gets the first one, whatever the client asked for.
-            results = await asyncio.to_thread(model.predict, feeds)
-            self.prediction_log.record(model, request.id, feeds[model.inputs[0].name], results[0])
-            return encode_response(request, model, wanted, results)
+            try:
+                feeds = decode_inputs(request, model.inputs)
+                wanted = requested_outputs(request, model.outputs)
+                first = feeds[model.inputs[0].name]
+                rows = int(first.shape[0]) if first.ndim else 1
+                decoded = time.perf_counter_ns()
+                # All outputs are computed (sklearn graphs compute them together anyway) so the
+                # prediction log always gets the first one, whatever the client asked for.
+                if rows <= self.inline_max_rows:
+                    results = model.predict(feeds)
+                else:
+                    results = await asyncio.to_thread(model.predict, feeds)
+                inferred = time.perf_counter_ns()
+                self.prediction_log.record(model, request.id, first, results[0])
+                response = encode_response(request, model, wanted, results)
+            except BaseException:
+                self.statistics.failure(model.name, model.version, started)
+                raise
+            self.statistics.success(model.name, model.version, rows, started, decoded, inferred)
+            return response
+
+    # -- Triton extensions -------------------------------------------------------------------------
+    @grpc_errors
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: ServicerContext
+    ) -> pb.ModelConfigResponse:
+        model = self.repository.resolve(request.name, request.version)
+        return pb.ModelConfigResponse(config=model_config(model, self.instances))
+
+    @grpc_errors
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        if request.name:
+            names = [self.repository.resolve(request.name, request.version).name]
+        elif request.version:
+            raise InvalidArgument("a version needs a model name")
+        else:
+            names = self.repository.models()
+        response = pb.ModelStatisticsResponse()
+        for name in names:
+            versions = [int(request.version)] if request.version else self.repository.versions(name)
+            for version in versions:
+                _fill_statistics(response.model_stats.add(), name, version, self.statistics.of(name, version))
+        return response
+
+    @grpc_errors
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        if request.repository_name:
+            raise NotFound(
+                f"repository {request.repository_name!r} does not exist; Cascade serves one, unnamed"
+            )
+        response = pb.RepositoryIndexResponse()
+        for name in self.repository.models():
+            for version in self.repository.versions(name):
+                response.models.add(name=name, version=str(version), state="READY")
+        if not request.ready:
+            for failure in sorted(self.repository.failures.values(), key=lambda f: f.model):
+                response.models.add(
+                    name=failure.model,
+                    version=str(failure.version),
+                    state="UNAVAILABLE",
+                    reason=f"{failure.reason}: {failure.detail}",
+                )
+        return response
+
+
+def model_config(model: LoadedModel, instances: int = 1) -> config_pb.ModelConfig:
+    """Triton's configuration of a loaded version, from its session's inputs and outputs.
+
+    `max_batch_size` is 0 (Triton's "no implicit batch dimension"): dims are the model's own
+    shapes, -1 where a size is free, so clients send the batch dimension themselves.
+    """
+    return config_pb.ModelConfig(
+        name=model.name,
+        platform=PLATFORM,
+        backend=BACKEND,
+        max_batch_size=0,
+        input=[
+            config_pb.ModelInput(name=spec.name, data_type=_config_type(spec), dims=spec.shape)
+            for spec in model.inputs
+        ],
+        output=[
+            config_pb.ModelOutput(name=spec.name, data_type=_config_type(spec), dims=spec.shape)
+            for spec in model.outputs
+        ],
+        instance_group=[
+            config_pb.ModelInstanceGroup(
+                name=model.name, kind=config_pb.ModelInstanceGroup.KIND_CPU, count=instances
+            )
+        ],
+    )
+
+
+def _config_type(spec: TensorSpec) -> config_pb.DataType.ValueType:
+    return config_pb.DataType.Value(f"TYPE_{spec.datatype}")
+
+
+def _fill_statistics(message: pb.ModelStatistics, name: str, version: int, stats: VersionStatistics) -> None:
+    message.name = name
+    message.version = str(version)
+    message.last_inference = stats.last_inference_ms
+    message.inference_count = stats.inference_count
+    message.execution_count = stats.execution_count
+    inference = message.inference_stats
+    inference.success.count, inference.success.ns = stats.success_count, stats.success_ns
+    inference.fail.count, inference.fail.ns = stats.fail_count, stats.fail_ns
+    # No queue: a request runs as soon as it arrives (count and zero ns, as Triton reports it).
+    inference.queue.count = stats.success_count
+    inference.compute_input.count, inference.compute_input.ns = stats.success_count, stats.compute_input_ns
+    inference.compute_infer.count, inference.compute_infer.ns = stats.success_count, stats.compute_infer_ns
+    inference.compute_output.count = stats.success_count
+    inference.compute_output.ns = stats.compute_output_ns
 
 
 def decode_inputs(request: pb.ModelInferRequest, specs: tuple[TensorSpec, ...]) -> dict[str, Array]:
@@ -202,14 +340,34 @@ def encode_response(
     request: pb.ModelInferRequest, model: LoadedModel, names: list[str], results: list[Array]
 ) -> pb.ModelInferResponse:
     by_name = {spec.name: result for spec, result in zip(model.outputs, results, strict=True)}
-    response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request.id)
-    for name in names:
-        array = by_name[name]
-        response.outputs.add(name=name, datatype=oip_datatype(array.dtype), shape=array.shape)
-        response.raw_output_contents.append(
-            np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-        )
-    return response
+    arrays = [by_name[name] for name in names]
+    return pb.ModelInferResponse(
+        model_name=model.name,
+        model_version=str(model.version),
+        id=request.id,
+        outputs=[
+            pb.ModelInferResponse.InferOutputTensor(
+                name=name, datatype=_datatype(array.dtype), shape=array.shape
+            )
+            for name, array in zip(names, arrays, strict=True)
+        ],
+        # tobytes() is row-major whatever the layout; only a big-endian array needs converting.
+        raw_output_contents=[
+            (array if array.dtype.byteorder != ">" else array.astype(array.dtype.newbyteorder("<"))).tobytes()
+            for array in arrays
+        ],
+    )
+
+
+_DATATYPES: dict[np.dtype[Any], str] = {}
+
+
+def _datatype(dtype: np.dtype[Any]) -> str:
+    """`oip_datatype`, remembered per dtype (it is asked for on every answer)."""
+    name = _DATATYPES.get(dtype)
+    if name is None:
+        name = _DATATYPES[dtype] = oip_datatype(dtype)
+    return name
 
 
 def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
@@ -232,7 +390,14 @@ class _Observed:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         REQUEST_SECONDS.observe(time.perf_counter() - self._started)
-        REQUESTS.labels(self.model, self.version, _outcome(exc)).inc()
+        labels = (self.model, self.version, _outcome(exc))
+        counter = _REQUEST_COUNTERS.get(labels)
+        if counter is None:  # looked up once per label set: labels() is slow on every request
+            counter = _REQUEST_COUNTERS[labels] = REQUESTS.labels(*labels)
+        counter.inc()
+
+
+_REQUEST_COUNTERS: dict[tuple[str, str, str], Any] = {}
 
 
 def _outcome(exc: BaseException | None) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from faststream.kafka import KafkaBroker
 
 from services.serving.repository import ModelRepository
+from shared.errors import FailedPrecondition
 from shared.events import ModelPromoted, Topics
 from shared.messaging import subscriber_options
 
@@ -18,9 +19,16 @@ def consumer_group(topics: Topics, instance_id: str) -> str:
 
 def register(broker: KafkaBroker, repository: ModelRepository, topics: Topics, instance_id: str) -> None:
     @broker.subscriber(
-        topics.for_event(ModelPromoted), **subscriber_options(consumer_group(topics, instance_id))
+        topics.declared(ModelPromoted), **subscriber_options(consumer_group(topics, instance_id))
     )
     async def on_model_promoted(event: ModelPromoted) -> None:
         # The alias is re-read from the registry rather than taken from the event, so a repeated or
         # late event cannot roll the champion back. Unavailable (registry down) means redelivery.
-        await repository.sync_champion(event.model)
+        # A refused version (corrupt or incompatible) is no reason to redeliver or dead-letter the
+        # promotion: the repository has reported it (metric and ModelLoadFailed event) and the old
+        # version keeps serving.
+        try:
+            await repository.sync_champion(event.model)
+        except FailedPrecondition:
+            if event.model not in repository.failures:
+                raise

@@ -112,7 +112,8 @@ def events_of(
     None for an empty batch or one with non-finite inputs, which the monitor would refuse."""
     if inputs.size == 0:
         return
-    rows = inputs.reshape(inputs.shape[0] if inputs.ndim else 1, -1).astype(np.float64)
+    with np.errstate(invalid="ignore"):  # signalling NaNs (e.g. random test bytes) are refused below
+        rows = inputs.reshape(inputs.shape[0] if inputs.ndim else 1, -1).astype(np.float64)
     if not np.isfinite(rows).all():
         return
     answers = outputs.astype(np.float64).ravel()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,6 +25,7 @@ from shared.errors import CascadeError, FailedPrecondition, InvalidArgument, Not
 
 __all__ = [
     "Array",
+    "LoadFailure",
     "LoadedModel",
     "ModelRef",
     "ModelRepository",
@@ -41,6 +42,12 @@ SWAP_SECONDS = Histogram(
     "cascade_serving_swap_seconds",
     "Time to build, warm up and swap in a model version.",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+FAILED_LOADS = Counter(
+    "cascade_serving_failed_loads_total",
+    "Versions refused at promotion (the old version kept serving), by model and reason.",
+    ["model", "reason"],
 )
 
 Array = npt.NDArray[Any]
@@ -128,6 +135,31 @@ class ModelRef:
     features: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class LoadFailure:
+    """A version that could not be served. `reason` is one of `LoadFailure.REASONS`."""
+
+    REASONS = ("digest_mismatch", "download_refused", "invalid_model", "incompatible", "warmup_failed")
+
+    model: str
+    version: int
+    reason: str
+    detail: str
+    serving_version: int | None  # what keeps serving
+
+
+class _Refused(Exception):
+    """A load step failed for `reason`."""
+
+    def __init__(self, reason: str, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.reason = reason
+
+
+OnLoaded = Callable[[LoadedModel], Awaitable[None]]
+OnLoadFailed = Callable[[LoadFailure], Awaitable[None]]
+
+
 class ModelSource(Protocol):
     """Where models come from (the registry). Raises `Unavailable` while it cannot be reached."""
 
@@ -141,11 +173,24 @@ class ModelSource(Protocol):
 
 
 class ModelRepository:
-    def __init__(self, source: ModelSource, keep_versions: int = 2) -> None:
+    """`on_loaded` runs after a version becomes the champion; `on_load_failed` after a version is
+    refused. Both are awaited inside the model's lock, and their own failures are only logged."""
+
+    def __init__(
+        self,
+        source: ModelSource,
+        keep_versions: int = 2,
+        on_loaded: OnLoaded | None = None,
+        on_load_failed: OnLoadFailed | None = None,
+    ) -> None:
         if keep_versions < 1:
             raise ValueError("keep_versions must be at least 1: the champion stays loaded")
         self._source = source
         self._keep_versions = keep_versions
+        self._on_loaded = on_loaded
+        self._on_load_failed = on_load_failed
+        # The last refused version of each model, until a later version loads.
+        self.failures: dict[str, LoadFailure] = {}
         self._champions: dict[str, LoadedModel] = {}
         # Per model, the versions kept loaded, oldest load first. Replaced whole, never edited in place.
         self._loaded: dict[str, dict[int, LoadedModel]] = {}
@@ -256,8 +301,14 @@ class ModelRepository:
         if kept is not None:  # e.g. a rollback to a version still loaded: swap, no download
             self._install(kept)
             log.info("model %s: champion is now version %d (already loaded)", name, ref.version)
+            await self._notify_loaded(kept)
             return True
-        onnx_bytes = await self._source.artifact(ref)
+        try:
+            onnx_bytes = await self._source.artifact(ref)
+        except FailedPrecondition as exc:  # corrupt in storage or transit, or refused by the registry
+            reason = "digest_mismatch" if "sha256" in str(exc) else "download_refused"
+            await self._refuse(name, ref.version, reason, exc)
+            raise
         await self._load(name, ref.version, onnx_bytes, ref.features)
         return True
 
@@ -266,11 +317,11 @@ class ModelRepository:
     ) -> LoadedModel:
         started = time.perf_counter()
         try:
-            session = await asyncio.to_thread(_open_session, onnx_bytes)
-            model = LoadedModel(name, version, session, *_tensor_specs(session), features=features)
-            await asyncio.to_thread(_warm_up, model)
-        except Exception as exc:
-            raise FailedPrecondition(f"model {name} version {version} cannot be served: {exc}") from exc
+            model = await asyncio.to_thread(_build, name, version, onnx_bytes, features)
+        except _Refused as exc:
+            error = FailedPrecondition(f"model {name} version {version} cannot be served: {exc}")
+            await self._refuse(name, version, exc.reason, error)
+            raise error from exc
         previous = self._champions.get(name)
         self._install(model)
         seconds = time.perf_counter() - started
@@ -282,7 +333,26 @@ class ModelRepository:
             previous.version if previous else "none",
             seconds,
         )
+        await self._notify_loaded(model)
         return model
+
+    async def _refuse(self, name: str, version: int, reason: str, exc: BaseException) -> None:
+        current = self._champions.get(name)
+        failure = LoadFailure(name, version, reason, str(exc), current.version if current else None)
+        self.failures[name] = failure
+        FAILED_LOADS.labels(name, reason).inc()
+        if self._on_load_failed is not None:
+            try:
+                await self._on_load_failed(failure)
+            except Exception:
+                log.exception("reporting the refused version %d of %s failed", version, name)
+
+    async def _notify_loaded(self, model: LoadedModel) -> None:
+        if self._on_loaded is not None:
+            try:
+                await self._on_loaded(model)
+            except Exception:
+                log.exception("on_loaded of %s version %d failed", model.name, model.version)
 
     def _install(self, model: LoadedModel) -> None:
         """Keep `model` loaded and make it the champion, each with a single assignment."""
@@ -292,8 +362,26 @@ class ModelRepository:
             del versions[next(iter(versions))]  # the oldest; never the champion, which is last
         self._loaded[model.name] = versions
         self._champions[model.name] = model
+        self.failures.pop(model.name, None)  # a refused version before this one no longer matters
         SWAPS.labels(model.name).inc()
         LOADED_VERSION.labels(model.name).set(model.version)
+
+
+def _build(name: str, version: int, onnx_bytes: bytes, features: tuple[str, ...]) -> LoadedModel:
+    """Open, check and warm up one version; `_Refused` says which step failed. Blocking."""
+    try:
+        session = _open_session(onnx_bytes)
+    except Exception as exc:
+        raise _Refused("invalid_model", exc) from exc
+    try:
+        model = LoadedModel(name, version, session, *_tensor_specs(session), features=features)
+    except Exception as exc:
+        raise _Refused("incompatible", exc) from exc
+    try:
+        _warm_up(model)
+    except Exception as exc:
+        raise _Refused("warmup_failed", exc) from exc
+    return model
 
 
 def _open_session(onnx_bytes: bytes) -> ort.InferenceSession:

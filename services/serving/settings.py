@@ -32,6 +32,28 @@ class ServingSettings(ServiceSettings):
     prediction_log_queue_size: int = Field(
         10000, gt=0, description="Sampled predictions waiting to be published; beyond it they are dropped."
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Serving processes sharing the gRPC port (SO_REUSEPORT; the kernel spreads connections "
+            "over them). Each follows every promotion in its own consumer group "
+            "(<instance_id>-<worker index>) and, with METRICS_PORT set, serves /metrics on "
+            "METRICS_PORT + its index; ModelStatistics counts the requests of the worker that "
+            "answers it. More than 1 needs a fixed GRPC_PORT."
+        ),
+    )
+    worker_index: int = Field(
+        0, ge=0, description="Set by serving itself for each worker process; leave it at 0."
+    )
+    inline_max_rows: int = Field(
+        256,
+        ge=0,
+        description=(
+            "Requests of at most this many rows run the model on the event loop (cheaper than a "
+            "thread hop for small batches); larger ones run in a worker thread."
+        ),
+    )
     keep_versions: int = Field(
         2, ge=1, description="Versions per model kept loaded, the champion included, for explicit addressing."
     )

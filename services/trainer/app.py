@@ -1,31 +1,46 @@
-"""Wires the trainer together: clients of ingest and registry, domain core, Kafka."""
+"""Wires the trainer together: clients of ingest and registry, domain core, Kafka and gRPC."""
 
 from __future__ import annotations
 
+import grpc
+
 from services.trainer import kafka_api
 from services.trainer.core import TrainerCore
+from services.trainer.grpc_api import SERVICE_NAME, TrainerServicer
 from services.trainer.settings import TrainerSettings
-from shared.events import ModelTrained, Topics
+from shared.events import Event, Topics
 from shared.grpc_io import open_channel
 from shared.messaging import build_broker, publish_event
 from shared.service import Service
+from shared.stubs.cascade.trainer.v1 import trainer_pb2_grpc
 
 
 def build(settings: TrainerSettings | None = None) -> Service:
     settings = settings or TrainerSettings()
-    topics = Topics(settings.topic_prefix)
+    topics = Topics(settings.topic_prefix, settings.topic_partitions)
     broker = build_broker(settings, "trainer")
     ingest = open_channel(settings.ingest_address)
     registry = open_channel(settings.registry_address)
 
-    async def emit(event: ModelTrained) -> None:
+    async def publish(event: Event) -> None:
         await publish_event(broker, topics, event)
 
-    core = TrainerCore(settings, ingest, registry, emit)
+    core = TrainerCore(settings, ingest, registry, emit=publish, progress=publish)
     kafka_api.register(broker, core, topics)
+    servicer = TrainerServicer(publish)
+
+    def add_servicer(server: grpc.aio.Server) -> None:
+        trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server)
 
     async def close_channels() -> None:
         await ingest.close(None)
         await registry.close(None)
 
-    return Service(name="trainer", settings=settings, broker=broker, on_stop=[close_channels])
+    return Service(
+        name="trainer",
+        settings=settings,
+        broker=broker,
+        grpc_registrars=[add_servicer],
+        grpc_service_names=[SERVICE_NAME],
+        on_stop=[close_channels],
+    )

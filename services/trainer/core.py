@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import grpc
 from prometheus_client import Counter, Histogram
 
 from services.trainer.settings import TrainerSettings
+from services.trainer.spec import TrainingSpec
 from services.trainer.training import TrainingResult, train
 from shared.clients import fetch_dataset, unavailable_as_retryable
-from shared.events import DataArrived, DriftDetected, ModelTrained, RetrainCause
+from shared.events import (
+    DataArrived,
+    DriftDetected,
+    ModelTrained,
+    RetrainCause,
+    TrainingProgress,
+    TrainingRequested,
+)
 from shared.grpc_io import CHUNK_SIZE
 from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from shared.stubs.cascade.registry.v1 import registry_pb2 as registry_pb
@@ -31,6 +38,7 @@ TRIALS = Counter("cascade_trainer_trials_total", "Hyperparameter trials run.", [
 TRAIN_SECONDS = Histogram("cascade_trainer_train_seconds", "Wall time of one training run.")
 
 Emit = Callable[[ModelTrained], Awaitable[None]]
+Progress = Callable[[TrainingProgress], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -45,26 +53,65 @@ class _Job:
 
 class TrainerCore:
     def __init__(
-        self, settings: TrainerSettings, ingest: grpc.aio.Channel, registry: grpc.aio.Channel, emit: Emit
+        self,
+        settings: TrainerSettings,
+        ingest: grpc.aio.Channel,
+        registry: grpc.aio.Channel,
+        emit: Emit,
+        progress: Progress | None = None,
     ) -> None:
         self.settings = settings
         self.ingest = ingest
         self.registry = registry_pb2_grpc.RegistryServiceStub(registry)
         self.emit = emit
-        # What makes two runs equivalent: same data version and same training settings.
-        spec = {
-            "seed": settings.seed,
-            "folds": settings.cv_folds,
-            "holdout": settings.holdout_fraction,
-            "v": 1,
-        }
-        self.spec_digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+        self.progress = progress
+
+    async def spec_for(self, model: str) -> TrainingSpec:
+        """The model's latest spec in the registry, or the defaults (with this trainer's seed, folds
+        and hold-out) when it has none: a new dataset trains with no spec at all."""
+        try:
+            stored = await self.registry.GetTrainingSpec(registry_pb.GetTrainingSpecRequest(model=model))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return TrainingSpec(
+                    seed=self.settings.seed,
+                    cv_folds=self.settings.cv_folds,
+                    holdout_fraction=self.settings.holdout_fraction,
+                )
+            raise unavailable_as_retryable(exc, f"registry: the training spec of {model}") from exc
+        return TrainingSpec.model_validate_json(stored.spec_json)
 
     async def on_data_arrived(self, event: DataArrived) -> None:
         """Train on the announced version, once: a redelivered event finds its version already
-        registered (by idempotency key) and only announces it again."""
+        registered (by idempotency key) and only announces it again. Triggers that queued up while
+        the model was training coalesce: an event whose version is no longer the dataset's latest is
+        skipped, since the event of the latest version (which contains its rows) trains next."""
+        latest = await self._latest_dataset_version(event.dataset)
+        if latest != event.dataset_version:
+            log.info(
+                "%s@%s superseded by %s; coalesced into that run",
+                event.dataset,
+                event.dataset_version[:12],
+                latest[:12],
+            )
+            return
+        spec = await self.spec_for(event.dataset)
         job = _Job(event.dataset, event.dataset_version, event.task)
-        await self._run(event.dataset, job, f"{event.dataset_version}:{self.spec_digest}")
+        await self._run(event.dataset, job, f"{event.dataset_version}:{spec.digest()}", spec)
+
+    async def on_training_requested(self, event: TrainingRequested) -> None:
+        """A retrain asked for by hand, on the model's dataset's newest version."""
+        dataset = await self._dataset_of(event.model)
+        latest = await self._latest_dataset_version(dataset)
+        task = await self._task_of(dataset)
+        cause = RetrainCause(
+            kind="manual",
+            event_id=event.id,
+            summary=f"requested by {event.actor}: {event.reason}".rstrip(": "),
+        )
+        spec = await self.spec_for(event.model)
+        job = _Job(dataset, latest, task, cause)
+        await self._run(event.model, job, f"{latest}:{spec.digest()}:manual:{event.id}", spec)
 
     async def on_drift_detected(self, event: DriftDetected) -> None:
         """Retrain the drifting model on its dataset's newest version. The drift event's id is part
@@ -87,12 +134,13 @@ class TrainerCore:
             champion.dataset,
             latest[:12],
         )
-        await self._run(event.model, job, f"{latest}:{self.spec_digest}:{event.kind}:{event.id}")
+        spec = await self.spec_for(event.model)
+        await self._run(event.model, job, f"{latest}:{spec.digest()}:{event.kind}:{event.id}", spec)
 
-    async def _run(self, model: str, job: _Job, key: str) -> None:
+    async def _run(self, model: str, job: _Job, key: str, spec: TrainingSpec) -> None:
         existing = await self._registered(model, key)
         if existing is None:
-            existing = await self._train_and_register(job, model, key)
+            existing = await self._train_and_register(job, model, key, spec)
         else:
             log.info("%s@%s already trained as v%d", model, job.dataset_version[:12], existing.version)
         await self.emit(
@@ -119,6 +167,24 @@ class TrainerCore:
         except grpc.aio.AioRpcError as exc:
             raise unavailable_as_retryable(exc, f"registry: reading {model} v{version}") from exc
 
+    async def _dataset_of(self, model: str) -> str:
+        """The dataset a model is trained on: its latest version's, or (new model) its own name."""
+        try:
+            versions = await self.registry.ListModelVersions(
+                registry_pb.ListModelVersionsRequest(model=model)
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise unavailable_as_retryable(exc, f"registry: versions of {model}") from exc
+        return versions.versions[-1].dataset if versions.versions else model
+
+    async def _task_of(self, dataset: str) -> Literal["classification", "regression"]:
+        stub = ingest_pb2_grpc.IngestServiceStub(self.ingest)
+        try:
+            info = await stub.GetDatasetVersion(ingest_pb2.GetDatasetVersionRequest(dataset=dataset))
+        except grpc.aio.AioRpcError as exc:
+            raise unavailable_as_retryable(exc, f"ingest: describing {dataset}") from exc
+        return "regression" if info.task == "regression" else "classification"
+
     async def _latest_dataset_version(self, dataset: str) -> str:
         stub = ingest_pb2_grpc.IngestServiceStub(self.ingest)
         try:
@@ -139,33 +205,78 @@ class TrainerCore:
                 return None
             raise unavailable_as_retryable(exc, "registry: looking up a previous run") from exc
 
-    async def _train_and_register(self, job: _Job, model: str, key: str) -> registry_pb.ModelVersion:
-        info, frame = await fetch_dataset(self.ingest, job.dataset, job.dataset_version)
+    async def _train_and_register(
+        self, job: _Job, model: str, key: str, spec: TrainingSpec
+    ) -> registry_pb.ModelVersion:
+        info, frame = await fetch_dataset(
+            self.ingest, job.dataset, job.dataset_version, last_batches=spec.window_batches or 0
+        )
         features, target = list(info.features), info.target
-        log.info("training %s on %s@%s (%d rows)", model, job.dataset, info.version[:12], len(frame))
+        window = f"latest {spec.window_batches} batches" if spec.window_batches else "all rows"
+        log.info(
+            "training %s on %s@%s (%d rows, %s)", model, job.dataset, info.version[:12], len(frame), window
+        )
+        await self._report(
+            TrainingProgress(
+                source=SOURCE,
+                subject=model,
+                model=model,
+                run_key=key,
+                stage="started",
+                max_trials=spec.max_trials,
+                message=f"{len(frame)} rows ({window}), {spec.strategy} search",
+            )
+        )
+        loop = asyncio.get_running_loop()
+
+        def on_trial(trial: dict[str, Any]) -> None:  # called from the training thread
+            event = TrainingProgress(
+                source=SOURCE, subject=model, model=model, run_key=key, stage="trial", **trial
+            )
+            asyncio.run_coroutine_threadsafe(self._report(event), loop)
+
         try:
             with TRAIN_SECONDS.time():
                 result = await asyncio.to_thread(
-                    train,
-                    frame,
-                    features,
-                    target,
-                    job.task,
-                    self.settings.seed,
-                    self.settings.cv_folds,
-                    self.settings.holdout_fraction,
+                    train, frame, features, target, job.task, spec=spec, on_trial=on_trial
                 )
-        except Exception:
+        except Exception as exc:
             RUNS.labels(model, "failed").inc()
+            await self._report(
+                TrainingProgress(
+                    source=SOURCE, subject=model, model=model, run_key=key, stage="failed", message=str(exc)
+                )
+            )
             raise
         RUNS.labels(model, "succeeded").inc()
         TRIALS.labels(model).inc(len(result.trials))
         run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"cascade:run:{model}:{key}"))
-        version = await self._upload(model, key, run_id, job, features, target, result)
+        version = await self._upload(model, key, run_id, job, features, target, result, spec)
         log.info(
             "registered %s v%d: %s in %.2fs", model, version.version, result.metrics, result.train_seconds
         )
+        await self._report(
+            TrainingProgress(
+                source=SOURCE,
+                subject=model,
+                model=model,
+                run_key=key,
+                stage="finished",
+                model_version=version.version,
+                best_score=max((t["score"] for t in result.trials if t["score"] is not None), default=None),
+                message=f"registered version {version.version}: {result.metrics}",
+            )
+        )
         return version
+
+    async def _report(self, event: TrainingProgress) -> None:
+        """Progress is for people watching: it must never fail a run."""
+        if self.progress is None:
+            return
+        try:
+            await self.progress(event)
+        except Exception as exc:
+            log.warning("could not publish training progress: %s", exc)
 
     async def _upload(
         self,
@@ -176,6 +287,7 @@ class TrainerCore:
         features: list[str],
         target: str,
         result: TrainingResult,
+        spec: TrainingSpec,
     ) -> registry_pb.ModelVersion:
         header = registry_pb.VersionHeader(
             model=model,
@@ -186,10 +298,11 @@ class TrainerCore:
                 run_id=run_id,
                 params=result.params,
                 metrics=result.metrics,
-                seed=self.settings.seed,
+                seed=spec.seed,
                 train_seconds=result.train_seconds,
+                code_version=result.versions.get("cascade", ""),
             ),
-            tags=_tags(features, target, job),
+            tags=_tags(features, target, job, spec, result),
             description=f"trained on {job.dataset}@{job.dataset_version[:12]}"
             + (f" because {job.cause.kind} was detected: {job.cause.summary}" if job.cause else ""),
         )
@@ -207,8 +320,20 @@ class TrainerCore:
             raise unavailable_as_retryable(exc, "registry: uploading the artifact") from exc
 
 
-def _tags(features: list[str], target: str, job: _Job) -> dict[str, str]:
-    tags = {"features": json.dumps(features), "target": target, "task": job.task}
+def _tags(
+    features: list[str], target: str, job: _Job, spec: TrainingSpec, result: TrainingResult
+) -> dict[str, str]:
+    """The run's record beside the model: its spec, every trial, importances, durations, versions."""
+    tags = {
+        "features": json.dumps(features),
+        "target": target,
+        "task": job.task,
+        "spec": spec.model_dump_json(),
+        "trials": json.dumps(result.trials),
+        "feature_importance": json.dumps(result.feature_importance),
+        "durations": json.dumps(result.durations),
+        "library_versions": json.dumps(result.versions),
+    }
     if job.cause is not None:  # the registry keeps why this version exists, with the report
         tags["cause"] = job.cause.model_dump_json()
     return tags

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 INPUT_NAME = "input"
 PROBABILITY_TOLERANCE = 1e-4  # absolute for probabilities; relative to the magnitude for regression values
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # Cascade logs each trial itself
+
+# Told about each finished trial (number, estimator, state, score, best so far), from the training thread.
+OnTrial = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -116,8 +120,11 @@ class _Search:
     """One hyperparameter search: an Optuna study whose trials are scored by cross-validation, fold by
     fold, so the median pruner stops weak trials early."""
 
-    def __init__(self, spec: TrainingSpec, x: np.ndarray, y: np.ndarray) -> None:
+    def __init__(
+        self, spec: TrainingSpec, x: np.ndarray, y: np.ndarray, on_trial: OnTrial | None = None
+    ) -> None:
         self.spec = spec
+        self.on_trial = on_trial
         self.x, self.y = x, y
         assert spec.task is not None and spec.primary_metric is not None
         self.task: Task = spec.task
@@ -179,6 +186,17 @@ class _Search:
     def _progress(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         best = f"{study.best_value:.4f}" if completed else "-"
+        if self.on_trial is not None:
+            self.on_trial(
+                {
+                    "trial": trial.number + 1,
+                    "max_trials": self.spec.max_trials,
+                    "estimator": str(trial.params.get("estimator")),
+                    "state": trial.state.name.lower(),
+                    "score": trial.value,
+                    "best_score": study.best_value if completed else None,
+                }
+            )
         log.info(
             "trial %d/%d %s %s: %s (best %s)",
             trial.number + 1,
@@ -199,6 +217,7 @@ def train(
     folds: int = 3,
     holdout: float = 0.2,
     spec: TrainingSpec | None = None,
+    on_trial: OnTrial | None = None,
 ) -> TrainingResult:
     """Search on the training rows within the spec's budget, refit the best pipeline, export it to
     ONNX and check on the held-out rows that ONNX and scikit-learn agree."""
@@ -217,7 +236,7 @@ def train(
         if len(np.unique(y_train)) < 2:
             raise InvalidArgument("classification needs at least two classes in the training rows")
 
-    search = _Search(spec, x_train, y_train)
+    search = _Search(spec, x_train, y_train, on_trial)
     study = search.run()
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not completed:

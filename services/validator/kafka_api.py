@@ -10,6 +10,6 @@ from shared.messaging import subscriber_options
 
 
 def register(broker: KafkaBroker, core: ValidatorCore, topics: Topics) -> None:
-    @broker.subscriber(topics.for_event(ModelTrained), **subscriber_options(f"{topics.prefix}.validator"))
+    @broker.subscriber(topics.declared(ModelTrained), **subscriber_options(f"{topics.prefix}.validator"))
     async def on_model_trained(event: ModelTrained) -> None:
         await core.on_model_trained(event)

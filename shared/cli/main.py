@@ -20,6 +20,7 @@ from shared.cli.errors import CliError
 from shared.cli.models import models_app
 from shared.cli.monitor import monitor as monitor_command
 from shared.cli.stack import SERVICES, ServiceStatus, Stack, StackConfig, remembered_config
+from shared.cli.train import spec_app, train
 from shared.kafka_broker import BrokerError
 
 if TYPE_CHECKING:
@@ -47,6 +48,8 @@ kafka_app = typer.Typer(
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
+app.add_typer(spec_app, name="spec")
+app.command()(train)
 app.command("monitor")(monitor_command)
 
 

@@ -3,11 +3,15 @@
 Own process, because tritonclient and Cascade's stubs both register the proto package `inference`
 and cannot share one. Kafka is faststream's in-memory TestKafkaBroker, so no broker is needed.
 
-    python serving_process.py --registry HOST:PORT [--sample-rate R]
+    python serving_process.py --registry HOST:PORT [--sample-rate R] [--port P --workers N --index I]
+
+With --workers N, this process is worker I of N sharing port P (SO_REUSEPORT), as
+services.serving.workers runs them; start one harness per worker.
 
 One line per message:
     stdout  PORT <port>                  the gRPC port, once the service has started
     stdout  LOGGED <json>                every PredictionLogged event the service publishes
+    stdout  LOAD_FAILED <json>           every ModelLoadFailed event the service publishes
     stdin   promote <model> <version>    publish ModelPromoted, as the validator would; then
     stdout  PROMOTED <model> <version>   once the service has handled it
 Closing stdin stops the service gracefully.
@@ -23,7 +27,8 @@ from faststream.kafka import KafkaBroker, TestKafkaBroker
 
 from services.serving.app import build
 from services.serving.settings import ServingSettings
-from shared.events import ModelPromoted, PredictionLogged, Topics
+from services.serving.workers import worker_settings
+from shared.events import ModelLoadFailed, ModelPromoted, PredictionLogged, Topics
 from shared.logs import setup_logging
 
 
@@ -45,19 +50,27 @@ async def obey(commands: asyncio.StreamReader, broker: KafkaBroker, topics: Topi
         event = ModelPromoted(
             source="tests", subject=model, model=model, model_version=int(version), actor="tests"
         )
-        await broker.publish(event, topic=topics.for_event(ModelPromoted), key=model.encode())
-        say("PROMOTED", model, version)
+        # The in-memory broker raises the handler's error here; a real one would redeliver.
+        try:
+            await broker.publish(event, topic=topics.for_event(ModelPromoted), key=model.encode())
+        except Exception as exc:
+            say("PROMOTE_FAILED", model, version, type(exc).__name__)
+        else:
+            say("PROMOTED", model, version)
 
 
-async def main(registry: str, sample_rate: float) -> None:
+async def main(registry: str, sample_rate: float, port: int, workers: int, index: int) -> None:
     settings = ServingSettings(
-        grpc_port=0,
+        grpc_port=port,
         registry_address=registry,
         instance_id="test",
         topic_prefix="test",
         prediction_log_sample_rate=sample_rate,
         shutdown_grace_seconds=1.0,
+        workers=workers,
     )
+    if workers > 1:
+        settings = worker_settings(settings, index)
     service = build(settings)
     assert service.broker is not None
     topics = Topics(settings.topic_prefix)
@@ -65,6 +78,10 @@ async def main(registry: str, sample_rate: float) -> None:
     @service.broker.subscriber(topics.for_event(PredictionLogged))
     async def on_logged(event: PredictionLogged) -> None:
         say("LOGGED", event.model_dump_json())
+
+    @service.broker.subscriber(topics.for_event(ModelLoadFailed))
+    async def on_load_failed(event: ModelLoadFailed) -> None:
+        say("LOAD_FAILED", event.model_dump_json())
 
     async def announce_port() -> None:
         say("PORT", service.bound_port)
@@ -85,6 +102,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--registry", required=True)
     parser.add_argument("--sample-rate", type=float, default=1.0)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--index", type=int, default=0)
     arguments = parser.parse_args()
     setup_logging("serving", "INFO", "text")
-    asyncio.run(main(arguments.registry, arguments.sample_rate))
+    asyncio.run(
+        main(arguments.registry, arguments.sample_rate, arguments.port, arguments.workers, arguments.index)
+    )

@@ -4,12 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-import sys
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,93 +12,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tritonclient.grpc import aio as triton_aio
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from .harness import ServingProcess, assert_answers, raw_input, serving_client
 from .support import MODEL, Dataset, RunningRegistry, TrainedModel
-
-HARNESS = Path(__file__).with_name("serving_process.py")
-REPO_ROOT = Path(__file__).parents[2]
-
-
-class ServingProcess:
-    """The serving service in a child process; see serving_process.py for its line protocol."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-        self.port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.logged: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.promoted: asyncio.Queue[str] = asyncio.Queue()
-        self._reader = asyncio.create_task(self._read_stdout())
-
-    @classmethod
-    async def start(cls, registry_address: str) -> ServingProcess:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(HARNESS),
-            "--registry",
-            registry_address,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            cwd=REPO_ROOT,
-            env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OTEL_SDK_DISABLED": "true"},
-        )
-        serving = cls(process)
-        await asyncio.wait_for(asyncio.shield(serving.port), 30)
-        return serving
-
-    @property
-    def url(self) -> str:
-        return f"127.0.0.1:{self.port.result()}"
-
-    async def _read_stdout(self) -> None:
-        assert self.process.stdout is not None
-        while line := (await self.process.stdout.readline()).decode():
-            kind, _, rest = line.rstrip("\n").partition(" ")
-            if kind == "PORT":
-                self.port.set_result(int(rest))
-            elif kind == "LOGGED":
-                self.logged.put_nowait(json.loads(rest))
-            elif kind == "PROMOTED":
-                self.promoted.put_nowait(rest)
-        if not self.port.done():
-            self.port.set_exception(RuntimeError("the serving process exited before it started"))
-
-    async def promote(self, model: str, version: int) -> None:
-        """Publish ModelPromoted and wait until the service has handled it."""
-        assert self.process.stdin is not None
-        self.process.stdin.write(f"promote {model} {version}\n".encode())
-        await self.process.stdin.drain()
-        assert await asyncio.wait_for(self.promoted.get(), 30) == f"{model} {version}"
-
-    async def wait_until_ready(self, client: triton_aio.InferenceServerClient, version: str = "") -> None:
-        for _ in range(600):  # polling a remote service: up to 30 s
-            if await client.is_model_ready(MODEL, version):
-                return
-            await asyncio.sleep(0.05)
-        raise TimeoutError(f"{MODEL} never became ready")
-
-    async def stop(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()  # the harness stops the service gracefully
-        try:
-            await asyncio.wait_for(self.process.wait(), 15)
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
-        await self._reader
-
-
-@contextlib.asynccontextmanager
-async def serving_client(registry: RunningRegistry) -> AsyncIterator[tuple[ServingProcess, Any]]:
-    serving = await ServingProcess.start(registry.address)
-    client = triton_aio.InferenceServerClient(serving.url)
-    try:
-        await serving.wait_until_ready(client)
-        yield serving, client
-    finally:
-        await client.close()
-        await serving.stop()
 
 
 @pytest.fixture(scope="module")
@@ -120,33 +32,26 @@ async def stub(served: tuple[ServingProcess, Any]) -> AsyncIterator[Any]:
         yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
 
-def raw_input(rows: np.ndarray, datatype: str = "FP32") -> triton.InferInput:
-    tensor = triton.InferInput("input", list(rows.shape), datatype)
-    tensor.set_data_from_numpy(rows)
-    return tensor
-
-
-def assert_answers(result: triton.InferResult, model: TrainedModel, rows: np.ndarray) -> None:
-    np.testing.assert_array_equal(result.as_numpy("label"), model.labels(rows))
-    np.testing.assert_allclose(result.as_numpy("probabilities"), model.probabilities(rows), atol=1e-5)
-
-
 # -- health and metadata ---------------------------------------------------------------------------
 async def test_server_live_ready_and_metadata(served: tuple[ServingProcess, Any]) -> None:
     _, client = served
     assert await client.is_server_live()
     assert await client.is_server_ready()
     metadata = await client.get_server_metadata()
-    assert (metadata.name, list(metadata.extensions)) == ("cascade-serving", [])
+    assert metadata.name == "cascade-serving"
+    assert list(metadata.extensions) == ["model_configuration", "statistics", "model_repository"]
     assert metadata.version
 
 
 async def test_health_reports_the_inference_service(served: tuple[ServingProcess, Any]) -> None:
     async with grpc.aio.insecure_channel(served[0].url) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        for service in ("", "inference.GRPCInferenceService"):
+        for service in ("", "inference.GRPCInferenceService", MODEL):  # per model: its name
             response = await health.Check(health_pb2.HealthCheckRequest(service=service))
             assert response.status == health_pb2.HealthCheckResponse.SERVING, service
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await health.Check(health_pb2.HealthCheckRequest(service="no-such-model"))
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_model_metadata_describes_the_session(served: tuple[ServingProcess, Any]) -> None:
@@ -166,6 +71,75 @@ async def test_model_ready_only_for_loaded_versions(served: tuple[ServingProcess
     assert await client.is_model_ready(MODEL, "1")
     assert not await client.is_model_ready(MODEL, "2")  # registered, never champion: not loaded
     assert not await client.is_model_ready("no-such-model")
+
+
+# -- Triton extensions -----------------------------------------------------------------------------
+async def test_model_config_describes_the_session(served: tuple[ServingProcess, Any]) -> None:
+    _, client = served
+    config = (await client.get_model_config(MODEL)).config
+    assert (config.name, config.platform, config.backend, config.max_batch_size) == (
+        MODEL,
+        "onnxruntime_onnx",
+        "onnxruntime",
+        0,
+    )
+    data_type = triton.model_config_pb2.DataType.Name
+    assert [(i.name, data_type(i.data_type), list(i.dims)) for i in config.input] == [
+        ("input", "TYPE_FP32", [-1, 30])
+    ]
+    assert [(o.name, data_type(o.data_type), list(o.dims)) for o in config.output] == [
+        ("label", "TYPE_INT64", [-1]),
+        ("probabilities", "TYPE_FP32", [-1, 2]),
+    ]
+    assert [(g.kind, g.count) for g in config.instance_group] == [
+        (triton.model_config_pb2.ModelInstanceGroup.KIND_CPU, 1)
+    ]
+    assert (await client.get_model_config(MODEL, "1")).config.name == MODEL
+    with pytest.raises(triton.InferenceServerException, match="not loaded") as unknown:
+        await client.get_model_config("no-such-model")
+    assert unknown.value.status() == "StatusCode.NOT_FOUND"
+
+
+async def test_model_statistics_count_rows_executions_and_failures(
+    served: tuple[ServingProcess, Any], stub: Any, dataset: Dataset
+) -> None:
+    _, client = served
+
+    async def statistics() -> Any:
+        (stats,) = (await client.get_inference_statistics(MODEL)).model_stats
+        assert (stats.name, stats.version) == (MODEL, "1")
+        return stats
+
+    before = await statistics()
+    for rows in (1, 5, 7):
+        await client.infer(MODEL, [raw_input(dataset.rows[:rows])])
+    bad = good_request(dataset)
+    set_input(shape=[30, 5])(bad)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.ModelInfer(bad)
+    after = await statistics()
+
+    assert after.inference_count - before.inference_count == 13
+    assert after.execution_count - before.execution_count == 3
+    success, fail = after.inference_stats.success, after.inference_stats.fail
+    assert success.count - before.inference_stats.success.count == 3
+    assert fail.count - before.inference_stats.fail.count == 1
+    assert success.ns > before.inference_stats.success.ns and fail.ns > before.inference_stats.fail.ns
+    infer = after.inference_stats.compute_infer
+    assert infer.count == success.count and 0 < infer.ns <= success.ns
+    assert after.last_inference > 0 and after.last_inference >= before.last_inference
+    # No name: every model; an unknown one: NOT_FOUND.
+    everything = (await client.get_inference_statistics()).model_stats
+    assert [(s.name, s.version) for s in everything] == [(MODEL, "1")]
+    with pytest.raises(triton.InferenceServerException) as unknown:
+        await client.get_inference_statistics("no-such-model")
+    assert unknown.value.status() == "StatusCode.NOT_FOUND"
+
+
+async def test_repository_index_lists_loaded_versions(served: tuple[ServingProcess, Any]) -> None:
+    _, client = served
+    index = await client.get_model_repository_index()
+    assert [(m.name, m.version, m.state) for m in index.models] == [(MODEL, "1", "READY")]
 
 
 # -- inference -------------------------------------------------------------------------------------
@@ -366,3 +340,31 @@ async def test_hot_swap_under_load_fails_no_request(
         downloads = registry.fake.downloads
         await serving.promote(MODEL, 2)
         assert registry.fake.downloads == downloads
+
+
+async def test_a_refused_version_is_reported_and_the_old_one_keeps_serving(
+    registry: RunningRegistry, models: dict[int, TrainedModel], dataset: Dataset
+) -> None:
+    rows = dataset.rows[:5]
+    async with serving_client(registry) as (serving, client):
+        registry.fake.promote(MODEL, 2)
+        registry.fake.recorded_sha256[MODEL, 2] = "0" * 64  # corrupt in storage
+        await serving.promote(MODEL, 2)
+        event = await asyncio.wait_for(serving.load_failed.get(), 10)
+        assert (event["model"], event["model_version"], event["reason"]) == (MODEL, 2, "digest_mismatch")
+        assert (event["serving_version"], event["instance"]) == (1, "test")
+        assert "sha256" in event["detail"]
+
+        assert_answers(await client.infer(MODEL, [raw_input(rows)]), models[1], rows)
+        index = await client.get_model_repository_index()
+        assert [(m.name, m.version, m.state) for m in index.models] == [
+            (MODEL, "1", "READY"),
+            (MODEL, "2", "UNAVAILABLE"),
+        ]
+        assert index.models[1].reason.startswith("digest_mismatch: ")
+        ready_only = await client.get_model_repository_index()
+        assert len(ready_only.models) == 2  # tritonclient never sets `ready`; the stub does below
+        async with grpc.aio.insecure_channel(serving.url) as channel:
+            raw = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            only = await raw.RepositoryIndex(service_pb2.RepositoryIndexRequest(ready=True))
+            assert [(m.version, m.state) for m in only.models] == [("1", "READY")]

@@ -45,6 +45,20 @@ async def test_promotion_swaps_to_the_registry_champion(
         assert repository.resolve(MODEL).version == 2
 
 
+async def test_a_refused_version_is_reported_not_redelivered(
+    registry: RunningRegistry, repository: ModelRepository
+) -> None:
+    broker = KafkaBroker()
+    kafka_api.register(broker, repository, TOPICS, "replica-a")
+    async with TestKafkaBroker(broker) as test_broker:
+        await test_broker.publish(promoted(1), topic=TOPICS.for_event(ModelPromoted))
+        registry.fake.promote(MODEL, 2)
+        registry.fake.recorded_sha256[MODEL, 2] = "0" * 64
+        await test_broker.publish(promoted(2), topic=TOPICS.for_event(ModelPromoted))  # does not raise
+        assert repository.resolve(MODEL).version == 1
+        assert repository.failures[MODEL].reason == "digest_mismatch"
+
+
 async def test_unreachable_registry_is_retried_not_dead_lettered() -> None:
     client = RegistryClient("127.0.0.1:9", timeout_seconds=1)
     broker = KafkaBroker()

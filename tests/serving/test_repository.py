@@ -7,8 +7,12 @@ import hashlib
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
+from skl2onnx import convert_sklearn
+from skl2onnx.common.data_types import FloatTensorType
+from sklearn.linear_model import LogisticRegression
 
-from services.serving.repository import ModelRef, ModelRepository
+from services.serving.repository import LoadedModel, LoadFailure, ModelRef, ModelRepository
 from shared.errors import FailedPrecondition, NotFound, Unavailable
 
 from .support import MODEL, Dataset, TrainedModel
@@ -178,3 +182,79 @@ async def test_sync_all_until_done_gives_up_on_a_permanent_error(
     source.refuses_listing = True
     await asyncio.wait_for(repository.sync_all_until_done(first_delay=0.01), 5)  # returns, no raise
     assert repository.models() == []
+
+
+def failed_loads(reason: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "cascade_serving_failed_loads_total", {"model": MODEL, "reason": reason}
+    )
+    return value or 0.0
+
+
+class CorruptingSource(FakeSource):
+    """Refuses the download of one version as the registry client does on a digest mismatch."""
+
+    corrupt: int = 0
+
+    async def artifact(self, ref: ModelRef) -> bytes:
+        if ref.version == self.corrupt:
+            raise FailedPrecondition(f"artifact of {ref.model} version {ref.version} has sha256 ...; refused")
+        return await super().artifact(ref)
+
+
+def zipmap_model(dataset: Dataset) -> bytes:
+    """A valid ONNX whose probabilities are a sequence of maps, which serving cannot answer with."""
+    labels = (dataset.rows[:, 0] > np.median(dataset.rows[:, 0])).astype(int)
+    estimator = LogisticRegression(max_iter=1000).fit(dataset.rows, labels)
+    onnx = convert_sklearn(estimator, initial_types=[("input", FloatTensorType([None, 30]))])
+    return bytes(onnx.SerializeToString())
+
+
+@pytest.mark.parametrize("reason", ["digest_mismatch", "invalid_model", "incompatible"])
+async def test_refused_versions_are_counted_reported_and_leave_the_champion(
+    models: dict[int, TrainedModel], dataset: Dataset, reason: str
+) -> None:
+    source = CorruptingSource({1: models[1].onnx, 2: b"not onnx", 3: zipmap_model(dataset)}, champion=1)
+    source.corrupt = 1 if reason == "digest_mismatch" else 0
+    reported: list[LoadFailure] = []
+    loaded: list[int] = []
+
+    async def on_load_failed(failure: LoadFailure) -> None:
+        reported.append(failure)
+
+    async def on_loaded(model: LoadedModel) -> None:
+        loaded.append(model.version)
+
+    repository = ModelRepository(source, on_loaded=on_loaded, on_load_failed=on_load_failed)
+    await repository.load(MODEL, 9, models[2].onnx)  # the champion that must keep serving
+    source.champion_version = {"digest_mismatch": 1, "invalid_model": 2, "incompatible": 3}[reason]
+    before = failed_loads(reason)
+    with pytest.raises(FailedPrecondition):
+        await repository.sync_champion(MODEL)
+
+    assert repository.resolve(MODEL).version == 9
+    assert failed_loads(reason) == before + 1
+    (failure,) = reported
+    assert (failure.model, failure.version, failure.reason, failure.serving_version) == (
+        MODEL,
+        source.champion_version,
+        reason,
+        9,
+    )
+    assert repository.failures[MODEL] == failure
+    assert loaded == [9]
+    # A later good version loads, and the failure is cleared.
+    source.champion_version, source.corrupt = 1, 0
+    source.artifacts[1] = models[1].onnx
+    await repository.sync_champion(MODEL)
+    assert loaded == [9, 1] and MODEL not in repository.failures
+
+
+async def test_a_failing_report_does_not_break_the_load(models: dict[int, TrainedModel]) -> None:
+    async def broken(failure: LoadFailure) -> None:
+        raise ConnectionError("kafka down")
+
+    repository = ModelRepository(FakeSource({1: b"garbage"}, champion=1), on_load_failed=broken)
+    with pytest.raises(FailedPrecondition):  # the refusal itself, not the reporter's error
+        await repository.sync_champion(MODEL)
+    assert repository.failures[MODEL].reason == "invalid_model"

@@ -79,6 +79,16 @@ class RegistryServiceStub:
                 request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetLineageRequest.SerializeToString,
                 response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Lineage.FromString,
                 _registered_method=True)
+        self.SetTrainingSpec = channel.unary_unary(
+                '/cascade.registry.v1.RegistryService/SetTrainingSpec',
+                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetTrainingSpecRequest.SerializeToString,
+                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.TrainingSpec.FromString,
+                _registered_method=True)
+        self.GetTrainingSpec = channel.unary_unary(
+                '/cascade.registry.v1.RegistryService/GetTrainingSpec',
+                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetTrainingSpecRequest.SerializeToString,
+                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.TrainingSpec.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -144,6 +154,20 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetTrainingSpec(self, request, context):
+        """A model's training spec, kept in versions (the trainer reads the latest at every run, so
+        every trainer replica trains the same way).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTrainingSpec(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -191,6 +215,16 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.GetLineage,
                     request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetLineageRequest.FromString,
                     response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Lineage.SerializeToString,
+            ),
+            'SetTrainingSpec': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTrainingSpec,
+                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetTrainingSpecRequest.FromString,
+                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.TrainingSpec.SerializeToString,
+            ),
+            'GetTrainingSpec': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrainingSpec,
+                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetTrainingSpecRequest.FromString,
+                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.TrainingSpec.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -436,6 +470,60 @@ class RegistryService:
             '/cascade.registry.v1.RegistryService/GetLineage',
             shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetLineageRequest.SerializeToString,
             shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Lineage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTrainingSpec(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.registry.v1.RegistryService/SetTrainingSpec',
+            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetTrainingSpecRequest.SerializeToString,
+            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.TrainingSpec.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrainingSpec(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.registry.v1.RegistryService/GetTrainingSpec',
+            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetTrainingSpecRequest.SerializeToString,
+            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.TrainingSpec.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,11 @@ class RegistryServiceStub:
     """Every alias move of a model, oldest first: who, when, why. Read-only; nothing edits it."""
     GetLineage: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetLineageRequest, _registry_pb2.Lineage]
     """A version's lineage: its training run, its dataset version and the raw batches behind it."""
+    SetTrainingSpec: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetTrainingSpecRequest, _registry_pb2.TrainingSpec]
+    """A model's training spec, kept in versions (the trainer reads the latest at every run, so
+    every trainer replica trains the same way).
+    """
+    GetTrainingSpec: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetTrainingSpecRequest, _registry_pb2.TrainingSpec]
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -67,6 +72,11 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """Every alias move of a model, oldest first: who, when, why. Read-only; nothing edits it."""
     GetLineage: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetLineageRequest, _registry_pb2.Lineage]  # type: ignore[assignment]
     """A version's lineage: its training run, its dataset version and the raw batches behind it."""
+    SetTrainingSpec: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetTrainingSpecRequest, _registry_pb2.TrainingSpec]  # type: ignore[assignment]
+    """A model's training spec, kept in versions (the trainer reads the latest at every run, so
+    every trainer replica trains the same way).
+    """
+    GetTrainingSpec: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetTrainingSpecRequest, _registry_pb2.TrainingSpec]  # type: ignore[assignment]
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -138,5 +148,22 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.Lineage, _abc.Awaitable[_registry_pb2.Lineage]]:
         """A version's lineage: its training run, its dataset version and the raw batches behind it."""
+
+    @_abc_1.abstractmethod
+    def SetTrainingSpec(
+        self,
+        request: _registry_pb2.SetTrainingSpecRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.TrainingSpec, _abc.Awaitable[_registry_pb2.TrainingSpec]]:
+        """A model's training spec, kept in versions (the trainer reads the latest at every run, so
+        every trainer replica trains the same way).
+        """
+
+    @_abc_1.abstractmethod
+    def GetTrainingSpec(
+        self,
+        request: _registry_pb2.GetTrainingSpecRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.TrainingSpec, _abc.Awaitable[_registry_pb2.TrainingSpec]]: ...
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,98 @@
+"""One Cascade serving worker for the benchmark: the real service (`build()` + `Service.run`) on a
+fixed port shared with the other workers (SO_REUSEPORT), fed by the benchmark's fake registry over
+the real registry protocol. Kafka is faststream's in-memory TestKafkaBroker (no broker process to
+share the cores), so promotions arrive on stdin, one per line, and are published to it:
+
+    stdin   promote <model> <version>
+    stdout  READY                       once the gRPC server listens (the champion loads next)
+    stdout  PROMOTED <model> <version>  once this worker has handled it
+
+--without-shared-interceptors is a diagnosis only: the gRPC server is built without the
+OpenTelemetry and metrics interceptors every Cascade service carries (shared/service.py), to show
+what they cost the request path. Cascade itself always runs with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+import grpc
+from faststream.kafka import KafkaBroker, TestKafkaBroker
+
+from services.serving.app import build
+from services.serving.settings import ServingSettings
+from services.serving.workers import allow_port_sharing, worker_settings
+from shared.events import ModelPromoted, Topics
+from shared.logs import setup_logging
+
+
+def say(*words: object) -> None:
+    print(*words, flush=True)
+
+
+async def obey(broker: KafkaBroker, topics: Topics) -> None:
+    reader = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := (await reader.readline()).decode():
+        _, model, version = line.split()
+        event = ModelPromoted(
+            source="bench", subject=model, model=model, model_version=int(version), actor="bench"
+        )
+        await broker.publish(event, topic=topics.for_event(ModelPromoted), key=model.encode())
+        say("PROMOTED", model, version)
+
+
+async def main(arguments: argparse.Namespace) -> None:
+    settings = worker_settings(
+        ServingSettings(
+            grpc_port=arguments.port,
+            registry_address=arguments.registry,
+            instance_id="bench",
+            topic_prefix="bench",
+            workers=arguments.workers,
+            prediction_log_sample_rate=arguments.sample_rate,
+            shutdown_grace_seconds=1.0,
+            log_level="WARNING",
+        ),
+        arguments.index,
+    )
+    service = build(settings)
+    assert service.broker is not None
+
+    async def announce() -> None:
+        say("READY")
+
+    service.on_start = [*service.on_start, announce]
+    stop = asyncio.Event()
+    async with TestKafkaBroker(service.broker) as broker:
+        running = asyncio.create_task(service.run(stop))
+        obeying = asyncio.create_task(obey(broker, Topics(settings.topic_prefix)))
+        await asyncio.wait({running, obeying}, return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        obeying.cancel()
+        await running
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--registry", required=True)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--sample-rate", type=float, default=0.01)
+    parser.add_argument("--without-shared-interceptors", action="store_true")
+    arguments = parser.parse_args()
+    if arguments.without_shared_interceptors:
+        build_server = grpc.aio.server
+
+        def without_interceptors(*args: Any, interceptors: Any = None, **kwargs: Any) -> Any:
+            return build_server(*args, **kwargs)
+
+        grpc.aio.server = without_interceptors
+    setup_logging("serving", "WARNING", "text")
+    allow_port_sharing()
+    asyncio.run(main(arguments))

@@ -1,0 +1,50 @@
+"""The floor Python gRPC sets: a bare grpc.aio server answering ModelInfer with a fixed payload.
+
+No protobuf parsing, no interceptors: the request bytes are taken as they come and a prepared,
+serialized ModelInferResponse (the size Cascade answers with) goes back. With --interceptors it
+carries the server interceptors every Cascade service has (OpenTelemetry and gRPC metrics,
+shared/service.py), which shows what they cost apart from serving's own work.
+
+    python echo_server.py --port PORT --response FILE [--interceptors]   (prints READY when listening)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+METHOD = "/inference.GRPCInferenceService/ModelInfer"
+
+
+async def main(port: int, response: bytes, with_interceptors: bool) -> None:
+    async def echo(request: bytes, context: Any) -> bytes:
+        return response
+
+    handler = grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(echo)}
+    )
+    interceptors: list[Any] = []
+    if with_interceptors:
+        from shared.metrics import GrpcMetricsInterceptor
+        from shared.telemetry import grpc_server_interceptors
+
+        interceptors = [*grpc_server_interceptors(), GrpcMetricsInterceptor()]
+    server = grpc.aio.server(interceptors=interceptors or None, options=[("grpc.so_reuseport", 1)])
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print("READY", flush=True)
+    await server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--response", type=Path, required=True)
+    parser.add_argument("--interceptors", action="store_true")
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.port, arguments.response.read_bytes(), arguments.interceptors))

@@ -1,0 +1,610 @@
+"""Serving throughput and latency: Cascade against MLServer (+ mlserver-sklearn) and a bare grpc.aio
+echo server, with one load generator, one model and one run; plus Triton's perf_analyzer against
+Cascade, and the p99 while the champion is being swapped.
+
+    flock /tmp/cascade-heavy.lock .venv/bin/python bench/serving/run.py
+
+The model is a 50-tree RandomForest on breast_cancer: Cascade serves its skl2onnx export, MLServer
+serves the sklearn object itself (joblib). The load generator is an asyncio grpc.aio client,
+closed loop (each of `concurrency` tasks sends its next request when the previous one answered),
+sending prepared ModelInferRequest bytes (FP32 rows as raw_input_contents) over several
+connections, so that SO_REUSEPORT can spread them over server processes. The client shares the
+machine's cores with the server under test.
+
+Set-up, all under bench/.work/ (made once, reused after): a venv with MLServer 1.7.1,
+mlserver-sklearn, onnxruntime (for the hand-written MLServer ONNX runtime, mlserver_onnx.py) and
+uvloop==0.21.0 (newer uvloop crashes MLServer's inference worker, MLServer#2286); and
+perf_analyzer from the tritonclient 2.51.0 wheel with libcudart from pip's nvidia-cuda-runtime-cu12
+(it also needs Debian's libb64-0d, which this script does not install).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import joblib
+import numpy as np
+from skl2onnx import convert_sklearn
+from skl2onnx.common.data_types import FloatTensorType
+from sklearn.datasets import load_breast_cancer
+from sklearn.ensemble import RandomForestClassifier
+
+from shared.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
+from shared.stubs.inference import grpc_service_pb2 as pb
+from shared.stubs.inference import grpc_service_pb2_grpc as pb_grpc
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+WORK = REPO / "bench" / ".work" / "serving"
+MLSERVER_VENV = REPO / "bench" / ".work" / "mlserver-venv"
+PA_DIR = REPO / "bench" / ".work" / "perf_analyzer"
+MODEL = "bench"
+METHOD = "/inference.GRPCInferenceService/ModelInfer"
+PORT = 39301  # the server under test; MLServer's HTTP and metrics ports follow it
+REGISTRY_PORT = 39310
+CHUNK = 1 << 20
+
+
+# -- the model -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Models:
+    rows: np.ndarray
+    onnx: dict[int, bytes]  # by version: odd versions are forest 1, even versions forest 2
+    joblib_path: Path
+
+
+def train_models() -> Models:
+    data = load_breast_cancer()
+    rows, labels = data.data.astype(np.float32), data.target
+    forests = [RandomForestClassifier(50, random_state=seed).fit(rows, labels) for seed in (0, 1)]
+    onnx = [
+        convert_sklearn(
+            forest,
+            initial_types=[("input", FloatTensorType([None, rows.shape[1]]))],
+            options={id(forest): {"zipmap": False}},
+        ).SerializeToString()
+        for forest in forests
+    ]
+    WORK.mkdir(parents=True, exist_ok=True)
+    path = WORK / "forest.joblib"
+    joblib.dump(forests[0], path)
+    return Models(rows, {version: onnx[(version + 1) % 2] for version in range(1, 200)}, path)
+
+
+class Registry(registry_pb2_grpc.RegistryServiceServicer):
+    """The registry's read side, in memory, over the real registry protocol."""
+
+    def __init__(self, artifacts: dict[int, bytes]) -> None:
+        self.artifacts = artifacts
+        self.champion = 1
+
+    async def GetModelVersion(self, request: Any, context: Any) -> registry_pb2.ModelVersion:
+        version = self.champion if request.WhichOneof("selector") == "alias" else request.version
+        data = self.artifacts[version]
+        return registry_pb2.ModelVersion(
+            model=MODEL,
+            version=version,
+            status=registry_pb2.VERSION_STATUS_READY,
+            artifact_sha256=hashlib.sha256(data).hexdigest(),
+            artifact_size=len(data),
+        )
+
+    async def ListModels(self, request: Any, context: Any) -> registry_pb2.ListModelsResponse:
+        return registry_pb2.ListModelsResponse(
+            models=[registry_pb2.Model(name=MODEL, latest_version=self.champion, aliases={"champion": 1})]
+        )
+
+    async def DownloadArtifact(self, request: Any, context: Any) -> AsyncIterator[registry_pb2.ArtifactChunk]:
+        data = self.artifacts[request.version]
+        digest = hashlib.sha256(data).hexdigest()
+        for offset in range(request.offset, len(data), CHUNK):
+            yield registry_pb2.ArtifactChunk(
+                data=data[offset : offset + CHUNK], offset=offset, total_size=len(data), sha256=digest
+            )
+
+
+def infer_request(rows: np.ndarray) -> bytes:
+    request = pb.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(name="input", datatype="FP32", shape=list(rows.shape))
+    request.raw_input_contents.append(np.ascontiguousarray(rows, dtype="<f4").tobytes())
+    return request.SerializeToString()
+
+
+# -- servers under test ----------------------------------------------------------------------------
+class Server:
+    def __init__(self, name: str, processes: list[subprocess.Popen[str]]) -> None:
+        self.name = name
+        self.processes = processes
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OTEL_SDK_DISABLED": "true"}
+
+
+def _wait_line(process: subprocess.Popen[str], expected: str, timeout: float = 60) -> None:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"process exited before saying {expected}")
+        if line.startswith(expected):
+            return
+    raise TimeoutError(expected)
+
+
+async def wait_model_ready(port: int, limit: float = 120) -> None:
+    """ModelReady true on 16 fresh connections in a row: every worker has loaded the model."""
+    deadline = time.monotonic() + limit
+    ready = 0
+    while ready < 16:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the model never became ready")
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        ) as channel:
+            try:
+                response = await pb_grpc.GRPCInferenceServiceStub(channel).ModelReady(
+                    pb.ModelReadyRequest(name=MODEL), timeout=2
+                )
+                ready = ready + 1 if response.ready else 0
+            except grpc.aio.AioRpcError:
+                ready = 0
+        if ready == 0:
+            await asyncio.sleep(0.2)
+
+
+def start_cascade(workers: int, sample_rate: float, interceptors: bool = True) -> Server:
+    flags = [] if interceptors else ["--without-shared-interceptors"]
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "cascade_worker.py"),
+                f"--port={PORT}",
+                f"--registry=127.0.0.1:{REGISTRY_PORT}",
+                f"--workers={workers}",
+                f"--index={index}",
+                f"--sample-rate={sample_rate}",
+                *flags,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=_env(),
+            cwd=REPO,
+        )
+        for index in range(workers)
+    ]
+    for process in processes:
+        _wait_line(process, "READY")
+    name = f"cascade ({workers} worker{'s' if workers > 1 else ''})"
+    return Server(name + ("" if interceptors else " without shared interceptors"), processes)
+
+
+def promote(server: Server, version: int) -> None:
+    """Promote `version` in every worker and wait until each has handled it."""
+    for process in server.processes:
+        assert process.stdin is not None
+        process.stdin.write(f"promote {MODEL} {version}\n")
+        process.stdin.flush()
+    for process in server.processes:
+        _wait_line(process, "PROMOTED")
+
+
+def start_echo(processes: int, response: bytes, interceptors: bool = False) -> Server:
+    path = WORK / "echo-response.bin"
+    path.write_bytes(response)
+    flags = ["--interceptors"] if interceptors else []
+    started = [
+        subprocess.Popen(
+            [sys.executable, str(HERE / "echo_server.py"), f"--port={PORT}", f"--response={path}", *flags],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        for _ in range(processes)
+    ]
+    for process in started:
+        _wait_line(process, "READY")
+    name = f"grpc.aio echo ({processes} process{'es' if processes > 1 else ''})"
+    return Server(name + (" + shared interceptors" if interceptors else ""), started)
+
+
+def ensure_mlserver() -> Path:
+    mlserver = MLSERVER_VENV / "bin" / "mlserver"
+    if not (MLSERVER_VENV / "onnxruntime.installed").exists():
+        import onnxruntime
+        import sklearn
+
+        subprocess.run([sys.executable, "-m", "venv", str(MLSERVER_VENV)], check=True)
+        subprocess.run(
+            [
+                str(MLSERVER_VENV / "bin" / "pip"),
+                "install",
+                "--quiet",
+                "mlserver==1.7.1",
+                "mlserver-sklearn==1.7.1",
+                "uvloop==0.21.0",  # MLServer#2286: newer uvloop crashes the inference worker
+                f"scikit-learn=={sklearn.__version__}",  # the version that pickled the forest
+                f"onnxruntime=={onnxruntime.__version__}",  # for mlserver_onnx.py, as Cascade's
+            ],
+            check=True,
+        )
+        (MLSERVER_VENV / "onnxruntime.installed").touch()
+    return mlserver
+
+
+def start_mlserver(models: Models, runtime: str) -> Server:
+    """MLServer serving the forest with mlserver-sklearn ("sklearn") or mlserver_onnx.py ("onnx")."""
+    mlserver = ensure_mlserver()
+    root = WORK / "mlserver"
+    shutil.rmtree(root, ignore_errors=True)
+    (root / MODEL).mkdir(parents=True)
+    if runtime == "sklearn":
+        shutil.copy(models.joblib_path, root / MODEL / "model.joblib")
+        implementation, uri = "mlserver_sklearn.SKLearnModel", "./model.joblib"
+    else:
+        (root / MODEL / "model.onnx").write_bytes(models.onnx[1])
+        implementation, uri = "mlserver_onnx.OnnxModel", "./model.onnx"
+    (root / MODEL / "model-settings.json").write_text(
+        json.dumps(
+            {
+                "name": MODEL,
+                "implementation": implementation,
+                "parameters": {"uri": uri, "version": "1"},
+            }
+        )
+    )
+    (root / "settings.json").write_text(
+        json.dumps(
+            {
+                "host": "127.0.0.1",
+                "grpc_port": PORT,
+                "http_port": PORT + 1,
+                "metrics_port": PORT + 2,
+                "load_models_at_startup": True,
+            }
+        )
+    )
+    process = subprocess.Popen(
+        [str(mlserver), "start", str(root)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(WORK / f"mlserver-{runtime}.log", "w"),  # noqa: SIM115 - closed with the process
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(HERE)},  # for mlserver_onnx
+    )
+    name = "MLServer 1.7.1 + " + ("mlserver-sklearn" if runtime == "sklearn" else "ONNX runtime")
+    return Server(name, [process])
+
+
+# -- the load generator ----------------------------------------------------------------------------
+@dataclass
+class Run:
+    server: str
+    rows: int
+    concurrency: int
+    seconds: float
+    latencies: list[float]  # seconds
+    ends: list[float]  # perf_counter at each answer
+    failures: int
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else float("nan")
+
+
+async def closed_loop(
+    port: int, request: bytes, concurrency: int, seconds: float, warmup: float = 0.5
+) -> tuple[list[float], list[float], int, list[bytes]]:
+    """`concurrency` tasks, each sending its next request once the last one answered."""
+    connections = min(concurrency, 16)
+    channels = [
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(connections)
+    ]
+    calls = [channel.unary_unary(METHOD) for channel in channels]  # bytes in, bytes out
+    latencies: list[float] = []
+    ends: list[float] = []
+    failures = 0
+    sample: list[bytes] = []
+    start = time.perf_counter()
+    measure_from, stop_at = start + warmup, start + warmup + seconds
+
+    async def client(index: int) -> None:
+        nonlocal failures
+        call = calls[index % connections]
+        while True:
+            began = time.perf_counter()
+            if began >= stop_at:
+                return
+            try:
+                answer = await call(request, timeout=10)
+            except grpc.aio.AioRpcError:
+                if began >= measure_from:
+                    failures += 1
+                continue
+            ended = time.perf_counter()
+            if began >= measure_from:
+                latencies.append(ended - began)
+                ends.append(ended)
+            if not sample:
+                sample.append(answer)
+
+    try:
+        await asyncio.gather(*(client(index) for index in range(concurrency)))
+    finally:
+        for channel in channels:
+            await channel.close()
+    return latencies, ends, failures, sample
+
+
+async def measure(server: str, request: bytes, rows: int, concurrency: int, seconds: float) -> Run:
+    latencies, ends, failures, sample = await closed_loop(PORT, request, concurrency, seconds)
+    if sample:
+        pb.ModelInferResponse.FromString(sample[0])  # a real answer, not garbage
+    run = Run(server, rows, concurrency, seconds, latencies, ends, failures)
+    print(
+        f"  {server:<38} rows={rows:<3} c={concurrency:<3} {run.rate:>8.0f} req/s  "
+        f"p50 {run.percentile(50):6.2f} ms  p99 {run.percentile(99):6.2f} ms  failed {failures}",
+        flush=True,
+    )
+    return run
+
+
+# -- perf_analyzer ---------------------------------------------------------------------------------
+def ensure_perf_analyzer() -> tuple[Path, dict[str, str]] | str:
+    """The binary and its environment, or why it cannot run here."""
+    binary = PA_DIR / "tritonclient-2.51.0.data" / "data" / "bin" / "perf_analyzer"
+    venv = PA_DIR / "venv"
+    try:
+        if not binary.exists():
+            PA_DIR.mkdir(parents=True, exist_ok=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--quiet",
+                    "--no-deps",
+                    "tritonclient==2.51.0",
+                    "--dest",
+                    str(PA_DIR),
+                ],
+                check=True,
+            )
+            (wheel,) = PA_DIR.glob("tritonclient-2.51.0-*.whl")
+            with zipfile.ZipFile(wheel) as archive:
+                archive.extract("tritonclient-2.51.0.data/data/bin/perf_analyzer", PA_DIR)
+            binary.chmod(0o755)
+        if not (venv / "bin" / "python").exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            subprocess.run(
+                [str(venv / "bin" / "pip"), "install", "--quiet", "nvidia-cuda-runtime-cu12"], check=True
+            )
+    except (subprocess.CalledProcessError, ValueError, KeyError) as exc:
+        return f"could not fetch perf_analyzer or libcudart: {exc}"
+    (cudart,) = venv.glob("lib/python*/site-packages/nvidia/cuda_runtime/lib")
+    env = {**os.environ, "LD_LIBRARY_PATH": str(cudart)}
+    missing = subprocess.run(
+        ["ldd", str(binary)], check=False, env=env, capture_output=True, text=True
+    ).stdout
+    if "not found" in missing:
+        return "missing libraries: " + ", ".join(
+            line.split()[0] for line in missing.splitlines() if "not found" in line
+        )
+    return binary, env
+
+
+def perf_analyzer(binary: Path, env: dict[str, str], rows: int, concurrency: int) -> dict[str, str] | str:
+    out = WORK / f"pa-{rows}-{concurrency}.csv"
+    command = [
+        str(binary),
+        "-m",
+        MODEL,
+        "-u",
+        f"127.0.0.1:{PORT}",
+        "-i",
+        "grpc",
+        "--shape",
+        f"input:{rows},30",
+        "--concurrency-range",
+        str(concurrency),
+        "--measurement-interval",
+        "3000",
+        "--percentile",
+        "99",
+        "--stability-percentage",
+        "50",
+        "--max-trials",
+        "20",
+        "-f",
+        str(out),
+    ]
+    done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=180)
+    if done.returncode != 0 or not out.exists():
+        return (done.stdout + done.stderr).strip().splitlines()[-1] if (done.stdout + done.stderr) else "?"
+    with out.open() as file:
+        return next(csv.DictReader(file))
+
+
+# -- the benchmark ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def running(server: Server) -> Iterator[Server]:
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def swap_latency(cascade: Server, registry: Registry, request: bytes, args: argparse.Namespace) -> str:
+    """The p99 under the same load, steady and while a new version is promoted every `swap_every` s
+    (each a real download, session build, warm-up and swap, in every worker)."""
+    steady = await measure(cascade.name + " steady", request, 1, 16, args.swap_seconds)
+    swap_windows: list[tuple[float, float]] = []
+
+    async def keep_promoting() -> None:
+        version = 2
+        end = time.perf_counter() + args.swap_seconds + 0.5
+        while time.perf_counter() < end:
+            await asyncio.sleep(args.swap_every)
+            registry.champion = version
+            began = time.perf_counter()
+            await asyncio.to_thread(promote, cascade, version)
+            swap_windows.append((began, time.perf_counter()))
+            version += 1
+
+    promoting = asyncio.create_task(keep_promoting())
+    swapping = await measure(cascade.name + " swapping", request, 1, 16, args.swap_seconds)
+    await promoting
+    in_window = [
+        latency
+        for latency, ended in zip(swapping.latencies, swapping.ends, strict=True)
+        if any(start <= ended and ended - latency <= stop for start, stop in swap_windows)
+    ]
+    window_p99 = float(np.percentile(in_window, 99)) * 1000 if in_window else float("nan")
+    swap_seconds = [stop - start for start, stop in swap_windows]
+    return (
+        f"Swaps: {len(swap_windows)} promotions during {args.swap_seconds:g} s at concurrency 16, 1 row "
+        f"(each {statistics.median(swap_seconds) * 1000:.0f} ms median from promotion to every worker "
+        f"serving it); failed requests {swapping.failures}. Steady p99 {steady.percentile(99):.2f} ms; "
+        f"p99 of the whole swapping period {swapping.percentile(99):.2f} ms "
+        f"({swapping.percentile(99) / steady.percentile(99):.2f}x); p99 of the {len(in_window)} requests "
+        f"overlapping a swap {window_p99:.2f} ms ({window_p99 / steady.percentile(99):.2f}x steady)."
+    )
+
+
+def run_perf_analyzer() -> list[str]:
+    lines: list[str] = []
+    found = ensure_perf_analyzer()
+    if isinstance(found, str):
+        return [f"perf_analyzer: not run: {found}"]
+    binary, env = found
+    for rows in (1, 64):
+        for concurrency in (1, 16):
+            result = perf_analyzer(binary, env, rows, concurrency)
+            if isinstance(result, str):
+                lines.append(f"perf_analyzer rows={rows} c={concurrency}: failed: {result}")
+            else:
+                lines.append(
+                    f"perf_analyzer rows={rows} c={concurrency}: "
+                    f"{float(result['Inferences/Second']):.0f} infer/s, "
+                    f"p50 {int(result['p50 latency']) / 1000:.2f} ms, "
+                    f"p99 {int(result['p99 latency']) / 1000:.2f} ms"
+                )
+            print(lines[-1], flush=True)
+    return lines
+
+
+async def main(args: argparse.Namespace) -> None:
+    models = train_models()
+    requests = {rows: infer_request(models.rows[:rows]) for rows in (1, 64)}
+    concurrencies = [1, 16, 64]
+    registry = Registry(models.onnx)
+    registry_server = grpc.aio.server()
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(registry, registry_server)
+    registry_server.add_insecure_port(f"127.0.0.1:{REGISTRY_PORT}")
+    await registry_server.start()
+    runs: list[Run] = []
+    responses: dict[int, bytes] = {}
+    lines: list[str] = []
+
+    print(f"Serving benchmark: {args.seconds:g} s per point, {os.cpu_count()} cores", flush=True)
+    with running(start_cascade(args.workers, args.sample_rate)) as cascade:
+        await wait_model_ready(PORT)
+        for rows, request in requests.items():
+            _, _, _, sample = await closed_loop(PORT, request, 1, 0.2, warmup=0)
+            responses[rows] = sample[0]
+            for concurrency in concurrencies:
+                runs.append(await measure(cascade.name, request, rows, concurrency, args.seconds))
+
+        lines.append(await swap_latency(cascade, registry, requests[1], args))
+        print(lines[-1], flush=True)
+        if not args.skip_perf_analyzer:
+            lines.extend(run_perf_analyzer())
+
+    if not args.skip_diagnosis:
+        with running(start_cascade(args.workers, args.sample_rate, interceptors=False)) as bare:
+            await wait_model_ready(PORT)
+            for rows, request in requests.items():
+                for concurrency in concurrencies:
+                    runs.append(await measure(bare.name, request, rows, concurrency, args.seconds))
+
+    for processes, interceptors in [(1, False), (args.workers, False), (args.workers, True)]:
+        for rows, request in requests.items():
+            with running(start_echo(processes, responses[rows], interceptors)) as echo:
+                for concurrency in concurrencies:
+                    runs.append(await measure(echo.name, request, rows, concurrency, args.seconds))
+
+    for runtime in [] if args.skip_mlserver else ["sklearn", "onnx"]:
+        with running(start_mlserver(models, runtime)) as mlserver:
+            await wait_model_ready(PORT, limit=300)
+            for rows, request in requests.items():
+                for concurrency in concurrencies:
+                    runs.append(await measure(mlserver.name, request, rows, concurrency, args.seconds))
+    await registry_server.stop(None)
+    report(runs, lines, args)
+
+
+def report(runs: list[Run], lines: list[str], args: argparse.Namespace) -> None:
+    by_key = {(run.server, run.rows, run.concurrency): run for run in runs}
+    cascade = next(run.server for run in runs if run.server.startswith("cascade"))
+    print("\n| server | rows | concurrency | req/s | p50 ms | p99 ms | failed | Cascade ÷ this |")
+    print("|---|---|---|---|---|---|---|---|")
+    for run in runs:
+        mine = by_key[cascade, run.rows, run.concurrency]
+        print(
+            f"| {run.server} | {run.rows} | {run.concurrency} | {run.rate:.0f} | {run.percentile(50):.2f} | "
+            f"{run.percentile(99):.2f} | {run.failures} | {mine.rate / run.rate:.2f}x |"
+        )
+    print()
+    for line in lines:
+        print(f"- {line}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per point")
+    parser.add_argument("--workers", type=int, default=2, help="Cascade serving worker processes")
+    parser.add_argument("--sample-rate", type=float, default=0.01, help="Cascade's prediction-log rate")
+    parser.add_argument("--swap-seconds", type=float, default=6.0, help="length of each swap phase")
+    parser.add_argument("--swap-every", type=float, default=0.5, help="seconds between promotions")
+    parser.add_argument("--skip-mlserver", action="store_true")
+    parser.add_argument("--skip-perf-analyzer", action="store_true")
+    parser.add_argument(
+        "--skip-diagnosis", action="store_true", help="skip Cascade without the shared gRPC interceptors"
+    )
+    asyncio.run(main(parser.parse_args()))

@@ -1,0 +1,169 @@
+"""`cascade train` (ask for a retrain, optionally following it trial by trial) and `cascade spec`
+(a model's training spec, kept in versions by the registry)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import grpc
+import typer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from pydantic import ValidationError
+
+from services.trainer.spec import TrainingSpec
+from shared.cli.client import describe_rpc_error
+from shared.cli.errors import ClientError
+from shared.cli.stack import Stack, StackConfig
+from shared.events import Topics, TrainingProgress
+from shared.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
+from shared.stubs.cascade.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+
+__all__ = ["spec_app", "train"]
+
+spec_app = typer.Typer(help="A model's training spec: families, search, budget, folds, metric, window.")
+
+
+def _fail(error: Exception) -> None:
+    typer.secho(f"Error: {error}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(1)
+
+
+def train(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model to retrain, on its dataset's newest version.")],
+    reason: Annotated[str, typer.Option(help="Why; kept with the new version in the registry.")] = "",
+    actor: Annotated[str, typer.Option(envvar="USER", help="Who asks; kept in the registry.")] = "cli",
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Print each trial until the run ends.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="With --follow, seconds to wait for the run.")] = 600.0,
+) -> None:
+    """Ask the trainer for a retrain now; the new version goes through validation like any other."""
+    config: StackConfig = ctx.obj
+    stack = Stack(config)
+    address = stack.address("trainer")
+    started_ms = int(time.time() * 1000)
+    request = trainer_pb2.RequestTrainingRequest(model=model, actor=actor, reason=reason)
+    try:
+        with grpc.insecure_channel(address) as channel:
+            response = trainer_pb2_grpc.TrainerServiceStub(channel).RequestTraining(request, timeout=10)
+    except grpc.RpcError as error:
+        _fail(ClientError(describe_rpc_error("trainer", address, error)))
+    typer.echo(f"Retrain of {model} requested (request {response.request_id}).")
+    if follow:
+        topic = Topics(config.topic_prefix).for_event(TrainingProgress)
+        try:
+            follow_run = _follow(stack.address("kafka"), topic, response.request_id, started_ms)
+            asyncio.run(asyncio.wait_for(follow_run, timeout))
+        except TimeoutError:
+            _fail(
+                ClientError(
+                    f"the run did not end within {timeout:g} s; `cascade models list` shows its result"
+                )
+            )
+
+
+async def _follow(bootstrap: str, topic: str, request_id: str, since_ms: int) -> None:
+    """Print the run's progress events, read from the progress topic since the request was made."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = await _partitions(bootstrap, topic)
+        consumer.assign(partitions)
+        offsets = await consumer.offsets_for_times(dict.fromkeys(partitions, since_ms))
+        for partition in partitions:
+            found = offsets.get(partition)
+            if found is None:
+                await consumer.seek_to_end(partition)
+            else:
+                consumer.seek(partition, found.offset)
+        async for record in consumer:
+            try:
+                event = TrainingProgress.model_validate_json(record.value or b"")
+            except ValidationError:
+                continue
+            if not event.run_key.endswith(request_id):
+                continue
+            typer.echo(_describe(event))
+            if event.stage in ("finished", "failed"):
+                return
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
+    """The topic's partitions, waiting for it to exist: the first run of a stack creates it."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        while True:
+            (described,) = await admin.describe_topics([topic])
+            if not described.get("error_code") and described.get("partitions"):
+                numbers = sorted(p["partition"] for p in described["partitions"])
+                return [TopicPartition(topic, number) for number in numbers]
+            await asyncio.sleep(0.5)
+    finally:
+        await admin.close()
+
+
+def _describe(event: TrainingProgress) -> str:
+    if event.stage == "trial":
+        score = "-" if event.score is None else f"{event.score:.4f}"
+        best = "-" if event.best_score is None else f"{event.best_score:.4f}"
+        return (
+            f"  trial {event.trial}/{event.max_trials} {event.estimator}: {event.state} {score} (best {best})"
+        )
+    return f"{event.stage}: {event.message}"
+
+
+@spec_app.command("show")
+def show_spec(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Option(help="Spec version; 0 is the latest.")] = 0,
+) -> None:
+    """Print a model's spec (the defaults apply when it has none)."""
+    config: StackConfig = ctx.obj
+    address = Stack(config).address("registry")
+    request = registry_pb2.GetTrainingSpecRequest(model=model, version=version)
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stored = registry_pb2_grpc.RegistryServiceStub(channel).GetTrainingSpec(request, timeout=10)
+    except grpc.RpcError as error:
+        if isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.NOT_FOUND and not version:
+            typer.echo(f"# {model} has no spec; these defaults apply (the task comes from the dataset)")
+            typer.echo(TrainingSpec().model_dump_json(indent=2))
+            return
+        _fail(ClientError(describe_rpc_error("registry", address, error)))
+    typer.echo(f"# {model} spec version {stored.version}, set by {stored.actor}")
+    typer.echo(json.dumps(json.loads(stored.spec_json), indent=2))
+
+
+@spec_app.command("set")
+def set_spec(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    path: Annotated[
+        Path, typer.Argument(help="A JSON file with the spec's fields (the rest keep defaults).")
+    ],
+    actor: Annotated[str, typer.Option(envvar="USER", help="Who; kept with the spec version.")] = "cli",
+) -> None:
+    """Store a new version of a model's spec; the next run uses it."""
+    try:
+        spec = TrainingSpec.model_validate_json(path.read_text())
+    except (OSError, ValidationError) as error:
+        _fail(ClientError(f"{path} is not a valid training spec: {error}"))
+    config: StackConfig = ctx.obj
+    address = Stack(config).address("registry")
+    request = registry_pb2.SetTrainingSpecRequest(model=model, spec_json=spec.model_dump_json(), actor=actor)
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stored = registry_pb2_grpc.RegistryServiceStub(channel).SetTrainingSpec(request, timeout=10)
+    except grpc.RpcError as error:
+        _fail(ClientError(describe_rpc_error("registry", address, error)))
+    typer.echo(f"{model} spec version {stored.version} stored; the next run uses it.")
