@@ -16,7 +16,7 @@ from services.ingest.core import IngestCore, batch_id_of
 from services.ingest.schema import Schema
 from services.ingest.store import BatchRecord, VersionInfo
 from shared.errors import InvalidArgument, NotFound, grpc_errors
-from shared.grpc_io import ServicerContext, file_chunks, receive_to_file
+from shared.grpc_io import ServicerContext, file_chunks, receive_to_file, split_upload
 from shared.stubs.cascade.ingest.v1 import ingest_pb2 as pb
 from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc as pb_grpc
 
@@ -33,18 +33,9 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
     async def UploadBatch(
         self, request_iterator: AsyncIterator[pb.UploadBatchRequest], context: ServicerContext
     ) -> pb.UploadBatchResponse:
-        first = await anext(aiter(request_iterator), None)
-        if first is None or not first.HasField("header"):
-            raise InvalidArgument("the first UploadBatch message must carry the header")
-        header = first.header
+        header, chunks = await split_upload(request_iterator, "UploadBatch")
 
-        async def chunks() -> AsyncIterator[bytes]:
-            async for message in request_iterator:
-                if message.HasField("header"):
-                    raise InvalidArgument("only the first UploadBatch message may carry a header")
-                yield message.chunk
-
-        received = await receive_to_file(chunks(), self.core.store.root / "spool", self.max_upload_bytes)
+        received = await receive_to_file(chunks, self.core.store.root / "spool", self.max_upload_bytes)
         try:
             data = await asyncio.to_thread(received.path.read_bytes)
         finally:

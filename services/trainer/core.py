@@ -217,23 +217,16 @@ class TrainerCore:
             "training %s on %s@%s (%d rows, %s)", model, job.dataset, info.version[:12], len(frame), window
         )
         await self._report(
-            TrainingProgress(
-                source=SOURCE,
-                subject=model,
-                model=model,
-                run_key=key,
-                stage="started",
-                max_trials=spec.max_trials,
-                message=f"{len(frame)} rows ({window}), {spec.strategy} search",
-            )
+            model,
+            key,
+            "started",
+            max_trials=spec.max_trials,
+            message=f"{len(frame)} rows ({window}), {spec.strategy} search",
         )
         loop = asyncio.get_running_loop()
 
         def on_trial(trial: dict[str, Any]) -> None:  # called from the training thread
-            event = TrainingProgress(
-                source=SOURCE, subject=model, model=model, run_key=key, stage="trial", **trial
-            )
-            asyncio.run_coroutine_threadsafe(self._report(event), loop)
+            asyncio.run_coroutine_threadsafe(self._report(model, key, "trial", **trial), loop)
 
         try:
             with TRAIN_SECONDS.time():
@@ -242,11 +235,7 @@ class TrainerCore:
                 )
         except Exception as exc:
             RUNS.labels(model, "failed").inc()
-            await self._report(
-                TrainingProgress(
-                    source=SOURCE, subject=model, model=model, run_key=key, stage="failed", message=str(exc)
-                )
-            )
+            await self._report(model, key, "failed", message=str(exc))
             raise
         RUNS.labels(model, "succeeded").inc()
         TRIALS.labels(model).inc(len(result.trials))
@@ -256,24 +245,23 @@ class TrainerCore:
             "registered %s v%d: %s in %.2fs", model, version.version, result.metrics, result.train_seconds
         )
         await self._report(
-            TrainingProgress(
-                source=SOURCE,
-                subject=model,
-                model=model,
-                run_key=key,
-                stage="finished",
-                model_version=version.version,
-                best_score=max((t["score"] for t in result.trials if t["score"] is not None), default=None),
-                message=f"registered version {version.version}: {result.metrics}",
-            )
+            model,
+            key,
+            "finished",
+            model_version=version.version,
+            best_score=max((t["score"] for t in result.trials if t["score"] is not None), default=None),
+            message=f"registered version {version.version}: {result.metrics}",
         )
         return version
 
-    async def _report(self, event: TrainingProgress) -> None:
+    async def _report(self, model: str, key: str, stage: str, **fields: Any) -> None:
         """Progress is for people watching: it must never fail a run."""
         if self.progress is None:
             return
         try:
+            event = TrainingProgress(
+                source=SOURCE, subject=model, model=model, run_key=key, stage=stage, **fields
+            )
             await self.progress(event)
         except Exception as exc:
             log.warning("could not publish training progress: %s", exc)
