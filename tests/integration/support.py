@@ -49,18 +49,20 @@ def upload(stack: Stack, dataset: str, frame: pd.DataFrame) -> tuple[pb.UploadBa
     return response, trace_id
 
 
-def infer(stack: Stack, model: str, rows: np.ndarray, version: str = "") -> tuple[str, np.ndarray]:
-    """(model version that answered, predicted labels) through tritonclient, unchanged."""
+def infer(
+    stack: Stack, model: str, rows: np.ndarray, version: str = "", output: str = "label"
+) -> tuple[str, np.ndarray]:
+    """(model version that answered, one output: labels by default) through tritonclient, unchanged."""
     client = triton.InferenceServerClient(url=stack.address("serving"))
     try:
         request = triton.InferInput("input", list(rows.shape), "FP32")
         request.set_data_from_numpy(rows.astype(np.float32))
         result = client.infer(
-            model, [request], model_version=version, outputs=[triton.InferRequestedOutput("label")]
+            model, [request], model_version=version, outputs=[triton.InferRequestedOutput(output)]
         )
-        labels = result.as_numpy("label")
-        assert labels is not None
-        return result.get_response().model_version, labels
+        values = result.as_numpy(output)
+        assert values is not None
+        return result.get_response().model_version, values
     finally:
         client.close()
 

@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.datasets import load_breast_cancer
+from aiokafka.partitioner import DefaultPartitioner
+from sklearn.datasets import load_breast_cancer, make_classification
 from typer.testing import CliRunner
 
 from shared.cli.main import app
-from shared.cli.stack import Stack
+from shared.cli.stack import Stack, check_health
 from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
 from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
 from tests.integration.support import infer, model_ready, upload, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+SECOND_TRAINER_PORT = 29062
 
 
 def _breast_cancer() -> pd.DataFrame:
@@ -115,3 +125,83 @@ def test_cascade_train_follows_a_manual_retrain_trial_by_trial(stack: Stack) -> 
     cause = json.loads(retrained.tags["cause"])
     assert cause["kind"] == "manual" and cause["summary"] == "requested by bob: weekly refresh"
     wait_for(lambda: model_ready(stack, model, "2"), 120, "the retrained version to serve")
+    # Same data version, same spec and seed: the retrained model predicts exactly as the first.
+    assert retrained.dataset_version == _versions(stack, model)[0].dataset_version
+    rows = _breast_cancer().drop(columns="target").to_numpy(np.float32)
+    _, first = infer(stack, model, rows, version="1", output="probabilities")
+    _, second = infer(stack, model, rows, version="2", output="probabilities")
+    assert np.array_equal(first, second)
+
+
+def _training_spans(log: Path, model: str) -> list[tuple[datetime, datetime]]:
+    """(started, registered) times of each run of `model` in one trainer's JSON log."""
+    started: datetime | None = None
+    spans = []
+    for line in log.read_text().splitlines():
+        if not line.startswith("{"):
+            continue
+        entry = json.loads(line)
+        if entry["message"].startswith(f"training {model} on"):
+            started = datetime.fromisoformat(entry["time"])
+        elif entry["message"].startswith(f"registered {model} v") and started is not None:
+            spans.append((started, datetime.fromisoformat(entry["time"])))
+    return spans
+
+
+def _owned_partitions(log: Path, topic: str) -> set[int]:
+    """The partitions of `topic` a trainer holds after its latest rebalance, from its log."""
+    owned: set[int] = set()
+    for line in log.read_text().splitlines():
+        if "assigned to partitions" in line and f"topic='{topic}'" in line:
+            owned = {int(n) for n in re.findall(rf"topic='{re.escape(topic)}', partition=(\d+)", line)}
+    return owned
+
+
+def _name_on_partition(partitions: set[int], taken: str = "") -> str:
+    """A model name whose Kafka key lands on one of `partitions` (keys hash with murmur2)."""
+    partitioner = DefaultPartitioner()
+    return next(
+        name
+        for name in (f"par_{n}" for n in range(100))
+        if name != taken and partitioner(name.encode(), [0, 1, 2], [0, 1, 2]) in partitions
+    )
+
+
+def test_two_trainer_processes_share_the_work_and_train_two_models_at_once(stack: Stack) -> None:
+    log = stack.home / "logs" / "trainer-2.log"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    environment |= stack.service_env("trainer") | {
+        "CASCADE_TRAINER_GRPC_PORT": str(SECOND_TRAINER_PORT),
+        "CASCADE_TRAINER_METRICS_PORT": "0",
+    }
+    topic = f"{stack.config.topic_prefix}.data-arrived.v1"
+    with log.open("ab") as output:
+        second = subprocess.Popen(
+            [sys.executable, "-m", "services.trainer"],
+            env=environment,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
+        )
+    try:
+        address = f"127.0.0.1:{SECOND_TRAINER_PORT}"
+        wait_for(lambda: check_health(address) == "SERVING", 60, "a second trainer")
+        owned = wait_for(lambda: _owned_partitions(log, topic), 60, "the group to give it partitions")
+        # One model whose key the second trainer owns, one whose key the first trainer owns.
+        models = (_name_on_partition(owned), _name_on_partition({0, 1, 2} - owned))
+        for number, model in enumerate(models):
+            x, y = make_classification(n_samples=3_000, n_features=30, n_informative=10, random_state=number)
+            upload(stack, model, pd.DataFrame(x, columns=[f"f{i}" for i in range(30)]).assign(target=y))
+        for model in models:
+            wait_for(lambda m=model: model_ready(stack, m, "1"), 180, f"{model} to serve")  # type: ignore[misc]
+    finally:
+        second.terminate()
+        second.wait(30)
+
+    second_runs = _training_spans(log, models[0])
+    first_runs = _training_spans(stack.log_file("trainer"), models[1])
+    assert len(second_runs) == 1 and not _training_spans(log, models[1])
+    assert len(first_runs) == 1 and not _training_spans(stack.log_file("trainer"), models[0])
+    (start_a, end_a), (start_b, end_b) = second_runs[0], first_runs[0]
+    assert start_a < end_b and start_b < end_a, "the two runs did not overlap in time"
