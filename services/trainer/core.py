@@ -321,6 +321,7 @@ def _tags(
         "feature_importance": json.dumps(result.feature_importance),
         "durations": json.dumps(result.durations),
         "library_versions": json.dumps(result.versions),
+        "parity_reference": json.dumps(result.parity_reference),
     }
     if job.cause is not None:  # the registry keeps why this version exists, with the report
         tags["cause"] = job.cause.model_dump_json()

@@ -37,6 +37,7 @@ from shared.splits import holdout_mask
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "input"
+PARITY_REFERENCE_ROWS = 16
 PROBABILITY_TOLERANCE = 1e-4  # absolute for probabilities; relative to the magnitude for regression values
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # Cascade logs each trial itself
 
@@ -54,6 +55,9 @@ class TrainingResult:
     feature_importance: dict[str, float] = field(default_factory=dict)
     durations: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    # A few held-out rows and scikit-learn's outputs for them, so the validator can recheck that the
+    # artifact it is about to promote still reproduces them.
+    parity_reference: dict[str, list[list[float]]] = field(default_factory=dict)
 
 
 def _estimator(name: str, task: Task, params: dict[str, Any], seed: int) -> BaseEstimator:
@@ -262,6 +266,12 @@ def train(
     if task == "classification":
         y_holdout = y_holdout.astype(np.int64)
     check_parity(best, onnx_bytes, x_holdout, task)
+    reference_rows = x_holdout[:PARITY_REFERENCE_ROWS]
+    reference_outputs = (
+        best.predict_proba(reference_rows)
+        if task == "classification"
+        else best.predict(reference_rows)[:, None]
+    )
     exported = time.perf_counter()
 
     scorer = get_scorer(spec.primary_metric or "accuracy")
@@ -289,6 +299,11 @@ def train(
             "importance": round(finished - exported, 4),
         },
         versions={p: version(p) for p in ("scikit-learn", "skl2onnx", "onnxruntime", "numpy", "optuna")},
+        parity_reference={
+            "rows": reference_rows.tolist(),
+            "outputs": reference_outputs.tolist(),
+            "labels": [[float(v)] for v in best.predict(reference_rows)],
+        },
     )
 
 

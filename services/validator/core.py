@@ -16,6 +16,7 @@ from services.validator.gates import (
     Thresholds,
     judge,
     latency_gate,
+    parity_gate,
     schema_gate,
     score,
     size_gate,
@@ -91,6 +92,7 @@ class ValidatorCore:
                 _signature(champion) if champion is not None else None,
                 declared_change=candidate.tags.get("schema_change") == "declared",
             ),
+            parity_gate(candidate_onnx, json.loads(candidate.tags.get("parity_reference", "null")), task),
             latency_gate(candidate_onnx, rows, limits.latency_budget_ms),
             size_gate(len(candidate_onnx), limits.max_artifact_bytes),
         ]

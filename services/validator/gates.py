@@ -77,6 +77,8 @@ def judge(
     return gates
 
 
+PARITY_TOLERANCE = 1e-4
+
 Signature = dict[str, list[tuple[str, str, tuple[int, ...]]]]
 
 
@@ -117,6 +119,34 @@ def latency_gate(onnx_bytes: bytes, rows: np.ndarray, budget_ms: float, samples:
         value=round(p99_ms, 4),
         threshold=budget_ms,
         detail=f"p99 of {samples} one-row runs",
+    )
+
+
+def parity_gate(onnx_bytes: bytes, reference: dict[str, list[list[float]]] | None, task: str) -> GateResult:
+    """Recheck ONNX parity on the artifact about to be promoted: it must reproduce the outputs
+    scikit-learn gave the trainer for a few held-out rows (probabilities or values within 1e-4,
+    relative for values)."""
+    if not reference or not reference.get("rows"):
+        return GateResult(name="onnx_parity", passed=False, detail="the trainer recorded no parity reference")
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    rows = np.asarray(reference["rows"], dtype=np.float32)
+    expected = np.asarray(reference["outputs"], dtype=np.float64)
+    outputs = session.run(None, {session.get_inputs()[0].name: rows})
+    if task == "classification":
+        got = np.asarray(outputs[1], dtype=np.float64)
+        gap = float(np.max(np.abs(got - expected)))
+        expected_labels = np.asarray(reference.get("labels", []), dtype=np.float64).ravel()
+        labels_agree = bool(np.array_equal(np.asarray(outputs[0], dtype=np.float64), expected_labels))
+    else:
+        got = np.asarray(outputs[0], dtype=np.float64).reshape(expected.shape)
+        gap = float(np.max(np.abs(got - expected) / np.maximum(1.0, np.abs(expected))))
+        labels_agree = True
+    return GateResult(
+        name="onnx_parity",
+        passed=labels_agree and gap <= PARITY_TOLERANCE,
+        value=gap,
+        threshold=PARITY_TOLERANCE,
+        detail=f"{len(rows)} held-out rows" + ("" if labels_agree else "; labels differ"),
     )
 
 

@@ -3,7 +3,15 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 
 from services.trainer.training import TrainingResult
-from services.validator.gates import Thresholds, judge, latency_gate, schema_gate, score, size_gate
+from services.validator.gates import (
+    Thresholds,
+    judge,
+    latency_gate,
+    parity_gate,
+    schema_gate,
+    score,
+    size_gate,
+)
 
 LIMITS = Thresholds(min_rows=10, min_accuracy=0.7, min_r2=0.0, max_regression=0.02)
 
@@ -72,3 +80,18 @@ def test_thresholds_can_be_overridden_per_model_and_typos_fail_fast() -> None:
     assert isinstance(strict.min_rows, int)
     with pytest.raises(ValueError, match="unknown thresholds"):
         LIMITS.overridden({"min_acuracy": 0.9})
+
+
+def test_parity_gate_rechecks_the_artifact_against_the_trainers_reference(
+    trained_breast_cancer: TrainingResult,
+) -> None:
+    reference = trained_breast_cancer.parity_reference
+    assert len(reference["rows"]) == 16 and len(reference["labels"]) == 16
+    passed = parity_gate(trained_breast_cancer.onnx_bytes, reference, "classification")
+    assert passed.passed and passed.value is not None and passed.value <= 1e-4
+    shifted = {**reference, "outputs": [[p + 0.01 for p in row] for row in reference["outputs"]]}
+    failed = parity_gate(trained_breast_cancer.onnx_bytes, shifted, "classification")
+    assert not failed.passed and failed.value is not None and failed.value > 1e-4
+    flipped = {**reference, "labels": [[1 - row[0]] for row in reference["labels"]]}
+    assert "labels differ" in parity_gate(trained_breast_cancer.onnx_bytes, flipped, "classification").detail
+    assert not parity_gate(trained_breast_cancer.onnx_bytes, None, "classification").passed
