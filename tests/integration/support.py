@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -13,10 +14,12 @@ import grpc
 import numpy as np
 import pandas as pd
 import tritonclient.grpc as triton
+from aiokafka import AIOKafkaProducer
 
 from shared.cli.stack import Stack
 from shared.stubs.cascade.ingest.v1 import ingest_pb2 as pb
 from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
+from shared.stubs.cascade.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 
 T = TypeVar("T")
 
@@ -91,3 +94,29 @@ def spans_of_trace(stack: Stack, trace_id: str) -> list[dict[str, object]]:
                         if span["traceId"] == trace_id:
                             spans.append({**span, "service.name": attributes.get("service.name")})
     return spans
+
+
+def produce(bootstrap: str, messages: list[tuple[str, bytes]], key: bytes = b"test") -> None:
+    """Send raw bytes to topics as any outside producer would (up to 2 MiB a message)."""
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=2 * 1024 * 1024)
+        await producer.start()
+        try:
+            for topic, value in messages:
+                await producer.send_and_wait(topic, value, key=key)
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
+
+
+def drift_report(stack: Stack, model: str) -> monitor_pb2.DriftReport | None:
+    """The monitor's latest report for `model`, or None while it has none."""
+    with grpc.insecure_channel(stack.address("monitor")) as channel:
+        try:
+            return monitor_pb2_grpc.MonitorServiceStub(channel).GetDriftReport(
+                monitor_pb2.GetDriftReportRequest(model=model), timeout=5
+            )
+        except grpc.RpcError:
+            return None

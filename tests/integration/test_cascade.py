@@ -9,11 +9,10 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 
-import grpc
 import numpy as np
 import pandas as pd
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_breast_cancer, make_classification
@@ -32,9 +31,16 @@ from shared.events import (
     Topics,
 )
 from shared.messaging import DLQ_REASON, DLQ_SERVICE, DLQ_TOPIC
-from shared.stubs.cascade.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from tests.integration.otlp_receiver import OtlpReceiver, ReceivedSpan
-from tests.integration.support import infer, model_ready, spans_of_trace, upload, wait_for
+from tests.integration.support import (
+    drift_report,
+    infer,
+    model_ready,
+    produce,
+    spans_of_trace,
+    upload,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -234,16 +240,7 @@ def test_the_monitor_tests_served_predictions_against_the_training_data(stack: S
     # Shift every feature far from the training data: the monitor must call it drift.
     infer(stack, model, features[:40] * 3.0 + 100.0)
 
-    def report() -> monitor_pb2.DriftReport | None:
-        with grpc.insecure_channel(stack.address("monitor")) as channel:
-            try:
-                return monitor_pb2_grpc.MonitorServiceStub(channel).GetDriftReport(
-                    monitor_pb2.GetDriftReportRequest(model=model), timeout=5
-                )
-            except grpc.RpcError:
-                return None
-
-    drift = wait_for(report, 60, "the monitor's first drift report")
+    drift = wait_for(lambda: drift_report(stack, model), 60, "the monitor's first drift report")
     assert drift.model_version == 1 and drift.predictions_seen >= 20
     assert {f.feature for f in drift.features} == set(first.columns) - {"target"}
     assert all(f.test and 0 <= f.p_value <= 1 for f in drift.features)
@@ -274,16 +271,6 @@ def test_a_service_killed_mid_cascade_lets_the_cascade_finish(stack: Stack) -> N
     assert version == "1" and np.mean(labels == y[:16]) > 0.7
 
 
-async def _produce(bootstrap: str, messages: list[tuple[str, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
-    try:
-        for topic, value in messages:
-            await producer.send_and_wait(topic, value, key=b"malformed")
-    finally:
-        await producer.stop()
-
-
 async def _dead_letters(bootstrap: str, topic: str, marker: bytes, count: int) -> list[dict[str, str]]:
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
@@ -306,7 +293,7 @@ def test_malformed_events_on_every_input_topic_are_dead_lettered_with_a_reason(s
     marker = uuid.uuid4().hex.encode()
     inputs = [RawRecords, DataArrived, ModelTrained, ModelValidated, ModelPromoted, PredictionLogged]
     bootstrap = stack.address("kafka")
-    asyncio.run(_produce(bootstrap, [(topics.for_event(e), b"{malformed " + marker) for e in inputs]))
+    produce(bootstrap, [(topics.for_event(e), b"{malformed " + marker) for e in inputs])
     # model-promoted feeds both serving and monitor; each dead-letters its own copy.
     letters = asyncio.run(_dead_letters(bootstrap, topics.dead_letter, marker, len(inputs) + 1))
 
@@ -331,7 +318,7 @@ def test_raw_records_from_any_kafka_producer_are_ingested(stack: Stack) -> None:
     records = json.loads(frame.to_json(orient="records"))
     records[0]["mean radius"] = "oops"
     body = json.dumps({"dataset": "bc_records", "records": records}).encode()
-    asyncio.run(_produce(stack.address("kafka"), [(topics.for_event(RawRecords), body)]))
+    produce(stack.address("kafka"), [(topics.for_event(RawRecords), body)])
     wait_for(
         lambda: model_ready(stack, "bc_records", "1"), CASCADE_TIMEOUT, "the records to cascade to a model"
     )

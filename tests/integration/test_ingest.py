@@ -21,7 +21,7 @@ import grpc
 import numpy as np
 import pandas as pd
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
 from shared.cli.stack import Stack
 from shared.events import RawRecords, Topics
@@ -29,7 +29,7 @@ from shared.messaging import DLQ_REASON, DLQ_SERVICE
 from shared.stubs.cascade.ingest.v1 import ingest_pb2 as pb
 from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
 from tests.ingest.test_cleaning import MIXED_CSV, MIXED_REPORT, MIXED_SCHEMA
-from tests.integration.support import wait_for
+from tests.integration.support import produce, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -127,12 +127,12 @@ def test_the_same_batch_twice_makes_one_version_over_grpc_and_kafka(
     records = json.loads(frame.head(10).to_json(orient="records"))
     body = json.dumps({"dataset": "it_twice_kafka", "records": records}).encode()
     topic = Topics(stack.config.topic_prefix).for_event(RawRecords)
-    asyncio.run(_produce(stack.address("kafka"), [(topic, body), (topic, body)]))
+    produce(stack.address("kafka"), [(topic, body), (topic, body)])
 
     def two_deliveries_seen() -> bool:
         # The consumer handles messages in order: once a later message is in, both copies were seen.
         probe = {"dataset": "it_twice_kafka_probe", "records": records}
-        asyncio.run(_produce(stack.address("kafka"), [(topic, json.dumps(probe).encode())]))
+        produce(stack.address("kafka"), [(topic, json.dumps(probe).encode())])
         try:
             return bool(_versions(ingest, "it_twice_kafka_probe"))
         except grpc.RpcError:
@@ -272,7 +272,7 @@ def test_malformed_wrong_schema_and_oversized_messages_are_dead_lettered_with_th
         json.dumps(oversized).encode(),
     ]
     topic = topics.for_event(RawRecords)
-    asyncio.run(_produce(stack.address("kafka"), [(topic, m) for m in messages]))
+    produce(stack.address("kafka"), [(topic, m) for m in messages])
     letters = asyncio.run(_dead_letters(stack.address("kafka"), topics.dead_letter, marker.encode(), 4))
 
     assert all(h[DLQ_SERVICE] == "ingest" for h in letters.values())
@@ -285,16 +285,6 @@ def test_malformed_wrong_schema_and_oversized_messages_are_dead_lettered_with_th
     assert "InvalidArgument" in reasons[3] and "exceeds the limit of 524288 bytes" in reasons[3]
     with pytest.raises(grpc.RpcError):
         _versions(ingest, "it_dlq_big")
-
-
-async def _produce(bootstrap: str, messages: list[tuple[str, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=2 * 1024 * 1024)
-    await producer.start()
-    try:
-        for topic, value in messages:
-            await producer.send_and_wait(topic, value, key=b"it-ingest")
-    finally:
-        await producer.stop()
 
 
 async def _dead_letters(bootstrap: str, topic: str, marker: bytes, count: int) -> dict[bytes, dict[str, str]]:

@@ -9,7 +9,6 @@ retrained on drift (so other tests' deliberately shifted traffic retrains nothin
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import uuid
@@ -20,14 +19,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import tritonclient.grpc as triton
-from aiokafka import AIOKafkaProducer
 from sklearn.datasets import load_breast_cancer
 
 from shared.cli.stack import Stack
 from shared.events import LabelsArrived, Topics
 from shared.stubs.cascade.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from shared.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
-from tests.integration.support import model_ready, upload, wait_for
+from tests.integration.support import drift_report, model_ready, produce, upload, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -50,19 +48,9 @@ def _infer(stack: Stack, rows: np.ndarray, request_id: str) -> str:
         client.close()
 
 
-def _report(stack: Stack) -> monitor_pb2.DriftReport | None:
-    with grpc.insecure_channel(stack.address("monitor")) as channel:
-        try:
-            return monitor_pb2_grpc.MonitorServiceStub(channel).GetDriftReport(
-                monitor_pb2.GetDriftReportRequest(model=MODEL), timeout=5
-            )
-        except grpc.RpcError:
-            return None
-
-
 def _report_after(stack: Stack, seen: int) -> monitor_pb2.DriftReport:
     def check() -> monitor_pb2.DriftReport | None:
-        report = _report(stack)
+        report = drift_report(stack, MODEL)
         return report if report is not None and report.predictions_seen >= seen else None
 
     return wait_for(check, TIMEOUT, f"a drift report covering {seen} predictions")
@@ -85,19 +73,6 @@ def _version(stack: Stack, version: int) -> registry_pb2.ModelVersion | None:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 return None
             raise
-
-
-async def _send_labels(stack: Stack, labels: list[dict[str, object]]) -> None:
-    """Ground truth as any producer would send it: plain JSON on the labels topic."""
-    producer = AIOKafkaProducer(bootstrap_servers=stack.address("kafka"))
-    await producer.start()
-    try:
-        for document in labels:
-            await producer.send_and_wait(
-                Topics("it").for_event(LabelsArrived), json.dumps(document).encode(), key=MODEL.encode()
-            )
-    finally:
-        await producer.stop()
 
 
 @dataclass(frozen=True)
@@ -149,9 +124,13 @@ def _unshifted_traffic_is_not_drift(stack: Stack, traffic: Traffic) -> None:
     assert history.verdicts and not any(v.dataset_drifted for v in history.verdicts)
     assert not history.drift_events
 
-    asyncio.run(_send_labels(stack, labels))
+    # Ground truth as any producer would send it: plain JSON on the labels topic.
+    topic = Topics("it").for_event(LabelsArrived)
+    produce(stack.address("kafka"), [(topic, json.dumps(d).encode()) for d in labels], key=MODEL.encode())
     measured = wait_for(
-        lambda: (r := _report(stack)) is not None and r.performance.labelled_rows == 4 * BATCH and r,
+        lambda: (
+            (r := drift_report(stack, MODEL)) is not None and r.performance.labelled_rows == 4 * BATCH and r
+        ),
         TIMEOUT,
         "the labels to be joined with their predictions",
     )
