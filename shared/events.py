@@ -22,10 +22,13 @@ __all__ = [
     "Event",
     "GateResult",
     "LabelsArrived",
+    "ModelAliasChanged",
     "ModelLoadFailed",
     "ModelPromoted",
     "ModelTrained",
     "ModelValidated",
+    "ModelVersionCreated",
+    "ModelVersionStatusChanged",
     "PredictionLogged",
     "RawRecords",
     "RetrainCause",
@@ -166,6 +169,49 @@ class ModelPromoted(Event):
     model_version: int
     alias: str = "champion"
     previous_version: int | None = None
+    actor: str
+    reason: str = ""
+
+
+class ModelVersionCreated(Event):
+    """The registry stored a new version (status pending until the validator's verdict)."""
+
+    TOPIC: ClassVar[str] = "model-version-created.v1"
+    type: Literal["io.cascade.model.version_created.v1"] = "io.cascade.model.version_created.v1"
+
+    model: str
+    model_version: int
+    artifact_sha256: str
+    artifact_size: int
+    dataset: str = ""
+    status: Literal["pending", "ready", "failed"] = "pending"
+
+
+class ModelVersionStatusChanged(Event):
+    TOPIC: ClassVar[str] = "model-version-status-changed.v1"
+    type: Literal["io.cascade.model.version_status_changed.v1"] = (
+        "io.cascade.model.version_status_changed.v1"
+    )
+
+    model: str
+    model_version: int
+    status: Literal["pending", "ready", "failed"]
+    previous_status: Literal["pending", "ready", "failed"]
+    reason: str = ""
+
+
+class ModelAliasChanged(Event):
+    """Any alias moved or was deleted (`champion` moves also go out as ModelPromoted, which
+    serving and monitor follow)."""
+
+    TOPIC: ClassVar[str] = "model-alias-changed.v1"
+    type: Literal["io.cascade.model.alias_changed.v1"] = "io.cascade.model.alias_changed.v1"
+
+    model: str
+    alias: str
+    model_version: int | None = Field(None, description="The new target; None when deleted.")
+    previous_version: int | None = None
+    action: Literal["set", "deleted", "rolled_back"]
     actor: str
     reason: str = ""
 

@@ -9,7 +9,7 @@ from services.registry.artifacts import LocalArtifactStore
 from services.registry.core import Lineage, RegistryCore
 from services.registry.grpc_api import SERVICE_NAME, RegistryServicer
 from services.registry.settings import RegistrySettings
-from services.registry.store import RegistryStore
+from services.registry.store import RegistryStore, sqlite_url
 from shared.events import Event, Topics
 from shared.grpc_io import open_channel
 from shared.messaging import build_broker, publish_event
@@ -22,7 +22,7 @@ def build(settings: RegistrySettings | None = None) -> Service:
     settings = settings or RegistrySettings()
     topics = Topics(settings.topic_prefix, settings.topic_partitions)
     broker = build_broker(settings, "registry")
-    store = RegistryStore(settings.data_dir / "registry.sqlite3")
+    store = RegistryStore(settings.database_url or sqlite_url(settings.data_dir / "registry.sqlite3"))
     artifacts = LocalArtifactStore(settings.data_dir / "artifacts")
 
     async def publish(event: Event) -> None:

@@ -7,17 +7,25 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import onnx
+import sqlalchemy as sa
 from prometheus_client import Counter
 
 from services.registry.artifacts import ArtifactStore
-from services.registry.store import RegistryStore, VersionRecord
+from services.registry.store import ModelRecord, RegistryStore, VersionQuery, VersionRecord
 from shared.clients import unavailable_as_retryable
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound
-from shared.events import Event, ModelPromoted, ModelValidated
+from shared.events import (
+    Event,
+    ModelAliasChanged,
+    ModelPromoted,
+    ModelValidated,
+    ModelVersionCreated,
+    ModelVersionStatusChanged,
+)
 from shared.grpc_io import ReceivedFile
 from shared.names import ALIAS_PATTERN, check_name
 from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
@@ -72,16 +80,60 @@ class NewVersion:
     description: str = ""
 
 
+POLICIES = ("automatic", "manual")
+_EVENT_TYPES: dict[str, type[Event]] = {
+    cls.model_fields["type"].default: cls
+    for cls in (ModelPromoted, ModelAliasChanged, ModelVersionCreated, ModelVersionStatusChanged)
+}
+
+
 class RegistryCore:
     def __init__(self, store: RegistryStore, artifacts: ArtifactStore, publish: Publish, policy: str) -> None:
         self.store = store
         self.artifacts = artifacts
         self.publish = publish
-        self.policy = policy
+        self.policy = policy  # the default for models that set none
+        self._flushing = asyncio.Lock()  # one flush at a time, so no event goes out twice from here
 
-    def create_version(self, spec: NewVersion, upload: ReceivedFile) -> VersionRecord:
+    # -- models --------------------------------------------------------------------------------
+    def register_model(
+        self, name: str, description: str, policy: str | None, tags: dict[str, str]
+    ) -> ModelRecord:
+        check_name("model", name)
+        _check_tags(tags)
+        return self.store.register_model(name, description, policy, tags)
+
+    def get_model(self, name: str) -> ModelRecord:
+        return self.store.get_model(check_name("model", name))
+
+    def update_model(
+        self,
+        name: str,
+        description: str | None,
+        policy: str | None,
+        set_tags: dict[str, str],
+        delete_tags: list[str],
+    ) -> ModelRecord:
+        self.get_model(name)
+        _check_tags(set_tags)
+        with self.store.transaction() as db:
+            self.store.ensure_model(db, name)
+            self.store.update_model(db, name, description, policy, set_tags, delete_tags)
+        return self.store.get_model(name)
+
+    def effective_policy(self, model: ModelRecord) -> str:
+        return model.promotion_policy or self.policy
+
+    def signature(self, model: ModelRecord) -> dict[str, Any]:
+        """The champion's signature, else the latest version's; empty before any version."""
+        version = model.aliases.get("champion") or model.latest_version
+        return self.store.get(model.name, version).signature if version else {}
+
+    # -- versions ------------------------------------------------------------------------------
+    async def create_version(self, spec: NewVersion, upload: ReceivedFile) -> VersionRecord:
         """Store the artifact and record the version. A repeated idempotency key returns the first version."""
         check_name("model", spec.model)
+        _check_tags(spec.tags)
         if spec.idempotency_key:
             existing = self.store.find_by_key(spec.model, spec.idempotency_key)
             if existing is not None:
@@ -90,6 +142,7 @@ class RegistryCore:
         signature = onnx_signature(upload.path)
         self.artifacts.put(upload.path, upload.sha256)
         with self.store.transaction() as db:
+            self.store.ensure_model(db, spec.model)
             version = self.store.insert_version(
                 db,
                 {
@@ -105,7 +158,22 @@ class RegistryCore:
                     "description": spec.description,
                 },
             )
+            self._enqueue(
+                db,
+                ModelVersionCreated(
+                    source=SOURCE,
+                    subject=spec.model,
+                    model=spec.model,
+                    model_version=version,
+                    artifact_sha256=upload.sha256,
+                    artifact_size=upload.size,
+                    dataset=spec.dataset,
+                    dataset_version=spec.dataset_version or None,
+                    training_run=spec.run.get("run_id") or None,
+                ),
+            )
         log.info("registered %s version %d (artifact %s)", spec.model, version, upload.sha256[:12])
+        await self.flush_outbox()
         return self.store.get(spec.model, version)
 
     def resolve(
@@ -126,25 +194,118 @@ class RegistryCore:
             raise InvalidArgument("give a version number, an alias or an idempotency key")
         return self.store.get(model, version)
 
-    async def set_alias(self, model: str, alias: str, version: int, actor: str, reason: str) -> VersionRecord:
-        check_name("alias", alias, ALIAS_PATTERN)
-        self.store.get(model, version)  # NotFound before anything moves
+    def search(self, query: VersionQuery) -> list[VersionRecord]:
+        if query.model:
+            check_name("model", query.model)
+        if not 1 <= query.limit <= 1000:
+            raise InvalidArgument(f"max_results must be within 1..1000, not {query.limit}")
+        for condition in query.metrics:
+            if not condition.name:
+                raise InvalidArgument("a metric filter needs the metric's name")
+        return self.store.search(query)
+
+    def update_version(
+        self,
+        model: str,
+        version: int,
+        description: str | None,
+        set_tags: dict[str, str],
+        delete_tags: list[str],
+    ) -> VersionRecord:
+        self.resolve(model, version)
+        _check_tags(set_tags)
         with self.store.transaction() as db:
-            previous = self.store.move_alias(db, model, alias, version, actor or "unknown", reason)
-            if alias == "champion" and previous != version:
-                self.store.enqueue(db, _promoted(model, version, previous, actor, reason).model_dump_json())
-        PROMOTIONS.labels(model, alias, actor or "unknown").inc()
+            self.store.ensure_model(db, model)
+            self.store.update_version(db, model, version, description, set_tags, delete_tags)
+        return self.store.get(model, version)
+
+    # -- aliases -------------------------------------------------------------------------------
+    async def set_alias(
+        self, model: str, alias: str, version: int, actor: str, reason: str, force: bool = False
+    ) -> VersionRecord:
+        check_name("alias", alias, ALIAS_PATTERN)
+        target = self.resolve(model, version)  # NotFound before anything moves
+        if target.status == "FAILED" and not force:
+            raise FailedPrecondition(
+                f"{model} v{version} failed validation; pass force to point {alias!r} at it anyway"
+            )
+        with self.store.transaction() as db:
+            self.store.ensure_model(db, model)
+            self._move(db, model, alias, version, actor or "unknown", reason, "set")
         await self.flush_outbox()
         return self.store.get(model, version)
 
+    async def delete_alias(self, model: str, alias: str, actor: str, reason: str) -> int:
+        check_name("model", model)
+        check_name("alias", alias, ALIAS_PATTERN)
+        with self.store.transaction() as db:
+            self.store.ensure_model(db, model)
+            previous = self.store.alias_target(model, alias, db)
+            if previous is None:
+                raise NotFound(f"model {model!r} has no alias {alias!r}")
+            self._move(db, model, alias, None, actor or "unknown", reason, "deleted")
+        await self.flush_outbox()
+        return previous
+
+    async def rollback(self, model: str, actor: str, reason: str) -> VersionRecord:
+        """Point `champion` back at the version it held before its latest move, in one transaction
+        (so a racing promotion cannot slip between reading the history and moving the alias)."""
+        check_name("model", model)
+        with self.store.transaction() as db:
+            self.store.ensure_model(db, model)
+            moves = [move for move in self.store.history(model, db) if move["alias"] == "champion"]
+            if not moves or moves[-1]["from_version"] is None:
+                raise FailedPrecondition(f"model {model!r} has no previous champion to roll back to")
+            previous = int(moves[-1]["from_version"])
+            why = f"rollback from v{moves[-1]['to_version']}: {reason}"
+            self._move(db, model, "champion", previous, actor or "unknown", why, "rolled_back")
+        await self.flush_outbox()
+        return self.store.get(model, previous)
+
+    def _move(
+        self,
+        db: sa.Connection,
+        model: str,
+        alias: str,
+        version: int | None,
+        actor: str,
+        reason: str,
+        action: Literal["set", "deleted", "rolled_back"],
+        cause: Event | None = None,
+    ) -> None:
+        """Move an alias, record it in the history and queue its events, all in `db`."""
+        previous = self.store.move_alias(db, model, alias, version, actor, reason)
+        common = {"source": SOURCE, "subject": model, "model": model, "actor": actor, "reason": reason}
+        lineage = {
+            "dataset_version": cause.dataset_version if cause else None,
+            "training_run": cause.training_run if cause else None,
+        }
+        self._enqueue(
+            db,
+            ModelAliasChanged(
+                **common,
+                alias=alias,
+                model_version=version,
+                previous_version=previous,
+                action=action,
+                **lineage,
+            ),
+        )
+        if alias == "champion" and version is not None and previous != version:
+            self._enqueue(
+                db, ModelPromoted(**common, model_version=version, previous_version=previous, **lineage)
+            )
+        PROMOTIONS.labels(model, alias, actor).inc()
+
+    # -- verdicts ------------------------------------------------------------------------------
     async def on_validated(self, event: ModelValidated) -> None:
-        """Record the verdict once and, if it passed, move the alias the policy asks for.
+        """Record the verdict once, set the status and, if it passed, move the alias the model's
+        policy asks for.
 
         Idempotent: a redelivered verdict finds the version already judged and only flushes the
         outbox, which publishes anything a crash left unpublished."""
         record = self.store.get(event.model, event.model_version)
         if record.validation is None:
-            alias = "champion" if self.policy == "automatic" else "challenger"
             reason = f"validation {event.id}: " + ("passed" if event.passed else "failed")
             if event.cause is not None:  # the history says why this version was trained at all
                 reason += (
@@ -152,19 +313,30 @@ class RegistryCore:
                     f"(event {event.cause.event_id}): {event.cause.summary}"
                 )
             with self.store.transaction() as db:
+                self.store.ensure_model(db, event.model)
+                alias = (
+                    "champion"
+                    if self.effective_policy(self.store.get_model(event.model)) == ("automatic")
+                    else "challenger"
+                )
                 self.store.set_validation(db, event.model, event.model_version, event.model_dump(mode="json"))
-                if event.passed:
-                    previous = self.store.move_alias(
-                        db, event.model, alias, event.model_version, "validator", reason
+                status = "READY" if event.passed else "FAILED"
+                previous_status = self.store.set_status(db, event.model, event.model_version, status)
+                if previous_status != status:
+                    self._enqueue(
+                        db,
+                        ModelVersionStatusChanged(
+                            source=SOURCE,
+                            subject=event.model,
+                            model=event.model,
+                            model_version=event.model_version,
+                            status=status.lower(),
+                            previous_status=previous_status.lower(),
+                            reason=reason,
+                        ),
                     )
-                    if alias == "champion":
-                        self.store.enqueue(
-                            db,
-                            _promoted(
-                                event.model, event.model_version, previous, "validator", reason, event
-                            ).model_dump_json(),
-                        )
-                    PROMOTIONS.labels(event.model, alias, "validator").inc()
+                if event.passed:
+                    self._move(db, event.model, alias, event.model_version, "validator", reason, "set", event)
             log.info(
                 "%s v%d validation %s",
                 event.model,
@@ -183,40 +355,24 @@ class RegistryCore:
             raise InvalidArgument("the training spec must be a JSON object")
         return self.store.add_training_spec(model, json.dumps(spec, sort_keys=True), actor or "unknown")
 
-    async def rollback(self, model: str, actor: str, reason: str) -> VersionRecord:
-        """Point `champion` back at the version it held before its latest move."""
-        moves = [move for move in self.store.history(model) if move["alias"] == "champion"]
-        if not moves or moves[-1]["from_version"] is None:
-            raise FailedPrecondition(f"model {model!r} has no previous champion to roll back to")
-        previous = int(moves[-1]["from_version"])
-        return await self.set_alias(
-            model,
-            "champion",
-            previous,
-            actor or "unknown",
-            f"rollback from v{moves[-1]['to_version']}: {reason}",
-        )
+    # -- events --------------------------------------------------------------------------------
+    def _enqueue(self, db: sa.Connection, event: Event) -> None:
+        self.store.enqueue(db, event.type, event.model_dump_json())
 
     async def flush_outbox(self) -> None:
-        for event_id, event_json in await asyncio.to_thread(self.store.pending_events):
-            await self.publish(ModelPromoted.model_validate_json(event_json))
-            self.store.mark_published(event_id)
+        """Publish what the outbox holds, oldest first; a failure leaves the rest for next time."""
+        async with self._flushing:
+            for event_id, event_type, event_json in await asyncio.to_thread(self.store.pending_events):
+                await self.publish(_EVENT_TYPES[event_type].model_validate_json(event_json))
+                self.store.mark_published(event_id)
 
 
-def _promoted(
-    model: str, version: int, previous: int | None, actor: str, reason: str, cause: Event | None = None
-) -> ModelPromoted:
-    return ModelPromoted(
-        source=SOURCE,
-        subject=model,
-        model=model,
-        model_version=version,
-        previous_version=previous,
-        actor=actor,
-        reason=reason,
-        dataset_version=cause.dataset_version if cause else None,
-        training_run=cause.training_run if cause else None,
-    )
+def _check_tags(tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        if not key or len(key) > 256:
+            raise InvalidArgument(f"tag keys must be 1..256 characters, not {key!r}")
+        if len(value) > 5000:
+            raise InvalidArgument(f"tag {key!r} is longer than 5000 characters")
 
 
 class Lineage:

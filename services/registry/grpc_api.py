@@ -10,7 +10,7 @@ from pathlib import Path
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.registry.core import Lineage, NewVersion, RegistryCore
-from services.registry.store import VersionRecord
+from services.registry.store import MetricCondition, ModelRecord, VersionQuery, VersionRecord
 from shared.errors import InvalidArgument, grpc_errors
 from shared.grpc_io import ServicerContext, file_chunks, receive_to_file, split_upload
 from shared.names import check_name
@@ -22,6 +22,17 @@ _STATUS = {
     "PENDING": pb.VERSION_STATUS_PENDING,
     "READY": pb.VERSION_STATUS_READY,
     "FAILED": pb.VERSION_STATUS_FAILED,
+}
+_STATUS_NAMES = {number: name for name, number in _STATUS.items()}
+_POLICIES = {"automatic": pb.PROMOTION_POLICY_AUTOMATIC, "manual": pb.PROMOTION_POLICY_MANUAL}
+_POLICY_NAMES = {number: name for name, number in _POLICIES.items()}
+_COMPARISONS = {
+    pb.COMPARISON_EQ: "==",
+    pb.COMPARISON_NE: "!=",
+    pb.COMPARISON_GT: ">",
+    pb.COMPARISON_GE: ">=",
+    pb.COMPARISON_LT: "<",
+    pb.COMPARISON_LE: "<=",
 }
 
 
@@ -58,7 +69,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             description=header.description,
         )
         try:
-            record = self.core.create_version(spec, upload)
+            record = await self.core.create_version(spec, upload)
         finally:
             upload.discard()
         return version_message(record)
@@ -83,22 +94,78 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         )
 
     @grpc_errors
+    async def SearchModelVersions(
+        self, request: pb.SearchModelVersionsRequest, context: ServicerContext
+    ) -> pb.ListModelVersionsResponse:
+        conditions = []
+        for metric in request.metrics:
+            if metric.op not in _COMPARISONS:
+                raise InvalidArgument(f"metric filter on {metric.name!r} needs a comparison (op)")
+            conditions.append(MetricCondition(metric.name, _COMPARISONS[metric.op], metric.value))
+        query = VersionQuery(
+            model=request.model,
+            tags=dict(request.tags),
+            metrics=tuple(conditions),
+            status=_STATUS_NAMES.get(request.status, ""),
+            dataset_version=request.dataset_version,
+            limit=request.max_results or 100,
+        )
+        return pb.ListModelVersionsResponse(versions=[version_message(r) for r in self.core.search(query)])
+
+    @grpc_errors
+    async def UpdateModelVersion(
+        self, request: pb.UpdateModelVersionRequest, context: ServicerContext
+    ) -> pb.ModelVersion:
+        record = self.core.update_version(
+            request.model,
+            request.version,
+            request.description if request.HasField("description") else None,
+            dict(request.set_tags),
+            list(request.delete_tags),
+        )
+        return version_message(record)
+
+    @grpc_errors
+    async def RegisterModel(self, request: pb.RegisterModelRequest, context: ServicerContext) -> pb.Model:
+        model = self.core.register_model(
+            request.name, request.description, _POLICY_NAMES.get(request.promotion_policy), dict(request.tags)
+        )
+        return self._model_message(model)
+
+    @grpc_errors
+    async def GetModel(self, request: pb.GetModelRequest, context: ServicerContext) -> pb.Model:
+        return self._model_message(self.core.get_model(request.name))
+
+    @grpc_errors
+    async def UpdateModel(self, request: pb.UpdateModelRequest, context: ServicerContext) -> pb.Model:
+        model = self.core.update_model(
+            request.name,
+            request.description if request.HasField("description") else None,
+            _POLICY_NAMES.get(request.promotion_policy),
+            dict(request.set_tags),
+            list(request.delete_tags),
+        )
+        return self._model_message(model)
+
+    @grpc_errors
     async def ListModels(
         self, request: pb.ListModelsRequest, context: ServicerContext
     ) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(
-            models=[
-                pb.Model(name=name, latest_version=latest, aliases=aliases)
-                for name, latest, aliases in self.core.store.models()
-            ]
-        )
+        return pb.ListModelsResponse(models=[self._model_message(m) for m in self.core.store.models()])
 
     @grpc_errors
     async def SetAlias(self, request: pb.SetAliasRequest, context: ServicerContext) -> pb.ModelVersion:
         record = await self.core.set_alias(
-            request.model, request.alias, request.version, request.actor, request.reason
+            request.model, request.alias, request.version, request.actor, request.reason, request.force
         )
         return version_message(record)
+
+    @grpc_errors
+    async def DeleteAlias(
+        self, request: pb.DeleteAliasRequest, context: ServicerContext
+    ) -> pb.DeleteAliasResponse:
+        previous = await self.core.delete_alias(request.model, request.alias, request.actor, request.reason)
+        return pb.DeleteAliasResponse(previous_version=previous)
 
     @grpc_errors
     async def DownloadArtifact(
@@ -125,12 +192,12 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         moves = []
         for move in self.core.store.history(request.model):
             at = Timestamp()
-            at.FromDatetime(datetime.fromisoformat(move["at"]))
+            at.FromDatetime(move["at"])
             moves.append(
                 pb.AliasMove(
                     alias=move["alias"],
                     from_version=move["from_version"] or 0,
-                    to_version=move["to_version"],
+                    to_version=move["to_version"] or 0,
                     actor=move["actor"],
                     reason=move["reason"],
                     at=at,
@@ -162,6 +229,27 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     ) -> pb.TrainingSpec:
         check_name("model", request.model)
         return _spec_message(request.model, *self.core.store.training_spec(request.model, request.version))
+
+    def _model_message(self, model: ModelRecord) -> pb.Model:
+        signature = self.core.signature(model)
+        return pb.Model(
+            name=model.name,
+            latest_version=model.latest_version,
+            aliases=model.aliases,
+            description=model.description,
+            tags=model.tags,
+            promotion_policy=_POLICIES.get(model.promotion_policy or "", pb.PROMOTION_POLICY_UNSPECIFIED),
+            effective_promotion_policy=_POLICIES[self.core.effective_policy(model)],
+            inputs=[pb.TensorSpec(**spec) for spec in signature.get("inputs", [])],
+            outputs=[pb.TensorSpec(**spec) for spec in signature.get("outputs", [])],
+            created_at=_timestamp(model.created_at),
+        )
+
+
+def _timestamp(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
 
 
 def _spec_message(model: str, version: int, spec_json: str, actor: str, created: datetime) -> pb.TrainingSpec:

@@ -13,8 +13,14 @@ class RegistrySettings(ServiceSettings):
 
     grpc_port: int = Field(50054, description="gRPC port of RegistryService.")
     ingest_address: str = Field("127.0.0.1:50051", description="Where IngestService answers (for lineage).")
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL of the metadata database, e.g. postgresql+psycopg://user:pw@host/db;"
+        " empty means SQLite (WAL) at <data_dir>/registry.sqlite3.",
+    )
     max_artifact_bytes: int = Field(1024 * 1024 * 1024, description="Largest artifact accepted.")
     promotion_policy: Literal["automatic", "manual"] = Field(
         "automatic",
-        description="automatic: a passed candidate becomes champion; manual: it becomes challenger.",
+        description="The default for models that set none (UpdateModel, `cascade models policy`)."
+        " automatic: a passed candidate becomes champion; manual: it becomes challenger.",
     )

@@ -1,69 +1,49 @@
-"""The registry's metadata in SQLite (WAL). Every write is one transaction; alias moves and the
-events they cause are written together (a transactional outbox), so none is lost in a crash."""
+"""The registry's metadata behind SQLAlchemy Core: SQLite (WAL) by default, PostgreSQL by URL.
+
+Every write is one transaction. Alias moves, status changes and the events announcing them are
+written together (a transactional outbox), so none is lost in a crash. Writes on one model are
+serialized: SQLite takes its write lock at BEGIN, PostgreSQL locks the model's row.
+"""
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shared.errors import NotFound
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.dialects import postgresql, sqlite
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS versions (
-    model TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    artifact_sha256 TEXT NOT NULL,
-    artifact_size INTEGER NOT NULL,
-    dataset TEXT NOT NULL,
-    dataset_version TEXT NOT NULL,
-    run_json TEXT NOT NULL,
-    tags_json TEXT NOT NULL,
-    signature_json TEXT NOT NULL,
-    idempotency_key TEXT,
-    description TEXT NOT NULL,
-    validation_json TEXT,
-    created_at TEXT NOT NULL,
-    PRIMARY KEY (model, version),
-    UNIQUE (model, idempotency_key)
-);
-CREATE TABLE IF NOT EXISTS aliases (
-    model TEXT NOT NULL,
-    alias TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    PRIMARY KEY (model, alias)
-);
-CREATE TABLE IF NOT EXISTS alias_history (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    model TEXT NOT NULL,
-    alias TEXT NOT NULL,
-    from_version INTEGER,
-    to_version INTEGER NOT NULL,
-    actor TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS training_specs (
-    model TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    spec_json TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    PRIMARY KEY (model, version)
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_json TEXT NOT NULL,
-    published INTEGER NOT NULL DEFAULT 0
-);
-"""
+from services.registry import schema
+from services.registry.schema import (
+    alias_history,
+    aliases,
+    model_tags,
+    models,
+    outbox,
+    training_specs,
+    version_metrics,
+    version_tags,
+    versions,
+)
+from shared.errors import AlreadyExists, NotFound
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+STATUSES = ("PENDING", "READY", "FAILED")
+COMPARISONS = {
+    "==": lambda column, value: column == value,
+    "!=": lambda column, value: column != value,
+    ">": lambda column, value: column > value,
+    ">=": lambda column, value: column >= value,
+    "<": lambda column, value: column < value,
+    "<=": lambda column, value: column <= value,
+}
 
 
 @dataclass(frozen=True)
@@ -85,186 +65,490 @@ class VersionRecord:
     aliases: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class ModelRecord:
+    name: str
+    description: str
+    promotion_policy: str | None
+    tags: dict[str, str]
+    created_at: datetime
+    latest_version: int
+    aliases: dict[str, int]
+
+
+@dataclass(frozen=True)
+class MetricCondition:
+    name: str
+    op: str  # a key of COMPARISONS
+    value: float
+
+
+@dataclass(frozen=True)
+class VersionQuery:
+    model: str = ""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    metrics: tuple[MetricCondition, ...] = ()
+    status: str = ""
+    dataset_version: str = ""
+    limit: int = 100
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def migrate(engine: sa.Engine) -> None:
+    """Bring the schema to the newest Alembic revision (a no-op when it is there already)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+def _engine(url: str, writer: bool) -> sa.Engine:
+    if not url.startswith("sqlite"):
+        return sa.create_engine(url, pool_pre_ping=True)
+    path = sa.make_url(url).database
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself, below
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(connection: sa.Connection) -> None:
+        # A writer takes the write lock at BEGIN (IMMEDIATE), so concurrent writers queue there
+        # instead of failing at their first write; readers never block (WAL).
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+
+    return engine
+
+
+def _utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything here is stored in UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
 class RegistryStore:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.RLock()
+    def __init__(self, url: str) -> None:
+        self.engine = _engine(url, writer=True)
+        self.reader = _engine(url, writer=False) if url.startswith("sqlite") else self.engine
+        migrate(self.engine)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
 
     def close(self) -> None:
-        self._db.close()
+        self.reader.dispose()
+        self.engine.dispose()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One serialized write transaction; concurrent alias moves queue here and none is lost."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+    def transaction(self) -> Iterator[sa.Connection]:
+        with self.engine.begin() as connection:
+            yield connection
+
+    def _read(self) -> sa.Connection:
+        return self.reader.connect()
+
+    # -- models --------------------------------------------------------------------------------
+    def ensure_model(self, db: sa.Connection, name: str) -> None:
+        """Create the model's row if this is its first appearance, then hold it locked so writes on
+        one model queue behind each other (PostgreSQL; SQLite already serialized at BEGIN)."""
+        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        db.execute(
+            insert(models)
+            .values(name=name, description="", promotion_policy=None, created_at=_now())
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
+        if self.dialect == "postgresql":
+            db.execute(sa.select(models.c.name).where(models.c.name == name).with_for_update())
+
+    def register_model(
+        self, name: str, description: str, policy: str | None, tags: Mapping[str, str]
+    ) -> ModelRecord:
+        with self.transaction() as db:
             try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+                db.execute(
+                    models.insert().values(
+                        name=name, description=description, promotion_policy=policy, created_at=_now()
+                    )
+                )
+            except sa.exc.IntegrityError as exc:
+                raise AlreadyExists(f"model {name!r} is already registered") from exc
+            self._set_tags(db, model_tags, {"model": name}, tags)
+        return self.get_model(name)
+
+    def get_model(self, name: str) -> ModelRecord:
+        found = self._models(sa.select(models).where(models.c.name == name))
+        if not found:
+            raise NotFound(f"model {name!r} is not registered")
+        return found[0]
+
+    def models(self) -> list[ModelRecord]:
+        return self._models(sa.select(models).order_by(models.c.name))
+
+    def update_model(
+        self,
+        db: sa.Connection,
+        name: str,
+        description: str | None,
+        policy: str | None,
+        set_tags: Mapping[str, str],
+        delete_tags: Iterable[str],
+    ) -> None:
+        changes: dict[str, Any] = {}
+        if description is not None:
+            changes["description"] = description
+        if policy is not None:
+            changes["promotion_policy"] = policy
+        if changes:
+            db.execute(models.update().where(models.c.name == name).values(**changes))
+        self._set_tags(db, model_tags, {"model": name}, set_tags, delete_tags)
+
+    def _models(self, query: sa.Select[Any]) -> list[ModelRecord]:
+        with self._read() as db:
+            rows = db.execute(query).mappings().all()
+            names = [row["name"] for row in rows]
+            if not names:
+                return []
+            latest = dict(
+                db.execute(
+                    sa.select(versions.c.model, sa.func.max(versions.c.version))
+                    .where(versions.c.model.in_(names))
+                    .group_by(versions.c.model)
+                ).all()
+            )
+            tags: dict[str, dict[str, str]] = {}
+            for model, key, value in db.execute(
+                sa.select(model_tags.c.model, model_tags.c.key, model_tags.c.value).where(
+                    model_tags.c.model.in_(names)
+                )
+            ):
+                tags.setdefault(model, {})[key] = value
+            targets: dict[str, dict[str, int]] = {}
+            for model, alias, version in db.execute(
+                sa.select(aliases.c.model, aliases.c.alias, aliases.c.version).where(
+                    aliases.c.model.in_(names)
+                )
+            ):
+                targets.setdefault(model, {})[alias] = int(version)
+        return [
+            ModelRecord(
+                name=row["name"],
+                description=row["description"],
+                promotion_policy=row["promotion_policy"],
+                tags=tags.get(row["name"], {}),
+                created_at=_utc(row["created_at"]),
+                latest_version=int(latest.get(row["name"]) or 0),
+                aliases=targets.get(row["name"], {}),
+            )
+            for row in rows
+        ]
 
     # -- versions ------------------------------------------------------------------------------
-    def insert_version(self, db: sqlite3.Connection, record: dict[str, Any]) -> int:
-        row = db.execute(
-            "SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE model=?", (record["model"],)
-        )
-        version = int(row.fetchone()[0])
+    def insert_version(self, db: sa.Connection, record: dict[str, Any]) -> int:
+        """Number and insert a version; the caller holds the model (ensure_model)."""
+        model = record["model"]
+        latest = db.execute(
+            sa.select(sa.func.coalesce(sa.func.max(versions.c.version), 0)).where(versions.c.model == model)
+        ).scalar_one()
+        version = int(latest) + 1
         db.execute(
-            "INSERT INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                record["model"],
-                version,
-                "READY",
-                record["artifact_sha256"],
-                record["artifact_size"],
-                record["dataset"],
-                record["dataset_version"],
-                json.dumps(record["run"]),
-                json.dumps(record["tags"]),
-                json.dumps(record["signature"]),
-                record["idempotency_key"] or None,
-                record["description"],
-                None,
-                datetime.now(UTC).isoformat(),
-            ),
+            versions.insert().values(
+                model=model,
+                version=version,
+                status="PENDING",
+                artifact_sha256=record["artifact_sha256"],
+                artifact_size=record["artifact_size"],
+                dataset=record["dataset"],
+                dataset_version=record["dataset_version"],
+                run_json=json.dumps(record["run"]),
+                signature_json=json.dumps(record["signature"]),
+                idempotency_key=record["idempotency_key"] or None,
+                description=record["description"],
+                validation_json=None,
+                created_at=_now(),
+            )
         )
+        key = {"model": model, "version": version}
+        self._set_tags(db, version_tags, key, record["tags"])
+        self._set_metrics(db, key, record["run"].get("metrics", {}))
         return version
 
     def find_by_key(self, model: str, key: str) -> VersionRecord | None:
-        row = self._db.execute(
-            "SELECT version FROM versions WHERE model=? AND idempotency_key=?", (model, key)
-        ).fetchone()
-        return self.get(model, int(row[0])) if row else None
+        found = self._versions(
+            sa.select(versions).where(versions.c.model == model, versions.c.idempotency_key == key)
+        )
+        return found[0] if found else None
 
     def get(self, model: str, version: int) -> VersionRecord:
-        row = self._db.execute(
-            "SELECT * FROM versions WHERE model=? AND version=?", (model, version)
-        ).fetchone()
-        if row is None:
+        found = self._versions(
+            sa.select(versions).where(versions.c.model == model, versions.c.version == version)
+        )
+        if not found:
             raise NotFound(f"model {model!r} has no version {version}")
-        return self._record(row)
+        return found[0]
 
     def list_versions(self, model: str, dataset_version: str = "") -> list[VersionRecord]:
-        query, args = "SELECT * FROM versions WHERE model=?", [model]
+        query = sa.select(versions).where(versions.c.model == model)
         if dataset_version:
-            query, args = query + " AND dataset_version=?", [*args, dataset_version]
-        rows = self._db.execute(query + " ORDER BY version", args).fetchall()
-        return [self._record(row) for row in rows]
+            query = query.where(versions.c.dataset_version == dataset_version)
+        return self._versions(query.order_by(versions.c.version))
 
-    def models(self) -> list[tuple[str, int, dict[str, int]]]:
-        rows = self._db.execute(
-            "SELECT model, MAX(version) FROM versions GROUP BY model ORDER BY model"
-        ).fetchall()
-        return [(name, latest, self.aliases(name)) for name, latest in rows]
+    def search(self, query: VersionQuery) -> list[VersionRecord]:
+        """Versions matching every condition, newest first. Tags and metrics filter in SQL, through
+        one EXISTS per condition, so the same query runs on SQLite and PostgreSQL."""
+        select = sa.select(versions)
+        if query.model:
+            select = select.where(versions.c.model == query.model)
+        if query.status:
+            select = select.where(versions.c.status == query.status)
+        if query.dataset_version:
+            select = select.where(versions.c.dataset_version == query.dataset_version)
+        for key, value in query.tags.items():
+            select = select.where(
+                sa.exists().where(
+                    version_tags.c.model == versions.c.model,
+                    version_tags.c.version == versions.c.version,
+                    version_tags.c.key == key,
+                    version_tags.c.value == value,
+                )
+            )
+        for condition in query.metrics:
+            select = select.where(
+                sa.exists().where(
+                    version_metrics.c.model == versions.c.model,
+                    version_metrics.c.version == versions.c.version,
+                    version_metrics.c.name == condition.name,
+                    COMPARISONS[condition.op](version_metrics.c.value, condition.value),
+                )
+            )
+        order = (versions.c.created_at.desc(), versions.c.model, versions.c.version.desc())
+        return self._versions(select.order_by(*order).limit(query.limit))
 
-    def set_validation(
-        self, db: sqlite3.Connection, model: str, version: int, report: dict[str, Any]
-    ) -> None:
+    def set_validation(self, db: sa.Connection, model: str, version: int, report: dict[str, Any]) -> None:
         db.execute(
-            "UPDATE versions SET validation_json=? WHERE model=? AND version=?",
-            (json.dumps(report), model, version),
+            versions.update()
+            .where(versions.c.model == model, versions.c.version == version)
+            .values(validation_json=json.dumps(report))
+        )
+        metrics = {f"validation.{name}": value for name, value in report.get("metrics", {}).items()}
+        self._set_metrics(db, {"model": model, "version": version}, metrics)
+
+    def set_status(self, db: sa.Connection, model: str, version: int, status: str) -> str:
+        """Set a version's status; returns the one it had."""
+        previous = db.execute(
+            sa.select(versions.c.status).where(versions.c.model == model, versions.c.version == version)
+        ).scalar_one()
+        db.execute(
+            versions.update()
+            .where(versions.c.model == model, versions.c.version == version)
+            .values(status=status)
+        )
+        return str(previous)
+
+    def update_version(
+        self,
+        db: sa.Connection,
+        model: str,
+        version: int,
+        description: str | None,
+        set_tags: Mapping[str, str],
+        delete_tags: Iterable[str],
+    ) -> None:
+        if description is not None:
+            db.execute(
+                versions.update()
+                .where(versions.c.model == model, versions.c.version == version)
+                .values(description=description)
+            )
+        self._set_tags(db, version_tags, {"model": model, "version": version}, set_tags, delete_tags)
+
+    def _versions(self, query: sa.Select[Any]) -> list[VersionRecord]:
+        with self._read() as db:
+            rows = db.execute(query).mappings().all()
+            if not rows:
+                return []
+            names = {row["model"] for row in rows}
+            tags: dict[tuple[str, int], dict[str, str]] = {}
+            for model, version, key, value in db.execute(
+                sa.select(version_tags).where(version_tags.c.model.in_(names))
+            ):
+                tags.setdefault((model, int(version)), {})[key] = value
+            labels: dict[tuple[str, int], list[str]] = {}
+            for model, alias, version in db.execute(sa.select(aliases).where(aliases.c.model.in_(names))):
+                labels.setdefault((model, int(version)), []).append(alias)
+        return [
+            VersionRecord(
+                model=row["model"],
+                version=int(row["version"]),
+                status=row["status"],
+                artifact_sha256=row["artifact_sha256"],
+                artifact_size=int(row["artifact_size"]),
+                dataset=row["dataset"],
+                dataset_version=row["dataset_version"],
+                run=json.loads(row["run_json"]),
+                tags=tags.get((row["model"], int(row["version"])), {}),
+                signature=json.loads(row["signature_json"]),
+                idempotency_key=row["idempotency_key"],
+                description=row["description"],
+                validation=json.loads(row["validation_json"]) if row["validation_json"] else None,
+                created_at=_utc(row["created_at"]),
+                aliases=sorted(labels.get((row["model"], int(row["version"])), [])),
+            )
+            for row in rows
+        ]
+
+    def _set_tags(
+        self,
+        db: sa.Connection,
+        table: sa.Table,
+        owner: dict[str, Any],
+        set_tags: Mapping[str, str],
+        delete_tags: Iterable[str] = (),
+    ) -> None:
+        keys = set(set_tags) | set(delete_tags)
+        if keys:
+            match = [table.c[column] == value for column, value in owner.items()]
+            db.execute(table.delete().where(*match, table.c.key.in_(keys)))
+        if set_tags:
+            db.execute(table.insert(), [{**owner, "key": k, "value": v} for k, v in set_tags.items()])
+
+    def _set_metrics(self, db: sa.Connection, owner: dict[str, Any], metrics: Mapping[str, float]) -> None:
+        if not metrics:
+            return
+        match = [version_metrics.c[column] == value for column, value in owner.items()]
+        db.execute(version_metrics.delete().where(*match, version_metrics.c.name.in_(list(metrics))))
+        db.execute(
+            version_metrics.insert(),
+            [{**owner, "name": name, "value": float(value)} for name, value in metrics.items()],
         )
 
     # -- aliases -------------------------------------------------------------------------------
     def aliases(self, model: str) -> dict[str, int]:
-        rows = self._db.execute("SELECT alias, version FROM aliases WHERE model=?", (model,)).fetchall()
-        return {alias: int(version) for alias, version in rows}
+        with self._read() as db:
+            rows = db.execute(sa.select(aliases.c.alias, aliases.c.version).where(aliases.c.model == model))
+            return {alias: int(version) for alias, version in rows}
 
-    def alias_target(self, model: str, alias: str) -> int | None:
-        row = self._db.execute(
-            "SELECT version FROM aliases WHERE model=? AND alias=?", (model, alias)
-        ).fetchone()
-        return int(row[0]) if row else None
+    def alias_target(self, model: str, alias: str, db: sa.Connection | None = None) -> int | None:
+        query = sa.select(aliases.c.version).where(aliases.c.model == model, aliases.c.alias == alias)
+        if db is not None:
+            target = db.execute(query).scalar_one_or_none()
+        else:
+            with self._read() as read:
+                target = read.execute(query).scalar_one_or_none()
+        return int(target) if target is not None else None
 
     def move_alias(
-        self, db: sqlite3.Connection, model: str, alias: str, version: int, actor: str, reason: str
+        self, db: sa.Connection, model: str, alias: str, version: int | None, actor: str, reason: str
     ) -> int | None:
-        """Point `alias` at `version` and append the move to the history; returns the previous target."""
-        previous = self.alias_target(model, alias)
+        """Point `alias` at `version` (None deletes it) and append the move to the history, inside
+        the caller's transaction, which holds the model; returns the previous target."""
+        previous = self.alias_target(model, alias, db)
+        db.execute(aliases.delete().where(aliases.c.model == model, aliases.c.alias == alias))
+        if version is not None:
+            db.execute(aliases.insert().values(model=model, alias=alias, version=version))
         db.execute(
-            "INSERT INTO aliases VALUES (?,?,?)"
-            " ON CONFLICT(model, alias) DO UPDATE SET version=excluded.version",
-            (model, alias, version),
-        )
-        db.execute(
-            "INSERT INTO alias_history(model, alias, from_version, to_version, actor, reason, at)"
-            " VALUES (?,?,?,?,?,?,?)",
-            (model, alias, previous, version, actor, reason, datetime.now(UTC).isoformat()),
+            alias_history.insert().values(
+                model=model,
+                alias=alias,
+                from_version=previous,
+                to_version=version,
+                actor=actor,
+                reason=reason,
+                at=_now(),
+            )
         )
         return previous
 
-    def history(self, model: str) -> list[dict[str, Any]]:
-        rows = self._db.execute(
-            "SELECT alias, from_version, to_version, actor, reason, at FROM alias_history"
-            " WHERE model=? ORDER BY id",
-            (model,),
-        ).fetchall()
-        keys = ("alias", "from_version", "to_version", "actor", "reason", "at")
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+    def history(self, model: str, db: sa.Connection | None = None) -> list[dict[str, Any]]:
+        """Every alias move of a model, oldest first; inside `db` when given (to act on it)."""
+        query = (
+            sa.select(
+                alias_history.c.alias,
+                alias_history.c.from_version,
+                alias_history.c.to_version,
+                alias_history.c.actor,
+                alias_history.c.reason,
+                alias_history.c.at,
+            )
+            .where(alias_history.c.model == model)
+            .order_by(alias_history.c.id)
+        )
+        if db is not None:
+            return [{**row, "at": _utc(row["at"])} for row in db.execute(query).mappings()]
+        with self._read() as read:
+            return [{**row, "at": _utc(row["at"])} for row in read.execute(query).mappings()]
 
     # -- training specs ------------------------------------------------------------------------
     def add_training_spec(self, model: str, spec_json: str, actor: str) -> int:
         with self.transaction() as db:
-            row = db.execute(
-                "SELECT COALESCE(MAX(version), 0) + 1 FROM training_specs WHERE model=?", (model,)
-            )
-            version = int(row.fetchone()[0])
+            self.ensure_model(db, model)
+            latest = db.execute(
+                sa.select(sa.func.coalesce(sa.func.max(training_specs.c.version), 0)).where(
+                    training_specs.c.model == model
+                )
+            ).scalar_one()
+            version = int(latest) + 1
             db.execute(
-                "INSERT INTO training_specs VALUES (?,?,?,?,?)",
-                (model, version, spec_json, actor, datetime.now(UTC).isoformat()),
+                training_specs.insert().values(
+                    model=model, version=version, spec_json=spec_json, actor=actor, created_at=_now()
+                )
             )
         return version
 
     def training_spec(self, model: str, version: int = 0) -> tuple[int, str, str, datetime]:
         """(version, spec JSON, actor, created at) of a model's spec; the latest when version is 0."""
-        query = "SELECT version, spec_json, actor, created_at FROM training_specs WHERE model=?"
-        args: tuple[Any, ...] = (model,)
+        query = sa.select(training_specs).where(training_specs.c.model == model)
         if version:
-            query, args = query + " AND version=?", (model, version)
-        row = self._db.execute(query + " ORDER BY version DESC LIMIT 1", args).fetchone()
+            query = query.where(training_specs.c.version == version)
+        with self._read() as db:
+            row = db.execute(query.order_by(training_specs.c.version.desc()).limit(1)).mappings().first()
         if row is None:
             raise NotFound(
                 f"model {model!r} has no training spec" + (f" version {version}" if version else "")
             )
-        return int(row[0]), str(row[1]), str(row[2]), datetime.fromisoformat(row[3])
+        return int(row["version"]), row["spec_json"], row["actor"], _utc(row["created_at"])
 
     # -- outbox --------------------------------------------------------------------------------
-    def enqueue(self, db: sqlite3.Connection, event_json: str) -> None:
-        db.execute("INSERT INTO outbox(event_json) VALUES (?)", (event_json,))
+    def enqueue(self, db: sa.Connection, event_type: str, event_json: str) -> None:
+        db.execute(outbox.insert().values(event_type=event_type, event_json=event_json, published=False))
 
-    def pending_events(self) -> list[tuple[int, str]]:
-        return [
-            (int(i), str(e))
-            for i, e in self._db.execute("SELECT id, event_json FROM outbox WHERE published=0 ORDER BY id")
-        ]
+    def pending_events(self) -> list[tuple[int, str, str]]:
+        """(id, event type, event JSON) of every unpublished event, oldest first."""
+        query = (
+            sa.select(outbox.c.id, outbox.c.event_type, outbox.c.event_json)
+            .where(outbox.c.published == sa.false())
+            .order_by(outbox.c.id)
+        )
+        with self._read() as db:
+            return [(int(i), str(t), str(e)) for i, t, e in db.execute(query)]
 
     def mark_published(self, event_id: int) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE outbox SET published=1 WHERE id=?", (event_id,))
+            db.execute(outbox.update().where(outbox.c.id == event_id).values(published=True))
 
-    def _record(self, row: tuple[Any, ...]) -> VersionRecord:
-        model, version = row[0], int(row[1])
-        aliases = sorted(alias for alias, target in self.aliases(model).items() if target == version)
-        return VersionRecord(
-            model=model,
-            version=version,
-            status=row[2],
-            artifact_sha256=row[3],
-            artifact_size=row[4],
-            dataset=row[5],
-            dataset_version=row[6],
-            run=json.loads(row[7]),
-            tags=json.loads(row[8]),
-            signature=json.loads(row[9]),
-            idempotency_key=row[10],
-            description=row[11],
-            validation=json.loads(row[12]) if row[12] else None,
-            created_at=datetime.fromisoformat(row[13]),
-            aliases=aliases,
-        )
+
+__all__ = [
+    "STATUSES",
+    "MetricCondition",
+    "ModelRecord",
+    "RegistryStore",
+    "VersionQuery",
+    "VersionRecord",
+    "migrate",
+    "schema",
+    "sqlite_url",
+]

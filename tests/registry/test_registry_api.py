@@ -16,7 +16,15 @@ from services.registry.grpc_api import RegistryServicer
 from services.registry.store import RegistryStore
 from services.trainer.training import TrainingResult
 from shared.clients import download_artifact
-from shared.events import Event, GateResult, ModelPromoted, ModelValidated
+from shared.events import (
+    Event,
+    GateResult,
+    ModelAliasChanged,
+    ModelPromoted,
+    ModelValidated,
+    ModelVersionCreated,
+    ModelVersionStatusChanged,
+)
 from shared.grpc_io import open_channel
 from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
@@ -34,14 +42,17 @@ class Registry:
 
 
 @pytest.fixture
-async def registry(tmp_path: Path) -> AsyncIterator[Registry]:
+async def registry(tmp_path: Path, database_url: str) -> AsyncIterator[Registry]:
     published: list[Event] = []
 
     async def publish(event: Event) -> None:
         published.append(event)
 
     core = RegistryCore(
-        RegistryStore(tmp_path / "r.sqlite3"), LocalArtifactStore(tmp_path / "a"), publish, "automatic"
+        RegistryStore(database_url),
+        LocalArtifactStore(tmp_path / "a"),
+        publish,
+        "automatic",
     )
     ingest = IngestServicer(
         IngestCore(IngestStore(tmp_path / "ingest"), _ignore), max_upload_bytes=10_000_000
@@ -60,6 +71,7 @@ async def registry(tmp_path: Path) -> AsyncIterator[Registry]:
         async with serving(register) as address, open_channel(address) as channel:
             stub = registry_pb2_grpc.RegistryServiceStub(channel)
             yield Registry(stub, channel, core, published, ingest_channel)
+    core.store.close()
 
 
 async def _ignore(event: Event) -> None:
@@ -141,9 +153,26 @@ async def test_a_failed_validation_moves_no_alias(
     await registry.core.on_validated(
         ModelValidated(source="v", subject="bc", model="bc", model_version=1, passed=False, gates=[])
     )
-    assert registry.published == []
+    assert [type(e).__name__ for e in registry.published] == [
+        "ModelVersionCreated",
+        "ModelVersionStatusChanged",
+    ]
+    changed = registry.published[1]
+    assert isinstance(changed, ModelVersionStatusChanged)
+    assert (changed.previous_status, changed.status) == ("pending", "failed")
     models = await registry.stub.ListModels(pb.ListModelsRequest())
     assert [(m.name, m.latest_version, dict(m.aliases)) for m in models.models] == [("bc", 1, {})]
+    failed = await registry.stub.GetModelVersion(pb.GetModelVersionRequest(model="bc", version=1))
+    assert failed.status == pb.VERSION_STATUS_FAILED
+    # A failed version gets an alias only when asked with force.
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await registry.stub.SetAlias(pb.SetAliasRequest(model="bc", alias="champion", version=1))
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "failed validation" in (raised.value.details() or "")
+    forced = await registry.stub.SetAlias(
+        pb.SetAliasRequest(model="bc", alias="champion", version=1, force=True, actor="alice")
+    )
+    assert forced.aliases == ["champion"]
 
 
 async def test_a_corrupt_artifact_is_refused_not_served(
@@ -263,3 +292,153 @@ async def test_lineage_walks_back_to_the_raw_batches_and_forward_from_a_dataset_
         pb.ListModelVersionsRequest(model="bc", dataset_version=uploads[0].dataset_version)
     )
     assert list(none.versions) == []
+
+
+async def test_every_change_is_announced_once_in_order(
+    registry: Registry, trained_breast_cancer: TrainingResult
+) -> None:
+    created = await registry.stub.CreateModelVersion(iter(_create("bc", trained_breast_cancer.onnx_bytes)))
+    await registry.core.on_validated(_passed(1))
+    await registry.stub.SetAlias(pb.SetAliasRequest(model="bc", alias="canary", version=1, actor="bob"))
+    await registry.stub.DeleteAlias(pb.DeleteAliasRequest(model="bc", alias="canary", actor="bob"))
+    kinds = [type(e) for e in registry.published]
+    assert kinds == [
+        ModelVersionCreated,
+        ModelVersionStatusChanged,
+        ModelAliasChanged,
+        ModelPromoted,
+        ModelAliasChanged,
+        ModelAliasChanged,
+    ]
+    first = registry.published[0]
+    assert isinstance(first, ModelVersionCreated)
+    assert (first.model_version, first.artifact_sha256, first.training_run) == (
+        1,
+        created.artifact_sha256,
+        "r1",
+    )
+    moves = [
+        (e.alias, e.action, e.previous_version, e.model_version, e.actor)
+        for e in registry.published
+        if isinstance(e, ModelAliasChanged)
+    ]
+    assert moves == [
+        ("champion", "set", None, 1, "validator"),
+        ("canary", "set", None, 1, "bob"),
+        ("canary", "deleted", 1, None, "bob"),
+    ]
+    assert registry.core.store.pending_events() == []
+
+
+async def test_a_manual_model_gets_a_challenger_and_a_person_promotes_it(
+    registry: Registry, trained_breast_cancer: TrainingResult
+) -> None:
+    await registry.stub.RegisterModel(
+        pb.RegisterModelRequest(name="bc", promotion_policy=pb.PROMOTION_POLICY_MANUAL, description="d")
+    )
+    await registry.stub.CreateModelVersion(iter(_create("bc", trained_breast_cancer.onnx_bytes)))
+    await registry.core.on_validated(_passed(1))
+    candidate = await registry.stub.GetModelVersion(pb.GetModelVersionRequest(model="bc", version=1))
+    assert candidate.aliases == ["challenger"] and candidate.status == pb.VERSION_STATUS_READY
+    assert not [e for e in registry.published if isinstance(e, ModelPromoted)]
+    await registry.stub.SetAlias(pb.SetAliasRequest(model="bc", alias="champion", version=1, actor="carol"))
+    promoted = [e for e in registry.published if isinstance(e, ModelPromoted)]
+    assert [(e.model_version, e.actor) for e in promoted] == [(1, "carol")]
+    # Another model keeps the registry's default (automatic).
+    await registry.stub.CreateModelVersion(iter(_create("other", trained_breast_cancer.onnx_bytes)))
+    await registry.core.on_validated(
+        ModelValidated(source="v", subject="other", model="other", model_version=1, passed=True, gates=[])
+    )
+    other = await registry.stub.GetModel(pb.GetModelRequest(name="other"))
+    assert dict(other.aliases) == {"champion": 1}
+    assert other.promotion_policy == pb.PROMOTION_POLICY_UNSPECIFIED
+    assert other.effective_promotion_policy == pb.PROMOTION_POLICY_AUTOMATIC
+    switched = await registry.stub.UpdateModel(
+        pb.UpdateModelRequest(name="other", promotion_policy=pb.PROMOTION_POLICY_MANUAL)
+    )
+    assert switched.effective_promotion_policy == pb.PROMOTION_POLICY_MANUAL
+
+
+async def test_models_carry_description_tags_and_the_champions_signature(
+    registry: Registry, trained_breast_cancer: TrainingResult
+) -> None:
+    registered = await registry.stub.RegisterModel(
+        pb.RegisterModelRequest(name="bc", description="tumours", tags={"team": "oncology"})
+    )
+    assert (registered.latest_version, list(registered.inputs)) == (0, [])
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await registry.stub.RegisterModel(pb.RegisterModelRequest(name="bc"))
+    assert raised.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "already registered" in (raised.value.details() or "")
+    await registry.stub.CreateModelVersion(iter(_create("bc", trained_breast_cancer.onnx_bytes)))
+    updated = await registry.stub.UpdateModel(
+        pb.UpdateModelRequest(
+            name="bc", description="breast tumours", set_tags={"tier": "1"}, delete_tags=["team"]
+        )
+    )
+    assert (updated.description, dict(updated.tags), updated.latest_version) == (
+        "breast tumours",
+        {"tier": "1"},
+        1,
+    )
+    assert [(t.name, t.datatype) for t in updated.inputs] == [("input", "FP32")]
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await registry.stub.GetModel(pb.GetModelRequest(name="nope"))
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_search_filters_by_tags_metrics_status_and_dataset_version(
+    registry: Registry, trained_breast_cancer: TrainingResult
+) -> None:
+    onnx_bytes = trained_breast_cancer.onnx_bytes
+    for model, key, accuracy, team in (("a", "1", 0.91, "x"), ("a", "2", 0.97, "y"), ("b", "1", 0.95, "x")):
+        requests = _create(model, onnx_bytes, key=key)
+        requests[0].header.run.metrics["cv_accuracy"] = accuracy
+        requests[0].header.tags["team"] = team
+        await registry.stub.CreateModelVersion(iter(requests))
+    await registry.core.on_validated(
+        ModelValidated(
+            source="v", subject="a", model="a", model_version=2, passed=True, gates=[], metrics={"f1": 0.9}
+        )
+    )
+
+    async def search(**fields: object) -> list[tuple[str, int]]:
+        found = await registry.stub.SearchModelVersions(pb.SearchModelVersionsRequest(**fields))  # type: ignore[arg-type]
+        return sorted((v.model, v.version) for v in found.versions)
+
+    assert await search() == [("a", 1), ("a", 2), ("b", 1)]
+    assert await search(model="a") == [("a", 1), ("a", 2)]
+    assert await search(tags={"team": "x"}) == [("a", 1), ("b", 1)]
+    above = pb.MetricFilter(name="cv_accuracy", op=pb.COMPARISON_GE, value=0.95)
+    assert await search(metrics=[above]) == [("a", 2), ("b", 1)]
+    assert await search(metrics=[above], tags={"team": "x"}) == [("b", 1)]
+    assert await search(status=pb.VERSION_STATUS_READY) == [("a", 2)]
+    validated = pb.MetricFilter(name="validation.f1", op=pb.COMPARISON_GT, value=0.5)
+    assert await search(metrics=[validated]) == [("a", 2)]
+    assert await search(dataset_version="d1", max_results=1) in ([("a", 1)], [("a", 2)], [("b", 1)])
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await search(metrics=[pb.MetricFilter(name="cv_accuracy", value=1)])
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_version_tags_and_descriptions_are_editable(
+    registry: Registry, trained_breast_cancer: TrainingResult
+) -> None:
+    await registry.stub.CreateModelVersion(iter(_create("bc", trained_breast_cancer.onnx_bytes)))
+    updated = await registry.stub.UpdateModelVersion(
+        pb.UpdateModelVersionRequest(
+            model="bc", version=1, description="the first", set_tags={"qa": "ok"}, delete_tags=["features"]
+        )
+    )
+    assert (updated.description, dict(updated.tags)) == ("the first", {"qa": "ok"})
+    untouched = await registry.stub.UpdateModelVersion(pb.UpdateModelVersionRequest(model="bc", version=1))
+    assert untouched.description == "the first"
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await registry.stub.UpdateModelVersion(pb.UpdateModelVersionRequest(model="bc", version=9))
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_deleting_a_missing_alias_is_not_found(registry: Registry) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await registry.stub.DeleteAlias(pb.DeleteAliasRequest(model="bc", alias="champion"))
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND

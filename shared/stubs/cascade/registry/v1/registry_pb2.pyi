@@ -28,16 +28,72 @@ class _VersionStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Version
     DESCRIPTOR: _descriptor.EnumDescriptor
     VERSION_STATUS_UNSPECIFIED: _VersionStatus.ValueType  # 0
     VERSION_STATUS_PENDING: _VersionStatus.ValueType  # 1
+    """Registered, no verdict yet."""
     VERSION_STATUS_READY: _VersionStatus.ValueType  # 2
+    """Passed validation (or was promoted by hand)."""
     VERSION_STATUS_FAILED: _VersionStatus.ValueType  # 3
+    """Failed validation; aliases move to it only with `force`."""
 
-class VersionStatus(_VersionStatus, metaclass=_VersionStatusEnumTypeWrapper): ...
+class VersionStatus(_VersionStatus, metaclass=_VersionStatusEnumTypeWrapper):
+    """A version's standing with the validator."""
 
 VERSION_STATUS_UNSPECIFIED: VersionStatus.ValueType  # 0
 VERSION_STATUS_PENDING: VersionStatus.ValueType  # 1
+"""Registered, no verdict yet."""
 VERSION_STATUS_READY: VersionStatus.ValueType  # 2
+"""Passed validation (or was promoted by hand)."""
 VERSION_STATUS_FAILED: VersionStatus.ValueType  # 3
+"""Failed validation; aliases move to it only with `force`."""
 Global___VersionStatus: _TypeAlias = VersionStatus  # noqa: Y015
+
+class _PromotionPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PromotionPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PromotionPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROMOTION_POLICY_UNSPECIFIED: _PromotionPolicy.ValueType  # 0
+    """Follow the registry's default (CASCADE_REGISTRY_PROMOTION_POLICY)."""
+    PROMOTION_POLICY_AUTOMATIC: _PromotionPolicy.ValueType  # 1
+    """The passed candidate becomes `champion`."""
+    PROMOTION_POLICY_MANUAL: _PromotionPolicy.ValueType  # 2
+    """The passed candidate becomes `challenger`; a person promotes it."""
+
+class PromotionPolicy(_PromotionPolicy, metaclass=_PromotionPolicyEnumTypeWrapper):
+    """What a passed validation does to a model's aliases."""
+
+PROMOTION_POLICY_UNSPECIFIED: PromotionPolicy.ValueType  # 0
+"""Follow the registry's default (CASCADE_REGISTRY_PROMOTION_POLICY)."""
+PROMOTION_POLICY_AUTOMATIC: PromotionPolicy.ValueType  # 1
+"""The passed candidate becomes `champion`."""
+PROMOTION_POLICY_MANUAL: PromotionPolicy.ValueType  # 2
+"""The passed candidate becomes `challenger`; a person promotes it."""
+Global___PromotionPolicy: _TypeAlias = PromotionPolicy  # noqa: Y015
+
+class _Comparison:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ComparisonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Comparison.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COMPARISON_UNSPECIFIED: _Comparison.ValueType  # 0
+    COMPARISON_EQ: _Comparison.ValueType  # 1
+    COMPARISON_NE: _Comparison.ValueType  # 2
+    COMPARISON_GT: _Comparison.ValueType  # 3
+    COMPARISON_GE: _Comparison.ValueType  # 4
+    COMPARISON_LT: _Comparison.ValueType  # 5
+    COMPARISON_LE: _Comparison.ValueType  # 6
+
+class Comparison(_Comparison, metaclass=_ComparisonEnumTypeWrapper): ...
+
+COMPARISON_UNSPECIFIED: Comparison.ValueType  # 0
+COMPARISON_EQ: Comparison.ValueType  # 1
+COMPARISON_NE: Comparison.ValueType  # 2
+COMPARISON_GT: Comparison.ValueType  # 3
+COMPARISON_GE: Comparison.ValueType  # 4
+COMPARISON_LT: Comparison.ValueType  # 5
+COMPARISON_LE: Comparison.ValueType  # 6
+Global___Comparison: _TypeAlias = Comparison  # noqa: Y015
 
 @_typing.final
 class TrainingRun(_message.Message):
@@ -450,27 +506,397 @@ class Model(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class TagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     LATEST_VERSION_FIELD_NUMBER: _builtins.int
     ALIASES_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    PROMOTION_POLICY_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_PROMOTION_POLICY_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     latest_version: _builtins.int
+    """0 before the first version."""
+    description: _builtins.str
+    promotion_policy: Global___PromotionPolicy.ValueType
+    """As set on the model; UNSPECIFIED means the registry's default applies."""
+    effective_promotion_policy: Global___PromotionPolicy.ValueType
+    """The policy in force, default applied."""
     @_builtins.property
     def aliases(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    @_builtins.property
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TensorSpec]:
+        """The champion's signature, or the latest version's when there is no champion (from its ONNX)."""
+
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TensorSpec]: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         latest_version: _builtins.int = ...,
         aliases: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        description: _builtins.str = ...,
+        tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        promotion_policy: Global___PromotionPolicy.ValueType = ...,
+        effective_promotion_policy: Global___PromotionPolicy.ValueType = ...,
+        inputs: _abc.Iterable[Global___TensorSpec] | None = ...,
+        outputs: _abc.Iterable[Global___TensorSpec] | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "latest_version", b"latest_version", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "created_at", b"created_at", "description", b"description", "effective_promotion_policy", b"effective_promotion_policy", "inputs", b"inputs", "latest_version", b"latest_version", "name", b"name", "outputs", b"outputs", "promotion_policy", b"promotion_policy", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Model: _TypeAlias = Model  # noqa: Y015
+
+@_typing.final
+class RegisterModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    PROMOTION_POLICY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    description: _builtins.str
+    promotion_policy: Global___PromotionPolicy.ValueType
+    @_builtins.property
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        promotion_policy: Global___PromotionPolicy.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "promotion_policy", b"promotion_policy", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterModelRequest: _TypeAlias = RegisterModelRequest  # noqa: Y015
+
+@_typing.final
+class GetModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetModelRequest: _TypeAlias = GetModelRequest  # noqa: Y015
+
+@_typing.final
+class UpdateModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SetTagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    SET_TAGS_FIELD_NUMBER: _builtins.int
+    DELETE_TAGS_FIELD_NUMBER: _builtins.int
+    PROMOTION_POLICY_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    description: _builtins.str
+    promotion_policy: Global___PromotionPolicy.ValueType
+    """UNSPECIFIED leaves the policy as it is."""
+    actor: _builtins.str
+    """Who changes it; recorded with policy changes in the log."""
+    @_builtins.property
+    def set_tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def delete_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str | None = ...,
+        set_tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        delete_tags: _abc.Iterable[_builtins.str] | None = ...,
+        promotion_policy: Global___PromotionPolicy.ValueType = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "description", b"description"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "actor", b"actor", "delete_tags", b"delete_tags", "description", b"description", "name", b"name", "promotion_policy", b"promotion_policy", "set_tags", b"set_tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__description: _TypeAlias = _typing.Literal["description"]  # noqa: Y015
+    _WhichOneofArgType__description: _TypeAlias = _typing.Literal["_description", b"_description"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__description) -> _WhichOneofReturnType__description | None: ...
+
+Global___UpdateModelRequest: _TypeAlias = UpdateModelRequest  # noqa: Y015
+
+@_typing.final
+class UpdateModelVersionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SetTagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    SET_TAGS_FIELD_NUMBER: _builtins.int
+    DELETE_TAGS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    version: _builtins.int
+    description: _builtins.str
+    @_builtins.property
+    def set_tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def delete_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        version: _builtins.int = ...,
+        description: _builtins.str | None = ...,
+        set_tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        delete_tags: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "description", b"description"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "delete_tags", b"delete_tags", "description", b"description", "model", b"model", "set_tags", b"set_tags", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__description: _TypeAlias = _typing.Literal["description"]  # noqa: Y015
+    _WhichOneofArgType__description: _TypeAlias = _typing.Literal["_description", b"_description"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__description) -> _WhichOneofReturnType__description | None: ...
+
+Global___UpdateModelVersionRequest: _TypeAlias = UpdateModelVersionRequest  # noqa: Y015
+
+@_typing.final
+class MetricFilter(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    OP_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """A training-run metric (`cv_accuracy`), or a validator metric as `validation.<name>`."""
+    op: Global___Comparison.ValueType
+    value: _builtins.float
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        op: Global___Comparison.ValueType = ...,
+        value: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "op", b"op", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetricFilter: _TypeAlias = MetricFilter  # noqa: Y015
+
+@_typing.final
+class SearchModelVersionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    DATASET_VERSION_FIELD_NUMBER: _builtins.int
+    MAX_RESULTS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Empty searches every model."""
+    status: Global___VersionStatus.ValueType
+    """UNSPECIFIED matches any status."""
+    dataset_version: _builtins.str
+    max_results: _builtins.int
+    """Newest first; 0 means 100, at most 1000."""
+    @_builtins.property
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Every tag must be present with exactly this value."""
+
+    @_builtins.property
+    def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricFilter]:
+        """Every filter must hold; a version without the metric does not match."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        metrics: _abc.Iterable[Global___MetricFilter] | None = ...,
+        status: Global___VersionStatus.ValueType = ...,
+        dataset_version: _builtins.str = ...,
+        max_results: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_version", b"dataset_version", "max_results", b"max_results", "metrics", b"metrics", "model", b"model", "status", b"status", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchModelVersionsRequest: _TypeAlias = SearchModelVersionsRequest  # noqa: Y015
+
+@_typing.final
+class DeleteAliasRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    alias: _builtins.str
+    actor: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        alias: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "alias", b"alias", "model", b"model", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteAliasRequest: _TypeAlias = DeleteAliasRequest  # noqa: Y015
+
+@_typing.final
+class DeleteAliasResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREVIOUS_VERSION_FIELD_NUMBER: _builtins.int
+    previous_version: _builtins.int
+    """The version the alias pointed at."""
+    def __init__(
+        self,
+        *,
+        previous_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_version", b"previous_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteAliasResponse: _TypeAlias = DeleteAliasResponse  # noqa: Y015
 
 @_typing.final
 class ListModelsResponse(_message.Message):
@@ -501,12 +927,15 @@ class SetAliasRequest(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     alias: _builtins.str
     version: _builtins.int
     actor: _builtins.str
     """Who moves the alias (a service or a user) and why; both go in the audit trail."""
     reason: _builtins.str
+    force: _builtins.bool
+    """Allow pointing the alias at a version that failed validation."""
     def __init__(
         self,
         *,
@@ -515,10 +944,11 @@ class SetAliasRequest(_message.Message):
         version: _builtins.int = ...,
         actor: _builtins.str = ...,
         reason: _builtins.str = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "alias", b"alias", "model", b"model", "reason", b"reason", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "alias", b"alias", "force", b"force", "model", b"model", "reason", b"reason", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -635,6 +1065,7 @@ class AliasMove(_message.Message):
     from_version: _builtins.int
     """0 when the alias did not exist before."""
     to_version: _builtins.int
+    """0 when the move deleted the alias."""
     actor: _builtins.str
     reason: _builtins.str
     @_builtins.property

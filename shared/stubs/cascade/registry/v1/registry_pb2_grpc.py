@@ -34,6 +34,21 @@ class RegistryServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.RegisterModel = channel.unary_unary(
+                '/cascade.registry.v1.RegistryService/RegisterModel',
+                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.RegisterModelRequest.SerializeToString,
+                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.FromString,
+                _registered_method=True)
+        self.GetModel = channel.unary_unary(
+                '/cascade.registry.v1.RegistryService/GetModel',
+                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetModelRequest.SerializeToString,
+                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.FromString,
+                _registered_method=True)
+        self.UpdateModel = channel.unary_unary(
+                '/cascade.registry.v1.RegistryService/UpdateModel',
+                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.UpdateModelRequest.SerializeToString,
+                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.FromString,
+                _registered_method=True)
         self.CreateModelVersion = channel.stream_unary(
                 '/cascade.registry.v1.RegistryService/CreateModelVersion',
                 request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.CreateModelVersionRequest.SerializeToString,
@@ -49,6 +64,16 @@ class RegistryServiceStub:
                 request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelVersionsRequest.SerializeToString,
                 response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelVersionsResponse.FromString,
                 _registered_method=True)
+        self.SearchModelVersions = channel.unary_unary(
+                '/cascade.registry.v1.RegistryService/SearchModelVersions',
+                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SearchModelVersionsRequest.SerializeToString,
+                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelVersionsResponse.FromString,
+                _registered_method=True)
+        self.UpdateModelVersion = channel.unary_unary(
+                '/cascade.registry.v1.RegistryService/UpdateModelVersion',
+                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.UpdateModelVersionRequest.SerializeToString,
+                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/cascade.registry.v1.RegistryService/ListModels',
                 request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelsRequest.SerializeToString,
@@ -58,6 +83,11 @@ class RegistryServiceStub:
                 '/cascade.registry.v1.RegistryService/SetAlias',
                 request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetAliasRequest.SerializeToString,
                 response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+                _registered_method=True)
+        self.DeleteAlias = channel.unary_unary(
+                '/cascade.registry.v1.RegistryService/DeleteAlias',
+                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DeleteAliasRequest.SerializeToString,
+                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DeleteAliasResponse.FromString,
                 _registered_method=True)
         self.DownloadArtifact = channel.unary_stream(
                 '/cascade.registry.v1.RegistryService/DownloadArtifact',
@@ -94,6 +124,28 @@ class RegistryServiceStub:
 class RegistryServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
+    def RegisterModel(self, request, context):
+        """Registers a model by name before it has versions (creating a version registers it too).
+        ALREADY_EXISTS if the name is taken.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModel(self, request, context):
+        """A model with its description, tags, promotion policy, aliases and signature.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateModel(self, request, context):
+        """Edits a model's description, tags and promotion policy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateModelVersion(self, request_iterator, context):
         """Uploads an ONNX artifact as a new version. The first message carries the header.
         A repeated idempotency key returns the version it created the first time.
@@ -114,6 +166,20 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchModelVersions(self, request, context):
+        """Versions of one model or of all, filtered by tags, metrics, status and dataset version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateModelVersion(self, request, context):
+        """Edits a version's description and tags; nothing else about a version ever changes by hand.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -121,6 +187,13 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetAlias(self, request, context):
+        """Points an alias (any name; `champion` and `challenger` are the well-known ones) at a version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAlias(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -171,6 +244,21 @@ class RegistryServiceServicer:
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'RegisterModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterModel,
+                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.RegisterModelRequest.FromString,
+                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.SerializeToString,
+            ),
+            'GetModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModel,
+                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetModelRequest.FromString,
+                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.SerializeToString,
+            ),
+            'UpdateModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateModel,
+                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.UpdateModelRequest.FromString,
+                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.SerializeToString,
+            ),
             'CreateModelVersion': grpc.stream_unary_rpc_method_handler(
                     servicer.CreateModelVersion,
                     request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.CreateModelVersionRequest.FromString,
@@ -186,6 +274,16 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelVersionsRequest.FromString,
                     response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelVersionsResponse.SerializeToString,
             ),
+            'SearchModelVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchModelVersions,
+                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SearchModelVersionsRequest.FromString,
+                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelVersionsResponse.SerializeToString,
+            ),
+            'UpdateModelVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateModelVersion,
+                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.UpdateModelVersionRequest.FromString,
+                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
+            ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
                     request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelsRequest.FromString,
@@ -195,6 +293,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.SetAlias,
                     request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetAliasRequest.FromString,
                     response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
+            ),
+            'DeleteAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAlias,
+                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DeleteAliasRequest.FromString,
+                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DeleteAliasResponse.SerializeToString,
             ),
             'DownloadArtifact': grpc.unary_stream_rpc_method_handler(
                     servicer.DownloadArtifact,
@@ -236,6 +339,87 @@ def add_RegistryServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class RegistryService:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def RegisterModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.registry.v1.RegistryService/RegisterModel',
+            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.RegisterModelRequest.SerializeToString,
+            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.registry.v1.RegistryService/GetModel',
+            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetModelRequest.SerializeToString,
+            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.registry.v1.RegistryService/UpdateModel',
+            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.UpdateModelRequest.SerializeToString,
+            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def CreateModelVersion(request_iterator,
@@ -319,6 +503,60 @@ class RegistryService:
             _registered_method=True)
 
     @staticmethod
+    def SearchModelVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.registry.v1.RegistryService/SearchModelVersions',
+            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SearchModelVersionsRequest.SerializeToString,
+            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateModelVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.registry.v1.RegistryService/UpdateModelVersion',
+            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.UpdateModelVersionRequest.SerializeToString,
+            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListModels(request,
             target,
             options=(),
@@ -362,6 +600,33 @@ class RegistryService:
             '/cascade.registry.v1.RegistryService/SetAlias',
             shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetAliasRequest.SerializeToString,
             shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.registry.v1.RegistryService/DeleteAlias',
+            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DeleteAliasRequest.SerializeToString,
+            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DeleteAliasResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,14 +31,28 @@ class RegistryServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RegistryServiceAsyncStub: ...
+    RegisterModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RegisterModelRequest, _registry_pb2.Model]
+    """Registers a model by name before it has versions (creating a version registers it too).
+    ALREADY_EXISTS if the name is taken.
+    """
+    GetModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetModelRequest, _registry_pb2.Model]
+    """A model with its description, tags, promotion policy, aliases and signature."""
+    UpdateModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UpdateModelRequest, _registry_pb2.Model]
+    """Edits a model's description, tags and promotion policy."""
     CreateModelVersion: _grpc.StreamUnaryMultiCallable[_registry_pb2.CreateModelVersionRequest, _registry_pb2.ModelVersion]
     """Uploads an ONNX artifact as a new version. The first message carries the header.
     A repeated idempotency key returns the version it created the first time.
     """
     GetModelVersion: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetModelVersionRequest, _registry_pb2.ModelVersion]
     ListModelVersions: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListModelVersionsRequest, _registry_pb2.ListModelVersionsResponse]
+    SearchModelVersions: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SearchModelVersionsRequest, _registry_pb2.ListModelVersionsResponse]
+    """Versions of one model or of all, filtered by tags, metrics, status and dataset version."""
+    UpdateModelVersion: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UpdateModelVersionRequest, _registry_pb2.ModelVersion]
+    """Edits a version's description and tags; nothing else about a version ever changes by hand."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListModelsRequest, _registry_pb2.ListModelsResponse]
     SetAlias: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetAliasRequest, _registry_pb2.ModelVersion]
+    """Points an alias (any name; `champion` and `challenger` are the well-known ones) at a version."""
+    DeleteAlias: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteAliasRequest, _registry_pb2.DeleteAliasResponse]
     DownloadArtifact: _grpc.UnaryStreamMultiCallable[_registry_pb2.DownloadArtifactRequest, _registry_pb2.ArtifactChunk]
     """Streams the artifact, resumable from an offset."""
     Rollback: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RollbackRequest, _registry_pb2.ModelVersion]
@@ -56,14 +70,28 @@ class RegistryServiceStub:
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
+    RegisterModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.RegisterModelRequest, _registry_pb2.Model]  # type: ignore[assignment]
+    """Registers a model by name before it has versions (creating a version registers it too).
+    ALREADY_EXISTS if the name is taken.
+    """
+    GetModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetModelRequest, _registry_pb2.Model]  # type: ignore[assignment]
+    """A model with its description, tags, promotion policy, aliases and signature."""
+    UpdateModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.UpdateModelRequest, _registry_pb2.Model]  # type: ignore[assignment]
+    """Edits a model's description, tags and promotion policy."""
     CreateModelVersion: _aio.StreamUnaryMultiCallable[_registry_pb2.CreateModelVersionRequest, _registry_pb2.ModelVersion]  # type: ignore[assignment]
     """Uploads an ONNX artifact as a new version. The first message carries the header.
     A repeated idempotency key returns the version it created the first time.
     """
     GetModelVersion: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetModelVersionRequest, _registry_pb2.ModelVersion]  # type: ignore[assignment]
     ListModelVersions: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListModelVersionsRequest, _registry_pb2.ListModelVersionsResponse]  # type: ignore[assignment]
+    SearchModelVersions: _aio.UnaryUnaryMultiCallable[_registry_pb2.SearchModelVersionsRequest, _registry_pb2.ListModelVersionsResponse]  # type: ignore[assignment]
+    """Versions of one model or of all, filtered by tags, metrics, status and dataset version."""
+    UpdateModelVersion: _aio.UnaryUnaryMultiCallable[_registry_pb2.UpdateModelVersionRequest, _registry_pb2.ModelVersion]  # type: ignore[assignment]
+    """Edits a version's description and tags; nothing else about a version ever changes by hand."""
     ListModels: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListModelsRequest, _registry_pb2.ListModelsResponse]  # type: ignore[assignment]
     SetAlias: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetAliasRequest, _registry_pb2.ModelVersion]  # type: ignore[assignment]
+    """Points an alias (any name; `champion` and `challenger` are the well-known ones) at a version."""
+    DeleteAlias: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteAliasRequest, _registry_pb2.DeleteAliasResponse]  # type: ignore[assignment]
     DownloadArtifact: _aio.UnaryStreamMultiCallable[_registry_pb2.DownloadArtifactRequest, _registry_pb2.ArtifactChunk]  # type: ignore[assignment]
     """Streams the artifact, resumable from an offset."""
     Rollback: _aio.UnaryUnaryMultiCallable[_registry_pb2.RollbackRequest, _registry_pb2.ModelVersion]  # type: ignore[assignment]
@@ -79,6 +107,32 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     GetTrainingSpec: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetTrainingSpecRequest, _registry_pb2.TrainingSpec]  # type: ignore[assignment]
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def RegisterModel(
+        self,
+        request: _registry_pb2.RegisterModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Model, _abc.Awaitable[_registry_pb2.Model]]:
+        """Registers a model by name before it has versions (creating a version registers it too).
+        ALREADY_EXISTS if the name is taken.
+        """
+
+    @_abc_1.abstractmethod
+    def GetModel(
+        self,
+        request: _registry_pb2.GetModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Model, _abc.Awaitable[_registry_pb2.Model]]:
+        """A model with its description, tags, promotion policy, aliases and signature."""
+
+    @_abc_1.abstractmethod
+    def UpdateModel(
+        self,
+        request: _registry_pb2.UpdateModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Model, _abc.Awaitable[_registry_pb2.Model]]:
+        """Edits a model's description, tags and promotion policy."""
+
     @_abc_1.abstractmethod
     def CreateModelVersion(
         self,
@@ -104,6 +158,22 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.ListModelVersionsResponse, _abc.Awaitable[_registry_pb2.ListModelVersionsResponse]]: ...
 
     @_abc_1.abstractmethod
+    def SearchModelVersions(
+        self,
+        request: _registry_pb2.SearchModelVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListModelVersionsResponse, _abc.Awaitable[_registry_pb2.ListModelVersionsResponse]]:
+        """Versions of one model or of all, filtered by tags, metrics, status and dataset version."""
+
+    @_abc_1.abstractmethod
+    def UpdateModelVersion(
+        self,
+        request: _registry_pb2.UpdateModelVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ModelVersion, _abc.Awaitable[_registry_pb2.ModelVersion]]:
+        """Edits a version's description and tags; nothing else about a version ever changes by hand."""
+
+    @_abc_1.abstractmethod
     def ListModels(
         self,
         request: _registry_pb2.ListModelsRequest,
@@ -115,7 +185,15 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _registry_pb2.SetAliasRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_registry_pb2.ModelVersion, _abc.Awaitable[_registry_pb2.ModelVersion]]: ...
+    ) -> _typing.Union[_registry_pb2.ModelVersion, _abc.Awaitable[_registry_pb2.ModelVersion]]:
+        """Points an alias (any name; `champion` and `challenger` are the well-known ones) at a version."""
+
+    @_abc_1.abstractmethod
+    def DeleteAlias(
+        self,
+        request: _registry_pb2.DeleteAliasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.DeleteAliasResponse, _abc.Awaitable[_registry_pb2.DeleteAliasResponse]]: ...
 
     @_abc_1.abstractmethod
     def DownloadArtifact(

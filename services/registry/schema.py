@@ -1,0 +1,111 @@
+"""The registry's tables, as SQLAlchemy Core metadata. Alembic migrations create and evolve them
+(services/registry/migrations); a test checks that the migrations and this metadata agree."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+models = sa.Table(
+    "models",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    # NULL: the registry's default policy applies.
+    sa.Column("promotion_policy", sa.String(16), nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+model_tags = sa.Table(
+    "model_tags",
+    metadata,
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("key", sa.String(256), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+versions = sa.Table(
+    "versions",
+    metadata,
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("artifact_sha256", sa.String(64), nullable=False),
+    sa.Column("artifact_size", sa.BigInteger, nullable=False),
+    sa.Column("dataset", sa.String(128), nullable=False),
+    sa.Column("dataset_version", sa.String(128), nullable=False),
+    sa.Column("run_json", sa.Text, nullable=False),
+    sa.Column("signature_json", sa.Text, nullable=False),
+    sa.Column("idempotency_key", sa.String(256), nullable=True),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("validation_json", sa.Text, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("model", "idempotency_key", name="uq_versions_idempotency_key"),
+    sa.Index("ix_versions_dataset_version", "dataset_version"),
+)
+
+version_tags = sa.Table(
+    "version_tags",
+    metadata,
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("key", sa.String(256), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+# Run metrics by name, and the validator's as `validation.<name>`: searchable in SQL.
+version_metrics = sa.Table(
+    "version_metrics",
+    metadata,
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.String(256), primary_key=True),
+    sa.Column("value", sa.Float, nullable=False),
+    sa.Index("ix_version_metrics_name_value", "name", "value"),
+)
+
+aliases = sa.Table(
+    "aliases",
+    metadata,
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("alias", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+# Append-only: no API updates or deletes a row.
+alias_history = sa.Table(
+    "alias_history",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("alias", sa.String(64), nullable=False),
+    sa.Column("from_version", sa.Integer, nullable=True),
+    # NULL: the move deleted the alias.
+    sa.Column("to_version", sa.Integer, nullable=True),
+    sa.Column("actor", sa.String(256), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_alias_history_model", "model"),
+)
+
+training_specs = sa.Table(
+    "training_specs",
+    metadata,
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("spec_json", sa.Text, nullable=False),
+    sa.Column("actor", sa.String(256), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Events written in the same transaction as the change they announce; published afterwards.
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event_type", sa.String(128), nullable=False),
+    sa.Column("event_json", sa.Text, nullable=False),
+    sa.Column("published", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Index("ix_outbox_published", "published"),
+)
