@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from services.registry import kafka_api
@@ -10,6 +12,7 @@ from services.registry.core import Lineage, RegistryCore
 from services.registry.grpc_api import SERVICE_NAME, RegistryServicer
 from services.registry.settings import RegistrySettings
 from services.registry.store import RegistryStore, sqlite_url
+from services.registry.webhooks import WebhookSender
 from shared.events import Event, Topics
 from shared.grpc_io import open_channel
 from shared.messaging import build_broker, publish_event
@@ -28,7 +31,16 @@ def build(settings: RegistrySettings | None = None) -> Service:
     async def publish(event: Event) -> None:
         await publish_event(broker, topics, event)
 
-    core = RegistryCore(store, artifacts, publish, settings.promotion_policy)
+    webhooks = WebhookSender(
+        [url.strip() for url in settings.webhook_urls.split(",") if url.strip()],
+        settings.webhook_secret.get_secret_value(),
+    )
+    core = RegistryCore(store, artifacts, publish, settings.promotion_policy, webhooks)
+    relay: list[asyncio.Task[None]] = []
+
+    async def start_relay() -> None:
+        relay.append(asyncio.create_task(core.relay(max_webhook_attempts=settings.webhook_max_attempts)))
+
     kafka_api.register(broker, core, topics)
     ingest = open_channel(settings.ingest_address)
     lineage = Lineage(core, ingest_pb2_grpc.IngestServiceStub(ingest))
@@ -38,6 +50,8 @@ def build(settings: RegistrySettings | None = None) -> Service:
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server)
 
     async def close_store() -> None:
+        for task in relay:
+            task.cancel()
         await ingest.close(None)
         store.close()
 
@@ -47,5 +61,6 @@ def build(settings: RegistrySettings | None = None) -> Service:
         broker=broker,
         grpc_registrars=[add_servicer],
         grpc_service_names=[SERVICE_NAME],
+        on_start=[start_relay],
         on_stop=[close_store],
     )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import grpc
@@ -16,6 +18,7 @@ from prometheus_client import Counter
 
 from services.registry.artifacts import ArtifactStore
 from services.registry.store import ModelRecord, RegistryStore, VersionQuery, VersionRecord
+from services.registry.webhooks import WebhookError, WebhookSender
 from shared.clients import unavailable_as_retryable
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from shared.events import (
@@ -88,12 +91,21 @@ _EVENT_TYPES: dict[str, type[Event]] = {
 
 
 class RegistryCore:
-    def __init__(self, store: RegistryStore, artifacts: ArtifactStore, publish: Publish, policy: str) -> None:
+    def __init__(
+        self,
+        store: RegistryStore,
+        artifacts: ArtifactStore,
+        publish: Publish,
+        policy: str,
+        webhooks: WebhookSender | None = None,
+    ) -> None:
         self.store = store
         self.artifacts = artifacts
         self.publish = publish
         self.policy = policy  # the default for models that set none
+        self.webhooks = webhooks if webhooks and webhooks.urls else None
         self._flushing = asyncio.Lock()  # one flush at a time, so no event goes out twice from here
+        self._wake_relay = asyncio.Event()
 
     # -- models --------------------------------------------------------------------------------
     def register_model(
@@ -173,7 +185,7 @@ class RegistryCore:
                 ),
             )
         log.info("registered %s version %d (artifact %s)", spec.model, version, upload.sha256[:12])
-        await self.flush_outbox()
+        await self._announce()
         return self.store.get(spec.model, version)
 
     def resolve(
@@ -232,7 +244,7 @@ class RegistryCore:
         with self.store.transaction() as db:
             self.store.ensure_model(db, model)
             self._move(db, model, alias, version, actor or "unknown", reason, "set")
-        await self.flush_outbox()
+        await self._announce()
         return self.store.get(model, version)
 
     async def delete_alias(self, model: str, alias: str, actor: str, reason: str) -> int:
@@ -244,7 +256,7 @@ class RegistryCore:
             if previous is None:
                 raise NotFound(f"model {model!r} has no alias {alias!r}")
             self._move(db, model, alias, None, actor or "unknown", reason, "deleted")
-        await self.flush_outbox()
+        await self._announce()
         return previous
 
     async def rollback(self, model: str, actor: str, reason: str) -> VersionRecord:
@@ -259,7 +271,7 @@ class RegistryCore:
             previous = int(moves[-1]["from_version"])
             why = f"rollback from v{moves[-1]['to_version']}: {reason}"
             self._move(db, model, "champion", previous, actor or "unknown", why, "rolled_back")
-        await self.flush_outbox()
+        await self._announce()
         return self.store.get(model, previous)
 
     def _move(
@@ -357,7 +369,7 @@ class RegistryCore:
 
     # -- events --------------------------------------------------------------------------------
     def _enqueue(self, db: sa.Connection, event: Event) -> None:
-        self.store.enqueue(db, event.type, event.model_dump_json())
+        self.store.enqueue(db, event.type, event.model_dump_json(), webhooks=self.webhooks is not None)
 
     async def flush_outbox(self) -> None:
         """Publish what the outbox holds, oldest first; a failure leaves the rest for next time."""
@@ -365,6 +377,51 @@ class RegistryCore:
             for event_id, event_type, event_json in await asyncio.to_thread(self.store.pending_events):
                 await self.publish(_EVENT_TYPES[event_type].model_validate_json(event_json))
                 self.store.mark_published(event_id)
+        self._wake_relay.set()
+
+    async def _announce(self) -> None:
+        """Publish a committed change's events now if Kafka takes them; if not, the change stands
+        and the relay publishes them later, so the caller is not told it failed."""
+        try:
+            await self.flush_outbox()
+        except Exception as exc:
+            log.warning("events wait in the outbox until Kafka takes them: %s", exc)
+
+    async def deliver_webhooks(self, max_attempts: int = 10) -> None:
+        """POST every due event; a failure is retried later with exponential backoff (1 s, 2 s, ...
+        up to 5 min), and given up after `max_attempts`."""
+        if self.webhooks is None:
+            return
+        for event_id, event_json, attempts_before in await asyncio.to_thread(self.store.due_webhooks):
+            attempts = attempts_before + 1
+            try:
+                await self.webhooks.deliver(event_json)
+            except WebhookError as exc:
+                if attempts >= max_attempts:
+                    log.error("webhook gave up on event %d after %d attempts: %s", event_id, attempts, exc)
+                    self.store.record_webhook(event_id, "failed", attempts, None, str(exc))
+                else:
+                    retry_at = datetime.now(UTC) + timedelta(seconds=min(2 ** (attempts - 1), 300))
+                    log.warning("webhook attempt %d for event %d failed: %s", attempts, event_id, exc)
+                    self.store.record_webhook(event_id, "pending", attempts, retry_at, str(exc))
+            else:
+                self.store.record_webhook(event_id, "delivered", attempts, None, "")
+
+    async def relay(self, interval: float = 1.0, max_webhook_attempts: int = 10) -> None:
+        """Forever: publish what a crash or an outage left in the outbox, and deliver webhooks.
+        Runs beside the request handlers, which flush their own events at once."""
+        while True:
+            try:
+                await self.flush_outbox()
+            except Exception as exc:  # Kafka down: the events wait in the outbox
+                log.warning("outbox: publishing failed, will retry: %s", exc)
+            try:
+                await self.deliver_webhooks(max_webhook_attempts)
+            except Exception:
+                log.exception("outbox: webhook delivery failed")
+            self._wake_relay.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_relay.wait(), interval)
 
 
 def _check_tags(tags: dict[str, str]) -> None:

@@ -107,5 +107,12 @@ outbox = sa.Table(
     sa.Column("event_type", sa.String(128), nullable=False),
     sa.Column("event_json", sa.Text, nullable=False),
     sa.Column("published", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Webhook delivery, apart from Kafka so a dead endpoint never holds events back:
+    # NULL (no webhooks were configured), pending, delivered or failed (gave up).
+    sa.Column("webhook_state", sa.String(16), nullable=True),
+    sa.Column("webhook_attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("webhook_next_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("webhook_error", sa.Text, nullable=True),
     sa.Index("ix_outbox_published", "published"),
+    sa.Index("ix_outbox_webhook_state", "webhook_state"),
 )

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -19,6 +19,14 @@ class RegistrySettings(ServiceSettings):
         " empty means SQLite (WAL) at <data_dir>/registry.sqlite3.",
     )
     max_artifact_bytes: int = Field(1024 * 1024 * 1024, description="Largest artifact accepted.")
+    webhook_urls: str = Field(
+        "",
+        description="Comma-separated URLs that receive every registry event as a CloudEvent (HTTP POST).",
+    )
+    webhook_secret: SecretStr = Field(
+        SecretStr(""), description="Signs webhook bodies: X-Cascade-Signature: sha256=<HMAC of the body>."
+    )
+    webhook_max_attempts: int = Field(10, ge=1, description="Tries per event before a webhook gives up.")
     promotion_policy: Literal["automatic", "manual"] = Field(
         "automatic",
         description="The default for models that set none (UpdateModel, `cascade models policy`)."

@@ -523,8 +523,54 @@ class RegistryStore:
         return int(row["version"]), row["spec_json"], row["actor"], _utc(row["created_at"])
 
     # -- outbox --------------------------------------------------------------------------------
-    def enqueue(self, db: sa.Connection, event_type: str, event_json: str) -> None:
-        db.execute(outbox.insert().values(event_type=event_type, event_json=event_json, published=False))
+    def enqueue(self, db: sa.Connection, event_type: str, event_json: str, webhooks: bool) -> None:
+        db.execute(
+            outbox.insert().values(
+                event_type=event_type,
+                event_json=event_json,
+                published=False,
+                webhook_state="pending" if webhooks else None,
+            )
+        )
+
+    def due_webhooks(self, limit: int = 100) -> list[tuple[int, str, int]]:
+        """(id, event JSON, attempts so far) of events whose webhook delivery is due, oldest first."""
+        query = (
+            sa.select(outbox.c.id, outbox.c.event_json, outbox.c.webhook_attempts)
+            .where(
+                outbox.c.webhook_state == "pending",
+                sa.or_(outbox.c.webhook_next_at.is_(None), outbox.c.webhook_next_at <= _now()),
+            )
+            .order_by(outbox.c.id)
+            .limit(limit)
+        )
+        with self._read() as db:
+            return [(int(i), str(e), int(a)) for i, e, a in db.execute(query)]
+
+    def record_webhook(
+        self, event_id: int, state: str, attempts: int, retry_at: datetime | None, error: str
+    ) -> None:
+        with self.transaction() as db:
+            db.execute(
+                outbox.update()
+                .where(outbox.c.id == event_id)
+                .values(
+                    webhook_state=state,
+                    webhook_attempts=attempts,
+                    webhook_next_at=retry_at,
+                    webhook_error=error or None,
+                )
+            )
+
+    def webhook_states(self) -> dict[str, int]:
+        """How many events are in each webhook state (for tests and operators)."""
+        query = (
+            sa.select(outbox.c.webhook_state, sa.func.count())
+            .where(outbox.c.webhook_state.is_not(None))
+            .group_by(outbox.c.webhook_state)
+        )
+        with self._read() as db:
+            return {str(state): int(count) for state, count in db.execute(query)}
 
     def pending_events(self) -> list[tuple[int, str, str]]:
         """(id, event type, event JSON) of every unpublished event, oldest first."""

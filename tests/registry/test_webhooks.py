@@ -1,0 +1,140 @@
+"""Webhooks against a real HTTP receiver on loopback: structured CloudEvents, signed, retried with
+backoff while the receiver fails, given up after the last attempt; Kafka publishing never waits."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from services.registry.artifacts import LocalArtifactStore
+from services.registry.core import RegistryCore
+from services.registry.store import RegistryStore, sqlite_url
+from services.registry.webhooks import SIGNATURE_HEADER, WebhookSender, signature
+from shared.events import Event
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.status = 200
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append((dict(self.headers), body))
+                self.send_response(receiver.status)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver()
+    thread = threading.Thread(target=receiver.server.serve_forever, daemon=True)
+    thread.start()
+    yield receiver
+    receiver.server.shutdown()
+
+
+def _core(tmp_path: Path, urls: list[str], published: list[Event]) -> RegistryCore:
+    async def publish(event: Event) -> None:
+        published.append(event)
+
+    store = RegistryStore(sqlite_url(tmp_path / "r.sqlite3"))
+    return RegistryCore(
+        store, LocalArtifactStore(tmp_path / "a"), publish, "automatic", WebhookSender(urls, secret="s3")
+    )
+
+
+async def test_every_event_is_posted_as_a_signed_structured_cloudevent(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    published: list[Event] = []
+    core = _core(tmp_path, [receiver.url], published)
+    core.register_model("bc", "", None, {})
+    with core.store.transaction() as db:
+        core.store.ensure_model(db, "bc")
+        core.store.insert_version(db, _version())
+    await core.set_alias("bc", "champion", 1, "alice", "first")
+    await core.deliver_webhooks()
+
+    assert [e.type for e in published] == [
+        "io.cascade.model.alias_changed.v1",
+        "io.cascade.model.promoted.v1",
+    ]
+    assert len(receiver.requests) == 2
+    for (headers, body), event in zip(receiver.requests, published, strict=True):
+        assert headers["Content-Type"].startswith("application/cloudevents+json")
+        assert headers[SIGNATURE_HEADER] == signature("s3", body)
+        cloudevent = json.loads(body)
+        assert (cloudevent["specversion"], cloudevent["id"], cloudevent["type"]) == (
+            "1.0",
+            event.id,
+            event.type,
+        )
+        assert cloudevent["data"]["model"] == "bc" and cloudevent["data"]["actor"] == "alice"
+    assert core.store.webhook_states() == {"delivered": 2}
+    await core.deliver_webhooks()
+    assert len(receiver.requests) == 2  # nothing is sent twice once delivered
+
+
+async def test_a_failing_receiver_is_retried_with_backoff_then_given_up(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    receiver.status = 503
+    published: list[Event] = []
+    core = _core(tmp_path, [receiver.url], published)
+    with core.store.transaction() as db:
+        core.store.ensure_model(db, "bc")
+        core.store.insert_version(db, _version())
+    await core.set_alias("bc", "canary", 1, "bob", "")
+    assert len(published) == 1  # Kafka got it although the webhook is down
+
+    await core.deliver_webhooks(max_attempts=3)
+    assert len(receiver.requests) == 1
+    assert core.store.webhook_states() == {"pending": 1}
+    await core.deliver_webhooks(max_attempts=3)
+    assert len(receiver.requests) == 1  # not due yet: the retry waits 1 s
+
+    for _ in range(2):
+        with core.store.transaction() as db:  # skip the backoff instead of sleeping through it
+            db.exec_driver_sql("UPDATE outbox SET webhook_next_at = NULL")
+        await core.deliver_webhooks(max_attempts=3)
+    assert len(receiver.requests) == 3
+    assert core.store.webhook_states() == {"failed": 1}
+
+
+async def test_without_webhooks_nothing_is_queued_for_them(tmp_path: Path) -> None:
+    published: list[Event] = []
+    core = _core(tmp_path, [], published)
+    with core.store.transaction() as db:
+        core.store.ensure_model(db, "bc")
+        core.store.insert_version(db, _version())
+    await core.set_alias("bc", "canary", 1, "bob", "")
+    assert len(published) == 1 and core.store.webhook_states() == {}
+
+
+def _version() -> dict[str, object]:
+    return {
+        "model": "bc",
+        "artifact_sha256": "0" * 64,
+        "artifact_size": 1,
+        "dataset": "d",
+        "dataset_version": "dv",
+        "run": {},
+        "tags": {},
+        "signature": {},
+        "idempotency_key": "",
+        "description": "",
+    }
