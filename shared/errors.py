@@ -26,6 +26,8 @@ __all__ = [
     "FailedPrecondition",
     "InvalidArgument",
     "NotFound",
+    "PermissionDenied",
+    "Unauthenticated",
     "Unavailable",
     "grpc_errors",
     "is_permanent",
@@ -57,6 +59,14 @@ class FailedPrecondition(CascadeError):
     status = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class Unauthenticated(CascadeError):
+    status = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(CascadeError):
+    status = grpc.StatusCode.PERMISSION_DENIED
+
+
 class Unavailable(CascadeError):
     status = grpc.StatusCode.UNAVAILABLE
     permanent = False
@@ -70,6 +80,8 @@ _PERMANENT_GRPC_CODES = frozenset(
         grpc.StatusCode.FAILED_PRECONDITION,
         grpc.StatusCode.OUT_OF_RANGE,
         grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
     }
 )
 

@@ -7,7 +7,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
@@ -31,9 +31,66 @@ CHUNK_SIZE = 1024 * 1024
 ServicerContext = grpc.aio.ServicerContext[Any, Any]
 
 
-def open_channel(address: str) -> grpc.aio.Channel:
-    """An insecure channel that traces its calls and carries the trace context."""
-    return grpc.aio.insecure_channel(address, options=GRPC_OPTIONS, interceptors=grpc_client_interceptors())
+def open_channel(address: str, token: str = "") -> grpc.aio.Channel:
+    """An insecure channel that traces its calls and carries the trace context, and a bearer
+    token on every call when given one (for a registry that authenticates its callers)."""
+    interceptors: list[Any] = grpc_client_interceptors()
+    if token:
+        interceptors += bearer_token_interceptors(token)
+    return grpc.aio.insecure_channel(address, options=GRPC_OPTIONS, interceptors=interceptors)
+
+
+# grpc-stubs makes the interceptors generic for type checkers only; at run time they are plain classes.
+if TYPE_CHECKING:
+    _UnaryUnary = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+    _UnaryStream = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
+    _StreamUnary = grpc.aio.StreamUnaryClientInterceptor[Any, Any]
+    _StreamStream = grpc.aio.StreamStreamClientInterceptor[Any, Any]
+else:
+    _UnaryUnary = grpc.aio.UnaryUnaryClientInterceptor
+    _UnaryStream = grpc.aio.UnaryStreamClientInterceptor
+    _StreamUnary = grpc.aio.StreamUnaryClientInterceptor
+    _StreamStream = grpc.aio.StreamStreamClientInterceptor
+
+
+class _BearerToken:
+    """Adds `authorization: Bearer <token>` to a call's metadata. grpc.aio files each interceptor
+    under one call type only, so there is one subclass per type (`bearer_token_interceptors`)."""
+
+    def __init__(self, token: str) -> None:
+        self.header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), self.header)
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+
+class _UnaryUnaryToken(_BearerToken, _UnaryUnary):
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._with_token(details), request)
+
+
+class _UnaryStreamToken(_BearerToken, _UnaryStream):
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._with_token(details), request)
+
+
+class _StreamUnaryToken(_BearerToken, _StreamUnary):
+    async def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return await continuation(self._with_token(details), request_iterator)
+
+
+class _StreamStreamToken(_BearerToken, _StreamStream):
+    async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return await continuation(self._with_token(details), request_iterator)
+
+
+def bearer_token_interceptors(token: str) -> list[Any]:
+    return [
+        cls(token) for cls in (_UnaryUnaryToken, _UnaryStreamToken, _StreamUnaryToken, _StreamStreamToken)
+    ]
 
 
 class _UploadMessage(Protocol):

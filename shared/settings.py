@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ServiceSettings"]
+__all__ = ["RegistryClientSettings", "ServiceSettings"]
 
 
 class ServiceSettings(BaseSettings):
@@ -31,3 +31,13 @@ class ServiceSettings(BaseSettings):
     log_format: str = Field("auto", description="'json', 'text', or 'auto' (json unless on a terminal).")
     shutdown_grace_seconds: float = Field(10.0, description="How long in-flight work may finish on SIGTERM.")
     retry_backoff_seconds: float = Field(1.0, description="Pause before a failed message is redelivered.")
+
+
+class RegistryClientSettings(ServiceSettings):
+    """For services that call the registry."""
+
+    registry_address: str = Field("127.0.0.1:50054", description="host:port of RegistryService.")
+    registry_token: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer token for a registry that authenticates callers (CASCADE_REGISTRY_AUTH_TOKENS).",
+    )

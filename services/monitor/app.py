@@ -23,7 +23,10 @@ def build(settings: MonitorSettings | None = None) -> Service:
     broker = build_broker(settings, "monitor")
     store = MonitorStore(settings.data_dir)
     source = GrpcReferenceSource(
-        settings.registry_address, settings.ingest_address, settings.rpc_timeout_seconds
+        settings.registry_address,
+        settings.ingest_address,
+        settings.rpc_timeout_seconds,
+        settings.registry_token.get_secret_value(),
     )
     topics = Topics(settings.topic_prefix, settings.topic_partitions)
 

@@ -43,8 +43,11 @@ class GrpcReferenceSource:
     """A `ReferenceSource` backed by the registry and ingest services. Channels live between
     `open()` and `close()`, inside the service's event loop."""
 
-    def __init__(self, registry_address: str, ingest_address: str, timeout_seconds: float) -> None:
+    def __init__(
+        self, registry_address: str, ingest_address: str, timeout_seconds: float, registry_token: str = ""
+    ) -> None:
         self.registry_address = registry_address
+        self.registry_token = registry_token
         self.ingest_address = ingest_address
         self.timeout_seconds = timeout_seconds
         self._channels: list[grpc.aio.Channel] = []
@@ -52,7 +55,8 @@ class GrpcReferenceSource:
         self._ingest: Any = None
 
     async def open(self) -> None:
-        registry, ingest = open_channel(self.registry_address), open_channel(self.ingest_address)
+        registry = open_channel(self.registry_address, self.registry_token)
+        ingest = open_channel(self.ingest_address)
         self._channels = [registry, ingest]
         self._registry = registry_pb2_grpc.RegistryServiceStub(registry)
         self._ingest = ingest_pb2_grpc.IngestServiceStub(ingest)

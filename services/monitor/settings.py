@@ -3,19 +3,15 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import ServiceSettings
+from shared.settings import RegistryClientSettings
 
 __all__ = ["MonitorSettings"]
 
 
-class MonitorSettings(ServiceSettings):
+class MonitorSettings(RegistryClientSettings):
     model_config = SettingsConfigDict(env_prefix="CASCADE_MONITOR_", extra="ignore", frozen=True)
 
     grpc_port: int = Field(50055, description="gRPC port of MonitorService.")
-    registry_address: str = Field(
-        "127.0.0.1:50054",
-        description="host:port of the registry, asked which dataset a model was trained on.",
-    )
     ingest_address: str = Field(
         "127.0.0.1:50051", description="host:port of ingest, which serves the reference dataset versions."
     )

@@ -10,6 +10,7 @@ from services.registry import kafka_api
 from services.registry.artifacts import LocalArtifactStore
 from services.registry.core import Lineage, RegistryCore
 from services.registry.grpc_api import SERVICE_NAME, RegistryServicer
+from services.registry.permissions import Authenticator, Permissions, parse_tokens
 from services.registry.settings import RegistrySettings
 from services.registry.store import RegistryStore, sqlite_url
 from services.registry.webhooks import WebhookSender
@@ -44,7 +45,18 @@ def build(settings: RegistrySettings | None = None) -> Service:
     kafka_api.register(broker, core, topics)
     ingest = open_channel(settings.ingest_address)
     lineage = Lineage(core, ingest_pb2_grpc.IngestServiceStub(ingest))
-    servicer = RegistryServicer(core, lineage, settings.data_dir / "spool", settings.max_artifact_bytes)
+    auth = Authenticator(
+        parse_tokens(settings.auth_tokens.get_secret_value()),
+        [admin.strip() for admin in settings.auth_admins.split(",") if admin.strip()],
+    )
+    servicer = RegistryServicer(
+        core,
+        lineage,
+        settings.data_dir / "spool",
+        settings.max_artifact_bytes,
+        auth,
+        Permissions(store, settings.default_permission),
+    )
 
     def add_servicer(server: grpc.aio.Server) -> None:
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server)

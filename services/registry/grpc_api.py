@@ -10,6 +10,7 @@ from pathlib import Path
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.registry.core import Lineage, NewVersion, RegistryCore
+from services.registry.permissions import Authenticator, Level, Permissions, Principal
 from services.registry.store import MetricCondition, ModelRecord, VersionQuery, VersionRecord
 from shared.errors import InvalidArgument, grpc_errors
 from shared.grpc_io import ServicerContext, file_chunks, receive_to_file, split_upload
@@ -36,20 +37,62 @@ _COMPARISONS = {
 }
 
 
+_LEVELS: dict[pb.PermissionLevel.ValueType, Level] = {
+    pb.PERMISSION_LEVEL_NONE: "none",
+    pb.PERMISSION_LEVEL_READ: "read",
+    pb.PERMISSION_LEVEL_EDIT: "edit",
+    pb.PERMISSION_LEVEL_MANAGE: "manage",
+}
+_LEVEL_NUMBERS = {name: number for number, name in _LEVELS.items()}
+
+
 class RegistryServicer(pb_grpc.RegistryServiceServicer):
+    """Each method authenticates the caller and checks its level on the model first (both no-ops
+    while authentication is off), then calls the domain."""
+
     def __init__(
-        self, core: RegistryCore, lineage: Lineage, spool_dir: Path, max_artifact_bytes: int
+        self,
+        core: RegistryCore,
+        lineage: Lineage,
+        spool_dir: Path,
+        max_artifact_bytes: int,
+        auth: Authenticator | None = None,
+        permissions: Permissions | None = None,
     ) -> None:
         self.core = core
         self.lineage = lineage
         self.spool_dir = spool_dir
         self.max_artifact_bytes = max_artifact_bytes
+        self.auth = auth or Authenticator({})
+        self.permissions = permissions or Permissions(core.store, "manage")
+
+    def _caller(self, context: ServicerContext) -> Principal | None:
+        return self.auth.principal(context.invocation_metadata())
+
+    def _authorize(self, context: ServicerContext, model: str, needed: Level) -> Principal | None:
+        principal = self._caller(context)
+        self.permissions.require(principal, model, needed)
+        return principal
+
+    @staticmethod
+    def _actor(principal: Principal | None, declared: str) -> str:
+        """The audit trail's actor: the authenticated principal, else what the request says."""
+        return principal.name if principal else declared
+
+    def _own(self, principal: Principal | None, model: str) -> None:
+        if principal is not None:
+            with self.core.store.transaction() as db:
+                self.permissions.grant(db, model, principal.name, "manage")
 
     @grpc_errors
     async def CreateModelVersion(
         self, request_iterator: AsyncIterator[pb.CreateModelVersionRequest], context: ServicerContext
     ) -> pb.ModelVersion:
         header, chunks = await split_upload(request_iterator, "CreateModelVersion")
+        principal = self._caller(context)
+        is_new = not self.core.store.model_exists(header.model)
+        if not is_new:  # a new model's first version registers it, for its creator to manage
+            self.permissions.require(principal, header.model, "edit")
         upload = await receive_to_file(chunks, self.spool_dir, self.max_artifact_bytes)
         run = header.run
         spec = NewVersion(
@@ -72,12 +115,15 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             record = await self.core.create_version(spec, upload)
         finally:
             upload.discard()
+        if is_new:
+            self._own(principal, record.model)
         return version_message(record)
 
     @grpc_errors
     async def GetModelVersion(
         self, request: pb.GetModelVersionRequest, context: ServicerContext
     ) -> pb.ModelVersion:
+        self._authorize(context, request.model, "read")
         return version_message(
             self.core.resolve(request.model, request.version, request.alias, request.idempotency_key)
         )
@@ -86,6 +132,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def ListModelVersions(
         self, request: pb.ListModelVersionsRequest, context: ServicerContext
     ) -> pb.ListModelVersionsResponse:
+        self._authorize(context, request.model, "read")
         return pb.ListModelVersionsResponse(
             versions=[
                 version_message(r)
@@ -97,6 +144,8 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def SearchModelVersions(
         self, request: pb.SearchModelVersionsRequest, context: ServicerContext
     ) -> pb.ListModelVersionsResponse:
+        principal = self._authorize(context, request.model, "read") if request.model else None
+        principal = principal or self._caller(context)
         conditions = []
         for metric in request.metrics:
             if metric.op not in _COMPARISONS:
@@ -110,12 +159,14 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             dataset_version=request.dataset_version,
             limit=request.max_results or 100,
         )
-        return pb.ListModelVersionsResponse(versions=[version_message(r) for r in self.core.search(query)])
+        found = [r for r in self.core.search(query) if self.permissions.can_read(principal, r.model)]
+        return pb.ListModelVersionsResponse(versions=[version_message(r) for r in found])
 
     @grpc_errors
     async def UpdateModelVersion(
         self, request: pb.UpdateModelVersionRequest, context: ServicerContext
     ) -> pb.ModelVersion:
+        self._authorize(context, request.model, "edit")
         record = self.core.update_version(
             request.model,
             request.version,
@@ -127,17 +178,21 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     @grpc_errors
     async def RegisterModel(self, request: pb.RegisterModelRequest, context: ServicerContext) -> pb.Model:
+        principal = self._caller(context)
         model = self.core.register_model(
             request.name, request.description, _POLICY_NAMES.get(request.promotion_policy), dict(request.tags)
         )
+        self._own(principal, model.name)
         return self._model_message(model)
 
     @grpc_errors
     async def GetModel(self, request: pb.GetModelRequest, context: ServicerContext) -> pb.Model:
+        self._authorize(context, request.name, "read")
         return self._model_message(self.core.get_model(request.name))
 
     @grpc_errors
     async def UpdateModel(self, request: pb.UpdateModelRequest, context: ServicerContext) -> pb.Model:
+        self._authorize(context, request.name, "manage" if request.promotion_policy else "edit")
         model = self.core.update_model(
             request.name,
             request.description if request.HasField("description") else None,
@@ -151,12 +206,33 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: ServicerContext
     ) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[self._model_message(m) for m in self.core.store.models()])
+        principal = self._caller(context)
+        readable = [m for m in self.core.store.models() if self.permissions.can_read(principal, m.name)]
+        return pb.ListModelsResponse(models=[self._model_message(m) for m in readable])
+
+    @grpc_errors
+    async def SetModelPermission(
+        self, request: pb.SetModelPermissionRequest, context: ServicerContext
+    ) -> pb.Model:
+        self._authorize(context, request.model, "manage")
+        self.core.get_model(request.model)
+        if request.level not in _LEVELS:
+            raise InvalidArgument("give a permission level: NONE, READ, EDIT or MANAGE")
+        check_name("principal", request.principal)
+        with self.core.store.transaction() as db:
+            self.permissions.grant(db, request.model, request.principal, _LEVELS[request.level])
+        return self._model_message(self.core.get_model(request.model))
 
     @grpc_errors
     async def SetAlias(self, request: pb.SetAliasRequest, context: ServicerContext) -> pb.ModelVersion:
+        principal = self._authorize(context, request.model, "manage")
         record = await self.core.set_alias(
-            request.model, request.alias, request.version, request.actor, request.reason, request.force
+            request.model,
+            request.alias,
+            request.version,
+            self._actor(principal, request.actor),
+            request.reason,
+            request.force,
         )
         return version_message(record)
 
@@ -164,13 +240,17 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def DeleteAlias(
         self, request: pb.DeleteAliasRequest, context: ServicerContext
     ) -> pb.DeleteAliasResponse:
-        previous = await self.core.delete_alias(request.model, request.alias, request.actor, request.reason)
+        principal = self._authorize(context, request.model, "manage")
+        previous = await self.core.delete_alias(
+            request.model, request.alias, self._actor(principal, request.actor), request.reason
+        )
         return pb.DeleteAliasResponse(previous_version=previous)
 
     @grpc_errors
     async def DownloadArtifact(
         self, request: pb.DownloadArtifactRequest, context: ServicerContext
     ) -> AsyncIterator[pb.ArtifactChunk]:
+        self._authorize(context, request.model, "read")
         record = self.core.resolve(request.model, request.version)
         path = self.core.artifacts.verify(record.artifact_sha256)
         if not 0 <= request.offset <= record.artifact_size:
@@ -182,13 +262,17 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     @grpc_errors
     async def Rollback(self, request: pb.RollbackRequest, context: ServicerContext) -> pb.ModelVersion:
-        return version_message(await self.core.rollback(request.model, request.actor, request.reason))
+        principal = self._authorize(context, request.model, "manage")
+        return version_message(
+            await self.core.rollback(request.model, self._actor(principal, request.actor), request.reason)
+        )
 
     @grpc_errors
     async def GetAliasHistory(
         self, request: pb.GetAliasHistoryRequest, context: ServicerContext
     ) -> pb.AliasHistory:
         check_name("model", request.model)
+        self._authorize(context, request.model, "read")
         moves = []
         for move in self.core.store.history(request.model):
             at = Timestamp()
@@ -207,6 +291,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     @grpc_errors
     async def GetLineage(self, request: pb.GetLineageRequest, context: ServicerContext) -> pb.Lineage:
+        self._authorize(context, request.model, "read")
         record, parent, batch_ids = await self.lineage.of(request.model, request.version)
         return pb.Lineage(
             version=version_message(record),
@@ -220,7 +305,10 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def SetTrainingSpec(
         self, request: pb.SetTrainingSpecRequest, context: ServicerContext
     ) -> pb.TrainingSpec:
-        version = self.core.set_training_spec(request.model, request.spec_json, request.actor)
+        principal = self._authorize(context, request.model, "edit")
+        version = self.core.set_training_spec(
+            request.model, request.spec_json, self._actor(principal, request.actor)
+        )
         return _spec_message(request.model, *self.core.store.training_spec(request.model, version))
 
     @grpc_errors
@@ -228,6 +316,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self, request: pb.GetTrainingSpecRequest, context: ServicerContext
     ) -> pb.TrainingSpec:
         check_name("model", request.model)
+        self._authorize(context, request.model, "read")
         return _spec_message(request.model, *self.core.store.training_spec(request.model, request.version))
 
     def _model_message(self, model: ModelRecord) -> pb.Model:
@@ -243,6 +332,10 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             inputs=[pb.TensorSpec(**spec) for spec in signature.get("inputs", [])],
             outputs=[pb.TensorSpec(**spec) for spec in signature.get("outputs", [])],
             created_at=_timestamp(model.created_at),
+            permissions={
+                principal: _LEVEL_NUMBERS[level]
+                for principal, level in self.permissions.grants(model.name).items()
+            },
         )
 
 

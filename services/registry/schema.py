@@ -25,6 +25,15 @@ model_tags = sa.Table(
     sa.Column("value", sa.Text, nullable=False),
 )
 
+# Who may do what to a model, when the registry authenticates callers (see permissions.py).
+model_permissions = sa.Table(
+    "model_permissions",
+    metadata,
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("principal", sa.String(128), primary_key=True),
+    sa.Column("level", sa.String(16), nullable=False),
+)
+
 versions = sa.Table(
     "versions",
     metadata,

@@ -190,6 +190,10 @@ class RegistryStore:
             self._set_tags(db, model_tags, {"model": name}, tags)
         return self.get_model(name)
 
+    def model_exists(self, name: str) -> bool:
+        with self._read() as db:
+            return db.execute(sa.select(models.c.name).where(models.c.name == name)).first() is not None
+
     def get_model(self, name: str) -> ModelRecord:
         found = self._models(sa.select(models).where(models.c.name == name))
         if not found:

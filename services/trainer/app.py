@@ -20,7 +20,7 @@ def build(settings: TrainerSettings | None = None) -> Service:
     topics = Topics(settings.topic_prefix, settings.topic_partitions)
     broker = build_broker(settings, "trainer")
     ingest = open_channel(settings.ingest_address)
-    registry = open_channel(settings.registry_address)
+    registry = open_channel(settings.registry_address, settings.registry_token.get_secret_value())
 
     async def publish(event: Event) -> None:
         await publish_event(broker, topics, event)

@@ -3,15 +3,14 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import ServiceSettings
+from shared.settings import RegistryClientSettings
 
 
-class TrainerSettings(ServiceSettings):
+class TrainerSettings(RegistryClientSettings):
     model_config = SettingsConfigDict(env_prefix="CASCADE_TRAINER_", extra="ignore", frozen=True)
 
     grpc_port: int = Field(50052, description="gRPC port (health and reflection).")
     ingest_address: str = Field("127.0.0.1:50051", description="Where IngestService answers.")
-    registry_address: str = Field("127.0.0.1:50054", description="Where RegistryService answers.")
     seed: int = Field(42, description="Random seed of splits and estimators: same data, same model.")
     cv_folds: int = Field(3, description="Cross-validation folds of the hyperparameter search.")
     holdout_fraction: float = Field(0.2, description="Share of rows held out for parity and validation.")

@@ -16,7 +16,7 @@ def build(settings: ValidatorSettings | None = None) -> Service:
     topics = Topics(settings.topic_prefix, settings.topic_partitions)
     broker = build_broker(settings, "validator")
     ingest = open_channel(settings.ingest_address)
-    registry = open_channel(settings.registry_address)
+    registry = open_channel(settings.registry_address, settings.registry_token.get_secret_value())
 
     async def emit(event: ModelValidated) -> None:
         await publish_event(broker, topics, event)

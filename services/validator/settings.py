@@ -3,15 +3,14 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import ServiceSettings
+from shared.settings import RegistryClientSettings
 
 
-class ValidatorSettings(ServiceSettings):
+class ValidatorSettings(RegistryClientSettings):
     model_config = SettingsConfigDict(env_prefix="CASCADE_VALIDATOR_", extra="ignore", frozen=True)
 
     grpc_port: int = Field(50053, description="gRPC port (health and reflection).")
     ingest_address: str = Field("127.0.0.1:50051", description="Where IngestService answers.")
-    registry_address: str = Field("127.0.0.1:50054", description="Where RegistryService answers.")
     holdout_fraction: float = Field(
         0.2, description="Must match the trainer's: the rows it never trained on."
     )

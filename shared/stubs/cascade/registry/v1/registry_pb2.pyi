@@ -70,6 +70,34 @@ PROMOTION_POLICY_MANUAL: PromotionPolicy.ValueType  # 2
 """The passed candidate becomes `challenger`; a person promotes it."""
 Global___PromotionPolicy: _TypeAlias = PromotionPolicy  # noqa: Y015
 
+class _PermissionLevel:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PermissionLevelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PermissionLevel.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PERMISSION_LEVEL_UNSPECIFIED: _PermissionLevel.ValueType  # 0
+    PERMISSION_LEVEL_NONE: _PermissionLevel.ValueType  # 1
+    PERMISSION_LEVEL_READ: _PermissionLevel.ValueType  # 2
+    """Read versions, aliases, history, lineage; download artifacts."""
+    PERMISSION_LEVEL_EDIT: _PermissionLevel.ValueType  # 3
+    """Also create versions, edit tags and descriptions, set the training spec."""
+    PERMISSION_LEVEL_MANAGE: _PermissionLevel.ValueType  # 4
+    """Also move aliases, roll back, change the promotion policy and the permissions."""
+
+class PermissionLevel(_PermissionLevel, metaclass=_PermissionLevelEnumTypeWrapper):
+    """What a principal may do to a model. Each level includes the ones below it."""
+
+PERMISSION_LEVEL_UNSPECIFIED: PermissionLevel.ValueType  # 0
+PERMISSION_LEVEL_NONE: PermissionLevel.ValueType  # 1
+PERMISSION_LEVEL_READ: PermissionLevel.ValueType  # 2
+"""Read versions, aliases, history, lineage; download artifacts."""
+PERMISSION_LEVEL_EDIT: PermissionLevel.ValueType  # 3
+"""Also create versions, edit tags and descriptions, set the training spec."""
+PERMISSION_LEVEL_MANAGE: PermissionLevel.ValueType  # 4
+"""Also move aliases, roll back, change the promotion policy and the permissions."""
+Global___PermissionLevel: _TypeAlias = PermissionLevel  # noqa: Y015
+
 class _Comparison:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -526,6 +554,26 @@ class Model(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class PermissionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: Global___PermissionLevel.ValueType
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___PermissionLevel.ValueType = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     LATEST_VERSION_FIELD_NUMBER: _builtins.int
     ALIASES_FIELD_NUMBER: _builtins.int
@@ -536,6 +584,7 @@ class Model(_message.Message):
     INPUTS_FIELD_NUMBER: _builtins.int
     OUTPUTS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    PERMISSIONS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     latest_version: _builtins.int
     """0 before the first version."""
@@ -556,6 +605,10 @@ class Model(_message.Message):
     def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TensorSpec]: ...
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def permissions(self) -> _containers.ScalarMap[_builtins.str, Global___PermissionLevel.ValueType]:
+        """Explicit grants; principals not listed get the registry's default level."""
+
     def __init__(
         self,
         *,
@@ -569,14 +622,40 @@ class Model(_message.Message):
         inputs: _abc.Iterable[Global___TensorSpec] | None = ...,
         outputs: _abc.Iterable[Global___TensorSpec] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        permissions: _abc.Mapping[_builtins.str, Global___PermissionLevel.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "created_at", b"created_at", "description", b"description", "effective_promotion_policy", b"effective_promotion_policy", "inputs", b"inputs", "latest_version", b"latest_version", "name", b"name", "outputs", b"outputs", "promotion_policy", b"promotion_policy", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "created_at", b"created_at", "description", b"description", "effective_promotion_policy", b"effective_promotion_policy", "inputs", b"inputs", "latest_version", b"latest_version", "name", b"name", "outputs", b"outputs", "permissions", b"permissions", "promotion_policy", b"promotion_policy", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Model: _TypeAlias = Model  # noqa: Y015
+
+@_typing.final
+class SetModelPermissionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    principal: _builtins.str
+    level: Global___PermissionLevel.ValueType
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        principal: _builtins.str = ...,
+        level: Global___PermissionLevel.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["level", b"level", "model", b"model", "principal", b"principal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetModelPermissionRequest: _TypeAlias = SetModelPermissionRequest  # noqa: Y015
 
 @_typing.final
 class RegisterModelRequest(_message.Message):

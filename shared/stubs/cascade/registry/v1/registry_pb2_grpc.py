@@ -49,6 +49,11 @@ class RegistryServiceStub:
                 request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.UpdateModelRequest.SerializeToString,
                 response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.FromString,
                 _registered_method=True)
+        self.SetModelPermission = channel.unary_unary(
+                '/cascade.registry.v1.RegistryService/SetModelPermission',
+                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetModelPermissionRequest.SerializeToString,
+                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.FromString,
+                _registered_method=True)
         self.CreateModelVersion = channel.stream_unary(
                 '/cascade.registry.v1.RegistryService/CreateModelVersion',
                 request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.CreateModelVersionRequest.SerializeToString,
@@ -141,6 +146,14 @@ class RegistryServiceServicer:
 
     def UpdateModel(self, request, context):
         """Edits a model's description, tags and promotion policy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetModelPermission(self, request, context):
+        """Grants a principal a level on one model (needs MANAGE); NONE revokes. Enforced only when the
+        registry authenticates callers (CASCADE_REGISTRY_AUTH_TOKENS).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -257,6 +270,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
             'UpdateModel': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateModel,
                     request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.UpdateModelRequest.FromString,
+                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.SerializeToString,
+            ),
+            'SetModelPermission': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetModelPermission,
+                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetModelPermissionRequest.FromString,
                     response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.SerializeToString,
             ),
             'CreateModelVersion': grpc.stream_unary_rpc_method_handler(
@@ -410,6 +428,33 @@ class RegistryService:
             target,
             '/cascade.registry.v1.RegistryService/UpdateModel',
             shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.UpdateModelRequest.SerializeToString,
+            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetModelPermission(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.registry.v1.RegistryService/SetModelPermission',
+            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetModelPermissionRequest.SerializeToString,
             shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.FromString,
             options,
             channel_credentials,

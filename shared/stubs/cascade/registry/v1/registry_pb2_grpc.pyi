@@ -39,6 +39,10 @@ class RegistryServiceStub:
     """A model with its description, tags, promotion policy, aliases and signature."""
     UpdateModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UpdateModelRequest, _registry_pb2.Model]
     """Edits a model's description, tags and promotion policy."""
+    SetModelPermission: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetModelPermissionRequest, _registry_pb2.Model]
+    """Grants a principal a level on one model (needs MANAGE); NONE revokes. Enforced only when the
+    registry authenticates callers (CASCADE_REGISTRY_AUTH_TOKENS).
+    """
     CreateModelVersion: _grpc.StreamUnaryMultiCallable[_registry_pb2.CreateModelVersionRequest, _registry_pb2.ModelVersion]
     """Uploads an ONNX artifact as a new version. The first message carries the header.
     A repeated idempotency key returns the version it created the first time.
@@ -78,6 +82,10 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """A model with its description, tags, promotion policy, aliases and signature."""
     UpdateModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.UpdateModelRequest, _registry_pb2.Model]  # type: ignore[assignment]
     """Edits a model's description, tags and promotion policy."""
+    SetModelPermission: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetModelPermissionRequest, _registry_pb2.Model]  # type: ignore[assignment]
+    """Grants a principal a level on one model (needs MANAGE); NONE revokes. Enforced only when the
+    registry authenticates callers (CASCADE_REGISTRY_AUTH_TOKENS).
+    """
     CreateModelVersion: _aio.StreamUnaryMultiCallable[_registry_pb2.CreateModelVersionRequest, _registry_pb2.ModelVersion]  # type: ignore[assignment]
     """Uploads an ONNX artifact as a new version. The first message carries the header.
     A repeated idempotency key returns the version it created the first time.
@@ -132,6 +140,16 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.Model, _abc.Awaitable[_registry_pb2.Model]]:
         """Edits a model's description, tags and promotion policy."""
+
+    @_abc_1.abstractmethod
+    def SetModelPermission(
+        self,
+        request: _registry_pb2.SetModelPermissionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Model, _abc.Awaitable[_registry_pb2.Model]]:
+        """Grants a principal a level on one model (needs MANAGE); NONE revokes. Enforced only when the
+        registry authenticates callers (CASCADE_REGISTRY_AUTH_TOKENS).
+        """
 
     @_abc_1.abstractmethod
     def CreateModelVersion(

@@ -1,0 +1,121 @@
+"""Per-model permissions through a real server and real clients carrying bearer tokens."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+import grpc
+import pytest
+
+from services.registry.artifacts import LocalArtifactStore
+from services.registry.core import Lineage, RegistryCore
+from services.registry.grpc_api import RegistryServicer
+from services.registry.permissions import Authenticator, Permissions, parse_tokens
+from services.registry.store import RegistryStore
+from services.trainer.training import TrainingResult
+from shared.events import Event
+from shared.grpc_io import open_channel
+from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
+from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
+from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
+from tests.grpc_server import serving
+
+TOKENS = "alice:alice-token-0123456789,bob:bob-token-0123456789,root:root-token-0123456789"
+Client = Callable[[str], AbstractAsyncContextManager[registry_pb2_grpc.RegistryServiceStub]]
+
+
+@pytest.fixture
+async def client(tmp_path: Path, database_url: str) -> AsyncIterator[Client]:
+    async def publish(event: Event) -> None:
+        pass
+
+    store = RegistryStore(database_url)
+    core = RegistryCore(store, LocalArtifactStore(tmp_path / "a"), publish, "automatic")
+    auth = Authenticator(parse_tokens(TOKENS), admins=["root"])
+    unused_ingest = ingest_pb2_grpc.IngestServiceStub(open_channel("127.0.0.1:9"))
+    servicer = RegistryServicer(
+        core, Lineage(core, unused_ingest), tmp_path / "spool", 10_000_000, auth, Permissions(store, "read")
+    )
+
+    def register(server: grpc.aio.Server) -> None:
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server)
+
+    async with serving(register) as address:
+
+        class Connect:
+            def __init__(self, token: str) -> None:
+                self.channel = open_channel(address, token=token)
+
+            async def __aenter__(self) -> registry_pb2_grpc.RegistryServiceStub:
+                return registry_pb2_grpc.RegistryServiceStub(self.channel)
+
+            async def __aexit__(self, *exc: object) -> None:
+                await self.channel.close()
+
+        yield Connect
+    store.close()
+
+
+async def _code(call: object) -> grpc.StatusCode:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call  # type: ignore[misc]
+    assert raised.value.details()
+    return raised.value.code()
+
+
+def _version(model: str, artifact: bytes) -> list[pb.CreateModelVersionRequest]:
+    return [
+        pb.CreateModelVersionRequest(header=pb.VersionHeader(model=model, dataset="d", dataset_version="v")),
+        pb.CreateModelVersionRequest(chunk=artifact),
+    ]
+
+
+async def test_callers_without_a_valid_token_are_unauthenticated(client: Client) -> None:
+    async with client("") as anonymous, client("wrong-token-0123456789") as stranger:
+        assert await _code(anonymous.ListModels(pb.ListModelsRequest())) == grpc.StatusCode.UNAUTHENTICATED
+        assert await _code(stranger.GetModel(pb.GetModelRequest(name="x"))) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_owners_manage_others_read_until_granted_and_the_audit_names_the_real_caller(
+    client: Client, trained_breast_cancer: TrainingResult
+) -> None:
+    onnx_bytes = trained_breast_cancer.onnx_bytes
+    async with client("alice-token-0123456789") as alice, client("bob-token-0123456789") as bob:
+        await alice.CreateModelVersion(iter(_version("fraud", onnx_bytes)))  # alice registers it
+        model = await bob.GetModel(pb.GetModelRequest(name="fraud"))  # default: read
+        assert dict(model.permissions) == {"alice": pb.PERMISSION_LEVEL_MANAGE}
+
+        promote = pb.SetAliasRequest(model="fraud", alias="champion", version=1, actor="alice")
+        assert await _code(bob.SetAlias(promote)) == grpc.StatusCode.PERMISSION_DENIED
+        assert await _code(bob.CreateModelVersion(iter(_version("fraud", onnx_bytes)))) == (
+            grpc.StatusCode.PERMISSION_DENIED
+        )
+        grant = pb.SetModelPermissionRequest(model="fraud", principal="bob", level=pb.PERMISSION_LEVEL_MANAGE)
+        assert await _code(bob.SetModelPermission(grant)) == grpc.StatusCode.PERMISSION_DENIED
+
+        await alice.SetModelPermission(grant)
+        await bob.SetAlias(promote)  # claims to be alice: the trail says bob
+        history = await alice.GetAliasHistory(pb.GetAliasHistoryRequest(model="fraud"))
+        assert [(m.alias, m.to_version, m.actor) for m in history.moves] == [("champion", 1, "bob")]
+
+        revoke = pb.SetModelPermissionRequest(model="fraud", principal="bob", level=pb.PERMISSION_LEVEL_NONE)
+        await alice.SetModelPermission(revoke)
+        assert (
+            await _code(bob.GetModel(pb.GetModelRequest(name="fraud"))) == grpc.StatusCode.PERMISSION_DENIED
+        )
+        listed = await bob.ListModels(pb.ListModelsRequest())
+        assert [m.name for m in listed.models] == []  # what bob may not read, bob does not see
+        found = await bob.SearchModelVersions(pb.SearchModelVersionsRequest())
+        assert list(found.versions) == []
+
+
+async def test_admins_may_do_anything(client: Client, trained_breast_cancer: TrainingResult) -> None:
+    async with client("alice-token-0123456789") as alice, client("root-token-0123456789") as root:
+        await alice.RegisterModel(pb.RegisterModelRequest(name="churn"))
+        await alice.CreateModelVersion(iter(_version("churn", trained_breast_cancer.onnx_bytes)))
+        moved = await root.SetAlias(pb.SetAliasRequest(model="churn", alias="canary", version=1))
+        assert list(moved.aliases) == ["canary"]
+        policy = pb.UpdateModelRequest(name="churn", promotion_policy=pb.PROMOTION_POLICY_MANUAL)
+        assert (await root.UpdateModel(policy)).effective_promotion_policy == pb.PROMOTION_POLICY_MANUAL
