@@ -189,9 +189,7 @@ class ModelVersionCreated(Event):
 
 class ModelVersionStatusChanged(Event):
     TOPIC: ClassVar[str] = "model-version-status-changed.v1"
-    type: Literal["io.cascade.model.version_status_changed.v1"] = (
-        "io.cascade.model.version_status_changed.v1"
-    )
+    type: Literal["io.cascade.model.version_status_changed.v1"] = "io.cascade.model.version_status_changed.v1"
 
     model: str
     model_version: int
