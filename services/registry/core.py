@@ -84,6 +84,7 @@ class NewVersion:
 
 
 POLICIES = ("automatic", "manual")
+MAX_TAG_VALUE = 4 * 1024 * 1024
 _EVENT_TYPES: dict[str, type[Event]] = {
     cls.model_fields["type"].default: cls
     for cls in (ModelPromoted, ModelAliasChanged, ModelVersionCreated, ModelVersionStatusChanged)
@@ -428,8 +429,8 @@ def _check_tags(tags: dict[str, str]) -> None:
     for key, value in tags.items():
         if not key or len(key) > 256:
             raise InvalidArgument(f"tag keys must be 1..256 characters, not {key!r}")
-        if len(value) > 5000:
-            raise InvalidArgument(f"tag {key!r} is longer than 5000 characters")
+        if len(value) > MAX_TAG_VALUE:  # the trainer keeps run records (trials, parity outputs) in tags
+            raise InvalidArgument(f"tag {key!r} is longer than {MAX_TAG_VALUE} characters")
 
 
 class Lineage:

@@ -1,4 +1,8 @@
-"""`cascade models`: the registry's versions, aliases, lineage and audit history, as tables or JSON."""
+"""`cascade models`: the registry's models and versions, aliases, tags, search, lineage and audit
+history, as tables or JSON.
+
+A version is named as MLflow users write it: NAME/VERSION, or NAME@ALIAS; a bare NAME means the
+model itself where that makes sense (`show`, `tag`, `describe`) and its champion elsewhere."""
 
 from __future__ import annotations
 
@@ -6,7 +10,8 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, TypeVar
+from enum import StrEnum
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import grpc
 import typer
@@ -21,37 +26,109 @@ from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
 __all__ = ["models_app"]
 
 models_app = typer.Typer(
-    help="Model versions in the registry: list, show, promote, roll back, lineage and alias history.",
+    help="The model registry: models and their versions, aliases (champion, challenger, any other), "
+    "tags and descriptions, search, promotion and rollback, lineage and the alias audit history.",
     no_args_is_help=True,
 )
 
+
+class Policy(StrEnum):
+    automatic = "automatic"
+    manual = "manual"
+
+
+class Status(StrEnum):
+    pending = "pending"
+    ready = "ready"
+    failed = "failed"
+
+
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+AddressOption = Annotated[
+    str | None,
+    typer.Option(help="The registry's gRPC address, host:port (default: this stack's).", show_default=False),
+]
+TokenOption = Annotated[
+    str,
+    typer.Option(
+        envvar="CASCADE_TOKEN",
+        help="Bearer token, for a registry that authenticates callers (CASCADE_REGISTRY_AUTH_TOKENS).",
+        show_default=False,
+    ),
+]
+ReasonOption = Annotated[str, typer.Option(help="Why; kept in the audit history.")]
+ActorOption = Annotated[str, typer.Option(envvar="USER", help="Who; kept in the audit history.")]
 T = TypeVar("T")
+Stub = registry_pb2_grpc.RegistryServiceStub
+
 _REFERENCE = re.compile(r"^(?P<model>[^@/]+)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+))?$")
+_METRIC = re.compile(r"^\s*(?P<name>[^<>=!\s]+)\s*(?P<op>>=|<=|==|!=|=|>|<)\s*(?P<value>\S+)\s*$")
+_COMPARISONS = {
+    "==": pb.COMPARISON_EQ,
+    "=": pb.COMPARISON_EQ,
+    "!=": pb.COMPARISON_NE,
+    ">": pb.COMPARISON_GT,
+    ">=": pb.COMPARISON_GE,
+    "<": pb.COMPARISON_LT,
+    "<=": pb.COMPARISON_LE,
+}
 _STATUS = {
     pb.VERSION_STATUS_PENDING: "pending",
     pb.VERSION_STATUS_READY: "ready",
     pb.VERSION_STATUS_FAILED: "failed",
 }
+_STATUS_VALUES = {
+    Status.pending: pb.VERSION_STATUS_PENDING,
+    Status.ready: pb.VERSION_STATUS_READY,
+    Status.failed: pb.VERSION_STATUS_FAILED,
+}
+_POLICY_VALUES = {Policy.automatic: pb.PROMOTION_POLICY_AUTOMATIC, Policy.manual: pb.PROMOTION_POLICY_MANUAL}
+_POLICY_NAMES = {value: policy.value for policy, value in _POLICY_VALUES.items()}
+
+
+# ---------------------------------------------------------------------- plumbing
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, base: grpc.ClientCallDetails, metadata: Any) -> None:
+        self.method = base.method
+        self.timeout = base.timeout
+        self.metadata = metadata
+        self.credentials = base.credentials
+        self.wait_for_ready = base.wait_for_ready
+        self.compression = base.compression
+
+
+class _BearerToken(grpc.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    """Adds `authorization: Bearer <token>` to every call (the CLI's registry calls are all unary)."""
+
+    def __init__(self, token: str) -> None:
+        self.header = ("authorization", f"Bearer {token}")
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(_CallDetails(details, [*(details.metadata or ()), self.header]), request)
 
 
 @contextmanager
-def _registry(ctx: typer.Context) -> Iterator[tuple[registry_pb2_grpc.RegistryServiceStub, str]]:
-    config: StackConfig = ctx.obj
-    address = Stack(config).address("registry")
+def _registry(ctx: typer.Context, address: str | None, token: str) -> Iterator[tuple[Stub, str]]:
+    if not address:
+        config = ctx.obj if isinstance(ctx.obj, StackConfig) else StackConfig()
+        address = Stack(config).address("registry")
     with grpc.insecure_channel(address) as channel:
-        yield registry_pb2_grpc.RegistryServiceStub(channel), address
+        target = grpc.intercept_channel(channel, _BearerToken(token)) if token else channel
+        yield registry_pb2_grpc.RegistryServiceStub(target), address
 
 
-def _call(ctx: typer.Context, call: Callable[[registry_pb2_grpc.RegistryServiceStub], T]) -> T:
-    with _registry(ctx) as (stub, address):
+def _call(ctx: typer.Context, address: str | None, token: str, call: Callable[[Stub], T]) -> T:
+    """Run calls on RegistryService; a gRPC failure becomes one line on stderr and exit code 1."""
+    with _registry(ctx, address, token) as (stub, where):
         try:
             return call(stub)
         except grpc.RpcError as error:
-            raise ClientError(describe_rpc_error("registry", address, error)) from error
+            _fail(ClientError(describe_rpc_error("registry", where, error)))
 
 
-def _fail(error: ClientError) -> None:
+def _fail(error: Exception) -> NoReturn:
     typer.secho(f"Error: {error}", err=True, fg=typer.colors.RED)
     raise typer.Exit(1)
 
@@ -68,38 +145,97 @@ def _table(headers: list[str], rows: list[list[str]]) -> None:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
-def _selector(reference: str) -> pb.GetModelVersionRequest:
-    """NAME (champion), NAME@ALIAS or NAME/VERSION, as MLflow users write them."""
+def _parse_reference(reference: str) -> re.Match[str]:
     match = _REFERENCE.fullmatch(reference)
     if match is None:
-        raise ClientError(f"not a model reference: {reference!r} (use NAME, NAME@ALIAS or NAME/VERSION)")
+        _fail(ClientError(f"not a model reference: {reference!r} (use NAME, NAME@ALIAS or NAME/VERSION)"))
+    return match
+
+
+def _selector(reference: str) -> pb.GetModelVersionRequest:
+    """NAME (its champion), NAME@ALIAS or NAME/VERSION."""
+    match = _parse_reference(reference)
     if match["version"]:
         return pb.GetModelVersionRequest(model=match["model"], version=int(match["version"]))
     return pb.GetModelVersionRequest(model=match["model"], alias=match["alias"] or "champion")
 
 
+def _model_or_version(reference: str) -> tuple[str, int]:
+    """(model, version) of NAME/VERSION, or (model, 0) for a bare NAME (the model itself)."""
+    match = _parse_reference(reference)
+    if match["alias"]:
+        _fail(ClientError(f"give NAME or NAME/VERSION, not an alias: {reference!r}"))
+    return match["model"], int(match["version"] or 0)
+
+
+def _key_values(pairs: list[str] | None) -> dict[str, str]:
+    """KEY=VALUE arguments as a dict (the value may itself contain '=')."""
+    parsed: dict[str, str] = {}
+    for pair in pairs or []:
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            raise typer.BadParameter(f"{pair!r} is not KEY=VALUE")
+        parsed[key] = value
+    return parsed
+
+
+def _metric_filters(expressions: list[str] | None) -> list[pb.MetricFilter]:
+    filters = []
+    for expression in expressions or []:
+        match = _METRIC.fullmatch(expression)
+        try:
+            value = float(match["value"]) if match else None
+        except ValueError:
+            value = None
+        if match is None or value is None:
+            raise typer.BadParameter(
+                f"{expression!r} is not NAME OP NUMBER, e.g. 'cv_accuracy>=0.9' (OP: = != > >= < <=)"
+            )
+        filters.append(pb.MetricFilter(name=match["name"], op=_COMPARISONS[match["op"]], value=value))
+    return filters
+
+
+def _pairs(values: Any) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(values.items())) or "-"
+
+
+def _tensors(specs: Any) -> str:
+    return ", ".join(f"{t.name} {t.datatype} {list(t.shape)}" for t in specs) or "-"
+
+
+def _policy(model: pb.Model) -> str:
+    effective = _POLICY_NAMES.get(model.effective_promotion_policy, "unknown")
+    return effective if model.promotion_policy else f"{effective} (the registry's default)"
+
+
+def _number(value: float) -> str:
+    return f"{value:.4g}"
+
+
+# ---------------------------------------------------------------------- reading
+
+
 @models_app.command("list")
-def list_models(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Every model with its latest version and aliases."""
-    try:
-        models = _call(ctx, lambda stub: stub.ListModels(pb.ListModelsRequest(), timeout=10)).models
-    except ClientError as error:
-        _fail(error)
+def list_models(
+    ctx: typer.Context, as_json: JsonOption = False, address: AddressOption = None, token: TokenOption = ""
+) -> None:
+    """Every model with its latest version, aliases and promotion policy."""
+    models = _call(
+        ctx, address, token, lambda stub: stub.ListModels(pb.ListModelsRequest(), timeout=10)
+    ).models
     if as_json:
         typer.echo(json.dumps([_as_dict(m) for m in models], indent=2))
         return
     _table(
-        ["model", "latest", "champion", "challenger", "other aliases"],
+        ["model", "latest", "champion", "challenger", "other aliases", "policy"],
         [
             [
                 m.name,
                 str(m.latest_version),
                 str(m.aliases.get("champion", "-")),
                 str(m.aliases.get("challenger", "-")),
-                ", ".join(
-                    f"{a}={v}" for a, v in sorted(m.aliases.items()) if a not in ("champion", "challenger")
-                )
-                or "-",
+                _pairs({a: v for a, v in m.aliases.items() if a not in ("champion", "challenger")}),
+                _POLICY_NAMES.get(m.effective_promotion_policy, "-"),
             ]
             for m in models
         ],
@@ -109,25 +245,65 @@ def list_models(ctx: typer.Context, as_json: JsonOption = False) -> None:
 @models_app.command()
 def show(
     ctx: typer.Context,
-    reference: Annotated[str, typer.Argument(help="NAME (its champion), NAME@ALIAS or NAME/VERSION.")],
+    reference: Annotated[
+        str, typer.Argument(help="NAME (the model and its champion), NAME@ALIAS or NAME/VERSION.")
+    ],
     as_json: JsonOption = False,
+    address: AddressOption = None,
+    token: TokenOption = "",
 ) -> None:
-    """One version: status, aliases, artifact, signature, training run, validation."""
-    try:
-        version = _call(ctx, lambda stub: stub.GetModelVersion(_selector(reference), timeout=10))
-    except ClientError as error:
-        _fail(error)
-    if as_json:
-        typer.echo(json.dumps(_as_dict(version), indent=2))
+    """A model (description, tags, policy, aliases, signature, then its champion), or one version:
+    status, aliases, tags, artifact, signature, training run and validation."""
+    match = _parse_reference(reference)
+    if match["alias"] or match["version"]:
+        version = _call(
+            ctx, address, token, lambda stub: stub.GetModelVersion(_selector(reference), timeout=10)
+        )
+        typer.echo(json.dumps(_as_dict(version), indent=2) if as_json else _format_version(version))
         return
+
+    def read(stub: Stub) -> tuple[pb.Model, pb.ModelVersion | None]:
+        model = stub.GetModel(pb.GetModelRequest(name=reference), timeout=10)
+        if "champion" not in model.aliases:
+            return model, None
+        request = pb.GetModelVersionRequest(model=reference, version=model.aliases["champion"])
+        return model, stub.GetModelVersion(request, timeout=10)
+
+    model, champion = _call(ctx, address, token, read)
+    if as_json:
+        typer.echo(
+            json.dumps({"model": _as_dict(model), "champion": champion and _as_dict(champion)}, indent=2)
+        )
+        return
+    lines = [
+        f"{model.name}",
+        f"  description: {model.description or '-'}",
+        f"  tags:        {_pairs(model.tags)}",
+        f"  policy:      {_policy(model)}",
+        f"  versions:    {model.latest_version} (latest)"
+        if model.latest_version
+        else "  versions:    none yet",
+        f"  aliases:     {_pairs(model.aliases)}",
+        f"  created:     {model.created_at.ToDatetime().isoformat(timespec='seconds')}",
+        f"  inputs:      {_tensors(model.inputs)}",
+        f"  outputs:     {_tensors(model.outputs)}",
+        "",
+        _format_version(champion) if champion is not None else "No champion yet.",
+    ]
+    typer.echo("\n".join(lines))
+
+
+def _format_version(version: pb.ModelVersion) -> str:
     report = json.loads(version.validation.report_json) if version.validation.report_json else None
     lines = [
         f"{version.model} version {version.version} ({_STATUS.get(version.status, 'unknown')})",
         f"  aliases:     {', '.join(version.aliases) or '-'}",
+        f"  description: {version.description or '-'}",
+        f"  tags:        {_pairs(version.tags)}",
         f"  created:     {version.created_at.ToDatetime().isoformat(timespec='seconds')}",
         f"  artifact:    sha256 {version.artifact_sha256} ({version.artifact_size} bytes)",
-        f"  inputs:      {', '.join(f'{t.name} {t.datatype} {list(t.shape)}' for t in version.inputs)}",
-        f"  outputs:     {', '.join(f'{t.name} {t.datatype} {list(t.shape)}' for t in version.outputs)}",
+        f"  inputs:      {_tensors(version.inputs)}",
+        f"  outputs:     {_tensors(version.outputs)}",
         f"  dataset:     {version.dataset}@{version.dataset_version}",
         f"  run:         {version.run.run_id} in {version.run.train_seconds:.2f} s, seed {version.run.seed}",
         f"  params:      {dict(version.run.params)}",
@@ -141,54 +317,74 @@ def show(
             verdict = "pass" if gate["passed"] else "FAIL"
             measured = f"{gate.get('value')} vs {gate.get('threshold')}"
             lines.append(f"    {verdict}  {gate['name']}: {measured} {gate['detail']}")
-    typer.echo("\n".join(lines))
+    return "\n".join(lines)
 
 
 @models_app.command()
-def promote(
+def search(
     ctx: typer.Context,
-    model: Annotated[str, typer.Argument(help="Model name.")],
-    version: Annotated[int, typer.Argument(help="Version to point the alias at.")],
-    alias: Annotated[str, typer.Option(help="Alias to move.")] = "champion",
-    reason: Annotated[str, typer.Option(help="Why; kept in the audit history.")] = "",
-    actor: Annotated[str, typer.Option(envvar="USER", help="Who; kept in the audit history.")] = "cli",
+    model: Annotated[str, typer.Argument(help="Only this model's versions (default: every model's).")] = "",
+    tag: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE the version's tag must equal; repeatable.")
+    ] = None,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A condition on a training metric, or on the validator's as validation.NAME, e.g. "
+            "'cv_accuracy>=0.9' (= != > >= < <=); repeatable, all must hold."
+        ),
+    ] = None,
+    status: Annotated[Status | None, typer.Option(help="Only versions with this status.")] = None,
+    dataset_version: Annotated[
+        str, typer.Option(help="Only versions trained on this dataset version.", show_default=False)
+    ] = "",
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many versions.")] = 100,
+    as_json: JsonOption = False,
+    address: AddressOption = None,
+    token: TokenOption = "",
 ) -> None:
-    """Point an alias (champion by default) at a version; serving follows a champion move."""
-    request = pb.SetAliasRequest(model=model, alias=alias, version=version, actor=actor, reason=reason)
-    try:
-        moved = _call(ctx, lambda stub: stub.SetAlias(request, timeout=10))
-    except ClientError as error:
-        _fail(error)
-    typer.echo(f"{moved.model}@{alias} -> version {moved.version}")
-
-
-@models_app.command()
-def rollback(
-    ctx: typer.Context,
-    model: Annotated[str, typer.Argument(help="Model name.")],
-    reason: Annotated[str, typer.Option(help="Why; kept in the audit history.")] = "",
-    actor: Annotated[str, typer.Option(envvar="USER", help="Who; kept in the audit history.")] = "cli",
-) -> None:
-    """Move champion back to the version it held before its latest move."""
-    request = pb.RollbackRequest(model=model, actor=actor, reason=reason)
-    try:
-        moved = _call(ctx, lambda stub: stub.Rollback(request, timeout=10))
-    except ClientError as error:
-        _fail(error)
-    typer.echo(f"{moved.model}@champion -> version {moved.version}")
+    """Find versions by tags, metrics, status and dataset version, newest first."""
+    request = pb.SearchModelVersionsRequest(
+        model=model,
+        tags=_key_values(tag),
+        metrics=_metric_filters(metric),
+        status=_STATUS_VALUES[status] if status else pb.VERSION_STATUS_UNSPECIFIED,
+        dataset_version=dataset_version,
+        max_results=limit,
+    )
+    found = _call(ctx, address, token, lambda stub: stub.SearchModelVersions(request, timeout=10)).versions
+    if as_json:
+        typer.echo(json.dumps([_as_dict(v) for v in found], indent=2))
+        return
+    _table(
+        ["model", "version", "status", "aliases", "created", "dataset version", "metrics", "tags"],
+        [
+            [
+                v.model,
+                str(v.version),
+                _STATUS.get(v.status, "unknown"),
+                ", ".join(v.aliases) or "-",
+                v.created_at.ToDatetime().isoformat(timespec="seconds"),
+                v.dataset_version[:12] or "-",
+                ", ".join(f"{k}={_number(x)}" for k, x in sorted(v.run.metrics.items())) or "-",
+                _pairs(v.tags),
+            ]
+            for v in found
+        ],
+    )
 
 
 @models_app.command()
 def history(
-    ctx: typer.Context, model: Annotated[str, typer.Argument(help="Model name.")], as_json: JsonOption = False
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    as_json: JsonOption = False,
+    address: AddressOption = None,
+    token: TokenOption = "",
 ) -> None:
     """Every alias move, oldest first: when, which alias, from and to, who and why."""
-    try:
-        moves = _call(
-            ctx, lambda stub: stub.GetAliasHistory(pb.GetAliasHistoryRequest(model=model), timeout=10)
-        )
-    except ClientError as error:
-        _fail(error)
+    request = pb.GetAliasHistoryRequest(model=model)
+    moves = _call(ctx, address, token, lambda stub: stub.GetAliasHistory(request, timeout=10))
     if as_json:
         typer.echo(json.dumps(_as_dict(moves), indent=2))
         return
@@ -199,7 +395,7 @@ def history(
                 m.at.ToDatetime().isoformat(timespec="seconds"),
                 m.alias,
                 str(m.from_version or "-"),
-                str(m.to_version),
+                str(m.to_version or "(deleted)"),
                 m.actor,
                 m.reason,
             ]
@@ -213,19 +409,16 @@ def lineage(
     ctx: typer.Context,
     reference: Annotated[str, typer.Argument(help="NAME/VERSION, NAME@ALIAS or NAME (its champion).")],
     as_json: JsonOption = False,
+    address: AddressOption = None,
+    token: TokenOption = "",
 ) -> None:
     """Walk a version back to its training run, dataset version and raw batches."""
-    try:
 
-        def read(stub: registry_pb2_grpc.RegistryServiceStub) -> pb.Lineage:
-            version = stub.GetModelVersion(_selector(reference), timeout=10)
-            return stub.GetLineage(
-                pb.GetLineageRequest(model=version.model, version=version.version), timeout=10
-            )
+    def read(stub: Stub) -> pb.Lineage:
+        version = stub.GetModelVersion(_selector(reference), timeout=10)
+        return stub.GetLineage(pb.GetLineageRequest(model=version.model, version=version.version), timeout=10)
 
-        found = _call(ctx, read)
-    except ClientError as error:
-        _fail(error)
+    found = _call(ctx, address, token, read)
     if as_json:
         typer.echo(json.dumps(_as_dict(found), indent=2))
         return
@@ -236,3 +429,186 @@ def lineage(
     typer.echo(f"     (parent version {found.parent_dataset_version or '-'})")
     for batch in found.batch_ids:
         typer.echo(f"  <- batch {batch}")
+
+
+# ---------------------------------------------------------------------- changing
+
+
+@models_app.command()
+def register(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Model name: letters, digits, '_', '.', '-'.")],
+    description: Annotated[str, typer.Option(help="What the model is for.")] = "",
+    policy: Annotated[
+        Policy | None,
+        typer.Option(
+            help="What a passed validation does: automatic makes it champion, manual makes it "
+            "challenger for a person to promote (default: the registry's).",
+            show_default=False,
+        ),
+    ] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="KEY=VALUE tag of the model; repeatable.")] = None,
+    as_json: JsonOption = False,
+    address: AddressOption = None,
+    token: TokenOption = "",
+) -> None:
+    """Register a model before its first version (a first version registers it too)."""
+    request = pb.RegisterModelRequest(
+        name=name,
+        description=description,
+        tags=_key_values(tag),
+        promotion_policy=_POLICY_VALUES[policy] if policy else pb.PROMOTION_POLICY_UNSPECIFIED,
+    )
+    model = _call(ctx, address, token, lambda stub: stub.RegisterModel(request, timeout=10))
+    if as_json:
+        typer.echo(json.dumps(_as_dict(model), indent=2))
+        return
+    typer.echo(f"Registered model {model.name!r} (policy {_policy(model)})")
+
+
+@models_app.command()
+def tag(
+    ctx: typer.Context,
+    reference: Annotated[str, typer.Argument(help="NAME/VERSION to tag a version, NAME to tag the model.")],
+    tags: Annotated[
+        list[str] | None, typer.Argument(help="KEY=VALUE tags to set.", show_default=False)
+    ] = None,
+    delete: Annotated[list[str] | None, typer.Option(help="A tag KEY to remove; repeatable.")] = None,
+    address: AddressOption = None,
+    token: TokenOption = "",
+) -> None:
+    """Set (KEY=VALUE) and remove (--delete KEY) tags of a version or a model."""
+    model, version = _model_or_version(reference)
+    to_set, to_delete = _key_values(tags), list(delete or [])
+    if not to_set and not to_delete:
+        raise typer.BadParameter("give KEY=VALUE tags to set or --delete KEY")
+    if version:
+        request = pb.UpdateModelVersionRequest(
+            model=model, version=version, set_tags=to_set, delete_tags=to_delete
+        )
+        result: Any = _call(ctx, address, token, lambda stub: stub.UpdateModelVersion(request, timeout=10))
+    else:
+        change = pb.UpdateModelRequest(name=model, set_tags=to_set, delete_tags=to_delete)
+        result = _call(ctx, address, token, lambda stub: stub.UpdateModel(change, timeout=10))
+    typer.echo(f"{reference} tags: {_pairs(result.tags)}")
+
+
+@models_app.command()
+def describe(
+    ctx: typer.Context,
+    reference: Annotated[str, typer.Argument(help="NAME/VERSION for a version, NAME for the model.")],
+    text: Annotated[str, typer.Argument(help="The new description ('' clears it).")],
+    address: AddressOption = None,
+    token: TokenOption = "",
+) -> None:
+    """Set the description of a version or a model."""
+    model, version = _model_or_version(reference)
+    if version:
+        request = pb.UpdateModelVersionRequest(model=model, version=version, description=text)
+        _call(ctx, address, token, lambda stub: stub.UpdateModelVersion(request, timeout=10))
+    else:
+        change = pb.UpdateModelRequest(name=model, description=text)
+        _call(ctx, address, token, lambda stub: stub.UpdateModel(change, timeout=10))
+    typer.echo(f"{reference}: description set")
+
+
+@models_app.command("policy")
+def set_policy(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    policy: Annotated[
+        Policy,
+        typer.Argument(help="automatic: a passed candidate becomes champion; manual: it becomes challenger."),
+    ],
+    actor: ActorOption = "cli",
+    address: AddressOption = None,
+    token: TokenOption = "",
+) -> None:
+    """Choose what a passed validation does to MODEL's aliases."""
+    request = pb.UpdateModelRequest(name=model, promotion_policy=_POLICY_VALUES[policy], actor=actor)
+    changed = _call(ctx, address, token, lambda stub: stub.UpdateModel(request, timeout=10))
+    typer.echo(f"{changed.name}: promotion policy {_policy(changed)}")
+
+
+def _set_alias(
+    ctx: typer.Context,
+    address: str | None,
+    token: str,
+    model: str,
+    alias: str,
+    version: int,
+    actor: str,
+    reason: str,
+    force: bool,
+) -> None:
+    request = pb.SetAliasRequest(
+        model=model, alias=alias, version=version, actor=actor, reason=reason, force=force
+    )
+    moved = _call(ctx, address, token, lambda stub: stub.SetAlias(request, timeout=10))
+    typer.echo(f"{moved.model}@{alias} -> version {moved.version}")
+
+
+ForceOption = Annotated[bool, typer.Option("--force", help="Allow a version that failed validation.")]
+
+
+@models_app.command()
+def promote(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Argument(help="Version to point the alias at.")],
+    alias: Annotated[str, typer.Option(help="Alias to move.")] = "champion",
+    reason: ReasonOption = "",
+    actor: ActorOption = "cli",
+    force: ForceOption = False,
+    address: AddressOption = None,
+    token: TokenOption = "",
+) -> None:
+    """Point an alias (champion by default) at a version; serving follows a champion move."""
+    _set_alias(ctx, address, token, model, alias, version, actor, reason, force)
+
+
+@models_app.command("alias")
+def set_alias(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    alias: Annotated[str, typer.Argument(help="Alias: lower-case letters, digits, '_' and '-'.")],
+    version: Annotated[int, typer.Argument(help="Version to point it at.")],
+    reason: ReasonOption = "",
+    actor: ActorOption = "cli",
+    force: ForceOption = False,
+    address: AddressOption = None,
+    token: TokenOption = "",
+) -> None:
+    """Point ALIAS at a version, creating or moving it (`promote` is this for champion)."""
+    _set_alias(ctx, address, token, model, alias, version, actor, reason, force)
+
+
+@models_app.command()
+def unalias(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    alias: Annotated[str, typer.Argument(help="Alias to delete.")],
+    reason: ReasonOption = "",
+    actor: ActorOption = "cli",
+    address: AddressOption = None,
+    token: TokenOption = "",
+) -> None:
+    """Delete an alias; the audit history keeps the move."""
+    request = pb.DeleteAliasRequest(model=model, alias=alias, actor=actor, reason=reason)
+    deleted = _call(ctx, address, token, lambda stub: stub.DeleteAlias(request, timeout=10))
+    typer.echo(f"{model}@{alias} deleted (it pointed at version {deleted.previous_version})")
+
+
+@models_app.command()
+def rollback(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    reason: ReasonOption = "",
+    actor: ActorOption = "cli",
+    address: AddressOption = None,
+    token: TokenOption = "",
+) -> None:
+    """Move champion back to the version it held before its latest move."""
+    request = pb.RollbackRequest(model=model, actor=actor, reason=reason)
+    moved = _call(ctx, address, token, lambda stub: stub.Rollback(request, timeout=10))
+    typer.echo(f"{moved.model}@champion -> version {moved.version}")

@@ -57,6 +57,8 @@ def stack(otlp_receiver: OtlpReceiver) -> Iterator[Stack]:
             "CASCADE_MONITOR_RETRAIN_MODELS": "bc_loop*",
             "CASCADE_MONITOR_TRIGGER_AFTER": "2",
             "CASCADE_MONITOR_COOLDOWN_SECONDS": "3600",
+            # test_registry.py uploads just over this to see it refused (1 GiB, the default, is slow to send).
+            "CASCADE_REGISTRY_MAX_ARTIFACT_BYTES": str(64 * 1024 * 1024),
         },
     )
     environ = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
