@@ -12,8 +12,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Annotated, Any
 
 import grpc
+import typer
 from opentelemetry import trace
 
 from shared.cli.errors import ClientError
@@ -26,10 +28,12 @@ __all__ = [
     "ClientError",
     "FileFormat",
     "IngestResult",
+    "TokenOption",
     "describe_rpc_error",
     "format_of",
     "ingest_file",
     "setup_cli_tracing",
+    "token_channel",
     "upload_requests",
 ]
 
@@ -164,6 +168,44 @@ def _result(
         rejected=[(row.row, row.reason) for row in report.rejected],
         trace_id=trace_id,
     )
+
+
+TokenOption = Annotated[
+    str,
+    typer.Option(
+        envvar="CASCADE_TOKEN",
+        help="Bearer token, for a registry that authenticates callers (CASCADE_REGISTRY_AUTH_TOKENS).",
+        show_default=False,
+    ),
+]
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, base: grpc.ClientCallDetails, metadata: Any) -> None:
+        self.method = base.method
+        self.timeout = base.timeout
+        self.metadata = metadata
+        self.credentials = base.credentials
+        self.wait_for_ready = base.wait_for_ready
+        self.compression = base.compression
+
+
+class _BearerToken(grpc.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    """Adds `authorization: Bearer <token>` to every call (the CLI's registry calls are all unary)."""
+
+    def __init__(self, token: str) -> None:
+        self.header = ("authorization", f"Bearer {token}")
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(_CallDetails(details, [*(details.metadata or ()), self.header]), request)
+
+
+@contextlib.contextmanager
+def token_channel(address: str, token: str = "") -> Iterator[grpc.Channel]:
+    """A blocking channel that sends `authorization: Bearer <token>` on every unary call when given
+    a token (for a registry with CASCADE_REGISTRY_AUTH_TOKENS)."""
+    with grpc.insecure_channel(address) as channel:
+        yield grpc.intercept_channel(channel, _BearerToken(token)) if token else channel
 
 
 def describe_rpc_error(service: str, address: str, error: grpc.RpcError) -> str:

@@ -17,7 +17,7 @@ import grpc
 import typer
 from google.protobuf.json_format import MessageToDict
 
-from shared.cli.client import describe_rpc_error
+from shared.cli.client import TokenOption, describe_rpc_error, token_channel
 from shared.cli.errors import ClientError
 from shared.cli.stack import Stack, StackConfig
 from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
@@ -47,14 +47,6 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 AddressOption = Annotated[
     str | None,
     typer.Option(help="The registry's gRPC address, host:port (default: this stack's).", show_default=False),
-]
-TokenOption = Annotated[
-    str,
-    typer.Option(
-        envvar="CASCADE_TOKEN",
-        help="Bearer token, for a registry that authenticates callers (CASCADE_REGISTRY_AUTH_TOKENS).",
-        show_default=False,
-    ),
 ]
 ReasonOption = Annotated[str, typer.Option(help="Why; kept in the audit history.")]
 ActorOption = Annotated[str, typer.Option(envvar="USER", help="Who; kept in the audit history.")]
@@ -89,34 +81,13 @@ _POLICY_NAMES = {value: policy.value for policy, value in _POLICY_VALUES.items()
 # ---------------------------------------------------------------------- plumbing
 
 
-class _CallDetails(grpc.ClientCallDetails):
-    def __init__(self, base: grpc.ClientCallDetails, metadata: Any) -> None:
-        self.method = base.method
-        self.timeout = base.timeout
-        self.metadata = metadata
-        self.credentials = base.credentials
-        self.wait_for_ready = base.wait_for_ready
-        self.compression = base.compression
-
-
-class _BearerToken(grpc.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
-    """Adds `authorization: Bearer <token>` to every call (the CLI's registry calls are all unary)."""
-
-    def __init__(self, token: str) -> None:
-        self.header = ("authorization", f"Bearer {token}")
-
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(_CallDetails(details, [*(details.metadata or ()), self.header]), request)
-
-
 @contextmanager
 def _registry(ctx: typer.Context, address: str | None, token: str) -> Iterator[tuple[Stub, str]]:
     if not address:
         config = ctx.obj if isinstance(ctx.obj, StackConfig) else StackConfig()
         address = Stack(config).address("registry")
-    with grpc.insecure_channel(address) as channel:
-        target = grpc.intercept_channel(channel, _BearerToken(token)) if token else channel
-        yield registry_pb2_grpc.RegistryServiceStub(target), address
+    with token_channel(address, token) as channel:
+        yield registry_pb2_grpc.RegistryServiceStub(channel), address
 
 
 def _call(ctx: typer.Context, address: str | None, token: str, call: Callable[[Stub], T]) -> T:

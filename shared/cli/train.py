@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import ValidationError
 
 from services.trainer.spec import TrainingSpec
-from shared.cli.client import describe_rpc_error
+from shared.cli.client import TokenOption, describe_rpc_error, token_channel
 from shared.cli.errors import ClientError
 from shared.cli.stack import Stack, StackConfig
 from shared.events import Topics, TrainingProgress
@@ -126,13 +126,14 @@ def show_spec(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Model name.")],
     version: Annotated[int, typer.Option(help="Spec version; 0 is the latest.")] = 0,
+    token: TokenOption = "",
 ) -> None:
     """Print a model's spec (the defaults apply when it has none)."""
     config: StackConfig = ctx.obj
     address = Stack(config).address("registry")
     request = registry_pb2.GetTrainingSpecRequest(model=model, version=version)
     try:
-        with grpc.insecure_channel(address) as channel:
+        with token_channel(address, token) as channel:
             stored = registry_pb2_grpc.RegistryServiceStub(channel).GetTrainingSpec(request, timeout=10)
     except grpc.RpcError as error:
         if isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.NOT_FOUND and not version:
@@ -152,6 +153,7 @@ def set_spec(
         Path, typer.Argument(help="A JSON file with the spec's fields (the rest keep defaults).")
     ],
     actor: Annotated[str, typer.Option(envvar="USER", help="Who; kept with the spec version.")] = "cli",
+    token: TokenOption = "",
 ) -> None:
     """Store a new version of a model's spec; the next run uses it."""
     try:
@@ -162,7 +164,7 @@ def set_spec(
     address = Stack(config).address("registry")
     request = registry_pb2.SetTrainingSpecRequest(model=model, spec_json=spec.model_dump_json(), actor=actor)
     try:
-        with grpc.insecure_channel(address) as channel:
+        with token_channel(address, token) as channel:
             stored = registry_pb2_grpc.RegistryServiceStub(channel).SetTrainingSpec(request, timeout=10)
     except grpc.RpcError as error:
         _fail(ClientError(describe_rpc_error("registry", address, error)))
