@@ -3,6 +3,7 @@ backoff while the receiver fails, given up after the last attempt; Kafka publish
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -138,3 +139,41 @@ def _version() -> dict[str, object]:
         "idempotency_key": "",
         "description": "",
     }
+
+
+async def test_a_kafka_outage_delays_events_but_never_fails_the_change(tmp_path: Path) -> None:
+    published: list[Event] = []
+    kafka_up = False
+
+    async def publish(event: Event) -> None:
+        if not kafka_up:
+            raise ConnectionError("broker unreachable")
+        published.append(event)
+
+    core = RegistryCore(
+        RegistryStore(sqlite_url(tmp_path / "r.sqlite3")),
+        LocalArtifactStore(tmp_path / "a"),
+        publish,
+        "automatic",
+    )
+    with core.store.transaction() as db:
+        core.store.ensure_model(db, "bc")
+        core.store.insert_version(db, _version())
+    moved = await core.set_alias("bc", "champion", 1, "alice", "")
+    assert moved.aliases == ["champion"] and published == []
+    assert len(core.store.pending_events()) == 2
+
+    relay = asyncio.create_task(core.relay(interval=0.05))
+    await asyncio.sleep(0.2)
+    assert published == []  # still down: the relay keeps them
+    kafka_up = True
+    for _ in range(100):
+        if len(published) == 2:
+            break
+        await asyncio.sleep(0.05)
+    relay.cancel()
+    assert [e.type for e in published] == [
+        "io.cascade.model.alias_changed.v1",
+        "io.cascade.model.promoted.v1",
+    ]
+    assert core.store.pending_events() == []
