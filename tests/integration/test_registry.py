@@ -212,8 +212,10 @@ def _deliver(stack: Stack, event: Event, times: int = 1) -> None:
     wait_for(lambda: asyncio.run(committed(partition)) > offset, 60, f"the registry to handle {event.type}")
 
 
-def _read_topic(stack: Stack, event_type: type[Event]) -> list[Any]:
-    """Every event on the event type's topic, from the beginning to its current end."""
+def _read_topic(stack: Stack, event_type: type[Event], model: str) -> list[Any]:
+    """Every event about `model` on the event type's topic, from the beginning to its current end.
+    The registry keys each event by its model; other tests put other records (malformed ones too)
+    on the shared topics."""
     topic = f"it.{event_type.TOPIC}"
 
     async def read() -> list[Any]:
@@ -244,7 +246,11 @@ def _read_topic(stack: Stack, event_type: type[Event]) -> list[Any]:
                 while [p for p in partitions if await consumer.position(p) < end[p]]:
                     batch = await consumer.getmany(*partitions, timeout_ms=500)
                     for records in batch.values():
-                        events.extend(event_type.model_validate_json(r.value) for r in records)
+                        events.extend(
+                            event_type.model_validate_json(r.value)
+                            for r in records
+                            if r.key == model.encode()
+                        )
             return events
         finally:
             await consumer.stop()
@@ -549,11 +555,11 @@ def test_racing_promotions_from_two_processes_leave_one_consistent_audit_chain(
         assert [m.to_version for m in mine] == [plan[i % len(plan)] for i in range(count)]
     assert _version(registry, model, alias="champion").version == moves[-1].to_version
     # Every move was announced once, and every real change of champion promoted once.
-    changed = _of(_read_topic(stack, ModelAliasChanged), model)
+    changed = _of(_read_topic(stack, ModelAliasChanged, model), model)
     assert [(e.previous_version or 0, e.model_version, e.actor) for e in changed] == [
         (m.from_version, m.to_version, m.actor) for m in moves
     ]
-    promoted = _of(_read_topic(stack, ModelPromoted), model)
+    promoted = _of(_read_topic(stack, ModelPromoted, model), model)
     assert [(e.previous_version or 0, e.model_version) for e in promoted] == [
         (m.from_version, m.to_version) for m in moves if m.from_version != m.to_version
     ]
@@ -636,14 +642,14 @@ def test_a_redelivered_verdict_promotes_once_and_every_change_is_announced_once(
     registry.SetAlias(pb.SetAliasRequest(model=model, alias="staging", version=2, actor="bob"), timeout=10)
     registry.DeleteAlias(pb.DeleteAliasRequest(model=model, alias="staging", actor="bob"), timeout=10)
 
-    promoted = _of(_read_topic(stack, ModelPromoted), model)
+    promoted = _of(_read_topic(stack, ModelPromoted, model), model)
     assert [(e.model_version, e.previous_version, e.actor) for e in promoted] == [(1, None, "validator")]
-    created = _of(_read_topic(stack, ModelVersionCreated), model)
+    created = _of(_read_topic(stack, ModelVersionCreated, model), model)
     assert sorted((e.model_version, e.status) for e in created) == [(1, "pending"), (2, "pending")]
     assert {e.artifact_sha256 for e in created} == {hashlib.sha256(small_onnx).hexdigest()}
-    statuses = _of(_read_topic(stack, ModelVersionStatusChanged), model)
+    statuses = _of(_read_topic(stack, ModelVersionStatusChanged, model), model)
     assert [(e.model_version, e.previous_status, e.status) for e in statuses] == [(1, "pending", "ready")]
-    aliases = _of(_read_topic(stack, ModelAliasChanged), model)
+    aliases = _of(_read_topic(stack, ModelAliasChanged, model), model)
     assert [(e.alias, e.action, e.previous_version, e.model_version, e.actor) for e in aliases] == [
         ("champion", "set", None, 1, "validator"),
         ("staging", "set", None, 2, "bob"),
@@ -679,9 +685,9 @@ def test_a_failed_version_needs_force_and_a_manual_policy_makes_a_challenger(
         pb.SetAliasRequest(model=model, alias="champion", version=2, actor="alice", force=True), timeout=10
     )
     assert forced.version == 2
-    promoted = _of(_read_topic(stack, ModelPromoted), model)
+    promoted = _of(_read_topic(stack, ModelPromoted, model), model)
     assert [(e.model_version, e.previous_version, e.actor) for e in promoted] == [(2, None, "alice")]
-    statuses = _of(_read_topic(stack, ModelVersionStatusChanged), model)
+    statuses = _of(_read_topic(stack, ModelVersionStatusChanged, model), model)
     assert sorted((e.model_version, e.status) for e in statuses) == [(1, "ready"), (2, "failed")]
 
 
