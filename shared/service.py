@@ -112,9 +112,11 @@ class Service:
 
         options = [o for o in GRPC_OPTIONS if o[0] != "grpc.so_reuseport"]
         options.append(("grpc.so_reuseport", int(self.share_port)))
-        server = grpc.aio.server(
-            interceptors=[*grpc_server_interceptors(), GrpcMetricsInterceptor()], options=options
-        )
+        interceptors = [
+            *grpc_server_interceptors(self.settings.grpc_root_span_sample_rate),
+            GrpcMetricsInterceptor(),
+        ]
+        server = grpc.aio.server(interceptors=interceptors, options=options)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for register in self.grpc_registrars:
             register(server)

@@ -31,6 +31,16 @@ class ServiceSettings(BaseSettings):
     log_format: str = Field("auto", description="'json', 'text', or 'auto' (json unless on a terminal).")
     shutdown_grace_seconds: float = Field(10.0, description="How long in-flight work may finish on SIGTERM.")
     retry_backoff_seconds: float = Field(1.0, description="Pause before a failed message is redelivered.")
+    grpc_root_span_sample_rate: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Fraction of incoming gRPC calls without a trace context (no W3C traceparent metadata) "
+            "that start a trace with a server span. Calls that carry one are always traced, as part "
+            "of the caller's trace; health checks never are."
+        ),
+    )
 
 
 class RegistryClientSettings(ServiceSettings):

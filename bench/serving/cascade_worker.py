@@ -7,9 +7,12 @@ share the cores), so promotions arrive on stdin, one per line, and are published
     stdout  READY                       once the gRPC server listens (the champion loads next)
     stdout  PROMOTED <model> <version>  once this worker has handled it
 
---without-shared-interceptors is a diagnosis only: the gRPC server is built without the
-OpenTelemetry and metrics interceptors every Cascade service carries (shared/service.py), to show
-what they cost the request path. Cascade itself always runs with them.
+Tracing is set up as `run_main` sets it up for a real service (the exporters OTEL_TRACES_EXPORTER
+names; the benchmark writes OTLP-JSON to a file), so sampled spans cost what they cost in production.
+
+--without-shared-interceptors is a diagnosis only: the gRPC server is built without the tracing and
+metrics interceptors every Cascade service carries (shared/service.py), to show what they cost the
+request path. Cascade itself always runs with them.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from faststream.kafka import KafkaBroker, TestKafkaBroker
 
 from services.serving.app import build
 from services.serving.settings import ServingSettings
-from services.serving.workers import allow_port_sharing, worker_settings
+from services.serving.workers import worker_settings
 from shared.events import ModelPromoted, Topics
 from shared.logs import setup_logging
+from shared.telemetry import setup_tracing
 
 
 def say(*words: object) -> None:
@@ -94,5 +98,5 @@ if __name__ == "__main__":
 
         grpc.aio.server = without_interceptors
     setup_logging("serving", "WARNING", "text")
-    allow_port_sharing()
+    setup_tracing("cascade-serving", "bench")
     asyncio.run(main(arguments))

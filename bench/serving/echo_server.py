@@ -2,8 +2,8 @@
 
 No protobuf parsing, no interceptors: the request bytes are taken as they come and a prepared,
 serialized ModelInferResponse (the size Cascade answers with) goes back. With --interceptors it
-carries the server interceptors every Cascade service has (OpenTelemetry and gRPC metrics,
-shared/service.py), which shows what they cost apart from serving's own work.
+carries the server interceptors every Cascade service has (tracing at serving's default root-span
+rate, and gRPC metrics; shared/service.py), which shows what they cost apart from serving's own work.
 
     python echo_server.py --port PORT --response FILE [--interceptors]   (prints READY when listening)
 """
@@ -29,10 +29,12 @@ async def main(port: int, response: bytes, with_interceptors: bool) -> None:
     )
     interceptors: list[Any] = []
     if with_interceptors:
+        from services.serving.settings import ServingSettings
         from shared.metrics import GrpcMetricsInterceptor
         from shared.telemetry import grpc_server_interceptors
 
-        interceptors = [*grpc_server_interceptors(), GrpcMetricsInterceptor()]
+        root_rate = ServingSettings.model_fields["grpc_root_span_sample_rate"].default
+        interceptors = [*grpc_server_interceptors(root_rate), GrpcMetricsInterceptor()]
     server = grpc.aio.server(interceptors=interceptors or None, options=[("grpc.so_reuseport", 1)])
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"127.0.0.1:{port}")

@@ -9,7 +9,9 @@ serves the sklearn object itself (joblib). The load generator is an asyncio grpc
 closed loop (each of `concurrency` tasks sends its next request when the previous one answered),
 sending prepared ModelInferRequest bytes (FP32 rows as raw_input_contents) over several
 connections, so that SO_REUSEPORT can spread them over server processes. The client shares the
-machine's cores with the server under test.
+machine's cores with the server under test. Cascade runs with tracing set up as a deployed service
+has it (spans exported, here as OTLP-JSON to bench/.work/serving/traces.jsonl) and its default
+root-span sample rate; the load generator sends no traceparent.
 
 Set-up, all under bench/.work/ (made once, reused after): a venv with MLServer 1.7.1,
 mlserver-sklearn, onnxruntime (for the hand-written MLServer ONNX runtime, mlserver_onnx.py) and
@@ -145,8 +147,16 @@ class Server:
                 process.wait()
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "OTEL_SDK_DISABLED": "true"}
+def _env(tracing: bool = False) -> dict[str, str]:
+    """The environment of a server under test; with `tracing`, spans go to an OTLP-JSON file."""
+    if not tracing:
+        return {**os.environ, "PYTHONPATH": str(REPO), "OTEL_SDK_DISABLED": "true"}
+    return {
+        **{key: value for key, value in os.environ.items() if key != "OTEL_SDK_DISABLED"},
+        "PYTHONPATH": str(REPO),
+        "OTEL_TRACES_EXPORTER": "otlp_json_file",
+        "CASCADE_TRACES_FILE": str(WORK / "traces.jsonl"),
+    }
 
 
 def _wait_line(process: subprocess.Popen[str], expected: str, timeout: float = 60) -> None:
@@ -199,7 +209,7 @@ def start_cascade(workers: int, sample_rate: float, interceptors: bool = True) -
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env=_env(),
+            env=_env(tracing=True),
             cwd=REPO,
         )
         for index in range(workers)

@@ -17,11 +17,10 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from types import TracebackType
 from typing import Any
 
 import numpy as np
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter
 
 from services.serving.prediction_log import PredictionLog
 from services.serving.repository import Array, LoadedModel, ModelRepository, TensorSpec, oip_datatype
@@ -49,19 +48,16 @@ BACKEND = "onnxruntime"
 # Triton's names for the extensions implemented, as ServerMetadata lists them.
 EXTENSIONS = ["model_configuration", "statistics", "model_repository"]
 
+# ModelInfer's latency is grpc_server_handling_seconds{grpc_method="ModelInfer"} (shared/metrics.py).
 REQUESTS = Counter("cascade_serving_requests_total", "ModelInfer requests.", ["model", "version", "outcome"])
-REQUEST_SECONDS = Histogram(
-    "cascade_serving_request_seconds",
-    "ModelInfer latency, decoding and encoding included.",
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-)
 
-# The datatypes a request may send, and where each one's typed values are.
+# The datatypes a request may send (little-endian, as raw contents come), and where each one's typed
+# values are.
 _REQUEST_DTYPES: dict[str, np.dtype[Any]] = {
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
     "BOOL": np.dtype(np.bool_),
 }
 _CONTENTS_FIELD = {
@@ -133,29 +129,43 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: ServicerContext
     ) -> pb.ModelInferResponse:
         started = time.perf_counter_ns()
-        with _Observed(self.repository, request.model_name) as observed:
+        try:
             model = self.repository.resolve(request.model_name, request.model_version)
-            observed.version = str(model.version)
-            try:
-                feeds = decode_inputs(request, model.inputs)
-                wanted = requested_outputs(request, model.outputs)
-                first = feeds[model.inputs[0].name]
-                rows = int(first.shape[0]) if first.ndim else 1
-                decoded = time.perf_counter_ns()
-                # All outputs are computed (sklearn graphs compute them together anyway) so the
-                # prediction log always gets the first one, whatever the client asked for.
-                if rows <= self.inline_max_rows:
-                    results = model.predict(feeds)
-                else:
-                    results = await asyncio.to_thread(model.predict, feeds)
-                inferred = time.perf_counter_ns()
-                self.prediction_log.record(model, request.id, first, results[0])
-                response = encode_response(request, model, wanted, results)
-            except BaseException:
-                self.statistics.failure(model.name, model.version, started)
-                raise
-            self.statistics.success(model.name, model.version, rows, started, decoded, inferred)
-            return response
+        except BaseException as exc:
+            _count_request(self._model_label(request.model_name), "", exc)
+            raise
+        try:
+            response = await self._infer(model, request, started)
+        except BaseException as exc:
+            self.statistics.failure(model.name, model.version, started)
+            _count_request(model.name, _version_label(model), exc)
+            raise
+        _count_request(model.name, response.model_version, None)
+        return response
+
+    async def _infer(
+        self, model: LoadedModel, request: pb.ModelInferRequest, started_ns: int
+    ) -> pb.ModelInferResponse:
+        feeds = decode_inputs(request, model.inputs)
+        wanted = requested_outputs(request, model.outputs)
+        first = feeds[model.inputs[0].name]
+        rows = int(first.shape[0]) if first.ndim else 1
+        decoded = time.perf_counter_ns()
+        # All outputs are computed (sklearn graphs compute them together anyway) so the prediction
+        # log always gets the first one, whatever the client asked for.
+        if rows <= self.inline_max_rows:
+            results = model.predict(feeds)
+        else:
+            results = await asyncio.to_thread(model.predict, feeds)
+        inferred = time.perf_counter_ns()
+        self.prediction_log.record(model, request.id, first, results[0])
+        response = encode_response(request, model, wanted, results)
+        self.statistics.success(model.name, model.version, rows, started_ns, decoded, inferred)
+        return response
+
+    def _model_label(self, name: str) -> str:
+        # Names of models never loaded collapse into one label, so clients cannot grow the series.
+        return name if self.repository.champion(name) is not None else "_unknown"
 
     # -- Triton extensions -------------------------------------------------------------------------
     @grpc_errors
@@ -284,32 +294,29 @@ def _decode_tensor(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | N
         raise InvalidArgument(
             f"input {tensor.name!r} has datatype {tensor.datatype!r}; supported: {list(_REQUEST_DTYPES)}"
         )
-    shape = tuple(tensor.shape)
-    if any(dim < 0 for dim in shape):
-        raise InvalidArgument(f"input {tensor.name!r} has shape {list(shape)}; sizes cannot be negative")
+    shape = tensor.shape[:]  # a list: cheaper than a tuple of the repeated field
+    if min(shape, default=0) < 0:
+        raise InvalidArgument(f"input {tensor.name!r} has shape {shape}; sizes cannot be negative")
     count = math.prod(shape)
     if raw is None:
         values = getattr(tensor.contents, _CONTENTS_FIELD[tensor.datatype])
         if len(values) != count:
             raise InvalidArgument(
                 f"input {tensor.name!r}: contents.{_CONTENTS_FIELD[tensor.datatype]} has {len(values)} "
-                f"values, but shape {list(shape)} needs {count}"
+                f"values, but shape {shape} needs {count}"
             )
         return np.array(values, dtype=dtype).reshape(shape)
     if len(raw) != count * dtype.itemsize:
         raise InvalidArgument(
-            f"input {tensor.name!r}: raw_input_contents has {len(raw)} bytes, but shape {list(shape)} "
+            f"input {tensor.name!r}: raw_input_contents has {len(raw)} bytes, but shape {shape} "
             f"of {tensor.datatype} needs {count * dtype.itemsize}"
         )
-    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
 def _conform(array: Array, datatype: str, spec: TensorSpec) -> Array:
     """Check the shape against the model's and cast to its dtype when no kind changes (FP64 -> FP32)."""
-    fits = array.ndim == len(spec.shape) and all(
-        want in (-1, got) for want, got in zip(spec.shape, array.shape, strict=True)
-    )
-    if not fits:
+    if not _fits(array.shape, spec.shape):
         raise InvalidArgument(
             f"input {spec.name!r} has shape {list(array.shape)}, but the model expects {list(spec.shape)} "
             "(-1: any size)"
@@ -324,10 +331,19 @@ def _conform(array: Array, datatype: str, spec: TensorSpec) -> Array:
     return array.astype(spec.dtype)
 
 
+def _fits(shape: tuple[int, ...], wanted: tuple[int, ...]) -> bool:
+    """Whether `shape` is `wanted`, where -1 in `wanted` takes any size."""
+    return len(shape) == len(wanted) and all(
+        want in (-1, got) for got, want in zip(shape, wanted, strict=True)
+    )
+
+
 def requested_outputs(request: pb.ModelInferRequest, specs: tuple[TensorSpec, ...]) -> list[str]:
     """The outputs to answer with, in the requested order; all of the model's when none is named."""
     known = [spec.name for spec in specs]
-    names = [output.name for output in request.outputs] or known
+    if not request.outputs:
+        return known
+    names = [output.name for output in request.outputs]
     unknown = [name for name in names if name not in known]
     if unknown:
         raise InvalidArgument(f"unknown output(s) {unknown}; the model's outputs are {known}")
@@ -340,23 +356,25 @@ def encode_response(
     request: pb.ModelInferRequest, model: LoadedModel, names: list[str], results: list[Array]
 ) -> pb.ModelInferResponse:
     by_name = {spec.name: result for spec, result in zip(model.outputs, results, strict=True)}
-    arrays = [by_name[name] for name in names]
-    return pb.ModelInferResponse(
-        model_name=model.name,
-        model_version=str(model.version),
-        id=request.id,
-        outputs=[
-            pb.ModelInferResponse.InferOutputTensor(
-                name=name, datatype=_datatype(array.dtype), shape=array.shape
-            )
-            for name, array in zip(names, arrays, strict=True)
-        ],
-        # tobytes() is row-major whatever the layout; only a big-endian array needs converting.
-        raw_output_contents=[
-            (array if array.dtype.byteorder != ">" else array.astype(array.dtype.newbyteorder("<"))).tobytes()
-            for array in arrays
-        ],
+    response = pb.ModelInferResponse(
+        model_name=model.name, model_version=_version_label(model), id=request.id
     )
+    # Filled field by field: cheaper than building each tensor message from keyword arguments.
+    for name in names:
+        array = by_name[name]
+        tensor = response.outputs.add()
+        tensor.name = name
+        tensor.datatype = _datatype(array.dtype)
+        tensor.shape.extend(array.shape)
+        # tobytes() is row-major whatever the layout; only a big-endian array needs converting.
+        if array.dtype.byteorder == ">":
+            array = array.astype(array.dtype.newbyteorder("<"))
+        response.raw_output_contents.append(array.tobytes())
+    return response
+
+
+def _version_label(model: LoadedModel) -> str:
+    return str(model.version)
 
 
 _DATATYPES: dict[np.dtype[Any], str] = {}
@@ -374,27 +392,12 @@ def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadat
     return pb.ModelMetadataResponse.TensorMetadata(name=spec.name, datatype=spec.datatype, shape=spec.shape)
 
 
-class _Observed:
-    """Counts one ModelInfer by model, version and outcome, and times it."""
-
-    def __init__(self, repository: ModelRepository, model: str) -> None:
-        # Names of models never loaded collapse into one label, so clients cannot grow the series.
-        self.model = model if repository.champion(model) is not None else "_unknown"
-        self.version = ""
-        self._started = time.perf_counter()
-
-    def __enter__(self) -> _Observed:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        REQUEST_SECONDS.observe(time.perf_counter() - self._started)
-        labels = (self.model, self.version, _outcome(exc))
-        counter = _REQUEST_COUNTERS.get(labels)
-        if counter is None:  # looked up once per label set: labels() is slow on every request
-            counter = _REQUEST_COUNTERS[labels] = REQUESTS.labels(*labels)
-        counter.inc()
+def _count_request(model: str, version: str, exc: BaseException | None) -> None:
+    labels = (model, version, _outcome(exc))
+    counter = _REQUEST_COUNTERS.get(labels)
+    if counter is None:  # looked up once per label set: labels() is slow on every request
+        counter = _REQUEST_COUNTERS[labels] = REQUESTS.labels(*labels)
+    counter.inc()
 
 
 _REQUEST_COUNTERS: dict[tuple[str, str, str], Any] = {}

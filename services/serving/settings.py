@@ -26,6 +26,17 @@ class ServingSettings(ServiceSettings):
             "unique per replica and stable across restarts of the same replica."
         ),
     )
+    grpc_root_span_sample_rate: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Fraction of incoming gRPC calls without a trace context (no W3C traceparent metadata) "
+            "that start a trace with a server span. Calls that carry one are always traced, as part "
+            "of the caller's trace. Lower than other services' 1.0: a span costs an inference call "
+            "more than the inference itself, and clients seldom want one trace per call."
+        ),
+    )
     prediction_log_sample_rate: float = Field(
         1.0, ge=0.0, le=1.0, description="Fraction of inference requests logged for the monitor."
     )
