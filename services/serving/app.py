@@ -36,7 +36,11 @@ def build(settings: ServingSettings | None = None) -> Service:
     settings = settings or ServingSettings()
     topics = Topics(settings.topic_prefix, settings.topic_partitions)
     broker = build_broker(settings, "serving")
-    registry = RegistryClient(settings.registry_address, settings.registry_timeout_seconds)
+    registry = RegistryClient(
+        settings.registry_address,
+        settings.registry_timeout_seconds,
+        settings.registry_token.get_secret_value(),
+    )
     replica = replica_id(settings)
     health = HealthServicer()
 

@@ -28,8 +28,9 @@ FEATURES_TAG = "features"
 
 
 class RegistryClient:
-    def __init__(self, address: str, timeout_seconds: float = 60.0) -> None:
+    def __init__(self, address: str, timeout_seconds: float = 60.0, token: str = "") -> None:
         self.address = address
+        self.token = token
         self.timeout_seconds = timeout_seconds
         self._channel: grpc.aio.Channel | None = None
         # Any: the generated stubs type every call as synchronous, and ours are awaited.
@@ -38,7 +39,7 @@ class RegistryClient:
     def _connect(self) -> grpc.aio.Channel:
         """The channel, opened on first use: inside the running event loop that it belongs to."""
         if self._channel is None:
-            self._channel = open_channel(self.address)
+            self._channel = open_channel(self.address, self.token)
             self._stub = pb_grpc.RegistryServiceStub(self._channel)
         return self._channel
 

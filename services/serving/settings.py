@@ -5,16 +5,15 @@ import socket
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import ServiceSettings
+from shared.settings import RegistryClientSettings
 
 __all__ = ["ServingSettings"]
 
 
-class ServingSettings(ServiceSettings):
+class ServingSettings(RegistryClientSettings):
     model_config = SettingsConfigDict(env_prefix="CASCADE_SERVING_", extra="ignore", frozen=True)
 
     grpc_port: int = Field(8001, description="gRPC port of the inference service (Triton's default).")
-    registry_address: str = Field("127.0.0.1:50054", description="host:port of the model registry.")
     registry_timeout_seconds: float = Field(
         60.0, description="Deadline of one registry call, artifact download included."
     )

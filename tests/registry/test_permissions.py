@@ -14,7 +14,9 @@ from services.registry.core import Lineage, RegistryCore
 from services.registry.grpc_api import RegistryServicer
 from services.registry.permissions import Authenticator, Permissions, parse_tokens
 from services.registry.store import RegistryStore
+from services.serving.registry_client import RegistryClient
 from services.trainer.training import TrainingResult
+from shared.errors import FailedPrecondition
 from shared.events import Event
 from shared.grpc_io import open_channel
 from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
@@ -45,6 +47,8 @@ async def client(tmp_path: Path, database_url: str) -> AsyncIterator[Client]:
     async with serving(register) as address:
 
         class Connect:
+            registry_address = address
+
             def __init__(self, token: str) -> None:
                 self.channel = open_channel(address, token=token)
 
@@ -119,3 +123,23 @@ async def test_admins_may_do_anything(client: Client, trained_breast_cancer: Tra
         assert list(moved.aliases) == ["canary"]
         policy = pb.UpdateModelRequest(name="churn", promotion_policy=pb.PROMOTION_POLICY_MANUAL)
         assert (await root.UpdateModel(policy)).effective_promotion_policy == pb.PROMOTION_POLICY_MANUAL
+
+
+async def test_serving_reads_the_registry_with_its_token(
+    client: Client, trained_breast_cancer: TrainingResult
+) -> None:
+    address = client.registry_address  # type: ignore[attr-defined]
+    async with client("root-token-0123456789") as root:
+        await root.CreateModelVersion(iter(_version("shared-model", trained_breast_cancer.onnx_bytes)))
+        await root.SetAlias(pb.SetAliasRequest(model="shared-model", alias="champion", version=1))
+    with_token = RegistryClient(address, 5, token="bob-token-0123456789")
+    without = RegistryClient(address, 5)
+    try:
+        assert await with_token.models_with_champion() == ["shared-model"]
+        ref = await with_token.champion("shared-model")
+        assert await with_token.artifact(ref) == trained_breast_cancer.onnx_bytes
+        with pytest.raises(FailedPrecondition, match="UNAUTHENTICATED"):
+            await without.models_with_champion()
+    finally:
+        await with_token.close()
+        await without.close()
