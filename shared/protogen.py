@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -30,7 +31,9 @@ def generate(out_root: Path) -> list[Path]:
     well_known = Path(protoc.__file__).parent / "_proto"
     plugins = Path(sys.executable).parent  # mypy-protobuf's protoc plugins, installed beside python
     args = [
-        "protoc",
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
         f"-I{VIRTUAL_ROOT}={PROTOS}",
         f"-I{well_known}",
         f"--plugin=protoc-gen-mypy={plugins / 'protoc-gen-mypy'}",
@@ -41,7 +44,9 @@ def generate(out_root: Path) -> list[Path]:
         f"--mypy_grpc_out={out_root}",
         *(f"{VIRTUAL_ROOT}/{p.as_posix()}" for p in protos),
     ]
-    if protoc.main(args) != 0:
+    # A child process, not protoc.main() in this one: protoc forks to run the plugins, and forking
+    # a process that runs gRPC's threads (a test session, a service) can hang the child.
+    if subprocess.run(args, check=False).returncode != 0:
         raise SystemExit("protoc failed")
     stubs = out_root / VIRTUAL_ROOT
     for directory in [stubs, *(d for d in stubs.rglob("*") if d.is_dir())]:

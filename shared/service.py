@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from shared.metrics import GrpcMetricsInterceptor
 from shared.settings import ServiceSettings
 from shared.telemetry import grpc_server_interceptors
 
-__all__ = ["GRPC_OPTIONS", "Service", "run_main"]
+__all__ = ["GRPC_OPTIONS", "Service", "event_loop_factory", "run_main"]
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,28 @@ def run_main(name: str, build: Callable[[], Service], version: str = "") -> None
         # Built inside the running loop: gRPC channels and the broker bind to the loop they start in.
         service = build()
         setup_logging(name, service.settings.log_level, service.settings.log_format)
+        log.info("%s runs on %s", name, type(asyncio.get_running_loop()).__module__)
         await service.run()
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(main())
+
+
+def event_loop_factory(choice: str | None = None) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop a service runs on: uvloop where it is installed, else asyncio's own.
+
+    `CASCADE_EVENT_LOOP` (`uvloop`, the default, or `asyncio`) chooses, for every service alike: it
+    is a property of the process, read before any settings exist. uvloop makes a small gRPC call
+    cheaper to handle (bench/RESULTS.md, Serving); asyncio's loop is the way back should a library
+    misbehave on it.
+    """
+    choice = (choice or os.environ.get("CASCADE_EVENT_LOOP") or "uvloop").strip().lower()
+    if choice == "asyncio":
+        return None
+    if choice != "uvloop":
+        raise ValueError(f"CASCADE_EVENT_LOOP={choice!r}: choose 'uvloop' or 'asyncio'")
+    try:
+        import uvloop
+    except ImportError:  # not installed (Windows has none): asyncio's loop
+        return None
+    return uvloop.new_event_loop

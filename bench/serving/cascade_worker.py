@@ -30,6 +30,7 @@ from services.serving.settings import ServingSettings
 from services.serving.workers import worker_settings
 from shared.events import ModelPromoted, Topics
 from shared.logs import setup_logging
+from shared.service import event_loop_factory
 from shared.telemetry import setup_tracing
 
 
@@ -99,4 +100,5 @@ if __name__ == "__main__":
         grpc.aio.server = without_interceptors
     setup_logging("serving", "WARNING", "text")
     setup_tracing("cascade-serving", "bench")
-    asyncio.run(main(arguments))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:  # as run_main runs a service
+        runner.run(main(arguments))

@@ -4,8 +4,11 @@ No protobuf parsing, no interceptors: the request bytes are taken as they come a
 serialized ModelInferResponse (the size Cascade answers with) goes back. With --interceptors it
 carries the server interceptors every Cascade service has (tracing at serving's default root-span
 rate, and gRPC metrics; shared/service.py), which shows what they cost apart from serving's own work.
+The floor is measured on asyncio's own loop, as the issue defines it; --uvloop runs it on the loop
+Cascade's services run on (shared/service.py), to show what the loop alone is worth.
 
-    python echo_server.py --port PORT --response FILE [--interceptors]   (prints READY when listening)
+    python echo_server.py --port PORT --response FILE [--interceptors] [--uvloop]
+    (prints READY when listening)
 """
 
 from __future__ import annotations
@@ -48,5 +51,12 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--response", type=Path, required=True)
     parser.add_argument("--interceptors", action="store_true")
+    parser.add_argument("--uvloop", action="store_true")
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.port, arguments.response.read_bytes(), arguments.interceptors))
+    loop_factory = None
+    if arguments.uvloop:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main(arguments.port, arguments.response.read_bytes(), arguments.interceptors))

@@ -30,6 +30,7 @@ from services.serving.settings import ServingSettings
 from services.serving.workers import worker_settings
 from shared.events import ModelLoadFailed, ModelPromoted, PredictionLogged, Topics
 from shared.logs import setup_logging
+from shared.service import event_loop_factory
 
 
 def say(*words: object) -> None:
@@ -107,6 +108,7 @@ if __name__ == "__main__":
     parser.add_argument("--index", type=int, default=0)
     arguments = parser.parse_args()
     setup_logging("serving", "INFO", "text")
-    asyncio.run(
-        main(arguments.registry, arguments.sample_rate, arguments.port, arguments.workers, arguments.index)
-    )
+    args = arguments
+    service = main(args.registry, args.sample_rate, args.port, args.workers, args.index)
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:  # the loop run_main gives serving
+        runner.run(service)
