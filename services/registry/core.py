@@ -85,6 +85,8 @@ class NewVersion:
 
 POLICIES = ("automatic", "manual")
 MAX_TAG_VALUE = 4 * 1024 * 1024
+# Outbox events read and marked published per transaction: bounded, however long Kafka was away.
+OUTBOX_BATCH = 500
 _EVENT_TYPES: dict[str, type[Event]] = {
     cls.model_fields["type"].default: cls
     for cls in (ModelPromoted, ModelAliasChanged, ModelVersionCreated, ModelVersionStatusChanged)
@@ -152,8 +154,9 @@ class RegistryCore:
             if existing is not None:
                 upload.discard()
                 return existing
-        signature = onnx_signature(upload.path)
-        self.artifacts.put(upload.path, upload.sha256)
+        # Parsing and fsyncing a large artifact takes a while: off the event loop, so other calls go on.
+        signature = await asyncio.to_thread(onnx_signature, upload.path)
+        await asyncio.to_thread(self.artifacts.put, upload.path, upload.sha256)
         with self.store.transaction() as db:
             self.store.ensure_model(db, spec.model)
             version = self.store.insert_version(
@@ -375,9 +378,17 @@ class RegistryCore:
     async def flush_outbox(self) -> None:
         """Publish what the outbox holds, oldest first; a failure leaves the rest for next time."""
         async with self._flushing:
-            for event_id, event_type, event_json in await asyncio.to_thread(self.store.pending_events):
-                await self.publish(_EVENT_TYPES[event_type].model_validate_json(event_json))
-                self.store.mark_published(event_id)
+            while batch := await asyncio.to_thread(self.store.pending_events, OUTBOX_BATCH):
+                published: list[int] = []
+                try:
+                    for event_id, event_type, event_json in batch:
+                        await self.publish(_EVENT_TYPES[event_type].model_validate_json(event_json))
+                        published.append(event_id)
+                finally:  # one transaction for the batch; a crash before it republishes (at least once)
+                    if published:
+                        await asyncio.to_thread(self.store.mark_published, published)
+                if len(batch) < OUTBOX_BATCH:
+                    break
         self._wake_relay.set()
 
     async def _announce(self) -> None:

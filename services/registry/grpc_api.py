@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -252,7 +253,8 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     ) -> AsyncIterator[pb.ArtifactChunk]:
         self._authorize(context, request.model, "read")
         record = self.core.resolve(request.model, request.version)
-        path = self.core.artifacts.verify(record.artifact_sha256)
+        # Hashing a large artifact takes a while: off the event loop, so other calls go on.
+        path = await asyncio.to_thread(self.core.artifacts.verify, record.artifact_sha256)
         if not 0 <= request.offset <= record.artifact_size:
             raise InvalidArgument(f"offset {request.offset} is outside 0..{record.artifact_size}")
         for offset, data in file_chunks(path, request.offset):

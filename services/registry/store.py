@@ -8,7 +8,7 @@ serialized: SQLite takes its write lock at BEGIN, PostgreSQL locks the model's r
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,6 +36,8 @@ from shared.errors import AlreadyExists, NotFound
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 STATUSES = ("PENDING", "READY", "FAILED")
+# Up to this many versions read at once, their tags are looked up by (model, version).
+_EXACT_TAG_LOOKUP_MAX = 200
 COMPARISONS = {
     "==": lambda column, value: column == value,
     "!=": lambda column, value: column != value,
@@ -386,10 +388,13 @@ class RegistryStore:
             if not rows:
                 return []
             names = {row["model"] for row in rows}
+            if len(rows) <= _EXACT_TAG_LOOKUP_MAX:  # only these versions' tags, not their models' history
+                pairs = [(row["model"], row["version"]) for row in rows]
+                owners = sa.tuple_(version_tags.c.model, version_tags.c.version).in_(pairs)
+            else:  # a long listing: one scan of the models' tags beats a huge IN list
+                owners = version_tags.c.model.in_(names)
             tags: dict[tuple[str, int], dict[str, str]] = {}
-            for model, version, key, value in db.execute(
-                sa.select(version_tags).where(version_tags.c.model.in_(names))
-            ):
+            for model, version, key, value in db.execute(sa.select(version_tags).where(owners)):
                 tags.setdefault((model, int(version)), {})[key] = value
             labels: dict[tuple[str, int], list[str]] = {}
             for model, alias, version in db.execute(sa.select(aliases).where(aliases.c.model.in_(names))):
@@ -576,19 +581,20 @@ class RegistryStore:
         with self._read() as db:
             return {str(state): int(count) for state, count in db.execute(query)}
 
-    def pending_events(self) -> list[tuple[int, str, str]]:
-        """(id, event type, event JSON) of every unpublished event, oldest first."""
+    def pending_events(self, limit: int | None = None) -> list[tuple[int, str, str]]:
+        """(id, event type, event JSON) of the oldest `limit` (default: all) unpublished events."""
         query = (
             sa.select(outbox.c.id, outbox.c.event_type, outbox.c.event_json)
             .where(outbox.c.published == sa.false())
             .order_by(outbox.c.id)
+            .limit(limit)
         )
         with self._read() as db:
             return [(int(i), str(t), str(e)) for i, t, e in db.execute(query)]
 
-    def mark_published(self, event_id: int) -> None:
+    def mark_published(self, event_ids: Sequence[int]) -> None:
         with self.transaction() as db:
-            db.execute(outbox.update().where(outbox.c.id == event_id).values(published=True))
+            db.execute(outbox.update().where(outbox.c.id.in_(event_ids)).values(published=True))
 
 
 __all__ = [

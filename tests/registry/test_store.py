@@ -101,3 +101,20 @@ def test_tags_and_metrics_are_rows_so_search_runs_in_sql(database_url: str) -> N
         assert count.scalar() == 1
     assert store.get("m", version).tags == {"team": "a"}
     store.close()
+
+
+def test_each_version_read_carries_its_own_tags_however_many_are_read(database_url: str) -> None:
+    # Few versions are read by (model, version); a long listing by model: both must give each its own.
+    store = RegistryStore(database_url)
+    with store.transaction() as db:
+        store.ensure_model(db, "m")
+        store.ensure_model(db, "other")
+        store.insert_version(db, {**_version("other"), "tags": {"n": "other"}})
+        for number in range(1, 206):
+            store.insert_version(db, {**_version("m"), "tags": {"n": str(number)}})
+    assert store.get("m", 7).tags == {"n": "7"}
+    assert store.get("other", 1).tags == {"n": "other"}
+    listed = store.list_versions("m")
+    assert len(listed) == 205
+    assert all(record.tags == {"n": str(record.version)} for record in listed)
+    store.close()

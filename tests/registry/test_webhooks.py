@@ -177,3 +177,44 @@ async def test_a_kafka_outage_delays_events_but_never_fails_the_change(tmp_path:
         "io.cascade.model.promoted.v1",
     ]
     assert core.store.pending_events() == []
+
+
+async def test_a_long_outbox_drains_in_bounded_batches_once_each_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("services.registry.core.OUTBOX_BATCH", 3)
+    published: list[Event] = []
+    kafka_up = False
+    drop_when_published = -1  # Kafka drops the publish that comes after this many went out
+
+    async def publish(event: Event) -> None:
+        nonlocal drop_when_published
+        if not kafka_up:
+            raise ConnectionError("broker unreachable")
+        if len(published) == drop_when_published:
+            drop_when_published = -1
+            raise ConnectionError("leader moved")
+        published.append(event)
+
+    core = RegistryCore(
+        RegistryStore(sqlite_url(tmp_path / "r.sqlite3")),
+        LocalArtifactStore(tmp_path / "a"),
+        publish,
+        "automatic",
+    )
+    with core.store.transaction() as db:
+        core.store.ensure_model(db, "bc")
+        core.store.insert_version(db, _version())
+        core.store.insert_version(db, _version())
+    for move in range(7):  # Kafka is down: fourteen events wait in the outbox
+        await core.set_alias("bc", "champion", 1 + move % 2, "alice", "")
+    queued = [json.loads(event_json)["id"] for _, _, event_json in core.store.pending_events()]
+    assert len(queued) == 14
+
+    kafka_up, drop_when_published = True, 4  # back, but one publish fails in the middle of a batch
+    with pytest.raises(ConnectionError, match="leader moved"):
+        await core.flush_outbox()
+    assert len(core.store.pending_events()) == 10  # what went out is marked, in its own batch
+    await core.flush_outbox()
+    assert [event.id for event in published] == queued
+    assert core.store.pending_events() == []
