@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
-__all__ = ["HEALTH_SERVICE", "Behaviour", "Handler", "MethodInterceptor", "RpcMethod"]
+__all__ = ["Behaviour", "Handler", "MethodInterceptor", "RpcMethod"]
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
 
@@ -46,8 +46,8 @@ class RpcMethod:
 
 class MethodInterceptor(_ServerInterceptor):
     """Subclasses say how to wrap one method's behaviour; returning it unchanged leaves the method
-    alone. `intercept_service` hands out the wrapped handler; a subclass may override it to pick,
-    call by call, between `wrapped(...)` and the plain handler."""
+    alone. Health checks are never wrapped: probes call them every few seconds, and they would drown
+    the metrics and traces. `applies` may pick, call by call, the plain handler instead."""
 
     def __init__(self) -> None:
         # By method path: the handler grpc found and the one wrapped from it.
@@ -59,9 +59,14 @@ class MethodInterceptor(_ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler:
         handler = await continuation(handler_call_details)
-        if handler is None:  # an unknown method: grpc answers UNIMPLEMENTED
+        # None: an unknown method, which grpc answers with UNIMPLEMENTED.
+        if handler is None or not self.applies(handler_call_details):
             return handler
         return self.wrapped(handler_call_details.method, handler)
+
+    def applies(self, call: grpc.HandlerCallDetails) -> bool:
+        """Whether this call runs the wrapped handler (by default, every call does)."""
+        return True
 
     def wrapped(self, path: str, handler: Handler) -> Handler:
         """`handler` with its behaviour wrapped, built on the first call only."""
@@ -81,6 +86,8 @@ class MethodInterceptor(_ServerInterceptor):
         return behaviour
 
     def _wrap_handler(self, rpc: RpcMethod, handler: Handler) -> Handler:
+        if rpc.service == HEALTH_SERVICE:
+            return handler
         behaviour = getattr(handler, rpc.type)
         if handler.response_streaming:
             wrapped = self.wrap_stream_response(behaviour, rpc)

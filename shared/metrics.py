@@ -14,7 +14,7 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 
-from shared.interceptors import HEALTH_SERVICE, Behaviour, MethodInterceptor, RpcMethod
+from shared.interceptors import Behaviour, MethodInterceptor, RpcMethod
 
 __all__ = ["GrpcMetricsInterceptor"]
 
@@ -32,11 +32,9 @@ HANDLING_SECONDS = Histogram(
 
 
 class GrpcMetricsInterceptor(MethodInterceptor):
-    """Counts and times every RPC but health checks."""
+    """Counts and times every RPC (but health checks: see MethodInterceptor)."""
 
     def wrap_unary_response(self, behaviour: Behaviour, rpc: RpcMethod) -> Behaviour:
-        if rpc.service == HEALTH_SERVICE:
-            return behaviour
         record = _Recorder(rpc)
 
         async def measured(request: Any, context: Any) -> Any:
@@ -53,8 +51,6 @@ class GrpcMetricsInterceptor(MethodInterceptor):
         return measured
 
     def wrap_stream_response(self, behaviour: Behaviour, rpc: RpcMethod) -> Behaviour:
-        if rpc.service == HEALTH_SERVICE:
-            return behaviour
         record = _Recorder(rpc)
 
         async def measured(request: Any, context: Any) -> AsyncIterator[Any]:

@@ -21,7 +21,7 @@ import json
 import os
 import random
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -36,7 +36,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from shared.interceptors import HEALTH_SERVICE, Behaviour, Handler, MethodInterceptor, RpcMethod
+from shared.interceptors import Behaviour, MethodInterceptor, RpcMethod
 
 __all__ = [
     "GrpcServerTracing",
@@ -153,26 +153,14 @@ class GrpcServerTracing(MethodInterceptor):
         self.root_sample_rate = root_sample_rate
         self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        handler = await continuation(handler_call_details)
-        if handler is None or not self._traced(handler_call_details.invocation_metadata):
-            return handler
-        return self.wrapped(handler_call_details.method, handler)
-
-    def _traced(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> bool:
-        for key, _ in metadata or ():
+    def applies(self, call: grpc.HandlerCallDetails) -> bool:
+        """Traced: a call that carries a trace context, and a sampled share of the others."""
+        for key, _ in call.invocation_metadata or ():
             if key == "traceparent":
                 return True
         return random.random() < self.root_sample_rate
 
     def wrap_unary_response(self, behaviour: Behaviour, rpc: RpcMethod) -> Behaviour:
-        if rpc.service == HEALTH_SERVICE:
-            return behaviour
-
         async def traced(request: Any, context: Any) -> Any:
             with self._span(rpc, context):
                 result = behaviour(request, context)
@@ -183,9 +171,6 @@ class GrpcServerTracing(MethodInterceptor):
         return traced
 
     def wrap_stream_response(self, behaviour: Behaviour, rpc: RpcMethod) -> Behaviour:
-        if rpc.service == HEALTH_SERVICE:
-            return behaviour
-
         async def traced(request: Any, context: Any) -> AsyncIterator[Any]:
             with self._span(rpc, context):
                 async for response in behaviour(request, context):

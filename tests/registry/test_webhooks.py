@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from services.registry.artifacts import LocalArtifactStore
-from services.registry.core import RegistryCore
+from services.registry.core import Publish, RegistryCore
 from services.registry.store import RegistryStore, sqlite_url
 from services.registry.webhooks import SIGNATURE_HEADER, WebhookSender, signature
 from shared.events import Event
@@ -48,25 +48,33 @@ def receiver() -> Iterator[Receiver]:
     receiver.server.shutdown()
 
 
-def _core(tmp_path: Path, urls: list[str], published: list[Event]) -> RegistryCore:
+def _core(tmp_path: Path, publish: Publish, urls: list[str] | None = None) -> RegistryCore:
+    webhooks = WebhookSender(urls, secret="s3") if urls is not None else None
+    store = RegistryStore(sqlite_url(tmp_path / "r.sqlite3"))
+    return RegistryCore(store, LocalArtifactStore(tmp_path / "a"), publish, "automatic", webhooks)
+
+
+def _collecting(published: list[Event]) -> Publish:
     async def publish(event: Event) -> None:
         published.append(event)
 
-    store = RegistryStore(sqlite_url(tmp_path / "r.sqlite3"))
-    return RegistryCore(
-        store, LocalArtifactStore(tmp_path / "a"), publish, "automatic", WebhookSender(urls, secret="s3")
-    )
+    return publish
+
+
+def _add_versions(core: RegistryCore, count: int) -> None:
+    with core.store.transaction() as db:
+        core.store.ensure_model(db, "bc")
+        for _ in range(count):
+            core.store.insert_version(db, _version())
 
 
 async def test_every_event_is_posted_as_a_signed_structured_cloudevent(
     tmp_path: Path, receiver: Receiver
 ) -> None:
     published: list[Event] = []
-    core = _core(tmp_path, [receiver.url], published)
+    core = _core(tmp_path, _collecting(published), [receiver.url])
     core.register_model("bc", "", None, {})
-    with core.store.transaction() as db:
-        core.store.ensure_model(db, "bc")
-        core.store.insert_version(db, _version())
+    _add_versions(core, 1)
     await core.set_alias("bc", "champion", 1, "alice", "first")
     await core.deliver_webhooks()
 
@@ -95,10 +103,8 @@ async def test_a_failing_receiver_is_retried_with_backoff_then_given_up(
 ) -> None:
     receiver.status = 503
     published: list[Event] = []
-    core = _core(tmp_path, [receiver.url], published)
-    with core.store.transaction() as db:
-        core.store.ensure_model(db, "bc")
-        core.store.insert_version(db, _version())
+    core = _core(tmp_path, _collecting(published), [receiver.url])
+    _add_versions(core, 1)
     await core.set_alias("bc", "canary", 1, "bob", "")
     assert len(published) == 1  # Kafka got it although the webhook is down
 
@@ -118,10 +124,8 @@ async def test_a_failing_receiver_is_retried_with_backoff_then_given_up(
 
 async def test_without_webhooks_nothing_is_queued_for_them(tmp_path: Path) -> None:
     published: list[Event] = []
-    core = _core(tmp_path, [], published)
-    with core.store.transaction() as db:
-        core.store.ensure_model(db, "bc")
-        core.store.insert_version(db, _version())
+    core = _core(tmp_path, _collecting(published), [])
+    _add_versions(core, 1)
     await core.set_alias("bc", "canary", 1, "bob", "")
     assert len(published) == 1 and core.store.webhook_states() == {}
 
@@ -150,15 +154,8 @@ async def test_a_kafka_outage_delays_events_but_never_fails_the_change(tmp_path:
             raise ConnectionError("broker unreachable")
         published.append(event)
 
-    core = RegistryCore(
-        RegistryStore(sqlite_url(tmp_path / "r.sqlite3")),
-        LocalArtifactStore(tmp_path / "a"),
-        publish,
-        "automatic",
-    )
-    with core.store.transaction() as db:
-        core.store.ensure_model(db, "bc")
-        core.store.insert_version(db, _version())
+    core = _core(tmp_path, publish)
+    _add_versions(core, 1)
     moved = await core.set_alias("bc", "champion", 1, "alice", "")
     assert moved.aliases == ["champion"] and published == []
     assert len(core.store.pending_events()) == 2
@@ -196,16 +193,8 @@ async def test_a_long_outbox_drains_in_bounded_batches_once_each_in_order(
             raise ConnectionError("leader moved")
         published.append(event)
 
-    core = RegistryCore(
-        RegistryStore(sqlite_url(tmp_path / "r.sqlite3")),
-        LocalArtifactStore(tmp_path / "a"),
-        publish,
-        "automatic",
-    )
-    with core.store.transaction() as db:
-        core.store.ensure_model(db, "bc")
-        core.store.insert_version(db, _version())
-        core.store.insert_version(db, _version())
+    core = _core(tmp_path, publish)
+    _add_versions(core, 2)
     for move in range(7):  # Kafka is down: fourteen events wait in the outbox
         await core.set_alias("bc", "champion", 1 + move % 2, "alice", "")
     queued = [json.loads(event_json)["id"] for _, _, event_json in core.store.pending_events()]
