@@ -339,14 +339,21 @@ class RawRecords(BaseModel):
 class Topics:
     """Topic names under one prefix, so several Cascades (or test runs) can share a cluster."""
 
-    def __init__(self, prefix: str = "cascade", partitions: int = 3) -> None:
+    def __init__(self, prefix: str = "cascade", partitions: int = 3, replication_factor: int = 1) -> None:
         self.prefix = prefix
         self.partitions = partitions
+        self.replication_factor = replication_factor
 
     def declared(self, event_type: type[Event] | type[RawRecords] | type[LabelsArrived]) -> KafkaTopic:
         """The topic as a consumer declares it: created with enough partitions that a consumer group
-        (several trainers, say) shares the work, keyed by model so each model stays in order."""
-        return KafkaTopic(self.for_event(event_type), num_partitions=self.partitions)
+        (several trainers, say) shares the work, keyed by model so each model stays in order, and
+        with as many copies as the cluster is meant to keep (topics made on first use, such as the
+        dead-letter topic, get the brokers' default.replication.factor, which matches it)."""
+        return KafkaTopic(
+            self.for_event(event_type),
+            num_partitions=self.partitions,
+            replication_factor=self.replication_factor,
+        )
 
     def for_event(self, event_type: type[Event] | type[RawRecords] | type[LabelsArrived]) -> str:
         return f"{self.prefix}.{event_type.TOPIC}"

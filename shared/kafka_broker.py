@@ -1,7 +1,7 @@
-"""Run a real single-node Apache Kafka 4.x broker (KRaft) with plain ``java``.
+"""Run a real Apache Kafka 4.x broker (KRaft), or a local cluster of them, with plain ``java``.
 
-One JVM acts as both broker and controller (``process.roles=broker,controller``).
-Everything it needs lives under ``BrokerConfig.home``::
+Each JVM acts as both broker and controller (``process.roles=broker,controller``).
+Everything a single node needs lives under ``BrokerConfig.home``::
 
     libs/               broker jars, resolved by Maven from deploy/kafka/pom.xml
     data/               KRaft metadata and topic logs (formatted once)
@@ -11,6 +11,14 @@ Everything it needs lives under ``BrokerConfig.home``::
     server.properties   rendered from deploy/kafka/server.properties.template
     broker.pid          pid (= process group id) of the running JVM
     .lock               flock serialising start()/stop() across processes
+
+A cluster (``ClusterConfig`` with ``brokers`` > 1) is that many such JVMs from the same jars,
+whose controllers form one quorum of as many voters. It keeps ``libs/``, ``cluster.id`` and
+``controllers`` (each voter's directory id) in its home and each node's own files in
+``node-<id>/``. Node *i* (from 1) listens on ``port + 2(i-1)`` and ``controller_port + 2(i-1)``,
+so the defaults give 9092/9093, 9094/9095, 9096/9097. On a cluster of three or more, topics are
+replicated three times and a write needs two in-sync replicas, so one node can fail (or be
+SIGKILLed by a test, ``kill()``) and be restarted (``start()`` of that node) with nothing lost.
 
 Unix only: relies on process groups, ``fcntl`` and ``/proc`` (or ``ps``).
 """
@@ -41,10 +49,14 @@ __all__ = [
     "BrokerConfig",
     "BrokerError",
     "BrokerStatus",
+    "ClusterConfig",
     "install",
+    "kill",
     "start",
+    "start_cluster",
     "status",
     "stop",
+    "stop_cluster",
     "wait_ready",
 ]
 
@@ -79,18 +91,43 @@ class BrokerError(RuntimeError):
 
 @dataclass(frozen=True)
 class BrokerConfig:
+    """One node. Alone by default; a node of a cluster is built by `ClusterConfig.nodes`."""
+
     home: Path
     port: int = 9092
     controller_port: int = 9093
     heap: str = "512m"
+    node_id: int = 1
+    # (node id, controller port) of every voter of the controller quorum; empty: this node alone.
+    voters: tuple[tuple[int, int], ...] = ()
+    # What the nodes of a cluster share (jars, cluster id, voters' directory ids); None: `home`.
+    cluster_home: Path | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"{LOOPBACK}:{self.port}"
 
     @property
+    def quorum(self) -> tuple[tuple[int, int], ...]:
+        return self.voters or ((self.node_id, self.controller_port),)
+
+    @property
+    def replication_factor(self) -> int:
+        """Copies of each partition: three where there are that many nodes, else one per node."""
+        return min(len(self.quorum), 3)
+
+    @property
+    def min_insync_replicas(self) -> int:
+        """Acknowledged writes (acks=all) survive the loss of any one node once there are three copies."""
+        return 2 if self.replication_factor >= 3 else 1
+
+    @property
+    def shared_home(self) -> Path:
+        return self.cluster_home or self.home
+
+    @property
     def libs_dir(self) -> Path:
-        return self.home / "libs"
+        return self.shared_home / "libs"
 
     @property
     def data_dir(self) -> Path:
@@ -118,7 +155,68 @@ class BrokerConfig:
 
     @property
     def cluster_id_file(self) -> Path:
-        return self.home / "cluster.id"
+        return self.shared_home / "cluster.id"
+
+    @property
+    def controllers_file(self) -> Path:
+        return self.shared_home / "controllers"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """``brokers`` nodes (1 is the plain single broker, in ``home`` itself) from one set of jars."""
+
+    home: Path
+    brokers: int = 1
+    port: int = 9092
+    controller_port: int = 9093
+    heap: str = "512m"
+
+    def __post_init__(self) -> None:
+        if self.brokers < 1:
+            raise BrokerError(f"a Kafka cluster needs at least one broker, not {self.brokers}")
+
+    @property
+    def nodes(self) -> tuple[BrokerConfig, ...]:
+        if self.brokers == 1:
+            return (BrokerConfig(self.home, self.port, self.controller_port, self.heap),)
+        ids = range(1, self.brokers + 1)
+        voters = tuple((node_id, self.controller_port + 2 * (node_id - 1)) for node_id in ids)
+        return tuple(
+            BrokerConfig(
+                home=self.home / f"node-{node_id}",
+                port=self.port + 2 * (node_id - 1),
+                controller_port=controller_port,
+                heap=self.heap,
+                node_id=node_id,
+                voters=voters,
+                cluster_home=self.home,
+            )
+            for node_id, controller_port in voters
+        )
+
+    def node(self, node_id: int) -> BrokerConfig:
+        for node in self.nodes:
+            if node.node_id == node_id:
+                return node
+        raise BrokerError(f"no node {node_id} in a cluster of {self.brokers}")
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node's client address, comma-separated: clients find the cluster through any one."""
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    @property
+    def libs_dir(self) -> Path:
+        return self.home / "libs"
+
+    @property
+    def replication_factor(self) -> int:
+        return self.nodes[0].replication_factor
+
+    @property
+    def min_insync_replicas(self) -> int:
+        return self.nodes[0].min_insync_replicas
 
 
 @dataclass(frozen=True)
@@ -127,6 +225,7 @@ class BrokerStatus:
     pid: int | None
     bootstrap: str
     ready: bool
+    node_id: int = 1
 
 
 # --------------------------------------------------------------------------
@@ -134,7 +233,7 @@ class BrokerStatus:
 # --------------------------------------------------------------------------
 
 
-def install(config: BrokerConfig, *, pom: Path, quiet: bool = True) -> Path:
+def install(config: BrokerConfig | ClusterConfig, *, pom: Path, quiet: bool = True) -> Path:
     """Resolve the broker jars into ``home/libs`` (no-op if already there)."""
     libs = config.libs_dir
     if any(libs.glob(KAFKA_JAR_GLOB)) and any(libs.glob(TOOLS_JAR_GLOB)):
@@ -143,10 +242,10 @@ def install(config: BrokerConfig, *, pom: Path, quiet: bool = True) -> Path:
     if mvn is None:
         raise BrokerError("Maven ('mvn') not found on PATH; it is needed to fetch the Kafka jars")
     _java_executable()  # mvn needs a JDK too; fail with our message, not Maven's.
-    config.home.mkdir(parents=True, exist_ok=True)
+    libs.parent.mkdir(parents=True, exist_ok=True)
     # Download into a scratch dir and rename at the end, so an interrupted run
     # never leaves a libs/ that looks complete but lacks jars.
-    staging = config.home / "libs.partial"
+    staging = libs.parent / "libs.partial"
     shutil.rmtree(staging, ignore_errors=True)
     command = [
         mvn, "-B", *(["-q"] if quiet else []),
@@ -176,23 +275,45 @@ def start(
     Maven download, whose duration depends on the network.
     """
     config.home.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
     with _home_lock(config):
         pid = _running_pid(config)
         if pid is not None:
-            # Ours and alive; normally already listening, but allow for a broker
-            # left mid-startup by a start() that was interrupted elsewhere.
-            if not wait_ready(LOOPBACK, config.port, timeout):
-                raise BrokerError(
-                    f"broker pid {pid} from {config.home} is running but not accepting on {config.bootstrap}"
-                )
+            _wait_accepting(config, pid, deadline)
             return pid
-        config.pid_file.unlink(missing_ok=True)
-        _ensure_ports_free(config)
-        install(config, pom=pom)
-        _write_server_properties(config, deploy_dir)
-        log4j_config = deploy_dir / "log4j2.properties"
-        _format_storage_once(config, log4j_config)
-        return _spawn_and_wait(config, log4j_config, time.monotonic() + timeout)
+        return _wait_launched(config, _launch(config, pom, deploy_dir), deadline)
+
+
+def start_cluster(
+    cluster: ClusterConfig,
+    *,
+    pom: Path,
+    timeout: float = 90.0,
+    deploy_dir: Path = DEPLOY_DIR,
+) -> list[int]:
+    """Start every node not yet running (all before waiting for any: a node's controller cannot
+    finish starting without a majority of the quorum) and return their pids, in node order."""
+    if cluster.brokers == 1:
+        return [start(cluster.nodes[0], pom=pom, timeout=timeout, deploy_dir=deploy_dir)]
+    cluster.home.mkdir(parents=True, exist_ok=True)
+    install(cluster, pom=pom)
+    deadline = time.monotonic() + timeout
+    launches: dict[int, _Launch | int] = {}
+    with _cluster_lock(cluster):
+        for node in cluster.nodes:
+            node.home.mkdir(parents=True, exist_ok=True)
+            with _home_lock(node):
+                pid = _running_pid(node)
+                launches[node.node_id] = pid if pid is not None else _launch(node, pom, deploy_dir)
+    pids = []
+    for node in cluster.nodes:
+        launch = launches[node.node_id]
+        if isinstance(launch, int):
+            _wait_accepting(node, launch, deadline)
+            pids.append(launch)
+        else:
+            pids.append(_wait_launched(node, launch, deadline))
+    return pids
 
 
 def status(config: BrokerConfig) -> BrokerStatus:
@@ -203,7 +324,35 @@ def status(config: BrokerConfig) -> BrokerStatus:
         pid=pid,
         bootstrap=config.bootstrap,
         ready=running and _port_accepts(LOOPBACK, config.port),
+        node_id=config.node_id,
     )
+
+
+def kill(config: BrokerConfig) -> bool:
+    """SIGKILL the node, as a crash or a pulled plug would; return True if it was running."""
+    if not config.home.is_dir():
+        return False
+    with _home_lock(config):
+        pid = _running_pid(config)
+        if pid is not None:
+            _signal_group(pid, signal.SIGKILL)
+            if not _wait_for_exit(pid, _KILL_GRACE):
+                raise BrokerError(f"Kafka broker pid {pid} survived SIGKILL")
+        config.pid_file.unlink(missing_ok=True)
+        return pid is not None
+
+
+def stop_cluster(cluster: ClusterConfig, *, timeout: float = 30.0) -> bool:
+    """Stop every node; return True if any was running.
+
+    All nodes get SIGTERM at once: stopped one by one, the last ones would lose their quorum
+    and wait out their controlled shutdown before giving up."""
+    running = {node.node_id: pid for node in cluster.nodes if (pid := _running_pid(node)) is not None}
+    for pid in running.values():
+        _signal_group(pid, signal.SIGTERM)
+    for node in cluster.nodes:
+        stop(node, timeout=timeout)
+    return bool(running)
 
 
 def stop(config: BrokerConfig, *, timeout: float = 30.0) -> bool:
@@ -234,6 +383,34 @@ def wait_ready(bootstrap_host: str, port: int, timeout: float) -> bool:
 # --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Launch:
+    """A JVM just spawned, and where its run's lines begin in server.log."""
+
+    process: subprocess.Popen[bytes]
+    log_offset: int
+
+
+def _launch(config: BrokerConfig, pom: Path, deploy_dir: Path) -> _Launch:
+    """Render, format once and spawn the node (its home lock held); return without waiting."""
+    config.pid_file.unlink(missing_ok=True)
+    _ensure_ports_free(config)
+    install(config, pom=pom)
+    _write_server_properties(config, deploy_dir)
+    log4j_config = deploy_dir / "log4j2.properties"
+    _format_storage_once(config, log4j_config)
+    return _spawn(config, log4j_config)
+
+
+def _wait_accepting(config: BrokerConfig, pid: int, deadline: float) -> None:
+    # Ours and alive; normally already listening, but allow for a broker
+    # left mid-startup by a start() that was interrupted elsewhere.
+    if not wait_ready(LOOPBACK, config.port, max(deadline - time.monotonic(), 0.0)):
+        raise BrokerError(
+            f"broker pid {pid} from {config.home} is running but not accepting on {config.bootstrap}"
+        )
+
+
 def _ensure_ports_free(config: BrokerConfig) -> None:
     for port in (config.port, config.controller_port):
         if _port_accepts(LOOPBACK, port):
@@ -247,9 +424,13 @@ def _ensure_ports_free(config: BrokerConfig) -> None:
 def _write_server_properties(config: BrokerConfig, deploy_dir: Path) -> None:
     template = string.Template((deploy_dir / "server.properties.template").read_text())
     rendered = template.substitute(
+        node_id=config.node_id,
         port=config.port,
         controller_port=config.controller_port,
+        quorum_bootstrap_servers=",".join(f"{LOOPBACK}:{port}" for _, port in config.quorum),
         data_dir=config.data_dir,
+        replication_factor=config.replication_factor,
+        min_insync_replicas=config.min_insync_replicas,
     )
     _write_atomically(config.properties_file, rendered)
 
@@ -258,11 +439,14 @@ def _format_storage_once(config: BrokerConfig, log4j_config: Path) -> None:
     if (config.data_dir / "meta.properties").exists():
         return
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    # --standalone makes this node the sole voter of a dynamic (KIP-853) quorum;
-    # it requires controller.quorum.bootstrap.servers in server.properties.
+    # Both flags bootstrap a dynamic (KIP-853) quorum, which requires
+    # controller.quorum.bootstrap.servers in server.properties: --standalone makes
+    # this node the sole voter; --initial-controllers names every voter with its
+    # directory id, the same list on every node, each finding its own entry by node.id.
+    quorum = ["--initial-controllers", _initial_controllers(config)] if config.voters else ["--standalone"]
     command = [
         *_java_command(config, log4j_config, heap=None),
-        "kafka.tools.StorageTool", "format", "--standalone",
+        "kafka.tools.StorageTool", "format", *quorum,
         "-t", _cluster_id(config), "-c", str(config.properties_file),
     ]  # fmt: skip
     returncode, tail = _run_with_tail(command, echo=False)
@@ -279,6 +463,20 @@ def _cluster_id(config: BrokerConfig) -> str:
     return cluster_id
 
 
+def _initial_controllers(config: BrokerConfig) -> str:
+    """``id@host:port:directory-id`` of every voter. The directory ids are drawn once per cluster
+    and kept: a node formatted later must name the same voters as those formatted before."""
+    path = config.controllers_file
+    if path.exists():
+        directories = dict(line.split() for line in path.read_text().splitlines() if line.strip())
+    else:
+        directories = {str(node_id): _new_kafka_uuid() for node_id, _ in config.quorum}
+        _write_atomically(path, "".join(f"{node} {directory}\n" for node, directory in directories.items()))
+    return ",".join(
+        f"{node_id}@{LOOPBACK}:{port}:{directories[str(node_id)]}" for node_id, port in config.quorum
+    )
+
+
 def _new_kafka_uuid() -> str:
     # Same encoding as Kafka's Uuid.randomUuid() (what `StorageTool random-uuid`
     # prints): URL-safe base64 of 16 random bytes, no padding. A leading "-"
@@ -289,7 +487,7 @@ def _new_kafka_uuid() -> str:
             return encoded
 
 
-def _spawn_and_wait(config: BrokerConfig, log4j_config: Path, deadline: float) -> int:
+def _spawn(config: BrokerConfig, log4j_config: Path) -> _Launch:
     config.logs_dir.mkdir(parents=True, exist_ok=True)
     # server.log is appended to across runs; only lines after this offset
     # belong to the JVM we are about to start.
@@ -309,13 +507,17 @@ def _spawn_and_wait(config: BrokerConfig, log4j_config: Path, deadline: float) -
         )
     _CHILDREN[process.pid] = process
     _write_atomically(config.pid_file, f"{process.pid}\n")
+    return _Launch(process, log_offset)
+
+
+def _wait_launched(config: BrokerConfig, launch: _Launch, deadline: float) -> int:
     try:
-        _wait_until_started(config, process, log_offset, deadline)
+        _wait_until_started(config, launch.process, launch.log_offset, deadline)
     except BrokerError:
-        _terminate_group(process.pid, _KILL_GRACE)
+        _terminate_group(launch.process.pid, _KILL_GRACE)
         config.pid_file.unlink(missing_ok=True)
         raise
-    return process.pid
+    return launch.process.pid
 
 
 def _wait_until_started(
@@ -445,7 +647,21 @@ def _wait_for_exit(pid: int, timeout: float) -> bool:
 def _home_lock(config: BrokerConfig) -> Iterator[None]:
     # Serialises start/stop across processes (e.g. parallel test workers) so two
     # callers never both decide "not running" and spawn two brokers.
-    with (config.home / ".lock").open("w") as handle:
+    with _flock(config.home / ".lock"):
+        yield
+
+
+@contextlib.contextmanager
+def _cluster_lock(cluster: ClusterConfig) -> Iterator[None]:
+    # Two cluster starts at once must not both draw the voters' directory ids. A file of its
+    # own: a second flock on node-level .lock from this process would wait on itself.
+    with _flock(cluster.home / ".cluster.lock"):
+        yield
+
+
+@contextlib.contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    with path.open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -23,6 +23,14 @@ class ServiceSettings(BaseSettings):
         ge=1,
         description="Partitions of the topics this service creates; the most consumers a group can use.",
     )
+    topic_replication_factor: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Copies of each partition of the topics this service creates: 1 on a single broker, 3 on "
+            "a cluster (whose brokers require min.insync.replicas=2 of them for an acks=all write)."
+        ),
+    )
     grpc_host: str = Field("127.0.0.1", description="Interface the gRPC server binds to.")
     grpc_port: int = Field(0, description="gRPC port; 0 picks a free one (the service logs it).")
     metrics_port: int = Field(0, description="Prometheus /metrics port; 0 disables the endpoint.")

@@ -17,7 +17,7 @@ from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
 
 def build(settings: IngestSettings | None = None) -> Service:
     settings = settings or IngestSettings()
-    topics = Topics(settings.topic_prefix, settings.topic_partitions)
+    topics = Topics(settings.topic_prefix, settings.topic_partitions, settings.topic_replication_factor)
     broker = build_broker(settings, "ingest")
     store = IngestStore(settings.data_dir)
 

@@ -28,7 +28,7 @@ def build(settings: MonitorSettings | None = None) -> Service:
         settings.rpc_timeout_seconds,
         settings.registry_token.get_secret_value(),
     )
-    topics = Topics(settings.topic_prefix, settings.topic_partitions)
+    topics = Topics(settings.topic_prefix, settings.topic_partitions, settings.topic_replication_factor)
 
     async def emit(event: DriftDetected) -> None:
         await publish_event(broker, topics, event)

@@ -24,7 +24,7 @@ from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
 
 def build(settings: RegistrySettings | None = None) -> Service:
     settings = settings or RegistrySettings()
-    topics = Topics(settings.topic_prefix, settings.topic_partitions)
+    topics = Topics(settings.topic_prefix, settings.topic_partitions, settings.topic_replication_factor)
     broker = build_broker(settings, "registry")
     store = RegistryStore(settings.database_url or sqlite_url(settings.data_dir / "registry.sqlite3"))
     artifacts = LocalArtifactStore(settings.data_dir / "artifacts")

@@ -34,7 +34,7 @@ def replica_id(settings: ServingSettings) -> str:
 
 def build(settings: ServingSettings | None = None) -> Service:
     settings = settings or ServingSettings()
-    topics = Topics(settings.topic_prefix, settings.topic_partitions)
+    topics = Topics(settings.topic_prefix, settings.topic_partitions, settings.topic_replication_factor)
     broker = build_broker(settings, "serving")
     registry = RegistryClient(
         settings.registry_address,

@@ -17,7 +17,7 @@ from shared.stubs.cascade.trainer.v1 import trainer_pb2_grpc
 
 def build(settings: TrainerSettings | None = None) -> Service:
     settings = settings or TrainerSettings()
-    topics = Topics(settings.topic_prefix, settings.topic_partitions)
+    topics = Topics(settings.topic_prefix, settings.topic_partitions, settings.topic_replication_factor)
     broker = build_broker(settings, "trainer")
     ingest = open_channel(settings.ingest_address)
     registry = open_channel(settings.registry_address, settings.registry_token.get_secret_value())

@@ -13,7 +13,7 @@ from shared.service import Service
 
 def build(settings: ValidatorSettings | None = None) -> Service:
     settings = settings or ValidatorSettings()
-    topics = Topics(settings.topic_prefix, settings.topic_partitions)
+    topics = Topics(settings.topic_prefix, settings.topic_partitions, settings.topic_replication_factor)
     broker = build_broker(settings, "validator")
     ingest = open_channel(settings.ingest_address)
     registry = open_channel(settings.registry_address, settings.registry_token.get_secret_value())
