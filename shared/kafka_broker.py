@@ -52,6 +52,7 @@ __all__ = [
     "ClusterConfig",
     "install",
     "kill",
+    "render_server_properties",
     "start",
     "start_cluster",
     "status",
@@ -421,9 +422,10 @@ def _ensure_ports_free(config: BrokerConfig) -> None:
             )
 
 
-def _write_server_properties(config: BrokerConfig, deploy_dir: Path) -> None:
+def render_server_properties(config: BrokerConfig, deploy_dir: Path = DEPLOY_DIR) -> str:
+    """The node's server.properties, as start() writes it."""
     template = string.Template((deploy_dir / "server.properties.template").read_text())
-    rendered = template.substitute(
+    return template.substitute(
         node_id=config.node_id,
         port=config.port,
         controller_port=config.controller_port,
@@ -432,7 +434,10 @@ def _write_server_properties(config: BrokerConfig, deploy_dir: Path) -> None:
         replication_factor=config.replication_factor,
         min_insync_replicas=config.min_insync_replicas,
     )
-    _write_atomically(config.properties_file, rendered)
+
+
+def _write_server_properties(config: BrokerConfig, deploy_dir: Path) -> None:
+    _write_atomically(config.properties_file, render_server_properties(config, deploy_dir))
 
 
 def _format_storage_once(config: BrokerConfig, log4j_config: Path) -> None:

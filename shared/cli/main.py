@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -42,7 +42,8 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 kafka_app = typer.Typer(
-    help="The local single-node Kafka broker (KRaft) the services talk through, kept in HOME/kafka.",
+    help="The local Kafka (KRaft) the services talk through, kept in HOME/kafka: one broker, or a "
+    "cluster of several (`cascade kafka start --brokers 3`).",
     no_args_is_help=True,
 )
 app.add_typer(kafka_app, name="kafka")
@@ -71,10 +72,18 @@ def main(
     controller_port: Annotated[
         int, typer.Option(envvar="CASCADE_KAFKA_CONTROLLER_PORT", help="Kafka KRaft controller port.")
     ] = 9093,
+    kafka_brokers: Annotated[
+        int,
+        typer.Option(
+            envvar="CASCADE_KAFKA_BROKERS",
+            min=1,
+            help="Kafka brokers: 1, or 3 for a cluster that keeps three copies of every topic.",
+        ),
+    ] = 1,
 ) -> None:
     # A stack started from this home (by `cascade up` or from Python) remembers its ports.
     ctx.obj = remembered_config(home) or StackConfig(
-        home=home, kafka_port=kafka_port, controller_port=controller_port
+        home=home, kafka_port=kafka_port, controller_port=controller_port, kafka_brokers=kafka_brokers
     )
 
 
@@ -126,23 +135,28 @@ def kafka_install(
 @kafka_app.command("start")
 def kafka_start(
     ctx: typer.Context,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker to be ready.")] = 60.0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the brokers to be ready.")] = 90.0,
+    brokers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Brokers to run (default: what this home ran before, else 1). With 3, a KRaft cluster "
+            "of three broker+controller nodes on KAFKA_PORT, +2, +4 (controllers on CONTROLLER_PORT, "
+            "+2, +4); topics keep 3 copies and a write needs 2 (min.insync.replicas).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Start the broker (installing it first if needed) and wait until it accepts clients."""
-    from shared import kafka_broker
-    from shared.cli.stack import KAFKA_POM
-
+    """Start the broker(s) (installing them first if needed) and wait until they accept clients."""
+    config: StackConfig = ctx.obj
+    if brokers is not None:
+        ctx.obj = replace(config, kafka_brokers=brokers)
     stack = _stack(ctx)
     with friendly_errors():
-        if not stack.kafka.libs_dir.is_dir():
-            _progress("Fetching the Kafka jars with Maven (first run only)")
-            kafka_broker.install(stack.kafka, pom=KAFKA_POM)
-        was_running = kafka_broker.status(stack.kafka).running
-        if not was_running:
-            _progress(f"Starting Kafka on {stack.kafka.bootstrap}")
-        pid = kafka_broker.start(stack.kafka, pom=KAFKA_POM, timeout=timeout)
-    state = "already running" if was_running else "running"
-    typer.echo(f"Kafka {state}: pid {pid}, bootstrap {stack.kafka.bootstrap}, logs in {stack.kafka.logs_dir}")
+        stack.start_kafka(timeout)
+    for node in stack.kafka.nodes:
+        typer.echo(f"Kafka node {node.node_id}: bootstrap {node.bootstrap}, logs in {node.logs_dir}")
+    typer.echo(f"Kafka running: bootstrap {stack.kafka.bootstrap}")
 
 
 @kafka_app.command("stop")
@@ -155,21 +169,24 @@ def kafka_stop(
 
     stack = _stack(ctx)
     with friendly_errors():
-        was_running = kafka_broker.stop(stack.kafka, timeout=timeout)
+        was_running = kafka_broker.stop_cluster(stack.kafka, timeout=timeout)
     typer.echo("Kafka stopped" if was_running else "Kafka was not running")
 
 
 @kafka_app.command("status")
 def kafka_status(ctx: typer.Context) -> None:
-    """Show whether the broker of this home runs and accepts clients."""
+    """Show whether each broker of this home runs and accepts clients."""
     from shared import kafka_broker
 
-    broker = kafka_broker.status(_stack(ctx).kafka)
-    if not broker.running:
-        typer.echo(f"Kafka is not running (bootstrap would be {broker.bootstrap})")
-        return
-    state = "ready" if broker.ready else "starting (not accepting clients yet)"
-    typer.echo(f"Kafka is {state}: pid {broker.pid}, bootstrap {broker.bootstrap}")
+    cluster = _stack(ctx).kafka
+    for node in cluster.nodes:
+        broker = kafka_broker.status(node)
+        name = "Kafka" if cluster.brokers == 1 else f"Kafka node {broker.node_id}"
+        if not broker.running:
+            typer.echo(f"{name} is not running (bootstrap would be {broker.bootstrap})")
+            continue
+        state = "ready" if broker.ready else "starting (not accepting clients yet)"
+        typer.echo(f"{name} is {state}: pid {broker.pid}, bootstrap {broker.bootstrap}")
 
 
 # ---------------------------------------------------------------------- the stack

@@ -4,7 +4,7 @@ The CLI (`cascade up/status/down/demo`) and the integration tests both drive thi
 speaks no CLI: progress goes to an optional callback and failures raise `StackError`. Everything a
 stack owns lives under one home directory::
 
-    kafka/               the broker (see shared.kafka_broker)
+    kafka/               the broker, or kafka/node-N/ per broker of a cluster (see shared.kafka_broker)
     data/<service>/      each service's own data; services share no filesystem
     logs/<service>.log   stdout and stderr of the service, appended across runs
     run/<service>.pid    pid (= process group id) of the running service
@@ -36,7 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared import kafka_broker
 from shared.cli.errors import StackError
-from shared.kafka_broker import BrokerConfig
+from shared.kafka_broker import ClusterConfig
 
 __all__ = [
     "DEFAULT_METRICS_PORTS",
@@ -99,6 +99,8 @@ class StackConfig:
     home: Path = Path(".cascade")
     kafka_port: int = 9092
     controller_port: int = 9093
+    # 1: one broker; 3: a KRaft cluster whose topics keep three copies (ports: shared.kafka_broker).
+    kafka_brokers: int = 1
     topic_prefix: str = "cascade"
     # gRPC port per service; a service left out keeps its DEFAULT_PORTS entry.
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
@@ -133,8 +135,11 @@ class Stack:
         self.config = config or StackConfig()
         # Resolved once: services run with the repository as their working directory.
         self.home = self.config.home.expanduser().resolve()
-        self.kafka = BrokerConfig(
-            home=self.home / "kafka", port=self.config.kafka_port, controller_port=self.config.controller_port
+        self.kafka = ClusterConfig(
+            home=self.home / "kafka",
+            brokers=self.config.kafka_brokers,
+            port=self.config.kafka_port,
+            controller_port=self.config.controller_port,
         )
         self._progress = on_progress or (lambda _message: None)
         # The caller's environment, which services inherit; a copy, so later changes to
@@ -165,7 +170,7 @@ class Stack:
         return self.config.ports.get(name, DEFAULT_PORTS[name])
 
     def address(self, name: str) -> str:
-        """`host:port` of a service's gRPC server, or the Kafka bootstrap for "kafka"."""
+        """`host:port` of a service's gRPC server, or the Kafka bootstrap list for "kafka"."""
         if name == "kafka":
             return self.kafka.bootstrap
         return f"{LOOPBACK}:{self.port(name)}"
@@ -178,6 +183,7 @@ class Stack:
         settings = {
             "KAFKA_BOOTSTRAP": self.kafka.bootstrap,
             "TOPIC_PREFIX": self.config.topic_prefix,
+            "TOPIC_REPLICATION_FACTOR": str(self.kafka.replication_factor),
             "GRPC_HOST": LOOPBACK,
             "GRPC_PORT": str(self.port(name)),
             "DATA_DIR": str(self.data_dir(name)),
@@ -225,6 +231,7 @@ class Stack:
         saved = {
             "kafka_port": self.config.kafka_port,
             "controller_port": self.config.controller_port,
+            "kafka_brokers": self.config.kafka_brokers,
             "topic_prefix": self.config.topic_prefix,
             "ports": {name: self.port(name) for name in SERVICES},
             "metrics_ports": self.config.metrics_ports,
@@ -233,19 +240,27 @@ class Stack:
         remembered.parent.mkdir(parents=True, exist_ok=True)
         _write_atomically(remembered, json.dumps(saved, indent=2))
 
+    def start_kafka(self, timeout: float = 90.0) -> None:
+        """Start the broker(s) alone (installing them first if needed) and remember the config, so
+        later commands on this home find a cluster by its home alone."""
+        self._install_kafka()
+        self._remember_ports()
+        self._start_kafka(timeout)
+
     def start_service(self, name: str, timeout: float = 60.0) -> None:
         """Start one service (Kafka is assumed up) unless running, and wait until it is SERVING."""
         self._ensure_running(name)
         self._wait_serving([name], time.monotonic() + timeout)
 
     def _start_kafka(self, timeout: float) -> None:
-        broker = kafka_broker.status(self.kafka)
-        if broker.running:
-            self._progress(f"Kafka already running (pid {broker.pid}) on {broker.bootstrap}")
-        else:
-            self._progress(f"Starting Kafka on {broker.bootstrap}")
+        for node in self.kafka.nodes:
+            broker = kafka_broker.status(node)
+            if broker.running:
+                self._progress(f"Kafka already running (pid {broker.pid}) on {broker.bootstrap}")
+            else:
+                self._progress(f"Starting Kafka on {broker.bootstrap}")
         # Also when running: start() then waits out a broker another process is still starting.
-        kafka_broker.start(self.kafka, pom=KAFKA_POM, timeout=timeout)
+        kafka_broker.start_cluster(self.kafka, pom=KAFKA_POM, timeout=timeout)
 
     def _install_kafka(self) -> None:
         if not self.kafka.libs_dir.is_dir():
@@ -372,9 +387,9 @@ class Stack:
             raise StackError(f"still running after SIGKILL: {survivors}")
         for name in SERVICES:
             self.pid_file(name).unlink(missing_ok=True)
-        if kafka_broker.status(self.kafka).running:
+        if any(kafka_broker.status(node).running for node in self.kafka.nodes):
             self._progress("Stopping Kafka")
-        kafka_broker.stop(self.kafka)
+        kafka_broker.stop_cluster(self.kafka)
 
     def _wait_exit(self, pids: dict[str, int], timeout: float) -> dict[str, int]:
         """Wait until the processes are gone; return those still running at the deadline."""
@@ -405,10 +420,14 @@ class Stack:
         return "NOT_SERVING" if health == "DOWN" else health
 
     def status(self) -> list[ServiceStatus]:
-        """Kafka first, then every service in start order. Never raises for a stack that is down."""
-        broker = kafka_broker.status(self.kafka)
-        kafka_health: Health = "SERVING" if broker.ready else "NOT_SERVING" if broker.running else "DOWN"
-        rows = [ServiceStatus("kafka", broker.pid, broker.bootstrap, kafka_health)]
+        """Kafka first (one row per broker: kafka-1, kafka-2, ... on a cluster), then every service
+        in start order. Never raises for a stack that is down."""
+        rows = []
+        for node in self.kafka.nodes:
+            broker = kafka_broker.status(node)
+            kafka_health: Health = "SERVING" if broker.ready else "NOT_SERVING" if broker.running else "DOWN"
+            name = "kafka" if self.kafka.brokers == 1 else f"kafka-{broker.node_id}"
+            rows.append(ServiceStatus(name, broker.pid, broker.bootstrap, kafka_health))
         for name in SERVICES:
             rows.append(ServiceStatus(name, self.pid(name), self.address(name), self.health(name)))
         return rows
@@ -446,6 +465,7 @@ def remembered_config(home: Path) -> StackConfig | None:
         home=home,
         kafka_port=int(saved["kafka_port"]),
         controller_port=int(saved["controller_port"]),
+        kafka_brokers=int(saved.get("kafka_brokers", 1)),
         topic_prefix=str(saved["topic_prefix"]),
         ports={str(k): int(v) for k, v in saved["ports"].items()},
         metrics_ports={str(k): int(v) for k, v in saved["metrics_ports"].items()},
