@@ -119,7 +119,7 @@ def build_broker(settings: ServiceSettings, service: str) -> KafkaBroker:
     topics = Topics(settings.topic_prefix)
     dead_letters = DeadLetters(topics.dead_letter, service, settings.retry_backoff_seconds)
     broker = KafkaBroker(
-        settings.kafka_bootstrap,
+        settings.kafka_bootstrap_servers,
         client_id=f"cascade-{service}",
         acks="all",
         enable_idempotence=True,

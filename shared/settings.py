@@ -51,6 +51,13 @@ class ServiceSettings(BaseSettings):
     )
 
 
+    @property
+    def kafka_bootstrap_servers(self) -> list[str]:
+        """The bootstrap list, one `host:port` each. Give clients this, not the string: FastStream
+        hands a string to aiokafka as a single host, so "a:9092,b:9092" would never connect."""
+        return [server.strip() for server in self.kafka_bootstrap.split(",") if server.strip()]
+
+
 class RegistryClientSettings(ServiceSettings):
     """For services that call the registry."""
 

@@ -20,6 +20,7 @@ from shared import kafka_broker
 from shared.cli.main import app
 from shared.cli.stack import SERVICES, Stack, StackConfig, remembered_config
 from shared.kafka_broker import BrokerConfig, ClusterConfig
+from shared.settings import ServiceSettings
 
 # Apart from a developer's `cascade up` (9092), the integration suite (29xxx) and the chaos test (31xxx).
 KAFKA_PORT = 32092
@@ -214,3 +215,11 @@ def test_cascade_kafka_start_brokers_3_runs_a_cluster_that_survives_losing_a_nod
         stopped = runner.invoke(app, [*home, "kafka", "stop"])
     assert stopped.exit_code == 0 and "Kafka stopped" in stopped.output, stopped.output
     assert not any(kafka_broker.status(node).running for node in ClusterConfig(tmp_path / "kafka", 3).nodes)
+
+
+def test_services_hand_kafka_clients_the_bootstrap_list_host_by_host() -> None:
+    # FastStream passes a string on whole, as one host: "a,b,c" must reach it as three.
+    settings = ServiceSettings(kafka_bootstrap="127.0.0.1:31092, 127.0.0.1:31094,127.0.0.1:31096")
+
+    assert settings.kafka_bootstrap_servers == ["127.0.0.1:31092", "127.0.0.1:31094", "127.0.0.1:31096"]
+    assert ServiceSettings().kafka_bootstrap_servers == ["127.0.0.1:9092"]
