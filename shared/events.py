@@ -259,6 +259,12 @@ class DriftDetected(Event):
     summary: str
     drifted_features: list[str] = []
     report: dict[str, Any] = Field(description="The drift (or decay) report, as JSON.")
+    action: Literal["retrain", "feedback", "no_new_data"] = Field(
+        "retrain",
+        description="What the loop does about it: retrain on the dataset's newer version; nothing here, "
+        "since labelled production rows went to ingest as a feedback batch (its data-arrived retrains); "
+        "or nothing, since the champion has already learned from all the data there is.",
+    )
 
 
 class TrainingRequested(Event):
