@@ -7,8 +7,23 @@
     ├── FailedPrecondition   gRPC FAILED_PRECONDITION, Kafka dead-letter
     └── Unavailable          a dependency is down: gRPC UNAVAILABLE, Kafka redelivery
 
-Transports decide what an error means for delivery: a *permanent* error will fail the same way
-on every retry, so its message goes to the dead-letter topic; anything else is retried.
+Transports decide what an error means for delivery (`classify`); no message is retried forever:
+
+    permanent    fails the same way on every try: dead-lettered at once
+    │              CascadeError but Unavailable, pydantic ValidationError, ValueError (JSON too),
+    │              UnicodeDecodeError, RecursionError and MemoryError (a hostile body, not a fluke),
+    │              gRPC INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, UNAUTHENTICATED, ...
+    transient    a dependency that comes back: retried with capped exponential backoff within the
+    │              consumer's budget (`retry_max_attempts` tries and `retry_max_seconds`)
+    │              Unavailable, gRPC UNAVAILABLE/DEADLINE_EXCEEDED/RESOURCE_EXHAUSTED/ABORTED,
+    │              Kafka errors, ConnectionError, TimeoutError, OSError
+    unknown      anything else (KeyError, AttributeError, ...): most likely a bug that fails again,
+                   yet perhaps a library's transient fault nobody classified; so it is retried,
+                   but within the same budget and at most `retry_unknown_max_attempts` tries.
+
+A message whose budget runs out goes to the dead-letter topic with `retries exhausted after N
+attempts: <last error>`. gRPC status messages are cut to `MAX_STATUS_MESSAGE_BYTES`, since they
+often quote the caller's input.
 """
 
 from __future__ import annotations
@@ -16,21 +31,25 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import grpc
 
 __all__ = [
+    "MAX_STATUS_MESSAGE_BYTES",
     "AlreadyExists",
     "CascadeError",
+    "ErrorKind",
     "FailedPrecondition",
     "InvalidArgument",
     "NotFound",
     "PermissionDenied",
     "Unauthenticated",
     "Unavailable",
+    "classify",
     "grpc_errors",
     "is_permanent",
+    "truncate",
 ]
 
 log = logging.getLogger(__name__)
@@ -86,17 +105,61 @@ _PERMANENT_GRPC_CODES = frozenset(
 )
 
 
-def is_permanent(exc: BaseException) -> bool:
-    """Whether retrying the work that raised `exc` would fail the same way."""
+_TRANSIENT_GRPC_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+    }
+)
+
+ErrorKind = Literal["permanent", "transient", "unknown"]
+
+
+def classify(exc: BaseException) -> ErrorKind:
+    """Whether retrying the work that raised `exc` would fail the same way (the tree above)."""
+    from aiokafka.errors import KafkaError
     from pydantic import ValidationError
 
     if isinstance(exc, CascadeError):
-        return exc.permanent
-    if isinstance(exc, ValidationError | ValueError | UnicodeDecodeError):
-        return True
+        return "permanent" if exc.permanent else "transient"
+    if isinstance(exc, ValidationError | ValueError | UnicodeDecodeError | RecursionError | MemoryError):
+        return "permanent"
     if isinstance(exc, grpc.aio.AioRpcError):
-        return exc.code() in _PERMANENT_GRPC_CODES
-    return False
+        if exc.code() in _PERMANENT_GRPC_CODES:
+            return "permanent"
+        return "transient" if exc.code() in _TRANSIENT_GRPC_CODES else "unknown"
+    if isinstance(exc, KafkaError | ConnectionError | TimeoutError | OSError):
+        return "transient"
+    return "unknown"
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether retrying the work that raised `exc` would fail the same way."""
+    return classify(exc) == "permanent"
+
+
+# A gRPC status message travels as a header (grpc-message): one quoting a huge input would exceed
+# the client's metadata limit, which then reports RESOURCE_EXHAUSTED instead of the real status.
+MAX_STATUS_MESSAGE_BYTES = 400
+
+
+def truncate(text: str, limit: int = MAX_STATUS_MESSAGE_BYTES) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes (on a character boundary), saying how much was cut."""
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) <= limit:
+        return text
+    note = f"... ({len(encoded)} bytes in all)"
+    kept = encoded[: max(limit - len(note), 0)].decode("utf-8", "ignore")
+    return kept + note
+
+
+def _unexpected(method: Callable[..., Any], exc: Exception) -> str:
+    # The caller learns only the type: the text may quote a huge input or a secret. The log keeps
+    # the traceback for whoever fixes the bug.
+    log.error("unhandled %s in %s", type(exc).__name__, method.__qualname__, exc_info=exc)
+    return truncate(f"internal error: {type(exc).__name__}")
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -105,8 +168,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 def grpc_errors(method: F) -> F:
     """Turn `CascadeError` raised by a servicer method into the matching gRPC status.
 
-    Works for unary and server-streaming methods; anything unexpected becomes INTERNAL
-    with the error logged, so the server stays up.
+    Works for unary and server-streaming methods; anything unexpected becomes INTERNAL naming only
+    the exception's type, with the error logged, so the server stays up. Every status message is
+    cut to `MAX_STATUS_MESSAGE_BYTES`.
     """
     import inspect
 
@@ -120,12 +184,11 @@ def grpc_errors(method: F) -> F:
                 async for item in method(self, request, context):
                     yield item
             except CascadeError as exc:
-                await context.abort(exc.status, str(exc))
+                await context.abort(exc.status, truncate(str(exc)))
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
-                log.exception("unhandled error in %s", method.__qualname__)
-                await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
+                await context.abort(grpc.StatusCode.INTERNAL, _unexpected(method, exc))
 
         return cast(F, stream_wrapper)
 
@@ -134,11 +197,10 @@ def grpc_errors(method: F) -> F:
         try:
             return await cast(Callable[..., Awaitable[Any]], method)(self, request, context)
         except CascadeError as exc:
-            await context.abort(exc.status, str(exc))
+            await context.abort(exc.status, truncate(str(exc)))
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            log.exception("unhandled error in %s", method.__qualname__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
+            await context.abort(grpc.StatusCode.INTERNAL, _unexpected(method, exc))
 
     return cast(F, unary_wrapper)

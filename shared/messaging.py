@@ -1,38 +1,77 @@
 """Kafka plumbing shared by every service: the broker, at-least-once subscribers, dead letters.
 
 Delivery is at-least-once: a message's offset is committed only after its handler returns, so a
-crash at any point redelivers it, and every handler is idempotent. A handler that fails with a
-*permanent* error (a malformed event, a domain rule it breaks) would fail forever, so the message
-is moved to the dead-letter topic with the reason and processing goes on; any other failure is
-retried after a pause.
+crash at any point redelivers it, and every handler is idempotent. No message may stop its
+partition for long:
+
+- A body over `max_message_bytes` or nested deeper than `max_json_depth` is refused before it is
+  parsed (the broker's decoder), so it is dead-lettered on its first delivery.
+- A handler that fails with a *permanent* error (a malformed event, a domain rule it breaks) would
+  fail forever, so the message is moved to the dead-letter topic with the reason at once.
+- Any other failure is retried with capped exponential backoff (the subscriber seeks back to the
+  message) within a budget per message: `retry_max_attempts` tries (`retry_unknown_max_attempts` for
+  errors nobody classified, see shared.errors) and `retry_max_seconds`. Then it is dead-lettered
+  with `retries exhausted after N attempts: <last error>` and the partition moves on.
+
+While a message is being retried the service is *degraded*; `DeadLetters.failing()` says which,
+and shared.service turns it into health and metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, TypedDict
 
 from aiokafka import ConsumerRecord
 from faststream import AckPolicy
 from faststream._internal.middlewares import BaseMiddleware
+from faststream.exceptions import IgnoredException
 from faststream.kafka import KafkaBroker
+from faststream.kafka.message import KafkaMessage
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from opentelemetry import trace
 from prometheus_client import REGISTRY, Counter
 
-from shared.errors import is_permanent
+from shared.errors import classify
 from shared.events import Event, Topics, cloudevent_headers
+from shared.json_limits import JsonTooLarge, check_json_limits
 from shared.settings import ServiceSettings
 
-__all__ = ["DeadLetters", "SubscriberOptions", "build_broker", "publish_event", "subscriber_options"]
+__all__ = [
+    "DLQ_OFFSET",
+    "DLQ_PARTITION",
+    "DLQ_REASON",
+    "DLQ_SERVICE",
+    "DLQ_TIME",
+    "DLQ_TOPIC",
+    "REPLAYED_FROM",
+    "REPLAY_COUNT",
+    "DeadLetters",
+    "Failing",
+    "RetryBudget",
+    "SubscriberOptions",
+    "build_broker",
+    "dead_letters_of",
+    "publish_event",
+    "subscriber_options",
+]
 
 log = logging.getLogger(__name__)
 
 DEAD_LETTERS = Counter(
     "cascade_dead_letters_total", "Messages moved to the dead-letter topic.", ["service", "topic"]
+)
+RETRIES = Counter(
+    "cascade_message_retries_total",
+    "Redeliveries of a message whose handler failed with an error worth retrying.",
+    ["service", "topic"],
 )
 
 # Headers on a dead letter, beside the original message's own headers and its exact bytes.
@@ -41,21 +80,164 @@ DLQ_TOPIC = "cascade_dlq_topic"
 DLQ_PARTITION = "cascade_dlq_partition"
 DLQ_OFFSET = "cascade_dlq_offset"
 DLQ_SERVICE = "cascade_dlq_service"
+DLQ_TIME = "cascade_dlq_time"  # when it was dead-lettered, ISO 8601 UTC
+# Set by `cascade dlq replay` on a message it puts back on its source topic; a replayed message
+# that fails again is dead-lettered with them, so the dead letter shows its history.
+REPLAYED_FROM = "cascade_replayed_from"  # "<dead-letter topic>:<partition>:<offset>"
+REPLAY_COUNT = "cascade_replay_count"
+
+Position = tuple[str, int, int]  # topic, partition, offset
+
+
+@dataclass(frozen=True)
+class RetryBudget:
+    """How long one failing message may hold its partition (the settings' retry_* fields)."""
+
+    backoff_seconds: float = 1.0
+    backoff_max_seconds: float = 30.0
+    max_attempts: int = 10
+    unknown_max_attempts: int = 3
+    max_seconds: float = 300.0
+
+    @classmethod
+    def of(cls, settings: ServiceSettings) -> RetryBudget:
+        return cls(
+            backoff_seconds=settings.retry_backoff_seconds,
+            backoff_max_seconds=settings.retry_backoff_max_seconds,
+            max_attempts=settings.retry_max_attempts,
+            unknown_max_attempts=min(settings.retry_unknown_max_attempts, settings.retry_max_attempts),
+            max_seconds=settings.retry_max_seconds,
+        )
+
+    def backoff(self, attempts: int) -> float:
+        """The pause after the `attempts`-th failed try: doubling from backoff_seconds, capped."""
+        return min(self.backoff_seconds * 2.0 ** min(attempts - 1, 32), self.backoff_max_seconds)
+
+
+@dataclass(frozen=True)
+class Failing:
+    """A message that failed and waits for its next try."""
+
+    topic: str
+    partition: int
+    offset: int
+    attempts: int
+    seconds: float  # since its first failure
+    last_error: str
+
+
+@dataclass
+class _Failure:
+    first_failed: float
+    last_failed: float
+    attempts: int = 0
+    last_error: str = ""
 
 
 class DeadLetters:
-    """Builds the middleware that moves permanently failing messages to the dead-letter topic."""
+    """Builds the middleware that retries failing messages within a budget and moves those that
+    cannot succeed to the dead-letter topic, and the decoder that refuses hostile bodies unparsed.
 
-    def __init__(self, topic: str, service: str, retry_backoff_seconds: float) -> None:
+    Tries are counted per message position (topic, partition, offset) in this process, since the
+    seek-back redelivers the very same record; a restart starts the count again.
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        service: str,
+        budget: RetryBudget | None = None,
+        *,
+        max_message_bytes: int = 1024 * 1024,
+        max_json_depth: int = 64,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.topic = topic
         self.service = service
-        self.retry_backoff_seconds = retry_backoff_seconds
+        self.budget = budget or RetryBudget()
+        self.max_message_bytes = max_message_bytes
+        self.max_json_depth = max_json_depth
         self.broker: KafkaBroker | None = None
+        self._clock = clock
+        self._sleep = sleep
+        self._failures: dict[Position, _Failure] = {}
 
     def middleware(self, msg: Any, /, *, context: Any) -> BaseMiddleware[Any, Any]:
         return _DeadLetterMiddleware(msg, context=context, dead_letters=self)
 
+    async def decode(
+        self, message: KafkaMessage, original_decoder: Callable[[KafkaMessage], Awaitable[Any]]
+    ) -> Any:
+        """The broker's decoder: limits on the raw body first, then FastStream's own JSON decoding.
+        JsonTooLarge is permanent, so the middleware dead-letters the message at its first try.
+        A dead letter itself is what it is: one over the limits is handed over as raw bytes."""
+        try:
+            check_json_limits(message.body, max_bytes=self.max_message_bytes, max_depth=self.max_json_depth)
+        except JsonTooLarge:
+            if message.raw_message.topic == self.topic:  # type: ignore[union-attr]
+                return message.body
+            raise
+        return await original_decoder(message)
+
+    def failing(self) -> list[Failing]:
+        """Messages failing now, oldest first. A failure the consumer has not come back to within a
+        backoff (its partition moved to another consumer) is forgotten."""
+        now = self._clock()
+        stale_after = self.budget.backoff_max_seconds + 60.0
+        for position, failure in list(self._failures.items()):
+            if now - failure.last_failed > stale_after:
+                del self._failures[position]
+        return sorted(
+            (
+                Failing(*position, failure.attempts, now - failure.first_failed, failure.last_error)
+                for position, failure in self._failures.items()
+            ),
+            key=lambda failing: -failing.seconds,
+        )
+
+    def succeeded(self, record: ConsumerRecord[Any, Any]) -> None:
+        self._failures.pop((record.topic, record.partition, record.offset), None)
+
+    async def failed(self, record: ConsumerRecord[Any, Any], error: Exception) -> bool:
+        """Dead-letter `record` (True: acknowledge it) or pause before its retry (False: seek back)."""
+        position = (record.topic, record.partition, record.offset)
+        described = f"{type(error).__name__}: {error}"
+        kind = classify(error)
+        if kind == "permanent":
+            await self.send(record, described)
+            self._failures.pop(position, None)
+            return True
+        now = self._clock()
+        failure = self._failures.setdefault(position, _Failure(first_failed=now, last_failed=now))
+        failure.attempts += 1
+        failure.last_failed = now
+        failure.last_error = described[:500]
+        allowed = self.budget.max_attempts if kind == "transient" else self.budget.unknown_max_attempts
+        elapsed = now - failure.first_failed
+        if failure.attempts >= allowed or elapsed >= self.budget.max_seconds:
+            await self.send(record, f"retries exhausted after {failure.attempts} attempts: {described}")
+            self._failures.pop(position, None)
+            return True
+        pause = min(self.budget.backoff(failure.attempts), self.budget.max_seconds - elapsed)
+        RETRIES.labels(self.service, record.topic).inc()
+        log.error(
+            "handler failed on %s[%d]@%d (attempt %d of %d, %s error), retrying in %.1f s: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            failure.attempts,
+            allowed,
+            kind,
+            pause,
+            described[:500],
+        )
+        await self._sleep(pause)
+        return False
+
     async def send(self, record: ConsumerRecord[Any, Any], reason: str) -> None:
+        from datetime import UTC, datetime
+
         assert self.broker is not None, "DeadLetters.broker is set by build_broker"
         headers = {name: value.decode("utf-8", "replace") for name, value in record.headers or ()}
         headers.update(
@@ -65,12 +247,18 @@ class DeadLetters:
                 DLQ_PARTITION: str(record.partition),
                 DLQ_OFFSET: str(record.offset),
                 DLQ_SERVICE: self.service,
+                DLQ_TIME: datetime.now(UTC).isoformat(timespec="seconds"),
             }
         )
         await self.broker.publish(record.value or b"", topic=self.topic, key=record.key, headers=headers)
         DEAD_LETTERS.labels(self.service, record.topic).inc()
         log.warning(
-            "dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason[:500]
+            "dead-lettered %s[%d]@%d%s: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            f" (replayed {headers[REPLAY_COUNT]} times)" if REPLAY_COUNT in headers else "",
+            reason[:500],
         )
 
 
@@ -85,22 +273,29 @@ class _DeadLetterMiddleware(BaseMiddleware[Any, Any]):
         exc_val: BaseException | None = None,
         exc_tb: TracebackType | None = None,
     ) -> bool | None:
-        if exc_val is None or not isinstance(self.msg, ConsumerRecord):
+        record = self.msg
+        if not isinstance(record, ConsumerRecord):
             return False
-        if isinstance(exc_val, asyncio.CancelledError):
+        if exc_val is None:
+            self.dead_letters.succeeded(record)
             return False
-        if is_permanent(exc_val):
-            await self.dead_letters.send(self.msg, f"{type(exc_val).__name__}: {exc_val}")
-            return True  # handled: the message is acknowledged and consumption goes on
-        log.error(
-            "handler failed on %s[%d]@%d, will retry: %r",
-            self.msg.topic,
-            self.msg.partition,
-            self.msg.offset,
-            exc_val,
-        )
-        await asyncio.sleep(self.dead_letters.retry_backoff_seconds)
-        return False  # the subscriber's NACK_ON_ERROR seeks back: the message is redelivered
+        # Cancellation, FastStream's own control flow (AckMessage, StopConsume...) and SystemExit
+        # are not failures of the message.
+        if not isinstance(exc_val, Exception) or isinstance(exc_val, IgnoredException):
+            return False
+        if record.topic == self.dead_letters.topic:
+            # A consumer of the dead letters must not feed them back to themselves.
+            log.error(
+                "dropped dead letter %s[%d]@%d that failed again: %r",
+                record.topic,
+                record.partition,
+                record.offset,
+                exc_val,
+            )
+            return True
+        # True: handled, the message is acknowledged and consumption goes on. False: the
+        # subscriber's NACK_ON_ERROR seeks back and the message is redelivered.
+        return await self.dead_letters.failed(record, exc_val)
 
 
 class _DestinationAttributeMiddleware(BaseMiddleware[Any, Any]):
@@ -114,10 +309,26 @@ class _DestinationAttributeMiddleware(BaseMiddleware[Any, Any]):
         return await call_next(msg)
 
 
+# Each broker's dead letters, for the service runtime's health (a broker has no slot of its own).
+_DEAD_LETTERS: weakref.WeakKeyDictionary[KafkaBroker, DeadLetters] = weakref.WeakKeyDictionary()
+
+
+def dead_letters_of(broker: KafkaBroker) -> DeadLetters | None:
+    """The dead letters of a broker made by `build_broker`."""
+    return _DEAD_LETTERS.get(broker)
+
+
 def build_broker(settings: ServiceSettings, service: str) -> KafkaBroker:
-    """A broker with tracing, Prometheus metrics and dead-lettering, durable (acks=all) producing."""
+    """A broker with tracing, Prometheus metrics, bounded retries and dead-lettering, limits on what
+    it decodes, and durable (acks=all) producing."""
     topics = Topics(settings.topic_prefix)
-    dead_letters = DeadLetters(topics.dead_letter, service, settings.retry_backoff_seconds)
+    dead_letters = DeadLetters(
+        topics.dead_letter,
+        service,
+        RetryBudget.of(settings),
+        max_message_bytes=settings.max_message_bytes,
+        max_json_depth=settings.max_json_depth,
+    )
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
         client_id=f"cascade-{service}",
@@ -131,8 +342,10 @@ def build_broker(settings: ServiceSettings, service: str) -> KafkaBroker:
             KafkaPrometheusMiddleware(registry=REGISTRY, app_name=service),
         ),
         logger=logging.getLogger(f"cascade.{service}.kafka"),
+        decoder=dead_letters.decode,
     )
     dead_letters.broker = broker
+    _DEAD_LETTERS[broker] = dead_letters
     return broker
 
 

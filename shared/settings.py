@@ -38,7 +38,47 @@ class ServiceSettings(BaseSettings):
     log_level: str = Field("INFO", description="Python log level.")
     log_format: str = Field("auto", description="'json', 'text', or 'auto' (json unless on a terminal).")
     shutdown_grace_seconds: float = Field(10.0, description="How long in-flight work may finish on SIGTERM.")
-    retry_backoff_seconds: float = Field(1.0, description="Pause before a failed message is redelivered.")
+    retry_backoff_seconds: float = Field(
+        1.0, ge=0.0, description="Pause before a failed message is first redelivered; doubled each time."
+    )
+    retry_backoff_max_seconds: float = Field(
+        30.0, ge=0.0, description="Longest pause between two deliveries of a failing message."
+    )
+    retry_max_attempts: int = Field(
+        10,
+        ge=1,
+        description="Tries of a message failing with a transient error (a dependency down) before it "
+        "is dead-lettered as 'retries exhausted'.",
+    )
+    retry_unknown_max_attempts: int = Field(
+        3,
+        ge=1,
+        description="Tries of a message failing with an error nobody classified (likely a bug); "
+        "never more than retry_max_attempts.",
+    )
+    retry_max_seconds: float = Field(
+        300.0,
+        gt=0.0,
+        description="Longest time one message may keep failing before it is dead-lettered, however "
+        "many tries are left.",
+    )
+    max_message_bytes: int = Field(
+        1024 * 1024,
+        ge=1,
+        description="Largest consumed message body; a larger one is dead-lettered unparsed.",
+    )
+    max_json_depth: int = Field(
+        64,
+        ge=1,
+        description="Deepest nesting of arrays and objects in a consumed JSON body; a deeper one is "
+        "dead-lettered unparsed.",
+    )
+    degraded_not_serving_seconds: float = Field(
+        120.0,
+        gt=0.0,
+        description="How long a consumer may keep failing on one message while health stays SERVING "
+        "(reported degraded); past it, NOT_SERVING until the message is handled or dead-lettered.",
+    )
     grpc_root_span_sample_rate: float = Field(
         1.0,
         ge=0.0,
@@ -49,7 +89,6 @@ class ServiceSettings(BaseSettings):
             "of the caller's trace; health checks never are."
         ),
     )
-
 
     @property
     def kafka_bootstrap_servers(self) -> list[str]:
