@@ -14,7 +14,7 @@ from typing import Any
 
 from shared.errors import InvalidArgument
 
-__all__ = ["JsonTooLarge", "check_json_limits", "json_depth", "loads_bounded"]
+__all__ = ["DOCUMENT_LIMITS", "JsonTooLarge", "check_json_limits", "json_depth", "loads_bounded"]
 
 # A JSON string: a quote, then runs of ordinary bytes and escape pairs, then a quote.
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
@@ -23,6 +23,10 @@ _CLOSING = b"]}"
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in _OPENING + _CLOSING)
 # Brackets as signed steps (+1 opens, -1 closes: 0xff read as int8), whose running sum is the depth.
 _STEPS = bytes.maketrans(_OPENING + _CLOSING, b"\x01\x01\xff\xff")
+
+
+# For a JSON document a caller sends over gRPC (a training spec): (max_bytes, max_depth).
+DOCUMENT_LIMITS = (1024 * 1024, 32)
 
 
 class JsonTooLarge(InvalidArgument):

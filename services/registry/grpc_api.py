@@ -15,6 +15,7 @@ from services.registry.permissions import Authenticator, Level, Permissions, Pri
 from services.registry.store import MetricCondition, ModelRecord, VersionQuery, VersionRecord
 from shared.errors import InvalidArgument, grpc_errors
 from shared.grpc_io import ServicerContext, file_chunks, receive_to_file, split_upload
+from shared.json_limits import DOCUMENT_LIMITS, check_json_limits
 from shared.names import check_name
 from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
 from shared.stubs.cascade.registry.v1 import registry_pb2_grpc as pb_grpc
@@ -308,6 +309,8 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self, request: pb.SetTrainingSpecRequest, context: ServicerContext
     ) -> pb.TrainingSpec:
         principal = self._authorize(context, request.model, "edit")
+        max_bytes, max_depth = DOCUMENT_LIMITS  # before parsing: deep nesting would recurse
+        check_json_limits(request.spec_json.encode(), max_bytes=max_bytes, max_depth=max_depth)
         version = self.core.set_training_spec(
             request.model, request.spec_json, self._actor(principal, request.actor)
         )
