@@ -4,6 +4,18 @@ in one event loop, ready only when really ready, and stopped gracefully on SIGTE
 Start order: gRPC server, `on_start` hooks (e.g. loading the champion), Kafka consumers, then
 health SERVING. Stop order is the reverse: NOT_SERVING first so load balancers drain, then the
 consumers finish their in-flight message, then the gRPC server lets calls finish within the grace.
+
+Health tells the truth about delivery too, checked every `watch_interval_seconds`:
+
+- NOT_SERVING while Kafka is unreachable;
+- *degraded* while a consumer keeps failing on a message (retrying it within its budget, see
+  shared.messaging) or its lag grew at each of the last `LAG_GROWTH_CHECKS` checks: still SERVING,
+  with the reason logged and `cascade_service_degraded` at 1;
+- NOT_SERVING once one message has kept failing longer than `degraded_not_serving_seconds`, until it
+  is handled or dead-lettered.
+
+Metrics per topic: `cascade_consumer_lag` (highwater - position of each assigned partition),
+`cascade_message_retries_total` and `cascade_dead_letters_total`.
 """
 
 from __future__ import annotations
@@ -13,8 +25,11 @@ import contextlib
 import logging
 import os
 import signal
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import TypeAlias
 
 import grpc
 from faststream.kafka import KafkaBroker
@@ -22,8 +37,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
-from prometheus_client import start_http_server
+from prometheus_client import Gauge, start_http_server
 
+from shared.messaging import dead_letters_of
 from shared.metrics import GrpcMetricsInterceptor
 from shared.settings import ServiceSettings
 from shared.telemetry import grpc_server_interceptors
@@ -42,6 +58,28 @@ GRPC_OPTIONS = [
 
 Hook = Callable[[], Awaitable[None]]
 Registrar = Callable[[grpc.aio.Server], None]
+ServingStatus: TypeAlias = health_pb2.HealthCheckResponse.ServingStatus.ValueType
+
+# Lag that grew at this many checks in a row (30 s at the default interval) means the consumer
+# does not keep up.
+LAG_GROWTH_CHECKS = 6
+
+CONSUMER_LAG = Gauge(
+    "cascade_consumer_lag",
+    "Messages not yet consumed: highwater minus position, per assigned partition.",
+    ["service", "topic", "partition"],
+)
+FAILING_MESSAGES = Gauge(
+    "cascade_consumer_failing_messages", "Messages failing and waiting for a retry.", ["service"]
+)
+FAILING_SECONDS = Gauge(
+    "cascade_consumer_failing_seconds", "How long the oldest failing message has kept failing.", ["service"]
+)
+DEGRADED = Gauge(
+    "cascade_service_degraded",
+    "1 while a consumer keeps failing on a message or falls behind (the log says why), else 0.",
+    ["service"],
+)
 
 
 @dataclass
@@ -61,8 +99,12 @@ class Service:
     # that a second copy started by mistake fails to bind instead of silently sharing the port.
     share_port: bool = False
     bound_port: int = 0
+    watch_interval_seconds: float = 5.0
+    # Why the service is degraded now ("" when it is not): see the module's docstring.
+    degraded_reason: str = field(default="", init=False)
+    _lag_totals: deque[int] = field(default_factory=lambda: deque(maxlen=LAG_GROWTH_CHECKS + 1), init=False)
 
-    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+    async def _set_health(self, status: ServingStatus) -> None:
         for name in ("", *self.grpc_service_names):
             await self.health.set(name, status)
 
@@ -86,20 +128,85 @@ class Service:
         return False
 
     async def _watch_broker(self) -> None:
-        """Health follows the broker: NOT_SERVING while Kafka is unreachable."""
+        """Health follows the broker and the delivery of messages (see the module's docstring)."""
         assert self.broker is not None
         serving = True
         while True:
-            await asyncio.sleep(5.0)
-            ok = await self.broker.ping(timeout=3.0)
+            await asyncio.sleep(self.watch_interval_seconds)
+            reachable = await self.broker.ping(timeout=3.0)
+            stuck_too_long = False
+            try:
+                stuck_too_long = await self._check_delivery()
+            except Exception as exc:  # a metric that cannot be read must not stop the watch
+                log.warning("could not check the consumers' delivery: %r", exc)
+            ok = reachable and not stuck_too_long
             if ok != serving:
                 serving = ok
-                log.warning("Kafka %s", "reachable again" if ok else "unreachable: health NOT_SERVING")
+                if not reachable:
+                    log.warning("Kafka unreachable: health NOT_SERVING")
+                elif stuck_too_long:
+                    log.error("%s for too long: health NOT_SERVING", self.degraded_reason)
+                else:
+                    log.warning("Kafka reachable and messages flowing again: health SERVING")
                 await self._set_health(
                     health_pb2.HealthCheckResponse.SERVING
                     if ok
                     else health_pb2.HealthCheckResponse.NOT_SERVING
                 )
+
+    async def _check_delivery(self) -> bool:
+        """Update the delivery metrics and `degraded_reason`; True if a message has kept failing
+        longer than `degraded_not_serving_seconds`."""
+        assert self.broker is not None
+        reasons: list[str] = []
+        stuck_too_long = False
+        dead_letters = dead_letters_of(self.broker)
+        failing = dead_letters.failing() if dead_letters is not None else []
+        FAILING_MESSAGES.labels(self.name).set(len(failing))
+        FAILING_SECONDS.labels(self.name).set(failing[0].seconds if failing else 0.0)
+        if failing:
+            oldest = failing[0]
+            reasons.append(
+                f"{len(failing)} message(s) failing, the oldest {oldest.topic}[{oldest.partition}]@"
+                f"{oldest.offset} for {oldest.seconds:.0f} s after {oldest.attempts} attempt(s): "
+                f"{oldest.last_error[:200]}"
+            )
+            stuck_too_long = oldest.seconds > self.settings.degraded_not_serving_seconds
+        total_lag = await self._update_lag()
+        self._lag_totals.append(total_lag)
+        totals = list(self._lag_totals)
+        if len(totals) == self._lag_totals.maxlen and all(a < b for a, b in pairwise(totals)):
+            reasons.append(
+                f"consumer lag grew at each of the last {LAG_GROWTH_CHECKS} checks, to {total_lag}"
+            )
+        reason = "; ".join(reasons)
+        if reason != self.degraded_reason:
+            if reason:
+                log.warning("degraded: %s", reason)
+            elif self.degraded_reason:
+                log.info("no longer degraded")
+            self.degraded_reason = reason
+        DEGRADED.labels(self.name).set(1 if reason else 0)
+        return stuck_too_long
+
+    async def _update_lag(self) -> int:
+        """Set `cascade_consumer_lag` for every partition assigned to this service's consumer groups;
+        the total."""
+        assert self.broker is not None
+        total = 0
+        for subscriber in self.broker.subscribers:
+            consumer = getattr(subscriber, "consumer", None)
+            if consumer is None or not getattr(subscriber, "group_id", None):
+                continue
+            for partition in consumer.assignment():
+                highwater = consumer.highwater(partition)
+                if highwater is None:  # nothing fetched yet
+                    continue
+                position = await asyncio.wait_for(consumer.position(partition), 3.0)
+                lag = max(highwater - position, 0)
+                CONSUMER_LAG.labels(self.name, partition.topic, str(partition.partition)).set(lag)
+                total += lag
+        return total
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()

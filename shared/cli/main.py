@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 from shared.cli.datasets import datasets_app
+from shared.cli.dlq import dlq_app
 from shared.cli.errors import CliError
 from shared.cli.models import models_app
 from shared.cli.monitor import monitor as monitor_command
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     # The client pulls in the whole gRPC runtime; commands import it only when they need it,
     # which keeps `cascade --help` and `cascade status` quick.
     from shared.cli.client import FileFormat, IngestResult
+    from shared.cli.dlq import DeliveryStatus
 
 __all__ = ["app"]
 
@@ -50,6 +52,7 @@ app.add_typer(kafka_app, name="kafka")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
 app.add_typer(spec_app, name="spec")
+app.add_typer(dlq_app, name="dlq")
 app.command()(train)
 app.command("monitor")(monitor_command)
 
@@ -220,12 +223,56 @@ def status(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Show Kafka and every service: pid, endpoint and health (SERVING, NOT_SERVING or DOWN)."""
-    rows = _stack(ctx).status()
+    """Show Kafka and every service: pid, endpoint and health (SERVING, NOT_SERVING or DOWN); then,
+    while Kafka is up, each service's consumer lag per topic and its dead letters (`cascade dlq`)."""
+    stack = _stack(ctx)
+    rows = stack.status()
+    delivery = _delivery(stack, rows)
     if as_json:
-        typer.echo(json.dumps([asdict(row) for row in rows], indent=2))
-    else:
-        _print_table(rows)
+        # One row per process, as ever; a service's row adds its lag and dead letters per topic
+        # (null while Kafka is down).
+        typer.echo(json.dumps([_json_row(row, delivery) for row in rows], indent=2))
+        return
+    _print_table(rows)
+    if delivery is not None:
+        _print_delivery(delivery)
+
+
+def _json_row(row: ServiceStatus, delivery: DeliveryStatus | None) -> dict[str, object]:
+    if row.name.startswith("kafka"):
+        return asdict(row)
+    return {
+        **asdict(row),
+        "lag": delivery.lag.get(row.name, {}) if delivery is not None else None,
+        "dead_letters": delivery.dead_letters.get(row.name, {}) if delivery is not None else None,
+    }
+
+
+def _delivery(stack: Stack, rows: list[ServiceStatus]) -> DeliveryStatus | None:
+    """Lag and dead letters from Kafka, or None while it is down (status never fails for that)."""
+    import asyncio
+
+    from shared.cli.dlq import delivery_status
+
+    if not any(row.name.startswith("kafka") and row.health == "SERVING" for row in rows):
+        return None
+    try:
+        return asyncio.run(delivery_status(stack.address("kafka"), stack.config.topic_prefix))
+    except Exception as error:
+        typer.secho(f"(lag and dead letters unknown: {error!r})", err=True, fg=typer.colors.YELLOW)
+        return None
+
+
+def _print_delivery(delivery: DeliveryStatus) -> None:
+    typer.echo(f"\n{'SERVICE':<10} {'TOPIC':<34} {'LAG':>8} {'DEAD LETTERS':>13}")
+    services = sorted(set(delivery.lag) | set(delivery.dead_letters))
+    for service in services:
+        lag, dead = delivery.lag.get(service, {}), delivery.dead_letters.get(service, {})
+        for topic in sorted(set(lag) | set(dead)):
+            behind = str(lag[topic]) if topic in lag else "-"
+            typer.echo(f"{service or '?':<10} {topic:<34} {behind:>8} {dead.get(topic, 0):>13}")
+    if not services:
+        typer.echo("(no consumer groups or dead letters yet)")
 
 
 @app.command()
