@@ -7,6 +7,7 @@ import grpc
 from services.monitor import kafka_api
 from services.monitor.core import DriftPolicy, MonitorCore
 from services.monitor.grpc_api import SERVICE_NAME, MonitorServicer
+from services.monitor.loop_clients import GrpcLoopClients
 from services.monitor.references import GrpcReferenceSource
 from services.monitor.settings import MonitorSettings
 from services.monitor.store import MonitorStore
@@ -23,6 +24,12 @@ def build(settings: MonitorSettings | None = None) -> Service:
     broker = build_broker(settings, "monitor")
     store = MonitorStore(settings.data_dir)
     source = GrpcReferenceSource(
+        settings.registry_address,
+        settings.ingest_address,
+        settings.rpc_timeout_seconds,
+        settings.registry_token.get_secret_value(),
+    )
+    loop_clients = GrpcLoopClients(
         settings.registry_address,
         settings.ingest_address,
         settings.rpc_timeout_seconds,
@@ -52,8 +59,12 @@ def build(settings: MonitorSettings | None = None) -> Service:
             labels_window=settings.labels_window,
             min_labels=settings.min_labels,
             remembered_requests=settings.remembered_requests,
+            feedback_min_rows=settings.feedback_min_rows,
+            feedback_max_rows=settings.feedback_max_rows,
         ),
         emit=emit,
+        champion_outputs=loop_clients,
+        retrain_data=loop_clients,
     )
     kafka_api.register(broker, core, topics)
     servicer = MonitorServicer(core)
@@ -70,6 +81,6 @@ def build(settings: MonitorSettings | None = None) -> Service:
         broker=broker,
         grpc_registrars=[add_servicer],
         grpc_service_names=[SERVICE_NAME],
-        on_start=[source.open],  # channels belong to the running event loop
-        on_stop=[source.close, close_store],
+        on_start=[source.open, loop_clients.open],  # channels belong to the running event loop
+        on_stop=[source.close, loop_clients.close, close_store],
     )

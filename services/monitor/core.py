@@ -1,12 +1,22 @@
 """The monitor's domain, free of transports: per model, a window of the latest prediction inputs
-and outputs, the reference data its champion was trained on (prepared once: sorted and counted), and
-a drift report every `evaluate_every` new rows, with Evidently's default test per feature and for the
-prediction. Ground-truth labels, joined on the request id, give the champion's real performance per
-window (decay); without labels, predicted probabilities give a CBPE-like *estimate*.
+and outputs answered by its champion, the reference data that champion was trained on (prepared
+once: sorted and counted), and a drift report every `evaluate_every` new rows, with a test per
+feature and for the prediction. The prediction's reference is the champion's own outputs on its
+reference rows (a regressor's predictions are narrower than its labels, so labels would flag the
+model's own training rows forever). Ground-truth labels, joined on the request id, give the
+champion's real performance per window (decay); without labels, predicted probabilities give a
+CBPE-like *estimate*.
+
+One window per served version: a new champion starts a fresh window, and rows answered by any other
+version (requests pinned to an older one, or served during a swap) are not counted against it.
 
 Closing the loop: when `trigger_after` consecutive reports find dataset drift (hysteresis), or the
 labelled metric falls more than `decay_threshold` below the champion's validation metric, the core
-emits *drift detected*; then nothing more for `cooldown_seconds`, and the count starts again.
+emits *drift detected*; then nothing more for `cooldown_seconds`, and the count starts again. The
+event says what a retrain could learn from (`action`): labelled production rows, sent to ingest as
+a feedback batch whose new dataset version retrains through the normal path ("feedback"); a dataset
+version newer than the champion's ("retrain"); or nothing, in which case no retrain happens and the
+event says so ("no_new_data").
 
 Predictions may arrive before any reference (they travel on another topic): they just fill the
 window, and the first evaluation happens as soon as the reference is in. Delivery is at-least-once,
@@ -17,15 +27,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fnmatch
 import logging
 import math
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -51,10 +63,18 @@ from services.monitor.store import (
     ReferenceInfo,
     Verdict,
 )
-from shared.errors import InvalidArgument, NotFound
+from shared.errors import InvalidArgument, NotFound, Unavailable
 from shared.events import DriftDetected
 
-__all__ = ["DriftPolicy", "MonitorCore", "Reference", "ReferenceSource", "Window"]
+__all__ = [
+    "ChampionOutputs",
+    "DriftPolicy",
+    "MonitorCore",
+    "Reference",
+    "ReferenceSource",
+    "RetrainData",
+    "Window",
+]
 
 SOURCE = "cascade/monitor"
 PREDICTION = "prediction"  # the name of the output column in reports
@@ -81,15 +101,30 @@ DRIFT_EVENTS = Counter(
 
 Matrix = NDArray[np.float64]
 Emit = Callable[[DriftDetected], Awaitable[None]]
+Action = Literal["retrain", "feedback", "no_new_data"]
+NO_NEW_DATA = "drift detected; no new data to learn from"
+IGNORED_ROWS = Counter(
+    "cascade_monitor_other_version_rows_total",
+    "Prediction rows answered by a version other than the champion, not counted against it.",
+    ["model"],
+)
+FEEDBACK_ROWS = Counter(
+    "cascade_monitor_feedback_rows_total",
+    "Labelled production rows sent to ingest as feedback batches.",
+    ["model"],
+)
 
 
 @dataclass(frozen=True)
 class Reference:
     info: ReferenceInfo
     rows: Matrix  # reference rows x features, in `info.features` order
-    target: Matrix | None = None  # the training labels, reference of prediction drift
+    target: Matrix | None = None  # the training labels (not the prediction's reference: see `predictions`)
     task: str = ""  # "classification" or "regression", as the registry's tags say
     champion_metrics: Mapping[str, float] = field(default_factory=dict)  # the run's, e.g. holdout_accuracy
+    predictions: Matrix | None = (
+        None  # the champion's own output on each of `rows`, the prediction's reference
+    )
 
     @property
     def primary_metric(self) -> str:
@@ -118,6 +153,8 @@ class DriftPolicy:
     labels_window: int = 200
     min_labels: int = 30
     remembered_requests: int = 10000
+    feedback_min_rows: int = 50
+    feedback_max_rows: int = 10000
 
     def __post_init__(self) -> None:
         for feature, test in self.feature_tests.items():
@@ -137,6 +174,28 @@ class ReferenceSource(Protocol):
     """Where the reference data of a promoted model version comes from."""
 
     async def fetch(self, model: str, model_version: int) -> Reference: ...
+
+
+class ChampionOutputs(Protocol):
+    """Runs a model version on rows, as serving would: one output per row (the predicted label of a
+    classifier, the value of a regressor)."""
+
+    async def outputs(self, model: str, model_version: int, rows: Matrix) -> Matrix: ...
+
+
+class RetrainData(Protocol):
+    """What a retrain could learn from that the champion has not: ingest's view of the dataset."""
+
+    async def newer_version(self, dataset: str, dataset_version: str) -> str | None:
+        """The dataset's latest version when it is not `dataset_version`, else None."""
+        ...
+
+    async def send_feedback(
+        self, dataset: str, features: Sequence[str], rows: Matrix, labels: Matrix, source: str
+    ) -> str:
+        """Upload labelled production rows as one batch through ingest's normal validation; the
+        dataset version it made."""
+        ...
 
 
 class Window:
@@ -210,8 +269,33 @@ class _Labelled:
 
 
 @dataclass
+class _Feedback:
+    """Production rows with their ground truth, oldest first, at most `limit` of them: data the
+    champion has never learned from, for the next retrain."""
+
+    limit: int
+    batches: list[tuple[Matrix, Matrix]] = field(default_factory=list)
+    rows: int = 0
+
+    def append(self, inputs: Matrix, labels: Matrix) -> None:
+        self.batches.append((inputs, labels))
+        self.rows += len(inputs)
+        while self.rows - len(self.batches[0][0]) >= self.limit:
+            self.rows -= len(self.batches.pop(0)[0])
+
+    def take(self) -> tuple[Matrix, Matrix]:
+        inputs = np.concatenate([batch[0] for batch in self.batches])[-self.limit :]
+        labels = np.concatenate([batch[1] for batch in self.batches])[-self.limit :]
+        return inputs, labels
+
+    def clear(self) -> None:
+        self.batches, self.rows = [], 0
+
+
+@dataclass
 class _ModelState:
     window: Window | None = None
+    window_version: int | None = None  # the version whose answers fill the window
     reference: Reference | None = None
     prepared: PreparedReference | None = None  # the reference, sorted and counted once
     prediction_reference: ColumnReference | None = None
@@ -219,8 +303,9 @@ class _ModelState:
     seen: int = 0  # rows received in all, carried over restarts by the latest report
     consecutive_drifted: int = 0  # reports in a row that found dataset drift (hysteresis)
     last_emitted: float = -math.inf  # wall-clock time of the last *drift detected* (cooldown)
-    # request id -> (predictions, confidences) of logged requests not labelled yet, oldest first
-    awaiting_labels: OrderedDict[str, tuple[Matrix, Matrix]] = field(default_factory=OrderedDict)
+    # request id -> (predictions, confidences, inputs) of logged requests not labelled yet, oldest first
+    awaiting_labels: OrderedDict[str, tuple[Matrix, Matrix, Matrix]] = field(default_factory=OrderedDict)
+    feedback: _Feedback | None = None
     labelled: _Labelled | None = None
     labels_pending: int = 0
     confidences: Matrix = field(default_factory=lambda: np.empty(0))  # latest window's max probabilities
@@ -236,9 +321,13 @@ class MonitorCore:
         p_value_threshold: float,
         policy: DriftPolicy | None = None,
         emit: Emit | None = None,
+        champion_outputs: ChampionOutputs | None = None,
+        retrain_data: RetrainData | None = None,
     ) -> None:
         self.store = store
         self.source = source
+        self.champion_outputs = champion_outputs  # without it, no prediction drift
+        self.retrain_data = retrain_data  # without it, every drift event asks for a retrain
         self.window_size = window_size
         self.evaluate_every = evaluate_every
         self.p_value_threshold = p_value_threshold
@@ -260,7 +349,7 @@ class MonitorCore:
             if state.reference is not None and state.reference.info.model_version == model_version:
                 log.info("%s v%d is already the reference; nothing changes", model, model_version)
                 return None
-            reference = await self.source.fetch(model, model_version)
+            reference = await self._fetch(model, model_version)
             self.store.save_reference(reference.info)
             self._install(model, state, reference)
             return await self._evaluate_if_due(model, state)
@@ -273,10 +362,12 @@ class MonitorCore:
         outputs: Sequence[float] = (),
         request_id: str = "",
         probabilities: Sequence[Sequence[float]] | None = None,
+        model_version: int | None = None,
     ) -> DriftReport | None:
         """Append a batch of prediction inputs (and their predictions, one per row, when given) to
         the model's window; remember them under `request_id` for labels to come. Returns the report
-        if one was due."""
+        if one was due. Rows answered by a `model_version` other than the champion's are not
+        counted; before any reference, the window holds one version's rows, the latest one's."""
         if not inputs:
             return None
         rows = _prediction_rows(model, features, inputs)
@@ -285,14 +376,26 @@ class MonitorCore:
         async with self._lock(model):
             state = self._state(model)
             await self._restore_reference(model, state)
+            champion = state.reference.info.model_version if state.reference is not None else None
+            if model_version is not None and champion is not None and model_version != champion:
+                IGNORED_ROWS.labels(model).inc(len(rows))
+                log.debug(
+                    "%s: %d rows answered by v%d, not the champion v%d",
+                    model,
+                    len(rows),
+                    model_version,
+                    champion,
+                )
+                return None
             _check_width(model, state, rows.shape[1])
-            if state.window is None:
-                state.window = Window(self.window_size, rows.shape[1])
+            if state.window is None or (model_version is not None and state.window_version != model_version):
+                self._fresh_window(state, rows.shape[1], model_version)
+            assert state.window is not None
             state.window.append(rows, predicted)
             if confidence is not None:
                 state.confidences = np.concatenate([state.confidences, confidence])[-self.window_size :]
             if request_id and predicted is not None:
-                self._remember(state, request_id, predicted, confidence)
+                self._remember(state, request_id, predicted, confidence, rows)
             state.pending += len(rows)
             state.seen += len(rows)
             PREDICTIONS.labels(model).inc(len(rows))
@@ -308,16 +411,20 @@ class MonitorCore:
             if remembered is None:
                 log.info("%s: labels for unknown request %s dropped", model, request_id)
                 return None
-            predicted, confidence = remembered
+            predicted, confidence, inputs = remembered
             if len(labels) != len(predicted):
                 raise InvalidArgument(
                     f"{model}: {len(labels)} labels for request {request_id} of {len(predicted)} rows"
                 )
+            truth = np.asarray(labels, dtype=np.float64)
+            if not np.isfinite(truth).all():
+                raise InvalidArgument(f"{model}: labels for request {request_id} must be finite numbers")
             if state.labelled is None:
                 state.labelled = _Labelled(self.policy.labels_window)
-            state.labelled.append(
-                np.column_stack([predicted, np.asarray(labels, dtype=np.float64), confidence])
-            )
+            state.labelled.append(np.column_stack([predicted, truth, confidence]))
+            if state.feedback is None:
+                state.feedback = _Feedback(self.policy.feedback_max_rows)
+            state.feedback.append(inputs, truth)
             state.labels_pending += len(labels)
             if state.labels_pending < self.policy.min_labels or state.reference is None:
                 return None
@@ -376,15 +483,34 @@ class MonitorCore:
     def _lock(self, model: str) -> asyncio.Lock:
         return self._locks.setdefault(model, asyncio.Lock())
 
+    def _fresh_window(self, state: _ModelState, width: int, model_version: int | None) -> None:
+        if state.window is not None and len(state.window):
+            log.info(
+                "dropping %d buffered rows of v%s: v%s answers now",
+                len(state.window),
+                state.window_version,
+                model_version,
+            )
+        state.window = Window(self.window_size, width)
+        state.window_version = model_version
+        state.pending = 0
+        state.confidences = np.empty(0)
+
     def _remember(
-        self, state: _ModelState, request_id: str, predicted: Matrix, confidence: Matrix | None
+        self,
+        state: _ModelState,
+        request_id: str,
+        predicted: Matrix,
+        confidence: Matrix | None,
+        inputs: Matrix,
     ) -> None:
         conf = np.full(len(predicted), np.nan) if confidence is None else confidence
         previous = state.awaiting_labels.pop(request_id, None)
         if previous is not None:  # a request logged in chunks: rows in order
             predicted = np.concatenate([previous[0], predicted])
             conf = np.concatenate([previous[1], conf])
-        state.awaiting_labels[request_id] = (predicted, conf)
+            inputs = np.concatenate([previous[2], inputs])
+        state.awaiting_labels[request_id] = (predicted, conf, inputs)
         while len(state.awaiting_labels) > self.policy.remembered_requests:
             state.awaiting_labels.popitem(last=False)
 
@@ -434,29 +560,76 @@ class MonitorCore:
                 self.policy.cooldown_seconds,
             )
             return
+        event_id = str(uuid.uuid4())
+        action, note = await self._retrain_action(model, state, event_id)
         event = DriftDetected(
+            id=event_id,
             source=SOURCE,
             subject=model,
             model=model,
             model_version=state.reference.info.model_version,
             kind="decay" if kind == "decay" else "drift",
-            summary=summary,
+            summary=f"{summary}; {note}" if note else summary,
             drifted_features=drifted_features,
             report=report,
             dataset_version=state.reference.info.dataset_version,
+            action=action,
         )
         await self.emit(event)
         state.last_emitted = now
         state.consecutive_drifted = 0
-        self.store.save_drift_event(model, event.id, event.kind, event.model_version, summary, event.time)
+        self.store.save_drift_event(
+            model, event.id, event.kind, event.model_version, event.summary, event.time
+        )
         DRIFT_EVENTS.labels(model, event.kind).inc()
         log.warning(
-            "%s v%d: %s detected (%s); drift event %s emitted",
+            "%s v%d: %s detected (%s); drift event %s emitted, action %s",
             model,
             event.model_version,
             kind,
-            summary,
+            event.summary,
             event.id,
+            action,
+        )
+
+    async def _retrain_action(self, model: str, state: _ModelState, event_id: str) -> tuple[Action, str]:
+        """What a retrain could learn from, preferring labelled production rows (sent to ingest now,
+        so their dataset version retrains through the normal path), then a newer dataset version."""
+        reference = state.reference
+        if self.retrain_data is None or reference is None:
+            return "retrain", ""
+        info = reference.info
+        trained_on = f"{info.dataset}@{info.dataset_version[:12]}"
+        feedback = state.feedback
+        if feedback is not None and feedback.rows >= self.policy.feedback_min_rows:
+            inputs, labels = feedback.take()
+            source = (
+                f"feedback: {len(labels)} labelled predictions of {model} v{info.model_version}, "
+                f"drift event {event_id}"
+            )
+            try:
+                version = await self.retrain_data.send_feedback(
+                    info.dataset, info.features, inputs, labels, source
+                )
+            except Exception as exc:  # the rows stay here; a newer version may still help
+                log.warning("%s: the feedback batch could not be sent to ingest: %s", model, exc)
+            else:
+                feedback.clear()
+                FEEDBACK_ROWS.labels(model).inc(len(labels))
+                return "feedback", (
+                    f"{len(labels)} labelled production rows sent to ingest as a feedback batch "
+                    f"({info.dataset}@{version[:12]}), whose new version retrains"
+                )
+        try:
+            newer = await self.retrain_data.newer_version(info.dataset, info.dataset_version)
+        except Exception as exc:  # the trainer checks again before it trains
+            log.warning("%s: cannot ask ingest for a version newer than %s: %s", model, trained_on, exc)
+            return "retrain", f"whether {info.dataset} has newer data is the trainer's to check"
+        if newer is not None:
+            return "retrain", f"retraining on {info.dataset}@{newer[:12]}, newer than {trained_on}"
+        return "no_new_data", (
+            f"{NO_NEW_DATA} (the champion was trained on {trained_on}, the latest version, "
+            "and no labelled production rows arrived)"
         )
 
     def _state(self, model: str) -> _ModelState:
@@ -476,7 +649,26 @@ class MonitorCore:
         info = self.store.reference(model)
         if info is not None:
             log.info("restoring the reference of %s from v%d", model, info.model_version)
-            self._install(model, state, await self.source.fetch(model, info.model_version))
+            self._install(model, state, await self._fetch(model, info.model_version))
+
+    async def _fetch(self, model: str, model_version: int) -> Reference:
+        """The reference, with the champion's own outputs on its rows when they can be computed."""
+        reference = await self.source.fetch(model, model_version)
+        if self.champion_outputs is None or reference.predictions is not None:
+            return reference
+        try:
+            outputs = await self.champion_outputs.outputs(model, model_version, reference.rows)
+        except Unavailable:
+            raise  # the promotion is redelivered and tried again
+        except Exception as exc:  # a model we cannot run here: features are still compared
+            log.warning(
+                "%s v%d: no prediction reference, its outputs could not be computed: %s",
+                model,
+                model_version,
+                exc,
+            )
+            return reference
+        return dataclasses.replace(reference, predictions=outputs)
 
     def _install(self, model: str, state: _ModelState, reference: Reference) -> None:
         previous = state.reference
@@ -485,9 +677,9 @@ class MonitorCore:
         state.prepared = PreparedReference.of(reference.rows, reference.info.features, kinds)
         state.prediction_reference = (
             ColumnReference.of(
-                PREDICTION, reference.target, CATEGORICAL if reference.task != "regression" else NUMERIC
+                PREDICTION, reference.predictions, CATEGORICAL if reference.task != "regression" else NUMERIC
             )
-            if reference.target is not None and len(reference.target)
+            if reference.predictions is not None and len(reference.predictions)
             else None
         )
         state.consecutive_drifted = 0  # a new champion earns a fresh count
@@ -507,6 +699,12 @@ class MonitorCore:
             )
             state.window = None
             state.pending = 0
+        elif state.window is not None and (
+            previous is not None or state.window_version not in (None, reference.info.model_version)
+        ):
+            # A new champion is judged on its own answers only: a fresh window.
+            self._fresh_window(state, state.window.width, reference.info.model_version)
+        state.window_version = reference.info.model_version
         log.info(
             "%s v%d: reference is %s@%s (%d rows)",
             model,

@@ -37,7 +37,13 @@ def register(broker: KafkaBroker, core: MonitorCore, topics: Topics) -> None:
     @broker.subscriber(topics.declared(PredictionLogged), **options)
     async def on_prediction_logged(event: PredictionLogged) -> None:
         await core.record_predictions(
-            event.model, event.features, event.inputs, event.outputs, event.request_id, event.probabilities
+            event.model,
+            event.features,
+            event.inputs,
+            event.outputs,
+            event.request_id,
+            event.probabilities,
+            model_version=event.model_version,
         )
 
     @broker.subscriber(topics.declared(LabelsArrived), **options)

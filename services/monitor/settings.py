@@ -62,6 +62,15 @@ class MonitorSettings(RegistryClientSettings):
     remembered_requests: int = Field(
         10000, ge=1, description="Logged requests kept, per model, for labels arriving later to join."
     )
+    feedback_min_rows: int = Field(
+        50,
+        ge=1,
+        description="Labelled production rows needed before a drift event sends them to ingest as a "
+        "feedback batch to retrain on (fewer: the drift retrains only on a newer dataset version).",
+    )
+    feedback_max_rows: int = Field(
+        10000, ge=1, description="Most recent labelled production rows kept, per model, for a feedback batch."
+    )
     evaluate_every: int = Field(
         50, ge=1, description="New prediction rows, per model, between two drift evaluations."
     )

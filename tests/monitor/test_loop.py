@@ -1,9 +1,11 @@
-"""The monitor's side of the loop, in-process: prediction drift, time windows, labels and decay,
-the CBPE-like estimate, hysteresis and cooldown before *drift detected*, and the history."""
+"""The monitor's side of the loop, in-process: prediction drift against the champion's own
+outputs, one window per served version, time windows, labels and decay, the CBPE-like estimate,
+hysteresis and cooldown before *drift detected*, what the event asks for (feedback, retrain or
+nothing: no new data), and the history."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 from services.monitor.core import DriftPolicy, MonitorCore, Reference, Window
 from services.monitor.grpc_api import history_message, report_message
 from services.monitor.store import MonitorStore, ReferenceInfo
+from shared.errors import NotFound
 from shared.events import DriftDetected
 
 from .support import DATASET, FEATURES, normal_rows
@@ -39,12 +42,40 @@ def store(tmp_path: Path) -> Iterator[MonitorStore]:
     store.close()
 
 
+class Champion:
+    """The champion's outputs on the reference rows: class 1 when the first feature is positive."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    async def outputs(self, model: str, model_version: int, rows: np.ndarray) -> np.ndarray:
+        self.calls.append((model, model_version))
+        return (rows[:, 0] > 0).astype(np.float64)
+
+
+class Data:
+    """Ingest as the loop sees it: maybe a newer dataset version; feedback batches it received."""
+
+    def __init__(self, newer: str | None = None) -> None:
+        self.newer = newer
+        self.batches: list[tuple[str, list[str], np.ndarray, np.ndarray, str]] = []
+
+    async def newer_version(self, dataset: str, dataset_version: str) -> str | None:
+        return self.newer
+
+    async def send_feedback(
+        self, dataset: str, features: Sequence[str], rows: np.ndarray, labels: np.ndarray, source: str
+    ) -> str:
+        self.batches.append((dataset, list(features), rows, labels, source))
+        return "f" * 64
+
+
 class Emitted(list[DriftDetected]):
     async def __call__(self, event: DriftDetected) -> None:
         self.append(event)
 
 
-def core_of(store: MonitorStore, emitted: Emitted, **policy: object) -> MonitorCore:
+def core_of(store: MonitorStore, emitted: Emitted, data: Data | None = None, **policy: object) -> MonitorCore:
     return MonitorCore(
         store,
         Source(),
@@ -53,17 +84,25 @@ def core_of(store: MonitorStore, emitted: Emitted, **policy: object) -> MonitorC
         p_value_threshold=0.05,
         policy=DriftPolicy(**policy),  # type: ignore[arg-type]
         emit=emitted,
+        champion_outputs=Champion(),
+        retrain_data=data,
     )
 
 
 async def send(
-    core: MonitorCore, rows: np.ndarray, request_id: str = "", outputs: list[float] | None = None
+    core: MonitorCore,
+    rows: np.ndarray,
+    request_id: str = "",
+    outputs: list[float] | None = None,
+    version: int | None = None,
 ) -> None:
     predicted = outputs if outputs is not None else (rows[:, 0] > 0).astype(float).tolist()
-    await core.record_predictions(MODEL, FEATURES, rows.tolist(), predicted, request_id)
+    await core.record_predictions(
+        MODEL, FEATURES, rows.tolist(), predicted, request_id, model_version=version
+    )
 
 
-async def test_the_prediction_is_tested_against_the_training_labels(store: MonitorStore) -> None:
+async def test_the_prediction_is_tested_against_the_champions_own_outputs(store: MonitorStore) -> None:
     core = core_of(store, Emitted())
     await core.set_reference(MODEL, 1)
     await send(core, normal_rows(EVERY, seed=2))
@@ -189,3 +228,116 @@ async def test_the_cooldown_survives_a_restart(store: MonitorStore) -> None:
     restarted = core_of(store, emitted, trigger_after=1, cooldown_seconds=3600)
     await send(restarted, normal_rows(EVERY, shift=3.0, seed=3))
     assert restarted.latest_report(MODEL).dataset_drifted and len(emitted) == 1
+
+
+class RegressionSource:
+    """A regressor's reference: its labels are noisy, its own predictions are much narrower."""
+
+    def __init__(self) -> None:
+        self.rows = normal_rows(500, seed=1)
+        noise = np.random.default_rng(2).normal(scale=2.0, size=len(self.rows))
+        self.target = self.rows[:, 0] + noise
+
+    async def fetch(self, model: str, model_version: int) -> Reference:
+        info = ReferenceInfo(model, model_version, DATASET, "ds-v1", tuple(FEATURES), len(self.rows))
+        return Reference(info, self.rows, self.target, "regression", {"holdout_r2": 0.2})
+
+
+class Regressor:
+    async def outputs(self, model: str, model_version: int, rows: np.ndarray) -> np.ndarray:
+        return rows[:, 0].copy()
+
+
+async def test_a_regressors_own_rows_are_no_prediction_drift(store: MonitorStore) -> None:
+    """Against the labels, the narrow predictions of the model's own rows would drift forever."""
+    core = MonitorCore(store, RegressionSource(), 200, 200, 0.05, DriftPolicy(), champion_outputs=Regressor())
+    await core.set_reference(MODEL, 1)
+    own = normal_rows(200, seed=1)  # the reference rows themselves, predicted by the champion
+    report = await core.record_predictions(MODEL, FEATURES, own.tolist(), own[:, 0].tolist())
+    assert report is not None and report.prediction is not None
+    assert report.prediction.test == "ks" and not report.prediction.drifted
+
+
+async def test_without_the_champions_outputs_there_is_no_prediction_test(store: MonitorStore) -> None:
+    core = MonitorCore(store, Source(), 40, EVERY, 0.05, DriftPolicy())
+    await core.set_reference(MODEL, 1)
+    await send(core, normal_rows(EVERY, seed=2))
+    assert core.latest_report(MODEL).prediction is None  # never the labels
+
+
+async def test_rows_of_other_versions_are_not_counted_against_the_champion(store: MonitorStore) -> None:
+    core = core_of(store, Emitted())
+    await core.set_reference(MODEL, 2)
+    for seed in range(3):  # pinned to v1, and shifted: would drift if counted
+        await send(core, normal_rows(EVERY, shift=3.0, seed=seed), version=1)
+    with pytest.raises(NotFound):
+        core.latest_report(MODEL)
+    await send(core, normal_rows(EVERY, seed=9), version=2)
+    report = core.latest_report(MODEL)
+    assert report.model_version == 2 and report.window_size == EVERY and report.predictions_seen == EVERY
+    assert not report.dataset_drifted
+
+
+async def test_a_new_champion_starts_a_fresh_window(store: MonitorStore) -> None:
+    core = core_of(store, Emitted())
+    await core.set_reference(MODEL, 1)
+    await send(core, normal_rows(EVERY + 5, shift=3.0, seed=2), version=1)
+    assert core.latest_report(MODEL).dataset_drifted
+    await core.set_reference(MODEL, 2)
+    await send(core, normal_rows(EVERY - 1, seed=3), version=2)
+    assert core.latest_report(MODEL).model_version == 1  # v1's 5 rows past the report are gone
+    await send(core, normal_rows(1, seed=4), version=2)
+    report = core.latest_report(MODEL)
+    assert report.model_version == 2 and report.window_size == EVERY and not report.dataset_drifted
+
+
+async def test_rows_before_the_reference_count_only_if_the_champion_answered(store: MonitorStore) -> None:
+    core = core_of(store, Emitted())
+    await send(core, normal_rows(EVERY, shift=3.0, seed=2), version=1)
+    await send(core, normal_rows(EVERY - 2, seed=3), version=2)  # v2 answers now: v1's rows go
+    report = await core.set_reference(MODEL, 2)
+    assert report is None  # 18 rows: not due yet
+    await send(core, normal_rows(2, seed=4), version=2)
+    assert core.latest_report(MODEL).window_size == EVERY
+
+
+async def test_drift_without_new_data_is_reported_and_asks_for_no_retrain(store: MonitorStore) -> None:
+    emitted, data = Emitted(), Data(newer=None)
+    core = core_of(store, emitted, data, trigger_after=1)
+    await core.set_reference(MODEL, 1)
+    await send(core, normal_rows(EVERY, shift=3.0, seed=2))
+    [event] = emitted
+    assert event.action == "no_new_data" and "drift detected; no new data to learn from" in event.summary
+    assert not data.batches
+    [record] = store.drift_events(MODEL)
+    assert "no new data" in record.summary
+
+
+async def test_a_newer_dataset_version_asks_for_a_retrain(store: MonitorStore) -> None:
+    emitted = Emitted()
+    core = core_of(store, emitted, Data(newer="n" * 64), trigger_after=1)
+    await core.set_reference(MODEL, 1)
+    await send(core, normal_rows(EVERY, shift=3.0, seed=2))
+    assert [event.action for event in emitted] == ["retrain"] and "n" * 12 in emitted[0].summary
+
+
+async def test_labelled_production_rows_go_to_ingest_as_a_feedback_batch(store: MonitorStore) -> None:
+    emitted, data = Emitted(), Data(newer=None)
+    core = core_of(store, emitted, data, trigger_after=1, feedback_min_rows=EVERY, cooldown_seconds=0)
+    await core.set_reference(MODEL, 1)
+    rows = normal_rows(EVERY, shift=3.0, seed=2)
+    await send(core, rows, request_id="r1")
+    assert [event.action for event in emitted] == ["no_new_data"]  # no labels yet
+    labels = (rows[:, 1] > 3.0).astype(np.float64)
+    await core.record_labels(MODEL, "r1", labels.tolist())
+
+    await send(core, normal_rows(EVERY, shift=3.0, seed=3))
+    assert [event.action for event in emitted] == ["no_new_data", "feedback"]
+    [(dataset, features, sent_rows, sent_labels, source)] = data.batches
+    assert (dataset, features) == (DATASET, FEATURES)
+    np.testing.assert_array_equal(sent_rows, rows)
+    np.testing.assert_array_equal(sent_labels, labels)
+    assert source.startswith("feedback:") and emitted[1].id in source
+
+    await send(core, normal_rows(EVERY, shift=3.0, seed=4))  # those rows were sent: none are left
+    assert [event.action for event in emitted] == ["no_new_data", "feedback", "no_new_data"]
