@@ -245,6 +245,7 @@ class RegistryCore:
             raise FailedPrecondition(
                 f"{model} v{version} failed validation; pass force to point {alias!r} at it anyway"
             )
+        await self._require_intact_artifact(target, alias)  # force or not: serving would refuse it
         with self.store.transaction() as db:
             self.store.ensure_model(db, model)
             self._move(db, model, alias, version, actor or "unknown", reason, "set")
@@ -267,16 +268,38 @@ class RegistryCore:
         """Point `champion` back at the version it held before its latest move, in one transaction
         (so a racing promotion cannot slip between reading the history and moving the alias)."""
         check_name("model", model)
+        # Hashing waits outside the transaction; the transaction then checks nothing moved meanwhile.
+        intended = self._last_champion_move(model)
+        await self._require_intact_artifact(self.store.get(model, intended["from_version"]), "champion")
         with self.store.transaction() as db:
             self.store.ensure_model(db, model)
-            moves = [move for move in self.store.history(model, db) if move["alias"] == "champion"]
-            if not moves or moves[-1]["from_version"] is None:
-                raise FailedPrecondition(f"model {model!r} has no previous champion to roll back to")
-            previous = int(moves[-1]["from_version"])
-            why = f"rollback from v{moves[-1]['to_version']}: {reason}"
+            last = self._last_champion_move(model, db)
+            if last != intended:
+                raise FailedPrecondition(f"the champion of {model!r} moved during the rollback; try again")
+            previous = int(last["from_version"])
+            why = f"rollback from v{last['to_version']}: {reason}"
             self._move(db, model, "champion", previous, actor or "unknown", why, "rolled_back")
         await self._announce()
         return self.store.get(model, previous)
+
+    def _last_champion_move(self, model: str, db: sa.Connection | None = None) -> dict[str, Any]:
+        """The champion's latest move, which a rollback undoes; refused if there is nothing to undo."""
+        moves = [move for move in self.store.history(model, db) if move["alias"] == "champion"]
+        if not moves or moves[-1]["from_version"] is None:
+            raise FailedPrecondition(f"model {model!r} has no previous champion to roll back to")
+        return moves[-1]
+
+    async def _require_intact_artifact(self, target: VersionRecord, alias: str) -> None:
+        """An alias never points at bytes that fail their digest check (or are gone): serving
+        would refuse them. Hashing runs in a worker thread; the store remembers files it has
+        verified, so moving an alias to an unchanged artifact costs a stat, not a hash."""
+        try:
+            await asyncio.to_thread(self.artifacts.verify, target.artifact_sha256)
+        except (NotFound, FailedPrecondition) as exc:
+            raise FailedPrecondition(
+                f"{alias!r} stays where it was: the artifact of {target.model} v{target.version} "
+                f"fails verification ({exc})"
+            ) from exc
 
     def _move(
         self,

@@ -313,6 +313,31 @@ def test_a_corrupt_artifact_on_disk_is_refused_not_served(
     assert _version(registry, model, 1).artifact_sha256 == created.artifact_sha256
 
 
+def test_no_alias_moves_to_a_version_whose_artifact_is_corrupt_even_with_force(
+    stack: Stack, registry: Stub, small_onnx: bytes
+) -> None:
+    model = _name("reg_corrupt_alias")
+    intact = _create(registry, model, _unique(small_onnx))
+    doomed = _create(registry, model, _unique(small_onnx))
+    registry.SetAlias(pb.SetAliasRequest(model=model, alias="champion", version=1, actor="alice"), timeout=10)
+    path = stack.data_dir("registry") / "artifacts" / doomed.artifact_sha256[:2] / doomed.artifact_sha256
+    stored = path.read_bytes()
+    path.write_bytes(
+        stored[: len(stored) // 2] + bytes([stored[len(stored) // 2] ^ 0x01]) + stored[len(stored) // 2 + 1 :]
+    )
+
+    to_doomed = pb.SetAliasRequest(model=model, alias="champion", version=2, actor="alice", force=True)
+    error = _error(registry.SetAlias, to_doomed)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "fails verification" in (error.details() or "") and "corrupt" in (error.details() or "")
+    path.unlink()
+    missing = _error(registry.SetAlias, to_doomed)
+    assert missing.code() == grpc.StatusCode.FAILED_PRECONDITION and "missing" in (missing.details() or "")
+
+    assert _version(registry, model, alias="champion").version == intact.version
+    assert [(m.alias, m.to_version) for m in _history(registry, model)] == [("champion", 1)]
+
+
 # ---------------------------------------------------------------------------------- aliases, tags, search
 
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import onnx
 import pytest
 
 from services.ingest.core import IngestCore
@@ -185,6 +186,47 @@ async def test_a_corrupt_artifact_is_refused_not_served(
         await download_artifact(registry.channel, "bc", 1)
     assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "corrupt" in (raised.value.details() or "")
+
+
+async def test_no_alias_moves_to_an_artifact_that_fails_verification_even_with_force(
+    registry: Registry, trained_breast_cancer: TrainingResult
+) -> None:
+    model = onnx.load_from_string(trained_breast_cancer.onnx_bytes)
+    model.doc_string = "a second artifact, with its own digest"
+    for key, artifact in (("k1", trained_breast_cancer.onnx_bytes), ("k2", model.SerializeToString())):
+        await registry.stub.CreateModelVersion(iter(_create("bc", artifact, key=key)))
+    await registry.core.on_validated(_passed(1))
+    first, second = (
+        registry.core.artifacts.path(registry.core.store.get("bc", v).artifact_sha256) for v in (1, 2)
+    )
+    intact = second.read_bytes()
+
+    async def champion() -> int:
+        found = await registry.stub.GetModelVersion(pb.GetModelVersionRequest(model="bc", alias="champion"))
+        return found.version
+
+    async def refused(request: pb.SetAliasRequest | pb.RollbackRequest) -> str:
+        """The reason a move is refused with, after checking the champion stayed where it was."""
+        before = await champion()
+        call = registry.stub.SetAlias if isinstance(request, pb.SetAliasRequest) else registry.stub.Rollback
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call(request)
+        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert await champion() == before
+        return raised.value.details() or ""
+
+    to_second = pb.SetAliasRequest(model="bc", alias="champion", version=2, force=True, actor="alice")
+    second.write_bytes(intact[:-10] + b"0123456789")
+    assert "corrupt" in await refused(to_second)
+    second.unlink()
+    assert "missing" in await refused(to_second)
+    second.write_bytes(intact)  # restored: the move goes through; a rollback to a corrupted v1 does not
+    assert (await registry.stub.SetAlias(to_second)).version == 2
+    first.write_bytes(first.read_bytes()[:-1] + b"!")
+    assert "corrupt" in await refused(pb.RollbackRequest(model="bc", actor="alice"))
+    assert await champion() == 2
+    history = await registry.stub.GetAliasHistory(pb.GetAliasHistoryRequest(model="bc"))
+    assert [(m.from_version, m.to_version) for m in history.moves] == [(0, 1), (1, 2)]
 
 
 @pytest.mark.parametrize(
