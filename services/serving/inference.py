@@ -158,7 +158,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         else:
             results = await asyncio.to_thread(model.predict, feeds)
         inferred = time.perf_counter_ns()
-        self.prediction_log.record(model, request.id, first, results[0])
+        # A classifier's second output is its probability of each class (the trainer's export).
+        probabilities = results[1] if len(results) > 1 and results[1].ndim == 2 else None
+        self.prediction_log.record(model, request.id, first, results[0], probabilities)
         response = encode_response(request, model, wanted, results)
         self.statistics.success(model.name, model.version, rows, started_ns, decoded, inferred)
         return response

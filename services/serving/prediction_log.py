@@ -1,4 +1,6 @@
-"""Sampled predictions for the monitor, published off the request path.
+"""Sampled predictions for the monitor, published off the request path: the rows, the first output
+(a classifier's label, a regressor's value), a classifier's probability of each class, and the
+version that answered.
 
 `record` only samples and enqueues references to the arrays it is given; building and publishing the
 events happens in a background task. When the queue is full (Kafka slow or down) samples are dropped
@@ -36,6 +38,9 @@ DROPPED = Counter(
 SOURCE = "cascade/serving"
 # Rows per event, so a large batch still fits in one Kafka message (1 MiB by default).
 MAX_ROWS_PER_EVENT = 500
+# Probabilities are logged for at most this many classes (500 rows x 20 classes stays well under
+# 1 MiB); a model with more classes is logged without them, and its label-free estimate says so.
+MAX_LOGGED_CLASSES = 20
 
 Publish = Callable[[PredictionLogged], Awaitable[None]]
 
@@ -46,6 +51,7 @@ class _Sample:
     request_id: str
     inputs: npt.NDArray[Any]
     outputs: npt.NDArray[Any]
+    probabilities: npt.NDArray[Any] | None = None
 
 
 class PredictionLog:
@@ -57,13 +63,19 @@ class PredictionLog:
         self._failing = False
 
     def record(
-        self, model: LoadedModel, request_id: str, inputs: npt.NDArray[Any], outputs: npt.NDArray[Any]
+        self,
+        model: LoadedModel,
+        request_id: str,
+        inputs: npt.NDArray[Any],
+        outputs: npt.NDArray[Any],
+        probabilities: npt.NDArray[Any] | None = None,
     ) -> None:
-        """Maybe log one answered request: the model's first input and first output. Never blocks."""
+        """Maybe log one answered request: the model's first input and first output, and a
+        classifier's probabilities when given. Never blocks."""
         if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
             return
         try:
-            self._queue.put_nowait(_Sample(model, request_id, inputs, outputs))
+            self._queue.put_nowait(_Sample(model, request_id, inputs, outputs, probabilities))
         except asyncio.QueueFull:
             DROPPED.labels("queue_full").inc()
 
@@ -83,7 +95,11 @@ class PredictionLog:
         while True:
             sample = await self._queue.get()
             try:
-                events = list(events_of(sample.model, sample.request_id, sample.inputs, sample.outputs))
+                events = list(
+                    events_of(
+                        sample.model, sample.request_id, sample.inputs, sample.outputs, sample.probabilities
+                    )
+                )
             except Exception:  # a model with outputs we cannot log must not stop the logging of others
                 log.exception("cannot build the prediction log of %s", sample.model.name)
                 DROPPED.labels("unloggable").inc()
@@ -106,10 +122,16 @@ class PredictionLog:
 
 
 def events_of(
-    model: LoadedModel, request_id: str, inputs: npt.NDArray[Any], outputs: npt.NDArray[Any]
+    model: LoadedModel,
+    request_id: str,
+    inputs: npt.NDArray[Any],
+    outputs: npt.NDArray[Any],
+    probabilities: npt.NDArray[Any] | None = None,
 ) -> Iterator[PredictionLogged]:
     """The events for one request: its rows in chunks of `MAX_ROWS_PER_EVENT`, same request id.
-    None for an empty batch or one with non-finite inputs, which the monitor would refuse."""
+    None for an empty batch or one with non-finite inputs, which the monitor would refuse.
+    Probabilities ride along when they are one finite row per input row, of at most
+    `MAX_LOGGED_CLASSES` classes."""
     if inputs.size == 0:
         return
     with np.errstate(invalid="ignore"):  # signalling NaNs (e.g. random test bytes) are refused below
@@ -123,6 +145,7 @@ def events_of(
     per_row = answers.size // len(rows)
     features = _feature_names(model, rows.shape[1])
     request_id = request_id or str(uuid.uuid4())
+    per_class = _loggable_probabilities(probabilities, len(rows))
     for start in range(0, len(rows), step):
         stop = start + step
         yield PredictionLogged(
@@ -134,7 +157,17 @@ def events_of(
             features=features,
             inputs=rows[start:stop].tolist(),
             outputs=(answers[start * per_row : stop * per_row] if aligned else answers).tolist(),
+            probabilities=None if per_class is None else per_class[start:stop].tolist(),
         )
+
+
+def _loggable_probabilities(probabilities: npt.NDArray[Any] | None, rows: int) -> npt.NDArray[Any] | None:
+    if probabilities is None or probabilities.ndim != 2 or len(probabilities) != rows:
+        return None
+    if not 0 < probabilities.shape[1] <= MAX_LOGGED_CLASSES:
+        return None
+    values = probabilities.astype(np.float64)
+    return values if np.isfinite(values).all() else None
 
 
 def _feature_names(model: LoadedModel, width: int) -> list[str]:

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from services.serving.prediction_log import MAX_ROWS_PER_EVENT, PredictionLog, events_of
+from services.serving.prediction_log import (
+    MAX_LOGGED_CLASSES,
+    MAX_ROWS_PER_EVENT,
+    PredictionLog,
+    events_of,
+)
 from services.serving.repository import LoadedModel, ModelRepository
 from shared.events import PredictionLogged
 
@@ -44,6 +49,35 @@ def test_event_names_features_and_flattens_the_first_output(model: LoadedModel) 
     assert event.features == ["a", "b"]
     assert event.inputs == [[0, 1], [2, 3], [4, 5]]
     assert event.outputs == [1.0, 0.0, 1.0]
+
+
+def test_a_classifiers_probabilities_ride_along_chunked_with_their_rows(model: LoadedModel) -> None:
+    rows = MAX_ROWS_PER_EVENT + 2
+    probabilities = np.linspace(0, 1, rows, dtype=np.float32)[:, None] * [1.0, -1.0] + [0.0, 1.0]
+    events = list(events_of(model, "p", np.zeros((rows, 2), np.float32), np.zeros(rows), probabilities))
+    assert [len(e.probabilities or []) for e in events] == [MAX_ROWS_PER_EVENT, 2]
+    assert events[1].probabilities == probabilities[-2:].astype(np.float64).tolist()
+
+
+def test_probabilities_that_cannot_be_paired_or_are_too_wide_are_left_out(model: LoadedModel) -> None:
+    inputs = np.zeros((3, 2), np.float32)
+    for unloggable in (
+        np.full((2, 2), 0.5),  # not one per row
+        np.full((3, MAX_LOGGED_CLASSES + 1), 1 / (MAX_LOGGED_CLASSES + 1)),  # too many classes
+        np.array([[0.5, np.nan]] * 3),
+    ):
+        (event,) = events_of(model, "q", inputs, np.zeros(3), unloggable)
+        assert event.probabilities is None and event.outputs == [0.0, 0.0, 0.0]
+
+
+async def test_served_answers_log_the_real_probabilities_and_the_answering_version(
+    model: LoadedModel, models: dict[int, TrainedModel]
+) -> None:
+    rows = np.random.default_rng(0).normal(size=(2, model.inputs[0].shape[1])).astype(np.float32)
+    results = model.predict({model.inputs[0].name: rows})
+    (event,) = events_of(model, "r", rows, results[0], results[1])
+    assert event.model_version == 3
+    np.testing.assert_allclose(event.probabilities, models[1].probabilities(rows), atol=1e-5)
 
 
 def test_unknown_feature_names_fall_back_to_positions(model: LoadedModel) -> None:
