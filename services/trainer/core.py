@@ -1,8 +1,14 @@
-"""The trainer's domain: one *data arrived* becomes one registered, ONNX-verified model version."""
+"""The trainer's domain: one *data arrived* becomes one registered, ONNX-verified model version.
+
+A retrain happens only when it can learn something: a drift event whose monitor found no new data
+(or whose model's dataset has no version newer than the champion's) trains nothing, and a run whose
+artifact is byte-identical to the champion's registers no version: the run is recorded as a tag on
+the champion instead, and nothing goes to validation."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import uuid
@@ -114,12 +120,36 @@ class TrainerCore:
         await self._run(event.model, job, f"{latest}:{spec.digest()}:manual:{event.id}", spec)
 
     async def on_drift_detected(self, event: DriftDetected) -> None:
-        """Retrain the drifting model on its dataset's newest version. The drift event's id is part
-        of the idempotency key, so a retrain happens even when no data arrived since the champion was
-        trained, and a redelivered event does not train twice. Storms are the monitor's to stop
-        (its cooldown and hysteresis decide when to emit)."""
+        """Retrain the drifting model on its dataset's newest version, if that is newer than the
+        champion's: retraining on the data the champion learned from only makes the same model.
+        Labelled production rows come as a feedback batch, whose *data arrived* trains, so a
+        "feedback" event trains nothing here. The drift event's id is part of the idempotency key, so
+        a redelivered event does not train twice. Storms are the monitor's to stop (its cooldown and
+        hysteresis decide when to emit)."""
+        if event.action != "retrain":
+            log.info(
+                "%s: %s on v%s, action %s: nothing to train here",
+                event.model,
+                event.kind,
+                event.model_version,
+                event.action,
+            )
+            RUNS.labels(event.model, f"not_run_{event.action}").inc()
+            return
         champion = await self._version(event.model, event.model_version)
         latest = await self._latest_dataset_version(champion.dataset)
+        if latest == champion.dataset_version:
+            log.warning(
+                "%s: %s detected on v%d, but %s@%s is still the latest version: "
+                "no new data to learn from, not retraining",
+                event.model,
+                event.kind,
+                event.model_version,
+                champion.dataset,
+                latest[:12],
+            )
+            RUNS.labels(event.model, "not_run_no_new_data").inc()
+            return
         cause = RetrainCause(kind=event.kind, event_id=event.id, summary=event.summary, report=event.report)
         task: Literal["classification", "regression"] = (
             "regression" if champion.tags.get("task") == "regression" else "classification"
@@ -141,6 +171,8 @@ class TrainerCore:
         existing = await self._registered(model, key)
         if existing is None:
             existing = await self._train_and_register(job, model, key, spec)
+            if existing is None:  # the champion again, byte for byte: nothing new to validate
+                return
         else:
             log.info("%s@%s already trained as v%d", model, job.dataset_version[:12], existing.version)
         await self.emit(
@@ -207,7 +239,7 @@ class TrainerCore:
 
     async def _train_and_register(
         self, job: _Job, model: str, key: str, spec: TrainingSpec
-    ) -> registry_pb.ModelVersion:
+    ) -> registry_pb.ModelVersion | None:
         info, frame = await fetch_dataset(
             self.ingest, job.dataset, job.dataset_version, last_batches=spec.window_batches or 0
         )
@@ -240,6 +272,18 @@ class TrainerCore:
         RUNS.labels(model, "succeeded").inc()
         TRIALS.labels(model).inc(len(result.trials))
         run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"cascade:run:{model}:{key}"))
+        champion = await self._champion_with_artifact(model, result.onnx_bytes)
+        if champion is not None:
+            await self._record_on(champion, key, run_id, job, result)
+            await self._report(
+                model,
+                key,
+                "finished",
+                model_version=champion.version,
+                message=f"the artifact is the champion v{champion.version}'s, byte for byte: "
+                "no new version; the run is recorded on it",
+            )
+            return None
         version = await self._upload(model, key, run_id, job, features, target, result, spec)
         log.info(
             "registered %s v%d: %s in %.2fs", model, version.version, result.metrics, result.train_seconds
@@ -253,6 +297,48 @@ class TrainerCore:
             message=f"registered version {version.version}: {result.metrics}",
         )
         return version
+
+    async def _champion_with_artifact(self, model: str, onnx_bytes: bytes) -> registry_pb.ModelVersion | None:
+        """The champion, if its artifact has the same sha256 as `onnx_bytes`."""
+        digest = await asyncio.to_thread(lambda: hashlib.sha256(onnx_bytes).hexdigest())
+        try:
+            champion = await self.registry.GetModelVersion(
+                registry_pb.GetModelVersionRequest(model=model, alias="champion")
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None  # a first version, or no champion yet
+            raise unavailable_as_retryable(exc, f"registry: the champion of {model}") from exc
+        return champion if champion.artifact_sha256 == digest else None
+
+    async def _record_on(
+        self, version: registry_pb.ModelVersion, key: str, run_id: str, job: _Job, result: TrainingResult
+    ) -> None:
+        """Keep the run beside the version it reproduced, as a tag (the same run twice: one tag)."""
+        record = {
+            "run_id": run_id,
+            "idempotency_key": key,
+            "dataset": job.dataset,
+            "dataset_version": job.dataset_version,
+            "metrics": result.metrics,
+            "train_seconds": result.train_seconds,
+            "cause": job.cause.model_dump(mode="json") if job.cause else None,
+        }
+        request = registry_pb.UpdateModelVersionRequest(
+            model=version.model, version=version.version, set_tags={f"rerun:{run_id}": json.dumps(record)}
+        )
+        try:
+            await self.registry.UpdateModelVersion(request)
+        except grpc.aio.AioRpcError as exc:
+            raise unavailable_as_retryable(
+                exc, f"registry: recording a rerun on {version.model} v{version.version}"
+            ) from exc
+        RUNS.labels(version.model, "unchanged").inc()
+        log.info(
+            "%s: the run reproduced v%d byte for byte; recorded on it, no new version",
+            version.model,
+            version.version,
+        )
 
     async def _report(self, model: str, key: str, stage: str, **fields: Any) -> None:
         """Progress is for people watching: it must never fail a run."""
