@@ -17,6 +17,33 @@ dataset drifts when at least half of its columns drift.
 The reference is prepared once (`PreparedReference`: each column sorted, its std and its distinct
 values counted), so a window costs one sort of the window's columns plus searches into the
 reference, never a pass over the reference again.
+
+Like with like: serving feeds the model float32 (ONNX's input type) and logs those values, while
+the training data is float64. Compared as they are, a tied value such as diabetes' `s4` 0.0343088
+is two different numbers on the two sides (KS p ~ 1e-8 on unshifted rows) and the two values of
+`sex` become four categories (chi-squared = inf). So the reference goes through the model's input
+type once, where it is prepared (`PreparedReference.of(..., input_dtype=np.float32)`, the default),
+and every window goes through the same type before it is compared: categories then match exactly.
+
+Two modes (`evaluate`):
+
+- "evidently": the tests and thresholds above, one verdict per feature, dataset drift when half of
+  them drift. Compatible with Evidently's defaults (tests/monitor/test_evidently_parity.py), but
+  its thresholds ignore the window size (Wasserstein/std >= 0.1 flags unshifted 200-row windows)
+  and 30 features at p < 0.05 flag 1.5 of them per window by chance.
+- "calibrated" (the default): one two-sample test per feature whose null distribution is known for
+  any window size, the reference's own sampling noise counted (Kolmogorov-Smirnov for numeric
+  columns; Pearson's chi-squared on the 2 x K table for categorical and few-valued ones, rare
+  categories pooled), and a per-report false-alarm rate for the *decision*: a feature drifts when
+  its p-value is below false_alarm_rate / features (Bonferroni: valid whatever the features'
+  correlation), and the report drifts when any feature does. `calibrate` checks this on the
+  reference itself, as NannyML does: it splits the reference in two halves, draws `draws` windows
+  of the monitor's size from one half (bootstrap) and compares them with the other half, so the
+  draws carry the sampling noise of a reference as well as that of a window of new data. A feature
+  whose p-values come out smaller than uniform on those draws (sparse categories, heavy ties
+  stressing an asymptotic law) gets its p-values inflated by the measured factor; never deflated,
+  so a calibration can only make a feature more cautious than its textbook law. The per-feature
+  thresholds are reported in the statistic's own units (KS D, chi-squared) for the window size.
 """
 
 from __future__ import annotations
@@ -24,6 +51,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -31,6 +59,8 @@ from scipy import stats
 from scipy.spatial import distance
 
 __all__ = [
+    "CALIBRATED_CHISQUARE_TEST",
+    "CALIBRATED_KS_TEST",
     "CATEGORICAL",
     "DATASET_DRIFT_SHARE",
     "DEFAULT_THRESHOLDS",
@@ -39,12 +69,16 @@ __all__ = [
     "NUMERIC",
     "P_VALUE_TESTS",
     "TESTS",
+    "Calibration",
     "ColumnReference",
     "FeatureDrift",
     "PreparedReference",
+    "WindowVerdict",
+    "calibrate",
     "column_drift",
     "dataset_drifted",
     "default_test",
+    "evaluate",
     "feature_drift",
     "ks_test",
 ]
@@ -72,6 +106,13 @@ FEW_VALUES = 5  # a numeric column with at most this many distinct values is tes
 DATASET_DRIFT_SHARE = 0.5
 _SMALLEST_STD = 0.001  # Evidently's floor on the std that normalises the Wasserstein distance
 _PSI_FLOOR = 0.0001  # empty bins get this share so PSI's logarithm stays finite (as Evidently)
+# The calibrated mode's tests: their statistic is what is compared with the threshold.
+CALIBRATED_KS_TEST = "ks_calibrated"
+CALIBRATED_CHISQUARE_TEST = "chisquare_calibrated"
+_SMALLEST_EXPECTED = 5.0  # categories expected fewer times than this in a window are pooled
+_CHECKED_LEVELS = (0.05, 0.1)  # the levels at which `calibrate` compares p-values with uniform
+_SMALLEST_CALIBRATION_REFERENCE = 20  # rows; each half must be a sample, not a handful
+ONNX_INPUT_DTYPE = "float32"
 
 Matrix = NDArray[np.float64]
 Vector = NDArray[np.float64]
@@ -105,38 +146,67 @@ class ColumnReference:
     std: float
     values: Vector  # distinct values, ascending
     counts: NDArray[np.int64]
+    input_dtype: str | None = None  # the numeric type both sides go through before a comparison
 
     @classmethod
-    def of(cls, name: str, column: Vector, kind: str = NUMERIC) -> ColumnReference:
+    def of(
+        cls, name: str, column: Vector, kind: str = NUMERIC, input_dtype: str | None = None
+    ) -> ColumnReference:
         if kind not in (NUMERIC, CATEGORICAL):
             raise ValueError(f"column {name!r}: kind must be {NUMERIC!r} or {CATEGORICAL!r}, not {kind!r}")
-        ordered = np.sort(np.asarray(column, dtype=np.float64))
+        ordered = np.sort(through_dtype(column, input_dtype))
         values, counts = np.unique(ordered, return_counts=True)
-        return cls(name, kind, ordered, float(np.std(ordered)), values, counts.astype(np.int64))
+        return cls(name, kind, ordered, float(np.std(ordered)), values, counts.astype(np.int64), input_dtype)
 
     @property
     def rows(self) -> int:
         return len(self.sorted_values)
 
+    @property
+    def few_valued(self) -> bool:
+        """Compared as categories in the calibrated mode: declared categorical, or few values."""
+        return self.kind == CATEGORICAL or len(self.values) <= FEW_VALUES
+
+    def comparable(self, current: Vector) -> Vector:
+        """`current` through the same numeric type as the reference, as float64."""
+        return through_dtype(current, self.input_dtype)
+
+
+def through_dtype(values: Any, dtype: str | None) -> Vector:
+    """`values` as float64 after a round trip through `dtype` (None: as they are)."""
+    array = np.asarray(values, dtype=np.float64)
+    return array if dtype is None else array.astype(dtype).astype(np.float64)
+
 
 @dataclass(frozen=True)
 class PreparedReference:
     columns: tuple[ColumnReference, ...]
+    rows: Matrix | None = None  # the reference's rows after the input type (for `calibrate`)
 
     @classmethod
     def of(
-        cls, rows: Matrix, features: Sequence[str], kinds: Mapping[str, str] | None = None
+        cls,
+        rows: Matrix,
+        features: Sequence[str],
+        kinds: Mapping[str, str] | None = None,
+        input_dtype: str | None = ONNX_INPUT_DTYPE,
     ) -> PreparedReference:
+        """The reference of a model's inputs, through the model's input type (`input_dtype`; ONNX
+        models take float32) so it is compared like with like with the inputs serving logs. None
+        keeps the values as they are (Evidently's comparisons of float64 data)."""
+        rows = np.asarray(rows)
         if rows.ndim != 2 or rows.shape[1] != len(features):
             raise ValueError(f"{len(features)} feature names for a reference of shape {rows.shape}")
         if not len(rows):
             raise ValueError("a reference needs at least one row")
         kinds = kinds or {}
+        cast = through_dtype(rows, input_dtype)
         return cls(
             tuple(
-                ColumnReference.of(name, rows[:, index], kinds.get(name, NUMERIC))
+                ColumnReference.of(name, cast[:, index], kinds.get(name, NUMERIC), input_dtype)
                 for index, name in enumerate(features)
-            )
+            ),
+            cast,
         )
 
     @property
@@ -148,7 +218,7 @@ def default_test(reference: ColumnReference, current: Vector) -> str:
     """Evidently's choice of test for a column (see the module's table)."""
     distinct = len(reference.values)
     if distinct <= FEW_VALUES:  # only then can the union stay small: count it
-        distinct = len(np.union1d(reference.values, np.unique(current)))
+        distinct = len(np.union1d(reference.values, np.unique(reference.comparable(current))))
     few = reference.kind == CATEGORICAL or distinct <= FEW_VALUES
     if reference.rows <= LARGE_REFERENCE_ROWS:
         if few:
@@ -161,11 +231,11 @@ def column_drift(
     reference: ColumnReference, current: Vector, test: str | None = None, threshold: float | None = None
 ) -> FeatureDrift:
     """Test one window column against its prepared reference column."""
+    current = reference.comparable(current)
     test = test or default_test(reference, current)
     if test not in DEFAULT_THRESHOLDS:
         raise ValueError(f"unknown drift test {test!r}; known: {', '.join(TESTS)}")
     limit = DEFAULT_THRESHOLDS[test] if threshold is None else threshold
-    current = np.asarray(current, dtype=np.float64)
     if not len(current):
         raise ValueError("drift needs at least one current row")
     p_value = math.nan
@@ -235,6 +305,216 @@ def dataset_drifted(drifted: Sequence[bool] | NDArray[np.bool_], share: float = 
     """Whether at least `share` of the features drifted; no features means no drift."""
     flags = np.asarray(drifted, dtype=bool)
     return bool(flags.size) and bool(flags.mean() >= share)
+
+
+# -- the calibrated mode ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Calibration:
+    """Per-feature drift thresholds for one reference and one window size, set on the reference itself.
+
+    The rule: a feature drifts when its calibrated p-value (its test's p-value times its
+    `inflation`) is below `feature_false_alarm_rate`, i.e. when its statistic exceeds its threshold;
+    the report drifts when any feature does. With `feature_false_alarm_rate` = false_alarm_rate /
+    features the decision's false-alarm rate per report is at most false_alarm_rate."""
+
+    window_size: int
+    false_alarm_rate: float  # per report, for the dataset-level decision
+    thresholds: dict[str, float]  # per feature: the statistic above which it drifts, at window_size
+    feature_false_alarm_rate: float  # the per-feature p-value cut (Bonferroni)
+    inflation: dict[str, float]  # per feature, >= 1: how much smaller than uniform its draws' p-values were
+    draws: int
+    draw_false_alarm_rate: float  # the share of the draws on which the decision said "drifted"
+    holdout_rows: int  # the half of the reference the draws were compared with
+
+
+@dataclass(frozen=True)
+class WindowVerdict:
+    features: list[FeatureDrift]  # each with its statistic and the threshold it was compared with
+    drifted: bool  # the dataset-level decision
+    summary: str
+
+
+def calibrate(
+    reference: PreparedReference,
+    window_size: int,
+    *,
+    false_alarm_rate: float = 0.01,
+    draws: int = 200,
+    seed: int = 0,
+) -> Calibration:
+    """Thresholds for windows of `window_size` rows against `reference` (see the module's doc). CPU
+    work, proportional to draws x features x (window_size + reference rows): run it in a thread."""
+    if window_size < 1:
+        raise ValueError(f"a window has at least one row, not {window_size}")
+    if not 0 < false_alarm_rate < 1:
+        raise ValueError(f"the false-alarm rate is a probability in (0, 1), not {false_alarm_rate}")
+    if draws < 1:
+        raise ValueError(f"calibration needs at least one draw, not {draws}")
+    rows = reference.rows
+    if rows is None or len(rows) < _SMALLEST_CALIBRATION_REFERENCE:
+        raise ValueError(
+            f"calibration needs the reference's rows, at least {_SMALLEST_CALIBRATION_REFERENCE} of them"
+        )
+    rng = np.random.default_rng(seed)
+    half = len(rows) // 2
+    # A window drawn from one half strays from the truth by that half's noise as well as its own.
+    extra_spread = 1 / half
+    p_values = np.empty((draws, len(reference.columns)))
+    for draw in range(draws):
+        # A new split every draw: one fixed split would make every draw share one chance gap
+        # between the halves, and their p-values would measure that gap, not the test's law.
+        order = rng.permutation(len(rows))
+        drawn_half, held_out = rows[order[:half]], rows[order[half:]]
+        window = drawn_half[rng.integers(0, half, window_size)]
+        for index, column in enumerate(reference.columns):
+            # Both halves are already through the input type: prepared as they are.
+            held = ColumnReference.of(column.name, held_out[:, index], column.kind)
+            p_values[draw, index] = _calibrated_test(held, window[:, index], extra_spread)[2]
+    levels = np.asarray(_CHECKED_LEVELS)
+    observed = (p_values[:, :, None] < levels).mean(axis=0) / levels  # draws below each level / level
+    inflation = np.maximum(1.0, observed.max(axis=1))
+    feature_rate = false_alarm_rate / len(reference.columns)
+    flagged = (np.minimum(p_values * inflation, 1.0) < feature_rate).any(axis=1)
+    factors = {
+        column.name: float(factor) for column, factor in zip(reference.columns, inflation, strict=True)
+    }
+    thresholds = {
+        column.name: _threshold(column, window_size, feature_rate / factors[column.name])
+        for column in reference.columns
+    }
+    return Calibration(
+        window_size=window_size,
+        false_alarm_rate=false_alarm_rate,
+        thresholds=thresholds,
+        feature_false_alarm_rate=feature_rate,
+        inflation=factors,
+        draws=draws,
+        draw_false_alarm_rate=float(flagged.mean()),
+        holdout_rows=len(rows) - half,
+    )
+
+
+def evaluate(
+    reference: PreparedReference,
+    calibration: Calibration,
+    current: Matrix,
+    *,
+    mode: Literal["calibrated", "evidently"] = "calibrated",
+) -> WindowVerdict:
+    """The verdict on one window. "calibrated": `calibration`'s rule, with the thresholds of the
+    window's actual size (a window smaller than the calibrated one gets thresholds for its own
+    size); "evidently": Evidently's default tests and its half-the-features rule."""
+    current = np.asarray(current, dtype=np.float64)
+    if current.ndim != 2 or current.shape[1] != len(reference.columns):
+        raise ValueError(
+            f"{len(reference.columns)} reference features for current rows of shape {current.shape}"
+        )
+    if not len(current):
+        raise ValueError("drift needs at least one current row")
+    if mode == "evidently":
+        features = feature_drift(current, reference)
+        drifted = dataset_drifted([feature.drifted for feature in features])
+        rule = f"at least {DATASET_DRIFT_SHARE:.0%} of the features (Evidently's defaults)"
+    elif mode == "calibrated":
+        missing = [column.name for column in reference.columns if column.name not in calibration.inflation]
+        if missing:
+            raise ValueError(f"the calibration has no threshold for {', '.join(missing)}")
+        features = [
+            _calibrated_drift(column, current[:, index], calibration)
+            for index, column in enumerate(reference.columns)
+        ]
+        drifted = any(feature.drifted for feature in features)
+        rule = (
+            f"any feature over its threshold; false alarms at most {calibration.false_alarm_rate:.2%} "
+            "of reports"
+        )
+    else:
+        raise ValueError(f"unknown drift mode {mode!r}: 'calibrated' or 'evidently'")
+    names = [feature.feature for feature in features if feature.drifted]
+    summary = (
+        f"{len(names)} of {len(features)} features drifted over {len(current)} rows"
+        + (f" ({', '.join(names)})" if names else "")
+        + f"; dataset {'DRIFTED' if drifted else 'stable'} ({rule})"
+    )
+    return WindowVerdict(features, drifted, summary)
+
+
+def _calibrated_drift(reference: ColumnReference, current: Vector, calibration: Calibration) -> FeatureDrift:
+    current = reference.comparable(current)
+    inflation = calibration.inflation[reference.name]
+    test, statistic, p_value = _calibrated_test(reference, current)
+    threshold = _threshold(reference, len(current), calibration.feature_false_alarm_rate / inflation)
+    return FeatureDrift(
+        reference.name,
+        test,
+        statistic,
+        min(1.0, p_value * inflation),
+        threshold,
+        bool(statistic > threshold),
+    )
+
+
+def _spread(reference: ColumnReference, window_rows: int, extra_spread: float = 0.0) -> float:
+    """The variance scale of a difference of shares between a window and the reference."""
+    return 1 / window_rows + 1 / reference.rows + extra_spread
+
+
+def _calibrated_test(
+    reference: ColumnReference, current: Vector, extra_spread: float = 0.0
+) -> tuple[str, float, float]:
+    """(test, statistic, p-value) of the calibrated mode's two-sample test. `extra_spread` adds
+    the variance of a window drawn from a finite sample (calibration's draws)."""
+    spread = _spread(reference, len(current), extra_spread)
+    if reference.few_valued:
+        reference_counts, counts = _pooled_counts(reference, current)
+        pooled = (reference_counts + counts) / (reference.rows + len(current))
+        present = pooled > 0
+        difference = counts[present] / len(current) - reference_counts[present] / reference.rows
+        statistic = float(np.sum(difference**2 / pooled[present]) / spread)
+        freedom = int(present.sum()) - 1
+        p_value = float(stats.chi2.sf(statistic, freedom)) if freedom > 0 else 1.0
+        return CALIBRATED_CHISQUARE_TEST, statistic, p_value
+    statistic = _ks_distance(reference.sorted_values, np.sort(current))
+    return CALIBRATED_KS_TEST, statistic, float(stats.kstwobign.sf(statistic / math.sqrt(spread)))
+
+
+def _threshold(reference: ColumnReference, window_rows: int, p_value: float) -> float:
+    """The statistic at which the calibrated test's p-value is `p_value`, for `window_rows` rows."""
+    if reference.few_valued:
+        freedom = len(_pooled_keys(reference, window_rows)) - 1
+        return float(stats.chi2.isf(p_value, freedom)) if freedom > 0 else math.inf
+    return float(stats.kstwobign.isf(p_value) * math.sqrt(_spread(reference, window_rows)))
+
+
+def _pooled_keys(reference: ColumnReference, window_rows: int) -> Vector:
+    """The reference values common enough to be their own category in a window of this size; the
+    rest, and any value the reference never had, share one more category."""
+    expected = reference.counts * (min(window_rows, reference.rows) / reference.rows)
+    return reference.values[expected >= _SMALLEST_EXPECTED]
+
+
+def _pooled_counts(reference: ColumnReference, current: Vector) -> tuple[Vector, Vector]:
+    """Reference and window counts per pooled category, the pooled "other" one last."""
+    keys = _pooled_keys(reference, len(current))
+    slots = len(keys) + 1
+
+    def counts_of(values: Vector, weights: Vector | None) -> Vector:
+        position = np.minimum(np.searchsorted(keys, values), len(keys) - 1) if len(keys) else None
+        if position is None:
+            return np.array([float(np.sum(weights) if weights is not None else len(values))])
+        slot = np.where(keys[position] == values, position, len(keys))
+        return np.bincount(slot, weights=weights, minlength=slots).astype(np.float64)
+
+    return counts_of(reference.values, reference.counts.astype(np.float64)), counts_of(current, None)
+
+
+def _ks_distance(reference_sorted: Vector, current_sorted: Vector) -> float:
+    """The two-sample Kolmogorov-Smirnov D: the largest gap between the empirical CDFs, at every
+    value of either sample (ties are whole steps, so a tied value is one point, not several)."""
+    points = np.concatenate([reference_sorted, current_sorted])
+    reference_cdf = np.searchsorted(reference_sorted, points, "right") / len(reference_sorted)
+    current_cdf = np.searchsorted(current_sorted, points, "right") / len(current_sorted)
+    return float(np.max(np.abs(reference_cdf - current_cdf)))
 
 
 # -- the tests --------------------------------------------------------------------------------------

@@ -17,9 +17,29 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.monitor.drift import CATEGORICAL, NUMERIC, PreparedReference, dataset_drifted, feature_drift
+from services.monitor.drift import (
+    CATEGORICAL,
+    NUMERIC,
+    Calibration,
+    PreparedReference,
+    dataset_drifted,
+    evaluate,
+    feature_drift,
+)
 
 pytestmark = pytest.mark.slow
+
+# The evidently mode ignores the calibration: an empty one shows that.
+NO_CALIBRATION = Calibration(
+    window_size=1,
+    false_alarm_rate=0.01,
+    thresholds={},
+    feature_false_alarm_rate=0.01,
+    inflation={},
+    draws=0,
+    draw_false_alarm_rate=0.0,
+    holdout_rows=0,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV_SCRIPT = ROOT / "bench" / "monitor" / "evidently_env.py"
@@ -95,8 +115,12 @@ def test_statistics_tests_and_verdicts_match_evidently(
 ) -> None:
     case, theirs = CASES[index], evidently_results[index]
     kinds = {name: CATEGORICAL if name in case.categorical else NUMERIC for name in case.features}
-    ours = feature_drift(case.current, PreparedReference.of(case.reference, case.features, kinds))
-    for drift in ours:
+    # Evidently compares the float64 values as they are: no trip through the model's input type.
+    prepared = PreparedReference.of(case.reference, case.features, kinds, input_dtype=None)
+    ours = evaluate(prepared, NO_CALIBRATION, case.current, mode="evidently")
+    assert ours.drifted == theirs["dataset_drifted"]
+    assert ours.features == feature_drift(case.current, prepared)
+    for drift in ours.features:
         expected = theirs["columns"][drift.feature]
         assert drift.test == expected["test"], drift.feature
         assert drift.threshold == expected["threshold"], drift.feature
@@ -111,7 +135,7 @@ def test_statistics_tests_and_verdicts_match_evidently(
             else (expected["score"] >= expected["threshold"])
         )
         assert drift.drifted == drifted, drift.feature
-    assert dataset_drifted([d.drifted for d in ours]) == theirs["dataset_drifted"]
+    assert dataset_drifted([d.drifted for d in ours.features]) == theirs["dataset_drifted"]
 
 
 def test_the_cases_cover_every_default_test_and_both_verdicts(
