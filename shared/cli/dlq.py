@@ -38,7 +38,7 @@ from shared.messaging import (
 )
 
 if TYPE_CHECKING:
-    from aiokafka import AIOKafkaConsumer
+    from aiokafka import AIOKafkaConsumer, TopicPartition
 
 __all__ = [
     "MAX_REPLAYS",
@@ -113,29 +113,39 @@ class DeliveryStatus:
 # ---------------------------------------------------------------------- reading and replaying
 
 
-async def _read_topic(consumer: AIOKafkaConsumer, topic: str) -> list[Any]:
-    from aiokafka import TopicPartition
+async def _read_topic(bootstrap: str, topic: str) -> list[Any]:
+    """Every record of `topic`, read without a consumer group: it commits nothing and moves no
+    one's offsets. Subscribed without a group, the consumer is given every partition."""
+    consumer = _consumer(bootstrap, topic)
+    try:
+        await consumer.start()
+        if topic not in await consumer.topics():  # nothing dead-lettered yet
+            return []
+        assigned = await _assignment(consumer)
+        await consumer.seek_to_beginning(*assigned)
+        ends = await consumer.end_offsets(assigned)
+        records: list[Any] = []
+        pending = {tp for tp in assigned if ends[tp] > await consumer.position(tp)}
+        while pending:
+            batches = await consumer.getmany(*pending, timeout_ms=_TIMEOUT_MS)
+            if not batches:
+                raise CliError(f"reading {topic} stalled; is Kafka healthy?")
+            for tp, batch in batches.items():
+                records.extend(batch)
+                if batch[-1].offset + 1 >= ends[tp]:
+                    pending.discard(tp)
+        return records
+    finally:
+        await consumer.stop()
 
-    if topic not in await consumer.topics():  # nothing dead-lettered yet
-        return []
-    partitions = consumer.partitions_for_topic(topic)
-    if not partitions:
-        return []
-    assigned = [TopicPartition(topic, partition) for partition in sorted(partitions)]
-    consumer.assign(assigned)
-    await consumer.seek_to_beginning(*assigned)
-    ends = await consumer.end_offsets(assigned)
-    records: list[Any] = []
-    pending = {tp for tp in assigned if ends[tp] > await consumer.position(tp)}
-    while pending:
-        batches = await consumer.getmany(*pending, timeout_ms=_TIMEOUT_MS)
-        if not batches:
-            raise CliError(f"reading {topic} stalled; is Kafka healthy?")
-        for tp, batch in batches.items():
-            records.extend(batch)
-            if batch[-1].offset + 1 >= ends[tp]:
-                pending.discard(tp)
-    return records
+
+async def _assignment(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+    deadline = asyncio.get_running_loop().time() + _TIMEOUT_MS / 1000
+    while not (assigned := consumer.assignment()):
+        if asyncio.get_running_loop().time() > deadline:
+            raise CliError("Kafka gave no partitions of the dead-letter topic; is it healthy?")
+        await asyncio.sleep(0.05)
+    return sorted(assigned)
 
 
 def _letter(record: Any) -> DeadLetter:
@@ -165,11 +175,11 @@ def _letter(record: Any) -> DeadLetter:
     )
 
 
-def _consumer(bootstrap: str) -> AIOKafkaConsumer:
+def _consumer(bootstrap: str, *topics: str) -> AIOKafkaConsumer:
     from aiokafka import AIOKafkaConsumer
 
-    # No group: reading the dead letters commits nothing and moves no one's offsets.
     return AIOKafkaConsumer(
+        *topics,
         bootstrap_servers=bootstrap.split(","),
         enable_auto_commit=False,
         request_timeout_ms=_TIMEOUT_MS,
@@ -179,16 +189,12 @@ def _consumer(bootstrap: str) -> AIOKafkaConsumer:
 
 async def read_dead_letters(bootstrap: str, topic: str) -> list[DeadLetter]:
     """Every message of the dead-letter `topic`, oldest first per partition."""
-    consumer = _consumer(bootstrap)
     try:
-        await consumer.start()
-        return [_letter(record) for record in await _read_topic(consumer, topic)]
+        return [_letter(record) for record in await _read_topic(bootstrap, topic)]
     except CliError:
         raise
     except Exception as exc:
         raise CliError(f"cannot read {topic} from Kafka at {bootstrap}: {exc!r}") from exc
-    finally:
-        await consumer.stop()
 
 
 def _replay_headers(letter: DeadLetter, dead_letter_topic: str) -> list[tuple[str, bytes]]:
@@ -256,10 +262,10 @@ async def delivery_status(bootstrap: str, prefix: str) -> DeliveryStatus:
                 behind = max(ends[partition] - offset.offset, 0) if offset.offset >= 0 else ends[partition]
                 per_topic = lag.setdefault(service, {})
                 per_topic[partition.topic] = per_topic.get(partition.topic, 0) + behind
-        letters = [_letter(record) for record in await _read_topic(consumer, Topics(prefix).dead_letter)]
     finally:
         await consumer.stop()
         await admin.close()
+    letters = [_letter(record) for record in await _read_topic(bootstrap, Topics(prefix).dead_letter)]
     counts = Counter((letter.service, letter.source_topic) for letter in letters)
     dead: dict[str, dict[str, int]] = {}
     for (service, topic), count in sorted(counts.items()):
