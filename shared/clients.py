@@ -3,6 +3,7 @@ from the registry, both as verified byte streams."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 from collections.abc import AsyncIterable
@@ -30,7 +31,8 @@ async def _assemble(stream: AsyncIterable[_Chunk], what: str) -> bytes:
         buffer += chunk.data
         expected = chunk.sha256
     data = bytes(buffer)
-    if hashlib.sha256(data).hexdigest() != expected:
+    # Hashing megabytes blocks for a while: off the event loop, so health checks go on meanwhile.
+    if await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest()) != expected:
         raise FailedPrecondition(f"{what} arrived corrupt: sha256 mismatch")
     return data
 
@@ -72,7 +74,7 @@ async def fetch_dataset(
         )
     except grpc.aio.AioRpcError as exc:
         raise unavailable_as_retryable(exc, f"ingest: fetching {dataset}@{version or 'latest'}") from exc
-    return info, pd.read_parquet(io.BytesIO(data))
+    return info, await asyncio.to_thread(pd.read_parquet, io.BytesIO(data))
 
 
 async def download_artifact(channel: grpc.aio.Channel, model: str, version: int) -> bytes:

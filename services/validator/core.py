@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
+import pandas as pd
 from prometheus_client import Counter
 
 from services.validator.gates import (
@@ -23,7 +26,8 @@ from services.validator.gates import (
 )
 from services.validator.settings import ValidatorSettings
 from shared.clients import download_artifact, fetch_dataset, unavailable_as_retryable
-from shared.events import ModelTrained, ModelValidated
+from shared.errors import FailedPrecondition
+from shared.events import GateResult, ModelTrained, ModelValidated
 from shared.splits import holdout_mask
 from shared.stubs.cascade.registry.v1 import registry_pb2 as registry_pb
 from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
@@ -66,34 +70,41 @@ class ValidatorCore:
         candidate = await self._version(event.model, version=event.model_version)
         assert candidate is not None
         champion = await self._version(event.model, alias="champion")
-        features = json.loads(candidate.tags["features"])
-        target, task = candidate.tags["target"], candidate.tags["task"]
+        features = json.loads(_required_tag(candidate, "features"))
+        target, task = _required_tag(candidate, "target"), _required_tag(candidate, "task")
 
         _, frame = await fetch_dataset(self.ingest, event.dataset, event.dataset_version)
-        fresh = frame[holdout_mask(frame[[*features, target]], self.settings.holdout_fraction)]
-        rows = fresh[features].to_numpy(dtype=np.float32)
-        truth = fresh[target].to_numpy()
-
         limits = self.model_thresholds.get(event.model, self.thresholds)
         candidate_onnx = await download_artifact(self.registry_channel, event.model, event.model_version)
-        candidate_score = score(candidate_onnx, rows, truth, task)
-        champion_score = None
+        champion_onnx = None
         if champion is not None and champion.version != candidate.version:
-            champion_score = score(
-                await download_artifact(self.registry_channel, event.model, champion.version),
-                rows,
-                truth,
-                task,
-            )
+            champion_onnx = await download_artifact(self.registry_channel, event.model, champion.version)
+        # Three or four ONNX sessions, a parity check and 200 timed runs take seconds of CPU: in a
+        # worker thread, so health checks and Kafka heartbeats are answered meanwhile.
+        measured = await asyncio.to_thread(
+            _measure,
+            _Candidacy(
+                frame=frame,
+                features=features,
+                target=target,
+                task=task,
+                holdout_fraction=self.settings.holdout_fraction,
+                candidate_onnx=candidate_onnx,
+                champion_onnx=champion_onnx,
+                parity_reference_json=candidate.tags.get("parity_reference", "null"),
+                limits=limits,
+            ),
+        )
+        candidate_score, champion_score = measured.candidate_score, measured.champion_score
         gates = [
-            *judge(task, len(rows), candidate_score, champion_score, limits),
+            *measured.quality,
             schema_gate(
                 _signature(candidate),
                 _signature(champion) if champion is not None else None,
                 declared_change=candidate.tags.get("schema_change") == "declared",
             ),
-            parity_gate(candidate_onnx, json.loads(candidate.tags.get("parity_reference", "null")), task),
-            latency_gate(candidate_onnx, rows, limits.latency_budget_ms),
+            measured.parity,
+            measured.latency,
             size_gate(len(candidate_onnx), limits.max_artifact_bytes),
         ]
         passed = all(g.passed for g in gates)
@@ -108,7 +119,7 @@ class ValidatorCore:
             "PASSED" if passed else "FAILED",
             candidate_score,
             "none" if champion_score is None else f"{champion_score:.4f}",
-            len(rows),
+            measured.rows,
         )
         metrics = {"candidate": candidate_score}
         if champion_score is not None:
@@ -146,6 +157,59 @@ class ValidatorCore:
             if exc.code() == grpc.StatusCode.NOT_FOUND and alias:
                 return None
             raise unavailable_as_retryable(exc, f"registry: reading {model}") from exc
+
+
+@dataclass(frozen=True)
+class _Candidacy:
+    """Everything a verdict is measured from, fetched beforehand."""
+
+    frame: pd.DataFrame
+    features: list[str]
+    target: str
+    task: str
+    holdout_fraction: float
+    candidate_onnx: bytes
+    champion_onnx: bytes | None
+    parity_reference_json: str
+    limits: Thresholds
+
+
+@dataclass(frozen=True)
+class _Measured:
+    rows: int
+    candidate_score: float
+    champion_score: float | None
+    quality: list[GateResult]
+    parity: GateResult
+    latency: GateResult
+
+
+def _measure(candidacy: _Candidacy) -> _Measured:
+    """Score candidate and champion on the fresh rows, recheck parity, time inference. Blocking and
+    CPU-bound: run it in a worker thread (onnxruntime releases the GIL while it computes)."""
+    c = candidacy
+    fresh = c.frame[holdout_mask(c.frame[[*c.features, c.target]], c.holdout_fraction)]
+    rows = fresh[c.features].to_numpy(dtype=np.float32)
+    truth = fresh[c.target].to_numpy()
+    candidate_score = score(c.candidate_onnx, rows, truth, c.task)
+    champion_score = None if c.champion_onnx is None else score(c.champion_onnx, rows, truth, c.task)
+    return _Measured(
+        rows=len(rows),
+        candidate_score=candidate_score,
+        champion_score=champion_score,
+        quality=judge(c.task, len(rows), candidate_score, champion_score, c.limits),
+        parity=parity_gate(c.candidate_onnx, json.loads(c.parity_reference_json), c.task),
+        latency=latency_gate(c.candidate_onnx, rows, c.limits.latency_budget_ms),
+    )
+
+
+def _required_tag(version: registry_pb.ModelVersion, name: str) -> str:
+    """A tag the trainer gives every version; without it there is nothing to judge, on any retry."""
+    if name not in version.tags:
+        raise FailedPrecondition(
+            f"{version.model} v{version.version} has no {name!r} tag: the trainer sets it"
+        )
+    return version.tags[name]
 
 
 def _signature(version: registry_pb.ModelVersion) -> Signature:
