@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -50,8 +51,10 @@ __all__ = [
     "BrokerError",
     "BrokerStatus",
     "ClusterConfig",
+    "QuorumStatus",
     "install",
     "kill",
+    "quorum_status",
     "render_server_properties",
     "start",
     "start_cluster",
@@ -327,6 +330,34 @@ def status(config: BrokerConfig) -> BrokerStatus:
         ready=running and _port_accepts(LOOPBACK, config.port),
         node_id=config.node_id,
     )
+
+
+@dataclass(frozen=True)
+class QuorumStatus:
+    """The KRaft controller quorum: who leads it, who votes."""
+
+    leader_id: int
+    voters: tuple[int, ...]
+
+
+def quorum_status(cluster: ClusterConfig, *, timeout: float = 60.0) -> QuorumStatus:
+    """The quorum as Kafka's own MetadataQuorumCommand reports it, through any live broker."""
+    command = [
+        _java_executable(), "-cp", f"{cluster.libs_dir}/*", "org.apache.kafka.tools.MetadataQuorumCommand",
+        "--bootstrap-server", cluster.bootstrap, "describe", "--status",
+    ]  # fmt: skip
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as error:
+        raise BrokerError(f"the quorum of {cluster.bootstrap} did not answer in {timeout:g} s") from error
+    fields = dict(line.split(":", 1) for line in result.stdout.splitlines() if ":" in line)
+    if result.returncode != 0 or "LeaderId" not in fields or "CurrentVoters" not in fields:
+        raise BrokerError(
+            f"cannot describe the quorum of {cluster.bootstrap} (exit code {result.returncode}):\n"
+            + _tail(result.stdout + result.stderr)
+        )
+    voters = json.loads(fields["CurrentVoters"])
+    return QuorumStatus(int(fields["LeaderId"]), tuple(sorted(int(voter["id"]) for voter in voters)))
 
 
 def kill(config: BrokerConfig) -> bool:
