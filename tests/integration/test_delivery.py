@@ -295,3 +295,35 @@ async def test_a_replayed_message_fails_again_with_its_count_then_once_fixed_is_
         f"{Topics(PREFIX).dead_letter}:{first.ref}",
         f"{Topics(PREFIX).dead_letter}:{second.ref}",
     ]
+
+
+async def test_status_shows_each_services_lag_and_dead_letters(kafka: Stack) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    # The consumer group and service name of a stack's validator, so that status reports it there.
+    topic = Topic(f"{PREFIX}.status-{suffix}", f"{PREFIX}.validator")
+    broker = build_broker(settings(kafka), "validator")
+    handled: list[dict[str, Any]] = []
+
+    @broker.subscriber(topic.name, **subscriber_options(topic.group))
+    async def handle(body: dict[str, Any]) -> None:
+        handled.append(body)
+
+    async with running(broker):
+        await produce(kafka, topic.name, HOSTILE, b'{"n": 1}')
+        await eventually(lambda: _ready(handled), "the message after the poison")
+        await letters_from(kafka, topic.name, 1)
+    # Arrived while no validator runs: lag.
+    await produce(kafka, topic.name, b'{"n": 2}', b'{"n": 3}', b'{"n": 4}')
+
+    def status(*args: str) -> Any:
+        return CliRunner().invoke(app, ["--home", str(kafka.home), "status", *args])
+
+    as_json = await asyncio.to_thread(status, "--json")
+    assert as_json.exit_code == 0, as_json.output
+    (validator,) = [row for row in json.loads(as_json.output) if row["name"] == "validator"]
+    assert validator["lag"][topic.name] == 3
+    assert validator["dead_letters"][topic.name] == 1
+    table = await asyncio.to_thread(status)
+    assert table.exit_code == 0, table.output
+    (line,) = [line for line in table.output.splitlines() if topic.name in line]
+    assert line.split() == ["validator", topic.name, "3", "1"]
