@@ -6,7 +6,8 @@ stack owns lives under one home directory::
 
     kafka/               the broker, or kafka/node-N/ per broker of a cluster (see shared.kafka_broker)
     data/<service>/      each service's own data; services share no filesystem
-    logs/<service>.log   stdout and stderr of the service, appended across runs
+    logs/<service>.log   the service's log, rotated by size (logs/<service>.log.1, ...; shared.logs)
+    logs/<service>.out   anything else it writes to stdout and stderr (a crash's traceback), appended
     run/<service>.pid    pid (= process group id) of the running service
     traces/<name>.jsonl  OTLP-JSON spans, unless the caller chose OTEL_TRACES_EXPORTER
 
@@ -148,8 +149,9 @@ class Stack:
         # The latest process this object spawned per service, kept so it can be reaped (no
         # zombies, no ResourceWarning) and its exit code reported.
         self._children: dict[str, subprocess.Popen[bytes]] = {}
-        # Size of each log before the latest start, so errors show only that run's lines.
+        # Size of each log and output file before the latest start, so errors show only that run's lines.
         self._log_offsets: dict[str, int] = {}
+        self._output_offsets: dict[str, int] = {}
 
     # ------------------------------------------------------------------ paths and addresses
 
@@ -158,6 +160,9 @@ class Stack:
 
     def log_file(self, name: str) -> Path:
         return self.home / "logs" / f"{name}.log"
+
+    def output_file(self, name: str) -> Path:
+        return self.home / "logs" / f"{name}.out"
 
     def pid_file(self, name: str) -> Path:
         return self.home / "run" / f"{name}.pid"
@@ -282,21 +287,23 @@ class Stack:
             self._spawn(name)
 
     def _spawn(self, name: str) -> None:
-        log_file = self.log_file(name)
+        log_file, output_file = self.log_file(name), self.output_file(name)
         for directory in (log_file.parent, self.pid_file(name).parent, self.data_dir(name)):
             directory.mkdir(parents=True, exist_ok=True)
-        with log_file.open("ab") as log:
-            log.write(
+        self._log_offsets[name] = log_file.stat().st_size if log_file.exists() else 0
+        with output_file.open("ab") as output:
+            output.write(
                 f"===== cascade: starting services.{name} at {datetime.now(UTC).isoformat()} =====\n".encode()
             )
-            log.flush()
-            self._log_offsets[name] = log.tell()
+            output.flush()
+            self._output_offsets[name] = output.tell()
             process = subprocess.Popen(
                 [sys.executable, "-m", f"services.{name}"],
                 cwd=_repo_root(),
-                env={**self._environ, **self.service_env(name)},
+                # The service writes its log itself, rotating it, so no outage can fill the disk.
+                env={**self._environ, **self.service_env(name), "CASCADE_LOG_FILE": str(log_file)},
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
@@ -340,15 +347,13 @@ class Stack:
         return None if child is None else child.poll()
 
     def _log_tail(self, name: str) -> str:
-        path = self.log_file(name)
-        try:
-            with path.open("rb") as log:
-                log.seek(self._log_offsets.get(name, 0))
-                text = log.read().decode(errors="replace")
-        except FileNotFoundError:
-            text = ""
-        lines = "\n".join(text.splitlines()[-_TAIL_LINES:]) or "(empty)"
-        return f"--- last lines of {path} ---\n{lines}"
+        return "\n".join(
+            _tail(path, offsets.get(name, 0))
+            for path, offsets in (
+                (self.log_file(name), self._log_offsets),
+                (self.output_file(name), self._output_offsets),
+            )
+        )
 
     # ------------------------------------------------------------------ stop
 
@@ -533,3 +538,15 @@ def _write_atomically(path: Path, text: str) -> None:
     staging = path.with_name(path.name + ".tmp")
     staging.write_text(text)
     staging.replace(path)
+
+
+def _tail(path: Path, offset: int) -> str:
+    """The last lines of a file written after `offset` (from its start if it rotated since)."""
+    try:
+        with path.open("rb") as file:
+            file.seek(offset if offset <= os.fstat(file.fileno()).st_size else 0)
+            text = file.read().decode(errors="replace")
+    except FileNotFoundError:
+        text = ""
+    lines = "\n".join(text.splitlines()[-_TAIL_LINES:]) or "(empty)"
+    return f"--- last lines of {path} ---\n{lines}"
