@@ -215,6 +215,10 @@ async def test_health_is_degraded_while_a_message_is_retried_and_not_serving_pas
         "cascade_message_retries_total", {"service": "stuck", "topic": topic.name}
     )
     assert retries is not None and retries >= 3
+    # Both messages were consumed from their partition: no lag left there.
+    partition = str(letters[0].source_partition)
+    lag = {"service": "stuck", "topic": topic.name, "partition": partition}
+    assert REGISTRY.get_sample_value("cascade_consumer_lag", lag) == 0
 
 
 async def _bound(service: Service) -> bool:
