@@ -16,30 +16,33 @@ import sys
 import venv
 from pathlib import Path
 
-__all__ = ["PACKAGES", "VENV", "WORKER", "ensure"]
+__all__ = ["PACKAGES", "VENV", "WORKER", "ensure", "ensure_venv"]
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / "bench" / ".work" / "evidently-venv"
 WORKER = Path(__file__).resolve().with_name("evidently_worker.py")
 PACKAGES = ["evidently==0.7.23", "pandas<3"]
-_READY = VENV / ".cascade-ready"
 
 
 def ensure() -> Path:
     """The environment's python, creating the environment (once) if it is missing."""
-    python = VENV / "bin" / "python"
-    if _READY.exists() and python.exists():
+    return ensure_venv(VENV, PACKAGES, "import evidently, pandas; assert pandas.__version__ < '3'")
+
+
+def ensure_venv(path: Path, packages: list[str], check: str) -> Path:
+    """The python of a venv at `path` holding `packages`, created once; `check` is Python code
+    that must run in it before it counts as ready."""
+    python, ready = path / "bin" / "python", path / ".cascade-ready"
+    if ready.exists() and python.exists():
         return python
-    VENV.parent.mkdir(parents=True, exist_ok=True)
-    venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    venv.EnvBuilder(with_pip=True, clear=True).create(path)
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *PACKAGES],
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *packages],
         check=True,
     )
-    subprocess.run(
-        [str(python), "-c", "import evidently, pandas; assert pandas.__version__ < '3'"], check=True
-    )
-    _READY.write_text(" ".join(PACKAGES) + "\n")
+    subprocess.run([str(python), "-c", check], check=True)
+    ready.write_text(" ".join(packages) + "\n")
     return python
 
 

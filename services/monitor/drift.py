@@ -366,9 +366,9 @@ def calibrate(
         order = rng.permutation(len(rows))
         drawn_half, held_out = rows[order[:half]], rows[order[half:]]
         window = drawn_half[rng.integers(0, half, window_size)]
+        held_sorted = np.sort(held_out, axis=0)  # already through the input type
         for index, column in enumerate(reference.columns):
-            # Both halves are already through the input type: prepared as they are.
-            held = ColumnReference.of(column.name, held_out[:, index], column.kind)
+            held = _held_column(column, held_sorted[:, index])
             p_values[draw, index] = _calibrated_test(held, window[:, index], extra_spread)[2]
     levels = np.asarray(_CHECKED_LEVELS)
     observed = (p_values[:, :, None] < levels).mean(axis=0) / levels  # draws below each level / level
@@ -454,6 +454,17 @@ def _calibrated_drift(reference: ColumnReference, current: Vector, calibration: 
     )
 
 
+def _held_column(column: ColumnReference, sorted_values: Vector) -> ColumnReference:
+    """The held-out half of `column` as a reference column of the same kind: counted only when
+    it is compared as categories (a numeric column's KS needs just the sorted values)."""
+    if column.few_valued:
+        values, counts = np.unique(sorted_values, return_counts=True)
+        return ColumnReference(column.name, CATEGORICAL, sorted_values, math.nan, values, counts)
+    return ColumnReference(
+        column.name, NUMERIC, sorted_values, math.nan, sorted_values, np.empty(0, np.int64)
+    )
+
+
 def _spread(reference: ColumnReference, window_rows: int, extra_spread: float = 0.0) -> float:
     """The variance scale of a difference of shares between a window and the reference."""
     return 1 / window_rows + 1 / reference.rows + extra_spread
@@ -509,12 +520,15 @@ def _pooled_counts(reference: ColumnReference, current: Vector) -> tuple[Vector,
 
 
 def _ks_distance(reference_sorted: Vector, current_sorted: Vector) -> float:
-    """The two-sample Kolmogorov-Smirnov D: the largest gap between the empirical CDFs, at every
-    value of either sample (ties are whole steps, so a tied value is one point, not several)."""
-    points = np.concatenate([reference_sorted, current_sorted])
-    reference_cdf = np.searchsorted(reference_sorted, points, "right") / len(reference_sorted)
-    current_cdf = np.searchsorted(current_sorted, points, "right") / len(current_sorted)
-    return float(np.max(np.abs(reference_cdf - current_cdf)))
+    """The two-sample Kolmogorov-Smirnov D: the largest gap between the empirical CDFs. The window's
+    CDF only steps at its own values, so the gap is largest at one of them or just before one:
+    searches of the window's values into the reference, never a pass over the reference."""
+    rows, reference_rows = len(current_sorted), len(reference_sorted)
+    at = np.searchsorted(current_sorted, current_sorted, "right") / rows  # ties are one whole step
+    before = np.searchsorted(current_sorted, current_sorted, "left") / rows
+    reference_at = np.searchsorted(reference_sorted, current_sorted, "right") / reference_rows
+    reference_before = np.searchsorted(reference_sorted, current_sorted, "left") / reference_rows
+    return float(max(np.max(np.abs(reference_at - at)), np.max(np.abs(reference_before - before))))
 
 
 # -- the tests --------------------------------------------------------------------------------------

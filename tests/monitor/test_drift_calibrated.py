@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from scipy import stats
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
 from services.monitor.drift import (
@@ -184,3 +185,17 @@ def test_bad_calls_are_refused_with_a_reason() -> None:
         calibrate(prepared, 50, false_alarm_rate=0)
     with pytest.raises(ValueError, match="at least 20"):
         calibrate(PreparedReference.of(reference[:10], names), 50)
+
+
+def test_the_calibrated_ks_statistic_is_scipys_on_tied_and_continuous_data() -> None:
+    data = load_diabetes()
+    names = list(data.feature_names)
+    prepared = PreparedReference.of(data.data[:300], names)
+    calibration = calibrate(prepared, 100, draws=20)
+    window = as_logged(data.data[300:400])
+
+    for index, feature in enumerate(evaluate(prepared, calibration, window).features):
+        if feature.test != CALIBRATED_KS_TEST:
+            continue
+        expected = stats.ks_2samp(prepared.columns[index].sorted_values, window[:, index]).statistic
+        assert feature.statistic == pytest.approx(expected, abs=1e-12), feature.feature
