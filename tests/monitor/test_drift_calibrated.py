@@ -33,6 +33,11 @@ FALSE_ALARM_BOUND = 8  # see the module's doc: P(Binomial(300, 0.01) >= 9) = 0.0
 REFERENCE_ROWS = 300
 
 Loader = Callable[[], Any]
+# Diabetes (ties, a binary feature) is fast; 30 continuous features cost a few seconds more.
+LOADERS = [
+    pytest.param(load_diabetes, id="diabetes"),
+    pytest.param(load_breast_cancer, id="breast_cancer", marks=pytest.mark.slow),
+]
 
 
 def as_logged(rows: np.ndarray) -> np.ndarray:
@@ -75,7 +80,7 @@ def test_float32_inputs_compare_with_a_float64_reference_like_with_like() -> Non
     assert calibrated.features[s4].test == CALIBRATED_KS_TEST
 
 
-@pytest.mark.parametrize("loader", [load_diabetes, load_breast_cancer], ids=["diabetes", "breast_cancer"])
+@pytest.mark.parametrize("loader", LOADERS)
 @pytest.mark.parametrize("window_size", [50, 100])
 def test_unshifted_held_out_rows_raise_few_false_alarms(loader: Loader, window_size: int) -> None:
     reference, held_out, names = split(loader)
@@ -91,7 +96,7 @@ def test_unshifted_held_out_rows_raise_few_false_alarms(loader: Loader, window_s
     assert calibration.draw_false_alarm_rate <= 0.02  # the rule, checked on its own draws
 
 
-@pytest.mark.parametrize("loader", [load_diabetes, load_breast_cancer], ids=["diabetes", "breast_cancer"])
+@pytest.mark.parametrize("loader", LOADERS)
 def test_a_half_std_shift_in_three_features_is_detected(loader: Loader) -> None:
     reference, held_out, names = split(loader)
     prepared = PreparedReference.of(reference, names)
@@ -125,6 +130,7 @@ def test_a_change_in_the_mix_of_a_binary_feature_is_detected() -> None:
     assert "sex" in verdict.summary and "DRIFTED" in verdict.summary
 
 
+@pytest.mark.slow
 def test_reports_show_the_statistic_and_a_threshold_that_knows_the_window_size() -> None:
     reference, held_out, names = split(load_breast_cancer)
     prepared = PreparedReference.of(reference, names)
