@@ -4,6 +4,10 @@ Every event is a small, versioned pydantic model with a CloudEvents-style envelo
 JSON, keyed by `subject` (the dataset or model name) so one model's events stay in order, with the
 envelope mirrored into CloudEvents binary-mode headers (`ce_*`) for routers that never parse bodies.
 Payloads (datasets, ONNX files) never ride on events: they move over gRPC streams.
+
+Events stay small: each type has a bound on its serialized size (`Event.MAX_BYTES`, below the
+producers' 1 MiB request limit), checked by `Event.encoded()` before an event is stored in an outbox
+or published, so an event too large fails where it is made, with the limit, not in the producer.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ from typing import Any, ClassVar, Literal
 from faststream.kafka.schemas.topic import Topic as KafkaTopic
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shared.errors import InvalidArgument
+
 __all__ = [
     "DataArrived",
-    "DatasetProfileEntry",
     "DriftDetected",
     "Event",
+    "EventTooLarge",
     "GateResult",
     "LabelsArrived",
     "ModelAliasChanged",
@@ -36,11 +42,16 @@ __all__ = [
     "TrainingProgress",
     "TrainingRequested",
     "cloudevent_headers",
+    "decode_event",
 ]
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+class EventTooLarge(InvalidArgument):
+    """An event whose JSON exceeds its type's `MAX_BYTES`."""
 
 
 class Event(BaseModel):
@@ -49,6 +60,9 @@ class Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     TOPIC: ClassVar[str]
+    # Below the producers' max.request.size (1 MiB) with room for the key and the ce_* headers.
+    # Types whose content is bounded by design declare a smaller bound.
+    MAX_BYTES: ClassVar[int] = 900 * 1024
 
     specversion: Literal["1.0"] = "1.0"
     id: str = Field(default_factory=lambda: str(uuid.uuid4()))
@@ -60,6 +74,27 @@ class Event(BaseModel):
     dataset_version: str | None = None
     training_run: str | None = None
     model_version: int | None = None
+
+    def encoded(self) -> bytes:
+        """The event as JSON, refused with `EventTooLarge` if it exceeds its type's bound."""
+        data = self.model_dump_json().encode()
+        if len(data) > self.MAX_BYTES:
+            raise EventTooLarge(
+                f"a {self.type} event of {len(data)} bytes exceeds its limit of {self.MAX_BYTES} bytes"
+            )
+        return data
+
+
+def decode_event(event_type: str, data: str | bytes) -> Event:
+    """Parse an event stored as JSON with its `type` (an outbox row) into its class."""
+    for cls in _event_classes(Event):
+        if cls.model_fields["type"].default == event_type:
+            return cls.model_validate_json(data)
+    raise InvalidArgument(f"unknown event type {event_type!r}")
+
+
+def _event_classes(base: type[Event]) -> list[type[Event]]:
+    return [c for sub in base.__subclasses__() for c in (sub, *_event_classes(sub))]
 
 
 def cloudevent_headers(event: Event) -> dict[str, str]:
@@ -82,23 +117,13 @@ def cloudevent_headers(event: Event) -> dict[str, str]:
     return headers
 
 
-class DatasetProfileEntry(BaseModel):
-    """Summary of one feature of a dataset version; the monitor's drift reference."""
-
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    count: int
-    missing_rate: float
-    mean: float
-    std: float
-    min: float
-    max: float
-    quantiles: list[float] = Field(description="5th, 25th, 50th, 75th and 95th percentiles.")
-
-
 class DataArrived(Event):
+    """A dataset has a new version. Its features and profile, which grow with the dataset's width,
+    are not carried: they are the version's, read with IngestService.GetDatasetVersion."""
+
     TOPIC: ClassVar[str] = "data-arrived.v1"
+    # Names (dataset 128, target 256 characters) and content addresses only.
+    MAX_BYTES: ClassVar[int] = 8 * 1024
     type: Literal["io.cascade.data.arrived.v1"] = "io.cascade.data.arrived.v1"
 
     dataset: str
@@ -108,8 +133,6 @@ class DataArrived(Event):
     rows: int
     target: str
     task: Literal["classification", "regression"]
-    features: list[str]
-    profile: list[DatasetProfileEntry] = []
 
 
 class RetrainCause(BaseModel):

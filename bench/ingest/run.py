@@ -58,7 +58,7 @@ def _schema() -> Schema:
 def _ours(data: bytes, root: Path, dataset: str = "bench", batch: str = "b1") -> float:
     store = IngestStore(root)
     start = time.perf_counter()
-    cleaned = clean(read_parquet(data), _schema())
+    cleaned = clean(read_parquet(data).frame, _schema())
     store.append_batch(
         dataset, _schema(), batch, cleaned.rows, cleaned.report(), cleaned.rejected, "bench", cleaned.hashes
     )
@@ -113,7 +113,7 @@ def append_costs() -> list[tuple[str, float, float, float]]:
             store = IngestStore(root)
             schema = _schema()
             head = store.head("bench") or ""
-            cleaned = clean(read_parquet(_batch(10_000, seed=98)), schema)
+            cleaned = clean(read_parquet(_batch(10_000, seed=98)).frame, schema)
             store._history_hashes("bench", head)  # warm, as in a running service
             start = time.perf_counter()
             store.append_batch("bench", schema, "append-warm", cleaned.rows, cleaned.report(), [], "bench")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from services.ingest import kafka_api
@@ -9,7 +11,7 @@ from services.ingest.core import IngestCore
 from services.ingest.grpc_api import SERVICE_NAME, IngestServicer
 from services.ingest.settings import IngestSettings
 from services.ingest.store import IngestStore
-from shared.events import DataArrived, Topics
+from shared.events import Event, Topics
 from shared.messaging import build_broker, publish_event
 from shared.service import Service
 from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
@@ -21,10 +23,22 @@ def build(settings: IngestSettings | None = None) -> Service:
     broker = build_broker(settings, "ingest")
     store = IngestStore(settings.data_dir)
 
-    async def emit(event: DataArrived) -> None:
+    async def emit(event: Event) -> None:
         await publish_event(broker, topics, event)
 
-    core = IngestCore(store, emit, settings.max_classes)
+    core = IngestCore(
+        store,
+        emit,
+        settings.max_classes,
+        settings.max_columns,
+        settings.event_wait_seconds,
+        settings.outbox_interval_seconds,
+    )
+    relay: list[asyncio.Task[None]] = []
+
+    async def start_relay() -> None:
+        relay.append(asyncio.create_task(core.outbox.run()))
+
     kafka_api.register(broker, core, topics, settings.max_record_bytes)
     servicer = IngestServicer(core, settings.max_upload_bytes)
 
@@ -32,6 +46,8 @@ def build(settings: IngestSettings | None = None) -> Service:
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server)
 
     async def close_store() -> None:
+        for task in relay:
+            task.cancel()
         store.close()
 
     return Service(
@@ -40,5 +56,6 @@ def build(settings: IngestSettings | None = None) -> Service:
         broker=broker,
         grpc_registrars=[add_servicer],
         grpc_service_names=[SERVICE_NAME],
+        on_start=[start_relay],
         on_stop=[close_store],
     )

@@ -19,9 +19,12 @@ accepted row). The steps, in order, all vectorised over columns:
 
 from __future__ import annotations
 
+import csv
 import io
 import json
+import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +36,7 @@ from shared.errors import InvalidArgument
 
 __all__ = [
     "CleanBatch",
+    "ReadBatch",
     "Rejection",
     "clean",
     "infer_schema",
@@ -86,22 +90,106 @@ class CleanBatch:
 # ---------------------------------------------------------------------------------- reading
 
 
-def read_csv(data: bytes) -> pd.DataFrame:
+@dataclass
+class ReadBatch:
+    """A batch as read: its rows, indexed by their numbers in the file, and the rows the reader
+    refused (a CSV line of the wrong width, bytes that are not UTF-8), with line and reason."""
+
+    frame: pd.DataFrame
+    unreadable: list[Rejection] = field(default_factory=list)
+
+
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of bytes not UTF-8
+
+
+def read_csv(data: bytes, max_columns: int | None = None) -> ReadBatch:
+    """Read a CSV file row by row: a row that cannot be read is refused with its line number and
+    the reason, and the rest is read. Rows are indexed by the line they start on (the header is
+    line 1), as a person sees them in an editor.
+
+    Each record is checked with the csv module, which counts physical lines (a quoted field may
+    span several); the good ones are then parsed by pandas, as the whole file was before. With
+    `max_columns`, a wider header is refused before anything else is read."""
+    text = data.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="surrogateescape")
+    undecodable = _UNDECODABLE.search(text) is not None
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
     try:
-        return pd.read_csv(io.BytesIO(data), skipinitialspace=True)
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise InvalidArgument(f"not a readable CSV file: the header: {exc}") from exc
+    if not header:
+        raise InvalidArgument("not a readable CSV file: it is empty")
+    if max_columns is not None and len(header) > max_columns:
+        raise InvalidArgument(
+            f"the batch has {len(header)} columns; the limit is {max_columns}"
+            " (setting CASCADE_INGEST_MAX_COLUMNS)"
+        )
+    if undecodable and _UNDECODABLE.search("".join(header)):
+        raise InvalidArgument("not a readable CSV file: the header is not UTF-8")
+    lines: list[int] = []
+    good: list[list[str]] = []
+    unreadable: list[Rejection] = []
+    while True:
+        start = reader.line_num + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # e.g. a field over the csv module's size limit
+            if reader.line_num < start:
+                raise InvalidArgument(f"not a readable CSV file at line {start}: {exc}") from exc
+            unreadable.append(Rejection(start, f"unreadable: {exc}", {}))
+            continue
+        if not record:  # a blank line, which pandas skips too
+            continue
+        if len(record) != len(header):
+            few = "too few" if len(record) < len(header) else "too many"
+            reason = f"{few} fields: {len(record)}, the header has {len(header)}"
+            unreadable.append(Rejection(start, reason, {"fields": [f[:200] for f in record[:50]]}))
+        elif undecodable and _UNDECODABLE.search("".join(record)):
+            unreadable.append(Rejection(start, "not UTF-8 text", {}))
+        else:
+            lines.append(start)
+            good.append(record)
+    frame = _parse_records(data, header, good, clean_file=not unreadable and not undecodable)
+    frame.index = pd.Index(lines, dtype="int64")
+    return ReadBatch(frame, unreadable)
+
+
+def _parse_records(
+    data: bytes, header: list[str], records: list[list[str]], clean_file: bool
+) -> pd.DataFrame:
+    """The records as pandas reads a CSV file (types, missing values): the file itself if every
+    row was good, or the good rows written out again."""
+    try:
+        if clean_file:
+            frame = pd.read_csv(io.BytesIO(data), skipinitialspace=True)
+            if len(frame) == len(records):
+                return frame
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(header)
+        writer.writerows(records)
+        out.seek(0)
+        return pd.read_csv(out, skipinitialspace=True)
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"not a readable CSV file: {exc}") from exc
 
 
-def read_parquet(data: bytes) -> pd.DataFrame:
+def read_parquet(data: bytes) -> ReadBatch:
     try:
-        return pd.read_parquet(io.BytesIO(data))
+        frame = pd.read_parquet(io.BytesIO(data))
     except Exception as exc:  # pyarrow raises several unrelated types for bad files
         raise InvalidArgument(f"not a readable Parquet file: {exc}") from exc
+    frame.index = pd.RangeIndex(1, len(frame) + 1)  # rows counted from 1, as a person does
+    return ReadBatch(frame)
 
 
 def read_records(records: list[dict[str, Any]]) -> pd.DataFrame:
-    return pd.DataFrame.from_records(records)
+    """Records as a frame, numbered from 1 in the report (their position in the message)."""
+    frame = pd.DataFrame.from_records(records)
+    frame.index = pd.RangeIndex(1, len(frame) + 1)
+    return frame
 
 
 # ---------------------------------------------------------------------------------- schemas
@@ -256,8 +344,11 @@ def _impute(
     return float(np.round(value)) if feature.type == "integer" else value
 
 
-def clean(frame: pd.DataFrame, schema: Schema) -> CleanBatch:
-    """Validate and clean one batch by the schema's types and policy (see the module's docstring)."""
+def clean(frame: pd.DataFrame, schema: Schema, unreadable: Sequence[Rejection] = ()) -> CleanBatch:
+    """Validate and clean one batch by the schema's types and policy (see the module's docstring).
+
+    The frame's index holds the rows' numbers as a person finds them in the file (the readers set
+    it), and the report names rows by it; `unreadable` are rows the reader refused, reported too."""
     missing_columns = [c for c in schema.columns if c not in frame.columns]
     if missing_columns:
         raise InvalidArgument(f"batch lacks columns {missing_columns} of the dataset schema")
@@ -267,7 +358,12 @@ def clean(frame: pd.DataFrame, schema: Schema) -> CleanBatch:
     cleaner.handle_missing()
     cleaner.handle_outliers()
     cleaner.check_labels()
-    return cleaner.result()
+    batch = cleaner.result(frame.index.to_numpy())
+    if unreadable:
+        batch.received += len(unreadable)
+        batch.rejected = sorted([*unreadable, *batch.rejected], key=lambda r: r.row)
+        batch.issues["unreadable"] = len(unreadable)
+    return batch
 
 
 class _Cleaner:
@@ -411,8 +507,9 @@ class _Cleaner:
         self.reject.add(fractional, lambda r: f"{target}: class label {labels[r]} is not an integer")
         self.rejected |= fractional
 
-    def result(self) -> CleanBatch:
-        """Drop duplicates within the batch (the first occurrence stays) and assemble the report."""
+    def result(self, numbers: np.ndarray) -> CleanBatch:
+        """Drop duplicates within the batch (the first occurrence stays) and assemble the report,
+        which names each row by its number in `numbers` (by position)."""
         kept_rows = np.flatnonzero(~self.rejected)
         kept = self.matrix if len(kept_rows) == self.n else self.matrix[kept_rows]
         accepted = pd.DataFrame(kept, columns=self.schema.columns, copy=False)
@@ -427,7 +524,9 @@ class _Cleaner:
         records = self.raw.iloc[np.flatnonzero(self.rejected)]
         rejections = [
             Rejection(
-                int(row), "; ".join(self.reject.by_row[int(row)]), _jsonable(records.loc[row].to_dict())
+                int(numbers[row]),
+                "; ".join(self.reject.by_row[int(row)]),
+                _jsonable(records.loc[row].to_dict()),
             )
             for row in records.index
         ]
@@ -436,8 +535,12 @@ class _Cleaner:
             received=self.n,
             rejected=rejections,
             duplicates=len(kept_rows) - len(first),
-            repaired=[(r, "; ".join(v)) for r, v in sorted(self.repair.by_row.items()) if unique[r]],
-            flagged=[(r, "; ".join(v)) for r, v in sorted(self.flag.by_row.items()) if unique[r]],
+            repaired=[
+                (int(numbers[r]), "; ".join(v)) for r, v in sorted(self.repair.by_row.items()) if unique[r]
+            ],
+            flagged=[
+                (int(numbers[r]), "; ".join(v)) for r, v in sorted(self.flag.by_row.items()) if unique[r]
+            ],
             issues={k: v for k, v in self.issues.items() if v},
             hashes=hashes,
         )

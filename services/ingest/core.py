@@ -3,30 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 from prometheus_client import Counter
 
-from services.ingest.cleaning import clean, infer_schema, suggest_schema
+from services.ingest.cleaning import Rejection, clean, infer_schema, suggest_schema
 from services.ingest.schema import Schema, validate_dataset_name
-from services.ingest.store import IngestStore, VersionInfo
+from services.ingest.store import IngestStore, NewVersion
 from shared.errors import InvalidArgument
-from shared.events import DataArrived, DatasetProfileEntry
+from shared.events import DataArrived, Event
+from shared.outbox import OutboxRelay
 
 log = logging.getLogger(__name__)
 
 ROWS = Counter("cascade_ingest_rows_total", "Rows ingested, by outcome.", ["dataset", "outcome"])
 
 SOURCE = "cascade/ingest"
-_PROFILE_FIELDS = set(DatasetProfileEntry.model_fields)
-Emit = Callable[[DataArrived], Awaitable[None]]
+Emit = Callable[[Event], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class IngestResult:
     dataset_version: str | None
     created: bool
     report: dict[str, Any]
+    # The version's data-arrived event is stored but Kafka has not taken it yet (an outage): the
+    # outbox relay publishes it when Kafka is back.
+    event_pending: bool = False
 
 
 def batch_id_of(raw: bytes) -> str:
@@ -46,45 +50,100 @@ def records_batch_id(records: list[dict[str, Any]]) -> str:
 
 
 class IngestCore:
-    def __init__(self, store: IngestStore, emit: Emit, max_classes: int = 20) -> None:
+    def __init__(
+        self,
+        store: IngestStore,
+        emit: Emit,
+        max_classes: int = 20,
+        max_columns: int = 1000,
+        event_wait_seconds: float = 0.25,
+        outbox_interval_seconds: float = 1.0,
+    ) -> None:
         self.store = store
-        self.emit = emit
         self.max_classes = max_classes
+        self.max_columns = max_columns
+        self.event_wait_seconds = event_wait_seconds
+        # Events go out through the store's outbox: stored with the batch, published after.
+        self.outbox = OutboxRelay(store, emit, interval=outbox_interval_seconds)
         self._locks: dict[str, asyncio.Lock] = {}
 
+    def check_width(self, columns: int) -> None:
+        """A batch's width is bounded: its schema, profile and model all grow with it."""
+        if columns > self.max_columns:
+            raise InvalidArgument(
+                f"the batch has {columns} columns; the limit is {self.max_columns}"
+                " (setting CASCADE_INGEST_MAX_COLUMNS)"
+            )
+
     async def ingest(
-        self, dataset: str, frame: pd.DataFrame, batch_id: str, target: str, source: str
+        self,
+        dataset: str,
+        frame: pd.DataFrame,
+        batch_id: str,
+        target: str,
+        source: str,
+        unreadable: Sequence[Rejection] = (),
     ) -> IngestResult:
-        """Validate, clean and append one batch. Idempotent: a batch seen before changes nothing
-        and its *data arrived* is announced again, so a crash between storing and announcing
-        loses nothing."""
+        """Validate, clean and append one batch; `unreadable` are rows the reader already refused
+        (with their line numbers), reported with the rest. The version's *data arrived* is stored
+        with it in the outbox and published at once if Kafka takes it within `event_wait_seconds`;
+        if not, the answer says the event is pending, and the relay publishes it later.
+
+        Idempotent: a batch seen before changes nothing, and its version's event is stored again
+        if it is missing (a version stored before the outbox existed)."""
         validate_dataset_name(dataset)
+        self.check_width(len(frame.columns))
         lock = self._locks.setdefault(dataset, asyncio.Lock())
         async with lock:
             seen = self.store.batch(dataset, batch_id)
             if seen is not None:
                 log.info("batch %s of %s seen before; nothing changes", batch_id[:12], dataset)
+                result = IngestResult(batch_id, seen.version, False, seen.report)
                 if seen.version:
-                    await self.emit(self._event(self.store.version(dataset, seen.version), batch_id))
-                return IngestResult(batch_id, seen.version, False, seen.report)
-            result = await asyncio.to_thread(
-                self._append, dataset, frame, batch_id, target or "target", source
+                    await asyncio.to_thread(self._announce_again, dataset, seen.version, batch_id)
+            else:
+                result = await asyncio.to_thread(
+                    self._append, dataset, frame, batch_id, target or "target", source, unreadable
+                )
+        if result.dataset_version and (result.created or seen is not None):
+            drained = await self.outbox.announce(self.event_wait_seconds)
+            pending = not drained and await asyncio.to_thread(
+                self.store.event_pending, _event_id(dataset, result.dataset_version)
             )
-        if result.created and result.dataset_version:
-            await self.emit(self._event(self.store.version(dataset, result.dataset_version), batch_id))
+            result = dataclasses.replace(result, event_pending=pending)
         return result
 
+    def _announce_again(self, dataset: str, version: str, batch_id: str) -> None:
+        info = self.store.version(dataset, version)
+        self.store.ensure_announced(
+            _event(NewVersion(dataset, version, info.parent, info.rows, info.schema), batch_id)
+        )
+
     def _append(
-        self, dataset: str, frame: pd.DataFrame, batch_id: str, target: str, source: str
+        self,
+        dataset: str,
+        frame: pd.DataFrame,
+        batch_id: str,
+        target: str,
+        source: str,
+        unreadable: Sequence[Rejection],
     ) -> IngestResult:
         schema = self.store.schema(dataset) or infer_schema(frame, target, self.max_classes)
         if target != schema.target and not (schema.declared and target == "target"):
             raise InvalidArgument(f"dataset {dataset!r} has target {schema.target!r}, not {target!r}")
-        batch = clean(frame, schema)
+        batch = clean(frame, schema, unreadable)
         report = batch.report()
         parent = self.store.head(dataset)
         version, _already_present = self.store.append_batch(
-            dataset, schema, batch_id, batch.rows, report, batch.rejected, source, batch.hashes
+            dataset,
+            schema,
+            batch_id,
+            batch.rows,
+            report,
+            batch.rejected,
+            source,
+            batch.hashes,
+            announce=lambda new: _event(new, batch_id),
         )
         ROWS.labels(dataset, "accepted").inc(report["rows_accepted"])
         ROWS.labels(dataset, "repaired").inc(report["rows_repaired"])
@@ -105,31 +164,32 @@ class IngestCore:
 
     async def register(self, dataset: str, schema: Schema) -> Schema:
         validate_dataset_name(dataset)
+        self.check_width(len(schema.columns))
         lock = self._locks.setdefault(dataset, asyncio.Lock())
         async with lock:
             return await asyncio.to_thread(self.store.register, dataset, schema)
 
     def suggest(self, frame: pd.DataFrame, target: str) -> Schema:
         """A schema inferred from a sample, for a person to confirm and register."""
+        self.check_width(len(frame.columns))
         return suggest_schema(frame, target or "target", self.max_classes)
 
-    @staticmethod
-    def _event(info: VersionInfo, batch_id: str) -> DataArrived:
-        return DataArrived(
-            # Deterministic id: the same version announced twice is recognisably the same event.
-            id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"cascade:data-arrived:{info.dataset}:{info.version}")),
-            source=SOURCE,
-            subject=info.dataset,
-            dataset=info.dataset,
-            dataset_version=info.version,
-            parent_version=info.parent,
-            batch_id=batch_id,
-            rows=info.rows,
-            target=info.schema.target,
-            task=info.schema.task,
-            features=info.schema.names,
-            profile=[
-                DatasetProfileEntry(**{k: v for k, v in entry.items() if k in _PROFILE_FIELDS})
-                for entry in info.profile
-            ],
-        )
+
+def _event_id(dataset: str, version: str) -> str:
+    # Deterministic: the same version announced twice is recognisably the same event.
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"cascade:data-arrived:{dataset}:{version}"))
+
+
+def _event(new: NewVersion, batch_id: str) -> DataArrived:
+    return DataArrived(
+        id=_event_id(new.dataset, new.version),
+        source=SOURCE,
+        subject=new.dataset,
+        dataset=new.dataset,
+        dataset_version=new.version,
+        parent_version=new.parent,
+        batch_id=batch_id,
+        rows=new.rows,
+        target=new.schema.target,
+        task=new.schema.task,
+    )

@@ -11,7 +11,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.ingest.cleaning import read_csv, read_parquet
+from services.ingest.cleaning import ReadBatch, read_csv, read_parquet
 from services.ingest.core import IngestCore, batch_id_of
 from services.ingest.schema import Schema
 from services.ingest.store import BatchRecord, VersionInfo
@@ -40,19 +40,21 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
             data = await asyncio.to_thread(received.path.read_bytes)
         finally:
             received.discard()
-        frame = await asyncio.to_thread(_read, header.format, data)
+        batch = await asyncio.to_thread(_read, header.format, data, self.core.max_columns)
         result = await self.core.ingest(
             header.dataset,
-            frame,
-            batch_id_of(data),
+            batch.frame,
+            await asyncio.to_thread(batch_id_of, data),
             header.target or "target",
             header.source or "grpc-upload",
+            batch.unreadable,
         )
         return pb.UploadBatchResponse(
             batch_id=result.batch_id,
             dataset_version=result.dataset_version or "",
             created=result.created,
             report=report_message(result.report),
+            event_pending=result.event_pending,
         )
 
     @grpc_errors
@@ -116,8 +118,8 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
     async def InferSchema(self, request: pb.InferSchemaRequest, context: ServicerContext) -> pb.DatasetSchema:
         if not request.data:
             raise InvalidArgument("the sample is empty")
-        frame = await asyncio.to_thread(_read, request.format, request.data)
-        return schema_message(self.core.suggest(frame, request.target))
+        batch = await asyncio.to_thread(_read, request.format, request.data, self.core.max_columns)
+        return schema_message(await asyncio.to_thread(self.core.suggest, batch.frame, request.target))
 
     @grpc_errors
     async def ListBatches(
@@ -147,11 +149,11 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
         )
 
 
-def _read(file_format: int, data: bytes) -> Any:
+def _read(file_format: int, data: bytes, max_columns: int) -> ReadBatch:
     if file_format == pb.FILE_FORMAT_PARQUET:
         return read_parquet(data)
     if file_format in (pb.FILE_FORMAT_CSV, pb.FILE_FORMAT_UNSPECIFIED):
-        return read_csv(data)
+        return read_csv(data, max_columns)
     raise InvalidArgument(f"unknown file format {file_format}")
 
 

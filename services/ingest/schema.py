@@ -29,6 +29,7 @@ from typing import Any, Literal, cast, get_args
 from shared.errors import InvalidArgument
 
 __all__ = [
+    "MAX_COLUMN_NAME_CHARS",
     "OTHER",
     "Feature",
     "FeatureType",
@@ -49,6 +50,10 @@ UnknownCategory = Literal["reject", "other"]
 # The category unknown values are mapped to under `unknown_category: other`.
 OTHER = "__other__"
 
+# Column names travel in schemas, profiles and (the target) in data-arrived events: bounded, so
+# their size is too.
+MAX_COLUMN_NAME_CHARS = 256
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -56,6 +61,15 @@ def validate_dataset_name(name: str) -> str:
     if not _NAME.match(name or ""):
         raise InvalidArgument(f"invalid dataset name {name!r}: use [A-Za-z0-9][A-Za-z0-9_.-]*")
     return name
+
+
+def _check_column_name(name: str, what: str) -> None:
+    if not name:
+        raise InvalidArgument(f"a {what} needs a name")
+    if len(name) > MAX_COLUMN_NAME_CHARS:
+        raise InvalidArgument(
+            f"{what} name {name[:40]!r}... has {len(name)} characters; the limit is {MAX_COLUMN_NAME_CHARS}"
+        )
 
 
 def _choice(value: Any, allowed: Any, what: str) -> Any:
@@ -75,8 +89,7 @@ class Feature:
     categories: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.name:
-            raise InvalidArgument("a feature needs a name")
+        _check_column_name(self.name, "feature")
         _choice(self.type, FeatureType, f"type of feature {self.name!r}")
         if self.type == "categorical" and not self.categories:
             raise InvalidArgument(f"categorical feature {self.name!r} needs its categories")
@@ -133,6 +146,7 @@ class Schema:
         _choice(self.task, Task, "task")
         if not self.target:
             raise InvalidArgument("a schema needs a target")
+        _check_column_name(self.target, "target")
         if not self.features:
             raise InvalidArgument("a schema needs at least one feature")
         names = self.names

@@ -19,3 +19,16 @@ class IngestSettings(ServiceSettings):
     max_classes: int = Field(
         20, description="A target with at most this many integer values is a class label."
     )
+    max_columns: int = Field(
+        1000,
+        description="Widest batch accepted (features and target); a wider one is INVALID_ARGUMENT."
+        " Schemas, profiles and models all grow with the width.",
+    )
+    event_wait_seconds: float = Field(
+        0.25,
+        description="How long an upload waits for Kafka to take its data-arrived event before it"
+        " answers 'event pending' (the event is stored; the outbox relay publishes it later).",
+    )
+    outbox_interval_seconds: float = Field(
+        1.0, description="How often the outbox relay retries events Kafka has not taken."
+    )

@@ -31,7 +31,7 @@ import os
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,10 +45,12 @@ import pyarrow.parquet as pq
 from services.ingest.cleaning import Rejection, quantiles, row_hashes
 from services.ingest.schema import Schema
 from shared.errors import AlreadyExists, InvalidArgument, NotFound
+from shared.events import Event
 
 __all__ = [
     "BatchRecord",
     "IngestStore",
+    "NewVersion",
     "Segment",
     "VersionInfo",
     "chain_version",
@@ -95,6 +97,14 @@ CREATE TABLE IF NOT EXISTS batches (
     received_at TEXT NOT NULL,
     PRIMARY KEY (dataset, batch_id)
 );
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    event_type TEXT NOT NULL,
+    event_json TEXT NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS ix_outbox_pending ON outbox(published, id);
 CREATE TABLE IF NOT EXISTS rejected_rows (
     dataset TEXT NOT NULL,
     batch_id TEXT NOT NULL,
@@ -134,6 +144,17 @@ class VersionInfo:
     batch_ids: list[str]
     schema: Schema
     segments: list[str]
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    """A version as `append_batch` makes it, for the event that announces it."""
+
+    dataset: str
+    version: str
+    parent: str | None
+    rows: int
+    schema: Schema
 
 
 @dataclass(frozen=True)
@@ -548,10 +569,12 @@ class IngestStore:
         rejected: list[Rejection],
         source: str,
         hashes: np.ndarray | None = None,
+        announce: Callable[[NewVersion], Event] | None = None,
     ) -> tuple[str | None, int]:
         """Record a batch and, if it adds rows, the new version (parent + one segment of the rows
-        new to the dataset). Returns the dataset's version after it and how many of the batch's
-        rows were already in the parent version."""
+        new to the dataset) and the event `announce` makes of it, in the outbox, in one
+        transaction. Returns the dataset's version after it and how many of the batch's rows were
+        already in the parent version."""
         with self._lock:
             now = datetime.now(UTC).isoformat()
             parent = self.head(dataset)
@@ -570,14 +593,16 @@ class IngestStore:
             segment: Segment | None = None
             stats: dict[str, Any] = {}
             if len(new_rows):
-                digest = segment_digest(new_rows)
-                version = chain_version(parent, digest)
-                path = self.segments_dir / f"{digest}.parquet"
-                table = pa.Table.from_pandas(new_rows, preserve_index=False).replace_schema_metadata(None)
-                _write_atomically(path, lambda tmp: pq.write_table(table, tmp, use_dictionary=False))
-                parent_rows = self.version(dataset, parent).rows if parent else 0
-                segment = Segment(digest, parent_rows, len(new_rows), path.stat().st_size, path)
+                segment = self._write_segment(dataset, parent, new_rows)
+                version = chain_version(parent, segment.segment)
                 stats = segment_stats(new_rows, schema)
+            # Made (and its size checked) before anything commits: a batch is stored with its event.
+            event = (
+                announce(NewVersion(dataset, version, parent, segment.row_start + segment.rows, schema))
+                if announce is not None and segment is not None and version is not None
+                else None
+            )
+            event_json = event.encoded().decode() if event is not None else ""
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -617,6 +642,8 @@ class IngestStore:
                         ),
                     )
                     db.execute("UPDATE datasets SET head_version=? WHERE name=?", (version, dataset))
+                if event is not None:
+                    self._enqueue(event, event_json)
                 db.execute(
                     "INSERT INTO batches VALUES (?,?,?,?,?,?)",
                     (batch_id, dataset, version if segment else None, source, json.dumps(report), now),
@@ -634,6 +661,56 @@ class IngestStore:
                 merged.sort()
                 self._hashes[dataset] = (version, merged)
             return version, already_present
+
+    def _write_segment(self, dataset: str, parent: str | None, new_rows: pd.DataFrame) -> Segment:
+        """The rows new to the dataset as a durable, content-addressed Parquet file."""
+        digest = segment_digest(new_rows)
+        path = self.segments_dir / f"{digest}.parquet"
+        table = pa.Table.from_pandas(new_rows, preserve_index=False).replace_schema_metadata(None)
+        _write_atomically(path, lambda tmp: pq.write_table(table, tmp, use_dictionary=False))
+        parent_rows = self.version(dataset, parent).rows if parent else 0
+        return Segment(digest, parent_rows, len(new_rows), path.stat().st_size, path)
+
+    # -- outbox --------------------------------------------------------------------------------
+    def _enqueue(self, event: Event, event_json: str) -> None:
+        """Within the caller's transaction. An event already there (same id) stays as it is."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO outbox(event_id, event_type, event_json) VALUES (?,?,?)",
+            (event.id, event.type, event_json),
+        )
+
+    def ensure_announced(self, event: Event) -> None:
+        """Store `event` in the outbox unless it is there already (published or not)."""
+        event_json = event.encoded().decode()
+        with self._lock:
+            self._enqueue(event, event_json)
+
+    def pending_events(self, limit: int | None = None) -> list[tuple[int, str, str]]:
+        """(id, event type, event JSON) of the oldest `limit` (default: all) unpublished events."""
+        # Under the write lock: the connection is shared, and an event of a transaction still open
+        # in another thread must not be published before it commits.
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, event_type, event_json FROM outbox WHERE published=0 ORDER BY id LIMIT ?",
+                (-1 if limit is None else limit,),
+            ).fetchall()
+        return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    def mark_published(self, event_ids: Sequence[int]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("UPDATE outbox SET published=1 WHERE id=?", [(i,) for i in event_ids])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def event_pending(self, event_id: str) -> bool:
+        """Whether the event with this id waits in the outbox (False once published, or unknown)."""
+        with self._lock:
+            row = self._db.execute("SELECT published FROM outbox WHERE event_id=?", (event_id,)).fetchone()
+        return row is not None and not row[0]
 
     def _stats_of(self, dataset: str, version: str | None) -> list[dict[str, Any]]:
         """Segment statistics of a version's lineage (computed from the file for a legacy one)."""

@@ -20,7 +20,7 @@ def test_the_implicit_schema_is_inferred_from_the_first_batch() -> None:
 
 def test_a_schema_to_confirm_detects_types() -> None:
     csv = b"age,colour,smoker,income,target\n30,red,yes,1.5,0\n41,green,no,2.5,1\n52,red,no,3.0,1\n"
-    schema = suggest_schema(read_csv(csv), "target", 20)
+    schema = suggest_schema(read_csv(csv).frame, "target", 20)
     assert schema.features == (
         Feature("age", "integer"),
         Feature("colour", "categorical", categories=("green", "red")),
@@ -37,14 +37,15 @@ def test_a_missing_target_column_is_a_clear_error() -> None:
 
 def test_the_default_policy_rejects_bad_rows_with_reasons_and_drops_duplicates() -> None:
     csv = b"a,b,target\n1,2,0\nabc,2,1\n,3,0\ninf,1,1\n1,2,0\n5,6,1\n7,8,0.5\n"
-    batch = clean(read_csv(csv), _implicit("a", "b"))
+    batch = clean(read_csv(csv).frame, _implicit("a", "b"))
     report = batch.report()
     assert (report["rows_received"], report["rows_accepted"], report["rows_duplicate"]) == (7, 2, 1)
+    # Rows are named by their line in the file: the header is line 1.
     assert [(r["row"], r["reason"]) for r in report["rejected"]] == [
-        (1, "a: not a number ('abc')"),
-        (2, "a: missing"),
-        (3, "a: infinite"),
-        (6, "target: class label 0.5 is not an integer"),
+        (3, "a: not a number ('abc')"),
+        (4, "a: missing"),
+        (5, "a: infinite"),
+        (8, "target: class label 0.5 is not an integer"),
     ]
     assert batch.rows.to_numpy().tolist() == [[1.0, 2.0, 0.0], [5.0, 6.0, 1.0]]
     assert batch.rejected[0].values == {"a": "abc", "b": 2, "target": 1.0}
@@ -103,29 +104,29 @@ MIXED_REPORT = {
         "bad_label": 1,
     },
     "rejected": [
-        {"row": 4, "reason": "age: not an integer ('abc')"},
-        {"row": 5, "reason": "smoker: not a boolean ('maybe')"},
-        {"row": 6, "reason": "income: infinite"},
-        {"row": 9, "reason": "label: class label 0.5 is not an integer"},
-        {"row": 10, "reason": "label: missing"},
+        {"row": 6, "reason": "age: not an integer ('abc')"},
+        {"row": 7, "reason": "smoker: not a boolean ('maybe')"},
+        {"row": 8, "reason": "income: infinite"},
+        {"row": 11, "reason": "label: class label 0.5 is not an integer"},
+        {"row": 12, "reason": "label: missing"},
     ],
     "repaired": [
-        {"row": 2, "note": "age: missing, imputed median 34"},
+        {"row": 4, "note": "age: missing, imputed median 34"},
         {
-            "row": 3,
+            "row": 5,
             "note": "colour: unknown category 'blue' mapped to __other__; "
             "age: 130 outside [0, 120], clipped to 120",
         },
     ],
     "flagged": [
-        {"row": 3, "note": "age: 120 is an outlier (iqr 1.5: [25.125, 44.125])"},
-        {"row": 7, "note": "income: 5000 is an outlier (iqr 1.5: [85, 129])"},
+        {"row": 5, "note": "age: 120 is an outlier (iqr 1.5: [25.125, 44.125])"},
+        {"row": 9, "note": "income: 5000 is an outlier (iqr 1.5: [85, 129])"},
     ],
 }
 
 
 def test_a_mixed_batch_gets_the_exact_report() -> None:
-    batch = clean(read_csv(MIXED_CSV), MIXED_SCHEMA)
+    batch = clean(read_csv(MIXED_CSV).frame, MIXED_SCHEMA)
     assert batch.report() == MIXED_REPORT
     # Categories as codes (red 0, green 1, other 2), booleans as 0/1, repairs applied.
     assert batch.rows.to_numpy().tolist() == [
@@ -233,3 +234,52 @@ def test_schemas_round_trip_and_refuse_nonsense() -> None:
     ]:
         with pytest.raises(InvalidArgument, match=message):
             Schema.from_dict(bad)
+
+
+def test_a_row_of_the_wrong_width_is_refused_with_its_line_and_the_rest_is_read() -> None:
+    data = b'a,b,target\n1,2,0\n3,4,5,1\n"x\ny",6,1\n7,1\n\n8,9,0\n'
+    read = read_csv(data)
+    # A quoted field spans lines 4-5, and the blank line 7 is skipped, as a person reads the file.
+    assert [(r.row, r.reason) for r in read.unreadable] == [
+        (3, "too many fields: 4, the header has 3"),
+        (6, "too few fields: 2, the header has 3"),
+    ]
+    assert read.frame.index.tolist() == [2, 4, 8]
+    batch = clean(read.frame, _implicit("a", "b"), read.unreadable)
+    report = batch.report()
+    assert (report["rows_received"], report["rows_accepted"], report["rows_rejected"]) == (5, 2, 3)
+    assert [(r["row"], r["reason"]) for r in report["rejected"]] == [
+        (3, "too many fields: 4, the header has 3"),
+        (4, "a: not a number ('x\\ny')"),
+        (6, "too few fields: 2, the header has 3"),
+    ]
+    assert report["issues"]["unreadable"] == 2
+    assert batch.rows.to_numpy().tolist() == [[1.0, 2.0, 0.0], [8.0, 9.0, 0.0]]
+
+
+def test_a_row_that_is_not_utf8_is_refused_and_the_rest_is_read() -> None:
+    read = read_csv(b"a,b,target\n1,2,0\n3,\xff\xfe,1\n5,6,1\n")
+    assert [(r.row, r.reason) for r in read.unreadable] == [(3, "not UTF-8 text")]
+    assert read.frame.to_numpy().tolist() == [[1, 2, 0], [5, 6, 1]]
+    assert read.frame.index.tolist() == [2, 4]
+
+
+def test_a_clean_file_is_read_by_pandas_with_its_line_numbers() -> None:
+    read = read_csv(b"\xef\xbb\xbfa, b,target\n1.5, 2,0\n3,4,1\n")
+    assert read.unreadable == []
+    assert list(read.frame.columns) == ["a", "b", "target"]
+    assert read.frame.index.tolist() == [2, 3]
+    assert read.frame["a"].tolist() == [1.5, 3.0]
+
+
+def test_a_file_wider_than_the_limit_is_refused_by_its_header() -> None:
+    header = ",".join(f"f{i}" for i in range(20_000)) + ",target\n"
+    with pytest.raises(InvalidArgument, match="20001 columns; the limit is 1000"):
+        read_csv(header.encode() + b"0," * 20_000 + b"1\n", max_columns=1000)
+
+
+def test_an_empty_file_or_an_undecodable_header_is_invalid() -> None:
+    with pytest.raises(InvalidArgument, match="empty"):
+        read_csv(b"")
+    with pytest.raises(InvalidArgument, match="header is not UTF-8"):
+        read_csv(b"a,\xff,target\n1,2,0\n")

@@ -1,3 +1,4 @@
+import asyncio
 import json
 from pathlib import Path
 
@@ -9,7 +10,8 @@ from sklearn.datasets import load_wine
 from services.ingest.core import IngestCore, batch_id_of
 from services.ingest.schema import Feature, Policy, Schema
 from services.ingest.store import IngestStore, chain_version, segment_digest
-from shared.events import DataArrived
+from shared.errors import InvalidArgument
+from shared.events import DataArrived, Event
 
 
 @pytest.fixture
@@ -41,10 +43,12 @@ async def test_each_batch_makes_a_version_on_top_of_the_previous(tmp_path: Path,
     assert (info.parent, info.rows, len(info.batch_ids)) == (first, len(wine), 2)
     assert [e.dataset_version for e in announced] == [first, second]
     assert announced[1].task == "classification" and announced[1].rows == len(wine)
-    assert {p.name for p in announced[1].profile} == set(info.schema.names)
+    # The profile and features are the version's, not the event's: events stay small.
+    assert {p["name"] for p in info.profile} == set(info.schema.names)
+    assert all(len(e.encoded()) <= DataArrived.MAX_BYTES for e in announced)
 
 
-async def test_redelivering_a_batch_changes_nothing_but_announces_again(
+async def test_redelivering_a_batch_changes_nothing_and_announces_once(
     tmp_path: Path, wine: pd.DataFrame
 ) -> None:
     core, announced = _core(tmp_path)
@@ -52,7 +56,9 @@ async def test_redelivering_a_batch_changes_nothing_but_announces_again(
     again = await _ingest(core, wine.iloc[:100])
     assert again == version
     assert core.store.head("wine") == version
-    assert [e.id for e in announced] == [announced[0].id] * 2  # the same event, recognisably
+    # The event went out through the outbox with the first upload; the second finds it published.
+    assert [e.dataset_version for e in announced] == [version]
+    assert core.store.pending_events() == []
 
 
 async def test_versions_are_content_addressed(tmp_path: Path, wine: pd.DataFrame) -> None:
@@ -153,7 +159,7 @@ async def test_a_declared_schema_governs_cleaning_and_categories_are_profiled(tm
     ]
     categories = {p["name"]: p["categories"] for p in info.profile}["c"]
     assert categories == {"a": 1, "b": 1, "__other__": 1}
-    assert announced[0].features == ["x", "c"]
+    assert announced[0].target == "y" and announced[0].rows == 3
 
 
 async def test_a_store_reopened_after_a_crash_is_consistent(tmp_path: Path, wine: pd.DataFrame) -> None:
@@ -215,3 +221,55 @@ async def test_a_version_stored_before_segments_is_read_and_appended_to(
     assert info.segments[0] == "legacy" and head == chain_version("legacy", info.segments[1])
     assert core.store.load("wine", head).to_numpy().tolist() == wine.to_numpy(dtype="float64").tolist()
     assert {p["name"]: p["count"] for p in info.profile}["alcohol"] == len(wine)
+
+
+async def test_an_upload_while_kafka_hangs_answers_with_its_version_and_event_pending(
+    tmp_path: Path, wine: pd.DataFrame
+) -> None:
+    kafka_back, delivered = asyncio.Event(), asyncio.Event()
+    announced: list[Event] = []
+
+    async def emit(event: Event) -> None:
+        await kafka_back.wait()  # a producer during an outage waits for the broker
+        announced.append(event)
+        delivered.set()
+
+    core = IngestCore(IngestStore(tmp_path), emit, event_wait_seconds=0.05, outbox_interval_seconds=0.05)
+    frame = wine.iloc[:50]
+    async with asyncio.timeout(5):  # answered, not hung until the caller's deadline
+        first = await core.ingest("wine", frame, "b1", "target", "test")
+        retried = await core.ingest("wine", frame, "b1", "target", "test")
+    assert first.created and first.dataset_version and first.event_pending
+    assert (retried.created, retried.dataset_version, retried.event_pending) == (
+        False,
+        first.dataset_version,
+        True,
+    )
+    assert [json.loads(e)["dataset_version"] for _, _, e in core.store.pending_events()] == [
+        first.dataset_version
+    ]
+    relay = asyncio.create_task(core.outbox.run())
+    try:
+        kafka_back.set()
+        await asyncio.wait_for(delivered.wait(), 10)
+        again = await core.ingest("wine", frame, "b1", "target", "test")
+    finally:
+        relay.cancel()
+    assert [e.dataset_version for e in announced] == [first.dataset_version]  # once
+    assert not again.event_pending and core.store.pending_events() == []
+
+
+async def test_a_batch_wider_than_the_limit_is_refused_before_anything_is_stored(tmp_path: Path) -> None:
+    core, announced = _core(tmp_path)
+    core.max_columns = 100
+    frame = pd.DataFrame([[0.0] * 200 + [1]], columns=[f"f{i}" for i in range(200)] + ["target"])
+    with pytest.raises(InvalidArgument, match="201 columns; the limit is 100"):
+        await core.ingest("wide", frame, "b1", "target", "test")
+    assert core.store.schema("wide") is None and announced == []
+
+
+async def test_a_column_name_over_the_limit_is_invalid(tmp_path: Path) -> None:
+    core, _ = _core(tmp_path)
+    frame = pd.DataFrame({"x": [1.0, 2.0], "t" * 300: [0, 1]})
+    with pytest.raises(InvalidArgument, match="300 characters; the limit is 256"):
+        await core.ingest("long", frame, "b1", "t" * 300, "test")

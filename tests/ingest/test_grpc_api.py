@@ -123,15 +123,15 @@ async def test_a_registered_dataset_cleans_by_its_schema_and_keeps_rejected_rows
     report = response.report
     assert (report.rows_accepted, report.rows_repaired, report.rows_rejected) == (3, 2, 1)
     assert [(n.row, n.note) for n in report.repaired] == [
-        (1, "x: 20 outside [0, 10], clipped to 10"),
-        (2, "x: missing, imputed median 5.5"),
+        (3, "x: 20 outside [0, 10], clipped to 10"),  # lines of the file: the header is line 1
+        (4, "x: missing, imputed median 5.5"),
     ]
     assert dict(report.issues) == {"missing": 1, "unknown_category": 1, "out_of_range": 1}
     rejected = await ingest.ListRejectedRows(
         pb.ListRejectedRowsRequest(dataset="decl", batch_id=response.batch_id)
     )
     assert [(r.row, r.reason, json.loads(r.values_json)) for r in rejected.rows] == [
-        (3, "c: unknown category 'zz'", {"x": 3.0, "c": "zz", "y": 0})
+        (5, "c: unknown category 'zz'", {"x": 3.0, "c": "zz", "y": 0})
     ]
     batches = await ingest.ListBatches(pb.ListBatchesRequest(dataset="decl"))
     assert [b.report.rows_repaired for b in batches.batches] == [2]

@@ -100,7 +100,9 @@ class RejectedRow(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     VALUES_JSON_FIELD_NUMBER: _builtins.int
     row: _builtins.int
-    """0-based row number within the batch."""
+    """Where a person finds the row: its line in a CSV file (the header is line 1, the first data
+    row line 2), its 1-based position in a Parquet file or a list of records.
+    """
     reason: _builtins.str
     values_json: _builtins.str
     """The row as received, as a JSON object (filled by ListRejectedRows)."""
@@ -231,10 +233,15 @@ class UploadBatchResponse(_message.Message):
     DATASET_VERSION_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
     REPORT_FIELD_NUMBER: _builtins.int
+    EVENT_PENDING_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     dataset_version: _builtins.str
     created: _builtins.bool
     """False when the same batch had already been ingested: nothing changed."""
+    event_pending: _builtins.bool
+    """The version is stored but its data-arrived event is not yet on Kafka (an outage): it waits in
+    ingest's outbox and is published when Kafka is back, so the cascade still follows.
+    """
     @_builtins.property
     def report(self) -> Global___BatchReport: ...
     def __init__(
@@ -244,10 +251,11 @@ class UploadBatchResponse(_message.Message):
         dataset_version: _builtins.str = ...,
         created: _builtins.bool = ...,
         report: Global___BatchReport | None = ...,
+        event_pending: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "created", b"created", "dataset_version", b"dataset_version", "report", b"report"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "created", b"created", "dataset_version", b"dataset_version", "event_pending", b"event_pending", "report", b"report"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
