@@ -442,8 +442,8 @@ def evaluate(
 def _calibrated_drift(reference: ColumnReference, current: Vector, calibration: Calibration) -> FeatureDrift:
     current = reference.comparable(current)
     inflation = calibration.inflation[reference.name]
-    test, statistic, p_value = _calibrated_test(reference, current)
-    threshold = _threshold(reference, len(current), calibration.feature_false_alarm_rate / inflation)
+    test, statistic, p_value, freedom = _calibrated_test(reference, current)
+    threshold = _threshold(reference, len(current), calibration.feature_false_alarm_rate / inflation, freedom)
     return FeatureDrift(
         reference.name,
         test,
@@ -472,9 +472,10 @@ def _spread(reference: ColumnReference, window_rows: int, extra_spread: float = 
 
 def _calibrated_test(
     reference: ColumnReference, current: Vector, extra_spread: float = 0.0
-) -> tuple[str, float, float]:
-    """(test, statistic, p-value) of the calibrated mode's two-sample test. `extra_spread` adds
-    the variance of a window drawn from a finite sample (calibration's draws)."""
+) -> tuple[str, float, float, int]:
+    """(test, statistic, p-value, chi-squared's degrees of freedom or 0) of the calibrated mode's
+    two-sample test. `extra_spread` adds the variance of a window drawn from a finite sample
+    (calibration's draws)."""
     spread = _spread(reference, len(current), extra_spread)
     if reference.few_valued:
         reference_counts, counts = _pooled_counts(reference, current)
@@ -484,15 +485,21 @@ def _calibrated_test(
         statistic = float(np.sum(difference**2 / pooled[present]) / spread)
         freedom = int(present.sum()) - 1
         p_value = float(stats.chi2.sf(statistic, freedom)) if freedom > 0 else 1.0
-        return CALIBRATED_CHISQUARE_TEST, statistic, p_value
+        return CALIBRATED_CHISQUARE_TEST, statistic, p_value, freedom
     statistic = _ks_distance(reference.sorted_values, np.sort(current))
-    return CALIBRATED_KS_TEST, statistic, float(stats.kstwobign.sf(statistic / math.sqrt(spread)))
+    return CALIBRATED_KS_TEST, statistic, float(stats.kstwobign.sf(statistic / math.sqrt(spread))), 0
 
 
-def _threshold(reference: ColumnReference, window_rows: int, p_value: float) -> float:
-    """The statistic at which the calibrated test's p-value is `p_value`, for `window_rows` rows."""
+def _threshold(
+    reference: ColumnReference, window_rows: int, p_value: float, freedom: int | None = None
+) -> float:
+    """The statistic at which the calibrated test's p-value is `p_value`, for `window_rows` rows.
+    Chi-squared's degrees of freedom come from the window's own table when known (a value the
+    reference never had adds a category), else from the reference's categories alone."""
     if reference.few_valued:
-        freedom = len(_pooled_keys(reference, window_rows)) - 1
+        if freedom is None:
+            keys = _pooled_keys(reference, window_rows)
+            freedom = len(keys) - int(len(keys) == len(reference.values))  # the pooled rest counts too
         return float(stats.chi2.isf(p_value, freedom)) if freedom > 0 else math.inf
     return float(stats.kstwobign.isf(p_value) * math.sqrt(_spread(reference, window_rows)))
 

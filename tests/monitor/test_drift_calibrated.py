@@ -22,6 +22,7 @@ from sklearn.datasets import load_breast_cancer, load_diabetes
 from services.monitor.drift import (
     CALIBRATED_CHISQUARE_TEST,
     CALIBRATED_KS_TEST,
+    CATEGORICAL,
     PreparedReference,
     calibrate,
     evaluate,
@@ -205,3 +206,20 @@ def test_the_calibrated_ks_statistic_is_scipys_on_tied_and_continuous_data() -> 
             continue
         expected = stats.ks_2samp(prepared.columns[index].sorted_values, window[:, index]).statistic
         assert feature.statistic == pytest.approx(expected, abs=1e-12), feature.feature
+
+
+def test_a_value_the_reference_never_had_drifts_a_categorical_feature() -> None:
+    reference, held_out, names = split(load_diabetes)
+    site = np.ones((len(reference), 1))  # one site in the training data
+    prepared = PreparedReference.of(np.hstack([reference, site]), [*names, "site"], {"site": CATEGORICAL})
+    calibration = calibrate(prepared, 100)
+    window = np.hstack([held_out[:100], np.ones((100, 1))])
+
+    same = evaluate(prepared, calibration, as_logged(window))
+    assert not same.drifted
+    assert same.features[-1].statistic == 0 and same.features[-1].threshold == np.inf
+
+    window[:30, -1] = 2.0  # a new site
+    moved = evaluate(prepared, calibration, as_logged(window))
+    assert moved.drifted and [f.feature for f in moved.features if f.drifted] == ["site"]
+    assert np.isfinite(moved.features[-1].threshold)
