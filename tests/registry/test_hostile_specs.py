@@ -1,8 +1,10 @@
-"""Training specs that would crash a JSON parser are refused as INVALID_ARGUMENT, over real gRPC."""
+"""Hostile input over real gRPC: training specs that would crash a JSON parser, and a 10 MB name, are
+INVALID_ARGUMENT with a short message (not INTERNAL or RESOURCE_EXHAUSTED)."""
 
 import grpc
 import pytest
 
+from shared.errors import MAX_STATUS_MESSAGE_BYTES
 from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
 from tests.registry.test_registry_api import Registry, registry  # noqa: F401  (the fixture)
 
@@ -31,3 +33,12 @@ async def test_a_spec_within_the_limits_is_stored(registry: Registry) -> None:  
         pb.SetTrainingSpecRequest(model="m", spec_json='{"trials": 3}')
     )
     assert spec.version == 1
+
+
+async def test_a_10_mb_name_is_an_invalid_argument_with_a_short_message(registry: Registry) -> None:  # noqa: F811
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await registry.stub.GetModel(pb.GetModelRequest(name="n" * (10 * 1024 * 1024)), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = refused.value.details() or ""
+    assert details.startswith("invalid model name 'nnnn")
+    assert details.endswith(" bytes in all)") and len(details.encode()) <= MAX_STATUS_MESSAGE_BYTES
