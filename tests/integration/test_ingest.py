@@ -10,12 +10,15 @@ import asyncio
 import hashlib
 import io
 import json
+import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -23,8 +26,9 @@ import pandas as pd
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from shared.cli.stack import Stack
-from shared.events import RawRecords, Topics
+from shared import kafka_broker
+from shared.cli.stack import Stack, StackConfig
+from shared.events import DataArrived, RawRecords, Topics
 from shared.messaging import DLQ_REASON, DLQ_SERVICE
 from shared.stubs.cascade.ingest.v1 import ingest_pb2 as pb
 from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
@@ -308,3 +312,144 @@ async def _dead_letters(bootstrap: str, topic: str, marker: bytes, count: int) -
     finally:
         await consumer.stop()
     return found
+
+
+def test_a_csv_with_a_malformed_row_stores_the_rest_and_reports_the_line(
+    ingest: ingest_pb2_grpc.IngestServiceStub,
+) -> None:
+    # Line 4 has a field too many, line 6 one too few; the file's other rows make the version.
+    data = b"a,b,target\n1,2,0\n3,4,0\n5,6,7,0\n8,9,0\n10,0\n11,12,0\n"
+    response = _upload(ingest, "it_bad_row", data)
+    report = response.report
+    assert response.created and response.dataset_version
+    assert (report.rows_received, report.rows_accepted, report.rows_rejected) == (6, 4, 2)
+    assert [(r.row, r.reason) for r in report.rejected] == [
+        (4, "too many fields: 4, the header has 3"),
+        (6, "too few fields: 2, the header has 3"),
+    ]
+    stored = _download(ingest, "it_bad_row", response.dataset_version)
+    assert stored["a"].tolist() == [1.0, 3.0, 8.0, 11.0]
+    rejected = ingest.ListRejectedRows(
+        pb.ListRejectedRowsRequest(dataset="it_bad_row", batch_id=response.batch_id), timeout=30
+    ).rows
+    assert [r.row for r in rejected] == [4, 6]
+    assert json.loads(rejected[0].values_json) == {"fields": ["5", "6", "7", "0"]}
+
+
+def _wide_csv(columns: int) -> bytes:
+    """The issue's wide CSV: 20,000 feature columns and a target, one row of zeros (about 169 KB)."""
+    header = ",".join([*(f"f{i}" for i in range(columns)), "target"])
+    return (header + "\n" + ",".join(["0"] * (columns + 1)) + "\n" + ",".join(["1"] * (columns + 1))).encode()
+
+
+def test_a_wide_csv_is_invalid_argument_naming_the_limit_and_ingest_keeps_answering(
+    ingest: ingest_pb2_grpc.IngestServiceStub,
+) -> None:
+    data = _wide_csv(20_000)
+    assert 150_000 < len(data) < 250_000
+    answered: list[int] = []
+    failed: list[grpc.RpcError] = []
+    stop = threading.Event()
+
+    def other_calls() -> None:
+        # Ingest's other RPCs meanwhile, each with a 1 s deadline: an answer within it is the behaviour.
+        while not stop.is_set():
+            try:
+                ingest.ListDatasets(pb.ListDatasetsRequest(), timeout=1.0)
+                answered.append(1)
+            except grpc.RpcError as error:
+                failed.append(error)
+
+    caller = threading.Thread(target=other_calls)
+    caller.start()
+    try:
+        for _ in range(3):  # a retry fails the same clear way
+            with pytest.raises(grpc.RpcError) as refused:
+                _upload(ingest, "it_wide", data)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "20001 columns; the limit is 1000" in (refused.value.details() or "")
+    finally:
+        stop.set()
+        caller.join(timeout=30)
+    assert answered and not failed
+    with pytest.raises(grpc.RpcError) as missing:
+        _versions(ingest, "it_wide")
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.fixture(scope="module")
+def ingest_alone() -> Iterator[Stack]:
+    """Kafka and ingest alone, in a home and on ports of their own: this test stops the broker."""
+    home = Path(tempfile.mkdtemp(prefix="cascade-ingest-outage-"))
+    config = StackConfig(
+        home=home,
+        kafka_port=33092,
+        controller_port=33093,
+        topic_prefix="outage",
+        ports={"ingest": 33051},
+        metrics_ports={},
+    )
+    stack = Stack(config, environ={k: v for k, v in os.environ.items() if not k.startswith("OTEL_")})
+    try:
+        stack.start(["ingest"], timeout=180)
+        yield stack
+    finally:
+        stack.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+async def _data_arrived(bootstrap: str, topic: str, version: str) -> dict[str, object]:
+    """The data-arrived event of `version`, read from the topic's start (a minute at most)."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    try:
+        async with asyncio.timeout(120):
+            while True:
+                record = await consumer.getone()
+                event: dict[str, object] = json.loads(record.value or b"{}")
+                if event.get("dataset_version") == version:
+                    return event
+    finally:
+        await consumer.stop()
+
+
+def test_an_upload_while_kafka_is_down_answers_event_pending_and_cascades_when_kafka_is_back(
+    ingest_alone: Stack,
+) -> None:
+    stack = ingest_alone
+    topic = Topics(stack.config.topic_prefix).for_event(DataArrived)
+    frame = pd.DataFrame({"a": np.arange(20.0), "b": np.arange(20.0) * 3, "target": 0})
+    with grpc.insecure_channel(stack.address("ingest")) as channel:
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        before = _upload(stub, "it_outage", frame.iloc[:10].to_csv(index=False).encode())
+        assert before.created and not before.event_pending  # Kafka is up: published at once
+
+        kafka_broker.stop_cluster(stack.kafka)
+        data = frame.iloc[10:].to_csv(index=False).encode()
+        header = pb.BatchHeader(dataset="it_outage", format=pb.FILE_FORMAT_CSV, target="target")
+        requests = [pb.UploadBatchRequest(header=header), pb.UploadBatchRequest(chunk=data)]
+        # A 1 s deadline: the answer comes at once, with the stored version, not at the deadline.
+        during = stub.UploadBatch(iter(requests), timeout=1.0)
+        assert during.created and during.dataset_version and during.event_pending
+        assert during.report.rows_accepted == 10
+        retried = stub.UploadBatch(iter(requests), timeout=1.0)  # never INTERNAL, nor a new version
+        assert (retried.created, retried.dataset_version, retried.event_pending) == (
+            False,
+            during.dataset_version,
+            True,
+        )
+        assert _versions(stub, "it_outage")[-1].version == during.dataset_version
+
+        stack.start_kafka(timeout=120)
+        event = asyncio.run(_data_arrived(stack.address("kafka"), topic, during.dataset_version))
+        assert event["rows"] == 20 and event["parent_version"] == before.dataset_version
+        assert "profile" not in event and "features" not in event
+        # Once the relay has published it, a retry finds nothing pending.
+        assert wait_for(
+            lambda: not stub.UploadBatch(iter(requests), timeout=5.0).event_pending,
+            60,
+            "the outbox to mark the event published",
+            interval=0.5,
+        )
