@@ -411,6 +411,8 @@ def evaluate(
         )
     if not len(current):
         raise ValueError("drift needs at least one current row")
+    if not np.isfinite(current).all():
+        raise ValueError("current rows must be finite: NaN or infinity in the window")
     if mode == "evidently":
         features = feature_drift(current, reference)
         drifted = dataset_drifted([feature.drifted for feature in features])

@@ -183,6 +183,8 @@ def test_bad_calls_are_refused_with_a_reason() -> None:
         evaluate(prepared, calibration, np.zeros((5, 3)))
     with pytest.raises(ValueError, match="at least one current row"):
         evaluate(prepared, calibration, np.zeros((0, len(names))))
+    with pytest.raises(ValueError, match="finite"):
+        evaluate(prepared, calibration, np.full((5, len(names)), np.nan))
     with pytest.raises(ValueError, match="mode"):
         evaluate(prepared, calibration, reference[:10], mode="bogus")  # type: ignore[arg-type]
     other = PreparedReference.of(reference[:, :3], ["a", "b", "c"])
