@@ -22,7 +22,7 @@ Like with like: serving feeds the model float32 (ONNX's input type) and logs tho
 the training data is float64. Compared as they are, a tied value such as diabetes' `s4` 0.0343088
 is two different numbers on the two sides (KS p ~ 1e-8 on unshifted rows) and the two values of
 `sex` become four categories (chi-squared = inf). So the reference goes through the model's input
-type once, where it is prepared (`PreparedReference.of(..., input_dtype=np.float32)`, the default),
+type once, where it is prepared (`PreparedReference.of(..., input_dtype="float32")`, the default),
 and every window goes through the same type before it is compared: categories then match exactly.
 
 Two modes (`evaluate`):
@@ -37,11 +37,12 @@ Two modes (`evaluate`):
   categories pooled), and a per-report false-alarm rate for the *decision*: a feature drifts when
   its p-value is below false_alarm_rate / features (Bonferroni: valid whatever the features'
   correlation), and the report drifts when any feature does. `calibrate` checks this on the
-  reference itself, as NannyML does: it splits the reference in two halves, draws `draws` windows
-  of the monitor's size from one half (bootstrap) and compares them with the other half, so the
-  draws carry the sampling noise of a reference as well as that of a window of new data. A feature
-  whose p-values come out smaller than uniform on those draws (sparse categories, heavy ties
-  stressing an asymptotic law) gets its p-values inflated by the measured factor; never deflated,
+  reference itself, as NannyML does: for each of `draws` draws it splits the reference in two
+  random halves, draws a window of the monitor's size from one half (bootstrap) and compares it
+  with the other half, so the draws carry the sampling noise of a reference as well as that of a
+  window of new data. A feature whose p-values come out below 5% or 10% more often than that on
+  those draws (sparse categories, heavy ties stressing an asymptotic law) gets its p-values
+  inflated by the measured factor; never deflated,
   so a calibration can only make a feature more cautious than its textbook law. The per-feature
   thresholds are reported in the statistic's own units (KS D, chi-squared) for the window size.
 """
@@ -67,6 +68,7 @@ __all__ = [
     "KS_TEST",
     "LARGE_REFERENCE_ROWS",
     "NUMERIC",
+    "ONNX_INPUT_DTYPE",
     "P_VALUE_TESTS",
     "TESTS",
     "Calibration",
@@ -81,6 +83,7 @@ __all__ = [
     "evaluate",
     "feature_drift",
     "ks_test",
+    "through_dtype",
 ]
 
 KS_TEST = "ks"
