@@ -52,9 +52,9 @@ def stack(otlp_receiver: OtlpReceiver) -> Iterator[Stack]:
             "OTEL_BSP_SCHEDULE_DELAY": "200",  # flush spans quickly so the trace test need not wait
             "CASCADE_MONITOR_EVALUATE_EVERY": "20",
             "CASCADE_MONITOR_WINDOW_SIZE": "40",
-            # The monitor's loop (test_monitor_loop.py): only bc_loop* retrains on drift, after two
-            # drifted reports in a row, then not again for an hour.
-            "CASCADE_MONITOR_RETRAIN_MODELS": "bc_loop*",
+            # The monitor's loop (test_monitor_loop.py): only *_loop models retrain on drift, after
+            # two drifted reports in a row, then not again for an hour.
+            "CASCADE_MONITOR_RETRAIN_MODELS": "*_loop",
             "CASCADE_MONITOR_TRIGGER_AFTER": "2",
             "CASCADE_MONITOR_COOLDOWN_SECONDS": "3600",
             # test_registry.py uploads just over this to see it refused (1 GiB, the default, is slow to send).
