@@ -103,6 +103,7 @@ class Service:
     # Why the service is degraded now ("" when it is not): see the module's docstring.
     degraded_reason: str = field(default="", init=False)
     _lag_totals: deque[int] = field(default_factory=lambda: deque(maxlen=LAG_GROWTH_CHECKS + 1), init=False)
+    _lag_labels: set[tuple[str, str]] = field(default_factory=set, init=False)
 
     async def _set_health(self, status: ServingStatus) -> None:
         for name in ("", *self.grpc_service_names):
@@ -194,6 +195,7 @@ class Service:
         the total."""
         assert self.broker is not None
         total = 0
+        measured: set[tuple[str, str]] = set()
         for subscriber in self.broker.subscribers:
             consumer = getattr(subscriber, "consumer", None)
             if consumer is None or not getattr(subscriber, "group_id", None):
@@ -204,8 +206,14 @@ class Service:
                     continue
                 position = await asyncio.wait_for(consumer.position(partition), 3.0)
                 lag = max(highwater - position, 0)
-                CONSUMER_LAG.labels(self.name, partition.topic, str(partition.partition)).set(lag)
+                labels = (partition.topic, str(partition.partition))
+                CONSUMER_LAG.labels(self.name, *labels).set(lag)
+                measured.add(labels)
                 total += lag
+        # A partition that moved to another consumer is that consumer's to report.
+        for labels in self._lag_labels - measured:
+            CONSUMER_LAG.remove(self.name, *labels)
+        self._lag_labels = measured
         return total
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
