@@ -36,6 +36,16 @@ class ServingSettings(RegistryClientSettings):
             "more than the inference itself, and clients seldom want one trace per call."
         ),
     )
+    degraded_not_serving_seconds: float = Field(
+        7 * 24 * 3600.0,
+        gt=0.0,
+        description=(
+            "How long a promotion may keep failing (the registry down, say) before health is "
+            "NOT_SERVING. A week, not the services' 120 s: a replica still answers with its current "
+            "champion, and every replica fails the same promotion, so draining them would stop "
+            "inference altogether. Degraded is still reported (log and cascade_service_degraded)."
+        ),
+    )
     prediction_log_sample_rate: float = Field(
         1.0, ge=0.0, le=1.0, description="Fraction of inference requests logged for the monitor."
     )
