@@ -31,6 +31,7 @@ from shared.events import (
 )
 from shared.grpc_io import ReceivedFile
 from shared.names import ALIAS_PATTERN, check_name
+from shared.outbox import OutboxRelay
 from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -87,10 +88,6 @@ POLICIES = ("automatic", "manual")
 MAX_TAG_VALUE = 4 * 1024 * 1024
 # Outbox events read and marked published per transaction: bounded, however long Kafka was away.
 OUTBOX_BATCH = 500
-_EVENT_TYPES: dict[str, type[Event]] = {
-    cls.model_fields["type"].default: cls
-    for cls in (ModelPromoted, ModelAliasChanged, ModelVersionCreated, ModelVersionStatusChanged)
-}
 
 
 class RegistryCore:
@@ -107,7 +104,8 @@ class RegistryCore:
         self.publish = publish
         self.policy = policy  # the default for models that set none
         self.webhooks = webhooks if webhooks and webhooks.urls else None
-        self._flushing = asyncio.Lock()  # one flush at a time, so no event goes out twice from here
+        # One flush at a time, so no event goes out twice from here.
+        self._outbox = OutboxRelay(store, publish, batch_size=OUTBOX_BATCH)
         self._wake_relay = asyncio.Event()
 
     # -- models --------------------------------------------------------------------------------
@@ -399,19 +397,9 @@ class RegistryCore:
         self.store.enqueue(db, event.type, event.model_dump_json(), webhooks=self.webhooks is not None)
 
     async def flush_outbox(self) -> None:
-        """Publish what the outbox holds, oldest first; a failure leaves the rest for next time."""
-        async with self._flushing:
-            while batch := await asyncio.to_thread(self.store.pending_events, OUTBOX_BATCH):
-                published: list[int] = []
-                try:
-                    for event_id, event_type, event_json in batch:
-                        await self.publish(_EVENT_TYPES[event_type].model_validate_json(event_json))
-                        published.append(event_id)
-                finally:  # one transaction for the batch; a crash before it republishes (at least once)
-                    if published:
-                        await asyncio.to_thread(self.store.mark_published, published)
-                if len(batch) < OUTBOX_BATCH:
-                    break
+        """Publish what the outbox holds, oldest first, in bounded batches (shared.outbox); a failure
+        leaves the rest for next time."""
+        await self._outbox.flush()
         self._wake_relay.set()
 
     async def _announce(self) -> None:
