@@ -64,6 +64,8 @@ class IngestResult:
     # (row, reason) of the first rejected rows, as ingest reported them.
     rejected: list[tuple[int, str]]
     trace_id: str
+    # The version is stored; its data-arrived event waits in ingest's outbox until Kafka takes it.
+    event_pending: bool = False
 
 
 def format_of(path: Path) -> FileFormat:
@@ -167,6 +169,7 @@ def _result(
         rows_duplicate=report.rows_duplicate,
         rejected=[(row.row, row.reason) for row in report.rejected],
         trace_id=trace_id,
+        event_pending=response.event_pending,
     )
 
 

@@ -361,6 +361,8 @@ def _print_ingest(result: IngestResult) -> None:
     for row, reason in result.rejected[:5]:
         typer.echo(f"    row {row} rejected: {reason}")
     typer.echo(f"  dataset version: {result.dataset_version or '-'} ({state})")
+    if result.event_pending:
+        typer.echo("  event pending: Kafka has not taken its data-arrived event yet; ingest sends it later")
     typer.echo(f"  batch id: {result.batch_id}")
     typer.echo(f"  trace id: {result.trace_id}")
 
