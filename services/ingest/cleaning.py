@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 
 from services.ingest.schema import OTHER, Feature, Schema, Task
 from shared.errors import InvalidArgument
@@ -107,14 +109,82 @@ def read_csv(data: bytes, max_columns: int | None = None) -> ReadBatch:
     the reason, and the rest is read. Rows are indexed by the line they start on (the header is
     line 1), as a person sees them in an editor.
 
-    Each record is checked with the csv module, which counts physical lines (a quoted field may
-    span several); the good ones are then parsed by pandas, as the whole file was before. With
-    `max_columns`, a wider header is refused before anything else is read."""
-    text = data.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="surrogateescape")
-    undecodable = _UNDECODABLE.search(text) is not None
-    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
+    The csv module checks each record and counts physical lines (a quoted field may span several);
+    pandas then parses the file, without the refused records' lines if there are any, as it parsed
+    whole files before. With `max_columns`, a wider header is refused before anything else is read."""
+    body = data.removeprefix(b"\xef\xbb\xbf")
     try:
-        header = next(reader, None)
+        text, undecodable = body.decode("utf-8"), False
+    except UnicodeDecodeError:  # rows with bytes that are not UTF-8 are refused one by one
+        text, undecodable = body.decode("utf-8", errors="surrogateescape"), True
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
+    width = _read_header(reader, max_columns, undecodable)
+    if not undecodable and _every_record_fits(data, width):
+        # The usual file, every record of the header's width: pandas alone, and if each record is
+        # one line (no blank lines, no line breaks in values) its lines follow from its position.
+        frame = _pandas_csv(io.BytesIO(data))
+        if _physical_lines(data) == len(frame) + 1:
+            frame.index = pd.RangeIndex(2, len(frame) + 2)
+            return ReadBatch(frame)
+    check = _RecordCheck(width, undecodable)
+    check.run(reader)
+    if check.refused:  # the file without the refused records' lines, split as the csv module counted
+        physical = io.StringIO(text, newline="").readlines()
+        for first, last in check.refused:
+            physical[first - 1 : last] = [""] * (last - first + 1)
+        source: io.StringIO | io.BytesIO = io.StringIO("".join(physical))
+    else:
+        source = io.BytesIO(data)
+    frame = _pandas_csv(source)
+    if len(frame) != len(check.lines):  # never seen; refuse rather than misnumber the rows
+        raise InvalidArgument(
+            f"not a readable CSV file: {len(frame)} rows read, {len(check.lines)} records found"
+        )
+    frame.index = pd.Index(check.lines, dtype="int64")
+    return ReadBatch(frame, check.unreadable)
+
+
+def _pandas_csv(source: io.StringIO | io.BytesIO) -> pd.DataFrame:
+    try:
+        return pd.read_csv(source, skipinitialspace=True)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"not a readable CSV file: {exc}") from exc
+
+
+def _every_record_fits(data: bytes, width: int) -> bool:
+    """Whether every record has `width` fields: a quick check in pyarrow's parallel C++ tokenizer
+    (one column converted), which counts too few fields as well as too many, unlike pandas."""
+    misfits: list[object] = []
+
+    def note(row: object) -> str:
+        misfits.append(row)
+        return "skip"
+
+    names = [f"c{i}" for i in range(width)]
+    try:
+        pa_csv.read_csv(
+            io.BytesIO(data),
+            read_options=pa_csv.ReadOptions(column_names=names, skip_rows=1),
+            parse_options=pa_csv.ParseOptions(invalid_row_handler=note, newlines_in_values=True),
+            convert_options=pa_csv.ConvertOptions(
+                include_columns=names[:1], column_types={names[0]: pa.string()}
+            ),
+        )
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        return False  # the record-by-record reading says where and why
+    return not misfits
+
+
+def _physical_lines(data: bytes) -> int:
+    """Lines as the csv module counts them (\\n, \\r\\n or \\r ends one)."""
+    lone_returns = data.count(b"\r") - data.count(b"\r\n")
+    return data.count(b"\n") + lone_returns + (0 if data.endswith((b"\n", b"\r")) else 1)
+
+
+def _read_header(reader: Any, max_columns: int | None, undecodable: bool) -> int:
+    """The header's width, after checking it: a file whose header cannot be read is refused whole."""
+    try:
+        header: list[str] | None = next(reader, None)
     except csv.Error as exc:
         raise InvalidArgument(f"not a readable CSV file: the header: {exc}") from exc
     if not header:
@@ -126,54 +196,46 @@ def read_csv(data: bytes, max_columns: int | None = None) -> ReadBatch:
         )
     if undecodable and _UNDECODABLE.search("".join(header)):
         raise InvalidArgument("not a readable CSV file: the header is not UTF-8")
-    lines: list[int] = []
-    good: list[list[str]] = []
-    unreadable: list[Rejection] = []
-    while True:
-        start = reader.line_num + 1
-        try:
-            record = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:  # e.g. a field over the csv module's size limit
-            if reader.line_num < start:
-                raise InvalidArgument(f"not a readable CSV file at line {start}: {exc}") from exc
-            unreadable.append(Rejection(start, f"unreadable: {exc}", {}))
-            continue
-        if not record:  # a blank line, which pandas skips too
-            continue
-        if len(record) != len(header):
-            few = "too few" if len(record) < len(header) else "too many"
-            reason = f"{few} fields: {len(record)}, the header has {len(header)}"
-            unreadable.append(Rejection(start, reason, {"fields": [f[:200] for f in record[:50]]}))
-        elif undecodable and _UNDECODABLE.search("".join(record)):
-            unreadable.append(Rejection(start, "not UTF-8 text", {}))
-        else:
-            lines.append(start)
-            good.append(record)
-    frame = _parse_records(data, header, good, clean_file=not unreadable and not undecodable)
-    frame.index = pd.Index(lines, dtype="int64")
-    return ReadBatch(frame, unreadable)
+    return len(header)
 
 
-def _parse_records(
-    data: bytes, header: list[str], records: list[list[str]], clean_file: bool
-) -> pd.DataFrame:
-    """The records as pandas reads a CSV file (types, missing values): the file itself if every
-    row was good, or the good rows written out again."""
-    try:
-        if clean_file:
-            frame = pd.read_csv(io.BytesIO(data), skipinitialspace=True)
-            if len(frame) == len(records):
-                return frame
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(header)
-        writer.writerows(records)
-        out.seek(0)
-        return pd.read_csv(out, skipinitialspace=True)
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"not a readable CSV file: {exc}") from exc
+@dataclass
+class _RecordCheck:
+    """One pass over a CSV file's records: where each good one starts, and each refused one's
+    lines and reason."""
+
+    width: int
+    undecodable: bool
+    lines: list[int] = field(default_factory=list)
+    refused: list[tuple[int, int]] = field(default_factory=list)  # (first, last) physical line
+    unreadable: list[Rejection] = field(default_factory=list)
+
+    def run(self, reader: Any) -> None:
+        while True:
+            start = reader.line_num + 1
+            try:
+                record: list[str] = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # e.g. a field over the csv module's size limit
+                if reader.line_num < start:
+                    raise InvalidArgument(f"not a readable CSV file at line {start}: {exc}") from exc
+                self._refuse(start, reader.line_num, f"unreadable: {exc}", {})
+                continue
+            if not record:  # a blank line, which pandas skips too
+                continue
+            if len(record) != self.width:
+                few = "too few" if len(record) < self.width else "too many"
+                reason = f"{few} fields: {len(record)}, the header has {self.width}"
+                self._refuse(start, reader.line_num, reason, {"fields": [f[:200] for f in record[:50]]})
+            elif self.undecodable and _UNDECODABLE.search("".join(record)):
+                self._refuse(start, reader.line_num, "not UTF-8 text", {})
+            else:
+                self.lines.append(start)
+
+    def _refuse(self, first: int, last: int, reason: str, values: dict[str, Any]) -> None:
+        self.unreadable.append(Rejection(first, reason, values))
+        self.refused.append((first, last))
 
 
 def read_parquet(data: bytes) -> ReadBatch:

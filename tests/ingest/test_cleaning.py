@@ -283,3 +283,12 @@ def test_an_empty_file_or_an_undecodable_header_is_invalid() -> None:
         read_csv(b"")
     with pytest.raises(InvalidArgument, match="header is not UTF-8"):
         read_csv(b"a,\xff,target\n1,2,0\n")
+
+
+def test_line_numbers_hold_for_blank_lines_breaks_in_values_and_crlf() -> None:
+    # Each of these leaves the quick path (one record per line) for the record-by-record one.
+    assert read_csv(b"a,b,target\r\n1,2,0\r\n\r\n5,6,1").frame.index.tolist() == [2, 4]
+    assert read_csv(b'a,b,target\n1,2,0\n"p\nq",6,1\n7,8,0\n').frame.index.tolist() == [2, 3, 5]
+    read = read_csv(b"a,b,target\r1,2,0\r3,4\r5,6,1\r")
+    assert [(r.row, r.reason) for r in read.unreadable] == [(3, "too few fields: 2, the header has 3")]
+    assert read.frame.index.tolist() == [2, 4]
