@@ -377,7 +377,10 @@ def subscriber_options(group_id: str) -> SubscriberOptions:
 
 
 async def publish_event(broker: KafkaBroker, topics: Topics, event: Event) -> None:
-    """Publish an event keyed by its subject, with CloudEvents headers, and wait for the ack."""
+    """Publish an event keyed by its subject, with CloudEvents headers, and wait for the ack. An
+    event over its type's size bound is refused here (EventTooLarge, with the limit), not by the
+    producer."""
+    event.encoded()
     await broker.publish(
         event,
         topic=topics.for_event(type(event)),

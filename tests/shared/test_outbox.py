@@ -2,9 +2,12 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
+from faststream.kafka import TestKafkaBroker
 
-from shared.events import DataArrived, Event, EventTooLarge, ModelPromoted, decode_event
+from shared.events import DataArrived, Event, EventTooLarge, ModelPromoted, Topics, decode_event
+from shared.messaging import build_broker, publish_event, subscriber_options
 from shared.outbox import OutboxRelay, PendingEvent
+from shared.settings import ServiceSettings
 
 
 class _MemoryOutbox:
@@ -107,3 +110,20 @@ def test_an_event_over_its_bound_is_refused_with_the_limit() -> None:
     with pytest.raises(EventTooLarge, match=f"exceeds its limit of {DataArrived.MAX_BYTES} bytes"):
         huge.encoded()
     assert all(0 < cls.MAX_BYTES < 1024 * 1024 for cls in (DataArrived, ModelPromoted, Event))
+
+
+async def test_publishing_refuses_an_event_over_its_bound_and_sends_one_within_it() -> None:
+    broker = build_broker(ServiceSettings(), "test")
+    topics = Topics("size")
+    received: list[DataArrived] = []
+
+    @broker.subscriber(topics.for_event(DataArrived), **subscriber_options("g"))
+    async def on_data_arrived(event: DataArrived) -> None:
+        received.append(event)
+
+    huge = _arrived(1).model_copy(update={"target": "t" * DataArrived.MAX_BYTES})
+    async with TestKafkaBroker(broker):
+        with pytest.raises(EventTooLarge):
+            await publish_event(broker, topics, huge)
+        await publish_event(broker, topics, _arrived(2))
+    assert [e.dataset_version for e in received] == ["v2"]
