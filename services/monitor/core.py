@@ -10,6 +10,12 @@ CBPE-like *estimate*.
 One window per served version: a new champion starts a fresh window, and rows answered by any other
 version (requests pinned to an older one, or served during a swap) are not counted against it.
 
+Two modes decide whether a window drifts (`DriftPolicy.drift_mode`): "calibrated" (the default)
+calibrates every feature's threshold on the champion's reference for the window's size, once per
+champion (`drift.calibrate`, in a thread), so that a report on unshifted traffic drifts at most
+`false_alarm_rate` of the time; "evidently" keeps Evidently's default tests and its rule of half the
+features, with the tests and thresholds the policy names.
+
 Closing the loop: when `trigger_after` consecutive reports find dataset drift (hysteresis), or the
 labelled metric falls more than `decay_threshold` below the champion's validation metric, the core
 emits *drift detected*; then nothing more for `cooldown_seconds`, and the count starts again. The
@@ -49,11 +55,14 @@ from services.monitor.drift import (
     NUMERIC,
     P_VALUE_TESTS,
     TESTS,
+    Calibration,
     ColumnReference,
     FeatureDrift,
     PreparedReference,
+    calibrate,
     column_drift,
     dataset_drifted,
+    evaluate,
 )
 from services.monitor.store import (
     DriftEventRecord,
@@ -102,6 +111,7 @@ DRIFT_EVENTS = Counter(
 Matrix = NDArray[np.float64]
 Emit = Callable[[DriftDetected], Awaitable[None]]
 Action = Literal["retrain", "feedback", "no_new_data"]
+DRIFT_MODES = ("calibrated", "evidently")
 NO_NEW_DATA = "drift detected; no new data to learn from"
 IGNORED_ROWS = Counter(
     "cascade_monitor_other_version_rows_total",
@@ -155,8 +165,13 @@ class DriftPolicy:
     remembered_requests: int = 10000
     feedback_min_rows: int = 50
     feedback_max_rows: int = 10000
+    drift_mode: str = "calibrated"
+    false_alarm_rate: float = 0.01
+    calibration_draws: int = 200
 
     def __post_init__(self) -> None:
+        if self.drift_mode not in DRIFT_MODES:
+            raise ValueError(f"unknown drift mode {self.drift_mode!r}; known: {', '.join(DRIFT_MODES)}")
         for feature, test in self.feature_tests.items():
             if test not in TESTS:
                 raise ValueError(
@@ -298,6 +313,7 @@ class _ModelState:
     window_version: int | None = None  # the version whose answers fill the window
     reference: Reference | None = None
     prepared: PreparedReference | None = None  # the reference, sorted and counted once
+    calibration: Calibration | None = None  # its thresholds for the window size (calibrated mode)
     prediction_reference: ColumnReference | None = None
     pending: int = 0  # rows received since the last evaluation
     seen: int = 0  # rows received in all, carried over restarts by the latest report
@@ -352,6 +368,7 @@ class MonitorCore:
             reference = await self._fetch(model, model_version)
             self.store.save_reference(reference.info)
             self._install(model, state, reference)
+            await self._calibrate(model, state)
             return await self._evaluate_if_due(model, state)
 
     async def record_predictions(
@@ -650,6 +667,34 @@ class MonitorCore:
         if info is not None:
             log.info("restoring the reference of %s from v%d", model, info.model_version)
             self._install(model, state, await self._fetch(model, info.model_version))
+            await self._calibrate(model, state)
+
+    async def _calibrate(self, model: str, state: _ModelState) -> None:
+        """Thresholds for this reference and window size, once per champion (seconds of CPU, in a
+        thread). A reference too small to calibrate on is judged in the evidently mode."""
+        state.calibration = None
+        if self.policy.drift_mode != "calibrated" or state.prepared is None:
+            return
+        try:
+            state.calibration = await asyncio.to_thread(
+                calibrate,
+                state.prepared,
+                self.window_size,
+                false_alarm_rate=self.policy.false_alarm_rate,
+                draws=self.policy.calibration_draws,
+            )
+        except ValueError as exc:
+            log.warning("%s: cannot calibrate on its reference (%s); Evidently's rule decides", model, exc)
+            return
+        log.info(
+            "%s: calibrated for windows of %d rows: false alarms at most %.2f%% of reports "
+            "(%.2f%% of %d draws)",
+            model,
+            self.window_size,
+            100 * state.calibration.false_alarm_rate,
+            100 * state.calibration.draw_false_alarm_rate,
+            state.calibration.draws,
+        )
 
     async def _fetch(self, model: str, model_version: int) -> Reference:
         """The reference, with the champion's own outputs on its rows when they can be computed."""
@@ -727,6 +772,15 @@ class MonitorCore:
         features, prediction = await asyncio.to_thread(
             self._drift, prepared, state.prediction_reference, current, outputs
         )
+        calibration = state.calibration
+        if calibration is not None:
+            verdict = await asyncio.to_thread(evaluate, prepared, calibration, current, mode="calibrated")
+            features, window_drifted, rule = verdict.features, verdict.drifted, verdict.summary
+        else:
+            window_drifted = dataset_drifted(
+                [feature.drifted for feature in features], self.policy.dataset_drift_share
+            )
+            rule = f"at least {self.policy.dataset_drift_share:.0%} of the features (Evidently's rule)"
         report = DriftReport(
             model=model,
             model_version=reference.info.model_version,
@@ -734,9 +788,7 @@ class MonitorCore:
             reference_dataset_version=reference.info.dataset_version,
             window_size=len(current),
             features=tuple(features),
-            dataset_drifted=dataset_drifted(
-                [feature.drifted for feature in features], self.policy.dataset_drift_share
-            ),
+            dataset_drifted=window_drifted,
             computed_at=datetime.now(UTC),
             predictions_seen=state.seen,
             prediction=prediction,
@@ -755,6 +807,7 @@ class MonitorCore:
                 f"{len(drifted)} of {len(report.features)} features drifted in {state.consecutive_drifted} "
                 f"reports in a row: "
                 + ", ".join(f"{f.feature} ({f.test})" for f in report.features if f.drifted)
+                + f"; the decision: {rule}"
             )
             await self._maybe_emit(model, state, "drift", summary, drifted, report_document(report))
         log.info(

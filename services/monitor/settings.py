@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -46,7 +48,11 @@ class MonitorSettings(RegistryClientSettings):
         "*", description="Glob of the models whose drift or decay emits *drift detected* (and so retrains)."
     )
     trigger_after: int = Field(
-        2, ge=1, description="Hysteresis: consecutive drifted reports needed before *drift detected*."
+        2,
+        ge=1,
+        description="Hysteresis: consecutive drifted reports needed before *drift detected*. Two: a lone "
+        "false alarm (at most `false_alarm_rate` of reports) retrains nothing, and a real shift, which "
+        "persists, costs only `evaluate_every` more rows to confirm.",
     )
     cooldown_seconds: float = Field(
         600.0, ge=0.0, description="After *drift detected*, none for the same model during this long."
@@ -61,6 +67,24 @@ class MonitorSettings(RegistryClientSettings):
     min_labels: int = Field(30, ge=1, description="New labelled rows between two decay measurements.")
     remembered_requests: int = Field(
         10000, ge=1, description="Logged requests kept, per model, for labels arriving later to join."
+    )
+    drift_mode: Literal["calibrated", "evidently"] = Field(
+        "calibrated",
+        description="calibrated: each feature's threshold is calibrated on the champion's reference for "
+        "the window size, so that a report on unshifted traffic drifts at most `false_alarm_rate` of the "
+        "time; evidently: Evidently's default tests (and `feature_tests`, `test_thresholds`), the "
+        "dataset drifting when `dataset_drift_share` of the features do.",
+    )
+    false_alarm_rate: float = Field(
+        0.01,
+        gt=0.0,
+        lt=1.0,
+        description="calibrated mode: the share of reports on unshifted traffic that drift.",
+    )
+    calibration_draws: int = Field(
+        200,
+        ge=10,
+        description="calibrated mode: windows drawn from the reference to calibrate each champion.",
     )
     feedback_min_rows: int = Field(
         50,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from services.monitor.core import MonitorCore, Reference, Window
+from services.monitor.core import DriftPolicy, MonitorCore, Reference, Window
 from services.monitor.store import MonitorStore, ReferenceInfo
 from shared.errors import InvalidArgument, NotFound
 
@@ -45,8 +45,15 @@ def source() -> FakeSource:
     return FakeSource()
 
 
-def core_of(store: MonitorStore, source: FakeSource) -> MonitorCore:
-    return MonitorCore(store, source, window_size=WINDOW, evaluate_every=EVERY, p_value_threshold=0.05)
+def core_of(store: MonitorStore, source: FakeSource, **policy: object) -> MonitorCore:
+    return MonitorCore(
+        store,
+        source,
+        window_size=WINDOW,
+        evaluate_every=EVERY,
+        p_value_threshold=0.05,
+        policy=DriftPolicy(calibration_draws=50, **policy),  # type: ignore[arg-type]
+    )
 
 
 def rows_list(rows: np.ndarray) -> list[list[float]]:
@@ -107,7 +114,9 @@ async def test_report_content(store: MonitorStore, source: FakeSource) -> None:
     assert (report.reference_dataset, report.reference_dataset_version) == (DATASET, "ds-v1")
     assert [feature.feature for feature in report.features] == FEATURES
     assert [feature.drifted for feature in report.features] == [True, True, True, False]
-    assert all(feature.test == "ks" and feature.threshold == 0.05 for feature in report.features)
+    # Calibrated for the window's size: KS D against a threshold in D's own units, below 1.
+    assert all(feature.test == "ks_calibrated" and 0 < feature.threshold < 1 for feature in report.features)
+    assert all((f.statistic > f.threshold) == f.drifted for f in report.features)
     assert report.dataset_drifted
     assert report.computed_at.tzinfo is not None
     assert core.latest_report("churn") == report
@@ -217,3 +226,42 @@ async def test_latest_report_needs_a_model_and_a_report(store: MonitorStore, sou
         core.latest_report("")
     with pytest.raises(NotFound, match="no drift report for model 'churn'"):
         core.latest_report("churn")
+
+
+async def test_the_evidently_mode_keeps_evidentlys_tests_and_thresholds(
+    store: MonitorStore, source: FakeSource
+) -> None:
+    core = core_of(store, source, drift_mode="evidently")
+    await core.set_reference("churn", 1)
+    shifted = normal_rows(WINDOW, seed=2)
+    shifted[:, :3] += 3.0
+    report = await core.record_predictions("churn", FEATURES, rows_list(shifted))
+    assert report is not None and report.dataset_drifted
+    assert all(feature.test == "ks" and feature.threshold == 0.05 for feature in report.features)
+    with pytest.raises(ValueError, match="unknown drift mode"):
+        DriftPolicy(drift_mode="nannyml")
+
+
+async def test_calibrated_reports_on_unshifted_windows_drift_rarely(
+    store: MonitorStore, source: FakeSource
+) -> None:
+    """The calibrated decision at 1%: 60 reports on fresh windows of the reference's own law."""
+    core = core_of(store, source)
+    await core.set_reference("churn", 1)
+    drifted = 0
+    for seed in range(100, 160):
+        report = await core.record_predictions("churn", FEATURES, rows_list(normal_rows(WINDOW, seed=seed)))
+        assert report is not None
+        drifted += report.dataset_drifted
+    assert drifted <= 3  # expected 0.6; P(more than 3) < 0.5%
+
+
+async def test_one_feature_moved_by_one_std_drifts_the_calibrated_decision(
+    store: MonitorStore, source: FakeSource
+) -> None:
+    core = core_of(store, source)
+    await core.set_reference("churn", 1)
+    shifted = normal_rows(WINDOW, seed=3)
+    shifted[:, 1] += 1.0
+    report = await core.record_predictions("churn", FEATURES, rows_list(shifted))
+    assert report is not None and report.dataset_drifted and report.drifted_features == ["beta"]

@@ -82,7 +82,7 @@ def core_of(store: MonitorStore, emitted: Emitted, data: Data | None = None, **p
         window_size=40,
         evaluate_every=EVERY,
         p_value_threshold=0.05,
-        policy=DriftPolicy(**policy),  # type: ignore[arg-type]
+        policy=DriftPolicy(**{"calibration_draws": 50, **policy}),  # type: ignore[arg-type]
         emit=emitted,
         champion_outputs=Champion(),
         retrain_data=data,
@@ -125,7 +125,8 @@ async def test_two_drifted_reports_in_a_row_emit_once_then_the_cooldown_holds(st
     event = emitted[0]
     assert (event.model, event.model_version, event.kind) == (MODEL, 1, "drift")
     assert set(event.drifted_features) == set(FEATURES)
-    assert {f["test"] for f in event.report["features"]} == {"ks"}
+    assert {f["test"] for f in event.report["features"]} == {"ks_calibrated"}
+    assert "false alarms at most 1.00% of reports" in event.summary
 
     for seed in range(4, 10):  # still drifting: the cooldown holds
         await send(core, normal_rows(EVERY, shift=3.0, seed=seed))
@@ -195,7 +196,9 @@ def test_a_time_window_keeps_only_recent_rows() -> None:
 
 
 async def test_a_test_can_be_chosen_per_feature(store: MonitorStore) -> None:
-    core = core_of(store, Emitted(), feature_tests={"beta": "psi", "prediction": "chisquare"})
+    core = core_of(
+        store, Emitted(), drift_mode="evidently", feature_tests={"beta": "psi", "prediction": "chisquare"}
+    )
     await core.set_reference(MODEL, 1)
     await send(core, normal_rows(EVERY, seed=2))
     report = core.latest_report(MODEL)
