@@ -344,6 +344,7 @@ def build_broker(settings: ServiceSettings, service: str) -> KafkaBroker:
         client_id=f"cascade-{service}",
         acks="all",
         enable_idempotence=True,
+        metadata_max_age_ms=int(settings.kafka_metadata_max_age_seconds * 1000),
         graceful_timeout=settings.shutdown_grace_seconds,
         middlewares=(
             dead_letters.middleware,

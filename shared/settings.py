@@ -23,6 +23,15 @@ class ServiceSettings(BaseSettings):
         ge=1,
         description="Partitions of the topics this service creates; the most consumers a group can use.",
     )
+    kafka_metadata_max_age_seconds: float = Field(
+        15.0,
+        gt=0.0,
+        description=(
+            "How stale a Kafka client's view of topics may grow. On a cluster, a topic just created "
+            "can be missing from the broker a consumer asks; the consumer group is then assigned "
+            "nothing for it until the next refresh (aiokafka does not ask again sooner)."
+        ),
+    )
     topic_replication_factor: int = Field(
         1,
         ge=1,
