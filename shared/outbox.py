@@ -74,19 +74,23 @@ class OutboxRelay:
         A committed change is answered either way: if Kafka does not take its event in time (an
         outage hangs a producer until its own timeout), the flush goes on in the background and the
         relay's loop retries after it. The flush is shielded, so giving up waiting never cancels a
-        send half-way."""
-        if self._flush_task is None or self._flush_task.done():
-            self._flush_task = asyncio.create_task(self.flush())
-            self._flush_task.add_done_callback(self._after_flush)
+        send half-way, and concurrent callers share it."""
         try:
-            await asyncio.wait_for(asyncio.shield(self._flush_task), wait)
+            async with asyncio.timeout(wait):
+                while True:
+                    if self._flush_task is None or self._flush_task.done():
+                        self._flush_task = asyncio.create_task(self.flush())
+                        self._flush_task.add_done_callback(self._after_flush)
+                    await asyncio.shield(self._flush_task)
+                    # A flush already under way may have read the outbox before the caller's event
+                    # was in it: then one more.
+                    if not await asyncio.to_thread(self.store.pending_events, 1):
+                        return True
         except TimeoutError:
             return False
         except Exception as exc:  # Kafka refused: the events wait in the outbox
             log.warning("events wait in the outbox until Kafka takes them: %s", exc)
             return False
-        # A flush that was already running may have started before this caller's event was stored.
-        return not await asyncio.to_thread(self.store.pending_events, 1)
 
     def _after_flush(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:

@@ -127,3 +127,25 @@ async def test_publishing_refuses_an_event_over_its_bound_and_sends_one_within_i
             await publish_event(broker, topics, huge)
         await publish_event(broker, topics, _arrived(2))
     assert [e.dataset_version for e in received] == ["v2"]
+
+
+async def test_concurrent_announcements_each_see_their_event_published() -> None:
+    store = _MemoryOutbox([])
+    published: list[str] = []
+    first_sending = asyncio.Event()
+    release = asyncio.Event()
+
+    async def publish(event: Event) -> None:
+        first_sending.set()
+        await release.wait()  # the first flush is under way when the second event is stored
+        published.append(event.dataset_version or "")
+
+    relay = OutboxRelay(store, publish)
+    store.rows[1] = (_arrived(1).type, _arrived(1).model_dump_json(), False)
+    first = asyncio.create_task(relay.announce(10.0))
+    await first_sending.wait()
+    store.rows[2] = (_arrived(2).type, _arrived(2).model_dump_json(), False)
+    second = asyncio.create_task(relay.announce(10.0))
+    release.set()
+    assert await first and await second
+    assert published == ["v1", "v2"] and store.pending_events() == []
