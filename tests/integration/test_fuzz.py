@@ -45,6 +45,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
+# tritonclient's own stubs: other tests in this process import tritonclient, which registers the same
+# proto package `inference` as shared.stubs.inference; both in one process clash.
+from tritonclient.grpc import service_pb2 as grpc_service_pb2
+
 from shared.cli.dlq import DeadLetter, read_dead_letters
 from shared.cli.stack import SERVICES, Stack
 from shared.events import (
@@ -64,7 +68,6 @@ from shared.stubs.cascade.ingest.v1 import ingest_pb2
 from shared.stubs.cascade.monitor.v1 import monitor_pb2
 from shared.stubs.cascade.registry.v1 import registry_pb2
 from shared.stubs.cascade.trainer.v1 import trainer_pb2
-from shared.stubs.inference import grpc_service_pb2
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -453,6 +456,38 @@ def test_every_grpc_method_answers_fuzzed_requests_without_internal_errors(stack
     assert len(methods) == sum(len(s.methods) for s in _SERVICES.values()), "every method was called"
     assert not failures, f"{len(failures)} requests answered INTERNAL or UNKNOWN"
     _assert_all_serving(stack)
+
+
+# Found by this fuzzing, not fixed in the service runtime yet: grpc.aio deserializes a request before
+# any handler or interceptor runs, and answers UNKNOWN ("Unexpected DecodeError") when the bytes are
+# not a protobuf message of the method's type. The fix belongs in the shared server set-up (method
+# handlers that deserialize inside the interceptor chain and answer INVALID_ARGUMENT).
+@pytest.mark.xfail(strict=True, reason="bytes that are not protobuf get UNKNOWN from grpc.aio itself")
+def test_every_grpc_method_answers_bytes_that_are_not_protobuf_without_unknown(stack: Stack) -> None:
+    by_status: collections.Counter[str] = collections.Counter()
+    failures = []
+    for name, service in sorted(_SERVICES.items()):
+        with grpc.insecure_channel(stack.address(name)) as channel:
+            for method in service.methods:
+                path = f"/{service.full_name}/{method.name}"
+                garbage = b"\xff\xff\xff"  # wire type 7 does not exist: never a valid message
+                try:
+                    if method.client_streaming:
+                        channel.stream_unary(path)(iter([garbage]), timeout=30)
+                    elif method.server_streaming:
+                        list(channel.unary_stream(path)(garbage, timeout=30))
+                    else:
+                        channel.unary_unary(path)(garbage, timeout=30)
+                    code = grpc.StatusCode.OK
+                except grpc.RpcError as error:
+                    assert isinstance(error, grpc.Call)
+                    code = error.code()
+                by_status[code.name] += 1
+                if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                    failures.append(f"{name}.{method.name} -> {code.name}")
+    print(f"\nfuzz: undecodable requests to every method, by status: {dict(by_status)}")
+    print("   INTERNAL:", [failure for failure in failures if failure.endswith("INTERNAL")])
+    assert not failures, failures
 
 
 def test_every_consumed_topic_dead_letters_hostile_messages_and_moves_on(stack: Stack) -> None:
