@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from shared.errors import InvalidArgument
 from shared.service import GRPC_OPTIONS
@@ -107,7 +108,8 @@ class _UploadMessage(Protocol):
 async def split_upload(requests: AsyncIterator[_UploadMessage], rpc: str) -> tuple[Any, AsyncIterator[bytes]]:
     """The header of an upload stream, and the stream of its remaining chunks; a missing or
     repeated header is an InvalidArgument naming the RPC."""
-    first = await anext(aiter(requests), None)
+    requests = _decoded(requests, rpc)
+    first = await anext(requests, None)
     if first is None or not first.HasField("header"):
         raise InvalidArgument(f"the first {rpc} message must carry the header")
 
@@ -118,6 +120,16 @@ async def split_upload(requests: AsyncIterator[_UploadMessage], rpc: str) -> tup
             yield message.chunk
 
     return first.header, chunks()
+
+
+async def _decoded(requests: AsyncIterator[_UploadMessage], rpc: str) -> AsyncIterator[_UploadMessage]:
+    """grpc.aio decodes each message of a stream as the handler reads it: bytes that are not one
+    are the caller's fault (INVALID_ARGUMENT), not the server's (INTERNAL)."""
+    try:
+        async for message in requests:
+            yield message
+    except DecodeError as exc:
+        raise InvalidArgument(f"a {rpc} message is not a valid protobuf message") from exc
 
 
 def file_chunks(path: Path, offset: int = 0, chunk_size: int = CHUNK_SIZE) -> Iterator[tuple[int, bytes]]:

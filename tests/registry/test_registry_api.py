@@ -265,6 +265,16 @@ async def test_bad_uploads_are_invalid_arguments(
     assert message in (raised.value.details() or "")
 
 
+async def test_an_upload_stream_of_bytes_that_are_not_protobuf_is_an_invalid_argument(
+    registry: Registry,
+) -> None:
+    upload = registry.channel.stream_unary("/cascade.registry.v1.RegistryService/CreateModelVersion")
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await upload(iter([b"\xff\xff\xff"]))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid protobuf message" in (raised.value.details() or "")
+
+
 def _passed(version: int) -> ModelValidated:
     return ModelValidated(source="v", subject="bc", model="bc", model_version=version, passed=True, gates=[])
 
