@@ -775,7 +775,11 @@ class MonitorCore:
         calibration = state.calibration
         if calibration is not None:
             verdict = await asyncio.to_thread(evaluate, prepared, calibration, current, mode="calibrated")
-            features, window_drifted, rule = verdict.features, verdict.drifted, verdict.summary
+            features, window_drifted = verdict.features, verdict.drifted
+            rule = (
+                "any feature over its threshold calibrated for the window's size; false alarms at most "
+                f"{calibration.false_alarm_rate:.2%} of reports"
+            )
         else:
             window_drifted = dataset_drifted(
                 [feature.drifted for feature in features], self.policy.dataset_drift_share

@@ -175,10 +175,13 @@ def _no_drift_so_far(stack: Stack, model: str, report: monitor_pb2.DriftReport, 
     assert len(_versions(stack, model)) == versions
 
 
-def _shifted(rows: np.ndarray, features: int, stds: float) -> np.ndarray:
-    moved = rows.copy()
+def _shifted(rows: np.ndarray, features: int, stds: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows in a seeded random order (rows in file order are no sample of the data), the first
+    `features` moved by `stds` of their standard deviations; and that order."""
+    order = np.random.default_rng(seed).permutation(len(rows))
+    moved = rows[order]
     moved[:, :features] += stds * rows[:, :features].std(axis=0)
-    return moved
+    return moved, order
 
 
 def test_diabetes_own_rows_are_no_drift_and_a_shift_without_new_data_retrains_nothing(stack: Stack) -> None:
@@ -197,7 +200,7 @@ def test_diabetes_own_rows_are_no_drift_and_a_shift_without_new_data_retrains_no
         seen = _champion_report(stack, champion, rows, 2)
         # Rows pinned to v1, shifted far: counted against v2 they would be drift.
         for start in range(0, 400, 40):
-            assert champion.infer(_shifted(rows[start : start + 40], 10, 3.0), version="1") == "1"
+            assert champion.infer(_shifted(rows, 10, 3.0, start)[0][:40], version="1") == "1"
         calm = _serve_own_rows(stack, champion, rows, copies=5, seed=1, seen=seen)
         assert calm.model_version == 2 and calm.window_size == 2 * EVERY
         by_name = {f.feature: f for f in calm.features}
@@ -207,7 +210,7 @@ def test_diabetes_own_rows_are_no_drift_and_a_shift_without_new_data_retrains_no
         _no_drift_so_far(stack, model, calm, versions=2)
 
         # Six of ten features moved by one standard deviation: drift, but nothing new to learn from.
-        shifted = _shifted(rows, 6, 1.0)
+        shifted, _ = _shifted(rows, 6, 1.0, seed=3)
         for start in range(0, 6 * EVERY, EVERY):
             champion.infer(shifted[start : start + EVERY])
         [event] = wait_for(lambda: _drift_events(stack, model), TIMEOUT, "the drift event")
@@ -262,14 +265,14 @@ def test_breast_cancer_own_rows_are_no_drift_and_labelled_rows_retrain_through_i
         assert measured.performance.value > 0.9
 
         # Ten of thirty features moved by one standard deviation, with their labels.
-        shifted = _shifted(rows, 10, 1.0)
+        shifted, order = _shifted(rows, 10, 1.0, seed=4)
         for start in range(0, 8 * EVERY, EVERY):
             request_id = str(uuid.uuid4())
             client.infer(shifted[start : start + EVERY], request_id=request_id)
             document = {
                 "model": model,
                 "request_id": request_id,
-                "labels": labels[start : start + EVERY].tolist(),
+                "labels": labels[order[start : start + EVERY]].tolist(),
             }
             produce(
                 stack.address("kafka"),
@@ -280,6 +283,8 @@ def test_breast_cancer_own_rows_are_no_drift_and_labelled_rows_retrain_through_i
     finally:
         client.close()
     assert event.kind == "drift" and event.model_version == 1 and event.action == "feedback", event.summary
+    assert len(set(features[:10]) & set(event.drifted_features)) >= 5, event.drifted_features
+    assert len(set(event.drifted_features) - set(features[:10])) <= 1, event.drifted_features
     assert "feedback batch" in event.summary
 
     # The feedback batch went through ingest like any other; the version trained on it says so.
