@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
 from prometheus_client import Counter
 
 from services.ingest.cleaning import Rejection, clean, infer_schema, suggest_schema
@@ -64,7 +66,8 @@ class IngestCore:
         self.max_columns = max_columns
         self.event_wait_seconds = event_wait_seconds
         # Events go out through the store's outbox: stored with the batch, published after.
-        self.outbox = OutboxRelay(store, emit, interval=outbox_interval_seconds)
+        self.emit = emit
+        self.outbox = OutboxRelay(store, self._emit_in_its_trace, interval=outbox_interval_seconds)
         self._locks: dict[str, asyncio.Lock] = {}
 
     def check_width(self, columns: int) -> None:
@@ -112,6 +115,16 @@ class IngestCore:
             )
             result = dataclasses.replace(result, event_pending=pending)
         return result
+
+    async def _emit_in_its_trace(self, event: Event) -> None:
+        """Publish as part of the trace the event was stored in: the relay may send it long after
+        the upload (a Kafka outage), from its own task."""
+        carrier = await asyncio.to_thread(self.store.trace_carrier, event.id)
+        token = otel_context.attach(propagate.extract(carrier))
+        try:
+            await self.emit(event)
+        finally:
+            otel_context.detach(token)
 
     def _announce_again(self, dataset: str, version: str, batch_id: str) -> None:
         info = self.store.version(dataset, version)

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from opentelemetry import propagate
 
 from services.ingest.cleaning import Rejection, quantiles, row_hashes
 from services.ingest.schema import Schema
@@ -102,7 +103,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     event_id TEXT NOT NULL UNIQUE,
     event_type TEXT NOT NULL,
     event_json TEXT NOT NULL,
-    published INTEGER NOT NULL DEFAULT 0
+    published INTEGER NOT NULL DEFAULT 0,
+    trace_carrier TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS ix_outbox_pending ON outbox(published, id);
 CREATE TABLE IF NOT EXISTS rejected_rows (
@@ -319,6 +321,9 @@ class IngestStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        outbox_columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "trace_carrier" not in outbox_columns:  # an outbox made before events kept their trace
+            self._db.execute("ALTER TABLE outbox ADD COLUMN trace_carrier TEXT NOT NULL DEFAULT '{}'")
         self._lock = threading.RLock()
         # dataset -> (head version, sorted 64-bit hashes of its rows): dedupe without re-reading.
         self._hashes: dict[str, tuple[str | None, np.ndarray]] = {}
@@ -673,11 +678,22 @@ class IngestStore:
 
     # -- outbox --------------------------------------------------------------------------------
     def _enqueue(self, event: Event, event_json: str) -> None:
-        """Within the caller's transaction. An event already there (same id) stays as it is."""
+        """Within the caller's transaction. An event already there (same id) stays as it is. The
+        caller's trace context is kept with it, so the event continues that trace whenever it goes."""
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
         self._db.execute(
-            "INSERT OR IGNORE INTO outbox(event_id, event_type, event_json) VALUES (?,?,?)",
-            (event.id, event.type, event_json),
+            "INSERT OR IGNORE INTO outbox(event_id, event_type, event_json, trace_carrier) VALUES (?,?,?,?)",
+            (event.id, event.type, event_json, json.dumps(carrier)),
         )
+
+    def trace_carrier(self, event_id: str) -> dict[str, str]:
+        """The W3C trace context (`traceparent`, ...) the event was stored in; empty if none."""
+        with self._lock:
+            query = "SELECT trace_carrier FROM outbox WHERE event_id=?"
+            row = self._db.execute(query, (event_id,)).fetchone()
+        carrier: dict[str, str] = json.loads(row[0]) if row else {}
+        return carrier
 
     def ensure_announced(self, event: Event) -> None:
         """Store `event` in the outbox unless it is there already (published or not)."""

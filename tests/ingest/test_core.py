@@ -5,6 +5,9 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from sklearn.datasets import load_wine
 
 from services.ingest.core import IngestCore, batch_id_of
@@ -273,3 +276,27 @@ async def test_a_column_name_over_the_limit_is_invalid(tmp_path: Path) -> None:
     frame = pd.DataFrame({"x": [1.0, 2.0], "t" * 300: [0, 1]})
     with pytest.raises(InvalidArgument, match="300 characters; the limit is 256"):
         await core.ingest("long", frame, "b1", "t" * 300, "test")
+
+
+async def test_an_event_sent_after_an_outage_continues_the_uploads_trace(
+    tmp_path: Path, wine: pd.DataFrame
+) -> None:
+    kafka_up = False
+    sent_in: list[int] = []
+
+    async def emit(event: Event) -> None:
+        if not kafka_up:
+            raise ConnectionError("broker down")
+        sent_in.append(trace.get_current_span().get_span_context().trace_id)
+
+    core = IngestCore(IngestStore(tmp_path), emit, event_wait_seconds=0.05)
+    upload = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(upload)))
+    try:
+        assert (await core.ingest("wine", wine.iloc[:20], "b1", "target", "test")).event_pending
+    finally:
+        otel_context.detach(token)
+    # Later, from a task of the relay's own, outside any request.
+    kafka_up = True
+    await asyncio.create_task(core.outbox.flush())
+    assert sent_in == [0xABC] and core.store.pending_events() == []
