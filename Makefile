@@ -38,4 +38,4 @@ down:
 	$(VENV)/bin/cascade down
 
 clean: down
-	rm -rf .cascade
+	rm -rf .cascade "$${CASCADE_HOME:-$${XDG_DATA_HOME:-$$HOME/.local/share}/cascade}"

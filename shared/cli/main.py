@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -20,7 +21,14 @@ from shared.cli.dlq import dlq_app
 from shared.cli.errors import CliError
 from shared.cli.models import models_app
 from shared.cli.monitor import monitor as monitor_command
-from shared.cli.stack import SERVICES, ServiceStatus, Stack, StackConfig, remembered_config
+from shared.cli.stack import (
+    SERVICES,
+    ServiceStatus,
+    Stack,
+    StackConfig,
+    default_home,
+    remembered_config,
+)
 from shared.cli.train import spec_app, train
 from shared.kafka_broker import BrokerError
 
@@ -64,11 +72,15 @@ app.command("monitor")(monitor_command)
 def main(
     ctx: typer.Context,
     home: Annotated[
-        Path,
+        Path | None,
         typer.Option(
-            envvar="CASCADE_HOME", help="Directory holding the stack's data, logs, pids and traces."
+            envvar="CASCADE_HOME",
+            help="Directory holding the stack's data, logs, pids and traces [default: the nearest "
+            ".cascade in this directory or a parent, else $XDG_DATA_HOME/cascade, i.e. "
+            "~/.local/share/cascade].",
+            show_default=False,
         ),
-    ] = Path(".cascade"),
+    ] = None,
     kafka_port: Annotated[
         int, typer.Option(envvar="CASCADE_KAFKA_PORT", help="Kafka client port (the bootstrap address).")
     ] = 9092,
@@ -84,6 +96,8 @@ def main(
         ),
     ] = 1,
 ) -> None:
+    if home is None:
+        home = default_home(Path.cwd(), os.environ)
     # A stack started from this home (by `cascade up` or from Python) remembers its ports.
     ctx.obj = remembered_config(home) or StackConfig(
         home=home, kafka_port=kafka_port, controller_port=controller_port, kafka_brokers=kafka_brokers

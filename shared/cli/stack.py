@@ -50,6 +50,7 @@ __all__ = [
     "StackConfig",
     "StackError",
     "check_health",
+    "default_home",
     "remembered_config",
 ]
 
@@ -475,6 +476,22 @@ def remembered_config(home: Path) -> StackConfig | None:
         ports={str(k): int(v) for k, v in saved["ports"].items()},
         metrics_ports={str(k): int(v) for k, v in saved["metrics_ports"].items()},
     )
+
+
+HOME_DIR_NAME = ".cascade"
+
+
+def default_home(cwd: Path, environ: Mapping[str, str]) -> Path:
+    """The home a command uses when given none: the nearest `.cascade` directory in `cwd` or a
+    parent (a stack started inside a checkout), else `cascade` under the user's data directory
+    (XDG_DATA_HOME, default ~/.local/share). Either way one stack is found from any directory,
+    so `cascade status` run elsewhere does not report a running stack DOWN."""
+    for directory in (cwd, *cwd.parents):
+        candidate = directory / HOME_DIR_NAME
+        if candidate.is_dir():
+            return candidate
+    data_home = environ.get("XDG_DATA_HOME") or str(Path(environ.get("HOME", "~")) / ".local" / "share")
+    return Path(data_home).expanduser() / "cascade"
 
 
 def check_health(address: str, timeout: float = _HEALTH_TIMEOUT) -> Health:

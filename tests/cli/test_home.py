@@ -1,0 +1,112 @@
+"""The stack's home is found from any directory: the nearest `.cascade` upward, else the user's
+data directory; so `cascade status` run outside the checkout sees the stack that runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.cli.stack import DEFAULT_METRICS_PORTS, SERVICES, default_home
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_nearest_cascade_directory_upward_is_the_home(tmp_path: Path) -> None:
+    (tmp_path / ".cascade").mkdir()
+    deep = tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+
+    assert default_home(deep, {"HOME": str(tmp_path / "user")}) == tmp_path / ".cascade"
+
+
+def test_without_one_the_home_is_under_the_user_data_directory(tmp_path: Path) -> None:
+    assert default_home(tmp_path, {"HOME": "/home/u"}) == Path("/home/u/.local/share/cascade")
+    assert default_home(tmp_path, {"XDG_DATA_HOME": "/data"}) == Path("/data/cascade")
+
+
+# A stand-in for a running ingest service: a real process serving gRPC health SERVING, whose
+# command line names `services.ingest`, which is what `cascade status` checks for.
+_HEALTH_SERVER = textwrap.dedent(
+    """
+    import sys, grpc
+    from concurrent import futures
+    from grpc_health.v1 import health, health_pb2_grpc
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+    server.start()
+    print("ready", flush=True)
+    server.wait_for_termination()
+    """
+)
+
+
+@pytest.fixture
+def running_ingest(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """A home at tmp_path/.cascade whose ingest runs (the stand-in), the others not."""
+    home = tmp_path / ".cascade"
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-c", _HEALTH_SERVER, str(port), "services.ingest"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        (home / "run").mkdir(parents=True)
+        (home / "run" / "ingest.pid").write_text(str(process.pid))
+        ports = {name: _free_port() for name in SERVICES} | {"ingest": port}
+        saved = {
+            "kafka_port": _free_port(),
+            "controller_port": _free_port(),
+            "kafka_brokers": 1,
+            "topic_prefix": "t",
+            "ports": ports,
+            "metrics_ports": DEFAULT_METRICS_PORTS,
+        }
+        (home / "run" / "stack.json").write_text(json.dumps(saved))
+        yield home, port
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_status_from_a_subdirectory_sees_the_running_service(
+    running_ingest: tuple[Path, int], tmp_path: Path
+) -> None:
+    _home, port = running_ingest
+    elsewhere = tmp_path / "some" / "project"
+    elsewhere.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k != "CASCADE_HOME"}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "status", "--json"],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["ingest"]["health"] == "SERVING"
+    assert rows["ingest"]["endpoint"] == f"127.0.0.1:{port}"
+    assert rows["trainer"]["health"] == "DOWN"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
