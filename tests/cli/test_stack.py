@@ -157,3 +157,20 @@ def test_a_service_dying_at_start_up_is_reported_with_its_log(tmp_path: Path) ->
     assert "max_classes" in str(raised.value)  # the tail of the service's own log
     assert stack.pid("ingest") is None
     assert not stack.pid_file("ingest").exists()
+
+
+def test_raw_output_goes_beside_the_rotating_log_and_is_shown_when_a_start_fails(tmp_path: Path) -> None:
+    # Services log to logs/<service>.log themselves (rotated, shared.logs); what they write to
+    # stdout and stderr outside logging, such as this start-up traceback, lands in logs/<service>.out.
+    config = StackConfig(
+        home=tmp_path, ports={"ingest": 40201}, extra_env={"CASCADE_INGEST_MAX_CLASSES": "many"}
+    )
+    stack = Stack(config, environ={k: v for k, v in os.environ.items() if not k.startswith("OTEL_")})
+
+    with pytest.raises(StackError) as raised:
+        stack.start_service("ingest", timeout=60)
+
+    output = stack.output_file("ingest").read_text()
+    assert "cascade: starting services.ingest" in output and "max_classes" in output
+    assert f"last lines of {stack.output_file('ingest')}" in str(raised.value)
+    assert "CASCADE_LOG_FILE" not in stack.service_env("ingest")  # set per spawned process only
