@@ -88,6 +88,9 @@ POLICIES = ("automatic", "manual")
 MAX_TAG_VALUE = 4 * 1024 * 1024
 # Outbox events read and marked published per transaction: bounded, however long Kafka was away.
 OUTBOX_BATCH = 500
+# How long a change's RPC waits for Kafka to take its events before answering anyway: during an
+# outage a producer hangs until its own timeout, and the caller must not.
+EVENT_WAIT_SECONDS = 1.0
 
 
 class RegistryCore:
@@ -405,10 +408,7 @@ class RegistryCore:
     async def _announce(self) -> None:
         """Publish a committed change's events now if Kafka takes them; if not, the change stands
         and the relay publishes them later, so the caller is not told it failed."""
-        try:
-            await self.flush_outbox()
-        except Exception as exc:
-            log.warning("events wait in the outbox until Kafka takes them: %s", exc)
+        await self._outbox.announce(wait=EVENT_WAIT_SECONDS)
 
     async def deliver_webhooks(self, max_attempts: int = 10) -> None:
         """POST every due event; a failure is retried later with exponential backoff (1 s, 2 s, ...
