@@ -311,6 +311,8 @@ class _Feedback:
 class _ModelState:
     window: Window | None = None
     window_version: int | None = None  # the version whose answers fill the window
+    early: Window | None = None  # answers of a version newer than the champion, not promoted here yet
+    early_version: int | None = None
     reference: Reference | None = None
     prepared: PreparedReference | None = None  # the reference, sorted and counted once
     calibration: Calibration | None = None  # its thresholds for the window size (calibrated mode)
@@ -394,6 +396,14 @@ class MonitorCore:
             state = self._state(model)
             await self._restore_reference(model, state)
             champion = state.reference.info.model_version if state.reference is not None else None
+            if model_version is not None and champion is not None and model_version > champion:
+                # Serving may answer with a new champion before its promotion reaches the monitor
+                # (another topic): its rows wait in a window of their own, adopted if it is promoted.
+                if state.early is None or state.early_version != model_version:
+                    state.early, state.early_version = Window(self.window_size, rows.shape[1]), model_version
+                if state.early.width == rows.shape[1]:
+                    state.early.append(rows, predicted)
+                return None
             if model_version is not None and champion is not None and model_version != champion:
                 IGNORED_ROWS.labels(model).inc(len(rows))
                 log.debug(
@@ -749,6 +759,16 @@ class MonitorCore:
         ):
             # A new champion is judged on its own answers only: a fresh window.
             self._fresh_window(state, state.window.width, reference.info.model_version)
+        early = state.early
+        if (
+            early is not None
+            and state.early_version == reference.info.model_version
+            and early.width == len(reference.info.features)
+        ):  # its answers that came before its promotion
+            state.window, state.pending = early, len(early)
+            state.seen += len(early)
+            PREDICTIONS.labels(model).inc(len(early))
+        state.early = state.early_version = None
         state.window_version = reference.info.model_version
         log.info(
             "%s v%d: reference is %s@%s (%d rows)",

@@ -344,3 +344,17 @@ async def test_labelled_production_rows_go_to_ingest_as_a_feedback_batch(store: 
 
     await send(core, normal_rows(EVERY, shift=3.0, seed=4))  # those rows were sent: none are left
     assert [event.action for event in emitted] == ["no_new_data", "feedback", "no_new_data"]
+
+
+async def test_answers_of_a_new_champion_before_its_promotion_arrives_count_for_it(
+    store: MonitorStore,
+) -> None:
+    core = core_of(store, Emitted())
+    await core.set_reference(MODEL, 1)
+    await send(core, normal_rows(EVERY - 5, seed=2), version=2)  # serving swapped first
+    with pytest.raises(NotFound):
+        core.latest_report(MODEL)
+    await core.set_reference(MODEL, 2)
+    await send(core, normal_rows(5, seed=3), version=2)
+    report = core.latest_report(MODEL)
+    assert report.model_version == 2 and report.window_size == EVERY and report.predictions_seen == EVERY
