@@ -6,19 +6,28 @@ as a naive interceptor does, is a measurable share of a fast RPC (see bench/RESU
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
-__all__ = ["Behaviour", "Handler", "MethodInterceptor", "RpcMethod"]
+__all__ = [
+    "Behaviour",
+    "Deserializer",
+    "Handler",
+    "MethodInterceptor",
+    "RequestDecodingInterceptor",
+    "RpcMethod",
+]
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
 
 # A string: grpc.RpcMethodHandler is generic for type checkers only.
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Behaviour: TypeAlias = Callable[..., Any]
+Deserializer: TypeAlias = Callable[[bytes], Any]
 
 # grpc-stubs makes the interceptor generic for type checkers only; at run time it is a plain class.
 if TYPE_CHECKING:
@@ -85,6 +94,10 @@ class MethodInterceptor(_ServerInterceptor):
         """The wrapped behaviour of a method answering a stream (unary_stream, stream_stream)."""
         return behaviour
 
+    def wrap_request_deserializer(self, deserializer: Deserializer, rpc: RpcMethod) -> Deserializer:
+        """The request decoding of a method whose request is one message (unary_*)."""
+        return deserializer
+
     def _wrap_handler(self, rpc: RpcMethod, handler: Handler) -> Handler:
         if rpc.service == HEALTH_SERVICE:
             return handler
@@ -93,12 +106,64 @@ class MethodInterceptor(_ServerInterceptor):
             wrapped = self.wrap_stream_response(behaviour, rpc)
         else:
             wrapped = self.wrap_unary_response(behaviour, rpc)
-        if wrapped is behaviour:
+        deserializer = handler.request_deserializer
+        if deserializer is not None and not handler.request_streaming:
+            deserializer = self.wrap_request_deserializer(deserializer, rpc)
+        if wrapped is behaviour and deserializer is handler.request_deserializer:
             return handler
         factory = getattr(grpc, f"{rpc.type}_rpc_method_handler")
         new_handler: Handler = factory(
             wrapped,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
         return new_handler
+
+
+class _UndecodableRequest:
+    """Stands for a request whose bytes did not decode, until the behaviour can refuse it."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class RequestDecodingInterceptor(MethodInterceptor):
+    """Answers a unary request that is not a valid protobuf message with INVALID_ARGUMENT.
+
+    grpc.aio decodes a unary request before any handler runs, and a decoding error there is answered
+    UNKNOWN ("Unexpected DecodeError"): not the caller's fault as far as the status says. Decoding
+    instead yields a stand-in that the wrapped behaviour refuses with a short message. Streamed
+    requests decode as the handler reads them, where `shared.grpc_io.split_upload` refuses them."""
+
+    def wrap_request_deserializer(self, deserializer: Deserializer, rpc: RpcMethod) -> Deserializer:
+        def decode(data: bytes) -> Any:
+            try:
+                return deserializer(data)
+            except Exception as exc:
+                return _UndecodableRequest(exc)
+
+        return decode
+
+    def wrap_unary_response(self, behaviour: Behaviour, rpc: RpcMethod) -> Behaviour:
+        async def refusing(request: Any, context: Any) -> Any:
+            if isinstance(request, _UndecodableRequest):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refusal(rpc, request))
+            result = behaviour(request, context)
+            return await result if inspect.isawaitable(result) else result
+
+        return refusing
+
+    def wrap_stream_response(self, behaviour: Behaviour, rpc: RpcMethod) -> Behaviour:
+        async def refusing(request: Any, context: Any) -> AsyncIterator[Any]:
+            if isinstance(request, _UndecodableRequest):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refusal(rpc, request))
+            async for response in behaviour(request, context):
+                yield response
+
+        return refusing
+
+
+def _refusal(rpc: RpcMethod, request: _UndecodableRequest) -> str:
+    return f"the request to {rpc.method} is not a valid protobuf message ({type(request.error).__name__})"

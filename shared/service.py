@@ -39,6 +39,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 from prometheus_client import Gauge, start_http_server
 
+from shared.interceptors import RequestDecodingInterceptor
 from shared.messaging import dead_letters_of
 from shared.metrics import GrpcMetricsInterceptor
 from shared.settings import ServiceSettings
@@ -231,6 +232,7 @@ class Service:
         interceptors = [
             *grpc_server_interceptors(self.settings.grpc_root_span_sample_rate),
             GrpcMetricsInterceptor(),
+            RequestDecodingInterceptor(),  # innermost: the handler grpc runs decodes with it
         ]
         server = grpc.aio.server(interceptors=interceptors, options=options)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

@@ -458,12 +458,9 @@ def test_every_grpc_method_answers_fuzzed_requests_without_internal_errors(stack
     _assert_all_serving(stack)
 
 
-# Found by this fuzzing, not fixed in the service runtime yet: grpc.aio deserializes a unary request
-# before any handler or interceptor runs, and answers UNKNOWN ("Unexpected DecodeError") when the
-# bytes are not a protobuf message of the method's type. The fix belongs in the shared server set-up
-# (method handlers that deserialize inside the interceptor chain and answer INVALID_ARGUMENT). Upload
-# streams, decoded as the handler reads them, already answer INVALID_ARGUMENT (shared.grpc_io).
-@pytest.mark.xfail(strict=True, reason="bytes that are not protobuf get UNKNOWN from grpc.aio itself")
+# grpc.aio decodes a unary request before any handler runs and answers UNKNOWN when that fails;
+# shared.interceptors.RequestDecodingInterceptor turns it into INVALID_ARGUMENT (upload streams are
+# refused by shared.grpc_io.split_upload as the handler reads them).
 def test_every_grpc_method_answers_bytes_that_are_not_protobuf_without_unknown(stack: Stack) -> None:
     by_status: collections.Counter[str] = collections.Counter()
     failures = []
