@@ -18,7 +18,7 @@ import grpc
 import typer
 from opentelemetry import trace
 
-from shared.cli.errors import ClientError
+from shared.cli.errors import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, ClientError
 from shared.cli.stack import Stack
 from shared.grpc_io import CHUNK_SIZE, file_chunks, open_channel
 from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
@@ -32,6 +32,7 @@ __all__ = [
     "describe_rpc_error",
     "format_of",
     "ingest_file",
+    "rpc_failure",
     "setup_cli_tracing",
     "token_channel",
     "upload_requests",
@@ -149,7 +150,7 @@ async def _upload(address: str, path: Path, header: ingest_pb2.BatchHeader) -> i
         try:
             response: ingest_pb2.UploadBatchResponse = await stub.UploadBatch(upload_requests(path, header))
         except grpc.aio.AioRpcError as error:
-            raise ClientError(describe_rpc_error("ingest", address, error)) from None
+            raise rpc_failure("ingest", address, error) from None
     return response
 
 
@@ -209,6 +210,23 @@ def token_channel(address: str, token: str = "") -> Iterator[grpc.Channel]:
     a token (for a registry with CASCADE_REGISTRY_AUTH_TOKENS)."""
     with grpc.insecure_channel(address) as channel:
         yield grpc.intercept_channel(channel, _BearerToken(token)) if token else channel
+
+
+def rpc_failure(service: str, address: str, error: grpc.RpcError) -> ClientError:
+    """The `ClientError` for a failed call: its one-line message and the exit code its status
+    maps to (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE each have their own; see shared.cli.errors)."""
+    code = error.code() if isinstance(error, (grpc.Call, grpc.aio.AioRpcError)) else None
+    exit_code = _EXIT_CODES.get(code, EXIT_FAILURE) if code is not None else EXIT_FAILURE
+    return ClientError(describe_rpc_error(service, address, error), exit_code)
+
+
+_EXIT_CODES = {
+    grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
+    grpc.StatusCode.INVALID_ARGUMENT: EXIT_USAGE,
+    grpc.StatusCode.FAILED_PRECONDITION: EXIT_USAGE,
+    grpc.StatusCode.UNAVAILABLE: EXIT_UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNAVAILABLE,
+}
 
 
 def describe_rpc_error(service: str, address: str, error: grpc.RpcError) -> str:

@@ -32,9 +32,9 @@ AddressOption = Annotated[
 ]
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, exit_code: int = 1) -> NoReturn:
     typer.secho(f"Error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(1)
+    raise typer.Exit(exit_code)
 
 
 def _address(ctx: typer.Context, address: str | None) -> str:
@@ -50,7 +50,7 @@ def _call(address: str, call: Callable[[Any], Awaitable[T]]) -> T:
     """Run one call on IngestService; a gRPC failure becomes a one-line message."""
     import grpc
 
-    from shared.cli.client import describe_rpc_error
+    from shared.cli.client import rpc_failure
     from shared.grpc_io import open_channel
     from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
 
@@ -61,7 +61,8 @@ def _call(address: str, call: Callable[[Any], Awaitable[T]]) -> T:
     try:
         return asyncio.run(run())
     except grpc.aio.AioRpcError as error:
-        _fail(describe_rpc_error("ingest", address, error))
+        failure = rpc_failure("ingest", address, error)
+        _fail(str(failure), failure.exit_code)
 
 
 def _schema_json(message: Any) -> dict[str, Any]:

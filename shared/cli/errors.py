@@ -6,15 +6,47 @@
         └── DemoError  the demo cannot go on (shared.cli.demo)
 
 Kafka launcher failures stay `shared.kafka_broker.BrokerError`, which the CLI reports the same way.
+
+Each error carries the exit code the command ends with (listed in `cascade --help`)::
+
+    1  EXIT_FAILURE      anything else: the stack, a service's own failure, a failed run
+    2  EXIT_USAGE        a bad command line, or a request the service refused (INVALID_ARGUMENT)
+    3  EXIT_NOT_FOUND    no such model, version, dataset or spec (NOT_FOUND)
+    4  EXIT_UNAVAILABLE  the service cannot be reached: is the stack up? (UNAVAILABLE)
 """
 
 from __future__ import annotations
 
-__all__ = ["CliError", "ClientError", "DemoError", "StackError"]
+__all__ = [
+    "EXIT_CODES_HELP",
+    "EXIT_FAILURE",
+    "EXIT_NOT_FOUND",
+    "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
+    "CliError",
+    "ClientError",
+    "DemoError",
+    "StackError",
+]
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2  # also what click uses for a bad command line
+EXIT_NOT_FOUND = 3
+EXIT_UNAVAILABLE = 4
+
+EXIT_CODES_HELP = (
+    f"Exit codes: 0 done; {EXIT_FAILURE} failed; {EXIT_USAGE} bad usage or a request the service "
+    f"refused; {EXIT_NOT_FOUND} no such model, version or dataset; {EXIT_UNAVAILABLE} a service "
+    "cannot be reached (is the stack up?)."
+)
 
 
 class CliError(RuntimeError):
     """A failure the user can act on; the message says what to do."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class StackError(CliError):

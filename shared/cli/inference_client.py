@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from shared.cli.client import describe_rpc_error
+from shared.cli.client import rpc_failure
 from shared.cli.errors import ClientError
 from shared.stubs.inference import grpc_service_pb2 as pb
 from shared.stubs.inference import grpc_service_pb2_grpc as pb_grpc
@@ -94,7 +94,7 @@ class InferenceClient:
         try:
             response = self._stub.ModelInfer(request, timeout=_CALL_TIMEOUT)
         except grpc.RpcError as error:
-            raise ClientError(describe_rpc_error("serving", self.address, error)) from None
+            raise rpc_failure("serving", self.address, error) from None
         return Prediction(
             model_version=response.model_version,
             labels=_output(response, "label").reshape(-1).astype(np.int64),

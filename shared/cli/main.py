@@ -18,7 +18,7 @@ import typer
 
 from shared.cli.datasets import datasets_app
 from shared.cli.dlq import dlq_app
-from shared.cli.errors import CliError
+from shared.cli.errors import EXIT_CODES_HELP, EXIT_FAILURE, CliError
 from shared.cli.models import models_app
 from shared.cli.monitor import monitor as monitor_command
 from shared.cli.stack import (
@@ -50,6 +50,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     # Markdown joins the wrapped lines of a docstring paragraph; the default keeps the breaks.
     rich_markup_mode="markdown",
+    epilog=EXIT_CODES_HELP,
 )
 kafka_app = typer.Typer(
     help="The local Kafka (KRaft) the services talk through, kept in HOME/kafka: one broker, or a "
@@ -113,9 +114,9 @@ def _progress(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, exit_code: int = EXIT_FAILURE) -> NoReturn:
     typer.secho(f"Error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(1)
+    raise typer.Exit(exit_code)
 
 
 @contextlib.contextmanager
@@ -123,7 +124,9 @@ def friendly_errors() -> Iterator[None]:
     """Turn the failures a user can act on into a message; anything else is a bug and shows."""
     try:
         yield
-    except (CliError, BrokerError) as error:
+    except CliError as error:
+        _fail(str(error), error.exit_code)
+    except BrokerError as error:
         _fail(str(error))
     except KeyboardInterrupt:
         _fail("interrupted; services already started keep running (`cascade down` stops them)")

@@ -17,7 +17,7 @@ import grpc
 import typer
 from google.protobuf.json_format import MessageToDict
 
-from shared.cli.client import TokenOption, describe_rpc_error, token_channel
+from shared.cli.client import TokenOption, rpc_failure, token_channel
 from shared.cli.errors import ClientError
 from shared.cli.stack import Stack, StackConfig
 from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
@@ -96,12 +96,18 @@ def _call(ctx: typer.Context, address: str | None, token: str, call: Callable[[S
         try:
             return call(stub)
         except grpc.RpcError as error:
-            _fail(ClientError(describe_rpc_error("registry", where, error)))
+            _fail(rpc_failure("registry", where, error))
 
 
-def _fail(error: Exception) -> NoReturn:
+def _require_model(ctx: typer.Context, address: str | None, token: str, model: str) -> None:
+    """Exit NOT_FOUND's code for a model the registry does not know. Some of its calls (history,
+    search, rollback) answer a mistyped name with an empty list or a refusal instead."""
+    _call(ctx, address, token, lambda stub: stub.GetModel(pb.GetModelRequest(name=model), timeout=10))
+
+
+def _fail(error: ClientError) -> NoReturn:
     typer.secho(f"Error: {error}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(1)
+    raise typer.Exit(error.exit_code)
 
 
 def _as_dict(message: Any) -> dict[str, Any]:
@@ -324,6 +330,8 @@ def search(
         max_results=limit,
     )
     found = _call(ctx, address, token, lambda stub: stub.SearchModelVersions(request, timeout=10)).versions
+    if not found and model:
+        _require_model(ctx, address, token, model)
     if as_json:
         typer.echo(json.dumps([_as_dict(v) for v in found], indent=2))
         return
@@ -356,6 +364,8 @@ def history(
     """Every alias move, oldest first: when, which alias, from and to, who and why."""
     request = pb.GetAliasHistoryRequest(model=model)
     moves = _call(ctx, address, token, lambda stub: stub.GetAliasHistory(request, timeout=10))
+    if not moves.moves:
+        _require_model(ctx, address, token, model)
     if as_json:
         typer.echo(json.dumps(_as_dict(moves), indent=2))
         return
@@ -580,6 +590,7 @@ def rollback(
     token: TokenOption = "",
 ) -> None:
     """Move champion back to the version it held before its latest move."""
+    _require_model(ctx, address, token, model)
     request = pb.RollbackRequest(model=model, actor=actor, reason=reason)
     moved = _call(ctx, address, token, lambda stub: stub.Rollback(request, timeout=10))
     typer.echo(f"{moved.model}@champion -> version {moved.version}")

@@ -6,7 +6,7 @@ runs, so `cascade --help` stays quick)."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -30,6 +30,7 @@ def monitor(
     prediction's drift, the champion's performance (measured, and estimated), and recent history."""
     import grpc
 
+    from shared.cli.client import rpc_failure
     from shared.stubs.cascade.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 
     config: StackConfig = ctx.obj
@@ -46,10 +47,9 @@ def monitor(
                 else None
             )
     except grpc.RpcError as error:
-        code: Any = error.code()
-        details: Any = error.details()
-        typer.secho(f"Error: monitor at {target}: {code.name}: {details}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(1) from None
+        failure = rpc_failure("monitor", target, error)
+        typer.secho(f"Error: {failure}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(failure.exit_code) from None
     typer.echo(format_report(report))
     if past is not None:
         typer.echo(format_history(past))

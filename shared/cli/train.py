@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import grpc
 import typer
@@ -16,10 +16,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import ValidationError
 
 from services.trainer.spec import TrainingSpec
-from shared.cli.client import TokenOption, describe_rpc_error, token_channel
-from shared.cli.errors import ClientError
+from shared.cli.client import TokenOption, rpc_failure, token_channel
+from shared.cli.errors import EXIT_NOT_FOUND, ClientError
 from shared.cli.stack import Stack, StackConfig
 from shared.events import Topics, TrainingProgress
+from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from shared.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
 from shared.stubs.cascade.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
@@ -28,9 +29,9 @@ __all__ = ["spec_app", "train"]
 spec_app = typer.Typer(help="A model's training spec: families, search, budget, folds, metric, window.")
 
 
-def _fail(error: Exception) -> None:
+def _fail(error: ClientError) -> NoReturn:
     typer.secho(f"Error: {error}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(1)
+    raise typer.Exit(error.exit_code)
 
 
 def train(
@@ -49,11 +50,14 @@ def train(
     address = stack.address("trainer")
     started_ms = int(time.time() * 1000)
     request = trainer_pb2.RequestTrainingRequest(model=model, actor=actor, reason=reason)
+    # The trainer accepts any well-formed name and fails later, on its own, for one it cannot
+    # train; asking first turns a mistyped name into an answer now (exit 3).
+    _require_model_or_dataset(stack, model)
     try:
         with grpc.insecure_channel(address) as channel:
             response = trainer_pb2_grpc.TrainerServiceStub(channel).RequestTraining(request, timeout=10)
     except grpc.RpcError as error:
-        _fail(ClientError(describe_rpc_error("trainer", address, error)))
+        _fail(rpc_failure("trainer", address, error))
     typer.echo(f"Retrain of {model} requested (request {response.request_id}).")
     if follow:
         topic = Topics(config.topic_prefix).for_event(TrainingProgress)
@@ -66,6 +70,36 @@ def train(
                     f"the run did not end within {timeout:g} s; `cascade models list` shows its result"
                 )
             )
+
+
+def _require_model_or_dataset(stack: Stack, model: str) -> None:
+    """Fail with NOT_FOUND's exit code unless the registry knows the model or, for a model's first
+    run (which trains on the dataset of its name), ingest knows that dataset."""
+    registry_address = stack.address("registry")
+    try:
+        with grpc.insecure_channel(registry_address) as channel:
+            registry_pb2_grpc.RegistryServiceStub(channel).GetModel(
+                registry_pb2.GetModelRequest(name=model), timeout=10
+            )
+            return
+    except grpc.RpcError as error:
+        if not (isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.NOT_FOUND):
+            _fail(rpc_failure("registry", registry_address, error))
+    ingest_address = stack.address("ingest")
+    try:
+        with grpc.insecure_channel(ingest_address) as channel:
+            ingest_pb2_grpc.IngestServiceStub(channel).GetDataset(
+                ingest_pb2.GetDatasetRequest(dataset=model), timeout=10
+            )
+    except grpc.RpcError as error:
+        if isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.NOT_FOUND:
+            _fail(
+                ClientError(
+                    f"no model or dataset named {model!r} (`cascade models list` shows the models)",
+                    EXIT_NOT_FOUND,
+                )
+            )
+        _fail(rpc_failure("ingest", ingest_address, error))
 
 
 async def _follow(bootstrap: str, topic: str, request_id: str, since_ms: int) -> None:
@@ -137,10 +171,11 @@ def show_spec(
             stored = registry_pb2_grpc.RegistryServiceStub(channel).GetTrainingSpec(request, timeout=10)
     except grpc.RpcError as error:
         if isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.NOT_FOUND and not version:
+            _require_model_or_dataset(Stack(config), model)
             typer.echo(f"# {model} has no spec; these defaults apply (the task comes from the dataset)")
             typer.echo(TrainingSpec().model_dump_json(indent=2))
             return
-        _fail(ClientError(describe_rpc_error("registry", address, error)))
+        _fail(rpc_failure("registry", address, error))
     typer.echo(f"# {model} spec version {stored.version}, set by {stored.actor}")
     typer.echo(json.dumps(json.loads(stored.spec_json), indent=2))
 
@@ -167,5 +202,5 @@ def set_spec(
         with token_channel(address, token) as channel:
             stored = registry_pb2_grpc.RegistryServiceStub(channel).SetTrainingSpec(request, timeout=10)
     except grpc.RpcError as error:
-        _fail(ClientError(describe_rpc_error("registry", address, error)))
+        _fail(rpc_failure("registry", address, error))
     typer.echo(f"{model} spec version {stored.version} stored; the next run uses it.")

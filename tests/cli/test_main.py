@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from shared.cli.errors import EXIT_UNAVAILABLE
 from shared.cli.main import app
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -106,7 +107,7 @@ def test_ingest_to_an_unreachable_service_is_one_friendly_line(tmp_path: Path) -
         env=_env_without_otel(),
     )
 
-    assert result.returncode == 1
+    assert result.returncode == EXIT_UNAVAILABLE
     assert f"cannot reach ingest at {address}" in result.stderr
     assert "cascade up" in result.stderr
     assert "Traceback" not in result.stderr

@@ -22,6 +22,7 @@ from services.registry.grpc_api import RegistryServicer
 from services.registry.permissions import Authenticator, Permissions
 from services.registry.store import RegistryStore, sqlite_url
 from services.trainer.training import build_pipeline, export_onnx
+from shared.cli.errors import EXIT_NOT_FOUND
 from shared.cli.main import app
 from shared.events import Event, GateResult, ModelValidated
 from shared.grpc_io import open_channel
@@ -144,7 +145,7 @@ async def test_register_tag_describe_policy_and_show_a_model(registry: Registry,
     assert as_json["champion"]["version"] == "2"
     version = await _cascade(registry, "show", "bc/1")
     assert "bc version 1 (pending)" in version and "  tags:        stage=dev" in version
-    missing = await _cascade(registry, "show", "nothing_here", code=1)
+    missing = await _cascade(registry, "show", "nothing_here", code=3)
     assert "NOT_FOUND" in missing
     bad = await _cascade(registry, "tag", "bc/1", "no-equals-sign", code=2)
     assert "is not KEY=VALUE" in bad
@@ -203,12 +204,12 @@ async def test_aliases_need_force_for_a_failed_version_and_unalias_is_in_the_his
     assert "m@staging -> version 1" in await _cascade(
         registry, "alias", "m", "staging", "1", "--actor", "bob"
     )
-    refused = await _cascade(registry, "promote", "m", "2", code=1)
+    refused = await _cascade(registry, "promote", "m", "2", code=2)
     assert "FAILED_PRECONDITION" in refused and "force" in refused
     assert "m@champion -> version 2" in await _cascade(
         registry, "promote", "m", "2", "--force", "--actor", "alice"
     )
-    refused = await _cascade(registry, "alias", "m", "canary", "2", code=1)
+    refused = await _cascade(registry, "alias", "m", "canary", "2", code=2)
     assert "FAILED_PRECONDITION" in refused
     assert "m@canary -> version 2" in await _cascade(
         registry, "alias", "m", "canary", "2", "--force", "--actor", "alice"
@@ -216,8 +217,8 @@ async def test_aliases_need_force_for_a_failed_version_and_unalias_is_in_the_his
     assert "m@staging deleted (it pointed at version 1)" in await _cascade(
         registry, "unalias", "m", "staging", "--reason", "done", "--actor", "bob"
     )
-    assert "NOT_FOUND" in await _cascade(registry, "unalias", "m", "staging", code=1)
-    assert "refused the request" in await _cascade(registry, "alias", "m", "Bad!", "1", code=1)
+    assert "NOT_FOUND" in await _cascade(registry, "unalias", "m", "staging", code=3)
+    assert "refused the request" in await _cascade(registry, "alias", "m", "Bad!", "1", code=2)
 
     rows = [line.split() for line in (await _cascade(registry, "history", "m")).splitlines()[1:]]
     assert [row[1:5] for row in rows] == [
@@ -238,3 +239,30 @@ async def test_a_token_authenticates_the_cli_and_names_the_actor(tmp_path: Path)
         await _cascade(registry, "tag", "secured", "team=ml", env={"CASCADE_TOKEN": token})
         shown = await _cascade(registry, "show", "secured", "--json", env={"CASCADE_TOKEN": token})
         assert json.loads(shown)["model"]["tags"] == {"team": "ml"}
+
+
+UNKNOWN_MODEL_VERBS = [
+    ["show", "ghost"],
+    ["show", "ghost/1"],
+    ["search", "ghost"],
+    ["history", "ghost"],
+    ["lineage", "ghost/1"],
+    ["tag", "ghost", "k=v"],
+    ["describe", "ghost", "words"],
+    ["policy", "ghost", "manual"],
+    ["promote", "ghost", "1"],
+    ["alias", "ghost", "canary", "1"],
+    ["unalias", "ghost", "canary"],
+    ["rollback", "ghost"],
+]
+
+
+@pytest.mark.parametrize("verb", UNKNOWN_MODEL_VERBS, ids=" ".join)
+async def test_every_verb_on_an_unknown_model_exits_not_found(registry: Registry, verb: list[str]) -> None:
+    result = await asyncio.to_thread(
+        CliRunner().invoke, app, ["models", *verb, "--address", registry.address]
+    )
+
+    assert result.exit_code == EXIT_NOT_FOUND, result.output
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output

@@ -53,4 +53,4 @@ async def test_infer_register_list_and_show(tmp_path: Path) -> None:
         result = await asyncio.to_thread(
             runner.invoke, app, ["datasets", "register", "other", "--schema", str(bad), "--address", address]
         )
-        assert result.exit_code == 1 and "task must be one of" in result.output
+        assert result.exit_code == 2 and "task must be one of" in result.output

@@ -228,7 +228,7 @@ def test_the_models_cli_reads_the_registry_and_moves_the_champion(stack: Stack, 
     table = cli("history", cascade.model)
     assert "canary looks better" in table and "ALIAS" in table
     missing = runner.invoke(app, [*home, "models", "show", "no_such_model"])
-    assert missing.exit_code == 1 and "NOT_FOUND" in missing.output
+    assert missing.exit_code == 3 and "NOT_FOUND" in missing.output  # EXIT_NOT_FOUND
 
 
 def test_the_monitor_tests_served_predictions_against_the_training_data(stack: Stack) -> None:

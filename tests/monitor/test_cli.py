@@ -101,9 +101,9 @@ async def test_the_table_names_each_feature_with_its_test_statistic_threshold_an
     assert any("ev-1" in line and "drift on v3" in line for line in lines)
 
 
-def test_an_unknown_model_is_one_line_and_exit_code_1(tmp_path: Path) -> None:
+def test_an_unreachable_monitor_is_one_line_and_exit_code_4(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         app, ["--home", str(tmp_path), "monitor", "churn", "--address", "127.0.0.1:1"]
     )
-    assert result.exit_code == 1
-    assert "Error: monitor at 127.0.0.1:1: UNAVAILABLE" in result.output
+    assert result.exit_code == 4  # EXIT_UNAVAILABLE
+    assert "Error: cannot reach monitor at 127.0.0.1:1" in result.output
