@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import grpc
 import typer
@@ -20,6 +20,7 @@ from shared.cli.client import TokenOption, rpc_failure, token_channel
 from shared.cli.errors import EXIT_NOT_FOUND, ClientError
 from shared.cli.stack import Stack, StackConfig
 from shared.events import Topics, TrainingProgress
+from shared.messaging import DLQ_REASON, DLQ_SERVICE
 from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from shared.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
 from shared.stubs.cascade.trainer.v1 import trainer_pb2, trainer_pb2_grpc
@@ -60,10 +61,13 @@ def train(
         _fail(rpc_failure("trainer", address, error))
     typer.echo(f"Retrain of {model} requested (request {response.request_id}).")
     if follow:
-        topic = Topics(config.topic_prefix).for_event(TrainingProgress)
         try:
-            follow_run = _follow(stack.address("kafka"), topic, response.request_id, started_ms)
+            follow_run = _follow(
+                stack.address("kafka"), Topics(config.topic_prefix), response.request_id, started_ms
+            )
             asyncio.run(asyncio.wait_for(follow_run, timeout))
+        except ClientError as error:
+            _fail(error)
         except TimeoutError:
             _fail(
                 ClientError(
@@ -102,36 +106,80 @@ def _require_model_or_dataset(stack: Stack, model: str) -> None:
         _fail(rpc_failure("ingest", ingest_address, error))
 
 
-async def _follow(bootstrap: str, topic: str, request_id: str, since_ms: int) -> None:
-    """Print the run's progress events, read from the progress topic since the request was made."""
+async def _follow(bootstrap: str, topics: Topics, request_id: str, since_ms: int) -> None:
+    """Print the run's progress events, read from the progress topic since the request was made,
+    until it finishes; raise `ClientError` when it fails. The trainer reports a run that fails as
+    a `failed` progress event, but a request it cannot even start (a dataset with no versions)
+    goes to the dead-letter topic with the reason, so that topic is watched for the request too."""
+    progress_topic = topics.for_event(TrainingProgress)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = await _partitions(bootstrap, topic)
-        consumer.assign(partitions)
-        offsets = await consumer.offsets_for_times(dict.fromkeys(partitions, since_ms))
-        for partition in partitions:
-            found = offsets.get(partition)
-            if found is None:
-                await consumer.seek_to_end(partition)
-            else:
-                consumer.seek(partition, found.offset)
-        async for record in consumer:
-            try:
-                event = TrainingProgress.model_validate_json(record.value or b"")
-            except ValidationError:
-                continue
-            if not event.run_key.endswith(request_id):
-                continue
-            typer.echo(_describe(event))
-            if event.stage in ("finished", "failed"):
-                return
+        assigned = await _partitions(bootstrap, progress_topic)
+        consumer.assign(assigned)
+        await _seek_to_time(consumer, assigned, since_ms)
+        dead_letters_assigned = False
+        while True:
+            if not dead_letters_assigned:
+                # The dead-letter topic exists from the first dead letter on; look again each round.
+                dead_letters = await _partitions(bootstrap, topics.dead_letter, wait=False)
+                if dead_letters:
+                    assigned += dead_letters
+                    consumer.assign(assigned)
+                    await _seek_to_time(consumer, dead_letters, since_ms)
+                    dead_letters_assigned = True
+            batches = await consumer.getmany(timeout_ms=1000)
+            for records in batches.values():
+                for record in records:
+                    if record.topic == topics.dead_letter:
+                        _raise_if_refused(record, request_id)
+                    elif _report_progress(record.value or b"", request_id):
+                        return
     finally:
         await consumer.stop()
 
 
-async def _partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
-    """The topic's partitions, waiting for it to exist: the first run of a stack creates it."""
+def _report_progress(value: bytes, request_id: str) -> bool:
+    """Print a progress event of this request's run; True once the run finished."""
+    try:
+        event = TrainingProgress.model_validate_json(value)
+    except ValidationError:
+        return False
+    if not event.run_key.endswith(request_id):
+        return False
+    typer.echo(_describe(event))
+    if event.stage == "failed":
+        raise ClientError(f"the run failed: {event.message}")
+    return event.stage == "finished"
+
+
+def _raise_if_refused(record: Any, request_id: str) -> None:
+    """A dead letter holding the training request itself: the trainer refused it."""
+    try:
+        dead = json.loads(record.value or b"")
+    except ValueError:
+        return
+    if not isinstance(dead, dict) or dead.get("id") != request_id:
+        return
+    headers = {name: value.decode("utf-8", "replace") for name, value in record.headers or ()}
+    service = headers.get(DLQ_SERVICE, "the trainer")
+    reason = headers.get(DLQ_REASON, "no reason given")
+    raise ClientError(f"{service} refused the request: {reason}")
+
+
+async def _seek_to_time(consumer: AIOKafkaConsumer, partitions: list[TopicPartition], since_ms: int) -> None:
+    offsets = await consumer.offsets_for_times(dict.fromkeys(partitions, since_ms))
+    for partition in partitions:
+        found = offsets.get(partition)
+        if found is None:
+            await consumer.seek_to_end(partition)
+        else:
+            consumer.seek(partition, found.offset)
+
+
+async def _partitions(bootstrap: str, topic: str, *, wait: bool = True) -> list[TopicPartition]:
+    """The topic's partitions, waiting for it to exist (the first run of a stack creates it)
+    unless told not to wait: then none while it does not exist."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -140,6 +188,8 @@ async def _partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
             if not described.get("error_code") and described.get("partitions"):
                 numbers = sorted(p["partition"] for p in described["partitions"])
                 return [TopicPartition(topic, number) for number in numbers]
+            if not wait:
+                return []
             await asyncio.sleep(0.5)
     finally:
         await admin.close()
