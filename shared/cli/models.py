@@ -172,8 +172,18 @@ def _metric_filters(expressions: list[str] | None) -> list[pb.MetricFilter]:
     return filters
 
 
+_LONG_VALUE = 60  # characters of a tag value shown; the rest is behind --json
+
+
 def _pairs(values: Any) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted(values.items())) or "-"
+    return ", ".join(f"{k}={_short(str(v))}" for k, v in sorted(values.items())) or "-"
+
+
+def _short(value: str) -> str:
+    """A value cut to one readable piece: the trainer's tags hold whole JSON records."""
+    if len(value) <= _LONG_VALUE:
+        return value
+    return f"{value[:_LONG_VALUE]}... ({len(value)} chars; --json shows all)"
 
 
 def _tensors(specs: Any) -> str:
@@ -187,6 +197,10 @@ def _policy(model: pb.Model) -> str:
 
 def _number(value: float) -> str:
     return f"{value:.4g}"
+
+
+def _metrics(run: pb.TrainingRun) -> str:
+    return ", ".join(f"{k}={_number(x)}" for k, x in sorted(run.metrics.items())) or "-"
 
 
 # ---------------------------------------------------------------------- reading
@@ -239,14 +253,19 @@ def show(
         typer.echo(json.dumps(_as_dict(version), indent=2) if as_json else _format_version(version))
         return
 
-    def read(stub: Stub) -> tuple[pb.Model, pb.ModelVersion | None]:
+    def read(stub: Stub) -> tuple[pb.Model, pb.ModelVersion | None, pb.ModelVersion | None]:
         model = stub.GetModel(pb.GetModelRequest(name=reference), timeout=10)
-        if "champion" not in model.aliases:
-            return model, None
-        request = pb.GetModelVersionRequest(model=reference, version=model.aliases["champion"])
-        return model, stub.GetModelVersion(request, timeout=10)
+        champion = None
+        if "champion" in model.aliases:
+            request = pb.GetModelVersionRequest(model=reference, version=model.aliases["champion"])
+            champion = stub.GetModelVersion(request, timeout=10)
+        latest = None
+        if model.latest_version and (champion is None or champion.version != model.latest_version):
+            request = pb.GetModelVersionRequest(model=reference, version=model.latest_version)
+            latest = stub.GetModelVersion(request, timeout=10)
+        return model, champion, latest
 
-    model, champion = _call(ctx, address, token, read)
+    model, champion, latest = _call(ctx, address, token, read)
     if as_json:
         typer.echo(
             json.dumps({"model": _as_dict(model), "champion": champion and _as_dict(champion)}, indent=2)
@@ -267,7 +286,21 @@ def show(
         "",
         _format_version(champion) if champion is not None else "No champion yet.",
     ]
+    if latest is not None:
+        # A newer version than the champion (or the only ones) tells why nothing moved: pending,
+        # or failed validation, with the gates that failed, value and threshold.
+        lines += ["", f"Latest version, not the champion: {_verdict(latest)}", _format_version(latest)]
     typer.echo("\n".join(lines))
+
+
+def _verdict(version: pb.ModelVersion) -> str:
+    if not version.validation.report_json:
+        return f"{_STATUS.get(version.status, 'unknown')}, not validated yet"
+    report = json.loads(version.validation.report_json)
+    failed = [gate["name"] for gate in report.get("gates", []) if not gate.get("passed")]
+    if report.get("passed"):
+        return "passed validation"
+    return f"FAILED validation ({', '.join(failed) or 'see below'})"
 
 
 def _format_version(version: pb.ModelVersion) -> str:
@@ -283,8 +316,8 @@ def _format_version(version: pb.ModelVersion) -> str:
         f"  outputs:     {_tensors(version.outputs)}",
         f"  dataset:     {version.dataset}@{version.dataset_version}",
         f"  run:         {version.run.run_id} in {version.run.train_seconds:.2f} s, seed {version.run.seed}",
-        f"  params:      {dict(version.run.params)}",
-        f"  metrics:     {dict(version.run.metrics)}",
+        f"  params:      {_pairs(version.run.params)}",
+        f"  metrics:     {_metrics(version.run)}",
     ]
     if report is None:
         lines.append("  validation:  not validated yet")
@@ -345,7 +378,7 @@ def search(
                 ", ".join(v.aliases) or "-",
                 v.created_at.ToDatetime().isoformat(timespec="seconds"),
                 v.dataset_version[:12] or "-",
-                ", ".join(f"{k}={_number(x)}" for k, x in sorted(v.run.metrics.items())) or "-",
+                _metrics(v.run),
                 _pairs(v.tags),
             ]
             for v in found

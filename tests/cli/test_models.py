@@ -266,3 +266,30 @@ async def test_every_verb_on_an_unknown_model_exits_not_found(registry: Registry
     assert result.exit_code == EXIT_NOT_FOUND, result.output
     assert "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+async def test_show_says_the_latest_version_failed_and_cuts_long_tags(
+    registry: Registry, onnx_model: bytes
+) -> None:
+    await _create(registry, "f", onnx_model, 0.7)
+    await _cascade(registry, "tag", "f/1", "record=" + "x" * 5000)
+    await registry.core.on_validated(
+        ModelValidated(
+            source="test",
+            subject="f",
+            model="f",
+            model_version=1,
+            passed=False,
+            gates=[GateResult(name="quality", passed=False, value=0.5, threshold=0.8)],
+        )
+    )
+
+    shown = await _cascade(registry, "show", "f")
+
+    assert "No champion yet." in shown
+    assert "Latest version, not the champion: FAILED validation (quality)" in shown
+    assert "FAIL  quality: 0.5 vs 0.8" in shown
+    assert "(5000 chars; --json shows all)" in shown
+    assert max(len(line) for line in shown.splitlines()) < 200
+    whole = json.loads(await _cascade(registry, "show", "f/1", "--json"))
+    assert whole["tags"]["record"] == "x" * 5000
