@@ -116,11 +116,14 @@ class DeliveryStatus:
 async def _read_topic(bootstrap: str, topic: str) -> list[Any]:
     """Every record of `topic`, read without a consumer group: it commits nothing and moves no
     one's offsets. Subscribed without a group, the consumer is given every partition."""
-    consumer = _consumer(bootstrap, topic)
+    # Subscribed only once the topic exists: a consumer subscribed to a missing topic logs a warning
+    # the person running the CLI would read as a fault.
+    consumer = _consumer(bootstrap)
     try:
         await consumer.start()
         if topic not in await consumer.topics():  # nothing dead-lettered yet
             return []
+        consumer.subscribe([topic])
         assigned = await _assignment(consumer)
         await consumer.seek_to_beginning(*assigned)
         ends = await consumer.end_offsets(assigned)

@@ -124,8 +124,13 @@ async def _follow(bootstrap: str, topics: Topics, request_id: str, since_ms: int
                 # The dead-letter topic exists from the first dead letter on; look again each round.
                 dead_letters = await _partitions(bootstrap, topics.dead_letter, wait=False)
                 if dead_letters:
+                    # assign() replaces the assignment and forgets every position: the progress
+                    # partitions would jump to their end and miss what was not read yet.
+                    positions = {tp: await consumer.position(tp) for tp in assigned}
                     assigned += dead_letters
                     consumer.assign(assigned)
+                    for tp, offset in positions.items():
+                        consumer.seek(tp, offset)
                     await _seek_to_time(consumer, dead_letters, since_ms)
                     dead_letters_assigned = True
             batches = await consumer.getmany(timeout_ms=1000)

@@ -278,7 +278,7 @@ async def _dead_letters(bootstrap: str, topic: str, marker: bytes, count: int) -
     await consumer.start()
     found: list[dict[str, str]] = []
     try:
-        async with asyncio.timeout(60):
+        async with asyncio.timeout(90):
             while len(found) < count:
                 record = await consumer.getone()
                 if marker in (record.value or b""):
@@ -288,12 +288,25 @@ async def _dead_letters(bootstrap: str, topic: str, marker: bytes, count: int) -
     return found
 
 
-def test_malformed_events_on_every_input_topic_are_dead_lettered_with_a_reason(stack: Stack) -> None:
+# Each body carries a marker to find its dead letters by. The nested one is 10 KB: 5000 levels of
+# arrays, which made json.loads recurse until the broker's decoder checked depth before parsing.
+HOSTILE_BODIES = {
+    "malformed": (lambda marker: b"{malformed " + marker, "ValidationError"),
+    "nested 5000 deep": (
+        lambda marker: b'{"marker": "' + marker + b'", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        "JsonTooLarge: JSON nested 5001 levels deep is over the limit of 64",
+    ),
+}
+
+
+@pytest.mark.parametrize("body", list(HOSTILE_BODIES))
+def test_hostile_events_on_every_input_topic_are_dead_lettered_with_a_reason(stack: Stack, body: str) -> None:
     topics = Topics(stack.config.topic_prefix)
     marker = uuid.uuid4().hex.encode()
+    build, reason = HOSTILE_BODIES[body]
     inputs = [RawRecords, DataArrived, ModelTrained, ModelValidated, ModelPromoted, PredictionLogged]
     bootstrap = stack.address("kafka")
-    produce(bootstrap, [(topics.for_event(e), b"{malformed " + marker) for e in inputs])
+    produce(bootstrap, [(topics.for_event(e), build(marker)) for e in inputs])
     # model-promoted feeds both serving and monitor; each dead-letters its own copy.
     letters = asyncio.run(_dead_letters(bootstrap, topics.dead_letter, marker, len(inputs) + 1))
 
@@ -307,9 +320,23 @@ def test_malformed_events_on_every_input_topic_are_dead_lettered_with_a_reason(s
         ("monitor", topics.for_event(ModelPromoted)),
         ("monitor", topics.for_event(PredictionLogged)),
     }
-    assert all("ValidationError" in h[DLQ_REASON] for h in letters)
+    assert all(reason in h[DLQ_REASON] for h in letters)
     # Every service kept running and still answers SERVING.
     assert all(row.health == "SERVING" for row in stack.status())
+
+    # The operator's view: `cascade dlq list` names each service's letter, `cascade status` counts it.
+    runner = CliRunner()
+    listed = runner.invoke(app, ["--home", str(stack.home), "dlq", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    listed_pairs = {
+        (row["service"], row["source_topic"]) for row in json.loads(listed.output) if reason in row["reason"]
+    }
+    assert listed_pairs >= by_service
+    status = runner.invoke(app, ["--home", str(stack.home), "status", "--json"])
+    assert status.exit_code == 0, status.output
+    rows = {row["name"]: row for row in json.loads(status.output)}
+    assert rows["validator"]["dead_letters"][topics.for_event(ModelTrained)] >= 1
+    assert topics.for_event(ModelTrained) in rows["validator"]["lag"]
 
 
 def test_raw_records_from_any_kafka_producer_are_ingested(stack: Stack) -> None:
