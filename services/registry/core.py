@@ -383,7 +383,7 @@ class RegistryCore:
                 event.model_version,
                 "passed" if event.passed else "failed",
             )
-        await self.flush_outbox()
+        await self._announce()
 
     def set_training_spec(self, model: str, spec_json: str, actor: str) -> int:
         check_name("model", model)
@@ -407,8 +407,12 @@ class RegistryCore:
 
     async def _announce(self) -> None:
         """Publish a committed change's events now if Kafka takes them; if not, the change stands
-        and the relay publishes them later, so the caller is not told it failed."""
-        await self._outbox.announce(wait=EVENT_WAIT_SECONDS)
+        and the relay publishes them later, so the caller is not told it failed. The relay is woken
+        either way, so the change's webhooks go out now rather than at its next round."""
+        try:
+            await self._outbox.announce(wait=EVENT_WAIT_SECONDS)
+        finally:
+            self._wake_relay.set()
 
     async def deliver_webhooks(self, max_attempts: int = 10) -> None:
         """POST every due event; a failure is retried later with exponential backoff (1 s, 2 s, ...
