@@ -4,6 +4,15 @@ Each request resolves its model once, so a champion swapped mid-request does not
 Inputs come either all as `raw_input_contents` (little-endian bytes, row-major) or all as typed
 `contents`; outputs always go back as `raw_output_contents`.
 
+Feature names travel on the wire: ModelMetadata's input carries the parameters `feature_names` and
+`feature_types` (JSON lists, since an OIP parameter is a scalar), and ModelConfig the same as model
+parameters. Besides the one `FP32 [-1, N]` tensor that tritonclient and perf_analyzer send, a request
+may send one tensor per feature (`[-1]` or `[-1, 1]`, named by the feature), as KServe V2 allows;
+they are assembled into the model's column order.
+
+The transport-free core is `InferenceServicer.infer` and the metadata methods; the gRPC methods and
+the REST endpoint (services.serving.rest) are thin adapters over them.
+
 Also Triton's extensions ModelConfig, ModelStatistics and RepositoryIndex, so that Triton's tools
 (tritonclient's statistics, perf_analyzer) work against Cascade.
 
@@ -15,6 +24,7 @@ loop keeps serving.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from typing import Any
@@ -33,7 +43,10 @@ from shared.stubs.inference import model_config_pb2 as config_pb
 
 __all__ = [
     "EXTENSIONS",
+    "FEATURE_NAMES",
+    "FEATURE_TYPES",
     "PLATFORM",
+    "REQUEST_DTYPES",
     "SERVER_NAME",
     "SERVICE_NAME",
     "InferenceServicer",
@@ -47,13 +60,16 @@ PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
 # Triton's names for the extensions implemented, as ServerMetadata lists them.
 EXTENSIONS = ["model_configuration", "statistics", "model_repository"]
+# Parameters of a model's feature input (ModelMetadata) and of its ModelConfig: JSON lists.
+FEATURE_NAMES = "feature_names"
+FEATURE_TYPES = "feature_types"
 
 # ModelInfer's latency is grpc_server_handling_seconds{grpc_method="ModelInfer"} (shared/metrics.py).
 REQUESTS = Counter("cascade_serving_requests_total", "ModelInfer requests.", ["model", "version", "outcome"])
 
 # The datatypes a request may send (little-endian, as raw contents come), and where each one's typed
 # values are.
-_REQUEST_DTYPES: dict[str, np.dtype[Any]] = {
+REQUEST_DTYPES: dict[str, np.dtype[Any]] = {
     "FP32": np.dtype("<f4"),
     "FP64": np.dtype("<f8"),
     "INT32": np.dtype("<i4"),
@@ -87,6 +103,42 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.statistics = InferenceStatistics()
         self.ready = False  # set once the service has started
 
+    # -- the transport-free core (the REST endpoint calls these too) -------------------------------
+    def server_metadata(self) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=self.server_version, extensions=EXTENSIONS)
+
+    def model_metadata(self, name: str, version: str = "") -> pb.ModelMetadataResponse:
+        model = self.repository.resolve(name, version)
+        inputs = [_tensor_metadata(spec) for spec in model.inputs]
+        if _takes_features(model):
+            for key, value in _feature_parameters(model).items():
+                inputs[0].parameters[key].string_param = value
+        return pb.ModelMetadataResponse(
+            name=model.name,
+            versions=[str(version) for version in self.repository.versions(model.name)],
+            platform=PLATFORM,
+            inputs=inputs,
+            outputs=[_tensor_metadata(spec) for spec in model.outputs],
+        )
+
+    async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        """Answer one request with the model it resolves to, counted in metrics and statistics."""
+        started = time.perf_counter_ns()
+        try:
+            model = self.repository.resolve(request.model_name, request.model_version)
+        except BaseException as exc:
+            _count_request(self._model_label(request.model_name), "", exc)
+            raise
+        try:
+            response = await self._infer(model, request, started)
+        except BaseException as exc:
+            self.statistics.failure(model.name, model.version, started)
+            _count_request(model.name, _version_label(model), exc)
+            raise
+        _count_request(model.name, response.model_version, None)
+        return response
+
+    # -- gRPC ----------------------------------------------------------------------------------------
     @grpc_errors
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: ServicerContext
@@ -109,44 +161,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: ServicerContext
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=self.server_version, extensions=EXTENSIONS)
+        return self.server_metadata()
 
     @grpc_errors
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: ServicerContext
     ) -> pb.ModelMetadataResponse:
-        model = self.repository.resolve(request.name, request.version)
-        return pb.ModelMetadataResponse(
-            name=model.name,
-            versions=[str(version) for version in self.repository.versions(model.name)],
-            platform=PLATFORM,
-            inputs=[_tensor_metadata(spec) for spec in model.inputs],
-            outputs=[_tensor_metadata(spec) for spec in model.outputs],
-        )
+        return self.model_metadata(request.name, request.version)
 
     @grpc_errors
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: ServicerContext
     ) -> pb.ModelInferResponse:
-        started = time.perf_counter_ns()
-        try:
-            model = self.repository.resolve(request.model_name, request.model_version)
-        except BaseException as exc:
-            _count_request(self._model_label(request.model_name), "", exc)
-            raise
-        try:
-            response = await self._infer(model, request, started)
-        except BaseException as exc:
-            self.statistics.failure(model.name, model.version, started)
-            _count_request(model.name, _version_label(model), exc)
-            raise
-        _count_request(model.name, response.model_version, None)
-        return response
+        return await self.infer(request)
 
     async def _infer(
         self, model: LoadedModel, request: pb.ModelInferRequest, started_ns: int
     ) -> pb.ModelInferResponse:
-        feeds = decode_inputs(request, model.inputs)
+        feeds = decode_inputs(request, model)
         wanted = requested_outputs(request, model.outputs)
         first = feeds[model.inputs[0].name]
         rows = int(first.shape[0]) if first.ndim else 1
@@ -169,44 +201,32 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # Names of models never loaded collapse into one label, so clients cannot grow the series.
         return name if self.repository.champion(name) is not None else "_unknown"
 
-    # -- Triton extensions -------------------------------------------------------------------------
-    @grpc_errors
-    async def ModelConfig(
-        self, request: pb.ModelConfigRequest, context: ServicerContext
-    ) -> pb.ModelConfigResponse:
-        model = self.repository.resolve(request.name, request.version)
-        return pb.ModelConfigResponse(config=model_config(model, self.instances))
+    # -- Triton extensions: the core, then gRPC ---------------------------------------------------
+    def model_config(self, name: str, version: str = "") -> config_pb.ModelConfig:
+        return model_config(self.repository.resolve(name, version), self.instances)
 
-    @grpc_errors
-    async def ModelStatistics(
-        self, request: pb.ModelStatisticsRequest, context: ServicerContext
-    ) -> pb.ModelStatisticsResponse:
-        if request.name:
-            names = [self.repository.resolve(request.name, request.version).name]
-        elif request.version:
+    def model_statistics(self, name: str = "", version: str = "") -> pb.ModelStatisticsResponse:
+        if name:
+            names = [self.repository.resolve(name, version).name]
+        elif version:
             raise InvalidArgument("a version needs a model name")
         else:
             names = self.repository.models()
         response = pb.ModelStatisticsResponse()
-        for name in names:
-            versions = [int(request.version)] if request.version else self.repository.versions(name)
-            for version in versions:
-                _fill_statistics(response.model_stats.add(), name, version, self.statistics.of(name, version))
+        for model in names:
+            versions = [int(version)] if version else self.repository.versions(model)
+            for number in versions:
+                _fill_statistics(response.model_stats.add(), model, number, self.statistics.of(model, number))
         return response
 
-    @grpc_errors
-    async def RepositoryIndex(
-        self, request: pb.RepositoryIndexRequest, context: ServicerContext
-    ) -> pb.RepositoryIndexResponse:
-        if request.repository_name:
-            raise NotFound(
-                f"repository {request.repository_name!r} does not exist; Cascade serves one, unnamed"
-            )
+    def repository_index(self, repository_name: str = "", ready: bool = False) -> pb.RepositoryIndexResponse:
+        if repository_name:
+            raise NotFound(f"repository {repository_name!r} does not exist; Cascade serves one, unnamed")
         response = pb.RepositoryIndexResponse()
         for name in self.repository.models():
             for version in self.repository.versions(name):
                 response.models.add(name=name, version=str(version), state="READY")
-        if not request.ready:
+        if not ready:
             for failure in sorted(self.repository.failures.values(), key=lambda f: f.model):
                 response.models.add(
                     name=failure.model,
@@ -216,13 +236,33 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 )
         return response
 
+    @grpc_errors
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: ServicerContext
+    ) -> pb.ModelConfigResponse:
+        return pb.ModelConfigResponse(config=self.model_config(request.name, request.version))
+
+    @grpc_errors
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        return self.model_statistics(request.name, request.version)
+
+    @grpc_errors
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        return self.repository_index(request.repository_name, request.ready)
+
 
 def model_config(model: LoadedModel, instances: int = 1) -> config_pb.ModelConfig:
     """Triton's configuration of a loaded version, from its session's inputs and outputs.
 
     `max_batch_size` is 0 (Triton's "no implicit batch dimension"): dims are the model's own
-    shapes, -1 where a size is free, so clients send the batch dimension themselves.
+    shapes, -1 where a size is free, so clients send the batch dimension themselves. The feature
+    names and types of its input are the parameters `feature_names` and `feature_types`.
     """
+    parameters = _feature_parameters(model) if _takes_features(model) else {}
     return config_pb.ModelConfig(
         name=model.name,
         platform=PLATFORM,
@@ -241,7 +281,24 @@ def model_config(model: LoadedModel, instances: int = 1) -> config_pb.ModelConfi
                 name=model.name, kind=config_pb.ModelInstanceGroup.KIND_CPU, count=instances
             )
         ],
+        parameters={key: config_pb.ModelParameter(string_value=value) for key, value in parameters.items()},
     )
+
+
+def _takes_features(model: LoadedModel) -> bool:
+    """Whether the model's one input is a `[-1, N]` matrix whose N columns are its named features."""
+    if len(model.inputs) != 1 or not model.features:
+        return False
+    shape = model.inputs[0].shape
+    return len(shape) == 2 and shape[1] == len(model.features)
+
+
+def _feature_parameters(model: LoadedModel) -> dict[str, str]:
+    datatype = model.inputs[0].datatype
+    return {
+        FEATURE_NAMES: json.dumps(list(model.features)),
+        FEATURE_TYPES: json.dumps([datatype] * len(model.features)),
+    }
 
 
 def _config_type(spec: TensorSpec) -> config_pb.DataType.ValueType:
@@ -265,15 +322,18 @@ def _fill_statistics(message: pb.ModelStatistics, name: str, version: int, stats
     inference.compute_output.ns = stats.compute_output_ns
 
 
-def decode_inputs(request: pb.ModelInferRequest, specs: tuple[TensorSpec, ...]) -> dict[str, Array]:
-    """The request's input tensors as arrays of the model's dtypes, checked against its inputs."""
+def decode_inputs(request: pb.ModelInferRequest, model: LoadedModel) -> dict[str, Array]:
+    """The request's input tensors as arrays of the model's dtypes, checked against its inputs:
+    either the model's own inputs, or one tensor per named feature (assembled in column order)."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidArgument(
             f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs: send raw contents for "
             "every input or for none"
         )
-    expected = {spec.name: spec for spec in specs}
+    expected = {spec.name: spec for spec in model.inputs}
+    if request.inputs and request.inputs[0].name not in expected and _takes_features(model):
+        return {model.inputs[0].name: _assemble_features(request, model)}
     feeds: dict[str, Array] = {}
     for index, tensor in enumerate(request.inputs):
         spec = expected.get(tensor.name)
@@ -290,11 +350,53 @@ def decode_inputs(request: pb.ModelInferRequest, specs: tuple[TensorSpec, ...]) 
     return feeds
 
 
+def _assemble_features(request: pb.ModelInferRequest, model: LoadedModel) -> Array:
+    """One `[-1]` or `[-1, 1]` tensor per feature, as the model's `[-1, N]` input in column order."""
+    spec = model.inputs[0]
+    columns = {name: index for index, name in enumerate(model.features)}
+    raw = request.raw_input_contents
+    matrix: Array | None = None
+    seen: set[str] = set()
+    for index, tensor in enumerate(request.inputs):
+        column = columns.get(tensor.name)
+        if column is None:
+            raise InvalidArgument(
+                f"unknown input {tensor.name!r}: send the model's input {spec.name!r}, or one tensor "
+                f"per feature of {list(model.features)}"
+            )
+        if tensor.name in seen:
+            raise InvalidArgument(f"feature {tensor.name!r} is given twice")
+        seen.add(tensor.name)
+        values = _decode_tensor(tensor, raw[index] if raw else None)
+        if values.ndim not in (1, 2) or (values.ndim == 2 and values.shape[1] != 1):
+            raise InvalidArgument(
+                f"feature {tensor.name!r} has shape {list(values.shape)}; a feature is [-1] or [-1, 1]"
+            )
+        if matrix is None:
+            matrix = np.empty((values.shape[0], len(columns)), dtype=spec.dtype)
+        elif values.shape[0] != matrix.shape[0]:
+            raise InvalidArgument(
+                f"feature {tensor.name!r} has {values.shape[0]} rows, but the first feature has "
+                f"{matrix.shape[0]}"
+            )
+        if values.dtype != spec.dtype and not np.can_cast(values.dtype, spec.dtype, casting="same_kind"):
+            raise InvalidArgument(
+                f"feature {tensor.name!r} has datatype {tensor.datatype}, which cannot be converted "
+                f"to the model's {spec.datatype}"
+            )
+        matrix[:, column] = values.reshape(-1)
+    missing = [name for name in model.features if name not in seen]
+    if missing:
+        raise InvalidArgument(f"missing feature(s) {missing}: send one tensor per feature of the model")
+    assert matrix is not None  # every feature was seen, and a model has at least one
+    return matrix
+
+
 def _decode_tensor(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> Array:
-    dtype = _REQUEST_DTYPES.get(tensor.datatype)
+    dtype = REQUEST_DTYPES.get(tensor.datatype)
     if dtype is None:
         raise InvalidArgument(
-            f"input {tensor.name!r} has datatype {tensor.datatype!r}; supported: {list(_REQUEST_DTYPES)}"
+            f"input {tensor.name!r} has datatype {tensor.datatype!r}; supported: {list(REQUEST_DTYPES)}"
         )
     shape = tensor.shape[:]  # a list: cheaper than a tuple of the repeated field
     if min(shape, default=0) < 0:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -63,6 +64,19 @@ async def test_model_metadata_describes_the_session(served: tuple[ServingProcess
         ("label", "INT64", [-1]),
         ("probabilities", "FP32", [-1, 2]),
     ]
+
+
+async def test_metadata_and_config_name_the_features(
+    served: tuple[ServingProcess, Any], dataset: Dataset
+) -> None:
+    _, client = served
+    config = (await client.get_model_config(MODEL)).config
+    assert json.loads(config.parameters["feature_names"].string_value) == dataset.features
+    assert json.loads(config.parameters["feature_types"].string_value) == ["FP32"] * 30
+    # ModelMetadata's input carries them as OIP tensor parameters; tritonclient's stubs predate the
+    # field, so they keep it as an unknown field: its bytes are the names, in column order.
+    (tensor,) = (await client.get_model_metadata(MODEL)).inputs
+    assert json.dumps(dataset.features).encode() in tensor.SerializeToString()
 
 
 async def test_model_ready_only_for_loaded_versions(served: tuple[ServingProcess, Any]) -> None:
@@ -179,6 +193,57 @@ async def test_only_the_requested_outputs_in_the_requested_order(
         outputs = [triton.InferRequestedOutput(name) for name in names]
         result = await client.infer(MODEL, [raw_input(rows)], outputs=outputs)
         assert [output.name for output in result.get_response().outputs] == names
+
+
+def feature_inputs(rows: np.ndarray, names: list[str], shape: str = "[-1]") -> list[triton.InferInput]:
+    """One tensor per feature, `[rows]` or `[rows, 1]`, as KServe V2 lets a client send them."""
+    tensors = []
+    for index, name in enumerate(names):
+        column = np.ascontiguousarray(rows[:, index] if shape == "[-1]" else rows[:, index : index + 1])
+        tensor = triton.InferInput(name, list(column.shape), "FP32")
+        tensor.set_data_from_numpy(column)
+        tensors.append(tensor)
+    return tensors
+
+
+@pytest.mark.parametrize("shape", ["[-1]", "[-1, 1]"])
+async def test_one_tensor_per_feature_answers_as_the_single_tensor(
+    served: tuple[ServingProcess, Any], models: dict[int, TrainedModel], dataset: Dataset, shape: str
+) -> None:
+    _, client = served
+    rows = dataset.rows[30:37]
+    single = await client.infer(MODEL, [raw_input(rows)])
+    # Sent in reverse order: serving puts each back in its column.
+    tensors = feature_inputs(rows, dataset.features, shape)[::-1]
+    per_feature = await client.infer(MODEL, tensors)
+    for output in ("label", "probabilities"):
+        np.testing.assert_array_equal(per_feature.as_numpy(output), single.as_numpy(output))
+    assert_answers(per_feature, models[1], rows)
+
+
+async def test_bad_feature_tensors_are_refused_naming_the_feature(
+    served: tuple[ServingProcess, Any], dataset: Dataset
+) -> None:
+    _, client = served
+    rows = dataset.rows[:4]
+    tensors = feature_inputs(rows, dataset.features)
+    renamed = feature_inputs(rows, [*dataset.features[:-1], "not a feature"])
+    too_wide = triton.InferInput(dataset.features[0], [4, 2], "FP32")
+    too_wide.set_data_from_numpy(np.ascontiguousarray(rows[:, :2]))
+    short = triton.InferInput(dataset.features[0], [3], "FP32")
+    short.set_data_from_numpy(np.ascontiguousarray(rows[:3, 0]))
+    for inputs, message in [
+        (renamed, "unknown input 'not a feature'"),
+        (tensors[:-1], f"missing feature(s) [{dataset.features[-1]!r}]"),
+        ([*tensors, tensors[0]], f"feature {dataset.features[0]!r} is given twice"),
+        ([too_wide, *tensors[1:]], f"feature {dataset.features[0]!r} has shape [4, 2]"),
+        ([*tensors[1:], short], f"feature {dataset.features[0]!r} has 3 rows, but the first feature has 4"),
+        ([tensors[0], raw_input(rows)], "unknown input 'input'"),
+    ]:
+        with pytest.raises(triton.InferenceServerException) as refused:
+            await client.infer(MODEL, inputs)
+        assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert message in (refused.value.message() or ""), refused.value.message()
 
 
 async def test_explicit_version(served: tuple[ServingProcess, Any], dataset: Dataset) -> None:

@@ -202,23 +202,73 @@ class ModelMetadataResponse(_message.Message):
     class TensorMetadata(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
+        @_typing.final
+        class ParametersEntry(_message.Message):
+            DESCRIPTOR: _descriptor.Descriptor
+
+            KEY_FIELD_NUMBER: _builtins.int
+            VALUE_FIELD_NUMBER: _builtins.int
+            key: _builtins.str
+            @_builtins.property
+            def value(self) -> Global___InferParameter: ...
+            def __init__(
+                self,
+                *,
+                key: _builtins.str = ...,
+                value: Global___InferParameter | None = ...,
+            ) -> None: ...
+            _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+            def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+            _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+            def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+            def WhichOneof(self, oneof_group: _Never) -> None: ...
+
         NAME_FIELD_NUMBER: _builtins.int
         DATATYPE_FIELD_NUMBER: _builtins.int
         SHAPE_FIELD_NUMBER: _builtins.int
+        PARAMETERS_FIELD_NUMBER: _builtins.int
         name: _builtins.str
         datatype: _builtins.str
         @_builtins.property
         def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+        @_builtins.property
+        def parameters(self) -> _containers.MessageMap[_builtins.str, Global___InferParameter]:
+            """The Open Inference Protocol's optional tensor parameters (Cascade: feature_names and
+            feature_types of a model's input). Clients built from protos without it skip the field.
+            """
+
         def __init__(
             self,
             *,
             name: _builtins.str = ...,
             datatype: _builtins.str = ...,
             shape: _abc.Iterable[_builtins.int] | None = ...,
+            parameters: _abc.Mapping[_builtins.str, Global___InferParameter] | None = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["datatype", b"datatype", "name", b"name", "shape", b"shape"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["datatype", b"datatype", "name", b"name", "parameters", b"parameters", "shape", b"shape"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class ParametersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___InferParameter: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___InferParameter | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -227,6 +277,7 @@ class ModelMetadataResponse(_message.Message):
     PLATFORM_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
     OUTPUTS_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     platform: _builtins.str
     @_builtins.property
@@ -235,6 +286,10 @@ class ModelMetadataResponse(_message.Message):
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelMetadataResponse.TensorMetadata]: ...
     @_builtins.property
     def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelMetadataResponse.TensorMetadata]: ...
+    @_builtins.property
+    def parameters(self) -> _containers.MessageMap[_builtins.str, Global___InferParameter]:
+        """The Open Inference Protocol's optional model parameters."""
+
     def __init__(
         self,
         *,
@@ -243,10 +298,11 @@ class ModelMetadataResponse(_message.Message):
         platform: _builtins.str = ...,
         inputs: _abc.Iterable[Global___ModelMetadataResponse.TensorMetadata] | None = ...,
         outputs: _abc.Iterable[Global___ModelMetadataResponse.TensorMetadata] | None = ...,
+        parameters: _abc.Mapping[_builtins.str, Global___InferParameter] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "name", b"name", "outputs", b"outputs", "platform", b"platform", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "name", b"name", "outputs", b"outputs", "parameters", b"parameters", "platform", b"platform", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
