@@ -181,6 +181,11 @@ class Stack:
             return self.kafka.bootstrap
         return f"{LOOPBACK}:{self.port(name)}"
 
+    def rest_port(self) -> int:
+        """Serving's KServe V2 REST port: one below its gRPC port, as Triton pairs them (8000 and
+        8001), so that stacks on other ports never share it."""
+        return self.port("serving") - 1
+
     # ------------------------------------------------------------------ environment
 
     def service_env(self, name: str) -> dict[str, str]:
@@ -198,6 +203,8 @@ class Stack:
         }
         for dependency in DEPENDENCIES[name]:
             settings[f"{dependency.upper()}_ADDRESS"] = self.address(dependency)
+        if name == "serving":
+            settings["HTTP_PORT"] = str(self.rest_port())
         env = {prefix + key: value for key, value in settings.items()}
         env["PYTHONUNBUFFERED"] = "1"  # a crash's last words reach the log
         env.update(self.tracing_env(name))
@@ -321,7 +328,8 @@ class Stack:
                     raise StackError(self._died_message(name))
                 if check_health(self.address(name)) == "SERVING":
                     pending.remove(name)
-                    self._progress(f"{name} is SERVING on {self.address(name)}")
+                    rest = f" (KServe V2 REST on {LOOPBACK}:{self.rest_port()})" if name == "serving" else ""
+                    self._progress(f"{name} is SERVING on {self.address(name)}{rest}")
             if not pending:
                 return
             now = time.monotonic()
