@@ -72,7 +72,7 @@ def main() -> None:
         stack.start(timeout=180)
         workdir = Path(tempfile.mkdtemp())
         with (
-            InferenceClient(stack.address("serving")) as serving,
+            InferenceClient(stack.address("serving"), stack.client_security) as serving,
             grpc.insecure_channel(stack.address("registry")) as channel,
         ):
             registry = registry_pb2_grpc.RegistryServiceStub(channel)
@@ -80,7 +80,7 @@ def main() -> None:
                 path = workdir / f"batch{number}.csv"
                 batch.to_csv(path, index=False)
                 started = time.perf_counter()
-                ingest_file(stack.address("ingest"), path, MODEL)
+                ingest_file(stack.address("ingest"), path, MODEL, security=stack.client_security)
                 deadline = started + args.timeout
                 while not serving.serves(MODEL, str(number)):
                     if time.perf_counter() > deadline:

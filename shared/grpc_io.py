@@ -13,6 +13,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from shared.errors import InvalidArgument
+from shared.security import PLAINTEXT, ClientSecurity
 from shared.service import GRPC_OPTIONS
 from shared.telemetry import grpc_client_interceptors
 
@@ -21,6 +22,7 @@ __all__ = [
     "ReceivedFile",
     "ServicerContext",
     "file_chunks",
+    "open_blocking_channel",
     "open_channel",
     "receive_to_file",
     "split_upload",
@@ -32,13 +34,28 @@ CHUNK_SIZE = 1024 * 1024
 ServicerContext = grpc.aio.ServicerContext[Any, Any]
 
 
-def open_channel(address: str, token: str = "") -> grpc.aio.Channel:
-    """An insecure channel that traces its calls and carries the trace context, and a bearer
-    token on every call when given one (for a registry that authenticates its callers)."""
+def open_channel(address: str, security: ClientSecurity = PLAINTEXT) -> grpc.aio.Channel:
+    """A channel that traces its calls and carries the trace context; TLS and a bearer token on
+    every call as `security` says (see shared.security)."""
     interceptors: list[Any] = grpc_client_interceptors()
-    if token:
-        interceptors += bearer_token_interceptors(token)
+    if security.token:
+        interceptors += bearer_token_interceptors(security.token)
+    credentials = security.channel_credentials
+    if credentials is not None:
+        return grpc.aio.secure_channel(address, credentials, options=GRPC_OPTIONS, interceptors=interceptors)
     return grpc.aio.insecure_channel(address, options=GRPC_OPTIONS, interceptors=interceptors)
+
+
+def open_blocking_channel(address: str, security: ClientSecurity = PLAINTEXT) -> grpc.Channel:
+    """The blocking counterpart of `open_channel`, for command-line tools and probes."""
+    credentials = security.channel_credentials
+    if credentials is not None:
+        channel = grpc.secure_channel(address, credentials, options=GRPC_OPTIONS)
+    else:
+        channel = grpc.insecure_channel(address, options=GRPC_OPTIONS)
+    if security.token:
+        return grpc.intercept_channel(channel, _BlockingBearerToken(security.token))
+    return channel
 
 
 # grpc-stubs makes the interceptors generic for type checkers only; at run time they are plain classes.
@@ -92,6 +109,43 @@ def bearer_token_interceptors(token: str) -> list[Any]:
     return [
         cls(token) for cls in (_UnaryUnaryToken, _UnaryStreamToken, _StreamUnaryToken, _StreamStreamToken)
     ]
+
+
+class _BlockingCallDetails(grpc.ClientCallDetails):
+    def __init__(self, base: grpc.ClientCallDetails, metadata: Any) -> None:
+        self.method = base.method
+        self.timeout = base.timeout
+        self.metadata = metadata
+        self.credentials = base.credentials
+        self.wait_for_ready = base.wait_for_ready
+        self.compression = base.compression
+
+
+class _BlockingBearerToken(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[type-arg]
+):
+    """The blocking API takes one interceptor for every call type."""
+
+    def __init__(self, token: str) -> None:
+        self.header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: Any) -> grpc.ClientCallDetails:
+        return _BlockingCallDetails(details, [*(details.metadata or ()), self.header])
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return continuation(self._with_token(details), request_iterator)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return continuation(self._with_token(details), request_iterator)
 
 
 class _UploadMessage(Protocol):

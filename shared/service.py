@@ -26,10 +26,10 @@ import logging
 import os
 import signal
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import grpc
 from faststream.kafka import KafkaBroker
@@ -42,6 +42,7 @@ from prometheus_client import Gauge, start_http_server
 from shared.interceptors import RequestDecodingInterceptor
 from shared.messaging import dead_letters_of
 from shared.metrics import GrpcMetricsInterceptor
+from shared.security import Authenticator, AuthInterceptor, server_credentials
 from shared.settings import ServiceSettings
 from shared.telemetry import grpc_server_interceptors
 
@@ -93,6 +94,8 @@ class Service:
     # Callables that add servicers to the server, and the full names of the services they add.
     grpc_registrars: Sequence[Registrar] = ()
     grpc_service_names: Sequence[str] = ()
+    # The role each RPC needs, by full method path (shared.security); a method left out is admin-only.
+    grpc_roles: Mapping[str, str] = field(default_factory=dict)
     on_start: Sequence[Hook] = ()
     on_stop: Sequence[Hook] = ()
     health: HealthServicer = field(default_factory=HealthServicer)
@@ -217,23 +220,21 @@ class Service:
         self._lag_labels = measured
         return total
 
-    async def run(self, stop: asyncio.Event | None = None) -> None:
-        stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-
-        if self.settings.metrics_port:
-            start_http_server(self.settings.metrics_port, addr=self.settings.grpc_host)
-
+    async def _start_grpc_server(self) -> grpc.aio.Server:
+        """The gRPC server, NOT_SERVING until the service is ready: TLS and authentication as the
+        settings say (shared.security)."""
         options = [o for o in GRPC_OPTIONS if o[0] != "grpc.so_reuseport"]
         options.append(("grpc.so_reuseport", int(self.share_port)))
-        interceptors = [
+        interceptors: list[Any] = [
             *grpc_server_interceptors(self.settings.grpc_root_span_sample_rate),
             GrpcMetricsInterceptor(),
-            RequestDecodingInterceptor(),  # innermost: the handler grpc runs decodes with it
         ]
+        authenticator = Authenticator.of(self.settings)
+        # Without a principals file every caller is the trusted anonymous one: nothing to check.
+        if authenticator.required or authenticator.principals.entries:
+            interceptors.append(AuthInterceptor(authenticator, self.grpc_roles))
+        interceptors.append(RequestDecodingInterceptor())  # innermost: the handler grpc runs decodes with it
+        credentials = server_credentials(self.settings)
         server = grpc.aio.server(interceptors=interceptors, options=options)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for register in self.grpc_registrars:
@@ -247,9 +248,35 @@ class Service:
             server,
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.bound_port = server.add_insecure_port(f"{self.settings.grpc_host}:{self.settings.grpc_port}")
+        address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
+        if credentials is None:
+            self.bound_port = server.add_insecure_port(address)
+            transport = "plaintext"
+        else:
+            self.bound_port = server.add_secure_port(address, credentials)
+            transport = "mTLS" if self.settings.tls_require_client_cert else "TLS"
         await server.start()
-        log.info("%s gRPC listening on %s:%d", self.name, self.settings.grpc_host, self.bound_port)
+        log.info(
+            "%s gRPC listening on %s:%d (%s, authentication %s)",
+            self.name,
+            self.settings.grpc_host,
+            self.bound_port,
+            transport,
+            "required" if authenticator.required else "optional",
+        )
+        return server
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+
+        if self.settings.metrics_port:
+            start_http_server(self.settings.metrics_port, addr=self.settings.grpc_host)
+
+        server = await self._start_grpc_server()
 
         watcher: asyncio.Task[None] | None = None
         try:

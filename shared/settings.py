@@ -99,6 +99,43 @@ class ServiceSettings(BaseSettings):
         ),
     )
 
+    # gRPC security: TLS and who may call (shared.security).
+    tls_cert_file: Path | None = Field(
+        None,
+        description="PEM certificate this service serves TLS with, and presents as a client (mTLS). "
+        "Unset: a plaintext gRPC port.",
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_ca_file: Path | None = Field(
+        None,
+        description="PEM CA bundle. Set: every channel this service opens uses TLS and verifies the "
+        "server against it; with tls_require_client_cert, callers' certificates are verified too.",
+    )
+    tls_require_client_cert: bool = Field(
+        False, description="Accept only callers presenting a certificate signed by tls_ca_file (mTLS)."
+    )
+    auth_required: bool = Field(
+        False,
+        description="Refuse calls without a known bearer token or client certificate (UNAUTHENTICATED) "
+        "and calls whose principal lacks the method's role (PERMISSION_DENIED). Off, an anonymous "
+        "caller may do anything, as on a private network.",
+    )
+    auth_principals_file: Path | None = Field(
+        None, description="TOML file of the principals this service knows: token hashes and roles."
+    )
+    token: SecretStr = Field(
+        SecretStr(""), description="Bearer token this service presents on the calls it makes (its identity)."
+    )
+    token_file: Path | None = Field(
+        None, description="File holding that token (a mounted secret); read at start-up, wins over token."
+    )
+
+    def outgoing_token(self) -> str:
+        """The bearer token this service calls others with ("" for none)."""
+        if self.token_file is not None:
+            return self.token_file.read_text().strip()
+        return self.token.get_secret_value()
+
     @property
     def kafka_bootstrap_servers(self) -> list[str]:
         """The bootstrap list, one `host:port` each. Give clients this, not the string: FastStream
@@ -110,7 +147,3 @@ class RegistryClientSettings(ServiceSettings):
     """For services that call the registry."""
 
     registry_address: str = Field("127.0.0.1:50054", description="host:port of RegistryService.")
-    registry_token: SecretStr = Field(
-        SecretStr(""),
-        description="Bearer token for a registry that authenticates callers (CASCADE_REGISTRY_AUTH_TOKENS).",
-    )

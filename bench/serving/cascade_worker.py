@@ -1,7 +1,8 @@
 """One Cascade serving worker for the benchmark: the real service (`build()` + `Service.run`) on a
-fixed port shared with the other workers (SO_REUSEPORT), fed by the benchmark's fake registry over
-the real registry protocol. Kafka is faststream's in-memory TestKafkaBroker (no broker process to
-share the cores), so promotions arrive on stdin, one per line, and are published to it:
+fixed gRPC port and a fixed REST port, both shared with the other workers (SO_REUSEPORT), fed by the
+benchmark's fake registry over the real registry protocol. Kafka is faststream's in-memory
+TestKafkaBroker (no broker process to share the cores), so promotions arrive on stdin, one per line,
+and are published to it:
 
     stdin   promote <model> <version>
     stdout  READY                       once the gRPC server listens (the champion loads next)
@@ -55,6 +56,7 @@ async def main(arguments: argparse.Namespace) -> None:
     settings = worker_settings(
         ServingSettings(
             grpc_port=arguments.port,
+            http_port=arguments.http_port,
             registry_address=arguments.registry,
             instance_id="bench",
             topic_prefix="bench",
@@ -85,6 +87,7 @@ async def main(arguments: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--http-port", type=int, required=True, help="the KServe V2 REST port")
     parser.add_argument("--registry", required=True)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--index", type=int, default=0)

@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,8 @@ MLSERVER_VENV = REPO / "bench" / ".work" / "mlserver-venv"
 PA_DIR = REPO / "bench" / ".work" / "perf_analyzer"
 MODEL = "bench"
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
-PORT = 39301  # the server under test; MLServer's HTTP and metrics ports follow it
+PORT = 39301  # the server under test; its REST port and MLServer's metrics port follow it
+HTTP_PORT = PORT + 1
 REGISTRY_PORT = 39310
 CHUNK = 1 << 20
 
@@ -120,6 +121,12 @@ class Registry(registry_pb2_grpc.RegistryServiceServicer):
             yield registry_pb2.ArtifactChunk(
                 data=data[offset : offset + CHUNK], offset=offset, total_size=len(data), sha256=digest
             )
+
+
+def rest_request(rows: np.ndarray) -> bytes:
+    """The same rows as a KServe V2 REST JSON body: what curl, or any HTTP client, sends."""
+    tensor = {"name": "input", "shape": list(rows.shape), "datatype": "FP32", "data": rows.ravel().tolist()}
+    return json.dumps({"inputs": [tensor]}).encode()
 
 
 def infer_request(rows: np.ndarray) -> bytes:
@@ -200,6 +207,7 @@ def start_cascade(workers: int, sample_rate: float, interceptors: bool = True) -
                 sys.executable,
                 str(HERE / "cascade_worker.py"),
                 f"--port={PORT}",
+                f"--http-port={HTTP_PORT}",
                 f"--registry=127.0.0.1:{REGISTRY_PORT}",
                 f"--workers={workers}",
                 f"--index={index}",
@@ -300,7 +308,7 @@ def start_mlserver(models: Models, runtime: str) -> Server:
             {
                 "host": "127.0.0.1",
                 "grpc_port": PORT,
-                "http_port": PORT + 1,
+                "http_port": HTTP_PORT,
                 "metrics_port": PORT + 2,
                 "load_models_at_startup": True,
             }
@@ -337,16 +345,15 @@ class Run:
         return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else float("nan")
 
 
-async def closed_loop(
-    port: int, request: bytes, concurrency: int, seconds: float, warmup: float = 0.5
+class _Failed(Exception):
+    """One request that did not get a good answer."""
+
+
+async def _loop(
+    send: Callable[[int], Awaitable[bytes]], concurrency: int, seconds: float, warmup: float
 ) -> tuple[list[float], list[float], int, list[bytes]]:
-    """`concurrency` tasks, each sending its next request once the last one answered."""
-    connections = min(concurrency, 16)
-    channels = [
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(connections)
-    ]
-    calls = [channel.unary_unary(METHOD) for channel in channels]  # bytes in, bytes out
+    """`concurrency` tasks, each sending its next request (`send(task index)`) once the last one
+    answered; `send` raises `_Failed` for a failed request."""
     latencies: list[float] = []
     ends: list[float] = []
     failures = 0
@@ -356,14 +363,13 @@ async def closed_loop(
 
     async def client(index: int) -> None:
         nonlocal failures
-        call = calls[index % connections]
         while True:
             began = time.perf_counter()
             if began >= stop_at:
                 return
             try:
-                answer = await call(request, timeout=10)
-            except grpc.aio.AioRpcError:
+                answer = await send(index)
+            except _Failed:
                 if began >= measure_from:
                     failures += 1
                 continue
@@ -374,18 +380,71 @@ async def closed_loop(
             if not sample:
                 sample.append(answer)
 
-    try:
-        await asyncio.gather(*(client(index) for index in range(concurrency)))
-    finally:
-        for channel in channels:
-            await channel.close()
+    await asyncio.gather(*(client(index) for index in range(concurrency)))
     return latencies, ends, failures, sample
 
 
-async def measure(server: str, request: bytes, rows: int, concurrency: int, seconds: float) -> Run:
-    latencies, ends, failures, sample = await closed_loop(PORT, request, concurrency, seconds)
-    if sample:
-        pb.ModelInferResponse.FromString(sample[0])  # a real answer, not garbage
+async def closed_loop(
+    port: int, request: bytes, concurrency: int, seconds: float, warmup: float = 0.5
+) -> tuple[list[float], list[float], int, list[bytes]]:
+    """gRPC ModelInfer in a closed loop over up to 16 connections."""
+    connections = min(concurrency, 16)
+    channels = [
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(connections)
+    ]
+    calls = [channel.unary_unary(METHOD) for channel in channels]  # bytes in, bytes out
+
+    async def send(index: int) -> bytes:
+        try:
+            answer: bytes = await calls[index % connections](request, timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            raise _Failed from exc
+        return answer
+
+    try:
+        return await _loop(send, concurrency, seconds, warmup)
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+async def closed_loop_rest(
+    port: int, body: bytes, concurrency: int, seconds: float, warmup: float = 0.5
+) -> tuple[list[float], list[float], int, list[bytes]]:
+    """KServe V2 REST inference (a JSON body) in a closed loop over up to 16 kept-alive connections."""
+    import aiohttp
+
+    url = f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer"
+    headers = {"Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=min(concurrency, 16))
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
+
+        async def send(index: int) -> bytes:
+            try:
+                async with session.post(url, data=body, headers=headers) as response:
+                    answer = await response.read()
+                    if response.status != 200:
+                        raise _Failed(answer)
+                    return answer
+            except aiohttp.ClientError as exc:
+                raise _Failed from exc
+
+        return await _loop(send, concurrency, seconds, warmup)
+
+
+async def measure(
+    server: str, request: bytes, rows: int, concurrency: int, seconds: float, rest: bool = False
+) -> Run:
+    if rest:
+        latencies, ends, failures, sample = await closed_loop_rest(HTTP_PORT, request, concurrency, seconds)
+        if sample:  # a real answer, not garbage
+            assert json.loads(sample[0])["outputs"][0]["shape"][0] == rows, sample[0][:200]
+        server += " REST"
+    else:
+        latencies, ends, failures, sample = await closed_loop(PORT, request, concurrency, seconds)
+        if sample:
+            pb.ModelInferResponse.FromString(sample[0])  # a real answer, not garbage
     run = Run(server, rows, concurrency, seconds, latencies, ends, failures)
     print(
         f"  {server:<38} rows={rows:<3} c={concurrency:<3} {run.rate:>8.0f} req/s  "
@@ -393,6 +452,17 @@ async def measure(server: str, request: bytes, rows: int, concurrency: int, seco
         flush=True,
     )
     return run
+
+
+async def measure_each(
+    server: str, requests: dict[int, bytes], concurrencies: list[int], seconds: float, rest: bool = False
+) -> list[Run]:
+    """`measure` for every number of rows (the keys of `requests`) and every concurrency."""
+    return [
+        await measure(server, request, rows, concurrency, seconds, rest)
+        for rows, request in requests.items()
+        for concurrency in concurrencies
+    ]
 
 
 # -- perf_analyzer ---------------------------------------------------------------------------------
@@ -543,6 +613,8 @@ def run_perf_analyzer() -> list[str]:
 async def main(args: argparse.Namespace) -> None:
     models = train_models()
     requests = {rows: infer_request(models.rows[:rows]) for rows in (1, 64)}
+    rest_requests = {rows: rest_request(models.rows[:rows]) for rows in (1, 64)}
+    grpc_requests = {} if args.only_rest else requests
     concurrencies = [1, 16, 64]
     registry = Registry(models.onnx)
     registry_server = grpc.aio.server()
@@ -556,23 +628,23 @@ async def main(args: argparse.Namespace) -> None:
     print(f"Serving benchmark: {args.seconds:g} s per point, {os.cpu_count()} cores", flush=True)
     with running(start_cascade(args.workers, args.sample_rate)) as cascade:
         await wait_model_ready(PORT)
-        for rows, request in requests.items():
+        runs += await measure_each(cascade.name, rest_requests, concurrencies, args.seconds, rest=True)
+        for rows, request in grpc_requests.items():
             _, _, _, sample = await closed_loop(PORT, request, 1, 0.2, warmup=0)
             responses[rows] = sample[0]
             for concurrency in concurrencies:
                 runs.append(await measure(cascade.name, request, rows, concurrency, args.seconds))
 
-        lines.append(await swap_latency(cascade, registry, requests[1], args))
-        print(lines[-1], flush=True)
-        if not args.skip_perf_analyzer:
+        if not args.only_rest:
+            lines.append(await swap_latency(cascade, registry, requests[1], args))
+            print(lines[-1], flush=True)
+        if not (args.skip_perf_analyzer or args.only_rest):
             lines.extend(run_perf_analyzer())
 
-    if not args.skip_diagnosis:
+    if not (args.skip_diagnosis or args.only_rest):
         with running(start_cascade(args.workers, args.sample_rate, interceptors=False)) as bare:
             await wait_model_ready(PORT)
-            for rows, request in requests.items():
-                for concurrency in concurrencies:
-                    runs.append(await measure(bare.name, request, rows, concurrency, args.seconds))
+            runs += await measure_each(bare.name, requests, concurrencies, args.seconds)
 
     # The floor (asyncio's loop, as the issue defines it), then what interceptors and uvloop add to it.
     echoes = [
@@ -581,29 +653,34 @@ async def main(args: argparse.Namespace) -> None:
         (args.workers, True, False),
         (args.workers, False, True),
     ]
-    for processes, interceptors, uvloop in echoes:
+    for processes, interceptors, uvloop in [] if args.only_rest else echoes:
         for rows, request in requests.items():
             with running(start_echo(processes, responses[rows], interceptors, uvloop)) as echo:
                 for concurrency in concurrencies:
                     runs.append(await measure(echo.name, request, rows, concurrency, args.seconds))
 
-    for runtime in [] if args.skip_mlserver else ["sklearn", "onnx"]:
+    runtimes = ["onnx"] if args.only_rest else ["sklearn", "onnx"]
+    for runtime in [] if args.skip_mlserver else runtimes:
         with running(start_mlserver(models, runtime)) as mlserver:
             await wait_model_ready(PORT, limit=300)
-            for rows, request in requests.items():
-                for concurrency in concurrencies:
-                    runs.append(await measure(mlserver.name, request, rows, concurrency, args.seconds))
+            runs += await measure_each(mlserver.name, rest_requests, concurrencies, args.seconds, rest=True)
+            runs += await measure_each(mlserver.name, grpc_requests, concurrencies, args.seconds)
     await registry_server.stop(None)
     report(runs, lines, args)
 
 
 def report(runs: list[Run], lines: list[str], args: argparse.Namespace) -> None:
     by_key = {(run.server, run.rows, run.concurrency): run for run in runs}
-    cascade = next(run.server for run in runs if run.server.startswith("cascade"))
+    cascade_rest = next(run.server for run in runs if run.server.startswith("cascade"))
+    cascade = next(
+        (run.server for run in runs if run.server.startswith("cascade") and "REST" not in run.server),
+        cascade_rest,
+    )
     print("\n| server | rows | concurrency | req/s | p50 ms | p99 ms | failed | Cascade ÷ this |")
     print("|---|---|---|---|---|---|---|---|")
     for run in runs:
-        mine = by_key[cascade, run.rows, run.concurrency]
+        # REST rows against Cascade's REST, gRPC rows against Cascade's gRPC.
+        mine = by_key[cascade_rest if run.server.endswith(" REST") else cascade, run.rows, run.concurrency]
         print(
             f"| {run.server} | {run.rows} | {run.concurrency} | {run.rate:.0f} | {run.percentile(50):.2f} | "
             f"{run.percentile(99):.2f} | {run.failures} | {mine.rate / run.rate:.2f}x |"
@@ -621,6 +698,9 @@ if __name__ == "__main__":
     parser.add_argument("--swap-seconds", type=float, default=6.0, help="length of each swap phase")
     parser.add_argument("--swap-every", type=float, default=0.5, help="seconds between promotions")
     parser.add_argument("--skip-mlserver", action="store_true")
+    parser.add_argument(
+        "--only-rest", action="store_true", help="only the REST rows: Cascade's and MLServer's (ONNX runtime)"
+    )
     parser.add_argument("--skip-perf-analyzer", action="store_true")
     parser.add_argument(
         "--skip-diagnosis", action="store_true", help="skip Cascade without the shared gRPC interceptors"

@@ -8,7 +8,7 @@ import grpc
 
 from services.ingest import kafka_api
 from services.ingest.core import IngestCore
-from services.ingest.grpc_api import SERVICE_NAME, IngestServicer
+from services.ingest.grpc_api import ROLES, SERVICE_NAME, IngestServicer
 from services.ingest.settings import IngestSettings
 from services.ingest.store import IngestStore
 from shared.events import Event, Topics
@@ -56,6 +56,7 @@ def build(settings: IngestSettings | None = None) -> Service:
         broker=broker,
         grpc_registrars=[add_servicer],
         grpc_service_names=[SERVICE_NAME],
+        grpc_roles=ROLES,
         on_start=[start_relay],
         on_stop=[close_store],
     )

@@ -17,10 +17,27 @@ from services.ingest.schema import Schema
 from services.ingest.store import BatchRecord, VersionInfo
 from shared.errors import InvalidArgument, NotFound, grpc_errors
 from shared.grpc_io import ServicerContext, file_chunks, receive_to_file, split_upload
+from shared.security import method_roles
 from shared.stubs.cascade.ingest.v1 import ingest_pb2 as pb
 from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["IngestService"].full_name
+# The role each RPC needs (shared.security).
+ROLES = method_roles(
+    SERVICE_NAME,
+    {
+        "UploadBatch": "ingest:write",
+        "RegisterDataset": "ingest:write",
+        "GetDatasetVersion": "ingest:read",
+        "DownloadDatasetVersion": "ingest:read",
+        "ListDatasetVersions": "ingest:read",
+        "GetDataset": "ingest:read",
+        "ListDatasets": "ingest:read",
+        "InferSchema": "ingest:read",
+        "ListBatches": "ingest:read",
+        "ListRejectedRows": "ingest:read",
+    },
+)
 _REPORT_LIMIT = 1000
 
 

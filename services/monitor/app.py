@@ -6,13 +6,14 @@ import grpc
 
 from services.monitor import kafka_api
 from services.monitor.core import DriftPolicy, MonitorCore
-from services.monitor.grpc_api import SERVICE_NAME, MonitorServicer
+from services.monitor.grpc_api import ROLES, SERVICE_NAME, MonitorServicer
 from services.monitor.loop_clients import GrpcLoopClients
 from services.monitor.references import GrpcReferenceSource
 from services.monitor.settings import MonitorSettings
 from services.monitor.store import MonitorStore
 from shared.events import DriftDetected, Topics
 from shared.messaging import build_broker, publish_event
+from shared.security import ClientSecurity
 from shared.service import Service
 from shared.stubs.cascade.monitor.v1 import monitor_pb2_grpc
 
@@ -27,13 +28,13 @@ def build(settings: MonitorSettings | None = None) -> Service:
         settings.registry_address,
         settings.ingest_address,
         settings.rpc_timeout_seconds,
-        settings.registry_token.get_secret_value(),
+        ClientSecurity.of(settings),
     )
     loop_clients = GrpcLoopClients(
         settings.registry_address,
         settings.ingest_address,
         settings.rpc_timeout_seconds,
-        settings.registry_token.get_secret_value(),
+        ClientSecurity.of(settings),
     )
     topics = Topics(settings.topic_prefix, settings.topic_partitions, settings.topic_replication_factor)
 
@@ -84,6 +85,7 @@ def build(settings: MonitorSettings | None = None) -> Service:
         broker=broker,
         grpc_registrars=[add_servicer],
         grpc_service_names=[SERVICE_NAME],
+        grpc_roles=ROLES,
         on_start=[source.open, loop_clients.open],  # channels belong to the running event loop
         on_stop=[source.close, loop_clients.close, close_store],
     )

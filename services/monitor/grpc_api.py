@@ -11,12 +11,15 @@ from services.monitor.drift import FeatureDrift
 from services.monitor.store import DriftEventRecord, DriftReport, Performance, Verdict
 from shared.errors import grpc_errors
 from shared.grpc_io import ServicerContext
+from shared.security import method_roles
 from shared.stubs.cascade.monitor.v1 import monitor_pb2 as pb
 from shared.stubs.cascade.monitor.v1 import monitor_pb2_grpc
 
 __all__ = ["DEFAULT_HISTORY", "SERVICE_NAME", "MonitorServicer", "history_message", "report_message"]
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MonitorService"].full_name
+# The role each RPC needs (shared.security).
+ROLES = method_roles(SERVICE_NAME, {"GetDriftReport": "monitor:read", "GetDriftHistory": "monitor:read"})
 DEFAULT_HISTORY = 100
 
 

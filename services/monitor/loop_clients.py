@@ -18,6 +18,7 @@ import pandas as pd
 from services.monitor.core import Matrix
 from shared.clients import download_artifact, unavailable_as_retryable
 from shared.grpc_io import CHUNK_SIZE, open_channel
+from shared.security import PLAINTEXT, ClientSecurity
 from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
 __all__ = ["GrpcLoopClients", "first_output_per_row"]
@@ -28,10 +29,14 @@ class GrpcLoopClients:
     `open()` and `close()`, inside the service's event loop."""
 
     def __init__(
-        self, registry_address: str, ingest_address: str, timeout_seconds: float, registry_token: str = ""
+        self,
+        registry_address: str,
+        ingest_address: str,
+        timeout_seconds: float,
+        security: ClientSecurity = PLAINTEXT,
     ) -> None:
         self.registry_address = registry_address
-        self.registry_token = registry_token
+        self.security = security
         self.ingest_address = ingest_address
         self.timeout_seconds = timeout_seconds
         self._registry: grpc.aio.Channel | None = None
@@ -39,8 +44,8 @@ class GrpcLoopClients:
         self._ingest: Any = None
 
     async def open(self) -> None:
-        self._registry = open_channel(self.registry_address, self.registry_token)
-        self._ingest_channel = open_channel(self.ingest_address)
+        self._registry = open_channel(self.registry_address, self.security)
+        self._ingest_channel = open_channel(self.ingest_address, self.security)
         self._ingest = ingest_pb2_grpc.IngestServiceStub(self._ingest_channel)
 
     async def close(self) -> None:

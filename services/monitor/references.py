@@ -23,6 +23,7 @@ from services.monitor.core import Matrix, Reference
 from services.monitor.store import ReferenceInfo
 from shared.errors import FailedPrecondition, NotFound, Unavailable
 from shared.grpc_io import open_channel
+from shared.security import PLAINTEXT, ClientSecurity
 from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from shared.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
 
@@ -44,10 +45,14 @@ class GrpcReferenceSource:
     `open()` and `close()`, inside the service's event loop."""
 
     def __init__(
-        self, registry_address: str, ingest_address: str, timeout_seconds: float, registry_token: str = ""
+        self,
+        registry_address: str,
+        ingest_address: str,
+        timeout_seconds: float,
+        security: ClientSecurity = PLAINTEXT,
     ) -> None:
         self.registry_address = registry_address
-        self.registry_token = registry_token
+        self.security = security
         self.ingest_address = ingest_address
         self.timeout_seconds = timeout_seconds
         self._channels: list[grpc.aio.Channel] = []
@@ -55,8 +60,8 @@ class GrpcReferenceSource:
         self._ingest: Any = None
 
     async def open(self) -> None:
-        registry = open_channel(self.registry_address, self.registry_token)
-        ingest = open_channel(self.ingest_address)
+        registry = open_channel(self.registry_address, self.security)
+        ingest = open_channel(self.ingest_address, self.security)
         self._channels = [registry, ingest]
         self._registry = registry_pb2_grpc.RegistryServiceStub(registry)
         self._ingest = ingest_pb2_grpc.IngestServiceStub(ingest)

@@ -9,14 +9,15 @@ import grpc
 from services.registry import kafka_api
 from services.registry.artifacts import LocalArtifactStore
 from services.registry.core import Lineage, RegistryCore
-from services.registry.grpc_api import SERVICE_NAME, RegistryServicer
-from services.registry.permissions import Authenticator, Permissions, parse_tokens
+from services.registry.grpc_api import ROLES, SERVICE_NAME, RegistryServicer
+from services.registry.permissions import Permissions
 from services.registry.settings import RegistrySettings
 from services.registry.store import RegistryStore, sqlite_url
 from services.registry.webhooks import WebhookSender
 from shared.events import Event, Topics
 from shared.grpc_io import open_channel
 from shared.messaging import build_broker, publish_event
+from shared.security import ClientSecurity
 from shared.service import Service
 from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
 from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
@@ -43,18 +44,13 @@ def build(settings: RegistrySettings | None = None) -> Service:
         relay.append(asyncio.create_task(core.relay(max_webhook_attempts=settings.webhook_max_attempts)))
 
     kafka_api.register(broker, core, topics)
-    ingest = open_channel(settings.ingest_address)
+    ingest = open_channel(settings.ingest_address, ClientSecurity.of(settings))
     lineage = Lineage(core, ingest_pb2_grpc.IngestServiceStub(ingest))
-    auth = Authenticator(
-        parse_tokens(settings.auth_tokens.get_secret_value()),
-        [admin.strip() for admin in settings.auth_admins.split(",") if admin.strip()],
-    )
     servicer = RegistryServicer(
         core,
         lineage,
         settings.data_dir / "spool",
         settings.max_artifact_bytes,
-        auth,
         Permissions(store, settings.default_permission),
     )
 
@@ -73,6 +69,7 @@ def build(settings: RegistrySettings | None = None) -> Service:
         broker=broker,
         grpc_registrars=[add_servicer],
         grpc_service_names=[SERVICE_NAME],
+        grpc_roles=ROLES,
         on_start=[start_relay],
         on_stop=[close_store],
     )

@@ -11,16 +11,22 @@ from pathlib import Path
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.registry.core import Lineage, NewVersion, RegistryCore
-from services.registry.permissions import Authenticator, Level, Permissions, Principal
+from services.registry.permissions import Level, Permissions
 from services.registry.store import MetricCondition, ModelRecord, VersionQuery, VersionRecord
 from shared.errors import InvalidArgument, grpc_errors
 from shared.grpc_io import ServicerContext, file_chunks, receive_to_file, split_upload
 from shared.json_limits import DOCUMENT_LIMITS, check_json_limits
 from shared.names import check_name
+from shared.security import ANY_PRINCIPAL, Principal, current_principal, method_roles
 from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
 from shared.stubs.cascade.registry.v1 import registry_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RegistryService"].full_name
+# Every RPC is open to any authenticated principal; each checks the caller's level on its model.
+ROLES = method_roles(
+    SERVICE_NAME,
+    dict.fromkeys(pb.DESCRIPTOR.services_by_name["RegistryService"].methods_by_name, ANY_PRINCIPAL),
+)
 _STATUS = {
     "PENDING": pb.VERSION_STATUS_PENDING,
     "READY": pb.VERSION_STATUS_READY,
@@ -49,8 +55,8 @@ _LEVEL_NUMBERS = {name: number for number, name in _LEVELS.items()}
 
 
 class RegistryServicer(pb_grpc.RegistryServiceServicer):
-    """Each method authenticates the caller and checks its level on the model first (both no-ops
-    while authentication is off), then calls the domain."""
+    """Each method checks its caller's level on the model first (shared.security authenticated the
+    caller; with authentication off, the anonymous caller may do anything), then calls the domain."""
 
     def __init__(
         self,
@@ -58,31 +64,31 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         lineage: Lineage,
         spool_dir: Path,
         max_artifact_bytes: int,
-        auth: Authenticator | None = None,
         permissions: Permissions | None = None,
     ) -> None:
         self.core = core
         self.lineage = lineage
         self.spool_dir = spool_dir
         self.max_artifact_bytes = max_artifact_bytes
-        self.auth = auth or Authenticator({})
         self.permissions = permissions or Permissions(core.store, "manage")
 
-    def _caller(self, context: ServicerContext) -> Principal | None:
-        return self.auth.principal(context.invocation_metadata())
-
-    def _authorize(self, context: ServicerContext, model: str, needed: Level) -> Principal | None:
-        principal = self._caller(context)
+    def _authorize(self, model: str, needed: Level) -> Principal:
+        principal = current_principal()
         self.permissions.require(principal, model, needed)
         return principal
 
     @staticmethod
-    def _actor(principal: Principal | None, declared: str) -> str:
-        """The audit trail's actor: the authenticated principal, else what the request says."""
-        return principal.name if principal else declared
+    def _actor(principal: Principal, declared: str) -> str:
+        """The audit trail's actor: the authenticated principal (with what the request claimed, when
+        it claimed someone else), else, with authentication off, what the request says."""
+        if not principal.authenticated:
+            return declared
+        if declared and declared not in (principal.name, "cli"):
+            return f"{principal.name} (claimed {declared})"
+        return principal.name
 
-    def _own(self, principal: Principal | None, model: str) -> None:
-        if principal is not None:
+    def _own(self, principal: Principal, model: str) -> None:
+        if principal.authenticated:
             with self.core.store.transaction() as db:
                 self.permissions.grant(db, model, principal.name, "manage")
 
@@ -91,9 +97,11 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self, request_iterator: AsyncIterator[pb.CreateModelVersionRequest], context: ServicerContext
     ) -> pb.ModelVersion:
         header, chunks = await split_upload(request_iterator, "CreateModelVersion")
-        principal = self._caller(context)
+        principal = current_principal()
         is_new = not self.core.store.model_exists(header.model)
-        if not is_new:  # a new model's first version registers it, for its creator to manage
+        if is_new:  # a new model's first version registers it, for its creator to manage
+            self.permissions.require_registering(principal)
+        else:
             self.permissions.require(principal, header.model, "edit")
         upload = await receive_to_file(chunks, self.spool_dir, self.max_artifact_bytes)
         run = header.run
@@ -125,7 +133,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def GetModelVersion(
         self, request: pb.GetModelVersionRequest, context: ServicerContext
     ) -> pb.ModelVersion:
-        self._authorize(context, request.model, "read")
+        self._authorize(request.model, "read")
         return version_message(
             self.core.resolve(request.model, request.version, request.alias, request.idempotency_key)
         )
@@ -134,7 +142,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def ListModelVersions(
         self, request: pb.ListModelVersionsRequest, context: ServicerContext
     ) -> pb.ListModelVersionsResponse:
-        self._authorize(context, request.model, "read")
+        self._authorize(request.model, "read")
         return pb.ListModelVersionsResponse(
             versions=[
                 version_message(r)
@@ -146,8 +154,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def SearchModelVersions(
         self, request: pb.SearchModelVersionsRequest, context: ServicerContext
     ) -> pb.ListModelVersionsResponse:
-        principal = self._authorize(context, request.model, "read") if request.model else None
-        principal = principal or self._caller(context)
+        principal = self._authorize(request.model, "read") if request.model else current_principal()
         conditions = []
         for metric in request.metrics:
             if metric.op not in _COMPARISONS:
@@ -168,7 +175,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def UpdateModelVersion(
         self, request: pb.UpdateModelVersionRequest, context: ServicerContext
     ) -> pb.ModelVersion:
-        self._authorize(context, request.model, "edit")
+        self._authorize(request.model, "edit")
         record = self.core.update_version(
             request.model,
             request.version,
@@ -180,7 +187,8 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     @grpc_errors
     async def RegisterModel(self, request: pb.RegisterModelRequest, context: ServicerContext) -> pb.Model:
-        principal = self._caller(context)
+        principal = current_principal()
+        self.permissions.require_registering(principal)
         model = self.core.register_model(
             request.name, request.description, _POLICY_NAMES.get(request.promotion_policy), dict(request.tags)
         )
@@ -189,12 +197,12 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     @grpc_errors
     async def GetModel(self, request: pb.GetModelRequest, context: ServicerContext) -> pb.Model:
-        self._authorize(context, request.name, "read")
+        self._authorize(request.name, "read")
         return self._model_message(self.core.get_model(request.name))
 
     @grpc_errors
     async def UpdateModel(self, request: pb.UpdateModelRequest, context: ServicerContext) -> pb.Model:
-        self._authorize(context, request.name, "manage" if request.promotion_policy else "edit")
+        self._authorize(request.name, "manage" if request.promotion_policy else "edit")
         model = self.core.update_model(
             request.name,
             request.description if request.HasField("description") else None,
@@ -208,7 +216,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: ServicerContext
     ) -> pb.ListModelsResponse:
-        principal = self._caller(context)
+        principal = current_principal()
         readable = [m for m in self.core.store.models() if self.permissions.can_read(principal, m.name)]
         return pb.ListModelsResponse(models=[self._model_message(m) for m in readable])
 
@@ -216,7 +224,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def SetModelPermission(
         self, request: pb.SetModelPermissionRequest, context: ServicerContext
     ) -> pb.Model:
-        self._authorize(context, request.model, "manage")
+        self._authorize(request.model, "manage")
         self.core.get_model(request.model)
         if request.level not in _LEVELS:
             raise InvalidArgument("give a permission level: NONE, READ, EDIT or MANAGE")
@@ -227,7 +235,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     @grpc_errors
     async def SetAlias(self, request: pb.SetAliasRequest, context: ServicerContext) -> pb.ModelVersion:
-        principal = self._authorize(context, request.model, "manage")
+        principal = self._authorize(request.model, "manage")
         record = await self.core.set_alias(
             request.model,
             request.alias,
@@ -242,7 +250,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def DeleteAlias(
         self, request: pb.DeleteAliasRequest, context: ServicerContext
     ) -> pb.DeleteAliasResponse:
-        principal = self._authorize(context, request.model, "manage")
+        principal = self._authorize(request.model, "manage")
         previous = await self.core.delete_alias(
             request.model, request.alias, self._actor(principal, request.actor), request.reason
         )
@@ -252,7 +260,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def DownloadArtifact(
         self, request: pb.DownloadArtifactRequest, context: ServicerContext
     ) -> AsyncIterator[pb.ArtifactChunk]:
-        self._authorize(context, request.model, "read")
+        self._authorize(request.model, "read")
         record = self.core.resolve(request.model, request.version)
         # Hashing a large artifact takes a while: off the event loop, so other calls go on.
         path = await asyncio.to_thread(self.core.artifacts.verify, record.artifact_sha256)
@@ -265,7 +273,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     @grpc_errors
     async def Rollback(self, request: pb.RollbackRequest, context: ServicerContext) -> pb.ModelVersion:
-        principal = self._authorize(context, request.model, "manage")
+        principal = self._authorize(request.model, "manage")
         return version_message(
             await self.core.rollback(request.model, self._actor(principal, request.actor), request.reason)
         )
@@ -275,7 +283,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self, request: pb.GetAliasHistoryRequest, context: ServicerContext
     ) -> pb.AliasHistory:
         check_name("model", request.model)
-        self._authorize(context, request.model, "read")
+        self._authorize(request.model, "read")
         moves = []
         for move in self.core.store.history(request.model):
             at = Timestamp()
@@ -294,7 +302,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     @grpc_errors
     async def GetLineage(self, request: pb.GetLineageRequest, context: ServicerContext) -> pb.Lineage:
-        self._authorize(context, request.model, "read")
+        self._authorize(request.model, "read")
         record, parent, batch_ids = await self.lineage.of(request.model, request.version)
         return pb.Lineage(
             version=version_message(record),
@@ -308,7 +316,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def SetTrainingSpec(
         self, request: pb.SetTrainingSpecRequest, context: ServicerContext
     ) -> pb.TrainingSpec:
-        principal = self._authorize(context, request.model, "edit")
+        principal = self._authorize(request.model, "edit")
         max_bytes, max_depth = DOCUMENT_LIMITS  # before parsing: deep nesting would recurse
         check_json_limits(request.spec_json.encode(), max_bytes=max_bytes, max_depth=max_depth)
         version = self.core.set_training_spec(
@@ -321,7 +329,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self, request: pb.GetTrainingSpecRequest, context: ServicerContext
     ) -> pb.TrainingSpec:
         check_name("model", request.model)
-        self._authorize(context, request.model, "read")
+        self._authorize(request.model, "read")
         return _spec_message(request.model, *self.core.store.training_spec(request.model, request.version))
 
     def _model_message(self, model: ModelRecord) -> pb.Model:

@@ -1,70 +1,38 @@
 """Who may do what to which model.
 
-Off by default: without tokens the registry trusts the `actor` each request names, as a registry
-on a private network does. With CASCADE_REGISTRY_AUTH_TOKENS set, every call must carry
-`authorization: Bearer <token>`; the token's principal is then the actor the audit trail records,
-whatever the request claims. Admins may do anything. Everyone else gets, per model, the level
-granted to them (SetModelPermission), else the registry's default level. Whoever registers a
-model manages it. Verdicts from the validator arrive over Kafka, inside the trust boundary.
+The caller is authenticated by the shared mechanism (shared.security): with authentication off,
+an anonymous caller is trusted with everything and the audit trail records the `actor` each
+request names, as a registry on a private network does. An authenticated principal is the actor the
+audit trail records, whatever the request claims. Admins may do anything. Everyone else gets, per
+model, the higher of the level granted to them (SetModelPermission) or else the registry's default
+level, and the level of a global role they hold (`registry:read|edit|manage`). Registering a new
+model needs `registry:register` (or edit/manage), and whoever registers a model manages it.
+Verdicts from the validator arrive over Kafka, inside the trust boundary.
 """
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Literal, cast
 
 import sqlalchemy as sa
 
 from services.registry.schema import model_permissions
 from services.registry.store import RegistryStore
-from shared.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from shared.errors import InvalidArgument, PermissionDenied
+from shared.security import Principal
 
 Level = Literal["none", "read", "edit", "manage"]
 LEVELS: tuple[Level, ...] = ("none", "read", "edit", "manage")
+# The global role that gives a level on every model.
+_ROLE_LEVELS: tuple[tuple[str, Level], ...] = (
+    ("registry:manage", "manage"),
+    ("registry:edit", "edit"),
+    ("registry:read", "read"),
+)
 
 
-@dataclass(frozen=True)
-class Principal:
-    name: str
-    admin: bool = False
-
-
-def parse_tokens(spec: str) -> dict[str, str]:
-    """`name:token,name:token` → {token: name}."""
-    tokens: dict[str, str] = {}
-    for entry in filter(None, (part.strip() for part in spec.split(","))):
-        name, sep, token = entry.partition(":")
-        if not sep or not name or len(token) < 16:
-            raise ValueError(
-                f"auth token entries are name:token with a token of 16+ characters, not {name!r}"
-            )
-        tokens[token] = name
-    return tokens
-
-
-class Authenticator:
-    def __init__(self, tokens: dict[str, str], admins: Iterable[str] = ()) -> None:
-        self.tokens = tokens
-        self.admins = frozenset(admins)
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.tokens)
-
-    def principal(self, metadata: Any) -> Principal | None:
-        """The caller, from its `authorization` metadata; None when authentication is off."""
-        if not self.enabled:
-            return None
-        header = next((str(v) for k, v in metadata or () if k == "authorization"), "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthenticated("this registry needs `authorization: Bearer <token>`")
-        for known, name in self.tokens.items():  # constant-time compare against each known token
-            if hmac.compare_digest(known.encode(), token.encode()):
-                return Principal(name, admin=name in self.admins)
-        raise Unauthenticated("unknown token")
+def _higher(a: Level, b: Level) -> Level:
+    return a if LEVELS.index(a) >= LEVELS.index(b) else b
 
 
 class Permissions:
@@ -80,19 +48,26 @@ class Permissions:
         )
         with self.store.reader.connect() as db:
             granted = db.execute(query).scalar_one_or_none()
-        return cast(Level, granted) if granted in LEVELS else self.default_level
+        level = cast(Level, granted) if granted in LEVELS else self.default_level
+        for role, floor in _ROLE_LEVELS:
+            if role in principal.roles:
+                return _higher(level, floor)
+        return level
 
-    def require(self, principal: Principal | None, model: str, needed: Level) -> None:
-        if principal is None:
-            return
+    def require(self, principal: Principal, model: str, needed: Level) -> None:
         held = self.level(principal, model)
         if LEVELS.index(held) < LEVELS.index(needed):
             raise PermissionDenied(
                 f"{principal.name} may {held!r} model {model!r}, and this needs {needed!r}"
             )
 
-    def can_read(self, principal: Principal | None, model: str) -> bool:
-        return principal is None or LEVELS.index(self.level(principal, model)) >= LEVELS.index("read")
+    def require_registering(self, principal: Principal) -> None:
+        """Registering a new model, which its registrant then manages."""
+        if not any(principal.has(role) for role in ("registry:register", "registry:edit", "registry:manage")):
+            raise PermissionDenied(f"{principal.name} lacks the role registry:register to register a model")
+
+    def can_read(self, principal: Principal, model: str) -> bool:
+        return LEVELS.index(self.level(principal, model)) >= LEVELS.index("read")
 
     def grant(self, db: sa.Connection, model: str, principal: str, level: Level) -> None:
         if level not in LEVELS:

@@ -27,14 +27,9 @@ class RegistrySettings(ServiceSettings):
         SecretStr(""), description="Signs webhook bodies: X-Cascade-Signature: sha256=<HMAC of the body>."
     )
     webhook_max_attempts: int = Field(10, ge=1, description="Tries per event before a webhook gives up.")
-    auth_tokens: SecretStr = Field(
-        SecretStr(""),
-        description="name:token pairs, comma-separated (tokens of 16+ characters). Set, every call needs"
-        " `authorization: Bearer <token>` and per-model permissions apply; empty, callers are trusted.",
-    )
-    auth_admins: str = Field("", description="Comma-separated principals who may do anything.")
     default_permission: Literal["none", "read", "edit", "manage"] = Field(
-        "read", description="The level a principal has on a model that granted it nothing (with auth on)."
+        "read",
+        description="The level an authenticated principal has on a model that granted it nothing.",
     )
     promotion_policy: Literal["automatic", "manual"] = Field(
         "automatic",

@@ -1,9 +1,10 @@
-"""Wires serving together: registry client, model repository, prediction log, Kafka and gRPC."""
+"""Wires serving together: registry client, model repository, prediction log, Kafka, gRPC and REST."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 
@@ -16,13 +17,58 @@ from services.serving.inference import SERVICE_NAME, InferenceServicer
 from services.serving.prediction_log import PredictionLog
 from services.serving.registry_client import RegistryClient
 from services.serving.repository import LoadedModel, LoadFailure, ModelRepository
+from services.serving.rest import Admission, RestEndpoint, ServerTls, rest_app
 from services.serving.settings import ServingSettings
+from shared.errors import PermissionDenied
 from shared.events import ModelLoadFailed, PredictionLogged, Topics
 from shared.messaging import build_broker, publish_event
+from shared.security import ADMIN, ANY_PRINCIPAL, OPEN, Authenticator, ClientSecurity, method_roles
 from shared.service import Service
+from shared.stubs.inference import grpc_service_pb2 as pb
 from shared.stubs.inference import grpc_service_pb2_grpc
 
-__all__ = ["build", "replica_id"]
+__all__ = ["build", "build_serving", "replica_id"]
+
+
+_OPEN_FOR_INFERENCE = ("ModelInfer", "ModelMetadata", "ModelConfig", "ServerMetadata")
+
+
+def serving_roles(open_inference: bool) -> dict[str, str]:
+    """The role each inference RPC needs: health (ServerLive/Ready, ModelReady) is open; the rest
+    needs serving:infer unless inference is open to everyone."""
+    roles = dict.fromkeys(
+        pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name, "serving:infer"
+    )
+    roles.update(dict.fromkeys(("ServerLive", "ServerReady", "ModelReady"), OPEN))
+    if open_inference:
+        roles.update(dict.fromkeys(_OPEN_FOR_INFERENCE, OPEN))
+    return method_roles(SERVICE_NAME, roles)
+
+
+def rest_admission(authenticator: Authenticator, roles: Mapping[str, str]) -> Admission | None:
+    """REST's check of a call, as AuthInterceptor's on gRPC: the role of the endpoint's gRPC twin
+    (health open) from a bearer token; None when the service knows no principals and requires none."""
+    if not (authenticator.required or authenticator.principals.entries):
+        return None
+
+    def admit(authorization: str | None, method: str) -> None:
+        role = roles.get(f"/{SERVICE_NAME}/{method}", ADMIN)
+        if role == OPEN:
+            return
+        metadata = [("authorization", authorization)] if authorization else []
+        principal = authenticator.authenticate(metadata, {})
+        if role != ANY_PRINCIPAL and not principal.has(role):
+            raise PermissionDenied(f"{principal.name} lacks the role {role} for {method}")
+
+    return admit
+
+
+def _rest_tls(settings: ServingSettings) -> ServerTls | None:
+    """The gRPC server's TLS for REST too (mTLS included)."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    client_ca = settings.tls_ca_file if settings.tls_require_client_cert else None
+    return ServerTls(settings.tls_cert_file, settings.tls_key_file, client_ca)
 
 
 def replica_id(settings: ServingSettings) -> str:
@@ -33,13 +79,18 @@ def replica_id(settings: ServingSettings) -> str:
 
 
 def build(settings: ServingSettings | None = None) -> Service:
+    return build_serving(settings)[0]
+
+
+def build_serving(settings: ServingSettings | None = None) -> tuple[Service, RestEndpoint | None]:
+    """The service, and its REST endpoint (None when http_enabled is off) to learn its port from."""
     settings = settings or ServingSettings()
     topics = Topics(settings.topic_prefix, settings.topic_partitions, settings.topic_replication_factor)
     broker = build_broker(settings, "serving")
     registry = RegistryClient(
         settings.registry_address,
         settings.registry_timeout_seconds,
-        settings.registry_token.get_secret_value(),
+        ClientSecurity.of(settings),
     )
     replica = replica_id(settings)
     health = HealthServicer()
@@ -81,6 +132,19 @@ def build(settings: ServingSettings | None = None) -> Service:
         instances=settings.workers,
     )
     background: list[asyncio.Task[None]] = []
+    roles = serving_roles(settings.auth_open_inference)
+    rest = None
+    if settings.http_enabled:
+        # The same servicer, so REST shares the loaded models, every hot swap, the statistics and
+        # the prediction log; the same roles, so each endpoint needs what its gRPC twin needs.
+        rest = RestEndpoint(
+            rest_app(servicer, rest_admission(Authenticator.of(settings), roles)),
+            settings.grpc_host,
+            settings.http_port,
+            share_port=settings.workers > 1,
+            grace_seconds=settings.shutdown_grace_seconds,
+            tls=_rest_tls(settings),
+        )
 
     def add_servicer(server: grpc.aio.Server) -> None:
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
@@ -90,9 +154,13 @@ def build(settings: ServingSettings | None = None) -> Service:
         # and each model is served as soon as it is loaded (ModelReady tells which).
         background.append(asyncio.create_task(repository.sync_all_until_done(), name="load-champions"))
         prediction_log.start()
+        if rest is not None:
+            await rest.start()
         servicer.ready = True
 
     async def stop() -> None:
+        if rest is not None:
+            await rest.stop()
         for task in background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -100,17 +168,19 @@ def build(settings: ServingSettings | None = None) -> Service:
         await prediction_log.stop()
         await registry.close()
 
-    return Service(
+    service = Service(
         name="serving",
         settings=settings,
         broker=broker,
         grpc_registrars=[add_servicer],
         grpc_service_names=[SERVICE_NAME],
+        grpc_roles=roles,
         on_start=[start],
         on_stop=[stop],
         health=health,
         share_port=settings.workers > 1,
     )
+    return service, rest
 
 
 def _server_version() -> str:

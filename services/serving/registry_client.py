@@ -16,6 +16,7 @@ from services.serving.repository import ModelRef
 from shared.clients import download_artifact
 from shared.errors import CascadeError, FailedPrecondition, NotFound, Unavailable, is_permanent
 from shared.grpc_io import open_channel
+from shared.security import PLAINTEXT, ClientSecurity
 from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
 from shared.stubs.cascade.registry.v1 import registry_pb2_grpc as pb_grpc
 
@@ -28,9 +29,11 @@ FEATURES_TAG = "features"
 
 
 class RegistryClient:
-    def __init__(self, address: str, timeout_seconds: float = 60.0, token: str = "") -> None:
+    def __init__(
+        self, address: str, timeout_seconds: float = 60.0, security: ClientSecurity = PLAINTEXT
+    ) -> None:
         self.address = address
-        self.token = token
+        self.security = security
         self.timeout_seconds = timeout_seconds
         self._channel: grpc.aio.Channel | None = None
         # Any: the generated stubs type every call as synchronous, and ours are awaited.
@@ -39,7 +42,7 @@ class RegistryClient:
     def _connect(self) -> grpc.aio.Channel:
         """The channel, opened on first use: inside the running event loop that it belongs to."""
         if self._channel is None:
-            self._channel = open_channel(self.address, self.token)
+            self._channel = open_channel(self.address, self.security)
             self._stub = pb_grpc.RegistryServiceStub(self._channel)
         return self._channel
 

@@ -24,6 +24,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from shared.errors import CascadeError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 __all__ = [
+    "OIP_DTYPES",
     "Array",
     "LoadFailure",
     "LoadedModel",
@@ -67,7 +68,7 @@ _ONNX_TO_OIP = {
     "tensor(uint64)": "UINT64",
     "tensor(bool)": "BOOL",
 }
-_OIP_TO_NUMPY: dict[str, np.dtype[Any]] = {
+OIP_DTYPES: dict[str, np.dtype[Any]] = {
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
     "FP16": np.dtype(np.float16),
@@ -81,7 +82,7 @@ _OIP_TO_NUMPY: dict[str, np.dtype[Any]] = {
     "UINT64": np.dtype(np.uint64),
     "BOOL": np.dtype(np.bool_),
 }
-_NUMPY_TO_OIP = {dtype: name for name, dtype in _OIP_TO_NUMPY.items()}
+_NUMPY_TO_OIP = {dtype: name for name, dtype in OIP_DTYPES.items()}
 
 
 def oip_datatype(dtype: np.dtype[Any]) -> str:
@@ -405,7 +406,7 @@ def _tensor_spec(node: Any, kind: str) -> TensorSpec:
         hint = "; export it with zipmap disabled" if node.type.startswith("seq(") else ""
         raise ValueError(f"{kind} {node.name!r} has type {node.type}, which serving does not support{hint}")
     shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in node.shape)
-    return TensorSpec(node.name, datatype, shape, _OIP_TO_NUMPY[datatype])
+    return TensorSpec(node.name, datatype, shape, OIP_DTYPES[datatype])
 
 
 def _warm_up(model: LoadedModel) -> None:

@@ -14,6 +14,12 @@ class ServingSettings(RegistryClientSettings):
     model_config = SettingsConfigDict(env_prefix="CASCADE_SERVING_", extra="ignore", frozen=True)
 
     grpc_port: int = Field(8001, description="gRPC port of the inference service (Triton's default).")
+    auth_open_inference: bool = Field(
+        False,
+        description="With auth_required, let anyone call inference and metadata (ModelInfer, "
+        "ModelMetadata, ModelConfig, ServerMetadata) while statistics and the index still need "
+        "serving:infer. Health is always open.",
+    )
     registry_timeout_seconds: float = Field(
         60.0, description="Deadline of one registry call, artifact download included."
     )
@@ -60,7 +66,7 @@ class ServingSettings(RegistryClientSettings):
             "over them). Each follows every promotion in its own consumer group "
             "(<instance_id>-<worker index>) and, with METRICS_PORT set, serves /metrics on "
             "METRICS_PORT + its index; ModelStatistics counts the requests of the worker that "
-            "answers it. More than 1 needs a fixed GRPC_PORT."
+            "answers it. More than 1 needs a fixed GRPC_PORT (and HTTP_PORT, shared the same way)."
         ),
     )
     worker_index: int = Field(
@@ -76,4 +82,15 @@ class ServingSettings(RegistryClientSettings):
     )
     keep_versions: int = Field(
         2, ge=1, description="Versions per model kept loaded, the champion included, for explicit addressing."
+    )
+    http_enabled: bool = Field(
+        True, description="Serve the KServe V2 REST API (services.serving.rest) beside gRPC."
+    )
+    http_port: int = Field(
+        8000,
+        ge=0,
+        description=(
+            "Port of the KServe V2 REST API (Triton's and KServe's default), on grpc_host; 0 picks a "
+            "free one. Workers share it as they share the gRPC port."
+        ),
     )

@@ -1,6 +1,7 @@
-"""Several serving processes sharing one gRPC port, so that requests use every core.
+"""Several serving processes sharing one gRPC port and one REST port, so that requests use every core.
 
-The kernel spreads incoming connections over the processes (SO_REUSEPORT). Each process is a whole
+The kernel spreads incoming connections over the processes (SO_REUSEPORT), for gRPC and REST
+alike: a REST request is answered by whichever worker accepted its connection. Each process is a whole
 serving service: its own models, its own consumer group (it follows every promotion itself), its
 own statistics. The first process starts the others and stops them when it stops; a worker also
 dies with it (PR_SET_PDEATHSIG), so none is left behind.
@@ -50,6 +51,8 @@ def main() -> None:
         return
     if settings.grpc_port == 0:
         raise SystemExit("CASCADE_SERVING_WORKERS > 1 needs a fixed CASCADE_SERVING_GRPC_PORT")
+    if settings.http_enabled and settings.http_port == 0:
+        raise SystemExit("CASCADE_SERVING_WORKERS > 1 needs a fixed CASCADE_SERVING_HTTP_PORT")
     context = multiprocessing.get_context("spawn")
     others = [
         context.Process(target=_worker, args=(worker_settings(settings, index),), name=f"serving-{index}")

@@ -6,11 +6,12 @@ import grpc
 
 from services.trainer import kafka_api
 from services.trainer.core import TrainerCore
-from services.trainer.grpc_api import SERVICE_NAME, TrainerServicer
+from services.trainer.grpc_api import ROLES, SERVICE_NAME, TrainerServicer
 from services.trainer.settings import TrainerSettings
 from shared.events import Event, Topics
 from shared.grpc_io import open_channel
 from shared.messaging import build_broker, publish_event
+from shared.security import ClientSecurity
 from shared.service import Service
 from shared.stubs.cascade.trainer.v1 import trainer_pb2_grpc
 
@@ -19,8 +20,9 @@ def build(settings: TrainerSettings | None = None) -> Service:
     settings = settings or TrainerSettings()
     topics = Topics(settings.topic_prefix, settings.topic_partitions, settings.topic_replication_factor)
     broker = build_broker(settings, "trainer")
-    ingest = open_channel(settings.ingest_address)
-    registry = open_channel(settings.registry_address, settings.registry_token.get_secret_value())
+    security = ClientSecurity.of(settings)
+    ingest = open_channel(settings.ingest_address, security)
+    registry = open_channel(settings.registry_address, security)
 
     async def publish(event: Event) -> None:
         await publish_event(broker, topics, event)
@@ -42,5 +44,6 @@ def build(settings: TrainerSettings | None = None) -> Service:
         broker=broker,
         grpc_registrars=[add_servicer],
         grpc_service_names=[SERVICE_NAME],
+        grpc_roles=ROLES,
         on_stop=[close_channels],
     )

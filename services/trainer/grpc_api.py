@@ -8,10 +8,13 @@ from shared.errors import grpc_errors
 from shared.events import Event, TrainingRequested
 from shared.grpc_io import ServicerContext
 from shared.names import check_name
+from shared.security import method_roles
 from shared.stubs.cascade.trainer.v1 import trainer_pb2 as pb
 from shared.stubs.cascade.trainer.v1 import trainer_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TrainerService"].full_name
+# The role each RPC needs (shared.security).
+ROLES = method_roles(SERVICE_NAME, {"RequestTraining": "trainer:train"})
 
 
 class TrainerServicer(pb_grpc.TrainerServiceServicer):

@@ -8,6 +8,7 @@ from services.validator.settings import ValidatorSettings
 from shared.events import ModelValidated, Topics
 from shared.grpc_io import open_channel
 from shared.messaging import build_broker, publish_event
+from shared.security import ClientSecurity
 from shared.service import Service
 
 
@@ -15,8 +16,9 @@ def build(settings: ValidatorSettings | None = None) -> Service:
     settings = settings or ValidatorSettings()
     topics = Topics(settings.topic_prefix, settings.topic_partitions, settings.topic_replication_factor)
     broker = build_broker(settings, "validator")
-    ingest = open_channel(settings.ingest_address)
-    registry = open_channel(settings.registry_address, settings.registry_token.get_secret_value())
+    security = ClientSecurity.of(settings)
+    ingest = open_channel(settings.ingest_address, security)
+    registry = open_channel(settings.registry_address, security)
 
     async def emit(event: ModelValidated) -> None:
         await publish_event(broker, topics, event)

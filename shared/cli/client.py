@@ -12,15 +12,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import grpc
 import typer
 from opentelemetry import trace
 
 from shared.cli.errors import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, ClientError
-from shared.cli.stack import Stack
-from shared.grpc_io import CHUNK_SIZE, file_chunks, open_channel
+from shared.cli.identities import cli_security
+from shared.cli.stack import Stack, StackConfig
+from shared.grpc_io import CHUNK_SIZE, file_chunks, open_blocking_channel, open_channel
+from shared.security import PLAINTEXT, ClientSecurity
 from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from shared.telemetry import current_trace_id, setup_tracing
 
@@ -29,12 +31,14 @@ __all__ = [
     "FileFormat",
     "IngestResult",
     "TokenOption",
+    "cli_channel",
     "describe_rpc_error",
     "format_of",
     "ingest_file",
     "rpc_failure",
+    "security_of",
     "setup_cli_tracing",
-    "token_channel",
+    "stack_config",
     "upload_requests",
 ]
 
@@ -123,7 +127,12 @@ def upload_requests(
 
 
 def ingest_file(
-    address: str, path: Path, dataset: str, target: str = "target", file_format: FileFormat | None = None
+    address: str,
+    path: Path,
+    dataset: str,
+    target: str = "target",
+    file_format: FileFormat | None = None,
+    security: ClientSecurity = PLAINTEXT,
 ) -> IngestResult:
     """Upload one batch file to ingest inside a `cascade ingest` span, whose trace the cascade
     that follows continues; flushes the span so the trace is on disk when this returns."""
@@ -138,14 +147,16 @@ def ingest_file(
         span.set_attribute("cascade.source", path.name)
         trace_id = current_trace_id()
         # asyncio.run copies the current context, so the client interceptor sees the span.
-        response = asyncio.run(_upload(address, path, header))
+        response = asyncio.run(_upload(address, path, header, security))
         span.set_attribute("cascade.dataset_version", response.dataset_version)
     _flush_spans()
     return _result(path, dataset, response, trace_id)
 
 
-async def _upload(address: str, path: Path, header: ingest_pb2.BatchHeader) -> ingest_pb2.UploadBatchResponse:
-    async with open_channel(address) as channel:
+async def _upload(
+    address: str, path: Path, header: ingest_pb2.BatchHeader, security: ClientSecurity
+) -> ingest_pb2.UploadBatchResponse:
+    async with open_channel(address, security) as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
         try:
             response: ingest_pb2.UploadBatchResponse = await stub.UploadBatch(upload_requests(path, header))
@@ -178,38 +189,28 @@ TokenOption = Annotated[
     str,
     typer.Option(
         envvar="CASCADE_TOKEN",
-        help="Bearer token, for a registry that authenticates callers (CASCADE_REGISTRY_AUTH_TOKENS).",
+        help="Bearer token to call the services with [default: the admin token in HOME/secrets].",
         show_default=False,
     ),
 ]
 
 
-class _CallDetails(grpc.ClientCallDetails):
-    def __init__(self, base: grpc.ClientCallDetails, metadata: Any) -> None:
-        self.method = base.method
-        self.timeout = base.timeout
-        self.metadata = metadata
-        self.credentials = base.credentials
-        self.wait_for_ready = base.wait_for_ready
-        self.compression = base.compression
+def stack_config(ctx: typer.Context) -> StackConfig:
+    """The stack a command talks to (the root callback put it in the context)."""
+    return ctx.obj if isinstance(ctx.obj, StackConfig) else StackConfig()
 
 
-class _BearerToken(grpc.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
-    """Adds `authorization: Bearer <token>` to every call (the CLI's registry calls are all unary)."""
-
-    def __init__(self, token: str) -> None:
-        self.header = ("authorization", f"Bearer {token}")
-
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(_CallDetails(details, [*(details.metadata or ()), self.header]), request)
+def security_of(config: StackConfig, token: str = "") -> ClientSecurity:
+    """The CLI's credentials for a stack: `token` (--token, CASCADE_TOKEN) or else the admin token
+    the stack keeps in its home; TLS with the stack's CA when it serves TLS."""
+    return cli_security(config.home.expanduser().resolve(), token, config.serves_tls)
 
 
 @contextlib.contextmanager
-def token_channel(address: str, token: str = "") -> Iterator[grpc.Channel]:
-    """A blocking channel that sends `authorization: Bearer <token>` on every unary call when given
-    a token (for a registry with CASCADE_REGISTRY_AUTH_TOKENS)."""
-    with grpc.insecure_channel(address) as channel:
-        yield grpc.intercept_channel(channel, _BearerToken(token)) if token else channel
+def cli_channel(config: StackConfig, address: str, token: str = "") -> Iterator[grpc.Channel]:
+    """A blocking channel to one of the stack's services, with the CLI's credentials."""
+    with open_blocking_channel(address, security_of(config, token)) as channel:
+        yield channel
 
 
 def rpc_failure(service: str, address: str, error: grpc.RpcError) -> ClientError:

@@ -46,16 +46,16 @@ def _address(ctx: typer.Context, address: str | None) -> str:
     return Stack(config).address("ingest")
 
 
-def _call(address: str, call: Callable[[Any], Awaitable[T]]) -> T:
+def _call(ctx: typer.Context, address: str, call: Callable[[Any], Awaitable[T]]) -> T:
     """Run one call on IngestService; a gRPC failure becomes a one-line message."""
     import grpc
 
-    from shared.cli.client import rpc_failure
+    from shared.cli.client import rpc_failure, security_of, stack_config
     from shared.grpc_io import open_channel
     from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
 
     async def run() -> T:
-        async with open_channel(address) as channel:
+        async with open_channel(address, security_of(stack_config(ctx))) as channel:
             return await call(ingest_pb2_grpc.IngestServiceStub(channel))
 
     try:
@@ -93,7 +93,7 @@ def register(
     except (json.JSONDecodeError, ParseError) as error:
         _fail(f"{schema} is not a valid schema: {error}")
     request = pb.RegisterDatasetRequest(dataset=name, schema=message)
-    dataset = _call(_address(ctx, address), lambda stub: stub.RegisterDataset(request))
+    dataset = _call(ctx, _address(ctx, address), lambda stub: stub.RegisterDataset(request))
     typer.echo(f"Registered dataset {dataset.dataset!r} with {len(dataset.schema.features)} features:")
     typer.echo(json.dumps(_schema_json(dataset.schema), indent=2))
 
@@ -118,7 +118,7 @@ def infer(
     file_format = format_of(file)
     data = file.read_bytes() if file_format.value == "parquet" else _head(file, sample_bytes)
     request = pb.InferSchemaRequest(format=file_format.proto, data=data, target=target)
-    schema = _call(_address(ctx, address), lambda stub: stub.InferSchema(request))
+    schema = _call(ctx, _address(ctx, address), lambda stub: stub.InferSchema(request))
     text = json.dumps(_schema_json(schema), indent=2)
     if output is not None:
         output.write_text(text + "\n")
@@ -146,7 +146,7 @@ def list_datasets(ctx: typer.Context, address: AddressOption = None) -> None:
     """List the datasets ingest knows, declared or inferred from a first batch."""
     from shared.stubs.cascade.ingest.v1 import ingest_pb2 as pb
 
-    response = _call(_address(ctx, address), lambda stub: stub.ListDatasets(pb.ListDatasetsRequest()))
+    response = _call(ctx, _address(ctx, address), lambda stub: stub.ListDatasets(pb.ListDatasetsRequest()))
     if not response.datasets:
         typer.echo("No datasets yet.")
         return
@@ -167,11 +167,11 @@ def show(
     from shared.stubs.cascade.ingest.v1 import ingest_pb2 as pb
 
     where = _address(ctx, address)
-    dataset = _call(where, lambda stub: stub.GetDataset(pb.GetDatasetRequest(dataset=name)))
+    dataset = _call(ctx, where, lambda stub: stub.GetDataset(pb.GetDatasetRequest(dataset=name)))
     versions = _call(
-        where, lambda stub: stub.ListDatasetVersions(pb.ListDatasetVersionsRequest(dataset=name))
+        ctx, where, lambda stub: stub.ListDatasetVersions(pb.ListDatasetVersionsRequest(dataset=name))
     ).versions
-    batches = _call(where, lambda stub: stub.ListBatches(pb.ListBatchesRequest(dataset=name))).batches
+    batches = _call(ctx, where, lambda stub: stub.ListBatches(pb.ListBatchesRequest(dataset=name))).batches
     kind = "declared" if dataset.schema.declared else "inferred from its first batch"
     typer.echo(f"Dataset {name!r} (schema {kind}):")
     typer.echo(json.dumps(_schema_json(dataset.schema), indent=2))

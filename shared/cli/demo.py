@@ -83,7 +83,7 @@ def run_demo(stack: Stack, timeout: float, echo: Echo) -> list[CascadeOutcome]:
     setup_cli_tracing(stack)
     batches = write_batches(stack.home / "demo")
     echo(f"Wrote {batches.first} and {batches.second}")
-    with InferenceClient(stack.address("serving")) as serving:
+    with InferenceClient(stack.address("serving"), stack.client_security) as serving:
         run = _DemoRun(stack, serving, batches, timeout, echo)
         return [run.cascade(batches.first, "1"), run.cascade(batches.second, "2")]
 
@@ -100,7 +100,9 @@ class _DemoRun:
         """Ingest one batch, wait for the model version it should yield, and try that model."""
         self.echo(f"\nIngesting {batch.name} into dataset {DATASET!r}")
         started = time.monotonic()
-        result = ingest_file(self.stack.address("ingest"), batch, DATASET, TARGET)
+        result = ingest_file(
+            self.stack.address("ingest"), batch, DATASET, TARGET, security=self.stack.client_security
+        )
         if not result.created:
             raise DemoError(
                 f"{self.stack.home} already holds {batch.name}, so no new model will be trained. "

@@ -16,6 +16,8 @@ import numpy.typing as npt
 
 from shared.cli.client import rpc_failure
 from shared.cli.errors import ClientError
+from shared.grpc_io import open_blocking_channel
+from shared.security import PLAINTEXT, ClientSecurity
 from shared.stubs.inference import grpc_service_pb2 as pb
 from shared.stubs.inference import grpc_service_pb2_grpc as pb_grpc
 
@@ -43,9 +45,9 @@ class Prediction:
 class InferenceClient:
     """A channel to serving's GRPCInferenceService; use as a context manager."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, security: ClientSecurity = PLAINTEXT) -> None:
         self.address = address
-        self._channel = grpc.insecure_channel(address)
+        self._channel = open_blocking_channel(address, security)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
 
     def __enter__(self) -> InferenceClient:

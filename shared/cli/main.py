@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
+from shared.cli.auth import auth_app
 from shared.cli.datasets import datasets_app
 from shared.cli.dlq import dlq_app
-from shared.cli.errors import EXIT_CODES_HELP, EXIT_FAILURE, CliError
+from shared.cli.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_USAGE, CliError
 from shared.cli.models import models_app
 from shared.cli.monitor import monitor as monitor_command
 from shared.cli.stack import (
@@ -62,6 +63,7 @@ app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
 app.add_typer(spec_app, name="spec")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(auth_app, name="auth")
 app.command()(train)
 app.command("monitor")(monitor_command)
 
@@ -222,12 +224,54 @@ def up(
         ),
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for everything to be SERVING.")] = 120.0,
+    tls: Annotated[
+        bool | None,
+        typer.Option(
+            "--tls/--no-tls",
+            help="Serve every gRPC hop over TLS, with a local CA and certificates made in HOME/tls.",
+            show_default=False,
+        ),
+    ] = None,
+    mtls: Annotated[
+        bool | None,
+        typer.Option(
+            "--mtls/--no-mtls",
+            help="TLS, and services accept only callers with a certificate from that CA.",
+            show_default=False,
+        ),
+    ] = None,
+    auth: Annotated[
+        bool | None,
+        typer.Option(
+            "--auth/--no-auth",
+            help="Every service requires a token (or client certificate) whose principal holds the "
+            "call's role. The CLI uses the admin token in HOME/secrets either way.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Start Kafka and the services and wait until all report SERVING.
 
     Each service runs detached, logging to HOME/logs/SERVICE.log; one already running is left
-    alone. `cascade down` stops them.
+    alone. `cascade down` stops them. A stack binds to loopback; --tls, --mtls and --auth secure it,
+    and a restart keeps what the last start chose unless told otherwise.
     """
+    config: StackConfig = ctx.obj
+    chosen = replace(
+        config,
+        tls=config.tls if tls is None else tls,
+        mtls=config.mtls if mtls is None else mtls,
+        auth=config.auth if auth is None else auth,
+    )
+    if (chosen.tls, chosen.mtls, chosen.auth) != (config.tls, config.mtls, config.auth):
+        running = [row.name for row in Stack(config).status() if row.pid is not None]
+        if running:
+            _fail(
+                f"the stack in {config.home} runs with other security settings ({', '.join(running)} "
+                "up): `cascade down` first",
+                EXIT_USAGE,
+            )
+        ctx.obj = chosen
     stack = _stack(ctx)
     with friendly_errors():
         stack.start(services or SERVICES, timeout=timeout)
@@ -351,7 +395,9 @@ def ingest(
     with friendly_errors():
         chosen = _parse_format(file_format)
         setup_cli_tracing(stack)
-        result = ingest_file(address or stack.address("ingest"), file, dataset, target, chosen)
+        result = ingest_file(
+            address or stack.address("ingest"), file, dataset, target, chosen, stack.client_security
+        )
     _print_ingest(result)
     if result.created:
         typer.echo("The cascade is under way: `cascade status` shows the services.")

@@ -17,9 +17,9 @@ import grpc
 import typer
 from google.protobuf.json_format import MessageToDict
 
-from shared.cli.client import TokenOption, rpc_failure, token_channel
+from shared.cli.client import TokenOption, cli_channel, rpc_failure, stack_config
 from shared.cli.errors import ClientError
-from shared.cli.stack import Stack, StackConfig
+from shared.cli.stack import Stack
 from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
 from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
 
@@ -83,10 +83,9 @@ _POLICY_NAMES = {value: policy.value for policy, value in _POLICY_VALUES.items()
 
 @contextmanager
 def _registry(ctx: typer.Context, address: str | None, token: str) -> Iterator[tuple[Stub, str]]:
-    if not address:
-        config = ctx.obj if isinstance(ctx.obj, StackConfig) else StackConfig()
-        address = Stack(config).address("registry")
-    with token_channel(address, token) as channel:
+    config = stack_config(ctx)
+    address = address or Stack(config).address("registry")
+    with cli_channel(config, address, token) as channel:
         yield registry_pb2_grpc.RegistryServiceStub(channel), address
 
 

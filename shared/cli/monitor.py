@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from shared.cli.client import cli_channel
 from shared.cli.stack import Stack, StackConfig
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def monitor(
     config: StackConfig = ctx.obj
     target = address or Stack(config).address("monitor")
     try:
-        with grpc.insecure_channel(target) as channel:
+        with cli_channel(config, target) as channel:
             stub = monitor_pb2_grpc.MonitorServiceStub(channel)
             report = stub.GetDriftReport(monitor_pb2.GetDriftReportRequest(model=model), timeout=10)
             past = (

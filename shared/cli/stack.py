@@ -37,7 +37,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared import kafka_broker
 from shared.cli.errors import StackError
+from shared.cli.identities import (
+    PKI_NAMES,
+    cli_security,
+    ensure_tokens,
+    principals_file,
+    secrets_dir,
+    tls_dir,
+    token_file,
+)
+from shared.grpc_io import open_blocking_channel
 from shared.kafka_broker import ClusterConfig
+from shared.security import PLAINTEXT, ClientSecurity
 
 __all__ = [
     "DEFAULT_METRICS_PORTS",
@@ -113,6 +124,16 @@ class StackConfig:
     # Prometheus port per service; a service left out exposes no /metrics.
     metrics_ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_METRICS_PORTS))
     log_format: str = "json"
+    # gRPC security (shared.security): every hop on TLS with the home's local CA (made if missing);
+    # mTLS: services also require client certificates; auth: every service requires a principal
+    # holding the method's role. Tokens are made in the home either way, and the CLI uses admin's.
+    tls: bool = False
+    mtls: bool = False
+    auth: bool = False
+
+    @property
+    def serves_tls(self) -> bool:
+        return self.tls or self.mtls
 
 
 @dataclass(frozen=True)
@@ -200,6 +221,7 @@ class Stack:
             "DATA_DIR": str(self.data_dir(name)),
             "METRICS_PORT": str(self.config.metrics_ports.get(name, 0)),
             "LOG_FORMAT": self.config.log_format,
+            **self._security_settings(name),
         }
         for dependency in DEPENDENCIES[name]:
             settings[f"{dependency.upper()}_ADDRESS"] = self.address(dependency)
@@ -210,6 +232,35 @@ class Stack:
         env.update(self.tracing_env(name))
         env.update(self.config.extra_env)
         return env
+
+    def _security_settings(self, name: str) -> dict[str, str]:
+        """A service's identity (its token file), the principals it knows, and its TLS material."""
+        settings = {
+            "AUTH_PRINCIPALS_FILE": str(principals_file(secrets_dir(self.home))),
+            "AUTH_REQUIRED": str(self.config.auth).lower(),
+            "TOKEN_FILE": str(token_file(secrets_dir(self.home), name)),
+        }
+        if self.config.serves_tls:
+            pki = tls_dir(self.home)
+            settings |= {
+                "TLS_CERT_FILE": str(pki / f"{name}.pem"),
+                "TLS_KEY_FILE": str(pki / f"{name}.key"),
+                "TLS_CA_FILE": str(pki / "ca.pem"),
+                "TLS_REQUIRE_CLIENT_CERT": str(self.config.mtls).lower(),
+            }
+        return settings
+
+    @property
+    def client_security(self) -> ClientSecurity:
+        """How local tools (CLI, tests, bench) call the stack: as admin, over TLS if it serves TLS."""
+        return cli_security(self.home, tls=self.config.serves_tls)
+
+    def _prepare_identities(self) -> None:
+        ensure_tokens(secrets_dir(self.home))
+        if self.config.serves_tls:
+            from shared.certs import init_pki  # cryptography loads only for a stack that needs it
+
+            init_pki(tls_dir(self.home), PKI_NAMES)
 
     def tracing_env(self, component: str) -> dict[str, str]:
         """OTEL variables for one process of the stack (a service, or "cli"); empty when the caller
@@ -232,6 +283,7 @@ class Stack:
         `timeout` does not count the one-off download of the Kafka jars."""
         names = _ordered(services)
         self._install_kafka()
+        self._prepare_identities()
         self._remember_ports()
         deadline = time.monotonic() + timeout
         self._start_kafka(timeout)
@@ -248,6 +300,9 @@ class Stack:
             "topic_prefix": self.config.topic_prefix,
             "ports": {name: self.port(name) for name in SERVICES},
             "metrics_ports": self.config.metrics_ports,
+            "tls": self.config.tls,
+            "mtls": self.config.mtls,
+            "auth": self.config.auth,
         }
         remembered = self.home / "run" / "stack.json"
         remembered.parent.mkdir(parents=True, exist_ok=True)
@@ -262,6 +317,7 @@ class Stack:
 
     def start_service(self, name: str, timeout: float = 60.0) -> None:
         """Start one service (Kafka is assumed up) unless running, and wait until it is SERVING."""
+        self._prepare_identities()
         self._ensure_running(name)
         self._wait_serving([name], time.monotonic() + timeout)
 
@@ -326,7 +382,7 @@ class Stack:
             for name in list(pending):
                 if self.pid(name) is None:
                     raise StackError(self._died_message(name))
-                if check_health(self.address(name)) == "SERVING":
+                if check_health(self.address(name), security=self.client_security) == "SERVING":
                     pending.remove(name)
                     rest = f" (KServe V2 REST on {LOOPBACK}:{self.rest_port()})" if name == "serving" else ""
                     self._progress(f"{name} is SERVING on {self.address(name)}{rest}")
@@ -430,7 +486,7 @@ class Stack:
         """DOWN without a live process; NOT_SERVING while it starts, drains or lost Kafka."""
         if self.pid(name) is None:
             return "DOWN"
-        health = check_health(self.address(name))
+        health = check_health(self.address(name), security=self.client_security)
         return "NOT_SERVING" if health == "DOWN" else health
 
     def status(self) -> list[ServiceStatus]:
@@ -483,6 +539,9 @@ def remembered_config(home: Path) -> StackConfig | None:
         topic_prefix=str(saved["topic_prefix"]),
         ports={str(k): int(v) for k, v in saved["ports"].items()},
         metrics_ports={str(k): int(v) for k, v in saved["metrics_ports"].items()},
+        tls=bool(saved.get("tls", False)),
+        mtls=bool(saved.get("mtls", False)),
+        auth=bool(saved.get("auth", False)),
     )
 
 
@@ -502,9 +561,11 @@ def default_home(cwd: Path, environ: Mapping[str, str]) -> Path:
     return Path(data_home).expanduser() / "cascade"
 
 
-def check_health(address: str, timeout: float = _HEALTH_TIMEOUT) -> Health:
+def check_health(
+    address: str, timeout: float = _HEALTH_TIMEOUT, security: ClientSecurity = PLAINTEXT
+) -> Health:
     """`grpc.health.v1.Health/Check` for the whole server (service ""); DOWN if unreachable."""
-    with grpc.insecure_channel(address) as channel:
+    with open_blocking_channel(address, security) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)

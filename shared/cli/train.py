@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import ValidationError
 
 from services.trainer.spec import TrainingSpec
-from shared.cli.client import TokenOption, rpc_failure, token_channel
+from shared.cli.client import TokenOption, cli_channel, rpc_failure
 from shared.cli.errors import EXIT_NOT_FOUND, ClientError
 from shared.cli.stack import Stack, StackConfig
 from shared.events import Topics, TrainingProgress
@@ -55,7 +55,7 @@ def train(
     # train; asking first turns a mistyped name into an answer now (exit 3).
     _require_model_or_dataset(stack, model)
     try:
-        with grpc.insecure_channel(address) as channel:
+        with cli_channel(config, address) as channel:
             response = trainer_pb2_grpc.TrainerServiceStub(channel).RequestTraining(request, timeout=10)
     except grpc.RpcError as error:
         _fail(rpc_failure("trainer", address, error))
@@ -81,7 +81,7 @@ def _require_model_or_dataset(stack: Stack, model: str) -> None:
     run (which trains on the dataset of its name), ingest knows that dataset."""
     registry_address = stack.address("registry")
     try:
-        with grpc.insecure_channel(registry_address) as channel:
+        with cli_channel(stack.config, registry_address) as channel:
             registry_pb2_grpc.RegistryServiceStub(channel).GetModel(
                 registry_pb2.GetModelRequest(name=model), timeout=10
             )
@@ -91,7 +91,7 @@ def _require_model_or_dataset(stack: Stack, model: str) -> None:
             _fail(rpc_failure("registry", registry_address, error))
     ingest_address = stack.address("ingest")
     try:
-        with grpc.insecure_channel(ingest_address) as channel:
+        with cli_channel(stack.config, ingest_address) as channel:
             ingest_pb2_grpc.IngestServiceStub(channel).GetDataset(
                 ingest_pb2.GetDatasetRequest(dataset=model), timeout=10
             )
@@ -222,7 +222,7 @@ def show_spec(
     address = Stack(config).address("registry")
     request = registry_pb2.GetTrainingSpecRequest(model=model, version=version)
     try:
-        with token_channel(address, token) as channel:
+        with cli_channel(config, address, token) as channel:
             stored = registry_pb2_grpc.RegistryServiceStub(channel).GetTrainingSpec(request, timeout=10)
     except grpc.RpcError as error:
         if isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.NOT_FOUND and not version:
@@ -254,7 +254,7 @@ def set_spec(
     address = Stack(config).address("registry")
     request = registry_pb2.SetTrainingSpecRequest(model=model, spec_json=spec.model_dump_json(), actor=actor)
     try:
-        with token_channel(address, token) as channel:
+        with cli_channel(config, address, token) as channel:
             stored = registry_pb2_grpc.RegistryServiceStub(channel).SetTrainingSpec(request, timeout=10)
     except grpc.RpcError as error:
         _fail(rpc_failure("registry", address, error))

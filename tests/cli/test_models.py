@@ -18,14 +18,15 @@ from typer.testing import CliRunner
 
 from services.registry.artifacts import LocalArtifactStore
 from services.registry.core import Lineage, RegistryCore
-from services.registry.grpc_api import RegistryServicer
-from services.registry.permissions import Authenticator, Permissions
+from services.registry.grpc_api import ROLES, RegistryServicer
+from services.registry.permissions import Permissions
 from services.registry.store import RegistryStore, sqlite_url
 from services.trainer.training import build_pipeline, export_onnx
 from shared.cli.errors import EXIT_NOT_FOUND
 from shared.cli.main import app
 from shared.events import Event, GateResult, ModelValidated
 from shared.grpc_io import open_channel
+from shared.security import Authenticator, AuthInterceptor, PrincipalEntry, Principals, hash_token
 from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
 from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
 from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
@@ -51,6 +52,8 @@ def onnx_model() -> bytes:
 
 @asynccontextmanager
 async def _registry(tmp_path: Path, auth: Authenticator | None = None) -> AsyncIterator[Registry]:
+    """A registry servicer on loopback; with `auth`, callers are authenticated as services' are."""
+
     async def publish(event: Event) -> None:
         pass
 
@@ -62,14 +65,14 @@ async def _registry(tmp_path: Path, auth: Authenticator | None = None) -> AsyncI
         Lineage(core, ingest_pb2_grpc.IngestServiceStub(ingest)),
         tmp_path / "spool",
         10_000_000,
-        auth,
         Permissions(store, "read") if auth else None,
     )
+    interceptors = [AuthInterceptor(auth, ROLES)] if auth else []
 
     def register(server: grpc.aio.Server) -> None:
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server)
 
-    async with serving(register) as address, open_channel(address) as channel:
+    async with serving(register, interceptors) as address, open_channel(address) as channel:
         yield Registry(address, registry_pb2_grpc.RegistryServiceStub(channel), core)
     await ingest.close(None)
     store.close()
@@ -232,7 +235,8 @@ async def test_aliases_need_force_for_a_failed_version_and_unalias_is_in_the_his
 
 async def test_a_token_authenticates_the_cli_and_names_the_actor(tmp_path: Path) -> None:
     token = "alice-token-0123456789"
-    async with _registry(tmp_path, Authenticator({token: "alice"})) as registry:
+    alice = PrincipalEntry("alice", frozenset({"registry:register"}), hash_token(token))
+    async with _registry(tmp_path, Authenticator(Principals([alice]), required=True)) as registry:
         refused = await _cascade(registry, "register", "secured", code=1)
         assert "UNAUTHENTICATED" in refused
         await _cascade(registry, "register", "secured", "--token", token)

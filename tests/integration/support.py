@@ -17,6 +17,7 @@ import tritonclient.grpc as triton
 from aiokafka import AIOKafkaProducer
 
 from shared.cli.stack import Stack
+from shared.grpc_io import open_blocking_channel
 from shared.stubs.cascade.ingest.v1 import ingest_pb2 as pb
 from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
 from shared.stubs.cascade.monitor.v1 import monitor_pb2, monitor_pb2_grpc
@@ -45,7 +46,7 @@ def upload(stack: Stack, dataset: str, frame: pd.DataFrame) -> tuple[pb.UploadBa
         ),
         *(pb.UploadBatchRequest(chunk=data[i : i + 65536]) for i in range(0, len(data), 65536)),
     ]
-    with grpc.insecure_channel(stack.address("ingest")) as channel:
+    with open_blocking_channel(stack.address("ingest"), stack.client_security) as channel:
         response = ingest_pb2_grpc.IngestServiceStub(channel).UploadBatch(
             iter(requests), metadata=(("traceparent", f"00-{trace_id}-{span_id}-01"),), timeout=60
         )
@@ -56,12 +57,16 @@ def infer(
     stack: Stack, model: str, rows: np.ndarray, version: str = "", output: str = "label"
 ) -> tuple[str, np.ndarray]:
     """(model version that answered, one output: labels by default) through tritonclient, unchanged."""
-    client = triton.InferenceServerClient(url=stack.address("serving"))
+    client, headers = triton_client(stack)
     try:
         request = triton.InferInput("input", list(rows.shape), "FP32")
         request.set_data_from_numpy(rows.astype(np.float32))
         result = client.infer(
-            model, [request], model_version=version, outputs=[triton.InferRequestedOutput(output)]
+            model,
+            [request],
+            model_version=version,
+            outputs=[triton.InferRequestedOutput(output)],
+            headers=headers,
         )
         values = result.as_numpy(output)
         assert values is not None
@@ -70,10 +75,26 @@ def infer(
         client.close()
 
 
+def triton_client(stack: Stack) -> tuple[triton.InferenceServerClient, dict[str, str]]:
+    """tritonclient's gRPC client for the stack's serving, unchanged: TLS with the stack's CA (and
+    the admin certificate, for mTLS) when it serves TLS; the admin token as a header for each call."""
+    security = stack.client_security
+    tls: dict[str, object] = {}
+    if security.ca_file is not None:
+        tls = {
+            "ssl": True,
+            "root_certificates": str(security.ca_file),
+            "private_key": str(security.key_file),
+            "certificate_chain": str(security.cert_file),
+        }
+    client = triton.InferenceServerClient(url=stack.address("serving"), **tls)
+    return client, dict(security.metadata)
+
+
 def model_ready(stack: Stack, model: str, version: str) -> bool:
-    client = triton.InferenceServerClient(url=stack.address("serving"))
+    client, headers = triton_client(stack)
     try:
-        return bool(client.is_model_ready(model, version))
+        return bool(client.is_model_ready(model, version, headers=headers))
     except Exception:
         return False
     finally:
@@ -113,7 +134,7 @@ def produce(bootstrap: str, messages: list[tuple[str, bytes]], key: bytes = b"te
 
 def drift_report(stack: Stack, model: str) -> monitor_pb2.DriftReport | None:
     """The monitor's latest report for `model`, or None while it has none."""
-    with grpc.insecure_channel(stack.address("monitor")) as channel:
+    with open_blocking_channel(stack.address("monitor"), stack.client_security) as channel:
         try:
             return monitor_pb2_grpc.MonitorServiceStub(channel).GetDriftReport(
                 monitor_pb2.GetDriftReportRequest(model=model), timeout=5

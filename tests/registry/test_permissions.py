@@ -11,20 +11,38 @@ import pytest
 
 from services.registry.artifacts import LocalArtifactStore
 from services.registry.core import Lineage, RegistryCore
-from services.registry.grpc_api import RegistryServicer
-from services.registry.permissions import Authenticator, Permissions, parse_tokens
+from services.registry.grpc_api import ROLES, RegistryServicer
+from services.registry.permissions import Permissions
 from services.registry.store import RegistryStore
 from services.serving.registry_client import RegistryClient
 from services.trainer.training import TrainingResult
 from shared.errors import FailedPrecondition
 from shared.events import Event
 from shared.grpc_io import open_channel
+from shared.security import (
+    Authenticator,
+    AuthInterceptor,
+    ClientSecurity,
+    PrincipalEntry,
+    Principals,
+    hash_token,
+)
 from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
 from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
 from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
 from tests.grpc_server import serving
 
-TOKENS = "alice:alice-token-0123456789,bob:bob-token-0123456789,root:root-token-0123456789"
+# alice and bob may register models; root is an admin; reader holds only the global read role.
+ROLES_OF = {
+    "alice": {"registry:register"},
+    "bob": {"registry:register"},
+    "root": {"admin"},
+    "reader": {"registry:read"},
+}
+PRINCIPALS = Principals(
+    PrincipalEntry(name, frozenset(roles), hash_token(f"{name}-token-0123456789"))
+    for name, roles in ROLES_OF.items()
+)
 Client = Callable[[str], AbstractAsyncContextManager[registry_pb2_grpc.RegistryServiceStub]]
 
 
@@ -35,22 +53,22 @@ async def client(tmp_path: Path, database_url: str) -> AsyncIterator[Client]:
 
     store = RegistryStore(database_url)
     core = RegistryCore(store, LocalArtifactStore(tmp_path / "a"), publish, "automatic")
-    auth = Authenticator(parse_tokens(TOKENS), admins=["root"])
     unused_ingest = ingest_pb2_grpc.IngestServiceStub(open_channel("127.0.0.1:9"))
     servicer = RegistryServicer(
-        core, Lineage(core, unused_ingest), tmp_path / "spool", 10_000_000, auth, Permissions(store, "read")
+        core, Lineage(core, unused_ingest), tmp_path / "spool", 10_000_000, Permissions(store, "read")
     )
+    auth = AuthInterceptor(Authenticator(PRINCIPALS, required=True), ROLES)
 
     def register(server: grpc.aio.Server) -> None:
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server)
 
-    async with serving(register) as address:
+    async with serving(register, [auth]) as address:
 
         class Connect:
             registry_address = address
 
             def __init__(self, token: str) -> None:
-                self.channel = open_channel(address, token=token)
+                self.channel = open_channel(address, ClientSecurity(token=token))
 
             async def __aenter__(self) -> registry_pb2_grpc.RegistryServiceStub:
                 return registry_pb2_grpc.RegistryServiceStub(self.channel)
@@ -100,9 +118,11 @@ async def test_owners_manage_others_read_until_granted_and_the_audit_names_the_r
         assert await _code(bob.SetModelPermission(grant)) == grpc.StatusCode.PERMISSION_DENIED
 
         await alice.SetModelPermission(grant)
-        await bob.SetAlias(promote)  # claims to be alice: the trail says bob
+        await bob.SetAlias(promote)  # claims to be alice: the trail names bob, and the claim beside
         history = await alice.GetAliasHistory(pb.GetAliasHistoryRequest(model="fraud"))
-        assert [(m.alias, m.to_version, m.actor) for m in history.moves] == [("champion", 1, "bob")]
+        assert [(m.alias, m.to_version, m.actor) for m in history.moves] == [
+            ("champion", 1, "bob (claimed alice)")
+        ]
 
         revoke = pb.SetModelPermissionRequest(model="fraud", principal="bob", level=pb.PERMISSION_LEVEL_NONE)
         await alice.SetModelPermission(revoke)
@@ -132,7 +152,7 @@ async def test_serving_reads_the_registry_with_its_token(
     async with client("root-token-0123456789") as root:
         await root.CreateModelVersion(iter(_version("shared-model", trained_breast_cancer.onnx_bytes)))
         await root.SetAlias(pb.SetAliasRequest(model="shared-model", alias="champion", version=1))
-    with_token = RegistryClient(address, 5, token="bob-token-0123456789")
+    with_token = RegistryClient(address, 5, ClientSecurity(token="bob-token-0123456789"))
     without = RegistryClient(address, 5)
     try:
         assert await with_token.models_with_champion() == ["shared-model"]
@@ -143,3 +163,27 @@ async def test_serving_reads_the_registry_with_its_token(
     finally:
         await with_token.close()
         await without.close()
+
+
+async def test_global_roles_reach_every_model_and_registering_needs_its_role(
+    client: Client, trained_breast_cancer: TrainingResult
+) -> None:
+    onnx_bytes = trained_breast_cancer.onnx_bytes
+    async with client("alice-token-0123456789") as alice, client("reader-token-0123456789") as reader:
+        await alice.CreateModelVersion(iter(_version("private", onnx_bytes)))
+        revoke = pb.SetModelPermissionRequest(
+            model="private", principal="reader", level=pb.PERMISSION_LEVEL_NONE
+        )
+        await alice.SetModelPermission(revoke)
+        # registry:read is a floor on every model, above a per-model grant of none
+        assert (await reader.GetModel(pb.GetModelRequest(name="private"))).name == "private"
+        assert await _code(reader.RegisterModel(pb.RegisterModelRequest(name="mine"))) == (
+            grpc.StatusCode.PERMISSION_DENIED
+        )
+        assert await _code(reader.CreateModelVersion(iter(_version("mine", onnx_bytes)))) == (
+            grpc.StatusCode.PERMISSION_DENIED
+        )
+        promote = pb.SetAliasRequest(model="private", alias="champion", version=1)
+        assert await _code(reader.SetAlias(promote)) == grpc.StatusCode.PERMISSION_DENIED
+        listed = await reader.ListModels(pb.ListModelsRequest())
+        assert [m.name for m in listed.models] == ["private"]

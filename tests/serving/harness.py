@@ -8,7 +8,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +28,18 @@ class ServingProcess:
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
         self.port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.http_port = 0
         self.logged: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.promoted: asyncio.Queue[str] = asyncio.Queue()
         self.load_failed: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._reader = asyncio.create_task(self._read_stdout())
 
     @classmethod
-    async def start(cls, registry_address: str, *options: str) -> ServingProcess:
-        """`options`: more of serving_process.py's flags, e.g. --port, --workers and --index."""
+    async def start(
+        cls, registry_address: str, *options: str, env: Mapping[str, str] | None = None
+    ) -> ServingProcess:
+        """`options`: more of serving_process.py's flags, e.g. --port, --workers and --index; `env`:
+        more settings (CASCADE_SERVING_*)."""
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             str(HARNESS),
@@ -45,7 +49,7 @@ class ServingProcess:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             cwd=REPO_ROOT,
-            env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OTEL_SDK_DISABLED": "true"},
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OTEL_SDK_DISABLED": "true", **(env or {})},
         )
         serving = cls(process)
         await asyncio.wait_for(asyncio.shield(serving.port), 30)
@@ -55,12 +59,19 @@ class ServingProcess:
     def url(self) -> str:
         return f"127.0.0.1:{self.port.result()}"
 
+    @property
+    def http_url(self) -> str:
+        """host:port of the REST endpoint (tritonclient.http's form; prefix http:// for httpx)."""
+        return f"127.0.0.1:{self.http_port}"
+
     async def _read_stdout(self) -> None:
         assert self.process.stdout is not None
         while line := (await self.process.stdout.readline()).decode():
             kind, _, rest = line.rstrip("\n").partition(" ")
             if kind == "PORT":
-                self.port.set_result(int(rest))
+                grpc_port, http_port = rest.split()
+                self.http_port = int(http_port)
+                self.port.set_result(int(grpc_port))
             elif kind == "LOGGED":
                 self.logged.put_nowait(json.loads(rest))
             elif kind == "PROMOTED":

@@ -3,13 +3,15 @@
 Own process, because tritonclient and Cascade's stubs both register the proto package `inference`
 and cannot share one. Kafka is faststream's in-memory TestKafkaBroker, so no broker is needed.
 
-    python serving_process.py --registry HOST:PORT [--sample-rate R] [--port P --workers N --index I]
+    python serving_process.py --registry HOST:PORT [--sample-rate R] [--http-port H]
+                              [--port P --workers N --index I]
 
-With --workers N, this process is worker I of N sharing port P (SO_REUSEPORT), as
-services.serving.workers runs them; start one harness per worker.
+Settings not given here come from the environment (CASCADE_SERVING_*). With --workers N, this
+process is worker I of N sharing port P (SO_REUSEPORT), as services.serving.workers runs them;
+start one harness per worker.
 
 One line per message:
-    stdout  PORT <port>                  the gRPC port, once the service has started
+    stdout  PORT <port> <http port>      the gRPC and REST ports, once the service has started
     stdout  LOGGED <json>                every PredictionLogged event the service publishes
     stdout  LOAD_FAILED <json>           every ModelLoadFailed event the service publishes
     stdin   promote <model> <version>    publish ModelPromoted, as the validator would; then
@@ -25,7 +27,7 @@ import sys
 
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 
-from services.serving.app import build
+from services.serving.app import build_serving
 from services.serving.settings import ServingSettings
 from services.serving.workers import worker_settings
 from shared.events import ModelLoadFailed, ModelPromoted, PredictionLogged, Topics
@@ -60,9 +62,17 @@ async def obey(commands: asyncio.StreamReader, broker: KafkaBroker, topics: Topi
             say("PROMOTED", model, version)
 
 
-async def main(registry: str, sample_rate: float, port: int, workers: int, index: int) -> None:
+async def main(
+    registry: str,
+    sample_rate: float,
+    port: int,
+    http_port: int,
+    workers: int,
+    index: int,
+) -> None:
     settings = ServingSettings(
         grpc_port=port,
+        http_port=http_port,
         registry_address=registry,
         instance_id="test",
         topic_prefix="test",
@@ -72,7 +82,8 @@ async def main(registry: str, sample_rate: float, port: int, workers: int, index
     )
     if workers > 1:
         settings = worker_settings(settings, index)
-    service = build(settings)
+    service, rest = build_serving(settings)
+    assert rest is not None
     assert service.broker is not None
     topics = Topics(settings.topic_prefix)
 
@@ -85,7 +96,7 @@ async def main(registry: str, sample_rate: float, port: int, workers: int, index
         say("LOAD_FAILED", event.model_dump_json())
 
     async def announce_port() -> None:
-        say("PORT", service.bound_port)
+        say("PORT", service.bound_port, rest.port)
 
     service.on_start = [*service.on_start, announce_port]
     commands = await stdin_lines()
@@ -104,11 +115,12 @@ if __name__ == "__main__":
     parser.add_argument("--registry", required=True)
     parser.add_argument("--sample-rate", type=float, default=1.0)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--http-port", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--index", type=int, default=0)
     arguments = parser.parse_args()
     setup_logging("serving", "INFO", "text")
     args = arguments
-    service = main(args.registry, args.sample_rate, args.port, args.workers, args.index)
+    service = main(args.registry, args.sample_rate, args.port, args.http_port, args.workers, args.index)
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:  # the loop run_main gives serving
         runner.run(service)

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import socket
 
+import httpx
 from tritonclient.grpc import aio as triton_aio
 
 from .harness import ServingProcess, assert_answers, raw_input
@@ -24,8 +25,8 @@ def free_port() -> int:
 async def test_workers_share_the_port_and_each_follows_promotions(
     registry: RunningRegistry, models: dict[int, TrainedModel], dataset: Dataset
 ) -> None:
-    port = free_port()
-    options = ["--port", str(port), "--workers", str(WORKERS)]
+    port, http_port = free_port(), free_port()
+    options = ["--port", str(port), "--http-port", str(http_port), "--workers", str(WORKERS)]
     workers = [
         await ServingProcess.start(registry.address, *options, "--index", str(index))
         for index in range(WORKERS)
@@ -34,6 +35,7 @@ async def test_workers_share_the_port_and_each_follows_promotions(
     rows = dataset.rows[:4]
     try:
         assert [worker.port.result() for worker in workers] == [port] * WORKERS
+        assert [worker.http_port for worker in workers] == [http_port] * WORKERS  # REST shares its port too
 
         async def answers_on_fresh_connections(version: str) -> None:
             for _ in range(8):  # new connections, which the kernel spreads over the workers
@@ -50,6 +52,11 @@ async def test_workers_share_the_port_and_each_follows_promotions(
                     assert config.instance_group[0].count == WORKERS
                 finally:
                     await client.close()
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as http:
+                    body = {"inputs": [{"name": "input", "shape": [4, 30], "datatype": "FP32"}]}
+                    body["inputs"][0]["data"] = rows.ravel().tolist()
+                    response = await http.post(f"/v2/models/{MODEL}/infer", json=body)
+                    assert (response.status_code, response.json()["model_version"]) == (200, version)
 
         await answers_on_fresh_connections("1")
         registry.fake.promote(MODEL, 2)
