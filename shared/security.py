@@ -65,6 +65,7 @@ __all__ = [
     "Principal",
     "PrincipalEntry",
     "Principals",
+    "audit_actor",
     "current_principal",
     "expand_roles",
     "hash_token",
@@ -138,6 +139,18 @@ _current: contextvars.ContextVar[Principal] = contextvars.ContextVar("cascade_pr
 def current_principal() -> Principal:
     """The caller of the RPC being handled (set by `AuthInterceptor`)."""
     return _current.get()
+
+
+def audit_actor(claimed: str) -> str:
+    """Who an audit trail names for the call being handled: its authenticated principal, with what
+    the request claimed beside it when it claimed someone else (the CLI's default "cli" is no
+    claim); with authentication off, the anonymous caller is trusted to name itself."""
+    principal = current_principal()
+    if not principal.authenticated:
+        return claimed
+    if claimed and claimed not in (principal.name, "cli"):
+        return f"{principal.name} (claimed {claimed})"
+    return principal.name
 
 
 def new_token() -> str:

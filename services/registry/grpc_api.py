@@ -17,7 +17,7 @@ from shared.errors import InvalidArgument, grpc_errors
 from shared.grpc_io import ServicerContext, file_chunks, receive_to_file, split_upload
 from shared.json_limits import DOCUMENT_LIMITS, check_json_limits
 from shared.names import check_name
-from shared.security import ANY_PRINCIPAL, Principal, current_principal, method_roles
+from shared.security import ANY_PRINCIPAL, Principal, audit_actor, current_principal, method_roles
 from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
 from shared.stubs.cascade.registry.v1 import registry_pb2_grpc as pb_grpc
 
@@ -76,16 +76,6 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         principal = current_principal()
         self.permissions.require(principal, model, needed)
         return principal
-
-    @staticmethod
-    def _actor(principal: Principal, declared: str) -> str:
-        """The audit trail's actor: the authenticated principal (with what the request claimed, when
-        it claimed someone else), else, with authentication off, what the request says."""
-        if not principal.authenticated:
-            return declared
-        if declared and declared not in (principal.name, "cli"):
-            return f"{principal.name} (claimed {declared})"
-        return principal.name
 
     def _own(self, principal: Principal, model: str) -> None:
         if principal.authenticated:
@@ -235,12 +225,12 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     @grpc_errors
     async def SetAlias(self, request: pb.SetAliasRequest, context: ServicerContext) -> pb.ModelVersion:
-        principal = self._authorize(request.model, "manage")
+        self._authorize(request.model, "manage")
         record = await self.core.set_alias(
             request.model,
             request.alias,
             request.version,
-            self._actor(principal, request.actor),
+            audit_actor(request.actor),
             request.reason,
             request.force,
         )
@@ -250,9 +240,9 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def DeleteAlias(
         self, request: pb.DeleteAliasRequest, context: ServicerContext
     ) -> pb.DeleteAliasResponse:
-        principal = self._authorize(request.model, "manage")
+        self._authorize(request.model, "manage")
         previous = await self.core.delete_alias(
-            request.model, request.alias, self._actor(principal, request.actor), request.reason
+            request.model, request.alias, audit_actor(request.actor), request.reason
         )
         return pb.DeleteAliasResponse(previous_version=previous)
 
@@ -273,9 +263,9 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     @grpc_errors
     async def Rollback(self, request: pb.RollbackRequest, context: ServicerContext) -> pb.ModelVersion:
-        principal = self._authorize(request.model, "manage")
+        self._authorize(request.model, "manage")
         return version_message(
-            await self.core.rollback(request.model, self._actor(principal, request.actor), request.reason)
+            await self.core.rollback(request.model, audit_actor(request.actor), request.reason)
         )
 
     @grpc_errors
@@ -316,12 +306,10 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def SetTrainingSpec(
         self, request: pb.SetTrainingSpecRequest, context: ServicerContext
     ) -> pb.TrainingSpec:
-        principal = self._authorize(request.model, "edit")
+        self._authorize(request.model, "edit")
         max_bytes, max_depth = DOCUMENT_LIMITS  # before parsing: deep nesting would recurse
         check_json_limits(request.spec_json.encode(), max_bytes=max_bytes, max_depth=max_depth)
-        version = self.core.set_training_spec(
-            request.model, request.spec_json, self._actor(principal, request.actor)
-        )
+        version = self.core.set_training_spec(request.model, request.spec_json, audit_actor(request.actor))
         return _spec_message(request.model, *self.core.store.training_spec(request.model, version))
 
     @grpc_errors

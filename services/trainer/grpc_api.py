@@ -8,7 +8,7 @@ from shared.errors import grpc_errors
 from shared.events import Event, TrainingRequested
 from shared.grpc_io import ServicerContext
 from shared.names import check_name
-from shared.security import method_roles
+from shared.security import audit_actor, method_roles
 from shared.stubs.cascade.trainer.v1 import trainer_pb2 as pb
 from shared.stubs.cascade.trainer.v1 import trainer_pb2_grpc as pb_grpc
 
@@ -30,7 +30,7 @@ class TrainerServicer(pb_grpc.TrainerServiceServicer):
             source="cascade/trainer",
             subject=request.model,
             model=request.model,
-            actor=request.actor or "unknown",
+            actor=audit_actor(request.actor) or "unknown",
             reason=request.reason,
         )
         await self.publish(event)
