@@ -1,9 +1,15 @@
 """`python -m shared.healthcheck HOST:PORT`: exit 0 only if the gRPC server there is SERVING.
 
-The container health check of every service (the Dockerfile's HEALTHCHECK): one
-`grpc.health.v1.Health/Check` call, for the whole server (service "") unless `--service` names one.
-Anything else (NOT_SERVING, an unknown service, nothing listening, no answer in time) prints one
-line saying why to stderr and exits 1. Kubernetes needs none of this: its probes speak gRPC.
+The container health check of every service (the Dockerfile's HEALTHCHECK, and the exec probes in
+deploy/k8s): one `grpc.health.v1.Health/Check` call, for the whole server (service "") unless
+`--service` names one. Anything else (NOT_SERVING, an unknown service, nothing listening, no answer
+in time, a certificate it does not trust) prints one line saying why to stderr and exits 1.
+
+A service serving TLS is asked over TLS: `--tls-of NAME` takes the CA bundle, certificate and key
+from that service's own settings (CASCADE_<NAME>_TLS_CA_FILE, _TLS_CERT_FILE, _TLS_KEY_FILE), so a
+container configures them once; `--ca-file`, `--cert-file` and `--key-file` win over them. The
+certificate is presented because a server requiring client certificates (mTLS) refuses a handshake
+without one, even for health. No token: health is open on every service (shared.security).
 """
 
 from __future__ import annotations
@@ -11,19 +17,32 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-__all__ = ["check", "main"]
+from shared.security import PLAINTEXT, ClientSecurity
+from shared.settings import ServiceSettings
 
-# Straight to the address: a proxy named in the environment must not answer for the service.
+__all__ = ["check", "main", "security_of"]
+
+# Straight to the address: a proxy named in the environment must not answer for the service. Not
+# shared.grpc_io.open_blocking_channel, whose tracing imports cost a probe run every few seconds
+# more than the check itself.
 _CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
 
 
-def check(address: str, service: str = "", timeout: float = 3.0) -> str | None:
+def check(
+    address: str, service: str = "", timeout: float = 3.0, security: ClientSecurity = PLAINTEXT
+) -> str | None:
     """None if `address` reports `service` SERVING; otherwise the reason, in one line."""
-    with grpc.insecure_channel(address, options=_CHANNEL_OPTIONS) as channel:
+    credentials = security.channel_credentials
+    if credentials is None:
+        channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+    else:
+        channel = grpc.secure_channel(address, credentials, options=_CHANNEL_OPTIONS)
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
@@ -36,6 +55,34 @@ def check(address: str, service: str = "", timeout: float = 3.0) -> str | None:
         return None
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     return f"{address}: {status}"
+
+
+def security_of(
+    service_name: str | None,
+    ca_file: Path | None = None,
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+) -> ClientSecurity:
+    """TLS material for the check: the given files, else those of `service_name`'s settings."""
+    if service_name is not None:
+        # The service's own settings class would import its whole code; the TLS fields are shared.
+        settings = ServiceSettings(_env_prefix=f"CASCADE_{service_name.upper()}_", _env_file=None)
+        ca_file = ca_file or settings.tls_ca_file
+        cert_file = cert_file or settings.tls_cert_file
+        key_file = key_file or settings.tls_key_file
+    if ca_file is None:
+        if cert_file is not None or key_file is not None:
+            raise ValueError("a client certificate is presented over TLS: give the CA file too")
+        return PLAINTEXT
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("give both the certificate and its key, or neither")
+    security = ClientSecurity(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+    try:
+        # Reads the files now, so a missing or unreadable one is named rather than a failed call.
+        _ = security.channel_credentials
+    except OSError as error:
+        raise ValueError(f"cannot read {error.filename}: {error.strerror}") from error
+    return security
 
 
 def _address(value: str) -> str:
@@ -53,8 +100,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("address", type=_address, help="HOST:PORT of the gRPC server")
     parser.add_argument("--service", default="", help='service name to ask about (default "": the server)')
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
+    parser.add_argument(
+        "--tls-of",
+        metavar="NAME",
+        help="use the TLS files of Cascade service NAME's settings (CASCADE_NAME_TLS_CA_FILE, "
+        "_TLS_CERT_FILE, _TLS_KEY_FILE); plaintext if it has no CA file",
+    )
+    parser.add_argument("--ca-file", type=Path, help="PEM CA bundle: ask over TLS, verifying the server")
+    parser.add_argument("--cert-file", type=Path, help="PEM client certificate to present (mTLS)")
+    parser.add_argument("--key-file", type=Path, help="PEM private key of --cert-file")
     args = parser.parse_args(argv)
-    reason = check(args.address, args.service, args.timeout)
+    try:
+        security = security_of(args.tls_of, args.ca_file, args.cert_file, args.key_file)
+    except ValueError as error:
+        # Exit 1, not argparse's 2 (which Docker reserves): a container missing its TLS files is
+        # unhealthy, and says why.
+        print(f"unhealthy: {args.address}: {error}", file=sys.stderr)
+        return 1
+    reason = check(args.address, args.service, args.timeout, security)
     if reason is not None:
         print(f"unhealthy: {reason}", file=sys.stderr)
         return 1

@@ -32,7 +32,7 @@ def _health_port(stage: Stage) -> int:
     command = stage.healthcheck()
     assert command is not None, f"stage {stage.name} has no HEALTHCHECK"
     assert command[:3] == ["python", "-m", "shared.healthcheck"], command
-    host, _, port = command[3].rpartition(":")
+    host, _, port = command[-1].rpartition(":")
     assert host == "127.0.0.1", command
     return int(port)
 
@@ -64,6 +64,15 @@ def test_each_service_stage_runs_its_own_module(name: str) -> None:
 
     assert command == ["python", "-m", f"services.{name}"]
     assert module_problems(command) == []
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_health_check_speaks_tls_with_the_services_own_settings(name: str) -> None:
+    # With TLS on, a plaintext check fails: it must read this service's CASCADE_<NAME>_TLS_* files.
+    command = _stage(name).healthcheck()
+
+    assert command is not None
+    assert command[3:5] == ["--tls-of", name], command
 
 
 def test_the_health_check_module_exists() -> None:
