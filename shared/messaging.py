@@ -43,6 +43,7 @@ from prometheus_client import REGISTRY, Counter
 from shared.errors import classify
 from shared.events import Event, Topics, cloudevent_headers
 from shared.json_limits import JsonTooLarge, check_json_limits
+from shared.kafka_security import faststream_security
 from shared.settings import ServiceSettings
 
 __all__ = [
@@ -342,6 +343,7 @@ def build_broker(settings: ServiceSettings, service: str) -> KafkaBroker:
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
         client_id=f"cascade-{service}",
+        security=faststream_security(settings),
         acks="all",
         enable_idempotence=True,
         metadata_max_age_ms=int(settings.kafka_metadata_max_age_seconds * 1000),

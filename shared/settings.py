@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["RegistryClientSettings", "ServiceSettings"]
@@ -14,7 +15,10 @@ class ServiceSettings(BaseSettings):
     """Read once at start-up from the environment (CASCADE_<SERVICE>_*) and passed in; nothing else
     reads os.environ. Tracing is configured by the standard OTEL_* variables instead."""
 
-    model_config = SettingsConfigDict(env_prefix="CASCADE_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a refused setting must not echo the others, a token or password among them.
+    model_config = SettingsConfigDict(
+        env_prefix="CASCADE_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated.")
     topic_prefix: str = Field("cascade", description="Prefix of every topic name, to share a cluster.")
@@ -129,6 +133,53 @@ class ServiceSettings(BaseSettings):
     token_file: Path | None = Field(
         None, description="File holding that token (a mounted secret); read at start-up, wins over token."
     )
+
+    # Kafka security (shared.kafka_security): how every Kafka client of this service connects.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL. Whatever is set is used or the "
+        "service fails to start: a client never falls back to PLAINTEXT.",
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism, for the SASL_* protocols."
+    )
+    kafka_sasl_username: str = Field("", description="SASL user, for the SASL_* protocols.")
+    kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password of that user.")
+    kafka_sasl_password_file: Path | None = Field(
+        None, description="File holding the SASL password (a mounted secret); read at start-up, wins."
+    )
+    kafka_ssl_ca_file: Path | None = Field(
+        None,
+        description="PEM CA bundle the broker's certificate is verified with (SSL, SASL_SSL); "
+        "unset, the system's CAs.",
+    )
+    kafka_ssl_cert_file: Path | None = Field(
+        None, description="PEM client certificate presented to the broker (optional, for mTLS)."
+    )
+    kafka_ssl_key_file: Path | None = Field(None, description="PEM private key of kafka_ssl_cert_file.")
+
+    @model_validator(mode="after")
+    def _kafka_security_is_whole(self) -> Self:
+        protocol = self.kafka_security_protocol
+        if protocol.startswith("SASL_") and not self.kafka_sasl_username:
+            raise ValueError(f"kafka_security_protocol {protocol} needs kafka_sasl_username")
+        if (
+            protocol.startswith("SASL_")
+            and self.kafka_sasl_password_file is None
+            and not self.kafka_sasl_password.get_secret_value()
+        ):
+            raise ValueError(
+                f"kafka_security_protocol {protocol} needs kafka_sasl_password or kafka_sasl_password_file"
+            )
+        ssl_files = [self.kafka_ssl_ca_file, self.kafka_ssl_cert_file, self.kafka_ssl_key_file]
+        if not protocol.endswith("SSL") and any(file is not None for file in ssl_files):
+            # A CA or certificate says TLS was meant; connecting in the clear instead would be silent.
+            raise ValueError(
+                f"kafka_ssl_* files are set but kafka_security_protocol is {protocol}: use SSL or SASL_SSL"
+            )
+        if (self.kafka_ssl_cert_file is None) != (self.kafka_ssl_key_file is None):
+            raise ValueError("kafka_ssl_cert_file and kafka_ssl_key_file go together")
+        return self
 
     def outgoing_token(self) -> str:
         """The bearer token this service calls others with ("" for none)."""
