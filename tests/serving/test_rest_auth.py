@@ -19,6 +19,8 @@ from .support import MODEL, Dataset, RunningRegistry
 
 INFER = f"/v2/models/{MODEL}/infer"
 
+pytestmark = pytest.mark.slow  # each test starts a serving process of its own
+
 
 async def test_rest_needs_the_same_roles_as_grpc(
     registry: RunningRegistry, dataset: Dataset, tmp_path: Path
