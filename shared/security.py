@@ -36,7 +36,7 @@ import hmac
 import inspect
 import secrets
 import tomllib
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -187,8 +187,9 @@ class Principals:
 
     def __init__(self, entries: Iterable[PrincipalEntry] = ()) -> None:
         self.entries = {entry.name: entry for entry in entries}
+        # Built once: a call authenticated by token allocates nothing.
         self._hashes = [
-            (bytes.fromhex(entry.token_sha256), entry)
+            (bytes.fromhex(entry.token_sha256), Principal(entry.name, entry.roles, via="token"))
             for entry in self.entries.values()
             if entry.token_sha256
         ]
@@ -213,11 +214,11 @@ class Principals:
 
     def by_token(self, token: str) -> Principal | None:
         presented = hashlib.sha256(token.encode()).digest()
-        found: PrincipalEntry | None = None
-        for known, entry in self._hashes:  # every entry, no early exit: constant time per entry
+        found: Principal | None = None
+        for known, principal in self._hashes:  # every entry, no early exit: constant time per entry
             if hmac.compare_digest(known, presented):
-                found = entry
-        return Principal(found.name, found.roles, via="token") if found else None
+                found = principal
+        return found
 
     def by_certificate(self, common_name: str) -> Principal:
         """A verified certificate's holder; one the file does not name holds no role."""
@@ -277,6 +278,29 @@ class Authenticator:
         return ANONYMOUS
 
 
+class _PeerIdentity(Mapping[str, Any]):
+    """A call's auth context, asked of gRPC only when needed: building it costs every call, and a
+    caller with a token never needs it."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self._properties: Mapping[str, Any] | None = None
+
+    def _get(self) -> Mapping[str, Any]:
+        if self._properties is None:
+            self._properties = self._context.auth_context()
+        return self._properties
+
+    def __getitem__(self, key: str) -> Any:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -304,7 +328,7 @@ class AuthInterceptor(MethodInterceptor):
     def _admit(self, context: Any, rpc: RpcMethod) -> Principal | tuple[grpc.StatusCode, str]:
         role = self.roles.get(rpc.path, ADMIN)
         try:
-            principal = self.authenticator.authenticate(context.invocation_metadata(), context.auth_context())
+            principal = self.authenticator.authenticate(context.invocation_metadata(), _PeerIdentity(context))
         except Unauthenticated as exc:
             if role == OPEN:
                 return ANONYMOUS

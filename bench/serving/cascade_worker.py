@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -52,9 +53,29 @@ async def obey(broker: KafkaBroker, topics: Topics) -> None:
         say("PROMOTED", model, version)
 
 
+def security_settings(arguments: argparse.Namespace) -> dict[str, Any]:
+    """TLS with serving's certificate from --security-dir (and, with --auth, required tokens)."""
+    if not arguments.security_dir:
+        return {}
+    directory = Path(arguments.security_dir)
+    settings: dict[str, Any] = {
+        "tls_cert_file": directory / "serving.pem",
+        "tls_key_file": directory / "serving.key",
+        "tls_ca_file": directory / "ca.pem",
+    }
+    if arguments.auth:
+        settings |= {
+            "auth_required": True,
+            "auth_principals_file": directory / "principals.toml",
+            "token_file": directory / "serving.token",
+        }
+    return settings
+
+
 async def main(arguments: argparse.Namespace) -> None:
     settings = worker_settings(
         ServingSettings(
+            **security_settings(arguments),
             grpc_port=arguments.port,
             http_port=arguments.http_port,
             registry_address=arguments.registry,
@@ -93,6 +114,8 @@ if __name__ == "__main__":
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--sample-rate", type=float, default=0.01)
     parser.add_argument("--without-shared-interceptors", action="store_true")
+    parser.add_argument("--security-dir", help="serve TLS with the certificate and CA made there")
+    parser.add_argument("--auth", action="store_true", help="require a token (from --security-dir)")
     arguments = parser.parse_args()
     if arguments.without_shared_interceptors:
         build_server = grpc.aio.server

@@ -48,6 +48,9 @@ from skl2onnx.common.data_types import FloatTensorType
 from sklearn.datasets import load_breast_cancer
 from sklearn.ensemble import RandomForestClassifier
 
+from shared.certs import init_pki
+from shared.cli.identities import ensure_tokens, token_file
+from shared.security import PLAINTEXT, ClientSecurity
 from shared.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
 from shared.stubs.inference import grpc_service_pb2 as pb
 from shared.stubs.inference import grpc_service_pb2_grpc as pb_grpc
@@ -62,6 +65,8 @@ METHOD = "/inference.GRPCInferenceService/ModelInfer"
 PORT = 39301  # the server under test; its REST port and MLServer's metrics port follow it
 HTTP_PORT = PORT + 1
 REGISTRY_PORT = 39310
+TLS_REGISTRY_PORT = 39311  # the fake registry again, over TLS, for servers whose channels verify a CA
+SECURITY = WORK / "security"  # a local CA, serving's certificate, tokens and principals (shared.certs)
 CHUNK = 1 << 20
 
 
@@ -178,16 +183,14 @@ def _wait_line(process: subprocess.Popen[str], expected: str, timeout: float = 6
     raise TimeoutError(expected)
 
 
-async def wait_model_ready(port: int, limit: float = 120) -> None:
+async def wait_model_ready(port: int, limit: float = 120, security: ClientSecurity = PLAINTEXT) -> None:
     """ModelReady true on 16 fresh connections in a row: every worker has loaded the model."""
     deadline = time.monotonic() + limit
     ready = 0
     while ready < 16:
         if time.monotonic() > deadline:
             raise TimeoutError("the model never became ready")
-        async with grpc.aio.insecure_channel(
-            f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
-        ) as channel:
+        async with _channel(port, security) as channel:
             try:
                 response = await pb_grpc.GRPCInferenceServiceStub(channel).ModelReady(
                     pb.ModelReadyRequest(name=MODEL), timeout=2
@@ -199,8 +202,33 @@ async def wait_model_ready(port: int, limit: float = 120) -> None:
             await asyncio.sleep(0.2)
 
 
-def start_cascade(workers: int, sample_rate: float, interceptors: bool = True) -> Server:
+def _channel(port: int, security: ClientSecurity) -> grpc.aio.Channel:
+    """A fresh connection of its own (a local subchannel pool), TLS if `security` says so."""
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    credentials = security.channel_credentials
+    if credentials is None:
+        return grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
+    return grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials, options=options)
+
+
+def security_material() -> ClientSecurity:
+    """A local CA with serving's certificate, and the stack's tokens and principals file, made once;
+    the load generator calls as the admin, verifying serving against the CA."""
+    pki = init_pki(SECURITY, ["serving"])
+    ensure_tokens(SECURITY)
+    return ClientSecurity(token=token_file(SECURITY, "admin").read_text().strip(), ca_file=pki.ca_file)
+
+
+def start_cascade(
+    workers: int, sample_rate: float, interceptors: bool = True, tls: bool = False, auth: bool = False
+) -> Server:
     flags = [] if interceptors else ["--without-shared-interceptors"]
+    if tls:
+        flags += [f"--security-dir={SECURITY}", f"--registry=127.0.0.1:{TLS_REGISTRY_PORT}"]
+    else:
+        flags.append(f"--registry=127.0.0.1:{REGISTRY_PORT}")
+    if auth:
+        flags.append("--auth")
     processes = [
         subprocess.Popen(
             [
@@ -208,7 +236,6 @@ def start_cascade(workers: int, sample_rate: float, interceptors: bool = True) -
                 str(HERE / "cascade_worker.py"),
                 f"--port={PORT}",
                 f"--http-port={HTTP_PORT}",
-                f"--registry=127.0.0.1:{REGISTRY_PORT}",
                 f"--workers={workers}",
                 f"--index={index}",
                 f"--sample-rate={sample_rate}",
@@ -225,6 +252,8 @@ def start_cascade(workers: int, sample_rate: float, interceptors: bool = True) -
     for process in processes:
         _wait_line(process, "READY")
     name = f"cascade ({workers} worker{'s' if workers > 1 else ''})"
+    if tls:
+        name += " TLS" + ("+auth" if auth else "")
     return Server(name + ("" if interceptors else " without shared interceptors"), processes)
 
 
@@ -385,19 +414,23 @@ async def _loop(
 
 
 async def closed_loop(
-    port: int, request: bytes, concurrency: int, seconds: float, warmup: float = 0.5
+    port: int,
+    request: bytes,
+    concurrency: int,
+    seconds: float,
+    warmup: float = 0.5,
+    security: ClientSecurity = PLAINTEXT,
 ) -> tuple[list[float], list[float], int, list[bytes]]:
-    """gRPC ModelInfer in a closed loop over up to 16 connections."""
+    """gRPC ModelInfer in a closed loop over up to 16 connections (TLS and a bearer token on each
+    call as `security` says, as a secured client sends them)."""
     connections = min(concurrency, 16)
-    channels = [
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(connections)
-    ]
+    channels = [_channel(port, security) for _ in range(connections)]
     calls = [channel.unary_unary(METHOD) for channel in channels]  # bytes in, bytes out
+    metadata = security.metadata or None
 
     async def send(index: int) -> bytes:
         try:
-            answer: bytes = await calls[index % connections](request, timeout=10)
+            answer: bytes = await calls[index % connections](request, timeout=10, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             raise _Failed from exc
         return answer
@@ -434,7 +467,13 @@ async def closed_loop_rest(
 
 
 async def measure(
-    server: str, request: bytes, rows: int, concurrency: int, seconds: float, rest: bool = False
+    server: str,
+    request: bytes,
+    rows: int,
+    concurrency: int,
+    seconds: float,
+    rest: bool = False,
+    security: ClientSecurity = PLAINTEXT,
 ) -> Run:
     if rest:
         latencies, ends, failures, sample = await closed_loop_rest(HTTP_PORT, request, concurrency, seconds)
@@ -442,7 +481,9 @@ async def measure(
             assert json.loads(sample[0])["outputs"][0]["shape"][0] == rows, sample[0][:200]
         server += " REST"
     else:
-        latencies, ends, failures, sample = await closed_loop(PORT, request, concurrency, seconds)
+        latencies, ends, failures, sample = await closed_loop(
+            PORT, request, concurrency, seconds, security=security
+        )
         if sample:
             pb.ModelInferResponse.FromString(sample[0])  # a real answer, not garbage
     run = Run(server, rows, concurrency, seconds, latencies, ends, failures)
@@ -610,6 +651,37 @@ def run_perf_analyzer() -> list[str]:
     return lines
 
 
+async def secured_runs(
+    registry: Registry, requests: dict[int, bytes], concurrencies: list[int], args: argparse.Namespace
+) -> list[Run]:
+    """The same gRPC load over TLS, then TLS with every call authenticated: what security costs."""
+    runs: list[Run] = []
+    client = security_material()
+    tls_registry = grpc.aio.server()
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(registry, tls_registry)
+    server_identity = init_pki(SECURITY, ["serving"]).identity("serving")
+    tls_registry.add_secure_port(
+        f"127.0.0.1:{TLS_REGISTRY_PORT}",
+        grpc.ssl_server_credentials(
+            [(server_identity.key_file.read_bytes(), server_identity.cert_file.read_bytes())]
+        ),
+    )
+    await tls_registry.start()
+    for auth in (False, True):
+        security = client if auth else ClientSecurity(ca_file=client.ca_file)
+        with running(start_cascade(args.workers, args.sample_rate, tls=True, auth=auth)) as secured:
+            await wait_model_ready(PORT, security=security)
+            for rows, request in requests.items():
+                for concurrency in concurrencies:
+                    runs.append(
+                        await measure(
+                            secured.name, request, rows, concurrency, args.seconds, security=security
+                        )
+                    )
+    await tls_registry.stop(None)
+    return runs
+
+
 async def main(args: argparse.Namespace) -> None:
     models = train_models()
     requests = {rows: infer_request(models.rows[:rows]) for rows in (1, 64)}
@@ -640,6 +712,9 @@ async def main(args: argparse.Namespace) -> None:
             print(lines[-1], flush=True)
         if not (args.skip_perf_analyzer or args.only_rest):
             lines.extend(run_perf_analyzer())
+
+    if not (args.skip_tls or args.only_rest):
+        runs += await secured_runs(registry, grpc_requests, concurrencies, args)
 
     if not (args.skip_diagnosis or args.only_rest):
         with running(start_cascade(args.workers, args.sample_rate, interceptors=False)) as bare:
@@ -702,6 +777,7 @@ if __name__ == "__main__":
         "--only-rest", action="store_true", help="only the REST rows: Cascade's and MLServer's (ONNX runtime)"
     )
     parser.add_argument("--skip-perf-analyzer", action="store_true")
+    parser.add_argument("--skip-tls", action="store_true", help="skip Cascade over TLS and TLS with auth")
     parser.add_argument(
         "--skip-diagnosis", action="store_true", help="skip Cascade without the shared gRPC interceptors"
     )
