@@ -21,6 +21,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import ValidationError
 
 from shared.security import PLAINTEXT, ClientSecurity
 from shared.settings import ServiceSettings
@@ -66,7 +67,11 @@ def security_of(
     """TLS material for the check: the given files, else those of `service_name`'s settings."""
     if service_name is not None:
         # The service's own settings class would import its whole code; the TLS fields are shared.
-        settings = ServiceSettings(_env_prefix=f"CASCADE_{service_name.upper()}_", _env_file=None)
+        try:
+            settings = ServiceSettings(_env_prefix=f"CASCADE_{service_name.upper()}_", _env_file=None)
+        except ValidationError as error:  # one line, and never the inputs (a password may be one)
+            reasons = "; ".join(f"{detail['msg']}" for detail in error.errors(include_input=False))
+            raise ValueError(f"the settings of {service_name} are refused: {reasons}") from error
         ca_file = ca_file or settings.tls_ca_file
         cert_file = cert_file or settings.tls_cert_file
         key_file = key_file or settings.tls_key_file

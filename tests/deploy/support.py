@@ -26,6 +26,9 @@ __all__ = [
     "SERVICES",
     "Stage",
     "env_problems",
+    "kafka_properties",
+    "kafka_security_problems",
+    "listening_ports",
     "load_settings",
     "module_problems",
     "parse_dockerfile",
@@ -75,6 +78,12 @@ def env_problems(name: str, env: Mapping[str, str]) -> list[str]:
     return problems
 
 
+def listening_ports(settings: ServiceSettings) -> list[int]:
+    """The ports a service listens on, in this order: gRPC, REST (serving's, when enabled), metrics."""
+    rest = [settings.http_port] if getattr(settings, "http_enabled", False) else []
+    return [settings.grpc_port, *rest, settings.metrics_port]
+
+
 def load_settings(name: str, env: Mapping[str, str], monkeypatch: pytest.MonkeyPatch) -> ServiceSettings:
     """The settings the service would build from exactly this environment (no .env file)."""
     for key in list(os.environ):
@@ -83,6 +92,70 @@ def load_settings(name: str, env: Mapping[str, str], monkeypatch: pytest.MonkeyP
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return settings_class(name)(_env_file=None)
+
+
+def kafka_properties(env: Mapping[str, str]) -> dict[str, str]:
+    """The broker properties the apache/kafka image renders from a container's KAFKA_* variables
+    (its `utility render-properties`): prefix dropped, `___` a dash, `__` an underscore, `_` a dot
+    (between two other characters, leftmost first, as its regular expression replaces), lower
+    case. Like the image, a variable whose value holds `=` is left out: it splits each `KEY=VALUE`
+    of the environment at every `=` and keeps only those with exactly two parts."""
+    properties = {}
+    for key, value in env.items():
+        if not key.startswith("KAFKA_") or key in _KAFKA_NOT_PROPERTIES or "=" in value:
+            continue
+        dotted = re.sub(
+            r"[^_]_[^_]", lambda match: match.group(0).replace("_", "."), key.removeprefix("KAFKA_")
+        )
+        properties[dotted.replace("___", "-").replace("__", "_").lower()] = value
+    return properties
+
+
+def kafka_security_problems(env: Mapping[str, str]) -> list[str]:
+    """What keeps a broker configured by these variables from serving clients SASL_SSL only:
+    a variable the image would drop, a listener other than SASL_SSL reachable from outside, a
+    SASL_SSL listener without a login module for an enabled mechanism, no PEM key and trust."""
+    properties = kafka_properties(env)
+    problems = [f"{key}: the image drops a value holding '='" for key, value in env.items() if "=" in value]
+    protocols = dict(item.split(":") for item in properties["listener.security.protocol.map"].split(","))
+    mechanisms = properties.get("sasl.enabled.mechanisms", "").split(",")
+    for listener in properties["listeners"].split(","):
+        name, _, address = listener.partition("://")
+        if protocols[name] != "SASL_SSL":
+            if not address.startswith("127.0.0.1:"):
+                problems.append(f"listener {name} is {protocols[name]} and not on loopback")
+            continue
+        for mechanism in mechanisms:
+            jaas = properties.get(f"listener.name.{name.lower()}.{mechanism.lower()}.sasl.jaas.config", "")
+            if not jaas.startswith("org.apache.kafka.common.security.scram.ScramLoginModule required"):
+                problems.append(f"listener {name} has no SCRAM login module for {mechanism}")
+    if mechanisms != ["SCRAM-SHA-512"]:
+        problems.append(f"SASL mechanisms {mechanisms}: expected SCRAM-SHA-512 only")
+    for store in ("keystore", "truststore"):
+        if properties.get(f"ssl.{store}.type") != "PEM" or not properties.get(f"ssl.{store}.location"):
+            problems.append(f"no PEM {store}")
+    if any("password" in key for key in properties):
+        problems.append(
+            "a password in the broker's properties: PEM needs none, SCRAM users live in the metadata"
+        )
+    return problems
+
+
+# Variables the image passes to the JVM, not to the broker's properties.
+_KAFKA_NOT_PROPERTIES = frozenset(
+    {
+        "KAFKA_VERSION",
+        "KAFKA_HEAP_OPTS",
+        "KAFKA_LOG4J_OPTS",
+        "KAFKA_OPTS",
+        "KAFKA_JMX_OPTS",
+        "KAFKA_JVM_PERFORMANCE_OPTS",
+        "KAFKA_GC_LOG_OPTS",
+        "KAFKA_LOG4J_ROOT_LOGLEVEL",
+        "KAFKA_LOG4J_LOGGERS",
+        "KAFKA_TOOLS_LOG4J_LOGLEVEL",
+    }
+)
 
 
 def module_problems(command: list[str]) -> list[str]:

@@ -4,6 +4,7 @@ addresses agree with the image and with each other, volumes and dependencies are
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -11,6 +12,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from shared.certs import init_pki
+from shared.cli.identities import PKI_NAMES, ensure_tokens
 from tests.deploy.support import (
     DATA_SERVICES,
     DEFAULT_PORTS,
@@ -18,6 +21,8 @@ from tests.deploy.support import (
     REPO,
     SERVICES,
     env_problems,
+    kafka_security_problems,
+    listening_ports,
     load_settings,
     parse_dockerfile,
 )
@@ -126,8 +131,8 @@ def test_grpc_port_is_the_one_the_image_health_check_asks(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", SERVICES)
-def test_published_ports_are_ports_the_service_listens_on(name: str) -> None:
-    listening = {int(_setting(name, "GRPC_PORT")), int(_setting(name, "METRICS_PORT"))}
+def test_published_ports_are_ports_the_service_listens_on(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    listening = listening_ports(load_settings(name, _env(name), monkeypatch))
 
     for _host, container in _published(name):
         assert container in listening
@@ -139,6 +144,14 @@ def test_ingest_and_serving_answer_on_the_host_where_the_cli_looks(name: str) ->
     grpc_port = int(_setting(name, "GRPC_PORT"))
 
     assert (DEFAULT_PORTS[name], grpc_port) in _published(name)
+
+
+def test_serving_rest_answers_on_the_host_on_its_default_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings("serving", _env("serving"), monkeypatch)
+    default = type(settings).model_fields["http_port"].default
+
+    assert settings.http_enabled is True
+    assert (default, settings.http_port) in _published("serving")
 
 
 @pytest.mark.parametrize("name", DATA_SERVICES)
@@ -262,3 +275,183 @@ def test_prometheus_is_optional_and_scrapes_every_service() -> None:
 
     assert prometheus["profiles"] == ["metrics"]
     assert targets == {f"{name}:{_setting(name, 'METRICS_PORT')}" for name in SERVICES}
+
+
+# ---------------------------------------------------------------------- secured by configuration
+
+SECRETS_DIR = "./deploy/secrets/"
+# Mounted into every Cascade service: the CA bundle, the principals (hashes and roles, no tokens)
+# and the password of the Kafka user.
+SHARED_SECRET_FILES = ("tls/ca.pem", "principals.toml", "kafka-password")
+_SECRET_WORDS = ("TOKEN", "PASSWORD", "SECRET", "PRIVATE")
+
+
+def _secret_files() -> dict[str, str]:
+    """Each top-level secret's file, relative to deploy/secrets/."""
+    files = {}
+    for name, secret in (COMPOSE.get("secrets") or {}).items():
+        assert set(secret) == {"file"}, f"secret {name}: only `file:` secrets (made by the commands on top)"
+        assert secret["file"].startswith(SECRETS_DIR), f"secret {name} should live under {SECRETS_DIR}"
+        files[name] = secret["file"].removeprefix(SECRETS_DIR)
+    return files
+
+
+def _mounted_secrets(name: str) -> dict[str, str]:
+    """Path in the container -> the file (relative to deploy/secrets/) of each secret it mounts."""
+    files = _secret_files()
+    mounted = {}
+    for entry in _service(name).get("secrets", []):
+        source, target = (entry, entry) if isinstance(entry, str) else (entry["source"], entry.get("target"))
+        assert source in files, f"{name} mounts undefined secret {source}"
+        path = target if target and target.startswith("/") else f"/run/secrets/{target or source}"
+        mounted[path] = files[source]
+    return mounted
+
+
+def _own_files(name: str) -> dict[str, str]:
+    """What a service's own identity is, as `cascade auth init` and `cascade certs init` name it."""
+    return {
+        "TOKEN_FILE": f"{name}.token",
+        "TLS_CERT_FILE": f"tls/{name}.pem",
+        "TLS_KEY_FILE": f"tls/{name}.key",
+    }
+
+
+def test_secret_files_are_the_ones_the_commands_make_and_git_ignores_them(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets"
+    ensure_tokens(secrets)
+    init_pki(secrets / "tls", PKI_NAMES)
+    made = {str(path.relative_to(secrets)) for path in secrets.rglob("*") if path.is_file()}
+    ignored = (REPO / ".gitignore").read_text().splitlines()
+
+    assert set(_secret_files().values()) - made == {"kafka-password"}  # the one made by hand
+    assert SECRETS_DIR.removeprefix("./") in ignored
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_service_requires_auth_serves_tls_and_uses_kafka_over_sasl_ssl(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load_settings(name, _env(name), monkeypatch)
+
+    assert settings.auth_required is True
+    assert settings.auth_principals_file is not None
+    assert None not in (settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
+    assert settings.token_file is not None
+    assert settings.kafka_security_protocol == "SASL_SSL"
+    assert settings.kafka_sasl_password_file is not None and settings.kafka_ssl_ca_file is not None
+    assert settings.token.get_secret_value() == "", "a token belongs in a file, not in the compose file"
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_every_file_setting_is_a_mounted_secret_and_its_own(name: str) -> None:
+    prefix = f"CASCADE_{name.upper()}_"
+    mounted = _mounted_secrets(name)
+    files = {key.removeprefix(prefix): value for key, value in _env(name).items() if key.endswith("_FILE")}
+    expected = {
+        **_own_files(name),
+        "TLS_CA_FILE": "tls/ca.pem",
+        "AUTH_PRINCIPALS_FILE": "principals.toml",
+        "KAFKA_SASL_PASSWORD_FILE": "kafka-password",
+        "KAFKA_SSL_CA_FILE": "tls/ca.pem",
+    }
+
+    assert set(files) == set(expected)
+    for field_name, path in files.items():
+        assert path in mounted, f"{prefix}{field_name}={path} is not mounted"
+        assert mounted[path] == expected[field_name], f"{prefix}{field_name} reads {mounted[path]}"
+
+
+@pytest.mark.parametrize("name", [*SERVICES, "kafka"])
+def test_each_container_mounts_no_other_identity(name: str) -> None:
+    shared = SHARED_SECRET_FILES if name != "kafka" else ("tls/ca.pem", "kafka-password")
+    allowed = {*shared, *_own_files(name).values()}
+
+    assert set(_mounted_secrets(name).values()) <= allowed
+    for other, service in DEFINED.items():
+        if other not in (*SERVICES, "kafka"):
+            assert "secrets" not in service, f"{other} needs no Cascade secret"
+
+
+def _strings(node: Any) -> list[str]:
+    """Every string value in a parsed YAML tree (comments are gone)."""
+    if isinstance(node, dict):
+        return [text for value in node.values() for text in _strings(value)]
+    if isinstance(node, list):
+        return [text for value in node for text in _strings(value)]
+    return [node] if isinstance(node, str) else []
+
+
+def test_no_secret_value_or_pem_is_written_in_the_file() -> None:
+    values = _strings(COMPOSE)
+
+    assert not [value for value in values if "-----BEGIN" in value]
+    # The one password in play is read from its secret when the broker starts.
+    inline = [value for value in values if re.search(r"password=(?!\$\$\(cat /run/secrets/)", value)]
+    assert inline == []
+    for name in DEFINED:
+        for key, value in _env(name).items():
+            if any(word in key for word in _SECRET_WORDS) and not key.endswith("_FILE"):
+                raise AssertionError(f"{name}: {key}={value!r} holds a secret inline; mount it as a file")
+
+
+def _kafka_listeners() -> dict[str, tuple[str, str, str]]:
+    """Listener name -> (bound address, advertised address or "", security protocol)."""
+    env = _env("kafka")
+    protocols = dict(item.split(":") for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    bound = dict(item.split("://") for item in env["KAFKA_LISTENERS"].split(","))
+    advertised = dict(item.split("://") for item in env["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    return {name: (address, advertised.get(name, ""), protocols[name]) for name, address in bound.items()}
+
+
+def test_kafka_serves_others_only_sasl_ssl_and_plaintext_only_on_its_loopback() -> None:
+    for name, (bound, advertised, protocol) in _kafka_listeners().items():
+        if protocol != "SASL_SSL":
+            assert bound.startswith("127.0.0.1:"), (
+                f"listener {name} ({protocol}) must not leave the container"
+            )
+            assert advertised in ("", bound)
+        # The image's start script treats "SSL://" and "SASL_" in a listener as its JKS set-up.
+        assert "SSL" not in name and "SASL" not in name
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_services_reach_kafka_on_a_sasl_ssl_listener_as_its_scram_user(name: str) -> None:
+    env = _env("kafka")
+    listeners = {advertised: protocol for _, advertised, protocol in _kafka_listeners().values()}
+    command = " ".join(_service("kafka")["command"])
+
+    assert listeners[_setting(name, "KAFKA_BOOTSTRAP")] == "SASL_SSL"
+    assert _setting(name, "KAFKA_SECURITY_PROTOCOL") == "SASL_SSL"
+    mechanism = _setting(name, "KAFKA_SASL_MECHANISM")
+    assert mechanism in env["KAFKA_SASL_ENABLED_MECHANISMS"].split(",")
+    # The broker's SCRAM user is the services' user, with the password from the same secret.
+    username = _setting(name, "KAFKA_SASL_USERNAME")
+    assert (
+        f'--add-scram "{mechanism}=[name={username},password=$$(cat /run/secrets/kafka-password)]"' in command
+    )
+    assert "/run/secrets/kafka-password" in _mounted_secrets("kafka")
+
+
+def test_kafka_tls_uses_its_own_pem_key_and_the_services_ca() -> None:
+    env = _env("kafka")
+    mounted = _mounted_secrets("kafka")
+    command = _service("kafka")["command"][0]
+
+    assert env["KAFKA_SSL_KEYSTORE_TYPE"] == env["KAFKA_SSL_TRUSTSTORE_TYPE"] == "PEM"
+    assert mounted[env["KAFKA_SSL_TRUSTSTORE_LOCATION"]] == "tls/ca.pem"
+    # The keystore is made at start from the mounted key and certificate, into a private tmpfs.
+    keystore = env["KAFKA_SSL_KEYSTORE_LOCATION"]
+    assert keystore.startswith("/tmp/") and any(
+        entry.startswith("/tmp:") for entry in _service("kafka")["tmpfs"]
+    )
+    in_container = {file: path for path, file in mounted.items()}
+    key, cert = in_container["tls/kafka.key"], in_container["tls/kafka.pem"]
+    assert f"cat {key} {cert} > {keystore}" in command
+    assert command.index("umask 077") < command.index(keystore)
+
+
+def test_the_brokers_rendered_properties_serve_clients_sasl_ssl_only() -> None:
+    # As the image turns the KAFKA_* variables into server.properties (checked against a real
+    # Kafka 4.1.1 with SASL_SSL clients when this was written; no Docker here).
+    assert kafka_security_problems(_env("kafka")) == []

@@ -14,6 +14,7 @@ from tests.deploy.support import (
     SERVICES,
     Stage,
     env_problems,
+    listening_ports,
     load_settings,
     module_problems,
     parse_dockerfile,
@@ -90,7 +91,7 @@ def test_health_check_exposed_port_and_settings_agree(name: str, monkeypatch: py
     default_port = settings_class(name).model_fields["grpc_port"].default
 
     assert _health_port(stage) == settings.grpc_port == default_port == DEFAULT_PORTS[name]
-    assert stage.exposed() == [settings.grpc_port, METRICS_PORT]
+    assert stage.exposed() == listening_ports(settings)
     assert settings.metrics_port == METRICS_PORT
 
 

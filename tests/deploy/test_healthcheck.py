@@ -215,3 +215,18 @@ async def test_runs_as_a_module_over_mtls_as_the_secured_image_does(pki: LocalPk
         )
 
     assert (run.returncode, run.stderr) == (0, "")
+
+
+async def test_refused_settings_are_one_unhealthy_line_without_their_inputs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    password = "hunter2-not-to-be-echoed"
+    monkeypatch.setenv("CASCADE_INGEST_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("CASCADE_INGEST_KAFKA_SASL_PASSWORD", password)  # and no user: refused
+
+    assert await _run("127.0.0.1:1", "--tls-of", "ingest") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("unhealthy: 127.0.0.1:1: the settings of ingest are refused: ")
+    assert "kafka_sasl_username" in err
+    assert err.count("\n") == 1
+    assert password not in err

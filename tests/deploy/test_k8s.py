@@ -3,6 +3,7 @@ every variable is a real setting, every probe and Service port is a port the ser
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,6 +13,8 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from shared.certs import init_pki
+from shared.cli.identities import PKI_NAMES, ensure_tokens
 from tests.deploy.support import (
     DATA_SERVICES,
     DEFAULT_PORTS,
@@ -19,11 +22,15 @@ from tests.deploy.support import (
     REPO,
     SERVICES,
     env_problems,
+    kafka_security_problems,
+    listening_ports,
     load_settings,
     module_problems,
 )
 
 K8S = REPO / "deploy" / "k8s"
+# The secured deployment: the base plus the Secrets generated from deploy/secrets/.
+OVERLAY: dict[str, Any] = yaml.safe_load((REPO / "deploy" / "kustomization.yaml").read_text())
 # The oldest Kubernetes the manifests must work on (native gRPC probes are GA since 1.27).
 KUBERNETES_VERSION = "1.31.0"
 NAMESPACE = "cascade"
@@ -226,9 +233,32 @@ def test_probes_ask_the_port_the_service_listens_on(name: str) -> None:
     assert "readinessProbe" in container and "livenessProbe" in container
     for probe in PROBES:
         if probe in container:
-            assert container[probe]["grpc"]["port"] == grpc_port, f"{name}'s {probe}"
+            # Kubernetes' own gRPC probes cannot speak TLS: the image's check runs instead, with
+            # the service's own TLS settings, so it must outlast its own 3 s answer deadline.
+            command = container[probe]["exec"]["command"]
+            assert command == [
+                "python",
+                "-m",
+                "shared.healthcheck",
+                "--tls-of",
+                name,
+                f"127.0.0.1:{grpc_port}",
+            ]
+            assert module_problems(command) == []
+            assert container[probe]["timeoutSeconds"] > 3, f"{name}'s {probe}"
     assert grpc_port in declared
     assert int(_setting(name, "METRICS_PORT")) in declared
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_every_port_the_service_listens_on_is_declared_and_served(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listening = listening_ports(load_settings(name, _env(name), monkeypatch))
+    declared = sorted(port["containerPort"] for port in _container(name)["ports"])
+    served = sorted(port["port"] for port in _find("Service", name)["spec"]["ports"])
+
+    assert declared == served == sorted(listening)
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -336,3 +366,213 @@ def test_every_service_targets_declared_container_ports() -> None:
             target = port.get("targetPort", port["port"])
             names_or_numbers = declared if isinstance(target, str) else declared.values()
             assert target in names_or_numbers, f"Service {name}: the pods declare no port {target}"
+
+
+# ---------------------------------------------------------------------- secured by configuration
+
+# What every Cascade service reads from cascade-shared; Kafka reads only the CA and its password.
+SHARED_SECRET = "cascade-shared"
+_SECRET_WORDS = ("TOKEN", "PASSWORD", "SECRET", "PRIVATE")
+
+
+def _generated() -> dict[str, dict[str, str]]:
+    """Each generated Secret: its keys and the file (relative to deploy/secrets/) each comes from."""
+    secrets: dict[str, dict[str, str]] = {}
+    for generator in OVERLAY["secretGenerator"]:
+        keys = {}
+        for entry in generator["files"]:
+            key, _, path = entry.partition("=")
+            assert path.startswith("secrets/"), f"{generator['name']}: {path} is not under deploy/secrets/"
+            keys[key] = path.removeprefix("secrets/")
+        secrets[generator["name"]] = keys
+    return secrets
+
+
+def _secret_volumes(name: str) -> dict[str, tuple[str, dict[str, str]]]:
+    """mountPath -> (Secret name, file name in the mount -> file in deploy/secrets/) of each
+    Secret the workload's container mounts."""
+    generated = _generated()
+    volumes = {volume["name"]: volume for volume in _pod(name)["volumes"]}
+    mounted = {}
+    for mount in _container(name)["volumeMounts"]:
+        secret = volumes.get(mount["name"], {}).get("secret")  # a claim template is no volume here
+        if secret is None:
+            continue
+        assert mount.get("readOnly") is True, f"{name} mounts {secret['secretName']} writable"
+        keys = generated[secret["secretName"]]
+        items = secret.get("items") or [{"key": key, "path": key} for key in keys]
+        mounted[mount["mountPath"]] = (
+            secret["secretName"],
+            {item["path"]: keys[item["key"]] for item in items},
+        )
+    return mounted
+
+
+def _own_files(name: str) -> dict[str, str]:
+    """A service's own identity, as `cascade auth init` and `cascade certs init` name its files."""
+    return {
+        "TOKEN_FILE": f"{name}.token",
+        "TLS_CERT_FILE": f"tls/{name}.pem",
+        "TLS_KEY_FILE": f"tls/{name}.key",
+    }
+
+
+def test_the_secured_overlay_applies_the_base_with_secrets_from_the_commands_files(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets"
+    ensure_tokens(secrets)
+    init_pki(secrets / "tls", PKI_NAMES)
+    made = {str(path.relative_to(secrets)) for path in secrets.rglob("*") if path.is_file()}
+    read = {file for keys in _generated().values() for file in keys.values()}
+
+    assert OVERLAY["resources"] == ["k8s"]
+    assert OVERLAY["namespace"] == NAMESPACE
+    assert read - made == {"kafka-password"}  # the one made by hand
+    assert not [doc for _, doc in DOCUMENTS if doc["kind"] == "Secret"], "Secrets come from files only"
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_service_requires_auth_serves_tls_and_uses_kafka_over_sasl_ssl(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load_settings(name, _env(name), monkeypatch)
+
+    assert settings.auth_required is True
+    assert settings.auth_principals_file is not None
+    assert None not in (settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
+    assert settings.token_file is not None
+    assert settings.kafka_security_protocol == "SASL_SSL"
+    assert settings.kafka_sasl_password_file is not None and settings.kafka_ssl_ca_file is not None
+    assert settings.token.get_secret_value() == ""
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_every_file_setting_is_in_a_mounted_secret_and_its_own(name: str) -> None:
+    prefix = f"CASCADE_{name.upper()}_"
+    mounted = _secret_volumes(name)
+    files = {key.removeprefix(prefix): value for key, value in _env(name).items() if key.endswith("_FILE")}
+    expected = {
+        **_own_files(name),
+        "TLS_CA_FILE": "tls/ca.pem",
+        "AUTH_PRINCIPALS_FILE": "principals.toml",
+        "KAFKA_SASL_PASSWORD_FILE": "kafka-password",
+        "KAFKA_SSL_CA_FILE": "tls/ca.pem",
+    }
+
+    assert set(files) == set(expected)
+    for field_name, path in files.items():
+        directory, _, file_name = path.rpartition("/")
+        assert directory in mounted, f"{prefix}{field_name}={path}: nothing is mounted at {directory}"
+        secret, keys = mounted[directory]
+        assert keys.get(file_name) == expected[field_name], f"{prefix}{field_name} reads {secret}/{file_name}"
+
+
+@pytest.mark.parametrize("name", [*SERVICES, "kafka"])
+def test_each_pod_mounts_only_its_own_secret_and_the_shared_one(name: str) -> None:
+    shared_files = {"tls/ca.pem", "kafka-password"} | ({"principals.toml"} if name != "kafka" else set())
+    volumes = {volume["name"]: volume for volume in _pod(name)["volumes"]}
+    mounted = _secret_volumes(name)
+
+    assert {secret for secret, _ in mounted.values()} == {f"cascade-{name}", SHARED_SECRET}
+    for secret, keys in mounted.values():
+        allowed = set(_own_files(name).values()) if secret != SHARED_SECRET else shared_files
+        assert set(keys.values()) <= allowed, f"{name} mounts {secret} files it does not need"
+    for volume in volumes.values():
+        if "secret" in volume:
+            assert volume["secret"]["defaultMode"] == 0o440, "readable by the pod's user and group only"
+
+
+def test_each_services_secret_holds_only_its_own_identity() -> None:
+    for secret, keys in _generated().items():
+        owner = secret.removeprefix("cascade-")
+        if secret != SHARED_SECRET:
+            assert set(keys.values()) <= set(_own_files(owner).values()), secret
+
+
+def _strings(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [text for value in node.values() for text in _strings(value)]
+    if isinstance(node, list):
+        return [text for value in node for text in _strings(value)]
+    return [node] if isinstance(node, str) else []
+
+
+def test_no_secret_value_or_pem_is_written_in_the_manifests() -> None:
+    values = [text for _, document in DOCUMENTS for text in _strings(document)]
+
+    assert not [value for value in values if "-----BEGIN" in value]
+    assert not [value for value in values if re.search(r"password=(?!\$\(cat /run/secrets/)", value)]
+    for _, document in DOCUMENTS:
+        if document["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        for container in document["spec"]["template"]["spec"]["containers"]:
+            for variable in container.get("env", []):
+                key = variable["name"]
+                if any(word in key for word in _SECRET_WORDS) and not key.endswith("_FILE"):
+                    raise AssertionError(f"{key} holds a secret inline; mount it from a Secret")
+
+
+def _kafka_env() -> dict[str, str]:
+    return {variable["name"]: variable.get("value", "") for variable in _container("kafka")["env"]}
+
+
+def _kafka_listeners() -> dict[str, tuple[str, str, str]]:
+    """Listener name -> (bound address, advertised address or "", security protocol)."""
+    env = _kafka_env()
+    protocols = dict(item.split(":") for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    bound = dict(item.split("://") for item in env["KAFKA_LISTENERS"].split(","))
+    advertised = dict(item.split("://") for item in env["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    return {name: (address, advertised.get(name, ""), protocols[name]) for name, address in bound.items()}
+
+
+def test_kafka_serves_pods_only_sasl_ssl_and_plaintext_only_on_its_loopback() -> None:
+    for name, (bound, advertised, protocol) in _kafka_listeners().items():
+        if protocol != "SASL_SSL":
+            assert bound.startswith("127.0.0.1:"), f"listener {name} ({protocol}) must not leave the pod"
+            assert advertised in ("", bound)
+        # The image's start script treats "SSL://" and "SASL_" in a listener as its JKS set-up.
+        assert "SSL" not in name and "SASL" not in name
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_services_reach_kafka_on_sasl_ssl_as_its_scram_user(name: str) -> None:
+    listeners = {advertised: protocol for _, advertised, protocol in _kafka_listeners().values()}
+    start = "\n".join(_container("kafka")["args"])
+    mechanism = _setting(name, "KAFKA_SASL_MECHANISM")
+    username = _setting(name, "KAFKA_SASL_USERNAME")
+    password_file = next(
+        f"{path}/{file_name}"
+        for path, (_, keys) in _secret_volumes("kafka").items()
+        for file_name, file in keys.items()
+        if file == "kafka-password"
+    )
+
+    assert listeners[_setting(name, "KAFKA_BOOTSTRAP")] == "SASL_SSL"
+    assert _setting(name, "KAFKA_SECURITY_PROTOCOL") == "SASL_SSL"
+    assert mechanism in _kafka_env()["KAFKA_SASL_ENABLED_MECHANISMS"].split(",")
+    assert f'--add-scram "{mechanism}=[name={username},password=$(cat {password_file})]"' in start
+
+
+def test_kafka_tls_uses_its_own_pem_key_in_memory_and_the_services_ca() -> None:
+    env = _kafka_env()
+    start = "\n".join(_container("kafka")["args"])
+    files = {
+        f"{path}/{file_name}": file
+        for path, (_, keys) in _secret_volumes("kafka").items()
+        for file_name, file in keys.items()
+    }
+    by_file = {file: path for path, file in files.items()}
+    keystore = env["KAFKA_SSL_KEYSTORE_LOCATION"]
+    tmp = next(m["name"] for m in _container("kafka")["volumeMounts"] if m["mountPath"] == "/tmp")
+    tmp_volume = next(v for v in _pod("kafka")["volumes"] if v["name"] == tmp)
+
+    assert env["KAFKA_SSL_KEYSTORE_TYPE"] == env["KAFKA_SSL_TRUSTSTORE_TYPE"] == "PEM"
+    assert files[env["KAFKA_SSL_TRUSTSTORE_LOCATION"]] == "tls/ca.pem"
+    assert keystore.startswith("/tmp/") and tmp_volume["emptyDir"]["medium"] == "Memory"
+    assert f"cat {by_file['tls/kafka.key']} {by_file['tls/kafka.pem']} > {keystore}" in start
+    assert start.index("umask 077") < start.index(keystore)
+
+
+def test_the_brokers_rendered_properties_serve_clients_sasl_ssl_only() -> None:
+    # As the image turns the KAFKA_* variables into server.properties (checked against a real
+    # Kafka 4.1.1 with SASL_SSL clients when this was written; no Docker here).
+    assert kafka_security_problems(_kafka_env()) == []
