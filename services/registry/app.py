@@ -35,7 +35,9 @@ def build(settings: RegistrySettings | None = None) -> Service:
 
     webhooks = WebhookSender(
         [url.strip() for url in settings.webhook_urls.split(",") if url.strip()],
-        settings.webhook_secret.get_secret_value(),
+        settings.webhook_secret_file.read_text().strip()
+        if settings.webhook_secret_file
+        else settings.webhook_secret.get_secret_value(),
     )
     core = RegistryCore(store, artifacts, publish, settings.promotion_policy, webhooks)
     relay: list[asyncio.Task[None]] = []

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
@@ -22,6 +23,9 @@ class RegistrySettings(ServiceSettings):
     webhook_urls: str = Field(
         "",
         description="Comma-separated URLs that receive every registry event as a CloudEvent (HTTP POST).",
+    )
+    webhook_secret_file: Path | None = Field(
+        None, description="File holding the webhook secret (a mounted secret); read at start-up, wins."
     )
     webhook_secret: SecretStr = Field(
         SecretStr(""), description="Signs webhook bodies: X-Cascade-Signature: sha256=<HMAC of the body>."

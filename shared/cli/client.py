@@ -202,8 +202,20 @@ def stack_config(ctx: typer.Context) -> StackConfig:
 
 def security_of(config: StackConfig, token: str = "") -> ClientSecurity:
     """The CLI's credentials for a stack: `token` (--token, CASCADE_TOKEN) or else the admin token
-    the stack keeps in its home; TLS with the stack's CA when it serves TLS."""
-    return cli_security(config.home.expanduser().resolve(), token, config.serves_tls)
+    the stack keeps in its home; TLS with the stack's CA when it serves TLS. For a stack this
+    machine did not start (compose, Kubernetes), CASCADE_TLS_CA_FILE turns TLS on with that CA,
+    presenting CASCADE_TLS_CERT_FILE and CASCADE_TLS_KEY_FILE when set (mTLS)."""
+    security = cli_security(config.home.expanduser().resolve(), token, config.serves_tls)
+    ca_file = os.environ.get("CASCADE_TLS_CA_FILE")
+    if not ca_file:
+        return security
+    cert_file, key_file = os.environ.get("CASCADE_TLS_CERT_FILE"), os.environ.get("CASCADE_TLS_KEY_FILE")
+    return ClientSecurity(
+        token=security.token,
+        ca_file=Path(ca_file),
+        cert_file=Path(cert_file) if cert_file else None,
+        key_file=Path(key_file) if key_file else None,
+    )
 
 
 @contextlib.contextmanager

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
+from shared.cli.client import security_of
 from shared.cli.identities import cli_security, ensure_tokens, principals_file, secrets_dir, token_file
 from shared.cli.main import app
 from shared.cli.stack import Stack, StackConfig
@@ -87,3 +89,16 @@ def test_the_cli_calls_a_stack_as_its_admin_and_over_tls_when_it_serves_tls(tmp_
     assert (
         default["CASCADE_TRAINER_AUTH_REQUIRED"] == "false" and "CASCADE_TRAINER_TLS_CERT_FILE" not in default
     )
+
+
+def test_the_cli_reaches_a_stack_it_did_not_start_with_a_ca_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = StackConfig(home=tmp_path)  # a compose or Kubernetes stack: no TLS in this home
+    assert security_of(config, token="t").ca_file is None
+    monkeypatch.setenv("CASCADE_TLS_CA_FILE", str(tmp_path / "ca.pem"))
+    security = security_of(config, token="t")
+    assert security.ca_file == tmp_path / "ca.pem" and security.cert_file is None and security.token == "t"
+    monkeypatch.setenv("CASCADE_TLS_CERT_FILE", str(tmp_path / "me.pem"))
+    monkeypatch.setenv("CASCADE_TLS_KEY_FILE", str(tmp_path / "me.key"))
+    assert security_of(config).key_file == tmp_path / "me.key"
