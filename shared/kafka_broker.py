@@ -9,6 +9,9 @@ Everything a single node needs lives under ``BrokerConfig.home``::
     logs/stdout.log     raw JVM stdout/stderr (crashes, bad JVM flags)
     cluster.id          generated once, so a re-format keeps the same id
     server.properties   rendered from deploy/kafka/server.properties.template
+                        (+ sasl_ssl.properties.template when secured: then mode 0600)
+    keystore.pem        secured only: the broker's key and certificate in one file (0600)
+    scram.user          secured only: the SCRAM user the store was formatted with
     broker.pid          pid (= process group id) of the running JVM
     .lock               flock serialising start()/stop() across processes
 
@@ -19,6 +22,11 @@ whose controllers form one quorum of as many voters. It keeps ``libs/``, ``clust
 so the defaults give 9092/9093, 9094/9095, 9096/9097. On a cluster of three or more, topics are
 replicated three times and a write needs two in-sync replicas, so one node can fail (or be
 SIGKILLed by a test, ``kill()``) and be restarted (``start()`` of that node) with nothing lost.
+
+With ``security`` (a ``BrokerSecurity``), the client listener is SASL_SSL only: TLS with PEM files
+(the local CA's, ``shared.certs``) and SCRAM-SHA-512 for one user, whom Kafka's own StorageTool
+writes into the metadata when the store is formatted. Brokers replicate over that listener as that
+user; the controller listener stays PLAINTEXT on loopback.
 
 Unix only: relies on process groups, ``fcntl`` and ``/proc`` (or ``ps``).
 """
@@ -49,6 +57,7 @@ __all__ = [
     "READY_LOG_LINE",
     "BrokerConfig",
     "BrokerError",
+    "BrokerSecurity",
     "BrokerStatus",
     "ClusterConfig",
     "QuorumStatus",
@@ -78,6 +87,10 @@ TOOLS_JAR_GLOB = "kafka-tools-[0-9]*.jar"
 _POLL_INTERVAL = 0.1
 _TAIL_LINES = 40
 _KILL_GRACE = 5.0
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+# What a SCRAM password may hold: it is written into a JAAS value in double quotes and into a
+# StorageTool argument in brackets, where quotes, backslashes, commas or brackets would change it.
+_SAFE_PASSWORD = re.compile(r"[A-Za-z0-9._~+/=-]{12,}")
 # Debian's Maven 3.8 writes colour resets even in batch mode.
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # Popen objects of brokers spawned by this process. Holding them keeps the
@@ -94,6 +107,32 @@ class BrokerError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class BrokerSecurity:
+    """A SASL_SSL client listener: the broker's PEM certificate and key, the CA clients and other
+    brokers are verified with, and the one SCRAM-SHA-512 user (its password read from a file)."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    username: str
+    password_file: Path
+
+    def password(self) -> str:
+        """The password, checked to be one the broker's files can hold unchanged (never shown)."""
+        try:
+            password = self.password_file.read_text().strip()
+        except OSError as error:
+            raise BrokerError(
+                f"cannot read the Kafka password file {self.password_file}: {error.strerror}"
+            ) from None
+        if not _SAFE_PASSWORD.fullmatch(password):
+            raise BrokerError(
+                f"the Kafka password in {self.password_file} must be 12 or more of A-Z a-z 0-9 . _ ~ + / = -"
+            )
+        return password
+
+
+@dataclass(frozen=True)
 class BrokerConfig:
     """One node. Alone by default; a node of a cluster is built by `ClusterConfig.nodes`."""
 
@@ -106,6 +145,12 @@ class BrokerConfig:
     voters: tuple[tuple[int, int], ...] = ()
     # What the nodes of a cluster share (jars, cluster id, voters' directory ids); None: `home`.
     cluster_home: Path | None = None
+    # None: a PLAINTEXT client listener; set: SASL_SSL only.
+    security: BrokerSecurity | None = None
+
+    @property
+    def client_protocol(self) -> str:
+        return "PLAINTEXT" if self.security is None else "SASL_SSL"
 
     @property
     def bootstrap(self) -> str:
@@ -165,6 +210,14 @@ class BrokerConfig:
     def controllers_file(self) -> Path:
         return self.shared_home / "controllers"
 
+    @property
+    def keystore_file(self) -> Path:
+        return self.home / "keystore.pem"
+
+    @property
+    def scram_user_file(self) -> Path:
+        return self.home / "scram.user"
+
 
 @dataclass(frozen=True)
 class ClusterConfig:
@@ -175,6 +228,7 @@ class ClusterConfig:
     port: int = 9092
     controller_port: int = 9093
     heap: str = "512m"
+    security: BrokerSecurity | None = None
 
     def __post_init__(self) -> None:
         if self.brokers < 1:
@@ -183,7 +237,9 @@ class ClusterConfig:
     @property
     def nodes(self) -> tuple[BrokerConfig, ...]:
         if self.brokers == 1:
-            return (BrokerConfig(self.home, self.port, self.controller_port, self.heap),)
+            return (
+                BrokerConfig(self.home, self.port, self.controller_port, self.heap, security=self.security),
+            )
         ids = range(1, self.brokers + 1)
         voters = tuple((node_id, self.controller_port + 2 * (node_id - 1)) for node_id in ids)
         return tuple(
@@ -195,6 +251,7 @@ class ClusterConfig:
                 node_id=node_id,
                 voters=voters,
                 cluster_home=self.home,
+                security=self.security,
             )
             for node_id, controller_port in voters
         )
@@ -454,9 +511,10 @@ def _ensure_ports_free(config: BrokerConfig) -> None:
 
 
 def render_server_properties(config: BrokerConfig, deploy_dir: Path = DEPLOY_DIR) -> str:
-    """The node's server.properties, as start() writes it."""
+    """The node's server.properties, as start() writes it (with a SCRAM password when secured)."""
     template = string.Template((deploy_dir / "server.properties.template").read_text())
-    return template.substitute(
+    rendered = template.substitute(
+        client_listener=config.client_protocol,
         node_id=config.node_id,
         port=config.port,
         controller_port=config.controller_port,
@@ -465,14 +523,33 @@ def render_server_properties(config: BrokerConfig, deploy_dir: Path = DEPLOY_DIR
         replication_factor=config.replication_factor,
         min_insync_replicas=config.min_insync_replicas,
     )
+    if config.security is None:
+        return rendered
+    security = string.Template((deploy_dir / "sasl_ssl.properties.template").read_text())
+    return (
+        rendered
+        + "\n"
+        + security.substitute(
+            username=config.security.username,
+            password=config.security.password(),
+            keystore_file=config.keystore_file,
+            ca_file=config.security.ca_file,
+        )
+    )
 
 
 def _write_server_properties(config: BrokerConfig, deploy_dir: Path) -> None:
-    _write_atomically(config.properties_file, render_server_properties(config, deploy_dir))
+    private = config.security is not None
+    if config.security is not None:
+        # Kafka's PEM keystore reads the key and its certificate chain from one file.
+        key_and_chain = config.security.key_file.read_text() + config.security.cert_file.read_text()
+        _write_atomically(config.keystore_file, key_and_chain, private=True)
+    _write_atomically(config.properties_file, render_server_properties(config, deploy_dir), private=private)
 
 
 def _format_storage_once(config: BrokerConfig, log4j_config: Path) -> None:
     if (config.data_dir / "meta.properties").exists():
+        _check_scram_user(config)
         return
     config.data_dir.mkdir(parents=True, exist_ok=True)
     # Both flags bootstrap a dynamic (KIP-853) quorum, which requires
@@ -480,14 +557,38 @@ def _format_storage_once(config: BrokerConfig, log4j_config: Path) -> None:
     # this node the sole voter; --initial-controllers names every voter with its
     # directory id, the same list on every node, each finding its own entry by node.id.
     quorum = ["--initial-controllers", _initial_controllers(config)] if config.voters else ["--standalone"]
+    # In KRaft a SCRAM user is a metadata record, which the store's first records can carry. (The
+    # password is on StorageTool's command line for that one run, as with kafka-storage.sh.)
+    scram = (
+        [
+            "--add-scram",
+            f"{SCRAM_MECHANISM}=[name={config.security.username},password={config.security.password()}]",
+        ]
+        if config.security is not None
+        else []
+    )
     command = [
         *_java_command(config, log4j_config, heap=None),
-        "kafka.tools.StorageTool", "format", *quorum,
+        "kafka.tools.StorageTool", "format", *quorum, *scram,
         "-t", _cluster_id(config), "-c", str(config.properties_file),
     ]  # fmt: skip
     returncode, tail = _run_with_tail(command, echo=False)
     if returncode != 0:
         raise BrokerError(f"formatting {config.data_dir} failed (exit code {returncode}):\n{tail}")
+    if config.security is not None:
+        _write_atomically(config.scram_user_file, config.security.username + "\n")
+
+
+def _check_scram_user(config: BrokerConfig) -> None:
+    """A store formatted without the SCRAM user would start and then refuse every client."""
+    if config.security is None:
+        return
+    formatted_with = config.scram_user_file.read_text().strip() if config.scram_user_file.exists() else None
+    if formatted_with != config.security.username:
+        raise BrokerError(
+            f"{config.data_dir} was formatted without the SCRAM user {config.security.username!r}, "
+            "which only formatting creates: use a new home, or remove that directory (losing its topics)"
+        )
 
 
 def _cluster_id(config: BrokerConfig) -> str:
@@ -768,7 +869,11 @@ def _startup_logs(config: BrokerConfig, log_offset: int) -> str:
     )
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def _write_atomically(path: Path, text: str, *, private: bool = False) -> None:
+    """Replaces ``path`` whole; ``private``: readable by this user only from the first byte."""
     staging = path.with_name(path.name + ".tmp")
-    staging.write_text(text)
+    staging.unlink(missing_ok=True)
+    descriptor = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o666)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(text)
     staging.replace(path)
