@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -30,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -45,9 +46,10 @@ from shared.cli.identities import (
     secrets_dir,
     tls_dir,
     token_file,
+    write_private,
 )
 from shared.grpc_io import open_blocking_channel
-from shared.kafka_broker import ClusterConfig
+from shared.kafka_broker import BrokerSecurity, ClusterConfig
 from shared.security import PLAINTEXT, ClientSecurity
 
 __all__ = [
@@ -67,6 +69,8 @@ __all__ = [
 
 LOOPBACK = "127.0.0.1"
 KAFKA_POM = kafka_broker.DEPLOY_DIR / "pom.xml"
+# The SCRAM user of a stack with kafka_security; every service and the CLI connect as it.
+KAFKA_USER = "cascade"
 # Start order: the services others call first. All are started before any is awaited, and each
 # retries Kafka and its dependencies, so the order only makes start-up a little smoother.
 SERVICES: tuple[str, ...] = ("ingest", "registry", "trainer", "validator", "monitor", "serving")
@@ -130,6 +134,9 @@ class StackConfig:
     tls: bool = False
     mtls: bool = False
     auth: bool = False
+    # Kafka security: the broker's client listener is SASL_SSL only (the home's CA; SCRAM-SHA-512
+    # user KAFKA_USER with a random password in HOME/secrets/kafka-password), and services use it.
+    kafka_security: bool = False
 
     @property
     def serves_tls(self) -> bool:
@@ -163,6 +170,7 @@ class Stack:
             brokers=self.config.kafka_brokers,
             port=self.config.kafka_port,
             controller_port=self.config.controller_port,
+            security=self._broker_security(),
         )
         self._progress = on_progress or (lambda _message: None)
         # The caller's environment, which services inherit; a copy, so later changes to
@@ -222,6 +230,7 @@ class Stack:
             "METRICS_PORT": str(self.config.metrics_ports.get(name, 0)),
             "LOG_FORMAT": self.config.log_format,
             **self._security_settings(name),
+            **self.kafka_client_settings(),
         }
         for dependency in DEPENDENCIES[name]:
             settings[f"{dependency.upper()}_ADDRESS"] = self.address(dependency)
@@ -232,6 +241,53 @@ class Stack:
         env.update(self.tracing_env(name))
         env.update(self.config.extra_env)
         return env
+
+    # ------------------------------------------------------------------ Kafka security
+
+    def kafka_password_file(self) -> Path:
+        return secrets_dir(self.home) / "kafka-password"
+
+    def _broker_security(self) -> BrokerSecurity | None:
+        if not self.config.kafka_security:
+            return None
+        pki = tls_dir(self.home)
+        return BrokerSecurity(
+            pki / "kafka.pem", pki / "kafka.key", pki / "ca.pem", KAFKA_USER, self.kafka_password_file()
+        )
+
+    def kafka_client_settings(self) -> dict[str, str]:
+        """How a client of this stack's Kafka connects, as the KAFKA_* settings (no secret in them:
+        the password stays in its file)."""
+        if not self.config.kafka_security:
+            return {}
+        return {
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "KAFKA_SASL_MECHANISM": kafka_broker.SCRAM_MECHANISM,
+            "KAFKA_SASL_USERNAME": KAFKA_USER,
+            "KAFKA_SASL_PASSWORD_FILE": str(self.kafka_password_file()),
+            "KAFKA_SSL_CA_FILE": str(tls_dir(self.home) / "ca.pem"),
+        }
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """aiokafka keyword arguments for the CLI's and tests' own Kafka clients of this stack."""
+        from shared.kafka_security import aiokafka_kwargs
+        from shared.settings import ServiceSettings
+
+        settings = {key.lower(): value for key, value in self.kafka_client_settings().items()}
+        return aiokafka_kwargs(ServiceSettings.model_validate(settings))
+
+    def _prepare_kafka_secrets(self) -> None:
+        """The CA and the broker's certificate, and a SCRAM password made once and kept."""
+        if not self.config.kafka_security:
+            return
+        from shared.certs import init_pki
+
+        init_pki(tls_dir(self.home), PKI_NAMES)
+        password_file = self.kafka_password_file()
+        if not password_file.exists():
+            password_file.parent.mkdir(parents=True, exist_ok=True)
+            password_file.parent.chmod(0o700)
+            write_private(password_file, secrets.token_urlsafe(32) + "\n")
 
     def _security_settings(self, name: str) -> dict[str, str]:
         """A service's identity (its token file), the principals it knows, and its TLS material."""
@@ -284,6 +340,7 @@ class Stack:
         names = _ordered(services)
         self._install_kafka()
         self._prepare_identities()
+        self._prepare_kafka_secrets()
         self._remember_ports()
         deadline = time.monotonic() + timeout
         self._start_kafka(timeout)
@@ -303,6 +360,7 @@ class Stack:
             "tls": self.config.tls,
             "mtls": self.config.mtls,
             "auth": self.config.auth,
+            "kafka_security": self.config.kafka_security,
         }
         remembered = self.home / "run" / "stack.json"
         remembered.parent.mkdir(parents=True, exist_ok=True)
@@ -312,6 +370,7 @@ class Stack:
         """Start the broker(s) alone (installing them first if needed) and remember the config, so
         later commands on this home find a cluster by its home alone."""
         self._install_kafka()
+        self._prepare_kafka_secrets()
         self._remember_ports()
         self._start_kafka(timeout)
 
@@ -542,6 +601,7 @@ def remembered_config(home: Path) -> StackConfig | None:
         tls=bool(saved.get("tls", False)),
         mtls=bool(saved.get("mtls", False)),
         auth=bool(saved.get("auth", False)),
+        kafka_security=bool(saved.get("kafka_security", False)),
     )
 
 
