@@ -24,17 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-shared/stubs/cascade/trainer/v1/trainer.proto\x12\x12\x63\x61scade.trainer.v1\"F\n\x16RequestTrainingRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"-\n\x17RequestTrainingResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t2|\n\x0eTrainerService\x12j\n\x0fRequestTraining\x12*.cascade.trainer.v1.RequestTrainingRequest\x1a+.cascade.trainer.v1.RequestTrainingResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-shared/stubs/cascade/trainer/v1/trainer.proto\x12\x12\x63\x61scade.trainer.v1\"F\n\x16RequestTrainingRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"-\n\x17RequestTrainingResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\xd0\x01\n\x0cImportHeader\x12\r\n\x05model\x18\x01 \x01(\t\x12/\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1f.cascade.trainer.v1.ModelFormat\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x05 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x06 \x01(\t\x12\x17\n\x0fparity_rows_csv\x18\x07 \x01(\x0c\x12\r\n\x05\x61\x63tor\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\"d\n\x12ImportModelRequest\x12\x32\n\x06header\x18\x01 \x01(\x0b\x32 .cascade.trainer.v1.ImportHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"s\n\x13ImportModelResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\x05\x12\x1d\n\x15parity_max_difference\x18\x02 \x01(\x01\x12\x13\n\x0bparity_rows\x18\x03 \x01(\x05\x12\x11\n\tmonitored\x18\x04 \x01(\x08*\x98\x01\n\x0bModelFormat\x12\x1c\n\x18MODEL_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11MODEL_FORMAT_ONNX\x10\x01\x12\x1f\n\x1bMODEL_FORMAT_SKLEARN_PICKLE\x10\x02\x12\x18\n\x14MODEL_FORMAT_XGBOOST\x10\x03\x12\x19\n\x15MODEL_FORMAT_LIGHTGBM\x10\x04\x32\xde\x01\n\x0eTrainerService\x12j\n\x0fRequestTraining\x12*.cascade.trainer.v1.RequestTrainingRequest\x1a+.cascade.trainer.v1.RequestTrainingResponse\x12`\n\x0bImportModel\x12&.cascade.trainer.v1.ImportModelRequest\x1a\'.cascade.trainer.v1.ImportModelResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shared.stubs.cascade.trainer.v1.trainer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_MODELFORMAT']._serialized_start=619
+  _globals['_MODELFORMAT']._serialized_end=771
   _globals['_REQUESTTRAININGREQUEST']._serialized_start=69
   _globals['_REQUESTTRAININGREQUEST']._serialized_end=139
   _globals['_REQUESTTRAININGRESPONSE']._serialized_start=141
   _globals['_REQUESTTRAININGRESPONSE']._serialized_end=186
-  _globals['_TRAINERSERVICE']._serialized_start=188
-  _globals['_TRAINERSERVICE']._serialized_end=312
+  _globals['_IMPORTHEADER']._serialized_start=189
+  _globals['_IMPORTHEADER']._serialized_end=397
+  _globals['_IMPORTMODELREQUEST']._serialized_start=399
+  _globals['_IMPORTMODELREQUEST']._serialized_end=499
+  _globals['_IMPORTMODELRESPONSE']._serialized_start=501
+  _globals['_IMPORTMODELRESPONSE']._serialized_end=616
+  _globals['_TRAINERSERVICE']._serialized_start=774
+  _globals['_TRAINERSERVICE']._serialized_end=996
 # @@protoc_insertion_point(module_scope)

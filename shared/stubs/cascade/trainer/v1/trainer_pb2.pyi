@@ -5,8 +5,11 @@ The trainer's own API: ask for a retrain by hand. Runs happen on the trainer rep
 the model's Kafka partition, so a request is queued as an event, never run where it lands.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -17,6 +20,38 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ModelFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ModelFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MODEL_FORMAT_UNSPECIFIED: _ModelFormat.ValueType  # 0
+    MODEL_FORMAT_ONNX: _ModelFormat.ValueType  # 1
+    MODEL_FORMAT_SKLEARN_PICKLE: _ModelFormat.ValueType  # 2
+    """A pickled scikit-learn estimator or pipeline. Unpickling runs code: refused unless the
+    trainer's ALLOW_PICKLE_IMPORT setting is on.
+    """
+    MODEL_FORMAT_XGBOOST: _ModelFormat.ValueType  # 3
+    """XGBoost's JSON model (`save_model("model.json")`)."""
+    MODEL_FORMAT_LIGHTGBM: _ModelFormat.ValueType  # 4
+    """LightGBM's text model (`booster.save_model("model.txt")`)."""
+
+class ModelFormat(_ModelFormat, metaclass=_ModelFormatEnumTypeWrapper):
+    """How the uploaded file was saved."""
+
+MODEL_FORMAT_UNSPECIFIED: ModelFormat.ValueType  # 0
+MODEL_FORMAT_ONNX: ModelFormat.ValueType  # 1
+MODEL_FORMAT_SKLEARN_PICKLE: ModelFormat.ValueType  # 2
+"""A pickled scikit-learn estimator or pipeline. Unpickling runs code: refused unless the
+trainer's ALLOW_PICKLE_IMPORT setting is on.
+"""
+MODEL_FORMAT_XGBOOST: ModelFormat.ValueType  # 3
+"""XGBoost's JSON model (`save_model("model.json")`)."""
+MODEL_FORMAT_LIGHTGBM: ModelFormat.ValueType  # 4
+"""LightGBM's text model (`booster.save_model("model.txt")`)."""
+Global___ModelFormat: _TypeAlias = ModelFormat  # noqa: Y015
 
 @_typing.final
 class RequestTrainingRequest(_message.Message):
@@ -63,3 +98,114 @@ class RequestTrainingResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RequestTrainingResponse: _TypeAlias = RequestTrainingResponse  # noqa: Y015
+
+@_typing.final
+class ImportHeader(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    DATASET_FIELD_NUMBER: _builtins.int
+    DATASET_VERSION_FIELD_NUMBER: _builtins.int
+    PARITY_ROWS_CSV_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    format: Global___ModelFormat.ValueType
+    task: _builtins.str
+    """"classification" or "regression"; empty: the reference dataset's task."""
+    dataset: _builtins.str
+    """A dataset version ingest holds: the parity rows and the monitor's reference come from it and
+    the validator gates the model on it. Empty: no reference, the model is registered unmonitored.
+    """
+    dataset_version: _builtins.str
+    """empty: the dataset's latest version"""
+    parity_rows_csv: _builtins.bytes
+    """Without a reference dataset: a few rows (CSV with a header naming the features) to check
+    the conversion on.
+    """
+    actor: _builtins.str
+    reason: _builtins.str
+    @_builtins.property
+    def features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The input columns in the order the model reads them. With a reference dataset, empty means
+        the dataset's features.
+        """
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        format: Global___ModelFormat.ValueType = ...,
+        features: _abc.Iterable[_builtins.str] | None = ...,
+        task: _builtins.str = ...,
+        dataset: _builtins.str = ...,
+        dataset_version: _builtins.str = ...,
+        parity_rows_csv: _builtins.bytes = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "dataset", b"dataset", "dataset_version", b"dataset_version", "features", b"features", "format", b"format", "model", b"model", "parity_rows_csv", b"parity_rows_csv", "reason", b"reason", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportHeader: _TypeAlias = ImportHeader  # noqa: Y015
+
+@_typing.final
+class ImportModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    @_builtins.property
+    def header(self) -> Global___ImportHeader: ...
+    def __init__(
+        self,
+        *,
+        header: Global___ImportHeader | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
+
+Global___ImportModelRequest: _TypeAlias = ImportModelRequest  # noqa: Y015
+
+@_typing.final
+class ImportModelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    PARITY_MAX_DIFFERENCE_FIELD_NUMBER: _builtins.int
+    PARITY_ROWS_FIELD_NUMBER: _builtins.int
+    MONITORED_FIELD_NUMBER: _builtins.int
+    model_version: _builtins.int
+    parity_max_difference: _builtins.float
+    """The largest difference between the converted model and the original on the parity rows."""
+    parity_rows: _builtins.int
+    monitored: _builtins.bool
+    """False when imported without a reference dataset: not validated, not drift-monitored."""
+    def __init__(
+        self,
+        *,
+        model_version: _builtins.int = ...,
+        parity_max_difference: _builtins.float = ...,
+        parity_rows: _builtins.int = ...,
+        monitored: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version", "monitored", b"monitored", "parity_max_difference", b"parity_max_difference", "parity_rows", b"parity_rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportModelResponse: _TypeAlias = ImportModelResponse  # noqa: Y015

@@ -39,6 +39,11 @@ class TrainerServiceStub:
                 request_serializer=shared_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.RequestTrainingRequest.SerializeToString,
                 response_deserializer=shared_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.RequestTrainingResponse.FromString,
                 _registered_method=True)
+        self.ImportModel = channel.stream_unary(
+                '/cascade.trainer.v1.TrainerService/ImportModel',
+                request_serializer=shared_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.ImportModelRequest.SerializeToString,
+                response_deserializer=shared_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.ImportModelResponse.FromString,
+                _registered_method=True)
 
 
 class TrainerServiceServicer:
@@ -50,6 +55,15 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportModel(self, request_iterator, context):
+        """Register a model trained elsewhere: the header, then the model file in chunks. The trainer
+        converts it to ONNX, checks the conversion predicts the same, uploads it to the registry and,
+        with a reference dataset, announces it for validation like a trained candidate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +71,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.RequestTraining,
                     request_deserializer=shared_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.RequestTrainingRequest.FromString,
                     response_serializer=shared_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.RequestTrainingResponse.SerializeToString,
+            ),
+            'ImportModel': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportModel,
+                    request_deserializer=shared_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.ImportModelRequest.FromString,
+                    response_serializer=shared_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.ImportModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +105,33 @@ class TrainerService:
             '/cascade.trainer.v1.TrainerService/RequestTraining',
             shared_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.RequestTrainingRequest.SerializeToString,
             shared_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.RequestTrainingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportModel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/cascade.trainer.v1.TrainerService/ImportModel',
+            shared_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.ImportModelRequest.SerializeToString,
+            shared_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.ImportModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

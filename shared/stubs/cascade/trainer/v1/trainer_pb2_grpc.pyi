@@ -34,11 +34,21 @@ class TrainerServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TrainerServiceAsyncStub: ...
     RequestTraining: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.RequestTrainingRequest, _trainer_pb2.RequestTrainingResponse]
+    ImportModel: _grpc.StreamUnaryMultiCallable[_trainer_pb2.ImportModelRequest, _trainer_pb2.ImportModelResponse]
+    """Register a model trained elsewhere: the header, then the model file in chunks. The trainer
+    converts it to ONNX, checks the conversion predicts the same, uploads it to the registry and,
+    with a reference dataset, announces it for validation like a trained candidate.
+    """
 
 @_typing.type_check_only
 class TrainerServiceAsyncStub(TrainerServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     RequestTraining: _aio.UnaryUnaryMultiCallable[_trainer_pb2.RequestTrainingRequest, _trainer_pb2.RequestTrainingResponse]  # type: ignore[assignment]
+    ImportModel: _aio.StreamUnaryMultiCallable[_trainer_pb2.ImportModelRequest, _trainer_pb2.ImportModelResponse]  # type: ignore[assignment]
+    """Register a model trained elsewhere: the header, then the model file in chunks. The trainer
+    converts it to ONNX, checks the conversion predicts the same, uploads it to the registry and,
+    with a reference dataset, announces it for validation like a trained candidate.
+    """
 
 class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -47,5 +57,16 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _trainer_pb2.RequestTrainingRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_trainer_pb2.RequestTrainingResponse, _abc.Awaitable[_trainer_pb2.RequestTrainingResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ImportModel(
+        self,
+        request_iterator: _MaybeAsyncIterator[_trainer_pb2.ImportModelRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.ImportModelResponse, _abc.Awaitable[_trainer_pb2.ImportModelResponse]]:
+        """Register a model trained elsewhere: the header, then the model file in chunks. The trainer
+        converts it to ONNX, checks the conversion predicts the same, uploads it to the registry and,
+        with a reference dataset, announces it for validation like a trained candidate.
+        """
 
 def add_TrainerServiceServicer_to_server(servicer: TrainerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
