@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -54,6 +55,8 @@ __all__ = [
 # A message that failed again after this many replays needs a fix first, not another replay.
 MAX_REPLAYS = 3
 _TIMEOUT_MS = 10_000
+# No SSL or SASL options: an unsecured broker.
+_PLAINTEXT: Mapping[str, Any] = MappingProxyType({})
 
 dlq_app = typer.Typer(
     help="The dead-letter topic: messages a service could not handle (malformed, refused, or failing "
@@ -113,12 +116,12 @@ class DeliveryStatus:
 # ---------------------------------------------------------------------- reading and replaying
 
 
-async def _read_topic(bootstrap: str, topic: str) -> list[Any]:
+async def _read_topic(bootstrap: str, topic: str, kafka_options: Mapping[str, Any]) -> list[Any]:
     """Every record of `topic`, read without a consumer group: it commits nothing and moves no
     one's offsets. Subscribed without a group, the consumer is given every partition."""
     # Subscribed only once the topic exists: a consumer subscribed to a missing topic logs a warning
     # the person running the CLI would read as a fault.
-    consumer = _consumer(bootstrap)
+    consumer = _consumer(bootstrap, kafka_options)
     try:
         await consumer.start()
         if topic not in await consumer.topics():  # nothing dead-lettered yet
@@ -178,22 +181,25 @@ def _letter(record: Any) -> DeadLetter:
     )
 
 
-def _consumer(bootstrap: str, *topics: str) -> AIOKafkaConsumer:
+def _consumer(bootstrap: str, kafka_options: Mapping[str, Any]) -> AIOKafkaConsumer:
     from aiokafka import AIOKafkaConsumer
 
     return AIOKafkaConsumer(
-        *topics,
         bootstrap_servers=bootstrap.split(","),
         enable_auto_commit=False,
         request_timeout_ms=_TIMEOUT_MS,
         max_partition_fetch_bytes=16 * 1024 * 1024,
+        **kafka_options,
     )
 
 
-async def read_dead_letters(bootstrap: str, topic: str) -> list[DeadLetter]:
-    """Every message of the dead-letter `topic`, oldest first per partition."""
+async def read_dead_letters(
+    bootstrap: str, topic: str, kafka_options: Mapping[str, Any] = _PLAINTEXT
+) -> list[DeadLetter]:
+    """Every message of the dead-letter `topic`, oldest first per partition. `kafka_options`: how
+    to connect (`Stack.kafka_client_options()`: SSL and SASL for a secured stack)."""
     try:
-        return [_letter(record) for record in await _read_topic(bootstrap, topic)]
+        return [_letter(record) for record in await _read_topic(bootstrap, topic, kafka_options)]
     except CliError:
         raise
     except Exception as exc:
@@ -214,7 +220,10 @@ def _replay_headers(letter: DeadLetter, dead_letter_topic: str) -> list[tuple[st
 
 
 async def replay(
-    bootstrap: str, dead_letter_topic: str, letters: Iterable[DeadLetter]
+    bootstrap: str,
+    dead_letter_topic: str,
+    letters: Iterable[DeadLetter],
+    kafka_options: Mapping[str, Any] = _PLAINTEXT,
 ) -> list[tuple[DeadLetter, str]]:
     """Put each letter back on its source topic; (letter, "topic[partition]@offset") per replay."""
     from aiokafka import AIOKafkaProducer
@@ -225,6 +234,7 @@ async def replay(
         enable_idempotence=True,
         request_timeout_ms=_TIMEOUT_MS,
         max_request_size=16 * 1024 * 1024,
+        **kafka_options,
     )
     done: list[tuple[DeadLetter, str]] = []
     try:
@@ -244,13 +254,17 @@ async def replay(
     return done
 
 
-async def delivery_status(bootstrap: str, prefix: str) -> DeliveryStatus:
+async def delivery_status(
+    bootstrap: str, prefix: str, kafka_options: Mapping[str, Any] = _PLAINTEXT
+) -> DeliveryStatus:
     """Lag of every consumer group of this stack (named `<prefix>.<service>...`), summed per topic,
     and the dead letters per service and source topic."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap.split(","), request_timeout_ms=5000)
-    consumer = _consumer(bootstrap)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap.split(","), request_timeout_ms=5000, **kafka_options
+    )
+    consumer = _consumer(bootstrap, kafka_options)
     lag: dict[str, dict[str, int]] = {}
     try:
         await admin.start()
@@ -268,7 +282,8 @@ async def delivery_status(bootstrap: str, prefix: str) -> DeliveryStatus:
     finally:
         await consumer.stop()
         await admin.close()
-    letters = [_letter(record) for record in await _read_topic(bootstrap, Topics(prefix).dead_letter)]
+    dead_letter_topic = Topics(prefix).dead_letter
+    letters = [_letter(record) for record in await _read_topic(bootstrap, dead_letter_topic, kafka_options)]
     counts = Counter((letter.service, letter.source_topic) for letter in letters)
     dead: dict[str, dict[str, int]] = {}
     for (service, topic), count in sorted(counts.items()):
@@ -293,7 +308,7 @@ def _fail(message: str, code: int = 1) -> None:
 def _load(ctx: typer.Context) -> tuple[Stack, str, str, list[DeadLetter]]:
     stack, bootstrap, topic = _where(ctx)
     try:
-        letters = asyncio.run(read_dead_letters(bootstrap, topic))
+        letters = asyncio.run(read_dead_letters(bootstrap, topic, stack.kafka_client_options()))
     except CliError as error:
         _fail(str(error))
     return stack, bootstrap, topic, letters
@@ -425,7 +440,7 @@ def replay_command(
     audit_log = stack.home / "logs" / "dlq-replays.log"
     skipped, to_send = _screen(chosen, _replayed_refs(audit_log, dead_letter_topic), again)
     try:
-        sent = asyncio.run(replay(bootstrap, dead_letter_topic, to_send))
+        sent = asyncio.run(replay(bootstrap, dead_letter_topic, to_send, stack.kafka_client_options()))
     except CliError as error:
         _fail(str(error))
     _audit(audit_log, dead_letter_topic, sent)

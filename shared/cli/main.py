@@ -318,7 +318,8 @@ def _delivery(stack: Stack, rows: list[ServiceStatus]) -> DeliveryStatus | None:
     if not any(row.name.startswith("kafka") and row.health == "SERVING" for row in rows):
         return None
     try:
-        return asyncio.run(delivery_status(stack.address("kafka"), stack.config.topic_prefix))
+        kafka_options = stack.kafka_client_options()
+        return asyncio.run(delivery_status(stack.address("kafka"), stack.config.topic_prefix, kafka_options))
     except Exception as error:
         typer.secho(f"(lag and dead letters unknown: {error!r})", err=True, fg=typer.colors.YELLOW)
         return None

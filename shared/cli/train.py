@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -63,7 +64,11 @@ def train(
     if follow:
         try:
             follow_run = _follow(
-                stack.address("kafka"), Topics(config.topic_prefix), response.request_id, started_ms
+                stack.address("kafka"),
+                Topics(config.topic_prefix),
+                response.request_id,
+                started_ms,
+                stack.kafka_client_options(),
             )
             asyncio.run(asyncio.wait_for(follow_run, timeout))
         except ClientError as error:
@@ -106,23 +111,27 @@ def _require_model_or_dataset(stack: Stack, model: str) -> None:
         _fail(rpc_failure("ingest", ingest_address, error))
 
 
-async def _follow(bootstrap: str, topics: Topics, request_id: str, since_ms: int) -> None:
+async def _follow(
+    bootstrap: str, topics: Topics, request_id: str, since_ms: int, kafka_options: Mapping[str, Any]
+) -> None:
     """Print the run's progress events, read from the progress topic since the request was made,
     until it finishes; raise `ClientError` when it fails. The trainer reports a run that fails as
     a `failed` progress event, but a request it cannot even start (a dataset with no versions)
     goes to the dead-letter topic with the reason, so that topic is watched for the request too."""
     progress_topic = topics.for_event(TrainingProgress)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **kafka_options
+    )
     await consumer.start()
     try:
-        assigned = await _partitions(bootstrap, progress_topic)
+        assigned = await _partitions(bootstrap, progress_topic, kafka_options)
         consumer.assign(assigned)
         await _seek_to_time(consumer, assigned, since_ms)
         dead_letters_assigned = False
         while True:
             if not dead_letters_assigned:
                 # The dead-letter topic exists from the first dead letter on; look again each round.
-                dead_letters = await _partitions(bootstrap, topics.dead_letter, wait=False)
+                dead_letters = await _partitions(bootstrap, topics.dead_letter, kafka_options, wait=False)
                 if dead_letters:
                     # assign() replaces the assignment and forgets every position: the progress
                     # partitions would jump to their end and miss what was not read yet.
@@ -182,10 +191,12 @@ async def _seek_to_time(consumer: AIOKafkaConsumer, partitions: list[TopicPartit
             consumer.seek(partition, found.offset)
 
 
-async def _partitions(bootstrap: str, topic: str, *, wait: bool = True) -> list[TopicPartition]:
+async def _partitions(
+    bootstrap: str, topic: str, kafka_options: Mapping[str, Any], *, wait: bool = True
+) -> list[TopicPartition]:
     """The topic's partitions, waiting for it to exist (the first run of a stack creates it)
     unless told not to wait: then none while it does not exist."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka_options)
     await admin.start()
     try:
         while True:
