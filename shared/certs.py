@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 __all__ = ["Identity", "LocalPki", "init_pki", "load_pki"]
 
 _CA_NAME = "Cascade local CA"
+# A DNS name a certificate may hold: dot-separated labels of letters, digits and inner hyphens.
+_DNS_NAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,10 @@ def init_pki(
     """The CA in `directory` (made if missing, or anew with `force`) and a certificate for each name
     that has none (every one with `force`). Each leaf is valid for its name, localhost, 127.0.0.1,
     ::1 and `hosts` (IP addresses or DNS names)."""
+    identity_names, extra_hosts = list(names), list(hosts)
+    # A name is also a file name here: checking it as a DNS name keeps it inside `directory`.
+    for host in [*identity_names, *extra_hosts]:
+        _check_host(host)
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
     ca_cert_file, ca_key_file = directory / "ca.pem", directory / "ca.key"
@@ -80,8 +89,7 @@ def init_pki(
             raise ValueError(f"{ca_key_file} is not an EC private key")
         ca_key = loaded
         ca_cert = x509.load_pem_x509_certificate(ca_cert_file.read_bytes())
-    extra_hosts = list(hosts)
-    for name in names:
+    for name in identity_names:
         cert_file, key_file = directory / f"{name}.pem", directory / f"{name}.key"
         if not force and cert_file.exists() and key_file.exists():
             continue
@@ -90,6 +98,15 @@ def init_pki(
         _write_key(key_file, key)
         cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     return LocalPki(directory, ca_cert_file)
+
+
+def _check_host(host: str) -> None:
+    """A name or address a certificate can be valid for, or ValueError naming it."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _DNS_NAME.fullmatch(host):
+            raise ValueError(f"{host!r} is neither an IP address nor a DNS name") from None
 
 
 def _ca_certificate(key: ec.EllipticCurvePrivateKey, valid_days: int) -> x509.Certificate:

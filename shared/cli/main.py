@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 from shared.cli.auth import auth_app
+from shared.cli.certs import certs_app
 from shared.cli.datasets import datasets_app
 from shared.cli.dlq import dlq_app
 from shared.cli.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_USAGE, CliError
@@ -64,6 +65,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(spec_app, name="spec")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(auth_app, name="auth")
+app.add_typer(certs_app, name="certs")
 app.command()(train)
 app.command("monitor")(monitor_command)
 

@@ -141,3 +141,12 @@ def test_load_and_missing_identities(pki: LocalPki, tmp_path: Path) -> None:
     assert load_pki(pki.directory) == pki
     with pytest.raises(FileNotFoundError, match="no certificate for 'ghost'"):
         pki.identity("ghost")
+
+
+@pytest.mark.parametrize("bad", ["bad host!", "../escape", "-leading.example", ""])
+def test_a_name_or_host_that_no_certificate_can_hold_is_refused(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(ValueError, match="neither an IP address nor a DNS name"):
+        init_pki(tmp_path / "tls", ["ingest"], hosts=[bad])
+    with pytest.raises(ValueError, match="neither an IP address nor a DNS name"):
+        init_pki(tmp_path / "tls", [bad])
+    assert not (tmp_path / "tls").exists()
