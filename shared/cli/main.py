@@ -251,6 +251,16 @@ def up(
             show_default=False,
         ),
     ] = None,
+    kafka_security: Annotated[
+        bool | None,
+        typer.Option(
+            "--kafka-security/--no-kafka-security",
+            help="Kafka listens on SASL_SSL only (TLS with the local CA, SCRAM-SHA-512 with a password "
+            "made in HOME/secrets) and every service and the CLI connect so. A new home only: Kafka "
+            "creates the SCRAM user when it first formats its store.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Start Kafka and the services and wait until all report SERVING.
 
@@ -264,8 +274,10 @@ def up(
         tls=config.tls if tls is None else tls,
         mtls=config.mtls if mtls is None else mtls,
         auth=config.auth if auth is None else auth,
+        kafka_security=config.kafka_security if kafka_security is None else kafka_security,
     )
-    if (chosen.tls, chosen.mtls, chosen.auth) != (config.tls, config.mtls, config.auth):
+    security = (chosen.tls, chosen.mtls, chosen.auth, chosen.kafka_security)
+    if security != (config.tls, config.mtls, config.auth, config.kafka_security):
         running = [row.name for row in Stack(config).status() if row.pid is not None]
         if running:
             _fail(
