@@ -29,7 +29,7 @@ def build(settings: TrainerSettings | None = None) -> Service:
 
     core = TrainerCore(settings, ingest, registry, emit=publish, progress=publish)
     kafka_api.register(broker, core, topics)
-    servicer = TrainerServicer(publish)
+    servicer = TrainerServicer(publish, core, settings.max_import_bytes)
 
     def add_servicer(server: grpc.aio.Server) -> None:
         trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server)

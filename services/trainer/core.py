@@ -17,12 +17,16 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import grpc
+import numpy as np
+import pandas as pd
 from prometheus_client import Counter, Histogram
 
+from services.trainer.importing import ImportedModel, ModelFormat, convert_and_check, parity_rows_from_csv
 from services.trainer.settings import TrainerSettings
-from services.trainer.spec import TrainingSpec
+from services.trainer.spec import Task, TrainingSpec
 from services.trainer.training import TrainingResult, train
 from shared.clients import fetch_dataset, unavailable_as_retryable
+from shared.errors import InvalidArgument, NotFound
 from shared.events import (
     DataArrived,
     DriftDetected,
@@ -32,6 +36,8 @@ from shared.events import (
     TrainingRequested,
 )
 from shared.grpc_io import CHUNK_SIZE
+from shared.names import check_name
+from shared.splits import holdout_mask
 from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from shared.stubs.cascade.registry.v1 import registry_pb2 as registry_pb
 from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
@@ -55,6 +61,29 @@ class _Job:
     dataset_version: str
     task: Literal["classification", "regression"]
     cause: RetrainCause | None = None
+
+
+@dataclass(frozen=True)
+class ImportRequest:
+    """A model trained elsewhere, as ImportModel's header describes it (see importing.py)."""
+
+    model: str
+    model_format: ModelFormat
+    features: tuple[str, ...] = ()
+    task: str = ""  # empty: the reference dataset's
+    dataset: str = ""  # empty: no reference, unmonitored
+    dataset_version: str = ""  # empty: the latest
+    parity_rows_csv: bytes = b""
+    actor: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ImportOutcome:
+    model_version: int
+    parity_max_difference: float
+    parity_rows: int
+    monitored: bool
 
 
 class TrainerCore:
@@ -284,7 +313,9 @@ class TrainerCore:
                 "no new version; the run is recorded on it",
             )
             return None
-        version = await self._upload(model, key, run_id, job, features, target, result, spec)
+        version = await self._upload(
+            _training_header(model, key, run_id, job, features, target, result, spec), result.onnx_bytes
+        )
         log.info(
             "registered %s v%d: %s in %.2fs", model, version.version, result.metrics, result.train_seconds
         )
@@ -352,46 +383,178 @@ class TrainerCore:
         except Exception as exc:
             log.warning("could not publish training progress: %s", exc)
 
-    async def _upload(
-        self,
-        model: str,
-        key: str,
-        run_id: str,
-        job: _Job,
-        features: list[str],
-        target: str,
-        result: TrainingResult,
-        spec: TrainingSpec,
-    ) -> registry_pb.ModelVersion:
-        header = registry_pb.VersionHeader(
-            model=model,
-            dataset=job.dataset,
-            dataset_version=job.dataset_version,
-            idempotency_key=key,
-            run=registry_pb.TrainingRun(
-                run_id=run_id,
-                params=result.params,
-                metrics=result.metrics,
-                seed=spec.seed,
-                train_seconds=result.train_seconds,
-                code_version=result.versions.get("cascade", ""),
-            ),
-            tags=_tags(features, target, job, spec, result),
-            description=f"trained on {job.dataset}@{job.dataset_version[:12]}"
-            + (f" because {job.cause.kind} was detected: {job.cause.summary}" if job.cause else ""),
-        )
-
+    async def _upload(self, header: registry_pb.VersionHeader, onnx_bytes: bytes) -> registry_pb.ModelVersion:
         async def requests() -> AsyncIterator[registry_pb.CreateModelVersionRequest]:
             yield registry_pb.CreateModelVersionRequest(header=header)
-            for start in range(0, len(result.onnx_bytes), CHUNK_SIZE):
-                yield registry_pb.CreateModelVersionRequest(
-                    chunk=result.onnx_bytes[start : start + CHUNK_SIZE]
-                )
+            for start in range(0, len(onnx_bytes), CHUNK_SIZE):
+                yield registry_pb.CreateModelVersionRequest(chunk=onnx_bytes[start : start + CHUNK_SIZE])
 
         try:
             return await self.registry.CreateModelVersion(requests())
         except grpc.aio.AioRpcError as exc:
             raise unavailable_as_retryable(exc, "registry: uploading the artifact") from exc
+
+    async def import_model(self, request: ImportRequest, data: bytes) -> ImportOutcome:
+        """Register a model trained elsewhere: convert it to ONNX, prove the conversion on the
+        reference dataset's held-out rows (or the caller's parity rows), upload it tagged as
+        imported and, with a reference dataset, announce it so the validator gates it against the
+        champion and, once promoted, the monitor follows it. The same file and reference twice
+        register one version."""
+        check_name("model", request.model)
+        features, task, target = list(request.features), request.task, ""
+        dataset, dataset_version = request.dataset, ""
+        if dataset:
+            info, frame = await self._reference(dataset, request.dataset_version)
+            dataset_version, target = info.version, info.target
+            features = features or list(info.features)
+            task = task or ("regression" if info.task == "regression" else "classification")
+            missing = [f for f in features if f not in frame.columns]
+            if missing:
+                raise InvalidArgument(f"{dataset}@{info.version[:12]} has no columns {missing[:5]}")
+            held_out = frame[holdout_mask(frame[[*features, target]], self.settings.holdout_fraction)]
+            rows = (held_out if len(held_out) else frame)[features].to_numpy(dtype=np.float32)
+        else:
+            if not features:
+                raise InvalidArgument("features are required without a reference dataset")
+            if not request.parity_rows_csv:
+                raise InvalidArgument("parity rows are required without a reference dataset")
+            rows = await asyncio.to_thread(parity_rows_from_csv, request.parity_rows_csv, features)
+        if task not in ("classification", "regression"):
+            raise InvalidArgument(f"task must be classification or regression, not {task!r}")
+        checked_task: Task = "regression" if task == "regression" else "classification"
+        if len(set(features)) != len(features):
+            raise InvalidArgument("features repeat a name")
+        imported = await asyncio.to_thread(
+            convert_and_check,
+            data,
+            request.model_format,
+            features,
+            checked_task,
+            rows,
+            self.settings.allow_pickle_import,
+        )
+        digest = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+        key = f"import:{digest}:{dataset}@{dataset_version}"
+        run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"cascade:run:{request.model}:{key}"))
+        version = await self._registered(request.model, key)
+        if version is None:
+            header = _import_header(request, key, run_id, features, task, target, dataset_version, imported)
+            version = await self._upload(header, imported.onnx_bytes)
+            RUNS.labels(request.model, "imported").inc()
+            log.info(
+                "imported %s v%d (%s, parity %.2e on %d rows, %s)",
+                request.model,
+                version.version,
+                request.model_format,
+                imported.parity_max_difference,
+                imported.parity_rows,
+                f"reference {dataset}@{dataset_version[:12]}" if dataset else "unmonitored",
+            )
+        if dataset:
+            await self.emit(
+                ModelTrained(
+                    id=str(
+                        uuid.uuid5(
+                            uuid.NAMESPACE_URL, f"cascade:model-trained:{request.model}:{version.version}"
+                        )
+                    ),
+                    source=SOURCE,
+                    subject=request.model,
+                    model=request.model,
+                    model_version=version.version,
+                    dataset=dataset,
+                    dataset_version=dataset_version,
+                    training_run=run_id,
+                )
+            )
+        return ImportOutcome(
+            version.version, imported.parity_max_difference, imported.parity_rows, bool(dataset)
+        )
+
+    async def _reference(self, dataset: str, version: str) -> tuple[ingest_pb2.DatasetVersion, pd.DataFrame]:
+        try:
+            return await fetch_dataset(self.ingest, dataset, version)
+        except grpc.aio.AioRpcError as exc:
+            what = f"reference dataset {dataset}@{version or 'latest'}: {exc.details()}"
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(what) from exc
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidArgument(what) from exc
+            raise
+
+
+def _training_header(
+    model: str,
+    key: str,
+    run_id: str,
+    job: _Job,
+    features: list[str],
+    target: str,
+    result: TrainingResult,
+    spec: TrainingSpec,
+) -> registry_pb.VersionHeader:
+    return registry_pb.VersionHeader(
+        model=model,
+        dataset=job.dataset,
+        dataset_version=job.dataset_version,
+        idempotency_key=key,
+        run=registry_pb.TrainingRun(
+            run_id=run_id,
+            params=result.params,
+            metrics=result.metrics,
+            seed=spec.seed,
+            train_seconds=result.train_seconds,
+            code_version=result.versions.get("cascade", ""),
+        ),
+        tags=_tags(features, target, job, spec, result),
+        description=f"trained on {job.dataset}@{job.dataset_version[:12]}"
+        + (f" because {job.cause.kind} was detected: {job.cause.summary}" if job.cause else ""),
+    )
+
+
+def _import_header(
+    request: ImportRequest,
+    key: str,
+    run_id: str,
+    features: list[str],
+    task: str,
+    target: str,
+    dataset_version: str,
+    imported: ImportedModel,
+) -> registry_pb.VersionHeader:
+    """An imported version carries the tags the validator, serving and the monitor read from a
+    trained one (features, task, target, parity reference), and says where it came from."""
+    monitored = bool(request.dataset)
+    tags = {
+        "source": "imported",
+        "format": request.model_format,
+        "monitoring": "monitored" if monitored else "unmonitored",
+        "features": json.dumps(features),
+        "task": task,
+        "library_versions": json.dumps(imported.versions),
+        "parity_reference": json.dumps(imported.parity_reference),
+        "import_parity": json.dumps(
+            {"max_difference": imported.parity_max_difference, "rows": imported.parity_rows}
+        ),
+    }
+    if target:
+        tags["target"] = target
+    reason = f": {request.reason}" if request.reason else ""
+    where = (
+        f"reference {request.dataset}@{dataset_version[:12]}" if monitored else "no reference, unmonitored"
+    )
+    return registry_pb.VersionHeader(
+        model=request.model,
+        dataset=request.dataset,
+        dataset_version=dataset_version,
+        idempotency_key=key,
+        run=registry_pb.TrainingRun(
+            run_id=run_id, params={"source": "imported", "format": request.model_format}
+        ),
+        tags=tags,
+        description=f"imported from a {request.model_format} file by {request.actor or 'unknown'} "
+        f"({where}){reason}",
+    )
 
 
 def _tags(

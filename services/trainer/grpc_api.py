@@ -2,24 +2,47 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
-from shared.errors import grpc_errors
+from services.trainer.core import ImportRequest, TrainerCore
+from services.trainer.importing import ModelFormat
+from shared.errors import InvalidArgument, grpc_errors
 from shared.events import Event, TrainingRequested
-from shared.grpc_io import ServicerContext
+from shared.grpc_io import ServicerContext, receive_to_file, split_upload
 from shared.names import check_name
 from shared.security import audit_actor, method_roles
 from shared.stubs.cascade.trainer.v1 import trainer_pb2 as pb
 from shared.stubs.cascade.trainer.v1 import trainer_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TrainerService"].full_name
-# The role each RPC needs (shared.security).
-ROLES = method_roles(SERVICE_NAME, {"RequestTraining": "trainer:train"})
+# The role each RPC needs (shared.security). Importing a model is training it elsewhere: it makes a
+# candidate that passes the same validation before it serves, so it needs the same role. The one
+# import that could do more, a pickle (code), is off unless the operator allows it.
+ROLES = method_roles(SERVICE_NAME, {"RequestTraining": "trainer:train", "ImportModel": "trainer:train"})
+
+_FORMATS: dict[int, ModelFormat] = {
+    pb.MODEL_FORMAT_ONNX: "onnx",
+    pb.MODEL_FORMAT_SKLEARN_PICKLE: "sklearn_pickle",
+    pb.MODEL_FORMAT_XGBOOST: "xgboost",
+    pb.MODEL_FORMAT_LIGHTGBM: "lightgbm",
+}
 
 
 class TrainerServicer(pb_grpc.TrainerServiceServicer):
-    def __init__(self, publish: Callable[[Event], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        publish: Callable[[Event], Awaitable[None]],
+        core: TrainerCore,
+        max_import_bytes: int,
+        spool_dir: Path | None = None,
+    ) -> None:
         self.publish = publish
+        self.core = core
+        self.max_import_bytes = max_import_bytes
+        self.spool_dir = spool_dir or Path(tempfile.gettempdir()) / "cascade-trainer-imports"
 
     @grpc_errors
     async def RequestTraining(
@@ -35,3 +58,37 @@ class TrainerServicer(pb_grpc.TrainerServiceServicer):
         )
         await self.publish(event)
         return pb.RequestTrainingResponse(request_id=event.id)
+
+    @grpc_errors
+    async def ImportModel(
+        self, request_iterator: AsyncIterator[pb.ImportModelRequest], context: ServicerContext
+    ) -> pb.ImportModelResponse:
+        header, chunks = await split_upload(request_iterator, "ImportModel")
+        check_name("model", header.model)
+        if header.format not in _FORMATS:
+            raise InvalidArgument("format is required: ONNX, SKLEARN_PICKLE, XGBOOST or LIGHTGBM")
+        upload = await receive_to_file(chunks, self.spool_dir, self.max_import_bytes)
+        try:
+            data = await asyncio.to_thread(upload.path.read_bytes)
+        finally:
+            upload.discard()
+        outcome = await self.core.import_model(
+            ImportRequest(
+                model=header.model,
+                model_format=_FORMATS[header.format],
+                features=tuple(header.features),
+                task=header.task,
+                dataset=header.dataset,
+                dataset_version=header.dataset_version,
+                parity_rows_csv=header.parity_rows_csv,
+                actor=audit_actor(header.actor) or "unknown",
+                reason=header.reason,
+            ),
+            data,
+        )
+        return pb.ImportModelResponse(
+            model_version=outcome.model_version,
+            parity_max_difference=outcome.parity_max_difference,
+            parity_rows=outcome.parity_rows,
+            monitored=outcome.monitored,
+        )

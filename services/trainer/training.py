@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -31,7 +31,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from services.trainer.spec import ParamRange, Task, TrainingSpec
-from shared.errors import FailedPrecondition, InvalidArgument
+from shared.errors import CascadeError, FailedPrecondition, InvalidArgument
 from shared.splits import holdout_mask
 
 log = logging.getLogger(__name__)
@@ -266,12 +266,6 @@ def train(
     if task == "classification":
         y_holdout = y_holdout.astype(np.int64)
     check_parity(best, onnx_bytes, x_holdout, task)
-    reference_rows = x_holdout[:PARITY_REFERENCE_ROWS]
-    reference_outputs = (
-        best.predict_proba(reference_rows)
-        if task == "classification"
-        else best.predict(reference_rows)[:, None]
-    )
     exported = time.perf_counter()
 
     scorer = get_scorer(spec.primary_metric or "accuracy")
@@ -299,12 +293,24 @@ def train(
             "importance": round(finished - exported, 4),
         },
         versions={p: version(p) for p in ("scikit-learn", "skl2onnx", "onnxruntime", "numpy", "optuna")},
-        parity_reference={
-            "rows": reference_rows.tolist(),
-            "outputs": reference_outputs.tolist(),
-            "labels": [[float(v)] for v in best.predict(reference_rows)],
-        },
+        parity_reference=parity_reference(best, x_holdout, task),
     )
+
+
+def parity_reference(model: Predictor, rows: np.ndarray, task: Task) -> dict[str, list[list[float]]]:
+    """A few rows and the original model's outputs for them, which the validator's parity gate
+    checks the artifact against before promoting it."""
+    reference_rows = rows[:PARITY_REFERENCE_ROWS]
+    outputs = (
+        model.predict_proba(reference_rows)
+        if task == "classification"
+        else np.asarray(model.predict(reference_rows)).reshape(-1, 1)
+    )
+    return {
+        "rows": reference_rows.tolist(),
+        "outputs": np.asarray(outputs).tolist(),
+        "labels": [[float(v)] for v in np.asarray(model.predict(reference_rows)).ravel()],
+    }
 
 
 def export_onnx(pipeline: Pipeline, n_features: int, task: Task) -> bytes:
@@ -320,22 +326,36 @@ def export_onnx(pipeline: Pipeline, n_features: int, task: Task) -> bytes:
     return serialized
 
 
-def check_parity(pipeline: Pipeline, onnx_bytes: bytes, rows: np.ndarray, task: Task) -> None:
-    """ONNX must give the same labels on every row, and probabilities or values within 1e-4."""
+class Predictor(Protocol):
+    """What a parity check compares ONNX against: a scikit-learn pipeline, or an imported model."""
+
+    def predict(self, rows: np.ndarray) -> np.ndarray: ...
+    def predict_proba(self, rows: np.ndarray) -> np.ndarray: ...
+
+
+def check_parity(
+    model: Predictor,
+    onnx_bytes: bytes,
+    rows: np.ndarray,
+    task: Task,
+    error: type[CascadeError] = FailedPrecondition,
+) -> float:
+    """ONNX must give the same labels on every row, and probabilities or values within 1e-4; the
+    largest difference. A failure raises `error`: our own export failing is a precondition broken,
+    an imported model failing is the caller's input."""
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     outputs = session.run(None, {INPUT_NAME: rows})
     if task == "classification":
         labels, probabilities = outputs[0], outputs[1]
-        expected_labels = pipeline.predict(rows)
-        disagree = int(np.sum(labels != expected_labels))
+        expected_labels = model.predict(rows)
+        disagree = int(np.sum(np.asarray(labels).ravel() != np.asarray(expected_labels).ravel()))
         if disagree:
-            raise FailedPrecondition(f"ONNX parity failed: {disagree} of {len(rows)} labels differ")
-        gap = float(np.max(np.abs(probabilities - pipeline.predict_proba(rows))))
+            raise error(f"ONNX parity failed: {disagree} of {len(rows)} labels differ")
+        gap = float(np.max(np.abs(probabilities - model.predict_proba(rows))))
     else:
         # float32 carries ~7 significant digits, so a value of 300 cannot agree to 1e-4 absolutely.
-        expected = pipeline.predict(rows)
+        expected = np.asarray(model.predict(rows)).ravel()
         gap = float(np.max(np.abs(outputs[0].ravel() - expected) / np.maximum(1.0, np.abs(expected))))
     if gap > PROBABILITY_TOLERANCE:
-        raise FailedPrecondition(
-            f"ONNX parity failed: max difference {gap:.2e} exceeds {PROBABILITY_TOLERANCE}"
-        )
+        raise error(f"ONNX parity failed: max difference {gap:.2e} exceeds {PROBABILITY_TOLERANCE}")
+    return gap
