@@ -398,10 +398,16 @@ class QuorumStatus:
 
 
 def quorum_status(cluster: ClusterConfig, *, timeout: float = 60.0) -> QuorumStatus:
-    """The quorum as Kafka's own MetadataQuorumCommand reports it, through any live broker."""
+    """The quorum as Kafka's own MetadataQuorumCommand reports it, through any live broker (or,
+    when clients must authenticate, any live controller: their listener is loopback PLAINTEXT)."""
+    if cluster.security is None:
+        through = ["--bootstrap-server", cluster.bootstrap]
+    else:
+        controllers = ",".join(f"{LOOPBACK}:{node.controller_port}" for node in cluster.nodes)
+        through = ["--bootstrap-controller", controllers]
     command = [
         _java_executable(), "-cp", f"{cluster.libs_dir}/*", "org.apache.kafka.tools.MetadataQuorumCommand",
-        "--bootstrap-server", cluster.bootstrap, "describe", "--status",
+        *through, "describe", "--status",
     ]  # fmt: skip
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)

@@ -23,7 +23,7 @@ from faststream.kafka import KafkaBroker
 from shared import kafka_broker
 from shared.certs import init_pki
 from shared.cli.stack import KAFKA_POM
-from shared.kafka_broker import BrokerConfig, BrokerSecurity
+from shared.kafka_broker import BrokerConfig, BrokerSecurity, ClusterConfig
 from shared.kafka_security import aiokafka_kwargs
 from shared.messaging import build_broker, subscriber_options
 from shared.settings import ServiceSettings
@@ -165,7 +165,9 @@ def test_a_client_not_trusting_the_ca_is_refused(
     assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
 
 
-def test_a_service_broker_publishes_and_consumes_an_event_over_sasl_ssl(secured: SecuredBroker) -> None:
+def test_a_service_broker_publishes_and_consumes_an_event_over_sasl_ssl(
+    secured: SecuredBroker, caplog: pytest.LogCaptureFixture
+) -> None:
     settings = secured.settings()
     topic = f"sec-events-{uuid.uuid4().hex[:8]}"
     body = {"hello": uuid.uuid4().hex}
@@ -184,4 +186,38 @@ def test_a_service_broker_publishes_and_consumes_an_event_over_sasl_ssl(secured:
             await broker.publish(body, topic)
             return await asyncio.wait_for(received, 60)
 
-    assert asyncio.run(scenario()) == body
+    with caplog.at_level(logging.DEBUG):
+        assert asyncio.run(scenario()) == body
+    # FastStream and aiokafka log the broker's start and subscriptions, never the password.
+    assert any(record.name.startswith("cascade.sectest") for record in caplog.records)
+    assert secured.password_file.read_text() not in caplog.text
+
+
+def test_a_secured_cluster_replicates_over_sasl_ssl(tmp_path: Path) -> None:
+    """Three nodes whose only broker listener is SASL_SSL: a write acknowledged by two in-sync
+    replicas (acks=all, min.insync.replicas=2) proves the followers fetch over it as the SCRAM user."""
+    pki = init_pki(tmp_path / "tls", ["kafka"])
+    password_file = tmp_path / "kafka-password"
+    password_file.write_text(secrets.token_urlsafe(24))
+    kafka = pki.identity("kafka")
+    cluster = ClusterConfig(
+        tmp_path / "kafka",
+        brokers=3,
+        port=34292,  # nodes on 34292, 34294, 34296; controllers on 34293, 34295, 34297
+        controller_port=34293,
+        security=BrokerSecurity(kafka.cert_file, kafka.key_file, pki.ca_file, USER, password_file),
+    )
+    settings = ServiceSettings(
+        kafka_bootstrap=cluster.bootstrap,
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_username=USER,
+        kafka_sasl_password_file=password_file,
+        kafka_ssl_ca_file=pki.ca_file,
+    )
+    try:
+        kafka_broker.start_cluster(cluster, pom=KAFKA_POM, timeout=180)
+        assert kafka_broker.quorum_status(cluster).voters == (1, 2, 3)
+        sent, received = asyncio.run(_round_trip(aiokafka_kwargs(settings), cluster.bootstrap))
+        assert received == [sent]
+    finally:
+        kafka_broker.stop_cluster(cluster)
