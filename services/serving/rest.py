@@ -45,6 +45,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 import uvicorn
 from google.protobuf.message import Message
 from starlette.applications import Starlette
@@ -339,17 +340,34 @@ def _add_input(request: pb.ModelInferRequest, item: Mapping[str, Any], binary: b
 
 
 def _json_tensor(name: str, data: Any, dtype: np.dtype[Any], count: int) -> bytes:
+    """JSON data as the datatype's little-endian bytes. The values must be of the datatype's kind:
+    numbers, not numeric strings; integers for an integer datatype (within its range); true/false
+    for BOOL. Nothing is rounded or wrapped silently."""
     if not isinstance(data, list):
         raise InvalidArgument(f"input {name!r} needs data: a (flat or nested) list of {count} values")
     try:
-        array = np.asarray(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as exc:
+        values = np.asarray(data)
+    except (ValueError, OverflowError) as exc:  # ragged nesting, integers past 64 bits
+        raise InvalidArgument(f"input {name!r}: data are not {count} numbers ({exc})") from None
+    if values.size != count:
+        raise InvalidArgument(f"input {name!r} has {values.size} values, but its shape needs {count}")
+    if count and not _fits_kind(values, dtype):
         raise InvalidArgument(
-            f"input {name!r}: data are not {count} numbers of its datatype ({exc})"
-        ) from None
-    if array.size != count:
-        raise InvalidArgument(f"input {name!r} has {array.size} values, but its shape needs {count}")
-    return array.tobytes()
+            f"input {name!r}: data of kind {values.dtype.name} do not fit its datatype {dtype.name}"
+        )
+    return values.astype(dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _fits_kind(values: npt.NDArray[Any], dtype: np.dtype[Any]) -> bool:
+    kind = values.dtype.kind
+    if dtype.kind == "b":
+        return kind == "b"
+    if dtype.kind == "f":
+        return kind in "biuf"
+    if kind not in "biu":  # an integer datatype takes integers only
+        return False
+    limits = np.iinfo(dtype)
+    return bool(limits.min <= values.min() and values.max() <= limits.max)
 
 
 def _mapping(value: Any, what: str) -> Mapping[str, Any]:

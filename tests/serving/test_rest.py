@@ -3,6 +3,7 @@ with raw requests (httpx, as curl would) and with tritonclient.http, unchanged."
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -148,6 +149,21 @@ async def test_one_json_tensor_per_feature_answers_as_the_single_tensor(
     assert response.json()["outputs"] == single["outputs"]
 
 
+async def test_rest_predictions_reach_the_prediction_log(
+    served: ServingProcess, http: httpx.AsyncClient, dataset: Dataset
+) -> None:
+    """The same core as gRPC: REST answers are logged for the monitor, with the feature names."""
+    rows = dataset.rows[70:73]
+    response = await http.post(INFER, json={"id": "rest-logged", "inputs": [json_input(rows)]})
+    assert response.status_code == 200
+    async with asyncio.timeout(10):
+        event = await served.logged.get()
+        while event["request_id"] != "rest-logged":  # earlier tests' requests are logged too
+            event = await served.logged.get()
+    assert (event["model"], event["model_version"], event["features"]) == (MODEL, 1, dataset.features)
+    np.testing.assert_array_equal(np.array(event["inputs"], dtype=np.float32), rows)
+
+
 async def test_binary_data_extension_both_ways(
     http: httpx.AsyncClient, models: dict[int, TrainedModel], dataset: Dataset
 ) -> None:
@@ -204,7 +220,21 @@ BAD_REQUESTS: list[tuple[str, Any, int, str]] = [
     ("negative-shape", lambda d: with_input(d, shape=[-1, 30]), 400, "needs a shape"),
     ("too-few-values", lambda d: with_input(d, shape=[3, 30]), 400, "has 60 values, but its shape needs 90"),
     ("wrong-shape", lambda d: with_input(d, shape=[30, 2]), 400, "shape [30, 2], but the model expects"),
-    ("text-values", lambda d: with_input(d, data=["a"] * 60), 400, "data are not 60 numbers"),
+    ("text-values", lambda d: with_input(d, data=["a"] * 60), 400, "do not fit its datatype float32"),
+    ("numeric-text", lambda d: with_input(d, data=["1.5"] * 60), 400, "do not fit its datatype float32"),
+    ("ragged-data", lambda d: with_input(d, data=[[1.0], [1.0, 2.0]]), 400, "data are not 60 numbers"),
+    (
+        "fractions-for-INT64",
+        lambda d: with_input(d, datatype="INT64", data=[0.5] * 60),
+        400,
+        "do not fit its datatype int64",
+    ),
+    (
+        "past-INT32",
+        lambda d: with_input(d, datatype="INT32", data=[2**40] * 60),
+        400,
+        "do not fit its datatype int32",
+    ),
     ("no-data", lambda d: with_input(d, data=None), 400, "needs data"),
     (
         "unknown-output",
