@@ -221,3 +221,27 @@ def test_a_secured_cluster_replicates_over_sasl_ssl(tmp_path: Path) -> None:
         assert received == [sent]
     finally:
         kafka_broker.stop_cluster(cluster)
+
+
+def test_securing_a_store_formatted_without_the_scram_user_is_refused(tmp_path: Path) -> None:
+    """Only formatting creates the SCRAM user: a broker started plain once, then secured, would
+    refuse every client, so the launcher refuses to start it and says why."""
+    pki = init_pki(tmp_path / "tls", ["kafka"])
+    password_file = tmp_path / "kafka-password"
+    password_file.write_text(secrets.token_urlsafe(24))
+    kafka = pki.identity("kafka")
+    plain = BrokerConfig(tmp_path / "kafka", port=34392, controller_port=34393)
+    kafka_broker.start(plain, pom=KAFKA_POM, timeout=120)
+    kafka_broker.stop(plain)
+    secured = BrokerConfig(
+        plain.home,
+        port=plain.port,
+        controller_port=plain.controller_port,
+        security=BrokerSecurity(kafka.cert_file, kafka.key_file, pki.ca_file, USER, password_file),
+    )
+    try:
+        with pytest.raises(kafka_broker.BrokerError, match="formatted without the SCRAM user 'cascade'"):
+            kafka_broker.start(secured, pom=KAFKA_POM, timeout=120)
+        assert not kafka_broker.status(secured).running
+    finally:
+        kafka_broker.stop(secured)
