@@ -72,7 +72,7 @@ from services.monitor.store import (
     ReferenceInfo,
     Verdict,
 )
-from shared.errors import InvalidArgument, NotFound, Unavailable
+from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from shared.events import DriftDetected
 
 __all__ = [
@@ -183,6 +183,11 @@ class DriftPolicy:
 
     def retrains(self, model: str) -> bool:
         return fnmatch.fnmatchcase(model, self.retrain_models)
+
+
+class Unmonitored(FailedPrecondition):
+    """The version has no reference data: a model imported without a reference dataset. Nothing
+    to compare its traffic with, so no drift reports; not an error to retry or dead-letter."""
 
 
 class ReferenceSource(Protocol):
@@ -367,7 +372,11 @@ class MonitorCore:
             if state.reference is not None and state.reference.info.model_version == model_version:
                 log.info("%s v%d is already the reference; nothing changes", model, model_version)
                 return None
-            reference = await self._fetch(model, model_version)
+            try:
+                reference = await self._fetch(model, model_version)
+            except Unmonitored as exc:
+                log.warning("%s v%d is the champion but not monitored: %s", model, model_version, exc)
+                return None
             self.store.save_reference(reference.info)
             self._install(model, state, reference)
             await self._calibrate(model, state)

@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 import pandas as pd
 
-from services.monitor.core import Matrix, Reference
+from services.monitor.core import Matrix, Reference, Unmonitored
 from services.monitor.store import ReferenceInfo
 from shared.errors import FailedPrecondition, NotFound, Unavailable
 from shared.grpc_io import open_channel
@@ -75,6 +75,8 @@ class GrpcReferenceSource:
         if not self._channels:
             raise RuntimeError("GrpcReferenceSource.open() was not called")
         version = await self._model_version(model, model_version)
+        if not version.dataset:
+            raise Unmonitored(f"{model} v{model_version} was imported without a reference dataset")
         dataset = await self._dataset_version(version.dataset, version.dataset_version)
         features = list(dataset.features)
         data = await self._download(dataset.dataset, dataset.version)

@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import grpc
 import typer
 from google.protobuf.json_format import MessageToDict
 
-from shared.cli.client import TokenOption, cli_channel, rpc_failure, stack_config
-from shared.cli.errors import ClientError
+from shared.cli.client import TokenOption, cli_channel, ingest_file, rpc_failure, security_of, stack_config
+from shared.cli.errors import EXIT_USAGE, ClientError
 from shared.cli.stack import Stack
+from shared.grpc_io import file_chunks
 from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
 from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
+from shared.stubs.cascade.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
 __all__ = ["models_app"]
 
@@ -313,7 +317,9 @@ def _format_version(version: pb.ModelVersion) -> str:
         f"  artifact:    sha256 {version.artifact_sha256} ({version.artifact_size} bytes)",
         f"  inputs:      {_tensors(version.inputs)}",
         f"  outputs:     {_tensors(version.outputs)}",
-        f"  dataset:     {version.dataset}@{version.dataset_version}",
+        f"  dataset:     {version.dataset}@{version.dataset_version}"
+        if version.dataset
+        else "  dataset:     none, imported without a reference: UNMONITORED (no validation, no drift)",
         f"  run:         {version.run.run_id} in {version.run.train_seconds:.2f} s, seed {version.run.seed}",
         f"  params:      {_pairs(version.run.params)}",
         f"  metrics:     {_metrics(version.run)}",
@@ -626,3 +632,172 @@ def rollback(
     request = pb.RollbackRequest(model=model, actor=actor, reason=reason)
     moved = _call(ctx, address, token, lambda stub: stub.Rollback(request, timeout=10))
     typer.echo(f"{moved.model}@champion -> version {moved.version}")
+
+
+class ImportFormat(StrEnum):
+    onnx = "onnx"
+    sklearn_pickle = "sklearn-pickle"
+    xgboost = "xgboost"
+    lightgbm = "lightgbm"
+
+
+_IMPORT_FORMATS = {
+    ImportFormat.onnx: trainer_pb2.MODEL_FORMAT_ONNX,
+    ImportFormat.sklearn_pickle: trainer_pb2.MODEL_FORMAT_SKLEARN_PICKLE,
+    ImportFormat.xgboost: trainer_pb2.MODEL_FORMAT_XGBOOST,
+    ImportFormat.lightgbm: trainer_pb2.MODEL_FORMAT_LIGHTGBM,
+}
+_IMPORT_SUFFIXES = {
+    ".onnx": ImportFormat.onnx,
+    ".pkl": ImportFormat.sklearn_pickle,
+    ".pickle": ImportFormat.sklearn_pickle,
+    ".json": ImportFormat.xgboost,
+    ".ubj": ImportFormat.xgboost,
+    ".txt": ImportFormat.lightgbm,
+}
+
+
+@models_app.command("import")
+def import_model(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The model to add a version to (created if new).")],
+    file: Annotated[Path, typer.Argument(help="The model file, as its library saved it.", exists=True)],
+    model_format: Annotated[
+        ImportFormat | None,
+        typer.Option(
+            "--format",
+            help="How FILE was saved [default: by suffix: .onnx, .pkl (scikit-learn pickle, if the "
+            "trainer allows pickles), .json (XGBoost save_model), .txt (LightGBM save_model)].",
+            show_default=False,
+        ),
+    ] = None,
+    features: Annotated[
+        str, typer.Option(help="The input columns in the model's order, a,b,c [default: the reference's].")
+    ] = "",
+    reference: Annotated[
+        str,
+        typer.Option(
+            help="DATASET[@VERSION] ingest holds: parity rows come from it, the validator gates the model on "
+            "it against the champion, and the monitor compares traffic with it.",
+        ),
+    ] = "",
+    reference_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="A CSV or Parquet file ingested first as a version of dataset NAME (which, like any "
+            "new data, also lets the trainer train its own candidate on it), then the reference.",
+            exists=True,
+        ),
+    ] = None,
+    target: Annotated[str, typer.Option(help="With --reference-file, its label column.")] = "target",
+    parity_rows: Annotated[
+        Path | None,
+        typer.Option(
+            help="Without a reference: a CSV of a few rows (a header naming the features) to check the "
+            "conversion on. The model is then registered unmonitored: no validation, no drift reports.",
+            exists=True,
+        ),
+    ] = None,
+    task: Annotated[str, typer.Option(help="classification or regression [default: the reference's].")] = "",
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Wait for the validator's verdict and print it.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="With --follow, seconds to wait for the verdict.")] = 300.0,
+    reason: ReasonOption = "",
+    actor: ActorOption = "cli",
+    as_json: JsonOption = False,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="The trainer's gRPC address, host:port (default: this stack's).", show_default=False
+        ),
+    ] = None,
+    token: TokenOption = "",
+) -> None:
+    """Register a model trained elsewhere: the trainer converts it to ONNX, checks it predicts what
+    the original predicts, and uploads it tagged source=imported. With a reference it is then
+    validated against the champion, served if it passes and drift-monitored like a trained one."""
+    if sum(bool(x) for x in (reference, reference_file, parity_rows)) != 1:
+        _fail(ClientError("give one of --reference, --reference-file or --parity-rows", EXIT_USAGE))
+    chosen = model_format or _IMPORT_SUFFIXES.get(file.suffix.lower())
+    if chosen is None:
+        _fail(
+            ClientError(f"cannot tell the format of {file.name} from its suffix; pass --format", EXIT_USAGE)
+        )
+    config = stack_config(ctx)
+    stack = Stack(config)
+    dataset, _, dataset_version = reference.partition("@")
+    if reference_file is not None:
+        try:
+            ingested = ingest_file(
+                stack.address("ingest"), reference_file, name, target, security=security_of(config, token)
+            )
+        except ClientError as error:
+            _fail(error)
+        if not ingested.rows_accepted:
+            _fail(ClientError(f"ingest accepted no rows of {reference_file.name}", EXIT_USAGE))
+        dataset, dataset_version = name, ingested.dataset_version
+    header = trainer_pb2.ImportHeader(
+        model=name,
+        format=_IMPORT_FORMATS[chosen],
+        features=[f.strip() for f in features.split(",") if f.strip()],
+        task=task,
+        dataset=dataset,
+        dataset_version=dataset_version,
+        parity_rows_csv=parity_rows.read_bytes() if parity_rows is not None else b"",
+        actor=actor,
+        reason=reason,
+    )
+    where = address or stack.address("trainer")
+
+    def requests() -> Iterator[trainer_pb2.ImportModelRequest]:
+        yield trainer_pb2.ImportModelRequest(header=header)
+        for _offset, data in file_chunks(file):
+            yield trainer_pb2.ImportModelRequest(chunk=data)
+
+    with cli_channel(config, where, token) as channel:
+        try:
+            imported = trainer_pb2_grpc.TrainerServiceStub(channel).ImportModel(requests(), timeout=300)
+        except grpc.RpcError as error:
+            _fail(rpc_failure("trainer", where, error))
+    result: dict[str, Any] = {
+        "model": name,
+        "version": imported.model_version,
+        "format": chosen.value,
+        "parity_max_difference": imported.parity_max_difference,
+        "parity_rows": imported.parity_rows,
+        "monitored": imported.monitored,
+        "reference": f"{dataset}@{dataset_version}" if dataset else None,
+    }
+    if not as_json:
+        typer.echo(
+            f"Imported {name} version {imported.model_version} from {file.name} ({chosen.value}): parity "
+            f"max difference {imported.parity_max_difference:.2e} on {imported.parity_rows} rows; "
+            + ("validation and monitoring follow." if imported.monitored else "UNMONITORED (no reference).")
+        )
+    if follow and imported.monitored:
+        version = _await_verdict(ctx, token, name, imported.model_version, timeout)
+        result["verdict"] = json.loads(version.validation.report_json)
+        if not as_json:
+            typer.echo(f"{_verdict(version)}\n{_format_version(version)}")
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+
+
+def _await_verdict(
+    ctx: typer.Context, token: str, model: str, version: int, timeout: float
+) -> pb.ModelVersion:
+    """The version once the validator has recorded its verdict on it in the registry."""
+    request = pb.GetModelVersionRequest(model=model, version=version)
+    deadline = time.monotonic() + timeout
+    while True:
+        found = _call(ctx, None, token, lambda stub: stub.GetModelVersion(request, timeout=10))
+        if found.validation.report_json:
+            return found
+        if time.monotonic() > deadline:
+            _fail(
+                ClientError(
+                    f"no verdict on {model}/{version} within {timeout:g} s; `cascade models show` tells later"
+                )
+            )
+        time.sleep(1.0)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from services.monitor.core import DriftPolicy, MonitorCore, Reference, Window
+from services.monitor.core import DriftPolicy, MonitorCore, Reference, Unmonitored, Window
 from services.monitor.store import MonitorStore, ReferenceInfo
 from shared.errors import InvalidArgument, NotFound
 
@@ -265,3 +265,25 @@ async def test_one_feature_moved_by_one_std_drifts_the_calibrated_decision(
     shifted[:, 1] += 1.0
     report = await core.record_predictions("churn", FEATURES, rows_list(shifted))
     assert report is not None and report.dataset_drifted and report.drifted_features == ["beta"]
+
+
+class _UnmonitoredSource(FakeSource):
+    """Version 2 was imported without a reference dataset."""
+
+    async def fetch(self, model: str, model_version: int) -> Reference:
+        if model_version == 2:
+            raise Unmonitored(f"{model} v2 was imported without a reference dataset")
+        return await super().fetch(model, model_version)
+
+
+async def test_an_unmonitored_champion_is_logged_not_failed(store: MonitorStore) -> None:
+    core = core_of(store, _UnmonitoredSource())
+    await core.set_reference("m", 1)
+    assert await core.set_reference("m", 2) is None  # no exception: nothing to retry or dead-letter
+    # v1's reference stays on record; the unmonitored champion's rows are not judged against it.
+    info = store.reference("m")
+    assert info is not None and info.model_version == 1
+    assert (
+        await core.record_predictions("m", FEATURES, rows_list(normal_rows(30, seed=2)), model_version=2)
+        is None
+    )
