@@ -4,6 +4,7 @@ predicts, and bad files are refused with a short reason."""
 from __future__ import annotations
 
 import pickle
+import sys
 from pathlib import Path
 
 import lightgbm
@@ -200,3 +201,14 @@ def test_parity_rows_from_csv_follow_the_features_order() -> None:
     assert rows.tolist() == [[3.0, 1.0], [4.0, 2.0]]
     with pytest.raises(InvalidArgument, match=r"lack feature columns \['c'\]"):
         parity_rows_from_csv(frame.to_csv(index=False).encode(), ["a", "c"])
+
+
+def test_a_trainer_without_the_import_extra_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = xgboost.XGBClassifier(n_estimators=5).fit(CANCER.data, CANCER.target)
+    data = _xgboost_file(model, tmp_path)
+    monkeypatch.setitem(sys.modules, "onnxmltools", None)  # what an import of a missing package does
+    with pytest.raises(
+        FailedPrecondition,
+        match=r"onnxmltools is not installed on this trainer: install cascade-mlops\[import\]",
+    ):
+        convert_and_check(data, "xgboost", CANCER_FEATURES, "classification", CANCER_ROWS)
