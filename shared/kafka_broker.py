@@ -878,8 +878,9 @@ def _startup_logs(config: BrokerConfig, log_offset: int) -> str:
 def _write_atomically(path: Path, text: str, *, private: bool = False) -> None:
     """Replaces ``path`` whole; ``private``: readable by this user only from the first byte."""
     staging = path.with_name(path.name + ".tmp")
-    staging.unlink(missing_ok=True)
-    descriptor = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o666)
+    descriptor = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o666)
     with os.fdopen(descriptor, "w") as out:
+        if private:  # a staging file left by an interrupted write keeps its old mode otherwise
+            os.fchmod(out.fileno(), 0o600)
         out.write(text)
     staging.replace(path)
