@@ -220,7 +220,12 @@ def security_material() -> ClientSecurity:
 
 
 def start_cascade(
-    workers: int, sample_rate: float, interceptors: bool = True, tls: bool = False, auth: bool = False
+    workers: int,
+    sample_rate: float,
+    interceptors: bool = True,
+    tls: bool = False,
+    auth: bool = False,
+    port: int = PORT,
 ) -> Server:
     flags = [] if interceptors else ["--without-shared-interceptors"]
     if tls:
@@ -234,8 +239,8 @@ def start_cascade(
             [
                 sys.executable,
                 str(HERE / "cascade_worker.py"),
-                f"--port={PORT}",
-                f"--http-port={HTTP_PORT}",
+                f"--port={port}",
+                f"--http-port={port + 1}",
                 f"--workers={workers}",
                 f"--index={index}",
                 f"--sample-rate={sample_rate}",
@@ -474,6 +479,7 @@ async def measure(
     seconds: float,
     rest: bool = False,
     security: ClientSecurity = PLAINTEXT,
+    port: int = PORT,
 ) -> Run:
     if rest:
         latencies, ends, failures, sample = await closed_loop_rest(HTTP_PORT, request, concurrency, seconds)
@@ -482,7 +488,7 @@ async def measure(
         server += " REST"
     else:
         latencies, ends, failures, sample = await closed_loop(
-            PORT, request, concurrency, seconds, security=security
+            port, request, concurrency, seconds, security=security
         )
         if sample:
             pb.ModelInferResponse.FromString(sample[0])  # a real answer, not garbage
@@ -651,37 +657,6 @@ def run_perf_analyzer() -> list[str]:
     return lines
 
 
-async def secured_runs(
-    registry: Registry, requests: dict[int, bytes], concurrencies: list[int], args: argparse.Namespace
-) -> list[Run]:
-    """The same gRPC load over TLS, then TLS with every call authenticated: what security costs."""
-    runs: list[Run] = []
-    client = security_material()
-    tls_registry = grpc.aio.server()
-    registry_pb2_grpc.add_RegistryServiceServicer_to_server(registry, tls_registry)
-    server_identity = init_pki(SECURITY, ["serving"]).identity("serving")
-    tls_registry.add_secure_port(
-        f"127.0.0.1:{TLS_REGISTRY_PORT}",
-        grpc.ssl_server_credentials(
-            [(server_identity.key_file.read_bytes(), server_identity.cert_file.read_bytes())]
-        ),
-    )
-    await tls_registry.start()
-    for auth in (False, True):
-        security = client if auth else ClientSecurity(ca_file=client.ca_file)
-        with running(start_cascade(args.workers, args.sample_rate, tls=True, auth=auth)) as secured:
-            await wait_model_ready(PORT, security=security)
-            for rows, request in requests.items():
-                for concurrency in concurrencies:
-                    runs.append(
-                        await measure(
-                            secured.name, request, rows, concurrency, args.seconds, security=security
-                        )
-                    )
-    await tls_registry.stop(None)
-    return runs
-
-
 async def main(args: argparse.Namespace) -> None:
     models = train_models()
     requests = {rows: infer_request(models.rows[:rows]) for rows in (1, 64)}
@@ -712,9 +687,6 @@ async def main(args: argparse.Namespace) -> None:
             print(lines[-1], flush=True)
         if not (args.skip_perf_analyzer or args.only_rest):
             lines.extend(run_perf_analyzer())
-
-    if not (args.skip_tls or args.only_rest):
-        runs += await secured_runs(registry, grpc_requests, concurrencies, args)
 
     if not (args.skip_diagnosis or args.only_rest):
         with running(start_cascade(args.workers, args.sample_rate, interceptors=False)) as bare:
@@ -777,7 +749,6 @@ if __name__ == "__main__":
         "--only-rest", action="store_true", help="only the REST rows: Cascade's and MLServer's (ONNX runtime)"
     )
     parser.add_argument("--skip-perf-analyzer", action="store_true")
-    parser.add_argument("--skip-tls", action="store_true", help="skip Cascade over TLS and TLS with auth")
     parser.add_argument(
         "--skip-diagnosis", action="store_true", help="skip Cascade without the shared gRPC interceptors"
     )
