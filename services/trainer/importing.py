@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal
@@ -160,7 +161,11 @@ def _lightgbm(data: bytes, features: list[str], task: Task) -> tuple[Predictor, 
         raise InvalidArgument(f"not a LightGBM text model: {_first_line(exc)}") from exc
     _check_width(booster.num_feature(), len(features))
     names = booster.feature_name()
-    _check_names(None if names == [f"Column_{i}" for i in range(len(names))] else names, features)
+    # LightGBM saves "mean radius" as "mean_radius"; unnamed columns as Column_0, Column_1, ...
+    _check_names(
+        None if names == [f"Column_{i}" for i in range(len(names))] else names,
+        [re.sub(r"\s", "_", feature) for feature in features],
+    )
     objective = str(booster.dump_model().get("objective", "")).split(" ")[0]
     if (task == "classification") != (objective in ("binary", "multiclass", "multiclassova")):
         raise InvalidArgument(f"a LightGBM {objective or 'unknown'} objective is not a {task} model")

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import lightgbm
 import numpy as np
 import pytest
 import xgboost
@@ -112,7 +113,8 @@ def test_an_xgboost_model_trained_elsewhere_is_gated_served_and_monitored(
     judged = wait_for(verdict, CASCADE_TIMEOUT, "the validator's verdict on the imported v2")
     report = json.loads(judged.validation.report_json)
     assert judged.validation.passed, report
-    assert "champion" in json.dumps(report)  # scored against v1 on the same fresh rows
+    assert report["champion_version"] == 1  # scored against the trained champion on the same fresh rows
+    assert report["metrics"]["candidate"] >= report["metrics"]["champion"] - 0.05
 
     # Promoted like any passing candidate: serving answers with it, and with XGBoost's predictions.
     rows = frame[features].to_numpy(np.float32)
@@ -188,3 +190,49 @@ def test_an_import_without_reference_is_unmonitored_and_bad_files_are_refused(
         _import(stack, pickle_header, b"\x80\x04N.")  # a pickle of None: never unpickled here
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "pickle import is off" in str(error.value.details())
+
+
+def test_cli_imports_lightgbm_with_a_reference_file_and_follows_the_verdict(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """--reference-file is ingested as a version of the model's dataset first; --follow waits for
+    the validator's verdict on the imported version."""
+    model = "bc_byom_file"
+    frame = load_breast_cancer(as_frame=True).frame
+    features = [c for c in frame.columns if c != "target"]
+    reference = tmp_path / "reference.csv"
+    frame.to_csv(reference, index=False)
+    booster = lightgbm.LGBMClassifier(n_estimators=40, verbose=-1).fit(frame[features], frame["target"])
+    model_file = tmp_path / "model.txt"
+    booster.booster_.save_model(model_file)
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "--home",
+            str(stack.home),
+            "models",
+            "import",
+            model,
+            str(model_file),
+            "--reference-file",
+            str(reference),
+            "--follow",
+            "--timeout",
+            str(CASCADE_TIMEOUT),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    imported = json.loads(result.output)
+    assert imported["format"] == "lightgbm" and imported["monitored"] is True
+    assert imported["reference"].startswith(f"{model}@")
+    assert imported["parity_max_difference"] < 1e-4
+    assert {gate["name"] for gate in imported["verdict"]["gates"]} >= {
+        "onnx_parity",
+        "schema",
+        "no_regression",
+    }
+    version = _version(stack, model, version=imported["version"])
+    assert version is not None and version.tags["format"] == "lightgbm"
+    assert version.dataset_version == imported["reference"].split("@", 1)[1]

@@ -81,7 +81,8 @@ def test_xgboost_with_other_feature_names_or_count_is_refused(tmp_path: Path) ->
 
 
 def test_a_lightgbm_classifier_and_regressor_convert_with_parity() -> None:
-    classifier = lightgbm.LGBMClassifier(n_estimators=30, verbose=-1).fit(CANCER_ROWS, CANCER.target)
+    # Fitted on a DataFrame: LightGBM saves the column names, with "_" for spaces.
+    classifier = lightgbm.LGBMClassifier(n_estimators=30, verbose=-1).fit(CANCER.data, CANCER.target)
     imported = convert_and_check(
         classifier.booster_.model_to_string().encode(),
         "lightgbm",
@@ -90,8 +91,8 @@ def test_a_lightgbm_classifier_and_regressor_convert_with_parity() -> None:
         CANCER_ROWS,
     )
     labels, probabilities = _outputs(imported, CANCER_ROWS)[:2]
-    assert np.array_equal(labels, classifier.predict(CANCER_ROWS))
-    assert np.allclose(probabilities, classifier.predict_proba(CANCER_ROWS), atol=1e-4)
+    assert np.array_equal(labels, classifier.predict(CANCER.data))
+    assert np.allclose(probabilities, classifier.predict_proba(CANCER.data), atol=1e-4)
 
     regressor = lightgbm.LGBMRegressor(n_estimators=30, verbose=-1).fit(DIABETES_ROWS, DIABETES.target)
     imported = convert_and_check(
@@ -104,6 +105,15 @@ def test_a_lightgbm_classifier_and_regressor_convert_with_parity() -> None:
     assert np.allclose(
         _outputs(imported, DIABETES_ROWS)[0].ravel(), regressor.predict(DIABETES_ROWS), rtol=1e-4
     )
+
+
+def test_lightgbm_column_names_must_follow_the_features() -> None:
+    classifier = lightgbm.LGBMClassifier(n_estimators=5, verbose=-1).fit(CANCER.data, CANCER.target)
+    swapped = [CANCER_FEATURES[1], CANCER_FEATURES[0], *CANCER_FEATURES[2:]]
+    with pytest.raises(InvalidArgument, match="feature 0 is 'mean_radius', the features say 'mean_texture'"):
+        convert_and_check(
+            classifier.booster_.model_to_string().encode(), "lightgbm", swapped, "classification", CANCER_ROWS
+        )
 
 
 def test_a_lightgbm_regressor_is_not_a_classifier() -> None:
