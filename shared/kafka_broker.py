@@ -88,8 +88,8 @@ _POLL_INTERVAL = 0.1
 _TAIL_LINES = 40
 _KILL_GRACE = 5.0
 SCRAM_MECHANISM = "SCRAM-SHA-512"
-# What a SCRAM password may hold: it is written into a JAAS value in double quotes and into a
-# StorageTool argument in brackets, where quotes, backslashes, commas or brackets would change it.
+# What a SCRAM password may hold: Kafka reads it into a JAAS value in double quotes and StorageTool
+# takes it in brackets, where quotes, backslashes, commas or brackets would change it.
 _SAFE_PASSWORD = re.compile(r"[A-Za-z0-9._~+/=-]{12,}")
 # Debian's Maven 3.8 writes colour resets even in batch mode.
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -118,16 +118,18 @@ class BrokerSecurity:
     password_file: Path
 
     def password(self) -> str:
-        """The password, checked to be one the broker's files can hold unchanged (never shown)."""
+        """The password, checked to be one Kafka reads unchanged (never shown). The file holds it
+        alone, no newline: the broker reads the file whole (DirectoryConfigProvider)."""
         try:
-            password = self.password_file.read_text().strip()
+            password = self.password_file.read_text()
         except OSError as error:
             raise BrokerError(
                 f"cannot read the Kafka password file {self.password_file}: {error.strerror}"
             ) from None
         if not _SAFE_PASSWORD.fullmatch(password):
             raise BrokerError(
-                f"the Kafka password in {self.password_file} must be 12 or more of A-Z a-z 0-9 . _ ~ + / = -"
+                f"the Kafka password in {self.password_file} must be 12 or more of A-Z a-z 0-9 . _ ~ + / = - "
+                "and nothing else (no newline)"
             )
         return password
 
@@ -517,7 +519,8 @@ def _ensure_ports_free(config: BrokerConfig) -> None:
 
 
 def render_server_properties(config: BrokerConfig, deploy_dir: Path = DEPLOY_DIR) -> str:
-    """The node's server.properties, as start() writes it (with a SCRAM password when secured)."""
+    """The node's server.properties, as start() writes it. Secured, it names the password file,
+    whose content is checked now: a password Kafka cannot use would only fail clients later."""
     template = string.Template((deploy_dir / "server.properties.template").read_text())
     rendered = template.substitute(
         client_listener=config.client_protocol,
@@ -532,12 +535,14 @@ def render_server_properties(config: BrokerConfig, deploy_dir: Path = DEPLOY_DIR
     if config.security is None:
         return rendered
     security = string.Template((deploy_dir / "sasl_ssl.properties.template").read_text())
+    config.security.password()
     return (
         rendered
         + "\n"
         + security.substitute(
             username=config.security.username,
-            password=config.security.password(),
+            password_dir=config.security.password_file.parent,
+            password_name=config.security.password_file.name,
             keystore_file=config.keystore_file,
             ca_file=config.security.ca_file,
         )

@@ -287,7 +287,8 @@ class Stack:
         if not password_file.exists():
             password_file.parent.mkdir(parents=True, exist_ok=True)
             password_file.parent.chmod(0o700)
-            write_private(password_file, secrets.token_urlsafe(32) + "\n")
+            # No newline: the broker reads the file whole (shared.kafka_broker.BrokerSecurity).
+            write_private(password_file, secrets.token_urlsafe(32))
 
     def _security_settings(self, name: str) -> dict[str, str]:
         """A service's identity (its token file), the principals it knows, and its TLS material."""

@@ -121,6 +121,13 @@ def test_the_rendered_broker_has_no_plaintext_client_listener(secured: SecuredBr
     )
     assert properties["advertised.listeners"] == f"SASL_SSL://127.0.0.1:{KAFKA_PORT}"
     assert properties["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    # The password stays in its file; Kafka reads it from there (DirectoryConfigProvider).
+    rendered = (secured.home / "kafka" / "server.properties").read_text()
+    assert secured.password_file.read_text() not in rendered
+    assert (
+        f"{secured.password_file.name}}}"
+        in properties["listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"]
+    )
     for private in ("server.properties", "keystore.pem"):
         assert (secured.home / "kafka" / private).stat().st_mode & 0o077 == 0, private
 
