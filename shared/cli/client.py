@@ -18,7 +18,14 @@ import grpc
 import typer
 from opentelemetry import trace
 
-from shared.cli.errors import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, ClientError
+from shared.cli.errors import (
+    EXIT_DENIED,
+    EXIT_FAILURE,
+    EXIT_NOT_FOUND,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    ClientError,
+)
 from shared.cli.identities import cli_security
 from shared.cli.stack import Stack, StackConfig
 from shared.grpc_io import CHUNK_SIZE, file_chunks, open_blocking_channel, open_channel
@@ -239,6 +246,8 @@ _EXIT_CODES = {
     grpc.StatusCode.FAILED_PRECONDITION: EXIT_USAGE,
     grpc.StatusCode.UNAVAILABLE: EXIT_UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNAVAILABLE,
+    grpc.StatusCode.UNAUTHENTICATED: EXIT_DENIED,
+    grpc.StatusCode.PERMISSION_DENIED: EXIT_DENIED,
 }
 
 
@@ -254,6 +263,13 @@ def describe_rpc_error(service: str, address: str, error: grpc.RpcError) -> str:
         )
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return f"{service} refused the request: {details}"
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return (
+            f"{service} at {address} does not know the caller ({details}): pass --token or set "
+            "CASCADE_TOKEN (a stack started here keeps its admin token in HOME/secrets/admin.token)"
+        )
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return f"{service} at {address} refused: {details}"
     name = code.name if code is not None else "error"
     return f"{service} at {address} failed ({name}): {details}"
 

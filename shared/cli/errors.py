@@ -13,12 +13,14 @@ Each error carries the exit code the command ends with (listed in `cascade --hel
     2  EXIT_USAGE        a bad command line, or a request the service refused (INVALID_ARGUMENT)
     3  EXIT_NOT_FOUND    no such model, version, dataset or spec (NOT_FOUND)
     4  EXIT_UNAVAILABLE  the service cannot be reached: is the stack up? (UNAVAILABLE)
+    5  EXIT_DENIED       the caller is not known, or may not do this (UNAUTHENTICATED, PERMISSION_DENIED)
 """
 
 from __future__ import annotations
 
 __all__ = [
     "EXIT_CODES_HELP",
+    "EXIT_DENIED",
     "EXIT_FAILURE",
     "EXIT_NOT_FOUND",
     "EXIT_UNAVAILABLE",
@@ -33,11 +35,12 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2  # also what click uses for a bad command line
 EXIT_NOT_FOUND = 3
 EXIT_UNAVAILABLE = 4
+EXIT_DENIED = 5
 
 EXIT_CODES_HELP = (
     f"Exit codes: 0 done; {EXIT_FAILURE} failed; {EXIT_USAGE} bad usage or a request the service "
     f"refused; {EXIT_NOT_FOUND} no such model, version or dataset; {EXIT_UNAVAILABLE} a service "
-    "cannot be reached (is the stack up?)."
+    f"cannot be reached (is the stack up?); {EXIT_DENIED} not authenticated, or not allowed."
 )
 
 

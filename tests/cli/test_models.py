@@ -236,9 +236,12 @@ async def test_aliases_need_force_for_a_failed_version_and_unalias_is_in_the_his
 async def test_a_token_authenticates_the_cli_and_names_the_actor(tmp_path: Path) -> None:
     token = "alice-token-0123456789"
     alice = PrincipalEntry("alice", frozenset({"registry:register"}), hash_token(token))
-    async with _registry(tmp_path, Authenticator(Principals([alice]), required=True)) as registry:
-        refused = await _cascade(registry, "register", "secured", code=1)
-        assert "UNAUTHENTICATED" in refused
+    reader = PrincipalEntry("reader", frozenset({"registry:read"}), hash_token("reader-token-0123456789"))
+    async with _registry(tmp_path, Authenticator(Principals([alice, reader]), required=True)) as registry:
+        refused = await _cascade(registry, "register", "secured", code=5)  # exit 5: denied
+        assert "does not know the caller" in refused and "CASCADE_TOKEN" in refused
+        denied = await _cascade(registry, "register", "secured", "--token", "reader-token-0123456789", code=5)
+        assert "reader lacks the role registry:register" in denied
         await _cascade(registry, "register", "secured", "--token", token)
         await _cascade(registry, "tag", "secured", "team=ml", env={"CASCADE_TOKEN": token})
         shown = await _cascade(registry, "show", "secured", "--json", env={"CASCADE_TOKEN": token})
