@@ -52,6 +52,7 @@ PORTS = {
 }
 MODEL = "bc_secured"
 READER = "auditor"
+WEBHOOK_SECRET = "webhook-" + new_token()
 
 
 def _add_reader(home: Path) -> str:
@@ -83,7 +84,11 @@ def secured() -> Iterator[tuple[Stack, str]]:
         tls=True,
         auth=True,
         kafka_security=True,
-        extra_env={"OTEL_BSP_SCHEDULE_DELAY": "200"},
+        extra_env={
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+            # Signs webhook bodies; no URL is set, so it only has to stay out of every output.
+            "CASCADE_REGISTRY_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        },
     )
     environ = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     stack = Stack(config, environ=environ)
@@ -289,6 +294,7 @@ def test_no_secret_appears_in_logs_traces_events_or_status(served: tuple[Stack, 
     stack, _ = served
     secrets = {path.name: path.read_text().strip() for path in (stack.home / "secrets").iterdir()}
     secret_values = {name: value for name, value in secrets.items() if not name.endswith(".toml")}
+    secret_values["webhook secret"] = WEBHOOK_SECRET
     assert len(secret_values) >= 7, secret_values.keys()  # admin, six services, the Kafka password
 
     # A wrong token's error names no token.
