@@ -162,6 +162,17 @@ def test_a_wrong_password_fails_authentication(secured: SecuredBroker, tmp_path:
     assert "invalid credentials with SASL mechanism SCRAM-SHA-512" in log
 
 
+def test_the_brokers_files_hold_no_password_but_its_own(secured: SecuredBroker) -> None:
+    """After clients came and went, Kafka's logs and the launcher's files name no password: it stays
+    in the password file, which Kafka reads (its SCRAM credentials are salted hashes)."""
+    password = secured.password_file.read_text()
+    logs = list((secured.home / "kafka" / "logs").iterdir())
+    assert any(path.name == "server.log" for path in logs)
+    for path in [*logs, *(secured.home / "kafka").glob("*.*")]:
+        if path.is_file():
+            assert password not in path.read_text(errors="replace"), path
+
+
 def test_a_client_not_trusting_the_ca_is_refused(
     secured: SecuredBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
