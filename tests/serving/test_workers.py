@@ -53,6 +53,13 @@ async def test_workers_share_the_port_and_each_follows_promotions(
                 finally:
                     await client.close()
                 async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as http:
+                    # This kept-alive connection may have landed on the worker that has not loaded
+                    # the version yet: ask that worker, as the gRPC loop above asks its own.
+                    for _ in range(600):
+                        ready = await http.get(f"/v2/models/{MODEL}/versions/{version}/ready")
+                        if ready.status_code == 200:
+                            break
+                        await asyncio.sleep(0.05)
                     body = {"inputs": [{"name": "input", "shape": [4, 30], "datatype": "FP32"}]}
                     body["inputs"][0]["data"] = rows.ravel().tolist()
                     response = await http.post(f"/v2/models/{MODEL}/infer", json=body)
