@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
+from services.monitor.core import Unmonitored
 from services.monitor.references import GrpcReferenceSource
 from shared.errors import FailedPrecondition, NotFound, Unavailable
 
@@ -51,6 +52,14 @@ async def test_incomplete_rows_are_left_out(source: GrpcReferenceSource, depende
 async def test_an_unknown_model_version_is_not_found(source: GrpcReferenceSource) -> None:
     with pytest.raises(NotFound, match="registry"):
         await source.fetch(MODEL, 99)
+
+
+async def test_a_version_imported_without_reference_is_unmonitored(
+    source: GrpcReferenceSource, dependencies: Dependencies
+) -> None:
+    dependencies.registry.add(MODEL, 2, dataset="", dataset_version="")
+    with pytest.raises(Unmonitored, match="imported without a reference dataset"):
+        await source.fetch(MODEL, 2)
 
 
 async def test_a_corrupt_download_is_refused(source: GrpcReferenceSource, dependencies: Dependencies) -> None:

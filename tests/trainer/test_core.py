@@ -3,17 +3,22 @@ happens only when it can learn something, and a byte-identical artifact makes no
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
+import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+import xgboost
 from sklearn.datasets import load_breast_cancer
 
-from services.trainer.core import TrainerCore
+from services.trainer.core import ImportRequest, TrainerCore
 from services.trainer.settings import TrainerSettings
+from shared.errors import InvalidArgument
 from shared.events import DriftDetected, ModelTrained, TrainingRequested
 from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from shared.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
@@ -164,3 +169,67 @@ async def test_drift_with_a_newer_dataset_version_retrains_on_it(rig: Any) -> No
     await core.on_drift_detected(drift("retrain"))
     [tags] = registry.tags_set  # it trained on the newer version, and found nothing new
     assert "b" * 64 in next(iter(tags.values())) and len(trained) == 1
+
+
+def _xgboost_json(tmp_path: Path) -> bytes:
+    """An XGBoost model trained outside Cascade, saved as XGBoost saves it."""
+    frame = load_breast_cancer(as_frame=True).frame
+    model = xgboost.XGBClassifier(n_estimators=20, max_depth=3)
+    model.fit(frame.drop(columns="target"), frame["target"])
+    path = tmp_path / "model.json"
+    model.save_model(path)
+    return path.read_bytes()
+
+
+async def test_an_import_with_a_reference_is_uploaded_tagged_and_announced(rig: Any, tmp_path: Path) -> None:
+    core, registry, _, trained = rig
+    request = ImportRequest(
+        model=MODEL, model_format="xgboost", dataset=MODEL, actor="ann", reason="notebook"
+    )
+    data = _xgboost_json(tmp_path)
+    outcome = await core.import_model(request, data)
+
+    assert outcome.model_version == 1 and outcome.monitored and outcome.parity_rows > 0
+    [version] = registry.versions
+    assert version.dataset == MODEL and version.dataset_version == VERSION  # the latest, resolved
+    tags = dict(version.tags)
+    assert tags["source"] == "imported" and tags["format"] == "xgboost" and tags["monitoring"] == "monitored"
+    assert tags["task"] == "classification" and tags["target"] == "target"
+    assert json.loads(tags["features"]) == load_breast_cancer(as_frame=True).feature_names.tolist()
+    assert (
+        len(json.loads(tags["parity_reference"])["rows"]) == 16
+    )  # what the validator's parity gate rechecks
+    [announced] = trained
+    assert (announced.model_version, announced.dataset, announced.dataset_version) == (1, MODEL, VERSION)
+
+    # The same file against the same reference: the version found by its key, announced again.
+    again = await core.import_model(request, data)
+    assert again.model_version == 1 and len(registry.versions) == 1 and len(trained) == 2
+
+
+async def test_an_import_without_a_reference_is_unmonitored_and_not_announced(
+    rig: Any, tmp_path: Path
+) -> None:
+    core, registry, _, trained = rig
+    frame = load_breast_cancer(as_frame=True).frame
+    features = tuple(c for c in frame.columns if c != "target")
+    request = ImportRequest(
+        model=MODEL,
+        model_format="xgboost",
+        features=features,
+        task="classification",
+        parity_rows_csv=frame.head(40).to_csv(index=False).encode(),
+    )
+    outcome = await core.import_model(request, _xgboost_json(tmp_path))
+    assert not outcome.monitored and outcome.parity_rows == 40
+    [version] = registry.versions
+    assert version.tags["monitoring"] == "unmonitored" and version.dataset == ""
+    assert not trained  # nothing to validate it on
+
+    for missing, reason in (
+        (dict(features=()), "features are required"),
+        (dict(parity_rows_csv=b""), "parity rows are required"),
+        (dict(task="ranking"), "task must be classification or regression"),
+    ):
+        with pytest.raises(InvalidArgument, match=reason):
+            await core.import_model(dataclasses.replace(request, **missing), b"{}")
