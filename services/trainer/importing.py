@@ -143,7 +143,7 @@ def _xgboost(data: bytes, features: list[str], task: Task) -> tuple[Predictor, b
     try:
         model.load_model(bytearray(data))
     except Exception as exc:  # XGBoostError: not a model, or not one saved as JSON/UBJSON
-        raise InvalidArgument(f"not an XGBoost model file: {_first_line(exc)}") from exc
+        raise InvalidArgument(f"cannot load the XGBoost model: {_first_line(exc)}") from exc
     booster = model.get_booster()
     _check_width(booster.num_features(), len(features))
     _check_names(booster.feature_names, features)

@@ -197,7 +197,7 @@ def test_a_conversion_that_predicts_otherwise_fails_parity_with_the_difference(t
 
 def test_garbage_files_are_invalid_arguments() -> None:
     for model_format in ("xgboost", "lightgbm"):
-        with pytest.raises(InvalidArgument, match=r"not an? (XGBoost|LightGBM)"):
+        with pytest.raises(InvalidArgument, match=r"cannot load the XGBoost model|not a LightGBM text model"):
             convert_and_check(
                 b"\x00\x01garbage", model_format, CANCER_FEATURES, "classification", CANCER_ROWS
             )
@@ -222,3 +222,11 @@ def test_a_trainer_without_the_import_extra_names_it(tmp_path: Path, monkeypatch
         match=r"onnxmltools is not installed on this trainer: install cascade-mlops\[import\]",
     ):
         convert_and_check(data, "xgboost", CANCER_FEATURES, "classification", CANCER_ROWS)
+
+
+def test_an_xgboost_regressor_is_not_a_classifier(tmp_path: Path) -> None:
+    model = xgboost.XGBRegressor(n_estimators=5).fit(DIABETES.data, DIABETES.target)
+    with pytest.raises(InvalidArgument, match="Expecting: classifier, got: regressor"):
+        convert_and_check(
+            _xgboost_file(model, tmp_path), "xgboost", DIABETES_FEATURES, "classification", DIABETES_ROWS
+        )
