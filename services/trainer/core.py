@@ -23,7 +23,6 @@ from prometheus_client import Counter, Histogram
 
 from services.trainer.importing import ImportedModel, ModelFormat, convert_and_check, parity_rows_from_csv
 from services.trainer.settings import TrainerSettings
-from services.trainer.spec import Task, TrainingSpec
 from services.trainer.training import TrainingResult, train
 from shared.clients import fetch_dataset, unavailable_as_retryable
 from shared.errors import InvalidArgument, NotFound
@@ -41,6 +40,7 @@ from shared.splits import holdout_mask
 from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from shared.stubs.cascade.registry.v1 import registry_pb2 as registry_pb
 from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
+from shared.training_spec import Task, TrainingSpec
 
 log = logging.getLogger(__name__)
 

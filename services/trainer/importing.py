@@ -29,7 +29,6 @@ import onnxruntime as ort
 from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline
 
-from services.trainer.spec import Task
 from services.trainer.training import (
     INPUT_NAME,
     Predictor,
@@ -38,6 +37,7 @@ from services.trainer.training import (
     parity_reference,
 )
 from shared.errors import FailedPrecondition, InvalidArgument
+from shared.training_spec import Task
 
 __all__ = ["IMPORT_EXTRA", "ImportedModel", "ModelFormat", "convert_and_check", "parity_rows_from_csv"]
 

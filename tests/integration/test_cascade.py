@@ -18,7 +18,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_breast_cancer, make_classification
 from typer.testing import CliRunner
 
-from services.trainer.spec import TrainingSpec
 from shared.cli.main import app
 from shared.cli.stack import SERVICES, Stack
 from shared.events import (
@@ -31,6 +30,7 @@ from shared.events import (
     Topics,
 )
 from shared.messaging import DLQ_REASON, DLQ_SERVICE, DLQ_TOPIC
+from shared.training_spec import TrainingSpec
 from tests.integration.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.integration.support import (
     drift_report,

@@ -1,5 +1,6 @@
 """What to train, and how hard to search: one spec per dataset, with defaults good enough that a new
-dataset trains with no spec at all."""
+dataset trains with no spec at all. A contract between the trainer, which follows it, and whoever
+writes it (the CLI, through the registry), so it lives beside the events rather than in a service."""
 
 from __future__ import annotations
 
