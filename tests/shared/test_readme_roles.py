@@ -3,22 +3,37 @@ it, and where the table names a role, the service's role table (shared.security)
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from services.ingest.grpc_api import ROLES as INGEST_ROLES
 from services.monitor.grpc_api import ROLES as MONITOR_ROLES
 from services.registry.grpc_api import ROLES as REGISTRY_ROLES
-from services.serving.app import serving_roles
 from services.trainer.grpc_api import ROLES as TRAINER_ROLES
 from shared.security import ANY_PRINCIPAL, OPEN, ROLES
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _serving_roles() -> dict[str, str]:
+    """Serving's roles, from a process of their own: its inference stubs and tritonclient's, which
+    other tests load, cannot share one protobuf descriptor pool."""
+    code = (
+        "import json; from services.serving.app import serving_roles; print(json.dumps(serving_roles(False)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    roles: dict[str, str] = json.loads(done.stdout)
+    return roles
+
+
 SERVICES = {
     "ingest": INGEST_ROLES,
     "trainer": TRAINER_ROLES,
     "monitor": MONITOR_ROLES,
-    "serving": serving_roles(open_inference=False),
+    "serving": _serving_roles(),
     "registry": REGISTRY_ROLES,
 }
 
