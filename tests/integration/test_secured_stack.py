@@ -1,10 +1,12 @@
 """The secured configuration, end to end: TLS on every gRPC hop, every service requiring an
 authenticated principal with the method's role, Kafka on SASL_SSL with SCRAM. The real launcher
-starts it (`cascade up --tls --auth` does the same) on ports apart from the shared test stack."""
+starts it (`cascade up --tls --auth --kafka-security` does the same) on ports apart from the shared
+test stack; tests/integration/test_kafka_security.py tries the secured broker alone."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -17,6 +19,8 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaConnectionError
 from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from sklearn.datasets import load_breast_cancer
@@ -259,6 +263,28 @@ def _attribute(span: dict[str, Any], key: str) -> str | None:
     return None
 
 
+def test_the_cli_reads_the_secured_kafka_and_a_plaintext_client_cannot(served: tuple[Stack, str]) -> None:
+    """The CLI finds the stack's Kafka settings in its home (lag per service comes from the broker,
+    dead letters from their topic); a client that does not speak SASL_SSL gets nothing."""
+    stack, _ = served
+    status = CliRunner().invoke(app, ["--home", str(stack.home), "status", "--json"])
+    assert status.exit_code == 0, status.output
+    rows = {row["name"]: row for row in json.loads(status.stdout)}
+    assert rows["trainer"]["lag"] is not None, status.output
+    listed = CliRunner().invoke(app, ["--home", str(stack.home), "dlq", "list"])
+    assert listed.exit_code == 0, listed.output
+
+    async def connect_in_plaintext() -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=stack.address("kafka"), request_timeout_ms=5000)
+        try:
+            await consumer.start()
+        finally:
+            await consumer.stop()
+
+    with pytest.raises(KafkaConnectionError):
+        asyncio.run(connect_in_plaintext())
+
+
 def test_tritonclient_over_tls_gets_answers(served: tuple[Stack, str]) -> None:
     stack, _ = served
     client, headers = triton_client(stack)
@@ -323,7 +349,6 @@ def test_no_secret_appears_in_logs_traces_events_or_status(served: tuple[Stack, 
 
 def _kafka_messages(stack: Stack) -> dict[str, str]:
     """Every record on the stack's topics (events, dead letters), as text."""
-    from aiokafka import AIOKafkaConsumer
 
     async def read() -> dict[str, str]:
         consumer = AIOKafkaConsumer(

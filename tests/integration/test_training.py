@@ -127,7 +127,10 @@ def test_cascade_train_follows_a_manual_retrain_trial_by_trial(stack: Stack) -> 
     reruns = [json.loads(value) for name, value in only.tags.items() if name.startswith("rerun:")]
     assert len(reruns) == 1 and reruns[0]["dataset_version"] == only.dataset_version
     cause = reruns[0]["cause"]
-    assert cause["kind"] == "manual" and cause["summary"] == "requested by bob: weekly refresh"
+    # The CLI calls as the stack's admin; the actor it claimed (--actor bob) is kept beside.
+    assert (
+        cause["kind"] == "manual" and cause["summary"] == "requested by admin (claimed bob): weekly refresh"
+    )
 
 
 def _training_spans(log: Path, model: str) -> list[tuple[datetime, datetime]]:
