@@ -1,6 +1,6 @@
 """A stack with kafka_security, without starting it: what its services and the CLI are given, what
 the broker is configured with, and what the home remembers. The real broker: tests/integration/
-test_kafka_security.py and test_kafka_secured_stack.py."""
+test_kafka_security.py and test_secured_stack.py."""
 
 from __future__ import annotations
 
