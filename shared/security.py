@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Final
 import grpc
 from opentelemetry import trace
 
-from shared.errors import Unauthenticated
+from shared.errors import PermissionDenied, Unauthenticated
 from shared.interceptors import Behaviour, MethodInterceptor, RpcMethod
 
 if TYPE_CHECKING:
@@ -277,6 +277,26 @@ class Authenticator:
             raise Unauthenticated("this service needs a bearer token or a client certificate")
         return ANONYMOUS
 
+    def admit(
+        self,
+        metadata: Iterable[tuple[str, Any]] | None,
+        auth_context: Mapping[str, Any],
+        role: str,
+        method: str,
+    ) -> Principal:
+        """The caller of `method`, if it may call a method needing `role` (anyone, for OPEN);
+        Unauthenticated or PermissionDenied otherwise. Every transport asks this: gRPC through
+        AuthInterceptor, serving's REST endpoint directly."""
+        try:
+            principal = self.authenticate(metadata, auth_context)
+        except Unauthenticated:
+            if role == OPEN:
+                return ANONYMOUS
+            raise
+        if role in (OPEN, ANY_PRINCIPAL) or principal.has(role):
+            return principal
+        raise PermissionDenied(f"{principal.name} lacks the role {role} for {method}")
+
 
 class _PeerIdentity(Mapping[str, Any]):
     """A call's auth context, asked of gRPC only when needed: building it costs every call, and a
@@ -328,17 +348,15 @@ class AuthInterceptor(MethodInterceptor):
     def _admit(self, context: Any, rpc: RpcMethod) -> Principal | tuple[grpc.StatusCode, str]:
         role = self.roles.get(rpc.path, ADMIN)
         try:
-            principal = self.authenticator.authenticate(context.invocation_metadata(), _PeerIdentity(context))
-        except Unauthenticated as exc:
-            if role == OPEN:
-                return ANONYMOUS
-            return grpc.StatusCode.UNAUTHENTICATED, str(exc)
-        if role in (OPEN, ANY_PRINCIPAL) or principal.has(role):
-            span = trace.get_current_span()
-            if principal.authenticated and span.is_recording():
-                span.set_attribute("enduser.id", principal.name)
-            return principal
-        return grpc.StatusCode.PERMISSION_DENIED, f"{principal.name} lacks the role {role} for {rpc.method}"
+            principal = self.authenticator.admit(
+                context.invocation_metadata(), _PeerIdentity(context), role, rpc.method
+            )
+        except (Unauthenticated, PermissionDenied) as refused:
+            return refused.status, str(refused)
+        span = trace.get_current_span()
+        if principal.authenticated and span.is_recording():
+            span.set_attribute("enduser.id", principal.name)
+        return principal
 
     def wrap_unary_response(self, behaviour: Behaviour, rpc: RpcMethod) -> Behaviour:
         if rpc.service in _REFLECTION_SERVICES:

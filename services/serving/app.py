@@ -19,10 +19,9 @@ from services.serving.registry_client import RegistryClient
 from services.serving.repository import LoadedModel, LoadFailure, ModelRepository
 from services.serving.rest import Admission, RestEndpoint, ServerTls, rest_app
 from services.serving.settings import ServingSettings
-from shared.errors import PermissionDenied
 from shared.events import ModelLoadFailed, PredictionLogged, Topics
 from shared.messaging import build_broker, publish_event
-from shared.security import ADMIN, ANY_PRINCIPAL, OPEN, Authenticator, ClientSecurity, method_roles
+from shared.security import ADMIN, OPEN, Authenticator, ClientSecurity, method_roles
 from shared.service import Service
 from shared.stubs.inference import grpc_service_pb2 as pb
 from shared.stubs.inference import grpc_service_pb2_grpc
@@ -52,13 +51,8 @@ def rest_admission(authenticator: Authenticator, roles: Mapping[str, str]) -> Ad
         return None
 
     def admit(authorization: str | None, method: str) -> None:
-        role = roles.get(f"/{SERVICE_NAME}/{method}", ADMIN)
-        if role == OPEN:
-            return
         metadata = [("authorization", authorization)] if authorization else []
-        principal = authenticator.authenticate(metadata, {})
-        if role != ANY_PRINCIPAL and not principal.has(role):
-            raise PermissionDenied(f"{principal.name} lacks the role {role} for {method}")
+        authenticator.admit(metadata, {}, roles.get(f"/{SERVICE_NAME}/{method}", ADMIN), method)
 
     return admit
 
