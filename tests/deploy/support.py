@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from shared.certs import init_pki
+from shared.cli.identities import PKI_NAMES, ensure_tokens
 from shared.cli.stack import DEFAULT_PORTS, SERVICES
 from shared.settings import ServiceSettings
 
@@ -256,3 +258,21 @@ def parse_dockerfile(path: Path = DOCKERFILE) -> dict[str, Stage]:
         else:
             current.instructions.append((keyword, args))
     return stages
+
+
+def own_secret_files(name: str) -> dict[str, str]:
+    """A service's own identity, as `cascade auth init` and `cascade certs init` name its files
+    (relative to deploy/secrets/), by the setting that points at each."""
+    return {
+        "TOKEN_FILE": f"{name}.token",
+        "TLS_CERT_FILE": f"tls/{name}.pem",
+        "TLS_KEY_FILE": f"tls/{name}.key",
+    }
+
+
+def files_the_commands_make(secrets: Path) -> set[str]:
+    """What `cascade auth init --dir SECRETS` and `cascade certs init --dir SECRETS/tls` write,
+    relative to SECRETS."""
+    ensure_tokens(secrets)
+    init_pki(secrets / "tls", PKI_NAMES)
+    return {str(path.relative_to(secrets)) for path in secrets.rglob("*") if path.is_file()}

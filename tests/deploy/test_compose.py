@@ -12,8 +12,6 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from shared.certs import init_pki
-from shared.cli.identities import PKI_NAMES, ensure_tokens
 from tests.deploy.support import (
     DATA_SERVICES,
     DEFAULT_PORTS,
@@ -21,9 +19,11 @@ from tests.deploy.support import (
     REPO,
     SERVICES,
     env_problems,
+    files_the_commands_make,
     kafka_security_problems,
     listening_ports,
     load_settings,
+    own_secret_files,
     parse_dockerfile,
 )
 
@@ -308,20 +308,9 @@ def _mounted_secrets(name: str) -> dict[str, str]:
     return mounted
 
 
-def _own_files(name: str) -> dict[str, str]:
-    """What a service's own identity is, as `cascade auth init` and `cascade certs init` name it."""
-    return {
-        "TOKEN_FILE": f"{name}.token",
-        "TLS_CERT_FILE": f"tls/{name}.pem",
-        "TLS_KEY_FILE": f"tls/{name}.key",
-    }
-
-
 def test_secret_files_are_the_ones_the_commands_make_and_git_ignores_them(tmp_path: Path) -> None:
     secrets = tmp_path / "secrets"
-    ensure_tokens(secrets)
-    init_pki(secrets / "tls", PKI_NAMES)
-    made = {str(path.relative_to(secrets)) for path in secrets.rglob("*") if path.is_file()}
+    made = files_the_commands_make(secrets)
     ignored = (REPO / ".gitignore").read_text().splitlines()
 
     assert set(_secret_files().values()) - made == {"kafka-password"}  # the one made by hand
@@ -349,7 +338,7 @@ def test_every_file_setting_is_a_mounted_secret_and_its_own(name: str) -> None:
     mounted = _mounted_secrets(name)
     files = {key.removeprefix(prefix): value for key, value in _env(name).items() if key.endswith("_FILE")}
     expected = {
-        **_own_files(name),
+        **own_secret_files(name),
         "TLS_CA_FILE": "tls/ca.pem",
         "AUTH_PRINCIPALS_FILE": "principals.toml",
         "KAFKA_SASL_PASSWORD_FILE": "kafka-password",
@@ -365,7 +354,7 @@ def test_every_file_setting_is_a_mounted_secret_and_its_own(name: str) -> None:
 @pytest.mark.parametrize("name", [*SERVICES, "kafka"])
 def test_each_container_mounts_no_other_identity(name: str) -> None:
     shared = SHARED_SECRET_FILES if name != "kafka" else ("tls/ca.pem", "kafka-password")
-    allowed = {*shared, *_own_files(name).values()}
+    allowed = {*shared, *own_secret_files(name).values()}
 
     assert set(_mounted_secrets(name).values()) <= allowed
     for other, service in DEFINED.items():

@@ -13,8 +13,6 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from shared.certs import init_pki
-from shared.cli.identities import PKI_NAMES, ensure_tokens
 from tests.deploy.support import (
     DATA_SERVICES,
     DEFAULT_PORTS,
@@ -22,10 +20,12 @@ from tests.deploy.support import (
     REPO,
     SERVICES,
     env_problems,
+    files_the_commands_make,
     kafka_security_problems,
     listening_ports,
     load_settings,
     module_problems,
+    own_secret_files,
 )
 
 K8S = REPO / "deploy" / "k8s"
@@ -408,20 +408,9 @@ def _secret_volumes(name: str) -> dict[str, tuple[str, dict[str, str]]]:
     return mounted
 
 
-def _own_files(name: str) -> dict[str, str]:
-    """A service's own identity, as `cascade auth init` and `cascade certs init` name its files."""
-    return {
-        "TOKEN_FILE": f"{name}.token",
-        "TLS_CERT_FILE": f"tls/{name}.pem",
-        "TLS_KEY_FILE": f"tls/{name}.key",
-    }
-
-
 def test_the_secured_overlay_applies_the_base_with_secrets_from_the_commands_files(tmp_path: Path) -> None:
     secrets = tmp_path / "secrets"
-    ensure_tokens(secrets)
-    init_pki(secrets / "tls", PKI_NAMES)
-    made = {str(path.relative_to(secrets)) for path in secrets.rglob("*") if path.is_file()}
+    made = files_the_commands_make(secrets)
     read = {file for keys in _generated().values() for file in keys.values()}
 
     assert OVERLAY["resources"] == ["k8s"]
@@ -451,7 +440,7 @@ def test_every_file_setting_is_in_a_mounted_secret_and_its_own(name: str) -> Non
     mounted = _secret_volumes(name)
     files = {key.removeprefix(prefix): value for key, value in _env(name).items() if key.endswith("_FILE")}
     expected = {
-        **_own_files(name),
+        **own_secret_files(name),
         "TLS_CA_FILE": "tls/ca.pem",
         "AUTH_PRINCIPALS_FILE": "principals.toml",
         "KAFKA_SASL_PASSWORD_FILE": "kafka-password",
@@ -474,7 +463,7 @@ def test_each_pod_mounts_only_its_own_secret_and_the_shared_one(name: str) -> No
 
     assert {secret for secret, _ in mounted.values()} == {f"cascade-{name}", SHARED_SECRET}
     for secret, keys in mounted.values():
-        allowed = set(_own_files(name).values()) if secret != SHARED_SECRET else shared_files
+        allowed = set(own_secret_files(name).values()) if secret != SHARED_SECRET else shared_files
         assert set(keys.values()) <= allowed, f"{name} mounts {secret} files it does not need"
     for volume in volumes.values():
         if "secret" in volume:
@@ -485,7 +474,7 @@ def test_each_services_secret_holds_only_its_own_identity() -> None:
     for secret, keys in _generated().items():
         owner = secret.removeprefix("cascade-")
         if secret != SHARED_SECRET:
-            assert set(keys.values()) <= set(_own_files(owner).values()), secret
+            assert set(keys.values()) <= set(own_secret_files(owner).values()), secret
 
 
 def _strings(node: Any) -> list[str]:
