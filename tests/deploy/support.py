@@ -270,6 +270,18 @@ def own_secret_files(name: str) -> dict[str, str]:
     }
 
 
+def expected_secret_files(name: str) -> dict[str, str]:
+    """Every `*_FILE` setting a secured service is given, and the file under deploy/secrets/ each
+    must read: its own identity, and the CA, principals and Kafka password every service shares."""
+    return {
+        **own_secret_files(name),
+        "TLS_CA_FILE": "tls/ca.pem",
+        "AUTH_PRINCIPALS_FILE": "principals.toml",
+        "KAFKA_SASL_PASSWORD_FILE": "kafka-password",
+        "KAFKA_SSL_CA_FILE": "tls/ca.pem",
+    }
+
+
 def files_the_commands_make(secrets: Path) -> set[str]:
     """What `cascade auth init --dir SECRETS` and `cascade certs init --dir SECRETS/tls` write,
     relative to SECRETS."""

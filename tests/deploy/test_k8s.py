@@ -20,6 +20,7 @@ from tests.deploy.support import (
     REPO,
     SERVICES,
     env_problems,
+    expected_secret_files,
     files_the_commands_make,
     kafka_security_problems,
     listening_ports,
@@ -439,13 +440,7 @@ def test_every_file_setting_is_in_a_mounted_secret_and_its_own(name: str) -> Non
     prefix = f"CASCADE_{name.upper()}_"
     mounted = _secret_volumes(name)
     files = {key.removeprefix(prefix): value for key, value in _env(name).items() if key.endswith("_FILE")}
-    expected = {
-        **own_secret_files(name),
-        "TLS_CA_FILE": "tls/ca.pem",
-        "AUTH_PRINCIPALS_FILE": "principals.toml",
-        "KAFKA_SASL_PASSWORD_FILE": "kafka-password",
-        "KAFKA_SSL_CA_FILE": "tls/ca.pem",
-    }
+    expected = expected_secret_files(name)
 
     assert set(files) == set(expected)
     for field_name, path in files.items():
