@@ -34,6 +34,7 @@ import contextvars
 import hashlib
 import hmac
 import inspect
+import os
 import secrets
 import tomllib
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
@@ -237,8 +238,11 @@ def write_principals(path: Path, entries: Iterable[PrincipalEntry]) -> None:
         lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("\n".join(lines))
-    temporary.chmod(0o600)
+    # Private from its first byte, then in place at once: a reader sees the old file or the new.
+    temporary.unlink(missing_ok=True)  # a crash's leftover would keep its own mode
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write("\n".join(lines))
     temporary.replace(path)
 
 
