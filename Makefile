@@ -4,16 +4,26 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LINKS := $(VENV)/.linked
+# shared/ installs as the package `cascade` and services/ as `cascade.services` (pyproject.toml).
+# A strict editable install makes that mapping a tree of links (build/__editable__.*), which mypy
+# follows; a new module needs a new link, so the tree is remade when any package folder changes.
+PACKAGE_DIRS := $(shell find shared services -type d -not -name __pycache__ 2>/dev/null)
+EDITABLE := --config-settings editable_mode=strict
 
 .PHONY: setup demo test lint typecheck protos kafka-up kafka-down down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev]' $(EDITABLE)
+	touch $(STAMP) $(LINKS)
 
-setup: $(STAMP)
+$(LINKS): $(STAMP) $(PACKAGE_DIRS)
+	$(PY) -m pip install --quiet --no-deps -e . $(EDITABLE)
+	touch $(LINKS)
+
+setup: $(STAMP) $(LINKS)
 	$(VENV)/bin/cascade kafka install
 
 demo: setup
@@ -26,7 +36,7 @@ test: setup
 	$(PY) -m pytest -ra
 
 protos: $(STAMP)
-	$(PY) -m shared.protogen
+	$(PY) -m cascade.protogen
 
 kafka-up: setup
 	$(VENV)/bin/cascade kafka start

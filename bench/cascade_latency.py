@@ -23,11 +23,11 @@ import grpc
 import numpy as np
 from sklearn.datasets import load_breast_cancer
 
-from services.trainer.training import train
-from shared.cli.client import ingest_file
-from shared.cli.inference_client import InferenceClient
-from shared.cli.stack import Stack, StackConfig
-from shared.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
+from cascade.cli.client import ingest_file
+from cascade.cli.inference_client import InferenceClient
+from cascade.cli.stack import Stack, StackConfig
+from cascade.services.trainer.training import train
+from cascade.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
 PORTS = {

@@ -19,8 +19,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from services.trainer.training import train
-from shared.training_spec import TrainingSpec
+from cascade.services.trainer.training import train
+from cascade.training_spec import TrainingSpec
 
 ROWS = (500, 5_000, 50_000)
 TRIALS = (4, 12)

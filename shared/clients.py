@@ -12,9 +12,9 @@ from typing import Protocol
 import grpc
 import pandas as pd
 
-from shared.errors import FailedPrecondition, Unavailable
-from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from shared.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
+from cascade.errors import FailedPrecondition, Unavailable
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from cascade.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
 
 __all__ = ["download_artifact", "fetch_dataset", "unavailable_as_retryable"]
 

@@ -5,7 +5,14 @@
     ├── NotFound             gRPC NOT_FOUND, Kafka dead-letter
     ├── AlreadyExists        gRPC ALREADY_EXISTS
     ├── FailedPrecondition   gRPC FAILED_PRECONDITION, Kafka dead-letter
-    └── Unavailable          a dependency is down: gRPC UNAVAILABLE, Kafka redelivery
+    ├── Unauthenticated      gRPC UNAUTHENTICATED
+    ├── PermissionDenied     gRPC PERMISSION_DENIED
+    ├── Unavailable          a dependency is down: gRPC UNAVAILABLE, Kafka redelivery
+    └── RemoteFailure        another service failed in a way none of the above names (INTERNAL, ...)
+
+The same tree serves both directions: a server raises these and `grpc_errors` sends their status;
+a client gets them back from `error_from_rpc`, the one place a gRPC status becomes an exception
+(cascade.client calls it for every RPC), so every caller handles `NotFound` rather than status codes.
 
 Transports decide what an error means for delivery (`classify`); no message is retried forever:
 
@@ -44,9 +51,11 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "PermissionDenied",
+    "RemoteFailure",
     "Unauthenticated",
     "Unavailable",
     "classify",
+    "error_from_rpc",
     "grpc_errors",
     "is_permanent",
     "truncate",
@@ -91,6 +100,41 @@ class Unavailable(CascadeError):
     permanent = False
 
 
+class RemoteFailure(CascadeError):
+    """A call failed with a status Cascade raises for no reason of its own (INTERNAL, UNKNOWN,
+    UNIMPLEMENTED, ...): most likely a bug on the far side. `classify` calls it unknown, so work
+    that met it is retried, within its budget."""
+
+
+_ERRORS_BY_STATUS: dict[grpc.StatusCode, type[CascadeError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    # "Try again later": the service is down, slow, overloaded or asked the caller to retry.
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Unavailable,
+    grpc.StatusCode.ABORTED: Unavailable,
+    grpc.StatusCode.CANCELLED: Unavailable,
+}
+
+
+def error_from_rpc(error: grpc.RpcError, what: str) -> CascadeError:
+    """The Cascade error for a failed call, saying `what` was being done: "registry: reading m v3:
+    version 3 of m not found". Its `status` is the call's own status code."""
+    # Blocking calls' errors are grpc.Call; grpc.aio's are AioRpcError; both carry code/details.
+    has_status = isinstance(error, grpc.Call | grpc.aio.AioRpcError)
+    code = error.code() if has_status else grpc.StatusCode.UNKNOWN
+    details = (error.details() if has_status else None) or str(error) or code.name
+    failure = _ERRORS_BY_STATUS.get(code, RemoteFailure)(truncate(f"{what}: {details}"))
+    failure.status = code
+    return failure
+
+
 _PERMANENT_GRPC_CODES = frozenset(
     {
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -122,6 +166,8 @@ def classify(exc: BaseException) -> ErrorKind:
     from aiokafka.errors import KafkaError
     from pydantic import ValidationError
 
+    if isinstance(exc, RemoteFailure):
+        return "unknown"
     if isinstance(exc, CascadeError):
         return "permanent" if exc.permanent else "transient"
     if isinstance(exc, ValidationError | ValueError | UnicodeDecodeError | RecursionError | MemoryError):

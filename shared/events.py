@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 from faststream.kafka.schemas.topic import Topic as KafkaTopic
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.errors import InvalidArgument
+from cascade.errors import InvalidArgument
 
 __all__ = [
     "DataArrived",

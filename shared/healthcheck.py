@@ -1,4 +1,4 @@
-"""`python -m shared.healthcheck HOST:PORT`: exit 0 only if the gRPC server there is SERVING.
+"""`python -m cascade.healthcheck HOST:PORT`: exit 0 only if the gRPC server there is SERVING.
 
 The container health check of every service (the Dockerfile's HEALTHCHECK, and the exec probes in
 deploy/k8s): one `grpc.health.v1.Health/Check` call, for the whole server (service "") unless
@@ -9,7 +9,7 @@ A service serving TLS is asked over TLS: `--tls-of NAME` takes the CA bundle, ce
 from that service's own settings (CASCADE_<NAME>_TLS_CA_FILE, _TLS_CERT_FILE, _TLS_KEY_FILE), so a
 container configures them once; `--ca-file`, `--cert-file` and `--key-file` win over them. The
 certificate is presented because a server requiring client certificates (mTLS) refuses a handshake
-without one, even for health. No token: health is open on every service (shared.security).
+without one, even for health. No token: health is open on every service (cascade.security).
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import ValidationError
 
-from shared.security import PLAINTEXT, ClientSecurity
-from shared.settings import ServiceSettings
+from cascade.client.channels import PLAINTEXT, ClientSecurity
+from cascade.settings import ServiceSettings
 
 __all__ = ["check", "main", "security_of"]
 
 # Straight to the address: a proxy named in the environment must not answer for the service. Not
-# shared.grpc_io.open_blocking_channel, whose tracing imports cost a probe run every few seconds
+# cascade.grpc_io.open_blocking_channel, whose tracing imports cost a probe run every few seconds
 # more than the check itself.
 _CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
 
@@ -99,7 +99,7 @@ def _address(value: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m shared.healthcheck",
+        prog="python -m cascade.healthcheck",
         description="Exit 0 if the gRPC server at ADDRESS reports SERVING (grpc.health.v1), else 1.",
     )
     parser.add_argument("address", type=_address, help="HOST:PORT of the gRPC server")

@@ -135,7 +135,7 @@ class RequestDecodingInterceptor(MethodInterceptor):
     grpc.aio decodes a unary request before any handler runs, and a decoding error there is answered
     UNKNOWN ("Unexpected DecodeError"): not the caller's fault as far as the status says. Decoding
     instead yields a stand-in that the wrapped behaviour refuses with a short message. Streamed
-    requests decode as the handler reads them, where `shared.grpc_io.split_upload` refuses them."""
+    requests decode as the handler reads them, where `cascade.grpc_io.split_upload` refuses them."""
 
     def wrap_request_deserializer(self, deserializer: Deserializer, rpc: RpcMethod) -> Deserializer:
         def decode(data: bytes) -> Any:

@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from shared.errors import InvalidArgument
+from cascade.errors import InvalidArgument
 
 __all__ = ["DOCUMENT_LIMITS", "JsonTooLarge", "check_json_limits", "json_depth", "loads_bounded"]
 

@@ -15,7 +15,7 @@ from typing import Any
 from aiokafka.helpers import create_ssl_context
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
-from shared.settings import ServiceSettings
+from cascade.settings import ServiceSettings
 
 __all__ = ["aiokafka_kwargs", "faststream_security", "sasl_password"]
 

@@ -10,11 +10,11 @@ partition for long:
   fail forever, so the message is moved to the dead-letter topic with the reason at once.
 - Any other failure is retried with capped exponential backoff (the subscriber seeks back to the
   message) within a budget per message: `retry_max_attempts` tries (`retry_unknown_max_attempts` for
-  errors nobody classified, see shared.errors) and `retry_max_seconds`. Then it is dead-lettered
+  errors nobody classified, see cascade.errors) and `retry_max_seconds`. Then it is dead-lettered
   with `retries exhausted after N attempts: <last error>` and the partition moves on.
 
 While a message is being retried the service is *degraded*; `DeadLetters.failing()` says which,
-and shared.service turns it into health and metrics.
+and cascade.service turns it into health and metrics.
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from opentelemetry import trace
 from prometheus_client import REGISTRY, Counter
 
-from shared.errors import classify
-from shared.events import Event, Topics, cloudevent_headers
-from shared.json_limits import JsonTooLarge, check_json_limits
-from shared.kafka_security import faststream_security
-from shared.settings import ServiceSettings
+from cascade.errors import classify
+from cascade.events import Event, Topics, cloudevent_headers
+from cascade.json_limits import JsonTooLarge, check_json_limits
+from cascade.kafka_security import faststream_security
+from cascade.settings import ServiceSettings
 
 __all__ = [
     "DLQ_OFFSET",

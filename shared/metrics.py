@@ -14,7 +14,7 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 
-from shared.interceptors import Behaviour, MethodInterceptor, RpcMethod
+from cascade.interceptors import Behaviour, MethodInterceptor, RpcMethod
 
 __all__ = ["GrpcMetricsInterceptor"]
 

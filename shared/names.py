@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from shared.errors import InvalidArgument
+from cascade.errors import InvalidArgument
 
 __all__ = ["ALIAS_PATTERN", "NAME_PATTERN", "check_name"]
 

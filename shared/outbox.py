@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from shared.events import Event, decode_event
+from cascade.events import Event, decode_event
 
 __all__ = ["OutboxRelay", "OutboxStore", "PendingEvent"]
 

@@ -1,17 +1,18 @@
 """Generate the gRPC stubs (with typed .pyi from mypy-protobuf) from protos/ into shared/stubs/.
 
-`python -m shared.protogen` regenerates them in place; `--check` fails when the committed stubs
+`python -m cascade.protogen` regenerates them in place; `--check` fails when the committed stubs
 differ from what the protos generate (tests run it, so stale stubs never land).
 
-The protos are mapped under the virtual path `shared/stubs`, so generated modules import each other
-as `shared.stubs.cascade.registry.v1...` while the proto packages stay `cascade.registry.v1` and
-`inference`.
+The folder shared/ is the package `cascade` (see pyproject.toml), so the protos are mapped under the
+virtual path `cascade/stubs`: generated modules import each other as `cascade.stubs.cascade.registry.v1...`
+while the proto packages stay `cascade.registry.v1` and `inference`.
 """
 
 from __future__ import annotations
 
 import argparse
 import filecmp
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,11 +21,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PROTOS = REPO / "protos"
 STUBS = REPO / "shared" / "stubs"
-VIRTUAL_ROOT = "shared/stubs"
+VIRTUAL_ROOT = "cascade/stubs"
 
 
 def generate(out_root: Path) -> list[Path]:
-    """Write stubs for every proto under `out_root`/shared/stubs; return the files written."""
+    """Write stubs for every proto under `out_root`/cascade/stubs; return the files written."""
     from grpc_tools import protoc
 
     protos = sorted(p.relative_to(PROTOS) for p in PROTOS.rglob("*.proto"))
@@ -85,8 +86,13 @@ def main() -> None:
             raise SystemExit(1)
         print("gRPC stubs are up to date")
         return
-    for path in generate(REPO):
-        print(path.relative_to(REPO))
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh_root = Path(tmp) / VIRTUAL_ROOT
+        fresh = generate(Path(tmp))
+        shutil.rmtree(STUBS)
+        shutil.copytree(fresh_root, STUBS)
+        for path in fresh:
+            print((STUBS / path.relative_to(fresh_root)).relative_to(REPO))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ and reflection are always open. With `auth_required` off (the local default) a c
 credentials is the trusted `anonymous` principal, which may do anything, as on a private network;
 credentials that are presented are still checked, so an audit trail names whoever did present them.
 With it on, a call without credentials is UNAUTHENTICATED and one whose principal lacks the role is
-PERMISSION_DENIED. The registry refines its RPCs per model (services.registry.permissions).
+PERMISSION_DENIED. The registry refines its RPCs per model (cascade.services.registry.permissions).
 """
 
 from __future__ import annotations
@@ -38,19 +38,18 @@ import os
 import secrets
 import tomllib
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 from opentelemetry import trace
 
-from shared.errors import PermissionDenied, Unauthenticated
-from shared.interceptors import Behaviour, MethodInterceptor, RpcMethod
+from cascade.errors import PermissionDenied, Unauthenticated
+from cascade.interceptors import Behaviour, MethodInterceptor, RpcMethod
 
 if TYPE_CHECKING:
-    from shared.settings import ServiceSettings
+    from cascade.settings import ServiceSettings
 
 __all__ = [
     "ADMIN",
@@ -61,7 +60,6 @@ __all__ = [
     "SERVICE_ROLES",
     "AuthInterceptor",
     "Authenticator",
-    "ClientSecurity",
     "MethodRoles",
     "Principal",
     "PrincipalEntry",
@@ -418,46 +416,3 @@ def server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials | No
         root_certificates=client_ca,
         require_client_auth=settings.tls_require_client_cert,
     )
-
-
-@dataclass(frozen=True)
-class ClientSecurity:
-    """How a process calls Cascade's services: TLS when given the CA bundle (presenting its own
-    certificate when given one), and a bearer token when given one. The token never shows in a repr."""
-
-    token: str = field(default="", repr=False)
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-
-    @classmethod
-    def of(cls, settings: ServiceSettings) -> ClientSecurity:
-        """A service's identity for the calls it makes."""
-        return cls(
-            token=settings.outgoing_token(),
-            ca_file=settings.tls_ca_file,
-            cert_file=settings.tls_cert_file,
-            key_file=settings.tls_key_file,
-        )
-
-    @property
-    def tls(self) -> bool:
-        return self.ca_file is not None
-
-    @cached_property
-    def channel_credentials(self) -> grpc.ChannelCredentials | None:
-        if self.ca_file is None:
-            return None
-        mine = self.cert_file is not None and self.key_file is not None
-        return grpc.ssl_channel_credentials(
-            root_certificates=self.ca_file.read_bytes(),
-            private_key=self.key_file.read_bytes() if mine and self.key_file else None,
-            certificate_chain=self.cert_file.read_bytes() if mine and self.cert_file else None,
-        )
-
-    @property
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
-
-
-PLAINTEXT: Final = ClientSecurity()

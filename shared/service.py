@@ -9,7 +9,7 @@ Health tells the truth about delivery too, checked every `watch_interval_seconds
 
 - NOT_SERVING while Kafka is unreachable;
 - *degraded* while a consumer keeps failing on a message (retrying it within its budget, see
-  shared.messaging) or its lag grew at each of the last `LAG_GROWTH_CHECKS` checks: still SERVING,
+  cascade.messaging) or its lag grew at each of the last `LAG_GROWTH_CHECKS` checks: still SERVING,
   with the reason logged and `cascade_service_degraded` at 1;
 - NOT_SERVING once one message has kept failing longer than `degraded_not_serving_seconds`, until it
   is handled or dead-lettered.
@@ -39,24 +39,17 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 from prometheus_client import Gauge, start_http_server
 
-from shared.interceptors import RequestDecodingInterceptor
-from shared.messaging import dead_letters_of
-from shared.metrics import GrpcMetricsInterceptor
-from shared.security import Authenticator, AuthInterceptor, server_credentials
-from shared.settings import ServiceSettings
-from shared.telemetry import grpc_server_interceptors
+from cascade.client.channels import GRPC_OPTIONS
+from cascade.interceptors import RequestDecodingInterceptor
+from cascade.messaging import dead_letters_of
+from cascade.metrics import GrpcMetricsInterceptor
+from cascade.security import Authenticator, AuthInterceptor, server_credentials
+from cascade.settings import ServiceSettings
+from cascade.telemetry import grpc_server_interceptors
 
 __all__ = ["GRPC_OPTIONS", "Service", "event_loop_factory", "run_main"]
 
 log = logging.getLogger(__name__)
-
-# Large enough for a 64-row float64 inference batch or an artifact chunk, with headroom.
-GRPC_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    # A second copy of a service must fail to bind rather than silently share the port.
-    ("grpc.so_reuseport", 0),
-]
 
 Hook = Callable[[], Awaitable[None]]
 Registrar = Callable[[grpc.aio.Server], None]
@@ -94,7 +87,7 @@ class Service:
     # Callables that add servicers to the server, and the full names of the services they add.
     grpc_registrars: Sequence[Registrar] = ()
     grpc_service_names: Sequence[str] = ()
-    # The role each RPC needs, by full method path (shared.security); a method left out is admin-only.
+    # The role each RPC needs, by full method path (cascade.security); a method left out is admin-only.
     grpc_roles: Mapping[str, str] = field(default_factory=dict)
     on_start: Sequence[Hook] = ()
     on_stop: Sequence[Hook] = ()
@@ -222,7 +215,7 @@ class Service:
 
     async def _start_grpc_server(self) -> grpc.aio.Server:
         """The gRPC server, NOT_SERVING until the service is ready: TLS and authentication as the
-        settings say (shared.security)."""
+        settings say (cascade.security)."""
         options = [o for o in GRPC_OPTIONS if o[0] != "grpc.so_reuseport"]
         options.append(("grpc.so_reuseport", int(self.share_port)))
         interceptors: list[Any] = [
@@ -310,8 +303,8 @@ def run_main(name: str, build: Callable[[], Service], version: str = "") -> None
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as package_version
 
-    from shared.logs import setup_logging
-    from shared.telemetry import setup_tracing
+    from cascade.logs import setup_logging
+    from cascade.telemetry import setup_tracing
 
     try:
         version = version or package_version("cascade-mlops")

@@ -103,7 +103,7 @@ class ServiceSettings(BaseSettings):
         ),
     )
 
-    # gRPC security: TLS and who may call (shared.security).
+    # gRPC security: TLS and who may call (cascade.security).
     tls_cert_file: Path | None = Field(
         None,
         description="PEM certificate this service serves TLS with, and presents as a client (mTLS). "
@@ -134,7 +134,7 @@ class ServiceSettings(BaseSettings):
         None, description="File holding that token (a mounted secret); read at start-up, wins over token."
     )
 
-    # Kafka security (shared.kafka_security): how every Kafka client of this service connects.
+    # Kafka security (cascade.kafka_security): how every Kafka client of this service connects.
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT",
         description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL. Whatever is set is used or the "

@@ -36,13 +36,12 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from shared.interceptors import Behaviour, MethodInterceptor, RpcMethod
+from cascade.interceptors import Behaviour, MethodInterceptor, RpcMethod
 
 __all__ = [
     "GrpcServerTracing",
     "OtlpJsonFileSpanExporter",
     "current_trace_id",
-    "grpc_client_interceptors",
     "grpc_server_interceptors",
     "setup_tracing",
 ]
@@ -211,11 +210,3 @@ def _set_status(span: trace.Span, code: grpc.StatusCode, details: str | None) ->
     span.set_attribute("rpc.grpc.status_code", code.value[0])
     if code in _SERVER_ERRORS:
         span.set_status(Status(StatusCode.ERROR, f"{code.name}: {details or ''}"))
-
-
-def grpc_client_interceptors() -> list[Any]:
-    """Client spans that also carry the trace context to the server in gRPC metadata."""
-    from opentelemetry.instrumentation.grpc import aio_client_interceptors, filters
-
-    interceptors: list[Any] = aio_client_interceptors(filter_=filters.negate(filters.health_check()))
-    return interceptors

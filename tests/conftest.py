@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from services.trainer.training import TrainingResult, train
+from cascade.services.trainer.training import TrainingResult, train
 
 
 @pytest.fixture(scope="session")

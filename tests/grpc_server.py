@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from shared.service import GRPC_OPTIONS
+from cascade.service import GRPC_OPTIONS
 
 
 @asynccontextmanager

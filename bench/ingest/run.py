@@ -34,9 +34,9 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from services.ingest.cleaning import clean, read_parquet  # noqa: E402
-from services.ingest.schema import Feature, Policy, Schema  # noqa: E402
-from services.ingest.store import IngestStore  # noqa: E402
+from cascade.services.ingest.cleaning import clean, read_parquet  # noqa: E402
+from cascade.services.ingest.schema import Feature, Policy, Schema  # noqa: E402
+from cascade.services.ingest.store import IngestStore  # noqa: E402
 
 FEATURES = 30
 

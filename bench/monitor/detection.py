@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.monitor import evidently_env, nannyml_env  # noqa: E402
-from services.monitor.drift import CATEGORICAL, PreparedReference, calibrate, evaluate  # noqa: E402
+from cascade.services.monitor.drift import CATEGORICAL, PreparedReference, calibrate, evaluate  # noqa: E402
 
 Rows = np.ndarray[Any, np.dtype[np.float64]]
 DETECTORS = ("cascade", "evidently", "evidently_matched", "nannyml")

@@ -35,10 +35,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.monitor import evidently_env  # noqa: E402
-from services.monitor.core import MonitorCore, Reference  # noqa: E402
-from services.monitor.drift import PreparedReference, dataset_drifted, feature_drift  # noqa: E402
-from services.monitor.store import MonitorStore, ReferenceInfo  # noqa: E402
-from shared.events import PredictionLogged  # noqa: E402
+from cascade.events import PredictionLogged  # noqa: E402
+from cascade.services.monitor.core import MonitorCore, Reference  # noqa: E402
+from cascade.services.monitor.drift import PreparedReference, dataset_drifted, feature_drift  # noqa: E402
+from cascade.services.monitor.store import MonitorStore, ReferenceInfo  # noqa: E402
 
 
 def drift_data(rows: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -5,11 +5,11 @@ file and SQLite baselines measured in the same run.
     flock /tmp/cascade-heavy.lock .venv/bin/python bench/registry/run.py --kafka   # with a broker
     .venv/bin/python bench/registry/run.py --artifact-mib 8 --calls 200 --moves 80 --grown-versions 30
 
-The registry runs as `cascade up` runs it (`python -m services.registry`, SQLite store, every call
+The registry runs as `cascade up` runs it (`python -m cascade.services.registry`, SQLite store, every call
 traced to an OTLP-JSON file), its data in a temp dir on the baselines' filesystem. No Kafka broker
 by default: the registry serves gRPC anyway (health NOT_SERVING) and keeps its events in the
 outbox, every write trying to flush it and failing at once. `--kafka` starts a private broker with
-shared.kafka_broker (jars fetched by Maven into bench/.work/registry/kafka once) so that writes
+cascade.kafka_broker (jars fetched by Maven into bench/.work/registry/kafka once) so that writes
 publish their events as in production. Steps, in order (MB = 10^6 bytes):
 
 1. Upload (CreateModelVersion, 1 MiB chunks) of a ~64 MiB valid ONNX model (a MatMul with a random
@@ -54,8 +54,8 @@ from onnx import TensorProto, helper, numpy_helper
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from shared.stubs.cascade.registry.v1 import registry_pb2 as pb  # noqa: E402
-from shared.stubs.cascade.registry.v1 import registry_pb2_grpc  # noqa: E402
+from cascade.stubs.cascade.registry.v1 import registry_pb2 as pb  # noqa: E402
+from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc  # noqa: E402
 
 MiB = 1024 * 1024
 CHUNK = MiB  # what the trainer and the CLI send, and what the registry streams back
@@ -172,7 +172,7 @@ def running_registry(work: Path, max_artifact_bytes: int, kafka_bootstrap: str) 
     log_path = work / "registry.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "services.registry"],
+            [sys.executable, "-m", "cascade.services.registry"],
             env=environment,
             cwd=REPO,
             stdout=log,
@@ -212,8 +212,8 @@ def wait_until_answering(registry: Registry, timeout: float) -> None:
 @contextlib.contextmanager
 def private_kafka() -> Iterator[str]:
     """A single-node broker of our own on free ports (never a colleague's); its bootstrap."""
-    from shared import kafka_broker
-    from shared.cli.stack import KAFKA_POM
+    from cascade import kafka_broker
+    from cascade.cli.stack import KAFKA_POM
 
     config = kafka_broker.BrokerConfig(home=KAFKA_HOME, port=free_port(), controller_port=free_port())
     kafka_broker.start(config, pom=KAFKA_POM, timeout=120)

@@ -27,13 +27,13 @@ from typing import Any
 import grpc
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 
-from services.serving.app import build
-from services.serving.settings import ServingSettings
-from services.serving.workers import worker_settings
-from shared.events import ModelPromoted, Topics
-from shared.logs import setup_logging
-from shared.service import event_loop_factory
-from shared.telemetry import setup_tracing
+from cascade.events import ModelPromoted, Topics
+from cascade.logs import setup_logging
+from cascade.service import event_loop_factory
+from cascade.services.serving.app import build
+from cascade.services.serving.settings import ServingSettings
+from cascade.services.serving.workers import worker_settings
+from cascade.telemetry import setup_tracing
 
 
 def say(*words: object) -> None:

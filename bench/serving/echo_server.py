@@ -32,9 +32,9 @@ async def main(port: int, response: bytes, with_interceptors: bool) -> None:
     )
     interceptors: list[Any] = []
     if with_interceptors:
-        from services.serving.settings import ServingSettings
-        from shared.metrics import GrpcMetricsInterceptor
-        from shared.telemetry import grpc_server_interceptors
+        from cascade.metrics import GrpcMetricsInterceptor
+        from cascade.services.serving.settings import ServingSettings
+        from cascade.telemetry import grpc_server_interceptors
 
         root_rate = ServingSettings.model_fields["grpc_root_span_sample_rate"].default
         interceptors = [*grpc_server_interceptors(root_rate), GrpcMetricsInterceptor()]

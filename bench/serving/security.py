@@ -8,7 +8,7 @@ plaintext, in the same run.
 
 Same model, workers, load generator and fake registry as bench/serving/run.py (which see); the
 secured servers verify the registry over TLS too, and the client verifies serving against a local CA
-(shared.certs) and, with authentication, sends the admin's token on every call.
+(cascade.certs) and, with authentication, sends the admin's token on every call.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from run import (  # bench/serving/run.py, beside this script
     wait_model_ready,
 )
 
-from shared.certs import init_pki
-from shared.security import PLAINTEXT, ClientSecurity
-from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
+from cascade.certs import init_pki
+from cascade.client.channels import PLAINTEXT, ClientSecurity
+from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc
 
 CONFIGURATIONS = ("plaintext", "TLS", "TLS + auth")
 

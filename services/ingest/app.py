@@ -6,15 +6,15 @@ import asyncio
 
 import grpc
 
-from services.ingest import kafka_api
-from services.ingest.core import IngestCore
-from services.ingest.grpc_api import ROLES, SERVICE_NAME, IngestServicer
-from services.ingest.settings import IngestSettings
-from services.ingest.store import IngestStore
-from shared.events import Event, Topics
-from shared.messaging import build_broker, publish_event
-from shared.service import Service
-from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
+from cascade.events import Event, Topics
+from cascade.messaging import build_broker, publish_event
+from cascade.service import Service
+from cascade.services.ingest import kafka_api
+from cascade.services.ingest.core import IngestCore
+from cascade.services.ingest.grpc_api import ROLES, SERVICE_NAME, IngestServicer
+from cascade.services.ingest.settings import IngestSettings
+from cascade.services.ingest.store import IngestStore
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2_grpc
 
 
 def build(settings: IngestSettings | None = None) -> Service:

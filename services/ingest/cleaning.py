@@ -33,8 +33,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from services.ingest.schema import OTHER, Feature, Schema, Task
-from shared.errors import InvalidArgument
+from cascade.errors import InvalidArgument
+from cascade.services.ingest.schema import OTHER, Feature, Schema, Task
 
 __all__ = [
     "CleanBatch",

@@ -17,12 +17,12 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate
 from prometheus_client import Counter
 
-from services.ingest.cleaning import Rejection, clean, infer_schema, suggest_schema
-from services.ingest.schema import Schema, validate_dataset_name
-from services.ingest.store import IngestStore, NewVersion
-from shared.errors import InvalidArgument
-from shared.events import DataArrived, Event
-from shared.outbox import OutboxRelay
+from cascade.errors import InvalidArgument
+from cascade.events import DataArrived, Event
+from cascade.outbox import OutboxRelay
+from cascade.services.ingest.cleaning import Rejection, clean, infer_schema, suggest_schema
+from cascade.services.ingest.schema import Schema, validate_dataset_name
+from cascade.services.ingest.store import IngestStore, NewVersion
 
 log = logging.getLogger(__name__)
 

@@ -11,18 +11,18 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.ingest.cleaning import ReadBatch, read_csv, read_parquet
-from services.ingest.core import IngestCore, batch_id_of
-from services.ingest.schema import Schema
-from services.ingest.store import BatchRecord, VersionInfo
-from shared.errors import InvalidArgument, NotFound, grpc_errors
-from shared.grpc_io import ServicerContext, file_chunks, receive_to_file, split_upload
-from shared.security import method_roles
-from shared.stubs.cascade.ingest.v1 import ingest_pb2 as pb
-from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc as pb_grpc
+from cascade.errors import InvalidArgument, NotFound, grpc_errors
+from cascade.grpc_io import ServicerContext, file_chunks, receive_to_file, split_upload
+from cascade.security import method_roles
+from cascade.services.ingest.cleaning import ReadBatch, read_csv, read_parquet
+from cascade.services.ingest.core import IngestCore, batch_id_of
+from cascade.services.ingest.schema import Schema
+from cascade.services.ingest.store import BatchRecord, VersionInfo
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2 as pb
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["IngestService"].full_name
-# The role each RPC needs (shared.security).
+# The role each RPC needs (cascade.security).
 ROLES = method_roles(
     SERVICE_NAME,
     {

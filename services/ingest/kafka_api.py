@@ -5,11 +5,11 @@ from __future__ import annotations
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
-from services.ingest.cleaning import read_records
-from services.ingest.core import IngestCore, records_batch_id
-from shared.errors import InvalidArgument
-from shared.events import RawRecords, Topics
-from shared.messaging import subscriber_options
+from cascade.errors import InvalidArgument
+from cascade.events import RawRecords, Topics
+from cascade.messaging import subscriber_options
+from cascade.services.ingest.cleaning import read_records
+from cascade.services.ingest.core import IngestCore, records_batch_id
 
 
 def register(broker: KafkaBroker, core: IngestCore, topics: Topics, max_record_bytes: int) -> None:

@@ -26,7 +26,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, cast, get_args
 
-from shared.errors import InvalidArgument
+from cascade.errors import InvalidArgument
 
 __all__ = [
     "MAX_COLUMN_NAME_CHARS",

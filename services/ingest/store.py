@@ -43,10 +43,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from opentelemetry import propagate
 
-from services.ingest.cleaning import Rejection, quantiles, row_hashes
-from services.ingest.schema import Schema
-from shared.errors import AlreadyExists, InvalidArgument, NotFound
-from shared.events import Event
+from cascade.errors import AlreadyExists, InvalidArgument, NotFound
+from cascade.events import Event
+from cascade.services.ingest.cleaning import Rejection, quantiles, row_hashes
+from cascade.services.ingest.schema import Schema
 
 __all__ = [
     "BatchRecord",

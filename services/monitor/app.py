@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import grpc
 
-from services.monitor import kafka_api
-from services.monitor.core import DriftPolicy, MonitorCore
-from services.monitor.grpc_api import ROLES, SERVICE_NAME, MonitorServicer
-from services.monitor.loop_clients import GrpcLoopClients
-from services.monitor.references import GrpcReferenceSource
-from services.monitor.settings import MonitorSettings
-from services.monitor.store import MonitorStore
-from shared.events import DriftDetected, Topics
-from shared.messaging import build_broker, publish_event
-from shared.security import ClientSecurity
-from shared.service import Service
-from shared.stubs.cascade.monitor.v1 import monitor_pb2_grpc
+from cascade.client.channels import ClientSecurity
+from cascade.events import DriftDetected, Topics
+from cascade.messaging import build_broker, publish_event
+from cascade.service import Service
+from cascade.services.monitor import kafka_api
+from cascade.services.monitor.core import DriftPolicy, MonitorCore
+from cascade.services.monitor.grpc_api import ROLES, SERVICE_NAME, MonitorServicer
+from cascade.services.monitor.loop_clients import GrpcLoopClients
+from cascade.services.monitor.references import GrpcReferenceSource
+from cascade.services.monitor.settings import MonitorSettings
+from cascade.services.monitor.store import MonitorStore
+from cascade.stubs.cascade.monitor.v1 import monitor_pb2_grpc
 
 __all__ = ["build"]
 

@@ -49,7 +49,9 @@ import numpy as np
 from numpy.typing import NDArray
 from prometheus_client import Counter, Gauge
 
-from services.monitor.drift import (
+from cascade.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from cascade.events import DriftDetected
+from cascade.services.monitor.drift import (
     CATEGORICAL,
     DEFAULT_THRESHOLDS,
     NUMERIC,
@@ -64,7 +66,7 @@ from services.monitor.drift import (
     dataset_drifted,
     evaluate,
 )
-from services.monitor.store import (
+from cascade.services.monitor.store import (
     DriftEventRecord,
     DriftReport,
     MonitorStore,
@@ -72,8 +74,6 @@ from services.monitor.store import (
     ReferenceInfo,
     Verdict,
 )
-from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from shared.events import DriftDetected
 
 __all__ = [
     "ChampionOutputs",

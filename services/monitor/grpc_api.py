@@ -6,19 +6,19 @@ from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.monitor.core import MonitorCore
-from services.monitor.drift import FeatureDrift
-from services.monitor.store import DriftEventRecord, DriftReport, Performance, Verdict
-from shared.errors import grpc_errors
-from shared.grpc_io import ServicerContext
-from shared.security import method_roles
-from shared.stubs.cascade.monitor.v1 import monitor_pb2 as pb
-from shared.stubs.cascade.monitor.v1 import monitor_pb2_grpc
+from cascade.errors import grpc_errors
+from cascade.grpc_io import ServicerContext
+from cascade.security import method_roles
+from cascade.services.monitor.core import MonitorCore
+from cascade.services.monitor.drift import FeatureDrift
+from cascade.services.monitor.store import DriftEventRecord, DriftReport, Performance, Verdict
+from cascade.stubs.cascade.monitor.v1 import monitor_pb2 as pb
+from cascade.stubs.cascade.monitor.v1 import monitor_pb2_grpc
 
 __all__ = ["DEFAULT_HISTORY", "SERVICE_NAME", "MonitorServicer", "history_message", "report_message"]
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MonitorService"].full_name
-# The role each RPC needs (shared.security).
+# The role each RPC needs (cascade.security).
 ROLES = method_roles(SERVICE_NAME, {"GetDriftReport": "monitor:read", "GetDriftHistory": "monitor:read"})
 DEFAULT_HISTORY = 100
 

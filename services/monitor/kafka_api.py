@@ -7,9 +7,9 @@ import logging
 
 from faststream.kafka import KafkaBroker
 
-from services.monitor.core import MonitorCore
-from shared.events import LabelsArrived, ModelPromoted, PredictionLogged, Topics
-from shared.messaging import subscriber_options
+from cascade.events import LabelsArrived, ModelPromoted, PredictionLogged, Topics
+from cascade.messaging import subscriber_options
+from cascade.services.monitor.core import MonitorCore
 
 __all__ = ["CHAMPION_ALIAS", "register"]
 

@@ -15,11 +15,11 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from services.monitor.core import Matrix
-from shared.clients import download_artifact, unavailable_as_retryable
-from shared.grpc_io import CHUNK_SIZE, open_channel
-from shared.security import PLAINTEXT, ClientSecurity
-from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from cascade.client.channels import PLAINTEXT, ClientSecurity
+from cascade.clients import download_artifact, unavailable_as_retryable
+from cascade.grpc_io import CHUNK_SIZE, open_channel
+from cascade.services.monitor.core import Matrix
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
 __all__ = ["GrpcLoopClients", "first_output_per_row"]
 

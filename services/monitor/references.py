@@ -19,13 +19,13 @@ import grpc
 import numpy as np
 import pandas as pd
 
-from services.monitor.core import Matrix, Reference, Unmonitored
-from services.monitor.store import ReferenceInfo
-from shared.errors import FailedPrecondition, NotFound, Unavailable
-from shared.grpc_io import open_channel
-from shared.security import PLAINTEXT, ClientSecurity
-from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from shared.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
+from cascade.client.channels import PLAINTEXT, ClientSecurity
+from cascade.errors import FailedPrecondition, NotFound, Unavailable
+from cascade.grpc_io import open_channel
+from cascade.services.monitor.core import Matrix, Reference, Unmonitored
+from cascade.services.monitor.store import ReferenceInfo
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from cascade.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
 
 __all__ = ["GrpcReferenceSource"]
 

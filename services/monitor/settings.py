@@ -5,7 +5,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import RegistryClientSettings
+from cascade.settings import RegistryClientSettings
 
 __all__ = ["MonitorSettings"]
 

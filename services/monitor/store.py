@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from services.monitor.drift import FeatureDrift
+from cascade.services.monitor.drift import FeatureDrift
 
 __all__ = ["DriftEventRecord", "DriftReport", "MonitorStore", "Performance", "ReferenceInfo", "Verdict"]
 

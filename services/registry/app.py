@@ -6,21 +6,21 @@ import asyncio
 
 import grpc
 
-from services.registry import kafka_api
-from services.registry.artifacts import LocalArtifactStore
-from services.registry.core import Lineage, RegistryCore
-from services.registry.grpc_api import ROLES, SERVICE_NAME, RegistryServicer
-from services.registry.permissions import Permissions
-from services.registry.settings import RegistrySettings
-from services.registry.store import RegistryStore, sqlite_url
-from services.registry.webhooks import WebhookSender
-from shared.events import Event, Topics
-from shared.grpc_io import open_channel
-from shared.messaging import build_broker, publish_event
-from shared.security import ClientSecurity
-from shared.service import Service
-from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
-from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
+from cascade.client.channels import ClientSecurity
+from cascade.events import Event, Topics
+from cascade.grpc_io import open_channel
+from cascade.messaging import build_broker, publish_event
+from cascade.service import Service
+from cascade.services.registry import kafka_api
+from cascade.services.registry.artifacts import LocalArtifactStore
+from cascade.services.registry.core import Lineage, RegistryCore
+from cascade.services.registry.grpc_api import ROLES, SERVICE_NAME, RegistryServicer
+from cascade.services.registry.permissions import Permissions
+from cascade.services.registry.settings import RegistrySettings
+from cascade.services.registry.store import RegistryStore, sqlite_url
+from cascade.services.registry.webhooks import WebhookSender
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2_grpc
+from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc
 
 
 def build(settings: RegistrySettings | None = None) -> Service:

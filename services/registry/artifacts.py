@@ -9,7 +9,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Protocol
 
-from shared.errors import FailedPrecondition, NotFound
+from cascade.errors import FailedPrecondition, NotFound
 
 
 class ArtifactStore(Protocol):

@@ -16,12 +16,9 @@ import onnx
 import sqlalchemy as sa
 from prometheus_client import Counter
 
-from services.registry.artifacts import ArtifactStore
-from services.registry.store import ModelRecord, RegistryStore, VersionQuery, VersionRecord
-from services.registry.webhooks import WebhookError, WebhookSender
-from shared.clients import unavailable_as_retryable
-from shared.errors import FailedPrecondition, InvalidArgument, NotFound
-from shared.events import (
+from cascade.clients import unavailable_as_retryable
+from cascade.errors import FailedPrecondition, InvalidArgument, NotFound
+from cascade.events import (
     Event,
     ModelAliasChanged,
     ModelPromoted,
@@ -29,10 +26,13 @@ from shared.events import (
     ModelVersionCreated,
     ModelVersionStatusChanged,
 )
-from shared.grpc_io import ReceivedFile
-from shared.names import ALIAS_PATTERN, check_name
-from shared.outbox import OutboxRelay
-from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from cascade.grpc_io import ReceivedFile
+from cascade.names import ALIAS_PATTERN, check_name
+from cascade.outbox import OutboxRelay
+from cascade.services.registry.artifacts import ArtifactStore
+from cascade.services.registry.store import ModelRecord, RegistryStore, VersionQuery, VersionRecord
+from cascade.services.registry.webhooks import WebhookError, WebhookSender
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -400,7 +400,7 @@ class RegistryCore:
         self.store.enqueue(db, event.type, event.model_dump_json(), webhooks=self.webhooks is not None)
 
     async def flush_outbox(self) -> None:
-        """Publish what the outbox holds, oldest first, in bounded batches (shared.outbox); a failure
+        """Publish what the outbox holds, oldest first, in bounded batches (cascade.outbox); a failure
         leaves the rest for next time."""
         await self._outbox.flush()
         self._wake_relay.set()

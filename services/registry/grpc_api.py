@@ -1,4 +1,4 @@
-"""RegistryService over gRPC: protobuf in and out, the domain in services.registry.core."""
+"""RegistryService over gRPC: protobuf in and out, the domain in cascade.services.registry.core."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.registry.core import Lineage, NewVersion, RegistryCore
-from services.registry.permissions import Level, Permissions
-from services.registry.store import MetricCondition, ModelRecord, VersionQuery, VersionRecord
-from shared.errors import InvalidArgument, grpc_errors
-from shared.grpc_io import ServicerContext, file_chunks, receive_to_file, split_upload
-from shared.json_limits import DOCUMENT_LIMITS, check_json_limits
-from shared.names import check_name
-from shared.security import ANY_PRINCIPAL, Principal, audit_actor, current_principal, method_roles
-from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
-from shared.stubs.cascade.registry.v1 import registry_pb2_grpc as pb_grpc
+from cascade.errors import InvalidArgument, grpc_errors
+from cascade.grpc_io import ServicerContext, file_chunks, receive_to_file, split_upload
+from cascade.json_limits import DOCUMENT_LIMITS, check_json_limits
+from cascade.names import check_name
+from cascade.security import ANY_PRINCIPAL, Principal, audit_actor, current_principal, method_roles
+from cascade.services.registry.core import Lineage, NewVersion, RegistryCore
+from cascade.services.registry.permissions import Level, Permissions
+from cascade.services.registry.store import MetricCondition, ModelRecord, VersionQuery, VersionRecord
+from cascade.stubs.cascade.registry.v1 import registry_pb2 as pb
+from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RegistryService"].full_name
 # Every RPC is open to any authenticated principal; each checks the caller's level on its model.
@@ -55,7 +55,7 @@ _LEVEL_NUMBERS = {name: number for number, name in _LEVELS.items()}
 
 
 class RegistryServicer(pb_grpc.RegistryServiceServicer):
-    """Each method checks its caller's level on the model first (shared.security authenticated the
+    """Each method checks its caller's level on the model first (cascade.security authenticated the
     caller; with authentication off, the anonymous caller may do anything), then calls the domain."""
 
     def __init__(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from faststream.kafka import KafkaBroker
 
-from services.registry.core import RegistryCore
-from shared.events import ModelValidated, Topics
-from shared.messaging import subscriber_options
+from cascade.events import ModelValidated, Topics
+from cascade.messaging import subscriber_options
+from cascade.services.registry.core import RegistryCore
 
 
 def register(broker: KafkaBroker, core: RegistryCore, topics: Topics) -> None:

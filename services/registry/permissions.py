@@ -1,6 +1,6 @@
 """Who may do what to which model.
 
-The caller is authenticated by the shared mechanism (shared.security): with authentication off,
+The caller is authenticated by the shared mechanism (cascade.security): with authentication off,
 an anonymous caller is trusted with everything and the audit trail records the `actor` each
 request names, as a registry on a private network does. An authenticated principal is the actor the
 audit trail records, whatever the request claims. Admins may do anything. Everyone else gets, per
@@ -16,10 +16,10 @@ from typing import Literal, cast
 
 import sqlalchemy as sa
 
-from services.registry.schema import model_permissions
-from services.registry.store import RegistryStore
-from shared.errors import InvalidArgument, PermissionDenied
-from shared.security import Principal
+from cascade.errors import InvalidArgument, PermissionDenied
+from cascade.security import Principal
+from cascade.services.registry.schema import model_permissions
+from cascade.services.registry.store import RegistryStore
 
 Level = Literal["none", "read", "edit", "manage"]
 LEVELS: tuple[Level, ...] = ("none", "read", "edit", "manage")

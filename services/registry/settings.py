@@ -6,7 +6,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import ServiceSettings
+from cascade.settings import ServiceSettings
 
 
 class RegistrySettings(ServiceSettings):

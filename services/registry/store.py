@@ -20,8 +20,9 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.dialects import postgresql, sqlite
 
-from services.registry import schema
-from services.registry.schema import (
+from cascade.errors import AlreadyExists, NotFound
+from cascade.services.registry import schema
+from cascade.services.registry.schema import (
     alias_history,
     aliases,
     model_tags,
@@ -32,7 +33,6 @@ from services.registry.schema import (
     version_tags,
     versions,
 )
-from shared.errors import AlreadyExists, NotFound
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 STATUSES = ("PENDING", "READY", "FAILED")

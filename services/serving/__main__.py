@@ -1,4 +1,4 @@
-from services.serving.workers import main
+from cascade.services.serving.workers import main
 
 if __name__ == "__main__":
     main()

@@ -12,19 +12,20 @@ import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
-from services.serving import kafka_api
-from services.serving.inference import SERVICE_NAME, InferenceServicer
-from services.serving.prediction_log import PredictionLog
-from services.serving.registry_client import RegistryClient
-from services.serving.repository import LoadedModel, LoadFailure, ModelRepository
-from services.serving.rest import Admission, RestEndpoint, ServerTls, rest_app
-from services.serving.settings import ServingSettings
-from shared.events import ModelLoadFailed, PredictionLogged, Topics
-from shared.messaging import build_broker, publish_event
-from shared.security import ADMIN, OPEN, Authenticator, ClientSecurity, method_roles
-from shared.service import Service
-from shared.stubs.inference import grpc_service_pb2 as pb
-from shared.stubs.inference import grpc_service_pb2_grpc
+from cascade.client.channels import ClientSecurity
+from cascade.events import ModelLoadFailed, PredictionLogged, Topics
+from cascade.messaging import build_broker, publish_event
+from cascade.security import ADMIN, OPEN, Authenticator, method_roles
+from cascade.service import Service
+from cascade.services.serving import kafka_api
+from cascade.services.serving.inference import SERVICE_NAME, InferenceServicer
+from cascade.services.serving.prediction_log import PredictionLog
+from cascade.services.serving.registry_client import RegistryClient
+from cascade.services.serving.repository import LoadedModel, LoadFailure, ModelRepository
+from cascade.services.serving.rest import Admission, RestEndpoint, ServerTls, rest_app
+from cascade.services.serving.settings import ServingSettings
+from cascade.stubs.inference import grpc_service_pb2 as pb
+from cascade.stubs.inference import grpc_service_pb2_grpc
 
 __all__ = ["build", "build_serving", "replica_id"]
 

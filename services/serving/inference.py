@@ -11,7 +11,7 @@ may send one tensor per feature (`[-1]` or `[-1, 1]`, named by the feature), as 
 they are assembled into the model's column order.
 
 The transport-free core is `InferenceServicer.infer` and the metadata methods; the gRPC methods and
-the REST endpoint (services.serving.rest) are thin adapters over them.
+the REST endpoint (cascade.services.serving.rest) are thin adapters over them.
 
 Also Triton's extensions ModelConfig, ModelStatistics and RepositoryIndex, so that Triton's tools
 (tritonclient's statistics, perf_analyzer) work against Cascade.
@@ -32,14 +32,14 @@ from typing import Any
 import numpy as np
 from prometheus_client import Counter
 
-from services.serving.prediction_log import PredictionLog
-from services.serving.repository import Array, LoadedModel, ModelRepository, TensorSpec, oip_datatype
-from services.serving.statistics import InferenceStatistics, VersionStatistics
-from shared.errors import CascadeError, InvalidArgument, NotFound, grpc_errors
-from shared.grpc_io import ServicerContext
-from shared.stubs.inference import grpc_service_pb2 as pb
-from shared.stubs.inference import grpc_service_pb2_grpc as pb_grpc
-from shared.stubs.inference import model_config_pb2 as config_pb
+from cascade.errors import CascadeError, InvalidArgument, NotFound, grpc_errors
+from cascade.grpc_io import ServicerContext
+from cascade.services.serving.prediction_log import PredictionLog
+from cascade.services.serving.repository import Array, LoadedModel, ModelRepository, TensorSpec, oip_datatype
+from cascade.services.serving.statistics import InferenceStatistics, VersionStatistics
+from cascade.stubs.inference import grpc_service_pb2 as pb
+from cascade.stubs.inference import grpc_service_pb2_grpc as pb_grpc
+from cascade.stubs.inference import model_config_pb2 as config_pb
 
 __all__ = [
     "EXTENSIONS",

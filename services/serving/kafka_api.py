@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from faststream.kafka import KafkaBroker
 
-from services.serving.repository import ModelRepository
-from shared.errors import FailedPrecondition
-from shared.events import ModelPromoted, Topics
-from shared.messaging import subscriber_options
+from cascade.errors import FailedPrecondition
+from cascade.events import ModelPromoted, Topics
+from cascade.messaging import subscriber_options
+from cascade.services.serving.repository import ModelRepository
 
 __all__ = ["consumer_group", "register"]
 

@@ -22,8 +22,8 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import Counter
 
-from services.serving.repository import LoadedModel
-from shared.events import PredictionLogged
+from cascade.events import PredictionLogged
+from cascade.services.serving.repository import LoadedModel
 
 __all__ = ["SOURCE", "PredictionLog"]
 

@@ -12,13 +12,13 @@ from typing import Any
 
 import grpc
 
-from services.serving.repository import ModelRef
-from shared.clients import download_artifact
-from shared.errors import CascadeError, FailedPrecondition, NotFound, Unavailable, is_permanent
-from shared.grpc_io import open_channel
-from shared.security import PLAINTEXT, ClientSecurity
-from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
-from shared.stubs.cascade.registry.v1 import registry_pb2_grpc as pb_grpc
+from cascade.client.channels import PLAINTEXT, ClientSecurity
+from cascade.clients import download_artifact
+from cascade.errors import CascadeError, FailedPrecondition, NotFound, Unavailable, is_permanent
+from cascade.grpc_io import open_channel
+from cascade.services.serving.repository import ModelRef
+from cascade.stubs.cascade.registry.v1 import registry_pb2 as pb
+from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc as pb_grpc
 
 __all__ = ["CHAMPION", "RegistryClient"]
 

@@ -21,7 +21,7 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtInvalidArgument
 from prometheus_client import Counter, Gauge, Histogram
 
-from shared.errors import CascadeError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from cascade.errors import CascadeError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 __all__ = [
     "OIP_DTYPES",

@@ -20,7 +20,7 @@ calls):
 
 Health answers 200 when true and 400 when false, as the protocol says. A client's mistake is 400
 (404 for an unknown model) with `{"error": "..."}`, never 500. Who may call what is the `admit`
-hook's decision (services.serving.app gives it the roles of each endpoint's gRPC twin), from the
+hook's decision (cascade.services.serving.app gives it the roles of each endpoint's gRPC twin), from the
 `Authorization` header; client certificates are not read here.
 
 Binary-data extension: with the header `Inference-Header-Content-Length: N` the body is N bytes of
@@ -53,17 +53,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.serving.inference import REQUEST_DTYPES, InferenceServicer
-from services.serving.repository import OIP_DTYPES
-from shared.errors import CascadeError, InvalidArgument
-from shared.stubs.inference import grpc_service_pb2 as pb
+from cascade.errors import CascadeError, InvalidArgument
+from cascade.services.serving.inference import REQUEST_DTYPES, InferenceServicer
+from cascade.services.serving.repository import OIP_DTYPES
+from cascade.stubs.inference import grpc_service_pb2 as pb
 
 __all__ = ["HEADER_LENGTH", "Admission", "RestEndpoint", "ServerTls", "rest_app"]
 
 log = logging.getLogger(__name__)
 
 HEADER_LENGTH = "inference-header-content-length"
-# As large as gRPC's limit (shared.service.GRPC_OPTIONS).
+# As large as gRPC's limit (cascade.service.GRPC_OPTIONS).
 MAX_BODY_BYTES = 64 * 1024 * 1024
 # Bodies up to this size are parsed and answered on the event loop; larger ones in a worker thread,
 # so that decoding a big JSON request never stalls the other requests.
@@ -445,7 +445,7 @@ def _field_json(field: Any, value: Any) -> Any:  # a FieldDescriptor (upb or pyt
 
 # -- the server ------------------------------------------------------------------------------------
 class _EmbeddedServer(uvicorn.Server):
-    """uvicorn inside a service: the service's runtime owns SIGTERM and SIGINT (shared.service), so
+    """uvicorn inside a service: the service's runtime owns SIGTERM and SIGINT (cascade.service), so
     uvicorn must not replace their handlers."""
 
     @contextlib.contextmanager
@@ -493,7 +493,7 @@ class RestEndpoint:
                 tls |= {"ssl_ca_certs": str(self.tls.client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
         return uvicorn.Config(
             self.app,
-            log_config=None,  # the service's logging (shared.logs) stays as it is
+            log_config=None,  # the service's logging (cascade.logs) stays as it is
             access_log=False,
             lifespan="off",
             server_header=False,

@@ -5,7 +5,7 @@ import socket
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import RegistryClientSettings
+from cascade.settings import RegistryClientSettings
 
 __all__ = ["ServingSettings"]
 
@@ -84,7 +84,7 @@ class ServingSettings(RegistryClientSettings):
         2, ge=1, description="Versions per model kept loaded, the champion included, for explicit addressing."
     )
     http_enabled: bool = Field(
-        True, description="Serve the KServe V2 REST API (services.serving.rest) beside gRPC."
+        True, description="Serve the KServe V2 REST API (cascade.services.serving.rest) beside gRPC."
     )
     http_port: int = Field(
         8000,

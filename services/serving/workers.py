@@ -16,9 +16,9 @@ import multiprocessing
 import signal
 import sys
 
-from services.serving.app import build
-from services.serving.settings import ServingSettings
-from shared.service import run_main
+from cascade.service import run_main
+from cascade.services.serving.app import build
+from cascade.services.serving.settings import ServingSettings
 
 __all__ = ["main", "worker_settings"]
 

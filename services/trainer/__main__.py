@@ -1,5 +1,5 @@
-from services.trainer.app import build
-from shared.service import run_main
+from cascade.service import run_main
+from cascade.services.trainer.app import build
 
 if __name__ == "__main__":
     run_main("trainer", build)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import grpc
 
-from services.trainer import kafka_api
-from services.trainer.core import TrainerCore
-from services.trainer.grpc_api import ROLES, SERVICE_NAME, TrainerServicer
-from services.trainer.settings import TrainerSettings
-from shared.events import Event, Topics
-from shared.grpc_io import open_channel
-from shared.messaging import build_broker, publish_event
-from shared.security import ClientSecurity
-from shared.service import Service
-from shared.stubs.cascade.trainer.v1 import trainer_pb2_grpc
+from cascade.client.channels import ClientSecurity
+from cascade.events import Event, Topics
+from cascade.grpc_io import open_channel
+from cascade.messaging import build_broker, publish_event
+from cascade.service import Service
+from cascade.services.trainer import kafka_api
+from cascade.services.trainer.core import TrainerCore
+from cascade.services.trainer.grpc_api import ROLES, SERVICE_NAME, TrainerServicer
+from cascade.services.trainer.settings import TrainerSettings
+from cascade.stubs.cascade.trainer.v1 import trainer_pb2_grpc
 
 
 def build(settings: TrainerSettings | None = None) -> Service:

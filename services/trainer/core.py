@@ -21,12 +21,9 @@ import numpy as np
 import pandas as pd
 from prometheus_client import Counter, Histogram
 
-from services.trainer.importing import ImportedModel, ModelFormat, convert_and_check, parity_rows_from_csv
-from services.trainer.settings import TrainerSettings
-from services.trainer.training import TrainingResult, train
-from shared.clients import fetch_dataset, unavailable_as_retryable
-from shared.errors import InvalidArgument, NotFound
-from shared.events import (
+from cascade.clients import fetch_dataset, unavailable_as_retryable
+from cascade.errors import InvalidArgument, NotFound
+from cascade.events import (
     DataArrived,
     DriftDetected,
     ModelTrained,
@@ -34,13 +31,21 @@ from shared.events import (
     TrainingProgress,
     TrainingRequested,
 )
-from shared.grpc_io import CHUNK_SIZE
-from shared.names import check_name
-from shared.splits import holdout_mask
-from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from shared.stubs.cascade.registry.v1 import registry_pb2 as registry_pb
-from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
-from shared.training_spec import Task, TrainingSpec
+from cascade.grpc_io import CHUNK_SIZE
+from cascade.names import check_name
+from cascade.services.trainer.importing import (
+    ImportedModel,
+    ModelFormat,
+    convert_and_check,
+    parity_rows_from_csv,
+)
+from cascade.services.trainer.settings import TrainerSettings
+from cascade.services.trainer.training import TrainingResult, train
+from cascade.splits import holdout_mask
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from cascade.stubs.cascade.registry.v1 import registry_pb2 as registry_pb
+from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc
+from cascade.training_spec import Task, TrainingSpec
 
 log = logging.getLogger(__name__)
 

@@ -7,18 +7,18 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-from services.trainer.core import ImportRequest, TrainerCore
-from services.trainer.importing import ModelFormat
-from shared.errors import InvalidArgument, grpc_errors
-from shared.events import Event, TrainingRequested
-from shared.grpc_io import ServicerContext, receive_to_file, split_upload
-from shared.names import check_name
-from shared.security import audit_actor, method_roles
-from shared.stubs.cascade.trainer.v1 import trainer_pb2 as pb
-from shared.stubs.cascade.trainer.v1 import trainer_pb2_grpc as pb_grpc
+from cascade.errors import InvalidArgument, grpc_errors
+from cascade.events import Event, TrainingRequested
+from cascade.grpc_io import ServicerContext, receive_to_file, split_upload
+from cascade.names import check_name
+from cascade.security import audit_actor, method_roles
+from cascade.services.trainer.core import ImportRequest, TrainerCore
+from cascade.services.trainer.importing import ModelFormat
+from cascade.stubs.cascade.trainer.v1 import trainer_pb2 as pb
+from cascade.stubs.cascade.trainer.v1 import trainer_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TrainerService"].full_name
-# The role each RPC needs (shared.security). Importing a model is training it elsewhere: it makes a
+# The role each RPC needs (cascade.security). Importing a model is training it elsewhere: it makes a
 # candidate that passes the same validation before it serves, so it needs the same role. The one
 # import that could do more, a pickle (code), is off unless the operator allows it.
 ROLES = method_roles(SERVICE_NAME, {"RequestTraining": "trainer:train", "ImportModel": "trainer:train"})

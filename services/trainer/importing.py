@@ -29,15 +29,15 @@ import onnxruntime as ort
 from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline
 
-from services.trainer.training import (
+from cascade.errors import FailedPrecondition, InvalidArgument
+from cascade.services.trainer.training import (
     INPUT_NAME,
     Predictor,
     check_parity,
     export_onnx,
     parity_reference,
 )
-from shared.errors import FailedPrecondition, InvalidArgument
-from shared.training_spec import Task
+from cascade.training_spec import Task
 
 __all__ = ["IMPORT_EXTRA", "ImportedModel", "ModelFormat", "convert_and_check", "parity_rows_from_csv"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from faststream.kafka import KafkaBroker
 
-from services.trainer.core import TrainerCore
-from shared.events import DataArrived, DriftDetected, Topics, TrainingRequested
-from shared.messaging import subscriber_options
+from cascade.events import DataArrived, DriftDetected, Topics, TrainingRequested
+from cascade.messaging import subscriber_options
+from cascade.services.trainer.core import TrainerCore
 
 
 def register(broker: KafkaBroker, core: TrainerCore, topics: Topics) -> None:

@@ -30,9 +30,9 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from shared.errors import CascadeError, FailedPrecondition, InvalidArgument
-from shared.splits import holdout_mask
-from shared.training_spec import ParamRange, Task, TrainingSpec
+from cascade.errors import CascadeError, FailedPrecondition, InvalidArgument
+from cascade.splits import holdout_mask
+from cascade.training_spec import ParamRange, Task, TrainingSpec
 
 log = logging.getLogger(__name__)
 

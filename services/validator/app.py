@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from services.validator import kafka_api
-from services.validator.core import ValidatorCore
-from services.validator.settings import ValidatorSettings
-from shared.events import ModelValidated, Topics
-from shared.grpc_io import open_channel
-from shared.messaging import build_broker, publish_event
-from shared.security import ClientSecurity
-from shared.service import Service
+from cascade.client.channels import ClientSecurity
+from cascade.events import ModelValidated, Topics
+from cascade.grpc_io import open_channel
+from cascade.messaging import build_broker, publish_event
+from cascade.service import Service
+from cascade.services.validator import kafka_api
+from cascade.services.validator.core import ValidatorCore
+from cascade.services.validator.settings import ValidatorSettings
 
 
 def build(settings: ValidatorSettings | None = None) -> Service:

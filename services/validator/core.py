@@ -14,7 +14,10 @@ import numpy as np
 import pandas as pd
 from prometheus_client import Counter
 
-from services.validator.gates import (
+from cascade.clients import download_artifact, fetch_dataset, unavailable_as_retryable
+from cascade.errors import FailedPrecondition
+from cascade.events import GateResult, ModelTrained, ModelValidated
+from cascade.services.validator.gates import (
     Signature,
     Thresholds,
     judge,
@@ -24,13 +27,10 @@ from services.validator.gates import (
     score,
     size_gate,
 )
-from services.validator.settings import ValidatorSettings
-from shared.clients import download_artifact, fetch_dataset, unavailable_as_retryable
-from shared.errors import FailedPrecondition
-from shared.events import GateResult, ModelTrained, ModelValidated
-from shared.splits import holdout_mask
-from shared.stubs.cascade.registry.v1 import registry_pb2 as registry_pb
-from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
+from cascade.services.validator.settings import ValidatorSettings
+from cascade.splits import holdout_mask
+from cascade.stubs.cascade.registry.v1 import registry_pb2 as registry_pb
+from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnxruntime as ort
 
-from shared.events import GateResult
+from cascade.events import GateResult
 
 
 @dataclass(frozen=True)

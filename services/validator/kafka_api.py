@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from faststream.kafka import KafkaBroker
 
-from services.validator.core import ValidatorCore
-from shared.events import ModelTrained, Topics
-from shared.messaging import subscriber_options
+from cascade.events import ModelTrained, Topics
+from cascade.messaging import subscriber_options
+from cascade.services.validator.core import ValidatorCore
 
 
 def register(broker: KafkaBroker, core: ValidatorCore, topics: Topics) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import RegistryClientSettings
+from cascade.settings import RegistryClientSettings
 
 
 class ValidatorSettings(RegistryClientSettings):

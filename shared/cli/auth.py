@@ -1,4 +1,4 @@
-"""`cascade auth`: the principals services know, their tokens and roles (shared.security)."""
+"""`cascade auth`: the principals services know, their tokens and roles (cascade.security)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from typing import Annotated
 
 import typer
 
-from shared.cli.client import stack_config
-from shared.cli.errors import EXIT_USAGE
-from shared.cli.identities import add_principal, ensure_tokens, principals_file, secrets_dir, token_file
-from shared.errors import InvalidArgument
-from shared.names import check_name
-from shared.security import ROLE_BUNDLES, ROLES, Principals
+from cascade.cli.client import stack_config
+from cascade.cli.errors import EXIT_USAGE
+from cascade.cli.identities import add_principal, ensure_tokens, principals_file, secrets_dir, token_file
+from cascade.errors import InvalidArgument
+from cascade.names import check_name
+from cascade.security import ROLE_BUNDLES, ROLES, Principals
 
 __all__ = ["auth_app"]
 

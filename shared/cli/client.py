@@ -18,7 +18,7 @@ import grpc
 import typer
 from opentelemetry import trace
 
-from shared.cli.errors import (
+from cascade.cli.errors import (
     EXIT_DENIED,
     EXIT_FAILURE,
     EXIT_NOT_FOUND,
@@ -26,12 +26,12 @@ from shared.cli.errors import (
     EXIT_USAGE,
     ClientError,
 )
-from shared.cli.identities import cli_security
-from shared.cli.stack import Stack, StackConfig
-from shared.grpc_io import CHUNK_SIZE, file_chunks, open_blocking_channel, open_channel
-from shared.security import PLAINTEXT, ClientSecurity
-from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from shared.telemetry import current_trace_id, setup_tracing
+from cascade.cli.identities import cli_security
+from cascade.cli.stack import Stack, StackConfig
+from cascade.client.channels import PLAINTEXT, ClientSecurity
+from cascade.grpc_io import CHUNK_SIZE, file_chunks, open_blocking_channel, open_channel
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from cascade.telemetry import current_trace_id, setup_tracing
 
 __all__ = [
     "ClientError",
@@ -148,7 +148,7 @@ def ingest_file(
     header = ingest_pb2.BatchHeader(
         dataset=dataset, format=(file_format or format_of(path)).proto, target=target, source=path.name
     )
-    tracer = trace.get_tracer("shared.cli")
+    tracer = trace.get_tracer("cascade.cli")
     with tracer.start_as_current_span("cascade ingest") as span:
         span.set_attribute("cascade.dataset", dataset)
         span.set_attribute("cascade.source", path.name)
@@ -234,7 +234,7 @@ def cli_channel(config: StackConfig, address: str, token: str = "") -> Iterator[
 
 def rpc_failure(service: str, address: str, error: grpc.RpcError) -> ClientError:
     """The `ClientError` for a failed call: its one-line message and the exit code its status
-    maps to (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE each have their own; see shared.cli.errors)."""
+    maps to (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE each have their own; see cascade.cli.errors)."""
     code = error.code() if isinstance(error, (grpc.Call, grpc.aio.AioRpcError)) else None
     exit_code = _EXIT_CODES.get(code, EXIT_FAILURE) if code is not None else EXIT_FAILURE
     return ClientError(describe_rpc_error(service, address, error), exit_code)

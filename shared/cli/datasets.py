@@ -40,7 +40,7 @@ def _fail(message: str, exit_code: int = 1) -> NoReturn:
 def _address(ctx: typer.Context, address: str | None) -> str:
     if address:
         return address
-    from shared.cli.stack import Stack, StackConfig
+    from cascade.cli.stack import Stack, StackConfig
 
     config = ctx.obj if isinstance(ctx.obj, StackConfig) else StackConfig()
     return Stack(config).address("ingest")
@@ -50,9 +50,9 @@ def _call(ctx: typer.Context, address: str, call: Callable[[Any], Awaitable[T]])
     """Run one call on IngestService; a gRPC failure becomes a one-line message."""
     import grpc
 
-    from shared.cli.client import rpc_failure, security_of, stack_config
-    from shared.grpc_io import open_channel
-    from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
+    from cascade.cli.client import rpc_failure, security_of, stack_config
+    from cascade.grpc_io import open_channel
+    from cascade.stubs.cascade.ingest.v1 import ingest_pb2_grpc
 
     async def run() -> T:
         async with open_channel(address, security_of(stack_config(ctx))) as channel:
@@ -84,7 +84,7 @@ def register(
     """Declare NAME with the schema in a JSON file; its batches are then cleaned by it."""
     from google.protobuf.json_format import ParseDict, ParseError
 
-    from shared.stubs.cascade.ingest.v1 import ingest_pb2 as pb
+    from cascade.stubs.cascade.ingest.v1 import ingest_pb2 as pb
 
     try:
         data = json.loads(schema.read_text())
@@ -112,8 +112,8 @@ def infer(
     address: AddressOption = None,
 ) -> None:
     """Infer a schema from FILE and print it, to check, edit and then register."""
-    from shared.cli.client import format_of
-    from shared.stubs.cascade.ingest.v1 import ingest_pb2 as pb
+    from cascade.cli.client import format_of
+    from cascade.stubs.cascade.ingest.v1 import ingest_pb2 as pb
 
     file_format = format_of(file)
     data = file.read_bytes() if file_format.value == "parquet" else _head(file, sample_bytes)
@@ -144,7 +144,7 @@ def _head(path: Path, limit: int) -> bytes:
 @datasets_app.command("list")
 def list_datasets(ctx: typer.Context, address: AddressOption = None) -> None:
     """List the datasets ingest knows, declared or inferred from a first batch."""
-    from shared.stubs.cascade.ingest.v1 import ingest_pb2 as pb
+    from cascade.stubs.cascade.ingest.v1 import ingest_pb2 as pb
 
     response = _call(ctx, _address(ctx, address), lambda stub: stub.ListDatasets(pb.ListDatasetsRequest()))
     if not response.datasets:
@@ -164,7 +164,7 @@ def show(
     address: AddressOption = None,
 ) -> None:
     """Show a dataset's schema, its versions and its batches' reports."""
-    from shared.stubs.cascade.ingest.v1 import ingest_pb2 as pb
+    from cascade.stubs.cascade.ingest.v1 import ingest_pb2 as pb
 
     where = _address(ctx, address)
     dataset = _call(ctx, where, lambda stub: stub.GetDataset(pb.GetDatasetRequest(dataset=name)))

@@ -17,12 +17,12 @@ import numpy as np
 import numpy.typing as npt
 from sklearn.datasets import load_breast_cancer
 
-from shared.cli.client import IngestResult, ingest_file, setup_cli_tracing
-from shared.cli.errors import DemoError
-from shared.cli.stack import Stack
+from cascade.cli.client import IngestResult, ingest_file, setup_cli_tracing
+from cascade.cli.errors import DemoError
+from cascade.cli.stack import Stack
 
 if TYPE_CHECKING:
-    from shared.cli.inference_client import InferenceClient, Prediction
+    from cascade.cli.inference_client import InferenceClient, Prediction
 
 __all__ = ["DATASET", "CascadeOutcome", "DemoBatches", "run_demo", "summary", "write_batches"]
 
@@ -77,7 +77,7 @@ def run_demo(stack: Stack, timeout: float, echo: Echo) -> list[CascadeOutcome]:
     """Start the stack, run both cascades and return what happened; the stack keeps running."""
     # Imported here so that importing this module (as tests do) never loads the `inference`
     # protobuf package, which would clash with tritonclient's.
-    from shared.cli.inference_client import InferenceClient
+    from cascade.cli.inference_client import InferenceClient
 
     stack.start(timeout=timeout)
     setup_cli_tracing(stack)

@@ -2,7 +2,7 @@
 `cascade status` (consumer lag and dead letters per service).
 
 Reads Kafka directly, at the stack's bootstrap and topic prefix: a dead letter carries the original
-message's exact bytes, key and headers, plus the `cascade_dlq_*` headers that shared.messaging adds
+message's exact bytes, key and headers, plus the `cascade_dlq_*` headers that cascade.messaging adds
 (reason, source topic, partition, offset, service, time). A replay puts the bytes back on the
 source topic with `cascade_replayed_from` and `cascade_replay_count`; each replay is appended to the
 audit log HOME/logs/dlq-replays.log (JSON lines), and a dead letter found there is not replayed
@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from shared.cli.errors import CliError
-from shared.cli.stack import Stack, StackConfig
-from shared.events import Topics
-from shared.messaging import (
+from cascade.cli.errors import CliError
+from cascade.cli.stack import Stack, StackConfig
+from cascade.events import Topics
+from cascade.messaging import (
     DLQ_OFFSET,
     DLQ_PARTITION,
     DLQ_REASON,

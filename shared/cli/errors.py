@@ -1,11 +1,11 @@
 """The errors the CLI turns into a one-line message instead of a traceback::
 
     CliError        a failure the user can act on; the message says what to do
-    ├── StackError  the stack could not be started or stopped (shared.cli.stack)
-    └── ClientError a call to a service failed (shared.cli.client)
-        └── DemoError  the demo cannot go on (shared.cli.demo)
+    ├── StackError  the stack could not be started or stopped (cascade.cli.stack)
+    └── ClientError a call to a service failed (cascade.cli.client)
+        └── DemoError  the demo cannot go on (cascade.cli.demo)
 
-Kafka launcher failures stay `shared.kafka_broker.BrokerError`, which the CLI reports the same way.
+Kafka launcher failures stay `cascade.kafka_broker.BrokerError`, which the CLI reports the same way.
 
 Each error carries the exit code the command ends with (listed in `cascade --help`)::
 

@@ -1,6 +1,6 @@
 """Open Inference Protocol (KServe v2) calls to the serving service, for `cascade demo`.
 
-Kept apart because it imports `shared.stubs.inference`: tritonclient defines the same protobuf
+Kept apart because it imports `cascade.stubs.inference`: tritonclient defines the same protobuf
 package `inference`, which protobuf refuses to load twice in one process, so only modules that run
 in their own process (the demo) may import this one.
 """
@@ -14,12 +14,12 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from shared.cli.client import rpc_failure
-from shared.cli.errors import ClientError
-from shared.grpc_io import open_blocking_channel
-from shared.security import PLAINTEXT, ClientSecurity
-from shared.stubs.inference import grpc_service_pb2 as pb
-from shared.stubs.inference import grpc_service_pb2_grpc as pb_grpc
+from cascade.cli.client import rpc_failure
+from cascade.cli.errors import ClientError
+from cascade.client.channels import PLAINTEXT, ClientSecurity
+from cascade.grpc_io import open_blocking_channel
+from cascade.stubs.inference import grpc_service_pb2 as pb
+from cascade.stubs.inference import grpc_service_pb2_grpc as pb_grpc
 
 __all__ = ["InferenceClient", "Prediction"]
 

@@ -1,6 +1,6 @@
 """The `cascade` command: run a local Cascade stack, feed it data and watch models follow.
 
-Commands only parse options, call `shared.cli.stack` / `shared.cli.client` and print; known
+Commands only parse options, call `cascade.cli.stack` / `cascade.cli.client` and print; known
 failures become one-line messages and exit code 1, never tracebacks.
 """
 
@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from shared.cli.auth import auth_app
-from shared.cli.certs import certs_app
-from shared.cli.datasets import datasets_app
-from shared.cli.dlq import dlq_app
-from shared.cli.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_USAGE, CliError
-from shared.cli.models import models_app
-from shared.cli.monitor import monitor as monitor_command
-from shared.cli.stack import (
+from cascade.cli.auth import auth_app
+from cascade.cli.certs import certs_app
+from cascade.cli.datasets import datasets_app
+from cascade.cli.dlq import dlq_app
+from cascade.cli.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_USAGE, CliError
+from cascade.cli.models import models_app
+from cascade.cli.monitor import monitor as monitor_command
+from cascade.cli.stack import (
     SERVICES,
     ServiceStatus,
     Stack,
@@ -31,14 +31,14 @@ from shared.cli.stack import (
     default_home,
     remembered_config,
 )
-from shared.cli.train import spec_app, train
-from shared.kafka_broker import BrokerError
+from cascade.cli.train import spec_app, train
+from cascade.kafka_broker import BrokerError
 
 if TYPE_CHECKING:
     # The client pulls in the whole gRPC runtime; commands import it only when they need it,
     # which keeps `cascade --help` and `cascade status` quick.
-    from shared.cli.client import FileFormat, IngestResult
-    from shared.cli.dlq import DeliveryStatus
+    from cascade.cli.client import FileFormat, IngestResult
+    from cascade.cli.dlq import DeliveryStatus
 
 __all__ = ["app"]
 
@@ -145,8 +145,8 @@ def kafka_install(
     verbose: Annotated[bool, typer.Option(help="Show Maven's output.")] = False,
 ) -> None:
     """Fetch the Kafka broker jars with Maven into HOME/kafka/libs (once; a no-op afterwards)."""
-    from shared import kafka_broker
-    from shared.cli.stack import KAFKA_POM
+    from cascade import kafka_broker
+    from cascade.cli.stack import KAFKA_POM
 
     stack = _stack(ctx)
     with friendly_errors():
@@ -189,7 +189,7 @@ def kafka_stop(
     timeout: Annotated[float, typer.Option(help="Seconds to wait after SIGTERM before SIGKILL.")] = 30.0,
 ) -> None:
     """Stop the broker of this home (services lose Kafka and report NOT_SERVING)."""
-    from shared import kafka_broker
+    from cascade import kafka_broker
 
     stack = _stack(ctx)
     with friendly_errors():
@@ -200,7 +200,7 @@ def kafka_stop(
 @kafka_app.command("status")
 def kafka_status(ctx: typer.Context) -> None:
     """Show whether each broker of this home runs and accepts clients."""
-    from shared import kafka_broker
+    from cascade import kafka_broker
 
     cluster = _stack(ctx).kafka
     for node in cluster.nodes:
@@ -327,7 +327,7 @@ def _delivery(stack: Stack, rows: list[ServiceStatus]) -> DeliveryStatus | None:
     """Lag and dead letters from Kafka, or None while it is down (status never fails for that)."""
     import asyncio
 
-    from shared.cli.dlq import delivery_status
+    from cascade.cli.dlq import delivery_status
 
     if not any(row.name.startswith("kafka") and row.health == "SERVING" for row in rows):
         return None
@@ -404,7 +404,7 @@ def ingest(
     A new dataset version starts a cascade: training, validation, registration and serving of a
     new model version, all in the trace whose id is printed.
     """
-    from shared.cli.client import ingest_file, setup_cli_tracing
+    from cascade.cli.client import ingest_file, setup_cli_tracing
 
     stack = _stack(ctx)
     with friendly_errors():
@@ -419,7 +419,7 @@ def ingest(
 
 
 def _parse_format(value: str | None) -> FileFormat | None:
-    from shared.cli.client import FileFormat
+    from cascade.cli.client import FileFormat
 
     if value is None:
         return None
@@ -469,7 +469,7 @@ def trace(
     """
     from datetime import UTC, datetime
 
-    from shared.cli.traces import find_trace, load_spans, recent_traces, waterfall
+    from cascade.cli.traces import find_trace, load_spans, recent_traces, waterfall
 
     config: StackConfig = ctx.obj
     with friendly_errors():
@@ -501,7 +501,7 @@ def demo(
     to serve and tries it, then does the same with the other 40% and version 2. The stack keeps
     running afterwards; `cascade down` stops it.
     """
-    from shared.cli.demo import run_demo, summary
+    from cascade.cli.demo import run_demo, summary
 
     stack = _stack(ctx)
     with friendly_errors():

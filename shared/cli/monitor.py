@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from shared.cli.client import cli_channel
-from shared.cli.stack import Stack, StackConfig
+from cascade.cli.client import cli_channel
+from cascade.cli.stack import Stack, StackConfig
 
 if TYPE_CHECKING:
-    from shared.stubs.cascade.monitor.v1 import monitor_pb2
+    from cascade.stubs.cascade.monitor.v1 import monitor_pb2
 
 __all__ = ["format_history", "format_report", "monitor"]
 
@@ -31,8 +31,8 @@ def monitor(
     prediction's drift, the champion's performance (measured, and estimated), and recent history."""
     import grpc
 
-    from shared.cli.client import rpc_failure
-    from shared.stubs.cascade.monitor.v1 import monitor_pb2, monitor_pb2_grpc
+    from cascade.cli.client import rpc_failure
+    from cascade.stubs.cascade.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 
     config: StackConfig = ctx.obj
     target = address or Stack(config).address("monitor")

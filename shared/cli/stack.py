@@ -4,15 +4,15 @@ The CLI (`cascade up/status/down/demo`) and the integration tests both drive thi
 speaks no CLI: progress goes to an optional callback and failures raise `StackError`. Everything a
 stack owns lives under one home directory::
 
-    kafka/               the broker, or kafka/node-N/ per broker of a cluster (see shared.kafka_broker)
+    kafka/               the broker, or kafka/node-N/ per broker of a cluster (see cascade.kafka_broker)
     data/<service>/      each service's own data; services share no filesystem
-    logs/<service>.log   the service's log, rotated by size (logs/<service>.log.1, ...; shared.logs)
+    logs/<service>.log   the service's log, rotated by size (logs/<service>.log.1, ...; cascade.logs)
     logs/<service>.out   anything else it writes to stdout and stderr (a crash's traceback), appended
     run/<service>.pid    pid (= process group id) of the running service
     traces/<name>.jsonl  OTLP-JSON spans, unless the caller chose OTEL_TRACES_EXPORTER
 
 Each service is a detached process (its own session), so it outlives the command that started it
-and a signal to its process group reaches anything it forks. Unix only, like shared.kafka_broker.
+and a signal to its process group reaches anything it forks. Unix only, like cascade.kafka_broker.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from typing import Any, Literal
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shared import kafka_broker
-from shared.cli.errors import StackError
-from shared.cli.identities import (
+from cascade import kafka_broker
+from cascade.cli.errors import StackError
+from cascade.cli.identities import (
     PKI_NAMES,
     cli_security,
     ensure_tokens,
@@ -48,9 +48,9 @@ from shared.cli.identities import (
     token_file,
     write_private,
 )
-from shared.grpc_io import open_blocking_channel
-from shared.kafka_broker import BrokerSecurity, ClusterConfig
-from shared.security import PLAINTEXT, ClientSecurity
+from cascade.client.channels import PLAINTEXT, ClientSecurity
+from cascade.grpc_io import open_blocking_channel
+from cascade.kafka_broker import BrokerSecurity, ClusterConfig
 
 __all__ = [
     "DEFAULT_METRICS_PORTS",
@@ -116,7 +116,7 @@ class StackConfig:
     home: Path = Path(".cascade")
     kafka_port: int = 9092
     controller_port: int = 9093
-    # 1: one broker; 3: a KRaft cluster whose topics keep three copies (ports: shared.kafka_broker).
+    # 1: one broker; 3: a KRaft cluster whose topics keep three copies (ports: cascade.kafka_broker).
     kafka_brokers: int = 1
     topic_prefix: str = "cascade"
     # gRPC port per service; a service left out keeps its DEFAULT_PORTS entry.
@@ -128,7 +128,7 @@ class StackConfig:
     # Prometheus port per service; a service left out exposes no /metrics.
     metrics_ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_METRICS_PORTS))
     log_format: str = "json"
-    # gRPC security (shared.security): every hop on TLS with the home's local CA (made if missing);
+    # gRPC security (cascade.security): every hop on TLS with the home's local CA (made if missing);
     # mTLS: services also require client certificates; auth: every service requires a principal
     # holding the method's role. Tokens are made in the home either way, and the CLI uses admin's.
     tls: bool = False
@@ -270,8 +270,8 @@ class Stack:
 
     def kafka_client_options(self) -> dict[str, Any]:
         """aiokafka keyword arguments for the CLI's and tests' own Kafka clients of this stack."""
-        from shared.kafka_security import aiokafka_kwargs
-        from shared.settings import ServiceSettings
+        from cascade.kafka_security import aiokafka_kwargs
+        from cascade.settings import ServiceSettings
 
         settings = {key.lower(): value for key, value in self.kafka_client_settings().items()}
         return aiokafka_kwargs(ServiceSettings.model_validate(settings))
@@ -280,14 +280,14 @@ class Stack:
         """The CA and the broker's certificate, and a SCRAM password made once and kept."""
         if not self.config.kafka_security:
             return
-        from shared.certs import init_pki
+        from cascade.certs import init_pki
 
         init_pki(tls_dir(self.home), PKI_NAMES)
         password_file = self.kafka_password_file()
         if not password_file.exists():
             password_file.parent.mkdir(parents=True, exist_ok=True)
             password_file.parent.chmod(0o700)
-            # No newline: the broker reads the file whole (shared.kafka_broker.BrokerSecurity).
+            # No newline: the broker reads the file whole (cascade.kafka_broker.BrokerSecurity).
             write_private(password_file, secrets.token_urlsafe(32))
 
     def _security_settings(self, name: str) -> dict[str, str]:
@@ -315,7 +315,7 @@ class Stack:
     def _prepare_identities(self) -> None:
         ensure_tokens(secrets_dir(self.home))
         if self.config.serves_tls:
-            from shared.certs import init_pki  # cryptography loads only for a stack that needs it
+            from cascade.certs import init_pki  # cryptography loads only for a stack that needs it
 
             init_pki(tls_dir(self.home), PKI_NAMES)
 
@@ -416,13 +416,12 @@ class Stack:
             directory.mkdir(parents=True, exist_ok=True)
         self._log_offsets[name] = log_file.stat().st_size if log_file.exists() else 0
         with output_file.open("ab") as output:
-            output.write(
-                f"===== cascade: starting services.{name} at {datetime.now(UTC).isoformat()} =====\n".encode()
-            )
+            started = datetime.now(UTC).isoformat()
+            output.write(f"===== cascade: starting cascade.services.{name} at {started} =====\n".encode())
             output.flush()
             self._output_offsets[name] = output.tell()
             process = subprocess.Popen(
-                [sys.executable, "-m", f"services.{name}"],
+                [sys.executable, "-m", f"cascade.services.{name}"],
                 cwd=_repo_root(),
                 # The service writes its log itself, rotating it, so no outage can fill the disk.
                 env={**self._environ, **self.service_env(name), "CASCADE_LOG_FILE": str(log_file)},
@@ -570,7 +569,7 @@ class Stack:
             return child.poll() is None  # poll() also reaps it, so no zombie lingers
         # Not our child: check the command line, which also guards against pid reuse.
         command_line = _command_line(pid)
-        return command_line is not None and f"services.{name}" in command_line
+        return command_line is not None and f"cascade.services.{name}" in command_line
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.cli.errors import CliError
+from cascade.cli.errors import CliError
 
 __all__ = ["Span", "find_trace", "load_spans", "recent_traces", "waterfall"]
 

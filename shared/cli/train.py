@@ -16,15 +16,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import ValidationError
 
-from shared.cli.client import TokenOption, cli_channel, rpc_failure
-from shared.cli.errors import EXIT_NOT_FOUND, ClientError
-from shared.cli.stack import Stack, StackConfig
-from shared.events import Topics, TrainingProgress
-from shared.messaging import DLQ_REASON, DLQ_SERVICE
-from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from shared.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
-from shared.stubs.cascade.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from shared.training_spec import TrainingSpec
+from cascade.cli.client import TokenOption, cli_channel, rpc_failure
+from cascade.cli.errors import EXIT_NOT_FOUND, ClientError
+from cascade.cli.stack import Stack, StackConfig
+from cascade.events import Topics, TrainingProgress
+from cascade.messaging import DLQ_REASON, DLQ_SERVICE
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from cascade.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
+from cascade.stubs.cascade.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from cascade.training_spec import TrainingSpec
 
 __all__ = ["spec_app", "train"]
 

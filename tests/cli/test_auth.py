@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from shared.cli.client import security_of
-from shared.cli.identities import cli_security, ensure_tokens, principals_file, secrets_dir, token_file
-from shared.cli.main import app
-from shared.cli.stack import Stack, StackConfig
-from shared.security import SERVICE_ROLES, PrincipalEntry, Principals, hash_token, write_principals
+from cascade.cli.client import security_of
+from cascade.cli.identities import cli_security, ensure_tokens, principals_file, secrets_dir, token_file
+from cascade.cli.main import app
+from cascade.cli.stack import Stack, StackConfig
+from cascade.security import SERVICE_ROLES, PrincipalEntry, Principals, hash_token, write_principals
 
 
 def _cascade(home: Path, *args: str, code: int = 0) -> str:

@@ -9,9 +9,9 @@ from pathlib import Path
 from cryptography import x509
 from typer.testing import CliRunner
 
-from shared.certs import load_pki
-from shared.cli.identities import PKI_NAMES
-from shared.cli.main import app
+from cascade.certs import load_pki
+from cascade.cli.identities import PKI_NAMES
+from cascade.cli.main import app
 
 
 def _cascade(home: Path, *args: str, code: int = 0) -> str:

@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from shared.cli.client import ClientError, FileFormat, format_of, upload_requests
-from shared.cli.demo import PROBE_ROWS, write_batches
-from shared.stubs.cascade.ingest.v1 import ingest_pb2
+from cascade.cli.client import ClientError, FileFormat, format_of, upload_requests
+from cascade.cli.demo import PROBE_ROWS, write_batches
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2
 
 
 @pytest.mark.parametrize(

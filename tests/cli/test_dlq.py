@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from shared.cli.dlq import MAX_REPLAYS, DeadLetter, _find, _replay_headers, _replayed_refs, _screen
-from shared.cli.errors import CliError
-from shared.cli.main import app
-from shared.messaging import DLQ_REASON, DLQ_TOPIC, REPLAY_COUNT, REPLAYED_FROM
+from cascade.cli.dlq import MAX_REPLAYS, DeadLetter, _find, _replay_headers, _replayed_refs, _screen
+from cascade.cli.errors import CliError
+from cascade.cli.main import app
+from cascade.messaging import DLQ_REASON, DLQ_TOPIC, REPLAY_COUNT, REPLAYED_FROM
 
 
 def letter(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.cli.stack import DEFAULT_METRICS_PORTS, SERVICES, default_home
+from cascade.cli.stack import DEFAULT_METRICS_PORTS, SERVICES, default_home
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,7 +33,7 @@ def test_without_one_the_home_is_under_the_user_data_directory(tmp_path: Path) -
 
 
 # A stand-in for a running ingest service: a real process serving gRPC health SERVING, whose
-# command line names `services.ingest`, which is what `cascade status` checks for.
+# command line names `cascade.services.ingest`, which is what `cascade status` checks for.
 _HEALTH_SERVER = textwrap.dedent(
     """
     import sys, grpc
@@ -55,7 +55,7 @@ def running_ingest(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     home = tmp_path / ".cascade"
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-c", _HEALTH_SERVER, str(port), "services.ingest"],
+        [sys.executable, "-c", _HEALTH_SERVER, str(port), "cascade.services.ingest"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -89,7 +89,7 @@ def test_status_from_a_subdirectory_sees_the_running_service(
     env["PYTHONPATH"] = str(REPO_ROOT)
 
     result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "status", "--json"],
+        [sys.executable, "-m", "cascade.cli", "status", "--json"],
         cwd=elsewhere,
         capture_output=True,
         text=True,

@@ -14,11 +14,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from typer.testing import CliRunner
 
-from shared import kafka_broker
-from shared.cli.main import app
-from shared.cli.stack import SERVICES, Stack, StackConfig, remembered_config
-from shared.kafka_broker import BrokerConfig, ClusterConfig
-from shared.settings import ServiceSettings
+from cascade import kafka_broker
+from cascade.cli.main import app
+from cascade.cli.stack import SERVICES, Stack, StackConfig, remembered_config
+from cascade.kafka_broker import BrokerConfig, ClusterConfig
+from cascade.settings import ServiceSettings
 
 # Apart from a developer's `cascade up` (9092), the integration suite (29xxx) and the chaos test (31xxx).
 KAFKA_PORT = 32092

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from shared.cli.errors import EXIT_UNAVAILABLE
-from shared.cli.main import app
+from cascade.cli.errors import EXIT_UNAVAILABLE
+from cascade.cli.main import app
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,7 +94,7 @@ def test_ingest_to_an_unreachable_service_is_one_friendly_line(tmp_path: Path) -
     batch = tmp_path / "batch.csv"
     batch.write_text("a,target\n1,0\n")
     address = f"127.0.0.1:{_free_port()}"
-    command = [sys.executable, "-m", "shared.cli", "--home", str(tmp_path / "home")]
+    command = [sys.executable, "-m", "cascade.cli", "--home", str(tmp_path / "home")]
     command += ["ingest", str(batch), "--dataset", "d", "--address", address]
 
     result = subprocess.run(

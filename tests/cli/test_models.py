@@ -16,20 +16,20 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 from typer.testing import CliRunner
 
-from services.registry.artifacts import LocalArtifactStore
-from services.registry.core import Lineage, RegistryCore
-from services.registry.grpc_api import ROLES, RegistryServicer
-from services.registry.permissions import Permissions
-from services.registry.store import RegistryStore, sqlite_url
-from services.trainer.training import build_pipeline, export_onnx
-from shared.cli.errors import EXIT_NOT_FOUND
-from shared.cli.main import app
-from shared.events import Event, GateResult, ModelValidated
-from shared.grpc_io import open_channel
-from shared.security import Authenticator, AuthInterceptor, PrincipalEntry, Principals, hash_token
-from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
-from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
-from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
+from cascade.cli.errors import EXIT_NOT_FOUND
+from cascade.cli.main import app
+from cascade.events import Event, GateResult, ModelValidated
+from cascade.grpc_io import open_channel
+from cascade.security import Authenticator, AuthInterceptor, PrincipalEntry, Principals, hash_token
+from cascade.services.registry.artifacts import LocalArtifactStore
+from cascade.services.registry.core import Lineage, RegistryCore
+from cascade.services.registry.grpc_api import ROLES, RegistryServicer
+from cascade.services.registry.permissions import Permissions
+from cascade.services.registry.store import RegistryStore, sqlite_url
+from cascade.services.trainer.training import build_pipeline, export_onnx
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2_grpc
+from cascade.stubs.cascade.registry.v1 import registry_pb2 as pb
+from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc
 from tests.grpc_server import serving
 
 NEW_COMMANDS = ["register", "search", "tag", "describe", "policy", "alias", "unalias", "promote", "show"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.cli.stack import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, SERVICES, Stack, StackConfig, StackError
+from cascade.cli.stack import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, SERVICES, Stack, StackConfig, StackError
 
 PORTS = {name: 40000 + index for index, name in enumerate(SERVICES)}
 
@@ -132,7 +132,7 @@ def test_status_of_a_stack_not_running_is_all_down(stack: Stack) -> None:
 
 def test_stale_pid_file_is_not_a_running_service(stack: Stack) -> None:
     stack.pid_file("ingest").parent.mkdir(parents=True)
-    # Our own pid: alive, but not `python -m services.ingest`.
+    # Our own pid: alive, but not `python -m cascade.services.ingest`.
     stack.pid_file("ingest").write_text(f"{os.getpid()}\n")
 
     assert stack.pid("ingest") is None
@@ -160,7 +160,7 @@ def test_a_service_dying_at_start_up_is_reported_with_its_log(tmp_path: Path) ->
 
 
 def test_raw_output_goes_beside_the_rotating_log_and_is_shown_when_a_start_fails(tmp_path: Path) -> None:
-    # Services log to logs/<service>.log themselves (rotated, shared.logs); what they write to
+    # Services log to logs/<service>.log themselves (rotated, cascade.logs); what they write to
     # stdout and stderr outside logging, such as this start-up traceback, lands in logs/<service>.out.
     config = StackConfig(
         home=tmp_path, ports={"ingest": 40201}, extra_env={"CASCADE_INGEST_MAX_CLASSES": "many"}
@@ -171,6 +171,6 @@ def test_raw_output_goes_beside_the_rotating_log_and_is_shown_when_a_start_fails
         stack.start_service("ingest", timeout=60)
 
     output = stack.output_file("ingest").read_text()
-    assert "cascade: starting services.ingest" in output and "max_classes" in output
+    assert "cascade: starting cascade.services.ingest" in output and "max_classes" in output
     assert f"last lines of {stack.output_file('ingest')}" in str(raised.value)
     assert "CASCADE_LOG_FILE" not in stack.service_env("ingest")  # set per spawned process only

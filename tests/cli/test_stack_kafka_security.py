@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from services.ingest.settings import IngestSettings
-from shared import kafka_broker
-from shared.cli.stack import KAFKA_USER, SERVICES, Stack, StackConfig, remembered_config
-from shared.kafka_security import faststream_security
+from cascade import kafka_broker
+from cascade.cli.stack import KAFKA_USER, SERVICES, Stack, StackConfig, remembered_config
+from cascade.kafka_security import faststream_security
+from cascade.services.ingest.settings import IngestSettings
 
 
 @pytest.fixture

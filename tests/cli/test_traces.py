@@ -7,10 +7,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind
 from typer.testing import CliRunner
 
-from shared.cli.errors import CliError
-from shared.cli.main import app
-from shared.cli.traces import find_trace, load_spans, recent_traces, waterfall
-from shared.telemetry import OtlpJsonFileSpanExporter
+from cascade.cli.errors import CliError
+from cascade.cli.main import app
+from cascade.cli.traces import find_trace, load_spans, recent_traces, waterfall
+from cascade.telemetry import OtlpJsonFileSpanExporter
 
 
 def _write_cascade(directory: Path) -> str:

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from shared.cli.errors import ClientError
-from shared.cli.train import _raise_if_refused, _report_progress
-from shared.events import TrainingProgress, TrainingRequested
-from shared.messaging import DLQ_REASON, DLQ_SERVICE
+from cascade.cli.errors import ClientError
+from cascade.cli.train import _raise_if_refused, _report_progress
+from cascade.events import TrainingProgress, TrainingRequested
+from cascade.messaging import DLQ_REASON, DLQ_SERVICE
 
 
 @dataclass

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from services.ingest.core import IngestCore
-from services.ingest.grpc_api import IngestServicer
-from services.ingest.store import IngestStore
-from shared.cli.errors import EXIT_NOT_FOUND, EXIT_UNAVAILABLE
-from shared.cli.main import app
-from shared.cli.stack import DEFAULT_METRICS_PORTS, SERVICES
-from shared.events import DataArrived
-from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
+from cascade.cli.errors import EXIT_NOT_FOUND, EXIT_UNAVAILABLE
+from cascade.cli.main import app
+from cascade.cli.stack import DEFAULT_METRICS_PORTS, SERVICES
+from cascade.events import DataArrived
+from cascade.services.ingest.core import IngestCore
+from cascade.services.ingest.grpc_api import IngestServicer
+from cascade.services.ingest.store import IngestStore
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2_grpc
 from tests.cli.test_models import _registry
 from tests.grpc_server import serving
 

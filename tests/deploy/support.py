@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.certs import init_pki
-from shared.cli.identities import PKI_NAMES, ensure_tokens
-from shared.cli.stack import DEFAULT_PORTS, SERVICES
-from shared.settings import ServiceSettings
+from cascade.certs import init_pki
+from cascade.cli.identities import PKI_NAMES, ensure_tokens
+from cascade.cli.stack import DEFAULT_PORTS, SERVICES
+from cascade.settings import ServiceSettings
 
 __all__ = [
     "DATA_SERVICES",
@@ -49,7 +49,7 @@ _OTHER_CASCADE_VARIABLES = frozenset({"CASCADE_TRACES_FILE"})
 
 def settings_class(name: str) -> type[ServiceSettings]:
     """The settings class of `services.<name>`: the one in its settings module with its prefix."""
-    module = importlib.import_module(f"services.{name}.settings")
+    module = importlib.import_module(f"cascade.services.{name}.settings")
     prefix = f"CASCADE_{name.upper()}_"
     found = [
         value
@@ -58,7 +58,7 @@ def settings_class(name: str) -> type[ServiceSettings]:
         and issubclass(value, ServiceSettings)
         and value.model_config.get("env_prefix") == prefix
     ]
-    assert len(found) == 1, f"services.{name}.settings should define one settings class with {prefix}"
+    assert len(found) == 1, f"cascade.services.{name}.settings should define one settings class with {prefix}"
     return found[0]
 
 

@@ -32,7 +32,7 @@ def _stage(name: str) -> Stage:
 def _health_port(stage: Stage) -> int:
     command = stage.healthcheck()
     assert command is not None, f"stage {stage.name} has no HEALTHCHECK"
-    assert command[:3] == ["python", "-m", "shared.healthcheck"], command
+    assert command[:3] == ["python", "-m", "cascade.healthcheck"], command
     host, _, port = command[-1].rpartition(":")
     assert host == "127.0.0.1", command
     return int(port)
@@ -63,7 +63,7 @@ def test_each_service_stage_derives_from_runtime(name: str) -> None:
 def test_each_service_stage_runs_its_own_module(name: str) -> None:
     command = _stage(name).cmd()
 
-    assert command == ["python", "-m", f"services.{name}"]
+    assert command == ["python", "-m", f"cascade.services.{name}"]
     assert module_problems(command) == []
 
 

@@ -1,4 +1,4 @@
-"""shared.healthcheck against a real grpc.aio health server on loopback."""
+"""cascade.healthcheck against a real grpc.aio health server on loopback."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from shared.certs import LocalPki, init_pki
-from shared.healthcheck import main, security_of
-from shared.security import server_credentials
-from shared.settings import ServiceSettings
+from cascade.certs import LocalPki, init_pki
+from cascade.healthcheck import main, security_of
+from cascade.security import server_credentials
+from cascade.settings import ServiceSettings
 from tests.grpc_server import serving
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -98,7 +98,7 @@ def test_an_address_without_a_port_is_a_usage_error() -> None:
 
 async def test_runs_as_a_module_as_the_image_health_check_does(health: tuple[HealthServicer, str]) -> None:
     servicer, address = health
-    command = [sys.executable, "-m", "shared.healthcheck", address]
+    command = [sys.executable, "-m", "cascade.healthcheck", address]
 
     await servicer.set("", SERVING)
     serving_run = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True)
@@ -209,7 +209,7 @@ async def test_runs_as_a_module_over_mtls_as_the_secured_image_does(pki: LocalPk
         "CASCADE_INGEST_TLS_KEY_FILE": str(identity.key_file),
     }
     async with _tls_health(pki, require_client_cert=True) as address:
-        command = [sys.executable, "-m", "shared.healthcheck", "--tls-of", "ingest", address]
+        command = [sys.executable, "-m", "cascade.healthcheck", "--tls-of", "ingest", address]
         run = await asyncio.to_thread(
             subprocess.run, command, capture_output=True, text=True, env=environment
         )

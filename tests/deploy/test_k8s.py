@@ -191,7 +191,7 @@ def test_command_runs_the_service_module(name: str) -> None:
     container = _container(name)
 
     assert container["image"].split(":")[0] == "cascade"
-    assert container["command"] == ["python", "-m", f"services.{name}"]
+    assert container["command"] == ["python", "-m", f"cascade.services.{name}"]
     assert module_problems(container["command"]) == []
 
 
@@ -240,7 +240,7 @@ def test_probes_ask_the_port_the_service_listens_on(name: str) -> None:
             assert command == [
                 "python",
                 "-m",
-                "shared.healthcheck",
+                "cascade.healthcheck",
                 "--tls-of",
                 name,
                 f"127.0.0.1:{grpc_port}",

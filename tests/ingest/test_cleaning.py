@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.ingest.cleaning import clean, infer_schema, read_csv, suggest_schema
-from services.ingest.schema import Feature, Policy, Schema
-from shared.errors import InvalidArgument
+from cascade.errors import InvalidArgument
+from cascade.services.ingest.cleaning import clean, infer_schema, read_csv, suggest_schema
+from cascade.services.ingest.schema import Feature, Policy, Schema
 
 
 def _implicit(*names: str) -> Schema:

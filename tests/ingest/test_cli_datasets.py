@@ -6,12 +6,12 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from services.ingest.core import IngestCore
-from services.ingest.grpc_api import IngestServicer
-from services.ingest.store import IngestStore
-from shared.cli.main import app
-from shared.events import DataArrived
-from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
+from cascade.cli.main import app
+from cascade.events import DataArrived
+from cascade.services.ingest.core import IngestCore
+from cascade.services.ingest.grpc_api import IngestServicer
+from cascade.services.ingest.store import IngestStore
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2_grpc
 from tests.grpc_server import serving
 
 

@@ -10,11 +10,11 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from sklearn.datasets import load_wine
 
-from services.ingest.core import IngestCore, batch_id_of
-from services.ingest.schema import Feature, Policy, Schema
-from services.ingest.store import IngestStore, chain_version, segment_digest
-from shared.errors import InvalidArgument
-from shared.events import DataArrived, Event
+from cascade.errors import InvalidArgument
+from cascade.events import DataArrived, Event
+from cascade.services.ingest.core import IngestCore, batch_id_of
+from cascade.services.ingest.schema import Feature, Policy, Schema
+from cascade.services.ingest.store import IngestStore, chain_version, segment_digest
 
 
 @pytest.fixture

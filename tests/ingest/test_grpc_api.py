@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_wine
 
-from services.ingest.core import IngestCore
-from services.ingest.grpc_api import IngestServicer
-from services.ingest.store import IngestStore
-from shared.clients import fetch_dataset
-from shared.events import DataArrived
-from shared.grpc_io import open_channel
-from shared.stubs.cascade.ingest.v1 import ingest_pb2 as pb
-from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
+from cascade.clients import fetch_dataset
+from cascade.events import DataArrived
+from cascade.grpc_io import open_channel
+from cascade.services.ingest.core import IngestCore
+from cascade.services.ingest.grpc_api import IngestServicer
+from cascade.services.ingest.store import IngestStore
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2 as pb
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2_grpc
 from tests.grpc_server import serving
 
 

@@ -8,11 +8,11 @@ import pytest
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from pydantic import ValidationError
 
-from services.ingest import kafka_api
-from services.ingest.core import IngestCore
-from services.ingest.store import IngestStore
-from shared.errors import InvalidArgument
-from shared.events import DataArrived, RawRecords, Topics
+from cascade.errors import InvalidArgument
+from cascade.events import DataArrived, RawRecords, Topics
+from cascade.services.ingest import kafka_api
+from cascade.services.ingest.core import IngestCore
+from cascade.services.ingest.store import IngestStore
 
 
 @pytest.fixture

@@ -16,11 +16,11 @@ import pandas as pd
 import tritonclient.grpc as triton
 from aiokafka import AIOKafkaProducer
 
-from shared.cli.stack import Stack
-from shared.grpc_io import open_blocking_channel
-from shared.stubs.cascade.ingest.v1 import ingest_pb2 as pb
-from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
-from shared.stubs.cascade.monitor.v1 import monitor_pb2, monitor_pb2_grpc
+from cascade.cli.stack import Stack
+from cascade.grpc_io import open_blocking_channel
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2 as pb
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2_grpc
+from cascade.stubs.cascade.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 
 T = TypeVar("T")
 

@@ -26,9 +26,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from sklearn.datasets import load_breast_cancer
 
-from shared import kafka_broker
-from shared.cli.stack import KAFKA_POM, SERVICES, Stack, StackConfig
-from shared.events import (
+from cascade import kafka_broker
+from cascade.cli.stack import KAFKA_POM, SERVICES, Stack, StackConfig
+from cascade.events import (
     DataArrived,
     ModelPromoted,
     ModelTrained,
@@ -36,9 +36,9 @@ from shared.events import (
     ModelVersionCreated,
     Topics,
 )
-from shared.messaging import DLQ_REASON, DLQ_SERVICE, DLQ_TOPIC
-from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from shared.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
+from cascade.messaging import DLQ_REASON, DLQ_SERVICE, DLQ_TOPIC
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from cascade.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
 from tests.integration.support import model_ready, upload, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

@@ -18,9 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_breast_cancer, make_classification
 from typer.testing import CliRunner
 
-from shared.cli.main import app
-from shared.cli.stack import SERVICES, Stack
-from shared.events import (
+from cascade.cli.main import app
+from cascade.cli.stack import SERVICES, Stack
+from cascade.events import (
     DataArrived,
     ModelPromoted,
     ModelTrained,
@@ -29,8 +29,8 @@ from shared.events import (
     RawRecords,
     Topics,
 )
-from shared.messaging import DLQ_REASON, DLQ_SERVICE, DLQ_TOPIC
-from shared.training_spec import TrainingSpec
+from cascade.messaging import DLQ_REASON, DLQ_SERVICE, DLQ_TOPIC
+from cascade.training_spec import TrainingSpec
 from tests.integration.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.integration.support import (
     drift_report,

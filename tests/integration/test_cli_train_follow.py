@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from shared.cli.errors import EXIT_FAILURE, EXIT_NOT_FOUND
-from shared.cli.main import app
-from shared.cli.stack import Stack
+from cascade.cli.errors import EXIT_FAILURE, EXIT_NOT_FOUND
+from cascade.cli.main import app
+from cascade.cli.stack import Stack
 
 pytestmark = pytest.mark.slow
 

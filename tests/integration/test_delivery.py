@@ -2,7 +2,7 @@
 messages end in the dead-letter topic within the retry budget and the partition moves on; health
 shows a consumer stuck on a message; `cascade dlq replay` puts a fixed message back, handled once.
 
-Each test runs a small FastStream app built with shared.messaging.build_broker (the same broker
+Each test runs a small FastStream app built with cascade.messaging.build_broker (the same broker
 every service uses) in this process, on its own source topic and consumer group; the dead-letter
 topic is shared, so each test reads only the letters from its own topic. Run under the lock:
 
@@ -32,14 +32,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 from typer.testing import CliRunner
 
-from shared.cli.dlq import DeadLetter, read_dead_letters
-from shared.cli.main import app
-from shared.cli.stack import Stack, StackConfig
-from shared.errors import InvalidArgument, Unavailable
-from shared.events import Topics
-from shared.messaging import REPLAY_COUNT, REPLAYED_FROM, build_broker, subscriber_options
-from shared.service import Service
-from shared.settings import ServiceSettings
+from cascade.cli.dlq import DeadLetter, read_dead_letters
+from cascade.cli.main import app
+from cascade.cli.stack import Stack, StackConfig
+from cascade.errors import InvalidArgument, Unavailable
+from cascade.events import Topics
+from cascade.messaging import REPLAY_COUNT, REPLAYED_FROM, build_broker, subscriber_options
+from cascade.service import Service
+from cascade.settings import ServiceSettings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -46,12 +46,12 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 # tritonclient's own stubs: other tests in this process import tritonclient, which registers the same
-# proto package `inference` as shared.stubs.inference; both in one process clash.
+# proto package `inference` as cascade.stubs.inference; both in one process clash.
 from tritonclient.grpc import service_pb2 as grpc_service_pb2
 
-from shared.cli.dlq import DeadLetter, read_dead_letters
-from shared.cli.stack import SERVICES, Stack
-from shared.events import (
+from cascade.cli.dlq import DeadLetter, read_dead_letters
+from cascade.cli.stack import SERVICES, Stack
+from cascade.events import (
     DataArrived,
     DriftDetected,
     LabelsArrived,
@@ -63,11 +63,11 @@ from shared.events import (
     Topics,
     TrainingRequested,
 )
-from shared.json_limits import JsonTooLarge, check_json_limits
-from shared.stubs.cascade.ingest.v1 import ingest_pb2
-from shared.stubs.cascade.monitor.v1 import monitor_pb2
-from shared.stubs.cascade.registry.v1 import registry_pb2
-from shared.stubs.cascade.trainer.v1 import trainer_pb2
+from cascade.json_limits import JsonTooLarge, check_json_limits
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2
+from cascade.stubs.cascade.monitor.v1 import monitor_pb2
+from cascade.stubs.cascade.registry.v1 import registry_pb2
+from cascade.stubs.cascade.trainer.v1 import trainer_pb2
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -75,7 +75,7 @@ MESSAGES = int(os.environ.get("CASCADE_FUZZ_MESSAGES", "2000"))
 REQUESTS = int(os.environ.get("CASCADE_FUZZ_REQUESTS", "2000"))
 RUN = uuid.uuid4().hex[:10]
 MARKER = "cascade_fuzz_run"  # header on every fuzz message, kept on its dead letter
-# The services' defaults (shared.settings): larger or deeper bodies are dead-lettered unparsed.
+# The services' defaults (cascade.settings): larger or deeper bodies are dead-lettered unparsed.
 MAX_MESSAGE_BYTES, MAX_JSON_DEPTH = 1024 * 1024, 64
 
 # Which services consume each topic, under their consumer groups "<prefix>.<service>" (serving's
@@ -459,8 +459,8 @@ def test_every_grpc_method_answers_fuzzed_requests_without_internal_errors(stack
 
 
 # grpc.aio decodes a unary request before any handler runs and answers UNKNOWN when that fails;
-# shared.interceptors.RequestDecodingInterceptor turns it into INVALID_ARGUMENT (upload streams are
-# refused by shared.grpc_io.split_upload as the handler reads them).
+# cascade.interceptors.RequestDecodingInterceptor turns it into INVALID_ARGUMENT (upload streams are
+# refused by cascade.grpc_io.split_upload as the handler reads them).
 def test_every_grpc_method_answers_bytes_that_are_not_protobuf_without_unknown(stack: Stack) -> None:
     by_status: collections.Counter[str] = collections.Counter()
     failures = []

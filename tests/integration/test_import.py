@@ -18,14 +18,14 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from typer.testing import CliRunner
 
-from services.trainer.training import export_onnx
-from shared.cli.main import app
-from shared.cli.stack import Stack
-from shared.grpc_io import CHUNK_SIZE, open_blocking_channel
-from shared.stubs.cascade.monitor.v1 import monitor_pb2
-from shared.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
-from shared.stubs.cascade.trainer.v1 import trainer_pb2 as pb
-from shared.stubs.cascade.trainer.v1 import trainer_pb2_grpc
+from cascade.cli.main import app
+from cascade.cli.stack import Stack
+from cascade.grpc_io import CHUNK_SIZE, open_blocking_channel
+from cascade.services.trainer.training import export_onnx
+from cascade.stubs.cascade.monitor.v1 import monitor_pb2
+from cascade.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
+from cascade.stubs.cascade.trainer.v1 import trainer_pb2 as pb
+from cascade.stubs.cascade.trainer.v1 import trainer_pb2_grpc
 from tests.integration.support import drift_report, infer, model_ready, upload, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

@@ -1,5 +1,5 @@
 """A secured broker from the project's launcher (SASL_SSL only: TLS with the local CA, SCRAM-SHA-512
-created by Kafka's StorageTool), reached the way services and the CLI reach it (shared.kafka_security).
+created by Kafka's StorageTool), reached the way services and the CLI reach it (cascade.kafka_security).
 Its own home and ports (34xxx) apart from the suite's stack; stopped at the end."""
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from faststream.kafka import KafkaBroker
 
-from shared import kafka_broker
-from shared.certs import init_pki
-from shared.cli.stack import KAFKA_POM
-from shared.kafka_broker import BrokerConfig, BrokerSecurity, ClusterConfig
-from shared.kafka_security import aiokafka_kwargs
-from shared.messaging import build_broker, subscriber_options
-from shared.settings import ServiceSettings
+from cascade import kafka_broker
+from cascade.certs import init_pki
+from cascade.cli.stack import KAFKA_POM
+from cascade.kafka_broker import BrokerConfig, BrokerSecurity, ClusterConfig
+from cascade.kafka_security import aiokafka_kwargs
+from cascade.messaging import build_broker, subscriber_options
+from cascade.settings import ServiceSettings
 
 pytestmark = pytest.mark.slow
 

@@ -28,11 +28,11 @@ import tritonclient.grpc as triton
 from aiokafka import AIOKafkaConsumer
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
-from shared.cli.stack import Stack
-from shared.events import DriftDetected, LabelsArrived, Topics
-from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from shared.stubs.cascade.monitor.v1 import monitor_pb2, monitor_pb2_grpc
-from shared.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
+from cascade.cli.stack import Stack
+from cascade.events import DriftDetected, LabelsArrived, Topics
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from cascade.stubs.cascade.monitor.v1 import monitor_pb2, monitor_pb2_grpc
+from cascade.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
 from tests.integration.support import drift_report, model_ready, produce, upload, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

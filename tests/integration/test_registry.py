@@ -31,9 +31,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from sklearn.datasets import load_breast_cancer, make_classification
 
-from services.trainer.training import build_pipeline, export_onnx
-from shared.cli.stack import Stack
-from shared.events import (
+from cascade.cli.stack import Stack
+from cascade.events import (
     Event,
     GateResult,
     ModelAliasChanged,
@@ -43,8 +42,9 @@ from shared.events import (
     ModelVersionStatusChanged,
     cloudevent_headers,
 )
-from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
-from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
+from cascade.services.trainer.training import build_pipeline, export_onnx
+from cascade.stubs.cascade.registry.v1 import registry_pb2 as pb
+from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc
 from tests.integration.support import upload, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -522,8 +522,8 @@ _RACER = textwrap.dedent(
     """
     import sys, time
     import grpc
-    from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
-    from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
+    from cascade.stubs.cascade.registry.v1 import registry_pb2 as pb
+    from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc
 
     address, model, actor, versions, count, start_at = sys.argv[1:]
     versions = [int(v) for v in versions.split(",")]

@@ -26,22 +26,22 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from sklearn.datasets import load_breast_cancer
 from typer.testing import CliRunner
 
-from shared.cli.identities import ensure_tokens, principals_file, secrets_dir, token_file
-from shared.cli.main import app
-from shared.cli.stack import SERVICES, Stack, StackConfig
-from shared.grpc_io import open_blocking_channel
-from shared.security import (
-    ClientSecurity,
+from cascade.cli.identities import ensure_tokens, principals_file, secrets_dir, token_file
+from cascade.cli.main import app
+from cascade.cli.stack import SERVICES, Stack, StackConfig
+from cascade.client.channels import ClientSecurity
+from cascade.grpc_io import open_blocking_channel
+from cascade.security import (
     PrincipalEntry,
     Principals,
     hash_token,
     new_token,
     write_principals,
 )
-from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from shared.stubs.cascade.monitor.v1 import monitor_pb2, monitor_pb2_grpc
-from shared.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
-from shared.stubs.cascade.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from cascade.stubs.cascade.monitor.v1 import monitor_pb2, monitor_pb2_grpc
+from cascade.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
+from cascade.stubs.cascade.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from tests.integration.support import infer, model_ready, spans_of_trace, triton_client, upload, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

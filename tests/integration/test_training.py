@@ -19,10 +19,10 @@ from aiokafka.partitioner import DefaultPartitioner
 from sklearn.datasets import load_breast_cancer, make_classification
 from typer.testing import CliRunner
 
-from shared.cli.main import app
-from shared.cli.stack import Stack, check_health
-from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
-from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
+from cascade.cli.main import app
+from cascade.cli.stack import Stack, check_health
+from cascade.stubs.cascade.registry.v1 import registry_pb2 as pb
+from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc
 from tests.integration.support import infer, model_ready, upload, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -177,7 +177,7 @@ def test_two_trainer_processes_share_the_work_and_train_two_models_at_once(stack
     topic = f"{stack.config.topic_prefix}.data-arrived.v1"
     with log.open("ab") as output:
         second = subprocess.Popen(
-            [sys.executable, "-m", "services.trainer"],
+            [sys.executable, "-m", "cascade.services.trainer"],
             env=environment,
             stdout=output,
             stderr=subprocess.STDOUT,

@@ -14,8 +14,8 @@ import grpc
 import numpy as np
 import pandas as pd
 
-from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from shared.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from cascade.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
 
 FEATURES = ["alpha", "beta", "gamma", "delta"]
 MODEL = "churn"

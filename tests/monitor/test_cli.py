@@ -10,11 +10,11 @@ from pathlib import Path
 import grpc
 from typer.testing import CliRunner
 
-from services.monitor.drift import FeatureDrift
-from services.monitor.grpc_api import MonitorServicer
-from services.monitor.store import DriftReport, MonitorStore, Performance
-from shared.cli.main import app
-from shared.stubs.cascade.monitor.v1 import monitor_pb2_grpc
+from cascade.cli.main import app
+from cascade.services.monitor.drift import FeatureDrift
+from cascade.services.monitor.grpc_api import MonitorServicer
+from cascade.services.monitor.store import DriftReport, MonitorStore, Performance
+from cascade.stubs.cascade.monitor.v1 import monitor_pb2_grpc
 
 
 class _Core:

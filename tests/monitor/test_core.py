@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from services.monitor.core import DriftPolicy, MonitorCore, Reference, Unmonitored, Window
-from services.monitor.store import MonitorStore, ReferenceInfo
-from shared.errors import InvalidArgument, NotFound
+from cascade.errors import InvalidArgument, NotFound
+from cascade.services.monitor.core import DriftPolicy, MonitorCore, Reference, Unmonitored, Window
+from cascade.services.monitor.store import MonitorStore, ReferenceInfo
 
 from .support import DATASET, FEATURES, normal_rows
 

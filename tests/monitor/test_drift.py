@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 from scipy.spatial import distance
 
-from services.monitor.drift import (
+from cascade.services.monitor.drift import (
     CATEGORICAL,
     KS_TEST,
     ColumnReference,

@@ -19,7 +19,7 @@ import pytest
 from scipy import stats
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
-from services.monitor.drift import (
+from cascade.services.monitor.drift import (
     CALIBRATED_CHISQUARE_TEST,
     CALIBRATED_KS_TEST,
     CATEGORICAL,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.monitor.drift import (
+from cascade.services.monitor.drift import (
     CATEGORICAL,
     NUMERIC,
     Calibration,

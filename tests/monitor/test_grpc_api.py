@@ -7,12 +7,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.monitor.core import MonitorCore
-from services.monitor.drift import FeatureDrift
-from services.monitor.grpc_api import SERVICE_NAME, MonitorServicer
-from services.monitor.store import DriftReport, MonitorStore
-from shared.stubs.cascade.monitor.v1 import monitor_pb2 as pb
-from shared.stubs.cascade.monitor.v1 import monitor_pb2_grpc
+from cascade.services.monitor.core import MonitorCore
+from cascade.services.monitor.drift import FeatureDrift
+from cascade.services.monitor.grpc_api import SERVICE_NAME, MonitorServicer
+from cascade.services.monitor.store import DriftReport, MonitorStore
+from cascade.stubs.cascade.monitor.v1 import monitor_pb2 as pb
+from cascade.stubs.cascade.monitor.v1 import monitor_pb2_grpc
 
 REPORT = DriftReport(
     model="churn",

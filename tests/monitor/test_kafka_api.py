@@ -19,15 +19,15 @@ from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.monitor.app import build
-from services.monitor.grpc_api import SERVICE_NAME
-from services.monitor.settings import MonitorSettings
-from shared.errors import Unavailable
-from shared.events import DriftDetected, Event, LabelsArrived, ModelPromoted, PredictionLogged, Topics
-from shared.messaging import DLQ_REASON, publish_event
-from shared.service import Service
-from shared.stubs.cascade.monitor.v1 import monitor_pb2 as pb
-from shared.stubs.cascade.monitor.v1 import monitor_pb2_grpc
+from cascade.errors import Unavailable
+from cascade.events import DriftDetected, Event, LabelsArrived, ModelPromoted, PredictionLogged, Topics
+from cascade.messaging import DLQ_REASON, publish_event
+from cascade.service import Service
+from cascade.services.monitor.app import build
+from cascade.services.monitor.grpc_api import SERVICE_NAME
+from cascade.services.monitor.settings import MonitorSettings
+from cascade.stubs.cascade.monitor.v1 import monitor_pb2 as pb
+from cascade.stubs.cascade.monitor.v1 import monitor_pb2_grpc
 
 from .support import DATASET_VERSION, FEATURES, MODEL, Dependencies, normal_rows
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.monitor.core import DriftPolicy, MonitorCore, Reference, Window
-from services.monitor.grpc_api import history_message, report_message
-from services.monitor.store import MonitorStore, ReferenceInfo
-from shared.errors import NotFound
-from shared.events import DriftDetected
+from cascade.errors import NotFound
+from cascade.events import DriftDetected
+from cascade.services.monitor.core import DriftPolicy, MonitorCore, Reference, Window
+from cascade.services.monitor.grpc_api import history_message, report_message
+from cascade.services.monitor.store import MonitorStore, ReferenceInfo
 
 from .support import DATASET, FEATURES, normal_rows
 

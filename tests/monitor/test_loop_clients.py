@@ -9,8 +9,8 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from services.monitor.loop_clients import first_output_per_row
-from services.trainer.training import export_onnx
+from cascade.services.monitor.loop_clients import first_output_per_row
+from cascade.services.trainer.training import export_onnx
 
 
 def test_a_classifiers_reference_output_is_its_predicted_label() -> None:

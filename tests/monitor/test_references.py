@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from services.monitor.core import Unmonitored
-from services.monitor.references import GrpcReferenceSource
-from shared.errors import FailedPrecondition, NotFound, Unavailable
+from cascade.errors import FailedPrecondition, NotFound, Unavailable
+from cascade.services.monitor.core import Unmonitored
+from cascade.services.monitor.references import GrpcReferenceSource
 
 from .support import DATASET, DATASET_VERSION, FEATURES, MODEL, Dependencies, normal_rows, parquet_of
 

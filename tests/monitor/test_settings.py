@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.monitor.settings import MonitorSettings
+from cascade.services.monitor.settings import MonitorSettings
 
 
 def test_defaults() -> None:

@@ -5,8 +5,8 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from services.monitor.drift import FeatureDrift
-from services.monitor.store import DriftReport, MonitorStore, ReferenceInfo
+from cascade.services.monitor.drift import FeatureDrift
+from cascade.services.monitor.store import DriftReport, MonitorStore, ReferenceInfo
 
 COMPUTED_AT = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 

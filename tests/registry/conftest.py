@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from services.registry.store import sqlite_url
+from cascade.services.registry.store import sqlite_url
 
 _databases = itertools.count()
 

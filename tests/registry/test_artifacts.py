@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from services.registry.artifacts import LocalArtifactStore
-from shared.errors import FailedPrecondition, NotFound
+from cascade.errors import FailedPrecondition, NotFound
+from cascade.services.registry.artifacts import LocalArtifactStore
 
 
 def _stored(tmp_path: Path, data: bytes) -> tuple[LocalArtifactStore, str]:

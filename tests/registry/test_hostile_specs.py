@@ -4,8 +4,8 @@ INVALID_ARGUMENT with a short message (not INTERNAL or RESOURCE_EXHAUSTED)."""
 import grpc
 import pytest
 
-from shared.errors import MAX_STATUS_MESSAGE_BYTES
-from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
+from cascade.errors import MAX_STATUS_MESSAGE_BYTES
+from cascade.stubs.cascade.registry.v1 import registry_pb2 as pb
 from tests.registry.test_registry_api import Registry, registry  # noqa: F401  (the fixture)
 
 

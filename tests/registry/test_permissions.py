@@ -9,27 +9,27 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.registry.artifacts import LocalArtifactStore
-from services.registry.core import Lineage, RegistryCore
-from services.registry.grpc_api import ROLES, RegistryServicer
-from services.registry.permissions import Permissions
-from services.registry.store import RegistryStore
-from services.serving.registry_client import RegistryClient
-from services.trainer.training import TrainingResult
-from shared.errors import FailedPrecondition
-from shared.events import Event
-from shared.grpc_io import open_channel
-from shared.security import (
+from cascade.client.channels import ClientSecurity
+from cascade.errors import FailedPrecondition
+from cascade.events import Event
+from cascade.grpc_io import open_channel
+from cascade.security import (
     Authenticator,
     AuthInterceptor,
-    ClientSecurity,
     PrincipalEntry,
     Principals,
     hash_token,
 )
-from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
-from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
-from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
+from cascade.services.registry.artifacts import LocalArtifactStore
+from cascade.services.registry.core import Lineage, RegistryCore
+from cascade.services.registry.grpc_api import ROLES, RegistryServicer
+from cascade.services.registry.permissions import Permissions
+from cascade.services.registry.store import RegistryStore
+from cascade.services.serving.registry_client import RegistryClient
+from cascade.services.trainer.training import TrainingResult
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2_grpc
+from cascade.stubs.cascade.registry.v1 import registry_pb2 as pb
+from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc
 from tests.grpc_server import serving
 
 # alice and bob may register models; root is an admin; reader holds only the global read role.

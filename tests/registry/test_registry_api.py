@@ -8,16 +8,8 @@ import grpc
 import onnx
 import pytest
 
-from services.ingest.core import IngestCore
-from services.ingest.grpc_api import IngestServicer
-from services.ingest.store import IngestStore
-from services.registry.artifacts import LocalArtifactStore
-from services.registry.core import Lineage, RegistryCore
-from services.registry.grpc_api import RegistryServicer
-from services.registry.store import RegistryStore
-from services.trainer.training import TrainingResult
-from shared.clients import download_artifact
-from shared.events import (
+from cascade.clients import download_artifact
+from cascade.events import (
     Event,
     GateResult,
     ModelAliasChanged,
@@ -26,10 +18,18 @@ from shared.events import (
     ModelVersionCreated,
     ModelVersionStatusChanged,
 )
-from shared.grpc_io import open_channel
-from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
-from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
+from cascade.grpc_io import open_channel
+from cascade.services.ingest.core import IngestCore
+from cascade.services.ingest.grpc_api import IngestServicer
+from cascade.services.ingest.store import IngestStore
+from cascade.services.registry.artifacts import LocalArtifactStore
+from cascade.services.registry.core import Lineage, RegistryCore
+from cascade.services.registry.grpc_api import RegistryServicer
+from cascade.services.registry.store import RegistryStore
+from cascade.services.trainer.training import TrainingResult
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from cascade.stubs.cascade.registry.v1 import registry_pb2 as pb
+from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc
 from tests.grpc_server import serving
 
 

@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from services.registry.schema import metadata
-from services.registry.store import RegistryStore
+from cascade.services.registry.schema import metadata
+from cascade.services.registry.store import RegistryStore
 
 
 def test_the_migrations_build_exactly_the_declared_schema(database_url: str) -> None:

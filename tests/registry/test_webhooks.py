@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from services.registry.artifacts import LocalArtifactStore
-from services.registry.core import Publish, RegistryCore
-from services.registry.store import RegistryStore, sqlite_url
-from services.registry.webhooks import SIGNATURE_HEADER, WebhookSender, signature
-from shared.events import Event
+from cascade.events import Event
+from cascade.services.registry.artifacts import LocalArtifactStore
+from cascade.services.registry.core import Publish, RegistryCore
+from cascade.services.registry.store import RegistryStore, sqlite_url
+from cascade.services.registry.webhooks import SIGNATURE_HEADER, WebhookSender, signature
 
 
 class Receiver:
@@ -189,7 +189,7 @@ async def test_a_kafka_outage_delays_events_but_never_fails_the_change(tmp_path:
 async def test_a_long_outbox_drains_in_bounded_batches_once_each_in_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("services.registry.core.OUTBOX_BATCH", 3)
+    monkeypatch.setattr("cascade.services.registry.core.OUTBOX_BATCH", 3)
     published: list[Event] = []
     kafka_up = False
     drop_when_published = -1  # Kafka drops the publish that comes after this many went out

@@ -7,7 +7,7 @@ and cannot share one. Kafka is faststream's in-memory TestKafkaBroker, so no bro
                               [--port P --workers N --index I]
 
 Settings not given here come from the environment (CASCADE_SERVING_*). With --workers N, this
-process is worker I of N sharing port P (SO_REUSEPORT), as services.serving.workers runs them;
+process is worker I of N sharing port P (SO_REUSEPORT), as cascade.services.serving.workers runs them;
 start one harness per worker.
 
 One line per message:
@@ -27,12 +27,12 @@ import sys
 
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 
-from services.serving.app import build_serving
-from services.serving.settings import ServingSettings
-from services.serving.workers import worker_settings
-from shared.events import ModelLoadFailed, ModelPromoted, PredictionLogged, Topics
-from shared.logs import setup_logging
-from shared.service import event_loop_factory
+from cascade.events import ModelLoadFailed, ModelPromoted, PredictionLogged, Topics
+from cascade.logs import setup_logging
+from cascade.service import event_loop_factory
+from cascade.services.serving.app import build_serving
+from cascade.services.serving.settings import ServingSettings
+from cascade.services.serving.workers import worker_settings
 
 
 def say(*words: object) -> None:

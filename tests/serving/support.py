@@ -1,9 +1,9 @@
 """Test support for serving: real ONNX models, and a fake registry speaking the real protocol.
 
-Nothing here may import `shared.stubs.inference` (or anything that imports it, like
-`services.serving.inference` or `services.serving.app`): the tritonclient tests share this process,
-and tritonclient registers the same proto package `inference`. The server under test runs in a
-subprocess instead (see serving_process.py).
+Nothing here may import `cascade.stubs.inference` (or anything that imports it, like
+`cascade.services.serving.inference` or `cascade.services.serving.app`): the tritonclient tests
+share this process, and tritonclient registers the same proto package `inference`. The server
+under test runs in a subprocess instead (see serving_process.py).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.linear_model import LogisticRegression
 
-from shared.stubs.cascade.registry.v1 import registry_pb2 as pb
-from shared.stubs.cascade.registry.v1 import registry_pb2_grpc as pb_grpc
+from cascade.stubs.cascade.registry.v1 import registry_pb2 as pb
+from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc as pb_grpc
 
 MODEL = "cancer"
 CHUNK = 256  # small, so every download takes several chunks

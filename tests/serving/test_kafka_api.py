@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 import pytest
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 
-from services.serving import kafka_api
-from services.serving.registry_client import RegistryClient
-from services.serving.repository import ModelRepository
-from shared.errors import Unavailable
-from shared.events import ModelPromoted, Topics
+from cascade.errors import Unavailable
+from cascade.events import ModelPromoted, Topics
+from cascade.services.serving import kafka_api
+from cascade.services.serving.registry_client import RegistryClient
+from cascade.services.serving.repository import ModelRepository
 
 from .support import MODEL, RunningRegistry
 

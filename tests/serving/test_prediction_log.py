@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from services.serving.prediction_log import (
+from cascade.events import PredictionLogged
+from cascade.services.serving.prediction_log import (
     MAX_LOGGED_CLASSES,
     MAX_ROWS_PER_EVENT,
     PredictionLog,
     events_of,
 )
-from services.serving.repository import LoadedModel, ModelRepository
-from shared.events import PredictionLogged
+from cascade.services.serving.repository import LoadedModel, ModelRepository
 
 from .support import MODEL, TrainedModel
 

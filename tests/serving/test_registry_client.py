@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from services.serving.registry_client import RegistryClient
-from services.serving.repository import ModelRef, ModelRepository
-from shared.errors import FailedPrecondition, NotFound, Unavailable
+from cascade.errors import FailedPrecondition, NotFound, Unavailable
+from cascade.services.serving.registry_client import RegistryClient
+from cascade.services.serving.repository import ModelRef, ModelRepository
 
 from .support import MODEL, Dataset, RunningRegistry, TrainedModel
 

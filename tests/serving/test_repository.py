@@ -12,8 +12,8 @@ from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.linear_model import LogisticRegression
 
-from services.serving.repository import LoadedModel, LoadFailure, ModelRef, ModelRepository
-from shared.errors import FailedPrecondition, NotFound, Unavailable
+from cascade.errors import FailedPrecondition, NotFound, Unavailable
+from cascade.services.serving.repository import LoadedModel, LoadFailure, ModelRef, ModelRepository
 
 from .support import MODEL, Dataset, TrainedModel
 

@@ -1,4 +1,4 @@
-"""REST and security: each endpoint needs what its gRPC twin needs (shared.security), from a bearer
+"""REST and security: each endpoint needs what its gRPC twin needs (cascade.security), from a bearer
 token in the Authorization header, health staying open; TLS and mTLS with the gRPC server's files."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.certs import LocalPki, init_pki
+from cascade.certs import LocalPki, init_pki
 
 from .harness import ServingProcess
 from .support import MODEL, Dataset, RunningRegistry
@@ -26,7 +26,7 @@ async def test_rest_needs_the_same_roles_as_grpc(
     registry: RunningRegistry, dataset: Dataset, tmp_path: Path
 ) -> None:
     """With authentication required: health is open, inference needs a bearer token whose principal
-    holds serving:infer (shared.security's principals file, as gRPC reads it)."""
+    holds serving:infer (cascade.security's principals file, as gRPC reads it)."""
     tokens = {"client": secrets.token_urlsafe(32), "reader": secrets.token_urlsafe(32)}
     roles = {"client": "serving:infer", "reader": "ingest:read"}
     principals = tmp_path / "principals.toml"

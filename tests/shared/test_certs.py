@@ -1,4 +1,4 @@
-"""The local PKI (shared.certs), proven by real TLS handshakes with Python's ssl module over loopback."""
+"""The local PKI (cascade.certs), proven by real TLS handshakes with Python's ssl module over loopback."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from shared.certs import Identity, LocalPki, init_pki, load_pki
+from cascade.certs import Identity, LocalPki, init_pki, load_pki
 
 
 def _server_context(pki: LocalPki, server: Identity) -> ssl.SSLContext:

@@ -6,10 +6,10 @@ import pytest
 from faststream.kafka import TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
-from shared.errors import InvalidArgument, Unavailable
-from shared.events import DataArrived, Topics
-from shared.messaging import DLQ_REASON, DLQ_TOPIC, build_broker, subscriber_options
-from shared.settings import ServiceSettings
+from cascade.errors import InvalidArgument, Unavailable
+from cascade.events import DataArrived, Topics
+from cascade.messaging import DLQ_REASON, DLQ_TOPIC, build_broker, subscriber_options
+from cascade.settings import ServiceSettings
 
 
 async def test_malformed_and_permanently_failing_messages_go_to_the_dead_letter_topic() -> None:

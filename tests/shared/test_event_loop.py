@@ -10,8 +10,8 @@ import uvloop
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from shared.grpc_io import open_channel
-from shared.service import event_loop_factory
+from cascade.grpc_io import open_channel
+from cascade.service import event_loop_factory
 from tests.grpc_server import serving
 
 

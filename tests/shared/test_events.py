@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from shared.events import DataArrived, ModelPromoted, RawRecords, Topics, cloudevent_headers
+from cascade.events import DataArrived, ModelPromoted, RawRecords, Topics, cloudevent_headers
 
 
 def _data_arrived(**overrides: object) -> DataArrived:

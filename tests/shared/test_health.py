@@ -13,10 +13,10 @@ from aiokafka import ConsumerRecord
 from faststream.kafka import TestKafkaBroker
 from prometheus_client import REGISTRY
 
-from shared.errors import Unavailable
-from shared.messaging import DeadLetters, build_broker, dead_letters_of
-from shared.service import LAG_GROWTH_CHECKS, Service
-from shared.settings import ServiceSettings
+from cascade.errors import Unavailable
+from cascade.messaging import DeadLetters, build_broker, dead_letters_of
+from cascade.service import LAG_GROWTH_CHECKS, Service
+from cascade.settings import ServiceSettings
 
 
 class ScriptedLag(Service):

@@ -1,4 +1,4 @@
-"""Kafka security settings and what they become (shared.kafka_security). The real broker proof is in
+"""Kafka security settings and what they become (cascade.kafka_security). The real broker proof is in
 tests/integration/test_kafka_security.py."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from faststream.kafka.security import parse_security
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from pydantic import ValidationError
 
-from shared.certs import LocalPki, init_pki
-from shared.kafka_security import aiokafka_kwargs, faststream_security
-from shared.settings import ServiceSettings
+from cascade.certs import LocalPki, init_pki
+from cascade.kafka_security import aiokafka_kwargs, faststream_security
+from cascade.settings import ServiceSettings
 
 PASSWORD = "s3cret-scram-password"
 

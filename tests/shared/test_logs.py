@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from shared.logs import RateLimitFilter, setup_logging
+from cascade.logs import RateLimitFilter, setup_logging
 
 
 @pytest.fixture(autouse=True)
@@ -21,8 +21,8 @@ def test_json_lines_carry_the_trace_and_span_ids(capsys: pytest.CaptureFixture[s
     setup_logging("ingest", "INFO", "json")
     tracer = TracerProvider().get_tracer("test")
     with tracer.start_as_current_span("work") as span:
-        logging.getLogger("services.ingest").info("stored %d rows", 3)
-    logging.getLogger("services.ingest").warning("outside any span")
+        logging.getLogger("cascade.services.ingest").info("stored %d rows", 3)
+    logging.getLogger("cascade.services.ingest").warning("outside any span")
     first, second = (json.loads(line) for line in capsys.readouterr().err.splitlines())
     context = span.get_span_context()
     assert first["message"] == "stored 3 rows" and first["service"] == "ingest" and first["level"] == "info"
@@ -124,7 +124,7 @@ def test_the_log_file_rotates_and_keeps_a_bounded_number_of_backups(
     handler = setup_logging("registry", "INFO", "auto")
     try:
         for number in range(400):  # ~80 KB of distinct messages: far past 3 files of 4 KB
-            logging.getLogger("services.registry").info(f"stored version {number} of some model")
+            logging.getLogger("cascade.services.registry").info(f"stored version {number} of some model")
     finally:
         handler.close()
     files = sorted(p.name for p in path.parent.iterdir())

@@ -7,14 +7,14 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
-from services.ingest.core import IngestCore
-from services.ingest.grpc_api import IngestServicer
-from services.ingest.store import IngestStore
-from shared.events import DataArrived
-from shared.metrics import GrpcMetricsInterceptor
-from shared.service import GRPC_OPTIONS
-from shared.stubs.cascade.ingest.v1 import ingest_pb2 as pb
-from shared.stubs.cascade.ingest.v1 import ingest_pb2_grpc
+from cascade.events import DataArrived
+from cascade.metrics import GrpcMetricsInterceptor
+from cascade.service import GRPC_OPTIONS
+from cascade.services.ingest.core import IngestCore
+from cascade.services.ingest.grpc_api import IngestServicer
+from cascade.services.ingest.store import IngestStore
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2 as pb
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2_grpc
 
 SERVICE = "cascade.ingest.v1.IngestService"
 

@@ -4,10 +4,10 @@ from collections.abc import Sequence
 import pytest
 from faststream.kafka import TestKafkaBroker
 
-from shared.events import DataArrived, Event, EventTooLarge, ModelPromoted, Topics, decode_event
-from shared.messaging import build_broker, publish_event, subscriber_options
-from shared.outbox import OutboxRelay, PendingEvent
-from shared.settings import ServiceSettings
+from cascade.events import DataArrived, Event, EventTooLarge, ModelPromoted, Topics, decode_event
+from cascade.messaging import build_broker, publish_event, subscriber_options
+from cascade.outbox import OutboxRelay, PendingEvent
+from cascade.settings import ServiceSettings
 
 
 class _MemoryOutbox:

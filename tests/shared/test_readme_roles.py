@@ -1,5 +1,5 @@
 """The README's table of the role each RPC needs is the code's: every method of every service is in
-it, and where the table names a role, the service's role table (shared.security) demands that one."""
+it, and where the table names a role, the service's role table (cascade.security) demands that one."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from services.ingest.grpc_api import ROLES as INGEST_ROLES
-from services.monitor.grpc_api import ROLES as MONITOR_ROLES
-from services.registry.grpc_api import ROLES as REGISTRY_ROLES
-from services.trainer.grpc_api import ROLES as TRAINER_ROLES
-from shared.security import ANY_PRINCIPAL, OPEN, ROLES
+from cascade.security import ANY_PRINCIPAL, OPEN, ROLES
+from cascade.services.ingest.grpc_api import ROLES as INGEST_ROLES
+from cascade.services.monitor.grpc_api import ROLES as MONITOR_ROLES
+from cascade.services.registry.grpc_api import ROLES as REGISTRY_ROLES
+from cascade.services.trainer.grpc_api import ROLES as TRAINER_ROLES
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -22,7 +22,8 @@ def _serving_roles() -> dict[str, str]:
     """Serving's roles, from a process of their own: its inference stubs and tritonclient's, which
     other tests load, cannot share one protobuf descriptor pool."""
     code = (
-        "import json; from services.serving.app import serving_roles; print(json.dumps(serving_roles(False)))"
+        "import json; from cascade.services.serving.app import serving_roles; "
+        "print(json.dumps(serving_roles(False)))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     roles: dict[str, str] = json.loads(done.stdout)

@@ -15,7 +15,7 @@ from aiokafka import ConsumerRecord
 from faststream.kafka import TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
-from shared.errors import (
+from cascade.errors import (
     MAX_STATUS_MESSAGE_BYTES,
     InvalidArgument,
     NotFound,
@@ -24,9 +24,9 @@ from shared.errors import (
     grpc_errors,
     truncate,
 )
-from shared.events import DataArrived, Topics
-from shared.json_limits import JsonTooLarge, check_json_limits, json_depth, loads_bounded
-from shared.messaging import (
+from cascade.events import DataArrived, Topics
+from cascade.json_limits import JsonTooLarge, check_json_limits, json_depth, loads_bounded
+from cascade.messaging import (
     DLQ_OFFSET,
     DLQ_REASON,
     REPLAY_COUNT,
@@ -36,7 +36,7 @@ from shared.messaging import (
     dead_letters_of,
     subscriber_options,
 )
-from shared.settings import ServiceSettings
+from cascade.settings import ServiceSettings
 from tests.grpc_server import serving
 
 HOSTILE = b"[" * 5000 + b"]" * 5000

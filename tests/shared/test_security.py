@@ -9,13 +9,13 @@ from typing import Any
 import grpc
 import pytest
 
-from shared.certs import LocalPki, init_pki
-from shared.grpc_io import open_channel
-from shared.security import (
+from cascade.certs import LocalPki, init_pki
+from cascade.client.channels import ClientSecurity
+from cascade.grpc_io import open_channel
+from cascade.security import (
     OPEN,
     Authenticator,
     AuthInterceptor,
-    ClientSecurity,
     PrincipalEntry,
     Principals,
     current_principal,
@@ -24,7 +24,7 @@ from shared.security import (
     server_credentials,
     write_principals,
 )
-from shared.settings import ServiceSettings
+from cascade.settings import ServiceSettings
 from tests.grpc_server import serving
 
 SERVICE = "cascade.test.v1.Probe"

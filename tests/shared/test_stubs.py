@@ -1,4 +1,4 @@
-from shared.protogen import stale_files
+from cascade.protogen import stale_files
 
 
 def test_committed_stubs_match_the_protos() -> None:

@@ -13,8 +13,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from shared.errors import Unavailable, grpc_errors
-from shared.telemetry import GrpcServerTracing
+from cascade.errors import Unavailable, grpc_errors
+from cascade.telemetry import GrpcServerTracing
 
 SERVICE = "test.Echo"
 

@@ -16,12 +16,12 @@ import pytest
 import xgboost
 from sklearn.datasets import load_breast_cancer
 
-from services.trainer.core import ImportRequest, TrainerCore
-from services.trainer.settings import TrainerSettings
-from shared.errors import InvalidArgument
-from shared.events import DriftDetected, ModelTrained, TrainingRequested
-from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from shared.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
+from cascade.errors import InvalidArgument
+from cascade.events import DriftDetected, ModelTrained, TrainingRequested
+from cascade.services.trainer.core import ImportRequest, TrainerCore
+from cascade.services.trainer.settings import TrainerSettings
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from cascade.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
 
 pytestmark = pytest.mark.slow  # each test trains a model or two
 

@@ -19,9 +19,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from services.trainer.importing import ImportedModel, convert_and_check, parity_rows_from_csv
-from services.trainer.training import export_onnx
-from shared.errors import FailedPrecondition, InvalidArgument
+from cascade.errors import FailedPrecondition, InvalidArgument
+from cascade.services.trainer.importing import ImportedModel, convert_and_check, parity_rows_from_csv
+from cascade.services.trainer.training import export_onnx
 
 CANCER = load_breast_cancer(as_frame=True)
 CANCER_FEATURES = list(CANCER.feature_names)
@@ -184,7 +184,7 @@ def test_an_onnx_file_is_checked_and_its_input_renamed() -> None:
 
 def test_a_conversion_that_predicts_otherwise_fails_parity_with_the_difference(tmp_path: Path) -> None:
     """An original whose predictions the ONNX does not reproduce: parity names what differs."""
-    from services.trainer.training import check_parity
+    from cascade.services.trainer.training import check_parity
 
     model = xgboost.XGBRegressor(n_estimators=30).fit(DIABETES.data, DIABETES.target)
     other = xgboost.XGBRegressor(n_estimators=31).fit(DIABETES.data, DIABETES.target)

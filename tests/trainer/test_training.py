@@ -6,9 +6,9 @@ from sklearn.datasets import load_breast_cancer, load_diabetes
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from services.trainer.training import TrainingResult, check_parity, train
-from shared.errors import FailedPrecondition, InvalidArgument
-from shared.training_spec import TrainingSpec
+from cascade.errors import FailedPrecondition, InvalidArgument
+from cascade.services.trainer.training import TrainingResult, check_parity, train
+from cascade.training_spec import TrainingSpec
 
 
 def _features(frame: pd.DataFrame) -> list[str]:

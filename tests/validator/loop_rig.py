@@ -34,18 +34,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from sklearn.datasets import make_classification
 
-from services.registry.artifacts import LocalArtifactStore
-from services.registry.core import Lineage, RegistryCore
-from services.registry.grpc_api import RegistryServicer
-from services.registry.store import RegistryStore, sqlite_url
-from services.trainer.training import build_pipeline, export_onnx
-from services.validator.core import ValidatorCore
-from services.validator.settings import ValidatorSettings
-from shared.events import Event, ModelTrained, ModelValidated
-from shared.grpc_io import ServicerContext, open_channel
-from shared.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from shared.stubs.cascade.registry.v1 import registry_pb2 as registry_pb
-from shared.stubs.cascade.registry.v1 import registry_pb2_grpc
+from cascade.events import Event, ModelTrained, ModelValidated
+from cascade.grpc_io import ServicerContext, open_channel
+from cascade.services.registry.artifacts import LocalArtifactStore
+from cascade.services.registry.core import Lineage, RegistryCore
+from cascade.services.registry.grpc_api import RegistryServicer
+from cascade.services.registry.store import RegistryStore, sqlite_url
+from cascade.services.trainer.training import build_pipeline, export_onnx
+from cascade.services.validator.core import ValidatorCore
+from cascade.services.validator.settings import ValidatorSettings
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from cascade.stubs.cascade.registry.v1 import registry_pb2 as registry_pb
+from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc
 from tests.grpc_server import serving
 
 MODEL, DATASET, DATASET_VERSION = "loop_rf", "loop_data", "v1"

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from services.trainer.training import TrainingResult
-from services.validator.gates import (
+from cascade.services.trainer.training import TrainingResult
+from cascade.services.validator.gates import (
     Thresholds,
     judge,
     latency_gate,

@@ -1,12 +1,12 @@
 """Alembic environment: the registry runs migrations itself at start-up on its own connection
-(services.registry.store.migrate); `alembic -c services/registry/alembic.ini` works for humans."""
+(cascade.services.registry.store.migrate); `alembic -c services/registry/alembic.ini` works for humans."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import context
 
-from services.registry.schema import metadata
+from cascade.services.registry.schema import metadata
 
 
 def run_migrations(connection: sa.Connection) -> None:

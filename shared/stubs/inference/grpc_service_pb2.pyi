@@ -6,11 +6,11 @@ Package, service, message names and field numbers must match the published proto
 exactly, so that unmodified clients such as tritonclient interoperate.
 """
 
+from cascade.stubs.inference import model_config_pb2 as _model_config_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
-from shared.stubs.inference import model_config_pb2 as _model_config_pb2
 import builtins as _builtins
 import sys
 import typing as _typing

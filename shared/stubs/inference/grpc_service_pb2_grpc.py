@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from shared.stubs.inference import grpc_service_pb2 as shared_dot_stubs_dot_inference_dot_grpc__service__pb2
+from cascade.stubs.inference import grpc_service_pb2 as cascade_dot_stubs_dot_inference_dot_grpc__service__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in shared/stubs/inference/grpc_service_pb2_grpc.py depends on'
+        + ' but the generated code in cascade/stubs/inference/grpc_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,48 +36,48 @@ class GRPCInferenceServiceStub:
         """
         self.ServerLive = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerLive',
-                request_serializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerLiveRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerLiveResponse.FromString,
+                request_serializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerLiveRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerLiveResponse.FromString,
                 _registered_method=True)
         self.ServerReady = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerReady',
-                request_serializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerReadyRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerReadyResponse.FromString,
+                request_serializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerReadyRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerReadyResponse.FromString,
                 _registered_method=True)
         self.ModelReady = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelReady',
-                request_serializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelReadyRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelReadyResponse.FromString,
+                request_serializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelReadyRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelReadyResponse.FromString,
                 _registered_method=True)
         self.ServerMetadata = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerMetadata',
-                request_serializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerMetadataRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerMetadataResponse.FromString,
+                request_serializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerMetadataRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerMetadataResponse.FromString,
                 _registered_method=True)
         self.ModelMetadata = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelMetadata',
-                request_serializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelMetadataRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelMetadataResponse.FromString,
+                request_serializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelMetadataRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelMetadataResponse.FromString,
                 _registered_method=True)
         self.ModelInfer = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelInfer',
-                request_serializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelInferResponse.FromString,
+                request_serializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelInferResponse.FromString,
                 _registered_method=True)
         self.ModelConfig = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelConfig',
-                request_serializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelConfigResponse.FromString,
+                request_serializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelConfigResponse.FromString,
                 _registered_method=True)
         self.ModelStatistics = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelStatistics',
-                request_serializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
+                request_serializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
                 _registered_method=True)
         self.RepositoryIndex = channel.unary_unary(
                 '/inference.GRPCInferenceService/RepositoryIndex',
-                request_serializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
+                request_serializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
                 _registered_method=True)
 
 
@@ -144,48 +144,48 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ServerLive': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerLive,
-                    request_deserializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerLiveRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerLiveResponse.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerLiveRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerLiveResponse.SerializeToString,
             ),
             'ServerReady': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerReady,
-                    request_deserializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerReadyRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerReadyResponse.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerReadyRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerReadyResponse.SerializeToString,
             ),
             'ModelReady': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelReady,
-                    request_deserializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelReadyRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelReadyResponse.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelReadyRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelReadyResponse.SerializeToString,
             ),
             'ServerMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerMetadata,
-                    request_deserializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerMetadataRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerMetadataResponse.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerMetadataRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerMetadataResponse.SerializeToString,
             ),
             'ModelMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelMetadata,
-                    request_deserializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelMetadataRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelMetadataResponse.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelMetadataRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelMetadataResponse.SerializeToString,
             ),
             'ModelInfer': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelInfer,
-                    request_deserializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelInferRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelInferResponse.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelInferRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelInferResponse.SerializeToString,
             ),
             'ModelConfig': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelConfig,
-                    request_deserializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelConfigRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelConfigResponse.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelConfigRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelConfigResponse.SerializeToString,
             ),
             'ModelStatistics': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelStatistics,
-                    request_deserializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelStatisticsRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelStatisticsResponse.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelStatisticsRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelStatisticsResponse.SerializeToString,
             ),
             'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
                     servicer.RepositoryIndex,
-                    request_deserializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.RepositoryIndexRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_inference_dot_grpc__service__pb2.RepositoryIndexResponse.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.RepositoryIndexRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.RepositoryIndexResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -213,8 +213,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ServerLive',
-            shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerLiveRequest.SerializeToString,
-            shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerLiveResponse.FromString,
+            cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerLiveRequest.SerializeToString,
+            cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerLiveResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -240,8 +240,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ServerReady',
-            shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerReadyRequest.SerializeToString,
-            shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerReadyResponse.FromString,
+            cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerReadyRequest.SerializeToString,
+            cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerReadyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -267,8 +267,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ModelReady',
-            shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelReadyRequest.SerializeToString,
-            shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelReadyResponse.FromString,
+            cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelReadyRequest.SerializeToString,
+            cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelReadyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -294,8 +294,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ServerMetadata',
-            shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerMetadataRequest.SerializeToString,
-            shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerMetadataResponse.FromString,
+            cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerMetadataRequest.SerializeToString,
+            cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ServerMetadataResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -321,8 +321,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ModelMetadata',
-            shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelMetadataRequest.SerializeToString,
-            shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelMetadataResponse.FromString,
+            cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelMetadataRequest.SerializeToString,
+            cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelMetadataResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -348,8 +348,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ModelInfer',
-            shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
-            shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelInferResponse.FromString,
+            cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
+            cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelInferResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -375,8 +375,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ModelConfig',
-            shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
-            shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelConfigResponse.FromString,
+            cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
+            cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -402,8 +402,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ModelStatistics',
-            shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
-            shared_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
+            cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
+            cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -429,8 +429,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/RepositoryIndex',
-            shared_dot_stubs_dot_inference_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
-            shared_dot_stubs_dot_inference_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
+            cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
+            cascade_dot_stubs_dot_inference_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,9 +6,9 @@ Package, service, message names and field numbers must match the published proto
 exactly, so that unmodified clients such as tritonclient interoperate.
 """
 
+from cascade.stubs.inference import grpc_service_pb2 as _grpc_service_pb2
 from collections import abc as _abc
 from grpc import aio as _aio
-from shared.stubs.inference import grpc_service_pb2 as _grpc_service_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from shared.stubs.cascade.ingest.v1 import ingest_pb2 as shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2 as cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in shared/stubs/cascade/ingest/v1/ingest_pb2_grpc.py depends on'
+        + ' but the generated code in cascade/stubs/cascade/ingest/v1/ingest_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,53 +36,53 @@ class IngestServiceStub:
         """
         self.UploadBatch = channel.stream_unary(
                 '/cascade.ingest.v1.IngestService/UploadBatch',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.UploadBatchRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.UploadBatchResponse.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.UploadBatchRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.UploadBatchResponse.FromString,
                 _registered_method=True)
         self.GetDatasetVersion = channel.unary_unary(
                 '/cascade.ingest.v1.IngestService/GetDatasetVersion',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.GetDatasetVersionRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DatasetVersion.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.GetDatasetVersionRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DatasetVersion.FromString,
                 _registered_method=True)
         self.DownloadDatasetVersion = channel.unary_stream(
                 '/cascade.ingest.v1.IngestService/DownloadDatasetVersion',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DownloadDatasetVersionRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DataChunk.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DownloadDatasetVersionRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DataChunk.FromString,
                 _registered_method=True)
         self.ListDatasetVersions = channel.unary_unary(
                 '/cascade.ingest.v1.IngestService/ListDatasetVersions',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetVersionsRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetVersionsResponse.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetVersionsRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetVersionsResponse.FromString,
                 _registered_method=True)
         self.RegisterDataset = channel.unary_unary(
                 '/cascade.ingest.v1.IngestService/RegisterDataset',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.RegisterDatasetRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.Dataset.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.RegisterDatasetRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.Dataset.FromString,
                 _registered_method=True)
         self.GetDataset = channel.unary_unary(
                 '/cascade.ingest.v1.IngestService/GetDataset',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.GetDatasetRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.Dataset.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.GetDatasetRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.Dataset.FromString,
                 _registered_method=True)
         self.ListDatasets = channel.unary_unary(
                 '/cascade.ingest.v1.IngestService/ListDatasets',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetsRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetsResponse.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetsRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetsResponse.FromString,
                 _registered_method=True)
         self.InferSchema = channel.unary_unary(
                 '/cascade.ingest.v1.IngestService/InferSchema',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.InferSchemaRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DatasetSchema.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.InferSchemaRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DatasetSchema.FromString,
                 _registered_method=True)
         self.ListBatches = channel.unary_unary(
                 '/cascade.ingest.v1.IngestService/ListBatches',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListBatchesRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListBatchesResponse.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListBatchesRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListBatchesResponse.FromString,
                 _registered_method=True)
         self.ListRejectedRows = channel.unary_unary(
                 '/cascade.ingest.v1.IngestService/ListRejectedRows',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListRejectedRowsRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListRejectedRowsResponse.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListRejectedRowsRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListRejectedRowsResponse.FromString,
                 _registered_method=True)
 
 
@@ -164,53 +164,53 @@ def add_IngestServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'UploadBatch': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadBatch,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.UploadBatchRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.UploadBatchResponse.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.UploadBatchRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.UploadBatchResponse.SerializeToString,
             ),
             'GetDatasetVersion': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDatasetVersion,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.GetDatasetVersionRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DatasetVersion.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.GetDatasetVersionRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DatasetVersion.SerializeToString,
             ),
             'DownloadDatasetVersion': grpc.unary_stream_rpc_method_handler(
                     servicer.DownloadDatasetVersion,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DownloadDatasetVersionRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DataChunk.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DownloadDatasetVersionRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DataChunk.SerializeToString,
             ),
             'ListDatasetVersions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDatasetVersions,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetVersionsRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetVersionsResponse.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetVersionsRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetVersionsResponse.SerializeToString,
             ),
             'RegisterDataset': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterDataset,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.RegisterDatasetRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.Dataset.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.RegisterDatasetRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.Dataset.SerializeToString,
             ),
             'GetDataset': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDataset,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.GetDatasetRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.Dataset.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.GetDatasetRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.Dataset.SerializeToString,
             ),
             'ListDatasets': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDatasets,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetsRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetsResponse.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetsRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetsResponse.SerializeToString,
             ),
             'InferSchema': grpc.unary_unary_rpc_method_handler(
                     servicer.InferSchema,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.InferSchemaRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DatasetSchema.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.InferSchemaRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DatasetSchema.SerializeToString,
             ),
             'ListBatches': grpc.unary_unary_rpc_method_handler(
                     servicer.ListBatches,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListBatchesRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListBatchesResponse.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListBatchesRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListBatchesResponse.SerializeToString,
             ),
             'ListRejectedRows': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRejectedRows,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListRejectedRowsRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListRejectedRowsResponse.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListRejectedRowsRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListRejectedRowsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -238,8 +238,8 @@ class IngestService:
             request_iterator,
             target,
             '/cascade.ingest.v1.IngestService/UploadBatch',
-            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.UploadBatchRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.UploadBatchResponse.FromString,
+            cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.UploadBatchRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.UploadBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -265,8 +265,8 @@ class IngestService:
             request,
             target,
             '/cascade.ingest.v1.IngestService/GetDatasetVersion',
-            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.GetDatasetVersionRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DatasetVersion.FromString,
+            cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.GetDatasetVersionRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DatasetVersion.FromString,
             options,
             channel_credentials,
             insecure,
@@ -292,8 +292,8 @@ class IngestService:
             request,
             target,
             '/cascade.ingest.v1.IngestService/DownloadDatasetVersion',
-            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DownloadDatasetVersionRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DataChunk.FromString,
+            cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DownloadDatasetVersionRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DataChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -319,8 +319,8 @@ class IngestService:
             request,
             target,
             '/cascade.ingest.v1.IngestService/ListDatasetVersions',
-            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetVersionsRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetVersionsResponse.FromString,
+            cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetVersionsRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -346,8 +346,8 @@ class IngestService:
             request,
             target,
             '/cascade.ingest.v1.IngestService/RegisterDataset',
-            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.RegisterDatasetRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.Dataset.FromString,
+            cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.RegisterDatasetRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.Dataset.FromString,
             options,
             channel_credentials,
             insecure,
@@ -373,8 +373,8 @@ class IngestService:
             request,
             target,
             '/cascade.ingest.v1.IngestService/GetDataset',
-            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.GetDatasetRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.Dataset.FromString,
+            cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.GetDatasetRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.Dataset.FromString,
             options,
             channel_credentials,
             insecure,
@@ -400,8 +400,8 @@ class IngestService:
             request,
             target,
             '/cascade.ingest.v1.IngestService/ListDatasets',
-            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetsRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetsResponse.FromString,
+            cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetsRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListDatasetsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -427,8 +427,8 @@ class IngestService:
             request,
             target,
             '/cascade.ingest.v1.IngestService/InferSchema',
-            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.InferSchemaRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DatasetSchema.FromString,
+            cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.InferSchemaRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.DatasetSchema.FromString,
             options,
             channel_credentials,
             insecure,
@@ -454,8 +454,8 @@ class IngestService:
             request,
             target,
             '/cascade.ingest.v1.IngestService/ListBatches',
-            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListBatchesRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListBatchesResponse.FromString,
+            cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListBatchesRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListBatchesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -481,8 +481,8 @@ class IngestService:
             request,
             target,
             '/cascade.ingest.v1.IngestService/ListRejectedRows',
-            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListRejectedRowsRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListRejectedRowsResponse.FromString,
+            cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListRejectedRowsRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_ingest_dot_v1_dot_ingest__pb2.ListRejectedRowsResponse.FromString,
             options,
             channel_credentials,
             insecure,

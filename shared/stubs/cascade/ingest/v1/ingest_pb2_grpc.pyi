@@ -3,9 +3,9 @@
 isort:skip_file
 Ingest owns raw batches and the immutable, content-addressed dataset versions built from them."""
 
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2 as _ingest_pb2
 from collections import abc as _abc
 from grpc import aio as _aio
-from shared.stubs.cascade.ingest.v1 import ingest_pb2 as _ingest_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from shared.stubs.cascade.monitor.v1 import monitor_pb2 as shared_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2
+from cascade.stubs.cascade.monitor.v1 import monitor_pb2 as cascade_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in shared/stubs/cascade/monitor/v1/monitor_pb2_grpc.py depends on'
+        + ' but the generated code in cascade/stubs/cascade/monitor/v1/monitor_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,13 +36,13 @@ class MonitorServiceStub:
         """
         self.GetDriftReport = channel.unary_unary(
                 '/cascade.monitor.v1.MonitorService/GetDriftReport',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.GetDriftReportRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.DriftReport.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.GetDriftReportRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.DriftReport.FromString,
                 _registered_method=True)
         self.GetDriftHistory = channel.unary_unary(
                 '/cascade.monitor.v1.MonitorService/GetDriftHistory',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.GetDriftHistoryRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.DriftHistory.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.GetDriftHistoryRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.DriftHistory.FromString,
                 _registered_method=True)
 
 
@@ -68,13 +68,13 @@ def add_MonitorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetDriftReport': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDriftReport,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.GetDriftReportRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.DriftReport.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.GetDriftReportRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.DriftReport.SerializeToString,
             ),
             'GetDriftHistory': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDriftHistory,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.GetDriftHistoryRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.DriftHistory.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.GetDriftHistoryRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.DriftHistory.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -102,8 +102,8 @@ class MonitorService:
             request,
             target,
             '/cascade.monitor.v1.MonitorService/GetDriftReport',
-            shared_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.GetDriftReportRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.DriftReport.FromString,
+            cascade_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.GetDriftReportRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.DriftReport.FromString,
             options,
             channel_credentials,
             insecure,
@@ -129,8 +129,8 @@ class MonitorService:
             request,
             target,
             '/cascade.monitor.v1.MonitorService/GetDriftHistory',
-            shared_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.GetDriftHistoryRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.DriftHistory.FromString,
+            cascade_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.GetDriftHistoryRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.DriftHistory.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,9 +3,9 @@
 isort:skip_file
 The monitor compares what serving sees with what the champion was trained on."""
 
+from cascade.stubs.cascade.monitor.v1 import monitor_pb2 as _monitor_pb2
 from collections import abc as _abc
 from grpc import aio as _aio
-from shared.stubs.cascade.monitor.v1 import monitor_pb2 as _monitor_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from shared.stubs.cascade.registry.v1 import registry_pb2 as shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2
+from cascade.stubs.cascade.registry.v1 import registry_pb2 as cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in shared/stubs/cascade/registry/v1/registry_pb2_grpc.py depends on'
+        + ' but the generated code in cascade/stubs/cascade/registry/v1/registry_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,93 +36,93 @@ class RegistryServiceStub:
         """
         self.RegisterModel = channel.unary_unary(
                 '/cascade.registry.v1.RegistryService/RegisterModel',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.RegisterModelRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.RegisterModelRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.FromString,
                 _registered_method=True)
         self.GetModel = channel.unary_unary(
                 '/cascade.registry.v1.RegistryService/GetModel',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetModelRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetModelRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.FromString,
                 _registered_method=True)
         self.UpdateModel = channel.unary_unary(
                 '/cascade.registry.v1.RegistryService/UpdateModel',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.UpdateModelRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.UpdateModelRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.FromString,
                 _registered_method=True)
         self.SetModelPermission = channel.unary_unary(
                 '/cascade.registry.v1.RegistryService/SetModelPermission',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetModelPermissionRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetModelPermissionRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.FromString,
                 _registered_method=True)
         self.CreateModelVersion = channel.stream_unary(
                 '/cascade.registry.v1.RegistryService/CreateModelVersion',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.CreateModelVersionRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.CreateModelVersionRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
                 _registered_method=True)
         self.GetModelVersion = channel.unary_unary(
                 '/cascade.registry.v1.RegistryService/GetModelVersion',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetModelVersionRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetModelVersionRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
                 _registered_method=True)
         self.ListModelVersions = channel.unary_unary(
                 '/cascade.registry.v1.RegistryService/ListModelVersions',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelVersionsRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelVersionsResponse.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelVersionsRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelVersionsResponse.FromString,
                 _registered_method=True)
         self.SearchModelVersions = channel.unary_unary(
                 '/cascade.registry.v1.RegistryService/SearchModelVersions',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SearchModelVersionsRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelVersionsResponse.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SearchModelVersionsRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelVersionsResponse.FromString,
                 _registered_method=True)
         self.UpdateModelVersion = channel.unary_unary(
                 '/cascade.registry.v1.RegistryService/UpdateModelVersion',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.UpdateModelVersionRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.UpdateModelVersionRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/cascade.registry.v1.RegistryService/ListModels',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelsRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelsResponse.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
         self.SetAlias = channel.unary_unary(
                 '/cascade.registry.v1.RegistryService/SetAlias',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetAliasRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetAliasRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
                 _registered_method=True)
         self.DeleteAlias = channel.unary_unary(
                 '/cascade.registry.v1.RegistryService/DeleteAlias',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DeleteAliasRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DeleteAliasResponse.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DeleteAliasRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DeleteAliasResponse.FromString,
                 _registered_method=True)
         self.DownloadArtifact = channel.unary_stream(
                 '/cascade.registry.v1.RegistryService/DownloadArtifact',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DownloadArtifactRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ArtifactChunk.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DownloadArtifactRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ArtifactChunk.FromString,
                 _registered_method=True)
         self.Rollback = channel.unary_unary(
                 '/cascade.registry.v1.RegistryService/Rollback',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.RollbackRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
                 _registered_method=True)
         self.GetAliasHistory = channel.unary_unary(
                 '/cascade.registry.v1.RegistryService/GetAliasHistory',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetAliasHistoryRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.AliasHistory.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetAliasHistoryRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.AliasHistory.FromString,
                 _registered_method=True)
         self.GetLineage = channel.unary_unary(
                 '/cascade.registry.v1.RegistryService/GetLineage',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetLineageRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Lineage.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetLineageRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Lineage.FromString,
                 _registered_method=True)
         self.SetTrainingSpec = channel.unary_unary(
                 '/cascade.registry.v1.RegistryService/SetTrainingSpec',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetTrainingSpecRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.TrainingSpec.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetTrainingSpecRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.TrainingSpec.FromString,
                 _registered_method=True)
         self.GetTrainingSpec = channel.unary_unary(
                 '/cascade.registry.v1.RegistryService/GetTrainingSpec',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetTrainingSpecRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.TrainingSpec.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetTrainingSpecRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.TrainingSpec.FromString,
                 _registered_method=True)
 
 
@@ -259,93 +259,93 @@ def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'RegisterModel': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterModel,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.RegisterModelRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.RegisterModelRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.SerializeToString,
             ),
             'GetModel': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModel,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetModelRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetModelRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.SerializeToString,
             ),
             'UpdateModel': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateModel,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.UpdateModelRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.UpdateModelRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.SerializeToString,
             ),
             'SetModelPermission': grpc.unary_unary_rpc_method_handler(
                     servicer.SetModelPermission,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetModelPermissionRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetModelPermissionRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.SerializeToString,
             ),
             'CreateModelVersion': grpc.stream_unary_rpc_method_handler(
                     servicer.CreateModelVersion,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.CreateModelVersionRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.CreateModelVersionRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
             ),
             'GetModelVersion': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelVersion,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetModelVersionRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetModelVersionRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
             ),
             'ListModelVersions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModelVersions,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelVersionsRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelVersionsResponse.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelVersionsRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelVersionsResponse.SerializeToString,
             ),
             'SearchModelVersions': grpc.unary_unary_rpc_method_handler(
                     servicer.SearchModelVersions,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SearchModelVersionsRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelVersionsResponse.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SearchModelVersionsRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelVersionsResponse.SerializeToString,
             ),
             'UpdateModelVersion': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateModelVersion,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.UpdateModelVersionRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.UpdateModelVersionRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelsRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelsResponse.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelsRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelsResponse.SerializeToString,
             ),
             'SetAlias': grpc.unary_unary_rpc_method_handler(
                     servicer.SetAlias,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetAliasRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetAliasRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
             ),
             'DeleteAlias': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteAlias,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DeleteAliasRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DeleteAliasResponse.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DeleteAliasRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DeleteAliasResponse.SerializeToString,
             ),
             'DownloadArtifact': grpc.unary_stream_rpc_method_handler(
                     servicer.DownloadArtifact,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DownloadArtifactRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ArtifactChunk.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DownloadArtifactRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ArtifactChunk.SerializeToString,
             ),
             'Rollback': grpc.unary_unary_rpc_method_handler(
                     servicer.Rollback,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.RollbackRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.RollbackRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
             ),
             'GetAliasHistory': grpc.unary_unary_rpc_method_handler(
                     servicer.GetAliasHistory,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetAliasHistoryRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.AliasHistory.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetAliasHistoryRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.AliasHistory.SerializeToString,
             ),
             'GetLineage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetLineage,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetLineageRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Lineage.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetLineageRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Lineage.SerializeToString,
             ),
             'SetTrainingSpec': grpc.unary_unary_rpc_method_handler(
                     servicer.SetTrainingSpec,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetTrainingSpecRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.TrainingSpec.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetTrainingSpecRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.TrainingSpec.SerializeToString,
             ),
             'GetTrainingSpec': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTrainingSpec,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetTrainingSpecRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.TrainingSpec.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetTrainingSpecRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.TrainingSpec.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -373,8 +373,8 @@ class RegistryService:
             request,
             target,
             '/cascade.registry.v1.RegistryService/RegisterModel',
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.RegisterModelRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.FromString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.RegisterModelRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.FromString,
             options,
             channel_credentials,
             insecure,
@@ -400,8 +400,8 @@ class RegistryService:
             request,
             target,
             '/cascade.registry.v1.RegistryService/GetModel',
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetModelRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.FromString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetModelRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.FromString,
             options,
             channel_credentials,
             insecure,
@@ -427,8 +427,8 @@ class RegistryService:
             request,
             target,
             '/cascade.registry.v1.RegistryService/UpdateModel',
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.UpdateModelRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.FromString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.UpdateModelRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.FromString,
             options,
             channel_credentials,
             insecure,
@@ -454,8 +454,8 @@ class RegistryService:
             request,
             target,
             '/cascade.registry.v1.RegistryService/SetModelPermission',
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetModelPermissionRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.FromString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetModelPermissionRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Model.FromString,
             options,
             channel_credentials,
             insecure,
@@ -481,8 +481,8 @@ class RegistryService:
             request_iterator,
             target,
             '/cascade.registry.v1.RegistryService/CreateModelVersion',
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.CreateModelVersionRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.CreateModelVersionRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
             options,
             channel_credentials,
             insecure,
@@ -508,8 +508,8 @@ class RegistryService:
             request,
             target,
             '/cascade.registry.v1.RegistryService/GetModelVersion',
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetModelVersionRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetModelVersionRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
             options,
             channel_credentials,
             insecure,
@@ -535,8 +535,8 @@ class RegistryService:
             request,
             target,
             '/cascade.registry.v1.RegistryService/ListModelVersions',
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelVersionsRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelVersionsResponse.FromString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelVersionsRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -562,8 +562,8 @@ class RegistryService:
             request,
             target,
             '/cascade.registry.v1.RegistryService/SearchModelVersions',
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SearchModelVersionsRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelVersionsResponse.FromString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SearchModelVersionsRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -589,8 +589,8 @@ class RegistryService:
             request,
             target,
             '/cascade.registry.v1.RegistryService/UpdateModelVersion',
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.UpdateModelVersionRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.UpdateModelVersionRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
             options,
             channel_credentials,
             insecure,
@@ -616,8 +616,8 @@ class RegistryService:
             request,
             target,
             '/cascade.registry.v1.RegistryService/ListModels',
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelsRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelsResponse.FromString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelsRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -643,8 +643,8 @@ class RegistryService:
             request,
             target,
             '/cascade.registry.v1.RegistryService/SetAlias',
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetAliasRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetAliasRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
             options,
             channel_credentials,
             insecure,
@@ -670,8 +670,8 @@ class RegistryService:
             request,
             target,
             '/cascade.registry.v1.RegistryService/DeleteAlias',
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DeleteAliasRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DeleteAliasResponse.FromString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DeleteAliasRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DeleteAliasResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -697,8 +697,8 @@ class RegistryService:
             request,
             target,
             '/cascade.registry.v1.RegistryService/DownloadArtifact',
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DownloadArtifactRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ArtifactChunk.FromString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DownloadArtifactRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ArtifactChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -724,8 +724,8 @@ class RegistryService:
             request,
             target,
             '/cascade.registry.v1.RegistryService/Rollback',
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.RollbackRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.RollbackRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
             options,
             channel_credentials,
             insecure,
@@ -751,8 +751,8 @@ class RegistryService:
             request,
             target,
             '/cascade.registry.v1.RegistryService/GetAliasHistory',
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetAliasHistoryRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.AliasHistory.FromString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetAliasHistoryRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.AliasHistory.FromString,
             options,
             channel_credentials,
             insecure,
@@ -778,8 +778,8 @@ class RegistryService:
             request,
             target,
             '/cascade.registry.v1.RegistryService/GetLineage',
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetLineageRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Lineage.FromString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetLineageRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Lineage.FromString,
             options,
             channel_credentials,
             insecure,
@@ -805,8 +805,8 @@ class RegistryService:
             request,
             target,
             '/cascade.registry.v1.RegistryService/SetTrainingSpec',
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetTrainingSpecRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.TrainingSpec.FromString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetTrainingSpecRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.TrainingSpec.FromString,
             options,
             channel_credentials,
             insecure,
@@ -832,8 +832,8 @@ class RegistryService:
             request,
             target,
             '/cascade.registry.v1.RegistryService/GetTrainingSpec',
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetTrainingSpecRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.TrainingSpec.FromString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetTrainingSpecRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.TrainingSpec.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,9 +3,9 @@
 isort:skip_file
 The registry owns model versions, their artifacts, aliases and lineage."""
 
+from cascade.stubs.cascade.registry.v1 import registry_pb2 as _registry_pb2
 from collections import abc as _abc
 from grpc import aio as _aio
-from shared.stubs.cascade.registry.v1 import registry_pb2 as _registry_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

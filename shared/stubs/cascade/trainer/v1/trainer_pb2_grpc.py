@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from shared.stubs.cascade.trainer.v1 import trainer_pb2 as shared_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2
+from cascade.stubs.cascade.trainer.v1 import trainer_pb2 as cascade_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in shared/stubs/cascade/trainer/v1/trainer_pb2_grpc.py depends on'
+        + ' but the generated code in cascade/stubs/cascade/trainer/v1/trainer_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,13 +36,13 @@ class TrainerServiceStub:
         """
         self.RequestTraining = channel.unary_unary(
                 '/cascade.trainer.v1.TrainerService/RequestTraining',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.RequestTrainingRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.RequestTrainingResponse.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.RequestTrainingRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.RequestTrainingResponse.FromString,
                 _registered_method=True)
         self.ImportModel = channel.stream_unary(
                 '/cascade.trainer.v1.TrainerService/ImportModel',
-                request_serializer=shared_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.ImportModelRequest.SerializeToString,
-                response_deserializer=shared_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.ImportModelResponse.FromString,
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.ImportModelRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.ImportModelResponse.FromString,
                 _registered_method=True)
 
 
@@ -69,13 +69,13 @@ def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'RequestTraining': grpc.unary_unary_rpc_method_handler(
                     servicer.RequestTraining,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.RequestTrainingRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.RequestTrainingResponse.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.RequestTrainingRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.RequestTrainingResponse.SerializeToString,
             ),
             'ImportModel': grpc.stream_unary_rpc_method_handler(
                     servicer.ImportModel,
-                    request_deserializer=shared_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.ImportModelRequest.FromString,
-                    response_serializer=shared_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.ImportModelResponse.SerializeToString,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.ImportModelRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.ImportModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -103,8 +103,8 @@ class TrainerService:
             request,
             target,
             '/cascade.trainer.v1.TrainerService/RequestTraining',
-            shared_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.RequestTrainingRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.RequestTrainingResponse.FromString,
+            cascade_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.RequestTrainingRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.RequestTrainingResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -130,8 +130,8 @@ class TrainerService:
             request_iterator,
             target,
             '/cascade.trainer.v1.TrainerService/ImportModel',
-            shared_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.ImportModelRequest.SerializeToString,
-            shared_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.ImportModelResponse.FromString,
+            cascade_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.ImportModelRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_trainer_dot_v1_dot_trainer__pb2.ImportModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,9 +5,9 @@ The trainer's own API: ask for a retrain by hand. Runs happen on the trainer rep
 the model's Kafka partition, so a request is queued as an event, never run where it lands.
 """
 
+from cascade.stubs.cascade.trainer.v1 import trainer_pb2 as _trainer_pb2
 from collections import abc as _abc
 from grpc import aio as _aio
-from shared.stubs.cascade.trainer.v1 import trainer_pb2 as _trainer_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

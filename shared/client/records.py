@@ -1,0 +1,493 @@
+"""The plain, typed records Cascade's clients take and return, in place of protobuf messages.
+
+Each is a frozen dataclass with the field names of its message, built by `of(message)`; callers
+never see a protobuf. Timestamps are timezone-aware datetimes; an unset one is None.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from cascade.stubs.cascade.ingest.v1 import ingest_pb2
+from cascade.stubs.cascade.monitor.v1 import monitor_pb2
+from cascade.stubs.cascade.registry.v1 import registry_pb2
+from cascade.stubs.cascade.trainer.v1 import trainer_pb2
+
+__all__ = [
+    "AliasMove",
+    "BatchReport",
+    "Dataset",
+    "DatasetVersion",
+    "DriftReport",
+    "FeatureDrift",
+    "FeatureProfile",
+    "ImportResult",
+    "Lineage",
+    "Model",
+    "ModelVersion",
+    "Performance",
+    "RejectedRow",
+    "StoredTrainingSpec",
+    "TensorSpec",
+    "TrainingRun",
+    "UploadResult",
+    "VersionStatus",
+]
+
+
+def _time(stamp: Timestamp, present: bool = True) -> datetime | None:
+    if not present or (stamp.seconds == 0 and stamp.nanos == 0):
+        return None
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def _optional(message: Any, name: str) -> float | None:
+    return float(getattr(message, name)) if message.HasField(name) else None
+
+
+# Ingest
+
+
+@dataclass(frozen=True)
+class RejectedRow:
+    row: int
+    reason: str
+    values_json: str = ""
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    rows_received: int
+    rows_accepted: int
+    rows_rejected: int
+    rows_duplicate: int
+    rows_repaired: int
+    rows_flagged: int
+    rejected: tuple[RejectedRow, ...]
+    issues: dict[str, int]
+
+    @classmethod
+    def of(cls, report: ingest_pb2.BatchReport) -> BatchReport:
+        return cls(
+            rows_received=report.rows_received,
+            rows_accepted=report.rows_accepted,
+            rows_rejected=report.rows_rejected,
+            rows_duplicate=report.rows_duplicate,
+            rows_repaired=report.rows_repaired,
+            rows_flagged=report.rows_flagged,
+            rejected=tuple(RejectedRow(r.row, r.reason, r.values_json) for r in report.rejected),
+            issues=dict(report.issues),
+        )
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """What ingest made of one uploaded batch."""
+
+    batch_id: str
+    dataset_version: str
+    # False when the same bytes were uploaded before: the version is the one they made then.
+    created: bool
+    report: BatchReport
+    # Stored, but its data-arrived event waits in ingest's outbox until Kafka takes it.
+    event_pending: bool
+
+    @classmethod
+    def of(cls, response: ingest_pb2.UploadBatchResponse) -> UploadResult:
+        return cls(
+            batch_id=response.batch_id,
+            dataset_version=response.dataset_version,
+            created=response.created,
+            report=BatchReport.of(response.report),
+            event_pending=response.event_pending,
+        )
+
+
+@dataclass(frozen=True)
+class FeatureProfile:
+    name: str
+    type: str
+    count: int
+    missing_rate: float
+    mean: float
+    std: float
+    min: float
+    max: float
+    quantiles: tuple[float, ...]
+    histogram_edges: tuple[float, ...]
+    histogram_counts: tuple[int, ...]
+    categories: dict[str, int]
+
+    @classmethod
+    def of(cls, profile: ingest_pb2.FeatureProfile) -> FeatureProfile:
+        return cls(
+            name=profile.name,
+            type=profile.type,
+            count=profile.count,
+            missing_rate=profile.missing_rate,
+            mean=profile.mean,
+            std=profile.std,
+            min=profile.min,
+            max=profile.max,
+            quantiles=tuple(profile.quantiles),
+            histogram_edges=tuple(profile.histogram_edges),
+            histogram_counts=tuple(profile.histogram_counts),
+            categories=dict(profile.categories),
+        )
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    dataset: str
+    version: str
+    parent: str
+    batch_ids: tuple[str, ...]
+    rows: int
+    target: str
+    features: tuple[str, ...]
+    task: str
+    profile: tuple[FeatureProfile, ...]
+    created_at: datetime | None
+    size_bytes: int
+    segments: tuple[str, ...]
+
+    @classmethod
+    def of(cls, version: ingest_pb2.DatasetVersion) -> DatasetVersion:
+        return cls(
+            dataset=version.dataset,
+            version=version.version,
+            parent=version.parent,
+            batch_ids=tuple(version.batch_ids),
+            rows=version.rows,
+            target=version.target,
+            features=tuple(version.features),
+            task=version.task,
+            profile=tuple(FeatureProfile.of(p) for p in version.profile),
+            created_at=_time(version.created_at, version.HasField("created_at")),
+            size_bytes=version.size_bytes,
+            segments=tuple(version.segments),
+        )
+
+
+@dataclass(frozen=True)
+class Dataset:
+    dataset: str
+    target: str
+    task: str
+    # Declared by RegisterDataset; otherwise inferred from the first batch.
+    declared: bool
+    head_version: str
+    versions: int
+
+    @classmethod
+    def of(cls, dataset: ingest_pb2.Dataset) -> Dataset:
+        return cls(
+            dataset=dataset.dataset,
+            target=dataset.schema.target,
+            task=dataset.schema.task,
+            declared=dataset.schema.declared,
+            head_version=dataset.head_version,
+            versions=dataset.versions,
+        )
+
+
+# Registry
+
+
+class VersionStatus(StrEnum):
+    unspecified = "unspecified"
+    pending = "pending"
+    ready = "ready"
+    failed = "failed"
+
+    @classmethod
+    def of(cls, status: int) -> VersionStatus:
+        return next((s for s, value in _STATUS_VALUES.items() if value == status), cls.unspecified)
+
+    @property
+    def proto(self) -> registry_pb2.VersionStatus.ValueType:
+        return _STATUS_VALUES[self]
+
+
+_STATUS_VALUES: dict[VersionStatus, registry_pb2.VersionStatus.ValueType] = {
+    VersionStatus.unspecified: registry_pb2.VERSION_STATUS_UNSPECIFIED,
+    VersionStatus.pending: registry_pb2.VERSION_STATUS_PENDING,
+    VersionStatus.ready: registry_pb2.VERSION_STATUS_READY,
+    VersionStatus.failed: registry_pb2.VERSION_STATUS_FAILED,
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    run_id: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    seed: int
+    train_seconds: float
+    code_version: str
+
+    @classmethod
+    def of(cls, run: registry_pb2.TrainingRun) -> TrainingRun:
+        return cls(
+            run_id=run.run_id,
+            params=dict(run.params),
+            metrics=dict(run.metrics),
+            seed=run.seed,
+            train_seconds=run.train_seconds,
+            code_version=run.code_version,
+        )
+
+
+def _tensors(specs: Any) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(s.name, s.datatype, tuple(s.shape)) for s in specs)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    model: str
+    version: int
+    status: VersionStatus
+    artifact_sha256: str
+    artifact_size: int
+    dataset: str
+    dataset_version: str
+    run: TrainingRun
+    aliases: tuple[str, ...]
+    tags: dict[str, str]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    created_at: datetime | None
+    idempotency_key: str
+    description: str
+    # The validator's verdict: None until it has judged the version.
+    validation_passed: bool | None
+    validation_report_json: str
+
+    @classmethod
+    def of(cls, version: registry_pb2.ModelVersion) -> ModelVersion:
+        judged = version.HasField("validation")
+        return cls(
+            model=version.model,
+            version=version.version,
+            status=VersionStatus.of(version.status),
+            artifact_sha256=version.artifact_sha256,
+            artifact_size=version.artifact_size,
+            dataset=version.dataset,
+            dataset_version=version.dataset_version,
+            run=TrainingRun.of(version.run),
+            aliases=tuple(version.aliases),
+            tags=dict(version.tags),
+            inputs=_tensors(version.inputs),
+            outputs=_tensors(version.outputs),
+            created_at=_time(version.created_at, version.HasField("created_at")),
+            idempotency_key=version.idempotency_key,
+            description=version.description,
+            validation_passed=version.validation.passed if judged else None,
+            validation_report_json=version.validation.report_json if judged else "",
+        )
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    latest_version: int
+    aliases: dict[str, int]
+    description: str
+    tags: dict[str, str]
+    # "automatic" or "manual": what the validator does with a version that passes its gates.
+    promotion_policy: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    created_at: datetime | None
+
+    @classmethod
+    def of(cls, model: registry_pb2.Model) -> Model:
+        policy = model.effective_promotion_policy or model.promotion_policy
+        return cls(
+            name=model.name,
+            latest_version=model.latest_version,
+            aliases=dict(model.aliases),
+            description=model.description,
+            tags=dict(model.tags),
+            promotion_policy="manual" if policy == registry_pb2.PROMOTION_POLICY_MANUAL else "automatic",
+            inputs=_tensors(model.inputs),
+            outputs=_tensors(model.outputs),
+            created_at=_time(model.created_at, model.HasField("created_at")),
+        )
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    alias: str
+    # 0: the alias did not exist before (from) or was deleted (to).
+    from_version: int
+    to_version: int
+    actor: str
+    reason: str
+    at: datetime | None
+
+    @classmethod
+    def of(cls, move: registry_pb2.AliasMove) -> AliasMove:
+        return cls(
+            alias=move.alias,
+            from_version=move.from_version,
+            to_version=move.to_version,
+            actor=move.actor,
+            reason=move.reason,
+            at=_time(move.at, move.HasField("at")),
+        )
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Which data a version was trained on: its dataset version, that version's parent and the
+    batches it added."""
+
+    version: ModelVersion
+    dataset: str
+    dataset_version: str
+    parent_dataset_version: str
+    batch_ids: tuple[str, ...]
+
+    @classmethod
+    def of(cls, lineage: registry_pb2.Lineage) -> Lineage:
+        return cls(
+            version=ModelVersion.of(lineage.version),
+            dataset=lineage.dataset,
+            dataset_version=lineage.dataset_version,
+            parent_dataset_version=lineage.parent_dataset_version,
+            batch_ids=tuple(lineage.batch_ids),
+        )
+
+
+@dataclass(frozen=True)
+class StoredTrainingSpec:
+    """One stored version of a model's training spec (the JSON of cascade.training_spec)."""
+
+    model: str
+    version: int
+    spec_json: str
+    actor: str
+    created_at: datetime | None
+
+    @classmethod
+    def of(cls, spec: registry_pb2.TrainingSpec) -> StoredTrainingSpec:
+        return cls(
+            model=spec.model,
+            version=spec.version,
+            spec_json=spec.spec_json,
+            actor=spec.actor,
+            created_at=_time(spec.created_at, spec.HasField("created_at")),
+        )
+
+
+# Monitor
+
+
+@dataclass(frozen=True)
+class FeatureDrift:
+    feature: str
+    test: str
+    statistic: float
+    p_value: float
+    threshold: float
+    drifted: bool
+
+    @classmethod
+    def of(cls, drift: monitor_pb2.FeatureDrift) -> FeatureDrift:
+        return cls(drift.feature, drift.test, drift.statistic, drift.p_value, drift.threshold, drift.drifted)
+
+
+@dataclass(frozen=True)
+class Performance:
+    metric: str
+    value: float | None
+    labelled_rows: int
+    champion_value: float | None
+    threshold: float
+    decayed: bool
+    estimated_accuracy: float | None
+    estimate_note: str
+
+    @classmethod
+    def of(cls, performance: monitor_pb2.Performance) -> Performance:
+        return cls(
+            metric=performance.metric,
+            value=_optional(performance, "value"),
+            labelled_rows=performance.labelled_rows,
+            champion_value=_optional(performance, "champion_value"),
+            threshold=performance.threshold,
+            decayed=performance.decayed,
+            estimated_accuracy=_optional(performance, "estimated_accuracy"),
+            estimate_note=performance.estimate_note,
+        )
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    model: str
+    model_version: int
+    reference_dataset_version: str
+    reference_rows: int
+    window_size: int
+    predictions_seen: int
+    features: tuple[FeatureDrift, ...]
+    prediction: FeatureDrift | None
+    dataset_drifted: bool
+    performance: Performance | None
+    computed_at: datetime | None
+
+    @property
+    def drifted_features(self) -> list[str]:
+        return [f.feature for f in self.features if f.drifted]
+
+    @classmethod
+    def of(cls, report: monitor_pb2.DriftReport) -> DriftReport:
+        return cls(
+            model=report.model,
+            model_version=report.model_version,
+            reference_dataset_version=report.reference_dataset_version,
+            reference_rows=report.reference_rows,
+            window_size=report.window_size,
+            predictions_seen=report.predictions_seen,
+            features=tuple(FeatureDrift.of(f) for f in report.features),
+            prediction=FeatureDrift.of(report.prediction) if report.HasField("prediction") else None,
+            dataset_drifted=report.dataset_drifted,
+            performance=Performance.of(report.performance) if report.HasField("performance") else None,
+            computed_at=_time(report.computed_at, report.HasField("computed_at")),
+        )
+
+
+# Trainer
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """A model imported from outside: its new version, and how closely its ONNX form matched it."""
+
+    model_version: int
+    parity_max_difference: float
+    parity_rows: int
+    # False: imported without a reference dataset, so nothing can tell when its data drifts.
+    monitored: bool
+
+    @classmethod
+    def of(cls, response: trainer_pb2.ImportModelResponse) -> ImportResult:
+        return cls(
+            model_version=response.model_version,
+            parity_max_difference=response.parity_max_difference,
+            parity_rows=response.parity_rows,
+            monitored=response.monitored,
+        )
