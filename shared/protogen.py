@@ -6,6 +6,11 @@ differ from what the protos generate (tests run it, so stale stubs never land).
 The folder shared/ is the package `cascade` (see pyproject.toml), so the protos are mapped under the
 virtual path `cascade/stubs`: generated modules import each other as `cascade.stubs.cascade.registry.v1...`
 while the proto packages stay `cascade.registry.v1` and `inference`.
+
+Beside the inference stubs goes `INFERENCE_DESCRIPTORS`, the serialized file descriptors of
+protos/inference (a FileDescriptorSet). The SDK's serving client builds its message classes from it in
+a private descriptor pool, so it never registers `inference.*` in protobuf's default pool, where
+tritonclient registers its own (importing the generated stubs in the same process would clash).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 PROTOS = REPO / "protos"
 STUBS = REPO / "shared" / "stubs"
 VIRTUAL_ROOT = "cascade/stubs"
+# Relative to the stubs' root; read by cascade.client.serving.
+INFERENCE_DESCRIPTORS = Path("inference") / "descriptor_set.binpb"
 
 
 def generate(out_root: Path) -> list[Path]:
@@ -50,6 +57,19 @@ def generate(out_root: Path) -> list[Path]:
     if subprocess.run(args, check=False).returncode != 0:
         raise SystemExit("protoc failed")
     stubs = out_root / VIRTUAL_ROOT
+    inference = [f"{VIRTUAL_ROOT}/{p.as_posix()}" for p in protos if p.parts[0] == "inference"]
+    descriptors = [
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"-I{VIRTUAL_ROOT}={PROTOS}",
+        f"-I{well_known}",
+        "--include_imports",
+        f"--descriptor_set_out={stubs / INFERENCE_DESCRIPTORS}",
+        *inference,
+    ]
+    if subprocess.run(descriptors, check=False).returncode != 0:
+        raise SystemExit("protoc failed writing the inference descriptor set")
     for directory in [stubs, *(d for d in stubs.rglob("*") if d.is_dir())]:
         (directory / "__init__.py").touch()
     return sorted(p for p in stubs.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
