@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from cascade.client.channels import ClientSecurity
+from cascade.client.ingest import IngestClient
+from cascade.client.registry import RegistryClient
 from cascade.events import ModelValidated, Topics
-from cascade.grpc_io import open_channel
 from cascade.messaging import build_broker, publish_event
 from cascade.service import Service
 from cascade.services.validator import kafka_api
@@ -17,8 +18,8 @@ def build(settings: ValidatorSettings | None = None) -> Service:
     topics = Topics(settings.topic_prefix, settings.topic_partitions, settings.topic_replication_factor)
     broker = build_broker(settings, "validator")
     security = ClientSecurity.of(settings)
-    ingest = open_channel(settings.ingest_address, security)
-    registry = open_channel(settings.registry_address, security)
+    ingest = IngestClient.connect(settings.ingest_address, security)
+    registry = RegistryClient.connect(settings.registry_address, security)
 
     async def emit(event: ModelValidated) -> None:
         await publish_event(broker, topics, event)
@@ -26,8 +27,8 @@ def build(settings: ValidatorSettings | None = None) -> Service:
     core = ValidatorCore(settings, ingest, registry, emit)
     kafka_api.register(broker, core, topics)
 
-    async def close_channels() -> None:
-        await ingest.close(None)
-        await registry.close(None)
+    async def close_clients() -> None:
+        await ingest.close()
+        await registry.close()
 
-    return Service(name="validator", settings=settings, broker=broker, on_stop=[close_channels])
+    return Service(name="validator", settings=settings, broker=broker, on_stop=[close_clients])

@@ -8,14 +8,14 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-import grpc
 import numpy as np
 import pandas as pd
 from prometheus_client import Counter
 
-from cascade.clients import download_artifact, fetch_dataset, unavailable_as_retryable
-from cascade.errors import FailedPrecondition
+from cascade.client.records import DatasetVersion, ModelVersion
+from cascade.errors import FailedPrecondition, NotFound
 from cascade.events import GateResult, ModelTrained, ModelValidated
 from cascade.services.validator.gates import (
     Signature,
@@ -29,8 +29,6 @@ from cascade.services.validator.gates import (
 )
 from cascade.services.validator.settings import ValidatorSettings
 from cascade.splits import holdout_mask
-from cascade.stubs.cascade.registry.v1 import registry_pb2 as registry_pb
-from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +39,29 @@ GATES_FAILED = Counter("cascade_validator_gates_failed_total", "Failed gates.", 
 Emit = Callable[[ModelValidated], Awaitable[None]]
 
 
+class Registry(Protocol):
+    """What the validator reads from the registry (cascade.client.registry.RegistryClient)."""
+
+    async def get_version(
+        self, model: str, version: int | None = None, *, alias: str | None = None
+    ) -> ModelVersion: ...
+
+    async def download_artifact(self, model: str, version: int) -> bytes: ...
+
+
+class Datasets(Protocol):
+    """What the validator reads from ingest (cascade.client.ingest.IngestClient)."""
+
+    async def download_dataset(
+        self, dataset: str, version: str = ""
+    ) -> tuple[DatasetVersion, pd.DataFrame]: ...
+
+
 class ValidatorCore:
-    def __init__(
-        self, settings: ValidatorSettings, ingest: grpc.aio.Channel, registry: grpc.aio.Channel, emit: Emit
-    ) -> None:
+    def __init__(self, settings: ValidatorSettings, ingest: Datasets, registry: Registry, emit: Emit) -> None:
         self.settings = settings
         self.ingest = ingest
-        self.registry_channel = registry
-        self.registry = registry_pb2_grpc.RegistryServiceStub(registry)
+        self.registry = registry
         self.emit = emit
         defaults = Thresholds(
             settings.min_rows,
@@ -67,18 +80,17 @@ class ValidatorCore:
     async def on_model_trained(self, event: ModelTrained) -> None:
         """Deterministic, so a redelivered event yields the same verdict again (and the registry
         records only the first)."""
-        candidate = await self._version(event.model, version=event.model_version)
-        assert candidate is not None
-        champion = await self._version(event.model, alias="champion")
+        candidate = await self.registry.get_version(event.model, event.model_version)
+        champion = await self._champion(event.model)
         features = json.loads(_required_tag(candidate, "features"))
         target, task = _required_tag(candidate, "target"), _required_tag(candidate, "task")
 
-        _, frame = await fetch_dataset(self.ingest, event.dataset, event.dataset_version)
+        _, frame = await self.ingest.download_dataset(event.dataset, event.dataset_version)
         limits = self.model_thresholds.get(event.model, self.thresholds)
-        candidate_onnx = await download_artifact(self.registry_channel, event.model, event.model_version)
+        candidate_onnx = await self.registry.download_artifact(event.model, event.model_version)
         champion_onnx = None
         if champion is not None and champion.version != candidate.version:
-            champion_onnx = await download_artifact(self.registry_channel, event.model, champion.version)
+            champion_onnx = await self.registry.download_artifact(event.model, champion.version)
         # Three or four ONNX sessions, a parity check and 200 timed runs take seconds of CPU: in a
         # worker thread, so health checks and Kafka heartbeats are answered meanwhile.
         measured = await asyncio.to_thread(
@@ -143,20 +155,12 @@ class ValidatorCore:
             )
         )
 
-    async def _version(
-        self, model: str, version: int = 0, alias: str = ""
-    ) -> registry_pb.ModelVersion | None:
-        request = (
-            registry_pb.GetModelVersionRequest(model=model, alias=alias)
-            if alias
-            else registry_pb.GetModelVersionRequest(model=model, version=version)
-        )
+    async def _champion(self, model: str) -> ModelVersion | None:
+        """The version the champion alias points at; None before the model has one."""
         try:
-            return await self.registry.GetModelVersion(request)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND and alias:
-                return None
-            raise unavailable_as_retryable(exc, f"registry: reading {model}") from exc
+            return await self.registry.get_version(model, alias="champion")
+        except NotFound:
+            return None
 
 
 @dataclass(frozen=True)
@@ -203,7 +207,7 @@ def _measure(candidacy: _Candidacy) -> _Measured:
     )
 
 
-def _required_tag(version: registry_pb.ModelVersion, name: str) -> str:
+def _required_tag(version: ModelVersion, name: str) -> str:
     """A tag the trainer gives every version; without it there is nothing to judge, on any retry."""
     if name not in version.tags:
         raise FailedPrecondition(
@@ -212,7 +216,7 @@ def _required_tag(version: registry_pb.ModelVersion, name: str) -> str:
     return version.tags[name]
 
 
-def _signature(version: registry_pb.ModelVersion) -> Signature:
+def _signature(version: ModelVersion) -> Signature:
     """Names, datatypes and shapes of a version's inputs and outputs, as the registry read them."""
     return {
         "inputs": [(t.name, t.datatype, tuple(t.shape)) for t in version.inputs],

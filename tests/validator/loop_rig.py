@@ -34,8 +34,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from sklearn.datasets import make_classification
 
+from cascade.client.ingest import IngestClient
+from cascade.client.registry import RegistryClient
 from cascade.events import Event, ModelTrained, ModelValidated
-from cascade.grpc_io import ServicerContext, open_channel
+from cascade.grpc_io import ServicerContext
 from cascade.services.registry.artifacts import LocalArtifactStore
 from cascade.services.registry.core import Lineage, RegistryCore
 from cascade.services.registry.grpc_api import RegistryServicer
@@ -44,7 +46,6 @@ from cascade.services.trainer.training import build_pipeline, export_onnx
 from cascade.services.validator.core import ValidatorCore
 from cascade.services.validator.settings import ValidatorSettings
 from cascade.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from cascade.stubs.cascade.registry.v1 import registry_pb2 as registry_pb
 from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc
 from tests.grpc_server import serving
 
@@ -84,7 +85,7 @@ class _OneDataset(ingest_pb2_grpc.IngestServiceServicer):
             yield ingest_pb2.DataChunk(data=chunk, offset=offset, total_size=len(self.data), sha256=digest)
 
 
-def _random_forest_version(
+def random_forest_version(
     x: np.ndarray, y: np.ndarray, features: list[str], trees: int, seed: int
 ) -> tuple[bytes, dict[str, str]]:
     """A random forest exported the trainer's way, with the tags the trainer gives its versions."""
@@ -138,7 +139,7 @@ async def validation_rig(
     x = x.astype(np.float32)
     features = [f"f{i}" for i in range(x.shape[1])]
     frame = pd.DataFrame(x, columns=features).assign(target=y)
-    versions = [_random_forest_version(x, y, features, trees, seed) for seed in (1, 2)]
+    versions = [random_forest_version(x, y, features, trees, seed) for seed in (1, 2)]
 
     with tempfile.TemporaryDirectory(prefix="validator-loop-") as scratch, _background_loop() as remote:
         root = Path(scratch)
@@ -169,29 +170,20 @@ async def validation_rig(
 
         served = _on(remote, serve_registry_and_ingest())
         address = await asyncio.wrap_future(address_of_both)
-        registry_channel, ingest_channel = open_channel(address), open_channel(address)
-        registry = registry_pb2_grpc.RegistryServiceStub(registry_channel)
+        registry, ingest = RegistryClient.connect(address), IngestClient.connect(address)
         for version, (artifact, tags) in enumerate(versions, start=1):
-            header = registry_pb.VersionHeader(
-                model=MODEL, dataset=DATASET, dataset_version=DATASET_VERSION, tags=tags
-            )
-            await registry.CreateModelVersion(
-                iter(
-                    [
-                        registry_pb.CreateModelVersionRequest(header=header),
-                        registry_pb.CreateModelVersionRequest(chunk=artifact),
-                    ]
-                )
+            await registry.create_version(
+                MODEL, artifact, dataset=DATASET, dataset_version=DATASET_VERSION, tags=tags
             )
             if version == 1:
-                await registry.SetAlias(registry_pb.SetAliasRequest(model=MODEL, alias="champion", version=1))
+                await registry.set_alias(MODEL, "champion", 1)
 
         verdicts: list[ModelValidated] = []
 
         async def collect(event: ModelValidated) -> None:
             verdicts.append(event)
 
-        validator = ValidatorCore(ValidatorSettings(), ingest_channel, registry_channel, collect)
+        validator = ValidatorCore(ValidatorSettings(), ingest, registry, collect)
         trained = ModelTrained(
             source="test",
             subject=MODEL,
@@ -209,8 +201,8 @@ async def validation_rig(
         try:
             yield validate
         finally:
-            await ingest_channel.close(None)
-            await registry_channel.close(None)
+            await ingest.close()
+            await registry.close()
             remote.call_soon_threadsafe(stopped.set)
             await asyncio.wrap_future(served)
 
