@@ -25,8 +25,8 @@ from sklearn.datasets import load_breast_cancer
 
 from cascade.cli.client import ingest_file
 from cascade.cli.inference_client import InferenceClient
-from cascade.cli.stack import Stack, StackConfig
 from cascade.services.trainer.training import train
+from cascade.stack import Stack, StackConfig
 from cascade.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]

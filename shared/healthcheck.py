@@ -18,6 +18,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -26,7 +27,7 @@ from pydantic import ValidationError
 from cascade.client.channels import PLAINTEXT, ClientSecurity
 from cascade.settings import ServiceSettings
 
-__all__ = ["check", "main", "security_of"]
+__all__ = ["Health", "check", "main", "probe", "security_of"]
 
 # Straight to the address: a proxy named in the environment must not answer for the service. Not
 # cascade.grpc_io.open_blocking_channel, whose tracing imports cost a probe run every few seconds
@@ -34,10 +35,16 @@ __all__ = ["check", "main", "security_of"]
 _CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
 
 
-def check(
+Health = Literal["SERVING", "NOT_SERVING", "DOWN"]
+
+
+def probe(
     address: str, service: str = "", timeout: float = 3.0, security: ClientSecurity = PLAINTEXT
-) -> str | None:
-    """None if `address` reports `service` SERVING; otherwise the reason, in one line."""
+) -> tuple[Health, str]:
+    """How the server at `address` answers `grpc.health.v1.Health/Check` for `service`, and why in
+    one line ("" when SERVING): NOT_SERVING for any other answer, DOWN for none (nothing listening,
+    no answer in time, a refused handshake). The one health probe: the container check and the
+    local stack launcher (cascade.stack) both ask it."""
     credentials = security.channel_credentials
     if credentials is None:
         channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
@@ -50,12 +57,20 @@ def check(
         except grpc.RpcError as error:
             # Errors of sync calls are also a grpc.Call, which carries the status.
             if isinstance(error, grpc.Call):
-                return f"{address}: {error.code().name}: {error.details()}"
-            return f"{address}: {error}"
+                return "DOWN", f"{address}: {error.code().name}: {error.details()}"
+            return "DOWN", f"{address}: {error}"
     if response.status == health_pb2.HealthCheckResponse.SERVING:
-        return None
+        return "SERVING", ""
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-    return f"{address}: {status}"
+    return "NOT_SERVING", f"{address}: {status}"
+
+
+def check(
+    address: str, service: str = "", timeout: float = 3.0, security: ClientSecurity = PLAINTEXT
+) -> str | None:
+    """None if `address` reports `service` SERVING; otherwise the reason, in one line."""
+    health, reason = probe(address, service, timeout, security)
+    return None if health == "SERVING" else reason
 
 
 def security_of(

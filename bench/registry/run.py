@@ -9,7 +9,7 @@ The registry runs as `cascade up` runs it (`python -m cascade.services.registry`
 traced to an OTLP-JSON file), its data in a temp dir on the baselines' filesystem. No Kafka broker
 by default: the registry serves gRPC anyway (health NOT_SERVING) and keeps its events in the
 outbox, every write trying to flush it and failing at once. `--kafka` starts a private broker with
-cascade.kafka_broker (jars fetched by Maven into bench/.work/registry/kafka once) so that writes
+cascade.stack.kafka_broker (jars fetched by Maven into bench/.work/registry/kafka once) so that writes
 publish their events as in production. Steps, in order (MB = 10^6 bytes):
 
 1. Upload (CreateModelVersion, 1 MiB chunks) of a ~64 MiB valid ONNX model (a MatMul with a random
@@ -212,8 +212,7 @@ def wait_until_answering(registry: Registry, timeout: float) -> None:
 @contextlib.contextmanager
 def private_kafka() -> Iterator[str]:
     """A single-node broker of our own on free ports (never a colleague's); its bootstrap."""
-    from cascade import kafka_broker
-    from cascade.cli.stack import KAFKA_POM
+    from cascade.stack import KAFKA_POM, kafka_broker
 
     config = kafka_broker.BrokerConfig(home=KAFKA_HOME, port=free_port(), controller_port=free_port())
     kafka_broker.start(config, pom=KAFKA_POM, timeout=120)

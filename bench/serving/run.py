@@ -48,9 +48,9 @@ from skl2onnx.common.data_types import FloatTensorType
 from sklearn.datasets import load_breast_cancer
 from sklearn.ensemble import RandomForestClassifier
 
-from cascade.certs import init_pki
-from cascade.cli.identities import ensure_tokens, token_file
 from cascade.client.channels import PLAINTEXT, ClientSecurity
+from cascade.stack.certs import init_pki
+from cascade.stack.identities import ensure_tokens, token_file
 from cascade.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
 from cascade.stubs.inference import grpc_service_pb2 as pb
 from cascade.stubs.inference import grpc_service_pb2_grpc as pb_grpc
@@ -66,7 +66,7 @@ PORT = 39301  # the server under test; its REST port and MLServer's metrics port
 HTTP_PORT = PORT + 1
 REGISTRY_PORT = 39310
 TLS_REGISTRY_PORT = 39311  # the fake registry again, over TLS, for servers whose channels verify a CA
-SECURITY = WORK / "security"  # a local CA, serving's certificate, tokens and principals (cascade.certs)
+SECURITY = WORK / "security"  # a local CA, serving's certificate, tokens and principals (cascade.stack.certs)
 CHUNK = 1 << 20
 
 

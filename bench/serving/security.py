@@ -8,7 +8,7 @@ plaintext, in the same run.
 
 Same model, workers, load generator and fake registry as bench/serving/run.py (which see); the
 secured servers verify the registry over TLS too, and the client verifies serving against a local CA
-(cascade.certs) and, with authentication, sends the admin's token on every call.
+(cascade.stack.certs) and, with authentication, sends the admin's token on every call.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from run import (  # bench/serving/run.py, beside this script
     wait_model_ready,
 )
 
-from cascade.certs import init_pki
 from cascade.client.channels import PLAINTEXT, ClientSecurity
+from cascade.stack.certs import init_pki
 from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc
 
 CONFIGURATIONS = ("plaintext", "TLS", "TLS + auth")

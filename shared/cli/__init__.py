@@ -1,6 +1,6 @@
-"""The `cascade` command and the programmatic stack API it shares with the integration tests."""
+"""The `cascade` command: an application of the client library (cascade.client) and of the local
+stack launcher (cascade.stack)."""
 
-from cascade.cli.errors import ClientError, CliError, StackError
-from cascade.cli.stack import SERVICES, ServiceStatus, Stack, StackConfig
+from cascade.cli.errors import ClientError, CliError
 
-__all__ = ["SERVICES", "CliError", "ClientError", "ServiceStatus", "Stack", "StackConfig", "StackError"]
+__all__ = ["CliError", "ClientError"]

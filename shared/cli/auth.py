@@ -10,10 +10,10 @@ import typer
 
 from cascade.cli.client import stack_config
 from cascade.cli.errors import EXIT_USAGE
-from cascade.cli.identities import add_principal, ensure_tokens, principals_file, secrets_dir, token_file
 from cascade.errors import InvalidArgument
 from cascade.names import check_name
 from cascade.security import ROLE_BUNDLES, ROLES, Principals
+from cascade.stack.identities import add_principal, ensure_tokens, principals_file, secrets_dir, token_file
 
 __all__ = ["auth_app"]
 

@@ -1,5 +1,5 @@
 """`cascade certs`: the local CA and one certificate per service, the broker and the CLI's user
-(cascade.certs), in HOME/tls, for `cascade up --tls` and a secured Kafka, or to mount elsewhere."""
+(cascade.stack.certs), in HOME/tls, for `cascade up --tls` and a secured Kafka, or to mount elsewhere."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import typer
 
 from cascade.cli.client import stack_config
 from cascade.cli.errors import EXIT_FAILURE, EXIT_USAGE
-from cascade.cli.identities import PKI_NAMES, tls_dir
+from cascade.stack.identities import PKI_NAMES, tls_dir
 
 __all__ = ["certs_app"]
 
@@ -51,7 +51,7 @@ def init(
 ) -> None:
     """Make the CA (kept if there is one, unless --force) and a certificate and key for each service,
     `kafka` and `admin` that has none. Keys are unencrypted, readable by you alone (0600)."""
-    from cascade.certs import init_pki  # cryptography loads only for this command
+    from cascade.stack.certs import init_pki  # cryptography loads only for this command
 
     where = directory or tls_dir(stack_config(ctx).home.expanduser().resolve())
     before = {name for name in PKI_NAMES if (where / f"{name}.pem").exists()}

@@ -26,10 +26,10 @@ from cascade.cli.errors import (
     EXIT_USAGE,
     ClientError,
 )
-from cascade.cli.identities import cli_security
-from cascade.cli.stack import Stack, StackConfig
 from cascade.client.channels import PLAINTEXT, ClientSecurity
 from cascade.grpc_io import CHUNK_SIZE, file_chunks, open_blocking_channel, open_channel
+from cascade.stack import Stack, StackConfig
+from cascade.stack.identities import cli_security
 from cascade.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from cascade.telemetry import current_trace_id, setup_tracing
 

@@ -40,7 +40,7 @@ def _fail(message: str, exit_code: int = 1) -> NoReturn:
 def _address(ctx: typer.Context, address: str | None) -> str:
     if address:
         return address
-    from cascade.cli.stack import Stack, StackConfig
+    from cascade.stack import Stack, StackConfig
 
     config = ctx.obj if isinstance(ctx.obj, StackConfig) else StackConfig()
     return Stack(config).address("ingest")

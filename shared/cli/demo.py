@@ -19,7 +19,7 @@ from sklearn.datasets import load_breast_cancer
 
 from cascade.cli.client import IngestResult, ingest_file, setup_cli_tracing
 from cascade.cli.errors import DemoError
-from cascade.cli.stack import Stack
+from cascade.stack import Stack
 
 if TYPE_CHECKING:
     from cascade.cli.inference_client import InferenceClient, Prediction

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cascade.cli.errors import CliError
-from cascade.cli.stack import Stack, StackConfig
 from cascade.events import Topics
 from cascade.messaging import (
     DLQ_OFFSET,
@@ -37,6 +36,7 @@ from cascade.messaging import (
     REPLAY_COUNT,
     REPLAYED_FROM,
 )
+from cascade.stack import Stack, StackConfig
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, TopicPartition

@@ -1,11 +1,11 @@
 """The errors the CLI turns into a one-line message instead of a traceback::
 
     CliError        a failure the user can act on; the message says what to do
-    ├── StackError  the stack could not be started or stopped (cascade.cli.stack)
     └── ClientError a call to a service failed (cascade.cli.client)
         └── DemoError  the demo cannot go on (cascade.cli.demo)
 
-Kafka launcher failures stay `cascade.kafka_broker.BrokerError`, which the CLI reports the same way.
+The launcher's failures stay its own (cascade.stack's StackError, cascade.stack.kafka_broker's
+BrokerError), and the CLI reports them the same way, with EXIT_FAILURE.
 
 Each error carries the exit code the command ends with (listed in `cascade --help`)::
 
@@ -28,7 +28,6 @@ __all__ = [
     "CliError",
     "ClientError",
     "DemoError",
-    "StackError",
 ]
 
 EXIT_FAILURE = 1
@@ -50,10 +49,6 @@ class CliError(RuntimeError):
     def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
         super().__init__(message)
         self.exit_code = exit_code
-
-
-class StackError(CliError):
-    """The stack could not be started or stopped; the message says why and where to look."""
 
 
 class ClientError(CliError):

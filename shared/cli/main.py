@@ -1,6 +1,6 @@
 """The `cascade` command: run a local Cascade stack, feed it data and watch models follow.
 
-Commands only parse options, call `cascade.cli.stack` / `cascade.cli.client` and print; known
+Commands only parse options, call `cascade.stack` / `cascade.client` and print; known
 failures become one-line messages and exit code 1, never tracebacks.
 """
 
@@ -23,16 +23,17 @@ from cascade.cli.dlq import dlq_app
 from cascade.cli.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_USAGE, CliError
 from cascade.cli.models import models_app
 from cascade.cli.monitor import monitor as monitor_command
-from cascade.cli.stack import (
+from cascade.cli.train import spec_app, train
+from cascade.stack import (
     SERVICES,
     ServiceStatus,
     Stack,
     StackConfig,
+    StackError,
     default_home,
     remembered_config,
 )
-from cascade.cli.train import spec_app, train
-from cascade.kafka_broker import BrokerError
+from cascade.stack.kafka_broker import BrokerError
 
 if TYPE_CHECKING:
     # The client pulls in the whole gRPC runtime; commands import it only when they need it,
@@ -130,7 +131,7 @@ def friendly_errors() -> Iterator[None]:
         yield
     except CliError as error:
         _fail(str(error), error.exit_code)
-    except BrokerError as error:
+    except (StackError, BrokerError) as error:
         _fail(str(error))
     except KeyboardInterrupt:
         _fail("interrupted; services already started keep running (`cascade down` stops them)")
@@ -145,8 +146,7 @@ def kafka_install(
     verbose: Annotated[bool, typer.Option(help="Show Maven's output.")] = False,
 ) -> None:
     """Fetch the Kafka broker jars with Maven into HOME/kafka/libs (once; a no-op afterwards)."""
-    from cascade import kafka_broker
-    from cascade.cli.stack import KAFKA_POM
+    from cascade.stack import KAFKA_POM, kafka_broker
 
     stack = _stack(ctx)
     with friendly_errors():
@@ -189,7 +189,7 @@ def kafka_stop(
     timeout: Annotated[float, typer.Option(help="Seconds to wait after SIGTERM before SIGKILL.")] = 30.0,
 ) -> None:
     """Stop the broker of this home (services lose Kafka and report NOT_SERVING)."""
-    from cascade import kafka_broker
+    from cascade.stack import kafka_broker
 
     stack = _stack(ctx)
     with friendly_errors():
@@ -200,7 +200,7 @@ def kafka_stop(
 @kafka_app.command("status")
 def kafka_status(ctx: typer.Context) -> None:
     """Show whether each broker of this home runs and accepts clients."""
-    from cascade import kafka_broker
+    from cascade.stack import kafka_broker
 
     cluster = _stack(ctx).kafka
     for node in cluster.nodes:

@@ -21,8 +21,8 @@ from google.protobuf.json_format import MessageToDict
 
 from cascade.cli.client import TokenOption, cli_channel, ingest_file, rpc_failure, security_of, stack_config
 from cascade.cli.errors import EXIT_USAGE, ClientError
-from cascade.cli.stack import Stack
 from cascade.grpc_io import file_chunks
+from cascade.stack import Stack
 from cascade.stubs.cascade.registry.v1 import registry_pb2 as pb
 from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc
 from cascade.stubs.cascade.trainer.v1 import trainer_pb2, trainer_pb2_grpc

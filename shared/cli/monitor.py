@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cascade.cli.client import cli_channel
-from cascade.cli.stack import Stack, StackConfig
+from cascade.stack import Stack, StackConfig
 
 if TYPE_CHECKING:
     from cascade.stubs.cascade.monitor.v1 import monitor_pb2

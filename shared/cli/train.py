@@ -18,9 +18,9 @@ from pydantic import ValidationError
 
 from cascade.cli.client import TokenOption, cli_channel, rpc_failure
 from cascade.cli.errors import EXIT_NOT_FOUND, ClientError
-from cascade.cli.stack import Stack, StackConfig
 from cascade.events import Topics, TrainingProgress
 from cascade.messaging import DLQ_REASON, DLQ_SERVICE
+from cascade.stack import Stack, StackConfig
 from cascade.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from cascade.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
 from cascade.stubs.cascade.trainer.v1 import trainer_pb2, trainer_pb2_grpc

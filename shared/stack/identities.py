@@ -3,7 +3,7 @@
     secrets/principals.toml   every principal's token hash and roles (what services check against)
     secrets/<name>.token      the token of `admin` (the CLI's) and of each service (0600)
     tls/                      a local CA and one certificate per service, `kafka` and `admin`
-                              (cascade.certs; made by `cascade certs init` or `cascade up --tls`)
+                              (cascade.stack.certs; made by `cascade certs init` or `cascade up --tls`)
 
 Made on every start when missing, and kept: restarting a stack keeps its tokens. Principals a user
 added to principals.toml stay; the built-in ones are rewritten when their token or roles changed.

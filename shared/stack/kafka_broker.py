@@ -24,7 +24,7 @@ replicated three times and a write needs two in-sync replicas, so one node can f
 SIGKILLed by a test, ``kill()``) and be restarted (``start()`` of that node) with nothing lost.
 
 With ``security`` (a ``BrokerSecurity``), the client listener is SASL_SSL only: TLS with PEM files
-(the local CA's, ``cascade.certs``) and SCRAM-SHA-512 for one user, whom Kafka's own StorageTool
+(the local CA's, ``cascade.stack.certs``) and SCRAM-SHA-512 for one user, whom Kafka's own StorageTool
 writes into the metadata when the store is formatted. Brokers replicate over that listener as that
 user; the controller listener stays PLAINTEXT on loopback.
 
@@ -73,7 +73,7 @@ __all__ = [
     "wait_ready",
 ]
 
-DEPLOY_DIR = Path(__file__).resolve().parents[1] / "deploy" / "kafka"
+DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
 LOOPBACK = "127.0.0.1"
 # Logged by kafka.server.KafkaRaftServer once broker and controller are both
 # up. The listener port is bound well before that, so a TCP connect alone

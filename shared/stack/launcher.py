@@ -4,7 +4,7 @@ The CLI (`cascade up/status/down/demo`) and the integration tests both drive thi
 speaks no CLI: progress goes to an optional callback and failures raise `StackError`. Everything a
 stack owns lives under one home directory::
 
-    kafka/               the broker, or kafka/node-N/ per broker of a cluster (see cascade.kafka_broker)
+    kafka/               the broker, or kafka/node-N/ per broker of a cluster (cascade.stack.kafka_broker)
     data/<service>/      each service's own data; services share no filesystem
     logs/<service>.log   the service's log, rotated by size (logs/<service>.log.1, ...; cascade.logs)
     logs/<service>.out   anything else it writes to stdout and stderr (a crash's traceback), appended
@@ -12,7 +12,7 @@ stack owns lives under one home directory::
     traces/<name>.jsonl  OTLP-JSON spans, unless the caller chose OTEL_TRACES_EXPORTER
 
 Each service is a detached process (its own session), so it outlives the command that started it
-and a signal to its process group reaches anything it forks. Unix only, like cascade.kafka_broker.
+and a signal to its process group reaches anything it forks. Unix only, like cascade.stack.kafka_broker.
 """
 
 from __future__ import annotations
@@ -31,14 +31,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from cascade import kafka_broker
-from cascade.cli.errors import StackError
-from cascade.cli.identities import (
+from cascade.client.channels import PLAINTEXT, ClientSecurity
+from cascade.healthcheck import Health, probe
+from cascade.stack import kafka_broker
+from cascade.stack.identities import (
     PKI_NAMES,
     cli_security,
     ensure_tokens,
@@ -48,14 +46,14 @@ from cascade.cli.identities import (
     token_file,
     write_private,
 )
-from cascade.client.channels import PLAINTEXT, ClientSecurity
-from cascade.grpc_io import open_blocking_channel
-from cascade.kafka_broker import BrokerSecurity, ClusterConfig
+from cascade.stack.kafka_broker import BrokerSecurity, ClusterConfig
 
 __all__ = [
     "DEFAULT_METRICS_PORTS",
     "DEFAULT_PORTS",
     "DEPENDENCIES",
+    "KAFKA_POM",
+    "KAFKA_USER",
     "SERVICES",
     "Health",
     "ServiceStatus",
@@ -101,7 +99,6 @@ DEPENDENCIES: Mapping[str, tuple[str, ...]] = {
     "serving": ("registry",),
 }
 
-Health = Literal["SERVING", "NOT_SERVING", "DOWN"]
 Progress = Callable[[str], None]
 
 _HEALTH_TIMEOUT = 1.0
@@ -111,12 +108,16 @@ _KILL_GRACE = 5.0
 _TAIL_LINES = 30
 
 
+class StackError(RuntimeError):
+    """The stack could not be started or stopped; the message says why and where to look."""
+
+
 @dataclass
 class StackConfig:
     home: Path = Path(".cascade")
     kafka_port: int = 9092
     controller_port: int = 9093
-    # 1: one broker; 3: a KRaft cluster whose topics keep three copies (ports: cascade.kafka_broker).
+    # 1: one broker; 3: a KRaft cluster whose topics keep three copies (ports: cascade.stack.kafka_broker).
     kafka_brokers: int = 1
     topic_prefix: str = "cascade"
     # gRPC port per service; a service left out keeps its DEFAULT_PORTS entry.
@@ -280,14 +281,14 @@ class Stack:
         """The CA and the broker's certificate, and a SCRAM password made once and kept."""
         if not self.config.kafka_security:
             return
-        from cascade.certs import init_pki
+        from cascade.stack.certs import init_pki
 
         init_pki(tls_dir(self.home), PKI_NAMES)
         password_file = self.kafka_password_file()
         if not password_file.exists():
             password_file.parent.mkdir(parents=True, exist_ok=True)
             password_file.parent.chmod(0o700)
-            # No newline: the broker reads the file whole (cascade.kafka_broker.BrokerSecurity).
+            # No newline: the broker reads the file whole (cascade.stack.kafka_broker.BrokerSecurity).
             write_private(password_file, secrets.token_urlsafe(32))
 
     def _security_settings(self, name: str) -> dict[str, str]:
@@ -315,7 +316,7 @@ class Stack:
     def _prepare_identities(self) -> None:
         ensure_tokens(secrets_dir(self.home))
         if self.config.serves_tls:
-            from cascade.certs import init_pki  # cryptography loads only for a stack that needs it
+            from cascade.stack.certs import init_pki  # cryptography loads only for a stack that needs it
 
             init_pki(tls_dir(self.home), PKI_NAMES)
 
@@ -625,13 +626,8 @@ def check_health(
     address: str, timeout: float = _HEALTH_TIMEOUT, security: ClientSecurity = PLAINTEXT
 ) -> Health:
     """`grpc.health.v1.Health/Check` for the whole server (service ""); DOWN if unreachable."""
-    with open_blocking_channel(address, security) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-        except grpc.RpcError:
-            return "DOWN"
-    return "SERVING" if response.status == health_pb2.HealthCheckResponse.SERVING else "NOT_SERVING"
+    health, _reason = probe(address, timeout=timeout, security=security)
+    return health
 
 
 def _check_known(name: str) -> None:

@@ -9,10 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from cascade.cli.client import security_of
-from cascade.cli.identities import cli_security, ensure_tokens, principals_file, secrets_dir, token_file
 from cascade.cli.main import app
-from cascade.cli.stack import Stack, StackConfig
 from cascade.security import SERVICE_ROLES, PrincipalEntry, Principals, hash_token, write_principals
+from cascade.stack import Stack, StackConfig
+from cascade.stack.identities import cli_security, ensure_tokens, principals_file, secrets_dir, token_file
 
 
 def _cascade(home: Path, *args: str, code: int = 0) -> str:

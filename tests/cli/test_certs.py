@@ -9,9 +9,9 @@ from pathlib import Path
 from cryptography import x509
 from typer.testing import CliRunner
 
-from cascade.certs import load_pki
-from cascade.cli.identities import PKI_NAMES
 from cascade.cli.main import app
+from cascade.stack.certs import load_pki
+from cascade.stack.identities import PKI_NAMES
 
 
 def _cascade(home: Path, *args: str, code: int = 0) -> str:

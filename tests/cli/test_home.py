@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cascade.cli.stack import DEFAULT_METRICS_PORTS, SERVICES, default_home
+from cascade.stack import DEFAULT_METRICS_PORTS, SERVICES, default_home
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

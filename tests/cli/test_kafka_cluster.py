@@ -14,11 +14,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from typer.testing import CliRunner
 
-from cascade import kafka_broker
 from cascade.cli.main import app
-from cascade.cli.stack import SERVICES, Stack, StackConfig, remembered_config
-from cascade.kafka_broker import BrokerConfig, ClusterConfig
 from cascade.settings import ServiceSettings
+from cascade.stack import SERVICES, Stack, StackConfig, kafka_broker, remembered_config
+from cascade.stack.kafka_broker import BrokerConfig, ClusterConfig
 
 # Apart from a developer's `cascade up` (9092), the integration suite (29xxx) and the chaos test (31xxx).
 KAFKA_PORT = 32092

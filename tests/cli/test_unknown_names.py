@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 
 from cascade.cli.errors import EXIT_NOT_FOUND, EXIT_UNAVAILABLE
 from cascade.cli.main import app
-from cascade.cli.stack import DEFAULT_METRICS_PORTS, SERVICES
 from cascade.events import DataArrived
 from cascade.services.ingest.core import IngestCore
 from cascade.services.ingest.grpc_api import IngestServicer
 from cascade.services.ingest.store import IngestStore
+from cascade.stack import DEFAULT_METRICS_PORTS, SERVICES
 from cascade.stubs.cascade.ingest.v1 import ingest_pb2_grpc
 from tests.cli.test_models import _registry
 from tests.grpc_server import serving

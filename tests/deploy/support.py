@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from cascade.certs import init_pki
-from cascade.cli.identities import PKI_NAMES, ensure_tokens
-from cascade.cli.stack import DEFAULT_PORTS, SERVICES
 from cascade.settings import ServiceSettings
+from cascade.stack import DEFAULT_PORTS, SERVICES
+from cascade.stack.certs import init_pki
+from cascade.stack.identities import PKI_NAMES, ensure_tokens
 
 __all__ = [
     "DATA_SERVICES",

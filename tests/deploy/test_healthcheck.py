@@ -16,10 +16,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from cascade.certs import LocalPki, init_pki
 from cascade.healthcheck import main, security_of
 from cascade.security import server_credentials
 from cascade.settings import ServiceSettings
+from cascade.stack.certs import LocalPki, init_pki
 from tests.grpc_server import serving
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

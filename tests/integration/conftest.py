@@ -1,5 +1,5 @@
 """One real Kafka broker and one stack of the six service processes for the whole run, started by
-the project's own launcher (cascade.cli.stack) on ports apart from a developer's `cascade up`.
+the project's own launcher (cascade.stack) on ports apart from a developer's `cascade up`.
 Tests isolate themselves by dataset/model name; the stack is stopped at the end, leaving no process."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cascade.cli.stack import SERVICES, Stack, StackConfig
+from cascade.stack import SERVICES, Stack, StackConfig
 from tests.integration.otlp_receiver import OtlpReceiver
 
 TEST_PORTS = {

@@ -16,8 +16,8 @@ import pandas as pd
 import tritonclient.grpc as triton
 from aiokafka import AIOKafkaProducer
 
-from cascade.cli.stack import Stack
 from cascade.grpc_io import open_blocking_channel
+from cascade.stack import Stack
 from cascade.stubs.cascade.ingest.v1 import ingest_pb2 as pb
 from cascade.stubs.cascade.ingest.v1 import ingest_pb2_grpc
 from cascade.stubs.cascade.monitor.v1 import monitor_pb2, monitor_pb2_grpc

@@ -26,8 +26,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from sklearn.datasets import load_breast_cancer
 
-from cascade import kafka_broker
-from cascade.cli.stack import KAFKA_POM, SERVICES, Stack, StackConfig
 from cascade.events import (
     DataArrived,
     ModelPromoted,
@@ -37,6 +35,7 @@ from cascade.events import (
     Topics,
 )
 from cascade.messaging import DLQ_REASON, DLQ_SERVICE, DLQ_TOPIC
+from cascade.stack import KAFKA_POM, SERVICES, Stack, StackConfig, kafka_broker
 from cascade.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from cascade.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
 from tests.integration.support import model_ready, upload, wait_for

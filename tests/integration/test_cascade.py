@@ -19,7 +19,6 @@ from sklearn.datasets import load_breast_cancer, make_classification
 from typer.testing import CliRunner
 
 from cascade.cli.main import app
-from cascade.cli.stack import SERVICES, Stack
 from cascade.events import (
     DataArrived,
     ModelPromoted,
@@ -30,6 +29,7 @@ from cascade.events import (
     Topics,
 )
 from cascade.messaging import DLQ_REASON, DLQ_SERVICE, DLQ_TOPIC
+from cascade.stack import SERVICES, Stack
 from cascade.training_spec import TrainingSpec
 from tests.integration.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.integration.support import (

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from cascade.cli.errors import EXIT_FAILURE, EXIT_NOT_FOUND
 from cascade.cli.main import app
-from cascade.cli.stack import Stack
+from cascade.stack import Stack
 
 pytestmark = pytest.mark.slow
 

@@ -34,12 +34,12 @@ from typer.testing import CliRunner
 
 from cascade.cli.dlq import DeadLetter, read_dead_letters
 from cascade.cli.main import app
-from cascade.cli.stack import Stack, StackConfig
 from cascade.errors import InvalidArgument, Unavailable
 from cascade.events import Topics
 from cascade.messaging import REPLAY_COUNT, REPLAYED_FROM, build_broker, subscriber_options
 from cascade.service import Service
 from cascade.settings import ServiceSettings
+from cascade.stack import Stack, StackConfig
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

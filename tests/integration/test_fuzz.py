@@ -50,7 +50,6 @@ from pydantic import BaseModel, ValidationError
 from tritonclient.grpc import service_pb2 as grpc_service_pb2
 
 from cascade.cli.dlq import DeadLetter, read_dead_letters
-from cascade.cli.stack import SERVICES, Stack
 from cascade.events import (
     DataArrived,
     DriftDetected,
@@ -64,6 +63,7 @@ from cascade.events import (
     TrainingRequested,
 )
 from cascade.json_limits import JsonTooLarge, check_json_limits
+from cascade.stack import SERVICES, Stack
 from cascade.stubs.cascade.ingest.v1 import ingest_pb2
 from cascade.stubs.cascade.monitor.v1 import monitor_pb2
 from cascade.stubs.cascade.registry.v1 import registry_pb2

@@ -19,9 +19,9 @@ from sklearn.pipeline import Pipeline
 from typer.testing import CliRunner
 
 from cascade.cli.main import app
-from cascade.cli.stack import Stack
 from cascade.grpc_io import CHUNK_SIZE, open_blocking_channel
 from cascade.services.trainer.training import export_onnx
+from cascade.stack import Stack
 from cascade.stubs.cascade.monitor.v1 import monitor_pb2
 from cascade.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
 from cascade.stubs.cascade.trainer.v1 import trainer_pb2 as pb

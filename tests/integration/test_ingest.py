@@ -26,10 +26,9 @@ import pandas as pd
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from cascade import kafka_broker
-from cascade.cli.stack import Stack, StackConfig
 from cascade.events import DataArrived, RawRecords, Topics
 from cascade.messaging import DLQ_REASON, DLQ_SERVICE
+from cascade.stack import Stack, StackConfig, kafka_broker
 from cascade.stubs.cascade.ingest.v1 import ingest_pb2 as pb
 from cascade.stubs.cascade.ingest.v1 import ingest_pb2_grpc
 from tests.ingest.test_cleaning import MIXED_CSV, MIXED_REPORT, MIXED_SCHEMA

@@ -20,13 +20,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from faststream.kafka import KafkaBroker
 
-from cascade import kafka_broker
-from cascade.certs import init_pki
-from cascade.cli.stack import KAFKA_POM
-from cascade.kafka_broker import BrokerConfig, BrokerSecurity, ClusterConfig
 from cascade.kafka_security import aiokafka_kwargs
 from cascade.messaging import build_broker, subscriber_options
 from cascade.settings import ServiceSettings
+from cascade.stack import KAFKA_POM, kafka_broker
+from cascade.stack.certs import init_pki
+from cascade.stack.kafka_broker import BrokerConfig, BrokerSecurity, ClusterConfig
 
 pytestmark = pytest.mark.slow
 

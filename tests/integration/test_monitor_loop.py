@@ -28,8 +28,8 @@ import tritonclient.grpc as triton
 from aiokafka import AIOKafkaConsumer
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
-from cascade.cli.stack import Stack
 from cascade.events import DriftDetected, LabelsArrived, Topics
+from cascade.stack import Stack
 from cascade.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from cascade.stubs.cascade.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from cascade.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc

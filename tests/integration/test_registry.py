@@ -31,7 +31,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from sklearn.datasets import load_breast_cancer, make_classification
 
-from cascade.cli.stack import Stack
 from cascade.events import (
     Event,
     GateResult,
@@ -43,6 +42,7 @@ from cascade.events import (
     cloudevent_headers,
 )
 from cascade.services.trainer.training import build_pipeline, export_onnx
+from cascade.stack import Stack
 from cascade.stubs.cascade.registry.v1 import registry_pb2 as pb
 from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc
 from tests.integration.support import upload, wait_for

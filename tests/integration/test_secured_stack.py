@@ -26,9 +26,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from sklearn.datasets import load_breast_cancer
 from typer.testing import CliRunner
 
-from cascade.cli.identities import ensure_tokens, principals_file, secrets_dir, token_file
 from cascade.cli.main import app
-from cascade.cli.stack import SERVICES, Stack, StackConfig
 from cascade.client.channels import ClientSecurity
 from cascade.grpc_io import open_blocking_channel
 from cascade.security import (
@@ -38,6 +36,8 @@ from cascade.security import (
     new_token,
     write_principals,
 )
+from cascade.stack import SERVICES, Stack, StackConfig
+from cascade.stack.identities import ensure_tokens, principals_file, secrets_dir, token_file
 from cascade.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from cascade.stubs.cascade.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from cascade.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc

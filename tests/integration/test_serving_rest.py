@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from cascade.cli.stack import Stack
+from cascade.stack import Stack
 from tests.integration.support import infer, model_ready, upload, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

@@ -20,7 +20,7 @@ from sklearn.datasets import load_breast_cancer, make_classification
 from typer.testing import CliRunner
 
 from cascade.cli.main import app
-from cascade.cli.stack import Stack, check_health
+from cascade.stack import Stack, check_health
 from cascade.stubs.cascade.registry.v1 import registry_pb2 as pb
 from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc
 from tests.integration.support import infer, model_ready, upload, wait_for

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from cascade.client.channels import ClientSecurity
-from cascade.errors import FailedPrecondition
+from cascade.errors import Unauthenticated
 from cascade.events import Event
 from cascade.grpc_io import open_channel
 from cascade.security import (
@@ -25,7 +25,7 @@ from cascade.services.registry.core import Lineage, RegistryCore
 from cascade.services.registry.grpc_api import ROLES, RegistryServicer
 from cascade.services.registry.permissions import Permissions
 from cascade.services.registry.store import RegistryStore
-from cascade.services.serving.registry_client import RegistryClient
+from cascade.services.serving.registry_client import RegistryModelSource
 from cascade.services.trainer.training import TrainingResult
 from cascade.stubs.cascade.ingest.v1 import ingest_pb2_grpc
 from cascade.stubs.cascade.registry.v1 import registry_pb2 as pb
@@ -152,13 +152,13 @@ async def test_serving_reads_the_registry_with_its_token(
     async with client("root-token-0123456789") as root:
         await root.CreateModelVersion(iter(_version("shared-model", trained_breast_cancer.onnx_bytes)))
         await root.SetAlias(pb.SetAliasRequest(model="shared-model", alias="champion", version=1))
-    with_token = RegistryClient(address, 5, ClientSecurity(token="bob-token-0123456789"))
-    without = RegistryClient(address, 5)
+    with_token = RegistryModelSource(address, 5, ClientSecurity(token="bob-token-0123456789"))
+    without = RegistryModelSource(address, 5)
     try:
         assert await with_token.models_with_champion() == ["shared-model"]
         ref = await with_token.champion("shared-model")
         assert await with_token.artifact(ref) == trained_breast_cancer.onnx_bytes
-        with pytest.raises(FailedPrecondition, match="UNAUTHENTICATED"):
+        with pytest.raises(Unauthenticated, match="registry at"):
             await without.models_with_champion()
     finally:
         await with_token.close()

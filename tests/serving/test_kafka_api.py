@@ -10,7 +10,7 @@ from faststream.kafka import KafkaBroker, TestKafkaBroker
 from cascade.errors import Unavailable
 from cascade.events import ModelPromoted, Topics
 from cascade.services.serving import kafka_api
-from cascade.services.serving.registry_client import RegistryClient
+from cascade.services.serving.registry_client import RegistryModelSource
 from cascade.services.serving.repository import ModelRepository
 
 from .support import MODEL, RunningRegistry
@@ -24,7 +24,7 @@ def promoted(version: int) -> ModelPromoted:
 
 @pytest.fixture
 async def repository(registry: RunningRegistry) -> AsyncIterator[ModelRepository]:
-    client = RegistryClient(registry.address, timeout_seconds=5)
+    client = RegistryModelSource(registry.address, timeout_seconds=5)
     yield ModelRepository(client)
     await client.close()
 
@@ -60,7 +60,7 @@ async def test_a_refused_version_is_reported_not_redelivered(
 
 
 async def test_unreachable_registry_is_retried_not_dead_lettered() -> None:
-    client = RegistryClient("127.0.0.1:9", timeout_seconds=1)
+    client = RegistryModelSource("127.0.0.1:9", timeout_seconds=1)
     broker = KafkaBroker()
     kafka_api.register(broker, ModelRepository(client), TOPICS, "replica-a")
     try:

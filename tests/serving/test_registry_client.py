@@ -9,21 +9,21 @@ from collections.abc import AsyncIterator
 import pytest
 
 from cascade.errors import FailedPrecondition, NotFound, Unavailable
-from cascade.services.serving.registry_client import RegistryClient
+from cascade.services.serving.registry_client import RegistryModelSource
 from cascade.services.serving.repository import ModelRef, ModelRepository
 
 from .support import MODEL, Dataset, RunningRegistry, TrainedModel
 
 
 @pytest.fixture
-async def client(registry: RunningRegistry) -> AsyncIterator[RegistryClient]:
-    client = RegistryClient(registry.address, timeout_seconds=5)
+async def client(registry: RunningRegistry) -> AsyncIterator[RegistryModelSource]:
+    client = RegistryModelSource(registry.address, timeout_seconds=5)
     yield client
     await client.close()
 
 
 async def test_champion_carries_version_digest_and_feature_names(
-    client: RegistryClient, models: dict[int, TrainedModel], dataset: Dataset
+    client: RegistryModelSource, models: dict[int, TrainedModel], dataset: Dataset
 ) -> None:
     ref = await client.champion(MODEL)
     assert ref == ModelRef(MODEL, 1, hashlib.sha256(models[1].onnx).hexdigest(), tuple(dataset.features))
@@ -31,14 +31,14 @@ async def test_champion_carries_version_digest_and_feature_names(
 
 
 async def test_artifact_is_assembled_from_chunks(
-    client: RegistryClient, models: dict[int, TrainedModel]
+    client: RegistryModelSource, models: dict[int, TrainedModel]
 ) -> None:
     ref = await client.champion(MODEL)
     assert await client.artifact(ref) == models[1].onnx
 
 
 async def test_artifact_with_a_wrong_digest_is_refused(
-    client: RegistryClient, registry: RunningRegistry, models: dict[int, TrainedModel]
+    client: RegistryModelSource, registry: RunningRegistry, models: dict[int, TrainedModel]
 ) -> None:
     registry.fake.recorded_sha256[MODEL, 1] = "0" * 64
     ref = await client.champion(MODEL)
@@ -52,7 +52,7 @@ async def test_artifact_with_a_wrong_digest_is_refused(
 
 
 async def test_corrupt_champion_leaves_the_old_one_serving(
-    client: RegistryClient, registry: RunningRegistry
+    client: RegistryModelSource, registry: RunningRegistry
 ) -> None:
     repository = ModelRepository(client)
     await repository.sync_champion(MODEL)
@@ -63,7 +63,7 @@ async def test_corrupt_champion_leaves_the_old_one_serving(
     assert repository.resolve(MODEL).version == 1
 
 
-async def test_unknown_model_is_not_found(client: RegistryClient) -> None:
+async def test_unknown_model_is_not_found(client: RegistryModelSource) -> None:
     with pytest.raises(NotFound, match="NOT_FOUND"):
         await client.champion("no-such-model")
 
@@ -72,7 +72,7 @@ async def test_unreachable_registry_is_unavailable() -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{probe.getsockname()[1]}"
-    client = RegistryClient(address, timeout_seconds=2)
+    client = RegistryModelSource(address, timeout_seconds=2)
     try:
         with pytest.raises(Unavailable, match=r"registry at 127\.0\.0\.1"):
             await client.champion(MODEL)

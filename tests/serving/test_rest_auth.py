@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cascade.certs import LocalPki, init_pki
+from cascade.stack.certs import LocalPki, init_pki
 
 from .harness import ServingProcess
 from .support import MODEL, Dataset, RunningRegistry

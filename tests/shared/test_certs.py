@@ -1,4 +1,4 @@
-"""The local PKI (cascade.certs), proven by real TLS handshakes with Python's ssl module over loopback."""
+"""The local PKI (cascade.stack.certs), proven by real TLS handshakes with Python's ssl over loopback."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from cascade.certs import Identity, LocalPki, init_pki, load_pki
+from cascade.stack.certs import Identity, LocalPki, init_pki, load_pki
 
 
 def _server_context(pki: LocalPki, server: Identity) -> ssl.SSLContext:

@@ -12,9 +12,9 @@ from faststream.kafka.security import parse_security
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from pydantic import ValidationError
 
-from cascade.certs import LocalPki, init_pki
 from cascade.kafka_security import aiokafka_kwargs, faststream_security
 from cascade.settings import ServiceSettings
+from cascade.stack.certs import LocalPki, init_pki
 
 PASSWORD = "s3cret-scram-password"
 

@@ -9,7 +9,6 @@ from typing import Any
 import grpc
 import pytest
 
-from cascade.certs import LocalPki, init_pki
 from cascade.client.channels import ClientSecurity
 from cascade.grpc_io import open_channel
 from cascade.security import (
@@ -25,6 +24,7 @@ from cascade.security import (
     write_principals,
 )
 from cascade.settings import ServiceSettings
+from cascade.stack.certs import LocalPki, init_pki
 from tests.grpc_server import serving
 
 SERVICE = "cascade.test.v1.Probe"

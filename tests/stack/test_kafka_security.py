@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from cascade import kafka_broker
-from cascade.cli.stack import KAFKA_USER, SERVICES, Stack, StackConfig, remembered_config
 from cascade.kafka_security import faststream_security
 from cascade.services.ingest.settings import IngestSettings
+from cascade.stack import KAFKA_USER, SERVICES, Stack, StackConfig, kafka_broker, remembered_config
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cascade.cli.stack import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, SERVICES, Stack, StackConfig, StackError
+from cascade.stack import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, SERVICES, Stack, StackConfig, StackError
 
 PORTS = {name: 40000 + index for index, name in enumerate(SERVICES)}
 
