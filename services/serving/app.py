@@ -20,7 +20,7 @@ from cascade.service import Service
 from cascade.services.serving import kafka_api
 from cascade.services.serving.inference import SERVICE_NAME, InferenceServicer
 from cascade.services.serving.prediction_log import PredictionLog
-from cascade.services.serving.registry_client import RegistryClient
+from cascade.services.serving.registry_client import RegistryModelSource
 from cascade.services.serving.repository import LoadedModel, LoadFailure, ModelRepository
 from cascade.services.serving.rest import Admission, RestEndpoint, ServerTls, rest_app
 from cascade.services.serving.settings import ServingSettings
@@ -82,7 +82,7 @@ def build_serving(settings: ServingSettings | None = None) -> tuple[Service, Res
     settings = settings or ServingSettings()
     topics = Topics(settings.topic_prefix, settings.topic_partitions, settings.topic_replication_factor)
     broker = build_broker(settings, "serving")
-    registry = RegistryClient(
+    registry = RegistryModelSource(
         settings.registry_address,
         settings.registry_timeout_seconds,
         ClientSecurity.of(settings),

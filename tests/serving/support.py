@@ -64,6 +64,7 @@ class FakeRegistry(pb_grpc.RegistryServiceServicer):
         self.tags: dict[tuple[str, int], dict[str, str]] = {}
         self.aliases: dict[str, dict[str, int]] = {}
         self.recorded_sha256: dict[tuple[str, int], str] = {}  # overrides, to simulate corruption
+        self.refused_downloads: dict[tuple[str, int], grpc.StatusCode] = {}  # e.g. the artifact is gone
         self.downloads = 0
 
     def add(self, model: str, version: int, onnx: bytes, tags: dict[str, str] | None = None) -> None:
@@ -107,6 +108,9 @@ class FakeRegistry(pb_grpc.RegistryServiceServicer):
 
     async def DownloadArtifact(self, request: Any, context: Any) -> AsyncIterator[pb.ArtifactChunk]:
         self.downloads += 1
+        refusal = self.refused_downloads.get((request.model, request.version))
+        if refusal is not None:
+            await context.abort(refusal, f"the artifact of {request.model} v{request.version} is refused")
         data = self.artifacts[request.model, request.version]
         for offset in range(request.offset, len(data), CHUNK):
             yield pb.ArtifactChunk(

@@ -6,9 +6,10 @@ import hashlib
 import socket
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 
-from cascade.errors import FailedPrecondition, NotFound, Unavailable
+from cascade.errors import FailedPrecondition, NotFound, RemoteFailure, Unavailable
 from cascade.services.serving.registry_client import RegistryModelSource
 from cascade.services.serving.repository import ModelRef, ModelRepository
 
@@ -64,8 +65,34 @@ async def test_corrupt_champion_leaves_the_old_one_serving(
 
 
 async def test_unknown_model_is_not_found(client: RegistryModelSource) -> None:
-    with pytest.raises(NotFound, match="NOT_FOUND"):
+    with pytest.raises(NotFound, match=r"registry at .*no-such-model@champion"):
         await client.champion("no-such-model")
+
+
+@pytest.mark.parametrize("status", [grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED])
+async def test_a_download_the_registry_refuses_leaves_the_old_one_serving(
+    client: RegistryModelSource, registry: RunningRegistry, status: grpc.StatusCode
+) -> None:
+    repository = ModelRepository(client)
+    await repository.sync_champion(MODEL)
+    registry.fake.promote(MODEL, 2)
+    registry.fake.refused_downloads[MODEL, 2] = status
+
+    with pytest.raises(FailedPrecondition, match="refused"):
+        await repository.sync_champion(MODEL)
+
+    assert repository.resolve(MODEL).version == 1
+    assert repository.failures[MODEL].reason == "download_refused"
+
+
+async def test_a_registry_failing_inside_is_not_taken_for_a_refused_version(
+    client: RegistryModelSource, registry: RunningRegistry
+) -> None:
+    registry.fake.refused_downloads[MODEL, 1] = grpc.StatusCode.INTERNAL
+    ref = await client.champion(MODEL)
+
+    with pytest.raises(RemoteFailure, match="registry at"):
+        await client.artifact(ref)
 
 
 async def test_unreachable_registry_is_unavailable() -> None:
