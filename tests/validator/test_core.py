@@ -102,18 +102,14 @@ class Rig:
         )
         return record.version
 
+    async def weak_champion_and_strong_candidate(self) -> tuple[int, int]:
+        """A champion trained on shuffled labels, and a candidate trained on the true ones."""
+        weak = await self.add_version(_shuffled(self.labels), seed=1)
+        await self.registry.set_alias(MODEL, "champion", weak, "test", "a weak champion to beat")
+        return weak, await self.add_version(self.labels, seed=2)
+
     async def validate(self, version: int) -> ModelValidated:
-        await self.validator.on_model_trained(
-            ModelTrained(
-                source="test",
-                subject=MODEL,
-                model=MODEL,
-                model_version=version,
-                dataset=DATASET,
-                dataset_version=DATASET_VERSION,
-                training_run=f"run-{version}",
-            )
-        )
+        await self.validator.on_model_trained(_trained(version))
         return self.verdicts[-1]
 
     def champion(self) -> int | None:
@@ -170,6 +166,18 @@ async def manual(tmp_path: Path) -> AsyncIterator[Rig]:
         yield rig
 
 
+def _trained(version: int) -> ModelTrained:
+    return ModelTrained(
+        source="test",
+        subject=MODEL,
+        model=MODEL,
+        model_version=version,
+        dataset=DATASET,
+        dataset_version=DATASET_VERSION,
+        training_run=f"run-{version}",
+    )
+
+
 def _shuffled(labels: np.ndarray) -> np.ndarray:
     """Labels a model can learn nothing true from: it scores about a coin's accuracy."""
     return np.random.default_rng(7).permutation(labels)
@@ -193,9 +201,7 @@ async def test_a_first_candidate_passes_on_its_own_merit_and_becomes_champion(au
 
 
 async def test_a_candidate_that_beats_the_champion_is_promoted_under_automatic_policy(automatic: Rig) -> None:
-    weak = await automatic.add_version(_shuffled(automatic.labels), seed=1)
-    await automatic.registry.set_alias(MODEL, "champion", weak, "test", "a weak champion to beat")
-    strong = await automatic.add_version(automatic.labels, seed=2)
+    weak, strong = await automatic.weak_champion_and_strong_candidate()
 
     verdict = await automatic.validate(strong)
 
@@ -222,9 +228,7 @@ async def test_a_candidate_that_loses_to_the_champion_is_not_promoted(automatic:
 
 
 async def test_manual_policy_records_the_verdict_without_moving_the_champion(manual: Rig) -> None:
-    weak = await manual.add_version(_shuffled(manual.labels), seed=1)
-    await manual.registry.set_alias(MODEL, "champion", weak, "test", "a weak champion to beat")
-    strong = await manual.add_version(manual.labels, seed=2)
+    weak, strong = await manual.weak_champion_and_strong_candidate()
 
     verdict = await manual.validate(strong)
 
@@ -270,18 +274,9 @@ async def test_an_unreachable_registry_is_unavailable_so_the_event_is_retried(tm
         verdicts.append(verdict)
 
     validator = ValidatorCore(SETTINGS, InMemoryDatasets({}), UnreachableRegistry(), record)
-    event = ModelTrained(
-        source="test",
-        subject=MODEL,
-        model=MODEL,
-        model_version=1,
-        dataset=DATASET,
-        dataset_version=DATASET_VERSION,
-        training_run="run-1",
-    )
 
     with pytest.raises(Unavailable, match=r"registry at 127\.0\.0\.1:50054") as raised:
-        await validator.on_model_trained(event)
+        await validator.on_model_trained(_trained(1))
 
     assert classify(raised.value) == "transient"
     assert verdicts == []
