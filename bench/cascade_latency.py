@@ -24,7 +24,7 @@ import numpy as np
 from sklearn.datasets import load_breast_cancer
 
 from cascade.cli.client import ingest_file
-from cascade.cli.inference_client import InferenceClient
+from cascade.cli.demo import serves
 from cascade.services.trainer.training import train
 from cascade.stack import Stack, StackConfig
 from cascade.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
@@ -71,10 +71,7 @@ def main() -> None:
         print("starting the stack ...", flush=True)
         stack.start(timeout=180)
         workdir = Path(tempfile.mkdtemp())
-        with (
-            InferenceClient(stack.address("serving"), stack.client_security) as serving,
-            grpc.insecure_channel(stack.address("registry")) as channel,
-        ):
+        with grpc.insecure_channel(stack.address("registry")) as channel:
             registry = registry_pb2_grpc.RegistryServiceStub(channel)
             for number, batch in enumerate(batches, start=1):
                 path = workdir / f"batch{number}.csv"
@@ -82,7 +79,7 @@ def main() -> None:
                 started = time.perf_counter()
                 ingest_file(stack.address("ingest"), path, MODEL, security=stack.client_security)
                 deadline = started + args.timeout
-                while not serving.serves(MODEL, str(number)):
+                while not serves(stack.address("serving"), stack.client_security, MODEL, str(number)):
                     if time.perf_counter() > deadline:
                         raise SystemExit(f"version {number} did not serve within {args.timeout:g} s")
                     time.sleep(0.01)

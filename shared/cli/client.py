@@ -1,6 +1,6 @@
-"""Client calls of the CLI that any command may make: uploading a batch to ingest, traced.
-
-Failures surface as `ClientError` with a message fit for a terminal, never a gRPC traceback.
+"""What any command may use to reach a stack: its credentials, and uploading a batch to ingest,
+traced. Calls go through the typed clients of cascade.client, whose Cascade errors the command
+turns into a message and an exit code (cascade.cli.errors.failure_of), never a gRPC traceback.
 """
 
 from __future__ import annotations
@@ -8,29 +8,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-import grpc
 import typer
 from opentelemetry import trace
 
-from cascade.cli.errors import (
-    EXIT_DENIED,
-    EXIT_FAILURE,
-    EXIT_NOT_FOUND,
-    EXIT_UNAVAILABLE,
-    EXIT_USAGE,
-    ClientError,
-)
-from cascade.client.channels import PLAINTEXT, ClientSecurity
-from cascade.grpc_io import CHUNK_SIZE, file_chunks, open_blocking_channel, open_channel
+from cascade.cli.errors import ClientError
+from cascade.client.calls import RemoteService
+from cascade.client.channels import PLAINTEXT, ClientSecurity, open_channel
+from cascade.client.ingest import IngestClient, file_format_of
+from cascade.client.records import UploadResult
+from cascade.errors import InvalidArgument
 from cascade.stack import Stack, StackConfig
 from cascade.stack.identities import cli_security
-from cascade.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from cascade.telemetry import current_trace_id, setup_tracing
 
 __all__ = [
@@ -38,28 +32,20 @@ __all__ = [
     "FileFormat",
     "IngestResult",
     "TokenOption",
-    "cli_channel",
-    "describe_rpc_error",
     "format_of",
     "ingest_file",
-    "rpc_failure",
+    "remote_service",
     "security_of",
     "setup_cli_tracing",
     "stack_config",
-    "upload_requests",
 ]
 
-_FORMATS_BY_SUFFIX = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 _tracing_ready = False
 
 
 class FileFormat(StrEnum):
     csv = "csv"
     parquet = "parquet"
-
-    @property
-    def proto(self) -> ingest_pb2.FileFormat.ValueType:
-        return ingest_pb2.FILE_FORMAT_PARQUET if self is FileFormat.parquet else ingest_pb2.FILE_FORMAT_CSV
 
 
 @dataclass(frozen=True)
@@ -83,8 +69,8 @@ class IngestResult:
 def format_of(path: Path) -> FileFormat:
     """The batch format implied by a file's suffix."""
     try:
-        return FileFormat(_FORMATS_BY_SUFFIX[path.suffix.lower()])
-    except KeyError:
+        return FileFormat(file_format_of(path))
+    except InvalidArgument:
         raise ClientError(f"cannot tell the format of {path.name} from its suffix; pass --format") from None
 
 
@@ -124,15 +110,6 @@ def package_version() -> str:
         return "0.0.0"
 
 
-def upload_requests(
-    path: Path, header: ingest_pb2.BatchHeader, chunk_size: int = CHUNK_SIZE
-) -> Iterator[ingest_pb2.UploadBatchRequest]:
-    """The UploadBatch stream: the header first, then the file in chunks."""
-    yield ingest_pb2.UploadBatchRequest(header=header)
-    for _offset, data in file_chunks(path, chunk_size=chunk_size):
-        yield ingest_pb2.UploadBatchRequest(chunk=data)
-
-
 def ingest_file(
     address: str,
     path: Path,
@@ -145,50 +122,41 @@ def ingest_file(
     that follows continues; flushes the span so the trace is on disk when this returns."""
     if not path.is_file():
         raise ClientError(f"no such file: {path}")
-    header = ingest_pb2.BatchHeader(
-        dataset=dataset, format=(file_format or format_of(path)).proto, target=target, source=path.name
-    )
+    chosen = file_format or format_of(path)
     tracer = trace.get_tracer("cascade.cli")
     with tracer.start_as_current_span("cascade ingest") as span:
         span.set_attribute("cascade.dataset", dataset)
         span.set_attribute("cascade.source", path.name)
         trace_id = current_trace_id()
         # asyncio.run copies the current context, so the client interceptor sees the span.
-        response = asyncio.run(_upload(address, path, header, security))
-        span.set_attribute("cascade.dataset_version", response.dataset_version)
+        uploaded = asyncio.run(_upload(address, path, dataset, target, chosen, security))
+        span.set_attribute("cascade.dataset_version", uploaded.dataset_version)
     _flush_spans()
-    return _result(path, dataset, response, trace_id)
+    return _result(path, dataset, uploaded, trace_id)
 
 
 async def _upload(
-    address: str, path: Path, header: ingest_pb2.BatchHeader, security: ClientSecurity
-) -> ingest_pb2.UploadBatchResponse:
-    async with open_channel(address, security) as channel:
-        stub = ingest_pb2_grpc.IngestServiceStub(channel)
-        try:
-            response: ingest_pb2.UploadBatchResponse = await stub.UploadBatch(upload_requests(path, header))
-        except grpc.aio.AioRpcError as error:
-            raise rpc_failure("ingest", address, error) from None
-    return response
+    address: str, path: Path, dataset: str, target: str, file_format: FileFormat, security: ClientSecurity
+) -> UploadResult:
+    async with IngestClient.connect(address, security) as ingest:
+        return await ingest.upload_batch(path, dataset, target=target, file_format=file_format.value)
 
 
-def _result(
-    path: Path, dataset: str, response: ingest_pb2.UploadBatchResponse, trace_id: str
-) -> IngestResult:
-    report = response.report
+def _result(path: Path, dataset: str, uploaded: UploadResult, trace_id: str) -> IngestResult:
+    report = uploaded.report
     return IngestResult(
         source=path.name,
         dataset=dataset,
-        batch_id=response.batch_id,
-        dataset_version=response.dataset_version,
-        created=response.created,
+        batch_id=uploaded.batch_id,
+        dataset_version=uploaded.dataset_version,
+        created=uploaded.created,
         rows_received=report.rows_received,
         rows_accepted=report.rows_accepted,
         rows_rejected=report.rows_rejected,
         rows_duplicate=report.rows_duplicate,
         rejected=[(row.row, row.reason) for row in report.rejected],
         trace_id=trace_id,
-        event_pending=response.event_pending,
+        event_pending=uploaded.event_pending,
     )
 
 
@@ -225,53 +193,15 @@ def security_of(config: StackConfig, token: str = "") -> ClientSecurity:
     )
 
 
-@contextlib.contextmanager
-def cli_channel(config: StackConfig, address: str, token: str = "") -> Iterator[grpc.Channel]:
-    """A blocking channel to one of the stack's services, with the CLI's credentials."""
-    with open_blocking_channel(address, security_of(config, token)) as channel:
-        yield channel
-
-
-def rpc_failure(service: str, address: str, error: grpc.RpcError) -> ClientError:
-    """The `ClientError` for a failed call: its one-line message and the exit code its status
-    maps to (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE each have their own; see cascade.cli.errors)."""
-    code = error.code() if isinstance(error, (grpc.Call, grpc.aio.AioRpcError)) else None
-    exit_code = _EXIT_CODES.get(code, EXIT_FAILURE) if code is not None else EXIT_FAILURE
-    return ClientError(describe_rpc_error(service, address, error), exit_code)
-
-
-_EXIT_CODES = {
-    grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
-    grpc.StatusCode.INVALID_ARGUMENT: EXIT_USAGE,
-    grpc.StatusCode.FAILED_PRECONDITION: EXIT_USAGE,
-    grpc.StatusCode.UNAVAILABLE: EXIT_UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNAVAILABLE,
-    grpc.StatusCode.UNAUTHENTICATED: EXIT_DENIED,
-    grpc.StatusCode.PERMISSION_DENIED: EXIT_DENIED,
-}
-
-
-def describe_rpc_error(service: str, address: str, error: grpc.RpcError) -> str:
-    """One line saying what went wrong in a call, and for an unreachable service what to run."""
-    # Sync errors are also a grpc.Call; aio errors are not, but carry the same accessors.
-    has_status = isinstance(error, (grpc.Call, grpc.aio.AioRpcError))
-    code = error.code() if has_status else None
-    details = (error.details() if has_status else None) or str(error)
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return (
-            f"cannot reach {service} at {address} ({details}). Is the stack up? Start it with `cascade up`."
-        )
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return f"{service} refused the request: {details}"
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return (
-            f"{service} at {address} does not know the caller ({details}): pass --token or set "
-            "CASCADE_TOKEN (a stack started here keeps its admin token in HOME/secrets/admin.token)"
-        )
-    if code == grpc.StatusCode.PERMISSION_DENIED:
-        return f"{service} at {address} refused: {details}"
-    name = code.name if code is not None else "error"
-    return f"{service} at {address} failed ({name}): {details}"
+@contextlib.asynccontextmanager
+async def remote_service(
+    config: StackConfig, name: str, address: str | None = None, token: str = ""
+) -> AsyncIterator[RemoteService]:
+    """Service `name` of the stack (or the one at `address`) as the typed clients and
+    cascade.client.calls see it, on a channel with the CLI's credentials, closed on leaving."""
+    where = address or Stack(config).address(name)
+    async with open_channel(where, security_of(config, token)) as channel:
+        yield RemoteService(name, channel, where)
 
 
 def _flush_spans() -> None:

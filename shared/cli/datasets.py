@@ -18,6 +18,9 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
+from cascade.cli.errors import failure_of
+from cascade.errors import CascadeError
+
 __all__ = ["datasets_app"]
 
 T = TypeVar("T")
@@ -46,22 +49,21 @@ def _address(ctx: typer.Context, address: str | None) -> str:
     return Stack(config).address("ingest")
 
 
-def _call(ctx: typer.Context, address: str, call: Callable[[Any], Awaitable[T]]) -> T:
-    """Run one call on IngestService; a gRPC failure becomes a one-line message."""
-    import grpc
-
-    from cascade.cli.client import rpc_failure, security_of, stack_config
-    from cascade.grpc_io import open_channel
+def _call(ctx: typer.Context, address: str, what: str, rpc: Callable[[Any], Awaitable[T]]) -> T:
+    """Make one call on IngestService; a failure is a Cascade error, which the command reports."""
+    from cascade.cli.client import remote_service, stack_config
+    from cascade.client.calls import call
     from cascade.stubs.cascade.ingest.v1 import ingest_pb2_grpc
 
     async def run() -> T:
-        async with open_channel(address, security_of(stack_config(ctx))) as channel:
-            return await call(ingest_pb2_grpc.IngestServiceStub(channel))
+        async with remote_service(stack_config(ctx), "ingest", address) as ingest:
+            stub = ingest_pb2_grpc.IngestServiceStub(ingest.channel)
+            return await call(ingest, what, lambda: rpc(stub))
 
     try:
         return asyncio.run(run())
-    except grpc.aio.AioRpcError as error:
-        failure = rpc_failure("ingest", address, error)
+    except CascadeError as error:
+        failure = failure_of(error)
         _fail(str(failure), failure.exit_code)
 
 
@@ -93,7 +95,9 @@ def register(
     except (json.JSONDecodeError, ParseError) as error:
         _fail(f"{schema} is not a valid schema: {error}")
     request = pb.RegisterDatasetRequest(dataset=name, schema=message)
-    dataset = _call(ctx, _address(ctx, address), lambda stub: stub.RegisterDataset(request))
+    dataset = _call(
+        ctx, _address(ctx, address), f"registering dataset {name}", lambda stub: stub.RegisterDataset(request)
+    )
     typer.echo(f"Registered dataset {dataset.dataset!r} with {len(dataset.schema.features)} features:")
     typer.echo(json.dumps(_schema_json(dataset.schema), indent=2))
 
@@ -117,8 +121,14 @@ def infer(
 
     file_format = format_of(file)
     data = file.read_bytes() if file_format.value == "parquet" else _head(file, sample_bytes)
-    request = pb.InferSchemaRequest(format=file_format.proto, data=data, target=target)
-    schema = _call(ctx, _address(ctx, address), lambda stub: stub.InferSchema(request))
+    proto_format = pb.FILE_FORMAT_PARQUET if file_format == "parquet" else pb.FILE_FORMAT_CSV
+    request = pb.InferSchemaRequest(format=proto_format, data=data, target=target)
+    schema = _call(
+        ctx,
+        _address(ctx, address),
+        f"inferring a schema from {file.name}",
+        lambda stub: stub.InferSchema(request),
+    )
     text = json.dumps(_schema_json(schema), indent=2)
     if output is not None:
         output.write_text(text + "\n")
@@ -146,7 +156,12 @@ def list_datasets(ctx: typer.Context, address: AddressOption = None) -> None:
     """List the datasets ingest knows, declared or inferred from a first batch."""
     from cascade.stubs.cascade.ingest.v1 import ingest_pb2 as pb
 
-    response = _call(ctx, _address(ctx, address), lambda stub: stub.ListDatasets(pb.ListDatasetsRequest()))
+    response = _call(
+        ctx,
+        _address(ctx, address),
+        "listing datasets",
+        lambda stub: stub.ListDatasets(pb.ListDatasetsRequest()),
+    )
     if not response.datasets:
         typer.echo("No datasets yet.")
         return
@@ -167,11 +182,24 @@ def show(
     from cascade.stubs.cascade.ingest.v1 import ingest_pb2 as pb
 
     where = _address(ctx, address)
-    dataset = _call(ctx, where, lambda stub: stub.GetDataset(pb.GetDatasetRequest(dataset=name)))
+    dataset = _call(
+        ctx,
+        where,
+        f"describing dataset {name}",
+        lambda stub: stub.GetDataset(pb.GetDatasetRequest(dataset=name)),
+    )
     versions = _call(
-        ctx, where, lambda stub: stub.ListDatasetVersions(pb.ListDatasetVersionsRequest(dataset=name))
+        ctx,
+        where,
+        f"listing the versions of {name}",
+        lambda stub: stub.ListDatasetVersions(pb.ListDatasetVersionsRequest(dataset=name)),
     ).versions
-    batches = _call(ctx, where, lambda stub: stub.ListBatches(pb.ListBatchesRequest(dataset=name))).batches
+    batches = _call(
+        ctx,
+        where,
+        f"listing the batches of {name}",
+        lambda stub: stub.ListBatches(pb.ListBatchesRequest(dataset=name)),
+    ).batches
     kind = "declared" if dataset.schema.declared else "inferred from its first batch"
     typer.echo(f"Dataset {name!r} (schema {kind}):")
     typer.echo(json.dumps(_schema_json(dataset.schema), indent=2))

@@ -7,11 +7,11 @@ each cascade from the upload to the new version serving, and checks a few predic
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -19,12 +19,12 @@ from sklearn.datasets import load_breast_cancer
 
 from cascade.cli.client import IngestResult, ingest_file, setup_cli_tracing
 from cascade.cli.errors import DemoError
+from cascade.client.channels import ClientSecurity
+from cascade.client.serving import ServingClient
+from cascade.errors import CascadeError
 from cascade.stack import Stack
 
-if TYPE_CHECKING:
-    from cascade.cli.inference_client import InferenceClient, Prediction
-
-__all__ = ["DATASET", "CascadeOutcome", "DemoBatches", "run_demo", "summary", "write_batches"]
+__all__ = ["DATASET", "CascadeOutcome", "DemoBatches", "run_demo", "serves", "summary", "write_batches"]
 
 DATASET = "breast_cancer"
 MODEL = DATASET  # the trainer names a model after its dataset
@@ -52,7 +52,9 @@ class CascadeOutcome:
     ingest: IngestResult
     expected_version: str
     seconds_to_serving: float
-    prediction: Prediction
+    # The version that answered the probe rows, and its labels for them.
+    served_version: str
+    labels: npt.NDArray[np.int64]
     correct: int
 
 
@@ -75,33 +77,69 @@ def write_batches(directory: Path) -> DemoBatches:
 
 def run_demo(stack: Stack, timeout: float, echo: Echo) -> list[CascadeOutcome]:
     """Start the stack, run both cascades and return what happened; the stack keeps running."""
-    # Imported here so that importing this module (as tests do) never loads the `inference`
-    # protobuf package, which would clash with tritonclient's.
-    from cascade.cli.inference_client import InferenceClient
-
     stack.start(timeout=timeout)
     setup_cli_tracing(stack)
     batches = write_batches(stack.home / "demo")
     echo(f"Wrote {batches.first} and {batches.second}")
-    with InferenceClient(stack.address("serving"), stack.client_security) as serving:
-        run = _DemoRun(stack, serving, batches, timeout, echo)
-        return [run.cascade(batches.first, "1"), run.cascade(batches.second, "2")]
+    return asyncio.run(_cascades(stack, batches, timeout, echo))
+
+
+async def _cascades(
+    stack: Stack, batches: DemoBatches, wait_seconds: float, echo: Echo
+) -> list[CascadeOutcome]:
+    serving = ServingClient(stack.address("serving"), stack.client_security)
+    try:
+        run = _DemoRun(stack, serving, batches, wait_seconds, echo)
+        return [await run.cascade(batches.first, "1"), await run.cascade(batches.second, "2")]
+    finally:
+        await serving.close()
+
+
+async def model_serves(serving: ServingClient, model: str, version: str) -> bool:
+    """Whether serving answers for `version` of `model`, asked directly or as the ready version it
+    lists. Any failure (serving still starting, the model not loaded yet) counts as not yet."""
+    try:
+        if await serving.model_ready(model, version):
+            return True
+        served = await serving.model_metadata(model)
+        return version in served.versions and await serving.model_ready(model)
+    except CascadeError:
+        return False
+
+
+def serves(address: str, security: ClientSecurity, model: str, version: str) -> bool:
+    """`model_serves` for a caller without an event loop (the bench), on a channel of its own."""
+
+    async def ask() -> bool:
+        serving = ServingClient(address, security)
+        try:
+            return await model_serves(serving, model, version)
+        finally:
+            await serving.close()
+
+    return asyncio.run(ask())
 
 
 @dataclass(frozen=True)
 class _DemoRun:
     stack: Stack
-    serving: InferenceClient
+    serving: ServingClient
     batches: DemoBatches
     timeout: float
     echo: Echo
 
-    def cascade(self, batch: Path, version: str) -> CascadeOutcome:
+    async def cascade(self, batch: Path, version: str) -> CascadeOutcome:
         """Ingest one batch, wait for the model version it should yield, and try that model."""
         self.echo(f"\nIngesting {batch.name} into dataset {DATASET!r}")
         started = time.monotonic()
-        result = ingest_file(
-            self.stack.address("ingest"), batch, DATASET, TARGET, security=self.stack.client_security
+        # The upload runs its own event loop (and traces itself), so it runs beside this one.
+        result = await asyncio.to_thread(
+            ingest_file,
+            self.stack.address("ingest"),
+            batch,
+            DATASET,
+            TARGET,
+            security=self.stack.client_security,
         )
         if not result.created:
             raise DemoError(
@@ -112,21 +150,25 @@ class _DemoRun:
             f"  {result.rows_accepted}/{result.rows_received} rows accepted -> dataset version "
             f"{result.dataset_version} (trace {result.trace_id})"
         )
-        self._wait_until_served(version, result, started)
+        await self._wait_until_served(version, result, started)
         seconds = time.monotonic() - started
         self.echo(f"  model {MODEL} version {version} serving {seconds:.1f} s after the upload")
-        prediction = self.serving.predict(MODEL, self.batches.probe_features)
-        correct = int(np.sum(prediction.labels == self.batches.probe_labels))
-        self.echo(
-            f"  predicted {prediction.labels.tolist()} for true labels {self.batches.probe_labels.tolist()}"
-        )
-        return CascadeOutcome(result, version, seconds, prediction, correct)
+        try:
+            prediction = await self.serving.predict(MODEL, self.batches.probe_features, outputs=["label"])
+        except CascadeError as error:
+            raise DemoError(
+                f"model {MODEL} version {version} is serving but cannot predict: {error}"
+            ) from None
+        labels = prediction["label"].reshape(-1).astype(np.int64)
+        correct = int(np.sum(labels == self.batches.probe_labels))
+        self.echo(f"  predicted {labels.tolist()} for true labels {self.batches.probe_labels.tolist()}")
+        return CascadeOutcome(result, version, seconds, prediction.version, labels, correct)
 
-    def _wait_until_served(self, version: str, result: IngestResult, started: float) -> None:
+    async def _wait_until_served(self, version: str, result: IngestResult, started: float) -> None:
         self.echo(f"  waiting for trainer -> validator -> registry -> serving to deliver version {version}")
         deadline = started + self.timeout
         next_report = time.monotonic() + _PROGRESS_EVERY
-        while not self.serving.serves(MODEL, version):
+        while not await model_serves(self.serving, MODEL, version):
             now = time.monotonic()
             if now >= deadline:
                 raise DemoError(
@@ -137,14 +179,14 @@ class _DemoRun:
             if now >= next_report:
                 self.echo(f"  ... still waiting for version {version} ({now - started:.0f} s)")
                 next_report = now + _PROGRESS_EVERY
-            time.sleep(_POLL_INTERVAL)
+            await asyncio.sleep(_POLL_INTERVAL)
 
 
 def summary(stack: Stack, outcomes: list[CascadeOutcome]) -> list[str]:
     """The closing report: what each cascade delivered, how fast, and where to dig further."""
     lines = ["", "Cascade demo summary"]
     for number, outcome in enumerate(outcomes, start=1):
-        served = outcome.prediction.model_version or "?"
+        served = outcome.served_version or "?"
         mismatch = "" if served == outcome.expected_version else f" (expected {outcome.expected_version})"
         lines += [
             f"  cascade {number}: {outcome.ingest.source} -> model version {served}{mismatch} "

@@ -7,6 +7,8 @@
 The launcher's failures stay its own (cascade.stack's StackError, cascade.stack.kafka_broker's
 BrokerError), and the CLI reports them the same way, with EXIT_FAILURE.
 
+A failed call to a service reaches the CLI as a Cascade error (cascade.errors, made from the call's
+gRPC status by cascade.client); `failure_of` is the one place it becomes a message and an exit code.
 Each error carries the exit code the command ends with (listed in `cascade --help`)::
 
     1  EXIT_FAILURE      anything else: the stack, a service's own failure, a failed run
@@ -18,6 +20,16 @@ Each error carries the exit code the command ends with (listed in `cascade --hel
 
 from __future__ import annotations
 
+from cascade.errors import (
+    CascadeError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+
 __all__ = [
     "EXIT_CODES_HELP",
     "EXIT_DENIED",
@@ -28,6 +40,7 @@ __all__ = [
     "CliError",
     "ClientError",
     "DemoError",
+    "failure_of",
 ]
 
 EXIT_FAILURE = 1
@@ -57,3 +70,28 @@ class ClientError(CliError):
 
 class DemoError(ClientError):
     """The demo cannot go on; the message says why and what to look at."""
+
+
+def failure_of(error: CascadeError) -> ClientError:
+    """The one-line message and exit code of a failed call. The error already names the service and
+    what was being done; the status is added, and for an unreachable service what to run, for an
+    unknown caller where a token comes from."""
+    status = error.status.name
+    if isinstance(error, Unavailable):
+        message = f"cannot reach {error} ({status}). Is the stack up? Start it with `cascade up`."
+        return ClientError(message, EXIT_UNAVAILABLE)
+    if isinstance(error, Unauthenticated):
+        return ClientError(
+            f"the service does not know the caller: {error}; pass --token or set CASCADE_TOKEN (a "
+            "stack started here keeps its admin token in HOME/secrets/admin.token)",
+            EXIT_DENIED,
+        )
+    if isinstance(error, PermissionDenied):
+        return ClientError(f"the service refused the caller: {error} ({status})", EXIT_DENIED)
+    if isinstance(error, InvalidArgument):
+        return ClientError(f"the service refused the request: {error}", EXIT_USAGE)
+    if isinstance(error, FailedPrecondition):
+        return ClientError(f"{error} ({status})", EXIT_USAGE)
+    if isinstance(error, NotFound):
+        return ClientError(f"{error} ({status})", EXIT_NOT_FOUND)
+    return ClientError(f"{error} ({status})", EXIT_FAILURE)

@@ -20,10 +20,11 @@ from cascade.cli.auth import auth_app
 from cascade.cli.certs import certs_app
 from cascade.cli.datasets import datasets_app
 from cascade.cli.dlq import dlq_app
-from cascade.cli.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_USAGE, CliError
+from cascade.cli.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_USAGE, CliError, failure_of
 from cascade.cli.models import models_app
 from cascade.cli.monitor import monitor as monitor_command
 from cascade.cli.train import spec_app, train
+from cascade.errors import CascadeError
 from cascade.stack import (
     SERVICES,
     ServiceStatus,
@@ -131,6 +132,9 @@ def friendly_errors() -> Iterator[None]:
         yield
     except CliError as error:
         _fail(str(error), error.exit_code)
+    except CascadeError as error:
+        failure = failure_of(error)
+        _fail(str(failure), failure.exit_code)
     except (StackError, BrokerError) as error:
         _fail(str(error))
     except KeyboardInterrupt:

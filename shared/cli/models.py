@@ -6,25 +6,36 @@ model itself where that makes sense (`show`, `tag`, `describe`) and its champion
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
-import grpc
 import typer
-from google.protobuf.json_format import MessageToDict
 
-from cascade.cli.client import TokenOption, cli_channel, ingest_file, rpc_failure, security_of, stack_config
-from cascade.cli.errors import EXIT_USAGE, ClientError
+from cascade.cli.client import TokenOption, ingest_file, remote_service, security_of, stack_config
+from cascade.cli.errors import EXIT_USAGE, ClientError, failure_of
+from cascade.client.calls import call
+from cascade.client.records import (
+    AliasMove,
+    ImportResult,
+    Lineage,
+    Model,
+    ModelVersion,
+    TensorSpec,
+    TrainingRun,
+    VersionStatus,
+)
+from cascade.client.registry import Comparison, MetricFilter, RegistryClient
+from cascade.errors import CascadeError
 from cascade.grpc_io import file_chunks
 from cascade.stack import Stack
-from cascade.stubs.cascade.registry.v1 import registry_pb2 as pb
-from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc
 from cascade.stubs.cascade.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
 __all__ = ["models_app"]
@@ -55,57 +66,44 @@ AddressOption = Annotated[
 ReasonOption = Annotated[str, typer.Option(help="Why; kept in the audit history.")]
 ActorOption = Annotated[str, typer.Option(envvar="USER", help="Who; kept in the audit history.")]
 T = TypeVar("T")
-Stub = registry_pb2_grpc.RegistryServiceStub
 
 _REFERENCE = re.compile(r"^(?P<model>[^@/]+)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+))?$")
 _METRIC = re.compile(r"^\s*(?P<name>[^<>=!\s]+)\s*(?P<op>>=|<=|==|!=|=|>|<)\s*(?P<value>\S+)\s*$")
-_COMPARISONS = {
-    "==": pb.COMPARISON_EQ,
-    "=": pb.COMPARISON_EQ,
-    "!=": pb.COMPARISON_NE,
-    ">": pb.COMPARISON_GT,
-    ">=": pb.COMPARISON_GE,
-    "<": pb.COMPARISON_LT,
-    "<=": pb.COMPARISON_LE,
+_COMPARISONS: dict[str, Comparison] = {
+    "==": "==",
+    "=": "==",
+    "!=": "!=",
+    ">": ">",
+    ">=": ">=",
+    "<": "<",
+    "<=": "<=",
 }
-_STATUS = {
-    pb.VERSION_STATUS_PENDING: "pending",
-    pb.VERSION_STATUS_READY: "ready",
-    pb.VERSION_STATUS_FAILED: "failed",
-}
-_STATUS_VALUES = {
-    Status.pending: pb.VERSION_STATUS_PENDING,
-    Status.ready: pb.VERSION_STATUS_READY,
-    Status.failed: pb.VERSION_STATUS_FAILED,
-}
-_POLICY_VALUES = {Policy.automatic: pb.PROMOTION_POLICY_AUTOMATIC, Policy.manual: pb.PROMOTION_POLICY_MANUAL}
-_POLICY_NAMES = {value: policy.value for policy, value in _POLICY_VALUES.items()}
+_CALL_TIMEOUT = 10.0
 
 
 # ---------------------------------------------------------------------- plumbing
 
 
-@contextmanager
-def _registry(ctx: typer.Context, address: str | None, token: str) -> Iterator[tuple[Stub, str]]:
-    config = stack_config(ctx)
-    address = address or Stack(config).address("registry")
-    with cli_channel(config, address, token) as channel:
-        yield registry_pb2_grpc.RegistryServiceStub(channel), address
+def _call(
+    ctx: typer.Context, address: str | None, token: str, calls: Callable[[RegistryClient], Awaitable[T]]
+) -> T:
+    """Make calls on the registry (this stack's, or the one at `address`); a failed call ends the
+    command with its message and exit code (cascade.cli.errors.failure_of)."""
 
+    async def run() -> T:
+        async with remote_service(stack_config(ctx), "registry", address, token) as service:
+            return await calls(RegistryClient(service, timeout=_CALL_TIMEOUT))
 
-def _call(ctx: typer.Context, address: str | None, token: str, call: Callable[[Stub], T]) -> T:
-    """Run calls on RegistryService; a gRPC failure becomes one line on stderr and exit code 1."""
-    with _registry(ctx, address, token) as (stub, where):
-        try:
-            return call(stub)
-        except grpc.RpcError as error:
-            _fail(rpc_failure("registry", where, error))
+    try:
+        return asyncio.run(run())
+    except CascadeError as error:
+        _fail(failure_of(error))
 
 
 def _require_model(ctx: typer.Context, address: str | None, token: str, model: str) -> None:
     """Exit NOT_FOUND's code for a model the registry does not know. Some of its calls (history,
     search, rollback) answer a mistyped name with an empty list or a refusal instead."""
-    _call(ctx, address, token, lambda stub: stub.GetModel(pb.GetModelRequest(name=model), timeout=10))
+    _call(ctx, address, token, lambda registry: registry.get_model(model))
 
 
 def _fail(error: ClientError) -> NoReturn:
@@ -113,9 +111,19 @@ def _fail(error: ClientError) -> NoReturn:
     raise typer.Exit(error.exit_code)
 
 
-def _as_dict(message: Any) -> dict[str, Any]:
-    result: dict[str, Any] = MessageToDict(message, preserving_proto_field_name=True)
-    return result
+def _as_dict(record: Any) -> Any:
+    """A record (cascade.client.records) as JSON values: its fields by name, times in ISO 8601."""
+    return json.loads(json.dumps(dataclasses.asdict(record), default=_json_value))
+
+
+def _json_value(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.isoformat(timespec="seconds") if moment is not None else "-"
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> None:
@@ -132,12 +140,12 @@ def _parse_reference(reference: str) -> re.Match[str]:
     return match
 
 
-def _selector(reference: str) -> pb.GetModelVersionRequest:
-    """NAME (its champion), NAME@ALIAS or NAME/VERSION."""
+def _selected_version(reference: str) -> Callable[[RegistryClient], Awaitable[ModelVersion]]:
+    """The version NAME (its champion), NAME@ALIAS or NAME/VERSION names, as a registry call."""
     match = _parse_reference(reference)
     if match["version"]:
-        return pb.GetModelVersionRequest(model=match["model"], version=int(match["version"]))
-    return pb.GetModelVersionRequest(model=match["model"], alias=match["alias"] or "champion")
+        return lambda registry: registry.get_version(match["model"], int(match["version"]))
+    return lambda registry: registry.get_version(match["model"], alias=match["alias"] or "champion")
 
 
 def _model_or_version(reference: str) -> tuple[str, int]:
@@ -159,7 +167,7 @@ def _key_values(pairs: list[str] | None) -> dict[str, str]:
     return parsed
 
 
-def _metric_filters(expressions: list[str] | None) -> list[pb.MetricFilter]:
+def _metric_filters(expressions: list[str] | None) -> list[MetricFilter]:
     filters = []
     for expression in expressions or []:
         match = _METRIC.fullmatch(expression)
@@ -171,7 +179,7 @@ def _metric_filters(expressions: list[str] | None) -> list[pb.MetricFilter]:
             raise typer.BadParameter(
                 f"{expression!r} is not NAME OP NUMBER, e.g. 'cv_accuracy>=0.9' (OP: = != > >= < <=)"
             )
-        filters.append(pb.MetricFilter(name=match["name"], op=_COMPARISONS[match["op"]], value=value))
+        filters.append(MetricFilter(match["name"], _COMPARISONS[match["op"]], value))
     return filters
 
 
@@ -189,20 +197,15 @@ def _short(value: str) -> str:
     return f"{value[:_LONG_VALUE]}... ({len(value)} chars; --json shows all)"
 
 
-def _tensors(specs: Any) -> str:
+def _tensors(specs: tuple[TensorSpec, ...]) -> str:
     return ", ".join(f"{t.name} {t.datatype} {list(t.shape)}" for t in specs) or "-"
-
-
-def _policy(model: pb.Model) -> str:
-    effective = _POLICY_NAMES.get(model.effective_promotion_policy, "unknown")
-    return effective if model.promotion_policy else f"{effective} (the registry's default)"
 
 
 def _number(value: float) -> str:
     return f"{value:.4g}"
 
 
-def _metrics(run: pb.TrainingRun) -> str:
+def _metrics(run: TrainingRun) -> str:
     return ", ".join(f"{k}={_number(x)}" for k, x in sorted(run.metrics.items())) or "-"
 
 
@@ -214,9 +217,7 @@ def list_models(
     ctx: typer.Context, as_json: JsonOption = False, address: AddressOption = None, token: TokenOption = ""
 ) -> None:
     """Every model with its latest version, aliases and promotion policy."""
-    models = _call(
-        ctx, address, token, lambda stub: stub.ListModels(pb.ListModelsRequest(), timeout=10)
-    ).models
+    models = _call(ctx, address, token, lambda registry: registry.list_models())
     if as_json:
         typer.echo(json.dumps([_as_dict(m) for m in models], indent=2))
         return
@@ -229,7 +230,7 @@ def list_models(
                 str(m.aliases.get("champion", "-")),
                 str(m.aliases.get("challenger", "-")),
                 _pairs({a: v for a, v in m.aliases.items() if a not in ("champion", "challenger")}),
-                _POLICY_NAMES.get(m.effective_promotion_policy, "-"),
+                m.promotion_policy,
             ]
             for m in models
         ],
@@ -250,22 +251,18 @@ def show(
     status, aliases, tags, artifact, signature, training run and validation."""
     match = _parse_reference(reference)
     if match["alias"] or match["version"]:
-        version = _call(
-            ctx, address, token, lambda stub: stub.GetModelVersion(_selector(reference), timeout=10)
-        )
+        version = _call(ctx, address, token, _selected_version(reference))
         typer.echo(json.dumps(_as_dict(version), indent=2) if as_json else _format_version(version))
         return
 
-    def read(stub: Stub) -> tuple[pb.Model, pb.ModelVersion | None, pb.ModelVersion | None]:
-        model = stub.GetModel(pb.GetModelRequest(name=reference), timeout=10)
+    async def read(registry: RegistryClient) -> tuple[Model, ModelVersion | None, ModelVersion | None]:
+        model = await registry.get_model(reference)
         champion = None
         if "champion" in model.aliases:
-            request = pb.GetModelVersionRequest(model=reference, version=model.aliases["champion"])
-            champion = stub.GetModelVersion(request, timeout=10)
+            champion = await registry.get_version(reference, model.aliases["champion"])
         latest = None
         if model.latest_version and (champion is None or champion.version != model.latest_version):
-            request = pb.GetModelVersionRequest(model=reference, version=model.latest_version)
-            latest = stub.GetModelVersion(request, timeout=10)
+            latest = await registry.get_version(reference, model.latest_version)
         return model, champion, latest
 
     model, champion, latest = _call(ctx, address, token, read)
@@ -278,12 +275,12 @@ def show(
         f"{model.name}",
         f"  description: {model.description or '-'}",
         f"  tags:        {_pairs(model.tags)}",
-        f"  policy:      {_policy(model)}",
+        f"  policy:      {model.promotion_policy}",
         f"  versions:    {model.latest_version} (latest)"
         if model.latest_version
         else "  versions:    none yet",
         f"  aliases:     {_pairs(model.aliases)}",
-        f"  created:     {model.created_at.ToDatetime().isoformat(timespec='seconds')}",
+        f"  created:     {_when(model.created_at)}",
         f"  inputs:      {_tensors(model.inputs)}",
         f"  outputs:     {_tensors(model.outputs)}",
         "",
@@ -296,24 +293,24 @@ def show(
     typer.echo("\n".join(lines))
 
 
-def _verdict(version: pb.ModelVersion) -> str:
-    if not version.validation.report_json:
-        return f"{_STATUS.get(version.status, 'unknown')}, not validated yet"
-    report = json.loads(version.validation.report_json)
+def _verdict(version: ModelVersion) -> str:
+    if not version.validation_report_json:
+        return f"{version.status}, not validated yet"
+    report = json.loads(version.validation_report_json)
     failed = [gate["name"] for gate in report.get("gates", []) if not gate.get("passed")]
     if report.get("passed"):
         return "passed validation"
     return f"FAILED validation ({', '.join(failed) or 'see below'})"
 
 
-def _format_version(version: pb.ModelVersion) -> str:
-    report = json.loads(version.validation.report_json) if version.validation.report_json else None
+def _format_version(version: ModelVersion) -> str:
+    report = json.loads(version.validation_report_json) if version.validation_report_json else None
     lines = [
-        f"{version.model} version {version.version} ({_STATUS.get(version.status, 'unknown')})",
+        f"{version.model} version {version.version} ({version.status})",
         f"  aliases:     {', '.join(version.aliases) or '-'}",
         f"  description: {version.description or '-'}",
         f"  tags:        {_pairs(version.tags)}",
-        f"  created:     {version.created_at.ToDatetime().isoformat(timespec='seconds')}",
+        f"  created:     {_when(version.created_at)}",
         f"  artifact:    sha256 {version.artifact_sha256} ({version.artifact_size} bytes)",
         f"  inputs:      {_tensors(version.inputs)}",
         f"  outputs:     {_tensors(version.outputs)}",
@@ -359,15 +356,20 @@ def search(
     token: TokenOption = "",
 ) -> None:
     """Find versions by tags, metrics, status and dataset version, newest first."""
-    request = pb.SearchModelVersionsRequest(
-        model=model,
-        tags=_key_values(tag),
-        metrics=_metric_filters(metric),
-        status=_STATUS_VALUES[status] if status else pb.VERSION_STATUS_UNSPECIFIED,
-        dataset_version=dataset_version,
-        max_results=limit,
+    tags, filters = _key_values(tag), _metric_filters(metric)
+    found = _call(
+        ctx,
+        address,
+        token,
+        lambda registry: registry.search_versions(
+            model,
+            tags=tags,
+            metrics=filters,
+            status=VersionStatus(status.value) if status else None,
+            dataset_version=dataset_version,
+            max_results=limit,
+        ),
     )
-    found = _call(ctx, address, token, lambda stub: stub.SearchModelVersions(request, timeout=10)).versions
     if not found and model:
         _require_model(ctx, address, token, model)
     if as_json:
@@ -379,9 +381,9 @@ def search(
             [
                 v.model,
                 str(v.version),
-                _STATUS.get(v.status, "unknown"),
+                str(v.status),
                 ", ".join(v.aliases) or "-",
-                v.created_at.ToDatetime().isoformat(timespec="seconds"),
+                _when(v.created_at),
                 v.dataset_version[:12] or "-",
                 _metrics(v.run),
                 _pairs(v.tags),
@@ -400,25 +402,24 @@ def history(
     token: TokenOption = "",
 ) -> None:
     """Every alias move, oldest first: when, which alias, from and to, who and why."""
-    request = pb.GetAliasHistoryRequest(model=model)
-    moves = _call(ctx, address, token, lambda stub: stub.GetAliasHistory(request, timeout=10))
-    if not moves.moves:
+    moves: list[AliasMove] = _call(ctx, address, token, lambda registry: registry.alias_history(model))
+    if not moves:
         _require_model(ctx, address, token, model)
     if as_json:
-        typer.echo(json.dumps(_as_dict(moves), indent=2))
+        typer.echo(json.dumps({"moves": [_as_dict(m) for m in moves]}, indent=2))
         return
     _table(
         ["when", "alias", "from", "to", "actor", "reason"],
         [
             [
-                m.at.ToDatetime().isoformat(timespec="seconds"),
+                _when(m.at),
                 m.alias,
                 str(m.from_version or "-"),
                 str(m.to_version or "(deleted)"),
                 m.actor,
                 m.reason,
             ]
-            for m in moves.moves
+            for m in moves
         ],
     )
 
@@ -433,9 +434,11 @@ def lineage(
 ) -> None:
     """Walk a version back to its training run, dataset version and raw batches."""
 
-    def read(stub: Stub) -> pb.Lineage:
-        version = stub.GetModelVersion(_selector(reference), timeout=10)
-        return stub.GetLineage(pb.GetLineageRequest(model=version.model, version=version.version), timeout=10)
+    selected = _selected_version(reference)
+
+    async def read(registry: RegistryClient) -> Lineage:
+        version = await selected(registry)
+        return await registry.lineage(version.model, version.version)
 
     found = _call(ctx, address, token, read)
     if as_json:
@@ -472,17 +475,19 @@ def register(
     token: TokenOption = "",
 ) -> None:
     """Register a model before its first version (a first version registers it too)."""
-    request = pb.RegisterModelRequest(
-        name=name,
-        description=description,
-        tags=_key_values(tag),
-        promotion_policy=_POLICY_VALUES[policy] if policy else pb.PROMOTION_POLICY_UNSPECIFIED,
+    tags = _key_values(tag)
+    model = _call(
+        ctx,
+        address,
+        token,
+        lambda registry: registry.register_model(
+            name, description=description, tags=tags, promotion_policy=policy.value if policy else None
+        ),
     )
-    model = _call(ctx, address, token, lambda stub: stub.RegisterModel(request, timeout=10))
     if as_json:
         typer.echo(json.dumps(_as_dict(model), indent=2))
         return
-    typer.echo(f"Registered model {model.name!r} (policy {_policy(model)})")
+    typer.echo(f"Registered model {model.name!r} (policy {model.promotion_policy})")
 
 
 @models_app.command()
@@ -501,14 +506,21 @@ def tag(
     to_set, to_delete = _key_values(tags), list(delete or [])
     if not to_set and not to_delete:
         raise typer.BadParameter("give KEY=VALUE tags to set or --delete KEY")
+    result: Model | ModelVersion
     if version:
-        request = pb.UpdateModelVersionRequest(
-            model=model, version=version, set_tags=to_set, delete_tags=to_delete
+        result = _call(
+            ctx,
+            address,
+            token,
+            lambda registry: registry.update_version(model, version, set_tags=to_set, delete_tags=to_delete),
         )
-        result: Any = _call(ctx, address, token, lambda stub: stub.UpdateModelVersion(request, timeout=10))
     else:
-        change = pb.UpdateModelRequest(name=model, set_tags=to_set, delete_tags=to_delete)
-        result = _call(ctx, address, token, lambda stub: stub.UpdateModel(change, timeout=10))
+        result = _call(
+            ctx,
+            address,
+            token,
+            lambda registry: registry.update_model(model, set_tags=to_set, delete_tags=to_delete),
+        )
     typer.echo(f"{reference} tags: {_pairs(result.tags)}")
 
 
@@ -523,11 +535,9 @@ def describe(
     """Set the description of a version or a model."""
     model, version = _model_or_version(reference)
     if version:
-        request = pb.UpdateModelVersionRequest(model=model, version=version, description=text)
-        _call(ctx, address, token, lambda stub: stub.UpdateModelVersion(request, timeout=10))
+        _call(ctx, address, token, lambda registry: registry.update_version(model, version, description=text))
     else:
-        change = pb.UpdateModelRequest(name=model, description=text)
-        _call(ctx, address, token, lambda stub: stub.UpdateModel(change, timeout=10))
+        _call(ctx, address, token, lambda registry: registry.update_model(model, description=text))
     typer.echo(f"{reference}: description set")
 
 
@@ -544,9 +554,13 @@ def set_policy(
     token: TokenOption = "",
 ) -> None:
     """Choose what a passed validation does to MODEL's aliases."""
-    request = pb.UpdateModelRequest(name=model, promotion_policy=_POLICY_VALUES[policy], actor=actor)
-    changed = _call(ctx, address, token, lambda stub: stub.UpdateModel(request, timeout=10))
-    typer.echo(f"{changed.name}: promotion policy {_policy(changed)}")
+    changed = _call(
+        ctx,
+        address,
+        token,
+        lambda registry: registry.update_model(model, promotion_policy=policy.value, actor=actor),
+    )
+    typer.echo(f"{changed.name}: promotion policy {changed.promotion_policy}")
 
 
 def _set_alias(
@@ -560,10 +574,12 @@ def _set_alias(
     reason: str,
     force: bool,
 ) -> None:
-    request = pb.SetAliasRequest(
-        model=model, alias=alias, version=version, actor=actor, reason=reason, force=force
+    moved = _call(
+        ctx,
+        address,
+        token,
+        lambda registry: registry.set_alias(model, alias, version, actor=actor, reason=reason, force=force),
     )
-    moved = _call(ctx, address, token, lambda stub: stub.SetAlias(request, timeout=10))
     typer.echo(f"{moved.model}@{alias} -> version {moved.version}")
 
 
@@ -613,9 +629,10 @@ def unalias(
     token: TokenOption = "",
 ) -> None:
     """Delete an alias; the audit history keeps the move."""
-    request = pb.DeleteAliasRequest(model=model, alias=alias, actor=actor, reason=reason)
-    deleted = _call(ctx, address, token, lambda stub: stub.DeleteAlias(request, timeout=10))
-    typer.echo(f"{model}@{alias} deleted (it pointed at version {deleted.previous_version})")
+    previous = _call(
+        ctx, address, token, lambda registry: registry.delete_alias(model, alias, actor=actor, reason=reason)
+    )
+    typer.echo(f"{model}@{alias} deleted (it pointed at version {previous})")
 
 
 @models_app.command()
@@ -629,8 +646,7 @@ def rollback(
 ) -> None:
     """Move champion back to the version it held before its latest move."""
     _require_model(ctx, address, token, model)
-    request = pb.RollbackRequest(model=model, actor=actor, reason=reason)
-    moved = _call(ctx, address, token, lambda stub: stub.Rollback(request, timeout=10))
+    moved = _call(ctx, address, token, lambda registry: registry.rollback(model, actor=actor, reason=reason))
     typer.echo(f"{moved.model}@champion -> version {moved.version}")
 
 
@@ -734,6 +750,8 @@ def import_model(
             )
         except ClientError as error:
             _fail(error)
+        except CascadeError as error:
+            _fail(failure_of(error))
         if not ingested.rows_accepted:
             _fail(ClientError(f"ingest accepted no rows of {reference_file.name}", EXIT_USAGE))
         dataset, dataset_version = name, ingested.dataset_version
@@ -748,18 +766,24 @@ def import_model(
         actor=actor,
         reason=reason,
     )
-    where = address or stack.address("trainer")
 
     def requests() -> Iterator[trainer_pb2.ImportModelRequest]:
         yield trainer_pb2.ImportModelRequest(header=header)
         for _offset, data in file_chunks(file):
             yield trainer_pb2.ImportModelRequest(chunk=data)
 
-    with cli_channel(config, where, token) as channel:
-        try:
-            imported = trainer_pb2_grpc.TrainerServiceStub(channel).ImportModel(requests(), timeout=300)
-        except grpc.RpcError as error:
-            _fail(rpc_failure("trainer", where, error))
+    async def upload() -> ImportResult:
+        async with remote_service(config, "trainer", address, token) as trainer:
+            stub = trainer_pb2_grpc.TrainerServiceStub(trainer.channel)
+            response = await call(
+                trainer, f"importing {file.name} as {name}", lambda: stub.ImportModel(requests(), timeout=300)
+            )
+        return ImportResult.of(response)
+
+    try:
+        imported = asyncio.run(upload())
+    except CascadeError as error:
+        _fail(failure_of(error))
     result: dict[str, Any] = {
         "model": name,
         "version": imported.model_version,
@@ -777,22 +801,19 @@ def import_model(
         )
     if follow and imported.monitored:
         version = _await_verdict(ctx, token, name, imported.model_version, timeout)
-        result["verdict"] = json.loads(version.validation.report_json)
+        result["verdict"] = json.loads(version.validation_report_json)
         if not as_json:
             typer.echo(f"{_verdict(version)}\n{_format_version(version)}")
     if as_json:
         typer.echo(json.dumps(result, indent=2))
 
 
-def _await_verdict(
-    ctx: typer.Context, token: str, model: str, version: int, timeout: float
-) -> pb.ModelVersion:
+def _await_verdict(ctx: typer.Context, token: str, model: str, version: int, timeout: float) -> ModelVersion:
     """The version once the validator has recorded its verdict on it in the registry."""
-    request = pb.GetModelVersionRequest(model=model, version=version)
     deadline = time.monotonic() + timeout
     while True:
-        found = _call(ctx, None, token, lambda stub: stub.GetModelVersion(request, timeout=10))
-        if found.validation.report_json:
+        found = _call(ctx, None, token, lambda registry: registry.get_version(model, version))
+        if found.validation_report_json:
             return found
         if time.monotonic() > deadline:
             _fail(

@@ -5,13 +5,16 @@ runs, so `cascade --help` stays quick)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cascade.cli.client import cli_channel
-from cascade.stack import Stack, StackConfig
+from cascade.cli.client import remote_service
+from cascade.cli.errors import failure_of
+from cascade.errors import CascadeError
+from cascade.stack import StackConfig
 
 if TYPE_CHECKING:
     from cascade.stubs.cascade.monitor.v1 import monitor_pb2
@@ -29,26 +32,34 @@ def monitor(
 ) -> None:
     """Show MODEL's latest drift report: per feature the test, statistic, threshold and verdict; the
     prediction's drift, the champion's performance (measured, and estimated), and recent history."""
-    import grpc
-
-    from cascade.cli.client import rpc_failure
+    from cascade.client.calls import call
     from cascade.stubs.cascade.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 
     config: StackConfig = ctx.obj
-    target = address or Stack(config).address("monitor")
-    try:
-        with cli_channel(config, target) as channel:
-            stub = monitor_pb2_grpc.MonitorServiceStub(channel)
-            report = stub.GetDriftReport(monitor_pb2.GetDriftReportRequest(model=model), timeout=10)
-            past = (
-                stub.GetDriftHistory(
-                    monitor_pb2.GetDriftHistoryRequest(model=model, limit=history), timeout=10
-                )
-                if history > 0
-                else None
+
+    async def read() -> tuple[monitor_pb2.DriftReport, monitor_pb2.DriftHistory | None]:
+        async with remote_service(config, "monitor", address) as service:
+            stub = monitor_pb2_grpc.MonitorServiceStub(service.channel)
+            request = monitor_pb2.GetDriftReportRequest(model=model)
+            report = await call(
+                service,
+                f"reading the drift report of {model}",
+                lambda: stub.GetDriftReport(request, timeout=10),
             )
-    except grpc.RpcError as error:
-        failure = rpc_failure("monitor", target, error)
+            if history <= 0:
+                return report, None
+            asked = monitor_pb2.GetDriftHistoryRequest(model=model, limit=history)
+            past = await call(
+                service,
+                f"reading the drift history of {model}",
+                lambda: stub.GetDriftHistory(asked, timeout=10),
+            )
+            return report, past
+
+    try:
+        report, past = asyncio.run(read())
+    except CascadeError as error:
+        failure = failure_of(error)
         typer.secho(f"Error: {failure}", err=True, fg=typer.colors.RED)
         raise typer.Exit(failure.exit_code) from None
     typer.echo(format_report(report))

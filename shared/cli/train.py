@@ -6,23 +6,25 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
-import grpc
 import typer
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import ValidationError
 
-from cascade.cli.client import TokenOption, cli_channel, rpc_failure
-from cascade.cli.errors import EXIT_NOT_FOUND, ClientError
+from cascade.cli.client import TokenOption, remote_service
+from cascade.cli.errors import EXIT_NOT_FOUND, ClientError, failure_of
+from cascade.client.calls import call
+from cascade.client.ingest import IngestClient
+from cascade.client.records import StoredTrainingSpec
+from cascade.client.registry import RegistryClient
+from cascade.errors import CascadeError, NotFound
 from cascade.events import Topics, TrainingProgress
 from cascade.messaging import DLQ_REASON, DLQ_SERVICE
 from cascade.stack import Stack, StackConfig
-from cascade.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from cascade.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
 from cascade.stubs.cascade.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from cascade.training_spec import TrainingSpec
 
@@ -31,9 +33,23 @@ __all__ = ["spec_app", "train"]
 spec_app = typer.Typer(help="A model's training spec: families, search, budget, folds, metric, window.")
 
 
+T = TypeVar("T")
+_CALL_TIMEOUT = 10.0
+
+
 def _fail(error: ClientError) -> NoReturn:
     typer.secho(f"Error: {error}", err=True, fg=typer.colors.RED)
     raise typer.Exit(error.exit_code)
+
+
+def _run(calls: Coroutine[Any, Any, T]) -> T:
+    """Run a command's calls; a failed one ends the command with its message and exit code."""
+    try:
+        return asyncio.run(calls)
+    except CascadeError as error:
+        _fail(failure_of(error))
+    except ClientError as error:
+        _fail(error)
 
 
 def train(
@@ -54,12 +70,16 @@ def train(
     request = trainer_pb2.RequestTrainingRequest(model=model, actor=actor, reason=reason)
     # The trainer accepts any well-formed name and fails later, on its own, for one it cannot
     # train; asking first turns a mistyped name into an answer now (exit 3).
-    _require_model_or_dataset(stack, model)
-    try:
-        with cli_channel(config, address) as channel:
-            response = trainer_pb2_grpc.TrainerServiceStub(channel).RequestTraining(request, timeout=10)
-    except grpc.RpcError as error:
-        _fail(rpc_failure("trainer", address, error))
+    _run(_require_model_or_dataset(config, model))
+
+    async def request_training() -> trainer_pb2.RequestTrainingResponse:
+        async with remote_service(config, "trainer", address) as trainer:
+            stub = trainer_pb2_grpc.TrainerServiceStub(trainer.channel)
+            return await call(
+                trainer, f"requesting a retrain of {model}", lambda: stub.RequestTraining(request, timeout=10)
+            )
+
+    response = _run(request_training())
     typer.echo(f"Retrain of {model} requested (request {response.request_id}).")
     if follow:
         try:
@@ -81,34 +101,22 @@ def train(
             )
 
 
-def _require_model_or_dataset(stack: Stack, model: str) -> None:
+async def _require_model_or_dataset(config: StackConfig, model: str, token: str = "") -> None:
     """Fail with NOT_FOUND's exit code unless the registry knows the model or, for a model's first
     run (which trains on the dataset of its name), ingest knows that dataset."""
-    registry_address = stack.address("registry")
     try:
-        with cli_channel(stack.config, registry_address) as channel:
-            registry_pb2_grpc.RegistryServiceStub(channel).GetModel(
-                registry_pb2.GetModelRequest(name=model), timeout=10
-            )
+        async with remote_service(config, "registry", token=token) as service:
+            await RegistryClient(service, timeout=_CALL_TIMEOUT).get_model(model)
             return
-    except grpc.RpcError as error:
-        if not (isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.NOT_FOUND):
-            _fail(rpc_failure("registry", registry_address, error))
-    ingest_address = stack.address("ingest")
+    except NotFound:
+        pass
     try:
-        with cli_channel(stack.config, ingest_address) as channel:
-            ingest_pb2_grpc.IngestServiceStub(channel).GetDataset(
-                ingest_pb2.GetDatasetRequest(dataset=model), timeout=10
-            )
-    except grpc.RpcError as error:
-        if isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.NOT_FOUND:
-            _fail(
-                ClientError(
-                    f"no model or dataset named {model!r} (`cascade models list` shows the models)",
-                    EXIT_NOT_FOUND,
-                )
-            )
-        _fail(rpc_failure("ingest", ingest_address, error))
+        async with remote_service(config, "ingest", token=token) as service:
+            await IngestClient(service, timeout=_CALL_TIMEOUT).get_dataset(model)
+    except NotFound:
+        raise ClientError(
+            f"no model or dataset named {model!r} (`cascade models list` shows the models)", EXIT_NOT_FOUND
+        ) from None
 
 
 async def _follow(
@@ -230,18 +238,22 @@ def show_spec(
 ) -> None:
     """Print a model's spec (the defaults apply when it has none)."""
     config: StackConfig = ctx.obj
-    address = Stack(config).address("registry")
-    request = registry_pb2.GetTrainingSpecRequest(model=model, version=version)
-    try:
-        with cli_channel(config, address, token) as channel:
-            stored = registry_pb2_grpc.RegistryServiceStub(channel).GetTrainingSpec(request, timeout=10)
-    except grpc.RpcError as error:
-        if isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.NOT_FOUND and not version:
-            _require_model_or_dataset(Stack(config), model)
-            typer.echo(f"# {model} has no spec; these defaults apply (the task comes from the dataset)")
-            typer.echo(TrainingSpec().model_dump_json(indent=2))
-            return
-        _fail(rpc_failure("registry", address, error))
+
+    async def read() -> StoredTrainingSpec | None:
+        try:
+            async with remote_service(config, "registry", token=token) as service:
+                return await RegistryClient(service, timeout=_CALL_TIMEOUT).get_training_spec(model, version)
+        except NotFound:
+            if version:
+                raise
+        await _require_model_or_dataset(config, model, token)
+        return None
+
+    stored = _run(read())
+    if stored is None:
+        typer.echo(f"# {model} has no spec; these defaults apply (the task comes from the dataset)")
+        typer.echo(TrainingSpec().model_dump_json(indent=2))
+        return
     typer.echo(f"# {model} spec version {stored.version}, set by {stored.actor}")
     typer.echo(json.dumps(json.loads(stored.spec_json), indent=2))
 
@@ -262,11 +274,11 @@ def set_spec(
     except (OSError, ValidationError) as error:
         _fail(ClientError(f"{path} is not a valid training spec: {error}"))
     config: StackConfig = ctx.obj
-    address = Stack(config).address("registry")
-    request = registry_pb2.SetTrainingSpecRequest(model=model, spec_json=spec.model_dump_json(), actor=actor)
-    try:
-        with cli_channel(config, address, token) as channel:
-            stored = registry_pb2_grpc.RegistryServiceStub(channel).SetTrainingSpec(request, timeout=10)
-    except grpc.RpcError as error:
-        _fail(rpc_failure("registry", address, error))
+
+    async def store() -> StoredTrainingSpec:
+        async with remote_service(config, "registry", token=token) as service:
+            registry = RegistryClient(service, timeout=_CALL_TIMEOUT)
+            return await registry.set_training_spec(model, spec.model_dump_json(), actor)
+
+    stored = _run(store())
     typer.echo(f"{model} spec version {stored.version} stored; the next run uses it.")

@@ -145,7 +145,7 @@ async def test_register_tag_describe_policy_and_show_a_model(registry: Registry,
     assert "  description: the better one" in shown
     as_json = json.loads(await _cascade(registry, "show", "bc", "--json"))
     assert as_json["model"]["tags"] == {"domain": "health"}
-    assert as_json["champion"]["version"] == "2"
+    assert as_json["champion"]["version"] == 2
     version = await _cascade(registry, "show", "bc/1")
     assert "bc version 1 (pending)" in version and "  tags:        stage=dev" in version
     missing = await _cascade(registry, "show", "nothing_here", code=3)
@@ -163,22 +163,22 @@ async def test_search_by_tags_metrics_status_and_dataset_version(
         await _create(registry, model, onnx_model, accuracy)
     await _cascade(registry, "tag", "a/2", "stage=prod")
 
-    def found(output: str) -> list[tuple[str, str]]:
+    def found(output: str) -> list[tuple[str, int]]:
         return [(v["model"], v["version"]) for v in json.loads(output)]
 
-    assert found(await _cascade(registry, "search", "--json")) == [("b", "1"), ("a", "2"), ("a", "1")]
+    assert found(await _cascade(registry, "search", "--json")) == [("b", 1), ("a", 2), ("a", 1)]
     assert found(await _cascade(registry, "search", "a", "--metric", "cv_accuracy>=0.95", "--json")) == [
-        ("a", "2")
+        ("a", 2)
     ]
     assert found(
         await _cascade(
             registry, "search", "--metric", "cv_accuracy > 0.9", "--metric", "cv_accuracy<0.99", "--json"
         )
-    ) == [("a", "2")]
-    assert found(await _cascade(registry, "search", "--tag", "stage=prod", "--json")) == [("a", "2")]
+    ) == [("a", 2)]
+    assert found(await _cascade(registry, "search", "--tag", "stage=prod", "--json")) == [("a", 2)]
     assert found(await _cascade(registry, "search", "--status", "ready", "--json")) == []
     assert found(await _cascade(registry, "search", "--dataset-version", "d1", "--limit", "1", "--json")) == [
-        ("b", "1")
+        ("b", 1)
     ]
     table = (await _cascade(registry, "search", "a")).splitlines()
     assert table[0].split()[:4] == ["MODEL", "VERSION", "STATUS", "ALIASES"]
