@@ -203,12 +203,12 @@ def test_the_models_cli_reads_the_registry_and_moves_the_champion(stack: Stack, 
         return result.output
 
     listed = {m["name"]: m for m in json.loads(cli("list", "--json"))}
-    assert listed[cascade.model]["latest_version"] == "2"
-    assert listed[cascade.model]["aliases"] == {"champion": "2"}
+    assert listed[cascade.model]["latest_version"] == 2
+    assert listed[cascade.model]["aliases"] == {"champion": 2}
     shown = json.loads(cli("show", f"{cascade.model}/1", "--json"))
-    assert shown["dataset"] == cascade.model and json.loads(shown["validation"]["report_json"])["passed"]
+    assert shown["dataset"] == cascade.model and json.loads(shown["validation_report_json"])["passed"]
     lineage = json.loads(cli("lineage", f"{cascade.model}@champion", "--json"))
-    assert len(lineage["batch_ids"]) == 2 and lineage["version"]["version"] == "2"
+    assert len(lineage["batch_ids"]) == 2 and lineage["version"]["version"] == 2
 
     cli("promote", cascade.model, "1", "--reason", "canary looks better", "--actor", "alice")
     features = cascade.first.drop(columns="target").to_numpy(np.float32)[:4]
@@ -217,12 +217,12 @@ def test_the_models_cli_reads_the_registry_and_moves_the_champion(stack: Stack, 
     wait_for(lambda: infer(stack, cascade.model, features)[0] == "2", 60, "serving to follow the rollback")
 
     moves = json.loads(cli("history", cascade.model, "--json"))["moves"]
-    assert [(m.get("from_version", "0"), m["to_version"], m["actor"]) for m in moves] == [
-        ("0", "1", "validator"),
-        ("1", "2", "validator"),
+    assert [(m["from_version"], m["to_version"], m["actor"]) for m in moves] == [
+        (0, 1, "validator"),
+        (1, 2, "validator"),
         # The CLI calls as the stack's admin (its token in the home); what --actor claims stays beside.
-        ("2", "1", "admin (claimed alice)"),
-        ("1", "2", "admin (claimed alice)"),
+        (2, 1, "admin (claimed alice)"),
+        (1, 2, "admin (claimed alice)"),
     ]
     assert moves[2]["reason"] == "canary looks better"
     assert moves[3]["reason"] == "rollback from v1: undo"
