@@ -21,7 +21,14 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtInvalidArgument
 from prometheus_client import Counter, Gauge, Histogram
 
-from cascade.errors import CascadeError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from cascade.errors import (
+    CascadeError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    RemoteFailure,
+    Unavailable,
+)
 
 __all__ = [
     "OIP_DTYPES",
@@ -264,13 +271,14 @@ class ModelRepository:
         for name in await self._source.models_with_champion():
             try:
                 await self.sync_champion(name)
-            except Unavailable:
-                raise
+            except (Unavailable, RemoteFailure):
+                raise  # the registry may answer next time: sync_all_until_done tries again
             except CascadeError:
                 continue  # logged by sync_champion; the old version (if any) keeps serving
 
     async def sync_all_until_done(self, first_delay: float = 0.5, max_delay: float = 30.0) -> None:
-        """`sync_all`, retried with exponential backoff for as long as the registry is unreachable.
+        """`sync_all`, retried with exponential backoff for as long as the registry is unreachable or
+        failing inside (RemoteFailure).
 
         Runs as a background task, so it never raises: a permanent failure is logged, and the
         champions then load on their next promotion."""
@@ -279,7 +287,7 @@ class ModelRepository:
             try:
                 await self.sync_all()
                 return
-            except Unavailable as exc:
+            except (Unavailable, RemoteFailure) as exc:  # down, or failing inside: perhaps not for long
                 log.warning("cannot load champions yet (%s); retrying in %.1f s", exc, delay)
             except CascadeError as exc:
                 log.error("cannot load champions: %s; they will load on their next promotion", exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import socket
 from collections.abc import AsyncIterator
@@ -105,3 +106,39 @@ async def test_unreachable_registry_is_unavailable() -> None:
             await client.champion(MODEL)
     finally:
         await client.close()
+
+
+class RecoversAfterTwoFailures:
+    """The registry's model source, its registry failing inside until two downloads have failed."""
+
+    def __init__(self, source: RegistryModelSource, registry: RunningRegistry) -> None:
+        self.source, self.registry = source, registry
+        self.failed_downloads = 0
+        registry.fake.refused_downloads[MODEL, 1] = grpc.StatusCode.INTERNAL
+
+    async def models_with_champion(self) -> list[str]:
+        return await self.source.models_with_champion()
+
+    async def champion(self, model: str) -> ModelRef:
+        return await self.source.champion(model)
+
+    async def artifact(self, ref: ModelRef) -> bytes:
+        try:
+            return await self.source.artifact(ref)
+        except RemoteFailure:
+            self.failed_downloads += 1
+            if self.failed_downloads == 2:
+                del self.registry.fake.refused_downloads[MODEL, 1]
+            raise
+
+
+async def test_champions_load_once_a_registry_failing_inside_recovers(
+    client: RegistryModelSource, registry: RunningRegistry
+) -> None:
+    source = RecoversAfterTwoFailures(client, registry)
+    repository = ModelRepository(source)
+
+    await asyncio.wait_for(repository.sync_all_until_done(first_delay=0.01), 60)  # a guard against hanging
+
+    assert source.failed_downloads == 2
+    assert repository.resolve(MODEL).version == 1
