@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,13 @@ def normal_rows(rows: int, shift: float = 0.0, seed: int = 0) -> np.ndarray[Any,
     return np.random.default_rng(seed).normal(loc=shift, size=(rows, len(FEATURES)))
 
 
+def unused_address() -> str:
+    """An address on which nothing listens."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
 def parquet_of(rows: np.ndarray[Any, np.dtype[np.float64]]) -> bytes:
     frame = pd.DataFrame(rows, columns=FEATURES)
     frame["target"] = (rows[:, 0] > 0).astype("float64")
@@ -39,6 +47,7 @@ def parquet_of(rows: np.ndarray[Any, np.dtype[np.float64]]) -> bytes:
 class FakeRegistry(registry_pb2_grpc.RegistryServiceServicer):  # type: ignore[misc]
     def __init__(self) -> None:
         self.versions: dict[tuple[str, int], registry_pb2.ModelVersion] = {}
+        self.artifacts: dict[tuple[str, int], bytes] = {}
         self.calls = 0
 
     def add(self, model: str, version: int, dataset: str, dataset_version: str) -> None:
@@ -55,6 +64,21 @@ class FakeRegistry(registry_pb2_grpc.RegistryServiceServicer):  # type: ignore[m
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no version {request.version} of {request.model}")
         return found
 
+    async def DownloadArtifact(
+        self, request: registry_pb2.DownloadArtifactRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[registry_pb2.ArtifactChunk]:
+        data = self.artifacts.get((request.model, request.version))
+        if data is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"no artifact of {request.model} v{request.version}"
+            )
+        assert data is not None
+        digest = hashlib.sha256(data).hexdigest()
+        for offset in range(request.offset, len(data), 1000):
+            yield registry_pb2.ArtifactChunk(
+                data=data[offset : offset + 1000], offset=offset, total_size=len(data), sha256=digest
+            )
+
 
 @dataclass
 class StoredVersion:
@@ -64,9 +88,16 @@ class StoredVersion:
 
 
 @dataclass
+class ReceivedBatch:
+    header: ingest_pb2.BatchHeader
+    frame: pd.DataFrame
+
+
+@dataclass
 class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):  # type: ignore[misc]
     versions: dict[tuple[str, str], StoredVersion] = field(default_factory=dict)
     chunk_size: int = 1000  # small, so a download takes several chunks
+    batches: list[ReceivedBatch] = field(default_factory=list)
 
     def add(self, dataset: str, version: str, data: bytes, features: list[str], sha256: str = "") -> None:
         self.versions[(dataset, version)] = StoredVersion(
@@ -76,14 +107,15 @@ class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):  # type: ignore[misc]
     async def GetDatasetVersion(
         self, request: ingest_pb2.GetDatasetVersionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ingest_pb2.DatasetVersion:
-        stored = self.versions.get((request.dataset, request.version))
+        version = request.version or self._latest(request.dataset)
+        stored = self.versions.get((request.dataset, version))
         if stored is None:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"no version {request.version} of {request.dataset}"
             )
         return ingest_pb2.DatasetVersion(
             dataset=request.dataset,
-            version=request.version,
+            version=version,
             features=stored.features,
             target="target",
             size_bytes=len(stored.data),
@@ -100,6 +132,28 @@ class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):  # type: ignore[misc]
                 total_size=len(stored.data),
                 sha256=stored.announced_sha256,
             )
+
+    def _latest(self, dataset: str) -> str:
+        """The version added last (an empty request version asks for the latest)."""
+        return next((v for d, v in reversed(self.versions) if d == dataset), "")
+
+    async def UploadBatch(
+        self,
+        requests: AsyncIterator[ingest_pb2.UploadBatchRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> ingest_pb2.UploadBatchResponse:
+        header, data = ingest_pb2.BatchHeader(), bytearray()
+        async for request in requests:
+            if request.HasField("header"):
+                header = request.header
+            else:
+                data += request.chunk
+        self.batches.append(ReceivedBatch(header, pd.read_parquet(io.BytesIO(bytes(data)))))
+        return ingest_pb2.UploadBatchResponse(
+            batch_id=f"batch-{len(self.batches)}",
+            dataset_version=f"v-feedback-{len(self.batches)}",
+            created=True,
+        )
 
 
 @dataclass

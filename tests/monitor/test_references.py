@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -10,7 +9,16 @@ from cascade.errors import FailedPrecondition, NotFound, Unavailable
 from cascade.services.monitor.core import Unmonitored
 from cascade.services.monitor.references import GrpcReferenceSource
 
-from .support import DATASET, DATASET_VERSION, FEATURES, MODEL, Dependencies, normal_rows, parquet_of
+from .support import (
+    DATASET,
+    DATASET_VERSION,
+    FEATURES,
+    MODEL,
+    Dependencies,
+    normal_rows,
+    parquet_of,
+    unused_address,
+)
 
 
 @pytest.fixture
@@ -19,12 +27,6 @@ async def source(dependencies: Dependencies) -> AsyncIterator[GrpcReferenceSourc
     await source.open()
     yield source
     await source.close()
-
-
-def unused_address() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{probe.getsockname()[1]}"
 
 
 async def test_fetches_the_training_data_of_a_model_version(source: GrpcReferenceSource) -> None:
