@@ -35,13 +35,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import string
 import subprocess
 import sys
@@ -51,6 +49,8 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from cascade.stack.processes import command_line, file_lock, port_accepts, signal_group, write_atomically
 
 __all__ = [
     "DEPLOY_DIR",
@@ -386,7 +386,7 @@ def status(config: BrokerConfig) -> BrokerStatus:
         running=running,
         pid=pid,
         bootstrap=config.bootstrap,
-        ready=running and _port_accepts(LOOPBACK, config.port),
+        ready=running and port_accepts(LOOPBACK, config.port),
         node_id=config.node_id,
     )
 
@@ -432,7 +432,7 @@ def kill(config: BrokerConfig) -> bool:
     with _home_lock(config):
         pid = _running_pid(config)
         if pid is not None:
-            _signal_group(pid, signal.SIGKILL)
+            signal_group(pid, signal.SIGKILL)
             if not _wait_for_exit(pid, _KILL_GRACE):
                 raise BrokerError(f"Kafka broker pid {pid} survived SIGKILL")
         config.pid_file.unlink(missing_ok=True)
@@ -446,7 +446,7 @@ def stop_cluster(cluster: ClusterConfig, *, timeout: float = 30.0) -> bool:
     and wait out their controlled shutdown before giving up."""
     running = {node.node_id: pid for node in cluster.nodes if (pid := _running_pid(node)) is not None}
     for pid in running.values():
-        _signal_group(pid, signal.SIGTERM)
+        signal_group(pid, signal.SIGTERM)
     for node in cluster.nodes:
         stop(node, timeout=timeout)
     return bool(running)
@@ -468,7 +468,7 @@ def wait_ready(bootstrap_host: str, port: int, timeout: float) -> bool:
     """Poll until ``bootstrap_host:port`` accepts TCP connections; False on timeout."""
     deadline = time.monotonic() + timeout
     while True:
-        if _port_accepts(bootstrap_host, port):
+        if port_accepts(bootstrap_host, port):
             return True
         if time.monotonic() >= deadline:
             return False
@@ -510,7 +510,7 @@ def _wait_accepting(config: BrokerConfig, pid: int, deadline: float) -> None:
 
 def _ensure_ports_free(config: BrokerConfig) -> None:
     for port in (config.port, config.controller_port):
-        if _port_accepts(LOOPBACK, port):
+        if port_accepts(LOOPBACK, port):
             raise BrokerError(
                 f"port {LOOPBACK}:{port} is already in use by a process that is not the broker "
                 f"from {config.home} (no live pid in {config.pid_file}). If it is a stray Kafka, "
@@ -554,8 +554,8 @@ def _write_server_properties(config: BrokerConfig, deploy_dir: Path) -> None:
     if config.security is not None:
         # Kafka's PEM keystore reads the key and its certificate chain from one file.
         key_and_chain = config.security.key_file.read_text() + config.security.cert_file.read_text()
-        _write_atomically(config.keystore_file, key_and_chain, private=True)
-    _write_atomically(config.properties_file, render_server_properties(config, deploy_dir), private=private)
+        write_atomically(config.keystore_file, key_and_chain, private=True)
+    write_atomically(config.properties_file, render_server_properties(config, deploy_dir), private=private)
 
 
 def _format_storage_once(config: BrokerConfig, log4j_config: Path) -> None:
@@ -587,7 +587,7 @@ def _format_storage_once(config: BrokerConfig, log4j_config: Path) -> None:
     if returncode != 0:
         raise BrokerError(f"formatting {config.data_dir} failed (exit code {returncode}):\n{tail}")
     if config.security is not None:
-        _write_atomically(config.scram_user_file, config.security.username + "\n")
+        write_atomically(config.scram_user_file, config.security.username + "\n")
 
 
 def _check_scram_user(config: BrokerConfig) -> None:
@@ -607,7 +607,7 @@ def _cluster_id(config: BrokerConfig) -> str:
     if path.exists():
         return path.read_text().strip()
     cluster_id = _new_kafka_uuid()
-    _write_atomically(path, cluster_id + "\n")
+    write_atomically(path, cluster_id + "\n")
     return cluster_id
 
 
@@ -619,7 +619,7 @@ def _initial_controllers(config: BrokerConfig) -> str:
         directories = dict(line.split() for line in path.read_text().splitlines() if line.strip())
     else:
         directories = {str(node_id): _new_kafka_uuid() for node_id, _ in config.quorum}
-        _write_atomically(path, "".join(f"{node} {directory}\n" for node, directory in directories.items()))
+        write_atomically(path, "".join(f"{node} {directory}\n" for node, directory in directories.items()))
     return ",".join(
         f"{node_id}@{LOOPBACK}:{port}:{directories[str(node_id)]}" for node_id, port in config.quorum
     )
@@ -654,7 +654,7 @@ def _spawn(config: BrokerConfig, log4j_config: Path) -> _Launch:
             start_new_session=True,
         )
     _CHILDREN[process.pid] = process
-    _write_atomically(config.pid_file, f"{process.pid}\n")
+    write_atomically(config.pid_file, f"{process.pid}\n")
     return _Launch(process, log_offset)
 
 
@@ -679,7 +679,7 @@ def _wait_until_started(
                 + _startup_logs(config, log_offset)
             )
         started = _log_contains(config.server_log, READY_LOG_LINE, log_offset)
-        if started and _port_accepts(LOOPBACK, config.port):
+        if started and port_accepts(LOOPBACK, config.port):
             return
         if time.monotonic() >= deadline:
             raise BrokerError(
@@ -725,8 +725,8 @@ def _running_pid(config: BrokerConfig) -> int | None:
     if not _process_alive(pid):
         return None
     # Guards against pid reuse after a crash or reboot.
-    command_line = _process_command_line(pid)
-    if command_line is not None and str(config.properties_file) not in command_line:
+    seen = command_line(pid)
+    if seen is not None and str(config.properties_file) not in seen:
         return None
     return pid
 
@@ -747,43 +747,20 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _process_command_line(pid: int) -> str | None:
-    """Command line of ``pid`` ('' for a zombie); None if it cannot be determined."""
-    proc_entry = Path(f"/proc/{pid}/cmdline")
-    if proc_entry.parent.is_dir():
-        try:
-            return proc_entry.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            return ""
-    ps = shutil.which("ps")
-    if ps is None:
-        return None
-    result = subprocess.run(
-        [ps, "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=False
-    )
-    return result.stdout.strip()
-
-
 def _terminate_group(pid: int, timeout: float) -> None:
     # Kafka shuts down cleanly on SIGTERM (flushes logs, closes the metadata
     # log), which makes the next start fast; SIGKILL only as a last resort.
-    _signal_group(pid, signal.SIGTERM)
+    signal_group(pid, signal.SIGTERM)
     if _wait_for_exit(pid, timeout):
         return
-    _signal_group(pid, signal.SIGKILL)
+    signal_group(pid, signal.SIGKILL)
     if not _wait_for_exit(pid, _KILL_GRACE):
         raise BrokerError(f"Kafka broker pid {pid} survived SIGKILL")
 
 
-def _signal_group(pid: int, signum: signal.Signals) -> None:
-    # The broker leads its own session (start_new_session), so pgid == pid.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signum)
-
-
 def _wait_for_exit(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while _process_alive(pid) and _process_command_line(pid) != "":
+    while _process_alive(pid) and command_line(pid) != "":
         if time.monotonic() >= deadline:
             return False
         time.sleep(_POLL_INTERVAL)
@@ -795,7 +772,7 @@ def _wait_for_exit(pid: int, timeout: float) -> bool:
 def _home_lock(config: BrokerConfig) -> Iterator[None]:
     # Serialises start/stop across processes (e.g. parallel test workers) so two
     # callers never both decide "not running" and spawn two brokers.
-    with _flock(config.home / ".lock"):
+    with file_lock(config.home / ".lock"):
         yield
 
 
@@ -803,18 +780,8 @@ def _home_lock(config: BrokerConfig) -> Iterator[None]:
 def _cluster_lock(cluster: ClusterConfig) -> Iterator[None]:
     # Two cluster starts at once must not both draw the voters' directory ids. A file of its
     # own: a second flock on node-level .lock from this process would wait on itself.
-    with _flock(cluster.home / ".cluster.lock"):
+    with file_lock(cluster.home / ".cluster.lock"):
         yield
-
-
-@contextlib.contextmanager
-def _flock(path: Path) -> Iterator[None]:
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _run_with_tail(command: list[str], *, echo: bool) -> tuple[int, str]:
@@ -838,14 +805,6 @@ def _run_with_tail(command: list[str], *, echo: bool) -> tuple[int, str]:
 # --------------------------------------------------------------------------
 # Small I/O helpers
 # --------------------------------------------------------------------------
-
-
-def _port_accepts(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def _file_size(path: Path) -> int:
@@ -878,14 +837,3 @@ def _startup_logs(config: BrokerConfig, log_offset: int) -> str:
         f"--- {config.stdout_log} ---\n{_tail(_read_from(config.stdout_log, 0))}\n"
         f"--- {config.server_log} (this run) ---\n{_tail(_read_from(config.server_log, log_offset))}"
     )
-
-
-def _write_atomically(path: Path, text: str, *, private: bool = False) -> None:
-    """Replaces ``path`` whole; ``private``: readable by this user only from the first byte."""
-    staging = path.with_name(path.name + ".tmp")
-    descriptor = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o666)
-    with os.fdopen(descriptor, "w") as out:
-        if private:  # a staging file left by an interrupted write keeps its old mode otherwise
-            os.fchmod(out.fileno(), 0o600)
-        out.write(text)
-    staging.replace(path)

@@ -18,12 +18,10 @@ and a signal to its process group reaches anything it forks. Unix only, like cas
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -47,6 +45,7 @@ from cascade.stack.identities import (
     write_private,
 )
 from cascade.stack.kafka_broker import BrokerSecurity, ClusterConfig
+from cascade.stack.processes import command_line, file_lock, port_accepts, signal_group, write_atomically
 
 __all__ = [
     "DEFAULT_METRICS_PORTS",
@@ -366,7 +365,7 @@ class Stack:
         }
         remembered = self.home / "run" / "stack.json"
         remembered.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(remembered, json.dumps(saved, indent=2))
+        write_atomically(remembered, json.dumps(saved, indent=2))
 
     def start_kafka(self, timeout: float = 90.0) -> None:
         """Start the broker(s) alone (installing them first if needed) and remember the config, so
@@ -404,7 +403,7 @@ class Stack:
             if pid is not None:
                 self._progress(f"{name} already running (pid {pid})")
                 return
-            if _port_accepts(self.port(name)):
+            if port_accepts(LOOPBACK, self.port(name)):
                 raise StackError(
                     f"cannot start {name}: {self.address(name)} is already taken by a process that is not "
                     f"this stack's {name} (no live pid in {self.pid_file(name)})"
@@ -432,7 +431,7 @@ class Stack:
                 start_new_session=True,
             )
         self._children[name] = process
-        _write_atomically(self.pid_file(name), f"{process.pid}\n")
+        write_atomically(self.pid_file(name), f"{process.pid}\n")
         self._progress(f"Started {name} (pid {process.pid}) on {self.address(name)}")
 
     def _wait_serving(self, names: list[str], deadline: float) -> None:
@@ -491,7 +490,7 @@ class Stack:
         if pid is None:
             self.pid_file(name).unlink(missing_ok=True)
             return False
-        _signal_group(pid, sig)
+        signal_group(pid, sig)
         if wait:
             if self._wait_exit({name: pid}, timeout):
                 raise StackError(f"{name} (pid {pid}) still running {timeout:g} s after {sig.name}")
@@ -507,11 +506,11 @@ class Stack:
         if running:
             self._progress(f"Stopping {', '.join(running)}")
         for pid in running.values():
-            _signal_group(pid, signal.SIGTERM)
+            signal_group(pid, signal.SIGTERM)
         stubborn = self._wait_exit(running, timeout)
         for name, pid in stubborn.items():
             self._progress(f"{name} (pid {pid}) ignored SIGTERM for {timeout:g} s; killing it")
-            _signal_group(pid, signal.SIGKILL)
+            signal_group(pid, signal.SIGKILL)
         survivors = self._wait_exit(stubborn, _KILL_GRACE)
         if survivors:
             raise StackError(f"still running after SIGKILL: {survivors}")
@@ -569,20 +568,14 @@ class Stack:
         if child is not None and child.pid == pid:
             return child.poll() is None  # poll() also reaps it, so no zombie lingers
         # Not our child: check the command line, which also guards against pid reuse.
-        command_line = _command_line(pid)
-        return command_line is not None and f"cascade.services.{name}" in command_line
+        seen = command_line(pid)
+        return seen is not None and f"cascade.services.{name}" in seen
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
         # Two `cascade up` at once must not both find a service down and start it twice.
-        lock_file = self.home / "run" / ".lock"
-        lock_file.parent.mkdir(parents=True, exist_ok=True)
-        with lock_file.open("w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with file_lock(self.home / "run" / ".lock"):
+            yield
 
 
 def remembered_config(home: Path) -> StackConfig | None:
@@ -644,42 +637,6 @@ def _ordered(services: Iterable[str]) -> list[str]:
 
 def _repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    # Each service leads its own session (start_new_session), so its process group id is its pid.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)
-
-
-def _command_line(pid: int) -> str | None:
-    """Command line of a process, '' for a zombie, None if there is no such process."""
-    proc_entry = Path(f"/proc/{pid}/cmdline")
-    if Path("/proc/self").is_dir():
-        try:
-            return proc_entry.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except FileNotFoundError:
-            return None
-        except OSError:
-            return ""
-    result = subprocess.run(
-        ["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=False
-    )
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
-def _port_accepts(port: int) -> bool:
-    try:
-        with socket.create_connection((LOOPBACK, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    staging = path.with_name(path.name + ".tmp")
-    staging.write_text(text)
-    staging.replace(path)
 
 
 def _tail(path: Path, offset: int) -> str:
