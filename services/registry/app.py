@@ -7,8 +7,8 @@ import asyncio
 import grpc
 
 from cascade.client.channels import ClientSecurity
+from cascade.client.ingest import IngestClient
 from cascade.events import Event, Topics
-from cascade.grpc_io import open_channel
 from cascade.messaging import build_broker, publish_event
 from cascade.service import Service
 from cascade.services.registry import kafka_api
@@ -19,7 +19,6 @@ from cascade.services.registry.permissions import Permissions
 from cascade.services.registry.settings import RegistrySettings
 from cascade.services.registry.store import RegistryStore, sqlite_url
 from cascade.services.registry.webhooks import WebhookSender
-from cascade.stubs.cascade.ingest.v1 import ingest_pb2_grpc
 from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc
 
 
@@ -46,8 +45,8 @@ def build(settings: RegistrySettings | None = None) -> Service:
         relay.append(asyncio.create_task(core.relay(max_webhook_attempts=settings.webhook_max_attempts)))
 
     kafka_api.register(broker, core, topics)
-    ingest = open_channel(settings.ingest_address, ClientSecurity.of(settings))
-    lineage = Lineage(core, ingest_pb2_grpc.IngestServiceStub(ingest))
+    ingest = IngestClient.connect(settings.ingest_address, ClientSecurity.of(settings))
+    lineage = Lineage(core, ingest)
     servicer = RegistryServicer(
         core,
         lineage,
@@ -62,7 +61,7 @@ def build(settings: RegistrySettings | None = None) -> Service:
     async def close_store() -> None:
         for task in relay:
             task.cancel()
-        await ingest.close(None)
+        await ingest.close()
         store.close()
 
     return Service(

@@ -9,14 +9,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-import grpc
 import onnx
 import sqlalchemy as sa
 from prometheus_client import Counter
 
-from cascade.clients import unavailable_as_retryable
+from cascade.client.records import DatasetVersion
 from cascade.errors import FailedPrecondition, InvalidArgument, NotFound
 from cascade.events import (
     Event,
@@ -32,7 +31,6 @@ from cascade.outbox import OutboxRelay
 from cascade.services.registry.artifacts import ArtifactStore
 from cascade.services.registry.store import ModelRecord, RegistryStore, VersionQuery, VersionRecord
 from cascade.services.registry.webhooks import WebhookError, WebhookSender
-from cascade.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -459,10 +457,16 @@ def _check_tags(tags: dict[str, str]) -> None:
             raise InvalidArgument(f"tag {key!r} is longer than {MAX_TAG_VALUE} characters")
 
 
+class DatasetVersions(Protocol):
+    """What lineage asks of ingest (cascade.client.ingest.IngestClient is one)."""
+
+    async def get_dataset_version(self, dataset: str, version: str = "") -> DatasetVersion: ...
+
+
 class Lineage:
     """Reads a version's lineage: its own record, then the dataset version's batches from ingest."""
 
-    def __init__(self, core: RegistryCore, ingest: ingest_pb2_grpc.IngestServiceAsyncStub) -> None:
+    def __init__(self, core: RegistryCore, ingest: DatasetVersions) -> None:
         self.core = core
         self.ingest = ingest
 
@@ -470,11 +474,7 @@ class Lineage:
         """(version record, parent dataset version, raw batch ids oldest first)."""
         record = self.core.resolve(model, version)
         try:
-            dataset = await self.ingest.GetDatasetVersion(
-                ingest_pb2.GetDatasetVersionRequest(dataset=record.dataset, version=record.dataset_version)
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(f"ingest no longer knows dataset version {record.dataset_version}") from exc
-            raise unavailable_as_retryable(exc, "ingest: reading lineage") from exc
+            dataset = await self.ingest.get_dataset_version(record.dataset, record.dataset_version)
+        except NotFound as exc:
+            raise NotFound(f"ingest no longer knows dataset version {record.dataset_version}") from exc
         return record, dataset.parent, list(dataset.batch_ids)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import grpc
 
 from cascade.client.channels import ClientSecurity
+from cascade.client.ingest import IngestClient
+from cascade.client.registry import RegistryClient
 from cascade.events import Event, Topics
-from cascade.grpc_io import open_channel
 from cascade.messaging import build_broker, publish_event
 from cascade.service import Service
 from cascade.services.trainer import kafka_api
@@ -21,8 +22,8 @@ def build(settings: TrainerSettings | None = None) -> Service:
     topics = Topics(settings.topic_prefix, settings.topic_partitions, settings.topic_replication_factor)
     broker = build_broker(settings, "trainer")
     security = ClientSecurity.of(settings)
-    ingest = open_channel(settings.ingest_address, security)
-    registry = open_channel(settings.registry_address, security)
+    ingest = IngestClient.connect(settings.ingest_address, security)
+    registry = RegistryClient.connect(settings.registry_address, security)
 
     async def publish(event: Event) -> None:
         await publish_event(broker, topics, event)
@@ -35,8 +36,8 @@ def build(settings: TrainerSettings | None = None) -> Service:
         trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server)
 
     async def close_channels() -> None:
-        await ingest.close(None)
-        await registry.close(None)
+        await ingest.close()
+        await registry.close()
 
     return Service(
         name="trainer",

@@ -12,16 +12,15 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-import grpc
 import numpy as np
 import pandas as pd
 from prometheus_client import Counter, Histogram
 
-from cascade.clients import fetch_dataset, unavailable_as_retryable
+from cascade.client.records import DatasetVersion, ModelVersion, StoredTrainingSpec, TrainingRun
 from cascade.errors import InvalidArgument, NotFound
 from cascade.events import (
     DataArrived,
@@ -31,7 +30,6 @@ from cascade.events import (
     TrainingProgress,
     TrainingRequested,
 )
-from cascade.grpc_io import CHUNK_SIZE
 from cascade.names import check_name
 from cascade.services.trainer.importing import (
     ImportedModel,
@@ -42,9 +40,6 @@ from cascade.services.trainer.importing import (
 from cascade.services.trainer.settings import TrainerSettings
 from cascade.services.trainer.training import TrainingResult, train
 from cascade.splits import holdout_mask
-from cascade.stubs.cascade.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from cascade.stubs.cascade.registry.v1 import registry_pb2 as registry_pb
-from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc
 from cascade.training_spec import Task, TrainingSpec
 
 log = logging.getLogger(__name__)
@@ -56,6 +51,69 @@ TRAIN_SECONDS = Histogram("cascade_trainer_train_seconds", "Wall time of one tra
 
 Emit = Callable[[ModelTrained], Awaitable[None]]
 Progress = Callable[[TrainingProgress], Awaitable[None]]
+
+
+class Datasets(Protocol):
+    """What the trainer asks of ingest (cascade.client.ingest.IngestClient is one)."""
+
+    async def get_dataset_version(self, dataset: str, version: str = "") -> DatasetVersion: ...
+
+    async def download_dataset(
+        self, dataset: str, version: str = "", *, row_start: int = 0, row_end: int = 0, last_batches: int = 0
+    ) -> tuple[DatasetVersion, pd.DataFrame]: ...
+
+
+class Registry(Protocol):
+    """What the trainer asks of the registry (cascade.client.registry.RegistryClient is one)."""
+
+    async def get_training_spec(self, model: str, version: int = 0) -> StoredTrainingSpec: ...
+
+    async def get_version(
+        self,
+        model: str,
+        version: int | None = None,
+        *,
+        alias: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> ModelVersion: ...
+
+    async def list_versions(self, model: str, dataset_version: str = "") -> list[ModelVersion]: ...
+
+    async def update_version(
+        self,
+        model: str,
+        version: int,
+        *,
+        description: str | None = None,
+        set_tags: Mapping[str, str] | None = None,
+        delete_tags: Sequence[str] = (),
+    ) -> ModelVersion: ...
+
+    async def create_version(
+        self,
+        model: str,
+        artifact: bytes,
+        *,
+        dataset: str = "",
+        dataset_version: str = "",
+        run: TrainingRun | None = None,
+        idempotency_key: str = "",
+        tags: Mapping[str, str] | None = None,
+        description: str = "",
+    ) -> ModelVersion: ...
+
+
+@dataclass(frozen=True)
+class _NewVersion:
+    """A version to register: everything but its artifact."""
+
+    model: str
+    dataset: str
+    dataset_version: str
+    run: TrainingRun
+    idempotency_key: str
+    tags: dict[str, str]
+    description: str
 
 
 @dataclass(frozen=True)
@@ -95,14 +153,14 @@ class TrainerCore:
     def __init__(
         self,
         settings: TrainerSettings,
-        ingest: grpc.aio.Channel,
-        registry: grpc.aio.Channel,
+        ingest: Datasets,
+        registry: Registry,
         emit: Emit,
         progress: Progress | None = None,
     ) -> None:
         self.settings = settings
         self.ingest = ingest
-        self.registry = registry_pb2_grpc.RegistryServiceStub(registry)
+        self.registry = registry
         self.emit = emit
         self.progress = progress
 
@@ -110,15 +168,13 @@ class TrainerCore:
         """The model's latest spec in the registry, or the defaults (with this trainer's seed, folds
         and hold-out) when it has none: a new dataset trains with no spec at all."""
         try:
-            stored = await self.registry.GetTrainingSpec(registry_pb.GetTrainingSpecRequest(model=model))
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return TrainingSpec(
-                    seed=self.settings.seed,
-                    cv_folds=self.settings.cv_folds,
-                    holdout_fraction=self.settings.holdout_fraction,
-                )
-            raise unavailable_as_retryable(exc, f"registry: the training spec of {model}") from exc
+            stored = await self.registry.get_training_spec(model)
+        except NotFound:
+            return TrainingSpec(
+                seed=self.settings.seed,
+                cv_folds=self.settings.cv_folds,
+                holdout_fraction=self.settings.holdout_fraction,
+            )
         return TrainingSpec.model_validate_json(stored.spec_json)
 
     async def on_data_arrived(self, event: DataArrived) -> None:
@@ -170,7 +226,7 @@ class TrainerCore:
             )
             RUNS.labels(event.model, f"not_run_{event.action}").inc()
             return
-        champion = await self._version(event.model, event.model_version)
+        champion = await self.registry.get_version(event.model, event.model_version)
         latest = await self._latest_dataset_version(champion.dataset)
         if latest == champion.dataset_version:
             log.warning(
@@ -225,57 +281,29 @@ class TrainerCore:
             )
         )
 
-    async def _version(self, model: str, version: int) -> registry_pb.ModelVersion:
-        try:
-            return await self.registry.GetModelVersion(
-                registry_pb.GetModelVersionRequest(model=model, version=version)
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise unavailable_as_retryable(exc, f"registry: reading {model} v{version}") from exc
-
     async def _dataset_of(self, model: str) -> str:
         """The dataset a model is trained on: its latest version's, or (new model) its own name."""
-        try:
-            versions = await self.registry.ListModelVersions(
-                registry_pb.ListModelVersionsRequest(model=model)
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise unavailable_as_retryable(exc, f"registry: versions of {model}") from exc
-        return versions.versions[-1].dataset if versions.versions else model
+        versions = await self.registry.list_versions(model)
+        return versions[-1].dataset if versions else model
 
     async def _task_of(self, dataset: str) -> Literal["classification", "regression"]:
-        stub = ingest_pb2_grpc.IngestServiceStub(self.ingest)
-        try:
-            info = await stub.GetDatasetVersion(ingest_pb2.GetDatasetVersionRequest(dataset=dataset))
-        except grpc.aio.AioRpcError as exc:
-            raise unavailable_as_retryable(exc, f"ingest: describing {dataset}") from exc
+        info = await self.ingest.get_dataset_version(dataset)
         return "regression" if info.task == "regression" else "classification"
 
     async def _latest_dataset_version(self, dataset: str) -> str:
-        stub = ingest_pb2_grpc.IngestServiceStub(self.ingest)
-        try:
-            info = await stub.GetDatasetVersion(
-                ingest_pb2.GetDatasetVersionRequest(dataset=dataset, version="")
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise unavailable_as_retryable(exc, f"ingest: the latest version of {dataset}") from exc
-        return str(info.version)
+        return (await self.ingest.get_dataset_version(dataset)).version
 
-    async def _registered(self, model: str, key: str) -> registry_pb.ModelVersion | None:
+    async def _registered(self, model: str, key: str) -> ModelVersion | None:
         try:
-            return await self.registry.GetModelVersion(
-                registry_pb.GetModelVersionRequest(model=model, idempotency_key=key)
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise unavailable_as_retryable(exc, "registry: looking up a previous run") from exc
+            return await self.registry.get_version(model, idempotency_key=key)
+        except NotFound:
+            return None
 
     async def _train_and_register(
         self, job: _Job, model: str, key: str, spec: TrainingSpec
-    ) -> registry_pb.ModelVersion | None:
-        info, frame = await fetch_dataset(
-            self.ingest, job.dataset, job.dataset_version, last_batches=spec.window_batches or 0
+    ) -> ModelVersion | None:
+        info, frame = await self.ingest.download_dataset(
+            job.dataset, job.dataset_version, last_batches=spec.window_batches or 0
         )
         features, target = list(info.features), info.target
         window = f"latest {spec.window_batches} batches" if spec.window_batches else "all rows"
@@ -334,21 +362,17 @@ class TrainerCore:
         )
         return version
 
-    async def _champion_with_artifact(self, model: str, onnx_bytes: bytes) -> registry_pb.ModelVersion | None:
+    async def _champion_with_artifact(self, model: str, onnx_bytes: bytes) -> ModelVersion | None:
         """The champion, if its artifact has the same sha256 as `onnx_bytes`."""
         digest = await asyncio.to_thread(lambda: hashlib.sha256(onnx_bytes).hexdigest())
         try:
-            champion = await self.registry.GetModelVersion(
-                registry_pb.GetModelVersionRequest(model=model, alias="champion")
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return None  # a first version, or no champion yet
-            raise unavailable_as_retryable(exc, f"registry: the champion of {model}") from exc
+            champion = await self.registry.get_version(model, alias="champion")
+        except NotFound:
+            return None  # a first version, or no champion yet
         return champion if champion.artifact_sha256 == digest else None
 
     async def _record_on(
-        self, version: registry_pb.ModelVersion, key: str, run_id: str, job: _Job, result: TrainingResult
+        self, version: ModelVersion, key: str, run_id: str, job: _Job, result: TrainingResult
     ) -> None:
         """Keep the run beside the version it reproduced, as a tag (the same run twice: one tag)."""
         record = {
@@ -360,15 +384,9 @@ class TrainerCore:
             "train_seconds": result.train_seconds,
             "cause": job.cause.model_dump(mode="json") if job.cause else None,
         }
-        request = registry_pb.UpdateModelVersionRequest(
-            model=version.model, version=version.version, set_tags={f"rerun:{run_id}": json.dumps(record)}
+        await self.registry.update_version(
+            version.model, version.version, set_tags={f"rerun:{run_id}": json.dumps(record)}
         )
-        try:
-            await self.registry.UpdateModelVersion(request)
-        except grpc.aio.AioRpcError as exc:
-            raise unavailable_as_retryable(
-                exc, f"registry: recording a rerun on {version.model} v{version.version}"
-            ) from exc
         RUNS.labels(version.model, "unchanged").inc()
         log.info(
             "%s: the run reproduced v%d byte for byte; recorded on it, no new version",
@@ -388,16 +406,17 @@ class TrainerCore:
         except Exception as exc:
             log.warning("could not publish training progress: %s", exc)
 
-    async def _upload(self, header: registry_pb.VersionHeader, onnx_bytes: bytes) -> registry_pb.ModelVersion:
-        async def requests() -> AsyncIterator[registry_pb.CreateModelVersionRequest]:
-            yield registry_pb.CreateModelVersionRequest(header=header)
-            for start in range(0, len(onnx_bytes), CHUNK_SIZE):
-                yield registry_pb.CreateModelVersionRequest(chunk=onnx_bytes[start : start + CHUNK_SIZE])
-
-        try:
-            return await self.registry.CreateModelVersion(requests())
-        except grpc.aio.AioRpcError as exc:
-            raise unavailable_as_retryable(exc, "registry: uploading the artifact") from exc
+    async def _upload(self, new: _NewVersion, onnx_bytes: bytes) -> ModelVersion:
+        return await self.registry.create_version(
+            new.model,
+            onnx_bytes,
+            dataset=new.dataset,
+            dataset_version=new.dataset_version,
+            run=new.run,
+            idempotency_key=new.idempotency_key,
+            tags=new.tags,
+            description=new.description,
+        )
 
     async def import_model(self, request: ImportRequest, data: bytes) -> ImportOutcome:
         """Register a model trained elsewhere: convert it to ONNX, prove the conversion on the
@@ -409,7 +428,7 @@ class TrainerCore:
         features, task, target = list(request.features), request.task, ""
         dataset, dataset_version = request.dataset, ""
         if dataset:
-            info, frame = await self._reference(dataset, request.dataset_version)
+            info, frame = await self.ingest.download_dataset(dataset, request.dataset_version)
             dataset_version, target = info.version, info.target
             features = features or list(info.features)
             task = task or ("regression" if info.task == "regression" else "classification")
@@ -476,17 +495,6 @@ class TrainerCore:
             version.version, imported.parity_max_difference, imported.parity_rows, bool(dataset)
         )
 
-    async def _reference(self, dataset: str, version: str) -> tuple[ingest_pb2.DatasetVersion, pd.DataFrame]:
-        try:
-            return await fetch_dataset(self.ingest, dataset, version)
-        except grpc.aio.AioRpcError as exc:
-            what = f"reference dataset {dataset}@{version or 'latest'}: {exc.details()}"
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(what) from exc
-            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                raise InvalidArgument(what) from exc
-            raise
-
 
 def _training_header(
     model: str,
@@ -497,13 +505,13 @@ def _training_header(
     target: str,
     result: TrainingResult,
     spec: TrainingSpec,
-) -> registry_pb.VersionHeader:
-    return registry_pb.VersionHeader(
+) -> _NewVersion:
+    return _NewVersion(
         model=model,
         dataset=job.dataset,
         dataset_version=job.dataset_version,
         idempotency_key=key,
-        run=registry_pb.TrainingRun(
+        run=TrainingRun(
             run_id=run_id,
             params=result.params,
             metrics=result.metrics,
@@ -526,7 +534,7 @@ def _import_header(
     target: str,
     dataset_version: str,
     imported: ImportedModel,
-) -> registry_pb.VersionHeader:
+) -> _NewVersion:
     """An imported version carries the tags the validator, serving and the monitor read from a
     trained one (features, task, target, parity reference), and says where it came from."""
     monitored = bool(request.dataset)
@@ -548,13 +556,18 @@ def _import_header(
     where = (
         f"reference {request.dataset}@{dataset_version[:12]}" if monitored else "no reference, unmonitored"
     )
-    return registry_pb.VersionHeader(
+    return _NewVersion(
         model=request.model,
         dataset=request.dataset,
         dataset_version=dataset_version,
         idempotency_key=key,
-        run=registry_pb.TrainingRun(
-            run_id=run_id, params={"source": "imported", "format": request.model_format}
+        run=TrainingRun(
+            run_id=run_id,
+            params={"source": "imported", "format": request.model_format},
+            metrics={},
+            seed=0,
+            train_seconds=0.0,
+            code_version="",
         ),
         tags=tags,
         description=f"imported from a {request.model_format} file by {request.actor or 'unknown'} "

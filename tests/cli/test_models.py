@@ -18,6 +18,8 @@ from typer.testing import CliRunner
 
 from cascade.cli.errors import EXIT_NOT_FOUND
 from cascade.cli.main import app
+from cascade.client.calls import RemoteService
+from cascade.client.ingest import IngestClient
 from cascade.events import Event, GateResult, ModelValidated
 from cascade.grpc_io import open_channel
 from cascade.security import Authenticator, AuthInterceptor, PrincipalEntry, Principals, hash_token
@@ -27,7 +29,6 @@ from cascade.services.registry.grpc_api import ROLES, RegistryServicer
 from cascade.services.registry.permissions import Permissions
 from cascade.services.registry.store import RegistryStore, sqlite_url
 from cascade.services.trainer.training import build_pipeline, export_onnx
-from cascade.stubs.cascade.ingest.v1 import ingest_pb2_grpc
 from cascade.stubs.cascade.registry.v1 import registry_pb2 as pb
 from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc
 from tests.grpc_server import serving
@@ -62,7 +63,7 @@ async def _registry(tmp_path: Path, auth: Authenticator | None = None) -> AsyncI
     ingest = open_channel("127.0.0.1:1")  # lineage is not asked for here
     servicer = RegistryServicer(
         core,
-        Lineage(core, ingest_pb2_grpc.IngestServiceStub(ingest)),
+        Lineage(core, IngestClient(RemoteService("ingest", ingest))),
         tmp_path / "spool",
         10_000_000,
         Permissions(store, "read") if auth else None,

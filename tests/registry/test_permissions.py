@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from cascade.client.channels import ClientSecurity
+from cascade.client.ingest import IngestClient
 from cascade.errors import Unauthenticated
 from cascade.events import Event
 from cascade.grpc_io import open_channel
@@ -27,7 +28,6 @@ from cascade.services.registry.permissions import Permissions
 from cascade.services.registry.store import RegistryStore
 from cascade.services.serving.registry_client import RegistryModelSource
 from cascade.services.trainer.training import TrainingResult
-from cascade.stubs.cascade.ingest.v1 import ingest_pb2_grpc
 from cascade.stubs.cascade.registry.v1 import registry_pb2 as pb
 from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc
 from tests.grpc_server import serving
@@ -53,7 +53,7 @@ async def client(tmp_path: Path, database_url: str) -> AsyncIterator[Client]:
 
     store = RegistryStore(database_url)
     core = RegistryCore(store, LocalArtifactStore(tmp_path / "a"), publish, "automatic")
-    unused_ingest = ingest_pb2_grpc.IngestServiceStub(open_channel("127.0.0.1:9"))
+    unused_ingest = IngestClient.connect("127.0.0.1:9")
     servicer = RegistryServicer(
         core, Lineage(core, unused_ingest), tmp_path / "spool", 10_000_000, Permissions(store, "read")
     )

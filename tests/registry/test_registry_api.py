@@ -8,7 +8,10 @@ import grpc
 import onnx
 import pytest
 
-from cascade.clients import download_artifact
+from cascade.client.calls import RemoteService
+from cascade.client.ingest import IngestClient
+from cascade.client.registry import RegistryClient
+from cascade.errors import FailedPrecondition
 from cascade.events import (
     Event,
     GateResult,
@@ -63,7 +66,7 @@ async def registry(tmp_path: Path, database_url: str) -> AsyncIterator[Registry]
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)
 
     async with serving(register_ingest) as ingest_address, open_channel(ingest_address) as ingest_channel:
-        lineage = Lineage(core, ingest_pb2_grpc.IngestServiceStub(ingest_channel))
+        lineage = Lineage(core, IngestClient(RemoteService("ingest", ingest_channel)))
         servicer = RegistryServicer(core, lineage, tmp_path / "spool", max_artifact_bytes=5_000_000)
 
         def register(server: grpc.aio.Server) -> None:
@@ -95,6 +98,10 @@ def _create(
     ]
 
 
+def _client(registry: Registry) -> RegistryClient:
+    return RegistryClient(RemoteService("registry", registry.channel))
+
+
 async def test_versions_are_numbered_and_keep_signature_and_lineage(
     registry: Registry, trained_breast_cancer: TrainingResult
 ) -> None:
@@ -106,7 +113,7 @@ async def test_versions_are_numbered_and_keep_signature_and_lineage(
     assert [(t.name, t.datatype, list(t.shape)) for t in first.inputs] == [("input", "FP32", [-1, 30])]
     assert [t.name for t in first.outputs] == ["label", "probabilities"]
     assert (first.dataset_version, first.run.run_id, first.run.metrics["cv_accuracy"]) == ("d1", "r1", 0.97)
-    assert await download_artifact(registry.channel, "bc", 2) == onnx_bytes
+    assert await _client(registry).download_artifact("bc", 2) == onnx_bytes
 
 
 async def test_a_repeated_idempotency_key_returns_the_first_version(
@@ -182,10 +189,9 @@ async def test_a_corrupt_artifact_is_refused_not_served(
     created = await registry.stub.CreateModelVersion(iter(_create("bc", trained_breast_cancer.onnx_bytes)))
     path = registry.core.artifacts.path(created.artifact_sha256)
     path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await download_artifact(registry.channel, "bc", 1)
-    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "corrupt" in (raised.value.details() or "")
+    with pytest.raises(FailedPrecondition, match="corrupt") as raised:
+        await _client(registry).download_artifact("bc", 1)
+    assert raised.value.status == grpc.StatusCode.FAILED_PRECONDITION  # the registry's own verdict
 
 
 async def test_no_alias_moves_to_an_artifact_that_fails_verification_even_with_force(

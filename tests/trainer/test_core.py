@@ -16,6 +16,9 @@ import pytest
 import xgboost
 from sklearn.datasets import load_breast_cancer
 
+from cascade.client.calls import RemoteService
+from cascade.client.ingest import IngestClient
+from cascade.client.registry import RegistryClient
 from cascade.errors import InvalidArgument
 from cascade.events import DriftDetected, ModelTrained, TrainingRequested
 from cascade.services.trainer.core import ImportRequest, TrainerCore
@@ -120,7 +123,9 @@ async def rig() -> AsyncIterator[tuple[TrainerCore, FakeRegistry, FakeIngest, li
         trained.append(event)
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        yield TrainerCore(TrainerSettings(), channel, channel, emit), registry, ingest, trained
+        ingest_client = IngestClient(RemoteService("ingest", channel))
+        registry_client = RegistryClient(RemoteService("registry", channel))
+        yield TrainerCore(TrainerSettings(), ingest_client, registry_client, emit), registry, ingest, trained
     await server.stop(None)
 
 
