@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_wine
 
-from cascade.clients import fetch_dataset
+from cascade.client.calls import RemoteService
+from cascade.client.ingest import IngestClient
 from cascade.events import DataArrived
 from cascade.grpc_io import open_channel
 from cascade.services.ingest.core import IngestCore
@@ -86,6 +87,10 @@ async def test_unknown_datasets_and_versions_are_not_found(ingest: ingest_pb2_gr
         assert raised.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def _ingest(channel: grpc.aio.Channel) -> IngestClient:
+    return IngestClient(RemoteService("ingest", channel))
+
+
 async def test_fetch_dataset_streams_and_verifies_a_version(tmp_path: Path) -> None:
     async def emit(event: DataArrived) -> None:
         pass
@@ -96,7 +101,7 @@ async def test_fetch_dataset_streams_and_verifies_a_version(tmp_path: Path) -> N
     async with serving(register) as address, open_channel(address) as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
         await stub.UploadBatch(iter(_upload("wine", wine.to_csv(index=False).encode())))
-        info, frame = await fetch_dataset(channel, "wine")
+        info, frame = await _ingest(channel).download_dataset("wine")
     assert len(frame) == info.rows == len(wine)
     assert frame.drop(columns="target").to_numpy().tolist() == wine.drop(columns="target").to_numpy().tolist()
 
@@ -185,13 +190,13 @@ async def test_versions_are_listed_and_served_whole_or_in_slices(tmp_path: Path)
         assert [v.rows for v in versions] == [100, 150, len(wine)]
         assert [len(v.segments) for v in versions] == [1, 2, 3]
         assert [v.parent for v in versions[1:]] == [v.version for v in versions[:-1]]
-        _, whole = await fetch_dataset(channel, "wine")
-        _, first = await fetch_dataset(channel, "wine", versions[0].version)
+        _, whole = await _ingest(channel).download_dataset("wine")
+        _, first = await _ingest(channel).download_dataset("wine", versions[0].version)
         sliced = await _download(
             stub, pb.DownloadDatasetVersionRequest(dataset="wine", row_start=10, row_end=20)
         )
         latest = await _download(stub, pb.DownloadDatasetVersionRequest(dataset="wine", last_batches=1))
-        _, two_latest = await fetch_dataset(channel, "wine", last_batches=2)
+        _, two_latest = await _ingest(channel).download_dataset("wine", last_batches=2)
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await _download(stub, pb.DownloadDatasetVersionRequest(dataset="wine", row_start=5, row_end=999))
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
