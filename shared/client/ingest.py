@@ -16,7 +16,7 @@ import pandas as pd
 from cascade.client.calls import RemoteService, call
 from cascade.client.channels import PLAINTEXT, ClientSecurity, open_channel
 from cascade.client.downloads import verified_download
-from cascade.client.records import Dataset, DatasetVersion, RejectedRow, UploadResult
+from cascade.client.records import Batch, Dataset, DatasetVersion, RejectedRow, UploadResult
 from cascade.errors import InvalidArgument
 from cascade.grpc_io import CHUNK_SIZE, file_chunks
 from cascade.stubs.cascade.ingest.v1 import ingest_pb2 as pb
@@ -98,6 +98,17 @@ class IngestClient:
             lambda: self._stub.UploadBatch(_upload_requests(header, data), timeout=self.timeout),
         )
         return UploadResult.of(response)
+
+    async def list_batches(self, dataset: str, version: str = "") -> list[Batch]:
+        """A dataset's batches with their reports; only those in `version`'s lineage when given."""
+        response = await call(
+            self.service,
+            f"listing the batches of {dataset}" + (f"@{version[:12]}" if version else ""),
+            lambda: self._stub.ListBatches(
+                pb.ListBatchesRequest(dataset=dataset, version=version), timeout=self.timeout
+            ),
+        )
+        return [Batch.of(b) for b in response.batches]
 
     async def list_rejected_rows(self, dataset: str, batch_id: str) -> list[RejectedRow]:
         """Every row a batch's cleaning rejected, with the reason and the values as received."""

@@ -20,6 +20,7 @@ from cascade.stubs.cascade.trainer.v1 import trainer_pb2
 
 __all__ = [
     "AliasMove",
+    "Batch",
     "BatchReport",
     "Dataset",
     "DatasetVersion",
@@ -82,6 +83,28 @@ class BatchReport:
             rows_flagged=report.rows_flagged,
             rejected=tuple(RejectedRow(r.row, r.reason, r.values_json) for r in report.rejected),
             issues=dict(report.issues),
+        )
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One uploaded batch of a dataset, with what cleaning made of it."""
+
+    batch_id: str
+    # The version the batch made; empty when it added no rows.
+    version: str
+    source: str
+    received_at: datetime | None
+    report: BatchReport
+
+    @classmethod
+    def of(cls, batch: ingest_pb2.Batch) -> Batch:
+        return cls(
+            batch_id=batch.batch_id,
+            version=batch.version,
+            source=batch.source,
+            received_at=_time(batch.received_at, batch.HasField("received_at")),
+            report=BatchReport.of(batch.report),
         )
 
 

@@ -109,6 +109,18 @@ class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):
         async for chunk in self.download.chunks(request.offset, context, ingest_pb2.DataChunk):
             yield chunk
 
+    async def ListBatches(self, request: Any, context: Any) -> ingest_pb2.ListBatchesResponse:
+        report = ingest_pb2.BatchReport(
+            rows_received=3,
+            rows_accepted=2,
+            rows_rejected=1,
+            rejected=[ingest_pb2.RejectedRow(row=3, reason="target is missing")],
+            issues={"missing": 1},
+        )
+        batch = ingest_pb2.Batch(batch_id="b1", version=request.version, source="a.csv", report=report)
+        batch.received_at.FromSeconds(1_700_000_000)
+        return ingest_pb2.ListBatchesResponse(batches=[batch])
+
     async def UploadBatch(self, requests: Any, context: Any) -> ingest_pb2.UploadBatchResponse:
         self.uploaded = [r async for r in requests]
         return ingest_pb2.UploadBatchResponse(batch_id="b1", dataset_version="v1", created=True)
@@ -336,3 +348,19 @@ async def test_a_file_of_unknown_format_is_refused_before_any_call(
     with pytest.raises(InvalidArgument, match=r"batch\.xlsx"):
         await client.upload_batch(path, "d")
     assert fake.uploaded == []
+
+
+async def test_batches_come_back_as_records_with_their_reports(
+    ingest: tuple[FakeIngest, IngestClient],
+) -> None:
+    _, client = ingest
+    [batch] = await client.list_batches("d", "v1")
+    assert (batch.batch_id, batch.version, batch.source) == ("b1", "v1", "a.csv")
+    assert batch.received_at is not None
+    assert batch.received_at.timestamp() == 1_700_000_000
+    assert (batch.report.rows_received, batch.report.rows_rejected, batch.report.issues) == (
+        3,
+        1,
+        {"missing": 1},
+    )
+    assert [(r.row, r.reason) for r in batch.report.rejected] == [(3, "target is missing")]
