@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
 import grpc
 import pandas as pd
+from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 
 from cascade.client.calls import RemoteService, call
 from cascade.client.channels import PLAINTEXT, ClientSecurity, open_channel
@@ -122,6 +123,34 @@ class IngestClient:
         return [RejectedRow(r.row, r.reason, r.values_json) for r in response.rows]
 
     # -- datasets ------------------------------------------------------------------------------
+    async def register_dataset(self, dataset: str, schema: Mapping[str, Any]) -> Dataset:
+        """Declare a dataset's schema, as JSON (the form `infer_schema` returns: features, target,
+        task, policy); its batches are then cleaned by it. The same schema again changes nothing;
+        another one for a dataset that has one is AlreadyExists."""
+        request = pb.RegisterDatasetRequest(dataset=dataset, schema=_schema_message(schema))
+        response = await call(
+            self.service,
+            f"registering dataset {dataset}",
+            lambda: self._stub.RegisterDataset(request, timeout=self.timeout),
+        )
+        return Dataset.of(response)
+
+    async def infer_schema(
+        self, sample: bytes | Path, *, target: str = "target", file_format: FileFormat | None = None
+    ) -> dict[str, Any]:
+        """The schema ingest infers from a sample of a file (the whole file if small), as JSON for
+        a person to check and then `register_dataset`; registers nothing."""
+        chosen = file_format or file_format_of(sample)
+        data = await asyncio.to_thread(sample.read_bytes) if isinstance(sample, Path) else sample
+        request = pb.InferSchemaRequest(format=_FORMATS[chosen], data=data, target=target)
+        response = await call(
+            self.service,
+            "inferring a schema",
+            lambda: self._stub.InferSchema(request, timeout=self.timeout),
+        )
+        schema: dict[str, Any] = MessageToDict(response, preserving_proto_field_name=True)
+        return schema
+
     async def get_dataset(self, dataset: str) -> Dataset:
         response = await call(
             self.service,
@@ -191,6 +220,15 @@ class IngestClient:
             return self._stub.DownloadDatasetVersion(request, timeout=self.timeout)
 
         return await verified_download(self.service, f"downloading {_name(dataset, version)}", request_from)
+
+
+def _schema_message(schema: Mapping[str, Any]) -> pb.DatasetSchema:
+    """A schema in JSON as its message; whether it was declared is ingest's to say, not the caller's."""
+    fields = {name: value for name, value in schema.items() if name != "declared"}
+    try:
+        return ParseDict(fields, pb.DatasetSchema())
+    except ParseError as error:
+        raise InvalidArgument(f"not a valid dataset schema: {error}") from None
 
 
 def _name(dataset: str, version: str) -> str:

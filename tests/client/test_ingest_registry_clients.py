@@ -97,6 +97,7 @@ class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):
         self.described: list[ingest_pb2.GetDatasetVersionRequest] = []
         self.downloaded: list[ingest_pb2.DownloadDatasetVersionRequest] = []
         self.uploaded: list[ingest_pb2.UploadBatchRequest] = []
+        self.registered: list[ingest_pb2.RegisterDatasetRequest] = []
 
     async def GetDatasetVersion(self, request: Any, context: Any) -> ingest_pb2.DatasetVersion:
         self.described.append(request)
@@ -120,6 +121,17 @@ class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):
         batch = ingest_pb2.Batch(batch_id="b1", version=request.version, source="a.csv", report=report)
         batch.received_at.FromSeconds(1_700_000_000)
         return ingest_pb2.ListBatchesResponse(batches=[batch])
+
+    async def RegisterDataset(self, request: Any, context: Any) -> ingest_pb2.Dataset:
+        self.registered.append(request)
+        return ingest_pb2.Dataset(dataset=request.dataset, schema=request.schema)
+
+    async def InferSchema(self, request: Any, context: Any) -> ingest_pb2.DatasetSchema:
+        return ingest_pb2.DatasetSchema(
+            features=[ingest_pb2.FeatureSpec(name="a", type="integer", min=0.0)],
+            target=request.target,
+            task="classification",
+        )
 
     async def UploadBatch(self, requests: Any, context: Any) -> ingest_pb2.UploadBatchResponse:
         self.uploaded = [r async for r in requests]
@@ -364,3 +376,25 @@ async def test_batches_come_back_as_records_with_their_reports(
         {"missing": 1},
     )
     assert [(r.row, r.reason) for r in batch.report.rejected] == [(3, "target is missing")]
+
+
+async def test_an_inferred_schema_is_json_that_registers_as_it_is(
+    ingest: tuple[FakeIngest, IngestClient],
+) -> None:
+    fake, client = ingest
+    schema = await client.infer_schema(b"a,y\n1,0\n", target="y")
+    assert schema == {
+        "features": [{"name": "a", "type": "integer", "min": 0.0}],
+        "target": "y",
+        "task": "classification",
+    }
+    dataset = await client.register_dataset("d", {**schema, "declared": False})
+    assert (dataset.dataset, dataset.target, dataset.task) == ("d", "y", "classification")
+    assert fake.registered[0].schema.features[0].name == "a"
+
+
+async def test_a_malformed_schema_is_refused_before_any_call(ingest: tuple[FakeIngest, IngestClient]) -> None:
+    fake, client = ingest
+    with pytest.raises(InvalidArgument, match="not a valid dataset schema"):
+        await client.register_dataset("d", {"features": [{"name": "a", "kind": "integer"}]})
+    assert fake.registered == []
