@@ -7,15 +7,14 @@ import asyncio
 import io
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import grpc
 import pandas as pd
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 
+from cascade.client.base import ServiceClient
 from cascade.client.calls import RemoteService, call
-from cascade.client.channels import PLAINTEXT, ClientSecurity, open_channel
 from cascade.client.downloads import verified_download
 from cascade.client.records import Batch, Dataset, DatasetVersion, RejectedRow, UploadResult
 from cascade.errors import InvalidArgument
@@ -48,32 +47,15 @@ def file_format_of(data: bytes | Path) -> FileFormat:
     return "parquet" if data.startswith(_PARQUET_MAGIC) else "csv"
 
 
-class IngestClient:
+class IngestClient(ServiceClient):
     """Ingest's RPCs as async methods. Failures are Cascade errors (cascade.errors) naming ingest
     and what was being done; `timeout` (seconds) bounds every call, None: no bound."""
 
+    SERVICE = "ingest"
+
     def __init__(self, service: RemoteService, *, timeout: float | None = None) -> None:
-        self.service = service
-        self.timeout = timeout
+        super().__init__(service, timeout=timeout)
         self._stub = pb_grpc.IngestServiceStub(service.channel)
-
-    @classmethod
-    def connect(
-        cls, address: str, security: ClientSecurity = PLAINTEXT, *, timeout: float | None = None
-    ) -> IngestClient:
-        """A client on a channel of its own, closed by `close()` (or leaving `async with`)."""
-        return cls(RemoteService("ingest", open_channel(address, security), address), timeout=timeout)
-
-    async def close(self) -> None:
-        await self.service.channel.close(None)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        await self.close()
 
     # -- batches -------------------------------------------------------------------------------
     async def upload_batch(

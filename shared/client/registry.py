@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
+from cascade.client.base import ServiceClient
 from cascade.client.calls import RemoteService, call
-from cascade.client.channels import PLAINTEXT, ClientSecurity, open_channel
 from cascade.client.downloads import verified_download
 from cascade.client.records import (
     AliasMove,
@@ -63,32 +62,15 @@ class MetricFilter:
     value: float
 
 
-class RegistryClient:
+class RegistryClient(ServiceClient):
     """The registry's RPCs as async methods. Failures are Cascade errors (cascade.errors) naming
     the registry and what was being done; `timeout` (seconds) bounds every call, None: no bound."""
 
+    SERVICE = "registry"
+
     def __init__(self, service: RemoteService, *, timeout: float | None = None) -> None:
-        self.service = service
-        self.timeout = timeout
+        super().__init__(service, timeout=timeout)
         self._stub = pb_grpc.RegistryServiceStub(service.channel)
-
-    @classmethod
-    def connect(
-        cls, address: str, security: ClientSecurity = PLAINTEXT, *, timeout: float | None = None
-    ) -> RegistryClient:
-        """A client on a channel of its own, closed by `close()` (or leaving `async with`)."""
-        return cls(RemoteService("registry", open_channel(address, security), address), timeout=timeout)
-
-    async def close(self) -> None:
-        await self.service.channel.close(None)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        await self.close()
 
     # -- models --------------------------------------------------------------------------------
     async def register_model(
