@@ -13,13 +13,19 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 
 from cascade.cli.errors import failure_of
 from cascade.errors import CascadeError
+
+if TYPE_CHECKING:
+    # The client pulls in the gRPC runtime; commands import it when they run (`--help` stays quick).
+    from cascade.client.ingest import IngestClient
+    from cascade.client.records import Batch, Dataset, DatasetVersion
 
 __all__ = ["datasets_app"]
 
@@ -49,29 +55,20 @@ def _address(ctx: typer.Context, address: str | None) -> str:
     return Stack(config).address("ingest")
 
 
-def _call(ctx: typer.Context, address: str, what: str, rpc: Callable[[Any], Awaitable[T]]) -> T:
-    """Make one call on IngestService; a failure is a Cascade error, which the command reports."""
+def _call(ctx: typer.Context, address: str, calls: Callable[[IngestClient], Awaitable[T]]) -> T:
+    """Make calls on ingest; a failed one ends the command with its message and exit code."""
     from cascade.cli.client import remote_service, stack_config
-    from cascade.client.calls import call
-    from cascade.stubs.cascade.ingest.v1 import ingest_pb2_grpc
+    from cascade.client.ingest import IngestClient
 
     async def run() -> T:
-        async with remote_service(stack_config(ctx), "ingest", address) as ingest:
-            stub = ingest_pb2_grpc.IngestServiceStub(ingest.channel)
-            return await call(ingest, what, lambda: rpc(stub))
+        async with remote_service(stack_config(ctx), "ingest", address) as service:
+            return await calls(IngestClient(service))
 
     try:
         return asyncio.run(run())
     except CascadeError as error:
         failure = failure_of(error)
         _fail(str(failure), failure.exit_code)
-
-
-def _schema_json(message: Any) -> dict[str, Any]:
-    from google.protobuf.json_format import MessageToDict
-
-    data: dict[str, Any] = MessageToDict(message, preserving_proto_field_name=True)
-    return data
 
 
 @datasets_app.command("register")
@@ -84,22 +81,16 @@ def register(
     address: AddressOption = None,
 ) -> None:
     """Declare NAME with the schema in a JSON file; its batches are then cleaned by it."""
-    from google.protobuf.json_format import ParseDict, ParseError
-
-    from cascade.stubs.cascade.ingest.v1 import ingest_pb2 as pb
-
     try:
         data = json.loads(schema.read_text())
-        data.pop("declared", None)
-        message = ParseDict(data, pb.DatasetSchema())
-    except (json.JSONDecodeError, ParseError) as error:
+    except json.JSONDecodeError as error:
         _fail(f"{schema} is not a valid schema: {error}")
-    request = pb.RegisterDatasetRequest(dataset=name, schema=message)
-    dataset = _call(
-        ctx, _address(ctx, address), f"registering dataset {name}", lambda stub: stub.RegisterDataset(request)
-    )
-    typer.echo(f"Registered dataset {dataset.dataset!r} with {len(dataset.schema.features)} features:")
-    typer.echo(json.dumps(_schema_json(dataset.schema), indent=2))
+    if not isinstance(data, dict):
+        _fail(f"{schema} is not a valid schema: a JSON object is expected")
+    dataset = _call(ctx, _address(ctx, address), lambda ingest: ingest.register_dataset(name, data))
+    features = len(dataset.schema.get("features", []))
+    typer.echo(f"Registered dataset {dataset.dataset!r} with {features} features:")
+    typer.echo(json.dumps(dataset.schema, indent=2))
 
 
 @datasets_app.command("infer")
@@ -117,19 +108,15 @@ def infer(
 ) -> None:
     """Infer a schema from FILE and print it, to check, edit and then register."""
     from cascade.cli.client import format_of
-    from cascade.stubs.cascade.ingest.v1 import ingest_pb2 as pb
 
     file_format = format_of(file)
     data = file.read_bytes() if file_format.value == "parquet" else _head(file, sample_bytes)
-    proto_format = pb.FILE_FORMAT_PARQUET if file_format == "parquet" else pb.FILE_FORMAT_CSV
-    request = pb.InferSchemaRequest(format=proto_format, data=data, target=target)
     schema = _call(
         ctx,
         _address(ctx, address),
-        f"inferring a schema from {file.name}",
-        lambda stub: stub.InferSchema(request),
+        lambda ingest: ingest.infer_schema(data, target=target, file_format=file_format.value),
     )
-    text = json.dumps(_schema_json(schema), indent=2)
+    text = json.dumps(schema, indent=2)
     if output is not None:
         output.write_text(text + "\n")
         typer.echo(f"Wrote the schema to {output}", err=True)
@@ -140,6 +127,10 @@ def infer(
         f"cascade datasets register NAME --schema {output or 'schema.json'}",
         err=True,
     )
+
+
+def _when(moment: datetime | None) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S}" if moment is not None else "-"
 
 
 def _head(path: Path, limit: int) -> bytes:
@@ -154,22 +145,16 @@ def _head(path: Path, limit: int) -> bytes:
 @datasets_app.command("list")
 def list_datasets(ctx: typer.Context, address: AddressOption = None) -> None:
     """List the datasets ingest knows, declared or inferred from a first batch."""
-    from cascade.stubs.cascade.ingest.v1 import ingest_pb2 as pb
-
-    response = _call(
-        ctx,
-        _address(ctx, address),
-        "listing datasets",
-        lambda stub: stub.ListDatasets(pb.ListDatasetsRequest()),
-    )
-    if not response.datasets:
+    datasets = _call(ctx, _address(ctx, address), lambda ingest: ingest.list_datasets())
+    if not datasets:
         typer.echo("No datasets yet.")
         return
     typer.echo(f"{'dataset':<24} {'schema':<9} {'features':>8} {'versions':>8}  latest")
-    for d in response.datasets:
-        kind = "declared" if d.schema.declared else "inferred"
+    for d in datasets:
+        kind = "declared" if d.declared else "inferred"
         latest = d.head_version[:12] or "-"
-        typer.echo(f"{d.dataset:<24} {kind:<9} {len(d.schema.features):>8} {d.versions:>8}  {latest}")
+        features = len(d.schema.get("features", []))
+        typer.echo(f"{d.dataset:<24} {kind:<9} {features:>8} {d.versions:>8}  {latest}")
 
 
 @datasets_app.command("show")
@@ -179,35 +164,20 @@ def show(
     address: AddressOption = None,
 ) -> None:
     """Show a dataset's schema, its versions and its batches' reports."""
-    from cascade.stubs.cascade.ingest.v1 import ingest_pb2 as pb
 
-    where = _address(ctx, address)
-    dataset = _call(
-        ctx,
-        where,
-        f"describing dataset {name}",
-        lambda stub: stub.GetDataset(pb.GetDatasetRequest(dataset=name)),
-    )
-    versions = _call(
-        ctx,
-        where,
-        f"listing the versions of {name}",
-        lambda stub: stub.ListDatasetVersions(pb.ListDatasetVersionsRequest(dataset=name)),
-    ).versions
-    batches = _call(
-        ctx,
-        where,
-        f"listing the batches of {name}",
-        lambda stub: stub.ListBatches(pb.ListBatchesRequest(dataset=name)),
-    ).batches
-    kind = "declared" if dataset.schema.declared else "inferred from its first batch"
+    async def read(ingest: IngestClient) -> tuple[Dataset, list[DatasetVersion], list[Batch]]:
+        dataset = await ingest.get_dataset(name)
+        return dataset, await ingest.list_dataset_versions(name), await ingest.list_batches(name)
+
+    dataset, versions, batches = _call(ctx, _address(ctx, address), read)
+    kind = "declared" if dataset.declared else "inferred from its first batch"
     typer.echo(f"Dataset {name!r} (schema {kind}):")
-    typer.echo(json.dumps(_schema_json(dataset.schema), indent=2))
+    typer.echo(json.dumps(dataset.schema, indent=2))
     typer.echo(f"Versions ({len(versions)}):")
     for v in versions:
         typer.echo(
             f"  {v.version[:12]}  {v.rows:>9} rows  {len(v.segments):>4} segments"
-            f"  parent {v.parent[:12] or '-'}  {v.created_at.ToDatetime():%Y-%m-%d %H:%M:%S}"
+            f"  parent {v.parent[:12] or '-'}  {_when(v.created_at)}"
         )
     typer.echo(f"Batches ({len(batches)}):")
     for b in batches:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cascade.stubs.cascade.ingest.v1 import ingest_pb2
@@ -206,6 +207,8 @@ class Dataset:
     declared: bool
     head_version: str
     versions: int
+    # The whole schema as JSON (features, target, task, policy): the form register_dataset takes.
+    schema: dict[str, Any]
 
     @classmethod
     def of(cls, dataset: ingest_pb2.Dataset) -> Dataset:
@@ -216,6 +219,7 @@ class Dataset:
             declared=dataset.schema.declared,
             head_version=dataset.head_version,
             versions=dataset.versions,
+            schema=MessageToDict(dataset.schema, preserving_proto_field_name=True),
         )
 
 
