@@ -5,7 +5,6 @@ of MODEL with version 1 the champion."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -13,26 +12,15 @@ import pytest
 from cascade.cli.demo import model_serves, serves
 from cascade.client.channels import PLAINTEXT
 from cascade.client.serving import ServingClient
+from tests.sdk.test_serving_client import client, served
 from tests.serving.conftest import dataset, models, module_registry
-from tests.serving.harness import ServingProcess, serving_client
-from tests.serving.support import MODEL, Dataset, RunningRegistry, TrainedModel
+from tests.serving.harness import ServingProcess
+from tests.serving.support import MODEL, Dataset, TrainedModel
 
-__all__ = ["dataset", "models", "module_registry"]
+# The SDK's serving tests' rig: a real serving process over a fake registry, and a ServingClient.
+__all__ = ["client", "dataset", "models", "module_registry", "served"]
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-async def served(module_registry: RunningRegistry) -> AsyncIterator[ServingProcess]:
-    async with serving_client(module_registry) as (serving, _triton):
-        yield serving
-
-
-@pytest.fixture
-async def client(served: ServingProcess) -> AsyncIterator[ServingClient]:
-    client = ServingClient(served.url)
-    yield client
-    await client.close()
 
 
 async def test_the_champion_version_serves_and_others_do_not(client: ServingClient) -> None:
