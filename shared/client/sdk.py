@@ -1,0 +1,280 @@
+"""Cascade's Python SDK: one object for the six services, as MlflowClient plus tritonclient are one
+for a user of those. `AsyncClient` for asyncio code; `Client`, the same methods blocking.
+
+    from cascade import Client
+
+    with Client() as cascade:                      # the local stack (`cascade up`)
+        upload = cascade.upload(frame, "cancer")
+        version = cascade.follow(upload.dataset_version, "cancer")
+        labels = cascade.predict("cancer", frame)["label"]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Coroutine, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import numpy as np
+import pandas as pd
+
+from cascade.client.calls import RemoteService
+from cascade.client.channels import ClientSecurity, open_channel
+from cascade.client.ingest import IngestClient
+from cascade.client.monitor import MonitorClient
+from cascade.client.records import DriftReport, Lineage, Model, ModelVersion, UploadResult
+from cascade.client.registry import RegistryClient
+from cascade.client.serving import Prediction, ServingClient
+from cascade.client.trainer import TrainerClient
+from cascade.errors import FailedPrecondition, NotFound
+
+__all__ = ["LOCAL_PORTS", "AsyncClient", "CascadeTimeout", "Client"]
+
+T = TypeVar("T")
+
+# The gRPC ports of a local stack started by `cascade up` (cascade.stack.launcher.DEFAULT_PORTS; a
+# test keeps the two equal, since the SDK installs without the launcher).
+LOCAL_PORTS: Mapping[str, int] = {
+    "ingest": 50051,
+    "trainer": 50052,
+    "validator": 50053,
+    "registry": 50054,
+    "monitor": 50055,
+    "serving": 8001,
+}
+
+
+class CascadeTimeout(TimeoutError):
+    """A cascade did not reach the state waited for in time."""
+
+
+class AsyncClient:
+    """The services a user calls. `addresses` overrides `host:LOCAL_PORTS[name]` per service;
+    `security` (token, TLS) defaults to the environment's (ClientSecurity.from_env); `timeout`
+    bounds each call."""
+
+    def __init__(
+        self,
+        addresses: Mapping[str, str] | None = None,
+        *,
+        host: str = "127.0.0.1",
+        security: ClientSecurity | None = None,
+        timeout: float | None = 60.0,
+    ) -> None:
+        chosen = {name: f"{host}:{port}" for name, port in LOCAL_PORTS.items()} | dict(addresses or {})
+        security = security if security is not None else ClientSecurity.from_env()
+        self.addresses = chosen
+
+        def service(name: str) -> RemoteService:
+            return RemoteService(name, open_channel(chosen[name], security), chosen[name])
+
+        self.ingest = IngestClient(service("ingest"), timeout=timeout)
+        self.registry = RegistryClient(service("registry"), timeout=timeout)
+        self.trainer = TrainerClient(service("trainer"), timeout=timeout)
+        self.monitor = MonitorClient(service("monitor"), timeout=timeout)
+        self.serving = ServingClient(chosen["serving"], security)
+
+    async def close(self) -> None:
+        for client in (self.ingest, self.registry, self.trainer, self.monitor, self.serving):
+            await client.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- data ------------------------------------------------------------------------------------
+    async def upload(
+        self, data: pd.DataFrame | bytes | Path, dataset: str, *, target: str = "target"
+    ) -> UploadResult:
+        """Upload one batch (a DataFrame goes as CSV, without its index); training, validation
+        and promotion follow on their own: `follow` waits for them."""
+        if isinstance(data, pd.DataFrame):
+            frame = data  # serialising a large frame is CPU work: off the event loop
+            data = await asyncio.to_thread(lambda: frame.to_csv(index=False).encode())
+        return await self.ingest.upload_batch(data, dataset, target=target)
+
+    async def follow(
+        self,
+        dataset_version: str,
+        model: str,
+        *,
+        wait_seconds: float = 300.0,
+        poll_seconds: float = 1.0,
+        served: bool = True,
+    ) -> ModelVersion:
+        """Wait for the cascade a dataset version started: a version of `model` trained on it and
+        judged by the validator; when it passed and `served`, until it is champion and serving
+        answers with it. FailedPrecondition when it failed validation; CascadeTimeout when the
+        cascade does not get there in `wait_seconds`."""
+        deadline = time.monotonic() + wait_seconds
+        waiting_for = f"a version of {model} trained on {dataset_version}"
+        while True:
+            version = await self._judged_version(model, dataset_version)
+            if version is not None:
+                if not version.validation_passed:
+                    raise FailedPrecondition(
+                        f"{model} v{version.version} (trained on {dataset_version}) failed validation: "
+                        f"{version.validation_report_json}"
+                    )
+                if not served:
+                    return version
+                waiting_for = f"{model} v{version.version} to be champion and served"
+                if await self._serving(model, version.version):
+                    return await self.registry.get_version(model, version.version)
+            if time.monotonic() >= deadline:
+                raise CascadeTimeout(f"timed out after {wait_seconds:g} s waiting for {waiting_for}")
+            await asyncio.sleep(poll_seconds)
+
+    async def _judged_version(self, model: str, dataset_version: str) -> ModelVersion | None:
+        try:
+            versions = await self.registry.list_versions(model, dataset_version=dataset_version)
+        except NotFound:  # the model appears with its first version
+            return None
+        judged = [v for v in versions if v.validation_passed is not None]
+        return judged[-1] if judged else None
+
+    async def _serving(self, model: str, version: int) -> bool:
+        champion = await self.registry.get_version(model, alias="champion")
+        return champion.version == version and await self.serving.model_ready(model, str(version))
+
+    # -- models and versions ---------------------------------------------------------------------
+    async def list_models(self) -> list[Model]:
+        return await self.registry.list_models()
+
+    async def get_model(self, name: str) -> Model:
+        return await self.registry.get_model(name)
+
+    async def search_versions(
+        self, model: str = "", *, tags: Mapping[str, str] | None = None, dataset_version: str = ""
+    ) -> list[ModelVersion]:
+        """Versions (of one model, or of all), newest first, carrying every tag given."""
+        return await self.registry.search_versions(model, tags=tags, dataset_version=dataset_version)
+
+    async def get_version(self, model: str, version: int | None = None, *, alias: str = "") -> ModelVersion:
+        """A version by number, or by alias (the champion when neither is given)."""
+        if version is not None:
+            return await self.registry.get_version(model, version)
+        return await self.registry.get_version(model, alias=alias or "champion")
+
+    async def promote(
+        self, model: str, version: int, *, alias: str = "champion", reason: str = ""
+    ) -> ModelVersion:
+        return await self.registry.set_alias(model, alias, version, reason=reason)
+
+    async def rollback(self, model: str, *, reason: str = "") -> ModelVersion:
+        """Champion back to the version it pointed at before its latest move."""
+        return await self.registry.rollback(model, reason=reason)
+
+    async def lineage(self, model: str, version: int) -> Lineage:
+        return await self.registry.lineage(model, version)
+
+    async def drift_report(self, model: str) -> DriftReport:
+        return await self.monitor.drift_report(model)
+
+    # -- predictions -----------------------------------------------------------------------------
+    async def predict(self, model: str, data: pd.DataFrame | np.ndarray, *, version: str = "") -> Prediction:
+        """The served model's answer for each row: DataFrame columns are matched to its features
+        by name; an array is its input as it is."""
+        return await self.serving.predict(model, data, version=version)
+
+
+class Client:
+    """`AsyncClient`'s methods, blocking: they run on a private event loop in a background thread,
+    so the client works the same from plain scripts and from inside another event loop (Jupyter)."""
+
+    def __init__(
+        self,
+        addresses: Mapping[str, str] | None = None,
+        *,
+        host: str = "127.0.0.1",
+        security: ClientSecurity | None = None,
+        timeout: float | None = 60.0,
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="cascade-client", daemon=True)
+        self._thread.start()
+
+        async def build() -> AsyncClient:  # grpc.aio channels belong to the loop they are made on
+            return AsyncClient(addresses, host=host, security=security, timeout=timeout)
+
+        self._client = self._run(build())
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._run(self._client.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def addresses(self) -> Mapping[str, str]:
+        return self._client.addresses
+
+    def upload(
+        self, data: pd.DataFrame | bytes | Path, dataset: str, *, target: str = "target"
+    ) -> UploadResult:
+        return self._run(self._client.upload(data, dataset, target=target))
+
+    def follow(
+        self,
+        dataset_version: str,
+        model: str,
+        *,
+        wait_seconds: float = 300.0,
+        poll_seconds: float = 1.0,
+        served: bool = True,
+    ) -> ModelVersion:
+        return self._run(
+            self._client.follow(
+                dataset_version, model, wait_seconds=wait_seconds, poll_seconds=poll_seconds, served=served
+            )
+        )
+
+    def list_models(self) -> list[Model]:
+        return self._run(self._client.list_models())
+
+    def get_model(self, name: str) -> Model:
+        return self._run(self._client.get_model(name))
+
+    def search_versions(
+        self, model: str = "", *, tags: Mapping[str, str] | None = None, dataset_version: str = ""
+    ) -> list[ModelVersion]:
+        return self._run(self._client.search_versions(model, tags=tags, dataset_version=dataset_version))
+
+    def get_version(self, model: str, version: int | None = None, *, alias: str = "") -> ModelVersion:
+        return self._run(self._client.get_version(model, version, alias=alias))
+
+    def promote(self, model: str, version: int, *, alias: str = "champion", reason: str = "") -> ModelVersion:
+        return self._run(self._client.promote(model, version, alias=alias, reason=reason))
+
+    def rollback(self, model: str, *, reason: str = "") -> ModelVersion:
+        return self._run(self._client.rollback(model, reason=reason))
+
+    def lineage(self, model: str, version: int) -> Lineage:
+        return self._run(self._client.lineage(model, version))
+
+    def drift_report(self, model: str) -> DriftReport:
+        return self._run(self._client.drift_report(model))
+
+    def predict(self, model: str, data: pd.DataFrame | np.ndarray, *, version: str = "") -> Prediction:
+        return self._run(self._client.predict(model, data, version=version))
