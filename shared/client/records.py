@@ -304,7 +304,8 @@ class ModelVersion:
 
     @classmethod
     def of(cls, version: registry_pb2.ModelVersion) -> ModelVersion:
-        judged = version.HasField("validation")
+        # The registry always sends the summary; an empty report means no verdict yet.
+        judged = version.HasField("validation") and bool(version.validation.report_json)
         return cls(
             model=version.model,
             version=version.version,

@@ -26,7 +26,7 @@ from cascade.client.calls import RemoteService
 from cascade.client.channels import ClientSecurity, open_channel
 from cascade.client.ingest import IngestClient
 from cascade.client.monitor import MonitorClient
-from cascade.client.records import DriftReport, Lineage, Model, ModelVersion, UploadResult
+from cascade.client.records import DriftReport, Lineage, Model, ModelVersion, UploadResult, VersionStatus
 from cascade.client.registry import RegistryClient
 from cascade.client.serving import Prediction, ServingClient
 from cascade.client.trainer import TrainerClient
@@ -119,7 +119,7 @@ class AsyncClient:
         while True:
             version = await self._judged_version(model, dataset_version)
             if version is not None:
-                if not version.validation_passed:
+                if version.status is VersionStatus.failed:
                     raise FailedPrecondition(
                         f"{model} v{version.version} (trained on {dataset_version}) failed validation: "
                         f"{version.validation_report_json}"
@@ -138,7 +138,7 @@ class AsyncClient:
             versions = await self.registry.list_versions(model, dataset_version=dataset_version)
         except NotFound:  # the model appears with its first version
             return None
-        judged = [v for v in versions if v.validation_passed is not None]
+        judged = [v for v in versions if v.status in (VersionStatus.ready, VersionStatus.failed)]
         return judged[-1] if judged else None
 
     async def _serving(self, model: str, version: int) -> bool:
