@@ -30,7 +30,7 @@ from cascade.client.records import DriftReport, Lineage, Model, ModelVersion, Up
 from cascade.client.registry import RegistryClient
 from cascade.client.serving import Prediction, ServingClient
 from cascade.client.trainer import TrainerClient
-from cascade.errors import FailedPrecondition, NotFound
+from cascade.errors import FailedPrecondition, NotFound, truncate
 
 __all__ = ["LOCAL_PORTS", "AsyncClient", "CascadeTimeout", "Client"]
 
@@ -120,9 +120,13 @@ class AsyncClient:
             version = await self._judged_version(model, dataset_version)
             if version is not None:
                 if version.status is VersionStatus.failed:
+                    # The report quotes every gate; the message keeps its start (the whole is on the version).
                     raise FailedPrecondition(
-                        f"{model} v{version.version} (trained on {dataset_version}) failed validation: "
-                        f"{version.validation_report_json}"
+                        truncate(
+                            f"{model} v{version.version} (trained on {dataset_version}) failed validation: "
+                            f"{version.validation_report_json}",
+                            2000,
+                        )
                     )
                 if not served:
                     return version
