@@ -18,6 +18,7 @@ import typer
 
 from cascade.cli.auth import auth_app
 from cascade.cli.certs import certs_app
+from cascade.cli.console import ui as ui_command
 from cascade.cli.datasets import datasets_app
 from cascade.cli.dlq import dlq_app
 from cascade.cli.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_USAGE, CliError, failure_of
@@ -70,6 +71,7 @@ app.add_typer(auth_app, name="auth")
 app.add_typer(certs_app, name="certs")
 app.command()(train)
 app.command("monitor")(monitor_command)
+app.command("ui")(ui_command)
 
 
 # ---------------------------------------------------------------------- shared plumbing

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -233,6 +233,15 @@ class Client:
     @property
     def addresses(self) -> Mapping[str, str]:
         return self._client.addresses
+
+    def call(self, calls: Callable[[AsyncClient], Awaitable[T]]) -> T:
+        """Any of the typed clients' calls, blocking: `calls` gets the AsyncClient and runs on
+        this client's event loop, e.g. `cascade.call(lambda c: c.registry.alias_history("m"))`."""
+
+        async def run() -> T:
+            return await calls(self._client)
+
+        return self._run(run())
 
     def upload(
         self, data: pd.DataFrame | bytes | Path, dataset: str, *, target: str = "target"

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cascade.stack import SERVICES, Stack, StackConfig
+from tests.integration.browser import Console, browser, page  # noqa: F401  (fixtures)
 from tests.integration.otlp_receiver import OtlpReceiver
 
 TEST_PORTS = {
@@ -71,3 +72,11 @@ def stack(otlp_receiver: OtlpReceiver) -> Iterator[Stack]:
     # Kept only on request: logs and traces of a failed run are worth a look.
     if not os.environ.get("CASCADE_KEEP_TEST_STACK"):
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def console(stack: Stack) -> Iterator[Console]:
+    """The web console (cascade ui) serving the test stack, for the browser tests."""
+    started = Console(stack.home)
+    yield started
+    started.stop()

@@ -1,0 +1,1 @@
+"""One module per console page, each with a `render()` that Streamlit runs as the page."""
