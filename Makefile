@@ -11,7 +11,7 @@ LINKS := $(VENV)/.linked
 PACKAGE_DIRS := $(shell find shared services -type d -not -name __pycache__ 2>/dev/null)
 EDITABLE := --config-settings editable_mode=strict
 
-.PHONY: setup demo test lint typecheck protos kafka-up kafka-down down clean
+.PHONY: setup browser demo test lint typecheck protos kafka-up kafka-down down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,18 @@ setup: $(STAMP) $(LINKS)
 demo: setup
 	$(VENV)/bin/cascade demo
 
-test: setup
+# The console's browser tests drive Debian's chromium. As root (CI) it is installed when missing;
+# otherwise the tests skip, loudly, and this says how to get it.
+browser:
+	@if command -v chromium >/dev/null || [ -n "$${CASCADE_CHROMIUM:-}" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing Debian's chromium for the console's browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "*** No chromium: the console's browser tests will be SKIPPED (sudo apt-get install chromium) ***"; \
+	fi
+
+test: setup browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

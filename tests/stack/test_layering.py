@@ -1,6 +1,8 @@
 """The library does not import its applications: the services and the rest of `cascade` (the shared
 runtime, the contracts and the client layer) import neither the `cascade` command (cascade.cli) nor
-the local stack launcher (cascade.stack), and the launcher does not import the command.
+the local stack launcher (cascade.stack) nor the web console (cascade.console); the launcher does
+not import the command, and the console (an application like the command, which may read a local
+stack's home) does not import the command either.
 
 Read from the source with ast, so an import inside a function, which a test of the importing module
 would only reach on that path, counts as well.
@@ -17,7 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO / "shared"  # the package cascade
 SERVICES = REPO / "services"  # the package cascade.services
-APPLICATIONS = ("cascade.cli", "cascade.stack")
+APPLICATIONS = ("cascade.cli", "cascade.stack", "cascade.console")
 
 
 def _modules(root: Path, *, leave_out: tuple[Path, ...] = ()) -> list[Path]:
@@ -75,7 +77,7 @@ def test_the_services_import_neither_the_cli_nor_the_stack() -> None:
 
 
 def test_the_library_imports_neither_the_cli_nor_the_stack() -> None:
-    modules = _modules(SHARED, leave_out=(SHARED / "cli", SHARED / "stack"))
+    modules = _modules(SHARED, leave_out=(SHARED / "cli", SHARED / "stack", SHARED / "console"))
     assert SHARED / "client" / "calls.py" in modules and SHARED / "service.py" in modules
     assert upward_imports(modules, APPLICATIONS) == []
 
@@ -110,3 +112,9 @@ def test_imports_of_the_library_are_not_upward() -> None:
     assert not any(_is_within(name, APPLICATIONS) for name in names)
     # A name that merely starts like an application is not one.
     assert not _is_within("cascade.stacked", APPLICATIONS)
+
+
+def test_the_console_does_not_import_the_cli() -> None:
+    modules = _modules(SHARED / "console")
+    assert SHARED / "console" / "app.py" in modules
+    assert upward_imports(modules, ("cascade.cli",)) == []
