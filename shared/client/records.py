@@ -6,6 +6,7 @@ never see a protobuf. Timestamps are timezone-aware datetimes; an unset one is N
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -28,6 +29,7 @@ __all__ = [
     "DriftReport",
     "FeatureDrift",
     "FeatureProfile",
+    "GateVerdict",
     "ImportResult",
     "Lineage",
     "Model",
@@ -282,6 +284,27 @@ def _tensors(specs: Any) -> tuple[TensorSpec, ...]:
 
 
 @dataclass(frozen=True)
+class GateVerdict:
+    """One gate of the validator's verdict on a version: its measured value against its threshold."""
+
+    name: str
+    passed: bool
+    value: float | None
+    threshold: float | None
+    detail: str
+
+    def describe(self) -> str:
+        """`accuracy_gate failed: 0.91 vs threshold 0.95 (detail)`, for one-line outcomes."""
+        measured = ""
+        if self.value is not None:
+            measured = f": {self.value:.4g}"
+            if self.threshold is not None:
+                measured += f" vs threshold {self.threshold:.4g}"
+        detail = f" ({self.detail})" if self.detail else ""
+        return f"{self.name} {'passed' if self.passed else 'failed'}{measured}{detail}"
+
+
+@dataclass(frozen=True)
 class ModelVersion:
     model: str
     version: int
@@ -325,6 +348,37 @@ class ModelVersion:
             validation_passed=version.validation.passed if judged else None,
             validation_report_json=version.validation.report_json if judged else "",
         )
+
+    @property
+    def gates(self) -> tuple[GateVerdict, ...]:
+        """The validator's gates for this version, in its order (empty before a verdict, or for a
+        report that is not the validator's)."""
+        try:
+            report = json.loads(self.validation_report_json) if self.validation_report_json else {}
+        except ValueError:
+            return ()
+        gates = report.get("gates") if isinstance(report, dict) else None
+        if not isinstance(gates, list):
+            return ()
+        return tuple(
+            GateVerdict(
+                name=str(gate.get("name", "?")),
+                passed=bool(gate.get("passed")),
+                value=_number(gate.get("value")),
+                threshold=_number(gate.get("threshold")),
+                detail=str(gate.get("detail") or ""),
+            )
+            for gate in gates
+            if isinstance(gate, dict)
+        )
+
+    @property
+    def failed_gates(self) -> tuple[GateVerdict, ...]:
+        return tuple(gate for gate in self.gates if not gate.passed)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 @dataclass(frozen=True)
