@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.cascade/stubs/cascade/monitor/v1/monitor.proto\x12\x12\x63\x61scade.monitor.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"&\n\x15GetDriftReportRequest\x12\r\n\x05model\x18\x01 \x01(\t\"u\n\x0c\x46\x65\x61tureDrift\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0c\n\x04test\x18\x02 \x01(\t\x12\x11\n\tstatistic\x18\x03 \x01(\x01\x12\x0f\n\x07p_value\x18\x04 \x01(\x01\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x0f\n\x07\x64rifted\x18\x06 \x01(\x08\"\xf5\x01\n\x0bPerformance\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x12\n\x05value\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\rlabelled_rows\x18\x03 \x01(\x03\x12\x1b\n\x0e\x63hampion_value\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x0f\n\x07\x64\x65\x63\x61yed\x18\x06 \x01(\x08\x12\x1f\n\x12\x65stimated_accuracy\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\x15\n\restimate_note\x18\x08 \x01(\tB\x08\n\x06_valueB\x11\n\x0f_champion_valueB\x15\n\x13_estimated_accuracy\"\x87\x03\n\x0b\x44riftReport\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12!\n\x19reference_dataset_version\x18\x03 \x01(\t\x12\x13\n\x0bwindow_size\x18\x04 \x01(\x03\x12\x32\n\x08\x66\x65\x61tures\x18\x05 \x03(\x0b\x32 .cascade.monitor.v1.FeatureDrift\x12\x17\n\x0f\x64\x61taset_drifted\x18\x06 \x01(\x08\x12/\n\x0b\x63omputed_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10predictions_seen\x18\x08 \x01(\x03\x12\x34\n\nprediction\x18\t \x01(\x0b\x32 .cascade.monitor.v1.FeatureDrift\x12\x16\n\x0ereference_rows\x18\n \x01(\x03\x12\x34\n\x0bperformance\x18\x0b \x01(\x0b\x32\x1f.cascade.monitor.v1.Performance\"6\n\x16GetDriftHistoryRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"\xd6\x01\n\x07Verdict\x12\x15\n\rmodel_version\x18\x01 \x01(\x03\x12!\n\x19reference_dataset_version\x18\x02 \x01(\t\x12\x13\n\x0bwindow_size\x18\x03 \x01(\x03\x12\x18\n\x10predictions_seen\x18\x04 \x01(\x03\x12\x17\n\x0f\x64\x61taset_drifted\x18\x05 \x01(\x08\x12\x18\n\x10\x64rifted_features\x18\x06 \x03(\t\x12/\n\x0b\x63omputed_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x84\x01\n\nDriftEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x0f\n\x07summary\x18\x04 \x01(\t\x12.\n\nemitted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x82\x01\n\x0c\x44riftHistory\x12\r\n\x05model\x18\x01 \x01(\t\x12-\n\x08verdicts\x18\x02 \x03(\x0b\x32\x1b.cascade.monitor.v1.Verdict\x12\x34\n\x0c\x64rift_events\x18\x03 \x03(\x0b\x32\x1e.cascade.monitor.v1.DriftEvent2\xcf\x01\n\x0eMonitorService\x12\\\n\x0eGetDriftReport\x12).cascade.monitor.v1.GetDriftReportRequest\x1a\x1f.cascade.monitor.v1.DriftReport\x12_\n\x0fGetDriftHistory\x12*.cascade.monitor.v1.GetDriftHistoryRequest\x1a .cascade.monitor.v1.DriftHistoryb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.cascade/stubs/cascade/monitor/v1/monitor.proto\x12\x12\x63\x61scade.monitor.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"&\n\x15GetDriftReportRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xd7\x01\n\x0c\x46\x65\x61tureDrift\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0c\n\x04test\x18\x02 \x01(\t\x12\x11\n\tstatistic\x18\x03 \x01(\x01\x12\x0f\n\x07p_value\x18\x04 \x01(\x01\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x0f\n\x07\x64rifted\x18\x06 \x01(\x08\x12\x11\n\tbin_edges\x18\x07 \x03(\x01\x12\x12\n\ncategories\x18\x08 \x03(\t\x12\x1d\n\x15reference_frequencies\x18\t \x03(\x01\x12\x1a\n\x12window_frequencies\x18\n \x03(\x01\"\xf5\x01\n\x0bPerformance\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x12\n\x05value\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\rlabelled_rows\x18\x03 \x01(\x03\x12\x1b\n\x0e\x63hampion_value\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x0f\n\x07\x64\x65\x63\x61yed\x18\x06 \x01(\x08\x12\x1f\n\x12\x65stimated_accuracy\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\x15\n\restimate_note\x18\x08 \x01(\tB\x08\n\x06_valueB\x11\n\x0f_champion_valueB\x15\n\x13_estimated_accuracy\"\x87\x03\n\x0b\x44riftReport\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12!\n\x19reference_dataset_version\x18\x03 \x01(\t\x12\x13\n\x0bwindow_size\x18\x04 \x01(\x03\x12\x32\n\x08\x66\x65\x61tures\x18\x05 \x03(\x0b\x32 .cascade.monitor.v1.FeatureDrift\x12\x17\n\x0f\x64\x61taset_drifted\x18\x06 \x01(\x08\x12/\n\x0b\x63omputed_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10predictions_seen\x18\x08 \x01(\x03\x12\x34\n\nprediction\x18\t \x01(\x0b\x32 .cascade.monitor.v1.FeatureDrift\x12\x16\n\x0ereference_rows\x18\n \x01(\x03\x12\x34\n\x0bperformance\x18\x0b \x01(\x0b\x32\x1f.cascade.monitor.v1.Performance\"6\n\x16GetDriftHistoryRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"\xc0\x02\n\x07Verdict\x12\x15\n\rmodel_version\x18\x01 \x01(\x03\x12!\n\x19reference_dataset_version\x18\x02 \x01(\t\x12\x13\n\x0bwindow_size\x18\x03 \x01(\x03\x12\x18\n\x10predictions_seen\x18\x04 \x01(\x03\x12\x17\n\x0f\x64\x61taset_drifted\x18\x05 \x01(\x08\x12\x18\n\x10\x64rifted_features\x18\x06 \x03(\t\x12/\n\x0b\x63omputed_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x08\x66\x65\x61tures\x18\x08 \x03(\x0b\x32 .cascade.monitor.v1.FeatureDrift\x12\x34\n\nprediction\x18\t \x01(\x0b\x32 .cascade.monitor.v1.FeatureDrift\"\xa8\x01\n\nDriftEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x0f\n\x07summary\x18\x04 \x01(\t\x12.\n\nemitted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttriggered\x18\x06 \x01(\t\x12\x0f\n\x07\x65mitted\x18\x07 \x01(\x08\"\x82\x01\n\x0c\x44riftHistory\x12\r\n\x05model\x18\x01 \x01(\t\x12-\n\x08verdicts\x18\x02 \x03(\x0b\x32\x1b.cascade.monitor.v1.Verdict\x12\x34\n\x0c\x64rift_events\x18\x03 \x03(\x0b\x32\x1e.cascade.monitor.v1.DriftEvent2\xcf\x01\n\x0eMonitorService\x12\\\n\x0eGetDriftReport\x12).cascade.monitor.v1.GetDriftReportRequest\x1a\x1f.cascade.monitor.v1.DriftReport\x12_\n\x0fGetDriftHistory\x12*.cascade.monitor.v1.GetDriftHistoryRequest\x1a .cascade.monitor.v1.DriftHistoryb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,20 +34,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETDRIFTREPORTREQUEST']._serialized_start=103
   _globals['_GETDRIFTREPORTREQUEST']._serialized_end=141
-  _globals['_FEATUREDRIFT']._serialized_start=143
-  _globals['_FEATUREDRIFT']._serialized_end=260
-  _globals['_PERFORMANCE']._serialized_start=263
-  _globals['_PERFORMANCE']._serialized_end=508
-  _globals['_DRIFTREPORT']._serialized_start=511
-  _globals['_DRIFTREPORT']._serialized_end=902
-  _globals['_GETDRIFTHISTORYREQUEST']._serialized_start=904
-  _globals['_GETDRIFTHISTORYREQUEST']._serialized_end=958
-  _globals['_VERDICT']._serialized_start=961
-  _globals['_VERDICT']._serialized_end=1175
-  _globals['_DRIFTEVENT']._serialized_start=1178
-  _globals['_DRIFTEVENT']._serialized_end=1310
-  _globals['_DRIFTHISTORY']._serialized_start=1313
-  _globals['_DRIFTHISTORY']._serialized_end=1443
-  _globals['_MONITORSERVICE']._serialized_start=1446
-  _globals['_MONITORSERVICE']._serialized_end=1653
+  _globals['_FEATUREDRIFT']._serialized_start=144
+  _globals['_FEATUREDRIFT']._serialized_end=359
+  _globals['_PERFORMANCE']._serialized_start=362
+  _globals['_PERFORMANCE']._serialized_end=607
+  _globals['_DRIFTREPORT']._serialized_start=610
+  _globals['_DRIFTREPORT']._serialized_end=1001
+  _globals['_GETDRIFTHISTORYREQUEST']._serialized_start=1003
+  _globals['_GETDRIFTHISTORYREQUEST']._serialized_end=1057
+  _globals['_VERDICT']._serialized_start=1060
+  _globals['_VERDICT']._serialized_end=1380
+  _globals['_DRIFTEVENT']._serialized_start=1383
+  _globals['_DRIFTEVENT']._serialized_end=1551
+  _globals['_DRIFTHISTORY']._serialized_start=1554
+  _globals['_DRIFTHISTORY']._serialized_end=1684
+  _globals['_MONITORSERVICE']._serialized_start=1687
+  _globals['_MONITORSERVICE']._serialized_end=1894
 # @@protoc_insertion_point(module_scope)

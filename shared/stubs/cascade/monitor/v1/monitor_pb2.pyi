@@ -48,6 +48,10 @@ class FeatureDrift(_message.Message):
     P_VALUE_FIELD_NUMBER: _builtins.int
     THRESHOLD_FIELD_NUMBER: _builtins.int
     DRIFTED_FIELD_NUMBER: _builtins.int
+    BIN_EDGES_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
+    REFERENCE_FREQUENCIES_FIELD_NUMBER: _builtins.int
+    WINDOW_FREQUENCIES_FIELD_NUMBER: _builtins.int
     feature: _builtins.str
     test: _builtins.str
     """ks, chisquare, z (p-value tests), wasserstein, jensenshannon, psi (distances)."""
@@ -56,6 +60,23 @@ class FeatureDrift(_message.Message):
     """NaN for the distance tests, whose statistic is compared with the threshold."""
     threshold: _builtins.float
     drifted: _builtins.bool
+    @_builtins.property
+    def bin_edges(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The reference's and the window's distributions on one common binning, the bins the test
+        counts in (its categories, pooled ones included, or Evidently's Sturges bins over both samples,
+        which also serve the CDF tests: ks, wasserstein). Shares of each side's rows, each summing to 1;
+        at most 50 bins. Only in reports (GetDriftReport), never in a history's verdicts.
+        A numeric binning: bins [edge i, edge i+1), so one edge more than frequencies; else empty.
+        """
+
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """A categorical binning: one name per frequency ("other": the pooled rare and unseen values)."""
+
+    @_builtins.property
+    def reference_frequencies(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def window_frequencies(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
     def __init__(
         self,
         *,
@@ -65,10 +86,14 @@ class FeatureDrift(_message.Message):
         p_value: _builtins.float = ...,
         threshold: _builtins.float = ...,
         drifted: _builtins.bool = ...,
+        bin_edges: _abc.Iterable[_builtins.float] | None = ...,
+        categories: _abc.Iterable[_builtins.str] | None = ...,
+        reference_frequencies: _abc.Iterable[_builtins.float] | None = ...,
+        window_frequencies: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["drifted", b"drifted", "feature", b"feature", "p_value", b"p_value", "statistic", b"statistic", "test", b"test", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bin_edges", b"bin_edges", "categories", b"categories", "drifted", b"drifted", "feature", b"feature", "p_value", b"p_value", "reference_frequencies", b"reference_frequencies", "statistic", b"statistic", "test", b"test", "threshold", b"threshold", "window_frequencies", b"window_frequencies"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -220,6 +245,8 @@ class Verdict(_message.Message):
     DATASET_DRIFTED_FIELD_NUMBER: _builtins.int
     DRIFTED_FEATURES_FIELD_NUMBER: _builtins.int
     COMPUTED_AT_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
+    PREDICTION_FIELD_NUMBER: _builtins.int
     model_version: _builtins.int
     reference_dataset_version: _builtins.str
     window_size: _builtins.int
@@ -229,6 +256,16 @@ class Verdict(_message.Message):
     def drifted_features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def computed_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureDrift]:
+        """Every feature's statistic, threshold and decision at the time (no distributions); empty for
+        verdicts stored before the monitor kept them.
+        """
+
+    @_builtins.property
+    def prediction(self) -> Global___FeatureDrift:
+        """The prediction's test at the time; unset when predictions were not logged (or not kept then)."""
+
     def __init__(
         self,
         *,
@@ -239,10 +276,12 @@ class Verdict(_message.Message):
         dataset_drifted: _builtins.bool = ...,
         drifted_features: _abc.Iterable[_builtins.str] | None = ...,
         computed_at: _timestamp_pb2.Timestamp | None = ...,
+        features: _abc.Iterable[Global___FeatureDrift] | None = ...,
+        prediction: Global___FeatureDrift | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["computed_at", b"computed_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["computed_at", b"computed_at", "prediction", b"prediction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["computed_at", b"computed_at", "dataset_drifted", b"dataset_drifted", "drifted_features", b"drifted_features", "model_version", b"model_version", "predictions_seen", b"predictions_seen", "reference_dataset_version", b"reference_dataset_version", "window_size", b"window_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["computed_at", b"computed_at", "dataset_drifted", b"dataset_drifted", "drifted_features", b"drifted_features", "features", b"features", "model_version", b"model_version", "prediction", b"prediction", "predictions_seen", b"predictions_seen", "reference_dataset_version", b"reference_dataset_version", "window_size", b"window_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -250,6 +289,8 @@ Global___Verdict: _TypeAlias = Verdict  # noqa: Y015
 
 @_typing.final
 class DriftEvent(_message.Message):
+    """A time the monitor's rule said "act" (drift in `trigger_after` reports in a row, or decay)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_ID_FIELD_NUMBER: _builtins.int
@@ -257,13 +298,25 @@ class DriftEvent(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     EMITTED_AT_FIELD_NUMBER: _builtins.int
+    TRIGGERED_FIELD_NUMBER: _builtins.int
+    EMITTED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     kind: _builtins.str
     """drift or decay"""
     model_version: _builtins.int
     summary: _builtins.str
+    triggered: _builtins.str
+    """What it triggered, in words: the retrain requested, the feedback batch sent, or "none: ..." and
+    why (no new data; within the cooldown; the model not in the retrain list). Empty on old events.
+    """
+    emitted: _builtins.bool
+    """Whether *drift detected* went out on Kafka; false for a decision held back (cooldown, a model
+    not retrained automatically), recorded at most once per cooldown period and kind.
+    """
     @_builtins.property
-    def emitted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def emitted_at(self) -> _timestamp_pb2.Timestamp:
+        """when it was decided (and emitted, if it was)"""
+
     def __init__(
         self,
         *,
@@ -272,10 +325,12 @@ class DriftEvent(_message.Message):
         model_version: _builtins.int = ...,
         summary: _builtins.str = ...,
         emitted_at: _timestamp_pb2.Timestamp | None = ...,
+        triggered: _builtins.str = ...,
+        emitted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["emitted_at", b"emitted_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["emitted_at", b"emitted_at", "event_id", b"event_id", "kind", b"kind", "model_version", b"model_version", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["emitted", b"emitted", "emitted_at", b"emitted_at", "event_id", b"event_id", "kind", b"kind", "model_version", b"model_version", "summary", b"summary", "triggered", b"triggered"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -57,7 +57,7 @@ class MonitorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetDriftHistory(self, request, context):
-        """The model's verdicts, newest first, and the *drift detected* events they led to.
+        """The model's verdicts, newest first, and the drift events they led to (emitted or held back).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -34,7 +34,7 @@ class MonitorServiceStub:
     GetDriftReport: _grpc.UnaryUnaryMultiCallable[_monitor_pb2.GetDriftReportRequest, _monitor_pb2.DriftReport]
     """The model's latest drift report: per feature and for the prediction, and its performance."""
     GetDriftHistory: _grpc.UnaryUnaryMultiCallable[_monitor_pb2.GetDriftHistoryRequest, _monitor_pb2.DriftHistory]
-    """The model's verdicts, newest first, and the *drift detected* events they led to."""
+    """The model's verdicts, newest first, and the drift events they led to (emitted or held back)."""
 
 @_typing.type_check_only
 class MonitorServiceAsyncStub(MonitorServiceStub):
@@ -42,7 +42,7 @@ class MonitorServiceAsyncStub(MonitorServiceStub):
     GetDriftReport: _aio.UnaryUnaryMultiCallable[_monitor_pb2.GetDriftReportRequest, _monitor_pb2.DriftReport]  # type: ignore[assignment]
     """The model's latest drift report: per feature and for the prediction, and its performance."""
     GetDriftHistory: _aio.UnaryUnaryMultiCallable[_monitor_pb2.GetDriftHistoryRequest, _monitor_pb2.DriftHistory]  # type: ignore[assignment]
-    """The model's verdicts, newest first, and the *drift detected* events they led to."""
+    """The model's verdicts, newest first, and the drift events they led to (emitted or held back)."""
 
 class MonitorServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -59,6 +59,6 @@ class MonitorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _monitor_pb2.GetDriftHistoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_monitor_pb2.DriftHistory, _abc.Awaitable[_monitor_pb2.DriftHistory]]:
-        """The model's verdicts, newest first, and the *drift detected* events they led to."""
+        """The model's verdicts, newest first, and the drift events they led to (emitted or held back)."""
 
 def add_MonitorServiceServicer_to_server(servicer: MonitorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
