@@ -1,5 +1,5 @@
-"""`cascade dlq list | show | replay`: the dead-letter topic, operable; and the delivery figures of
-`cascade status` (consumer lag and dead letters per service).
+"""`cascade dlq list | show | replay`: the dead-letter topic, operable. The readers (and the
+delivery figures of `cascade status`) live in cascade.client.delivery, which the console shares.
 
 Reads Kafka directly, at the stack's bootstrap and topic prefix: a dead letter carries the original
 message's exact bytes, key and headers, plus the `cascade_dlq_*` headers that cascade.messaging adds
@@ -14,32 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from cascade.cli.errors import CliError
+from cascade.client import delivery
+from cascade.client.delivery import DeadLetter, DeliveryStatus, delivery_status
+from cascade.errors import Unavailable
 from cascade.events import Topics
-from cascade.messaging import (
-    DLQ_OFFSET,
-    DLQ_PARTITION,
-    DLQ_REASON,
-    DLQ_SERVICE,
-    DLQ_TIME,
-    DLQ_TOPIC,
-    REPLAY_COUNT,
-    REPLAYED_FROM,
-)
+from cascade.messaging import REPLAY_COUNT, REPLAYED_FROM
 from cascade.stack import Stack, StackConfig
-
-if TYPE_CHECKING:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
 
 __all__ = [
     "MAX_REPLAYS",
@@ -67,36 +57,6 @@ dlq_app = typer.Typer(
 
 
 @dataclass(frozen=True)
-class DeadLetter:
-    """One message of the dead-letter topic, addressed by its own partition and offset there."""
-
-    partition: int
-    offset: int
-    reason: str
-    source_topic: str
-    source_partition: int | None
-    source_offset: int | None
-    service: str
-    time: str  # when it was dead-lettered, ISO 8601 UTC
-    replay_count: int
-    replayed_from: str
-    key: bytes | None = field(repr=False)
-    value: bytes = field(repr=False)
-    headers: dict[str, str] = field(repr=False)
-
-    @property
-    def ref(self) -> str:
-        return f"{self.partition}:{self.offset}"
-
-    def summary(self) -> dict[str, Any]:
-        """Everything but the bytes, for --json."""
-        described = asdict(self)
-        for raw in ("key", "value", "headers"):
-            described.pop(raw)
-        return {"ref": self.ref, **described, "size": len(self.value)}
-
-
-@dataclass(frozen=True)
 class Replay:
     letter: str  # the dead letter's ref
     topic: str
@@ -105,105 +65,17 @@ class Replay:
     why_not: str = ""
 
 
-@dataclass(frozen=True)
-class DeliveryStatus:
-    """Per service: consumer lag summed per topic, and dead letters by source topic."""
-
-    lag: dict[str, dict[str, int]]
-    dead_letters: dict[str, dict[str, int]]
-
-
 # ---------------------------------------------------------------------- reading and replaying
-
-
-async def _read_topic(bootstrap: str, topic: str, kafka_options: Mapping[str, Any]) -> list[Any]:
-    """Every record of `topic`, read without a consumer group: it commits nothing and moves no
-    one's offsets. Subscribed without a group, the consumer is given every partition."""
-    # Subscribed only once the topic exists: a consumer subscribed to a missing topic logs a warning
-    # the person running the CLI would read as a fault.
-    consumer = _consumer(bootstrap, kafka_options)
-    try:
-        await consumer.start()
-        if topic not in await consumer.topics():  # nothing dead-lettered yet
-            return []
-        consumer.subscribe([topic])
-        assigned = await _assignment(consumer)
-        await consumer.seek_to_beginning(*assigned)
-        ends = await consumer.end_offsets(assigned)
-        records: list[Any] = []
-        pending = {tp for tp in assigned if ends[tp] > await consumer.position(tp)}
-        while pending:
-            batches = await consumer.getmany(*pending, timeout_ms=_TIMEOUT_MS)
-            if not batches:
-                raise CliError(f"reading {topic} stalled; is Kafka healthy?")
-            for tp, batch in batches.items():
-                records.extend(batch)
-                if batch[-1].offset + 1 >= ends[tp]:
-                    pending.discard(tp)
-        return records
-    finally:
-        await consumer.stop()
-
-
-async def _assignment(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-    deadline = asyncio.get_running_loop().time() + _TIMEOUT_MS / 1000
-    while not (assigned := consumer.assignment()):
-        if asyncio.get_running_loop().time() > deadline:
-            raise CliError("Kafka gave no partitions of the dead-letter topic; is it healthy?")
-        await asyncio.sleep(0.05)
-    return sorted(assigned)
-
-
-def _letter(record: Any) -> DeadLetter:
-    headers = {name: value.decode("utf-8", "replace") for name, value in record.headers or ()}
-
-    def number(name: str) -> int | None:
-        try:
-            return int(headers[name])
-        except (KeyError, ValueError):
-            return None
-
-    stamped = datetime.fromtimestamp(record.timestamp / 1000, UTC).isoformat(timespec="seconds")
-    return DeadLetter(
-        partition=record.partition,
-        offset=record.offset,
-        reason=headers.get(DLQ_REASON, ""),
-        source_topic=headers.get(DLQ_TOPIC, ""),
-        source_partition=number(DLQ_PARTITION),
-        source_offset=number(DLQ_OFFSET),
-        service=headers.get(DLQ_SERVICE, ""),
-        time=headers.get(DLQ_TIME, stamped),
-        replay_count=number(REPLAY_COUNT) or 0,
-        replayed_from=headers.get(REPLAYED_FROM, ""),
-        key=record.key,
-        value=record.value or b"",
-        headers=headers,
-    )
-
-
-def _consumer(bootstrap: str, kafka_options: Mapping[str, Any]) -> AIOKafkaConsumer:
-    from aiokafka import AIOKafkaConsumer
-
-    return AIOKafkaConsumer(
-        bootstrap_servers=bootstrap.split(","),
-        enable_auto_commit=False,
-        request_timeout_ms=_TIMEOUT_MS,
-        max_partition_fetch_bytes=16 * 1024 * 1024,
-        **kafka_options,
-    )
 
 
 async def read_dead_letters(
     bootstrap: str, topic: str, kafka_options: Mapping[str, Any] = _PLAINTEXT
 ) -> list[DeadLetter]:
-    """Every message of the dead-letter `topic`, oldest first per partition. `kafka_options`: how
-    to connect (`Stack.kafka_client_options()`: SSL and SASL for a secured stack)."""
+    """`cascade.client.delivery.read_dead_letters`, failing as a CliError."""
     try:
-        return [_letter(record) for record in await _read_topic(bootstrap, topic, kafka_options)]
-    except CliError:
-        raise
-    except Exception as exc:
-        raise CliError(f"cannot read {topic} from Kafka at {bootstrap}: {exc!r}") from exc
+        return await delivery.read_dead_letters(bootstrap, topic, kafka_options)
+    except Unavailable as error:
+        raise CliError(str(error)) from error
 
 
 def _replay_headers(letter: DeadLetter, dead_letter_topic: str) -> list[tuple[str, bytes]]:
@@ -252,43 +124,6 @@ async def replay(
     finally:
         await producer.stop()
     return done
-
-
-async def delivery_status(
-    bootstrap: str, prefix: str, kafka_options: Mapping[str, Any] = _PLAINTEXT
-) -> DeliveryStatus:
-    """Lag of every consumer group of this stack (named `<prefix>.<service>...`), summed per topic,
-    and the dead letters per service and source topic."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap.split(","), request_timeout_ms=5000, **kafka_options
-    )
-    consumer = _consumer(bootstrap, kafka_options)
-    lag: dict[str, dict[str, int]] = {}
-    try:
-        await admin.start()
-        await consumer.start()
-        for group in sorted(str(listed[0]) for listed in await admin.list_consumer_groups()):
-            if not group.startswith(f"{prefix}."):
-                continue
-            service = group[len(prefix) + 1 :].split(".")[0]
-            committed = await admin.list_consumer_group_offsets(group)
-            ends = await consumer.end_offsets(list(committed))
-            for partition, offset in committed.items():
-                behind = max(ends[partition] - offset.offset, 0) if offset.offset >= 0 else ends[partition]
-                per_topic = lag.setdefault(service, {})
-                per_topic[partition.topic] = per_topic.get(partition.topic, 0) + behind
-    finally:
-        await consumer.stop()
-        await admin.close()
-    dead_letter_topic = Topics(prefix).dead_letter
-    letters = [_letter(record) for record in await _read_topic(bootstrap, dead_letter_topic, kafka_options)]
-    counts = Counter((letter.service, letter.source_topic) for letter in letters)
-    dead: dict[str, dict[str, int]] = {}
-    for (service, topic), count in sorted(counts.items()):
-        dead.setdefault(service, {})[topic] = count
-    return DeliveryStatus(lag, dead)
 
 
 # ---------------------------------------------------------------------- the commands

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     # The client pulls in the whole gRPC runtime; commands import it only when they need it,
     # which keeps `cascade --help` and `cascade status` quick.
     from cascade.cli.client import FileFormat, IngestResult
-    from cascade.cli.dlq import DeliveryStatus
+    from cascade.client.delivery import DeliveryStatus
 
 __all__ = ["app"]
 
@@ -333,7 +333,7 @@ def _delivery(stack: Stack, rows: list[ServiceStatus]) -> DeliveryStatus | None:
     """Lag and dead letters from Kafka, or None while it is down (status never fails for that)."""
     import asyncio
 
-    from cascade.cli.dlq import delivery_status
+    from cascade.client.delivery import delivery_status
 
     if not any(row.name.startswith("kafka") and row.health == "SERVING" for row in rows):
         return None
