@@ -16,6 +16,10 @@ Each error carries the exit code the command ends with (listed in `cascade --hel
     3  EXIT_NOT_FOUND    no such model, version, dataset or spec (NOT_FOUND)
     4  EXIT_UNAVAILABLE  the service cannot be reached: is the stack up? (UNAVAILABLE)
     5  EXIT_DENIED       the caller is not known, or may not do this (UNAUTHENTICATED, PERMISSION_DENIED)
+    6  EXIT_TIMEOUT      a followed cascade (`--follow`) did not end within its --timeout
+
+A followed cascade that fails ends with the code of its stage: a refused training request or a
+failed run EXIT_FAILURE, a version that failed validation EXIT_USAGE (as FAILED_PRECONDITION).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ __all__ = [
     "EXIT_DENIED",
     "EXIT_FAILURE",
     "EXIT_NOT_FOUND",
+    "EXIT_TIMEOUT",
     "EXIT_UNAVAILABLE",
     "EXIT_USAGE",
     "CliError",
@@ -48,11 +53,13 @@ EXIT_USAGE = 2  # also what click uses for a bad command line
 EXIT_NOT_FOUND = 3
 EXIT_UNAVAILABLE = 4
 EXIT_DENIED = 5
+EXIT_TIMEOUT = 6
 
 EXIT_CODES_HELP = (
-    f"Exit codes: 0 done; {EXIT_FAILURE} failed; {EXIT_USAGE} bad usage or a request the service "
-    f"refused; {EXIT_NOT_FOUND} no such model, version or dataset; {EXIT_UNAVAILABLE} a service "
-    f"cannot be reached (is the stack up?); {EXIT_DENIED} not authenticated, or not allowed."
+    f"Exit codes: 0 done; {EXIT_FAILURE} failed; {EXIT_USAGE} bad usage, a request the service "
+    f"refused, or a followed version that failed validation; {EXIT_NOT_FOUND} no such model, version "
+    f"or dataset; {EXIT_UNAVAILABLE} a service cannot be reached (is the stack up?); {EXIT_DENIED} not "
+    f"authenticated, or not allowed; {EXIT_TIMEOUT} a followed cascade did not end in time."
 )
 
 

@@ -401,6 +401,24 @@ def ingest(
             "--format", help="csv or parquet; by default taken from the file's suffix.", show_default=False
         ),
     ] = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="Follow the cascade the batch starts to its end: the model served (version, how long "
+            "it took), or the stage it failed at and why, with a non-zero exit code.",
+        ),
+    ] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="With --follow, the model to follow [default: the dataset's name, the model its data "
+            "trains].",
+            show_default=False,
+        ),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="With --follow, seconds to wait for the outcome.")] = 300.0,
     address: Annotated[
         str | None, typer.Option(help="Ingest's gRPC address (default: this stack's).", show_default=False)
     ] = None,
@@ -408,11 +426,16 @@ def ingest(
     """Upload a batch file to ingest and print its report.
 
     A new dataset version starts a cascade: training, validation, registration and serving of a
-    new model version, all in the trace whose id is printed.
+    new model version, all in the trace whose id is printed; `--follow` waits for its outcome.
     """
+    import asyncio
+    import time
+
     from cascade.cli.client import ingest_file, setup_cli_tracing
+    from cascade.cli.follow import Deadline, follow_upload, outcome_lines
 
     stack = _stack(ctx)
+    started, started_ms = time.monotonic(), int(time.time() * 1000)
     with friendly_errors():
         chosen = _parse_format(file_format)
         setup_cli_tracing(stack)
@@ -420,8 +443,24 @@ def ingest(
             address or stack.address("ingest"), file, dataset, target, chosen, stack.client_security
         )
     _print_ingest(result)
-    if result.created:
-        typer.echo("The cascade is under way: `cascade status` shows the services.")
+    if not result.created:
+        if follow:
+            typer.echo("No new dataset version, so no cascade to follow.")
+        return
+    if not follow:
+        typer.echo(
+            "The cascade is under way: `cascade models show "
+            f"{model or dataset}` tells its outcome (`--follow` waits for it)."
+        )
+        return
+    followed = model or dataset
+    typer.echo(f"Following {followed} (at most {timeout:g} s):")
+    with friendly_errors():
+        outcome = asyncio.run(
+            follow_upload(stack, followed, result.dataset_version, started_ms, Deadline(timeout), typer.echo)
+        )
+    for line in outcome_lines(followed, outcome, time.monotonic() - started):
+        typer.echo(line)
 
 
 def _parse_format(value: str | None) -> FileFormat | None:
