@@ -2,40 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from cascade.console.settings import DEFAULT_PORT
+from cascade.stack.launcher import console_command, console_env
 
-
-def console_command(host: str, port: int, home: Path) -> list[str]:
-    """The Streamlit command line serving the console of the stack in `home`."""
-    import cascade.console.app as console_app
-
-    return [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(Path(console_app.__file__ or "").resolve()),
-        "--server.headless=true",
-        f"--server.address={host}",
-        f"--server.port={port}",
-        "--browser.gatherUsageStats=false",
-        # Pages are built from the installed package; no reload on file changes.
-        "--server.runOnSave=false",
-        "--server.fileWatcherType=none",
-        "--global.developmentMode=false",
-    ]
-
-
-def console_env(home: Path) -> dict[str, str]:
-    return {**os.environ, "CASCADE_CONSOLE_HOME": str(home)}
+__all__ = ["console_command", "console_env", "ui"]
 
 
 def ui(

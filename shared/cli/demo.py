@@ -2,7 +2,8 @@
 
 Batch 1 (60% of scikit-learn's breast-cancer data) cascades through ingest, trainer, validator,
 registry and serving into model version 1; batch 2 (the other 40%) into version 2. The demo times
-each cascade from the upload to the new version serving, and checks a few predictions.
+each cascade from the upload to the new version serving, and checks a few predictions. The web
+console starts beside the stack, so the cascades can be watched on its Loop page.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from cascade.cli.errors import DemoError
 from cascade.client.channels import ClientSecurity
 from cascade.client.serving import ServingClient
 from cascade.errors import CascadeError
-from cascade.stack import Stack
+from cascade.stack import Stack, StackError
 
 __all__ = ["DATASET", "CascadeOutcome", "DemoBatches", "run_demo", "serves", "summary", "write_batches"]
 
@@ -75,9 +76,17 @@ def write_batches(directory: Path) -> DemoBatches:
     )
 
 
-def run_demo(stack: Stack, timeout: float, echo: Echo) -> list[CascadeOutcome]:
-    """Start the stack, run both cascades and return what happened; the stack keeps running."""
+def run_demo(
+    stack: Stack, timeout: float, echo: Echo, console_port: int | None = None
+) -> list[CascadeOutcome]:
+    """Start the stack (and the console on `console_port`, unless None), run both cascades and
+    return what happened; the stack keeps running."""
     stack.start(timeout=timeout)
+    if console_port is not None:
+        try:
+            echo(f"Console: {stack.start_console(console_port)} (its Loop page follows the cascades)")
+        except StackError as error:  # the demo runs on without it
+            echo(f"Console not started: {error}")
     setup_cli_tracing(stack)
     batches = write_batches(stack.home / "demo")
     echo(f"Wrote {batches.first} and {batches.second}")
@@ -201,6 +210,9 @@ def summary(stack: Stack, outcomes: list[CascadeOutcome]) -> list[str]:
         f"  traces: {_traces_hint(stack)}",
         "The stack is still running: `cascade status` shows it, `cascade down` stops it.",
     ]
+    console = stack.console_status()
+    if console.health == "SERVING":
+        lines.append(f"Console: {console.endpoint}")
     return lines
 
 

@@ -36,6 +36,7 @@ from cascade.stack import (
     remembered_config,
 )
 from cascade.stack.kafka_broker import BrokerError
+from cascade.stack.launcher import CONSOLE, DEFAULT_CONSOLE_PORT
 
 if TYPE_CHECKING:
     # The client pulls in the whole gRPC runtime; commands import it only when they need it,
@@ -267,12 +268,17 @@ def up(
             show_default=False,
         ),
     ] = None,
+    console: Annotated[
+        bool, typer.Option("--console/--no-console", help="Also start the web console (`cascade ui`).")
+    ] = True,
+    console_port: Annotated[int, typer.Option(help="Port of the web console.")] = DEFAULT_CONSOLE_PORT,
 ) -> None:
-    """Start Kafka and the services and wait until all report SERVING.
+    """Start Kafka and the services and wait until all report SERVING; then the web console.
 
     Each service runs detached, logging to HOME/logs/SERVICE.log; one already running is left
-    alone. `cascade down` stops them. A stack binds to loopback; --tls, --mtls and --auth secure it,
-    and a restart keeps what the last start chose unless told otherwise.
+    alone. The console runs detached too (HOME/logs/console.log) on --console-port, unless
+    --no-console. `cascade down` stops them. A stack binds to loopback; --tls, --mtls and --auth
+    secure it, and a restart keeps what the last start chose unless told otherwise.
     """
     config: StackConfig = ctx.obj
     chosen = replace(
@@ -295,8 +301,21 @@ def up(
     stack = _stack(ctx)
     with friendly_errors():
         stack.start(services or SERVICES, timeout=timeout)
-    _print_table(stack.status())
+    url = start_console(stack, console_port) if console else None
+    _print_table([*stack.status(), stack.console_status()])
+    if url is not None:
+        typer.echo(f"Console: {url}")
     typer.echo("`cascade down` stops the stack.")
+
+
+def start_console(stack: Stack, port: int) -> str | None:
+    """The console's URL once it answers; a missing Streamlit or a taken port is one line, and
+    the stack runs on without a console."""
+    try:
+        return stack.start_console(port)
+    except StackError as error:
+        typer.secho(f"Console not started: {error}", err=True, fg=typer.colors.YELLOW)
+        return None
 
 
 @app.command()
@@ -304,10 +323,11 @@ def status(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Show Kafka and every service: pid, endpoint and health (SERVING, NOT_SERVING or DOWN); then,
+    """Show Kafka, every service and the web console: pid, endpoint (the console's URL) and health
+    (SERVING, NOT_SERVING or DOWN; the console is SERVING when its web server answers); then,
     while Kafka is up, each service's consumer lag per topic and its dead letters (`cascade dlq`)."""
     stack = _stack(ctx)
-    rows = stack.status()
+    rows = [*stack.status(), stack.console_status()]
     delivery = _delivery(stack, rows)
     if as_json:
         # One row per process, as ever; a service's row adds its lag and dead letters per topic
@@ -320,7 +340,7 @@ def status(
 
 
 def _json_row(row: ServiceStatus, delivery: DeliveryStatus | None) -> dict[str, object]:
-    if row.name.startswith("kafka"):
+    if row.name.startswith("kafka") or row.name == CONSOLE:
         return asdict(row)
     return {
         **asdict(row),
@@ -539,17 +559,21 @@ def demo(
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the stack, and for each new model version to serve.")
     ] = 300.0,
+    console: Annotated[
+        bool, typer.Option("--console/--no-console", help="Also start the web console (`cascade ui`).")
+    ] = True,
+    console_port: Annotated[int, typer.Option(help="Port of the web console.")] = DEFAULT_CONSOLE_PORT,
 ) -> None:
     """Run the whole story: two batches of data in, two served model versions out.
 
     Starts the stack, ingests 60% of scikit-learn's breast-cancer data, waits for model version 1
     to serve and tries it, then does the same with the other 40% and version 2. The stack keeps
-    running afterwards; `cascade down` stops it.
+    running afterwards, with the web console to watch it; `cascade down` stops both.
     """
     from cascade.cli.demo import run_demo, summary
 
     stack = _stack(ctx)
     with friendly_errors():
-        outcomes = run_demo(stack, timeout, typer.echo)
+        outcomes = run_demo(stack, timeout, typer.echo, console_port if console else None)
     for line in summary(stack, outcomes):
         typer.echo(line)

@@ -9,6 +9,8 @@ stack owns lives under one home directory::
     logs/<service>.log   the service's log, rotated by size (logs/<service>.log.1, ...; cascade.logs)
     logs/<service>.out   anything else it writes to stdout and stderr (a crash's traceback), appended
     run/<service>.pid    pid (= process group id) of the running service
+    run/console.pid      the web console (`cascade ui`'s Streamlit server), if `start_console` ran;
+    logs/console.log     its output
     traces/<name>.jsonl  OTLP-JSON spans, unless the caller chose OTEL_TRACES_EXPORTER
 
 Each service is a detached process (its own session), so it outlives the command that started it
@@ -18,6 +20,7 @@ and a signal to its process group reaches anything it forks. Unix only, like cas
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import secrets
@@ -25,6 +28,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from cascade.client.channels import PLAINTEXT, ClientSecurity
+from cascade.console.settings import DEFAULT_PORT as DEFAULT_CONSOLE_PORT
 from cascade.healthcheck import Health, probe
 from cascade.stack import kafka_broker
 from cascade.stack.identities import (
@@ -48,6 +53,8 @@ from cascade.stack.kafka_broker import BrokerSecurity, ClusterConfig
 from cascade.stack.processes import command_line, file_lock, port_accepts, signal_group, write_atomically
 
 __all__ = [
+    "CONSOLE",
+    "DEFAULT_CONSOLE_PORT",
     "DEFAULT_METRICS_PORTS",
     "DEFAULT_PORTS",
     "DEPENDENCIES",
@@ -60,6 +67,8 @@ __all__ = [
     "StackConfig",
     "StackError",
     "check_health",
+    "console_command",
+    "console_env",
     "default_home",
     "remembered_config",
 ]
@@ -97,6 +106,11 @@ DEPENDENCIES: Mapping[str, tuple[str, ...]] = {
     "monitor": ("ingest", "registry"),
     "serving": ("registry",),
 }
+
+# The web console (cascade.console) runs beside the services when asked (`start_console`); it is
+# no service: no gRPC, not in SERVICES, and `start` never starts it.
+CONSOLE = "console"
+_CONSOLE_APP = "cascade.console.app"
 
 Progress = Callable[[str], None]
 
@@ -479,6 +493,95 @@ class Stack:
             )
         )
 
+    # ------------------------------------------------------------------ the web console
+
+    def console_url(self, port: int) -> str:
+        return f"http://{LOOPBACK}:{port}/"
+
+    def start_console(self, port: int = DEFAULT_CONSOLE_PORT, timeout: float = 60.0) -> str:
+        """Start the web console of this stack on `port` in the background (unless it runs already)
+        and wait until it answers; its URL. StackError when Streamlit is missing, the port is taken
+        or the console does not come up (its log's last lines say why)."""
+        if importlib.util.find_spec("streamlit") is None:
+            raise StackError("the console needs Streamlit: pip install 'cascade-mlops[console]'")
+        with self._lock():
+            pid = self.pid(CONSOLE)
+            if pid is not None:
+                running = self.console_port(pid)
+                self._progress(f"console already running (pid {pid}) on {self.console_url(running or port)}")
+                return self.console_url(running or port)
+            if port_accepts(LOOPBACK, port):
+                raise StackError(
+                    f"cannot start the console: port {port} is taken (--console-port picks another)"
+                )
+            self._spawn_console(port)
+        url = self.console_url(port)
+        deadline = time.monotonic() + timeout
+        while not console_answers(port):
+            if self.pid(CONSOLE) is None:
+                self._forget_exited(CONSOLE)
+                raise StackError(f"the console exited during start-up.\n{_tail(self.log_file(CONSOLE), 0)}")
+            if time.monotonic() >= deadline:
+                raise StackError(
+                    f"the console did not answer on {url} in {timeout:g} s (see {self.log_file(CONSOLE)})"
+                )
+            time.sleep(_POLL_INTERVAL)
+        self._progress(f"console is up on {url}")
+        return url
+
+    def _spawn_console(self, port: int) -> None:
+        log_file = self.log_file(CONSOLE)
+        for directory in (log_file.parent, self.pid_file(CONSOLE).parent):
+            directory.mkdir(parents=True, exist_ok=True)
+        with log_file.open("ab") as output:
+            started = datetime.now(UTC).isoformat()
+            output.write(f"===== cascade: starting the console on port {port} at {started} =====\n".encode())
+            output.flush()
+            process = subprocess.Popen(
+                console_command(LOOPBACK, port, self.home),
+                cwd=_repo_root(),
+                env=console_env(self.home, self._environ),
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._children[CONSOLE] = process
+        write_atomically(self.pid_file(CONSOLE), f"{process.pid}\n")
+        self._progress(f"Started the console (pid {process.pid}) on {self.console_url(port)}")
+
+    def console_port(self, pid: int) -> int | None:
+        """The port a running console listens on, read from its command line."""
+        for part in (command_line(pid) or "").split():
+            if part.startswith("--server.port="):
+                with contextlib.suppress(ValueError):
+                    return int(part.split("=", 1)[1])
+        return None
+
+    def console_status(self) -> ServiceStatus:
+        """The console's row: its URL, SERVING when its health page answers, DOWN without a process."""
+        pid = self.pid(CONSOLE)
+        port = self.console_port(pid) if pid is not None else None
+        if pid is None or port is None:
+            return ServiceStatus(CONSOLE, None, "-", "DOWN")
+        health: Health = "SERVING" if console_answers(port) else "NOT_SERVING"
+        return ServiceStatus(CONSOLE, pid, self.console_url(port), health)
+
+    def stop_console(self, timeout: float = 10.0) -> bool:
+        """Stop the console if it runs; whether it did."""
+        pid = self.pid(CONSOLE)
+        if pid is None:
+            self.pid_file(CONSOLE).unlink(missing_ok=True)
+            return False
+        self._progress("Stopping the console")
+        signal_group(pid, signal.SIGTERM)
+        if self._wait_exit({CONSOLE: pid}, timeout):
+            signal_group(pid, signal.SIGKILL)
+            if self._wait_exit({CONSOLE: pid}, _KILL_GRACE):
+                raise StackError(f"the console (pid {pid}) still runs after SIGKILL")
+        self.pid_file(CONSOLE).unlink(missing_ok=True)
+        return True
+
     # ------------------------------------------------------------------ stop
 
     def kill_service(
@@ -502,6 +605,7 @@ class Stack:
         Idempotent, and leaves no process of this stack behind."""
         if not self.home.is_dir():
             return
+        self.stop_console()
         running = {name: pid for name in SERVICES if (pid := self.pid(name)) is not None}
         if running:
             self._progress(f"Stopping {', '.join(running)}")
@@ -569,6 +673,8 @@ class Stack:
             return child.poll() is None  # poll() also reaps it, so no zombie lingers
         # Not our child: check the command line, which also guards against pid reuse.
         seen = command_line(pid)
+        if name == CONSOLE:
+            return seen is not None and "streamlit" in seen and _console_script() in seen
         return seen is not None and f"cascade.services.{name}" in seen
 
     @contextlib.contextmanager
@@ -621,6 +727,50 @@ def check_health(
     """`grpc.health.v1.Health/Check` for the whole server (service ""); DOWN if unreachable."""
     health, _reason = probe(address, timeout=timeout, security=security)
     return health
+
+
+def _console_script() -> str:
+    """The file Streamlit runs for the console, found without importing it (importing it would run
+    the app); it needs no Streamlit to be found."""
+    spec = importlib.util.find_spec(_CONSOLE_APP)
+    if spec is None or spec.origin is None:
+        raise StackError(f"{_CONSOLE_APP} is not installed")
+    return str(Path(spec.origin).resolve())
+
+
+def console_command(host: str, port: int, home: Path) -> list[str]:
+    """The Streamlit command line serving the console of the stack in `home`."""
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        _console_script(),
+        "--server.headless=true",
+        f"--server.address={host}",
+        f"--server.port={port}",
+        "--browser.gatherUsageStats=false",
+        # Pages are built from the installed package; no reload on file changes.
+        "--server.runOnSave=false",
+        "--server.fileWatcherType=none",
+        "--global.developmentMode=false",
+    ]
+
+
+def console_env(home: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The console's environment: the caller's (`os.environ` by default) and where the stack lives."""
+    return {**(os.environ if environ is None else environ), "CASCADE_CONSOLE_HOME": str(home)}
+
+
+def console_answers(port: int, timeout: float = 1.0) -> bool:
+    """Whether a Streamlit server on the loopback `port` answers its health page with ok."""
+    # Straight to the address: a proxy named in the environment must not answer for it.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://{LOOPBACK}:{port}/_stcore/health", timeout=timeout) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
 
 
 def _check_known(name: str) -> None:
