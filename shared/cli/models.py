@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import json
 import re
+import textwrap
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
@@ -21,6 +22,7 @@ import typer
 
 from cascade.cli.client import TokenOption, ingest_file, remote_service, security_of, stack_config
 from cascade.cli.errors import EXIT_USAGE, ClientError, failure_of
+from cascade.cli.follow import key_metric
 from cascade.client.calls import call
 from cascade.client.records import (
     AliasMove,
@@ -127,10 +129,16 @@ def _when(moment: datetime | None) -> str:
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> None:
+    for line in _table_lines(headers, rows):
+        typer.echo(line)
+
+
+def _table_lines(headers: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    typer.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     for row in rows:
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return lines
 
 
 def _parse_reference(reference: str) -> re.Match[str]:
@@ -184,17 +192,37 @@ def _metric_filters(expressions: list[str] | None) -> list[MetricFilter]:
 
 
 _LONG_VALUE = 60  # characters of a tag value shown; the rest is behind --json
+_TAGS_SHOWN = 12  # tags listed one per line; the rest is behind --json
+_LINE = 110  # where a long sentence wraps
+_NEWEST = 10  # versions `models show NAME` lists
 
 
 def _pairs(values: Any) -> str:
     return ", ".join(f"{k}={_short(str(v))}" for k, v in sorted(values.items())) or "-"
 
 
-def _short(value: str) -> str:
+def _short(value: str, limit: int = _LONG_VALUE) -> str:
     """A value cut to one readable piece: the trainer's tags hold whole JSON records."""
-    if len(value) <= _LONG_VALUE:
+    if len(value) <= limit:
         return value
-    return f"{value[:_LONG_VALUE]}... ({len(value)} chars; --json shows all)"
+    return f"{value[:limit]}... ({len(value)} chars; --json shows all)"
+
+
+def _tag_lines(tags: dict[str, str]) -> list[str]:
+    """`  tags:` and one tag a line, each value cut, at most _TAGS_SHOWN of them: a version's tags
+    hold the trainer's records (trials, spec, importances), kilobytes each."""
+    if not tags:
+        return ["  tags:        -"]
+    lines = ["  tags:"]
+    for key, value in sorted(tags.items())[:_TAGS_SHOWN]:
+        lines.append(f"    {_short(key, 40)}={_short(value)}")
+    if len(tags) > _TAGS_SHOWN:
+        lines.append(f"    ... and {len(tags) - _TAGS_SHOWN} more (--json shows all)")
+    return lines
+
+
+def _wrapped(text: str, indent: str = "  ") -> list[str]:
+    return textwrap.wrap(text, _LINE, subsequent_indent=indent, break_on_hyphens=False) or [""]
 
 
 def _tensors(specs: tuple[TensorSpec, ...]) -> str:
@@ -207,6 +235,33 @@ def _number(value: float) -> str:
 
 def _metrics(run: TrainingRun) -> str:
     return ", ".join(f"{k}={_number(x)}" for k, x in sorted(run.metrics.items())) or "-"
+
+
+def _validation_metrics(version: ModelVersion) -> dict[str, float]:
+    """The validator's metrics (`validation.candidate`, `validation.champion`), as search names them."""
+    try:
+        report = json.loads(version.validation_report_json) if version.validation_report_json else {}
+    except ValueError:
+        return {}
+    found = report.get("metrics") if isinstance(report, dict) else None
+    if not isinstance(found, dict):
+        return {}
+    return {f"validation.{k}": float(v) for k, v in found.items() if isinstance(v, int | float)}
+
+
+def _why_no_champion(newest: ModelVersion | None) -> str:
+    """The line in place of the champion: why there is none, from the newest version."""
+    if newest is None:
+        return "No champion yet: no versions."
+    if newest.status is VersionStatus.failed:
+        gates = "; ".join(gate.describe() for gate in newest.failed_gates) or "see its report (--json)"
+        return f"No champion: v{newest.version} failed validation: {gates}"
+    if newest.status is VersionStatus.pending:
+        return f"No champion yet: v{newest.version} awaits the validator's verdict."
+    return (
+        f"No champion: v{newest.version} passed validation but was not promoted "
+        "(a manual policy makes it challenger; `cascade models promote` serves it)."
+    )
 
 
 # ---------------------------------------------------------------------- reading
@@ -241,94 +296,143 @@ def list_models(
 def show(
     ctx: typer.Context,
     reference: Annotated[
-        str, typer.Argument(help="NAME (the model and its champion), NAME@ALIAS or NAME/VERSION.")
+        str,
+        typer.Argument(
+            help="NAME (the model, its champion and newest versions), NAME@ALIAS or NAME/VERSION."
+        ),
     ],
-    as_json: JsonOption = False,
+    versions: Annotated[
+        int, typer.Option(min=1, max=1000, help="With NAME, how many of the newest versions to list.")
+    ] = _NEWEST,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole records as JSON.")] = False,
     address: AddressOption = None,
     token: TokenOption = "",
 ) -> None:
-    """A model (description, tags, policy, aliases, signature, then its champion), or one version:
-    status, aliases, tags, artifact, signature, training run and validation."""
+    """A model: its aliases, latest version, champion (or why there is none) and newest versions,
+    each with status, key metric, dataset version and failed gates; or one version: status,
+    aliases, tags, artifact, signature, training run and validation. Long tags are cut; `--json`
+    prints everything."""
     match = _parse_reference(reference)
     if match["alias"] or match["version"]:
         version = _call(ctx, address, token, _selected_version(reference))
         typer.echo(json.dumps(_as_dict(version), indent=2) if as_json else _format_version(version))
         return
 
-    async def read(registry: RegistryClient) -> tuple[Model, ModelVersion | None, ModelVersion | None]:
+    async def read(registry: RegistryClient) -> tuple[Model, ModelVersion | None, list[ModelVersion]]:
         model = await registry.get_model(reference)
-        champion = None
-        if "champion" in model.aliases:
+        newest = await registry.search_versions(reference, max_results=versions)
+        champion = next((v for v in newest if "champion" in v.aliases), None)
+        if champion is None and "champion" in model.aliases:
             champion = await registry.get_version(reference, model.aliases["champion"])
-        latest = None
-        if model.latest_version and (champion is None or champion.version != model.latest_version):
-            latest = await registry.get_version(reference, model.latest_version)
-        return model, champion, latest
+        return model, champion, newest
 
-    model, champion, latest = _call(ctx, address, token, read)
+    model, champion, newest = _call(ctx, address, token, read)
     if as_json:
-        typer.echo(
-            json.dumps({"model": _as_dict(model), "champion": champion and _as_dict(champion)}, indent=2)
-        )
+        whole = {
+            "model": _as_dict(model),
+            "champion": champion and _as_dict(champion),
+            "versions": [_as_dict(v) for v in newest],
+        }
+        typer.echo(json.dumps(whole, indent=2))
         return
+    typer.echo("\n".join(_format_model(model, champion, newest)))
+
+
+def _format_model(model: Model, champion: ModelVersion | None, newest: list[ModelVersion]) -> list[str]:
+    latest = newest[0] if newest else None
+    others = {a: v for a, v in model.aliases.items() if a != "champion"}
     lines = [
-        f"{model.name}",
-        f"  description: {model.description or '-'}",
-        f"  tags:        {_pairs(model.tags)}",
+        model.name,
+        *_wrapped(f"  description: {model.description or '-'}", " " * 15),
         f"  policy:      {model.promotion_policy}",
-        f"  versions:    {model.latest_version} (latest)"
-        if model.latest_version
-        else "  versions:    none yet",
-        f"  aliases:     {_pairs(model.aliases)}",
+        f"  champion:    v{champion.version}" if champion else "  champion:    -",
+        f"  aliases:     {', '.join(f'{a}=v{v}' for a, v in sorted(others.items())) or '-'}",
+        f"  latest:      v{latest.version} ({latest.status})" if latest else "  latest:      no versions yet",
         f"  created:     {_when(model.created_at)}",
-        f"  inputs:      {_tensors(model.inputs)}",
-        f"  outputs:     {_tensors(model.outputs)}",
+        f"  inputs:      {_short(_tensors(model.inputs), _LINE)}",
+        f"  outputs:     {_short(_tensors(model.outputs), _LINE)}",
+        *_tag_lines(model.tags),
         "",
-        _format_version(champion) if champion is not None else "No champion yet.",
     ]
-    if latest is not None:
-        # A newer version than the champion (or the only ones) tells why nothing moved: pending,
-        # or failed validation, with the gates that failed, value and threshold.
-        lines += ["", f"Latest version, not the champion: {_verdict(latest)}", _format_version(latest)]
-    typer.echo("\n".join(lines))
+    if champion is not None:
+        trained_on = f"{champion.dataset}@{champion.dataset_version[:12]}" if champion.dataset else "imported"
+        metric = key_metric(champion)
+        lines.append(
+            f"Champion: v{champion.version}, trained on {trained_on}" + (f", {metric}" if metric else "")
+        )
+    if latest is not None and (champion is None or latest.version > champion.version):
+        # Nothing newer serves: say why, from the newest version (failed, pending, not promoted).
+        lines += _wrapped(_why_no_champion(latest) if champion is None else _newer_than_champion(latest))
+    if newest:
+        total = model.latest_version
+        lines += ["", f"Newest versions ({len(newest)} of {total}):", *_version_table(newest)]
+        lines.append(f"`cascade models show {model.name}/VERSION` shows one; --json prints the records.")
+    return lines
+
+
+def _newer_than_champion(latest: ModelVersion) -> str:
+    why = _why_no_champion(latest).split(": ", 1)[1]
+    return f"Newer than the champion: {why}"
+
+
+def _version_table(found: list[ModelVersion], extra_metrics: list[str] | None = None) -> list[str]:
+    """Versions as rows (status, aliases, created, dataset version, key metric), a failed one
+    followed by its failed gates."""
+    headers = ["version", "status", "aliases", "created", "dataset version", "metric"]
+    rows = []
+    for v in found:
+        metrics = [key_metric(v)] if key_metric(v) else []
+        values = v.run.metrics | _validation_metrics(v)
+        metrics += [f"{name}={_number(values[name])}" for name in extra_metrics or [] if name in values]
+        rows.append(
+            [
+                str(v.version),
+                str(v.status),
+                ", ".join(v.aliases) or "-",
+                f"{v.created_at:%Y-%m-%d %H:%M:%S}" if v.created_at else "-",
+                v.dataset_version[:12] or "-",
+                ", ".join(dict.fromkeys(metrics)) or "-",
+            ]
+        )
+    lines = _table_lines(headers, rows)
+    out = [lines[0]]
+    for line, v in zip(lines[1:], found, strict=True):
+        out.append(line)
+        out += [f"      {_short(gate.describe(), _LINE)}" for gate in v.failed_gates]
+    return out
 
 
 def _verdict(version: ModelVersion) -> str:
     if not version.validation_report_json:
         return f"{version.status}, not validated yet"
-    report = json.loads(version.validation_report_json)
-    failed = [gate["name"] for gate in report.get("gates", []) if not gate.get("passed")]
-    if report.get("passed"):
+    if version.validation_passed:
         return "passed validation"
+    failed = [gate.name for gate in version.failed_gates]
     return f"FAILED validation ({', '.join(failed) or 'see below'})"
 
 
 def _format_version(version: ModelVersion) -> str:
-    report = json.loads(version.validation_report_json) if version.validation_report_json else None
     lines = [
         f"{version.model} version {version.version} ({version.status})",
         f"  aliases:     {', '.join(version.aliases) or '-'}",
-        f"  description: {version.description or '-'}",
-        f"  tags:        {_pairs(version.tags)}",
+        *_wrapped(f"  description: {version.description or '-'}", " " * 15),
         f"  created:     {_when(version.created_at)}",
         f"  artifact:    sha256 {version.artifact_sha256} ({version.artifact_size} bytes)",
-        f"  inputs:      {_tensors(version.inputs)}",
-        f"  outputs:     {_tensors(version.outputs)}",
+        f"  inputs:      {_short(_tensors(version.inputs), _LINE)}",
+        f"  outputs:     {_short(_tensors(version.outputs), _LINE)}",
         f"  dataset:     {version.dataset}@{version.dataset_version}"
         if version.dataset
         else "  dataset:     none, imported without a reference: UNMONITORED (no validation, no drift)",
         f"  run:         {version.run.run_id} in {version.run.train_seconds:.2f} s, seed {version.run.seed}",
-        f"  params:      {_pairs(version.run.params)}",
-        f"  metrics:     {_metrics(version.run)}",
+        *_wrapped(f"  params:      {_pairs(version.run.params)}", " " * 15),
+        *_wrapped(f"  metrics:     {_metrics(version.run)}", " " * 15),
+        *_tag_lines(version.tags),
     ]
-    if report is None:
+    if not version.validation_report_json:
         lines.append("  validation:  not validated yet")
     else:
-        lines.append(f"  validation:  {'passed' if report.get('passed') else 'failed'}")
-        for gate in report.get("gates", []):
-            verdict = "pass" if gate["passed"] else "FAIL"
-            measured = f"{gate.get('value')} vs {gate.get('threshold')}"
-            lines.append(f"    {verdict}  {gate['name']}: {measured} {gate['detail']}")
+        lines.append(f"  validation:  {'passed' if version.validation_passed else 'failed'}")
+        lines += [f"    {_short(gate.describe(), _LINE)}" for gate in version.gates]
     return "\n".join(lines)
 
 
@@ -342,8 +446,9 @@ def search(
     metric: Annotated[
         list[str] | None,
         typer.Option(
-            help="A condition on a training metric, or on the validator's as validation.NAME, e.g. "
-            "'cv_accuracy>=0.9' (= != > >= < <=); repeatable, all must hold."
+            help="A condition on a training metric (cv_accuracy, holdout_accuracy; cv_r2, holdout_r2 for "
+            "a regressor) or on the validator's (validation.candidate, validation.champion: accuracy or "
+            "R² on fresh rows), e.g. 'cv_accuracy>=0.9' (= != > >= < <=); repeatable, all must hold."
         ),
     ] = None,
     status: Annotated[Status | None, typer.Option(help="Only versions with this status.")] = None,
@@ -375,22 +480,30 @@ def search(
     if as_json:
         typer.echo(json.dumps([_as_dict(v) for v in found], indent=2))
         return
-    _table(
-        ["model", "version", "status", "aliases", "created", "dataset version", "metrics", "tags"],
-        [
-            [
-                v.model,
-                str(v.version),
-                str(v.status),
-                ", ".join(v.aliases) or "-",
-                _when(v.created_at),
-                v.dataset_version[:12] or "-",
-                _metrics(v.run),
-                _pairs(v.tags),
-            ]
-            for v in found
-        ],
-    )
+    if not found:
+        typer.echo("No versions match.")
+        return
+    # The key metric, and those the filters name: tags and the whole run are behind --json.
+    names = [f.name for f in filters]
+    for line in _search_table(found, names):
+        typer.echo(line)
+
+
+def _search_table(found: list[ModelVersion], metric_names: list[str]) -> list[str]:
+    by_model: dict[str, list[ModelVersion]] = {}
+    for version in found:
+        by_model.setdefault(version.model, []).append(version)
+    table = _version_table(found, metric_names)
+    # One table for every model: its rows carry the model's name in front.
+    width = max(len("model"), *(len(v.model) for v in found))
+    out = [f"{'MODEL'.ljust(width)}  {table[0]}"]
+    rows = iter(found)
+    for line in table[1:]:
+        if line.startswith("      "):  # a failed gate under its version
+            out.append(f"{' ' * width}  {line}")
+        else:
+            out.append(f"{next(rows).model.ljust(width)}  {line}")
+    return out
 
 
 @models_app.command()

@@ -137,18 +137,32 @@ async def test_register_tag_describe_policy_and_show_a_model(registry: Registry,
     shown = (await _cascade(registry, "show", "bc")).splitlines()
     assert shown[0] == "bc"
     assert "  description: breast cancer tumours" in shown
-    assert "  tags:        domain=health" in shown
+    assert shown[shown.index("  tags:") + 1] == "    domain=health"
     assert "  policy:      automatic" in shown
-    assert "  versions:    2 (latest)" in shown
-    assert "  aliases:     champion=2" in shown
+    assert "  latest:      v2 (pending)" in shown
+    assert "  champion:    v2" in shown
     assert "  inputs:      input FP32 [-1, 30]" in shown
-    assert "bc version 2 (pending)" in shown  # then its champion
-    assert "  description: the better one" in shown
+    assert "Champion: v2, trained on bc@d1, cv_accuracy=0.97" in shown
+    newest = shown.index("Newest versions (2 of 2):")
+    assert shown[newest + 1].split() == [
+        "VERSION",
+        "STATUS",
+        "ALIASES",
+        "CREATED",
+        "DATASET",
+        "VERSION",
+        "METRIC",
+    ]
+    assert [line.split()[:3] for line in shown[newest + 2 : newest + 4]] == [
+        ["2", "pending", "champion"],
+        ["1", "pending", "-"],
+    ]
     as_json = json.loads(await _cascade(registry, "show", "bc", "--json"))
     assert as_json["model"]["tags"] == {"domain": "health"}
     assert as_json["champion"]["version"] == 2
-    version = await _cascade(registry, "show", "bc/1")
-    assert "bc version 1 (pending)" in version and "  tags:        stage=dev" in version
+    assert [v["version"] for v in as_json["versions"]] == [2, 1]
+    version = (await _cascade(registry, "show", "bc/1")).splitlines()
+    assert "bc version 1 (pending)" in version and "    stage=dev" in version
     missing = await _cascade(registry, "show", "nothing_here", code=3)
     assert "NOT_FOUND" in missing
     bad = await _cascade(registry, "tag", "bc/1", "no-equals-sign", code=2)
@@ -183,7 +197,9 @@ async def test_search_by_tags_metrics_status_and_dataset_version(
     ]
     table = (await _cascade(registry, "search", "a")).splitlines()
     assert table[0].split()[:4] == ["MODEL", "VERSION", "STATUS", "ALIASES"]
-    assert table[1].split()[:3] == ["a", "2", "pending"] and "cv_accuracy=0.96" in table[1]
+    assert table[1].split()[:3] == ["a", "2", "pending"] and table[1].endswith("cv_accuracy=0.96")
+    assert "stage=prod" not in table[1]  # tags are behind --json
+    assert "No versions match." in await _cascade(registry, "search", "a", "--tag", "stage=gone")
     bad = await _cascade(registry, "search", "--metric", "cv_accuracy~0.9", code=2)
     assert "is not NAME OP NUMBER" in bad
     assert "invalid value" in (await _cascade(registry, "search", "--status", "gone", code=2)).lower()
@@ -294,10 +310,11 @@ async def test_show_says_the_latest_version_failed_and_cuts_long_tags(
 
     shown = await _cascade(registry, "show", "f")
 
-    assert "No champion yet." in shown
-    assert "Latest version, not the champion: FAILED validation (quality)" in shown
-    assert "FAIL  quality: 0.5 vs 0.8" in shown
-    assert "(5000 chars; --json shows all)" in shown
-    assert max(len(line) for line in shown.splitlines()) < 200
+    assert "No champion: v1 failed validation: quality failed: 0.5 vs threshold 0.8" in shown.splitlines()
+    assert "      quality failed: 0.5 vs threshold 0.8" in shown.splitlines()  # under v1 in the table
+    one = await _cascade(registry, "show", "f/1")
+    assert "    record=" + "x" * 60 + "... (5000 chars; --json shows all)" in one.splitlines()
+    assert "    quality failed: 0.5 vs threshold 0.8" in one.splitlines()
+    assert max(len(line) for line in (shown + one).splitlines()) < 130
     whole = json.loads(await _cascade(registry, "show", "f/1", "--json"))
     assert whole["tags"]["record"] == "x" * 5000
