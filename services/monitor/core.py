@@ -22,7 +22,13 @@ emits *drift detected*; then nothing more for `cooldown_seconds`, and the count 
 event says what a retrain could learn from (`action`): labelled production rows, sent to ingest as
 a feedback batch whose new dataset version retrains through the normal path ("feedback"); a dataset
 version newer than the champion's ("retrain"); or nothing, in which case no retrain happens and the
-event says so ("no_new_data").
+event says so ("no_new_data"). Every decision is recorded with what it triggered, in words; one held
+back (within the cooldown, or a model outside `retrain_models`) too, marked not emitted, at most
+once per cooldown period and kind so that a long drift does not fill the history.
+
+A report carries, per feature and for the prediction, the reference's and the window's
+distributions on the test's own bins (`drift.distribution`), for people to look at; the history
+keeps each verdict's per-feature statistics and thresholds, without the distributions.
 
 Predictions may arrive before any reference (they travel on another topic): they just fill the
 window, and the first evaluation happens as soon as the reference is in. Delivery is at-least-once,
@@ -64,6 +70,7 @@ from cascade.services.monitor.drift import (
     calibrate,
     column_drift,
     dataset_drifted,
+    distribution,
     evaluate,
 )
 from cascade.services.monitor.store import (
@@ -113,6 +120,7 @@ Emit = Callable[[DriftDetected], Awaitable[None]]
 Action = Literal["retrain", "feedback", "no_new_data"]
 DRIFT_MODES = ("calibrated", "evidently")
 NO_NEW_DATA = "drift detected; no new data to learn from"
+_HOLD_BACK_SPACING = 60.0  # seconds: held-back decisions are recorded at least this far apart
 IGNORED_ROWS = Counter(
     "cascade_monitor_other_version_rows_total",
     "Prediction rows answered by a version other than the champion, not counted against it.",
@@ -332,6 +340,7 @@ class _ModelState:
     labelled: _Labelled | None = None
     labels_pending: int = 0
     confidences: Matrix = field(default_factory=lambda: np.empty(0))  # latest window's max probabilities
+    held_back: dict[str, float] = field(default_factory=dict)  # kind -> when one was last recorded
 
 
 class MonitorCore:
@@ -584,16 +593,38 @@ class MonitorCore:
         drifted_features: list[str],
         report: dict[str, object],
     ) -> None:
-        """Emit *drift detected* unless the model is not retrained automatically or is cooling down."""
-        if self.emit is None or state.reference is None or not self.policy.retrains(model):
+        """Emit *drift detected* unless the model is not retrained automatically or is cooling down;
+        record the decision either way, with what it triggered."""
+        if self.emit is None or state.reference is None:
             return
         now = time.time()
+        if not self.policy.retrains(model):
+            self._hold_back(
+                model,
+                state,
+                kind,
+                summary,
+                now,
+                f"none: {model} is not retrained automatically (retrain_models is "
+                f"{self.policy.retrain_models!r}); not emitted",
+            )
+            return
         if now - state.last_emitted < self.policy.cooldown_seconds:
             log.info(
                 "%s: %s again, but within the %gs cooldown; not emitted",
                 model,
                 kind,
                 self.policy.cooldown_seconds,
+            )
+            last = datetime.fromtimestamp(state.last_emitted, UTC)
+            self._hold_back(
+                model,
+                state,
+                kind,
+                summary,
+                now,
+                f"none: within the {self.policy.cooldown_seconds:g}s cooldown after the event of "
+                f"{last:%Y-%m-%d %H:%M:%S} UTC; not emitted",
             )
             return
         event_id = str(uuid.uuid4())
@@ -615,7 +646,14 @@ class MonitorCore:
         state.last_emitted = now
         state.consecutive_drifted = 0
         self.store.save_drift_event(
-            model, event.id, event.kind, event.model_version, event.summary, event.time
+            model,
+            event.id,
+            event.kind,
+            event.model_version,
+            event.summary,
+            event.time,
+            triggered=_triggered(action, note),
+            emitted=True,
         )
         DRIFT_EVENTS.labels(model, event.kind).inc()
         log.warning(
@@ -626,6 +664,26 @@ class MonitorCore:
             event.summary,
             event.id,
             action,
+        )
+
+    def _hold_back(
+        self, model: str, state: _ModelState, kind: str, summary: str, now: float, why: str
+    ) -> None:
+        """Record a decision that emitted nothing, unless one of its kind was recorded recently."""
+        kind = "decay" if kind == "decay" else "drift"
+        spacing = max(self.policy.cooldown_seconds, _HOLD_BACK_SPACING)
+        if now - state.held_back.get(kind, -math.inf) < spacing or state.reference is None:
+            return
+        state.held_back[kind] = now
+        self.store.save_drift_event(
+            model,
+            str(uuid.uuid4()),
+            kind,
+            state.reference.info.model_version,
+            summary,
+            datetime.fromtimestamp(now, UTC),
+            triggered=why,
+            emitted=False,
         )
 
     async def _retrain_action(self, model: str, state: _ModelState, event_id: str) -> tuple[Action, str]:
@@ -671,7 +729,7 @@ class MonitorCore:
     def _state(self, model: str) -> _ModelState:
         if model not in self._models:
             previous = self.store.latest_report(model)
-            emitted = self.store.drift_events(model, 1)  # the cooldown survives restarts
+            emitted = self.store.drift_events(model, 1, emitted_only=True)  # the cooldown survives restarts
             self._models[model] = _ModelState(
                 seen=previous.predictions_seen if previous else 0,
                 last_emitted=emitted[0].emitted_at.timestamp() if emitted else -math.inf,
@@ -814,6 +872,9 @@ class MonitorCore:
                 [feature.drifted for feature in features], self.policy.dataset_drift_share
             )
             rule = f"at least {self.policy.dataset_drift_share:.0%} of the features (Evidently's rule)"
+        features, prediction = await asyncio.to_thread(
+            _with_distributions, prepared, state.prediction_reference, features, prediction, current, outputs
+        )
         report = DriftReport(
             model=model,
             model_version=reference.info.model_version,
@@ -852,6 +913,36 @@ class MonitorCore:
             "DRIFTED" if report.dataset_drifted else "stable",
         )
         return report
+
+
+def _triggered(action: Action, note: str) -> str:
+    """What an emitted event set going, in words, from the action the trainer acts on."""
+    if action == "feedback":
+        return f"feedback batch: {note}"
+    if action == "no_new_data":
+        return f"none: {note.removeprefix('drift detected; ')} (the trainer makes no version)"
+    return "retrain requested from the trainer" + (f": {note}" if note else "")
+
+
+def _with_distributions(
+    prepared: PreparedReference,
+    prediction_reference: ColumnReference | None,
+    features: Sequence[FeatureDrift],
+    prediction: FeatureDrift | None,
+    current: Matrix,
+    outputs: Matrix,
+) -> tuple[list[FeatureDrift], FeatureDrift | None]:
+    """Each test's result with its column's distributions, on the bins that test counts in."""
+    described = [
+        dataclasses.replace(feature, distribution=distribution(column, current[:, index], feature.test))
+        for index, (column, feature) in enumerate(zip(prepared.columns, features, strict=True))
+    ]
+    known = outputs[np.isfinite(outputs)]
+    if prediction is not None and prediction_reference is not None and len(known):
+        prediction = dataclasses.replace(
+            prediction, distribution=distribution(prediction_reference, known, prediction.test)
+        )
+    return described, prediction
 
 
 def report_document(report: DriftReport) -> dict[str, object]:

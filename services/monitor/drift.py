@@ -45,6 +45,12 @@ Two modes (`evaluate`):
   inflated by the measured factor; never deflated,
   so a calibration can only make a feature more cautious than its textbook law. The per-feature
   thresholds are reported in the statistic's own units (KS D, chi-squared) for the window size.
+
+What a report shows of a column (`distribution`): its reference and window shares on the bins its
+test counts in: the pooled categories of the calibrated chi-squared, every value seen for
+chi-squared and Z, Evidently's bins for Jensen-Shannon and PSI (`_binning`, the same function the
+statistic uses). The CDF tests (KS, Wasserstein) have no bins; their columns are shown on
+Evidently's bins too. At most `MAX_BINS` bins, so a report stays small.
 """
 
 from __future__ import annotations
@@ -67,12 +73,14 @@ __all__ = [
     "DEFAULT_THRESHOLDS",
     "KS_TEST",
     "LARGE_REFERENCE_ROWS",
+    "MAX_BINS",
     "NUMERIC",
     "ONNX_INPUT_DTYPE",
     "P_VALUE_TESTS",
     "TESTS",
     "Calibration",
     "ColumnReference",
+    "Distribution",
     "FeatureDrift",
     "PreparedReference",
     "WindowVerdict",
@@ -80,6 +88,7 @@ __all__ = [
     "column_drift",
     "dataset_drifted",
     "default_test",
+    "distribution",
     "evaluate",
     "feature_drift",
     "ks_test",
@@ -116,15 +125,30 @@ _SMALLEST_EXPECTED = 5.0  # categories expected fewer times than this in a windo
 _CHECKED_LEVELS = (0.05, 0.1)  # the levels at which `calibrate` compares p-values with uniform
 _SMALLEST_CALIBRATION_REFERENCE = 20  # rows; each half must be a sample, not a handful
 ONNX_INPUT_DTYPE = "float32"
+MAX_BINS = 50  # a distribution's bins in a report: the rarest categories beyond it are pooled
+OTHER = "other"  # the category of pooled rare values, and of values the reference never had
 
 Matrix = NDArray[np.float64]
 Vector = NDArray[np.float64]
 
 
 @dataclass(frozen=True)
+class Distribution:
+    """A column's reference and window on one binning: the share of each side's rows in each bin.
+    Numeric bins are [edge i, edge i+1) (the last one closed), so `edges` has one more entry than
+    the shares; categorical ones are named in `categories` (values as text, and OTHER)."""
+
+    reference: tuple[float, ...]
+    window: tuple[float, ...]
+    edges: tuple[float, ...] = ()
+    categories: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class FeatureDrift:
     """One column's verdict. `statistic` is the test's own statistic (KS D, chi², z, or the
-    distance); `p_value` is NaN for the distance tests, whose statistic is compared with `threshold`."""
+    distance); `p_value` is NaN for the distance tests, whose statistic is compared with `threshold`.
+    `distribution`, when attached (`distribution`), is what a person looks at beside the number."""
 
     feature: str
     test: str
@@ -132,6 +156,7 @@ class FeatureDrift:
     p_value: float
     threshold: float
     drifted: bool
+    distribution: Distribution | None = None
 
     @property
     def score(self) -> float:
@@ -591,18 +616,86 @@ def _wasserstein(reference_sorted: Vector, current_sorted: Vector) -> float:
 
 
 def _binned_shares(reference: ColumnReference, current: Vector, fill_zeroes: bool) -> tuple[Vector, Vector]:
-    """Evidently's binning: Sturges bins over both samples for a numeric column of more than 20
-    distinct reference values; one bin per value otherwise. PSI fills empty bins."""
-    if reference.kind == NUMERIC and len(reference.values) > 20:
-        edges = np.histogram_bin_edges(np.concatenate([reference.sorted_values, current]), bins="sturges")
-        reference_share = _histogram(reference.sorted_values, edges) / reference.rows
-        current_share = np.histogram(current, edges)[0] / len(current)
-    else:
-        reference_counts, counts = _category_counts(reference, current)
-        reference_share, current_share = reference_counts / reference.rows, counts / len(current)
+    """Shares of each side on `_binning`'s bins. PSI fills empty bins."""
+    _, _, reference_share, current_share = _binning(reference, current)
     if fill_zeroes:
         reference_share, current_share = _fill_zeroes(reference_share), _fill_zeroes(current_share)
     return reference_share.astype(np.float64), current_share.astype(np.float64)
+
+
+def _binning(
+    reference: ColumnReference, current: Vector
+) -> tuple[Vector | None, Vector | None, Vector, Vector]:
+    """Evidently's binning: Sturges bins over both samples for a numeric column of more than 20
+    distinct reference values (edges, None, shares); one bin per value otherwise (None, values,
+    shares)."""
+    if reference.kind == NUMERIC and len(reference.values) > 20:
+        edges = np.histogram_bin_edges(np.concatenate([reference.sorted_values, current]), bins="sturges")
+        if len(edges) > MAX_BINS + 1:  # only past 2**49 rows: Sturges grows with log2(rows)
+            edges = np.histogram_bin_edges(np.concatenate([reference.sorted_values, current]), bins=MAX_BINS)
+        reference_share = _histogram(reference.sorted_values, edges) / reference.rows
+        current_share = np.histogram(current, edges)[0] / len(current)
+        return edges, None, reference_share, current_share
+    reference_counts, counts = _category_counts(reference, current)
+    keys = np.union1d(reference.values, np.unique(current))
+    return None, keys, reference_counts / reference.rows, counts / len(current)
+
+
+def distribution(reference: ColumnReference, current: Vector, test: str) -> Distribution:
+    """The column's reference and window shares on the bins `test` counts in (see the module's doc)."""
+    current = reference.comparable(current)
+    if not len(current):
+        raise ValueError("a distribution needs at least one current row")
+    if test == CALIBRATED_CHISQUARE_TEST:
+        keys = _pooled_keys(reference, len(current))
+        reference_counts, counts = _pooled_counts(reference, current)
+        names = [*(_category_name(key) for key in keys), OTHER]
+        return _categorical(names, reference_counts / reference.rows, counts / len(current))
+    if test in (CHISQUARE_TEST, Z_TEST):
+        reference_counts, counts = _category_counts(reference, current)
+        keys = np.union1d(reference.values, np.unique(current))
+        return _categorical(
+            [_category_name(key) for key in keys], reference_counts / reference.rows, counts / len(current)
+        )
+    edges, values, reference_share, current_share = _binning(reference, current)
+    if edges is None:
+        assert values is not None
+        return _categorical([_category_name(key) for key in values], reference_share, current_share)
+    return Distribution(
+        reference=tuple(float(share) for share in reference_share),
+        window=tuple(float(share) for share in current_share),
+        edges=tuple(float(edge) for edge in edges),
+    )
+
+
+def _category_name(value: float) -> str:
+    return f"{value:g}"
+
+
+def _categorical(names: Sequence[str], reference_share: Vector, current_share: Vector) -> Distribution:
+    """Categories seen on either side, in order; beyond MAX_BINS the rarest are pooled into OTHER."""
+    seen = (reference_share > 0) | (current_share > 0)
+    kept = [index for index in range(len(names)) if seen[index]]
+    if len(kept) > MAX_BINS:
+        weight = np.maximum(reference_share, current_share)
+        common = sorted(sorted(kept, key=lambda index: -weight[index])[: MAX_BINS - 1])
+        rest = sorted(set(kept) - set(common))
+        pooled = [(OTHER, float(reference_share[rest].sum()), float(current_share[rest].sum()))]
+        rows = [(names[i], float(reference_share[i]), float(current_share[i])) for i in common]
+        merged: dict[str, tuple[float, float]] = {}
+        for name, ref, cur in [*rows, *pooled]:  # an OTHER among `common` takes the rest in
+            before = merged.get(name, (0.0, 0.0))
+            merged[name] = (before[0] + ref, before[1] + cur)
+        return Distribution(
+            reference=tuple(share[0] for share in merged.values()),
+            window=tuple(share[1] for share in merged.values()),
+            categories=tuple(merged),
+        )
+    return Distribution(
+        reference=tuple(float(reference_share[i]) for i in kept),
+        window=tuple(float(current_share[i]) for i in kept),
+        categories=tuple(names[i] for i in kept),
+    )
 
 
 def _histogram(sorted_values: Vector, edges: Vector) -> Vector:

@@ -48,7 +48,7 @@ def _timestamp(moment: datetime) -> Timestamp:
 
 
 def _feature(feature: FeatureDrift) -> pb.FeatureDrift:
-    return pb.FeatureDrift(
+    message = pb.FeatureDrift(
         feature=feature.feature,
         test=feature.test,
         statistic=feature.statistic,
@@ -56,6 +56,29 @@ def _feature(feature: FeatureDrift) -> pb.FeatureDrift:
         threshold=feature.threshold,
         drifted=feature.drifted,
     )
+    shares = feature.distribution
+    if shares is not None:
+        message.bin_edges.extend(shares.edges)
+        message.categories.extend(shares.categories)
+        message.reference_frequencies.extend(shares.reference)
+        message.window_frequencies.extend(shares.window)
+    return message
+
+
+def _verdict(verdict: Verdict) -> pb.Verdict:
+    message = pb.Verdict(
+        model_version=verdict.model_version,
+        reference_dataset_version=verdict.reference_dataset_version,
+        window_size=verdict.window_size,
+        predictions_seen=verdict.predictions_seen,
+        dataset_drifted=verdict.dataset_drifted,
+        drifted_features=list(verdict.drifted_features),
+        computed_at=_timestamp(verdict.computed_at),
+        features=[_feature(feature) for feature in verdict.features],
+    )
+    if verdict.prediction is not None:
+        message.prediction.CopyFrom(_feature(verdict.prediction))
+    return message
 
 
 def _performance(performance: Performance) -> pb.Performance:
@@ -97,18 +120,7 @@ def report_message(report: DriftReport) -> pb.DriftReport:
 def history_message(model: str, verdicts: list[Verdict], events: list[DriftEventRecord]) -> pb.DriftHistory:
     return pb.DriftHistory(
         model=model,
-        verdicts=[
-            pb.Verdict(
-                model_version=verdict.model_version,
-                reference_dataset_version=verdict.reference_dataset_version,
-                window_size=verdict.window_size,
-                predictions_seen=verdict.predictions_seen,
-                dataset_drifted=verdict.dataset_drifted,
-                drifted_features=list(verdict.drifted_features),
-                computed_at=_timestamp(verdict.computed_at),
-            )
-            for verdict in verdicts
-        ],
+        verdicts=[_verdict(verdict) for verdict in verdicts],
         drift_events=[
             pb.DriftEvent(
                 event_id=event.event_id,
@@ -116,6 +128,8 @@ def history_message(model: str, verdicts: list[Verdict], events: list[DriftEvent
                 model_version=event.model_version,
                 summary=event.summary,
                 emitted_at=_timestamp(event.emitted_at),
+                triggered=event.triggered,
+                held_back=not event.emitted,
             )
             for event in events
         ],

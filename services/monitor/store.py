@@ -1,6 +1,10 @@
 """The monitor's own store, SQLite in WAL mode: each model's current reference, its latest drift
 report, and the history of every verdict. Reports survive restarts and name the reference they used;
-the reference data itself is not kept here, since ingest serves it again on demand."""
+the reference data itself is not kept here, since ingest serves it again on demand.
+
+Columns added since the first schema are added to an older file when it is opened (`_ADDED`);
+rows written before have them empty: a verdict without its per-feature tests, an event without
+what it triggered (those were all emitted)."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cascade.services.monitor.drift import FeatureDrift
+from cascade.services.monitor.drift import Distribution, FeatureDrift
 
 __all__ = ["DriftEventRecord", "DriftReport", "MonitorStore", "Performance", "ReferenceInfo", "Verdict"]
 
@@ -40,7 +44,9 @@ CREATE TABLE IF NOT EXISTS verdicts (
     window_size INTEGER NOT NULL,
     predictions_seen INTEGER NOT NULL,
     dataset_drifted INTEGER NOT NULL,
-    drifted_features_json TEXT NOT NULL
+    drifted_features_json TEXT NOT NULL,
+    features_json TEXT,
+    prediction_json TEXT
 );
 CREATE INDEX IF NOT EXISTS verdicts_by_model ON verdicts(model, computed_at);
 CREATE TABLE IF NOT EXISTS drift_events (
@@ -49,9 +55,18 @@ CREATE TABLE IF NOT EXISTS drift_events (
     kind TEXT NOT NULL,
     model_version INTEGER NOT NULL,
     summary TEXT NOT NULL,
-    emitted_at TEXT NOT NULL
+    emitted_at TEXT NOT NULL,
+    triggered TEXT NOT NULL DEFAULT '',
+    emitted INTEGER NOT NULL DEFAULT 1
 );
 """
+# (table, column, declaration) added after the first schema, for files written before them.
+_ADDED = (
+    ("verdicts", "features_json", "TEXT"),
+    ("verdicts", "prediction_json", "TEXT"),
+    ("drift_events", "triggered", "TEXT NOT NULL DEFAULT ''"),
+    ("drift_events", "emitted", "INTEGER NOT NULL DEFAULT 1"),
+)
 
 
 @dataclass(frozen=True)
@@ -92,13 +107,16 @@ class Performance:
 
 @dataclass(frozen=True)
 class DriftEventRecord:
-    """One *drift detected* the monitor emitted."""
+    """One time the monitor's rule said "act": a *drift detected* it emitted, or one it held back
+    (`emitted` False), and what that triggered, in words."""
 
     event_id: str
     kind: str
     model_version: int
     summary: str
-    emitted_at: datetime
+    emitted_at: datetime  # when it was decided
+    triggered: str = ""
+    emitted: bool = True
 
 
 @dataclass(frozen=True)
@@ -132,6 +150,8 @@ class Verdict:
     dataset_drifted: bool
     drifted_features: tuple[str, ...]
     computed_at: datetime
+    features: tuple[FeatureDrift, ...] = ()  # each test at the time, without distributions
+    prediction: FeatureDrift | None = None
 
 
 class MonitorStore:
@@ -141,6 +161,13 @@ class MonitorStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        for table, column, declaration in _ADDED:
+            present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         self._db.close()
@@ -179,7 +206,9 @@ class MonitorStore:
                 (report.model, _report_to_json(report)),
             )
             self._db.execute(
-                "INSERT INTO verdicts VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO verdicts (model, computed_at, model_version, reference_dataset, "
+                "reference_dataset_version, window_size, predictions_seen, dataset_drifted, "
+                "drifted_features_json, features_json, prediction_json) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     report.model,
                     report.computed_at.isoformat(),
@@ -190,6 +219,8 @@ class MonitorStore:
                     report.predictions_seen,
                     int(report.dataset_drifted),
                     json.dumps(report.drifted_features),
+                    json.dumps([_without_distribution(feature) for feature in report.features]),
+                    json.dumps(_without_distribution(report.prediction)) if report.prediction else None,
                 ),
             )
 
@@ -205,21 +236,36 @@ class MonitorStore:
             )
 
     def save_drift_event(
-        self, model: str, event_id: str, kind: str, model_version: int, summary: str, emitted_at: datetime
+        self,
+        model: str,
+        event_id: str,
+        kind: str,
+        model_version: int,
+        summary: str,
+        emitted_at: datetime,
+        *,
+        triggered: str = "",
+        emitted: bool = True,
     ) -> None:
         self._db.execute(
-            "INSERT OR IGNORE INTO drift_events VALUES (?,?,?,?,?,?)",
-            (model, event_id, kind, model_version, summary, emitted_at.isoformat()),
+            "INSERT OR IGNORE INTO drift_events (model, event_id, kind, model_version, summary, emitted_at, "
+            "triggered, emitted) VALUES (?,?,?,?,?,?,?,?)",
+            (model, event_id, kind, model_version, summary, emitted_at.isoformat(), triggered, int(emitted)),
         )
 
-    def drift_events(self, model: str, limit: int = 100) -> list[DriftEventRecord]:
-        """The *drift detected* events emitted for the model, newest first."""
+    def drift_events(
+        self, model: str, limit: int = 100, *, emitted_only: bool = False
+    ) -> list[DriftEventRecord]:
+        """The model's drift events, newest first: the emitted ones only, or the held-back ones too."""
         rows = self._db.execute(
-            "SELECT event_id, kind, model_version, summary, emitted_at FROM drift_events WHERE model=? "
-            "ORDER BY emitted_at DESC, rowid DESC LIMIT ?",
-            (model, limit),
+            "SELECT event_id, kind, model_version, summary, emitted_at, triggered, emitted FROM drift_events "
+            "WHERE model=? AND (emitted=1 OR NOT ?) ORDER BY emitted_at DESC, rowid DESC LIMIT ?",
+            (model, emitted_only, limit),
         )
-        return [DriftEventRecord(r[0], r[1], r[2], r[3], datetime.fromisoformat(r[4])) for r in rows]
+        return [
+            DriftEventRecord(r[0], r[1], r[2], r[3], datetime.fromisoformat(r[4]), r[5], bool(r[6]))
+            for r in rows
+        ]
 
     def latest_report(self, model: str) -> DriftReport | None:
         row = self._db.execute("SELECT report_json FROM latest_reports WHERE model=?", (model,)).fetchone()
@@ -229,8 +275,8 @@ class MonitorStore:
         """The model's most recent verdicts, newest first."""
         rows = self._db.execute(
             "SELECT model_version, reference_dataset_version, window_size, predictions_seen, "
-            "dataset_drifted, drifted_features_json, computed_at FROM verdicts "
-            "WHERE model=? ORDER BY computed_at DESC, rowid DESC LIMIT ?",
+            "dataset_drifted, drifted_features_json, computed_at, features_json, prediction_json "
+            "FROM verdicts WHERE model=? ORDER BY computed_at DESC, rowid DESC LIMIT ?",
             (model, limit),
         )
         return [
@@ -242,6 +288,8 @@ class MonitorStore:
                 bool(row[4]),
                 tuple(json.loads(row[5])),
                 datetime.fromisoformat(row[6]),
+                tuple(_feature_from_json(feature) for feature in json.loads(row[7] or "[]")),
+                _feature_from_json(json.loads(row[8])) if row[8] else None,
             )
             for row in rows
         ]
@@ -263,12 +311,27 @@ def _report_to_json(report: DriftReport) -> str:
     return json.dumps(document)
 
 
+def _without_distribution(feature: FeatureDrift) -> dict[str, Any]:
+    document = asdict(feature)
+    document.pop("distribution")
+    return document
+
+
+def _feature_from_json(document: dict[str, Any]) -> FeatureDrift:
+    """A feature's test as stored: with its distribution (reports since they carry one) or without."""
+    shares = document.pop("distribution", None)
+    distribution = None
+    if shares:
+        distribution = Distribution(**{name: tuple(values) for name, values in shares.items()})
+    return FeatureDrift(**document, distribution=distribution)
+
+
 def _report_from_json(text: str) -> DriftReport:
     document = json.loads(text)
-    document["features"] = tuple(FeatureDrift(**feature) for feature in document["features"])
+    document["features"] = tuple(_feature_from_json(feature) for feature in document["features"])
     document["computed_at"] = datetime.fromisoformat(document["computed_at"])
     if document.get("prediction"):
-        document["prediction"] = FeatureDrift(**document["prediction"])
+        document["prediction"] = _feature_from_json(document["prediction"])
     if document.get("performance"):
         document["performance"] = Performance(**document["performance"])
     return DriftReport(**document)

@@ -9,7 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from cascade.client.base import ServiceClient
 from cascade.client.calls import RemoteService, call
-from cascade.client.records import DriftReport
+from cascade.client.records import DriftReport, FeatureDrift
 from cascade.stubs.cascade.monitor.v1 import monitor_pb2 as pb
 from cascade.stubs.cascade.monitor.v1 import monitor_pb2_grpc as pb_grpc
 
@@ -27,17 +27,25 @@ class Verdict:
     dataset_drifted: bool
     drifted_features: tuple[str, ...]
     computed_at: datetime | None
+    # Each feature's test at the time (statistic, threshold, drifted; no distributions), and the
+    # prediction's; empty and None for verdicts the monitor stored before it kept them.
+    features: tuple[FeatureDrift, ...] = ()
+    prediction: FeatureDrift | None = None
 
 
 @dataclass(frozen=True)
 class DriftEvent:
-    """A drift or decay the monitor announced."""
+    """A drift or decay the monitor's rule acted on: emitted as *drift detected*, or held back
+    (`emitted` False: within the cooldown, or a model not retrained automatically), and what it
+    triggered, in words (empty for events recorded before the monitor said)."""
 
     event_id: str
     kind: str
     model_version: int
     summary: str
     emitted_at: datetime | None
+    triggered: str = ""
+    emitted: bool = True
 
 
 @dataclass(frozen=True)
@@ -63,11 +71,21 @@ class DriftHistory:
                     dataset_drifted=v.dataset_drifted,
                     drifted_features=tuple(v.drifted_features),
                     computed_at=at(v.computed_at),
+                    features=tuple(FeatureDrift.of(f) for f in v.features),
+                    prediction=FeatureDrift.of(v.prediction) if v.HasField("prediction") else None,
                 )
                 for v in history.verdicts
             ),
             drift_events=tuple(
-                DriftEvent(e.event_id, e.kind, e.model_version, e.summary, at(e.emitted_at))
+                DriftEvent(
+                    e.event_id,
+                    e.kind,
+                    e.model_version,
+                    e.summary,
+                    at(e.emitted_at),
+                    triggered=e.triggered,
+                    emitted=not e.held_back,
+                )
                 for e in history.drift_events
             ),
         )

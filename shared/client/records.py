@@ -477,19 +477,51 @@ class StoredTrainingSpec:
 
 # Monitor
 
+_P_VALUE_TESTS = frozenset({"ks", "chisquare", "z"})
+
 
 @dataclass(frozen=True)
 class FeatureDrift:
+    """One column's test. `p_value` is NaN for the distance tests. The distributions (reports
+    only, empty in a history's verdicts) are shares of the reference's and the window's rows on the
+    test's bins: numeric bins [edge i, edge i+1) with one edge more than shares, or named categories."""
+
     feature: str
     test: str
     statistic: float
     p_value: float
     threshold: float
     drifted: bool
+    bin_edges: tuple[float, ...] = ()
+    categories: tuple[str, ...] = ()
+    reference_frequencies: tuple[float, ...] = ()
+    window_frequencies: tuple[float, ...] = ()
+
+    @property
+    def drifts_below(self) -> bool:
+        """Whether the test drifts when its p-value falls below the threshold (the monitor's
+        Evidently-compatible ks, chisquare and z), not when its statistic rises above it."""
+        return self.test in _P_VALUE_TESTS
+
+    @property
+    def score(self) -> float:
+        """What was compared with the threshold: the p-value or the statistic (`drifts_below`)."""
+        return self.p_value if self.drifts_below else self.statistic
 
     @classmethod
     def of(cls, drift: monitor_pb2.FeatureDrift) -> FeatureDrift:
-        return cls(drift.feature, drift.test, drift.statistic, drift.p_value, drift.threshold, drift.drifted)
+        return cls(
+            drift.feature,
+            drift.test,
+            drift.statistic,
+            drift.p_value,
+            drift.threshold,
+            drift.drifted,
+            bin_edges=tuple(drift.bin_edges),
+            categories=tuple(drift.categories),
+            reference_frequencies=tuple(drift.reference_frequencies),
+            window_frequencies=tuple(drift.window_frequencies),
+        )
 
 
 @dataclass(frozen=True)

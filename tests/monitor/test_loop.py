@@ -132,7 +132,14 @@ async def test_two_drifted_reports_in_a_row_emit_once_then_the_cooldown_holds(st
         await send(core, normal_rows(EVERY, shift=3.0, seed=seed))
     assert len(emitted) == 1
     verdicts, events = core.history(MODEL)
-    assert [e.event_id for e in events] == [event.id] and len(verdicts) == 8
+    # The held-back decision is recorded once (not once per drifted report), newest first.
+    held, sent = events
+    assert sent.event_id == event.id and sent.emitted and len(verdicts) == 8
+    assert sent.triggered == "retrain requested from the trainer"  # no ingest to ask: the trainer checks
+    assert not held.emitted and held.kind == "drift" and held.model_version == 1
+    assert held.triggered.startswith("none: within the 3600s cooldown after the event of ")
+    assert held.triggered.endswith("; not emitted")
+    assert store.drift_events(MODEL, emitted_only=True) == [sent]
 
 
 async def test_a_calm_report_resets_the_hysteresis(store: MonitorStore) -> None:
@@ -153,6 +160,14 @@ async def test_models_outside_the_retrain_glob_are_reported_but_not_retrained(st
     await core.set_reference(MODEL, 1)
     await send(core, normal_rows(EVERY, shift=3.0, seed=2))
     assert core.latest_report(MODEL).dataset_drifted and not emitted
+    await send(core, normal_rows(EVERY, shift=3.0, seed=3))
+    # The decision is recorded, saying it triggered nothing and why; once, not per report.
+    [held] = store.drift_events(MODEL)
+    assert not held.emitted and held.kind == "drift" and "4 of 4 features drifted" in held.summary
+    assert held.triggered == (
+        "none: churn is not retrained automatically (retrain_models is 'other*'); not emitted"
+    )
+    assert not store.drift_events(MODEL, emitted_only=True)
 
 
 async def test_labels_join_on_the_request_id_and_decay_emits(store: MonitorStore) -> None:
@@ -219,6 +234,16 @@ async def test_reports_and_history_convert_to_protobuf(store: MonitorStore) -> N
     assert message.performance.HasField("value") and not message.performance.HasField("estimated_accuracy")
     history = history_message(MODEL, *core.history(MODEL))
     assert history.verdicts[0].dataset_drifted and history.drift_events[0].event_id == emitted[0].id
+    assert not history.drift_events[0].held_back
+    assert history.drift_events[0].triggered == "retrain requested from the trainer"
+    # The history carries every feature's test at the time, and the prediction's; no distributions.
+    [verdict] = history.verdicts
+    assert [f.feature for f in verdict.features] == FEATURES and verdict.prediction.test == "z"
+    assert all(f.drifted and f.statistic > f.threshold for f in verdict.features)
+    assert not any(f.reference_frequencies or f.bin_edges for f in verdict.features)
+    # The report carries each column's distributions.
+    assert all(len(f.bin_edges) == len(f.reference_frequencies) + 1 for f in message.features)
+    assert list(message.prediction.categories) == ["0", "1"]
 
 
 async def test_the_cooldown_survives_a_restart(store: MonitorStore) -> None:
@@ -313,7 +338,9 @@ async def test_drift_without_new_data_is_reported_and_asks_for_no_retrain(store:
     assert event.action == "no_new_data" and "drift detected; no new data to learn from" in event.summary
     assert not data.batches
     [record] = store.drift_events(MODEL)
-    assert "no new data" in record.summary
+    assert "no new data" in record.summary and record.emitted
+    assert record.triggered.startswith("none: no new data to learn from (the champion was trained on ")
+    assert record.triggered.endswith("(the trainer makes no version)")
 
 
 async def test_a_newer_dataset_version_asks_for_a_retrain(store: MonitorStore) -> None:
@@ -322,6 +349,10 @@ async def test_a_newer_dataset_version_asks_for_a_retrain(store: MonitorStore) -
     await core.set_reference(MODEL, 1)
     await send(core, normal_rows(EVERY, shift=3.0, seed=2))
     assert [event.action for event in emitted] == ["retrain"] and "n" * 12 in emitted[0].summary
+    [record] = store.drift_events(MODEL)
+    assert record.triggered == (
+        f"retrain requested from the trainer: retraining on {DATASET}@{'n' * 12}, newer than {DATASET}@ds-v1"
+    )
 
 
 async def test_labelled_production_rows_go_to_ingest_as_a_feedback_batch(store: MonitorStore) -> None:
@@ -341,6 +372,12 @@ async def test_labelled_production_rows_go_to_ingest_as_a_feedback_batch(store: 
     np.testing.assert_array_equal(sent_rows, rows)
     np.testing.assert_array_equal(sent_labels, labels)
     assert source.startswith("feedback:") and emitted[1].id in source
+    feedback = store.drift_events(MODEL)[0]
+    assert feedback.event_id == emitted[1].id
+    assert feedback.triggered == (
+        f"feedback batch: {EVERY} labelled production rows sent to ingest as a feedback batch "
+        f"({DATASET}@{'f' * 12}), whose new version retrains"
+    )
 
     await send(core, normal_rows(EVERY, shift=3.0, seed=4))  # those rows were sent: none are left
     assert [event.action for event in emitted] == ["no_new_data", "feedback", "no_new_data"]

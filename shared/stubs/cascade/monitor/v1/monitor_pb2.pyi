@@ -299,7 +299,7 @@ class DriftEvent(_message.Message):
     SUMMARY_FIELD_NUMBER: _builtins.int
     EMITTED_AT_FIELD_NUMBER: _builtins.int
     TRIGGERED_FIELD_NUMBER: _builtins.int
-    EMITTED_FIELD_NUMBER: _builtins.int
+    HELD_BACK_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     kind: _builtins.str
     """drift or decay"""
@@ -309,9 +309,10 @@ class DriftEvent(_message.Message):
     """What it triggered, in words: the retrain requested, the feedback batch sent, or "none: ..." and
     why (no new data; within the cooldown; the model not in the retrain list). Empty on old events.
     """
-    emitted: _builtins.bool
-    """Whether *drift detected* went out on Kafka; false for a decision held back (cooldown, a model
-    not retrained automatically), recorded at most once per cooldown period and kind.
+    held_back: _builtins.bool
+    """True for a decision held back, not emitted on Kafka (within the cooldown, or a model not
+    retrained automatically), recorded at most once per cooldown period and kind; false when
+    *drift detected* went out (and from a monitor older than this field, which recorded only those).
     """
     @_builtins.property
     def emitted_at(self) -> _timestamp_pb2.Timestamp:
@@ -326,11 +327,11 @@ class DriftEvent(_message.Message):
         summary: _builtins.str = ...,
         emitted_at: _timestamp_pb2.Timestamp | None = ...,
         triggered: _builtins.str = ...,
-        emitted: _builtins.bool = ...,
+        held_back: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["emitted_at", b"emitted_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["emitted", b"emitted", "emitted_at", b"emitted_at", "event_id", b"event_id", "kind", b"kind", "model_version", b"model_version", "summary", b"summary", "triggered", b"triggered"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["emitted_at", b"emitted_at", "event_id", b"event_id", "held_back", b"held_back", "kind", b"kind", "model_version", b"model_version", "summary", b"summary", "triggered", b"triggered"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
