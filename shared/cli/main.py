@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -36,7 +36,7 @@ from cascade.stack import (
     remembered_config,
 )
 from cascade.stack.kafka_broker import BrokerError
-from cascade.stack.launcher import CONSOLE, DEFAULT_CONSOLE_PORT
+from cascade.stack.launcher import CONSOLE, DEFAULT_CONSOLE_PORT, HOME_DIR_NAME
 
 if TYPE_CHECKING:
     # The client pulls in the whole gRPC runtime; commands import it only when they need it,
@@ -86,7 +86,8 @@ def main(
         typer.Option(
             envvar="CASCADE_HOME",
             help="Directory holding the stack's data, logs, pids and traces [default: the nearest "
-            ".cascade in this directory or a parent, else $XDG_DATA_HOME/cascade, i.e. "
+            ".cascade in this directory or a parent, else the home the last `cascade up` started a "
+            "stack in (recorded in $XDG_STATE_HOME/cascade/home), else $XDG_DATA_HOME/cascade, i.e. "
             "~/.local/share/cascade].",
             show_default=False,
         ),
@@ -107,11 +108,47 @@ def main(
     ] = 1,
 ) -> None:
     if home is None:
-        home = default_home(Path.cwd(), os.environ)
+        home = home_for(Path.cwd(), os.environ)
     # A stack started from this home (by `cascade up` or from Python) remembers its ports.
     ctx.obj = remembered_config(home) or StackConfig(
         home=home, kafka_port=kafka_port, controller_port=controller_port, kafka_brokers=kafka_brokers
     )
+
+
+def home_for(cwd: Path, environ: Mapping[str, str]) -> Path:
+    """The home of a command given none: the nearest `.cascade` in `cwd` or a parent (a stack of
+    that checkout); else the home the last `cascade up` or `cascade demo` started a stack in, while
+    it still holds one (so `cascade status` from any directory finds a stack started inside a
+    checkout); else `cascade` under the user's data directory."""
+    found = default_home(cwd, environ)
+    if found.name == HOME_DIR_NAME:
+        return found
+    try:
+        recorded = Path(_home_record(environ).read_text().strip())
+    except OSError:
+        return found
+    return recorded if (recorded / "run" / "stack.json").is_file() else found
+
+
+def record_home(home: Path, environ: Mapping[str, str]) -> None:
+    """Remember the home a stack was started in, for commands run where no `.cascade` is found.
+    A record that cannot be written costs only that convenience, so it never fails the start."""
+    record = _home_record(environ)
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        partial = record.with_suffix(".tmp")
+        partial.write_text(f"{home.expanduser().resolve()}\n")
+        partial.replace(record)
+    except OSError as error:
+        typer.secho(
+            f"(could not record the stack's home in {record}: {error})", err=True, fg=typer.colors.YELLOW
+        )
+
+
+def _home_record(environ: Mapping[str, str]) -> Path:
+    """$XDG_STATE_HOME/cascade/home (~/.local/state/cascade/home): state of this user, not data."""
+    state = environ.get("XDG_STATE_HOME") or str(Path(environ.get("HOME", "~")) / ".local" / "state")
+    return Path(state).expanduser() / "cascade" / "home"
 
 
 def _stack(ctx: typer.Context) -> Stack:
@@ -301,6 +338,7 @@ def up(
     stack = _stack(ctx)
     with friendly_errors():
         stack.start(services or SERVICES, timeout=timeout)
+    record_home(stack.home, os.environ)
     url = start_console(stack, console_port) if console else None
     _print_table([*stack.status(), stack.console_status()])
     if url is not None:
@@ -575,5 +613,6 @@ def demo(
     stack = _stack(ctx)
     with friendly_errors():
         outcomes = run_demo(stack, timeout, typer.echo, console_port if console else None)
+    record_home(stack.home, os.environ)
     for line in summary(stack, outcomes):
         typer.echo(line)
