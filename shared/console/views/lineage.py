@@ -10,6 +10,7 @@ Query parameters ?model=..&version=.. choose the version (the model's champion b
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import pandas as pd
@@ -29,7 +30,8 @@ _CACHE_SECONDS = 5
 @dataclass(frozen=True)
 class LineageFacts:
     """Everything the page draws: a version, its lineage, the dataset versions in it (newest
-    first, the one trained on at the head), their batches and the versions trained on its data."""
+    first, the one trained on at the head), their batches, and per dataset version drawn the
+    model versions trained on it (of every model)."""
 
     model: str
     version: ModelVersion
@@ -37,7 +39,14 @@ class LineageFacts:
     dataset_versions: tuple[DatasetVersion, ...]
     older_versions: int  # ancestors left out of the graph
     batches: tuple[Batch, ...]
-    trained_on_it: tuple[ModelVersion, ...]
+    trained_on: dict[str, tuple[ModelVersion, ...]]
+
+    def others(self) -> list[ModelVersion]:
+        """The model versions trained on the drawn dataset versions, but the one chosen."""
+        chosen = (self.version.model, self.version.version)
+        return [
+            v for versions in self.trained_on.values() for v in versions if (v.model, v.version) != chosen
+        ]
 
 
 def render() -> None:
@@ -116,22 +125,28 @@ def _models(token: str) -> list[Model]:
 def _facts(token: str, model: str, number: int) -> LineageFacts:
     lineage = run(lambda c: c.registry.lineage(model, number))
     dataset, trained_on = lineage.dataset, lineage.dataset_version
-    # One call each, however long the dataset's history: its versions, the batches of the
-    # version trained on (its whole lineage), and the model versions trained on it.
-    versions = run(lambda c: c.ingest.list_dataset_versions(dataset))
-    batches = run(lambda c: c.ingest.list_batches(dataset, trained_on))
-    trained_on_it = run(lambda c: c.registry.search_versions(dataset_version=trained_on))
+    # A bounded number of calls, however long the dataset's history: its versions, the batches of
+    # the version trained on (its whole lineage), and per dataset version drawn the model versions
+    # trained on it.
+    versions, batches = run(
+        lambda c: asyncio.gather(
+            c.ingest.list_dataset_versions(dataset), c.ingest.list_batches(dataset, trained_on)
+        )
+    )
     chain = _ancestry(versions, trained_on)
     shown = chain[: ANCESTORS_SHOWN + 1]
-    shown_names = {v.version for v in shown}
+    names = [v.version for v in shown] or [trained_on]
+    found = run(
+        lambda c: asyncio.gather(*(c.registry.search_versions(dataset_version=name) for name in names))
+    )
     return LineageFacts(
         model=model,
         version=lineage.version,
         lineage=lineage,
         dataset_versions=tuple(shown),
         older_versions=len(chain) - len(shown),
-        batches=tuple(b for b in batches if b.version in shown_names),
-        trained_on_it=tuple(trained_on_it),
+        batches=tuple(b for b in batches if b.version in names),
+        trained_on={name: tuple(reversed(versions)) for name, versions in zip(names, found, strict=True)},
     )
 
 
@@ -160,6 +175,10 @@ def _version_label(version: ModelVersion) -> str:
 
 def _short(dataset_version: str) -> str:
     return dataset_version[:12]
+
+
+def _run_label(version: ModelVersion) -> str:
+    return f"training run {version.run.run_id[:8] or 'unknown'}"
 
 
 def _report(batch: Batch) -> str:
@@ -195,7 +214,7 @@ def dot(facts: LineageFacts) -> str:
         lines.append(f"  {_quote(source)} -> {_quote(target)}{text};")
 
     run_key = f"run:{version.run.run_id}"
-    node(run_key, f"training run {version.run.run_id or '-'}", "#fff3cd")
+    node(run_key, _run_label(version), "#fff3cd")
     trained_on = lineage.dataset_version
     dataset_keys = {v.version for v in facts.dataset_versions}
     if trained_on not in dataset_keys:  # ingest forgot it; the registry still names it
@@ -223,12 +242,10 @@ def dot(facts: LineageFacts) -> str:
     model_key = f"mv:{version.model}:{version.version}"
     node(model_key, _version_label(version), "#d4edda", bold=True)
     edge(run_key, model_key, "produced")
-    for other in facts.trained_on_it:
-        if (other.model, other.version) == (version.model, version.version):
-            continue
+    for other in facts.others():
         other_run = f"run:{other.run.run_id}"
-        node(other_run, f"training run {other.run.run_id or '-'}", "#fff3cd")
-        edge(f"dv:{trained_on}", other_run, "trained on")
+        node(other_run, _run_label(other), "#fff3cd")
+        edge(f"dv:{other.dataset_version}", other_run, "trained on")
         other_key = f"mv:{other.model}:{other.version}"
         node(other_key, _version_label(other), "#d4edda")
         edge(other_run, other_key, "produced")
@@ -249,9 +266,12 @@ def facts_table(facts: LineageFacts) -> pd.DataFrame:
     if facts.older_versions:
         rows.append(("older dataset versions", str(facts.older_versions), "not drawn"))
     rows += [
-        ("trained on the same data", f"{other.model} v{other.version}", _version_detail(other))
-        for other in facts.trained_on_it
-        if (other.model, other.version) != (version.model, version.version)
+        (
+            f"also trained on {_short(other.dataset_version)}",
+            f"{other.model} v{other.version}",
+            _version_detail(other),
+        )
+        for other in facts.others()
     ]
     return pd.DataFrame(rows, columns=["what", "which", "detail"])
 
