@@ -332,8 +332,8 @@ async def follow_upload(
         return event.model == model and event.run_key.startswith(ours)
 
     def stages_only(line: str) -> None:  # an upload's outcome needs no trial-by-trial lines
-        if not line.startswith("  trial "):
-            echo(line)
+        if line.startswith("started: "):
+            echo(f"  training: {line.removeprefix('started: ')}")
 
     async with sdk_client(stack.config) as client:
         watcher = asyncio.create_task(watch_run(stack, is_ours, since_ms, stages_only))
