@@ -127,11 +127,13 @@ def format_history(history: monitor_pb2.DriftHistory) -> str:
             + (", ".join(verdict.drifted_features) or "-")
         )
     if history.drift_events:
-        lines.append("drift detected (each triggers a retrain):")
+        lines.append("drift events (emitted: the loop acts on it; held back: cooldown or not retrained):")
         for event in history.drift_events:
             when = event.emitted_at.ToDatetime()
             lines.append(
                 f"  {when:%Y-%m-%d %H:%M:%S}  {event.kind} on v{event.model_version}  "
-                f"{event.event_id}  {event.summary}"
+                f"{'held back' if event.held_back else 'emitted'}  {event.event_id}  {event.summary}"
             )
+            if event.triggered:
+                lines.append(f"      triggered: {event.triggered}")
     return "\n".join(lines)

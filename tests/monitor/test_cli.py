@@ -59,7 +59,9 @@ async def test_the_table_names_each_feature_with_its_test_statistic_threshold_an
 ) -> None:
     store = MonitorStore(tmp_path)
     store.save_report(_report())
-    store.save_drift_event("churn", "ev-1", "drift", 3, "1 of 2 features drifted", datetime.now(UTC))
+    store.save_drift_event(
+        "churn", "ev-1", "drift", 3, "1 of 2 features drifted", datetime.now(UTC), triggered="none: cooldown"
+    )
     server = grpc.aio.server()
     monitor_pb2_grpc.add_MonitorServiceServicer_to_server(MonitorServicer(_Core(store)), server)  # type: ignore[arg-type]
     port = server.add_insecure_port("127.0.0.1:0")
@@ -98,7 +100,12 @@ async def test_the_table_names_each_feature_with_its_test_statistic_threshold_an
     assert any(
         "accuracy 0.8100 on 120 labelled rows vs 0.9300 at validation - DECAYED" in line for line in lines
     )
-    assert any("ev-1" in line and "drift on v3" in line for line in lines)
+    [event] = [index for index, line in enumerate(lines) if "ev-1" in line]
+    assert "drift on v3  emitted" in lines[event] and lines[event + 1].split() == [
+        "triggered:",
+        "none:",
+        "cooldown",
+    ]
 
 
 def test_an_unreachable_monitor_is_one_line_and_exit_code_4(tmp_path: Path) -> None:
