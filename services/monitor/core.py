@@ -946,10 +946,12 @@ def _with_distributions(
 
 
 def report_document(report: DriftReport) -> dict[str, object]:
-    """The report as JSON-ready data, as it rides on *drift detected*."""
+    """The report as JSON-ready data, as it rides on *drift detected*: without the distributions,
+    which are for people (up to 150 numbers a feature would make an event of many features large)."""
     document = asdict(report)
     document["computed_at"] = report.computed_at.isoformat()
     for entry in [*document["features"], document.get("prediction") or {}]:
+        entry.pop("distribution", None)
         if isinstance(entry.get("p_value"), float) and math.isnan(entry["p_value"]):
             entry["p_value"] = None  # JSON has no NaN
     return document
