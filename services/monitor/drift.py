@@ -630,15 +630,26 @@ def _binning(
     distinct reference values (edges, None, shares); one bin per value otherwise (None, values,
     shares)."""
     if reference.kind == NUMERIC and len(reference.values) > 20:
-        edges = np.histogram_bin_edges(np.concatenate([reference.sorted_values, current]), bins="sturges")
-        if len(edges) > MAX_BINS + 1:  # only past 2**49 rows: Sturges grows with log2(rows)
-            edges = np.histogram_bin_edges(np.concatenate([reference.sorted_values, current]), bins=MAX_BINS)
+        edges = _sturges_edges(reference.sorted_values, current)
         reference_share = _histogram(reference.sorted_values, edges) / reference.rows
         current_share = np.histogram(current, edges)[0] / len(current)
         return edges, None, reference_share, current_share
     reference_counts, counts = _category_counts(reference, current)
     keys = np.union1d(reference.values, np.unique(current))
     return None, keys, reference_counts / reference.rows, counts / len(current)
+
+
+def _sturges_edges(reference_sorted: Vector, current: Vector) -> Vector:
+    """np.histogram_bin_edges(both samples together, bins="sturges"), from the reference's ends
+    and sizes alone, never a pass over the reference; at most MAX_BINS bins (reached only past
+    2**49 rows: Sturges grows with log2 of the rows)."""
+    low = min(reference_sorted[0], current.min())
+    high = max(reference_sorted[-1], current.max())
+    width = (high - low) / (np.log2(len(reference_sorted) + len(current)) + 1.0)
+    if low == high:  # numpy widens an empty range
+        low, high = low - 0.5, high + 0.5
+    bins = min(int(np.ceil((high - low) / width)) if width else 1, MAX_BINS)
+    return np.linspace(low, high, bins + 1)
 
 
 def distribution(reference: ColumnReference, current: Vector, test: str) -> Distribution:

@@ -56,6 +56,15 @@ def test_numeric_bins_are_the_ones_jensen_shannon_and_psi_count_in() -> None:
     assert distribution(NUMERIC_REFERENCE, WINDOW, "ks_calibrated") == shares
 
 
+@pytest.mark.parametrize("rows", [21, 500, 1001, 100_000])
+def test_numeric_bins_are_numpys_sturges_bins_over_both_samples(rows: int) -> None:
+    reference = ColumnReference.of("amount", np.random.default_rng(rows).lognormal(size=rows))
+    window = np.random.default_rng(1).normal(loc=2.0, size=40)
+    both = np.concatenate([reference.sorted_values, reference.comparable(window)])
+    shares = distribution(reference, window, "psi")
+    np.testing.assert_array_equal(shares.edges, np.histogram_bin_edges(both, bins="sturges"))
+
+
 def test_categories_are_the_ones_chi_squared_counts_in() -> None:
     reference = ColumnReference.of("plan", RNG.integers(0, 3, 600).astype(float), CATEGORICAL)
     window = np.array([0.0] * 10 + [1.0] * 10 + [2.0] * 15 + [7.0] * 5)  # 7: never seen before
