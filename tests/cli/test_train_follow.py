@@ -16,6 +16,7 @@ from sklearn.datasets import load_breast_cancer
 from cascade.cli.errors import EXIT_FAILURE, EXIT_TIMEOUT, EXIT_USAGE
 from cascade.cli.follow import (
     CascadeFailed,
+    Challenger,
     Deadline,
     Reproduced,
     Served,
@@ -31,6 +32,7 @@ from cascade.client.sdk import AsyncClient
 from cascade.events import GateResult, ModelValidated, TrainingProgress, TrainingRequested
 from cascade.messaging import DLQ_REASON, DLQ_SERVICE
 from cascade.services.trainer.training import build_pipeline, export_onnx
+from cascade.stubs.cascade.registry.v1 import registry_pb2 as pb
 from tests.cli.test_models import Registry, _create, _registry
 
 
@@ -192,4 +194,24 @@ async def test_a_run_that_registered_no_version_of_its_own_is_a_reproduction(
     assert isinstance(outcome, Reproduced) and printed == []
     assert outcome_lines("same", outcome, 1.0) == [
         "No new version: the run reproduced same v1 byte for byte; v1 stays."
+    ]
+
+
+async def test_a_passed_version_under_a_manual_policy_ends_as_challenger(
+    tmp_path: Path, onnx_model: bytes
+) -> None:
+    async with _registry(tmp_path) as registry:
+        await registry.stub.RegisterModel(
+            pb.RegisterModelRequest(name="held", promotion_policy=pb.PROMOTION_POLICY_MANUAL)
+        )
+        await _create(registry, "held", onnx_model, 0.9)
+        await registry.core.on_validated(_verdict("held", 1, passed=True))
+
+        outcome, printed = await _follow(registry, "held", 1)
+
+    assert isinstance(outcome, Challenger)
+    assert printed[-1] == "  validated v1: passed (1 gates)"
+    assert outcome_lines("held", outcome, 1.0) == [
+        "held v1 passed validation and is challenger (manual promotion policy); "
+        "`cascade models promote held 1` serves it."
     ]
