@@ -271,17 +271,12 @@ async def recent_events(
     try:
         await consumer.start()
         existing = await consumer.topics()
-        from aiokafka import TopicPartition
-
-        partitions = [
-            TopicPartition(topic, partition)
-            for topic in (f"{prefix}.{name}" for name in topics)
-            if topic in existing
-            for partition in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        if not partitions:
+        wanted = [topic for topic in (f"{prefix}.{name}" for name in topics) if topic in existing]
+        if not wanted:
             return []
-        consumer.assign(partitions)
+        # Subscribed without a group, the consumer is given every partition of these topics.
+        consumer.subscribe(wanted)
+        partitions = await _assignment(consumer, ", ".join(wanted))
         ends = await consumer.end_offsets(partitions)
         beginnings = await consumer.beginning_offsets(partitions)
         starts = {tp: max(ends[tp] - limit, beginnings[tp]) for tp in partitions}
@@ -327,7 +322,7 @@ def _summary(kind: str, body: dict[str, Any]) -> str:
     version = f"{get('model')} v{get('model_version')}"
     data = str(get("dataset_version") or "")[:12]
     if kind == "data.arrived":
-        return f"{get('dataset')}: {get('rows')} rows -> dataset version {data}"
+        return f"{get('dataset')}: {get('rows')} rows → dataset version {data}"
     if kind == "training.requested":
         return f"{get('model')}: retrain requested by {get('actor')}" + _reason(get("reason"))
     if kind == "model.trained":
@@ -340,11 +335,11 @@ def _summary(kind: str, body: dict[str, Any]) -> str:
         failed = [str(g.get("name")) for g in gates if isinstance(g, dict) and not g.get("passed")]
         return f"{version} passed validation" if get("passed") else f"{version} failed {', '.join(failed)}"
     if kind == "model.version_status_changed":
-        return f"{version} {get('previous_status')} -> {get('status')}" + _reason(get("reason"))
+        return f"{version} {get('previous_status')} → {get('status')}" + _reason(get("reason"))
     if kind == "model.promoted":
-        return f"{get('model')}@{get('alias')} -> v{get('model_version')} by {get('actor')}"
+        return f"{get('model')}@{get('alias')} → v{get('model_version')} by {get('actor')}"
     if kind == "model.alias_changed":
-        moved = f"v{get('previous_version')} -> v{get('model_version')}"
+        moved = f"v{get('previous_version')} → v{get('model_version')}"
         return f"{get('model')}@{get('alias')} {get('action')} {moved} by {get('actor')}" + _reason(
             get("reason")
         )
