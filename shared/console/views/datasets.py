@@ -23,6 +23,7 @@ import streamlit as st
 
 from cascade.client.records import Batch, Dataset, DatasetVersion, FeatureProfile, RejectedRow
 from cascade.console.connection import TOKEN_KEY, run, show_error
+from cascade.console.views.lineage import markdown_literal
 from cascade.errors import CascadeError
 
 __all__ = ["render"]
@@ -219,11 +220,12 @@ def _rejected_rows(token: str, dataset: str, batches: list[Batch]) -> None:
     st.table(
         pd.DataFrame(
             {
-                "row": [r.row for r in shown],
-                "reason": [r.reason for r in shown],
-                "values": [_values(r.values_json) for r in shown],
+                "row": [str(r.row) for r in shown],
+                "reason": [markdown_literal(r.reason) for r in shown],
+                "values": [markdown_literal(_values(r.values_json)) for r in shown],
             }
-        ).set_index("row")
+        ),
+        hide_index=True,
     )
 
 

@@ -11,6 +11,7 @@ Query parameters ?model=..&version=.. choose the version (the model's champion b
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 
 import pandas as pd
@@ -18,13 +19,14 @@ import streamlit as st
 
 from cascade.client.records import Batch, DatasetVersion, Lineage, Model, ModelVersion
 from cascade.console.connection import TOKEN_KEY, run, show_error
-from cascade.errors import CascadeError
+from cascade.errors import CascadeError, NotFound
 
-__all__ = ["LineageFacts", "dot", "facts_table", "render"]
+__all__ = ["LineageFacts", "dot", "facts_table", "markdown_literal", "render"]
 
 # Dataset versions drawn behind the one trained on (a long history would drown the graph).
 ANCESTORS_SHOWN = 4
 _CACHE_SECONDS = 5
+_MARKDOWN_SPECIAL = re.compile(r"[\\`*_{}\[\]()<>#+\-.!|~$:]")  # $ is maths, :x: an emoji
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ def render() -> None:
         return
     st.graphviz_chart(dot(facts))
     st.subheader("Lineage facts")
-    st.table(facts_table(facts).set_index("what"))
+    st.table(facts_table(facts).map(markdown_literal), hide_index=True)
 
 
 # ---------------------------------------------------------------------- choosing
@@ -128,11 +130,14 @@ def _facts(token: str, model: str, number: int) -> LineageFacts:
     # A bounded number of calls, however long the dataset's history: its versions, the batches of
     # the version trained on (its whole lineage), and per dataset version drawn the model versions
     # trained on it.
-    versions, batches = run(
-        lambda c: asyncio.gather(
-            c.ingest.list_dataset_versions(dataset), c.ingest.list_batches(dataset, trained_on)
+    try:
+        versions, batches = run(
+            lambda c: asyncio.gather(
+                c.ingest.list_dataset_versions(dataset), c.ingest.list_batches(dataset, trained_on)
+            )
         )
-    )
+    except NotFound:  # ingest forgot the data; the registry's facts are still worth drawing
+        versions, batches = [], []
     chain = _ancestry(versions, trained_on)
     shown = chain[: ANCESTORS_SHOWN + 1]
     names = [v.version for v in shown] or [trained_on]
@@ -164,8 +169,15 @@ def _ancestry(versions: list[DatasetVersion], head: str) -> list[DatasetVersion]
 # ---------------------------------------------------------------------- the graph and the table
 
 
+def markdown_literal(text: object) -> str:
+    """A table cell shown as it is: st.table renders cells as Markdown (Streamlit's, with maths
+    and emoji), where a lone "-" would be a bullet and a stored value emphasis or a link."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\g<0>", str(text))
+
+
 def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A DOT quoted string; a line break becomes DOT's centred one (\\n)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
 def _version_label(version: ModelVersion) -> str:
