@@ -416,6 +416,9 @@ def main() -> None:
         return
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
 
+    taken = [port for port in (*PORTS.values(), KAFKA_PORT, CONSOLE_PORT, BARE_PORT) if _port_open(port)]
+    if taken:  # another run of this bench (--serve?) owns HOME: wiping it would orphan its processes
+        raise SystemExit(f"ports {taken} are in use: another bench_console run is going on; stop it first")
     shutil.rmtree(HOME, ignore_errors=True)
     stack = Stack(
         StackConfig(
