@@ -4,6 +4,7 @@ that Markdown leaves as they are, and a trace laid out for the waterfall chart."
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -70,7 +71,7 @@ def _facts() -> LineageFacts:
             _dataset_version(SECOND, FIRST, ("batch-one", "batch-two"), 767),
             _dataset_version(FIRST, "", ("batch-one",), 567),
         ),
-        older_versions=0,
+        older_versions=False,
         batches=(_batch("batch-one", FIRST, 567, 2), _batch("batch-two", SECOND, 200, 0)),
         trained_on={SECOND: (chosen, other_model), FIRST: (first_model,)},
     )
@@ -106,6 +107,9 @@ def test_the_graph_runs_from_batches_through_dataset_versions_and_runs_to_model_
     # A name with a quote stays one node with the name intact.
     assert labels['mv:other \\"quoted\\":7'] == 'other "quoted" v7\\nready'
     assert graph.startswith("digraph lineage {") and graph.endswith("}")
+    assert "older" not in labels
+    cut_short = _labels(dot(replace(_facts(), older_versions=True)))
+    assert cut_short["older"] == "older dataset versions"
 
 
 def test_the_table_holds_the_graphs_facts_in_full() -> None:

@@ -39,7 +39,7 @@ class LineageFacts:
     version: ModelVersion
     lineage: Lineage
     dataset_versions: tuple[DatasetVersion, ...]
-    older_versions: int  # ancestors left out of the graph
+    older_versions: bool  # ancestors left out of the graph
     batches: tuple[Batch, ...]
     trained_on: dict[str, tuple[ModelVersion, ...]]
 
@@ -71,7 +71,10 @@ def render() -> None:
     except CascadeError as error:
         show_error(error, f"Reading the lineage of {model} v{number}")
         return
-    st.graphviz_chart(dot(facts))
+    if facts.lineage.dataset_version:
+        st.graphviz_chart(dot(facts))
+    else:
+        st.info(f"{model} v{number} was not trained on a dataset of this stack (an imported model).")
     st.subheader("Lineage facts")
     st.table(facts_table(facts).map(markdown_literal), hide_index=True)
 
@@ -99,12 +102,15 @@ def _choose_version(models: list[Model]) -> tuple[str, int] | None:
             default = int(asked.removeprefix("v"))
         except ValueError:
             st.warning(f"Version {asked!r} is not a number; showing v{default}.")
+        if not 1 <= default <= model.latest_version:
+            st.warning(f"{name} has versions 1 to {model.latest_version}, not {asked!r}.")
+            default = min(max(default, 1), model.latest_version)
     number = int(
         st.number_input(
             "Version",
             min_value=1,
             max_value=model.latest_version,
-            value=min(max(default, 1), model.latest_version),
+            value=default,
             step=1,
             key=f"lineage_version_{name}",
             help="The champion's by default.",
@@ -127,20 +133,17 @@ def _models(token: str) -> list[Model]:
 def _facts(token: str, model: str, number: int) -> LineageFacts:
     lineage = run(lambda c: c.registry.lineage(model, number))
     dataset, trained_on = lineage.dataset, lineage.dataset_version
-    # A bounded number of calls, however long the dataset's history: its versions, the batches of
-    # the version trained on (its whole lineage), and per dataset version drawn the model versions
-    # trained on it.
-    try:
-        versions, batches = run(
-            lambda c: asyncio.gather(
-                c.ingest.list_dataset_versions(dataset), c.ingest.list_batches(dataset, trained_on)
-            )
-        )
-    except NotFound:  # ingest forgot the data; the registry's facts are still worth drawing
-        versions, batches = [], []
-    chain = _ancestry(versions, trained_on)
-    shown = chain[: ANCESTORS_SHOWN + 1]
+    if not trained_on:  # an imported version: no data of ours behind it
+        return LineageFacts(model, lineage.version, lineage, (), False, (), {})
+    # A bounded number of calls, however long the dataset's history (never the listing of all its
+    # versions): the versions drawn, the batches of the one trained on (its whole lineage), and
+    # per version drawn the model versions trained on it.
+    shown, older = _ancestry(dataset, trained_on)
     names = [v.version for v in shown] or [trained_on]
+    try:
+        batches = run(lambda c: c.ingest.list_batches(dataset, trained_on))
+    except NotFound:  # ingest forgot the data; the registry's facts are still worth drawing
+        batches = []
     found = run(
         lambda c: asyncio.gather(*(c.registry.search_versions(dataset_version=name) for name in names))
     )
@@ -149,21 +152,29 @@ def _facts(token: str, model: str, number: int) -> LineageFacts:
         version=lineage.version,
         lineage=lineage,
         dataset_versions=tuple(shown),
-        older_versions=len(chain) - len(shown),
+        older_versions=older,
         batches=tuple(b for b in batches if b.version in names),
         trained_on={name: tuple(reversed(versions)) for name, versions in zip(names, found, strict=True)},
     )
 
 
-def _ancestry(versions: list[DatasetVersion], head: str) -> list[DatasetVersion]:
-    """`head` and its ancestors, newest first (empty when ingest no longer has it)."""
-    by_name = {v.version: v for v in versions}
+def _dataset_version(dataset: str, name: str) -> DatasetVersion:
+    return run(lambda c: c.ingest.get_dataset_version(dataset, name))
+
+
+def _ancestry(dataset: str, head: str) -> tuple[list[DatasetVersion], bool]:
+    """`head` and up to ANCESTORS_SHOWN of its ancestors, newest first (none when ingest no
+    longer has it), and whether older ones were left out."""
     chain: list[DatasetVersion] = []
-    current = by_name.get(head)
-    while current is not None and current not in chain:
-        chain.append(current)
-        current = by_name.get(current.parent)
-    return chain
+    name = head
+    while name and len(chain) <= ANCESTORS_SHOWN and name not in {v.version for v in chain}:
+        try:
+            found = _dataset_version(dataset, name)
+        except NotFound:
+            break
+        chain.append(found)
+        name = found.parent
+    return chain, bool(name) and len(chain) > ANCESTORS_SHOWN
 
 
 # ---------------------------------------------------------------------- the graph and the table
@@ -244,7 +255,7 @@ def dot(facts: LineageFacts) -> str:
             edge(f"dv:{dataset_version.parent}", key, "parent of")
     if facts.older_versions:
         oldest = facts.dataset_versions[-1]
-        node("older", f"{facts.older_versions} older dataset versions", "#ffffff")
+        node("older", "older dataset versions", "#ffffff")
         edge("older", f"dv:{oldest.version}")
     for batch in facts.batches:
         key = f"batch:{batch.batch_id}"
@@ -271,12 +282,14 @@ def facts_table(facts: LineageFacts) -> pd.DataFrame:
     rows: list[tuple[str, str, str]] = [
         ("model version", f"{version.model} v{version.version}", _version_detail(version)),
         ("training run", version.run.run_id or "none", _run_detail(version)),
-        ("dataset version", lineage.dataset_version, _dataset_detail(facts)),
+        ("dataset version", lineage.dataset_version or "none", _dataset_detail(facts)),
         ("parent dataset version", lineage.parent_dataset_version or "none", "the version it grew from"),
     ]
     rows += [(f"batch (in {_short(b.version)})", b.batch_id, _report(b)) for b in facts.batches]
     if facts.older_versions:
-        rows.append(("older dataset versions", str(facts.older_versions), "not drawn"))
+        rows.append(
+            ("older dataset versions", facts.dataset_versions[-1].parent, "its parent and older: not drawn")
+        )
     rows += [
         (
             f"also trained on {_short(other.dataset_version)}",
@@ -299,6 +312,8 @@ def _run_detail(version: ModelVersion) -> str:
 
 
 def _dataset_detail(facts: LineageFacts) -> str:
+    if not facts.lineage.dataset_version:
+        return "none: imported, not trained here"
     head = facts.dataset_versions[0] if facts.dataset_versions else None
     if head is None:
         return f"of {facts.lineage.dataset}; ingest no longer has it"

@@ -99,17 +99,16 @@ def _listing(listed: list[TraceSummary]) -> None:
 
 
 def _choose(listed: list[TraceSummary]) -> str:
-    """The trace id (or its first digits) asked for by ?trace=, else the one picked (newest first)."""
+    """The trace picked (newest first); ?trace= (a trace id or its first digits) picks one, which
+    may be older than the listing or single-service."""
     asked = st.query_params.get("trace", "").strip().lower()
     options = [row.trace_id for row in listed]
-    if asked and not any(option.startswith(asked) for option in options):
-        # Older than the listing, or single-service: look it up among all spans all the same.
-        st.caption(f"Showing trace {asked} (not in the listing above).")
-        return asked
+    index = next((i for i, option in enumerate(options) if asked and option.startswith(asked)), None)
+    if asked and index is None:
+        options, index = [asked, *options], 0
     if not options:
         return ""
-    index = next((i for i, option in enumerate(options) if asked and option.startswith(asked)), 0)
-    chosen = st.selectbox("Trace", options, index=index, key="traces_trace")
+    chosen = st.selectbox("Trace", options, index=index or 0, key="traces_trace")
     if chosen is not None and not (asked and chosen.startswith(asked)):
         st.query_params["trace"] = chosen
     return chosen or ""
