@@ -80,25 +80,42 @@ def _spans_of_document(document: dict[str, Any]) -> Iterable[Span]:
                 )
 
 
-def load_spans(source: Path) -> list[Span]:
-    """Every span in a file, or in every *.jsonl file of a directory."""
+def load_spans(source: Path, *, tail_bytes: int | None = None) -> list[Span]:
+    """Every span in a file, or in every *.jsonl file of a directory; with `tail_bytes`, only
+    those in the last `tail_bytes` of each file (the latest spans, from the first whole line)."""
     files = sorted(source.glob("*.jsonl")) if source.is_dir() else [source]
     if not files or not all(f.is_file() for f in files):
         raise TraceError(f"no OTLP-JSON span files at {source}")
     spans: list[Span] = []
     for path in files:
-        text = path.read_text(encoding="utf-8")
+        text, first_line = _read(path, tail_bytes)
         lines = text.splitlines()
-        for number, line in enumerate(lines, start=1):
+        for number, line in enumerate(lines, start=first_line):
             if not line.strip():
                 continue
             try:
                 spans.extend(_spans_of_document(json.loads(line)))
             except (ValueError, KeyError) as error:
-                if number == len(lines) and not text.endswith("\n"):
+                if number == first_line + len(lines) - 1 and not text.endswith("\n"):
                     break  # a service is still writing this line: it is read next time
-                raise TraceError(f"{path}:{number} is not an OTLP-JSON line: {error}") from error
+                where = f"{path}:{number}" if first_line else f"{path} (near its end)"
+                raise TraceError(f"{where} is not an OTLP-JSON line: {error}") from error
     return spans
+
+
+def _read(path: Path, tail_bytes: int | None) -> tuple[str, int]:
+    """A file's text, or its last `tail_bytes` from the first whole line, and the number of its
+    first line (0 when not known: the lines before the tail were not counted)."""
+    with path.open("rb") as file:
+        size = file.seek(0, 2)
+        if tail_bytes is None or size <= tail_bytes:
+            file.seek(0)
+            return file.read().decode("utf-8"), 1
+        file.seek(size - tail_bytes - 1)
+        data = file.read()
+    # The byte before the tail tells whether the tail starts a line; otherwise drop the partial one.
+    start = 1 if data[:1] == b"\n" else data.find(b"\n") + 1
+    return data[start:].decode("utf-8") if start else "", 0
 
 
 def find_trace(spans: list[Span], trace_id: str) -> list[Span]:

@@ -94,3 +94,18 @@ def test_a_line_still_being_written_is_left_for_later_but_a_broken_line_is_an_er
         out.write("\n" + json.dumps({"resourceSpans": []}) + "\n")
     with pytest.raises(TraceError, match=r"ingest.jsonl:\d+ is not an OTLP-JSON line"):
         load_spans(tmp_path)
+
+
+def test_a_tail_read_gives_the_latest_spans_from_the_first_whole_line(tmp_path: Path) -> None:
+    write_cascade(tmp_path)
+    ingest = tmp_path / "ingest.jsonl"
+    lines = ingest.read_text().splitlines(keepends=True)
+    assert len(lines) == 3  # UploadBatch's publish, UploadBatch, the lonely call: one export each
+    last = lines[-1].encode()
+    everything = load_spans(ingest)
+    # A tail one byte longer than the last line starts inside the line before: that one is skipped.
+    tail = load_spans(ingest, tail_bytes=len(last) + 1)
+    assert [span.name for span in tail] == ["lonely health call"] == [everything[-1].name]
+    assert [span.name for span in load_spans(ingest, tail_bytes=len(last))] == ["lonely health call"]
+    assert load_spans(ingest, tail_bytes=10**9) == everything
+    assert load_spans(ingest, tail_bytes=5) == []

@@ -33,6 +33,8 @@ from cascade.traces import (
 __all__ = ["render", "timeline_frame"]
 
 TRACES_LISTED = 20
+# Span files grow for as long as a stack runs; the page reads the latest spans of each.
+TAIL_BYTES = 32 * 1024 * 1024
 _CACHE_SECONDS = 5
 _INDENT = "\u00a0\u00a0"
 _ROW_PIXELS = 22
@@ -70,8 +72,9 @@ def render() -> None:
 
 @st.cache_data(ttl=_CACHE_SECONDS, show_spinner=False, max_entries=4)
 def _spans(directory: str, signature: tuple[tuple[str, int, int], ...]) -> list[Span]:
-    """Every span in the directory; read again when a file grows or the cache entry expires."""
-    return load_spans(Path(directory))
+    """The latest spans of each file in the directory; read again when a file grows or the cache
+    entry expires."""
+    return load_spans(Path(directory), tail_bytes=TAIL_BYTES)
 
 
 def _signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
@@ -105,6 +108,10 @@ def _choose(listed: list[TraceSummary]) -> str:
     options = [row.trace_id for row in listed]
     index = next((i for i, option in enumerate(options) if asked and option.startswith(asked)), None)
     if asked and index is None:
+        st.caption(
+            f"Trace {asked} is not among the recent ones (the page reads the last "
+            f"{TAIL_BYTES >> 20} MiB of each span file)."
+        )
         options, index = [asked, *options], 0
     if not options:
         return ""
