@@ -21,8 +21,8 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from cascade.cli.client import TokenOption, ingest_file, remote_service, security_of, stack_config
-from cascade.cli.errors import EXIT_USAGE, ClientError, failure_of
-from cascade.cli.follow import key_metric
+from cascade.cli.errors import EXIT_TIMEOUT, EXIT_USAGE, ClientError, failure_of
+from cascade.cli.follow import key_metric, validation_failure
 from cascade.client.calls import call
 from cascade.client.records import (
     AliasMove,
@@ -355,11 +355,13 @@ def _format_model(model: Model, champion: ModelVersion | None, newest: list[Mode
         "",
     ]
     if champion is not None:
-        trained_on = f"{champion.dataset}@{champion.dataset_version[:12]}" if champion.dataset else "imported"
-        metric = key_metric(champion)
-        lines.append(
-            f"Champion: v{champion.version}, trained on {trained_on}" + (f", {metric}" if metric else "")
+        origin = (
+            f"trained on {champion.dataset}@{champion.dataset_version[:12]}"
+            if champion.dataset
+            else "imported without a reference: UNMONITORED"
         )
+        metric = key_metric(champion)
+        lines.append(f"Champion: v{champion.version}, {origin}" + (f", {metric}" if metric else ""))
     if latest is not None and (champion is None or latest.version > champion.version):
         # Nothing newer serves: say why, from the newest version (failed, pending, not promoted).
         lines += _wrapped(_why_no_champion(latest) if champion is None else _newer_than_champion(latest))
@@ -829,7 +831,12 @@ def import_model(
     ] = None,
     task: Annotated[str, typer.Option(help="classification or regression [default: the reference's].")] = "",
     follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Wait for the validator's verdict and print it.")
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="Wait for the validator's verdict and print it; a failed one ends with exit code 2.",
+        ),
     ] = False,
     timeout: Annotated[float, typer.Option(help="With --follow, seconds to wait for the verdict.")] = 300.0,
     reason: ReasonOption = "",
@@ -912,13 +919,16 @@ def import_model(
             f"max difference {imported.parity_max_difference:.2e} on {imported.parity_rows} rows; "
             + ("validation and monitoring follow." if imported.monitored else "UNMONITORED (no reference).")
         )
+    verdict = None
     if follow and imported.monitored:
-        version = _await_verdict(ctx, token, name, imported.model_version, timeout)
-        result["verdict"] = json.loads(version.validation_report_json)
+        verdict = _await_verdict(ctx, token, name, imported.model_version, timeout)
+        result["verdict"] = json.loads(verdict.validation_report_json)
         if not as_json:
-            typer.echo(f"{_verdict(version)}\n{_format_version(version)}")
+            typer.echo(f"{_verdict(verdict)}\n{_format_version(verdict)}")
     if as_json:
         typer.echo(json.dumps(result, indent=2))
+    if verdict is not None and verdict.status is VersionStatus.failed:
+        _fail(validation_failure(verdict))  # as `ingest --follow` and `train --follow` end
 
 
 def _await_verdict(ctx: typer.Context, token: str, model: str, version: int, timeout: float) -> ModelVersion:
@@ -931,7 +941,9 @@ def _await_verdict(ctx: typer.Context, token: str, model: str, version: int, tim
         if time.monotonic() > deadline:
             _fail(
                 ClientError(
-                    f"no verdict on {model}/{version} within {timeout:g} s; `cascade models show` tells later"
+                    f"no verdict on {model}/{version} within {timeout:g} s; "
+                    "`cascade models show` tells later",
+                    EXIT_TIMEOUT,
                 )
             )
         time.sleep(1.0)

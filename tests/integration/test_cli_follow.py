@@ -1,14 +1,17 @@
-"""`cascade ingest --follow` and `cascade train --follow` on the real stack tell how the cascade
-ended: the version served and how long it took, or the stage it failed at with the failed gates
-and a non-zero exit code; `cascade models show` then says why there is no champion.
+"""`cascade ingest --follow`, `cascade train --follow` and `cascade models import --follow` on the
+real stack tell how the cascade ended: the version served and how long it took, or the stage it
+failed at with the failed gates and a non-zero exit code; `cascade models show` then says why there
+is no champion.
 
 A version fails validation cheaply on a small dataset: 30 rows leave fewer held-out rows than the
 validator's `enough_fresh_rows` gate asks for (10), while the trainer can still train on them."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer
@@ -16,6 +19,7 @@ from typer.testing import CliRunner, Result
 
 from cascade.cli.errors import EXIT_USAGE
 from cascade.cli.main import app
+from cascade.services.trainer.training import build_pipeline, export_onnx
 from cascade.stack import Stack
 
 pytestmark = pytest.mark.slow
@@ -95,3 +99,25 @@ def test_train_follow_of_an_unchanged_model_says_no_new_version(stack: Stack, tm
     assert trained.output.splitlines()[-1] == (
         "No new version: the run reproduced follow_same v1 byte for byte; v1 stays."
     )
+
+
+def test_import_follow_of_a_model_that_fails_validation_exits_with_its_gates(
+    stack: Stack, tmp_path: Path
+) -> None:
+    frame = _frame().iloc[:300]
+    reference = tmp_path / "reference.csv"
+    frame.to_csv(reference, index=False)
+    # Trained on inverted labels: wrong on nearly every row, far under the accuracy floor.
+    pipeline = build_pipeline("logistic_regression", "classification", {}, seed=0)
+    pipeline.fit(frame.drop(columns="target").to_numpy(np.float32), 1 - frame["target"].to_numpy())
+    model_file = tmp_path / "model.onnx"
+    model_file.write_bytes(export_onnx(pipeline, 30, "classification"))
+
+    result = _cascade(
+        stack, "models", "import", "follow_import", str(model_file), "--reference-file", str(reference),
+        "--follow", "--timeout", "240",
+    )  # fmt: skip
+
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "FAILED validation (" in result.output
+    assert re.search(r"Error: follow_import v\d+ failed validation: .*min_accuracy failed", result.output)
