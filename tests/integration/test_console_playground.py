@@ -15,6 +15,8 @@ from tests.integration.browser import Console
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 MODEL = "console_playground"
+# A page's first run (imports, the console's client) and a prediction can take seconds on a busy machine.
+WAIT = 30_000
 
 
 def test_a_pasted_row_gets_the_served_answer_and_a_bad_row_an_error(
@@ -35,15 +37,15 @@ def test_a_pasted_row_gets_the_served_answer_and_a_bad_row_an_error(
     probabilities = next(values for values in expected.outputs.values() if values.ndim == 2)[0]
 
     page.goto(console.url(f"playground?model={MODEL}"))
-    expect(page.get_by_role("heading", name="Playground", exact=True)).to_be_visible()
+    expect(page.get_by_role("heading", name="Playground", exact=True)).to_be_visible(timeout=WAIT)
     # The boxes start from the training data's medians; the pasted row (CSV with its header and
     # the target column, which the model does not take) is sent instead.
-    expect(page.get_by_label("mean radius", exact=True)).not_to_have_value("")
+    expect(page.get_by_label("mean radius", exact=True)).not_to_have_value("", timeout=WAIT)
     paste = page.get_by_role("textbox", name="Paste a row")
     paste.fill(row.to_csv(index=False))
     page.get_by_role("button", name="Predict").click()
 
-    expect(page.get_by_role("heading", name="Prediction", exact=True)).to_be_visible()
+    expect(page.get_by_role("heading", name="Prediction", exact=True)).to_be_visible(timeout=WAIT)
     metrics = page.locator("[data-testid='stMetric']")
     expect(metrics.filter(has_text="Predicted label").locator("[data-testid='stMetricValue']")).to_have_text(
         str(label)
@@ -67,7 +69,22 @@ def test_a_pasted_row_gets_the_served_answer_and_a_bad_row_an_error(
     paste.fill(bad.to_csv(index=False))
     page.get_by_role("button", name="Predict").click()
     error = page.locator("[data-testid='stAlertContentError']")
-    expect(error).to_contain_text("Cannot send this row")
+    expect(error).to_contain_text("Cannot send this row", timeout=WAIT)
     expect(error).to_contain_text(f"feature '{bad.columns[1]}' needs a number; got 'abc'")
     expect(page.get_by_role("heading", name="Prediction", exact=True)).to_have_count(0)
+
+    # The version asked by number (the page keeps it in the URL) answers too.
+    page.locator("[data-testid='stSelectbox']").filter(has_text="Version").click()
+    page.get_by_role("option", name=f"v{champion.version} (champion, loaded)").click()
+    expect(page).to_have_url(
+        f"{console.url('playground')}?model={MODEL}&version={champion.version}", timeout=WAIT
+    )
+    page.get_by_role("textbox", name="Paste a row").fill(row.to_csv(index=False))
+    page.get_by_role("button", name="Predict").click()
+    expect(metrics.filter(has_text="Answered by").locator("[data-testid='stMetricValue']")).to_have_text(
+        f"v{champion.version}"
+    )
+    expect(
+        page.get_by_text(f"{MODEL} v{champion.version} answered (v{champion.version} was asked).")
+    ).to_be_visible()
     expect(page.locator("[data-testid='stException']")).to_have_count(0)

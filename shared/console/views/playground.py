@@ -199,7 +199,7 @@ def render() -> None:
         show_error(error, f"Reading the versions of {model}")
         return
     with pick_version:
-        asked = _choose_version(model, champion, ready)
+        asked = _choose_version(model, champion, ready, _loaded_versions(token, model))
     try:
         served = _served(token, model, asked)
     except NotFound as error:
@@ -239,7 +239,15 @@ def _choose_model(models: list[str]) -> str:
     return str(model)
 
 
-def _choose_version(model: str, champion: int | None, ready: list[int]) -> str:
+def _loaded_versions(token: str, model: str) -> set[str]:
+    """The versions of `model` serving has loaded (what the champion's metadata lists)."""
+    try:
+        return set(_served(token, model, CHAMPION).versions)
+    except CascadeError:
+        return set()
+
+
+def _choose_version(model: str, champion: int | None, ready: list[int], loaded: set[str]) -> str:
     """ "" (the champion) or a version number, as serving takes it."""
     options = [CHAMPION] + [str(number) for number in sorted(set(ready), reverse=True)]
     wanted = st.query_params.get("version", CHAMPION)
@@ -249,7 +257,9 @@ def _choose_version(model: str, champion: int | None, ready: list[int]) -> str:
     def label(option: str) -> str:
         if option == CHAMPION:
             return f"champion (v{champion})" if champion is not None else "champion (none yet)"
-        return f"v{option}" + (" (champion)" if champion is not None and option == str(champion) else "")
+        notes = ["champion"] if champion is not None and option == str(champion) else []
+        notes.append("loaded" if option in loaded else "not loaded by serving")
+        return f"v{option} ({', '.join(notes)})"
 
     chosen = st.selectbox(
         "Version",
