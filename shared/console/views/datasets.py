@@ -31,6 +31,7 @@ __all__ = ["render"]
 # Histograms drawn at once by default; the profile table lists every feature.
 DEFAULT_HISTOGRAMS = 4
 REJECTED_SHOWN = 100
+_FACET_WIDTH = 380
 _CACHE_SECONDS = 5
 
 
@@ -178,10 +179,6 @@ def _batches_table(batches: list[Batch], version: DatasetVersion | None) -> None
         pd.DataFrame(
             {
                 "batch": [b.batch_id for b in newest_first],
-                "in version": [b.batch_id in in_version for b in newest_first],
-                "made version": [b.version or "-" for b in newest_first],
-                "source": [b.source for b in newest_first],
-                "received": [b.received_at for b in newest_first],
                 "rows": [b.report.rows_received for b in newest_first],
                 "accepted": [b.report.rows_accepted for b in newest_first],
                 "repaired": [b.report.rows_repaired for b in newest_first],
@@ -189,9 +186,15 @@ def _batches_table(batches: list[Batch], version: DatasetVersion | None) -> None
                 "rejected": [b.report.rows_rejected for b in newest_first],
                 "duplicate": [b.report.rows_duplicate for b in newest_first],
                 "issues": [_issues(b.report.issues) for b in newest_first],
+                "in version": [b.batch_id in in_version for b in newest_first],
+                "made version": [b.version[:12] or "none" for b in newest_first],
+                "source": [b.source for b in newest_first],
+                "received": [b.received_at for b in newest_first],
             }
         ),
         hide_index=True,
+        # The ids are long: narrow, so the counts show without scrolling (the whole id on hover).
+        column_config={"batch": st.column_config.TextColumn(width="medium")},
     )
 
 
@@ -264,41 +267,84 @@ def _profiles(version: DatasetVersion) -> None:
         hide_index=True,
     )
     names = [p.name for p in version.profile]
-    shown = st.multiselect(
+    chosen = st.multiselect(
         "Histograms of", names, default=names[:DEFAULT_HISTOGRAMS], key=f"histograms_{version.version}"
     )
-    by_name = {p.name: p for p in version.profile}
-    columns = st.columns(2)
-    for number, name in enumerate(shown):
-        with columns[number % 2]:
-            _histogram(by_name[name])
+    shown = [p for p in version.profile if p.name in chosen]
+    # One faceted chart per kind rather than one per feature: each chart is a Vega view the
+    # browser builds, and a page of many is slow to show.
+    numeric = [p for p in shown if not p.categories and _binned(p)]
+    categorical = [p for p in shown if p.categories]
+    if numeric:
+        _facets(_numeric_chart(numeric), numeric, "Histograms")
+    if categorical:
+        _facets(_categorical_chart(categorical), categorical, "Category counts")
+    without = [p.name for p in shown if p not in numeric and p not in categorical]
+    if without:
+        st.caption(f"No histogram for {', '.join(without)}.")
 
 
-def _histogram(profile: FeatureProfile) -> None:
-    st.markdown(f"**{profile.name}** ({profile.type})")
-    st.caption(
-        f"missing rate {profile.missing_rate:.1%} · mean {profile.mean:.4g} · std {profile.std:.4g}"
-        f" · min {profile.min:.4g} · max {profile.max:.4g}"
+def _binned(profile: FeatureProfile) -> bool:
+    return (
+        bool(profile.histogram_counts) and len(profile.histogram_edges) == len(profile.histogram_counts) + 1
     )
-    if profile.categories:
-        frame = pd.DataFrame(
-            {"category": list(profile.categories), "rows": list(profile.categories.values())}
-        )
-        chart = alt.Chart(frame).mark_bar().encode(x=alt.X("category:N", sort="-y"), y="rows:Q")
-    elif len(profile.histogram_edges) == len(profile.histogram_counts) + 1 and profile.histogram_counts:
-        edges, counts = profile.histogram_edges, profile.histogram_counts
-        frame = pd.DataFrame({"from": edges[:-1], "to": edges[1:], "rows": counts})
-        chart = (
-            alt.Chart(frame)
-            .mark_bar()
-            .encode(
-                x=alt.X("from:Q", title=profile.name, bin="binned"),
-                x2="to:Q",
-                y=alt.Y("rows:Q", title="rows"),
-                tooltip=["from:Q", "to:Q", "rows:Q"],
+
+
+def _numeric_chart(profiles: list[FeatureProfile]) -> alt.Chart:
+    frame = pd.DataFrame(
+        [
+            {"feature": _title(p), "from": start, "to": end, "rows": count}
+            for p in profiles
+            for start, end, count in zip(
+                p.histogram_edges, p.histogram_edges[1:], p.histogram_counts, strict=False
             )
+        ]
+    )
+    chart: alt.Chart = (
+        alt.Chart(frame)
+        .mark_bar()
+        .encode(
+            x=alt.X("from:Q", bin="binned", title=None),
+            x2="to:Q",
+            y=alt.Y("rows:Q", title="rows"),
+            tooltip=["from:Q", "to:Q", "rows:Q"],
         )
-    else:
-        st.caption("No histogram for this feature.")
-        return
-    st.altair_chart(chart.properties(height=180), width="stretch", alt=f"Histogram of {profile.name}")
+    )
+    return chart
+
+
+def _categorical_chart(profiles: list[FeatureProfile]) -> alt.Chart:
+    frame = pd.DataFrame(
+        [
+            {"feature": _title(p), "category": name, "rows": count}
+            for p in profiles
+            for name, count in p.categories.items()
+        ]
+    )
+    chart: alt.Chart = (
+        alt.Chart(frame)
+        .mark_bar()
+        .encode(
+            x=alt.X("category:N", sort="-y", title=None),
+            y=alt.Y("rows:Q", title="rows"),
+            tooltip=["category:N", "rows:Q"],
+        )
+    )
+    return chart
+
+
+def _title(profile: FeatureProfile) -> str:
+    return (
+        f"{profile.name} (missing {profile.missing_rate:.1%}, mean {profile.mean:.4g}, std {profile.std:.4g})"
+    )
+
+
+def _facets(chart: alt.Chart, profiles: list[FeatureProfile], what: str) -> None:
+    """`chart` drawn once per feature, two a row, each with its own scales, titled with the
+    feature's name, missing rate, mean and std."""
+    faceted = (
+        chart.properties(width=_FACET_WIDTH, height=150)
+        .facet(facet=alt.Facet("feature:N", title=None, sort=[_title(p) for p in profiles]), columns=2)
+        .resolve_scale(x="independent", y="independent")
+    )
+    st.altair_chart(faceted, alt=f"{what} of {', '.join(p.name for p in profiles)}")
