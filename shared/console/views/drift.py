@@ -4,13 +4,12 @@ for the prediction the test's score against its threshold over the model's histo
 the reference and window distributions overlaid on the test's own bins, the champion's performance
 (measured from labels, and the label-free ESTIMATE), and the drift events with what they triggered.
 
-Everything comes from two monitor calls made together (the report and the history), cached briefly;
-a model the monitor has not reported on yet is a note, not an error.
+Everything comes from two monitor calls (the report and the history), cached briefly; a model the
+monitor has not reported on yet is a note, not an error.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Sequence
 from datetime import datetime
@@ -21,7 +20,6 @@ import streamlit as st
 
 from cascade.client.monitor import DriftHistory, Verdict
 from cascade.client.records import DriftReport, FeatureDrift, Model, Performance
-from cascade.client.sdk import AsyncClient
 from cascade.console.connection import TOKEN_KEY, run, show_error
 from cascade.errors import CascadeError, NotFound
 
@@ -75,20 +73,26 @@ def _models(token: str) -> list[Model]:
 
 
 @st.cache_data(ttl=_TTL, show_spinner=False)
-def _drift(token: str, model: str) -> tuple[DriftReport | None, DriftHistory]:
-    """The latest report (None when the monitor has none yet) and the history, asked together."""
+def _report(token: str, model: str) -> DriftReport:
+    """The latest report; NotFound (never cached, so a report that just came is seen) when none."""
     del token
+    return run(lambda client: client.monitor.drift_report(model))
 
-    async def read(client: AsyncClient) -> tuple[DriftReport | None, DriftHistory]:
-        async def report() -> DriftReport | None:
-            try:
-                return await client.monitor.drift_report(model)
-            except NotFound:
-                return None
 
-        return await asyncio.gather(report(), client.monitor.drift_history(model, HISTORY))
+@st.cache_data(ttl=_TTL, show_spinner=False)
+def _history(token: str, model: str, latest: datetime | None) -> DriftHistory:
+    """The history up to the `latest` report at least: keyed by it, so it is never older."""
+    del token, latest
+    return run(lambda client: client.monitor.drift_history(model, HISTORY))
 
-    return run(read)
+
+def _drift(token: str, model: str) -> tuple[DriftReport | None, DriftHistory]:
+    """The latest report (None when the monitor has none yet) and the history."""
+    try:
+        report: DriftReport | None = _report(token, model)
+    except NotFound:
+        report = None
+    return report, _history(token, model, report.computed_at if report is not None else None)
 
 
 def _chosen(names: list[str]) -> str:
@@ -150,7 +154,7 @@ def _features(report: DriftReport, history: DriftHistory) -> None:
         st.caption("The stored verdicts predate per-feature statistics: only the latest report is drawn.")
     ordered = sorted(report.features, key=lambda f: (not f.drifted, f.feature))
     for feature in ordered:
-        past = [(verdict.computed_at, _named(verdict.features, feature.feature)) for verdict in verdicts]
+        past = [(verdict, _named(verdict.features, feature.feature)) for verdict in verdicts]
         _feature_panel(feature, past)
 
 
@@ -163,13 +167,11 @@ def _prediction(report: DriftReport, history: DriftHistory) -> None:
         )
         return
     st.caption("The champion's predictions in the window against its own predictions on its reference rows.")
-    past = [(verdict.computed_at, verdict.prediction) for verdict in _oldest_first(history.verdicts)]
+    past = [(verdict, verdict.prediction) for verdict in _oldest_first(history.verdicts)]
     _feature_panel(report.prediction, past)
 
 
-def _feature_panel(
-    feature: FeatureDrift, past: Sequence[tuple[datetime | None, FeatureDrift | None]]
-) -> None:
+def _feature_panel(feature: FeatureDrift, past: Sequence[tuple[Verdict, FeatureDrift | None]]) -> None:
     marker = "DRIFTED" if feature.drifted else "no drift"
     label = f"{feature.feature}: {marker} ({feature.test})"
     with st.expander(label, expanded=feature.drifted or feature.feature == PREDICTION):
@@ -180,17 +182,19 @@ def _feature_panel(
             _distribution_chart(feature)
 
 
-def _score_chart(feature: FeatureDrift, past: Sequence[tuple[datetime | None, FeatureDrift | None]]) -> None:
+def _score_chart(feature: FeatureDrift, past: Sequence[tuple[Verdict, FeatureDrift | None]]) -> None:
+    """The feature's score in each past verdict that carries its test, against the threshold."""
     what = "p-value" if feature.drifts_below else "statistic"
     points = [
         {
-            "computed at": at.replace(tzinfo=None),  # drawn as UTC, as the captions say
+            "computed at": verdict.computed_at.replace(tzinfo=None),  # drawn as UTC, as labelled
+            "version": f"v{verdict.model_version}",
             what: score,
             "threshold": _finite(test.threshold),
             "drifted": test.drifted,
         }
-        for at, test in past
-        if at is not None and test is not None and (score := _finite(test.score)) is not None
+        for verdict, test in past
+        if verdict.computed_at is not None and test is not None and (score := _finite(test.score)) is not None
     ]
     title = f"Statistic over time: {feature.feature}"
     if not points:
@@ -206,7 +210,7 @@ def _score_chart(feature: FeatureDrift, past: Sequence[tuple[datetime | None, Fe
         .encode(
             x=alt.X("computed at:T", title="report (UTC)", axis=alt.Axis(format="%H:%M:%S", tickCount=5)),
             y=alt.Y(f"{what}:Q", title=what, scale=scale),
-            tooltip=["computed at:T", f"{what}:Q", "threshold:Q", "drifted:N"],
+            tooltip=["computed at:T", "version:N", f"{what}:Q", "threshold:Q", "drifted:N"],
         )
     )
     layers: list[alt.Chart] = [line]
