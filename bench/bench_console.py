@@ -372,13 +372,13 @@ def run_browser(console: str, bare: str, loads: int) -> tuple[Timing, list[Timin
 def report(baseline: Timing, timings: list[Timing], runs: dict[str, ScriptRun]) -> None:
     print()
     print(
-        "| page | first load (ms) | median (ms) | p90 (ms) | x bare | within 1 s "
+        "| page | first load (ms) | median (ms) | p90 (ms) | x bare | over bare (ms) | within 1 s "
         "| script run, warm (ms) | script run, cold cache (ms) | note |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print(
         f"| bare Streamlit page | {baseline.first_ms:.0f} | {baseline.median:.0f} | {baseline.p90:.0f} "
-        "| 1.0x | - | | | |"
+        "| 1.0x | 0 | - | | | |"
     )
     for timing in timings:
         within = "yes" if timing.median <= 1000 else "no"
@@ -387,7 +387,8 @@ def report(baseline: Timing, timings: list[Timing], runs: dict[str, ScriptRun]) 
         server = f"{run.warm_ms:.0f} | {run.cold_ms:.0f}" if run else "- | -"
         print(
             f"| {timing.name} | {timing.first_ms:.0f} | {timing.median:.0f} | {timing.p90:.0f} | "
-            f"{timing.median / baseline.median:.1f}x | {within} | {server} | {note} |"
+            f"{timing.median / baseline.median:.1f}x | {timing.median - baseline.median:.0f} | {within} | "
+            f"{server} | {note} |"
         )
 
 
