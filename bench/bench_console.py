@@ -444,7 +444,7 @@ def main() -> None:
                 time.sleep(3600)
         bare_log = HOME / "logs" / "bare.log"
         with streamlit_server(bare_command(BARE_PORT), console_env(HOME), BARE_PORT, bare_log) as bare:
-            print("timing ...", flush=True)
+            print(f"timing ... (load average {' '.join(f'{v:.1f}' for v in os.getloadavg())})", flush=True)
             baseline, timings = run_browser(console, bare, args.loads)
         print("script runs (AppTest) ...", flush=True)
         runs = script_runs_apart(args.loads)
@@ -454,6 +454,7 @@ def main() -> None:
     finally:
         stack.stop()
     report(baseline, timings, runs)
+    print(f"\nload average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":
