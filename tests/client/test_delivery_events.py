@@ -11,6 +11,7 @@ from cascade.client.delivery import EVENT_TOPICS, _event
 from cascade.events import (
     DataArrived,
     DriftDetected,
+    Event,
     GateResult,
     ModelAliasChanged,
     ModelLoadFailed,
@@ -33,7 +34,7 @@ def _of(event: Any) -> str:
 
 
 def test_every_event_topic_of_the_cascade_is_read() -> None:
-    story = [
+    story: list[type[Event]] = [
         DataArrived,
         TrainingRequested,
         ModelTrained,
