@@ -7,13 +7,15 @@
     Rejected rows     a batch's rejected rows with their reasons and the values as received
     Feature profiles  the chosen version's profile of each feature, and histograms
 
-Query parameters ?dataset=..&version=.. choose the dataset and version (the head by default).
+Query parameters ?dataset=..&version=.. choose the dataset and version (the head by default),
+and ?batch=.. the batch whose rejected rows are listed (the newest with any).
 A page costs one call per section, however many versions a dataset has; reads are cached for a
 few seconds per signed-in token.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 
@@ -51,8 +53,7 @@ def render() -> None:
     if dataset is None:
         return
     try:
-        versions = _versions(token, dataset)
-        batches = _batches(token, dataset)
+        versions, batches = _versions_and_batches(token, dataset)
     except CascadeError as error:
         show_error(error, f"Reading dataset {dataset}")
         return
@@ -73,13 +74,11 @@ def _datasets(token: str) -> list[Dataset]:
 
 
 @st.cache_data(ttl=_CACHE_SECONDS, show_spinner=False)
-def _versions(token: str, dataset: str) -> list[DatasetVersion]:
-    return run(lambda c: c.ingest.list_dataset_versions(dataset))
-
-
-@st.cache_data(ttl=_CACHE_SECONDS, show_spinner=False)
-def _batches(token: str, dataset: str) -> list[Batch]:
-    return run(lambda c: c.ingest.list_batches(dataset))
+def _versions_and_batches(token: str, dataset: str) -> tuple[list[DatasetVersion], list[Batch]]:
+    """Every version and every batch of a dataset: two list calls, made together."""
+    return run(
+        lambda c: asyncio.gather(c.ingest.list_dataset_versions(dataset), c.ingest.list_batches(dataset))
+    )
 
 
 @st.cache_data(ttl=_CACHE_SECONDS, show_spinner=False)
