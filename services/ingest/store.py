@@ -440,15 +440,59 @@ class IngestStore:
         )
 
     def versions(self, dataset: str) -> list[VersionInfo]:
-        if self.schema(dataset) is None:
+        schema = self.schema(dataset)
+        if schema is None:
             raise NotFound(f"dataset {dataset!r} does not exist")
-        names = [
-            r[0]
-            for r in self._db.execute(
-                "SELECT version FROM versions WHERE dataset=? ORDER BY created_at, rowid", (dataset,)
+        # Read in three queries, not `version()` per version: each version's batches and segments
+        # extend its parent's, so walking every version's lineage apart costs O(versions²) queries
+        # (thousands at 100 versions, seconds for the console's Datasets page).
+        rows = self._db.execute(
+            "SELECT version, parent, rows, size_bytes, file_sha256, profile_json, created_at FROM versions"
+            " WHERE dataset=? ORDER BY created_at, rowid",
+            (dataset,),
+        ).fetchall()
+        newest_first: dict[str, list[str]] = {}
+        for version, batch_id in self._db.execute(
+            "SELECT version, batch_id FROM batches WHERE dataset=? ORDER BY received_at DESC", (dataset,)
+        ):
+            newest_first.setdefault(version, []).append(batch_id)
+        segment_of = {
+            version: segment
+            for version, segment in self._db.execute(
+                "SELECT version, segment FROM segments WHERE dataset=?", (dataset,)
             )
-        ]
-        return [self.version(dataset, name) for name in names]
+        }
+        batches: dict[str, list[str]] = {}
+        segments: dict[str, list[str]] = {}
+        for version, parent, *_ in rows:  # oldest first: a parent is met before its children
+            if parent and parent not in batches:  # not so (clock skew): read this one's lineage apart
+                batches[version] = self._lineage_batches(dataset, version)
+                segments[version] = [s.segment for s in self.manifest(dataset, version)]
+                continue
+            batches[version] = batches.get(parent or "", []) + newest_first.get(version, [])[::-1]
+            if version in segment_of:
+                segments[version] = [*segments.get(parent or "", []), segment_of[version]]
+            else:  # a single-file version from before segments holds every row up to it
+                segments[version] = [s.segment for s in self.manifest(dataset, version)]
+
+        infos = []
+        for version, parent, count, size_bytes, file_sha256, profile_json, created_at in rows:
+            infos.append(
+                VersionInfo(
+                    dataset=dataset,
+                    version=version,
+                    parent=parent,
+                    rows=count,
+                    size_bytes=size_bytes,
+                    file_sha256=file_sha256,
+                    profile=json.loads(profile_json),
+                    created_at=datetime.fromisoformat(created_at),
+                    batch_ids=batches[version],
+                    schema=schema,
+                    segments=segments[version],
+                )
+            )
+        return infos
 
     def _lineage(self, dataset: str, version: str) -> list[str]:
         """The version and its ancestors, newest first."""

@@ -300,3 +300,22 @@ async def test_an_event_sent_after_an_outage_continues_the_uploads_trace(
     kafka_up = True
     await asyncio.create_task(core.outbox.flush())
     assert sent_in == [0xABC] and core.store.pending_events() == []
+
+
+async def test_listing_versions_reads_each_as_reading_it_alone(tmp_path: Path, wine: pd.DataFrame) -> None:
+    # versions() builds every lineage in one pass; it must agree with version() one by one.
+    core, _ = _core(tmp_path)
+    made = [await _ingest(core, wine.iloc[start : start + 30]) for start in range(0, 150, 30)]
+    listed = core.store.versions("wine")
+    assert [info.version for info in listed] == made
+    assert listed == [core.store.version("wine", name) for name in made if name]
+    assert [len(info.batch_ids) for info in listed] == [1, 2, 3, 4, 5]
+    assert listed[-1].segments[:-1] == listed[-2].segments
+
+
+async def test_listing_versions_on_a_store_from_before_segments(tmp_path: Path, wine: pd.DataFrame) -> None:
+    await test_a_version_stored_before_segments_is_read_and_appended_to(tmp_path, wine)
+    store = IngestStore(tmp_path)
+    names = [info.version for info in store.versions("wine")]
+    assert names[0] == "legacy" and len(names) == 2
+    assert store.versions("wine") == [store.version("wine", name) for name in names]
