@@ -6,7 +6,7 @@
                    uploaded -> trained -> validated -> promoted -> serving, or failed, with the gate
     Recent events  the latest events of the cascade's topics
 
-Cascades and events refresh on their own every `refresh_seconds` (a Streamlit fragment).
+Every part refreshes on its own every `refresh_seconds` (a Streamlit fragment).
 """
 
 from __future__ import annotations
@@ -55,13 +55,14 @@ class CascadeRow:
 
 def render() -> None:
     st.title("Loop")
-    view = stack_view()
-    _services(view.addresses)
-    _delivery(view.kafka_bootstrap, view.topic_prefix, view.kafka_options)
-    st.fragment(run_every=view.refresh_seconds)(_live)()
+    st.fragment(run_every=stack_view().refresh_seconds)(_live)()
 
 
 def _live() -> None:
+    """The whole page, redrawn every `refresh_seconds`; Kafka is read at most every few seconds."""
+    view = stack_view()
+    _services(view.addresses)
+    _delivery(view.kafka_bootstrap, view.topic_prefix, view.kafka_options)
     _cascades()
     _events()
 
