@@ -60,6 +60,10 @@ def test_promote_v1_back_and_roll_back_from_the_page(
     expect(page.get_by_text("Tick the confirmation box first.")).to_be_visible(timeout=PAGE_MS)
     assert client.get_model(model).aliases["champion"] == 2
 
+    # The form starts afresh after each submit, so nothing confirmed once carries over.
+    expect(promote.get_by_label("Reason for the promotion")).to_have_value("", timeout=PAGE_MS)
+    promote.get_by_label("Version to promote").fill("1")
+    promote.get_by_label("Reason for the promotion").fill("v2 misreads a segment; back to v1")
     promote.get_by_text("I confirm the promotion").click()
     promote.get_by_role("button", name="Promote", exact=True).click()
     expect(page.get_by_text(f"{model}@champion → v1")).to_be_visible(timeout=PAGE_MS)

@@ -25,6 +25,7 @@ from cascade.client.delivery import DeliveryStatus, RecentEvent, delivery_status
 from cascade.client.records import DatasetVersion, Model, ModelVersion, VersionStatus
 from cascade.client.sdk import AsyncClient
 from cascade.console.connection import SERVICES, run, show_error, stack_view
+from cascade.console.views.lineage import markdown_literal
 from cascade.errors import CascadeError
 from cascade.healthcheck import probe
 
@@ -84,7 +85,7 @@ def _services(addresses: Mapping[str, str]) -> None:
         answers = list(pool.map(health, [address for _, address in named]))
     table = pd.DataFrame(
         [
-            {"SERVICE": name, "ADDRESS": address or NONE, "HEALTH": state, "WHY": why}
+            {"SERVICE": name, "ADDRESS": address or NONE, "HEALTH": state, "WHY": markdown_literal(why)}
             for (name, address), (state, why) in zip(named, answers, strict=True)
         ]
     )
@@ -155,8 +156,8 @@ def _events() -> None:
             {
                 "TIME": event.time.strftime("%Y-%m-%d %H:%M:%S"),
                 "EVENT": event.type,
-                "SUBJECT": event.subject,
-                "SUMMARY": event.summary,
+                "SUBJECT": markdown_literal(event.subject),
+                "SUMMARY": markdown_literal(event.summary),
             }
             for event in events
         ]
@@ -184,15 +185,15 @@ def _cascades() -> None:
     table = pd.DataFrame(
         [
             {
-                "DATASET": row.dataset,
+                "DATASET": markdown_literal(row.dataset),
                 "DATA VERSION": row.dataset_version[:12],
                 "UPLOADED": row.uploaded.strftime("%Y-%m-%d %H:%M:%S") if row.uploaded else "",
                 "ROWS": row.rows,
-                "MODEL": row.model or NONE,
+                "MODEL": markdown_literal(row.model) if row.model else NONE,
                 "VERSION": f"v{row.version}" if row.version is not None else NONE,
                 "STAGE": f"failed at {row.stage}" if row.failed else row.stage,
                 "PROGRESS": _progress(row),
-                "DETAIL": row.detail,
+                "DETAIL": markdown_literal(row.detail),
             }
             for row in rows
         ]

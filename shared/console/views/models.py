@@ -19,6 +19,7 @@ import streamlit as st
 from cascade.client.records import AliasMove, Model, ModelVersion
 from cascade.client.sdk import AsyncClient
 from cascade.console.connection import TOKEN_KEY, run, show_error
+from cascade.console.views.lineage import markdown_literal
 from cascade.errors import CascadeError
 
 LATENCY_GATE = "latency_p99_ms"
@@ -107,7 +108,7 @@ def _overview(models: list[tuple[Model, ModelVersion | None]]) -> None:
     st.subheader("All models")
     rows = [
         {
-            "MODEL": model.name,
+            "MODEL": markdown_literal(model.name),
             "CHAMPION": _version_name(model.aliases.get("champion")),
             "CHALLENGER": _version_name(model.aliases.get("challenger")),
             "LATEST": _version_name(model.latest_version or None),
@@ -222,7 +223,7 @@ def _compare(model: Model, versions: list[ModelVersion]) -> None:
     for name in sorted({metric for v in chosen for metric in v.run.metrics}):
         rows[f"metric {name}"] = [_number(v.run.metrics.get(name)) for v in chosen]
     for name in sorted({param for v in chosen for param in v.run.params}):
-        rows[f"param {name}"] = [_short(v.run.params.get(name, "")) for v in chosen]
+        rows[f"param {name}"] = [markdown_literal(_short(v.run.params.get(name, ""))) for v in chosen]
     for name in dict.fromkeys(gate.name for v in chosen for gate in v.gates):
         rows[f"gate {name}"] = [
             next((_gate(g.name, g.passed, g.value, g.threshold) for g in v.gates if g.name == name), NONE)
@@ -279,7 +280,8 @@ def _actions(model: Model, versions: list[ModelVersion]) -> None:
     name = model.name
     latest = max((v.version for v in versions), default=1)
     promote, roll_back, alias = st.columns(3)
-    with promote.form(f"promote_{name}"):
+    # Cleared on submit: a ticked confirmation never carries over to the next write.
+    with promote.form(f"promote_{name}", clear_on_submit=True):
         st.markdown("**Promote a version**")
         version = st.number_input("Version to promote", min_value=1, value=latest, step=1)
         target = st.text_input("Alias", value="champion")
@@ -292,7 +294,7 @@ def _actions(model: Model, versions: list[ModelVersion]) -> None:
                 lambda c: c.registry.set_alias(name, alias_name, chosen, actor=ACTOR, reason=reason.strip()),
                 lambda moved: f"{name}@{alias_name} → v{moved.version}",
             )
-    with roll_back.form(f"rollback_{name}"):
+    with roll_back.form(f"rollback_{name}", clear_on_submit=True):
         st.markdown("**Roll back the champion**")
         now = _version_name(model.aliases.get("champion"))
         st.caption(f"Moves champion back to the version it pointed at before (now {now}).")
@@ -304,7 +306,7 @@ def _actions(model: Model, versions: list[ModelVersion]) -> None:
                 lambda c: c.registry.rollback(name, actor=ACTOR, reason=reason.strip()),
                 lambda back: f"{name}@champion rolled back → v{back.version}",
             )
-    with alias.form(f"alias_{name}"):
+    with alias.form(f"alias_{name}", clear_on_submit=True):
         st.markdown("**Set or delete an alias**")
         alias_name = st.text_input("Alias name", value="challenger")
         version = st.number_input("Version for the alias", min_value=1, value=latest, step=1)
@@ -339,8 +341,8 @@ def _history(model: Model, history: list[AliasMove]) -> None:
             "ALIAS": move.alias,
             "FROM": _version_name(move.from_version),
             "TO": _version_name(move.to_version),
-            "ACTOR": move.actor,
-            "REASON": move.reason,
+            "ACTOR": markdown_literal(move.actor),
+            "REASON": markdown_literal(move.reason),
             "AT": move.at.strftime("%Y-%m-%d %H:%M:%S") if move.at else "",
         }
         for move in reversed(history)
