@@ -19,7 +19,7 @@ def sign_in() -> None:
             "Token",
             type="password",
             key="token_input",
-            help="Your Cascade token (cascade auth token NAME). The stack requires one."
+            help="Your Cascade token, as `cascade auth add NAME` printed it. The stack requires one."
             if view.auth_required
             else "This stack does not require a token; one still names you in the registry's history.",
         )
@@ -31,7 +31,8 @@ def sign_in() -> None:
 sign_in()
 navigation = st.navigation(
     [
-        st.Page(loop.render, title="Loop", icon=":material/sync:", url_path="loop", default=True),
+        # The default page is served at "/" (Streamlit ignores a default page's url_path).
+        st.Page(loop.render, title="Loop", icon=":material/sync:", default=True),
         st.Page(models.render, title="Models", icon=":material/model_training:", url_path="models"),
         st.Page(lineage.render, title="Lineage", icon=":material/account_tree:", url_path="lineage"),
         st.Page(datasets.render, title="Datasets", icon=":material/table:", url_path="datasets"),
