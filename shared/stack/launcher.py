@@ -754,6 +754,8 @@ def console_command(host: str, port: int, home: Path) -> list[str]:
         "--server.runOnSave=false",
         "--server.fileWatcherType=none",
         "--global.developmentMode=false",
+        # A console, not an app under development: no Deploy button, no rerun/settings menu.
+        "--client.toolbarMode=viewer",
     ]
 
 

@@ -150,12 +150,13 @@ def _versions_table(dataset: str, versions: list[DatasetVersion]) -> None:
     st.dataframe(
         pd.DataFrame(
             {
-                "version": [v.version for v in newest_first],
-                "parent": [v.parent or "-" for v in newest_first],
+                # The counts first: the full ids (64 hex digits) would push them out of sight.
+                "created": [v.created_at for v in newest_first],
                 "rows": [v.rows for v in newest_first],
                 "batches": [len(v.batch_ids) for v in newest_first],
-                "created": [v.created_at for v in newest_first],
                 "size (KiB)": [round(v.size_bytes / 1024, 1) for v in newest_first],
+                "version": [v.version for v in newest_first],
+                "parent": [v.parent or "-" for v in newest_first],
             }
         ),
         hide_index=True,

@@ -1,7 +1,9 @@
 """The console's Traces page: one cascade's spans across the services, as `cascade trace` draws
 them, read from the services' OTLP-JSON span files (the stack's traces directory); no backend.
 
-    Recent cascades  the latest traces that cross two services or more (all, when asked)
+    Recent cascades  the latest traces that cross three services or more (all, when asked): an
+                     upload's cascade does; a read one service makes of another (the console's
+                     own Lineage page, registry -> ingest) or a logged prediction does not
     Waterfall        one trace as a chart (a bar per span: start offset and duration, by service)
                      and as the text waterfall of `cascade trace`
 
@@ -33,6 +35,8 @@ from cascade.traces import (
 __all__ = ["render", "timeline_frame"]
 
 TRACES_LISTED = 20
+# A cascade crosses at least ingest, the trainer and the validator (or the registry).
+CASCADE_SERVICES = 3
 # Span files grow for as long as a stack runs; the page reads the latest spans of each.
 TAIL_BYTES = 32 * 1024 * 1024
 _CACHE_SECONDS = 5
@@ -56,8 +60,11 @@ def render() -> None:
     except TraceError as error:
         st.error(f"Reading the span files: {error}")
         return
-    show_all = st.checkbox("Include single-service traces (inference calls, lone requests)", key="traces_all")
-    listed = recent_traces(spans, limit=TRACES_LISTED, min_services=1 if show_all else 2)
+    show_all = st.checkbox(
+        "Include traces across fewer than three services (inference calls, reads, lone requests)",
+        key="traces_all",
+    )
+    listed = recent_traces(spans, limit=TRACES_LISTED, min_services=1 if show_all else CASCADE_SERVICES)
     _listing(listed)
     trace_id = _choose(listed)
     if not trace_id:
@@ -85,7 +92,7 @@ def _signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
 def _listing(listed: list[TraceSummary]) -> None:
     st.subheader("Recent cascades")
     if not listed:
-        st.caption("No trace crosses two services yet: upload a batch to start a cascade.")
+        st.caption("No trace crosses three services yet: upload a batch to start a cascade.")
         return
     st.dataframe(
         pd.DataFrame(
@@ -158,7 +165,8 @@ def _waterfall(spans: list[Span]) -> None:
             color=alt.Color("service:N", legend=alt.Legend(orient="top")),
             tooltip=["service:N", "span:N", "start (s):Q", "duration (ms):Q", "status:N"],
         )
+        # The chart's own height (a row per span): Vega does not grow it to the container's.
+        .properties(height=_ROW_PIXELS * len(frame))
     )
-    height = 80 + _ROW_PIXELS * len(frame)
-    st.altair_chart(chart, width="stretch", height=height, alt=f"Waterfall of trace {spans[0].trace_id}")
+    st.altair_chart(chart, width="stretch", alt=f"Waterfall of trace {spans[0].trace_id}")
     st.code("\n".join(waterfall(spans)), language=None)
