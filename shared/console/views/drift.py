@@ -25,8 +25,8 @@ from cascade.errors import CascadeError, NotFound
 
 _TTL = 5
 HISTORY = 200  # verdicts drawn over time
-PREDICTION = "prediction"
 REFERENCE, WINDOW = "reference", "window"
+CALM_FEATURE = "Draw a feature that did not drift"
 
 
 def render() -> None:
@@ -147,15 +147,33 @@ def _features(report: DriftReport, history: DriftHistory) -> None:
     st.caption(
         "Per feature: the test's score in each past report against its threshold (a p-value drifts "
         "below it, a statistic above it), and the reference's and the latest window's shares of rows "
-        "on the bins the test counts in. Drifted features first."
+        "on the bins the test counts in. Every drifted feature is drawn; any other on demand (each "
+        "chart costs the browser, and a model may have hundreds of features)."
     )
     verdicts = _oldest_first(history.verdicts)
     if verdicts and not any(verdict.features for verdict in verdicts):
         st.caption("The stored verdicts predate per-feature statistics: only the latest report is drawn.")
-    ordered = sorted(report.features, key=lambda f: (not f.drifted, f.feature))
-    for feature in ordered:
-        past = [(verdict, _named(verdict.features, feature.feature)) for verdict in verdicts]
-        _feature_panel(feature, past)
+
+    def panel(feature: FeatureDrift) -> None:
+        _feature_panel(
+            feature, [(verdict, _named(verdict.features, feature.feature)) for verdict in verdicts]
+        )
+
+    for feature in report.features:
+        if feature.drifted:
+            panel(feature)
+    calm = [feature for feature in report.features if not feature.drifted]
+    if not calm:
+        return
+    chosen = st.selectbox(
+        CALM_FEATURE,
+        [feature.feature for feature in calm],
+        index=None,
+        placeholder=f"{len(calm)} features did not drift: choose one to draw it",
+        key=f"drift_calm_{report.model}",
+    )
+    if chosen is not None:
+        panel(next(feature for feature in calm if feature.feature == chosen))
 
 
 def _prediction(report: DriftReport, history: DriftHistory) -> None:
@@ -174,7 +192,7 @@ def _prediction(report: DriftReport, history: DriftHistory) -> None:
 def _feature_panel(feature: FeatureDrift, past: Sequence[tuple[Verdict, FeatureDrift | None]]) -> None:
     marker = "DRIFTED" if feature.drifted else "no drift"
     label = f"{feature.feature}: {marker} ({feature.test})"
-    with st.expander(label, expanded=feature.drifted or feature.feature == PREDICTION):
+    with st.expander(label, expanded=True):
         over_time, shares = st.columns(2)
         with over_time:
             _score_chart(feature, past)
