@@ -88,7 +88,9 @@ class Console:
                 self.process.wait()
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: sync Playwright runs its event loop on the main thread while it is
+# open, and a later test's asyncio.run() (or pytest-asyncio's loop) would find that loop running.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     executable = require_chromium()
     from playwright.sync_api import sync_playwright
