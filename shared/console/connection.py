@@ -89,7 +89,16 @@ def _client(token: str) -> Client:
 
 def client() -> Client:
     """The signed-in user's client (no token while nobody signed in)."""
-    return _client(st.session_state.get(TOKEN_KEY, ""))
+    return client_of(signed_in_token())
+
+
+def client_of(token: str) -> Client:
+    """The client calling as `token`'s principal, for work outside a page's run (cascade.console.feeds)."""
+    return _client(token)
+
+
+def signed_in_token() -> str:
+    return str(st.session_state.get(TOKEN_KEY, ""))
 
 
 def run(calls: Callable[[AsyncClient], Awaitable[T]]) -> T:

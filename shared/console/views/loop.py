@@ -6,7 +6,9 @@
                    uploaded -> trained -> validated -> promoted -> serving, or failed, with the gate
     Recent events  the latest events of the cascade's topics
 
-Every part refreshes on its own every `refresh_seconds` (a Streamlit fragment).
+Every part refreshes on its own every `refresh_seconds` (a Streamlit fragment). The reads are made
+in the background by one feed each (cascade.console.feeds), shared by every viewer: a view shows
+the latest reading at once, with its time, instead of waiting seconds for health probes and Kafka.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import streamlit as st
 from cascade.client.delivery import DeliveryStatus, RecentEvent, delivery_status, recent_events
 from cascade.client.records import DatasetVersion, Model, ModelVersion, VersionStatus
 from cascade.client.sdk import AsyncClient
-from cascade.console.connection import SERVICES, run, show_error, stack_view
+from cascade.console.connection import SERVICES, client_of, signed_in_token, stack_view
+from cascade.console.feeds import Feed, Reading
 from cascade.console.views.lineage import markdown_literal
 from cascade.errors import CascadeError
 from cascade.healthcheck import probe
@@ -35,6 +38,8 @@ STAGES = ("uploaded", "trained", "validated", "promoted", "serving")
 NEWEST_DATASET_VERSIONS = 10
 EVENTS_SHOWN = 30
 _HEALTH_TIMEOUT = 1.0
+# A first view waits this long for the feeds' first readings.
+_FIRST_READING_SECONDS = 10.0
 # An empty cell: st.table renders cells as Markdown, where a lone "-" would become a list bullet.
 NONE = "—"
 
@@ -60,19 +65,53 @@ def render() -> None:
 
 
 def _live() -> None:
-    """The whole page, redrawn every `refresh_seconds`; Kafka is read at most every few seconds."""
+    """The whole page, redrawn every `refresh_seconds` from the feeds' latest readings."""
+    health, delivery, events = _stack_feeds()
+    cascades = _cascades_feed(signed_in_token())
+    _services(health.latest(_FIRST_READING_SECONDS))
+    _delivery(delivery.latest(_FIRST_READING_SECONDS) if delivery is not None else None)
+    _cascades(cascades.latest(_FIRST_READING_SECONDS))
+    _events(events.latest(_FIRST_READING_SECONDS) if events is not None else None)
+
+
+ServiceHealth = tuple[str, str, str, str]  # service, address, health, why
+
+
+@st.cache_resource(show_spinner=False)
+def _stack_feeds() -> tuple[
+    Feed[list[ServiceHealth]], Feed[DeliveryStatus] | None, Feed[list[RecentEvent]] | None
+]:
+    """The reads that need no principal: one feed each per console process (None without Kafka)."""
     view = stack_view()
-    _services(view.addresses)
-    _delivery(view.kafka_bootstrap, view.topic_prefix, view.kafka_options)
-    _cascades()
-    _events()
+    every = view.refresh_seconds
+    health = Feed("health", lambda: _read_health(view.addresses), every=every)
+    if not view.kafka_bootstrap:
+        return health, None, None
+    bootstrap, prefix, options = view.kafka_bootstrap, view.topic_prefix, view.kafka_options
+    delivery = Feed("delivery", lambda: asyncio.run(delivery_status(bootstrap, prefix, options)), every=every)
+    events = Feed(
+        "events",
+        lambda: asyncio.run(recent_events(bootstrap, prefix, options, limit=EVENTS_SHOWN)),
+        every=every,
+    )
+    return health, delivery, events
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _cascades_feed(token: str) -> Feed[list[CascadeRow]]:
+    """The cascades as one principal may read them: a feed per signed-in token."""
+    cascade = client_of(token)
+    return Feed("cascades", lambda: cascade.call(_follow_cascades), every=stack_view().refresh_seconds)
+
+
+def _as_of(reading: Reading[Any]) -> str:
+    return datetime.fromtimestamp(reading.read_at).strftime("%H:%M:%S")
 
 
 # ---------------------------------------------------------------------- services
 
 
-def _services(addresses: Mapping[str, str]) -> None:
-    st.subheader("Services")
+def _read_health(addresses: Mapping[str, str]) -> list[ServiceHealth]:
     security = stack_view().tls
     named = [(name, addresses.get(name, "")) for name in SERVICES]
 
@@ -83,38 +122,38 @@ def _services(addresses: Mapping[str, str]) -> None:
 
     with ThreadPoolExecutor(max_workers=len(named)) as pool:
         answers = list(pool.map(health, [address for _, address in named]))
+    return [(name, address, state, why) for (name, address), (state, why) in zip(named, answers, strict=True)]
+
+
+def _services(reading: Reading[list[ServiceHealth]] | None) -> None:
+    st.subheader("Services")
+    if reading is None or reading.value is None:
+        st.warning(f"health unknown: {reading.error if reading else 'no answer yet'}")
+        return
     table = pd.DataFrame(
         [
             {"SERVICE": name, "ADDRESS": address or NONE, "HEALTH": state, "WHY": markdown_literal(why)}
-            for (name, address), (state, why) in zip(named, answers, strict=True)
+            for name, address, state, why in reading.value
         ]
     )
     st.table(table, hide_index=True)
+    st.caption(f"As of {_as_of(reading)}.")
 
 
 # ---------------------------------------------------------------------- Kafka
 
 
-@st.cache_data(ttl=5, show_spinner=False)
-def _delivery_status(bootstrap: str, prefix: str, _options: Mapping[str, Any]) -> DeliveryStatus:
-    return asyncio.run(delivery_status(bootstrap, prefix, _options))
-
-
-# Each read opens a consumer of its own: at most one every few seconds, however often pages refresh.
-@st.cache_data(ttl=3, show_spinner=False)
-def _recent_events(bootstrap: str, prefix: str, _options: Mapping[str, Any]) -> list[RecentEvent]:
-    return asyncio.run(recent_events(bootstrap, prefix, _options, limit=EVENTS_SHOWN))
-
-
-def _delivery(bootstrap: str, prefix: str, options: Mapping[str, Any]) -> None:
+def _delivery(reading: Reading[DeliveryStatus] | None) -> None:
     st.subheader("Delivery")
-    if not bootstrap:
+    if reading is None:
         st.info("lag unknown: the console was given no Kafka bootstrap address.")
         return
-    try:
-        status = _delivery_status(bootstrap, prefix, options)
-    except Exception as error:  # Kafka down or refusing us: a line, not a traceback
-        st.warning(f"lag unknown: {error}")
+    if reading.error:  # Kafka down or refusing us: a line, not a traceback
+        st.warning(
+            f"lag unknown: {reading.error}" + (f" (showing {_as_of(reading)}'s)" if reading.value else "")
+        )
+    status = reading.value
+    if status is None:
         return
     rows = [
         {
@@ -135,18 +174,18 @@ def _delivery(bootstrap: str, prefix: str, options: Mapping[str, Any]) -> None:
         st.caption(
             f"{dead} dead letters: `cascade dlq list` shows them, `cascade dlq replay` sends them back."
         )
+    st.caption(f"As of {_as_of(reading)}.")
 
 
-def _events() -> None:
+def _events(reading: Reading[list[RecentEvent]] | None) -> None:
     st.subheader("Recent events")
-    view = stack_view()
-    if not view.kafka_bootstrap:
+    if reading is None:
         st.info("No Kafka bootstrap address: events unknown.")
         return
-    try:
-        events = _recent_events(view.kafka_bootstrap, view.topic_prefix, view.kafka_options)
-    except Exception as error:
-        st.warning(f"events unknown: {error}")
+    if reading.error:
+        st.warning(f"events unknown: {reading.error}")
+    events = reading.value
+    if events is None:
         return
     if not events:
         st.caption("No events yet: upload a batch (`cascade ingest`) to start a cascade.")
@@ -168,19 +207,23 @@ def _events() -> None:
 # ---------------------------------------------------------------------- cascades
 
 
-def _cascades() -> None:
+def _cascades(reading: Reading[list[CascadeRow]] | None) -> None:
     st.subheader("Cascades")
-    try:
-        rows = run(_follow_cascades)
-    except CascadeError as error:
-        show_error(error, "Following the cascades")
+    if reading is None:
+        st.error("Following the cascades: no answer yet")
+        return
+    if reading.error:
+        st.error(f"Following the cascades: {reading.error}")
+    rows = reading.value
+    if rows is None:
         return
     if not rows:
         st.caption("No data uploaded yet: `cascade ingest FILE --dataset NAME` starts a cascade.")
         return
     in_flight = sum(1 for row in rows if not row.failed and row.stage not in ("serving", "validated"))
     st.caption(
-        f"The newest {len(rows)} cascades, {in_flight} in flight; each at its stage: " + " → ".join(STAGES)
+        f"The newest {len(rows)} cascades, {in_flight} in flight, as of {_as_of(reading)}; each at its "
+        "stage: " + " → ".join(STAGES)
     )
     table = pd.DataFrame(
         [
