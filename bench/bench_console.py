@@ -91,7 +91,7 @@ class Target:
 
 def targets() -> list[Target]:
     return [
-        Target("loop", "loop", "Loop"),
+        Target("loop", "", "Loop"),  # the front page, at /
         Target("models", f"models?model={MODEL}", "Models"),
         Target("lineage", f"lineage?model={MODEL}&version={MODEL_VERSIONS}", "Lineage"),
         Target("datasets", f"datasets?dataset={DATASET}", "Datasets"),
