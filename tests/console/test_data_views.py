@@ -18,7 +18,8 @@ from cascade.client.records import (
     TrainingRun,
     VersionStatus,
 )
-from cascade.console.views.lineage import LineageFacts, dot, facts_table, markdown_literal
+from cascade.console.tables import markdown_literal
+from cascade.console.views.lineage import LineageFacts, dot, facts_table
 from cascade.console.views.traces import timeline_frame
 from cascade.traces import find_trace, load_spans
 from tests.shared.test_traces import write_cascade

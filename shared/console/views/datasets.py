@@ -24,8 +24,8 @@ import pandas as pd
 import streamlit as st
 
 from cascade.client.records import Batch, Dataset, DatasetVersion, FeatureProfile, RejectedRow
-from cascade.console.connection import TOKEN_KEY, run, show_error
-from cascade.console.views.lineage import markdown_literal
+from cascade.console.connection import run, show_error, signed_in_token
+from cascade.console.tables import markdown_literal
 from cascade.errors import CascadeError
 
 __all__ = ["render"]
@@ -39,7 +39,7 @@ _CACHE_SECONDS = 5
 
 def render() -> None:
     st.title("Datasets")
-    token = st.session_state.get(TOKEN_KEY, "")
+    token = signed_in_token()
     try:
         datasets = _datasets(token)
     except CascadeError as error:

@@ -20,7 +20,7 @@ import streamlit as st
 
 from cascade.client.monitor import DriftHistory, Verdict
 from cascade.client.records import DriftReport, FeatureDrift, Model, Performance
-from cascade.console.connection import TOKEN_KEY, run, show_error
+from cascade.console.connection import run, show_error, signed_in_token
 from cascade.errors import CascadeError, NotFound
 
 _TTL = 5
@@ -32,7 +32,7 @@ CALM_FEATURE = "Draw a feature that did not drift"
 def render() -> None:
     st.title("Drift")
     try:
-        models = _models(_token())
+        models = _models(signed_in_token())
     except CascadeError as error:
         show_error(error, "Listing the models")
         return
@@ -41,7 +41,7 @@ def render() -> None:
         return
     model = _chosen([m.name for m in models])
     try:
-        report, history = _drift(_token(), model)
+        report, history = _drift(signed_in_token(), model)
     except CascadeError as error:
         show_error(error, f"Reading the drift of {model}")
         return
@@ -57,10 +57,6 @@ def render() -> None:
     _prediction(report, history)
     _performance(report.performance)
     _events(history)
-
-
-def _token() -> str:
-    return str(st.session_state.get(TOKEN_KEY, ""))
 
 
 # ---------------------------------------------------------------------- reads (cached briefly)

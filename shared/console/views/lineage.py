@@ -11,22 +11,21 @@ Query parameters ?model=..&version=.. choose the version (the model's champion b
 from __future__ import annotations
 
 import asyncio
-import re
 from dataclasses import dataclass
 
 import pandas as pd
 import streamlit as st
 
 from cascade.client.records import Batch, DatasetVersion, Lineage, Model, ModelVersion
-from cascade.console.connection import TOKEN_KEY, run, show_error
+from cascade.console.connection import run, show_error, signed_in_token
+from cascade.console.tables import markdown_literal
 from cascade.errors import CascadeError, NotFound
 
-__all__ = ["LineageFacts", "dot", "facts_table", "markdown_literal", "render"]
+__all__ = ["LineageFacts", "dot", "facts_table", "render"]
 
 # Dataset versions drawn behind the one trained on (a long history would drown the graph).
 ANCESTORS_SHOWN = 4
 _CACHE_SECONDS = 5
-_MARKDOWN_SPECIAL = re.compile(r"[\\`*_{}\[\]()<>#+\-.!|~$:]")  # $ is maths, :x: an emoji
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ class LineageFacts:
 
 def render() -> None:
     st.title("Lineage")
-    token = st.session_state.get(TOKEN_KEY, "")
+    token = signed_in_token()
     try:
         models = _models(token)
     except CascadeError as error:
@@ -178,12 +177,6 @@ def _ancestry(dataset: str, head: str) -> tuple[list[DatasetVersion], bool]:
 
 
 # ---------------------------------------------------------------------- the graph and the table
-
-
-def markdown_literal(text: object) -> str:
-    """A table cell shown as it is: st.table renders cells as Markdown (Streamlit's, with maths
-    and emoji), where a lone "-" would be a bullet and a stored value emphasis or a link."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\g<0>", str(text))
 
 
 def _quote(text: str) -> str:

@@ -28,7 +28,7 @@ from cascade.client.records import DatasetVersion, Model, ModelVersion, VersionS
 from cascade.client.sdk import AsyncClient
 from cascade.console.connection import SERVICES, client_of, signed_in_token, stack_view
 from cascade.console.feeds import Feed, Reading
-from cascade.console.views.lineage import markdown_literal
+from cascade.console.tables import NONE, markdown_literal
 from cascade.errors import CascadeError
 from cascade.healthcheck import probe
 
@@ -40,8 +40,6 @@ EVENTS_SHOWN = 30
 _HEALTH_TIMEOUT = 1.0
 # A first view waits this long for the feeds' first readings.
 _FIRST_READING_SECONDS = 10.0
-# An empty cell: st.table renders cells as Markdown, where a lone "-" would become a list bullet.
-NONE = "—"
 
 
 @dataclass(frozen=True)

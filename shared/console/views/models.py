@@ -18,16 +18,14 @@ import streamlit as st
 
 from cascade.client.records import AliasMove, Model, ModelVersion
 from cascade.client.sdk import AsyncClient
-from cascade.console.connection import TOKEN_KEY, run, show_error
-from cascade.console.views.lineage import markdown_literal
+from cascade.console.connection import run, show_error, signed_in_token
+from cascade.console.tables import NONE, markdown_literal
 from cascade.errors import CascadeError
 
 LATENCY_GATE = "latency_p99_ms"
 # Recorded as the actor when the stack does not authenticate; with auth, the registry records the
 # signed-in principal instead.
 ACTOR = "console"
-# An empty cell: st.table renders cells as Markdown, where a lone "-" would become a list bullet.
-NONE = "—"
 _MESSAGE_KEY = "models_page_message"
 _TTL = 5
 
@@ -35,7 +33,7 @@ _TTL = 5
 def render() -> None:
     st.title("Models")
     try:
-        models = _models(_token())
+        models = _models(signed_in_token())
     except CascadeError as error:
         show_error(error, "Listing the models")
         return
@@ -45,7 +43,7 @@ def render() -> None:
     _overview(models)
     model = _chosen(models)
     try:
-        versions, history = _model_details(_token(), model.name)
+        versions, history = _model_details(signed_in_token(), model.name)
     except CascadeError as error:
         show_error(error, f"Reading {model.name}")
         return
@@ -53,10 +51,6 @@ def render() -> None:
     _compare(model, versions)
     _actions(model, versions)
     _history(model, history)
-
-
-def _token() -> str:
-    return str(st.session_state.get(TOKEN_KEY, ""))
 
 
 # ---------------------------------------------------------------------- reads (cached briefly)

@@ -22,7 +22,7 @@ import streamlit as st
 from cascade.client.records import ModelVersion, VersionStatus
 from cascade.client.sdk import AsyncClient
 from cascade.client.serving import Prediction, ServedModel
-from cascade.console.connection import TOKEN_KEY, run, show_error
+from cascade.console.connection import run, show_error, signed_in_token
 from cascade.errors import CascadeError, NotFound
 
 __all__ = ["RowError", "class_names", "parse_row", "render"]
@@ -181,7 +181,7 @@ class Answer:
 def render() -> None:
     st.title("Playground")
     st.caption("Send one row to a served model and see its answer.")
-    token = st.session_state.get(TOKEN_KEY, "")
+    token = signed_in_token()
     try:
         models = _model_names(token)
     except CascadeError as error:
