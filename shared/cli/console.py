@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -28,8 +29,8 @@ def ui(
         raise typer.Exit(1) from None
     home: Path = ctx.obj.home.expanduser().resolve()
     typer.echo(f"Cascade console: http://{host}:{port}/  (Ctrl-C stops it)")
-    try:
-        completed = subprocess.run(console_command(host, port, home), env=console_env(home), check=False)
-    except KeyboardInterrupt:
-        return
-    raise typer.Exit(completed.returncode)
+    sys.stdout.flush()
+    # This process becomes the Streamlit server (exec, not a child), so a signal meant for
+    # `cascade ui` (Ctrl-C, a service manager's SIGTERM) reaches the server itself.
+    command = console_command(host, port, home)
+    os.execve(command[0], command, console_env(home))
