@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("streamlit")
-
-from cascade.console.views.playground import RowError, class_names, parse_row  # noqa: E402
+from cascade.console.views.playground import RowError, class_names, parse_row
 
 FEATURES = ["mean radius", "mean texture", "area"]
 
