@@ -18,7 +18,7 @@ import streamlit as st
 from cascade.client.channels import ClientSecurity
 from cascade.client.sdk import AsyncClient, Client
 from cascade.console.settings import ConsoleSettings
-from cascade.errors import CascadeError
+from cascade.errors import CascadeError, Unauthenticated
 
 T = TypeVar("T")
 
@@ -63,6 +63,8 @@ def stack_view() -> StackView:
             tls = _tls_only(stack.client_security)
             auth_required = config.auth
     addresses |= settings.addresses
+    if settings.auth_required is not None:
+        auth_required = settings.auth_required
     return StackView(
         addresses=addresses,
         kafka_bootstrap=kafka_bootstrap,
@@ -93,7 +95,11 @@ def client() -> Client:
 
 
 def client_of(token: str) -> Client:
-    """The client calling as `token`'s principal, for work outside a page's run (cascade.console.feeds)."""
+    """The client calling as `token`'s principal, for work outside a page's run (cascade.console.feeds).
+    Unauthenticated while nobody signed in to a stack that requires a token: with mTLS the console
+    presents the stack's client certificate, whose name would otherwise be taken as the caller's."""
+    if stack_view().auth_required and not token:
+        raise Unauthenticated("sign in with your token (in the sidebar): this stack requires one")
     return _client(token)
 
 

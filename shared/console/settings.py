@@ -24,5 +24,8 @@ class ConsoleSettings(BaseSettings):
     topic_prefix: str = "cascade"
     # OTLP-JSON span files for the Traces page (a local stack's HOME/traces by default).
     traces_dir: Path | None = None
+    # Whether the stack requires a token (a local stack's home says; this overrides it): without
+    # one signed in, the console then makes no call at all.
+    auth_required: bool | None = None
     # Seconds between refreshes of the live parts of a page (the loop's cascades and events).
     refresh_seconds: float = 3.0

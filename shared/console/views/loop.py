@@ -65,10 +65,15 @@ def render() -> None:
 def _live() -> None:
     """The whole page, redrawn every `refresh_seconds` from the feeds' latest readings."""
     health, delivery, events = _stack_feeds()
-    cascades = _cascades_feed(signed_in_token())
     _services(health.latest(_FIRST_READING_SECONDS))
     _delivery(delivery.latest(_FIRST_READING_SECONDS) if delivery is not None else None)
-    _cascades(cascades.latest(_FIRST_READING_SECONDS))
+    try:
+        cascades = _cascades_feed(signed_in_token())
+    except CascadeError as error:  # nobody signed in to a stack that requires it
+        st.subheader("Cascades")
+        st.error(f"Following the cascades: {error}")
+    else:
+        _cascades(cascades.latest(_FIRST_READING_SECONDS))
     _events(events.latest(_FIRST_READING_SECONDS) if events is not None else None)
 
 
