@@ -51,3 +51,10 @@ def test_class_names_come_from_the_parity_rows_labels() -> None:
     # A class the parity rows never predicted keeps its position.
     assert class_names({"outputs": [[0.1, 0.7, 0.2]], "labels": [[5.0]]}, 3) == ["class #0", "5", "class #2"]
     assert class_names({}, 2) == ["class #0", "class #1"]
+
+
+def test_a_huge_value_is_not_echoed_whole() -> None:
+    huge = "x" * 100_000
+    with pytest.raises(RowError) as raised:
+        parse_row(f'{{"mean radius": "{huge}", "mean texture": 1, "area": 2}}', FEATURES)
+    assert "mean radius" in str(raised.value) and len(str(raised.value)) < 300

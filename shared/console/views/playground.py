@@ -23,7 +23,7 @@ from cascade.client.records import ModelVersion, VersionStatus
 from cascade.client.sdk import AsyncClient
 from cascade.client.serving import Prediction, ServedModel
 from cascade.console.connection import run, show_error, signed_in_token
-from cascade.errors import CascadeError, NotFound
+from cascade.errors import CascadeError, NotFound, truncate
 
 __all__ = ["RowError", "class_names", "parse_row", "render"]
 
@@ -49,7 +49,7 @@ def parse_row(text: str, features: Sequence[str]) -> dict[str, float]:
         try:
             loaded = json.loads(text)
         except ValueError as error:
-            raise RowError(f"the pasted text is not valid JSON: {error}") from None
+            raise RowError(f"the pasted text is not valid JSON: {truncate(str(error), 200)}") from None
         if not isinstance(loaded, dict):
             raise RowError("paste one JSON object, {feature: value, ...}")
         return row_values({str(key): value for key, value in loaded.items()}, features)
@@ -82,7 +82,7 @@ def row_values(given: Mapping[str, Any], features: Sequence[str]) -> dict[str, f
         value = given[feature]
         number = _number(value)
         if number is None:
-            raise RowError(f"feature {feature!r} needs a number; got {value!r}")
+            raise RowError(f"feature {feature!r} needs a number; got {truncate(repr(value), 80)}")
         values[feature] = number
     return values
 
