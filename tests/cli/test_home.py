@@ -119,21 +119,25 @@ def test_status_from_a_subdirectory_sees_the_running_service(
     env = {k: v for k, v in os.environ.items() if k != "CASCADE_HOME"}
     env["PYTHONPATH"] = str(REPO_ROOT)
 
+    rows = _status_rows(elsewhere, env)
+    assert rows["ingest"]["health"] == "SERVING"
+    assert rows["ingest"]["endpoint"] == f"127.0.0.1:{port}"
+    assert rows["trainer"]["health"] == "DOWN"
+
+
+def _status_rows(cwd: Path, env: dict[str, str]) -> dict[str, dict[str, object]]:
+    """`cascade status --json` run as a user would, in `cwd`: its rows by name."""
     result = subprocess.run(
         [sys.executable, "-m", "cascade.cli", "status", "--json"],
-        cwd=elsewhere,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
         env=env,
     )
-
     assert result.returncode == 0, result.stderr
-    rows = {row["name"]: row for row in json.loads(result.stdout)}
-    assert rows["ingest"]["health"] == "SERVING"
-    assert rows["ingest"]["endpoint"] == f"127.0.0.1:{port}"
-    assert rows["trainer"]["health"] == "DOWN"
+    return {row["name"]: row for row in json.loads(result.stdout)}
 
 
 def _free_port() -> int:
@@ -153,17 +157,6 @@ def test_status_outside_the_checkout_sees_the_stack_started_inside_it(
     env |= {"PYTHONPATH": str(REPO_ROOT), "HOME": str(user), "XDG_STATE_HOME": str(user / "state")}
     record_home(home, env)  # what `cascade up` in the checkout did
 
-    result = subprocess.run(
-        [sys.executable, "-m", "cascade.cli", "status", "--json"],
-        cwd=outside,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=env,
-    )
-
-    assert result.returncode == 0, result.stderr
-    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    rows = _status_rows(outside, env)
     assert rows["ingest"]["health"] == "SERVING"
     assert rows["ingest"]["endpoint"] == f"127.0.0.1:{port}"
