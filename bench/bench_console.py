@@ -63,15 +63,15 @@ from cascade.stack.launcher import console_command, console_env
 REPO = Path(__file__).resolve().parents[1]
 HOME = REPO / "bench" / ".work" / "console"
 PORTS = {
-    "ingest": 37051,
-    "trainer": 37052,
-    "validator": 37053,
-    "registry": 37054,
-    "monitor": 37055,
-    "serving": 37001,
+    "ingest": 27051,
+    "trainer": 27052,
+    "validator": 27053,
+    "registry": 27054,
+    "monitor": 27055,
+    "serving": 27001,
 }
-KAFKA_PORT, CONTROLLER_PORT = 37092, 37093
-CONSOLE_PORT, BARE_PORT = 37501, 37502
+KAFKA_PORT, CONTROLLER_PORT = 27092, 27093
+CONSOLE_PORT, BARE_PORT = 27501, 27502
 DATASET = "bench_console"  # the trainer names the model after it
 MODEL = "bench_console_300"
 DATASET_VERSIONS = 100

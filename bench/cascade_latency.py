@@ -31,12 +31,12 @@ from cascade.stubs.cascade.registry.v1 import registry_pb2, registry_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
 PORTS = {
-    "ingest": 39051,
-    "trainer": 39052,
-    "validator": 39053,
-    "registry": 39054,
-    "monitor": 39055,
-    "serving": 39001,
+    "ingest": 19051,
+    "trainer": 19052,
+    "validator": 19053,
+    "registry": 19054,
+    "monitor": 19055,
+    "serving": 19001,
 }
 MODEL = "bench_breast_cancer"
 
@@ -52,8 +52,8 @@ def main() -> None:
     stack = Stack(
         StackConfig(
             home=home,
-            kafka_port=39092,
-            controller_port=39093,
+            kafka_port=19092,
+            controller_port=19093,
             topic_prefix="bench",
             ports=PORTS,
             traces=False,

@@ -62,10 +62,10 @@ MLSERVER_VENV = REPO / "bench" / ".work" / "mlserver-venv"
 PA_DIR = REPO / "bench" / ".work" / "perf_analyzer"
 MODEL = "bench"
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
-PORT = 39301  # the server under test; its REST port and MLServer's metrics port follow it
+PORT = 19301  # the server under test; its REST port and MLServer's metrics port follow it
 HTTP_PORT = PORT + 1
-REGISTRY_PORT = 39310
-TLS_REGISTRY_PORT = 39311  # the fake registry again, over TLS, for servers whose channels verify a CA
+REGISTRY_PORT = 19310
+TLS_REGISTRY_PORT = 19311  # the fake registry again, over TLS, for servers whose channels verify a CA
 SECURITY = WORK / "security"  # a local CA, serving's certificate, tokens and principals (cascade.stack.certs)
 CHUNK = 1 << 20
 

@@ -832,8 +832,32 @@ def _tail(text: str, lines: int = _TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+_PROBLEM_LINE = re.compile(r"\b(ERROR|FATAL)\b")
+_PROBLEM_LINES = 10
+
+
+def _problems(text: str) -> str:
+    """The first ERROR and FATAL lines of a run, each with the exception line logged under it (the
+    message that says what failed, e.g. which address was in use), without stack frames: why a
+    broker stopped is logged once, early, and its shutdown then fills the tail."""
+    found: list[str] = []
+    lines = text.splitlines()
+    for number, line in enumerate(lines):
+        if _PROBLEM_LINE.search(line):
+            found.append(line)
+            following = lines[number + 1] if number + 1 < len(lines) else ""
+            if following and not following.startswith(("[", "\t", " ")):
+                found.append("  " + following)
+        if len(found) >= _PROBLEM_LINES:
+            break
+    return "\n".join(found)
+
+
 def _startup_logs(config: BrokerConfig, log_offset: int) -> str:
+    this_run = _read_from(config.server_log, log_offset)
+    problems = _problems(this_run)
     return (
-        f"--- {config.stdout_log} ---\n{_tail(_read_from(config.stdout_log, 0))}\n"
-        f"--- {config.server_log} (this run) ---\n{_tail(_read_from(config.server_log, log_offset))}"
+        (f"--- first errors in {config.server_log} (this run) ---\n{problems}\n" if problems else "")
+        + f"--- {config.stdout_log} ---\n{_tail(_read_from(config.stdout_log, 0))}\n"
+        f"--- {config.server_log} (this run) ---\n{_tail(this_run)}"
     )

@@ -20,8 +20,8 @@ from cascade.stack import SERVICES, Stack, StackConfig, kafka_broker, remembered
 from cascade.stack.kafka_broker import BrokerConfig, ClusterConfig
 
 # Apart from a developer's `cascade up` (9092), the integration suite (29xxx) and the chaos test (31xxx).
-KAFKA_PORT = 32092
-CONTROLLER_PORT = 32093
+KAFKA_PORT = 22092
+CONTROLLER_PORT = 22093
 
 
 def _properties(text: str) -> dict[str, str]:

@@ -16,6 +16,9 @@ from cascade.stack import SERVICES, Stack, StackConfig
 from tests.integration.browser import Console, browser, page  # noqa: F401  (fixtures)
 from tests.integration.otlp_receiver import OtlpReceiver
 
+# Fixed test ports stay below 32768, where Linux's ephemeral range starts (ip_local_port_range): a
+# port there can be the local end of any process's outgoing connection, which no "is anything
+# listening" check sees, and the server's bind then fails (tests/integration/test_broker_startup.py).
 TEST_PORTS = {
     "ingest": 29051,
     "trainer": 29052,

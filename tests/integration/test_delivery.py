@@ -44,7 +44,7 @@ from cascade.stack import Stack, StackConfig
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 PREFIX = "dlv"
-KAFKA_PORT = 32092
+KAFKA_PORT = 22092
 HOSTILE = b"[" * 5000 + b"]" * 5000
 T = TypeVar("T")
 

@@ -382,10 +382,10 @@ def ingest_alone() -> Iterator[Stack]:
     home = Path(tempfile.mkdtemp(prefix="cascade-ingest-outage-"))
     config = StackConfig(
         home=home,
-        kafka_port=33092,
-        controller_port=33093,
+        kafka_port=23092,
+        controller_port=23093,
         topic_prefix="outage",
-        ports={"ingest": 33051},
+        ports={"ingest": 23051},
         metrics_ports={},
     )
     stack = Stack(config, environ={k: v for k, v in os.environ.items() if not k.startswith("OTEL_")})

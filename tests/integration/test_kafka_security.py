@@ -29,8 +29,8 @@ from cascade.stack.kafka_broker import BrokerConfig, BrokerSecurity, ClusterConf
 
 pytestmark = pytest.mark.slow
 
-KAFKA_PORT = 34092
-CONTROLLER_PORT = 34093
+KAFKA_PORT = 24092
+CONTROLLER_PORT = 24093
 USER = "cascade"
 
 
@@ -220,8 +220,8 @@ def test_a_secured_cluster_replicates_over_sasl_ssl(tmp_path: Path) -> None:
     cluster = ClusterConfig(
         tmp_path / "kafka",
         brokers=3,
-        port=34292,  # nodes on 34292, 34294, 34296; controllers on 34293, 34295, 34297
-        controller_port=34293,
+        port=24292,  # nodes on 24292, 24294, 24296; controllers on 24293, 24295, 24297
+        controller_port=24293,
         security=BrokerSecurity(kafka.cert_file, kafka.key_file, pki.ca_file, USER, password_file),
     )
     settings = ServiceSettings(
@@ -247,7 +247,7 @@ def test_securing_a_store_formatted_without_the_scram_user_is_refused(tmp_path: 
     password_file = tmp_path / "kafka-password"
     password_file.write_text(secrets.token_urlsafe(24))
     kafka = pki.identity("kafka")
-    plain = BrokerConfig(tmp_path / "kafka", port=34392, controller_port=34393)
+    plain = BrokerConfig(tmp_path / "kafka", port=24392, controller_port=24393)
     kafka_broker.start(plain, pom=KAFKA_POM, timeout=120)
     kafka_broker.stop(plain)
     secured = BrokerConfig(

@@ -47,12 +47,12 @@ from tests.integration.support import infer, model_ready, spans_of_trace, triton
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 PORTS = {
-    "ingest": 35051,
-    "trainer": 35052,
-    "validator": 35053,
-    "registry": 35054,
-    "monitor": 35055,
-    "serving": 35001,
+    "ingest": 25051,
+    "trainer": 25052,
+    "validator": 25053,
+    "registry": 25054,
+    "monitor": 25055,
+    "serving": 25001,
 }
 MODEL = "bc_secured"
 READER = "auditor"
@@ -80,8 +80,8 @@ def secured() -> Iterator[tuple[Stack, str]]:
     reader_token = _add_reader(home)
     config = StackConfig(
         home=home,
-        kafka_port=35092,
-        controller_port=35093,
+        kafka_port=25092,
+        controller_port=25093,
         topic_prefix="sec",
         ports=PORTS,
         metrics_ports={},
