@@ -50,7 +50,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cascade.stack.processes import command_line, file_lock, port_accepts, signal_group, write_atomically
+from cascade.stack.processes import (
+    command_line,
+    file_lock,
+    port_accepts,
+    port_bindable,
+    signal_group,
+    write_atomically,
+)
 
 __all__ = [
     "DEPLOY_DIR",
@@ -515,6 +522,11 @@ def _ensure_ports_free(config: BrokerConfig) -> None:
                 f"port {LOOPBACK}:{port} is already in use by a process that is not the broker "
                 f"from {config.home} (no live pid in {config.pid_file}). If it is a stray Kafka, "
                 "find it with: pgrep -af kafka.Kafka"
+            )
+        if not port_bindable(LOOPBACK, port):
+            raise BrokerError(
+                f"port {LOOPBACK}:{port} is held without a listener, likely the local end of another "
+                "connection (ports from 32768 are the kernel's ephemeral range): choose a port below it"
             )
 
 

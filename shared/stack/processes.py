@@ -51,6 +51,20 @@ def port_accepts(host: str, port: int) -> bool:
         return False
 
 
+def port_bindable(host: str, port: int) -> bool:
+    """Whether a server could listen on host:port now. Unlike `port_accepts` this also sees a port
+    held without a listener, e.g. as the local end of an outgoing connection: ports from 32768 are
+    the kernel's ephemeral range, which any process's connections draw from."""
+    with socket.socket() as probe:
+        # As servers bind (the JVM's ServerSocket does too): a port left in TIME_WAIT counts as free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive flock on `path` (created if missing), across processes."""
