@@ -125,3 +125,35 @@ outbox = sa.Table(
     sa.Index("ix_outbox_published", "published"),
     sa.Index("ix_outbox_webhook_state", "webhook_state"),
 )
+
+# Chat notifications (notifications.py): one job per destination and event id, which is the dedup
+# key; the sender retries a pending job until it is delivered or its deadline passes (failed).
+notification_jobs = sa.Table(
+    "notification_jobs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("destination", sa.String(128), nullable=False),
+    sa.Column("event_id", sa.String(256), nullable=False),
+    sa.Column("event_kind", sa.String(64), nullable=False),
+    sa.Column("model", sa.String(128), nullable=False),
+    # The rendered message; never the destination's URL, which is a secret.
+    sa.Column("body_json", sa.Text, nullable=False),
+    # pending, delivered or failed (gave up).
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("deadline", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("destination", "event_id", name="uq_notification_jobs_destination_event"),
+    sa.Index("ix_notification_jobs_state_next_at", "state", "next_at"),
+)
+
+# Dead letters counted per time window, so the over-threshold notice goes out once per window.
+dead_letter_windows = sa.Table(
+    "dead_letter_windows",
+    metadata,
+    sa.Column("window_start", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("notified", sa.Boolean, nullable=False, server_default=sa.false()),
+)
