@@ -17,7 +17,7 @@ from cascade.events import ModelLoadFailed, PredictionLogged, Topics
 from cascade.messaging import build_broker, publish_event
 from cascade.security import ADMIN, OPEN, Authenticator, method_roles
 from cascade.service import Service
-from cascade.services.serving import kafka_api
+from cascade.services.serving import explain, kafka_api
 from cascade.services.serving.inference import SERVICE_NAME, InferenceServicer
 from cascade.services.serving.prediction_log import PredictionLog
 from cascade.services.serving.registry_client import RegistryModelSource
@@ -27,7 +27,7 @@ from cascade.services.serving.settings import ServingSettings
 from cascade.stubs.inference import grpc_service_pb2 as pb
 from cascade.stubs.inference import grpc_service_pb2_grpc
 
-__all__ = ["build", "build_serving", "replica_id"]
+__all__ = ["build", "build_explainer", "build_serving", "replica_id"]
 
 
 _OPEN_FOR_INFERENCE = ("ModelInfer", "ModelMetadata", "ModelConfig", "ServerMetadata")
@@ -45,6 +45,12 @@ def serving_roles(open_inference: bool) -> dict[str, str]:
     return method_roles(SERVICE_NAME, roles)
 
 
+def explainer_roles() -> dict[str, str]:
+    """Explain needs serving:infer even when inference is open to everyone: one explanation costs
+    thousands of model evaluations."""
+    return method_roles(explain.EXPLAIN_SERVICE_NAME, {"Explain": "serving:infer"})
+
+
 def rest_admission(authenticator: Authenticator, roles: Mapping[str, str]) -> Admission | None:
     """REST's check of a call, as AuthInterceptor's on gRPC: the role of the endpoint's gRPC twin
     (health open) from a bearer token; None when the service knows no principals and requires none."""
@@ -53,7 +59,8 @@ def rest_admission(authenticator: Authenticator, roles: Mapping[str, str]) -> Ad
 
     def admit(authorization: str | None, method: str) -> None:
         metadata = [("authorization", authorization)] if authorization else []
-        authenticator.admit(metadata, {}, roles.get(f"/{SERVICE_NAME}/{method}", ADMIN), method)
+        path = method if method.startswith("/") else f"/{SERVICE_NAME}/{method}"  # explain's is a path
+        authenticator.admit(metadata, {}, roles.get(path, ADMIN), method)
 
     return admit
 
@@ -128,12 +135,15 @@ def build_serving(settings: ServingSettings | None = None) -> tuple[Service, Res
     )
     background: list[asyncio.Task[None]] = []
     roles = serving_roles(settings.auth_open_inference)
+    explainer = build_explainer(settings, repository)
+    if explainer is not None:
+        roles |= explainer_roles()
     rest = None
     if settings.http_enabled:
         # The same servicer, so REST shares the loaded models, every hot swap, the statistics and
         # the prediction log; the same roles, so each endpoint needs what its gRPC twin needs.
         rest = RestEndpoint(
-            rest_app(servicer, rest_admission(Authenticator.of(settings), roles)),
+            rest_app(servicer, rest_admission(Authenticator.of(settings), roles), explainer),
             settings.grpc_host,
             settings.http_port,
             share_port=settings.workers > 1,
@@ -143,6 +153,8 @@ def build_serving(settings: ServingSettings | None = None) -> tuple[Service, Res
 
     def add_servicer(server: grpc.aio.Server) -> None:
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+        if explainer is not None:
+            explain.register(server, explainer)
 
     async def start() -> None:
         # Loading champions waits for the registry in the background: start-up never blocks on it,
@@ -161,6 +173,8 @@ def build_serving(settings: ServingSettings | None = None) -> tuple[Service, Res
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await prediction_log.stop()
+        if explainer is not None:
+            await explainer.close()
         await registry.close()
 
     service = Service(
@@ -168,7 +182,7 @@ def build_serving(settings: ServingSettings | None = None) -> tuple[Service, Res
         settings=settings,
         broker=broker,
         grpc_registrars=[add_servicer],
-        grpc_service_names=[SERVICE_NAME],
+        grpc_service_names=[SERVICE_NAME, *([explain.EXPLAIN_SERVICE_NAME] if explainer is not None else [])],
         grpc_roles=roles,
         on_start=[start],
         on_stop=[stop],
@@ -176,6 +190,27 @@ def build_serving(settings: ServingSettings | None = None) -> tuple[Service, Res
         share_port=settings.workers > 1,
     )
     return service, rest
+
+
+def build_explainer(settings: ServingSettings, repository: ModelRepository) -> explain.ExplainCore | None:
+    """Explain's core (None when explain_enabled is off): off the inference path, with its own
+    processes and its own registry client; ModelInfer is untouched."""
+    if not settings.explain_enabled:
+        return None
+    return explain.ExplainCore(
+        repository,
+        explain.RegistrySubjects(
+            settings.registry_address, settings.registry_timeout_seconds, ClientSecurity.of(settings)
+        ),
+        explain.ExplainPool(settings.explain_workers, settings.explain_nice),
+        explain.ExplainLimits(
+            max_rows=settings.explain_max_rows,
+            max_evaluations=settings.explain_max_evaluations,
+            deadline_seconds=settings.explain_deadline_seconds,
+            max_concurrent=settings.explain_max_concurrent,
+            background_rows=settings.explain_background_rows,
+        ),
+    )
 
 
 def _server_version() -> str:

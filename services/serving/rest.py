@@ -17,6 +17,8 @@ calls):
     GET  /v2/models/{name}[/versions/{v}]/config
     GET  /v2/models[/{name}[/versions/{v}]]/stats
     POST /v2/repository/index
+    POST /v2/models/{name}[/versions/{v}]/explain       per-prediction attributions (cascade.explain.v1's
+                                                        Explain: the same core, JSON in and out)
 
 Health answers 200 when true and 400 when false, as the protocol says. A client's mistake is 400
 (404 for an unknown model) with `{"error": "..."}`, never 500. Who may call what is the `admit`
@@ -54,6 +56,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cascade.errors import CascadeError, InvalidArgument
+from cascade.services.serving.explain import EXPLAIN_SERVICE_NAME, ExplainCore, query_of_json, response_of
 from cascade.services.serving.inference import REQUEST_DTYPES, InferenceServicer
 from cascade.services.serving.repository import OIP_DTYPES
 from cascade.stubs.inference import grpc_service_pb2 as pb
@@ -78,10 +81,13 @@ _HTTP_STATUS = {
     grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.ALREADY_EXISTS: 409,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
     grpc.StatusCode.UNAVAILABLE: 503,
 }
 
 Handler = Callable[[Request], Awaitable[Response]]
+# The explain endpoint's gRPC twin, by its full path (the inference endpoints' are method names).
+EXPLAIN_METHOD = f"/{EXPLAIN_SERVICE_NAME}/Explain"
 # Lets a call through or raises (Unauthenticated, PermissionDenied): given the request's
 # Authorization header (None without one) and the name of the gRPC method the endpoint mirrors.
 Admission = Callable[[str | None, str], None]
@@ -95,8 +101,11 @@ class _RestError(Exception):
         self.status = status
 
 
-def rest_app(servicer: InferenceServicer, admit: Admission | None = None) -> Starlette:
-    """The ASGI app; `admit` checks every call (None: everyone may call everything)."""
+def rest_app(
+    servicer: InferenceServicer, admit: Admission | None = None, explainer: ExplainCore | None = None
+) -> Starlette:
+    """The ASGI app; `admit` checks every call (None: everyone may call everything); `explainer`
+    answers `.../explain` (None: explanations are off, 404)."""
 
     def endpoint(method: str, handle: Handler) -> Handler:
         async def guarded(request: Request) -> Response:
@@ -114,7 +123,7 @@ def rest_app(servicer: InferenceServicer, admit: Admission | None = None) -> Sta
 
         return guarded
 
-    api = _Endpoints(servicer)
+    api = _Endpoints(servicer, explainer)
     routes = [
         Route("/v2/health/live", endpoint("ServerLive", api.live)),
         Route("/v2/health/ready", endpoint("ServerReady", api.ready)),
@@ -129,6 +138,7 @@ def rest_app(servicer: InferenceServicer, admit: Admission | None = None) -> Sta
             Route(f"{prefix}/infer", endpoint("ModelInfer", api.infer), methods=["POST"]),
             Route(f"{prefix}/config", endpoint("ModelConfig", api.config)),
             Route(f"{prefix}/stats", endpoint("ModelStatistics", api.statistics)),
+            Route(f"{prefix}/explain", endpoint(EXPLAIN_METHOD, api.explain), methods=["POST"]),
         ]
     app = Starlette(routes=routes)
 
@@ -146,8 +156,9 @@ def rest_app(servicer: InferenceServicer, admit: Admission | None = None) -> Sta
 class _Endpoints:
     """Each endpoint: HTTP to the core's call and back."""
 
-    def __init__(self, servicer: InferenceServicer) -> None:
+    def __init__(self, servicer: InferenceServicer, explainer: ExplainCore | None = None) -> None:
         self.servicer = servicer
+        self.explainer = explainer
 
     async def live(self, request: Request) -> Response:
         return JSONResponse({"live": True})
@@ -191,6 +202,13 @@ class _Endpoints:
         if inline and sum(map(len, response.raw_output_contents)) <= INLINE_BODY_BYTES:
             return _encode_response(response, binary_outputs)
         return await asyncio.to_thread(_encode_response, response, binary_outputs)
+
+    async def explain(self, request: Request) -> Response:
+        if self.explainer is None:
+            raise _RestError(404, "explanations are off on this server (CASCADE_SERVING_EXPLAIN_ENABLED)")
+        query = query_of_json(*_model(request), _json_object(await _body(request)))
+        model, explanation = await self.explainer.explain(query)
+        return JSONResponse(message_json(response_of(query, model, explanation)))
 
     async def config(self, request: Request) -> Response:
         return JSONResponse(message_json(self.servicer.model_config(*_model(request))))

@@ -94,3 +94,49 @@ class ServingSettings(RegistryClientSettings):
             "free one. Workers share it as they share the gRPC port."
         ),
     )
+    explain_enabled: bool = Field(
+        True,
+        description=(
+            "Serve cascade.explain.v1.Explainer (per-prediction attributions) on the gRPC port beside "
+            "inference (cascade.services.serving.explain)."
+        ),
+    )
+    explain_workers: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Processes explanations run in, per serving process (started on the first Explain), at a "
+            "lower CPU priority than inference; attributions are never computed in the serving process."
+        ),
+    )
+    explain_nice: int = Field(
+        10, ge=0, le=19, description="How much the explainer's processes lower their CPU priority (os.nice)."
+    )
+    explain_max_concurrent: int = Field(
+        2,
+        ge=1,
+        description=(
+            "Explain requests in progress per serving process, waiting for a worker included; beyond "
+            "it a request is RESOURCE_EXHAUSTED."
+        ),
+    )
+    explain_max_rows: int = Field(10, ge=1, description="Rows one Explain request may ask for, at most.")
+    explain_max_evaluations: int = Field(
+        2_000_000,
+        ge=1,
+        description=(
+            "Model rows one Explain request may evaluate, at most (KernelSHAP evaluates coalitions x "
+            "background rows per row explained); a request that needs more is INVALID_ARGUMENT."
+        ),
+    )
+    explain_deadline_seconds: float = Field(
+        30.0, gt=0.0, description="Longest an Explain request may take; then DEADLINE_EXCEEDED."
+    )
+    explain_background_rows: int = Field(
+        100,
+        ge=1,
+        description=(
+            "Background rows (from the version's explain_background tag) the attributions are "
+            "measured against, at most; fewer is faster, more is steadier."
+        ),
+    )

@@ -22,6 +22,7 @@ from cascade.cli.console import ui as ui_command
 from cascade.cli.datasets import datasets_app
 from cascade.cli.dlq import dlq_app
 from cascade.cli.errors import EXIT_CODES_HELP, EXIT_FAILURE, EXIT_USAGE, CliError, failure_of
+from cascade.cli.explain import explain as explain_command
 from cascade.cli.models import models_app
 from cascade.cli.monitor import monitor as monitor_command
 from cascade.cli.train import spec_app, train
@@ -72,6 +73,7 @@ app.add_typer(auth_app, name="auth")
 app.add_typer(certs_app, name="certs")
 app.command()(train)
 app.command("monitor")(monitor_command)
+app.command("explain")(explain_command)
 app.command("ui")(ui_command)
 
 

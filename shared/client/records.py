@@ -15,6 +15,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from cascade.stubs.cascade.explain.v1 import explain_pb2
 from cascade.stubs.cascade.ingest.v1 import ingest_pb2
 from cascade.stubs.cascade.monitor.v1 import monitor_pb2
 from cascade.stubs.cascade.registry.v1 import registry_pb2
@@ -27,6 +28,7 @@ __all__ = [
     "Dataset",
     "DatasetVersion",
     "DriftReport",
+    "Explained",
     "FeatureDrift",
     "FeatureProfile",
     "GateVerdict",
@@ -36,6 +38,7 @@ __all__ = [
     "ModelVersion",
     "Performance",
     "RejectedRow",
+    "RowAttribution",
     "StoredTrainingSpec",
     "TensorSpec",
     "TrainingRun",
@@ -582,6 +585,83 @@ class DriftReport:
             performance=Performance.of(report.performance) if report.HasField("performance") else None,
             computed_at=_time(report.computed_at, report.HasField("computed_at")),
         )
+
+
+# Serving: explanations
+
+
+@dataclass(frozen=True)
+class RowAttribution:
+    """One row's explanation: `output` = `base_value` + sum(`attributions`), one per feature."""
+
+    class_index: int  # the class explained; -1 for a regressor
+    class_label: str  # "" when unknown
+    base_value: float  # the expected output over the background rows
+    output: float
+    attributions: tuple[float, ...]
+
+    @classmethod
+    def of(cls, row: explain_pb2.RowAttribution) -> RowAttribution:
+        return cls(
+            class_index=row.class_index,
+            class_label=row.class_label,
+            base_value=row.base_value,
+            output=row.output,
+            attributions=tuple(row.attributions),
+        )
+
+
+@dataclass(frozen=True)
+class Explained:
+    """Serving's explanation of some rows by the version that answered: each feature's attribution
+    to one output per row (Shapley values), in `output_space` (probability, margin or value)."""
+
+    model: str
+    version: int
+    request_id: str
+    features: tuple[str, ...]
+    method: str  # linear, tree or kernel
+    output_space: str
+    rows: tuple[RowAttribution, ...]
+    evaluations: int  # model rows evaluated
+    seconds: float
+
+    @classmethod
+    def of(cls, response: explain_pb2.ExplainResponse) -> Explained:
+        return cls(
+            model=response.model_name,
+            version=int(response.model_version or 0),
+            request_id=response.id,
+            features=tuple(response.features),
+            method=response.method,
+            output_space=response.output_space,
+            rows=tuple(RowAttribution.of(row) for row in response.rows),
+            evaluations=response.evaluations,
+            seconds=response.seconds,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe, as `cascade explain --json` prints it."""
+        return {
+            "model": self.model,
+            "version": self.version,
+            "request_id": self.request_id,
+            "features": list(self.features),
+            "method": self.method,
+            "output_space": self.output_space,
+            "evaluations": self.evaluations,
+            "seconds": self.seconds,
+            "rows": [
+                {
+                    "class_index": row.class_index,
+                    "class_label": row.class_label,
+                    "base_value": row.base_value,
+                    "output": row.output,
+                    "attributions": dict(zip(self.features, row.attributions, strict=True)),
+                }
+                for row in self.rows
+            ],
+        }
 
 
 # Trainer

@@ -24,6 +24,7 @@ import pandas as pd
 
 from cascade.client.calls import RemoteService
 from cascade.client.channels import ClientSecurity, open_channel
+from cascade.client.explain import ExplainClient, Explained, feature_rows
 from cascade.client.ingest import IngestClient
 from cascade.client.monitor import MonitorClient
 from cascade.client.records import DriftReport, Lineage, Model, ModelVersion, UploadResult, VersionStatus
@@ -77,6 +78,8 @@ class AsyncClient:
         self.trainer = TrainerClient(service("trainer"), timeout=timeout)
         self.monitor = MonitorClient(service("monitor"), timeout=timeout)
         self.serving = ServingClient(chosen["serving"], security)
+        # Serving's Explainer, on serving's channel (closed with it).
+        self.explainer = ExplainClient(self.serving.service, timeout=timeout)
 
     async def close(self) -> None:
         for client in (self.ingest, self.registry, self.trainer, self.monitor, self.serving):
@@ -189,6 +192,34 @@ class AsyncClient:
         by name; an array is its input as it is."""
         return await self.serving.predict(model, data, version=version)
 
+    async def explain(
+        self,
+        model: str,
+        data: pd.DataFrame | Mapping[str, float] | np.ndarray,
+        *,
+        version: str = "",
+        output_class: int | None = None,
+        max_evaluations: int = 0,
+        deadline_seconds: float = 0.0,
+    ) -> Explained:
+        """Why the served model answers as it does for each row: each feature's attribution to the
+        output (the predicted class's, or `output_class`'s), with base value + attributions =
+        output. A DataFrame's columns (or a dict's keys, one row) are matched to its features by
+        name; an array is its input as it is."""
+        if isinstance(data, np.ndarray):
+            rows = data
+        else:
+            served = await self.serving.model_metadata(model, version)
+            rows = feature_rows(model, served.features, data)
+        return await self.explainer.explain(
+            model,
+            rows,
+            version=version,
+            output_class=output_class,
+            max_evaluations=max_evaluations,
+            deadline_seconds=deadline_seconds,
+        )
+
 
 class Client:
     """`AsyncClient`'s methods, blocking: they run on a private event loop in a background thread,
@@ -291,3 +322,24 @@ class Client:
 
     def predict(self, model: str, data: pd.DataFrame | np.ndarray, *, version: str = "") -> Prediction:
         return self._run(self._client.predict(model, data, version=version))
+
+    def explain(
+        self,
+        model: str,
+        data: pd.DataFrame | Mapping[str, float] | np.ndarray,
+        *,
+        version: str = "",
+        output_class: int | None = None,
+        max_evaluations: int = 0,
+        deadline_seconds: float = 0.0,
+    ) -> Explained:
+        return self._run(
+            self._client.explain(
+                model,
+                data,
+                version=version,
+                output_class=output_class,
+                max_evaluations=max_evaluations,
+                deadline_seconds=deadline_seconds,
+            )
+        )

@@ -3,7 +3,9 @@
 Choose a model (`?model=`) and a version (the champion, or any ready version serving has loaded),
 fill one box per feature (prefilled with the medians of the dataset version it was trained on) or
 paste a row as CSV or a JSON object, and Predict: the page shows the label, the probability of
-each class and which version answered. A row that cannot be read is an error naming what is wrong.
+each class and which version answered, then why: serving's explanation of that row by the version
+that answered, as a waterfall from the base value through each feature's attribution (largest
+first) to the output. A row that cannot be read is an error naming what is wrong.
 """
 
 from __future__ import annotations
@@ -15,23 +17,26 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import altair as alt
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from cascade.client.records import ModelVersion, VersionStatus
+from cascade.client.records import Explained, ModelVersion, VersionStatus
 from cascade.client.sdk import AsyncClient
 from cascade.client.serving import Prediction, ServedModel
 from cascade.console.connection import run, show_error, signed_in_token
-from cascade.errors import CascadeError, NotFound, truncate
+from cascade.errors import CascadeError, FailedPrecondition, NotFound, truncate
 
-__all__ = ["RowError", "class_names", "parse_row", "render"]
+__all__ = ["RowError", "class_names", "parse_row", "render", "waterfall_chart", "waterfall_steps"]
 
 CHAMPION = ""  # the version asked of serving for "whatever is champion"
 RECENT_READY = 100  # ready versions offered besides the champion, newest first
 ANSWER_KEY = "playground_answer"
 SHOWN_MISSING = 5  # missing features named in an error; the rest are counted
 MEDIAN = 2  # index of the median in a feature profile's quantiles (0.05, 0.25, 0.5, 0.75, 0.95)
+WATERFALL_FEATURES = 12  # features drawn one by one in the waterfall; the rest as one step
+_EFFECT_COLOURS = {"base": "#9e9e9e", "raises": "#d62728", "lowers": "#1f77b4", "output": "#444444"}
 
 
 class RowError(ValueError):
@@ -176,6 +181,10 @@ class Answer:
     asked: str
     prediction: Prediction
     names: list[str]
+    # Serving's explanation of the row by the version that answered, or why there is none.
+    explained: Explained | None = None
+    values: tuple[float, ...] = ()
+    explain_note: str = ""
 
 
 def render() -> None:
@@ -226,6 +235,7 @@ def render() -> None:
             st.error(outcome)
         elif isinstance(shown, Answer) and shown.model == model and shown.asked == asked:
             _show(shown, served)
+            show_explanation(shown)
         else:
             st.info("Fill in the features or paste a row, then press Predict: the answer shows here.")
 
@@ -338,7 +348,28 @@ def _row_form(
         return f"Predicting with {model} {_describe(asked)}: {error}"
     probabilities = _probabilities(prediction, served)
     names = class_names(reference, probabilities.shape[0]) if probabilities is not None else []
-    return Answer(model=model, asked=asked, prediction=prediction, names=names)
+    explained, note = _explain(model, prediction.version, frame)
+    return Answer(
+        model=model,
+        asked=asked,
+        prediction=prediction,
+        names=names,
+        explained=explained,
+        values=tuple(values[feature] for feature in features),
+        explain_note=note,
+    )
+
+
+def _explain(model: str, version: str, frame: pd.DataFrame) -> tuple[Explained | None, str]:
+    """Serving's explanation of the row by the version that answered (asked by number, so a swap
+    in between cannot make it another's), or a note saying why there is none."""
+    try:
+        with st.spinner("Explaining the answer..."):
+            return run(lambda c: c.explain(model, frame, version=version)), ""
+    except FailedPrecondition as error:  # e.g. a version without an explanation background
+        return None, f"No explanation for this version: {error}"
+    except CascadeError as error:
+        return None, f"Explaining the answer failed: {error}"
 
 
 def _probabilities(prediction: Prediction, served: ServedModel) -> np.ndarray | None:
@@ -367,3 +398,69 @@ def _show(answer: Answer, served: ServedModel) -> None:
     # A static table (a few rows): its cells are plain text, readable by a person and a test alike.
     st.table(table.assign(probability=table["probability"].map("{:.4f}".format)).set_index("class"))
     st.bar_chart(table, x="class", y="probability", horizontal=True)
+
+
+def show_explanation(answer: Answer) -> None:
+    """The waterfall of the answer's explanation: base value, each feature's push, output."""
+    st.subheader("Why")
+    if answer.explained is None:
+        st.info(answer.explain_note or "No explanation.")
+        return
+    explained = answer.explained
+    row = explained.rows[0]
+    target = "the value" if row.class_index < 0 else f"class {row.class_label or row.class_index}"
+    st.caption(
+        f"How each feature moved the {explained.output_space} of {target} from the base value (the "
+        f"model's mean over its training background) to this row's output: {row.base_value:.4g} + "
+        f"{sum(row.attributions):.4g} = {row.output:.4g}. {explained.method} attributions by "
+        f"v{explained.version}, {explained.evaluations} model evaluations in {explained.seconds:.2f} s."
+    )
+    chart = waterfall_chart(explained, answer.values)
+    st.altair_chart(chart, width="stretch", alt=f"Waterfall of the attributions of {answer.model}'s answer")
+
+
+def waterfall_steps(
+    explained: Explained, values: Sequence[float], top: int = WATERFALL_FEATURES
+) -> pd.DataFrame:
+    """One row per bar: the base value, the `top` features by |attribution| (the rest as one step),
+    the output; each bar runs from `start` to `end`, a feature's from the running total before it."""
+    row = explained.rows[0]
+    order = sorted(range(len(explained.features)), key=lambda index: -abs(row.attributions[index]))
+    steps = [("base value", 0.0, row.base_value, row.base_value, "base")]
+    level = row.base_value
+    for index in order[:top]:
+        attribution = row.attributions[index]
+        value = f" = {values[index]:.4g}" if index < len(values) else ""
+        label = f"{explained.features[index]}{value}"
+        steps.append(
+            (label, level, level + attribution, attribution, "raises" if attribution >= 0 else "lowers")
+        )
+        level += attribution
+    rest = order[top:]
+    if rest:
+        together = sum(row.attributions[index] for index in rest)
+        effect = "raises" if together >= 0 else "lowers"
+        steps.append((f"{len(rest)} other features", level, level + together, together, effect))
+        level += together
+    steps.append(("output", 0.0, row.output, row.output, "output"))
+    return pd.DataFrame(steps, columns=["step", "start", "end", "amount", "effect"])
+
+
+def waterfall_chart(explained: Explained, values: Sequence[float]) -> alt.Chart:
+    steps = waterfall_steps(explained, values)
+    chart: alt.Chart = (
+        alt.Chart(steps, title="Attributions: base value -> each feature -> output")
+        .mark_bar()
+        .encode(
+            y=alt.Y("step:N", sort=None, title=None, axis=alt.Axis(labelLimit=320)),
+            x=alt.X("start:Q", title=explained.output_space),
+            x2="end:Q",
+            color=alt.Color(
+                "effect:N",
+                scale=alt.Scale(domain=list(_EFFECT_COLOURS), range=list(_EFFECT_COLOURS.values())),
+                legend=alt.Legend(title=None, orient="bottom"),
+            ),
+            tooltip=["step", alt.Tooltip("amount:Q", format="+.4g"), alt.Tooltip("end:Q", format=".4g")],
+        )
+    )
+    return chart
