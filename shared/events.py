@@ -281,7 +281,11 @@ class DriftDetected(Event):
     kind: Literal["drift", "decay"]
     summary: str
     drifted_features: list[str] = []
-    report: dict[str, Any] = Field(description="The drift (or decay) report, as JSON.")
+    report: dict[str, Any] = Field(
+        description="The drift (or decay) report, as JSON, without the distributions. A drifted window's "
+        "report carries `attribution_shift` (at most the monitor's attribution_features entries of "
+        "{feature, reference_share, window_share}, largest move first) and `attribution_note`."
+    )
     action: Literal["retrain", "feedback", "no_new_data"] = Field(
         "retrain",
         description="What the loop does about it: retrain on the dataset's newer version; nothing here, "

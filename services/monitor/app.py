@@ -9,6 +9,7 @@ from cascade.events import DriftDetected, Topics
 from cascade.messaging import build_broker, publish_event
 from cascade.service import Service
 from cascade.services.monitor import kafka_api
+from cascade.services.monitor.attribution import AttributionLimits
 from cascade.services.monitor.core import DriftPolicy, MonitorCore
 from cascade.services.monitor.grpc_api import ROLES, SERVICE_NAME, MonitorServicer
 from cascade.services.monitor.loop_clients import GrpcLoopClients
@@ -65,10 +66,18 @@ def build(settings: MonitorSettings | None = None) -> Service:
             calibration_draws=settings.calibration_draws,
             feedback_min_rows=settings.feedback_min_rows,
             feedback_max_rows=settings.feedback_max_rows,
+            attribution=AttributionLimits(
+                rows=settings.attribution_rows,
+                background_rows=settings.attribution_background_rows,
+                max_evaluations=settings.attribution_max_evaluations,
+                seconds=settings.attribution_seconds,
+                features=settings.attribution_features,
+            ),
         ),
         emit=emit,
         champion_outputs=loop_clients,
         retrain_data=loop_clients,
+        artifacts=loop_clients,
     )
     kafka_api.register(broker, core, topics)
     servicer = MonitorServicer(core)

@@ -57,6 +57,14 @@ from prometheus_client import Counter, Gauge
 
 from cascade.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from cascade.events import DriftDetected
+from cascade.services.monitor.attribution import (
+    AttributionBaseline,
+    AttributionLimits,
+    AttributionShift,
+    attribution_baseline,
+    attribution_shift,
+    describe_movers,
+)
 from cascade.services.monitor.drift import (
     CATEGORICAL,
     DEFAULT_THRESHOLDS,
@@ -83,6 +91,7 @@ from cascade.services.monitor.store import (
 )
 
 __all__ = [
+    "ChampionArtifacts",
     "ChampionOutputs",
     "DriftPolicy",
     "MonitorCore",
@@ -143,6 +152,7 @@ class Reference:
     predictions: Matrix | None = (
         None  # the champion's own output on each of `rows`, the prediction's reference
     )
+    background: Matrix | None = None  # the version's explain_background rows, in `info.features` order
 
     @property
     def primary_metric(self) -> str:
@@ -176,6 +186,7 @@ class DriftPolicy:
     drift_mode: str = "calibrated"
     false_alarm_rate: float = 0.01
     calibration_draws: int = 200
+    attribution: AttributionLimits = field(default_factory=AttributionLimits)
 
     def __post_init__(self) -> None:
         if self.drift_mode not in DRIFT_MODES:
@@ -209,6 +220,12 @@ class ChampionOutputs(Protocol):
     classifier, the value of a regressor)."""
 
     async def outputs(self, model: str, model_version: int, rows: Matrix) -> Matrix: ...
+
+
+class ChampionArtifacts(Protocol):
+    """A model version's ONNX artifact, the one serving runs (to explain its predictions)."""
+
+    async def artifact(self, model: str, model_version: int) -> bytes: ...
 
 
 class RetrainData(Protocol):
@@ -341,6 +358,8 @@ class _ModelState:
     labels_pending: int = 0
     confidences: Matrix = field(default_factory=lambda: np.empty(0))  # latest window's max probabilities
     held_back: dict[str, float] = field(default_factory=dict)  # kind -> when one was last recorded
+    attribution: AttributionBaseline | None = None  # the champion's explainer, built at its first drift
+    attribution_unavailable: str = ""  # why the champion cannot be explained (not tried again)
 
 
 class MonitorCore:
@@ -355,10 +374,12 @@ class MonitorCore:
         emit: Emit | None = None,
         champion_outputs: ChampionOutputs | None = None,
         retrain_data: RetrainData | None = None,
+        artifacts: ChampionArtifacts | None = None,
     ) -> None:
         self.store = store
         self.source = source
         self.champion_outputs = champion_outputs  # without it, no prediction drift
+        self.artifacts = artifacts  # without it, drift is not explained
         self.retrain_data = retrain_data  # without it, every drift event asks for a retrain
         self.window_size = window_size
         self.evaluate_every = evaluate_every
@@ -726,6 +747,42 @@ class MonitorCore:
             "and no labelled production rows arrived)"
         )
 
+    async def _explain_drift(
+        self, model: str, state: _ModelState, current: Matrix
+    ) -> tuple[tuple[AttributionShift, ...], str]:
+        """The features whose share of the champion's attributions moved most, and how that was
+        measured; or none, and why. The champion's explainer and its reference shares are built at
+        its first drifted window and kept; a model that cannot be explained is not tried again, an
+        unreachable registry is at the next drifted window."""
+        reference = state.reference
+        if reference is None or self.artifacts is None:
+            return (), "not explained: this monitor runs without the registry's artifacts"
+        if state.attribution_unavailable:
+            return (), state.attribution_unavailable
+        limits = self.policy.attribution
+        version = reference.info.model_version
+        try:
+            if state.attribution is None:
+                artifact = await self.artifacts.artifact(model, version)
+                state.attribution = await asyncio.to_thread(
+                    attribution_baseline,
+                    artifact,
+                    reference.info.features,
+                    reference.rows,
+                    reference.background,
+                    limits,
+                )
+            return await asyncio.to_thread(attribution_shift, state.attribution, current, limits)
+        except Unavailable as exc:
+            log.warning("%s v%d: drift not explained this time: %s", model, version, exc)
+            return (), f"not explained: the champion's artifact could not be read ({exc})"
+        except Exception as exc:  # an explanation is an aid: the report and the loop go on without it
+            reason = f"not explained: {type(exc).__name__}: {exc}"[:300]
+            log.warning("%s v%d: drift %s", model, version, reason)
+            if state.attribution is None:
+                state.attribution_unavailable = reason
+            return (), reason
+
     def _state(self, model: str) -> _ModelState:
         if model not in self._models:
             previous = self.store.latest_report(model)
@@ -805,6 +862,7 @@ class MonitorCore:
             else None
         )
         state.consecutive_drifted = 0  # a new champion earns a fresh count
+        state.attribution, state.attribution_unavailable = None, ""  # explained with its own artifact
         if previous is not None:  # labelled rows and confidences were the previous champion's answers
             state.labelled, state.labels_pending = None, 0
             state.confidences = np.empty(0)
@@ -875,6 +933,10 @@ class MonitorCore:
         features, prediction = await asyncio.to_thread(
             _with_distributions, prepared, state.prediction_reference, features, prediction, current, outputs
         )
+        shifts: tuple[AttributionShift, ...] = ()
+        attribution_note = ""
+        if window_drifted or (prediction is not None and prediction.drifted):
+            shifts, attribution_note = await self._explain_drift(model, state, current)
         report = DriftReport(
             model=model,
             model_version=reference.info.model_version,
@@ -890,6 +952,8 @@ class MonitorCore:
             performance=self._performance(reference, state)
             if state.labelled or len(state.confidences)
             else None,
+            attribution_shift=shifts,
+            attribution_note=attribution_note,
         )
         self.store.save_report(report)
         state.pending = 0
@@ -902,6 +966,11 @@ class MonitorCore:
                 f"reports in a row: "
                 + ", ".join(f"{f.feature} ({f.test})" for f in report.features if f.drifted)
                 + f"; the decision: {rule}"
+                + (
+                    f"; the champion's attribution moved most in {describe_movers(report.attribution_shift)}"
+                    if report.attribution_shift
+                    else ""
+                )
             )
             await self._maybe_emit(model, state, "drift", summary, drifted, report_document(report))
         log.info(

@@ -109,6 +109,15 @@ def report_message(report: DriftReport) -> pb.DriftReport:
         computed_at=_timestamp(report.computed_at),
         predictions_seen=report.predictions_seen,
         reference_rows=report.reference_rows,
+        attribution_shift=[
+            pb.AttributionShift(
+                feature=shift.feature,
+                reference_share=shift.reference_share,
+                window_share=shift.window_share,
+            )
+            for shift in report.attribution_shift
+        ],
+        attribution_note=report.attribution_note,
     )
     if report.prediction is not None:
         message.prediction.CopyFrom(_feature(report.prediction))

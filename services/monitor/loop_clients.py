@@ -23,8 +23,9 @@ __all__ = ["GrpcLoopClients", "first_output_per_row"]
 
 
 class GrpcLoopClients:
-    """A `ChampionOutputs` and a `RetrainData` over the registry and ingest clients. Their channels
-    live between `open()` and `close()`, inside the service's event loop."""
+    """A `ChampionOutputs`, a `ChampionArtifacts` and a `RetrainData` over the registry and ingest
+    clients. Their channels live between `open()` and `close()`, inside the service's event loop.
+    The latest artifact read is kept (one): its outputs and its explanation download it once."""
 
     def __init__(
         self,
@@ -39,6 +40,7 @@ class GrpcLoopClients:
         self.timeout_seconds = timeout_seconds
         self._registry: RegistryClient | None = None
         self._ingest: IngestClient | None = None
+        self._last_artifact: tuple[str, int, bytes] | None = None
 
     async def open(self) -> None:
         timeout = self.timeout_seconds
@@ -52,10 +54,19 @@ class GrpcLoopClients:
         self._registry = self._ingest = None
 
     async def outputs(self, model: str, model_version: int, rows: Matrix) -> Matrix:
+        artifact = await self.artifact(model, model_version)
+        return await asyncio.to_thread(first_output_per_row, artifact, rows)
+
+    async def artifact(self, model: str, model_version: int) -> bytes:
+        """The version's ONNX artifact, verified by the registry client's download."""
         if self._registry is None:
             raise RuntimeError("GrpcLoopClients.open() was not called")
+        last = self._last_artifact
+        if last is not None and last[:2] == (model, model_version):
+            return last[2]
         artifact = await self._registry.download_artifact(model, model_version)
-        return await asyncio.to_thread(first_output_per_row, artifact, rows)
+        self._last_artifact = (model, model_version, artifact)
+        return artifact
 
     async def newer_version(self, dataset: str, dataset_version: str) -> str | None:
         latest = await self._latest(dataset)

@@ -20,6 +20,7 @@ from cascade.client.channels import PLAINTEXT, ClientSecurity
 from cascade.client.ingest import IngestClient
 from cascade.client.registry import RegistryClient
 from cascade.errors import FailedPrecondition
+from cascade.services.monitor.attribution import background_of
 from cascade.services.monitor.core import Matrix, Reference, Unmonitored
 from cascade.services.monitor.store import ReferenceInfo
 
@@ -75,6 +76,7 @@ class GrpcReferenceSource:
             target=target,
             task=version.tags.get("task", "") or dataset.task,
             champion_metrics=dict(version.run.metrics),
+            background=background_of(dict(version.tags), features),
         )
 
 

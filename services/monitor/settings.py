@@ -101,6 +101,36 @@ class MonitorSettings(RegistryClientSettings):
     p_value_threshold: float = Field(
         0.05, gt=0.0, lt=1.0, description="A feature drifts when its test's p-value is below this."
     )
+    attribution_rows: int = Field(
+        100,
+        ge=1,
+        description="Drift explained: reference rows (a fixed sample, once per champion) and latest window "
+        "rows whose attributions are compared when a window drifts.",
+    )
+    attribution_background_rows: int = Field(
+        100,
+        ge=1,
+        description="Drift explained: background rows the attributions integrate against (the version's "
+        "`explain_background` tag, else a sample of the reference rows).",
+    )
+    attribution_max_evaluations: int = Field(
+        500_000,
+        ge=1,
+        description="Drift explained: model rows one explanation may evaluate; over it, the drift is "
+        "reported unexplained.",
+    )
+    attribution_seconds: float = Field(
+        10.0,
+        gt=0.0,
+        description="Drift explained: deadline of one explanation (reference or window); it runs while "
+        "the model's window waits, so keep it short.",
+    )
+    attribution_features: int = Field(
+        10,
+        ge=1,
+        le=100,
+        description="Drift explained: features a report (and its event) lists, largest move first.",
+    )
     rpc_timeout_seconds: float = Field(
         60.0, gt=0.0, description="Deadline of each call to the registry or ingest, download included."
     )

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cascade.services.monitor.attribution import AttributionShift
 from cascade.services.monitor.drift import Distribution, FeatureDrift
 
 __all__ = ["DriftEventRecord", "DriftReport", "MonitorStore", "Performance", "ReferenceInfo", "Verdict"]
@@ -133,6 +134,11 @@ class DriftReport:
     prediction: FeatureDrift | None = None  # the predicted output against the training labels
     reference_rows: int = 0
     performance: Performance | None = None
+    # Drift explained (a drifted window only): the features whose share of the champion's
+    # attributions moved most from the reference, largest move first; and how they were measured,
+    # or why they could not be.
+    attribution_shift: tuple[AttributionShift, ...] = ()
+    attribution_note: str = ""
 
     @property
     def drifted_features(self) -> list[str]:
@@ -334,4 +340,7 @@ def _report_from_json(text: str) -> DriftReport:
         document["prediction"] = _feature_from_json(document["prediction"])
     if document.get("performance"):
         document["performance"] = Performance(**document["performance"])
+    document["attribution_shift"] = tuple(
+        AttributionShift(**shift) for shift in document.get("attribution_shift", ())
+    )
     return DriftReport(**document)

@@ -31,6 +31,13 @@ from cascade.events import (
     TrainingRequested,
 )
 from cascade.names import check_name
+from cascade.services.trainer.attribution import (
+    BACKGROUND_TAG,
+    GLOBAL_ATTRIBUTION_TAG,
+    background_record,
+    background_sample,
+    global_attribution_record,
+)
 from cascade.services.trainer.importing import (
     ImportedModel,
     ModelFormat,
@@ -325,7 +332,14 @@ class TrainerCore:
         try:
             with TRAIN_SECONDS.time():
                 result = await asyncio.to_thread(
-                    train, frame, features, target, job.task, spec=spec, on_trial=on_trial
+                    train,
+                    frame,
+                    features,
+                    target,
+                    job.task,
+                    spec=spec,
+                    on_trial=on_trial,
+                    explain=self.settings.explain_limits(),
                 )
         except Exception as exc:
             RUNS.labels(model, "failed").inc()
@@ -427,6 +441,7 @@ class TrainerCore:
         check_name("model", request.model)
         features, task, target = list(request.features), request.task, ""
         dataset, dataset_version = request.dataset, ""
+        training_rows: np.ndarray | None = None  # the reference's, for the explanation background
         if dataset:
             info, frame = await self.ingest.download_dataset(dataset, request.dataset_version)
             dataset_version, target = info.version, info.target
@@ -435,8 +450,11 @@ class TrainerCore:
             missing = [f for f in features if f not in frame.columns]
             if missing:
                 raise InvalidArgument(f"{dataset}@{info.version[:12]} has no columns {missing[:5]}")
-            held_out = frame[holdout_mask(frame[[*features, target]], self.settings.holdout_fraction)]
+            mask = holdout_mask(frame[[*features, target]], self.settings.holdout_fraction)
+            held_out = frame[mask]
             rows = (held_out if len(held_out) else frame)[features].to_numpy(dtype=np.float32)
+            learned = frame[~mask] if (~mask).any() else frame
+            training_rows = learned[features].to_numpy(dtype=np.float32)
         else:
             if not features:
                 raise InvalidArgument("features are required without a reference dataset")
@@ -462,7 +480,16 @@ class TrainerCore:
         run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"cascade:run:{request.model}:{key}"))
         version = await self._registered(request.model, key)
         if version is None:
-            header = _import_header(request, key, run_id, features, task, target, dataset_version, imported)
+            explain_tags = (
+                await asyncio.to_thread(
+                    _explain_tags, imported.onnx_bytes, features, training_rows, rows, self.settings
+                )
+                if training_rows is not None
+                else {}
+            )
+            header = _import_header(
+                request, key, run_id, features, task, target, dataset_version, imported, explain_tags
+            )
             version = await self._upload(header, imported.onnx_bytes)
             RUNS.labels(request.model, "imported").inc()
             log.info(
@@ -534,9 +561,11 @@ def _import_header(
     target: str,
     dataset_version: str,
     imported: ImportedModel,
+    explain_tags: Mapping[str, str],
 ) -> _NewVersion:
     """An imported version carries the tags the validator, serving and the monitor read from a
-    trained one (features, task, target, parity reference), and says where it came from."""
+    trained one (features, task, target, parity reference, explanation background), and says where
+    it came from."""
     monitored = bool(request.dataset)
     tags = {
         "source": "imported",
@@ -549,6 +578,7 @@ def _import_header(
         "import_parity": json.dumps(
             {"max_difference": imported.parity_max_difference, "rows": imported.parity_rows}
         ),
+        **explain_tags,
     }
     if target:
         tags["target"] = target
@@ -575,6 +605,24 @@ def _import_header(
     )
 
 
+def _explain_tags(
+    onnx_bytes: bytes,
+    features: list[str],
+    training_rows: np.ndarray,
+    held_out: np.ndarray,
+    settings: TrainerSettings,
+) -> dict[str, str]:
+    """An imported version's explanation background, sampled from its reference dataset's training
+    rows, and its global attribution on the held-out rows when that fits the trainer's limits."""
+    limits = settings.explain_limits()
+    background = background_sample(training_rows, limits.background_rows, settings.seed)
+    tags = {BACKGROUND_TAG: background_record(features, background)}
+    attribution = global_attribution_record(onnx_bytes, background, features, held_out, limits, settings.seed)
+    if attribution is not None:
+        tags[GLOBAL_ATTRIBUTION_TAG] = attribution
+    return tags
+
+
 def _tags(
     features: list[str], target: str, job: _Job, spec: TrainingSpec, result: TrainingResult
 ) -> dict[str, str]:
@@ -589,6 +637,7 @@ def _tags(
         "durations": json.dumps(result.durations),
         "library_versions": json.dumps(result.versions),
         "parity_reference": json.dumps(result.parity_reference),
+        **result.explain_tags,
     }
     if job.cause is not None:  # the registry keeps why this version exists, with the report
         tags["cause"] = job.cause.model_dump_json()

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from cascade.services.trainer.attribution import MAX_BACKGROUND_ROWS, ExplainLimits
 from cascade.settings import RegistryClientSettings
 
 
@@ -20,3 +21,30 @@ class TrainerSettings(RegistryClientSettings):
         "with the trainer's rights: turn it on only where everyone holding trainer:train is trusted.",
     )
     max_import_bytes: int = Field(256 * 1024 * 1024, description="Largest model file ImportModel accepts.")
+    explain_background_rows: int = Field(
+        MAX_BACKGROUND_ROWS,
+        ge=1,
+        le=MAX_BACKGROUND_ROWS,
+        description="Training rows kept on each version as its explanation background (the "
+        "`explain_background` tag), drawn with the run's seed.",
+    )
+    attribution_rows: int = Field(
+        200, ge=1, description="Held-out rows whose attributions make a version's `global_attribution`."
+    )
+    attribution_max_evaluations: int = Field(
+        500_000,
+        ge=1,
+        description="Model rows the global attribution may evaluate (a model-agnostic explanation costs "
+        "background rows x samples per explained row); over it, the version has no global attribution.",
+    )
+    attribution_seconds: float = Field(
+        20.0, gt=0.0, description="Deadline of a version's global attribution; past it, the version has none."
+    )
+
+    def explain_limits(self) -> ExplainLimits:
+        return ExplainLimits(
+            background_rows=self.explain_background_rows,
+            rows=self.attribution_rows,
+            max_evaluations=self.attribution_max_evaluations,
+            seconds=self.attribution_seconds,
+        )

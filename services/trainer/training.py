@@ -31,6 +31,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cascade.errors import CascadeError, FailedPrecondition, InvalidArgument
+from cascade.services.trainer.attribution import (
+    BACKGROUND_TAG,
+    GLOBAL_ATTRIBUTION_TAG,
+    ExplainLimits,
+    background_record,
+    background_sample,
+    global_attribution_record,
+)
 from cascade.splits import holdout_mask
 from cascade.training_spec import ParamRange, Task, TrainingSpec
 
@@ -58,6 +66,9 @@ class TrainingResult:
     # A few held-out rows and scikit-learn's outputs for them, so the validator can recheck that the
     # artifact it is about to promote still reproduces them.
     parity_reference: dict[str, list[list[float]]] = field(default_factory=dict)
+    # The `explain_background` and (when the model could be explained in budget) `global_attribution`
+    # tags, as JSON (services/trainer/attribution.py).
+    explain_tags: dict[str, str] = field(default_factory=dict)
 
 
 def _estimator(name: str, task: Task, params: dict[str, Any], seed: int) -> BaseEstimator:
@@ -222,9 +233,12 @@ def train(
     holdout: float = 0.2,
     spec: TrainingSpec | None = None,
     on_trial: OnTrial | None = None,
+    explain: ExplainLimits | None = None,
 ) -> TrainingResult:
     """Search on the training rows within the spec's budget, refit the best pipeline, export it to
-    ONNX and check on the held-out rows that ONNX and scikit-learn agree."""
+    ONNX and check on the held-out rows that ONNX and scikit-learn agree; then sample its
+    explanation background from the training rows and attribute the exported ONNX's outputs on the
+    held-out rows (within `explain`'s limits)."""
     spec = (spec or TrainingSpec(seed=seed, cv_folds=folds, holdout_fraction=holdout)).resolved(task)
     assert spec.task is not None
     task = spec.task
@@ -272,6 +286,13 @@ def train(
     importance = permutation_importance(
         best, x_holdout, y_holdout, n_repeats=5, random_state=spec.seed, scoring=scorer
     )
+    importance_done = time.perf_counter()
+    limits = explain or ExplainLimits()
+    background = background_sample(x_train, limits.background_rows, spec.seed)
+    explain_tags = {BACKGROUND_TAG: background_record(features, background)}
+    attribution = global_attribution_record(onnx_bytes, background, features, x_holdout, limits, spec.seed)
+    if attribution is not None:
+        explain_tags[GLOBAL_ATTRIBUTION_TAG] = attribution
     finished = time.perf_counter()
     metric = spec.primary_metric
     return TrainingResult(
@@ -290,10 +311,12 @@ def train(
             "search": round(searched - started, 4),
             "refit": round(refitted - searched, 4),
             "export_and_parity": round(exported - refitted, 4),
-            "importance": round(finished - exported, 4),
+            "importance": round(importance_done - exported, 4),
+            "attribution": round(finished - importance_done, 4),
         },
         versions={p: version(p) for p in ("scikit-learn", "skl2onnx", "onnxruntime", "numpy", "optuna")},
         parity_reference=parity_reference(best, x_holdout, task),
+        explain_tags=explain_tags,
     )
 
 

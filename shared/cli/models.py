@@ -26,6 +26,7 @@ from cascade.cli.follow import key_metric, validation_failure
 from cascade.client.calls import call
 from cascade.client.records import (
     AliasMove,
+    GlobalAttribution,
     ImportResult,
     Lineage,
     Model,
@@ -413,6 +414,52 @@ def _verdict(version: ModelVersion) -> str:
     return f"FAILED validation ({', '.join(failed) or 'see below'})"
 
 
+_ATTRIBUTED_SHOWN = 10  # features listed by `models show NAME/VERSION`; --json has the tags whole
+
+
+def _attribution_lines(version: ModelVersion) -> list[str]:
+    """What the version relies on: its global attribution (the trainer's `global_attribution` tag)
+    beside its permutation importance (`feature_importance`), the most attributed features first."""
+    attribution = GlobalAttribution.of_tags(version.tags)
+    try:
+        recorded = json.loads(version.tags.get("feature_importance", "") or "{}")
+    except ValueError:
+        recorded = {}
+    importance = {
+        str(name): float(value)
+        for name, value in (recorded.items() if isinstance(recorded, dict) else ())
+        if isinstance(value, int | float)
+    }
+    if attribution is None and not importance:
+        return []
+    mean_abs = attribution.mean_abs if attribution is not None else {}
+    total = sum(mean_abs.values()) or 1.0
+    ranked = (
+        sorted(mean_abs, key=lambda f: -mean_abs[f])
+        if mean_abs
+        else sorted(importance, key=lambda f: -importance[f])
+    )
+    how = (
+        f"{attribution.method} Shapley values, {attribution.output_space} space, "
+        f"{attribution.rows} held-out rows"
+        if attribution is not None
+        else "no global attribution on this version"
+    )
+    width = max(len("feature"), *(len(name) for name in ranked[:_ATTRIBUTED_SHOWN]))
+    lines = [
+        f"  attribution: mean |attribution| ({how}) beside permutation importance",
+        f"    {'feature':<{width}}  {'mean |attr|':>11}  {'share':>6}  {'permutation':>11}",
+    ]
+    for name in ranked[:_ATTRIBUTED_SHOWN]:
+        value = f"{mean_abs[name]:.4g}" if name in mean_abs else "-"
+        share = f"{mean_abs[name] / total:.1%}" if name in mean_abs else "-"
+        permuted = f"{importance[name]:.4g}" if name in importance else "-"
+        lines.append(f"    {name:<{width}}  {value:>11}  {share:>6}  {permuted:>11}")
+    if len(ranked) > _ATTRIBUTED_SHOWN:
+        lines.append(f"    ... and {len(ranked) - _ATTRIBUTED_SHOWN} more (--json shows the tags whole)")
+    return lines
+
+
 def _format_version(version: ModelVersion) -> str:
     lines = [
         f"{version.model} version {version.version} ({version.status})",
@@ -429,6 +476,7 @@ def _format_version(version: ModelVersion) -> str:
         *_wrapped(f"  params:      {_pairs(version.run.params)}", " " * 15),
         *_wrapped(f"  metrics:     {_metrics(version.run)}", " " * 15),
         *_tag_lines(version.tags),
+        *_attribution_lines(version),
     ]
     if not version.validation_report_json:
         lines.append("  validation:  not validated yet")

@@ -96,6 +96,7 @@ def format_report(report: monitor_pb2.DriftReport) -> str:
             f"{row.feature:<{width}}  {row.test:<13}  {_number(row.statistic):>10}  "
             f"{_number(row.p_value):>10}  {_number(row.threshold):>9}  {'YES' if row.drifted else 'no'}"
         )
+    lines += _attribution_lines(report)
     if report.HasField("performance"):
         performance = report.performance
         measured = f"{performance.metric}: no labels yet"
@@ -116,6 +117,28 @@ def format_report(report: monitor_pb2.DriftReport) -> str:
         else:
             lines.append(f"estimated accuracy {performance.estimate_note}")
     return "\n".join(lines)
+
+
+def _attribution_lines(report: monitor_pb2.DriftReport) -> list[str]:
+    """Drift explained: each listed feature's share of the champion's |attribution|, reference ->
+    window, the largest moves first; or why the drifted window was not explained."""
+    if not report.attribution_shift:
+        return ["", f"drift explained: {report.attribution_note}"] if report.attribution_note else []
+    width = max([len("feature"), *(len(shift.feature) for shift in report.attribution_shift)])
+    lines = [
+        "",
+        "drift explained: share of the champion's |attribution|, largest moves first",
+        f"{'feature':<{width}}  {'reference':>9}  {'window':>9}  {'moved':>8}",
+    ]
+    for shift in report.attribution_shift:
+        moved = shift.window_share - shift.reference_share
+        lines.append(
+            f"{shift.feature:<{width}}  {shift.reference_share:>9.1%}  "
+            f"{shift.window_share:>9.1%}  {moved:>+8.1%}"
+        )
+    if report.attribution_note:
+        lines.append(f"({report.attribution_note})")
+    return lines
 
 
 def format_history(history: monitor_pb2.DriftHistory) -> str:

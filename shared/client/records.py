@@ -23,6 +23,7 @@ from cascade.stubs.cascade.trainer.v1 import trainer_pb2
 
 __all__ = [
     "AliasMove",
+    "AttributionShift",
     "Batch",
     "BatchReport",
     "Dataset",
@@ -32,6 +33,7 @@ __all__ = [
     "FeatureDrift",
     "FeatureProfile",
     "GateVerdict",
+    "GlobalAttribution",
     "ImportResult",
     "Lineage",
     "Model",
@@ -553,6 +555,47 @@ class Performance:
 
 
 @dataclass(frozen=True)
+class AttributionShift:
+    """Drift explained: one feature's share of the champion's total |attribution| on a sample of its
+    reference rows and on the window's latest rows."""
+
+    feature: str
+    reference_share: float
+    window_share: float
+
+    @property
+    def moved(self) -> float:
+        return self.window_share - self.reference_share
+
+
+@dataclass(frozen=True)
+class GlobalAttribution:
+    """A version's `global_attribution` tag (the trainer's): mean |attribution| per feature on its
+    hold-out, from cascade.explain on its ONNX artifact, with the method and the output space."""
+
+    method: str
+    output_space: str
+    rows: int
+    mean_abs: dict[str, float]
+
+    @classmethod
+    def of_tags(cls, tags: dict[str, str]) -> GlobalAttribution | None:
+        """The version's global attribution; None without the tag, or with one that does not read."""
+        try:
+            document = json.loads(tags.get("global_attribution", "") or "null")
+            if not isinstance(document, dict):
+                return None
+            return cls(
+                method=str(document["method"]),
+                output_space=str(document["output_space"]),
+                rows=int(document["rows"]),
+                mean_abs={str(k): float(v) for k, v in dict(document["mean_abs"]).items()},
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+@dataclass(frozen=True)
 class DriftReport:
     model: str
     model_version: int
@@ -565,6 +608,10 @@ class DriftReport:
     dataset_drifted: bool
     performance: Performance | None
     computed_at: datetime | None
+    # Drift explained (drifted windows only): the features whose attribution share moved most,
+    # largest move first; and how that was measured, or why it was not.
+    attribution_shift: tuple[AttributionShift, ...] = ()
+    attribution_note: str = ""
 
     @property
     def drifted_features(self) -> list[str]:
@@ -584,6 +631,11 @@ class DriftReport:
             dataset_drifted=report.dataset_drifted,
             performance=Performance.of(report.performance) if report.HasField("performance") else None,
             computed_at=_time(report.computed_at, report.HasField("computed_at")),
+            attribution_shift=tuple(
+                AttributionShift(s.feature, s.reference_share, s.window_share)
+                for s in report.attribution_shift
+            ),
+            attribution_note=report.attribution_note,
         )
 
 

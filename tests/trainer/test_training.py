@@ -60,7 +60,13 @@ def test_every_trial_of_the_search_is_recorded_and_weak_ones_are_pruned(
     assert set(trained_breast_cancer.feature_importance) == set(
         load_breast_cancer(as_frame=True).feature_names
     )
-    assert set(trained_breast_cancer.durations) == {"search", "refit", "export_and_parity", "importance"}
+    assert set(trained_breast_cancer.durations) == {
+        "search",
+        "refit",
+        "export_and_parity",
+        "importance",
+        "attribution",
+    }
     assert trained_breast_cancer.versions["scikit-learn"]
 
 

@@ -1,7 +1,8 @@
 """The console's Drift page: for one model (/drift?model=NAME), the monitor's latest report on its
 champion (does the window drift, of how many predictions, against which reference), per feature and
 for the prediction the test's score against its threshold over the model's history of verdicts and
-the reference and window distributions overlaid on the test's own bins, the champion's performance
+the reference and window distributions overlaid on the test's own bins, which features the
+champion's attributions moved to or from in a drifted window (drift explained), the champion's performance
 (measured from labels, and the label-free ESTIMATE), and the drift events with what they triggered.
 
 Everything comes from two monitor calls (the report and the history), cached briefly; a model the
@@ -21,6 +22,7 @@ import streamlit as st
 from cascade.client.monitor import DriftHistory, Verdict
 from cascade.client.records import DriftReport, FeatureDrift, Model, Performance
 from cascade.console.connection import run, show_error, signed_in_token
+from cascade.console.views import attribution
 from cascade.errors import CascadeError, NotFound
 
 _TTL = 5
@@ -55,6 +57,7 @@ def render() -> None:
     _summary(report)
     _features(report, history)
     _prediction(report, history)
+    attribution.render_shift(report)
     _performance(report.performance)
     _events(history)
 
@@ -119,6 +122,11 @@ def _summary(report: DriftReport) -> None:
         f"v{report.model_version}, against the {report.reference_rows:,} rows it was trained on "
         f"({report.reference_dataset_version}). "
         + (f"Drifted: {', '.join(names)}." if names else "No feature drifted.")
+        + (
+            f" The champion's attribution moved most in {report.attribution_shift[0].feature}."
+            if report.attribution_shift
+            else ""
+        )
     )
     rows = [
         _row(feature) for feature in [*report.features, *([report.prediction] if report.prediction else [])]

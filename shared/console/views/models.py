@@ -20,6 +20,7 @@ from cascade.client.records import AliasMove, Model, ModelVersion
 from cascade.client.sdk import AsyncClient
 from cascade.console.connection import run, show_error, signed_in_token
 from cascade.console.tables import NONE, markdown_literal
+from cascade.console.views import attribution
 from cascade.errors import CascadeError
 
 LATENCY_GATE = "latency_p99_ms"
@@ -48,6 +49,7 @@ def render() -> None:
         show_error(error, f"Reading {model.name}")
         return
     _versions(model, versions)
+    attribution.render_version(versions, model.name)
     _compare(model, versions)
     _actions(model, versions)
     _history(model, history)

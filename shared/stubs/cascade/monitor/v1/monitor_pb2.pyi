@@ -171,6 +171,8 @@ class DriftReport(_message.Message):
     PREDICTION_FIELD_NUMBER: _builtins.int
     REFERENCE_ROWS_FIELD_NUMBER: _builtins.int
     PERFORMANCE_FIELD_NUMBER: _builtins.int
+    ATTRIBUTION_SHIFT_FIELD_NUMBER: _builtins.int
+    ATTRIBUTION_NOTE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     model_version: _builtins.int
     reference_dataset_version: _builtins.str
@@ -178,6 +180,8 @@ class DriftReport(_message.Message):
     dataset_drifted: _builtins.bool
     predictions_seen: _builtins.int
     reference_rows: _builtins.int
+    attribution_note: _builtins.str
+    """How the shift was measured (method, output space, rows, background), or why it was not."""
     @_builtins.property
     def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureDrift]: ...
     @_builtins.property
@@ -188,6 +192,13 @@ class DriftReport(_message.Message):
 
     @_builtins.property
     def performance(self) -> Global___Performance: ...
+    @_builtins.property
+    def attribution_shift(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttributionShift]:
+        """Drift explained, in a drifted window only (the dataset's or the prediction's): the features
+        whose share of the champion's |attribution| moved most between a sample of the reference rows
+        and the window's latest rows, largest move first, at most the monitor's attribution_features.
+        """
+
     def __init__(
         self,
         *,
@@ -202,14 +213,43 @@ class DriftReport(_message.Message):
         prediction: Global___FeatureDrift | None = ...,
         reference_rows: _builtins.int = ...,
         performance: Global___Performance | None = ...,
+        attribution_shift: _abc.Iterable[Global___AttributionShift] | None = ...,
+        attribution_note: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["computed_at", b"computed_at", "performance", b"performance", "prediction", b"prediction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["computed_at", b"computed_at", "dataset_drifted", b"dataset_drifted", "features", b"features", "model", b"model", "model_version", b"model_version", "performance", b"performance", "prediction", b"prediction", "predictions_seen", b"predictions_seen", "reference_dataset_version", b"reference_dataset_version", "reference_rows", b"reference_rows", "window_size", b"window_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attribution_note", b"attribution_note", "attribution_shift", b"attribution_shift", "computed_at", b"computed_at", "dataset_drifted", b"dataset_drifted", "features", b"features", "model", b"model", "model_version", b"model_version", "performance", b"performance", "prediction", b"prediction", "predictions_seen", b"predictions_seen", "reference_dataset_version", b"reference_dataset_version", "reference_rows", b"reference_rows", "window_size", b"window_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DriftReport: _TypeAlias = DriftReport  # noqa: Y015
+
+@_typing.final
+class AttributionShift(_message.Message):
+    """One feature's share of the total |attribution| (rows averaged, summing to 1 over the features)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_FIELD_NUMBER: _builtins.int
+    REFERENCE_SHARE_FIELD_NUMBER: _builtins.int
+    WINDOW_SHARE_FIELD_NUMBER: _builtins.int
+    feature: _builtins.str
+    reference_share: _builtins.float
+    window_share: _builtins.float
+    def __init__(
+        self,
+        *,
+        feature: _builtins.str = ...,
+        reference_share: _builtins.float = ...,
+        window_share: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature", b"feature", "reference_share", b"reference_share", "window_share", b"window_share"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttributionShift: _TypeAlias = AttributionShift  # noqa: Y015
 
 @_typing.final
 class GetDriftHistoryRequest(_message.Message):

@@ -1,0 +1,111 @@
+"""What a version carries for explaining its predictions, transport-free: a small background sample
+of the rows it learned from (the `explain_background` tag, which Explain and the monitor integrate
+attributions against) and its global attribution (the `global_attribution` tag: mean |attribution|
+per feature on held-out rows), computed with cascade.explain on the exported ONNX, the very
+artifact serving runs, within a bound of rows, model evaluations and seconds so a run stays fast.
+
+A model the explainer cannot take within the bound gets no `global_attribution` (said in the log):
+an explanation is an aid, never a reason to fail a run. CPU-bound: call it in a worker thread."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "BACKGROUND_TAG",
+    "GLOBAL_ATTRIBUTION_TAG",
+    "ExplainLimits",
+    "background_record",
+    "background_sample",
+    "global_attribution_record",
+]
+
+log = logging.getLogger(__name__)
+
+BACKGROUND_TAG = "explain_background"
+GLOBAL_ATTRIBUTION_TAG = "global_attribution"
+MAX_BACKGROUND_ROWS = 100  # the contract of the `explain_background` tag
+
+
+@dataclass(frozen=True)
+class ExplainLimits:
+    """How much explaining a version may cost (see TrainerSettings for each field)."""
+
+    background_rows: int = MAX_BACKGROUND_ROWS
+    rows: int = 200
+    max_evaluations: int = 500_000
+    seconds: float = 20.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.background_rows <= MAX_BACKGROUND_ROWS:
+            raise ValueError(f"background_rows must be 1 to {MAX_BACKGROUND_ROWS}: {self.background_rows}")
+
+
+def background_sample(rows: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """At most `size` of `rows`, drawn without replacement by `seed` and kept in their order: the
+    same rows and seed always give the same sample."""
+    if len(rows) <= size:
+        return rows.copy()
+    chosen = np.sort(np.random.default_rng(seed).choice(len(rows), size=size, replace=False))
+    return rows[chosen]
+
+
+def background_record(features: list[str], background: np.ndarray) -> str:
+    """The `explain_background` tag: the rows as the model reads them (float32), each value written
+    as the shortest decimal that reads back to the same float32."""
+    rows = [[float(str(value)) for value in row] for row in background.astype(np.float32)]
+    return json.dumps({"features": list(features), "rows": rows})
+
+
+def global_attribution_record(
+    onnx_bytes: bytes,
+    background: np.ndarray,
+    features: list[str],
+    rows: np.ndarray,
+    limits: ExplainLimits,
+    seed: int,
+) -> str | None:
+    """The `global_attribution` tag: mean |attribution| per feature over at most `limits.rows` of
+    `rows`, with the method and the output space it decomposes; None when the model cannot be
+    explained within the limits (or at all)."""
+    if not len(rows) or not len(background):
+        return None
+    sample = background_sample(rows, limits.rows, seed).astype(np.float32)
+    started = time.perf_counter()
+    try:
+        from cascade.explain import ExplainBudget, OnnxExplainer
+
+        budget = ExplainBudget(
+            max_rows=len(sample), max_evaluations=limits.max_evaluations, deadline_seconds=limits.seconds
+        )
+        explainer = OnnxExplainer(
+            onnx_bytes,
+            background.astype(np.float32),
+            features=features,
+            max_background=limits.background_rows,
+        )
+        explanation = explainer.explain(sample, budget=budget)
+    except Exception as exc:  # ExplainError for a budget or a graph it cannot take; an aid, not a gate
+        log.warning("no global attribution for this version: %s: %s", type(exc).__name__, exc)
+        return None
+    mean_abs = np.abs(np.asarray(explanation.attributions, dtype=np.float64)).mean(axis=0)
+    record: dict[str, Any] = {
+        "method": explanation.method,
+        "output_space": explanation.output_space,
+        "rows": len(sample),
+        "mean_abs": {name: round(float(value), 6) for name, value in zip(features, mean_abs, strict=True)},
+    }
+    log.info(
+        "global attribution (%s, %s) on %d rows in %.2fs",
+        explanation.method,
+        explanation.output_space,
+        len(sample),
+        time.perf_counter() - started,
+    )
+    return json.dumps(record)
