@@ -34,15 +34,15 @@ _OPEN_FOR_INFERENCE = ("ModelInfer", "ModelMetadata", "ModelConfig", "ServerMeta
 
 
 def serving_roles(open_inference: bool) -> dict[str, str]:
-    """The role each inference RPC needs: health (ServerLive/Ready, ModelReady) is open; the rest
-    needs serving:infer unless inference is open to everyone."""
+    """The role each RPC needs: health (ServerLive/Ready, ModelReady) is open; the rest needs
+    serving:infer unless inference is open to everyone; Explain needs it always (explainer_roles)."""
     roles = dict.fromkeys(
         pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name, "serving:infer"
     )
     roles.update(dict.fromkeys(("ServerLive", "ServerReady", "ModelReady"), OPEN))
     if open_inference:
         roles.update(dict.fromkeys(_OPEN_FOR_INFERENCE, OPEN))
-    return method_roles(SERVICE_NAME, roles)
+    return method_roles(SERVICE_NAME, roles) | explainer_roles()
 
 
 def explainer_roles() -> dict[str, str]:
@@ -136,8 +136,6 @@ def build_serving(settings: ServingSettings | None = None) -> tuple[Service, Res
     background: list[asyncio.Task[None]] = []
     roles = serving_roles(settings.auth_open_inference)
     explainer = build_explainer(settings, repository)
-    if explainer is not None:
-        roles |= explainer_roles()
     rest = None
     if settings.http_enabled:
         # The same servicer, so REST shares the loaded models, every hot swap, the statistics and
