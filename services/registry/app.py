@@ -15,6 +15,7 @@ from cascade.services.registry import kafka_api
 from cascade.services.registry.artifacts import LocalArtifactStore
 from cascade.services.registry.core import Lineage, RegistryCore
 from cascade.services.registry.grpc_api import ROLES, SERVICE_NAME, RegistryServicer
+from cascade.services.registry.notifications import ConsoleLinks, DeliveryPolicy, Destinations, Notifier
 from cascade.services.registry.permissions import Permissions
 from cascade.services.registry.settings import RegistrySettings
 from cascade.services.registry.store import RegistryStore, sqlite_url
@@ -39,12 +40,27 @@ def build(settings: RegistrySettings | None = None) -> Service:
         else settings.webhook_secret.get_secret_value(),
     )
     core = RegistryCore(store, artifacts, publish, settings.promotion_policy, webhooks)
+    notifier = Notifier(
+        store,
+        Destinations(settings.notifications_file),  # a broken file stops the start, saying why
+        ConsoleLinks(settings.console_url, settings.console_url_file),
+        DeliveryPolicy(
+            timeout_seconds=settings.notification_timeout_seconds,
+            max_attempts=settings.notification_max_attempts,
+            budget_seconds=settings.notification_budget_seconds,
+            backoff_seconds=settings.notification_backoff_seconds,
+            backoff_max_seconds=settings.notification_backoff_max_seconds,
+        ),
+        dead_letter_threshold=settings.dead_letter_threshold,
+        dead_letter_window_seconds=settings.dead_letter_window_seconds,
+    )
     relay: list[asyncio.Task[None]] = []
 
     async def start_relay() -> None:
         relay.append(asyncio.create_task(core.relay(max_webhook_attempts=settings.webhook_max_attempts)))
+        relay.append(asyncio.create_task(notifier.run()))
 
-    kafka_api.register(broker, core, topics)
+    kafka_api.register(broker, core, topics, notifier, (settings.max_message_bytes, settings.max_json_depth))
     ingest = IngestClient.connect(settings.ingest_address, ClientSecurity.of(settings))
     lineage = Lineage(core, ingest)
     servicer = RegistryServicer(

@@ -40,3 +40,33 @@ class RegistrySettings(ServiceSettings):
         description="The default for models that set none (UpdateModel, `cascade models policy`)."
         " automatic: a passed candidate becomes champion; manual: it becomes challenger.",
     )
+    notifications_file: Path | None = Field(
+        None,
+        description="JSON or YAML list of chat destinations: {name, kind: slack|teams|cloudevent, url or"
+        " url_file, models: [globs], events: [kinds]} (README, Notifications). Re-read when it changes.",
+    )
+    console_url: str = Field(
+        "", description="The web console's base URL that notifications link to; empty: no links."
+    )
+    console_url_file: Path | None = Field(
+        None,
+        description="File holding the console's URL (the stack launcher writes it when it starts the"
+        " console); read for each message and wins over console_url when present.",
+    )
+    notification_timeout_seconds: float = Field(
+        5.0, gt=0, description="Timeout of one POST to a destination."
+    )
+    notification_max_attempts: int = Field(
+        8, ge=1, description="Tries per message before it is marked failed."
+    )
+    notification_budget_seconds: float = Field(
+        3600.0, gt=0, description="How long after its event a message may still be retried; then failed."
+    )
+    notification_backoff_seconds: float = Field(1.0, gt=0, description="The first retry's pause; doubles.")
+    notification_backoff_max_seconds: float = Field(
+        300.0, gt=0, description="The longest pause between tries."
+    )
+    dead_letter_threshold: int = Field(
+        10, ge=0, description="Dead letters in one window that make a notification (once a window); 0: never."
+    )
+    dead_letter_window_seconds: int = Field(3600, ge=60, description="The dead-letter counting window.")

@@ -250,6 +250,8 @@ class Stack:
             settings[f"{dependency.upper()}_ADDRESS"] = self.address(dependency)
         if name == "serving":
             settings["HTTP_PORT"] = str(self.rest_port())
+        if name == "registry":  # chat notifications link to the console, once `start_console` runs it
+            settings["CONSOLE_URL_FILE"] = str(self.console_url_file())
         env = {prefix + key: value for key, value in settings.items()}
         env["PYTHONUNBUFFERED"] = "1"  # a crash's last words reach the log
         env.update(self.tracing_env(name))
@@ -498,6 +500,10 @@ class Stack:
     def console_url(self, port: int) -> str:
         return f"http://{LOOPBACK}:{port}/"
 
+    def console_url_file(self) -> Path:
+        """Where the running console's URL is written for the registry's notifications to link to."""
+        return self.home / "run" / "console.url"
+
     def start_console(self, port: int = DEFAULT_CONSOLE_PORT, timeout: float = 60.0) -> str:
         """Start the web console of this stack on `port` in the background (unless it runs already)
         and wait until it answers; its URL. StackError when Streamlit is missing, the port is taken
@@ -527,6 +533,7 @@ class Stack:
                 )
             time.sleep(_POLL_INTERVAL)
         self._progress(f"console is up on {url}")
+        self.console_url_file().write_text(url)
         return url
 
     def _spawn_console(self, port: int) -> None:
@@ -580,6 +587,7 @@ class Stack:
             if self._wait_exit({CONSOLE: pid}, _KILL_GRACE):
                 raise StackError(f"the console (pid {pid}) still runs after SIGKILL")
         self.pid_file(CONSOLE).unlink(missing_ok=True)
+        self.console_url_file().unlink(missing_ok=True)
         return True
 
     # ------------------------------------------------------------------ stop
