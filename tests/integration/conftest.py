@@ -63,6 +63,8 @@ def stack(otlp_receiver: OtlpReceiver) -> Iterator[Stack]:
             "CASCADE_MONITOR_COOLDOWN_SECONDS": "3600",
             # test_registry.py uploads just over this to see it refused (1 GiB, the default, is slow to send).
             "CASCADE_REGISTRY_MAX_ARTIFACT_BYTES": str(64 * 1024 * 1024),
+            # test_notifications.py writes its chat destinations here (the registry re-reads it).
+            "CASCADE_REGISTRY_NOTIFICATIONS_FILE": str(home / "notifications.json"),
         },
     )
     environ = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
