@@ -601,13 +601,9 @@ def query_of_json(model: str, version: str, body: Mapping[str, Any]) -> ExplainQ
 
 
 def _class_label(explanation: Explanation, row: int) -> str:
+    """The label of the row's explained class ("" for a regressor): class_labels has one per row."""
     labels = explanation.class_labels
-    index = int(explanation.class_indices[row])
-    if labels is None or index < 0:
-        return ""
-    if len(labels) == len(explanation.class_indices) and len(labels) != 0:
-        return str(labels[row])
-    return str(labels[index]) if index < len(labels) else ""
+    return str(labels[row]) if labels is not None and row < len(labels) else ""
 
 
 def response_of(query: ExplainQuery, model: LoadedModel, explanation: Explanation) -> pb.ExplainResponse:

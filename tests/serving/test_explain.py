@@ -17,6 +17,12 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 import pytest
+from skl2onnx import convert_sklearn
+from skl2onnx.common.data_types import FloatTensorType
+from sklearn.datasets import load_breast_cancer
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from cascade.client.calls import RemoteService
 from cascade.client.explain import ExplainClient
@@ -41,6 +47,21 @@ from cascade.stubs.cascade.explain.v1 import explain_pb2 as pb
 from .support import MODEL, Dataset, RunningRegistry, TrainedModel
 
 BARE = "bare"  # a model whose version has no explanation background
+NEURAL = "neural"  # a model only KernelSHAP explains (no exact path for a neural network)
+
+
+def _neural_onnx(dataset: Dataset) -> bytes:
+    labels = load_breast_cancer().target
+    pipeline = make_pipeline(
+        StandardScaler(), MLPClassifier((8,), solver="lbfgs", max_iter=2000, random_state=0)
+    )
+    pipeline.fit(dataset.rows, labels)
+    onnx = convert_sklearn(
+        pipeline,
+        initial_types=[("input", FloatTensorType([None, dataset.rows.shape[1]]))],
+        options={id(pipeline.steps[-1][1]): {"zipmap": False}},
+    )
+    return onnx.SerializeToString()
 
 
 def _background_tag(dataset: Dataset, rows: int = 40) -> str:
@@ -63,6 +84,13 @@ async def explaining(
     fake.tags[MODEL, 1][BACKGROUND_TAG] = _background_tag(dataset)
     fake.add(BARE, 1, models[1].onnx, {"features": json.dumps(dataset.features)})
     fake.promote(BARE, 1)
+    fake.add(
+        NEURAL,
+        1,
+        _neural_onnx(dataset),
+        {"features": json.dumps(dataset.features), BACKGROUND_TAG: _background_tag(dataset, 10)},
+    )
+    fake.promote(NEURAL, 1)
     repository = ModelRepository(RegistryModelSource(module_registry.address))
     await repository.sync_all()
     core = ExplainCore(
@@ -164,13 +192,21 @@ async def test_refusals(
     assert says in str(raised.value)
 
 
-async def test_a_budget_too_small_is_invalid_argument(explaining: Explaining, dataset: Dataset) -> None:
-    query = ExplainQuery(
-        MODEL, "", dataset.rows[:1].astype(np.float64), None, pb.ExplainBudget(max_evaluations=1)
-    )
+async def test_kernelshap_adds_up_within_its_budget_and_refuses_beyond(
+    explaining: Explaining, dataset: Dataset
+) -> None:
+    rows = dataset.rows[200:202].astype(np.float64)
 
-    with pytest.raises(InvalidArgument, match="budget"):
-        await explaining.core.explain(query)
+    _, explanation = await explaining.core.explain(_query(rows, NEURAL))
+    small = ExplainQuery(NEURAL, "", rows, None, pb.ExplainBudget(max_evaluations=1000))
+    with pytest.raises(InvalidArgument, match="KernelSHAP needs") as refused:
+        await explaining.core.explain(small)
+
+    assert explanation.method == "kernel" and explanation.evaluations > 1000
+    np.testing.assert_allclose(
+        explanation.base_values + explanation.attributions.sum(axis=1), explanation.outputs, atol=1e-6
+    )
+    assert "budget" in str(refused.value)
 
 
 def test_a_request_budget_is_lowered_to_the_server_limits() -> None:
