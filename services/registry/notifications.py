@@ -379,14 +379,29 @@ def _top_drifted(report: Mapping[str, Any], drifted: Sequence[str]) -> list[tupl
     return [(name, text) for _, name, text in rows[:TOP_FEATURES]]
 
 
+def _attribution_moves(report: Mapping[str, Any]) -> str:
+    """The features whose share of the champion's attributions moved most (the monitor's
+    `attribution_shift`, largest first), e.g. "amount 12% → 31%"."""
+    moves = []
+    for entry in (report.get("attribution_shift") or [])[:3]:
+        if not isinstance(entry, Mapping):
+            continue
+        before, after = entry.get("reference_share"), entry.get("window_share")
+        if isinstance(before, int | float) and isinstance(after, int | float):
+            moves.append(f"{entry.get('feature', '?')} {before:.0%} → {after:.0%}")
+    return ", ".join(moves)
+
+
 def drift_notice(event: DriftDetected, links: ConsoleLinks) -> Notice:
     top = _top_drifted(event.report, event.drifted_features)
     facts = [
         ("Champion", f"v{event.model_version}"),
         ("Drifted features", f"{len(event.drifted_features)}"),
         *top,
-        ("What the loop did", _ACTIONS.get(event.action, event.action)),
     ]
+    if moves := _attribution_moves(event.report):
+        facts.append(("Attribution moved", moves))
+    facts.append(("What the loop did", _ACTIONS.get(event.action, event.action)))
     return Notice(
         kind="drift",
         title=f"{event.kind.capitalize()} detected on {event.model}",

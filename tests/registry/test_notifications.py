@@ -140,7 +140,10 @@ def _drift(model: str = "fraud") -> DriftDetected:
         kind="drift",
         summary="3 of 4 features drifted; retraining on the newer data",
         drifted_features=["amount", "age", "country"],
-        report={"features": features},
+        report={
+            "features": features,
+            "attribution_shift": [{"feature": "amount", "reference_share": 0.12, "window_share": 0.31}],
+        },
         action="retrain",
     )
 
@@ -198,7 +201,8 @@ async def test_drift_names_the_top_features_and_what_the_loop_did(
     facts = [(f["title"], f["value"]) for b in card["body"] if b["type"] == "FactSet" for f in b["facts"]]
     # Furthest past the threshold first: amount (p 1e-9), age (p 1e-3), country (3x its distance).
     assert [title for title, _ in facts][2:5] == ["amount", "age", "country"]
-    assert ("What the loop did", "Retraining on the dataset's newer version.") in facts
+    assert ("Attribution moved", "amount 12% → 31%") in facts
+    assert facts[-1] == ("What the loop did", "Retraining on the dataset's newer version.")
     assert [a["url"] for a in card["actions"]] == [
         f"{CONSOLE}/drift?model=fraud",
         f"{CONSOLE}/models?model=fraud&version=2",
