@@ -156,7 +156,8 @@ def format_explanation(explained: Explained, values: list[float], top: int = 0) 
     target = _target(explained)
     lines = [
         f"{explained.model} v{explained.version}: {target}, {explained.method} attributions "
-        f"({explained.evaluations} model evaluations, {explained.seconds:.2f} s)",
+        f"({explained.evaluations} model evaluation{'' if explained.evaluations == 1 else 's'}, "
+        f"{explained.seconds:.2f} s)",
         "",
     ]
     order = sorted(range(len(explained.features)), key=lambda i: -abs(attributed.attributions[i]))
