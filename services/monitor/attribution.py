@@ -19,13 +19,12 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-if TYPE_CHECKING:
-    from cascade.explain import ExplainBudget, OnnxExplainer
+from cascade.explain import ExplainBudget, OnnxExplainer, attribution_shares
 
 __all__ = [
     "AttributionBaseline",
@@ -34,12 +33,14 @@ __all__ = [
     "attribution_baseline",
     "attribution_shift",
     "background_of",
+    "fitted_explainer",
     "sample_rows",
 ]
 
 log = logging.getLogger(__name__)
 
 BACKGROUND_TAG = "explain_background"
+KERNEL_BACKGROUND = 20  # background rows KernelSHAP integrates over (each costs an evaluation a coalition)
 Matrix = NDArray[np.float64]
 
 
@@ -67,8 +68,6 @@ class AttributionLimits:
     features: int = 10  # entries a report keeps, the largest moves first
 
     def budget(self, rows: int) -> ExplainBudget:
-        from cascade.explain import ExplainBudget
-
         return ExplainBudget(
             max_rows=rows, max_evaluations=self.max_evaluations, deadline_seconds=self.seconds
         )
@@ -114,6 +113,34 @@ def background_of(tags: dict[str, str], features: Sequence[str]) -> Matrix | Non
     return rows
 
 
+def fitted_explainer(
+    artifact: bytes, background: Matrix, features: Sequence[str], rows: int, limits: AttributionLimits
+) -> tuple[OnnxExplainer, int]:
+    """The explainer, and how many rows it may explain within `limits.max_evaluations`. The exact
+    paths (linear, tree) cost a model evaluation a row; KernelSHAP costs coalitions x background
+    rows a row, so for it the background is summarised to KERNEL_BACKGROUND rows and the coalitions
+    (then the rows) cut to fit the budget: shares averaged over many rows tolerate the noisier
+    per-row values of fewer coalitions."""
+    names = list(features)
+    explainer = OnnxExplainer(
+        artifact, background.astype(np.float32), features=names, max_background=limits.background_rows
+    )
+    if explainer.method != "kernel":
+        return explainer, rows
+    kept = min(len(background), limits.background_rows, KERNEL_BACKGROUND)
+    # Each row costs its own evaluation too, besides coalitions x background rows.
+    affordable = (limits.max_evaluations - rows) // (rows * kept)
+    coalitions = min(2 * len(names) + 2048, max(2 * len(names) + 2, affordable))
+    explainer = OnnxExplainer(
+        artifact,
+        background.astype(np.float32),
+        features=names,
+        max_background=kept,
+        kernel_samples=coalitions,
+    )
+    return explainer, max(1, min(rows, limits.max_evaluations // (kept * coalitions + 1)))
+
+
 def attribution_baseline(
     artifact: bytes,
     features: Sequence[str],
@@ -123,18 +150,12 @@ def attribution_baseline(
 ) -> AttributionBaseline:
     """The champion's explainer, and the shares on a deterministic sample of its reference rows.
     Raises cascade.explain's ExplainError when the model cannot be explained within the limits."""
-    from cascade.explain import OnnxExplainer, attribution_shares
-
     tagged = background is not None
     chosen = background if background is not None else sample_rows(reference_rows, limits.background_rows, 1)
-    explainer = OnnxExplainer(
-        artifact,
-        chosen.astype(np.float32),
-        features=list(features),
-        max_background=limits.background_rows,
-    )
-    sample = sample_rows(reference_rows, limits.rows).astype(np.float32)
+    explainer, rows = fitted_explainer(artifact, chosen, features, limits.rows, limits)
+    sample = sample_rows(reference_rows, rows).astype(np.float32)
     explanation = explainer.explain(sample, budget=limits.budget(len(sample)))
+    kept = len(explainer.background)
     return AttributionBaseline(
         explainer=explainer,
         features=tuple(features),
@@ -142,9 +163,9 @@ def attribution_baseline(
         reference_rows=len(sample),
         method=explanation.method,
         output_space=explanation.output_space,
-        background=f"the version's {BACKGROUND_TAG} ({len(chosen)} training rows)"
+        background=f"{kept} rows of the version's {BACKGROUND_TAG}"
         if tagged
-        else f"{len(chosen)} reference rows (the version has no {BACKGROUND_TAG})",
+        else f"{kept} reference rows (the version has no {BACKGROUND_TAG})",
     )
 
 
@@ -153,9 +174,7 @@ def attribution_shift(
 ) -> tuple[tuple[AttributionShift, ...], str]:
     """The features whose share moved most between the reference sample and the window's latest
     `limits.rows` rows, largest |move| first (at most `limits.features`), and how they were measured."""
-    from cascade.explain import attribution_shares
-
-    latest = window[-limits.rows :].astype(np.float32)
+    latest = window[-baseline.reference_rows :].astype(np.float32)  # as many rows as the reference's
     explanation = baseline.explainer.explain(latest, budget=limits.budget(len(latest)))
     window_shares = np.asarray(attribution_shares(explanation), dtype=np.float64)
     moved = np.abs(window_shares - baseline.reference_shares)

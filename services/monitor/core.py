@@ -55,7 +55,7 @@ import numpy as np
 from numpy.typing import NDArray
 from prometheus_client import Counter, Gauge
 
-from cascade.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from cascade.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, classify
 from cascade.events import DriftDetected
 from cascade.services.monitor.attribution import (
     AttributionBaseline,
@@ -773,13 +773,12 @@ class MonitorCore:
                     limits,
                 )
             return await asyncio.to_thread(attribution_shift, state.attribution, current, limits)
-        except Unavailable as exc:
-            log.warning("%s v%d: drift not explained this time: %s", model, version, exc)
-            return (), f"not explained: the champion's artifact could not be read ({exc})"
         except Exception as exc:  # an explanation is an aid: the report and the loop go on without it
             reason = f"not explained: {type(exc).__name__}: {exc}"[:300]
             log.warning("%s v%d: drift %s", model, version, reason)
-            if state.attribution is None:
+            if (
+                state.attribution is None and classify(exc) != "transient"
+            ):  # a deadline or an outage: next time
                 state.attribution_unavailable = reason
             return (), reason
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from cascade.explain import ExplainBudget, OnnxExplainer
+
 __all__ = [
     "BACKGROUND_TAG",
     "GLOBAL_ATTRIBUTION_TAG",
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 BACKGROUND_TAG = "explain_background"
 GLOBAL_ATTRIBUTION_TAG = "global_attribution"
 MAX_BACKGROUND_ROWS = 100  # the contract of the `explain_background` tag
+KERNEL_BACKGROUND = 20  # background rows KernelSHAP integrates over (each costs an evaluation a coalition)
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,26 @@ def background_record(features: list[str], background: np.ndarray) -> str:
     return json.dumps({"features": list(features), "rows": rows})
 
 
+def _kernel_within(
+    onnx_bytes: bytes, background: np.ndarray, features: list[str], rows: int, limits: ExplainLimits
+) -> tuple[OnnxExplainer, int]:
+    """A KernelSHAP explainer that fits the budget, and how many rows it may explain: each row costs
+    coalitions x background rows evaluations, so the background is summarised to KERNEL_BACKGROUND
+    rows and the coalitions, then the rows, cut to fit (a mean over many rows tolerates the noisier
+    per-row values). The monitor's explainer fits its budget the same way."""
+    kept = min(len(background), limits.background_rows, KERNEL_BACKGROUND)
+    affordable = (limits.max_evaluations - rows) // (rows * kept)  # each row is also evaluated once
+    coalitions = min(2 * len(features) + 2048, max(2 * len(features) + 2, affordable))
+    explainer = OnnxExplainer(
+        onnx_bytes,
+        background.astype(np.float32),
+        features=features,
+        max_background=kept,
+        kernel_samples=coalitions,
+    )
+    return explainer, max(1, min(rows, limits.max_evaluations // (kept * coalitions + 1)))
+
+
 def global_attribution_record(
     onnx_bytes: bytes,
     background: np.ndarray,
@@ -76,19 +99,20 @@ def global_attribution_record(
     explained within the limits (or at all)."""
     if not len(rows) or not len(background):
         return None
-    sample = background_sample(rows, limits.rows, seed).astype(np.float32)
     started = time.perf_counter()
     try:
-        from cascade.explain import ExplainBudget, OnnxExplainer
-
-        budget = ExplainBudget(
-            max_rows=len(sample), max_evaluations=limits.max_evaluations, deadline_seconds=limits.seconds
-        )
         explainer = OnnxExplainer(
             onnx_bytes,
             background.astype(np.float32),
             features=features,
             max_background=limits.background_rows,
+        )
+        count = min(len(rows), limits.rows)
+        if explainer.method == "kernel":  # a model neither exact path reads (an imported one)
+            explainer, count = _kernel_within(onnx_bytes, background, features, count, limits)
+        sample = background_sample(rows, count, seed).astype(np.float32)
+        budget = ExplainBudget(
+            max_rows=len(sample), max_evaluations=limits.max_evaluations, deadline_seconds=limits.seconds
         )
         explanation = explainer.explain(sample, budget=budget)
     except Exception as exc:  # ExplainError for a budget or a graph it cannot take; an aid, not a gate
