@@ -48,8 +48,11 @@ REPRODUCTION_TOLERANCE = 1e-4
 class ExactPath(Protocol):
     """A closed-form explainer read from the graph."""
 
-    method: Method
-    output_space: OutputSpace
+    @property
+    def method(self) -> Method: ...
+
+    @property
+    def output_space(self) -> OutputSpace: ...
 
     def predict(self, rows: NDArray[np.float32]) -> Floats:
         """What the session answers (probabilities [N, C] or values [N, 1]), recomputed from the
@@ -77,11 +80,10 @@ def _exact_path(model: OnnxModel, background: NDArray[np.float32], n_classes: in
     from cascade.explain._linear import read_linear
     from cascade.explain._tree import read_tree
 
-    for reader in (read_linear, read_tree):
-        path = reader(model.proto, model.n_features, n_classes, background)
-        if path is not None:
-            return path
-    return None
+    linear = read_linear(model.proto, model.n_features, n_classes, background)
+    if linear is not None:
+        return linear
+    return read_tree(model.proto, model.n_features, n_classes, background)
 
 
 class OnnxExplainer:

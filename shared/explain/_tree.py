@@ -1,20 +1,519 @@
-"""Exact Shapley values of tree ensembles read from the graph (next commit)."""
+"""Exact interventional TreeSHAP of an ai.onnx.ml TreeEnsembleClassifier/Regressor, read from the
+graph (random forests, gradient boosting, onnxmltools' XGBoost/LightGBM), against each background row.
+
+For one tree, one explained row x and one background row z, the value of a coalition S is the leaf
+reached when the features in S take x's values and the others z's. Walking the tree with both rows:
+where x and z go the same way, follow them; where they part on feature i, the x side is reached only
+if i is in S, the z side only if it is not (a side contradicting an earlier choice for i is dead).
+Each leaf reached so defines a game v * [A within S, B outside S] (A: features that went x's way, B:
+z's), whose Shapley values are closed-form:
+
+    phi_i += v (a-1)! b! / (a+b)!   for i in A,      phi_j -= v a! (b-1)! / (a+b)!   for j in B
+
+Summed over leaves, trees and background rows (averaged), these are exactly the interventional
+Shapley values shap's TreeExplainer(data=background, feature_perturbation="interventional") gives, and
+add up per (x, z) pair to f(x) - f(z), hence base + sum == output.
+
+Vectorised: all (row, background row, tree) walks advance together, one tree level a step, as numpy
+arrays of states (node, and A and B as bitmasks of features in uint64 words); the decisions of every
+node for every explained and background row are computed up front with one comparison each. The cost
+is the nodes the walks visit, which stays small because x and z mostly go the same way.
+
+What is decomposed is the ensemble's raw sum before the post-transform, mapped to each class:
+    forests (post_transform NONE)   the probability itself ("probability")
+    boosted LOGISTIC / SOFTMAX      the class's margin: log-odds or softmax logit ("margin")
+    regressors                      the value ("value"); AVERAGE aggregation divides by the trees
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+import time
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from numpy.typing import NDArray
 
-if TYPE_CHECKING:
-    from cascade.explain._explainer import ExactPath
+from cascade.explain._types import ExplainDeadlineExceeded, Method, OutputSpace
 
-__all__ = ["read_tree"]
+__all__ = ["TreePath", "read_tree"]
+
+Floats = NDArray[np.float64]
+Ints = NDArray[np.int64]
+_MODES = {"BRANCH_LEQ": 0, "BRANCH_LT": 1, "BRANCH_GTE": 2, "BRANCH_GT": 3, "BRANCH_EQ": 4, "BRANCH_NEQ": 5}
+_LEAF = -1
+# States (row x background row x tree walks) advanced per step: bounds memory at a few tens of MB.
+_STATES_PER_CHUNK = 400_000
+
+
+def _attributes(node: onnx.NodeProto) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for attribute in node.attribute:
+        value = onnx.helper.get_attribute_value(attribute)
+        if isinstance(value, onnx.TensorProto):
+            value = onnx.numpy_helper.to_array(value)
+        values[attribute.name] = value
+    return values
+
+
+def _strings(values: object) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(values, dtype=object).ravel()]
+
+
+@dataclass(frozen=True)
+class Forest:
+    """Every tree's nodes in flat arrays (global node indices), leaves holding their raw scores."""
+
+    feature: Ints  # [nodes] the split feature (0 at leaves)
+    threshold: NDArray[np.float32]  # [nodes]
+    mode: Ints  # [nodes] a _MODES code, or _LEAF
+    true_child: Ints  # [nodes] (itself at leaves)
+    false_child: Ints  # [nodes]
+    values: Floats  # [nodes, columns] each leaf's contribution to each raw score column
+    roots: Ints  # [trees]
+    base: Floats  # [columns]
+
+    def decisions(self, rows: NDArray[np.float32]) -> NDArray[np.bool_]:
+        """[N, nodes]: whether each row goes to each node's true child (float32, as ONNX Runtime)."""
+        values = rows[:, self.feature]
+        threshold = self.threshold[None, :]
+        modes = set(np.unique(self.mode[self.mode != _LEAF]).tolist())
+        if modes <= {_MODES["BRANCH_LEQ"]}:
+            return np.asarray(values <= threshold)
+        mode = self.mode[None, :]
+        goes = np.zeros(values.shape, dtype=bool)
+        for code, decided in (
+            (0, values <= threshold),
+            (1, values < threshold),
+            (2, values >= threshold),
+            (3, values > threshold),
+            (4, values == threshold),
+            (5, values != threshold),
+        ):
+            if code in modes:
+                goes |= (mode == code) & decided
+        return goes
+
+    def raw(self, rows: NDArray[np.float32]) -> Floats:
+        """[N, columns]: the ensemble's raw scores (base + leaves), before any post-transform."""
+        goes = self.decisions(rows)
+        index = np.arange(len(rows))[:, None]
+        node = np.broadcast_to(self.roots, (len(rows), len(self.roots))).copy()
+        while True:
+            inner = self.mode[node] != _LEAF
+            if not inner.any():
+                break
+            step = np.where(goes[index, node], self.true_child[node], self.false_child[node])
+            node = np.where(inner, step, node)
+        return np.asarray(self.base + self.values[node].sum(axis=1), dtype=np.float64)
+
+
+def _forest(attributes: dict[str, object], prefix: str) -> Forest | None:
+    """The flat forest of a TreeEnsemble node's attributes (`prefix` "class" or "target")."""
+    trees = np.asarray(attributes["nodes_treeids"], dtype=np.int64)
+    ids = np.asarray(attributes["nodes_nodeids"], dtype=np.int64)
+    thresholds = attributes.get("nodes_values", attributes.get("nodes_values_as_tensor"))
+    if thresholds is None:
+        return None
+    modes = _strings(attributes["nodes_modes"])
+    if any(m != "LEAF" and m not in _MODES for m in modes):
+        return None
+    width = int(ids.max()) + 1
+    keys = trees * width + ids
+    order = np.argsort(keys)
+    if np.any(np.diff(keys[order]) == 0):
+        return None  # a node listed twice
+
+    def index_of(tree_ids: Ints, node_ids: Ints) -> Ints | None:
+        wanted = tree_ids * width + node_ids
+        found = np.searchsorted(keys[order], wanted)
+        found = np.minimum(found, len(keys) - 1)
+        if np.any(keys[order][found] != wanted):
+            return None
+        return np.asarray(order[found], dtype=np.int64)
+
+    mode = np.array([_LEAF if m == "LEAF" else _MODES[m] for m in modes], dtype=np.int64)
+    inner = mode != _LEAF
+    true_child = np.arange(len(ids), dtype=np.int64)
+    false_child = np.arange(len(ids), dtype=np.int64)
+    true_ids = np.asarray(attributes["nodes_truenodeids"], dtype=np.int64)
+    false_ids = np.asarray(attributes["nodes_falsenodeids"], dtype=np.int64)
+    true_found = index_of(trees[inner], true_ids[inner])
+    false_found = index_of(trees[inner], false_ids[inner])
+    if true_found is None or false_found is None:
+        return None
+    true_child[inner] = true_found
+    false_child[inner] = false_found
+    children = np.zeros(len(ids), dtype=bool)
+    children[true_found] = True
+    children[false_found] = True
+    roots = np.flatnonzero(~children)
+    if len(roots) != len(np.unique(trees)):
+        return None
+
+    leaf_trees = np.asarray(attributes[f"{prefix}_treeids"], dtype=np.int64)
+    leaf_nodes = np.asarray(attributes[f"{prefix}_nodeids"], dtype=np.int64)
+    columns = np.asarray(attributes[f"{prefix}_ids"], dtype=np.int64)
+    weights = attributes.get(f"{prefix}_weights", attributes.get(f"{prefix}_weights_as_tensor"))
+    if weights is None:
+        return None
+    leaves = index_of(leaf_trees, leaf_nodes)
+    if leaves is None or np.any(inner[leaves]):
+        return None  # weights on an inner node: not a form ONNX Runtime sums the way read here
+    return Forest(
+        feature=np.where(inner, np.asarray(attributes["nodes_featureids"], dtype=np.int64), 0),
+        threshold=np.asarray(thresholds, dtype=np.float32),
+        mode=mode,
+        true_child=true_child,
+        false_child=false_child,
+        values=_leaf_values(leaves, columns, np.asarray(weights, dtype=np.float64), len(ids)),
+        roots=np.asarray(roots, dtype=np.int64),
+        base=np.zeros(int(columns.max()) + 1 if len(columns) else 1),
+    )
+
+
+def _leaf_values(leaves: Ints, columns: Ints, weights: Floats, nodes: int) -> Floats:
+    values = np.zeros((nodes, int(columns.max()) + 1 if len(columns) else 1))
+    np.add.at(values, (leaves, columns), weights)
+    return values
+
+
+@dataclass(frozen=True)
+class _Link:
+    """How the ensemble's raw scores become the session's outputs, and each class's explained
+    quantity: quantity[k] = sign[k] * raw[column[k]] + offset[k]."""
+
+    kind: str  # "columns" (a score per class), "binary_probability", "binary_logistic", "binary_raw"
+    transform: str  # the post_transform of "columns"
+    column: Ints  # [classes]
+    sign: Floats  # [classes]
+    offset: Floats  # [classes]
+    output_space: OutputSpace
+
+    def outputs(self, raw: Floats) -> Floats:
+        """The session's probabilities (or values) from raw scores, as ONNX Runtime computes them."""
+        if self.kind == "binary_probability":
+            return np.stack([1.0 - raw[:, 0], raw[:, 0]], axis=1)
+        if self.kind == "binary_logistic":
+            return np.stack([_sigmoid(-raw[:, 0]), _sigmoid(raw[:, 0])], axis=1)
+        if self.kind == "binary_raw":
+            return np.stack([-raw[:, 0], raw[:, 0]], axis=1)
+        if self.transform == "LOGISTIC":
+            return _sigmoid(raw)
+        if self.transform == "SOFTMAX":
+            shifted = np.exp(raw - raw.max(axis=1, keepdims=True))
+            return np.asarray(shifted / shifted.sum(axis=1, keepdims=True), dtype=np.float64)
+        return raw
+
+
+def _sigmoid(values: Floats) -> Floats:
+    return np.asarray(1.0 / (1.0 + np.exp(-values)), dtype=np.float64)
+
+
+def _link(
+    attributes: dict[str, object], forest: Forest, n_classes: int, classifier: bool
+) -> tuple[_Link, Forest] | None:
+    transform = _strings(attributes.get("post_transform", b"NONE"))[0]
+    base = np.asarray(attributes.get("base_values", attributes.get("base_values_as_tensor", [])), np.float64)
+    columns = forest.values.shape[1]
+    if not classifier:
+        if transform != "NONE" or int(np.asarray(attributes.get("n_targets", 1))) != 1 or columns != 1:
+            return None
+        aggregate = _strings(attributes.get("aggregate_function", b"SUM"))[0]
+        if aggregate not in ("SUM", "AVERAGE"):
+            return None
+        values = forest.values / len(forest.roots) if aggregate == "AVERAGE" else forest.values
+        forest = _with(forest, values, base[:1] if base.size else np.zeros(1))
+        one: Ints = np.zeros(1, dtype=np.int64)
+        return _Link("columns", "NONE", one, np.ones(1), np.zeros(1), "value"), forest
+    every: Ints = np.arange(n_classes, dtype=np.int64)
+    if n_classes == 2 and columns == 1 and base.size <= 1:
+        # One score s for two classes (ONNX Runtime's binary case): [1 - s, s] when every weight is
+        # positive (a forest's probability), [sigmoid(-s), sigmoid(s)] under LOGISTIC, else [-s, s].
+        forest = _with(forest, forest.values, base[:1] if base.size else np.zeros(1))
+        zero: Ints = np.zeros(2, dtype=np.int64)
+        positive = bool(np.all(forest.values >= 0))
+        if positive:
+            link = _Link(
+                "binary_probability",
+                transform,
+                zero,
+                np.array([-1.0, 1.0]),
+                np.array([1.0, 0.0]),
+                "probability",
+            )
+        elif transform == "LOGISTIC":
+            link = _Link("binary_logistic", transform, zero, np.array([-1.0, 1.0]), np.zeros(2), "margin")
+        elif transform == "NONE":
+            link = _Link("binary_raw", transform, zero, np.array([-1.0, 1.0]), np.zeros(2), "probability")
+        else:
+            return None
+        return link, forest
+    if columns > n_classes or transform not in ("NONE", "LOGISTIC", "SOFTMAX"):
+        return None
+    if base.size not in (0, n_classes) or (n_classes == 2 and base.size and np.any(base != 0)):
+        return None  # ONNX Runtime treats two-class base values in its own way: leave it to KernelSHAP
+    values = np.zeros((forest.values.shape[0], n_classes))
+    values[:, :columns] = forest.values
+    forest = _with(forest, values, base if base.size else np.zeros(n_classes))
+    space: OutputSpace = "probability" if transform == "NONE" else "margin"
+    return _Link("columns", transform, every, np.ones(n_classes), np.zeros(n_classes), space), forest
+
+
+def _with(forest: Forest, values: Floats, base: Floats) -> Forest:
+    return Forest(
+        feature=forest.feature,
+        threshold=forest.threshold,
+        mode=forest.mode,
+        true_child=forest.true_child,
+        false_child=forest.false_child,
+        values=values,
+        roots=forest.roots,
+        base=np.asarray(base, dtype=np.float64),
+    )
+
+
+def _shapley_weights(depth: int) -> tuple[Floats, Floats]:
+    """[a, b] tables: (a-1)! b! / (a+b)! for a feature of A, a! (b-1)! / (a+b)! for one of B."""
+    size = depth + 2
+    for_a = np.zeros((size, size))
+    for_b = np.zeros((size, size))
+    for a in range(size):
+        for b in range(size):
+            if a + b == 0:
+                continue
+            whole = math.factorial(a + b)
+            if a:
+                for_a[a, b] = math.factorial(a - 1) * math.factorial(b) / whole
+            if b:
+                for_b[a, b] = math.factorial(a) * math.factorial(b - 1) / whole
+    return for_a, for_b
+
+
+@dataclass(frozen=True)
+class _Walks:
+    """The (tree, background row) walks one explained row needs: background rows that decide every
+    node of a tree alike walk it alike, so each tree keeps one walk per distinct decision pattern,
+    weighted by how many background rows share it (divided by the background's size)."""
+
+    root: Ints  # [W]
+    background: Ints  # [W] a representative background row
+    weight: Floats  # [W]
+
+    @staticmethod
+    def of(forest: Forest, background_goes: NDArray[np.bool_]) -> _Walks:
+        tree_of = _tree_of(forest)
+        roots, representatives, weights = [], [], []
+        n_background = background_goes.shape[0]
+        for tree, root in enumerate(forest.roots):
+            inner = np.flatnonzero((tree_of == tree) & (forest.mode != _LEAF))
+            _, first, counts = np.unique(
+                background_goes[:, inner], axis=0, return_index=True, return_counts=True
+            )
+            roots.append(np.full(len(first), root))
+            representatives.append(first)
+            weights.append(counts / n_background)
+        return _Walks(
+            root=np.concatenate(roots).astype(np.int64),
+            background=np.concatenate(representatives).astype(np.int64),
+            weight=np.concatenate(weights).astype(np.float64),
+        )
+
+
+def _tree_of(forest: Forest) -> Ints:
+    """[nodes]: the index of the tree each node belongs to (walked down from the roots)."""
+    tree_of = np.full(len(forest.mode), -1, dtype=np.int64)
+    frontier = forest.roots.copy()
+    tree_of[frontier] = np.arange(len(frontier))
+    while len(frontier):
+        frontier = frontier[forest.mode[frontier] != _LEAF]
+        children = np.concatenate([forest.true_child[frontier], forest.false_child[frontier]])
+        tree_of[children] = np.concatenate([tree_of[frontier], tree_of[frontier]])
+        frontier = children
+    return tree_of
+
+
+def _max_depth(forest: Forest) -> int:
+    depth = 0
+    frontier = forest.roots.copy()
+    while True:
+        frontier = frontier[forest.mode[frontier] != _LEAF]
+        if not len(frontier):
+            return depth
+        depth += 1
+        frontier = np.concatenate([forest.true_child[frontier], forest.false_child[frontier]])
+
+
+@dataclass
+class _States:
+    """Walks in progress: the explained row, the walk (tree and background pattern), the node, and
+    as bitmasks of features (uint64 words) those that went x's way (A) or z's (B) so far."""
+
+    row: NDArray[np.int32]
+    walk: NDArray[np.int32]
+    node: NDArray[np.int32]
+    in_a: NDArray[np.uint64]  # [S, words]
+    in_b: NDArray[np.uint64]
+
+    def take(self, index: NDArray[np.intp]) -> _States:
+        return _States(
+            self.row[index], self.walk[index], self.node[index], self.in_a[index], self.in_b[index]
+        )
+
+    def extend(self, other: _States) -> _States:
+        return _States(
+            np.concatenate([self.row, other.row]),
+            np.concatenate([self.walk, other.walk]),
+            np.concatenate([self.node, other.node]),
+            np.concatenate([self.in_a, other.in_a]),
+            np.concatenate([self.in_b, other.in_b]),
+        )
+
+
+class TreePath:
+    """Exact interventional TreeSHAP of one ensemble against fixed background rows."""
+
+    method: Method = "tree"
+
+    def __init__(self, forest: Forest, link: _Link, background: NDArray[np.float32], n_features: int) -> None:
+        self.forest = forest
+        self.link = link
+        self.output_space: OutputSpace = link.output_space
+        self.background = background
+        self.n_features = n_features
+        self._background_goes = forest.decisions(background)  # [B, nodes]
+        self._background_raw = forest.raw(background)  # [B, columns]
+        self._walks = _Walks.of(forest, self._background_goes)
+        self._depth = max(1, _max_depth(forest))
+        self._for_a, self._for_b = _shapley_weights(self._depth)
+
+    def predict(self, rows: NDArray[np.float32]) -> Floats:
+        return self.link.outputs(self.forest.raw(rows))
+
+    def explain(
+        self, rows: NDArray[np.float32], classes: NDArray[np.int64], deadline: float | None
+    ) -> tuple[Floats, Floats, Floats]:
+        attributions = np.zeros((len(rows), self.n_features))
+        chunk = max(1, _STATES_PER_CHUNK // len(self._walks.root))
+        for start in range(0, len(rows), chunk):
+            if deadline is not None and time.monotonic() > deadline:
+                raise ExplainDeadlineExceeded(
+                    f"the deadline passed after {start} of {len(rows)} rows (TreeSHAP)"
+                )
+            stop = min(start + chunk, len(rows))
+            attributions[start:stop] = self._attribute(rows[start:stop], classes[start:stop])
+        # The link is affine per class: the base is the background's mean explained quantity.
+        column = self.link.column[classes]
+        background_quantity = (
+            self.link.sign[classes, None] * self._background_raw[:, column].T
+            + self.link.offset[classes, None]
+        )
+        base_values = background_quantity.mean(axis=1)
+        raw = self.forest.raw(rows)
+        outputs = self.link.sign[classes] * raw[np.arange(len(rows)), column] + self.link.offset[classes]
+        return base_values, attributions, outputs
+
+    def _attribute(self, rows: NDArray[np.float32], classes: NDArray[np.int64]) -> Floats:
+        forest, walks = self.forest, self._walks
+        n_rows, n_walks = len(rows), len(walks.root)
+        row_goes = forest.decisions(rows)  # [n, nodes]
+        count = n_rows * n_walks
+        words = (self.n_features + 63) // 64
+        states = _States(
+            row=np.repeat(np.arange(n_rows, dtype=np.int32), n_walks),
+            walk=np.tile(np.arange(n_walks, dtype=np.int32), n_rows),
+            node=np.tile(walks.root.astype(np.int32), n_rows),
+            in_a=np.zeros((count, words), dtype=np.uint64),
+            in_b=np.zeros((count, words), dtype=np.uint64),
+        )
+        # Each walk's leaf value in the explained quantity: sign * leaf[column] (the offset cancels).
+        column, sign = self.link.column[classes], self.link.sign[classes]
+        attributions = np.zeros(n_rows * self.n_features)
+        while len(states.row):
+            at_leaf = forest.mode[states.node] == _LEAF
+            if at_leaf.any():
+                done = states.take(np.flatnonzero(at_leaf))
+                value = sign[done.row] * forest.values[done.node, column[done.row]] * walks.weight[done.walk]
+                self._settle(attributions, done, value)
+                states = states.take(np.flatnonzero(~at_leaf))
+                if not len(states.row):
+                    break
+            states = self._step(states, row_goes)
+        return attributions.reshape(n_rows, self.n_features)
+
+    def _step(self, states: _States, row_goes: NDArray[np.bool_]) -> _States:
+        """Every walk one level down, x's way; where x and z part, x's side stays in place (or dies)
+        and z's side is appended as a new walk."""
+        forest = self.forest
+        node = states.node
+        x_goes = row_goes[states.row, node]
+        z_goes = self._background_goes[self._walks.background[states.walk], node]
+        states.node = np.where(x_goes, forest.true_child[node], forest.false_child[node]).astype(np.int32)
+        apart = np.flatnonzero(x_goes != z_goes)
+        if not len(apart):
+            return states
+        # Where x and z part on feature f: x's side needs f in S (dead if f already went z's way), z's
+        # side needs f outside S (dead if f already went x's way).
+        feature = forest.feature[node[apart]]
+        word = feature // 64
+        flag = np.left_shift(np.uint64(1), (feature % 64).astype(np.uint64))
+        had_a = (states.in_a[apart, word] & flag) != 0
+        had_b = (states.in_b[apart, word] & flag) != 0
+        z_index = apart[~had_a]
+        z_side = states.take(z_index)
+        z_side.node = np.where(
+            z_goes[z_index], forest.true_child[node[z_index]], forest.false_child[node[z_index]]
+        ).astype(np.int32)
+        z_side.in_b[np.arange(len(z_index)), word[~had_a]] |= flag[~had_a]
+        states.in_a[apart, word] |= np.where(had_b, np.uint64(0), flag)
+        if had_b.any():
+            alive = np.ones(len(states.row), dtype=bool)
+            alive[apart[had_b]] = False
+            states = states.take(np.flatnonzero(alive))
+        return states.extend(z_side)
+
+    def _settle(self, attributions: Floats, done: _States, value: Floats) -> None:
+        """Adds each finished walk's leaf game to its row's attributions (flat [rows * features])."""
+        features = np.arange(self.n_features)
+        word, shift = features // 64, (features % 64).astype(np.uint64)
+        moved = (value != 0) & ((done.in_a != 0) | (done.in_b != 0)).any(axis=1)
+        if not moved.any():
+            return
+        index = np.flatnonzero(moved)
+        in_a = ((done.in_a[index][:, word] >> shift) & np.uint64(1)).astype(bool)  # [S, F]
+        in_b = ((done.in_b[index][:, word] >> shift) & np.uint64(1)).astype(bool)
+        a, b = in_a.sum(axis=1), in_b.sum(axis=1)
+        row, value = done.row[index].astype(np.int64), value[index]
+        for members, table, sign in ((in_a, self._for_a, 1.0), (in_b, self._for_b, -1.0)):
+            gain = sign * value * table[a, b]
+            state, feature = np.nonzero(members)
+            attributions += np.bincount(
+                row[state] * self.n_features + feature, weights=gain[state], minlength=attributions.size
+            )
 
 
 def read_tree(
     model: onnx.ModelProto, n_features: int, n_classes: int, background: NDArray[np.float32]
-) -> ExactPath | None:
-    return None
+) -> TreePath | None:
+    """The exact tree path for a graph that is one TreeEnsembleClassifier/Regressor on the input
+    (Identity aside), or None."""
+    nodes = [node for node in model.graph.node if node.op_type != "Identity"]
+    if len(nodes) != 1 or nodes[0].op_type not in ("TreeEnsembleClassifier", "TreeEnsembleRegressor"):
+        return None
+    node = nodes[0]
+    if node.input[0] != model.graph.input[0].name:
+        return None
+    classifier = node.op_type == "TreeEnsembleClassifier"
+    attributes = _attributes(node)
+    try:
+        forest = _forest(attributes, "class" if classifier else "target")
+    except (KeyError, ValueError):
+        return None
+    if forest is None or int(forest.feature.max(initial=0)) >= n_features:
+        return None
+    linked = _link(attributes, forest, n_classes, classifier)
+    if linked is None:
+        return None
+    link, forest = linked
+    return TreePath(forest, link, background, n_features)
