@@ -29,6 +29,8 @@ __all__ = [
     "GateResult",
     "LabelsArrived",
     "ModelAliasChanged",
+    "ModelApprovalDecided",
+    "ModelApprovalRequested",
     "ModelLoadFailed",
     "ModelPromoted",
     "ModelTrained",
@@ -235,6 +237,41 @@ class ModelAliasChanged(Event):
     action: Literal["set", "deleted", "rolled_back"]
     actor: str
     reason: str = ""
+
+
+class ModelApprovalRequested(Event):
+    """A version passed validation under the manual promotion policy: it is the challenger, and
+    waits for someone who manages the model to approve it (it becomes the champion) or reject it."""
+
+    TOPIC: ClassVar[str] = "model-approval-requested.v1"
+    MAX_BYTES: ClassVar[int] = 16 * 1024  # names, numbers and a validation reason
+    type: Literal["io.cascade.model.approval_requested.v1"] = "io.cascade.model.approval_requested.v1"
+
+    model: str
+    model_version: int
+    champion_version: int | None = Field(None, description="The champion it would replace, if any.")
+    requested_by: str = Field(description="Who asked: the validator, for a passing candidate.")
+    reason: str = ""
+    superseded_version: int | None = Field(
+        None, description="The older pending version this request closed as superseded, if any."
+    )
+
+
+class ModelApprovalDecided(Event):
+    """A pending approval was closed: approved (the version is now the champion, announced too as
+    ModelPromoted), rejected (the champion stays), or superseded by a newer passing candidate."""
+
+    TOPIC: ClassVar[str] = "model-approval-decided.v1"
+    MAX_BYTES: ClassVar[int] = 16 * 1024
+    type: Literal["io.cascade.model.approval_decided.v1"] = "io.cascade.model.approval_decided.v1"
+
+    model: str
+    model_version: int
+    decision: Literal["approved", "rejected", "superseded"]
+    decided_by: str = Field(description="The principal who decided; `registry` for a superseded one.")
+    reason: str
+    champion_version: int | None = Field(None, description="The champion after the decision.")
+    superseded_by: int | None = Field(None, description="The newer version, for a superseded approval.")
 
 
 class ModelLoadFailed(Event):
