@@ -565,3 +565,15 @@ def test_links_come_from_the_launchers_file_when_it_is_there(tmp_path: Path) -> 
     assert links.version("fraud", 2) == "http://127.0.0.1:8501/models?model=fraud&version=2"
     assert links.trace("abc") == "http://127.0.0.1:8501/traces?trace=abc"
     assert ConsoleLinks().loop() == ""
+
+
+def test_the_launcher_tells_the_registry_where_the_consoles_url_will_be(tmp_path: Path) -> None:
+    from cascade.stack import Stack, StackConfig
+
+    stack = Stack(StackConfig(home=tmp_path), environ={})
+
+    env = stack.service_env("registry")
+
+    assert env["CASCADE_REGISTRY_CONSOLE_URL_FILE"] == str(tmp_path / "run" / "console.url")
+    assert stack.console_url_file() == tmp_path / "run" / "console.url"
+    assert "CASCADE_TRAINER_CONSOLE_URL_FILE" not in stack.service_env("trainer")
