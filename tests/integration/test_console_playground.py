@@ -1,14 +1,18 @@
 """The console's Playground in a real Chromium against the real stack: a pasted row gets the served
-champion's answer (the same label and probabilities the SDK gets for that row), and a malformed
-row gets an error that says what is wrong, not a traceback."""
+champion's answer (the same label and probabilities the SDK gets for that row) and its explanation
+as a waterfall (the same base value and output as the SDK's explanation), and a malformed row gets
+an error that says what is wrong, not a traceback."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
 from cascade import Client
+from cascade.client.records import Explained
 from cascade.stack import SERVICES, Stack
 from tests.integration.browser import Console
 
@@ -32,6 +36,7 @@ def test_a_pasted_row_gets_the_served_answer_and_a_bad_row_an_error(
         champion = client.follow(upload.dataset_version, MODEL, wait_seconds=240)
         row = frame.iloc[[7]]
         expected = client.predict(MODEL, row.drop(columns="target"))
+        explained = client.explain(MODEL, row.drop(columns="target"))
     assert expected.version == str(champion.version)
     label = int(np.asarray(expected["label"]).reshape(-1)[0])
     probabilities = next(values for values in expected.outputs.values() if values.ndim == 2)[0]
@@ -61,6 +66,7 @@ def test_a_pasted_row_gets_the_served_answer_and_a_bad_row_an_error(
             has=page.get_by_role("rowheader", name=str(index), exact=True)
         )
         expect(named.get_by_role("cell")).to_have_text(f"{probability:.4f}")
+    _expect_the_waterfall(page, explained, label)
     expect(page.locator("[data-testid='stException']")).to_have_count(0)
 
     # One value that is not a number: an error naming the feature, and the answer is gone.
@@ -88,3 +94,20 @@ def test_a_pasted_row_gets_the_served_answer_and_a_bad_row_an_error(
         page.get_by_text(f"{MODEL} v{champion.version} answered (v{champion.version} was asked).")
     ).to_be_visible()
     expect(page.locator("[data-testid='stException']")).to_have_count(0)
+
+
+def _expect_the_waterfall(page: Any, explained: Explained, label: int) -> None:
+    """Why: the waterfall of the row's attributions, from the base value to the output, with the
+    numbers of the SDK's explanation of the same row."""
+    from playwright.sync_api import expect
+
+    expect(page.get_by_role("heading", name="Why", exact=True)).to_be_visible(timeout=WAIT)
+    waterfall = page.locator(
+        f"[data-testid='stVegaLiteChart'][aria-label=\"Waterfall of the attributions of {MODEL}'s answer\"]"
+    )
+    expect(waterfall).to_be_visible(timeout=WAIT)
+    attributed = explained.rows[0]
+    assert attributed.class_index == label
+    expect(page.get_by_text(f"= {attributed.output:.4g}. ")).to_contain_text(
+        f"to this row's output: {attributed.base_value:.4g} + "
+    )
