@@ -1,8 +1,9 @@
 """The console's Drift page in a real Chromium against the real stack: a model uploaded and followed
 to its served champion through the SDK, predictions with two features shifted sent through serving,
 the monitor's report of drift awaited, and then the page draws each feature's statistic over time
-and its distributions, marks the shifted features as drifted, and lists the drift events with what
-they triggered. The model is not a *_loop one, so the stack retrains nothing on its drift: its
+and its distributions, marks the shifted features as drifted, names a shifted feature as the one
+whose share of the champion's attribution moved most (drift explained), and lists the drift events
+with what they triggered. The model is not a *_loop one, so the stack retrains nothing on its drift: its
 decision is recorded as held back."""
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ def test_the_drift_page_draws_the_shifted_features_as_drifted(
     assert bmi.drifted and sum(bmi.window_frequencies) == pytest.approx(1.0)
     assert len(bmi.bin_edges) == len(bmi.reference_frequencies) + 1
     assert any(f.feature == "bmi" and f.drifted for f in history.verdicts[0].features)
+    # Drift explained: the champion now leans on a shifted feature more (or less) than on its reference.
+    assert report.attribution_shift, report.attribution_note
+    assert report.attribution_shift[0].feature in SHIFTED, report.attribution_shift
     [decision] = history.drift_events  # held back: the stack retrains only *_loop models
     assert not decision.emitted and decision.triggered.startswith(f"none: {MODEL} is not retrained")
 
@@ -94,6 +98,10 @@ def test_the_drift_page_draws_the_shifted_features_as_drifted(
     for title in ("Statistic over time: bmi", "Distribution: bmi", "Statistic over time: prediction"):
         chart = page.locator(f"[role='graphics-document'][aria-label='{title}']")
         expect(chart.locator("svg, canvas").first).to_be_visible(timeout=CHARTS_TIMEOUT_MS)
+    expect(page.get_by_role("heading", name="Drift explained")).to_be_visible()
+    expect(page.get_by_text(f"{report.attribution_shift[0].feature} moved most")).to_be_visible()
+    share = page.locator("[role='graphics-document'][aria-label='Attribution share: reference and window']")
+    expect(share.locator("svg, canvas").first).to_be_visible(timeout=CHARTS_TIMEOUT_MS)
     expect(
         page.get_by_text("Estimated accuracy (ESTIMATE)").or_(page.get_by_text("No performance yet"))
     ).to_be_visible()
