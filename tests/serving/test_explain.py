@@ -31,6 +31,7 @@ from cascade.services.serving.explain import (
     BACKGROUND_TAG,
     ExplainBusy,
     ExplainCore,
+    ExplainDeadline,
     ExplainLimits,
     ExplainPool,
     ExplainQuery,
@@ -207,6 +208,16 @@ async def test_kernelshap_adds_up_within_its_budget_and_refuses_beyond(
         explanation.base_values + explanation.attributions.sum(axis=1), explanation.outputs, atol=1e-6
     )
     assert "budget" in str(refused.value)
+
+
+async def test_a_deadline_that_passes_is_deadline_exceeded(explaining: Explaining, dataset: Dataset) -> None:
+    rows = dataset.rows[300:305].astype(np.float64)
+    query = ExplainQuery(NEURAL, "", rows, None, pb.ExplainBudget(deadline_seconds=0.001))
+
+    with pytest.raises(ExplainDeadline) as late:
+        await explaining.core.explain(query)
+
+    assert late.value.status is grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 def test_a_request_budget_is_lowered_to_the_server_limits() -> None:

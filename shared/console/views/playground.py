@@ -412,8 +412,9 @@ def show_explanation(answer: Answer) -> None:
     st.caption(
         f"How each feature moved the {explained.output_space} of {target} from the base value (the "
         f"model's mean over its training background) to this row's output: {row.base_value:.4g} + "
-        f"{sum(row.attributions):.4g} = {row.output:.4g}. {explained.method} attributions by "
-        f"v{explained.version}, {explained.evaluations} model evaluations in {explained.seconds:.2f} s."
+        f"{sum(row.attributions):.4g} = {row.output:.4g}. {explained.method.capitalize()} attributions "
+        f"by v{explained.version}, {explained.evaluations} model evaluation"
+        f"{'' if explained.evaluations == 1 else 's'} in {explained.seconds:.2f} s."
     )
     chart = waterfall_chart(explained, answer.values)
     st.altair_chart(chart, width="stretch", alt=f"Waterfall of the attributions of {answer.model}'s answer")
