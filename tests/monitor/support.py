@@ -49,6 +49,7 @@ class FakeRegistry(registry_pb2_grpc.RegistryServiceServicer):  # type: ignore[m
         self.versions: dict[tuple[str, int], registry_pb2.ModelVersion] = {}
         self.artifacts: dict[tuple[str, int], bytes] = {}
         self.calls = 0
+        self.downloads = 0
 
     def add(self, model: str, version: int, dataset: str, dataset_version: str) -> None:
         self.versions[(model, version)] = registry_pb2.ModelVersion(
@@ -67,6 +68,7 @@ class FakeRegistry(registry_pb2_grpc.RegistryServiceServicer):  # type: ignore[m
     async def DownloadArtifact(
         self, request: registry_pb2.DownloadArtifactRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[registry_pb2.ArtifactChunk]:
+        self.downloads += 1
         data = self.artifacts.get((request.model, request.version))
         if data is None:
             await context.abort(

@@ -98,8 +98,8 @@ def cases() -> list[Case]:
 
 
 def _window(case: Case, seed: int, shifted: int | None = None) -> Matrix:
-    """100 fresh rows drawn by `seed` (each once, unless there are fewer); with `shifted`, that feature moved by SHIFT_STDS of its
-    reference spread, up or down by the seed's parity."""
+    """100 fresh rows drawn by `seed` (each once, unless there are fewer); with `shifted`, that
+    feature moved by SHIFT_STDS of its reference spread, up or down by the seed's parity."""
     rng = np.random.default_rng(seed)
     size = LIMITS.rows
     window = case.fresh[rng.choice(len(case.fresh), size=size, replace=len(case.fresh) < size)].copy()

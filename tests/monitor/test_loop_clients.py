@@ -68,6 +68,22 @@ async def test_champion_outputs_come_from_its_downloaded_artifact(
     assert np.mean(outputs == pipeline.predict(rows.astype(np.float32))) > 0.99
 
 
+async def test_the_champions_outputs_and_explanation_download_its_artifact_once(
+    clients: GrpcLoopClients, dependencies: Dependencies
+) -> None:
+    rows = normal_rows(50, seed=3)
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression()).fit(rows, rows[:, 0] > 0)
+    artifact = export_onnx(pipeline, len(FEATURES), "classification")
+    dependencies.registry.artifacts[MODEL, 1] = artifact
+
+    await clients.outputs(MODEL, 1, rows)
+    assert await clients.artifact(MODEL, 1) == artifact
+    assert dependencies.registry.downloads == 1
+    dependencies.registry.artifacts[MODEL, 2] = b"another version"
+    assert await clients.artifact(MODEL, 2) == b"another version"  # only the latest one is kept
+    assert dependencies.registry.downloads == 2
+
+
 async def test_an_unknown_artifact_is_not_found(clients: GrpcLoopClients) -> None:
     with pytest.raises(NotFound, match="registry at"):
         await clients.outputs(MODEL, 7, normal_rows(3))

@@ -8,6 +8,7 @@ import pytest
 from cascade.errors import FailedPrecondition, NotFound, Unavailable
 from cascade.services.monitor.core import Unmonitored
 from cascade.services.monitor.references import GrpcReferenceSource
+from cascade.services.trainer.attribution import background_record
 
 from .support import (
     DATASET,
@@ -37,6 +38,18 @@ async def test_fetches_the_training_data_of_a_model_version(source: GrpcReferenc
     assert reference.info.features == tuple(FEATURES)  # the target column is left out
     assert reference.info.rows == 600
     np.testing.assert_array_equal(reference.rows, normal_rows(600, seed=1))
+
+
+async def test_the_versions_explanation_background_comes_with_its_reference(
+    source: GrpcReferenceSource, dependencies: Dependencies
+) -> None:
+    assert (await source.fetch(MODEL, 1)).background is None  # no tag: the monitor samples reference rows
+    rows = normal_rows(30, seed=4)
+    tag = background_record(list(FEATURES), rows)
+    dependencies.registry.versions[MODEL, 1].tags["explain_background"] = tag
+    reference = await source.fetch(MODEL, 1)
+    assert reference.background is not None
+    np.testing.assert_array_equal(reference.background.astype(np.float32), rows.astype(np.float32))
 
 
 async def test_incomplete_rows_are_left_out(source: GrpcReferenceSource, dependencies: Dependencies) -> None:
