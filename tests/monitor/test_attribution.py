@@ -189,7 +189,9 @@ def store(tmp_path: Path) -> Iterator[MonitorStore]:
     store.close()
 
 
-def _core(store: MonitorStore, champion: _Champion, emitted: list[DriftDetected]) -> MonitorCore:
+def _core(
+    store: MonitorStore, champion: _Champion, emitted: list[DriftDetected], **policy: object
+) -> MonitorCore:
     async def emit(event: DriftDetected) -> None:
         emitted.append(event)
 
@@ -199,7 +201,10 @@ def _core(store: MonitorStore, champion: _Champion, emitted: list[DriftDetected]
         window_size=100,
         evaluate_every=100,
         p_value_threshold=0.05,
-        policy=DriftPolicy(calibration_draws=50, trigger_after=1, cooldown_seconds=0, attribution=LIMITS),
+        policy=DriftPolicy(
+            **{"calibration_draws": 50, "trigger_after": 1, "cooldown_seconds": 0, "attribution": LIMITS}
+            | policy  # type: ignore[arg-type]
+        ),
         emit=emit,
         champion_outputs=champion,
         artifacts=champion,
@@ -232,6 +237,28 @@ async def test_a_drifted_report_and_its_event_name_the_feature_whose_share_moved
     # a second drifted window reuses the champion's explainer: the artifact was read once
     await core.record_predictions("tumours", case.features, _window(case, 2, relied_on).tolist())
     assert champion.downloads == 1
+
+
+async def test_a_window_whose_prediction_drifts_alone_is_explained_too(
+    cases: list[Case], store: MonitorStore
+) -> None:
+    case = cases[1]  # the logistic regression: one feature moves its predictions
+    champion, emitted = _Champion(case), []
+    # Evidently's rule with every feature required: the dataset does not drift on one feature.
+    core = _core(store, champion, emitted, drift_mode="evidently", dataset_drift_share=1.0)
+    await core.set_reference("tumours", 1)
+    baseline = attribution_baseline(case.artifact, case.features, case.reference, None, LIMITS)
+    relied_on = int(np.argmax(baseline.reference_shares))
+    window = _window(case, 0)
+    window[:, relied_on] += 4 * case.reference[:, relied_on].std()  # far enough to flip predictions
+    outputs = first_output_per_row(case.artifact, window)
+    report = await core.record_predictions(
+        "tumours", case.features, window.tolist(), outputs=outputs.tolist()
+    )
+    assert report is not None and not report.dataset_drifted
+    assert report.prediction is not None and report.prediction.drifted
+    assert report.attribution_shift[0].feature == case.features[relied_on]
+    assert emitted == []  # the loop acts on the dataset's verdict, as before
 
 
 async def test_a_calm_window_carries_no_attribution_shift(cases: list[Case], store: MonitorStore) -> None:
