@@ -19,6 +19,8 @@ from cascade.errors import InvalidArgument
 from cascade.events import (
     DriftDetected,
     Event,
+    ModelApprovalDecided,
+    ModelApprovalRequested,
     ModelLoadFailed,
     ModelPromoted,
     ModelValidated,
@@ -32,8 +34,15 @@ from cascade.services.registry.notifications import Notifier
 
 log = logging.getLogger(__name__)
 
-# The events notifications are made of (approvals join when their events exist).
-NOTIFIED_EVENTS: tuple[type[Event], ...] = (ModelPromoted, ModelValidated, DriftDetected, ModelLoadFailed)
+# The events notifications are made of.
+NOTIFIED_EVENTS: tuple[type[Event], ...] = (
+    ModelPromoted,
+    ModelValidated,
+    DriftDetected,
+    ModelLoadFailed,
+    ModelApprovalRequested,
+    ModelApprovalDecided,
+)
 
 
 def register(

@@ -18,7 +18,8 @@ Delivery never holds up the service: the Kafka handler only writes one job per m
 twice), and a background task sends. A failed POST is retried with exponential backoff within a
 budget (`max_attempts` tries and `budget_seconds` after the job was made, whichever ends first),
 then the job is marked failed; a refusal that no retry mends (HTTP 4xx other than 408 and 429) fails
-it at once. Each destination's jobs are sent in their own tasks, so a dead one delays no other.
+it at once. Destinations are sent to in parallel, each in its own task, so a dead one delays
+no other; one destination's jobs go one at a time, oldest first, so a chat reads in order.
 
 A webhook URL is a secret (it is the credential): it stays in its destination, read from the file
 or from `url_file`, and never reaches a log, an error, an event or the job table. Logs and metrics
@@ -30,13 +31,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import functools
 import json
 import logging
 import math
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,8 +51,16 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, Valid
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cascade.errors import InvalidArgument
-from cascade.events import DriftDetected, Event, ModelLoadFailed, ModelPromoted, ModelValidated
-from cascade.services.registry.chat_cards import Link, Notice, slack_message, teams_message
+from cascade.events import (
+    DriftDetected,
+    Event,
+    ModelApprovalDecided,
+    ModelApprovalRequested,
+    ModelLoadFailed,
+    ModelPromoted,
+    ModelValidated,
+)
+from cascade.services.registry.chat_cards import Link, Notice, Severity, slack_message, teams_message
 from cascade.services.registry.schema import dead_letter_windows, notification_jobs
 from cascade.services.registry.store import RegistryStore, VersionRecord
 from cascade.services.registry.webhooks import SIGNATURE_HEADER, cloudevent_body, signature
@@ -282,6 +292,17 @@ def _number(value: float | None) -> str:
     return f"{value:.4g}"
 
 
+def _metrics_against(new: VersionRecord | None, old: VersionRecord | None) -> list[tuple[str, str]]:
+    """Each validation metric of `new`, with `old`'s value and the change when it has one."""
+    new_metrics, old_metrics = _validation_metrics(new), _validation_metrics(old)
+    facts = []
+    for name in sorted(new_metrics):
+        before = old_metrics.get(name)
+        change = "" if before is None else f" (was {_number(before)}, {new_metrics[name] - before:+.4g})"
+        facts.append((name, f"{_number(new_metrics[name])}{change}"))
+    return facts
+
+
 def _validation_metrics(record: VersionRecord | None) -> dict[str, float]:
     metrics = (record.validation or {}).get("metrics", {}) if record else {}
     return {str(k): float(v) for k, v in metrics.items() if isinstance(v, int | float)}
@@ -290,16 +311,12 @@ def _validation_metrics(record: VersionRecord | None) -> dict[str, float]:
 def promoted_notice(
     event: ModelPromoted, new: VersionRecord | None, old: VersionRecord | None, links: ConsoleLinks
 ) -> Notice:
-    new_metrics, old_metrics = _validation_metrics(new), _validation_metrics(old)
     facts: list[tuple[str, str]] = [
         ("Champion", f"v{event.model_version}"),
         ("Previous champion", f"v{event.previous_version}" if event.previous_version else "none"),
         ("By", event.actor),
+        *_metrics_against(new, old),
     ]
-    for name in sorted(new_metrics):
-        before = old_metrics.get(name)
-        change = "" if before is None else f" (was {_number(before)}, {new_metrics[name] - before:+.4g})"
-        facts.append((name, f"{_number(new_metrics[name])}{change}"))
     reason = f" Reason: {_clip(event.reason)}" if event.reason else ""
     return Notice(
         kind="promoted",
@@ -314,6 +331,73 @@ def promoted_notice(
             *(
                 [(f"v{event.previous_version}", links.version(event.model, event.previous_version))]
                 if event.previous_version
+                else []
+            ),
+        ),
+        context=_context(event),
+    )
+
+
+def approval_requested_notice(
+    event: ModelApprovalRequested,
+    new: VersionRecord | None,
+    champion: VersionRecord | None,
+    links: ConsoleLinks,
+) -> Notice:
+    champion_text = f"v{event.champion_version}" if event.champion_version else "none"
+    facts: list[tuple[str, str]] = [
+        ("Challenger", f"v{event.model_version}"),
+        ("Champion", champion_text),
+        ("Requested by", event.requested_by),
+    ]
+    if event.superseded_version:
+        facts.append(("Supersedes", f"the pending v{event.superseded_version}"))
+    facts.extend(_metrics_against(new, champion))
+    return Notice(
+        kind="approval_requested",
+        title=f"{event.model} v{event.model_version} awaits approval",
+        summary=f"{event.model} v{event.model_version} passed validation and is the challenger; it "
+        f"replaces {champion_text} as champion once someone who manages {event.model} approves it.",
+        severity="warning",
+        facts=tuple(facts),
+        links=_links(
+            (f"v{event.model_version} in the console", links.version(event.model, event.model_version)),
+            *(
+                [(f"Champion v{event.champion_version}", links.version(event.model, event.champion_version))]
+                if event.champion_version
+                else []
+            ),
+        ),
+        context=_context(event),
+    )
+
+
+_DECISIONS: dict[str, tuple[str, Severity]] = {
+    "approved": ("approved: it is the champion", "good"),
+    "rejected": ("rejected: the champion stays", "warning"),
+    "superseded": ("superseded by a newer candidate", "warning"),
+}
+
+
+def approval_decided_notice(event: ModelApprovalDecided, links: ConsoleLinks) -> Notice:
+    said, severity = _DECISIONS.get(event.decision, (event.decision, "warning"))
+    facts: list[tuple[str, str]] = [("Decision", event.decision), ("By", event.decided_by)]
+    if event.reason:
+        facts.append(("Reason", _clip(event.reason)))
+    facts.append(("Champion", f"v{event.champion_version}" if event.champion_version else "none"))
+    if event.superseded_by:
+        facts.append(("Superseded by", f"v{event.superseded_by}"))
+    return Notice(
+        kind="approval_decided",
+        title=f"{event.model} v{event.model_version} {event.decision}",
+        summary=f"{event.model} v{event.model_version} was {said}.",
+        severity=severity,
+        facts=tuple(facts),
+        links=_links(
+            (f"v{event.model_version} in the console", links.version(event.model, event.model_version)),
+            *(
+                [(f"v{event.superseded_by}", links.version(event.model, event.superseded_by))]
+                if event.superseded_by
                 else []
             ),
         ),
@@ -578,16 +662,25 @@ class NotificationJobs:
             added.append(db.execute(statement.returning(notification_jobs.c.id)).first() is not None)
         return added
 
-    def claim_due(self, now: datetime, lease: timedelta, limit: int) -> list[Job]:
-        """Pending jobs due by `now`, oldest first, each claimed for `lease` by moving its next try
-        (compare-and-set, so two registries never both send one)."""
+    def claim_due(self, now: datetime, lease: timedelta, limit: int, busy: Collection[str] = ()) -> list[Job]:
+        """The oldest due pending job of each destination not `busy` (at most `limit`), each claimed
+        for `lease` by moving its next try (compare-and-set, so two registries never both send one).
+        One job per destination at a time keeps a destination's messages in their order."""
         if limit <= 0:
             return []
+        due = [notification_jobs.c.state == "pending", notification_jobs.c.next_at <= now]
+        if busy:
+            due.append(notification_jobs.c.destination.not_in(list(busy)))
+        firsts = (
+            sa.select(sa.func.min(notification_jobs.c.id))
+            .where(*due)
+            .group_by(notification_jobs.c.destination)
+            .limit(limit)
+        )
         query = (
             sa.select(notification_jobs)
-            .where(notification_jobs.c.state == "pending", notification_jobs.c.next_at <= now)
-            .order_by(notification_jobs.c.next_at, notification_jobs.c.id)
-            .limit(limit)
+            .where(notification_jobs.c.id.in_(firsts))
+            .order_by(notification_jobs.c.id)
         )
         claimed = []
         with self.store.transaction() as db:
@@ -672,7 +765,7 @@ class Notifier:
         self._post = post
         self._clock = clock
         self._wake = asyncio.Event()
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._busy: dict[str, asyncio.Task[None]] = {}  # destination -> the task sending its job
 
     # -- recording (the Kafka side) ------------------------------------------------------------
     def notice_for(self, event: Event) -> Notice | None:
@@ -687,6 +780,12 @@ class Notifier:
             return drift_notice(event, self.links)
         if isinstance(event, ModelLoadFailed):
             return load_failed_notice(event, self.links)
+        if isinstance(event, ModelApprovalRequested):
+            new = self._version(event.model, event.model_version)
+            champion = self._version(event.model, event.champion_version) if event.champion_version else None
+            return approval_requested_notice(event, new, champion, self.links)
+        if isinstance(event, ModelApprovalDecided):
+            return approval_decided_notice(event, self.links)
         return None
 
     def _version(self, model: str, version: int) -> VersionRecord | None:
@@ -789,21 +888,26 @@ class Notifier:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), interval)
         finally:
-            for task in self._in_flight:
+            for task in list(self._busy.values()):
                 task.cancel()
 
     async def send_due(self) -> list[asyncio.Task[None]]:
-        """Claim the due jobs and start sending each; the tasks started."""
-        room = self.policy.max_in_flight - len(self._in_flight)
+        """Claim the due jobs, one per destination not already sending, and start sending each in
+        its own task (so a destination that hangs holds up only itself); the tasks started."""
+        room = self.policy.max_in_flight - len(self._busy)
         lease = timedelta(seconds=self.policy.lease_seconds)
-        jobs = await asyncio.to_thread(self.jobs.claim_due, self._clock(), lease, room)
+        jobs = await asyncio.to_thread(self.jobs.claim_due, self._clock(), lease, room, set(self._busy))
         started = []
         for job in jobs:
             task = asyncio.create_task(self._send(job))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            self._busy[job.destination] = task
+            task.add_done_callback(functools.partial(self._done, job.destination))
             started.append(task)
         return started
+
+    def _done(self, destination: str, _task: asyncio.Task[None]) -> None:
+        self._busy.pop(destination, None)
+        self._wake.set()  # the destination's next job, if any, may go now
 
     async def drain(self) -> None:
         """Send until nothing is due now (tests; a retry due later waits for its time)."""

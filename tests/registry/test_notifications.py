@@ -18,7 +18,16 @@ from faststream.kafka import TestKafkaBroker
 from prometheus_client import REGISTRY
 
 from cascade.errors import InvalidArgument
-from cascade.events import DriftDetected, GateResult, ModelLoadFailed, ModelPromoted, ModelValidated, Topics
+from cascade.events import (
+    DriftDetected,
+    GateResult,
+    ModelApprovalDecided,
+    ModelApprovalRequested,
+    ModelLoadFailed,
+    ModelPromoted,
+    ModelValidated,
+    Topics,
+)
 from cascade.messaging import build_broker
 from cascade.services.registry import kafka_api
 from cascade.services.registry.artifacts import LocalArtifactStore
@@ -160,6 +169,29 @@ def _job_rows(store: RegistryStore) -> list[dict[str, Any]]:
         return [dict(row) for row in db.execute(sa.select(notification_jobs)).mappings()]
 
 
+def _versions_scoring(store: RegistryStore, *accuracies: float) -> None:
+    """Versions 1, 2, ... of `fraud`, validated with these accuracies."""
+    for accuracy in accuracies:
+        with store.transaction() as db:
+            store.ensure_model(db, "fraud")
+            version = store.insert_version(
+                db,
+                {
+                    "model": "fraud",
+                    "artifact_sha256": "0" * 64,
+                    "artifact_size": 1,
+                    "dataset": "fraud",
+                    "dataset_version": "v",
+                    "run": {},
+                    "tags": {},
+                    "signature": {},
+                    "idempotency_key": "",
+                    "description": "",
+                },
+            )
+            store.set_validation(db, "fraud", version, {"metrics": {"accuracy": accuracy}})
+
+
 # -- what is said -------------------------------------------------------------------------------
 async def test_a_failed_validation_reaches_slack_and_teams_with_its_gates_and_a_console_link(
     store: RegistryStore, receiver: ChatReceiver, tmp_path: Path
@@ -214,25 +246,7 @@ async def test_drift_names_the_top_features_and_what_the_loop_did(
 async def test_a_promotion_shows_its_metrics_against_the_old_champion(
     store: RegistryStore, receiver: ChatReceiver, tmp_path: Path
 ) -> None:
-    for accuracy in (0.8, 0.9):
-        with store.transaction() as db:
-            store.ensure_model(db, "fraud")
-            version = store.insert_version(
-                db,
-                {
-                    "model": "fraud",
-                    "artifact_sha256": "0" * 64,
-                    "artifact_size": 1,
-                    "dataset": "fraud",
-                    "dataset_version": "v",
-                    "run": {},
-                    "tags": {},
-                    "signature": {},
-                    "idempotency_key": "",
-                    "description": "",
-                },
-            )
-            store.set_validation(db, "fraud", version, {"metrics": {"accuracy": accuracy}})
+    _versions_scoring(store, 0.8, 0.9)
     notifier = _notifier(store, _destinations(tmp_path, _both(receiver, events=["promoted"])))
     promoted = ModelPromoted(
         source="cascade/registry",
@@ -252,6 +266,58 @@ async def test_a_promotion_shows_its_metrics_against_the_old_champion(
     assert "*accuracy*\n0.9 (was 0.8, +0.1)" in fields
     assert "*Previous champion*\nv1" in fields
     assert slack["blocks"][0]["text"]["text"] == "fraud v2 is champion"
+
+
+async def test_a_challenger_awaiting_approval_and_the_decision_reach_the_team(
+    store: RegistryStore, receiver: ChatReceiver, tmp_path: Path
+) -> None:
+    _versions_scoring(store, 0.8, 0.85, 0.9)
+    entries = _both(receiver, events=["approval_requested", "approval_decided"])
+    notifier = _notifier(store, _destinations(tmp_path, entries))
+    common = {"source": "cascade/registry", "subject": "fraud", "model": "fraud"}
+
+    notifier.record(
+        ModelApprovalRequested(
+            **common, model_version=3, champion_version=1, requested_by="validator", superseded_version=2
+        )
+    )
+    notifier.record(
+        ModelApprovalDecided(
+            **common,
+            model_version=3,
+            decision="approved",
+            decided_by="alice",
+            reason="beat v1",
+            champion_version=3,
+        )
+    )
+    await notifier.drain()
+
+    requested, decided = receiver.on(f"/teams/{SECRET}")
+    assert receiver.rejected == []
+    card = requested["attachments"][0]["content"]
+    facts = {f["title"]: f["value"] for b in card["body"] if b["type"] == "FactSet" for f in b["facts"]}
+    assert card["body"][0]["text"] == "fraud v3 awaits approval"
+    assert facts["Supersedes"] == "the pending v2" and facts["accuracy"] == "0.9 (was 0.8, +0.1)"
+    assert [a["url"] for a in card["actions"]] == [
+        f"{CONSOLE}/models?model=fraud&version=3",
+        f"{CONSOLE}/models?model=fraud&version=1",
+    ]
+    decision = decided["attachments"][0]["content"]
+    assert decision["body"][0] == {
+        "type": "TextBlock",
+        "text": "fraud v3 approved",
+        "weight": "Bolder",
+        "size": "Medium",
+        "color": "Good",
+        "wrap": True,
+    }
+    facts = {f["title"]: f["value"] for b in decision["body"] if b["type"] == "FactSet" for f in b["facts"]}
+    assert (facts["By"], facts["Reason"], facts["Champion"]) == ("alice", "beat v1", "v3")
+    assert [m["blocks"][0]["text"]["text"] for m in receiver.on(f"/slack/{SECRET}")] == [
+        "fraud v3 awaits approval",
+        "fraud v3 approved",
+    ]
 
 
 async def test_destinations_choose_models_by_glob(
