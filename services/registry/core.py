@@ -20,6 +20,8 @@ from cascade.errors import FailedPrecondition, InvalidArgument, NotFound
 from cascade.events import (
     Event,
     ModelAliasChanged,
+    ModelApprovalDecided,
+    ModelApprovalRequested,
     ModelPromoted,
     ModelValidated,
     ModelVersionCreated,
@@ -29,7 +31,14 @@ from cascade.grpc_io import ReceivedFile
 from cascade.names import ALIAS_PATTERN, check_name
 from cascade.outbox import OutboxRelay
 from cascade.services.registry.artifacts import ArtifactStore
-from cascade.services.registry.store import ModelRecord, RegistryStore, VersionQuery, VersionRecord
+from cascade.services.registry.store import (
+    APPROVAL_STATUSES,
+    ApprovalRecord,
+    ModelRecord,
+    RegistryStore,
+    VersionQuery,
+    VersionRecord,
+)
 from cascade.services.registry.webhooks import WebhookError, WebhookSender
 
 log = logging.getLogger(__name__)
@@ -375,6 +384,8 @@ class RegistryCore:
                     )
                 if event.passed:
                     self._move(db, event.model, alias, event.model_version, "validator", reason, "set", event)
+                    if alias == "challenger":  # the manual policy: a person decides
+                        self._request_approval(db, event, reason)
             log.info(
                 "%s v%d validation %s",
                 event.model,
@@ -382,6 +393,129 @@ class RegistryCore:
                 "passed" if event.passed else "failed",
             )
         await self._announce()
+
+    # -- approvals -----------------------------------------------------------------------------
+    def _request_approval(self, db: sa.Connection, event: ModelValidated, reason: str) -> None:
+        """The passing challenger awaits approval; an older pending one is closed as superseded."""
+        model, version = event.model, event.model_version
+        champion = self.store.alias_target(model, "champion", db)
+        superseded = self.store.request_approval(db, model, version, "validator", reason, champion)
+        common = {"source": SOURCE, "subject": model, "model": model}
+        for older in superseded:
+            self._enqueue(
+                db,
+                ModelApprovalDecided(
+                    **common,
+                    model_version=older,
+                    decision="superseded",
+                    decided_by="registry",
+                    reason=f"superseded by v{version}",
+                    champion_version=champion,
+                    superseded_by=version,
+                ),
+            )
+        self._enqueue(
+            db,
+            ModelApprovalRequested(
+                **common,
+                model_version=version,
+                champion_version=champion,
+                requested_by="validator",
+                reason=reason,
+                superseded_version=superseded[-1] if superseded else None,
+                dataset_version=event.dataset_version,
+                training_run=event.training_run,
+            ),
+        )
+
+    def approvals(self, model: str = "", status: str = "") -> list[ApprovalRecord]:
+        if model:
+            check_name("model", model)
+        if status and status not in APPROVAL_STATUSES:
+            raise InvalidArgument(f"approval status must be one of {', '.join(APPROVAL_STATUSES)}")
+        return self.store.approvals(model, status)
+
+    async def approve(self, model: str, version: int, actor: str, reason: str) -> ApprovalRecord:
+        """Make a pending version the champion: the same move, history and events as SetAlias
+        (so serving swaps to it), with the approval closed in the same transaction."""
+        intended = self._pending(model, version, reason)
+        await self._require_intact_artifact(self.store.get(model, intended.version), "champion")
+        with self.store.transaction() as db:
+            self.store.ensure_model(db, model)
+            self._still_pending(db, intended)
+            why = f"approved v{intended.version}: {reason}"
+            self._move(db, model, "champion", intended.version, actor or "unknown", why, "set")
+            self._decide(db, intended, "approved", actor or "unknown", reason)
+        log.info("%s v%d approved by %s", model, intended.version, actor)
+        await self._announce()
+        return self._approval(model, intended.version)
+
+    async def reject(self, model: str, version: int, actor: str, reason: str) -> ApprovalRecord:
+        """Close a pending version as rejected; the champion stays where it is."""
+        intended = self._pending(model, version, reason)
+        with self.store.transaction() as db:
+            self.store.ensure_model(db, model)
+            self._still_pending(db, intended)
+            self._decide(db, intended, "rejected", actor or "unknown", reason)
+        log.info("%s v%d rejected by %s", model, intended.version, actor)
+        await self._announce()
+        return self._approval(model, intended.version)
+
+    def _pending(self, model: str, version: int, reason: str) -> ApprovalRecord:
+        """The approval a decision is about: `version`'s, or the model's pending one for 0."""
+        if not reason.strip():
+            raise InvalidArgument("give a reason for the decision; it goes into the audit trail")
+        self.get_model(model)  # NotFound for an unknown model
+        if version <= 0:
+            pending = self.store.approvals(model, "pending")
+            if not pending:
+                raise FailedPrecondition(f"no version of {model!r} is awaiting approval")
+            return pending[0]
+        self.store.get(model, version)  # NotFound for an unknown version
+        found = self.store.approval(model, version)
+        if found is None:
+            raise FailedPrecondition(f"{model} v{version} is not awaiting approval (none was requested)")
+        if found.status != "pending":
+            raise FailedPrecondition(f"{model} v{version} is not awaiting approval: {_closed(found)}")
+        return found
+
+    def _still_pending(self, db: sa.Connection, intended: ApprovalRecord) -> None:
+        """Inside the decision's transaction: nobody decided (or superseded) it meanwhile."""
+        now = self.store.approval(intended.model, intended.version, db)
+        if now is None or now.status != "pending":
+            raise FailedPrecondition(
+                f"{intended.model} v{intended.version} is no longer awaiting approval"
+                + (f": {_closed(now)}" if now else "")
+            )
+
+    def _decide(
+        self,
+        db: sa.Connection,
+        approval: ApprovalRecord,
+        decision: Literal["approved", "rejected"],
+        actor: str,
+        reason: str,
+    ) -> None:
+        self.store.decide_approval(db, approval.model, approval.version, decision, actor, reason)
+        self._enqueue(
+            db,
+            ModelApprovalDecided(
+                source=SOURCE,
+                subject=approval.model,
+                model=approval.model,
+                model_version=approval.version,
+                decision=decision,
+                decided_by=actor,
+                reason=reason,
+                champion_version=self.store.alias_target(approval.model, "champion", db),
+            ),
+        )
+
+    def _approval(self, model: str, version: int) -> ApprovalRecord:
+        found = self.store.approval(model, version)
+        if found is None:  # written in the transaction that just committed
+            raise NotFound(f"{model} v{version} has no approval")
+        return found
 
     def set_training_spec(self, model: str, spec_json: str, actor: str) -> int:
         check_name("model", model)
@@ -447,6 +581,15 @@ class RegistryCore:
             self._wake_relay.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_relay.wait(), interval)
+
+
+def _closed(approval: ApprovalRecord) -> str:
+    """How a closed approval ended, in a few words."""
+    if approval.status == "superseded":
+        return f"superseded by v{approval.superseded_by}"
+    return f"{approval.status} by {approval.decided_by}" + (
+        f" ({approval.reason})" if approval.reason else ""
+    )
 
 
 def _check_tags(tags: dict[str, str]) -> None:

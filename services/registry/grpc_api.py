@@ -17,7 +17,13 @@ from cascade.names import check_name
 from cascade.security import ANY_PRINCIPAL, Principal, audit_actor, current_principal, method_roles
 from cascade.services.registry.core import Lineage, NewVersion, RegistryCore
 from cascade.services.registry.permissions import Level, Permissions
-from cascade.services.registry.store import MetricCondition, ModelRecord, VersionQuery, VersionRecord
+from cascade.services.registry.store import (
+    ApprovalRecord,
+    MetricCondition,
+    ModelRecord,
+    VersionQuery,
+    VersionRecord,
+)
 from cascade.stubs.cascade.registry.v1 import registry_pb2 as pb
 from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc as pb_grpc
 
@@ -35,6 +41,13 @@ _STATUS = {
 _STATUS_NAMES = {number: name for name, number in _STATUS.items()}
 _POLICIES = {"automatic": pb.PROMOTION_POLICY_AUTOMATIC, "manual": pb.PROMOTION_POLICY_MANUAL}
 _POLICY_NAMES = {number: name for name, number in _POLICIES.items()}
+_APPROVAL_STATUSES = {
+    "pending": pb.APPROVAL_STATUS_PENDING,
+    "approved": pb.APPROVAL_STATUS_APPROVED,
+    "rejected": pb.APPROVAL_STATUS_REJECTED,
+    "superseded": pb.APPROVAL_STATUS_SUPERSEDED,
+}
+_APPROVAL_STATUS_NAMES = {number: name for name, number in _APPROVAL_STATUSES.items()}
 _COMPARISONS = {
     pb.COMPARISON_EQ: "==",
     pb.COMPARISON_NE: "!=",
@@ -76,6 +89,14 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         principal = current_principal()
         self.permissions.require(principal, model, needed)
         return principal
+
+    def _authorize_decision(self, model: str) -> None:
+        """Deciding an approval needs manage; whoever may read the model learns first whether it
+        exists (NOT_FOUND), as GetModel would tell them."""
+        check_name("model", model)
+        self._authorize(model, "read")
+        self.core.get_model(model)
+        self._authorize(model, "manage")
 
     def _own(self, principal: Principal, model: str) -> None:
         if principal.authenticated:
@@ -320,6 +341,33 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self._authorize(request.model, "read")
         return _spec_message(request.model, *self.core.store.training_spec(request.model, request.version))
 
+    @grpc_errors
+    async def ListApprovals(
+        self, request: pb.ListApprovalsRequest, context: ServicerContext
+    ) -> pb.ListApprovalsResponse:
+        principal = self._authorize(request.model, "read") if request.model else current_principal()
+        found = self.core.approvals(request.model, _APPROVAL_STATUS_NAMES.get(request.status, ""))
+        readable = [a for a in found if self.permissions.can_read(principal, a.model)]
+        return pb.ListApprovalsResponse(approvals=[approval_message(a) for a in readable])
+
+    @grpc_errors
+    async def ApproveVersion(
+        self, request: pb.DecideApprovalRequest, context: ServicerContext
+    ) -> pb.Approval:
+        self._authorize_decision(request.model)
+        return approval_message(
+            await self.core.approve(
+                request.model, request.version, audit_actor(request.actor), request.reason
+            )
+        )
+
+    @grpc_errors
+    async def RejectVersion(self, request: pb.DecideApprovalRequest, context: ServicerContext) -> pb.Approval:
+        self._authorize_decision(request.model)
+        return approval_message(
+            await self.core.reject(request.model, request.version, audit_actor(request.actor), request.reason)
+        )
+
     def _model_message(self, model: ModelRecord) -> pb.Model:
         signature = self.core.signature(model)
         return pb.Model(
@@ -344,6 +392,24 @@ def _timestamp(moment: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(moment)
     return stamp
+
+
+def approval_message(approval: ApprovalRecord) -> pb.Approval:
+    message = pb.Approval(
+        model=approval.model,
+        version=approval.version,
+        status=_APPROVAL_STATUSES.get(approval.status, pb.APPROVAL_STATUS_UNSPECIFIED),
+        requested_by=approval.requested_by,
+        requested_at=_timestamp(approval.requested_at),
+        request_reason=approval.request_reason,
+        champion_version=approval.champion_version or 0,
+        decided_by=approval.decided_by or "",
+        reason=approval.reason or "",
+        superseded_by=approval.superseded_by or 0,
+    )
+    if approval.decided_at is not None:
+        message.decided_at.CopyFrom(_timestamp(approval.decided_at))
+    return message
 
 
 def _spec_message(model: str, version: int, spec_json: str, actor: str, created: datetime) -> pb.TrainingSpec:

@@ -157,3 +157,23 @@ dead_letter_windows = sa.Table(
     sa.Column("count", sa.Integer, nullable=False),
     sa.Column("notified", sa.Boolean, nullable=False, server_default=sa.false()),
 )
+
+# Under the manual policy, a version that passed validation waits here (pending) for someone who
+# manages the model; approved, rejected and superseded rows stay as the record of who decided.
+approvals = sa.Table(
+    "approvals",
+    metadata,
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    # pending, approved, rejected or superseded.
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("requested_by", sa.String(256), nullable=False),
+    sa.Column("requested_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("request_reason", sa.Text, nullable=False),
+    sa.Column("champion_version", sa.Integer, nullable=True),
+    sa.Column("decided_by", sa.String(256), nullable=True),
+    sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("superseded_by", sa.Integer, nullable=True),
+    sa.Index("ix_approvals_status", "status"),
+)

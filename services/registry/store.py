@@ -25,6 +25,7 @@ from cascade.services.registry import schema
 from cascade.services.registry.schema import (
     alias_history,
     aliases,
+    approvals,
     model_tags,
     models,
     outbox,
@@ -36,6 +37,7 @@ from cascade.services.registry.schema import (
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 STATUSES = ("PENDING", "READY", "FAILED")
+APPROVAL_STATUSES = ("pending", "approved", "rejected", "superseded")
 # Up to this many versions read at once, their tags are looked up by (model, version).
 _EXACT_TAG_LOOKUP_MAX = 200
 COMPARISONS = {
@@ -76,6 +78,23 @@ class ModelRecord:
     created_at: datetime
     latest_version: int
     aliases: dict[str, int]
+
+
+@dataclass(frozen=True)
+class ApprovalRecord:
+    """A version awaiting (or past) a person's approval under the manual policy."""
+
+    model: str
+    version: int
+    status: str  # one of APPROVAL_STATUSES
+    requested_by: str
+    requested_at: datetime
+    request_reason: str
+    champion_version: int | None
+    decided_by: str | None
+    decided_at: datetime | None
+    reason: str | None
+    superseded_by: int | None
 
 
 @dataclass(frozen=True)
@@ -501,6 +520,95 @@ class RegistryStore:
         with self._read() as read:
             return [{**row, "at": _utc(row["at"])} for row in read.execute(query).mappings()]
 
+    # -- approvals -----------------------------------------------------------------------------
+    def request_approval(
+        self,
+        db: sa.Connection,
+        model: str,
+        version: int,
+        requested_by: str,
+        reason: str,
+        champion: int | None,
+    ) -> list[int]:
+        """Record `version` as pending and close the model's older pending approvals as superseded
+        by it, in the caller's transaction; returns the versions it superseded."""
+        older = self.approval_versions(db, model, "pending")
+        if older:
+            db.execute(
+                approvals.update()
+                .where(approvals.c.model == model, approvals.c.status == "pending")
+                .values(
+                    status="superseded",
+                    decided_by="registry",
+                    decided_at=_now(),
+                    reason=f"superseded by v{version}",
+                    superseded_by=version,
+                )
+            )
+        db.execute(
+            approvals.insert().values(
+                model=model,
+                version=version,
+                status="pending",
+                requested_by=requested_by,
+                requested_at=_now(),
+                request_reason=reason,
+                champion_version=champion,
+            )
+        )
+        return older
+
+    def approval_versions(self, db: sa.Connection, model: str, status: str) -> list[int]:
+        query = sa.select(approvals.c.version).where(approvals.c.model == model, approvals.c.status == status)
+        return [int(v) for v in db.execute(query.order_by(approvals.c.version)).scalars()]
+
+    def decide_approval(
+        self, db: sa.Connection, model: str, version: int, status: str, decided_by: str, reason: str
+    ) -> None:
+        db.execute(
+            approvals.update()
+            .where(approvals.c.model == model, approvals.c.version == version)
+            .values(status=status, decided_by=decided_by, decided_at=_now(), reason=reason)
+        )
+
+    def approval(self, model: str, version: int, db: sa.Connection | None = None) -> ApprovalRecord | None:
+        found = self.approvals(model, version=version, db=db)
+        return found[0] if found else None
+
+    def approvals(
+        self, model: str = "", status: str = "", version: int = 0, db: sa.Connection | None = None
+    ) -> list[ApprovalRecord]:
+        """Approvals of one model (or all), optionally of one status or version; newest first."""
+        query = sa.select(approvals)
+        if model:
+            query = query.where(approvals.c.model == model)
+        if status:
+            query = query.where(approvals.c.status == status)
+        if version:
+            query = query.where(approvals.c.version == version)
+        query = query.order_by(approvals.c.requested_at.desc(), approvals.c.model, approvals.c.version.desc())
+        if db is not None:
+            rows = db.execute(query).mappings().all()
+        else:
+            with self._read() as read:
+                rows = read.execute(query).mappings().all()
+        return [
+            ApprovalRecord(
+                model=row["model"],
+                version=int(row["version"]),
+                status=row["status"],
+                requested_by=row["requested_by"],
+                requested_at=_utc(row["requested_at"]),
+                request_reason=row["request_reason"],
+                champion_version=row["champion_version"],
+                decided_by=row["decided_by"],
+                decided_at=_utc(row["decided_at"]) if row["decided_at"] else None,
+                reason=row["reason"],
+                superseded_by=row["superseded_by"],
+            )
+            for row in rows
+        ]
+
     # -- training specs ------------------------------------------------------------------------
     def add_training_spec(self, model: str, spec_json: str, actor: str) -> int:
         with self.transaction() as db:
@@ -598,7 +706,9 @@ class RegistryStore:
 
 
 __all__ = [
+    "APPROVAL_STATUSES",
     "STATUSES",
+    "ApprovalRecord",
     "MetricCondition",
     "ModelRecord",
     "RegistryStore",

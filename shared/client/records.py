@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -23,6 +23,8 @@ from cascade.stubs.cascade.trainer.v1 import trainer_pb2
 
 __all__ = [
     "AliasMove",
+    "Approval",
+    "ApprovalStatus",
     "AttributionShift",
     "Batch",
     "BatchReport",
@@ -434,6 +436,53 @@ class AliasMove:
             actor=move.actor,
             reason=move.reason,
             at=_time(move.at, move.HasField("at")),
+        )
+
+
+ApprovalStatus = Literal["pending", "approved", "rejected", "superseded"]
+_APPROVAL_STATUSES: dict[int, ApprovalStatus] = {
+    registry_pb2.APPROVAL_STATUS_PENDING: "pending",
+    registry_pb2.APPROVAL_STATUS_APPROVED: "approved",
+    registry_pb2.APPROVAL_STATUS_REJECTED: "rejected",
+    registry_pb2.APPROVAL_STATUS_SUPERSEDED: "superseded",
+}
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A version that passed validation under the manual policy, awaiting (or past) the decision of
+    someone who manages the model: approved (it became champion), rejected, or superseded by a newer
+    passing version."""
+
+    model: str
+    version: int
+    status: ApprovalStatus
+    requested_by: str
+    requested_at: datetime | None
+    request_reason: str
+    # 0: there was no champion when it was requested.
+    champion_version: int
+    # Empty while pending.
+    decided_by: str
+    decided_at: datetime | None
+    reason: str
+    # 0: not superseded.
+    superseded_by: int
+
+    @classmethod
+    def of(cls, approval: registry_pb2.Approval) -> Approval:
+        return cls(
+            model=approval.model,
+            version=approval.version,
+            status=_APPROVAL_STATUSES.get(approval.status, "pending"),
+            requested_by=approval.requested_by,
+            requested_at=_time(approval.requested_at, approval.HasField("requested_at")),
+            request_reason=approval.request_reason,
+            champion_version=approval.champion_version,
+            decided_by=approval.decided_by,
+            decided_at=_time(approval.decided_at, approval.HasField("decided_at")),
+            reason=approval.reason,
+            superseded_by=approval.superseded_by,
         )
 
 

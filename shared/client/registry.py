@@ -13,6 +13,8 @@ from cascade.client.calls import RemoteService, call
 from cascade.client.downloads import verified_download
 from cascade.client.records import (
     AliasMove,
+    Approval,
+    ApprovalStatus,
     Lineage,
     Model,
     ModelVersion,
@@ -41,6 +43,13 @@ _LEVELS: dict[PermissionLevel, pb.PermissionLevel.ValueType] = {
     "read": pb.PERMISSION_LEVEL_READ,
     "edit": pb.PERMISSION_LEVEL_EDIT,
     "manage": pb.PERMISSION_LEVEL_MANAGE,
+}
+_APPROVAL_STATUSES: dict[ApprovalStatus | None, pb.ApprovalStatus.ValueType] = {
+    None: pb.APPROVAL_STATUS_UNSPECIFIED,
+    "pending": pb.APPROVAL_STATUS_PENDING,
+    "approved": pb.APPROVAL_STATUS_APPROVED,
+    "rejected": pb.APPROVAL_STATUS_REJECTED,
+    "superseded": pb.APPROVAL_STATUS_SUPERSEDED,
 }
 _COMPARISONS: dict[Comparison, pb.Comparison.ValueType] = {
     "==": pb.COMPARISON_EQ,
@@ -328,6 +337,41 @@ class RegistryClient(ServiceClient):
         )
         return [AliasMove.of(m) for m in response.moves]
 
+    # -- approvals -----------------------------------------------------------------------------
+    async def list_approvals(self, model: str = "", status: ApprovalStatus | None = None) -> list[Approval]:
+        """Approvals of `model` (empty: every model the caller may read), newest first, optionally
+        only those with `status`."""
+        request = pb.ListApprovalsRequest(model=model, status=_APPROVAL_STATUSES[status])
+        response = await call(
+            self.service,
+            f"listing the approvals of {model or 'every model'}",
+            lambda: self._stub.ListApprovals(request, timeout=self.timeout),
+        )
+        return [Approval.of(a) for a in response.approvals]
+
+    async def approve_version(
+        self, model: str, version: int = 0, *, reason: str, actor: str = ""
+    ) -> Approval:
+        """Approve a version awaiting approval (0: the model's pending one): it becomes champion,
+        and serving follows. Needs the manage level; `reason` is required."""
+        request = pb.DecideApprovalRequest(model=model, version=version, reason=reason, actor=actor)
+        response = await call(
+            self.service,
+            f"approving {_named(model, version)}",
+            lambda: self._stub.ApproveVersion(request, timeout=self.timeout),
+        )
+        return Approval.of(response)
+
+    async def reject_version(self, model: str, version: int = 0, *, reason: str, actor: str = "") -> Approval:
+        """Reject a version awaiting approval (0: the model's pending one); the champion stays."""
+        request = pb.DecideApprovalRequest(model=model, version=version, reason=reason, actor=actor)
+        response = await call(
+            self.service,
+            f"rejecting {_named(model, version)}",
+            lambda: self._stub.RejectVersion(request, timeout=self.timeout),
+        )
+        return Approval.of(response)
+
     # -- training specs ------------------------------------------------------------------------
     async def get_training_spec(self, model: str, version: int = 0) -> StoredTrainingSpec:
         """A model's training spec (0: the latest); NotFound when it has none."""
@@ -348,6 +392,10 @@ class RegistryClient(ServiceClient):
             lambda: self._stub.SetTrainingSpec(request, timeout=self.timeout),
         )
         return StoredTrainingSpec.of(response)
+
+
+def _named(model: str, version: int) -> str:
+    return f"{model} v{version}" if version else f"{model}'s pending version"
 
 
 def _run_message(run: TrainingRun) -> pb.TrainingRun:

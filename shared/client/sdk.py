@@ -27,7 +27,16 @@ from cascade.client.channels import ClientSecurity, open_channel
 from cascade.client.explain import ExplainClient, Explained, feature_rows
 from cascade.client.ingest import IngestClient
 from cascade.client.monitor import MonitorClient
-from cascade.client.records import DriftReport, Lineage, Model, ModelVersion, UploadResult, VersionStatus
+from cascade.client.records import (
+    Approval,
+    ApprovalStatus,
+    DriftReport,
+    Lineage,
+    Model,
+    ModelVersion,
+    UploadResult,
+    VersionStatus,
+)
 from cascade.client.registry import RegistryClient
 from cascade.client.serving import Prediction, ServingClient
 from cascade.client.trainer import TrainerClient
@@ -180,6 +189,18 @@ class AsyncClient:
         """Champion back to the version it pointed at before its latest move."""
         return await self.registry.rollback(model, reason=reason)
 
+    async def approvals(self, model: str = "", *, status: ApprovalStatus | None = None) -> list[Approval]:
+        """Versions awaiting (or past) approval under the manual policy, newest first."""
+        return await self.registry.list_approvals(model, status)
+
+    async def approve(self, model: str, version: int = 0, *, reason: str) -> Approval:
+        """Approve the version awaiting approval (0: the pending one): it becomes champion."""
+        return await self.registry.approve_version(model, version, reason=reason)
+
+    async def reject(self, model: str, version: int = 0, *, reason: str) -> Approval:
+        """Reject the version awaiting approval (0: the pending one); the champion stays."""
+        return await self.registry.reject_version(model, version, reason=reason)
+
     async def lineage(self, model: str, version: int) -> Lineage:
         return await self.registry.lineage(model, version)
 
@@ -313,6 +334,15 @@ class Client:
 
     def rollback(self, model: str, *, reason: str = "") -> ModelVersion:
         return self._run(self._client.rollback(model, reason=reason))
+
+    def approvals(self, model: str = "", *, status: ApprovalStatus | None = None) -> list[Approval]:
+        return self._run(self._client.approvals(model, status=status))
+
+    def approve(self, model: str, version: int = 0, *, reason: str) -> Approval:
+        return self._run(self._client.approve(model, version, reason=reason))
+
+    def reject(self, model: str, version: int = 0, *, reason: str) -> Approval:
+        return self._run(self._client.reject(model, version, reason=reason))
 
     def lineage(self, model: str, version: int) -> Lineage:
         return self._run(self._client.lineage(model, version))

@@ -123,6 +123,35 @@ COMPARISON_LT: Comparison.ValueType  # 5
 COMPARISON_LE: Comparison.ValueType  # 6
 Global___Comparison: _TypeAlias = Comparison  # noqa: Y015
 
+class _ApprovalStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ApprovalStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ApprovalStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    APPROVAL_STATUS_UNSPECIFIED: _ApprovalStatus.ValueType  # 0
+    APPROVAL_STATUS_PENDING: _ApprovalStatus.ValueType  # 1
+    """Waiting for someone who manages the model."""
+    APPROVAL_STATUS_APPROVED: _ApprovalStatus.ValueType  # 2
+    """Approved: the version became `champion`."""
+    APPROVAL_STATUS_REJECTED: _ApprovalStatus.ValueType  # 3
+    """Rejected: `champion` stayed where it was."""
+    APPROVAL_STATUS_SUPERSEDED: _ApprovalStatus.ValueType  # 4
+    """Closed because a newer version passed validation (see superseded_by)."""
+
+class ApprovalStatus(_ApprovalStatus, metaclass=_ApprovalStatusEnumTypeWrapper): ...
+
+APPROVAL_STATUS_UNSPECIFIED: ApprovalStatus.ValueType  # 0
+APPROVAL_STATUS_PENDING: ApprovalStatus.ValueType  # 1
+"""Waiting for someone who manages the model."""
+APPROVAL_STATUS_APPROVED: ApprovalStatus.ValueType  # 2
+"""Approved: the version became `champion`."""
+APPROVAL_STATUS_REJECTED: ApprovalStatus.ValueType  # 3
+"""Rejected: `champion` stayed where it was."""
+APPROVAL_STATUS_SUPERSEDED: ApprovalStatus.ValueType  # 4
+"""Closed because a newer version passed validation (see superseded_by)."""
+Global___ApprovalStatus: _TypeAlias = ApprovalStatus  # noqa: Y015
+
 @_typing.final
 class TrainingRun(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -1327,3 +1356,133 @@ class TrainingSpec(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TrainingSpec: _TypeAlias = TrainingSpec  # noqa: Y015
+
+@_typing.final
+class Approval(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    REQUESTED_AT_FIELD_NUMBER: _builtins.int
+    REQUEST_REASON_FIELD_NUMBER: _builtins.int
+    CHAMPION_VERSION_FIELD_NUMBER: _builtins.int
+    DECIDED_BY_FIELD_NUMBER: _builtins.int
+    DECIDED_AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SUPERSEDED_BY_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    version: _builtins.int
+    status: Global___ApprovalStatus.ValueType
+    requested_by: _builtins.str
+    """Who asked (the validator, for a passing candidate), when and why."""
+    request_reason: _builtins.str
+    champion_version: _builtins.int
+    """The champion when it was requested (0: none)."""
+    decided_by: _builtins.str
+    """Who decided (the authenticated principal), when and why; empty while pending."""
+    reason: _builtins.str
+    superseded_by: _builtins.int
+    """The newer version that superseded it (0: not superseded)."""
+    @_builtins.property
+    def requested_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def decided_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        version: _builtins.int = ...,
+        status: Global___ApprovalStatus.ValueType = ...,
+        requested_by: _builtins.str = ...,
+        requested_at: _timestamp_pb2.Timestamp | None = ...,
+        request_reason: _builtins.str = ...,
+        champion_version: _builtins.int = ...,
+        decided_by: _builtins.str = ...,
+        decided_at: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        superseded_by: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "requested_at", b"requested_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["champion_version", b"champion_version", "decided_at", b"decided_at", "decided_by", b"decided_by", "model", b"model", "reason", b"reason", "request_reason", b"request_reason", "requested_at", b"requested_at", "requested_by", b"requested_by", "status", b"status", "superseded_by", b"superseded_by", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Approval: _TypeAlias = Approval  # noqa: Y015
+
+@_typing.final
+class ListApprovalsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Empty: every model the caller may read."""
+    status: Global___ApprovalStatus.ValueType
+    """Only approvals with this status (UNSPECIFIED: any)."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        status: Global___ApprovalStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListApprovalsRequest: _TypeAlias = ListApprovalsRequest  # noqa: Y015
+
+@_typing.final
+class ListApprovalsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPROVALS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def approvals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Approval]: ...
+    def __init__(
+        self,
+        *,
+        approvals: _abc.Iterable[Global___Approval] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approvals", b"approvals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListApprovalsResponse: _TypeAlias = ListApprovalsResponse  # noqa: Y015
+
+@_typing.final
+class DecideApprovalRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    version: _builtins.int
+    """0: the model's pending version."""
+    reason: _builtins.str
+    """Required: it goes into the audit trail with the caller."""
+    actor: _builtins.str
+    """Recorded when authentication is off; an authenticated principal is recorded instead."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        version: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "model", b"model", "reason", b"reason", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecideApprovalRequest: _TypeAlias = DecideApprovalRequest  # noqa: Y015

@@ -124,6 +124,21 @@ class RegistryServiceStub:
                 request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetTrainingSpecRequest.SerializeToString,
                 response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.TrainingSpec.FromString,
                 _registered_method=True)
+        self.ListApprovals = channel.unary_unary(
+                '/cascade.registry.v1.RegistryService/ListApprovals',
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListApprovalsRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListApprovalsResponse.FromString,
+                _registered_method=True)
+        self.ApproveVersion = channel.unary_unary(
+                '/cascade.registry.v1.RegistryService/ApproveVersion',
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DecideApprovalRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Approval.FromString,
+                _registered_method=True)
+        self.RejectVersion = channel.unary_unary(
+                '/cascade.registry.v1.RegistryService/RejectVersion',
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DecideApprovalRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Approval.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -254,6 +269,30 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListApprovals(self, request, context):
+        """Approvals: under the manual policy a version that passes validation becomes `challenger`
+        awaiting approval. The model's approvals (or every readable model's), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveVersion(self, request, context):
+        """Approves a pending version (needs MANAGE): it becomes `champion` exactly as SetAlias would move
+        it, and the alias history records the caller and the reason. NOT_FOUND for an unknown version,
+        FAILED_PRECONDITION when it is not pending, INVALID_ARGUMENT without a reason.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RejectVersion(self, request, context):
+        """Rejects a pending version (needs MANAGE): `champion` stays; the same errors as ApproveVersion.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -346,6 +385,21 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.GetTrainingSpec,
                     request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetTrainingSpecRequest.FromString,
                     response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.TrainingSpec.SerializeToString,
+            ),
+            'ListApprovals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApprovals,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListApprovalsRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListApprovalsResponse.SerializeToString,
+            ),
+            'ApproveVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveVersion,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DecideApprovalRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Approval.SerializeToString,
+            ),
+            'RejectVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectVersion,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DecideApprovalRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Approval.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -834,6 +888,87 @@ class RegistryService:
             '/cascade.registry.v1.RegistryService/GetTrainingSpec',
             cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetTrainingSpecRequest.SerializeToString,
             cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.TrainingSpec.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApprovals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.registry.v1.RegistryService/ListApprovals',
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListApprovalsRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.ListApprovalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.registry.v1.RegistryService/ApproveVersion',
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DecideApprovalRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Approval.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.registry.v1.RegistryService/RejectVersion',
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DecideApprovalRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Approval.FromString,
             options,
             channel_credentials,
             insecure,

@@ -70,6 +70,17 @@ class RegistryServiceStub:
     every trainer replica trains the same way).
     """
     GetTrainingSpec: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetTrainingSpecRequest, _registry_pb2.TrainingSpec]
+    ListApprovals: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListApprovalsRequest, _registry_pb2.ListApprovalsResponse]
+    """Approvals: under the manual policy a version that passes validation becomes `challenger`
+    awaiting approval. The model's approvals (or every readable model's), newest first.
+    """
+    ApproveVersion: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DecideApprovalRequest, _registry_pb2.Approval]
+    """Approves a pending version (needs MANAGE): it becomes `champion` exactly as SetAlias would move
+    it, and the alias history records the caller and the reason. NOT_FOUND for an unknown version,
+    FAILED_PRECONDITION when it is not pending, INVALID_ARGUMENT without a reason.
+    """
+    RejectVersion: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DecideApprovalRequest, _registry_pb2.Approval]
+    """Rejects a pending version (needs MANAGE): `champion` stays; the same errors as ApproveVersion."""
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -113,6 +124,17 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     every trainer replica trains the same way).
     """
     GetTrainingSpec: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetTrainingSpecRequest, _registry_pb2.TrainingSpec]  # type: ignore[assignment]
+    ListApprovals: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListApprovalsRequest, _registry_pb2.ListApprovalsResponse]  # type: ignore[assignment]
+    """Approvals: under the manual policy a version that passes validation becomes `challenger`
+    awaiting approval. The model's approvals (or every readable model's), newest first.
+    """
+    ApproveVersion: _aio.UnaryUnaryMultiCallable[_registry_pb2.DecideApprovalRequest, _registry_pb2.Approval]  # type: ignore[assignment]
+    """Approves a pending version (needs MANAGE): it becomes `champion` exactly as SetAlias would move
+    it, and the alias history records the caller and the reason. NOT_FOUND for an unknown version,
+    FAILED_PRECONDITION when it is not pending, INVALID_ARGUMENT without a reason.
+    """
+    RejectVersion: _aio.UnaryUnaryMultiCallable[_registry_pb2.DecideApprovalRequest, _registry_pb2.Approval]  # type: ignore[assignment]
+    """Rejects a pending version (needs MANAGE): `champion` stays; the same errors as ApproveVersion."""
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -261,5 +283,34 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.GetTrainingSpecRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.TrainingSpec, _abc.Awaitable[_registry_pb2.TrainingSpec]]: ...
+
+    @_abc_1.abstractmethod
+    def ListApprovals(
+        self,
+        request: _registry_pb2.ListApprovalsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListApprovalsResponse, _abc.Awaitable[_registry_pb2.ListApprovalsResponse]]:
+        """Approvals: under the manual policy a version that passes validation becomes `challenger`
+        awaiting approval. The model's approvals (or every readable model's), newest first.
+        """
+
+    @_abc_1.abstractmethod
+    def ApproveVersion(
+        self,
+        request: _registry_pb2.DecideApprovalRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Approval, _abc.Awaitable[_registry_pb2.Approval]]:
+        """Approves a pending version (needs MANAGE): it becomes `champion` exactly as SetAlias would move
+        it, and the alias history records the caller and the reason. NOT_FOUND for an unknown version,
+        FAILED_PRECONDITION when it is not pending, INVALID_ARGUMENT without a reason.
+        """
+
+    @_abc_1.abstractmethod
+    def RejectVersion(
+        self,
+        request: _registry_pb2.DecideApprovalRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Approval, _abc.Awaitable[_registry_pb2.Approval]]:
+        """Rejects a pending version (needs MANAGE): `champion` stays; the same errors as ApproveVersion."""
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
