@@ -3,7 +3,6 @@ promotions, verdicts, drift, serving's refusals, dead letters) become chat notif
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -86,12 +85,12 @@ def register_notifications(
         if event is None:
             log.warning("notifications: skipped a message on %s that is no event", message.raw_message.topic)  # type: ignore[union-attr]
             return
-        await asyncio.to_thread(notifier.record, event, _trace_id())
+        await notifier.take(event, _trace_id())
 
     @broker.subscriber(topics.dead_letter, decoder=_undecoded, **subscriber_options(f"{group}.dead-letters"))
     async def on_dead_letter(message: KafkaMessage) -> None:
         # A dead letter is whatever failed: its bytes are never parsed, only its headers read.
-        await asyncio.to_thread(notifier.record_dead_letter, dict(message.headers))
+        await notifier.take_dead_letter(dict(message.headers))
 
 
 def _event(event_type: str, body: bytes, max_bytes: int, max_depth: int) -> Event | None:

@@ -98,7 +98,8 @@ DestinationKind = Literal["slack", "teams", "cloudevent"]
 
 NOTIFICATIONS = Counter(
     "cascade_registry_notifications_total",
-    "Chat notification jobs by destination kind and outcome (queued, duplicate, delivered, retried, failed).",
+    "Chat notification jobs by destination kind and outcome (queued, duplicate, expired, delivered, retried,"
+    " failed).",
     ["kind", "outcome"],
 )
 
@@ -548,6 +549,13 @@ def dead_letters_notice(
     )
 
 
+def _dead_lettered_at(headers: Mapping[str, str]) -> datetime | None:
+    try:
+        return _utc(datetime.fromisoformat(headers.get("cascade_dlq_time", "")))
+    except ValueError:
+        return None
+
+
 def _clip(text: str, limit: int = MAX_DETAIL) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -806,8 +814,34 @@ class Notifier:
         if trace_id and (trace_url := self.links.trace(trace_id)):
             notice = Notice(**{**notice.__dict__, "links": (*notice.links, Link("Trace", trace_url))})
         wanted = [t for t in targets if t.destination.wants(notice.kind, event.subject)]
+        deadline = _utc(event.time) + timedelta(seconds=self.policy.budget_seconds)
+        if wanted and deadline <= self._clock():
+            # Older than the budget (a new consumer group reading the topic's history, say): news
+            # no more; sending it now would flood the channel with the past.
+            for target in wanted:
+                NOTIFICATIONS.labels(target.destination.kind, "expired").inc()
+            log.info(
+                "notifications: %s of %s from %s is past its budget; not sent",
+                notice.kind,
+                event.subject,
+                event.time,
+            )
+            return 0
         with self.store.transaction() as db:
-            added = self._add(db, wanted, notice, event.id, event.subject, event.model_dump_json())
+            return self._add(db, wanted, notice, event.id, event.subject, event.model_dump_json(), deadline)
+
+    async def take(self, event: Event, trace_id: str = "") -> int:
+        """`record` from the event loop (the Kafka handler), waking the sender."""
+        added = await asyncio.to_thread(self.record, event, trace_id)
+        if added:
+            self._wake.set()
+        return added
+
+    async def take_dead_letter(self, headers: Mapping[str, str]) -> int:
+        """`record_dead_letter` from the event loop (the Kafka handler), waking the sender."""
+        added = await asyncio.to_thread(self.record_dead_letter, headers)
+        if added:
+            self._wake.set()
         return added
 
     def record_dead_letter(self, headers: Mapping[str, str]) -> int:
@@ -817,7 +851,13 @@ class Notifier:
             return 0
         now = self._clock()
         seconds = self.dead_letter_window_seconds
-        window_start = datetime.fromtimestamp(int(now.timestamp()) // seconds * seconds, UTC)
+
+        def window_of(moment: datetime) -> datetime:
+            return datetime.fromtimestamp(int(moment.timestamp()) // seconds * seconds, UTC)
+
+        window_start = window_of(now)
+        if window_of(_dead_lettered_at(headers) or now) != window_start:
+            return 0  # a letter of a past window (history read anew): that window is over
         with self.store.transaction() as db:
             count = self.jobs.count_dead_letter(db, window_start, self.dead_letter_threshold)
             if count is None:
@@ -839,7 +879,8 @@ class Notifier:
                 "window_seconds": seconds,
             }
             wanted = [t for t in self.destinations.current() if t.destination.wants("dead_letters", "")]
-            return self._add(db, wanted, notice, event_id, "", json.dumps(envelope))
+            deadline = now + timedelta(seconds=self.policy.budget_seconds)
+            return self._add(db, wanted, notice, event_id, "", json.dumps(envelope), deadline)
 
     def _add(
         self,
@@ -849,7 +890,9 @@ class Notifier:
         event_id: str,
         model: str,
         event_json: str,
+        deadline: datetime,
     ) -> int:
+        """Write the jobs in `db` (the Kafka handler's thread); the sender finds them at its next round."""
         now = self._clock()
         rows = [
             {
@@ -861,7 +904,7 @@ class Notifier:
                 "state": "pending",
                 "attempts": 0,
                 "next_at": now,
-                "deadline": now + timedelta(seconds=self.policy.budget_seconds),
+                "deadline": deadline,
                 "created_at": now,
             }
             for target in targets
@@ -869,7 +912,6 @@ class Notifier:
         added = self.jobs.add(db, rows)
         for target, new in zip(targets, added, strict=True):
             NOTIFICATIONS.labels(target.destination.kind, "queued" if new else "duplicate").inc()
-        self._wake.set()
         return sum(added)
 
     # -- sending (the background task) ---------------------------------------------------------

@@ -643,3 +643,20 @@ def test_the_launcher_tells_the_registry_where_the_consoles_url_will_be(tmp_path
     assert env["CASCADE_REGISTRY_CONSOLE_URL_FILE"] == str(tmp_path / "run" / "console.url")
     assert stack.console_url_file() == tmp_path / "run" / "console.url"
     assert "CASCADE_TRAINER_CONSOLE_URL_FILE" not in stack.service_env("trainer")
+
+
+async def test_events_and_dead_letters_older_than_the_budget_are_not_news(
+    store: RegistryStore, receiver: ChatReceiver, tmp_path: Path
+) -> None:
+    notifier = _notifier(store, _destinations(tmp_path, _both(receiver)), budget_seconds=3600)
+    expired = _metric("teams", "expired")
+    old = _failed().model_copy(update={"time": datetime.now(UTC) - timedelta(hours=2)})
+    an_hour_ago = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+
+    # A new consumer group reads the topics' history: none of it is sent.
+    assert notifier.record(old) == 0
+    assert [notifier.record_dead_letter({"cascade_dlq_time": an_hour_ago}) for _ in range(5)] == [0] * 5
+
+    assert _job_rows(store) == []
+    assert _metric("teams", "expired") == expired + 1
+    assert notifier.record(_failed()) == 2  # today's event still is news
