@@ -1,6 +1,7 @@
 """Chat notifications from the real stack: a version that fails validation, and drift on served
-traffic, each reach a local Slack and a local Teams webhook (tests/registry/chat_receiver.py, which
-answers 400 to any payload of the wrong shape) with links that the running console answers.
+traffic (and the promotion before it), each reach a local Slack and a local Teams webhook
+(tests/registry/chat_receiver.py, which answers 400 to any payload of the wrong shape) with links
+that the running console answers.
 
 The stack's registry reads its destinations from <home>/notifications.json (conftest.py), which it
 re-reads when it changes: each test writes it, pointing at its own receiver, and removes it after.
@@ -43,14 +44,14 @@ def chat(stack: Stack, console: Console) -> Iterator[ChatReceiver]:
                         "kind": "slack",
                         "url": receiver.url("slack", "T0/B0/secret"),
                         "models": ["notify_*"],
-                        "events": ["validation_failed", "drift"],
+                        "events": ["validation_failed", "drift", "promoted"],
                     },
                     {
                         "name": "ml-teams",
                         "kind": "teams",
                         "url": receiver.url("teams", "workflow"),
                         "models": ["notify_*"],
-                        "events": ["validation_failed", "drift"],
+                        "events": ["validation_failed", "drift", "promoted"],
                     },
                 ]
             )
@@ -145,6 +146,15 @@ def test_drift_reaches_slack_and_teams_with_what_the_loop_did_and_links_the_cons
         slack, card = wait_for(serve_and_look, TIMEOUT, "the drift messages", interval=0.5)
     finally:
         client.close()
+
+    # v1 became champion before any of that: its promotion was told too, in the same channel.
+    promoted_slack, promoted_card = wait_for(
+        lambda: _titled(chat, f"{model} v1 is champion"), TIMEOUT, "promotion"
+    )
+    assert "*Previous champion*\nnone" in _slack_fields(promoted_slack)
+    assert _links(promoted_slack, promoted_card)[0] == console.url(f"models?model={model}&version=1")
+    slack_titles = [m["blocks"][0]["text"]["text"] for m in chat.on("/slack/T0/B0/secret")]
+    assert slack_titles.index(f"{model} v1 is champion") < slack_titles.index(f"Drift detected on {model}")
 
     assert chat.rejected == []
     facts = {
