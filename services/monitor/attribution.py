@@ -40,6 +40,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BACKGROUND_TAG = "explain_background"
+REFERENCE_FACTOR = 4  # reference rows explained per window row, on an exact path
 KERNEL_BACKGROUND = 20  # background rows KernelSHAP integrates over (each costs an evaluation a coalition)
 Matrix = NDArray[np.float64]
 
@@ -81,6 +82,7 @@ class AttributionBaseline:
     features: tuple[str, ...]
     reference_shares: Matrix
     reference_rows: int
+    window_rows: int  # the latest rows of a window explained (fewer than limits.rows for KernelSHAP)
     method: str
     output_space: str
     background: str  # where the background came from, in words
@@ -153,7 +155,10 @@ def attribution_baseline(
     tagged = background is not None
     chosen = background if background is not None else sample_rows(reference_rows, limits.background_rows, 1)
     explainer, rows = fitted_explainer(artifact, chosen, features, limits.rows, limits)
-    sample = sample_rows(reference_rows, rows).astype(np.float32)
+    # An exact path costs an evaluation a row, and the reference is explained once per champion:
+    # more of its rows make its shares steadier, so a window's noise is most of what is compared.
+    reference_count = rows if explainer.method == "kernel" else REFERENCE_FACTOR * rows
+    sample = sample_rows(reference_rows, reference_count).astype(np.float32)
     explanation = explainer.explain(sample, budget=limits.budget(len(sample)))
     kept = len(explainer.background)
     return AttributionBaseline(
@@ -161,6 +166,7 @@ def attribution_baseline(
         features=tuple(features),
         reference_shares=np.asarray(attribution_shares(explanation), dtype=np.float64),
         reference_rows=len(sample),
+        window_rows=rows,
         method=explanation.method,
         output_space=explanation.output_space,
         background=f"{kept} rows of the version's {BACKGROUND_TAG}"
@@ -174,7 +180,7 @@ def attribution_shift(
 ) -> tuple[tuple[AttributionShift, ...], str]:
     """The features whose share moved most between the reference sample and the window's latest
     `limits.rows` rows, largest |move| first (at most `limits.features`), and how they were measured."""
-    latest = window[-baseline.reference_rows :].astype(np.float32)  # as many rows as the reference's
+    latest = window[-baseline.window_rows :].astype(np.float32)
     explanation = baseline.explainer.explain(latest, budget=limits.budget(len(latest)))
     window_shares = np.asarray(attribution_shares(explanation), dtype=np.float64)
     moved = np.abs(window_shares - baseline.reference_shares)

@@ -104,8 +104,9 @@ class MonitorSettings(RegistryClientSettings):
     attribution_rows: int = Field(
         100,
         ge=1,
-        description="Drift explained: reference rows (a fixed sample, once per champion) and latest window "
-        "rows whose attributions are compared when a window drifts.",
+        description="Drift explained: the latest window rows whose attributions are compared, when a window "
+        "drifts, with those of four times as many reference rows (a fixed sample, once per champion; as "
+        "many with KernelSHAP, which may cut both to fit `attribution_max_evaluations`).",
     )
     attribution_background_rows: int = Field(
         100,
