@@ -3,7 +3,7 @@ the trainer's run (read from the progress topic, and the dead-letter topic for a
 then the version it registered through validation and promotion to serving.
 
 Each stage prints one line as it is reached; the end is either a `Served` outcome, a `Reproduced`
-one (the run made no new version), a `Challenger` one (manual policy: a person promotes), or a
+one (the run made no new version), a `Challenger` one (manual policy: awaiting a person's approval), or a
 `CascadeFailed` error that says at which stage and why, with the exit code the command ends with.
 The registry and serving are read through the SDK's typed clients (`cascade.client.sdk.AsyncClient`),
 polled as `AsyncClient.follow` polls them, so that each stage can be reported as it is reached.
@@ -68,7 +68,8 @@ class Served:
 
 @dataclass(frozen=True)
 class Challenger:
-    """Passed validation under a manual promotion policy: challenger, for a person to promote."""
+    """Passed validation under a manual promotion policy: challenger, awaiting the approval of
+    someone who manages the model (`cascade models approve`)."""
 
     version: ModelVersion
 
@@ -278,6 +279,7 @@ async def follow_version(
                     stage("serving", f"  serving v{number}")
                     return Served(version)
             elif "challenger" in version.aliases:
+                stage("awaiting", f"  awaiting approval: v{number} is challenger (manual promotion policy)")
                 return Challenger(version)
         deadline.check(waiting_for)
         await asyncio.sleep(_POLL_SECONDS)
@@ -411,8 +413,8 @@ def outcome_lines(model: str, outcome: Outcome, seconds: float) -> list[str]:
     if isinstance(outcome, Challenger):
         number = outcome.version.version
         return [
-            f"{model} v{number} passed validation and is challenger (manual promotion policy); "
-            f"`cascade models promote {model} {number}` serves it."
+            f"{model} v{number} passed validation and is challenger, awaiting approval (manual "
+            f"promotion policy); `cascade models approve {model} {number} --reason ...` serves it."
         ]
     if isinstance(outcome, Reproduced):
         number = outcome.version.version

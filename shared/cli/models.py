@@ -26,6 +26,7 @@ from cascade.cli.follow import key_metric, validation_failure
 from cascade.client.calls import call
 from cascade.client.records import (
     AliasMove,
+    Approval,
     GlobalAttribution,
     ImportResult,
     Lineage,
@@ -811,6 +812,127 @@ def rollback(
     _require_model(ctx, address, token, model)
     moved = _call(ctx, address, token, lambda registry: registry.rollback(model, actor=actor, reason=reason))
     typer.echo(f"{moved.model}@champion -> version {moved.version}")
+
+
+class ApprovalState(StrEnum):
+    pending = "pending"
+    approved = "approved"
+    rejected = "rejected"
+    superseded = "superseded"
+
+
+DecisionReasonOption = Annotated[
+    str, typer.Option("--reason", help="Why (required); kept in the audit history with who decided.")
+]
+
+
+@models_app.command()
+def approvals(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name (default: every model you may read).")] = "",
+    status: Annotated[ApprovalState | None, typer.Option(help="Only approvals in this state.")] = None,
+    as_json: JsonOption = False,
+    address: AddressOption = None,
+    token: TokenOption = "",
+) -> None:
+    """Versions awaiting approval (manual promotion policy), and past decisions, newest first."""
+    found: list[Approval] = _call(
+        ctx, address, token, lambda registry: registry.list_approvals(model, status.value if status else None)
+    )
+    if not found and model:
+        _require_model(ctx, address, token, model)
+    if as_json:
+        typer.echo(json.dumps({"approvals": [_as_dict(a) for a in found]}, indent=2))
+        return
+    if not found:
+        typer.echo("No approvals" + (f" for {model}" if model else "") + ".")
+        return
+    _table(
+        ["model", "version", "status", "requested", "champion then", "decided by", "reason"],
+        [
+            [
+                a.model,
+                str(a.version),
+                _approval_state(a),
+                _when(a.requested_at),
+                f"v{a.champion_version}" if a.champion_version else "-",
+                a.decided_by or "-",
+                a.reason or "-",
+            ]
+            for a in found
+        ],
+    )
+
+
+def _approval_state(approval: Approval) -> str:
+    if approval.status == "pending":
+        return "awaiting approval"
+    if approval.status == "superseded":
+        return f"superseded by v{approval.superseded_by}"
+    return approval.status
+
+
+def _decide(
+    ctx: typer.Context,
+    address: str | None,
+    token: str,
+    decision: Callable[[RegistryClient], Awaitable[Approval]],
+    as_json: bool,
+) -> None:
+    decided = _call(ctx, address, token, decision)
+    if as_json:
+        typer.echo(json.dumps(_as_dict(decided), indent=2))
+    elif decided.status == "approved":
+        typer.echo(f"{decided.model} v{decided.version} approved by {decided.decided_by}: now champion")
+    else:
+        typer.echo(f"{decided.model} v{decided.version} rejected by {decided.decided_by}: champion stays")
+
+
+@models_app.command()
+def approve(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[
+        int, typer.Argument(help="The version awaiting approval (default: the pending one).")
+    ] = 0,
+    reason: DecisionReasonOption = ...,  # type: ignore[assignment]
+    actor: ActorOption = "cli",
+    as_json: JsonOption = False,
+    address: AddressOption = None,
+    token: TokenOption = "",
+) -> None:
+    """Approve the version awaiting approval: it becomes champion and serving swaps to it (needs
+    the manage level on the model)."""
+    _decide(
+        ctx,
+        address,
+        token,
+        lambda registry: registry.approve_version(model, version, reason=reason, actor=actor),
+        as_json,
+    )
+
+
+@models_app.command()
+def reject(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[
+        int, typer.Argument(help="The version awaiting approval (default: the pending one).")
+    ] = 0,
+    reason: DecisionReasonOption = ...,  # type: ignore[assignment]
+    actor: ActorOption = "cli",
+    as_json: JsonOption = False,
+    address: AddressOption = None,
+    token: TokenOption = "",
+) -> None:
+    """Reject the version awaiting approval; the champion stays (needs the manage level)."""
+    _decide(
+        ctx,
+        address,
+        token,
+        lambda registry: registry.reject_version(model, version, reason=reason, actor=actor),
+        as_json,
+    )
 
 
 class ImportFormat(StrEnum):

@@ -210,8 +210,11 @@ async def test_a_passed_version_under_a_manual_policy_ends_as_challenger(
         outcome, printed = await _follow(registry, "held", 1)
 
     assert isinstance(outcome, Challenger)
-    assert printed[-1] == "  validated v1: passed (1 gates)"
+    assert printed[-2:] == [
+        "  validated v1: passed (1 gates)",
+        "  awaiting approval: v1 is challenger (manual promotion policy)",
+    ]
     assert outcome_lines("held", outcome, 1.0) == [
-        "held v1 passed validation and is challenger (manual promotion policy); "
-        "`cascade models promote held 1` serves it."
+        "held v1 passed validation and is challenger, awaiting approval (manual promotion policy); "
+        "`cascade models approve held 1 --reason ...` serves it."
     ]
