@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from sklearn.datasets import load_breast_cancer, load_diabetes
+from typer.testing import CliRunner
 
+from cascade.cli.main import app
 from cascade.stack import Stack
 from tests.integration.browser import Console
 from tests.integration.support import model_ready, triton_client, upload, wait_for
@@ -44,14 +46,26 @@ def chat(stack: Stack, console: Console) -> Iterator[ChatReceiver]:
                         "kind": "slack",
                         "url": receiver.url("slack", "T0/B0/secret"),
                         "models": ["notify_*"],
-                        "events": ["validation_failed", "drift", "promoted"],
+                        "events": [
+                            "validation_failed",
+                            "drift",
+                            "promoted",
+                            "approval_requested",
+                            "approval_decided",
+                        ],
                     },
                     {
                         "name": "ml-teams",
                         "kind": "teams",
                         "url": receiver.url("teams", "workflow"),
                         "models": ["notify_*"],
-                        "events": ["validation_failed", "drift", "promoted"],
+                        "events": [
+                            "validation_failed",
+                            "drift",
+                            "promoted",
+                            "approval_requested",
+                            "approval_decided",
+                        ],
                     },
                 ]
             )
@@ -169,3 +183,53 @@ def test_drift_reaches_slack_and_teams_with_what_the_loop_did_and_links_the_cons
     links = _links(slack, card)
     assert links[:2] == [console.url(f"drift?model={model}"), console.url(f"models?model={model}&version=1")]
     assert all(_console_answers(link) == 200 for link in links)
+
+
+def test_a_challenger_awaiting_approval_and_its_approval_reach_the_team(
+    stack: Stack, chat: ChatReceiver, console: Console
+) -> None:
+    model = "notify_manual"
+    runner = CliRunner()
+    registered = runner.invoke(
+        app, ["--home", str(stack.home), "models", "register", model, "--policy", "manual"]
+    )
+    assert registered.exit_code == 0, registered.output
+    frame = load_breast_cancer(as_frame=True).frame.sample(frac=1.0, random_state=3).reset_index(drop=True)
+
+    upload(stack, model, frame.iloc[:300])
+
+    slack, card = wait_for(
+        lambda: _titled(chat, f"{model} v1 awaits approval"), TIMEOUT, "the approval request"
+    )
+    facts = {
+        f["title"]: f["value"] for block in card["body"] if block["type"] == "FactSet" for f in block["facts"]
+    }
+    assert (facts["Challenger"], facts["Champion"], facts["Requested by"]) == ("v1", "none", "validator")
+    assert _links(slack, card)[0] == console.url(f"models?model={model}&version=1")
+
+    approved = runner.invoke(
+        app,
+        [
+            "--home",
+            str(stack.home),
+            "models",
+            "approve",
+            model,
+            "1",
+            "--reason",
+            "read the gates",
+            "--actor",
+            "ana",
+        ],
+    )
+    assert approved.exit_code == 0, approved.output
+
+    slack, card = wait_for(lambda: _titled(chat, f"{model} v1 approved"), TIMEOUT, "the decision")
+    facts = {
+        f["title"]: f["value"] for block in card["body"] if block["type"] == "FactSet" for f in block["facts"]
+    }
+    assert (facts["Decision"], facts["Reason"], facts["Champion"]) == ("approved", "read the gates", "v1")
+    assert facts["By"]  # the principal the registry recorded
+    assert wait_for(lambda: _titled(chat, f"{model} v1 is champion"), TIMEOUT, "the promotion")
+    assert chat.rejected == []
+    assert all(_console_answers(link) == 200 for link in _links(slack, card))
