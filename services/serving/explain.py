@@ -45,7 +45,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
@@ -298,6 +298,12 @@ class _Refusal:
     message: str
 
 
+@dataclass(frozen=True)
+class _Missing:
+    """The worker has no explainer for the job's version and the job came without the artifact:
+    send it again with the artifact (which travels only then, not with every request)."""
+
+
 _explainers: OrderedDict[tuple[str, int, str, int], OnnxExplainer] = OrderedDict()
 
 
@@ -311,13 +317,16 @@ def _start_worker(nice_increment: int) -> None:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _explainer(job: _Job) -> OnnxExplainer:
+def _explainer(job: _Job) -> OnnxExplainer | None:
+    """The cached explainer of the job's version, built if the job brought the artifact."""
     from cascade.explain import OnnxExplainer
 
     subject = job.subject
     key = (subject.model, subject.version, subject.artifact_sha256, job.background_rows)
     explainer = _explainers.get(key)
     if explainer is None:
+        if not subject.onnx:
+            return None
         explainer = OnnxExplainer(
             subject.onnx,
             subject.background,
@@ -331,7 +340,7 @@ def _explainer(job: _Job) -> OnnxExplainer:
     return explainer
 
 
-def _explain_job(job: _Job) -> Explanation | _Refusal:
+def _explain_job(job: _Job) -> Explanation | _Refusal | _Missing:
     """Runs in a pool worker."""
     from cascade.explain import ExplainBudget
 
@@ -339,7 +348,10 @@ def _explain_job(job: _Job) -> Explanation | _Refusal:
         budget = ExplainBudget(
             max_rows=job.max_rows, max_evaluations=job.max_evaluations, deadline_seconds=job.deadline_seconds
         )
-        return _explainer(job).explain(job.rows, output=job.output_class, budget=budget)
+        explainer = _explainer(job)
+        if explainer is None:
+            return _Missing()
+        return explainer.explain(job.rows, output=job.output_class, budget=budget)
     except CascadeError as exc:
         return _Refusal(exc.status.name, truncate(str(exc)))
     except Exception as exc:  # a model the explainer cannot handle: say what, never INTERNAL
@@ -381,7 +393,7 @@ class ExplainPool:
             )
         return self._executor
 
-    def submit(self, job: _Job) -> Future[Explanation | _Refusal]:
+    def submit(self, job: _Job) -> Future[Explanation | _Refusal | _Missing]:
         try:
             return self._pool().submit(_explain_job, job)
         except BrokenProcessPool:
@@ -454,45 +466,58 @@ class ExplainCore:
                 f"{self.limits.max_concurrent}); retry later"
             )
         self.in_flight += 1
-        released = False
-
-        def release(_: object = None) -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.in_flight -= 1
-
+        last: Future[Explanation | _Refusal | _Missing] | None = None
         try:
             started = time.monotonic()
             subject = await self.subjects.subject(model)
-            job = _Job(
-                subject,
-                self.limits.background_rows,
-                query.rows,
-                query.output_class,
-                max_rows,
-                max_evaluations,
-                max(deadline - (time.monotonic() - started), 0.001),
+            # First without the artifact: a worker that explained this version keeps its explainer.
+            for sent in (replace(subject, onnx=b""), subject):
+                left = deadline - (time.monotonic() - started)
+                job = _Job(
+                    sent,
+                    self.limits.background_rows,
+                    query.rows,
+                    query.output_class,
+                    max_rows,
+                    max_evaluations,
+                    max(left, 0.001),
+                )
+                last = self.pool.submit(job)
+                outcome = await self._outcome(last, left + DEADLINE_GRACE_SECONDS)
+                if not isinstance(outcome, _Missing):
+                    return model, outcome
+            raise FailedPrecondition(
+                f"{model.name} v{model.version}: the explainer did not take its artifact"
             )
-            future = self.pool.submit(job)
-        except BaseException:
-            release()
-            raise
-        # The slot is free when the worker is, not when the caller stops waiting.
-        future.add_done_callback(release)
-        try:
-            outcome = await asyncio.wait_for(asyncio.wrap_future(future), deadline + DEADLINE_GRACE_SECONDS)
-        except TimeoutError:
+        except ExplainDeadline:
             raise ExplainDeadline(
                 f"explaining {len(query.rows)} row(s) of {model.name} v{model.version} took longer "
                 f"than {deadline:g} s"
             ) from None
+        finally:
+            # The slot is free when the worker is, not when the caller stops waiting.
+            if last is None or last.done():
+                self.in_flight -= 1
+            else:
+                loop = asyncio.get_running_loop()
+                last.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release))
+
+    def _release(self) -> None:
+        self.in_flight -= 1
+
+    async def _outcome(
+        self, future: Future[Explanation | _Refusal | _Missing], wait_seconds: float
+    ) -> Explanation | _Missing:
+        try:
+            outcome = await asyncio.wait_for(asyncio.wrap_future(future), wait_seconds)
+        except TimeoutError:
+            raise ExplainDeadline("the explanation took too long") from None
         except BrokenProcessPool:
             self.pool.broken()
             raise Unavailable("the explainer's worker process died; retry") from None
         if isinstance(outcome, _Refusal):
             raise _REFUSALS.get(outcome.status, FailedPrecondition)(outcome.message)
-        return model, outcome
+        return outcome
 
 
 def _check_rows(model: LoadedModel, rows: np.ndarray, max_rows: int) -> None:

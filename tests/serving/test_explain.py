@@ -13,6 +13,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
@@ -154,6 +155,34 @@ async def test_the_explainer_runs_in_its_own_lower_priority_process(
     assert workers and all(worker.pid != os.getpid() for worker in workers)
     mine = os.getpriority(os.PRIO_PROCESS, 0)
     assert all(os.getpriority(os.PRIO_PROCESS, worker.pid) == min(mine + 5, 19) for worker in workers)
+
+
+class _RecordingPool(ExplainPool):
+    """The real pool, noting the size of the artifact each job carries."""
+
+    def __init__(self) -> None:
+        super().__init__(workers=1, nice_increment=0)
+        self.artifact_sizes: list[int] = []
+
+    def submit(self, job: Any) -> Any:
+        self.artifact_sizes.append(len(job.subject.onnx))
+        return super().submit(job)
+
+
+async def test_the_artifact_travels_to_a_worker_only_when_it_lacks_the_explainer(
+    explaining: Explaining, dataset: Dataset, models: dict[int, TrainedModel]
+) -> None:
+    pool = _RecordingPool()
+    core = ExplainCore(explaining.repository, explaining.core.subjects, pool)
+    rows = dataset.rows[:1].astype(np.float64)
+    try:
+        first = (await core.explain(_query(rows)))[1]
+        second = (await core.explain(_query(rows)))[1]
+    finally:
+        await pool.close()
+
+    assert pool.artifact_sizes == [0, len(models[1].onnx), 0]
+    np.testing.assert_array_equal(first.attributions, second.attributions)
 
 
 async def test_a_dead_worker_costs_one_request_at_most(explaining: Explaining, dataset: Dataset) -> None:
