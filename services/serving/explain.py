@@ -12,11 +12,13 @@ the same port, names and versions: a request resolves its version with the same
 version's artifact, verified against the sha256 the registry recorded for it (content-addressed and
 immutable: byte for byte what serving loaded).
 
-Why it cannot slow inference down: ModelInfer's code path does not change, and no attribution is
-computed in the serving process. Each explanation runs in a small pool of its own processes (spawn,
-`explain_workers`, 1 by default) whose workers lower their CPU priority (os.nice), so under load the
-kernel prefers the inference process; each worker keeps an `OnnxExplainer` per version it explained.
-The event loop only decodes the rows, checks them and waits. Requests are bounded: at most
+How it stays off inference's way: ModelInfer's code path does not change, and no attribution is
+computed in the serving process (on a shared machine it still competes for the cores: see
+bench/serving/explain_interference.py and bench/RESULTS.md). Each explanation runs in a small
+pool of its own processes (spawn, `explain_workers`, 1 by default) whose workers lower their CPU
+priority (os.nice), so under load the kernel prefers the inference process; each worker keeps an
+`OnnxExplainer` per version it explained (the artifact is sent to a worker only when it has none for
+the version). The event loop only decodes the rows, checks them and waits. Requests are bounded: at most
 `explain_max_concurrent` in flight per serving process (RESOURCE_EXHAUSTED beyond), and each within a
 budget of rows, model evaluations and a deadline (the request's, lowered to the server's limits).
 
