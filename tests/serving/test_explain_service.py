@@ -15,7 +15,7 @@ import pytest
 
 from cascade.client.calls import RemoteService
 from cascade.client.explain import ExplainClient
-from cascade.errors import NotFound
+from cascade.errors import NotFound, RemoteFailure
 
 from .harness import ServingProcess, assert_answers, raw_input, serving_client
 from .support import MODEL, Dataset, RunningRegistry, TrainedModel
@@ -94,3 +94,27 @@ async def test_rest_explain(served: tuple[ServingProcess, Any], dataset: Dataset
     assert abs(row["base_value"] + sum(row["attributions"]) - row["output"]) <= 1e-6
     assert unknown.status_code == 404 and "not loaded" in unknown.json()["error"]
     assert bad.status_code == 400 and "FP32 or FP64" in bad.json()["error"]
+
+
+async def test_with_explanations_off_neither_transport_explains(
+    module_registry: RunningRegistry, dataset: Dataset
+) -> None:
+    serving = await ServingProcess.start(
+        module_registry.address, env={"CASCADE_SERVING_EXPLAIN_ENABLED": "false"}
+    )
+    channel = grpc.aio.insecure_channel(serving.url)
+    explainer = ExplainClient(RemoteService("serving", channel, serving.url), timeout=30)
+    body = {
+        "inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": dataset.rows[0].tolist()}]
+    }
+    try:
+        with pytest.raises(RemoteFailure) as refused:
+            await explainer.explain(MODEL, dataset.rows[:1])
+        async with httpx.AsyncClient(base_url=f"http://{serving.http_url}", timeout=30) as http:
+            answer = await http.post(f"/v2/models/{MODEL}/explain", json=body)
+    finally:
+        await explainer.close()
+        await serving.stop()
+
+    assert refused.value.status is grpc.StatusCode.UNIMPLEMENTED
+    assert answer.status_code == 404 and "explanations are off" in answer.json()["error"]
