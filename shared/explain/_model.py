@@ -76,13 +76,16 @@ class OnnxModel:
         outputs = self.session.get_outputs()
         floats = [i for i, o in enumerate(outputs) if o.type in ("tensor(float)", "tensor(double)")]
         others = [o for o in outputs if o.type not in ("tensor(float)", "tensor(double)")]
+        if any(not o.type.startswith("tensor(") for o in others):
+            raise ExplainUnsupported(
+                "explaining needs tensor outputs: a probability map (ZipMap) is not one; "
+                "export classifiers without ZipMap (skl2onnx: options={'zipmap': False})"
+            )
         if len(floats) != 1:
             described = ", ".join(f"{o.name} {o.type}" for o in outputs)
             raise ExplainUnsupported(
                 f"explaining needs exactly one float output (probabilities or a value); this has {described}"
             )
-        if any(not o.type.startswith("tensor(") for o in others):
-            raise ExplainUnsupported("explaining needs tensor outputs (export classifiers without ZipMap)")
         # A label output beside the float one marks a classifier (skl2onnx, onnxmltools, ...).
         return _Outputs(scores_index=floats[0], classifier=bool(others))
 

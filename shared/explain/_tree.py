@@ -291,49 +291,6 @@ def _shapley_weights(depth: int) -> tuple[Floats, Floats]:
     return for_a, for_b
 
 
-@dataclass(frozen=True)
-class _Walks:
-    """The (tree, background row) walks one explained row needs: background rows that decide every
-    node of a tree alike walk it alike, so each tree keeps one walk per distinct decision pattern,
-    weighted by how many background rows share it (divided by the background's size)."""
-
-    root: Ints  # [W]
-    background: Ints  # [W] a representative background row
-    weight: Floats  # [W]
-
-    @staticmethod
-    def of(forest: Forest, background_goes: NDArray[np.bool_]) -> _Walks:
-        tree_of = _tree_of(forest)
-        roots, representatives, weights = [], [], []
-        n_background = background_goes.shape[0]
-        for tree, root in enumerate(forest.roots):
-            inner = np.flatnonzero((tree_of == tree) & (forest.mode != _LEAF))
-            _, first, counts = np.unique(
-                background_goes[:, inner], axis=0, return_index=True, return_counts=True
-            )
-            roots.append(np.full(len(first), root))
-            representatives.append(first)
-            weights.append(counts / n_background)
-        return _Walks(
-            root=np.concatenate(roots).astype(np.int64),
-            background=np.concatenate(representatives).astype(np.int64),
-            weight=np.concatenate(weights).astype(np.float64),
-        )
-
-
-def _tree_of(forest: Forest) -> Ints:
-    """[nodes]: the index of the tree each node belongs to (walked down from the roots)."""
-    tree_of = np.full(len(forest.mode), -1, dtype=np.int64)
-    frontier = forest.roots.copy()
-    tree_of[frontier] = np.arange(len(frontier))
-    while len(frontier):
-        frontier = frontier[forest.mode[frontier] != _LEAF]
-        children = np.concatenate([forest.true_child[frontier], forest.false_child[frontier]])
-        tree_of[children] = np.concatenate([tree_of[frontier], tree_of[frontier]])
-        frontier = children
-    return tree_of
-
-
 def _max_depth(forest: Forest) -> int:
     depth = 0
     frontier = forest.roots.copy()
@@ -345,29 +302,52 @@ def _max_depth(forest: Forest) -> int:
         frontier = np.concatenate([forest.true_child[frontier], forest.false_child[frontier]])
 
 
+def _pack(bits: NDArray[np.bool_]) -> NDArray[np.uint64]:
+    """[N, K] booleans as [N, ceil(K / 64)] uint64 bitmasks (bit k of word k // 64)."""
+    words = (bits.shape[1] + 63) // 64
+    padded = np.zeros((bits.shape[0], words * 64), dtype=bool)
+    padded[:, : bits.shape[1]] = bits
+    packed = np.packbits(padded, axis=1, bitorder="little")  # [N, words * 8] bytes, little-endian
+    return np.ascontiguousarray(packed).view("<u8").astype(np.uint64)
+
+
+def _popcount(words: NDArray[np.uint64]) -> Ints:
+    """[S, W] bitmasks: the number of bits set in each row."""
+    if hasattr(np, "bitwise_count"):  # numpy >= 2.0
+        return np.asarray(np.bitwise_count(words).sum(axis=1), dtype=np.int64)
+    as_bytes = np.ascontiguousarray(words).view(np.uint8)
+    return np.asarray(_BYTE_BITS[as_bytes].sum(axis=1), dtype=np.int64)
+
+
+_BYTE_BITS = np.array([bin(value).count("1") for value in range(256)], dtype=np.int64)
+
+
 @dataclass
 class _States:
-    """Walks in progress: the explained row, the walk (tree and background pattern), the node, and
-    as bitmasks of features (uint64 words) those that went x's way (A) or z's (B) so far."""
+    """Walks in progress for one explained row in one tree, each standing for a set of background
+    rows that walked alike so far: the node, the features that went x's way (A) and z's way (B) as
+    bitmasks of features, and the set of background rows as a bitmask of rows. At a node every
+    background row is in at most one state, so a state is never more work than one walk per row."""
 
-    row: NDArray[np.int32]
-    walk: NDArray[np.int32]
-    node: NDArray[np.int32]
-    in_a: NDArray[np.uint64]  # [S, words]
+    row: Ints
+    node: Ints
+    in_a: NDArray[np.uint64]  # [S, feature words]
     in_b: NDArray[np.uint64]
+    rows: NDArray[np.uint64]  # [S, background words]
 
-    def take(self, index: NDArray[np.intp]) -> _States:
+    def take(self, index: Ints) -> _States:
         return _States(
-            self.row[index], self.walk[index], self.node[index], self.in_a[index], self.in_b[index]
+            self.row[index], self.node[index], self.in_a[index], self.in_b[index], self.rows[index]
         )
 
-    def extend(self, other: _States) -> _States:
+    @staticmethod
+    def join(parts: list[_States]) -> _States:
         return _States(
-            np.concatenate([self.row, other.row]),
-            np.concatenate([self.walk, other.walk]),
-            np.concatenate([self.node, other.node]),
-            np.concatenate([self.in_a, other.in_a]),
-            np.concatenate([self.in_b, other.in_b]),
+            np.concatenate([p.row for p in parts]),
+            np.concatenate([p.node for p in parts]),
+            np.concatenate([p.in_a for p in parts]),
+            np.concatenate([p.in_b for p in parts]),
+            np.concatenate([p.rows for p in parts]),
         )
 
 
@@ -382,9 +362,12 @@ class TreePath:
         self.output_space: OutputSpace = link.output_space
         self.background = background
         self.n_features = n_features
-        self._background_goes = forest.decisions(background)  # [B, nodes]
+        self._feature_words = (n_features + 63) // 64
+        background_goes = forest.decisions(background)  # [B, nodes]
         self._background_raw = forest.raw(background)  # [B, columns]
-        self._walks = _Walks.of(forest, self._background_goes)
+        # [nodes, background words]: which background rows go to each node's true child.
+        self._true_rows = _pack(background_goes.T)
+        self._all_rows = _pack(np.ones((1, len(background)), dtype=bool))[0]
         self._depth = max(1, _max_depth(forest))
         self._for_a, self._for_b = _shapley_weights(self._depth)
 
@@ -395,7 +378,7 @@ class TreePath:
         self, rows: NDArray[np.float32], classes: NDArray[np.int64], deadline: float | None
     ) -> tuple[Floats, Floats, Floats]:
         attributions = np.zeros((len(rows), self.n_features))
-        chunk = max(1, _STATES_PER_CHUNK // len(self._walks.root))
+        chunk = max(1, _STATES_PER_CHUNK // (len(self.forest.roots) * 64))
         for start in range(0, len(rows), chunk):
             if deadline is not None and time.monotonic() > deadline:
                 raise ExplainDeadlineExceeded(
@@ -405,89 +388,97 @@ class TreePath:
             attributions[start:stop] = self._attribute(rows[start:stop], classes[start:stop])
         # The link is affine per class: the base is the background's mean explained quantity.
         column = self.link.column[classes]
-        background_quantity = (
-            self.link.sign[classes, None] * self._background_raw[:, column].T
-            + self.link.offset[classes, None]
-        )
+        sign, offset = self.link.sign[classes, None], self.link.offset[classes, None]
+        background_quantity = sign * self._background_raw[:, column].T + offset
         base_values = background_quantity.mean(axis=1)
         raw = self.forest.raw(rows)
         outputs = self.link.sign[classes] * raw[np.arange(len(rows)), column] + self.link.offset[classes]
         return base_values, attributions, outputs
 
     def _attribute(self, rows: NDArray[np.float32], classes: NDArray[np.int64]) -> Floats:
-        forest, walks = self.forest, self._walks
-        n_rows, n_walks = len(rows), len(walks.root)
+        forest = self.forest
+        n_rows, n_trees = len(rows), len(forest.roots)
         row_goes = forest.decisions(rows)  # [n, nodes]
-        count = n_rows * n_walks
-        words = (self.n_features + 63) // 64
+        count = n_rows * n_trees
         states = _States(
-            row=np.repeat(np.arange(n_rows, dtype=np.int32), n_walks),
-            walk=np.tile(np.arange(n_walks, dtype=np.int32), n_rows),
-            node=np.tile(walks.root.astype(np.int32), n_rows),
-            in_a=np.zeros((count, words), dtype=np.uint64),
-            in_b=np.zeros((count, words), dtype=np.uint64),
+            row=np.repeat(np.arange(n_rows), n_trees),
+            node=np.tile(forest.roots, n_rows),
+            in_a=np.zeros((count, self._feature_words), dtype=np.uint64),
+            in_b=np.zeros((count, self._feature_words), dtype=np.uint64),
+            rows=np.broadcast_to(self._all_rows, (count, len(self._all_rows))).copy(),
         )
-        # Each walk's leaf value in the explained quantity: sign * leaf[column] (the offset cancels).
+        # A state's leaf value in the explained quantity: sign * leaf[column] (the offset cancels).
         column, sign = self.link.column[classes], self.link.sign[classes]
         attributions = np.zeros(n_rows * self.n_features)
         while len(states.row):
             at_leaf = forest.mode[states.node] == _LEAF
             if at_leaf.any():
                 done = states.take(np.flatnonzero(at_leaf))
-                value = sign[done.row] * forest.values[done.node, column[done.row]] * walks.weight[done.walk]
+                value = sign[done.row] * forest.values[done.node, column[done.row]]
                 self._settle(attributions, done, value)
                 states = states.take(np.flatnonzero(~at_leaf))
                 if not len(states.row):
                     break
             states = self._step(states, row_goes)
-        return attributions.reshape(n_rows, self.n_features)
+        return attributions.reshape(n_rows, self.n_features) / len(self.background)
 
     def _step(self, states: _States, row_goes: NDArray[np.bool_]) -> _States:
-        """Every walk one level down, x's way; where x and z part, x's side stays in place (or dies)
-        and z's side is appended as a new walk."""
+        """Every state one level down. At a node on feature f, its background rows split into those
+        that go x's way (they continue with it) and those that part from x, whose walks split: x's
+        side needs f in S (dead if f already went z's way; merged with the first if f already went
+        x's way), z's side needs f outside S (dead if f already went x's way)."""
         forest = self.forest
         node = states.node
         x_goes = row_goes[states.row, node]
-        z_goes = self._background_goes[self._walks.background[states.walk], node]
-        states.node = np.where(x_goes, forest.true_child[node], forest.false_child[node]).astype(np.int32)
-        apart = np.flatnonzero(x_goes != z_goes)
-        if not len(apart):
-            return states
-        # Where x and z part on feature f: x's side needs f in S (dead if f already went z's way), z's
-        # side needs f outside S (dead if f already went x's way).
-        feature = forest.feature[node[apart]]
+        x_child = np.where(x_goes, forest.true_child[node], forest.false_child[node])
+        z_child = np.where(x_goes, forest.false_child[node], forest.true_child[node])
+        true_rows = self._true_rows[node]
+        with_x = states.rows & np.where(x_goes[:, None], true_rows, ~true_rows)
+        against = states.rows & ~with_x
+        parted = against.any(axis=1)
+        feature = forest.feature[node]
         word = feature // 64
         flag = np.left_shift(np.uint64(1), (feature % 64).astype(np.uint64))
-        had_a = (states.in_a[apart, word] & flag) != 0
-        had_b = (states.in_b[apart, word] & flag) != 0
-        z_index = apart[~had_a]
-        z_side = states.take(z_index)
-        z_side.node = np.where(
-            z_goes[z_index], forest.true_child[node[z_index]], forest.false_child[node[z_index]]
-        ).astype(np.int32)
-        z_side.in_b[np.arange(len(z_index)), word[~had_a]] |= flag[~had_a]
-        states.in_a[apart, word] |= np.where(had_b, np.uint64(0), flag)
-        if had_b.any():
-            alive = np.ones(len(states.row), dtype=bool)
-            alive[apart[had_b]] = False
-            states = states.take(np.flatnonzero(alive))
-        return states.extend(z_side)
+        index = np.arange(len(node))
+        had_a = (states.in_a[index, word] & flag) != 0
+        had_b = (states.in_b[index, word] & flag) != 0
+
+        along = states.take(index)
+        along.node = x_child
+        along.rows = np.where(had_a[:, None], states.rows, with_x)
+        along = along.take(np.flatnonzero(along.rows.any(axis=1)))
+        parts = [along]
+        x_side = np.flatnonzero(parted & ~had_a & ~had_b)
+        if len(x_side):
+            part = states.take(x_side)
+            part.node, part.rows = x_child[x_side], against[x_side]
+            part.in_a[np.arange(len(x_side)), word[x_side]] |= flag[x_side]
+            parts.append(part)
+        z_side = np.flatnonzero(parted & ~had_a)
+        if len(z_side):
+            part = states.take(z_side)
+            part.node, part.rows = z_child[z_side], against[z_side]
+            part.in_b[np.arange(len(z_side)), word[z_side]] |= flag[z_side]
+            parts.append(part)
+        return _States.join(parts) if len(parts) > 1 else along
 
     def _settle(self, attributions: Floats, done: _States, value: Floats) -> None:
-        """Adds each finished walk's leaf game to its row's attributions (flat [rows * features])."""
-        features = np.arange(self.n_features)
-        word, shift = features // 64, (features % 64).astype(np.uint64)
+        """Adds each finished state's leaf game, times its background rows, to its row's
+        attributions (flat [rows * features])."""
         moved = (value != 0) & ((done.in_a != 0) | (done.in_b != 0)).any(axis=1)
         if not moved.any():
             return
         index = np.flatnonzero(moved)
-        in_a = ((done.in_a[index][:, word] >> shift) & np.uint64(1)).astype(bool)  # [S, F]
-        in_b = ((done.in_b[index][:, word] >> shift) & np.uint64(1)).astype(bool)
-        a, b = in_a.sum(axis=1), in_b.sum(axis=1)
-        row, value = done.row[index].astype(np.int64), value[index]
+        in_a, in_b = done.in_a[index], done.in_b[index]
+        a, b = _popcount(in_a), _popcount(in_b)
+        value = value[index] * _popcount(done.rows[index])
+        row = done.row[index]
+        features = np.arange(self.n_features)
+        word, shift = features // 64, (features % 64).astype(np.uint64)
         for members, table, sign in ((in_a, self._for_a, 1.0), (in_b, self._for_b, -1.0)):
+            bits = ((members[:, word] >> shift) & np.uint64(1)).astype(bool)  # [S, F]
             gain = sign * value * table[a, b]
-            state, feature = np.nonzero(members)
+            state, feature = np.nonzero(bits)
             attributions += np.bincount(
                 row[state] * self.n_features + feature, weights=gain[state], minlength=attributions.size
             )
