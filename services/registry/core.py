@@ -257,6 +257,9 @@ class RegistryCore:
         with self.store.transaction() as db:
             self.store.ensure_model(db, model)
             self._move(db, model, alias, version, actor or "unknown", reason, "set")
+            pending = self.store.approval(model, version, db) if alias == "champion" else None
+            if pending is not None and pending.status == "pending":  # promoted by hand: that approves it
+                self._decide(db, pending, "approved", actor or "unknown", reason or "promoted by hand")
         await self._announce()
         return self.store.get(model, version)
 

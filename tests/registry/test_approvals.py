@@ -250,3 +250,22 @@ async def test_an_automatic_model_and_a_redelivered_verdict_request_nothing_more
         )  # redelivered
         assert len(await alice.list_approvals("bc")) == 1
         assert len(approvals.events(ModelApprovalRequested)) == 1
+
+
+async def test_promoting_the_pending_version_by_hand_approves_it(
+    approvals: Approvals, trained_breast_cancer: TrainingResult
+) -> None:
+    async with approvals.connect("alice") as alice:
+        await _manual_model(alice)
+        await approvals.candidate(alice, trained_breast_cancer.onnx_bytes)
+
+        await alice.set_alias("bc", "champion", 1, reason="promoted the usual way")
+
+        [closed] = await alice.list_approvals("bc")
+        assert (closed.status, closed.decided_by, closed.reason) == (
+            "approved",
+            "alice",
+            "promoted the usual way",
+        )
+        decided = approvals.events(ModelApprovalDecided)[-1]
+        assert isinstance(decided, ModelApprovalDecided) and decided.decision == "approved"
