@@ -1,17 +1,20 @@
 """The console's Models page against the real stack, in a real Chromium: a model with two served
 versions, promoted back to v1 from the page (with a confirmation and a reason) and rolled back to v2,
-each move checked in the registry itself; and a write the registry refuses, shown as its answer."""
+each move checked in the registry itself; a write the registry refuses, shown as its answer; and a
+model on the manual policy whose passing candidate awaits approval and is approved from the page."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from cascade import Client
 from cascade.cli.demo import write_batches
+from cascade.client.records import Approval
 from cascade.stack import SERVICES, Stack
 from tests.integration.browser import Console
 
@@ -38,6 +41,69 @@ def model(client: Client, tmp_path_factory: pytest.TempPathFactory) -> str:
         assert client.follow(upload.dataset_version, name, wait_seconds=300).version == expected
     assert client.get_model(name).aliases["champion"] == 2
     return name
+
+
+@dataclass(frozen=True)
+class AwaitingApproval:
+    model: str
+    version: int
+    dataset_version: str
+
+
+@pytest.fixture(scope="module")
+def awaiting_approval(client: Client, tmp_path_factory: pytest.TempPathFactory) -> AwaitingApproval:
+    """A model on the manual policy whose first version passed validation: challenger, awaiting
+    approval, and nothing serving it yet."""
+    name = f"console_approval_{uuid.uuid4().hex[:6]}"
+    client.call(lambda c: c.registry.register_model(name, promotion_policy="manual"))
+    batches = write_batches(Path(tmp_path_factory.mktemp("approval_batches")))
+    upload = client.upload(batches.first, name)
+    judged = client.follow(upload.dataset_version, name, wait_seconds=300, served=False)
+    assert (judged.version, judged.aliases) == (1, ("challenger",))
+    [pending] = client.approvals(name)
+    assert (pending.version, pending.status, pending.requested_by) == (1, "pending", "validator")
+    assert "champion" not in client.get_model(name).aliases
+    return AwaitingApproval(name, judged.version, upload.dataset_version)
+
+
+def test_a_candidate_awaiting_approval_is_approved_from_the_page_and_served(
+    console: Console, page: object, client: Client, awaiting_approval: AwaitingApproval
+) -> None:
+    from playwright.sync_api import Page, expect
+
+    assert isinstance(page, Page)
+    model, number = awaiting_approval.model, awaiting_approval.version
+    page.goto(console.url(f"models?model={model}"))
+    expect(page.get_by_text(f"v{number} is awaiting approval")).to_be_visible(timeout=PAGE_MS)
+    form = page.locator("[data-testid='stForm']").filter(has_text=f"Approve or reject v{number}")
+    reason = "holdout accuracy holds; reviewed the gates"
+
+    form.get_by_label("Reason for the decision").fill(reason)
+    form.get_by_role("button", name=f"Approve v{number}", exact=True).click()  # not confirmed yet
+    expect(page.get_by_text("Tick the confirmation box first.")).to_be_visible(timeout=PAGE_MS)
+    assert client.approvals(model)[0].status == "pending"
+
+    expect(form.get_by_label("Reason for the decision")).to_have_value("", timeout=PAGE_MS)
+    form.get_by_label("Reason for the decision").fill(reason)
+    form.get_by_text("I confirm the decision").click()
+    form.get_by_role("button", name=f"Approve v{number}", exact=True).click()
+
+    # The registry's answer, as it gave it (the stack does not authenticate: the console names itself).
+    expect(page.get_by_text(f"{model} v{number} approved by console: now champion")).to_be_visible(
+        timeout=PAGE_MS
+    )
+    decided: Approval = client.approvals(model)[0]
+    assert (decided.status, decided.decided_by, decided.reason) == ("approved", "console", reason)
+    last = client.call(lambda c: c.registry.alias_history(model))[-1]
+    assert (last.alias, last.from_version, last.to_version, last.actor) == ("champion", 0, number, "console")
+    assert last.reason == f"approved v{number}: {reason}"
+    history = page.locator("[data-testid='stTable']").filter(has_text="ACTOR")
+    expect(history.locator("tr", has_text=reason)).to_contain_text("console", timeout=PAGE_MS)
+    expect(page.get_by_text("No version is awaiting approval.")).to_be_visible(timeout=PAGE_MS)
+    # Promoted exactly as `cascade models promote` would: serving swaps to it.
+    served = client.follow(awaiting_approval.dataset_version, model, wait_seconds=120)
+    assert served.version == number and "champion" in served.aliases
+    expect(page.locator("[data-testid='stException']")).to_have_count(0, timeout=PAGE_MS)
 
 
 def test_promote_v1_back_and_roll_back_from_the_page(

@@ -1,6 +1,7 @@
 """The console's Models page: every model and its aliases; one model's versions, with their metrics,
-gate verdicts and lineage; two versions side by side; the alias history; and the registry's writes
-(promote, roll back, set or delete an alias), each behind a confirmation and a reason.
+gate verdicts and lineage; two versions side by side; the alias history; a version awaiting approval
+(manual promotion policy), approved or rejected here; and the registry's writes (promote, roll back,
+set or delete an alias), each behind a confirmation and a reason.
 
 The model shown is the `model` query parameter (/models?model=NAME), so a link opens it. Writes go
 through the registry alone: the page shows its answer, or its refusal, as it is.
@@ -16,7 +17,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from cascade.client.records import AliasMove, Model, ModelVersion
+from cascade.client.records import AliasMove, Approval, Model, ModelVersion
 from cascade.client.sdk import AsyncClient
 from cascade.console.connection import run, show_error, signed_in_token
 from cascade.console.tables import NONE, markdown_literal
@@ -28,6 +29,9 @@ LATENCY_GATE = "latency_p99_ms"
 # signed-in principal instead.
 ACTOR = "console"
 _MESSAGE_KEY = "models_page_message"
+_APPROVAL_MESSAGE_KEY = "models_page_approval_message"
+# Closed approvals shown under a pending one: the latest decisions, enough to see who decided what.
+_RECENT_DECISIONS = 5
 _TTL = 5
 
 
@@ -49,6 +53,7 @@ def render() -> None:
         show_error(error, f"Reading {model.name}")
         return
     _versions(model, versions)
+    _approval(model)
     attribution.render_version(versions, model.name)
     _compare(model, versions)
     _actions(model, versions)
@@ -92,9 +97,16 @@ def _model_details(token: str, model: str) -> tuple[list[ModelVersion], list[Ali
     return run(read)
 
 
+@st.cache_data(ttl=_TTL, show_spinner=False)
+def _approvals(token: str, model: str) -> list[Approval]:
+    del token
+    return run(lambda client: client.registry.list_approvals(model))
+
+
 def _forget_reads() -> None:
     _models.clear()
     _model_details.clear()
+    _approvals.clear()
 
 
 # ---------------------------------------------------------------------- the models
@@ -240,22 +252,24 @@ def _short(text: str, limit: int = 60) -> str:
 # ---------------------------------------------------------------------- writes
 
 
-def _show_message() -> None:
+def _show_message(key: str = _MESSAGE_KEY) -> None:
     """The answer to the last write, kept across the rerun that shows its effect."""
-    message = st.session_state.pop(_MESSAGE_KEY, None)
+    message = st.session_state.pop(key, None)
     if message is not None:
         kind, text = message
         (st.success if kind == "ok" else st.error)(text)
 
 
-def _write(doing: str, call: Callable[[AsyncClient], Any], answer: Callable[[Any], str]) -> None:
+def _write(
+    doing: str, call: Callable[[AsyncClient], Any], answer: Callable[[Any], str], key: str = _MESSAGE_KEY
+) -> None:
     """Make one registry write; keep its answer (or its refusal) for the rerun that follows."""
     try:
         result = run(call)
     except CascadeError as error:
-        st.session_state[_MESSAGE_KEY] = ("error", f"{doing} refused: {error}")
+        st.session_state[key] = ("error", f"{doing} refused: {error}")
     else:
-        st.session_state[_MESSAGE_KEY] = ("ok", answer(result))
+        st.session_state[key] = ("ok", answer(result))
     _forget_reads()
     st.rerun()
 
@@ -268,6 +282,71 @@ def _confirmed(reason: str, confirmed: bool) -> bool:
         st.error("Tick the confirmation box first.")
         return False
     return True
+
+
+def _approval(model: Model) -> None:
+    """A version awaiting approval, with approve and reject (a reason and a confirmation each), and
+    the latest decisions; nothing for a model that never had an approval."""
+    try:
+        found = _approvals(signed_in_token(), model.name)
+    except CascadeError as error:
+        show_error(error, f"Reading the approvals of {model.name}")
+        return
+    if not found and model.promotion_policy != "manual":
+        return
+    st.subheader("Approval")
+    _show_message(_APPROVAL_MESSAGE_KEY)
+    pending = [approval for approval in found if approval.status == "pending"]
+    if not pending:
+        st.caption("No version is awaiting approval.")
+    for approval in pending:
+        _pending_approval(model.name, approval)
+    decided = [approval for approval in found if approval.status != "pending"][:_RECENT_DECISIONS]
+    if decided:
+        rows = [
+            {
+                "VERSION": _version_name(approval.version),
+                "DECISION": approval.status,
+                "DECIDED BY": markdown_literal(approval.decided_by),
+                "REASON": markdown_literal(approval.reason),
+                "AT": approval.decided_at.strftime("%Y-%m-%d %H:%M:%S") if approval.decided_at else "",
+            }
+            for approval in decided
+        ]
+        st.table(pd.DataFrame(rows), hide_index=True)
+
+
+def _pending_approval(name: str, approval: Approval) -> None:
+    number = approval.version
+    champion = _version_name(approval.champion_version or None)
+    requested = approval.requested_at.strftime("%Y-%m-%d %H:%M:%S") if approval.requested_at else ""
+    st.warning(
+        f"v{number} is awaiting approval: it passed validation and is challenger (champion: {champion}). "
+        f"Requested by {approval.requested_by} at {requested} UTC."
+    )
+    with st.form(f"approval_{name}_{number}", clear_on_submit=True):
+        st.markdown(f"**Approve or reject v{number}**")
+        reason = st.text_input("Reason for the decision")
+        confirmed = st.checkbox("I confirm the decision")
+        approve, reject = st.columns(2)
+        approve_clicked = approve.form_submit_button(f"Approve v{number}")
+        reject_clicked = reject.form_submit_button(f"Reject v{number}")
+        if (approve_clicked or reject_clicked) and _confirmed(reason, confirmed):
+            why = reason.strip()
+            if approve_clicked:
+                _write(
+                    f"Approving v{number}",
+                    lambda c: c.registry.approve_version(name, number, reason=why, actor=ACTOR),
+                    lambda done: f"{name} v{done.version} approved by {done.decided_by}: now champion",
+                    _APPROVAL_MESSAGE_KEY,
+                )
+            else:
+                _write(
+                    f"Rejecting v{number}",
+                    lambda c: c.registry.reject_version(name, number, reason=why, actor=ACTOR),
+                    lambda done: f"{name} v{done.version} rejected by {done.decided_by}: the champion stays",
+                    _APPROVAL_MESSAGE_KEY,
+                )
 
 
 def _actions(model: Model, versions: list[ModelVersion]) -> None:
