@@ -690,9 +690,14 @@ class NotificationJobs:
             .where(notification_jobs.c.id.in_(firsts))
             .order_by(notification_jobs.c.id)
         )
+        # Read first, without the write lock (SQLite takes it at BEGIN): most rounds find nothing.
+        with self.store.reader.connect() as reader:
+            rows = reader.execute(query).mappings().all()
+        if not rows:
+            return []
         claimed = []
         with self.store.transaction() as db:
-            for row in db.execute(query).mappings().all():
+            for row in rows:
                 moved = db.execute(
                     notification_jobs.update()
                     .where(notification_jobs.c.id == row["id"], notification_jobs.c.next_at == row["next_at"])
@@ -722,7 +727,7 @@ class NotificationJobs:
     def states(self) -> dict[str, int]:
         """Jobs in each state, e.g. {"delivered": 3, "pending": 1} (for tests and operators)."""
         query = sa.select(notification_jobs.c.state, sa.func.count()).group_by(notification_jobs.c.state)
-        with self.store.transaction() as db:
+        with self.store.reader.connect() as db:
             return {str(state): int(count) for state, count in db.execute(query)}
 
     def count_dead_letter(self, db: sa.Connection, window_start: datetime, threshold: int) -> int | None:
