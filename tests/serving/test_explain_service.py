@@ -4,8 +4,12 @@ answers unchanged on the same port."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -14,8 +18,9 @@ import numpy as np
 import pytest
 
 from cascade.client.calls import RemoteService
+from cascade.client.channels import ClientSecurity
 from cascade.client.explain import ExplainClient
-from cascade.errors import NotFound, RemoteFailure
+from cascade.errors import NotFound, PermissionDenied, RemoteFailure
 
 from .harness import ServingProcess, assert_answers, raw_input, serving_client
 from .support import MODEL, Dataset, RunningRegistry, TrainedModel
@@ -118,3 +123,58 @@ async def test_with_explanations_off_neither_transport_explains(
 
     assert refused.value.status is grpc.StatusCode.UNIMPLEMENTED
     assert answer.status_code == 404 and "explanations are off" in answer.json()["error"]
+
+
+async def test_explain_needs_serving_infer_even_when_inference_is_open(
+    module_registry: RunningRegistry, dataset: Dataset, tmp_path: Path
+) -> None:
+    background = {"features": dataset.features, "rows": dataset.rows[:30].tolist()}
+    module_registry.fake.tags[MODEL, 1]["explain_background"] = json.dumps(background)
+    tokens = {"client": secrets.token_urlsafe(32), "reader": secrets.token_urlsafe(32)}
+    roles = {"client": "serving:infer", "reader": "ingest:read"}
+    principals = tmp_path / "principals.toml"
+    principals.write_text(
+        "".join(
+            f'[principals.{name}]\ntoken_sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"\n'
+            f'roles = ["{roles[name]}"]\n'
+            for name, token in tokens.items()
+        )
+    )
+    settings = {
+        "CASCADE_SERVING_AUTH_REQUIRED": "true",
+        "CASCADE_SERVING_AUTH_PRINCIPALS_FILE": str(principals),
+        "CASCADE_SERVING_AUTH_OPEN_INFERENCE": "true",
+    }
+    serving = await ServingProcess.start(module_registry.address, env=settings)
+    body = {
+        "inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": dataset.rows[0].tolist()}]
+    }
+    answers: dict[str, int] = {}
+    try:
+        async with httpx.AsyncClient(base_url=f"http://{serving.http_url}", timeout=60) as http:
+            for _ in range(600):  # polling a remote service: up to 30 s
+                if (await http.get(f"/v2/models/{MODEL}/ready")).status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+            answers["infer, anyone"] = (await http.post(f"/v2/models/{MODEL}/infer", json=body)).status_code
+            for who in (None, "reader", "client"):
+                headers = {"Authorization": f"Bearer {tokens[who]}"} if who else {}
+                response = await http.post(f"/v2/models/{MODEL}/explain", json=body, headers=headers)
+                answers[f"explain, {who or 'anyone'}"] = response.status_code
+        async with ExplainClient.connect(serving.url, ClientSecurity(token=tokens["reader"])) as reader:
+            with pytest.raises(PermissionDenied, match="serving:infer"):
+                await reader.explain(MODEL, dataset.rows[:1])
+        async with ExplainClient.connect(
+            serving.url, ClientSecurity(token=tokens["client"]), timeout=60
+        ) as client:
+            explained = await client.explain(MODEL, dataset.rows[:1])
+    finally:
+        await serving.stop()
+
+    assert answers == {
+        "infer, anyone": 200,
+        "explain, anyone": 401,
+        "explain, reader": 403,
+        "explain, client": 200,
+    }
+    assert explained.version == 1
