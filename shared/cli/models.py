@@ -260,10 +260,12 @@ def _why_no_champion(newest: ModelVersion | None) -> str:
         return f"No champion: v{newest.version} failed validation: {gates}"
     if newest.status is VersionStatus.pending:
         return f"No champion yet: v{newest.version} awaits the validator's verdict."
-    return (
-        f"No champion: v{newest.version} passed validation but was not promoted "
-        "(a manual policy makes it challenger; `cascade models promote` serves it)."
-    )
+    if "challenger" in newest.aliases:
+        return (
+            f"No champion: v{newest.version} passed validation and is challenger, awaiting approval (manual "
+            f"policy; `cascade models approve {newest.model} {newest.version} --reason ...` serves it)."
+        )
+    return f"No champion: v{newest.version} passed validation but was not promoted."
 
 
 # ---------------------------------------------------------------------- reading

@@ -48,6 +48,8 @@ async def test_a_manager_approves_or_rejects_with_a_reason_and_the_table_says_so
         assert "No approvals for bc." in await _cascade(registry, "approvals", "bc", env=alice)
         await _passing(registry, onnx_model, 1)
 
+        shown = await _cascade(registry, "show", "bc", env=alice)
+        assert "v1 passed validation and is challenger, awaiting approval" in " ".join(shown.split())
         listed = await _cascade(registry, "approvals", "bc", env=alice)
         assert "awaiting approval" in listed and "validator" not in listed.split("\n")[0]
 
