@@ -443,11 +443,7 @@ class TreePath:
         had_a = (states.in_a[index, word] & flag) != 0
         had_b = (states.in_b[index, word] & flag) != 0
 
-        along = states.take(index)
-        along.node = x_child
-        along.rows = np.where(had_a[:, None], states.rows, with_x)
-        along = along.take(np.flatnonzero(along.rows.any(axis=1)))
-        parts = [along]
+        parts = []
         x_side = np.flatnonzero(parted & ~had_a & ~had_b)
         if len(x_side):
             part = states.take(x_side)
@@ -460,7 +456,11 @@ class TreePath:
             part.node, part.rows = z_child[z_side], against[z_side]
             part.in_b[np.arange(len(z_side)), word[z_side]] |= flag[z_side]
             parts.append(part)
-        return _States.join(parts) if len(parts) > 1 else along
+        # The rows going x's way carry on in place (with those that parted, if f already went x's way).
+        states.node = x_child
+        states.rows = np.where(had_a[:, None], states.rows, with_x)
+        along = states.take(np.flatnonzero(states.rows.any(axis=1)))
+        return _States.join([along, *parts]) if parts else along
 
     def _settle(self, attributions: Floats, done: _States, value: Floats) -> None:
         """Adds each finished state's leaf game, times its background rows, to its row's
@@ -475,13 +475,10 @@ class TreePath:
         row = done.row[index]
         features = np.arange(self.n_features)
         word, shift = features // 64, (features % 64).astype(np.uint64)
-        for members, table, sign in ((in_a, self._for_a, 1.0), (in_b, self._for_b, -1.0)):
-            bits = ((members[:, word] >> shift) & np.uint64(1)).astype(bool)  # [S, F]
-            gain = sign * value * table[a, b]
-            state, feature = np.nonzero(bits)
-            attributions += np.bincount(
-                row[state] * self.n_features + feature, weights=gain[state], minlength=attributions.size
-            )
+        gains = ((in_a[:, word] >> shift) & np.uint64(1)) * (value * self._for_a[a, b])[:, None]
+        gains -= ((in_b[:, word] >> shift) & np.uint64(1)) * (value * self._for_b[a, b])[:, None]
+        cells = row[:, None] * self.n_features + features  # [S, F] flat (row, feature) cells
+        attributions += np.bincount(cells.ravel(), weights=gains.ravel(), minlength=attributions.size)
 
 
 def read_tree(
