@@ -72,7 +72,8 @@ def register_notifications(
 
     They are onlookers: a message that is no event is skipped, not dead-lettered, since the topic's
     own consumer (the validator's verdict's registry, serving, the monitor) dead-letters it."""
-    group = f"{topics.prefix}.registry-notifications"
+    # `<prefix>.<service>...`: `cascade status` counts its lag as the registry's.
+    group = f"{topics.prefix}.registry.notifications"
     max_bytes, max_depth = limits
 
     @broker.subscriber(
