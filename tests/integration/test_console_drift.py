@@ -83,6 +83,8 @@ def test_the_drift_page_draws_the_shifted_features_as_drifted(
     # Drift explained: the champion now leans on a shifted feature more (or less) than on its reference.
     assert report.attribution_shift, report.attribution_note
     assert report.attribution_shift[0].feature in SHIFTED, report.attribution_shift
+    # against the background the trainer tagged the champion with, through the registry
+    assert "rows of the version's explain_background" in report.attribution_note, report.attribution_note
     [decision] = history.drift_events  # held back: the stack retrains only *_loop models
     assert not decision.emitted and decision.triggered.startswith(f"none: {MODEL} is not retrained")
 
