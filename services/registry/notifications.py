@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import fnmatch
 import functools
+import http.client
 import json
 import logging
 import math
@@ -170,6 +171,15 @@ def _read_secret(path: Path, what: str, name: str) -> str:
     return value
 
 
+def _http_url(url: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError on a port that is no number)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def load_destinations(path: Path) -> list[Target]:
     """The destinations of a notifications file (JSON or YAML: a list of destinations), secrets read.
     InvalidArgument says what is wrong, quoting no value (a misspelt `url` key would be the URL)."""
@@ -200,7 +210,7 @@ def load_destinations(path: Path) -> list[Target]:
             url = _read_secret(destination.url_file, "url", destination.name)
         else:  # the validator made sure one of them is set
             url = destination.url.get_secret_value() if destination.url else ""
-        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        if not _http_url(url):
             raise InvalidArgument(f"destination {destination.name!r}: its url is not an http(s) URL")
         key = (
             _read_secret(destination.secret_file, "secret", destination.name)
@@ -623,7 +633,7 @@ def http_post(url: str, body: bytes, headers: Mapping[str, str], timeout: float)
         return PostResult(exc.code, f"HTTP {exc.code}", _retry_after(exc.headers.get("Retry-After")))
     except urllib.error.URLError as exc:
         return PostResult(0, _scrub(f"{type(exc.reason).__name__}: {exc.reason}", url))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         return PostResult(0, _scrub(f"{type(exc).__name__}: {exc}", url))
 
 
@@ -981,7 +991,10 @@ class Notifier:
             if key := target.signing_key.get_secret_value():
                 headers[SIGNATURE_HEADER] = signature(key, body)
         url = target.url.get_secret_value()
-        result = await asyncio.to_thread(self._post, url, body, headers, self.policy.timeout_seconds)
+        try:
+            result = await asyncio.to_thread(self._post, url, body, headers, self.policy.timeout_seconds)
+        except Exception as exc:  # a failed attempt like any other, within the same budget
+            result = PostResult(0, _scrub(f"{type(exc).__name__}: {exc}", url))
         if result.delivered:
             await self._finish(job, attempts, "delivered", "", kind)
             return

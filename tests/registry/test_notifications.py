@@ -592,6 +592,10 @@ def test_the_destinations_file_is_yaml_or_json_and_urls_come_from_files(tmp_path
         ([{"name": "a", "kind": "slack"}], "give exactly one of url and url_file"),
         ([{"name": "a", "kind": "discord", "url": f"https://x/{SECRET}"}], "0.kind: Input should be"),
         ([{"name": "a", "kind": "teams", "url": f"ftp://x/{SECRET}"}], "its url is not an http(s) URL"),
+        (
+            [{"name": "a", "kind": "teams", "url": f"https://x:port/{SECRET}"}],
+            "its url is not an http(s) URL",
+        ),
         ([{"name": "a", "kind": "teams", "url": "https://x", "events": ["everything"]}], "0.events.0"),
         ([{"name": "a", "kind": "teams", "url": "https://x"}] * 2, "names a more than once"),
     ],
@@ -660,3 +664,20 @@ async def test_events_and_dead_letters_older_than_the_budget_are_not_news(
     assert _job_rows(store) == []
     assert _metric("teams", "expired") == expired + 1
     assert notifier.record(_failed()) == 2  # today's event still is news
+
+
+def test_an_unreachable_webhook_is_described_without_its_url() -> None:
+    import socket
+
+    from cascade.services.registry.notifications import http_post
+
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/services/{SECRET}?token={SECRET}"
+
+    result = http_post(url, b"{}", {}, 2.0)
+
+    assert result.status == 0 and not result.delivered and not result.permanent
+    assert result.error.startswith("ConnectionRefusedError") and SECRET not in result.error
+    assert SECRET not in http_post(f"http://127.0.0.1:notaport/{SECRET}", b"{}", {}, 2.0).error
