@@ -11,13 +11,19 @@ z's), whose Shapley values are closed-form:
     phi_i += v (a-1)! b! / (a+b)!   for i in A,      phi_j -= v a! (b-1)! / (a+b)!   for j in B
 
 Summed over leaves, trees and background rows (averaged), these are exactly the interventional
-Shapley values shap's TreeExplainer(data=background, feature_perturbation="interventional") gives, and
-add up per (x, z) pair to f(x) - f(z), hence base + sum == output.
+Shapley values, which shap's TreeExplainer(data=background, feature_perturbation="interventional")
+approximates (it departs from them where a path splits twice on a feature: shap/shap#3267), and add
+up per (x, z) pair to f(x) - f(z), hence base + sum == output.
 
-Vectorised: all (row, background row, tree) walks advance together, one tree level a step, as numpy
-arrays of states (node, and A and B as bitmasks of features in uint64 words); the decisions of every
-node for every explained and background row are computed up front with one comparison each. The cost
-is the nodes the walks visit, which stays small because x and z mostly go the same way.
+Two vectorised ways to sum those games, the same values to rounding (tests/explain):
+- leaf games (trees that split x <= t, i.e. scikit-learn's and most exports): each leaf is a box, an
+  interval per feature on its path; x and z being in or out of each interval decide A and B. The
+  background rows' in/out patterns per leaf are computed once, and a row costs one pass over the
+  distinct (leaf, pattern) pairs: milliseconds for the trainer's forests.
+- walks (any split mode, e.g. XGBoost's x < t): all (row, tree) walks advance together one level a
+  step as numpy arrays of states, each carrying the set of background rows still walking alike (a
+  bitmask) and A and B (bitmasks of features); where some background rows part from the row the
+  state splits. The decisions of every node for every row are computed up front.
 
 What is decomposed is the ensemble's raw sum before the post-transform, mapped to each class:
     forests (post_transform NONE)   the probability itself ("probability")
@@ -29,7 +35,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -351,6 +357,138 @@ class _States:
         )
 
 
+@dataclass(frozen=True)
+class _LeafGames:
+    """The same Shapley values by leaves instead of walks, for trees that only split x <= t (all of
+    scikit-learn's): a leaf is a box, one interval per feature on its path (however often the path
+    splits on it). For a row x, a background row z and a leaf, x is inside feature f's interval or
+    not, and so is z; the leaf's game is then A = {f: x in, z out}, B = {f: x out, z in}, and dead if
+    some f has both out. Background rows with the same in/out pattern at a leaf play the same game,
+    so each leaf keeps its distinct patterns and their counts, computed once; explaining a row is one
+    vectorised pass over (leaf, pattern) pairs. Fully grown trees, whose paths split on a feature
+    many times, have far fewer leaf patterns than walk states."""
+
+    leaf_node: Ints  # [L] the node of each leaf
+    position_feature: Ints  # [L, P] the feature of each of the leaf's intervals (-1: none)
+    full: NDArray[np.uint64]  # [L] a bit per interval the leaf has
+    constraint_leaf: Ints  # [C] the leaf of each interval, sorted by leaf
+    constraint_feature: Ints  # [C]
+    constraint_low: NDArray[np.float32]  # [C] x > low
+    constraint_high: NDArray[np.float32]  # [C] x <= high
+    constraint_bit: NDArray[np.uint64]  # [C] 1 << its position in the leaf
+    leaf_starts: Ints  # [L] where each leaf's intervals start in the constraint arrays
+    pattern_leaf: Ints  # [Q] the leaf of each distinct background pattern
+    pattern_mask: NDArray[np.uint64]  # [Q] the intervals the background rows of the pattern are in
+    pattern_count: Ints  # [Q] how many background rows have it
+
+    @staticmethod
+    def of(forest: Forest, background: NDArray[np.float32]) -> _LeafGames | None:
+        if np.any((forest.mode != _LEAF) & (forest.mode != _MODES["BRANCH_LEQ"])):
+            return None
+        leaves: list[int] = []
+        boxes: list[dict[int, tuple[float, float]]] = []
+        stack: list[tuple[int, dict[int, tuple[float, float]]]] = [(int(r), {}) for r in forest.roots]
+        while stack:
+            node, box = stack.pop()
+            if forest.mode[node] == _LEAF:
+                leaves.append(node)
+                boxes.append(box)
+                continue
+            f, t = int(forest.feature[node]), float(forest.threshold[node])
+            low, high = box.get(f, (-np.inf, np.inf))
+            stack.append((int(forest.true_child[node]), {**box, f: (low, min(high, t))}))
+            stack.append((int(forest.false_child[node]), {**box, f: (max(low, t), high)}))
+        widest = max([1, *(len(box) for box in boxes)])
+        if widest > 64:
+            return None
+        position_feature = np.full((len(leaves), widest), -1, dtype=np.int64)
+        c_leaf, c_feature, c_low, c_high, c_bit = [], [], [], [], []
+        for leaf, box in enumerate(boxes):
+            for position, (feature, (low, high)) in enumerate(sorted(box.items())):
+                position_feature[leaf, position] = feature
+                c_leaf.append(leaf)
+                c_feature.append(feature)
+                c_low.append(low)
+                c_high.append(high)
+                c_bit.append(1 << position)
+        sizes = np.array([len(box) for box in boxes], dtype=np.int64)
+        full = np.array([(1 << int(s)) - 1 for s in sizes], dtype=np.uint64)
+        games = _LeafGames(
+            leaf_node=np.array(leaves, dtype=np.int64),
+            position_feature=position_feature,
+            full=full,
+            constraint_leaf=np.array(c_leaf, dtype=np.int64),
+            constraint_feature=np.array(c_feature, dtype=np.int64),
+            constraint_low=np.array(c_low, dtype=np.float32),
+            constraint_high=np.array(c_high, dtype=np.float32),
+            constraint_bit=np.array(c_bit, dtype=np.uint64),
+            leaf_starts=np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64),
+            pattern_leaf=np.zeros(0, dtype=np.int64),
+            pattern_mask=np.zeros(0, dtype=np.uint64),
+            pattern_count=np.zeros(0, dtype=np.int64),
+        )
+        masks = np.sort(games.inside(background), axis=0).T  # [L, B], each leaf's patterns sorted
+        starts = np.concatenate(
+            [np.ones((len(leaves), 1), dtype=bool), masks[:, 1:] != masks[:, :-1]], axis=1
+        )
+        found = np.nonzero(starts)
+        pattern_leaf: Ints = np.asarray(found[0], dtype=np.int64)
+        pattern_start: Ints = np.asarray(found[1], dtype=np.int64)
+        # A pattern runs to the next one of its leaf, or to the end of the leaf's sorted rows.
+        last_of_leaf = np.append(pattern_leaf[1:] != pattern_leaf[:-1], True)
+        ends = np.where(last_of_leaf, masks.shape[1], np.append(pattern_start[1:], 0))
+        return replace(
+            games,
+            pattern_leaf=pattern_leaf,
+            pattern_mask=np.asarray(masks[pattern_leaf, pattern_start], dtype=np.uint64),
+            pattern_count=np.asarray(ends - pattern_start, dtype=np.int64),
+        )
+
+    def inside(self, rows: NDArray[np.float32]) -> NDArray[np.uint64]:
+        """[N, L]: for each row and leaf, a bit per interval of the leaf the row is inside."""
+        values = rows[:, self.constraint_feature]
+        inside = (values > self.constraint_low) & (values <= self.constraint_high)
+        bits = np.where(inside, self.constraint_bit, np.uint64(0))
+        if not bits.shape[1]:
+            return np.zeros((len(rows), len(self.leaf_node)), dtype=np.uint64)
+        sums = np.add.reduceat(bits, self.leaf_starts, axis=1)  # bits are disjoint: the sum is the OR
+        empty = np.diff(np.append(self.leaf_starts, bits.shape[1])) == 0
+        sums[:, empty] = 0
+        return np.asarray(sums, dtype=np.uint64)
+
+    def pairs(self) -> int:
+        return len(self.pattern_leaf)
+
+    def attribute(
+        self,
+        rows: NDArray[np.float32],
+        leaf_values: Floats,  # [n, L] each row's explained leaf value (sign * value[column])
+        for_a: Floats,
+        for_b: Floats,
+        n_features: int,
+        n_background: int,
+    ) -> Floats:
+        x_inside = self.inside(rows)  # [n, L]
+        leaf = self.pattern_leaf
+        x_mask = x_inside[:, leaf]  # [n, Q]
+        fail = self.full[leaf] & ~x_mask
+        alive = (self.pattern_mask & fail) == fail
+        in_a = x_mask & ~self.pattern_mask
+        moved = alive & ((in_a | fail) != 0)
+        row, pair = np.nonzero(moved)
+        in_a, in_b, leaf = in_a[row, pair], fail[row, pair], leaf[pair]
+        a, b = _popcount(in_a[:, None]), _popcount(in_b[:, None])
+        value = leaf_values[row, leaf] * self.pattern_count[pair] / n_background
+        widest = self.position_feature.shape[1]
+        shift = np.arange(widest, dtype=np.uint64)
+        features = self.position_feature[leaf]  # [S, P]
+        gains = ((in_a[:, None] >> shift) & np.uint64(1)) * (value * for_a[a, b])[:, None]
+        gains -= ((in_b[:, None] >> shift) & np.uint64(1)) * (value * for_b[a, b])[:, None]
+        cells = row[:, None] * n_features + np.maximum(features, 0)
+        attributions = np.bincount(cells.ravel(), weights=gains.ravel(), minlength=len(rows) * n_features)
+        return np.asarray(attributions.reshape(len(rows), n_features), dtype=np.float64)
+
+
 class TreePath:
     """Exact interventional TreeSHAP of one ensemble against fixed background rows."""
 
@@ -370,6 +508,7 @@ class TreePath:
         self._all_rows = _pack(np.ones((1, len(background)), dtype=bool))[0]
         self._depth = max(1, _max_depth(forest))
         self._for_a, self._for_b = _shapley_weights(self._depth)
+        self._leaves = _LeafGames.of(forest, background)
 
     def predict(self, rows: NDArray[np.float32]) -> Floats:
         return self.link.outputs(self.forest.raw(rows))
@@ -378,14 +517,32 @@ class TreePath:
         self, rows: NDArray[np.float32], classes: NDArray[np.int64], deadline: float | None
     ) -> tuple[Floats, Floats, Floats]:
         attributions = np.zeros((len(rows), self.n_features))
-        chunk = max(1, _STATES_PER_CHUNK // (len(self.forest.roots) * 64))
+        if self._leaves is not None:
+            chunk = max(1, _STATES_PER_CHUNK // max(1, self._leaves.pairs()))
+        else:
+            chunk = max(1, _STATES_PER_CHUNK // (len(self.forest.roots) * 64))
         for start in range(0, len(rows), chunk):
             if deadline is not None and time.monotonic() > deadline:
                 raise ExplainDeadlineExceeded(
                     f"the deadline passed after {start} of {len(rows)} rows (TreeSHAP)"
                 )
             stop = min(start + chunk, len(rows))
-            attributions[start:stop] = self._attribute(rows[start:stop], classes[start:stop])
+            if self._leaves is not None:
+                part = classes[start:stop]
+                leaf_values = (
+                    self.link.sign[part, None]
+                    * self.forest.values[self._leaves.leaf_node[None, :], self.link.column[part][:, None]]
+                )
+                attributions[start:stop] = self._leaves.attribute(
+                    rows[start:stop],
+                    leaf_values,
+                    self._for_a,
+                    self._for_b,
+                    self.n_features,
+                    len(self.background),
+                )
+            else:
+                attributions[start:stop] = self._attribute(rows[start:stop], classes[start:stop])
         # The link is affine per class: the base is the background's mean explained quantity.
         column = self.link.column[classes]
         sign, offset = self.link.sign[classes, None], self.link.offset[classes, None]

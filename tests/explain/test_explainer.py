@@ -136,3 +136,38 @@ def test_attribution_shares_average_each_row_s_share_of_its_total() -> None:
     )
     # Rows 0 and 2 move the output (shares .25/.75/0 and .5/.5/0); row 1 does not and carries none.
     np.testing.assert_allclose(attribution_shares(explanation), [0.375, 0.625, 0.0])
+
+
+def _as_branch_lt(onnx_bytes: bytes) -> bytes:
+    """The same forest with every `x <= t` split rewritten as `x < next float32 above t` (the form
+    XGBoost exports take): identical decisions on float32 inputs, but read by the walk algorithm."""
+    model = onnx.load_model_from_string(onnx_bytes)
+    (node,) = [n for n in model.graph.node if n.op_type.startswith("TreeEnsemble")]
+    attributes = {a.name: a for a in node.attribute}
+    modes = list(attributes["nodes_modes"].strings)
+    thresholds = np.asarray(attributes["nodes_values"].floats, dtype=np.float32)
+    inner = np.array([m == b"BRANCH_LEQ" for m in modes])
+    shifted = np.where(inner, np.nextafter(thresholds, np.float32(np.inf)), thresholds)
+    del attributes["nodes_modes"].strings[:]
+    attributes["nodes_modes"].strings.extend([b"BRANCH_LT" if m == b"BRANCH_LEQ" else m for m in modes])
+    del attributes["nodes_values"].floats[:]
+    attributes["nodes_values"].floats.extend(shifted.tolist())
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("dataset", "estimator"), [("wine", "random_forest"), ("diabetes", "gradient_boosting")]
+)
+def test_trees_split_by_other_modes_are_walked_to_the_same_exact_values(dataset: str, estimator: str) -> None:
+    """scikit-learn's trees (x <= t) are explained by leaf games; any other split mode goes through
+    the walk algorithm, which must give the same values to rounding on the same forest."""
+    case = family(dataset, estimator)
+    leaves = OnnxExplainer(case.onnx, case.background, case.features)
+    walks = OnnxExplainer(_as_branch_lt(case.onnx), case.background, case.features)
+    assert leaves._exact is not None and walks._exact is not None
+    assert leaves._exact._leaves is not None and walks._exact._leaves is None  # type: ignore[attr-defined]
+    expected, walked = leaves.explain(case.rows), walks.explain(case.rows)
+    assert walked.method == "tree"
+    np.testing.assert_array_equal(walked.class_indices, expected.class_indices)
+    np.testing.assert_allclose(walked.attributions, expected.attributions, atol=1e-9, rtol=1e-9)
+    np.testing.assert_allclose(walked.base_values, expected.base_values, atol=1e-9, rtol=1e-9)
