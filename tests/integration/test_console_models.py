@@ -5,18 +5,23 @@ model on the manual policy whose passing candidate awaits approval and is approv
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cascade import Client
 from cascade.cli.demo import write_batches
 from cascade.client.records import Approval
+from cascade.events import Event, ModelApprovalDecided, ModelApprovalRequested
 from cascade.stack import SERVICES, Stack
 from tests.integration.browser import Console
+from tests.integration.test_registry import _read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -66,8 +71,26 @@ def awaiting_approval(client: Client, tmp_path_factory: pytest.TempPathFactory) 
     return AwaitingApproval(name, judged.version, upload.dataset_version)
 
 
+def _announced(stack: Stack, event_type: type[Event], model: str, seconds: float = 30) -> list[Any]:
+    """The events of `event_type` about `model` on Kafka, once there are any (the registry publishes
+    them from its outbox right after the change commits; a relay retries what Kafka missed)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        # In a thread of its own: Playwright's sync API keeps an event loop running in this one.
+        with ThreadPoolExecutor(1) as reader:
+            read = reader.submit(_read_topic, stack, event_type, model).result()
+        found = [event for event in read if event.model == model]
+        if found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.5)
+
+
 def test_a_candidate_awaiting_approval_is_approved_from_the_page_and_served(
-    console: Console, page: object, client: Client, awaiting_approval: AwaitingApproval
+    console: Console,
+    page: object,
+    client: Client,
+    stack: Stack,
+    awaiting_approval: AwaitingApproval,
 ) -> None:
     from playwright.sync_api import Page, expect
 
@@ -103,6 +126,16 @@ def test_a_candidate_awaiting_approval_is_approved_from_the_page_and_served(
     # Promoted exactly as `cascade models promote` would: serving swaps to it.
     served = client.follow(awaiting_approval.dataset_version, model, wait_seconds=120)
     assert served.version == number and "champion" in served.aliases
+    # Both ends of the approval went out as events, for notifications to announce.
+    [requested] = _announced(stack, ModelApprovalRequested, model)
+    assert (requested.model_version, requested.requested_by) == (number, "validator")
+    [decided] = _announced(stack, ModelApprovalDecided, model)
+    assert (decided.model_version, decided.decision, decided.decided_by, decided.reason) == (
+        number,
+        "approved",
+        "console",
+        reason,
+    )
     expect(page.locator("[data-testid='stException']")).to_have_count(0, timeout=PAGE_MS)
 
 
