@@ -51,6 +51,8 @@ _MODES = {"BRANCH_LEQ": 0, "BRANCH_LT": 1, "BRANCH_GTE": 2, "BRANCH_GT": 3, "BRA
 _LEAF = -1
 # States (row x background row x tree walks) advanced per step: bounds memory at a few tens of MB.
 _STATES_PER_CHUNK = 400_000
+# Leaves x background rows above which leaf games would hold too much (8 bytes each, a few times).
+_MAX_LEAF_PATTERNS = 12_000_000
 
 
 def _attributes(node: onnx.NodeProto) -> dict[str, object]:
@@ -383,7 +385,11 @@ class _LeafGames:
 
     @staticmethod
     def of(forest: Forest, background: NDArray[np.float32]) -> _LeafGames | None:
+        """The leaf games of `forest`, or None when it splits otherwise than x <= t, or has so many
+        leaves that their patterns would not fit in memory (then the walks, slower, take it)."""
         if np.any((forest.mode != _LEAF) & (forest.mode != _MODES["BRANCH_LEQ"])):
+            return None
+        if int(np.sum(forest.mode == _LEAF)) * len(background) > _MAX_LEAF_PATTERNS:
             return None
         leaves: list[int] = []
         boxes: list[dict[int, tuple[float, float]]] = []
