@@ -55,13 +55,12 @@ class AwaitingApproval:
     dataset_version: str
 
 
-@pytest.fixture(scope="module")
-def awaiting_approval(client: Client, tmp_path_factory: pytest.TempPathFactory) -> AwaitingApproval:
-    """A model on the manual policy whose first version passed validation: challenger, awaiting
+def _awaiting_approval(client: Client, directory: Path) -> AwaitingApproval:
+    """A new model on the manual policy whose first version passed validation: challenger, awaiting
     approval, and nothing serving it yet."""
     name = f"console_approval_{uuid.uuid4().hex[:6]}"
     client.call(lambda c: c.registry.register_model(name, promotion_policy="manual"))
-    batches = write_batches(Path(tmp_path_factory.mktemp("approval_batches")))
+    batches = write_batches(directory)
     upload = client.upload(batches.first, name)
     judged = client.follow(upload.dataset_version, name, wait_seconds=300, served=False)
     assert (judged.version, judged.aliases) == (1, ("challenger",))
@@ -69,6 +68,11 @@ def awaiting_approval(client: Client, tmp_path_factory: pytest.TempPathFactory) 
     assert (pending.version, pending.status, pending.requested_by) == (1, "pending", "validator")
     assert "champion" not in client.get_model(name).aliases
     return AwaitingApproval(name, judged.version, upload.dataset_version)
+
+
+@pytest.fixture(scope="module")
+def awaiting_approval(client: Client, tmp_path_factory: pytest.TempPathFactory) -> AwaitingApproval:
+    return _awaiting_approval(client, Path(tmp_path_factory.mktemp("approval_batches")))
 
 
 def _announced(stack: Stack, event_type: type[Event], model: str, seconds: float = 30) -> list[Any]:
@@ -205,3 +209,28 @@ def test_a_refused_write_shows_the_registrys_answer(
     expect(page.get_by_text("Setting staging refused")).to_be_visible(timeout=PAGE_MS)
     expect(page.get_by_text("Setting staging refused")).to_contain_text("v99", timeout=PAGE_MS)
     assert "staging" not in client.get_model(model).aliases
+
+
+def test_a_decision_the_registry_refuses_shows_its_answer_and_changes_nothing(
+    console: Console, page: object, client: Client, tmp_path: Path
+) -> None:
+    from playwright.sync_api import Page, expect
+
+    assert isinstance(page, Page)
+    awaiting = _awaiting_approval(client, tmp_path)
+    model, number = awaiting.model, awaiting.version
+    page.goto(console.url(f"models?model={model}"))
+    form = page.locator("[data-testid='stForm']").filter(has_text=f"Approve or reject v{number}")
+    expect(form).to_be_visible(timeout=PAGE_MS)
+    # Someone else rejects it while the page still offers it.
+    client.reject(model, number, reason="worse on the new segment")
+
+    form.get_by_label("Reason for the decision").fill("looks good to me")
+    form.get_by_text("I confirm the decision").click()
+    form.get_by_role("button", name=f"Approve v{number}", exact=True).click()
+
+    refusal = page.get_by_text(f"Approving v{number} refused")
+    expect(refusal).to_be_visible(timeout=PAGE_MS)
+    expect(refusal).to_contain_text("not awaiting approval: rejected by", timeout=PAGE_MS)
+    assert "champion" not in client.get_model(model).aliases
+    assert client.approvals(model)[0].reason == "worse on the new segment"
