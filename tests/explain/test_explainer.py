@@ -171,3 +171,18 @@ def test_trees_split_by_other_modes_are_walked_to_the_same_exact_values(dataset:
     np.testing.assert_array_equal(walked.class_indices, expected.class_indices)
     np.testing.assert_allclose(walked.attributions, expected.attributions, atol=1e-9, rtol=1e-9)
     np.testing.assert_allclose(walked.base_values, expected.base_values, atol=1e-9, rtol=1e-9)
+
+
+def test_an_exact_path_that_does_not_reproduce_the_session_is_not_trusted(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The guard on every exact path: weights read from the graph must give back the session's own
+    outputs on the background, else the artifact is explained by KernelSHAP over the session."""
+    from cascade.explain import _tree
+
+    case = family("iris", "gradient_boosting")
+    misread = _tree.TreePath.predict
+    monkeypatch.setattr(_tree.TreePath, "predict", lambda self, rows: misread(self, rows) + 1e-3)
+    explainer = OnnxExplainer(case.onnx, case.background, case.features)
+    assert explainer.method == "kernel" and explainer.output_space == "probability"
+    assert "does not reproduce this artifact" in caplog.text
