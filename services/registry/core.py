@@ -389,6 +389,13 @@ class RegistryCore:
                     self._move(db, event.model, alias, event.model_version, "validator", reason, "set", event)
                     if alias == "challenger":  # the manual policy: a person decides
                         self._request_approval(db, event, reason)
+                    else:  # the policy became automatic while a version awaited approval
+                        self._announce_superseded(
+                            db,
+                            event.model,
+                            self.store.supersede_approvals(db, event.model, event.model_version),
+                            event.model_version,
+                        )
             log.info(
                 "%s v%d validation %s",
                 event.model,
@@ -403,24 +410,13 @@ class RegistryCore:
         model, version = event.model, event.model_version
         champion = self.store.alias_target(model, "champion", db)
         superseded = self.store.request_approval(db, model, version, "validator", reason, champion)
-        common = {"source": SOURCE, "subject": model, "model": model}
-        for older in superseded:
-            self._enqueue(
-                db,
-                ModelApprovalDecided(
-                    **common,
-                    model_version=older,
-                    decision="superseded",
-                    decided_by="registry",
-                    reason=f"superseded by v{version}",
-                    champion_version=champion,
-                    superseded_by=version,
-                ),
-            )
+        self._announce_superseded(db, model, superseded, version)
         self._enqueue(
             db,
             ModelApprovalRequested(
-                **common,
+                source=SOURCE,
+                subject=model,
+                model=model,
                 model_version=version,
                 champion_version=champion,
                 requested_by="validator",
@@ -430,6 +426,23 @@ class RegistryCore:
                 training_run=event.training_run,
             ),
         )
+
+    def _announce_superseded(self, db: sa.Connection, model: str, superseded: list[int], by: int) -> None:
+        for older in superseded:
+            self._enqueue(
+                db,
+                ModelApprovalDecided(
+                    source=SOURCE,
+                    subject=model,
+                    model=model,
+                    model_version=older,
+                    decision="superseded",
+                    decided_by="registry",
+                    reason=f"superseded by v{by}",
+                    champion_version=self.store.alias_target(model, "champion", db),
+                    superseded_by=by,
+                ),
+            )
 
     def approvals(self, model: str = "", status: str = "") -> list[ApprovalRecord]:
         if model:

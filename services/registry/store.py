@@ -532,6 +532,22 @@ class RegistryStore:
     ) -> list[int]:
         """Record `version` as pending and close the model's older pending approvals as superseded
         by it, in the caller's transaction; returns the versions it superseded."""
+        older = self.supersede_approvals(db, model, version)
+        db.execute(
+            approvals.insert().values(
+                model=model,
+                version=version,
+                status="pending",
+                requested_by=requested_by,
+                requested_at=_now(),
+                request_reason=reason,
+                champion_version=champion,
+            )
+        )
+        return older
+
+    def supersede_approvals(self, db: sa.Connection, model: str, version: int) -> list[int]:
+        """Close the model's pending approvals as superseded by `version`; returns their versions."""
         older = self.approval_versions(db, model, "pending")
         if older:
             db.execute(
@@ -545,17 +561,6 @@ class RegistryStore:
                     superseded_by=version,
                 )
             )
-        db.execute(
-            approvals.insert().values(
-                model=model,
-                version=version,
-                status="pending",
-                requested_by=requested_by,
-                requested_at=_now(),
-                request_reason=reason,
-                champion_version=champion,
-            )
-        )
         return older
 
     def approval_versions(self, db: sa.Connection, model: str, status: str) -> list[int]:

@@ -269,3 +269,20 @@ async def test_promoting_the_pending_version_by_hand_approves_it(
         )
         decided = approvals.events(ModelApprovalDecided)[-1]
         assert isinstance(decided, ModelApprovalDecided) and decided.decision == "approved"
+
+
+async def test_a_version_promoted_automatically_after_the_policy_changed_supersedes_the_pending_one(
+    approvals: Approvals, trained_breast_cancer: TrainingResult
+) -> None:
+    async with approvals.connect("alice") as alice:
+        await _manual_model(alice)
+        await approvals.candidate(alice, trained_breast_cancer.onnx_bytes)
+        await alice.update_model("bc", promotion_policy="automatic")
+
+        assert await approvals.candidate(alice, trained_breast_cancer.onnx_bytes) == 2
+
+        [closed] = await alice.list_approvals("bc")
+        assert (closed.version, closed.status, closed.superseded_by) == (1, "superseded", 2)
+        decided = approvals.events(ModelApprovalDecided)[-1]
+        assert isinstance(decided, ModelApprovalDecided)
+        assert (decided.decision, decided.champion_version) == ("superseded", 2)
