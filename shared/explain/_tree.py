@@ -359,6 +359,28 @@ class _States:
         )
 
 
+def _boxes(forest: Forest, n_features: int) -> tuple[Ints, NDArray[np.float32], NDArray[np.float32]] | None:
+    """Each leaf (x <= t splits only) as a box: its node, and per feature the interval low < x <= high
+    its path allows (-inf, inf where the path does not split on the feature); None if too large."""
+    if len(forest.mode) * n_features > 40_000_000:
+        return None
+    low = np.full((len(forest.mode), n_features), -np.inf, dtype=np.float32)
+    high = np.full((len(forest.mode), n_features), np.inf, dtype=np.float32)
+    frontier = forest.roots.copy()
+    while len(frontier):
+        inner = frontier[forest.mode[frontier] != _LEAF]
+        feature, threshold = forest.feature[inner], forest.threshold[inner]
+        for child, goes_true in ((forest.true_child[inner], True), (forest.false_child[inner], False)):
+            low[child], high[child] = low[inner], high[inner]
+            if goes_true:
+                high[child, feature] = np.minimum(high[inner, feature], threshold)
+            else:
+                low[child, feature] = np.maximum(low[inner, feature], threshold)
+        frontier = np.concatenate([forest.true_child[inner], forest.false_child[inner]])
+    leaves = np.flatnonzero(forest.mode == _LEAF)
+    return leaves.astype(np.int64), low[leaves], high[leaves]
+
+
 @dataclass(frozen=True)
 class _LeafGames:
     """The same Shapley values by leaves instead of walks, for trees that only split x <= t (all of
@@ -391,44 +413,30 @@ class _LeafGames:
             return None
         if int(np.sum(forest.mode == _LEAF)) * len(background) > _MAX_LEAF_PATTERNS:
             return None
-        leaves: list[int] = []
-        boxes: list[dict[int, tuple[float, float]]] = []
-        stack: list[tuple[int, dict[int, tuple[float, float]]]] = [(int(r), {}) for r in forest.roots]
-        while stack:
-            node, box = stack.pop()
-            if forest.mode[node] == _LEAF:
-                leaves.append(node)
-                boxes.append(box)
-                continue
-            f, t = int(forest.feature[node]), float(forest.threshold[node])
-            low, high = box.get(f, (-np.inf, np.inf))
-            stack.append((int(forest.true_child[node]), {**box, f: (low, min(high, t))}))
-            stack.append((int(forest.false_child[node]), {**box, f: (max(low, t), high)}))
-        widest = max([1, *(len(box) for box in boxes)])
+        boxes = _boxes(forest, background.shape[1])
+        if boxes is None:
+            return None
+        leaves, low, high = boxes
+        constrained = (low > -np.inf) | (high < np.inf)  # [L, F] the features each leaf's path splits on
+        sizes = constrained.sum(axis=1)
+        widest = max(1, int(sizes.max(initial=0)))
         if widest > 64:
             return None
+        leaf, feature = np.nonzero(constrained)  # by leaf, then by feature
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        position = np.arange(len(leaf)) - starts[leaf]
         position_feature = np.full((len(leaves), widest), -1, dtype=np.int64)
-        c_leaf, c_feature, c_low, c_high, c_bit = [], [], [], [], []
-        for leaf, box in enumerate(boxes):
-            for position, (feature, (low, high)) in enumerate(sorted(box.items())):
-                position_feature[leaf, position] = feature
-                c_leaf.append(leaf)
-                c_feature.append(feature)
-                c_low.append(low)
-                c_high.append(high)
-                c_bit.append(1 << position)
-        sizes = np.array([len(box) for box in boxes], dtype=np.int64)
-        full = np.array([(1 << int(s)) - 1 for s in sizes], dtype=np.uint64)
+        position_feature[leaf, position] = feature
         games = _LeafGames(
-            leaf_node=np.array(leaves, dtype=np.int64),
+            leaf_node=leaves,
             position_feature=position_feature,
-            full=full,
-            constraint_leaf=np.array(c_leaf, dtype=np.int64),
-            constraint_feature=np.array(c_feature, dtype=np.int64),
-            constraint_low=np.array(c_low, dtype=np.float32),
-            constraint_high=np.array(c_high, dtype=np.float32),
-            constraint_bit=np.array(c_bit, dtype=np.uint64),
-            leaf_starts=np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64),
+            full=np.array([(1 << int(s)) - 1 for s in sizes], dtype=np.uint64),
+            constraint_leaf=leaf.astype(np.int64),
+            constraint_feature=feature.astype(np.int64),
+            constraint_low=low[leaf, feature],
+            constraint_high=high[leaf, feature],
+            constraint_bit=np.left_shift(np.uint64(1), position.astype(np.uint64)),
+            leaf_starts=starts,
             pattern_leaf=np.zeros(0, dtype=np.int64),
             pattern_mask=np.zeros(0, dtype=np.uint64),
             pattern_count=np.zeros(0, dtype=np.int64),
@@ -452,15 +460,19 @@ class _LeafGames:
 
     def inside(self, rows: NDArray[np.float32]) -> NDArray[np.uint64]:
         """[N, L]: for each row and leaf, a bit per interval of the leaf the row is inside."""
-        values = rows[:, self.constraint_feature]
-        inside = (values > self.constraint_low) & (values <= self.constraint_high)
-        bits = np.where(inside, self.constraint_bit, np.uint64(0))
-        if not bits.shape[1]:
-            return np.zeros((len(rows), len(self.leaf_node)), dtype=np.uint64)
-        sums = np.add.reduceat(bits, self.leaf_starts, axis=1)  # bits are disjoint: the sum is the OR
-        empty = np.diff(np.append(self.leaf_starts, bits.shape[1])) == 0
-        sums[:, empty] = 0
-        return np.asarray(sums, dtype=np.uint64)
+        masks = np.zeros((len(rows), len(self.leaf_node)), dtype=np.uint64)
+        intervals = len(self.constraint_feature)
+        if not intervals:
+            return masks
+        # Leaves whose path splits on nothing (a one-leaf tree) keep 0; reduceat would repeat a value.
+        split = np.diff(np.append(self.leaf_starts, intervals)) > 0
+        step = max(1, 2_000_000 // intervals)  # rows at a time: a few tens of MB of intervals
+        for start in range(0, len(rows), step):
+            values = rows[start : start + step, self.constraint_feature]
+            inside = (values > self.constraint_low) & (values <= self.constraint_high)
+            bits = inside * self.constraint_bit  # disjoint bits: their sum per leaf is their OR
+            masks[start : start + step] = np.add.reduceat(bits, self.leaf_starts, axis=1) * split
+        return masks
 
     def pairs(self) -> int:
         return len(self.pattern_leaf)
