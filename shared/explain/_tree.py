@@ -49,6 +49,7 @@ Floats = NDArray[np.float64]
 Ints = NDArray[np.int64]
 _MODES = {"BRANCH_LEQ": 0, "BRANCH_LT": 1, "BRANCH_GTE": 2, "BRANCH_GT": 3, "BRANCH_EQ": 4, "BRANCH_NEQ": 5}
 _LEAF = -1
+_PLUMBING = frozenset({"Identity", "Cast", "Mul"})
 # States (row x background row x tree walks) advanced per step: bounds memory at a few tens of MB.
 _STATES_PER_CHUNK = 400_000
 # Leaves x background rows above which leaf games would hold too much (8 bytes each, a few times).
@@ -659,13 +660,21 @@ class TreePath:
 def read_tree(
     model: onnx.ModelProto, n_features: int, n_classes: int, background: NDArray[np.float32]
 ) -> TreePath | None:
-    """The exact tree path for a graph that is one TreeEnsembleClassifier/Regressor on the input
-    (Identity aside), or None."""
-    nodes = [node for node in model.graph.node if node.op_type != "Identity"]
-    if len(nodes) != 1 or nodes[0].op_type not in ("TreeEnsembleClassifier", "TreeEnsembleRegressor"):
+    """The exact tree path for a graph that is one TreeEnsembleClassifier/Regressor on the input, or
+    None. Around it only the plumbing converters add may sit (onnxmltools' LightGBM export: Identity,
+    a Cast of the label, a Mul of the probabilities by one); whether that plumbing leaves the outputs
+    as read is what OnnxExplainer's reproduction check on the background then proves."""
+    ensembles = [
+        n for n in model.graph.node if n.op_type in ("TreeEnsembleClassifier", "TreeEnsembleRegressor")
+    ]
+    others = [
+        n for n in model.graph.node if n.op_type not in ("TreeEnsembleClassifier", "TreeEnsembleRegressor")
+    ]
+    if len(ensembles) != 1 or any(n.op_type not in _PLUMBING for n in others):
         return None
-    node = nodes[0]
-    if node.input[0] != model.graph.input[0].name:
+    node = ensembles[0]
+    input_name = model.graph.input[0].name
+    if node.input[0] != input_name or any(input_name in n.input for n in others):
         return None
     classifier = node.op_type == "TreeEnsembleClassifier"
     attributes = _attributes(node)
