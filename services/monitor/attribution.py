@@ -24,7 +24,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from cascade.explain import ExplainBudget, OnnxExplainer, attribution_shares
+from cascade.explain import (
+    ExplainBudget,
+    OnnxExplainer,
+    attribution_shares,
+    explainer_within,
+    sample_rows,
+)
 
 __all__ = [
     "AttributionBaseline",
@@ -41,7 +47,6 @@ log = logging.getLogger(__name__)
 
 BACKGROUND_TAG = "explain_background"
 REFERENCE_FACTOR = 4  # reference rows explained per window row, on an exact path
-KERNEL_BACKGROUND = 20  # background rows KernelSHAP integrates over (each costs an evaluation a coalition)
 Matrix = NDArray[np.float64]
 
 
@@ -88,13 +93,6 @@ class AttributionBaseline:
     background: str  # where the background came from, in words
 
 
-def sample_rows(rows: Matrix, size: int, seed: int = 0) -> Matrix:
-    """At most `size` of `rows`, drawn without replacement by `seed`, in their order."""
-    if len(rows) <= size:
-        return rows
-    return rows[np.sort(np.random.default_rng(seed).choice(len(rows), size=size, replace=False))]
-
-
 def background_of(tags: dict[str, str], features: Sequence[str]) -> Matrix | None:
     """The `explain_background` tag's rows, if it has them for exactly `features`, in that order."""
     text = tags.get(BACKGROUND_TAG)
@@ -118,29 +116,17 @@ def background_of(tags: dict[str, str], features: Sequence[str]) -> Matrix | Non
 def fitted_explainer(
     artifact: bytes, background: Matrix, features: Sequence[str], rows: int, limits: AttributionLimits
 ) -> tuple[OnnxExplainer, int]:
-    """The explainer, and how many rows it may explain within `limits.max_evaluations`. The exact
-    paths (linear, tree) cost a model evaluation a row; KernelSHAP costs coalitions x background
-    rows a row, so for it the background is summarised to KERNEL_BACKGROUND rows and the coalitions
-    (then the rows) cut to fit the budget: shares averaged over many rows tolerate the noisier
-    per-row values of fewer coalitions."""
-    names = list(features)
-    explainer = OnnxExplainer(
-        artifact, background.astype(np.float32), features=names, max_background=limits.background_rows
-    )
-    if explainer.method != "kernel":
-        return explainer, rows
-    kept = min(len(background), limits.background_rows, KERNEL_BACKGROUND)
-    # Each row costs its own evaluation too, besides coalitions x background rows.
-    affordable = (limits.max_evaluations - rows) // (rows * kept)
-    coalitions = min(2 * len(names) + 2048, max(2 * len(names) + 2, affordable))
-    explainer = OnnxExplainer(
+    """The explainer, and how many rows it may explain within `limits.max_evaluations`
+    (cascade.explain.explainer_within: shares averaged over many rows tolerate KernelSHAP's noisier
+    per-row values of a summarised background and fewer coalitions)."""
+    return explainer_within(
         artifact,
-        background.astype(np.float32),
-        features=names,
-        max_background=kept,
-        kernel_samples=coalitions,
+        background,
+        features,
+        rows,
+        max_evaluations=limits.max_evaluations,
+        max_background=limits.background_rows,
     )
-    return explainer, max(1, min(rows, limits.max_evaluations // (kept * coalitions + 1)))
 
 
 def attribution_baseline(

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from cascade.explain import ExplainBudget, OnnxExplainer
+from cascade.explain import ExplainBudget, explainer_within, sample_rows
 
 __all__ = [
     "BACKGROUND_TAG",
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 BACKGROUND_TAG = "explain_background"
 GLOBAL_ATTRIBUTION_TAG = "global_attribution"
 MAX_BACKGROUND_ROWS = 100  # the contract of the `explain_background` tag
-KERNEL_BACKGROUND = 20  # background rows KernelSHAP integrates over (each costs an evaluation a coalition)
 
 
 @dataclass(frozen=True)
@@ -51,12 +50,8 @@ class ExplainLimits:
 
 
 def background_sample(rows: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """At most `size` of `rows`, drawn without replacement by `seed` and kept in their order: the
-    same rows and seed always give the same sample."""
-    if len(rows) <= size:
-        return rows.copy()
-    chosen = np.sort(np.random.default_rng(seed).choice(len(rows), size=size, replace=False))
-    return rows[chosen]
+    """At most `size` of `rows`, the same for the same rows and seed (cascade.explain.sample_rows)."""
+    return sample_rows(rows, size, seed)
 
 
 def background_record(features: list[str], background: np.ndarray) -> str:
@@ -64,26 +59,6 @@ def background_record(features: list[str], background: np.ndarray) -> str:
     as the shortest decimal that reads back to the same float32."""
     rows = [[float(str(value)) for value in row] for row in background.astype(np.float32)]
     return json.dumps({"features": list(features), "rows": rows})
-
-
-def _kernel_within(
-    onnx_bytes: bytes, background: np.ndarray, features: list[str], rows: int, limits: ExplainLimits
-) -> tuple[OnnxExplainer, int]:
-    """A KernelSHAP explainer that fits the budget, and how many rows it may explain: each row costs
-    coalitions x background rows evaluations, so the background is summarised to KERNEL_BACKGROUND
-    rows and the coalitions, then the rows, cut to fit (a mean over many rows tolerates the noisier
-    per-row values). The monitor's explainer fits its budget the same way."""
-    kept = min(len(background), limits.background_rows, KERNEL_BACKGROUND)
-    affordable = (limits.max_evaluations - rows) // (rows * kept)  # each row is also evaluated once
-    coalitions = min(2 * len(features) + 2048, max(2 * len(features) + 2, affordable))
-    explainer = OnnxExplainer(
-        onnx_bytes,
-        background.astype(np.float32),
-        features=features,
-        max_background=kept,
-        kernel_samples=coalitions,
-    )
-    return explainer, max(1, min(rows, limits.max_evaluations // (kept * coalitions + 1)))
 
 
 def global_attribution_record(
@@ -101,15 +76,15 @@ def global_attribution_record(
         return None
     started = time.perf_counter()
     try:
-        explainer = OnnxExplainer(
+        # A model neither exact path reads (an imported one) gets KernelSHAP fitted to the budget.
+        explainer, count = explainer_within(
             onnx_bytes,
-            background.astype(np.float32),
-            features=features,
+            background,
+            features,
+            min(len(rows), limits.rows),
+            max_evaluations=limits.max_evaluations,
             max_background=limits.background_rows,
         )
-        count = min(len(rows), limits.rows)
-        if explainer.method == "kernel":  # a model neither exact path reads (an imported one)
-            explainer, count = _kernel_within(onnx_bytes, background, features, count, limits)
         sample = background_sample(rows, count, seed).astype(np.float32)
         budget = ExplainBudget(
             max_rows=len(sample), max_evaluations=limits.max_evaluations, deadline_seconds=limits.seconds

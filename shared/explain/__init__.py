@@ -12,6 +12,7 @@ The method per artifact (`explainer.method`) is the fastest exact one its graph 
 "kernel" (KernelSHAP over the ONNX session). See _explainer.py for what each decomposes.
 """
 
+from cascade.explain._budget import KERNEL_BACKGROUND, explainer_within, sample_rows
 from cascade.explain._explainer import OnnxExplainer, attribution_shares, global_attribution
 from cascade.explain._types import (
     ExplainBudget,
@@ -25,6 +26,7 @@ from cascade.explain._types import (
 )
 
 __all__ = [
+    "KERNEL_BACKGROUND",
     "ExplainBudget",
     "ExplainBudgetExceeded",
     "ExplainDeadlineExceeded",
@@ -35,5 +37,7 @@ __all__ = [
     "OnnxExplainer",
     "OutputSpace",
     "attribution_shares",
+    "explainer_within",
     "global_attribution",
+    "sample_rows",
 ]

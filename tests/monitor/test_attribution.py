@@ -29,10 +29,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cascade.events import DriftDetected
-from cascade.explain import OnnxExplainer
-from cascade.services.monitor import attribution
+from cascade.explain import KERNEL_BACKGROUND, OnnxExplainer
+from cascade.explain import _budget as explain_budget
 from cascade.services.monitor.attribution import (
-    KERNEL_BACKGROUND,
     AttributionLimits,
     attribution_baseline,
     attribution_shift,
@@ -139,7 +138,8 @@ def test_kernelshap_fitted_to_the_budget_names_the_shift_too(
     its coalitions cut to the budget. Measured with KernelSHAP forced on all four models (20 seeds):
     2-std shifts first in 71/80 windows (89%), 1-std in 27/80 (34%: probability space flattens a
     saturated classifier's moves); unshifted windows move no share more than 0.045."""
-    monkeypatch.setattr(attribution, "OnnxExplainer", functools.partial(OnnxExplainer, method="kernel"))
+    # Forced where the explainer is built: cascade.explain fits it to the budget for the monitor.
+    monkeypatch.setattr(explain_budget, "OnnxExplainer", functools.partial(OnnxExplainer, method="kernel"))
     hits, trials = 0, 0
     for case in (cases[0], cases[3]):  # the forest and the boosting
         baseline = attribution_baseline(case.artifact, case.features, case.reference, None, LIMITS)
