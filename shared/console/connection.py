@@ -114,3 +114,14 @@ def run(calls: Callable[[AsyncClient], Awaitable[T]]) -> T:
 
 def show_error(error: CascadeError, doing: str) -> None:
     st.error(f"{doing}: {error}")
+
+
+def listing_with(cached: Any, token: str, named: Callable[[Any], str], wanted: str) -> list[Any]:
+    """`cached(token)` (a st.cache_data read of a list), read afresh once if it lacks the item the
+    page was asked for: a model made since the list was cached (a notification's link to it, say)
+    must show, not the first model with "no model named ..."."""
+    listed: list[Any] = cached(token)
+    if wanted and wanted not in {named(item) for item in listed}:
+        cached.clear()
+        listed = cached(token)
+    return listed

@@ -14,6 +14,7 @@ import pytest
 
 from cascade.stack import SERVICES, Stack, StackConfig
 from tests.integration.browser import Console, browser, page  # noqa: F401  (fixtures)
+from tests.integration.chat import chat  # noqa: F401  (a fixture)
 from tests.integration.otlp_receiver import OtlpReceiver
 
 # Fixed test ports stay below 32768, where Linux's ephemeral range starts (ip_local_port_range): a

@@ -1,7 +1,8 @@
 """The console's Models page against the real stack, in a real Chromium: a model with two served
 versions, promoted back to v1 from the page (with a confirmation and a reason) and rolled back to v2,
 each move checked in the registry itself; a write the registry refuses, shown as its answer; and a
-model on the manual policy whose passing candidate awaits approval and is approved from the page."""
+model on the manual policy whose passing candidate awaits approval and is approved from the page,
+audited with who and why, and announced in Slack and Teams (the `chat` fixture, chat.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ from cascade.client.records import Approval
 from cascade.events import Event, ModelApprovalDecided, ModelApprovalRequested
 from cascade.stack import SERVICES, Stack
 from tests.integration.browser import Console
+from tests.integration.chat import console_answers, message_links, titled
+from tests.integration.support import wait_for
 from tests.integration.test_registry import _read_topic
+from tests.registry.chat_receiver import ChatReceiver
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -95,6 +99,7 @@ def test_a_candidate_awaiting_approval_is_approved_from_the_page_and_served(
     client: Client,
     stack: Stack,
     awaiting_approval: AwaitingApproval,
+    chat: ChatReceiver,
 ) -> None:
     from playwright.sync_api import Page, expect
 
@@ -140,6 +145,17 @@ def test_a_candidate_awaiting_approval_is_approved_from_the_page_and_served(
         "console",
         reason,
     )
+    # And the team heard of it, in Slack and in Teams, with the decider and the reason.
+    slack, card = wait_for(lambda: titled(chat, f"{model} v{number} approved"), 120, "the decision's message")
+    facts = {
+        fact["title"]: fact["value"]
+        for block in card["body"]
+        if block["type"] == "FactSet"
+        for fact in block["facts"]
+    }
+    assert (facts["Decision"], facts["By"], facts["Reason"]) == ("approved", "console", reason)
+    assert all(console_answers(link) == 200 for link in message_links(slack, card))
+    assert chat.rejected == []
     expect(page.locator("[data-testid='stException']")).to_have_count(0, timeout=PAGE_MS)
 
 

@@ -4,16 +4,14 @@ traffic (and the promotion before it), each reach a local Slack and a local Team
 that the running console answers.
 
 The stack's registry reads its destinations from <home>/notifications.json (conftest.py), which it
-re-reads when it changes: each test writes it, pointing at its own receiver, and removes it after.
+re-reads when it changes: the `chat` fixture (chat.py) writes it, pointing at its own receiver, and
+removes it after.
 The console's URL reaches the registry as `Stack.start_console` gives it: in the launcher's
 console.url file. A version fails validation cheaply on 30 rows (test_cli_follow.py); drift comes
 from features moved by a standard deviation on a *_loop model (test_monitor_loop.py)."""
 
 from __future__ import annotations
 
-import json
-import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -25,67 +23,13 @@ from typer.testing import CliRunner
 from cascade.cli.main import app
 from cascade.stack import Stack
 from tests.integration.browser import Console
+from tests.integration.chat import console_answers, message_links, titled
 from tests.integration.support import model_ready, triton_client, upload, wait_for
-from tests.registry.chat_receiver import ChatReceiver, running_receiver
+from tests.registry.chat_receiver import ChatReceiver
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 TIMEOUT = 240.0
-
-
-@pytest.fixture
-def chat(stack: Stack, console: Console) -> Iterator[ChatReceiver]:
-    destinations = stack.home / "notifications.json"
-    with running_receiver() as receiver:
-        stack.console_url_file().write_text(console.url(""))  # what Stack.start_console writes
-        destinations.write_text(
-            json.dumps(
-                [
-                    {
-                        "name": "ml-slack",
-                        "kind": "slack",
-                        "url": receiver.url("slack", "T0/B0/secret"),
-                        "models": ["notify_*"],
-                        "events": [
-                            "validation_failed",
-                            "drift",
-                            "promoted",
-                            "approval_requested",
-                            "approval_decided",
-                        ],
-                    },
-                    {
-                        "name": "ml-teams",
-                        "kind": "teams",
-                        "url": receiver.url("teams", "workflow"),
-                        "models": ["notify_*"],
-                        "events": [
-                            "validation_failed",
-                            "drift",
-                            "promoted",
-                            "approval_requested",
-                            "approval_decided",
-                        ],
-                    },
-                ]
-            )
-        )
-        try:
-            yield receiver
-        finally:
-            destinations.unlink(missing_ok=True)
-            stack.console_url_file().unlink(missing_ok=True)
-
-
-def _titled(receiver: ChatReceiver, title: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """The Slack message and the Teams card titled `title`, once both arrived."""
-    slack = [m for m in receiver.on("/slack/T0/B0/secret") if m["blocks"][0]["text"]["text"] == title]
-    teams = [
-        m["attachments"][0]["content"]
-        for m in receiver.on("/teams/workflow")
-        if m["attachments"][0]["content"]["body"][0]["text"] == title
-    ]
-    return (slack[0], teams[0]) if slack and teams else None
 
 
 def _slack_fields(message: dict[str, Any]) -> list[str]:
@@ -97,18 +41,6 @@ def _slack_fields(message: dict[str, Any]) -> list[str]:
     ]
 
 
-def _links(slack: dict[str, Any], card: dict[str, Any]) -> list[str]:
-    buttons = [e["url"] for block in slack["blocks"] if block["type"] == "actions" for e in block["elements"]]
-    actions = [action["url"] for action in card.get("actions", [])]
-    assert buttons == actions  # one set of links, whichever chat
-    return buttons
-
-
-def _console_answers(url: str) -> int:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return int(response.status)
-
-
 def test_a_failed_validation_reaches_slack_and_teams_with_links_the_console_opens(
     stack: Stack, chat: ChatReceiver, console: Console
 ) -> None:
@@ -116,7 +48,7 @@ def test_a_failed_validation_reaches_slack_and_teams_with_links_the_console_open
 
     upload(stack, "notify_bad", frame.iloc[:30])
 
-    slack, card = wait_for(lambda: _titled(chat, "notify_bad v1 failed validation"), TIMEOUT, "both messages")
+    slack, card = wait_for(lambda: titled(chat, "notify_bad v1 failed validation"), TIMEOUT, "both messages")
     assert chat.rejected == []
     assert any(
         text.startswith("*✗ enough_fresh_rows*\n") and "against threshold 10" in text
@@ -126,11 +58,11 @@ def test_a_failed_validation_reaches_slack_and_teams_with_links_the_console_open
         f["title"]: f["value"] for block in card["body"] if block["type"] == "FactSet" for f in block["facts"]
     }
     assert "against threshold 10" in facts["✗ enough_fresh_rows"]
-    links = _links(slack, card)
+    links = message_links(slack, card)
     assert links[0] == console.url("models?model=notify_bad&version=1")
     # The Kafka consumer continued the cascade's trace: the message links to it too.
     assert any(link.startswith(console.url("traces?trace=")) for link in links[1:])
-    assert all(_console_answers(link) == 200 for link in links)
+    assert all(console_answers(link) == 200 for link in links)
 
 
 def test_drift_reaches_slack_and_teams_with_what_the_loop_did_and_links_the_console_opens(
@@ -154,7 +86,7 @@ def test_drift_reaches_slack_and_teams_with_what_the_loop_did_and_links_the_cons
         batch = triton.InferInput("input", [20, len(features)], "FP32")
         batch.set_data_from_numpy(shifted[start : start + 20].astype(np.float32))
         client.infer(model, [batch], headers=headers)
-        return _titled(chat, f"Drift detected on {model}")
+        return titled(chat, f"Drift detected on {model}")
 
     try:
         slack, card = wait_for(serve_and_look, TIMEOUT, "the drift messages", interval=0.5)
@@ -163,10 +95,10 @@ def test_drift_reaches_slack_and_teams_with_what_the_loop_did_and_links_the_cons
 
     # v1 became champion before any of that: its promotion was told too, in the same channel.
     promoted_slack, promoted_card = wait_for(
-        lambda: _titled(chat, f"{model} v1 is champion"), TIMEOUT, "promotion"
+        lambda: titled(chat, f"{model} v1 is champion"), TIMEOUT, "promotion"
     )
     assert "*Previous champion*\nnone" in _slack_fields(promoted_slack)
-    assert _links(promoted_slack, promoted_card)[0] == console.url(f"models?model={model}&version=1")
+    assert message_links(promoted_slack, promoted_card)[0] == console.url(f"models?model={model}&version=1")
     slack_titles = [m["blocks"][0]["text"]["text"] for m in chat.on("/slack/T0/B0/secret")]
     assert slack_titles.index(f"{model} v1 is champion") < slack_titles.index(f"Drift detected on {model}")
 
@@ -180,9 +112,9 @@ def test_drift_reaches_slack_and_teams_with_what_the_loop_did_and_links_the_cons
         ("Nothing retrained", "Retraining", "Labelled production rows")
     )
     assert "*What the loop did*\n" + facts["What the loop did"] in _slack_fields(slack)
-    links = _links(slack, card)
+    links = message_links(slack, card)
     assert links[:2] == [console.url(f"drift?model={model}"), console.url(f"models?model={model}&version=1")]
-    assert all(_console_answers(link) == 200 for link in links)
+    assert all(console_answers(link) == 200 for link in links)
 
 
 def test_a_challenger_awaiting_approval_and_its_approval_reach_the_team(
@@ -199,13 +131,13 @@ def test_a_challenger_awaiting_approval_and_its_approval_reach_the_team(
     upload(stack, model, frame.iloc[:300])
 
     slack, card = wait_for(
-        lambda: _titled(chat, f"{model} v1 awaits approval"), TIMEOUT, "the approval request"
+        lambda: titled(chat, f"{model} v1 awaits approval"), TIMEOUT, "the approval request"
     )
     facts = {
         f["title"]: f["value"] for block in card["body"] if block["type"] == "FactSet" for f in block["facts"]
     }
     assert (facts["Challenger"], facts["Champion"], facts["Requested by"]) == ("v1", "none", "validator")
-    assert _links(slack, card)[0] == console.url(f"models?model={model}&version=1")
+    assert message_links(slack, card)[0] == console.url(f"models?model={model}&version=1")
 
     approved = runner.invoke(
         app,
@@ -224,12 +156,12 @@ def test_a_challenger_awaiting_approval_and_its_approval_reach_the_team(
     )
     assert approved.exit_code == 0, approved.output
 
-    slack, card = wait_for(lambda: _titled(chat, f"{model} v1 approved"), TIMEOUT, "the decision")
+    slack, card = wait_for(lambda: titled(chat, f"{model} v1 approved"), TIMEOUT, "the decision")
     facts = {
         f["title"]: f["value"] for block in card["body"] if block["type"] == "FactSet" for f in block["facts"]
     }
     assert (facts["Decision"], facts["Reason"], facts["Champion"]) == ("approved", "read the gates", "v1")
     assert facts["By"]  # the principal the registry recorded
-    assert wait_for(lambda: _titled(chat, f"{model} v1 is champion"), TIMEOUT, "the promotion")
+    assert wait_for(lambda: titled(chat, f"{model} v1 is champion"), TIMEOUT, "the promotion")
     assert chat.rejected == []
-    assert all(_console_answers(link) == 200 for link in _links(slack, card))
+    assert all(console_answers(link) == 200 for link in message_links(slack, card))

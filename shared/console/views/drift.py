@@ -21,7 +21,7 @@ import streamlit as st
 
 from cascade.client.monitor import DriftHistory, Verdict
 from cascade.client.records import DriftReport, FeatureDrift, Model, Performance
-from cascade.console.connection import run, show_error, signed_in_token
+from cascade.console.connection import listing_with, run, show_error, signed_in_token
 from cascade.console.views import attribution
 from cascade.errors import CascadeError, NotFound
 
@@ -34,7 +34,7 @@ CALM_FEATURE = "Draw a feature that did not drift"
 def render() -> None:
     st.title("Drift")
     try:
-        models = _models(signed_in_token())
+        models = listing_with(_models, signed_in_token(), lambda m: m.name, st.query_params.get("model", ""))
     except CascadeError as error:
         show_error(error, "Listing the models")
         return

@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from cascade.client.records import Batch, DatasetVersion, Lineage, Model, ModelVersion
-from cascade.console.connection import run, show_error, signed_in_token
+from cascade.console.connection import listing_with, run, show_error, signed_in_token
 from cascade.console.tables import markdown_literal
 from cascade.errors import CascadeError, NotFound
 
@@ -54,7 +54,7 @@ def render() -> None:
     st.title("Lineage")
     token = signed_in_token()
     try:
-        models = _models(token)
+        models = listing_with(_models, token, lambda m: m.name, st.query_params.get("model", ""))
     except CascadeError as error:
         show_error(error, "Listing the models")
         return

@@ -19,7 +19,7 @@ import streamlit as st
 
 from cascade.client.records import AliasMove, Approval, Model, ModelVersion
 from cascade.client.sdk import AsyncClient
-from cascade.console.connection import run, show_error, signed_in_token
+from cascade.console.connection import listing_with, run, show_error, signed_in_token
 from cascade.console.tables import NONE, markdown_literal
 from cascade.console.views import attribution
 from cascade.errors import CascadeError
@@ -38,7 +38,9 @@ _TTL = 5
 def render() -> None:
     st.title("Models")
     try:
-        models = _models(signed_in_token())
+        models = listing_with(
+            _models, signed_in_token(), lambda pair: pair[0].name, st.query_params.get("model", "")
+        )
     except CascadeError as error:
         show_error(error, "Listing the models")
         return
