@@ -21,6 +21,7 @@ from sklearn.datasets import load_breast_cancer
 from cascade.cli.client import IngestResult, ingest_file, setup_cli_tracing
 from cascade.cli.errors import DemoError
 from cascade.client.channels import ClientSecurity
+from cascade.client.explain import ExplainClient
 from cascade.client.serving import ServingClient
 from cascade.errors import CascadeError
 from cascade.stack import Stack, StackError
@@ -99,9 +100,35 @@ async def _cascades(
     serving = ServingClient(stack.address("serving"), stack.client_security)
     try:
         run = _DemoRun(stack, serving, batches, wait_seconds, echo)
-        return [await run.cascade(batches.first, "1"), await run.cascade(batches.second, "2")]
+        outcomes = [await run.cascade(batches.first, "1"), await run.cascade(batches.second, "2")]
     finally:
         await serving.close()
+    await _explain_a_probe(stack, batches, echo)
+    return outcomes
+
+
+async def _explain_a_probe(stack: Stack, batches: DemoBatches, echo: Echo) -> None:
+    """Why the champion answered the first probe row as it did: its attributions, which add up to
+    its output. An aid to the demo, not part of it: a failure is said, not raised."""
+    row = batches.probe_features[0]
+    explainer = ExplainClient.connect(stack.address("serving"), stack.client_security, timeout=60)
+    try:
+        explained = await explainer.explain(MODEL, row)
+    except CascadeError as error:
+        echo(f"\nNo explanation of a probe row: {error}")
+        return
+    finally:
+        await explainer.close()
+    [why] = explained.rows
+    ranked = sorted(zip(explained.features, why.attributions, strict=True), key=lambda pair: -abs(pair[1]))
+    top = ", ".join(f"{name} {value:+.3f}" for name, value in ranked[:3])
+    echo(
+        f"\nWhy v{explained.version} answered {why.class_label or why.class_index} for the first probe row "
+        f"({explained.method} SHAP, {explained.output_space}): base {why.base_value:.3f} + "
+        f"attributions {sum(why.attributions):+.3f} = {why.output:.3f}; most: {top}"
+    )
+    values = ",".join(f"{value:g}" for value in row)
+    echo(f"  every feature: cascade --home {stack.home} explain {MODEL} --row '{values}'")
 
 
 async def model_serves(serving: ServingClient, model: str, version: str) -> bool:
