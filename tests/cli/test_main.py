@@ -29,6 +29,7 @@ COMMANDS = [
     ["down"],
     ["ingest"],
     ["demo"],
+    ["explain"],
 ]
 
 
@@ -48,7 +49,7 @@ def test_help_renders(runner: CliRunner, command: list[str]) -> None:
 def test_top_level_help_lists_every_command(runner: CliRunner) -> None:
     output = runner.invoke(app, ["--help"]).output
 
-    for command in ("kafka", "up", "status", "down", "ingest", "demo", "--home"):
+    for command in ("kafka", "up", "status", "down", "ingest", "demo", "explain", "--home"):
         assert command in output
 
 

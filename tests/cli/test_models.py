@@ -33,7 +33,10 @@ from cascade.stubs.cascade.registry.v1 import registry_pb2 as pb
 from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc
 from tests.grpc_server import serving
 
-NEW_COMMANDS = ["register", "search", "tag", "describe", "policy", "alias", "unalias", "promote", "show"]
+NEW_COMMANDS = [
+    *("register", "search", "tag", "describe", "policy", "alias", "unalias", "promote", "show"),
+    *("approvals", "approve", "reject"),
+]
 
 
 @dataclass
