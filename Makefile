@@ -44,7 +44,7 @@ test: setup browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra --durations=20
 
 protos: $(STAMP)
 	$(PY) -m cascade.protogen
