@@ -6,29 +6,13 @@ from __future__ import annotations
 import json
 
 from cascade.cli.models import _format_version
-from cascade.client.records import ModelVersion, TrainingRun, VersionStatus
+from cascade.client.records import ModelVersion
+from tests.records import model_version
 
 
-def _version(tags: dict[str, str]) -> ModelVersion:
-    return ModelVersion(
-        model="cancer",
-        version=2,
-        status=VersionStatus.ready,
-        artifact_sha256="0" * 64,
-        artifact_size=1,
-        dataset="cancer",
-        dataset_version="a" * 64,
-        run=TrainingRun("run", {}, {"cv_accuracy": 0.97}, 0, 1.5, ""),
-        aliases=("champion",),
-        tags=tags,
-        inputs=(),
-        outputs=(),
-        created_at=None,
-        idempotency_key="",
-        description="",
-        validation_passed=None,
-        validation_report_json="",
-    )
+def _tagged(tags: dict[str, str]) -> ModelVersion:
+    # As the CLI test had it: a version not yet judged by the validator.
+    return model_version(tags=tags, validation_passed=None, validation_report_json="")
 
 
 def _rows(text: str) -> list[list[str]]:
@@ -45,7 +29,7 @@ def test_global_attribution_is_printed_beside_permutation_importance() -> None:
         "mean_abs": {"texture": 0.25, "radius": 0.75},
     }
     text = _format_version(
-        _version(
+        _tagged(
             {
                 "global_attribution": json.dumps(attribution),
                 "feature_importance": json.dumps({"radius": 0.08, "texture": 0.01, "smoothness": 0.0}),
@@ -59,10 +43,10 @@ def test_global_attribution_is_printed_beside_permutation_importance() -> None:
 
 
 def test_a_version_without_attribution_still_shows_its_permutation_importance() -> None:
-    text = _format_version(_version({"feature_importance": json.dumps({"a": 0.01, "b": 0.2})}))
+    text = _format_version(_tagged({"feature_importance": json.dumps({"a": 0.01, "b": 0.2})}))
     assert "no global attribution on this version" in text
     assert _rows(text)[:2] == [["b", "-", "-", "0.2"], ["a", "-", "-", "0.01"]]
 
 
 def test_a_version_with_neither_prints_no_attribution_section() -> None:
-    assert "attribution:" not in _format_version(_version({}))
+    assert "attribution:" not in _format_version(_tagged({}))

@@ -9,8 +9,8 @@ import json
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cascade.client.records import ModelVersion, TrainingRun, VersionStatus
 from cascade.console.views.attribution import importance_frame
+from tests.records import model_version
 
 ATTRIBUTION = {
     "method": "tree",
@@ -26,31 +26,9 @@ def _charts(app: AppTest) -> int:
     return len(app.get("vega_lite_chart")) + len(app.get("arrow_vega_lite_chart"))
 
 
-def _version(tags: dict[str, str]) -> ModelVersion:
-    return ModelVersion(
-        model="cancer",
-        version=2,
-        status=VersionStatus.ready,
-        artifact_sha256="0" * 64,
-        artifact_size=1,
-        dataset="cancer",
-        dataset_version="a" * 64,
-        run=TrainingRun("run", {}, {"cv_accuracy": 0.97}, 0, 1.5, ""),
-        aliases=("champion",),
-        tags=tags,
-        inputs=(),
-        outputs=(),
-        created_at=None,
-        idempotency_key="",
-        description="",
-        validation_passed=True,
-        validation_report_json="{}",
-    )
-
-
 def test_the_frame_ranks_by_attribution_and_keeps_permutation_importance_beside_it() -> None:
     tags = {"global_attribution": json.dumps(ATTRIBUTION), "feature_importance": json.dumps(IMPORTANCE)}
-    frame = importance_frame(_version(tags))
+    frame = importance_frame(model_version(tags=tags))
     assert list(frame["feature"]) == ["worst radius", "mean texture", "area error", "smoothness"]
     assert list(frame["attribution share"][:3]) == pytest.approx([0.6, 0.3, 0.1])
     assert frame["permutation importance"].tolist() == [0.05, 0.01, 0.002, 0.0]
@@ -58,7 +36,7 @@ def test_the_frame_ranks_by_attribution_and_keeps_permutation_importance_beside_
 
 
 def test_without_attribution_the_frame_ranks_by_permutation_importance() -> None:
-    frame = importance_frame(_version({"feature_importance": json.dumps({"a": 0.01, "b": 0.2})}))
+    frame = importance_frame(model_version(tags={"feature_importance": json.dumps({"a": 0.01, "b": 0.2})}))
     assert list(frame["feature"]) == ["b", "a"]
     assert frame["mean |attribution|"].isna().all()
 
@@ -66,28 +44,11 @@ def test_without_attribution_the_frame_ranks_by_permutation_importance() -> None
 def _models_panel(tags_json: str) -> None:
     import json
 
-    from cascade.client.records import ModelVersion, TrainingRun, VersionStatus
+    from cascade.client.records import TrainingRun
     from cascade.console.views import attribution
+    from tests.records import model_version
 
-    version = ModelVersion(
-        model="cancer",
-        version=2,
-        status=VersionStatus.ready,
-        artifact_sha256="0" * 64,
-        artifact_size=1,
-        dataset="cancer",
-        dataset_version="a" * 64,
-        run=TrainingRun("run", {}, {}, 0, 1.5, ""),
-        aliases=("champion",),
-        tags=json.loads(tags_json),
-        inputs=(),
-        outputs=(),
-        created_at=None,
-        idempotency_key="",
-        description="",
-        validation_passed=True,
-        validation_report_json="{}",
-    )
+    version = model_version(tags=json.loads(tags_json), run=TrainingRun("run", {}, {}, 0, 1.5, ""))
     attribution.render_version([version], "cancer")
 
 

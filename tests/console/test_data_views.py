@@ -16,36 +16,24 @@ from cascade.client.records import (
     Lineage,
     ModelVersion,
     TrainingRun,
-    VersionStatus,
 )
 from cascade.console.tables import markdown_literal
 from cascade.console.views.lineage import LineageFacts, dot, facts_table
 from cascade.console.views.traces import timeline_frame
 from cascade.traces import find_trace, load_spans
+from tests.records import model_version
 from tests.shared.test_traces import write_cascade
 
 FIRST, SECOND = "a" * 64, "b" * 64  # dataset versions: SECOND grew from FIRST
 
 
 def _version(model: str, number: int, dataset_version: str, aliases: tuple[str, ...] = ()) -> ModelVersion:
-    return ModelVersion(
+    return model_version(
         model=model,
         version=number,
-        status=VersionStatus.ready,
-        artifact_sha256="0" * 64,
-        artifact_size=1,
-        dataset="cancer",
         dataset_version=dataset_version,
         run=TrainingRun(f"run{number}-{model}", {}, {"cv_accuracy": 0.97}, 0, 1.5, ""),
         aliases=aliases,
-        tags={},
-        inputs=(),
-        outputs=(),
-        created_at=None,
-        idempotency_key="",
-        description="",
-        validation_passed=True,
-        validation_report_json="{}",
     )
 
 
