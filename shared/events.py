@@ -22,27 +22,32 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from cascade.errors import InvalidArgument
 
 __all__ = [
+    "LATENCY_BOUNDS_MS",
     "DataArrived",
     "DriftDetected",
     "Event",
     "EventTooLarge",
     "GateResult",
     "LabelsArrived",
+    "LiveTrafficReported",
     "ModelAliasChanged",
     "ModelApprovalDecided",
     "ModelApprovalRequested",
     "ModelLoadFailed",
     "ModelPromoted",
+    "ModelTrafficChanged",
     "ModelTrained",
     "ModelValidated",
     "ModelVersionCreated",
     "ModelVersionStatusChanged",
     "PredictionLogged",
+    "PredictionsCompared",
     "RawRecords",
     "RetrainCause",
     "Topics",
     "TrainingProgress",
     "TrainingRequested",
+    "VersionLiveStats",
     "cloudevent_headers",
     "decode_event",
 ]
@@ -305,6 +310,93 @@ class PredictionLogged(Event):
     probabilities: list[list[float]] | None = Field(
         None, description="Per row, the predicted probability of each class (classifiers), if logged."
     )
+    role: Literal["champion", "canary"] = Field(
+        "champion",
+        description="Which side of the model's traffic split answered: its champion or its canary.",
+    )
+
+
+class ModelTrafficChanged(Event):
+    """A model's traffic split or rollout changed in the registry. Serving replicas re-read the split
+    (GetTraffic) rather than trust the event, as they do for promotions; the monitor follows rollouts."""
+
+    TOPIC: ClassVar[str] = "traffic-changed.v1"
+    type: Literal["io.cascade.model.traffic_changed.v1"] = "io.cascade.model.traffic_changed.v1"
+    MAX_BYTES: ClassVar[int] = 64 * 1024
+
+    model: str
+    revision: int = Field(description="The split's revision after the change; it only grows.")
+    champion_version: int | None = None
+    canary_version: int | None = None
+    canary_percent: float = 0.0
+    shadow_version: int | None = None
+    shadow_percent: float = 0.0
+    action: Literal["set", "rollout_started", "rollout_advanced", "promoted", "rolled_back"]
+    rollout_version: int | None = Field(None, description="The version being rolled out, if any.")
+    rollout_step: int | None = Field(None, description="Index of the rollout's step after the change.")
+    actor: str
+    reason: str = Field("", description="Why; for a rollback, its cause (the breach and its measured value).")
+
+
+# Upper bounds (milliseconds) of the latency histogram buckets in LiveTrafficReported; the last
+# bucket counts everything above the last bound. Fixed, so replicas' counts add up.
+LATENCY_BOUNDS_MS: tuple[float, ...] = (0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+class VersionLiveStats(BaseModel):
+    """One version's requests in one serving replica over one reporting interval."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    version: int
+    role: Literal["champion", "canary", "shadow"]
+    requests: int = Field(ge=0, description="Answered (champion, canary) or scored (shadow) requests.")
+    failures: int = Field(ge=0)
+    latency_buckets: list[int] = Field(
+        description="Counts per LATENCY_BOUNDS_MS bucket, plus one for above the last bound."
+    )
+
+
+class LiveTrafficReported(Event):
+    """What one serving replica saw of a model whose traffic has a canary or a shadow, over one
+    interval: each version's requests, failures and latencies, and the shadow scorings it dropped."""
+
+    TOPIC: ClassVar[str] = "live-traffic.v1"
+    type: Literal["io.cascade.serving.live_traffic.v1"] = "io.cascade.serving.live_traffic.v1"
+    MAX_BYTES: ClassVar[int] = 64 * 1024
+
+    model: str
+    instance: str = Field(description="The serving replica (and worker).")
+    traffic_revision: int = Field(description="The split the replica followed over the interval.")
+    interval_seconds: float
+    versions: list[VersionLiveStats] = Field(max_length=8)
+    shadow_dropped: int = Field(0, ge=0, description="Shadow scorings dropped under load.")
+
+
+class PredictionsCompared(Event):
+    """Rows scored by both the champion and the challenger (shadow or canary) on live requests,
+    sampled: each version's first output per row (a label, or a regressor's value)."""
+
+    TOPIC: ClassVar[str] = "predictions-compared.v1"
+    type: Literal["io.cascade.serving.predictions_compared.v1"] = "io.cascade.serving.predictions_compared.v1"
+
+    model: str
+    instance: str
+    champion_version: int
+    challenger_version: int
+    challenger_role: Literal["shadow", "canary"]
+    request_ids: list[str] = Field(description="Per row, the request it came from.")
+    champion_outputs: list[float]
+    challenger_outputs: list[float]
+    challenger_failures: int = Field(0, ge=0, description="Requests the challenger failed to score.")
+
+    @model_validator(mode="after")
+    def _rows_line_up(self) -> PredictionsCompared:
+        if not (len(self.request_ids) == len(self.champion_outputs) == len(self.challenger_outputs)):
+            raise ValueError(
+                "request_ids, champion_outputs and challenger_outputs must have one entry per row"
+            )
+        return self
 
 
 class DriftDetected(Event):

@@ -403,3 +403,122 @@ class DriftHistory(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DriftHistory: _TypeAlias = DriftHistory  # noqa: Y015
+
+@_typing.final
+class GetLiveComparisonRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLiveComparisonRequest: _TypeAlias = GetLiveComparisonRequest  # noqa: Y015
+
+@_typing.final
+class LiveComparison(_message.Message):
+    """Figures are over the current rollout step (since step_started_at), summed over every serving
+    replica. NaN where there is nothing to measure yet.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    CHAMPION_VERSION_FIELD_NUMBER: _builtins.int
+    CHALLENGER_VERSION_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    STEP_STARTED_AT_FIELD_NUMBER: _builtins.int
+    CHALLENGER_REQUESTS_FIELD_NUMBER: _builtins.int
+    CHALLENGER_FAILURES_FIELD_NUMBER: _builtins.int
+    CHALLENGER_ERROR_RATE_FIELD_NUMBER: _builtins.int
+    CHAMPION_P99_MS_FIELD_NUMBER: _builtins.int
+    CHALLENGER_P99_MS_FIELD_NUMBER: _builtins.int
+    COMPARED_ROWS_FIELD_NUMBER: _builtins.int
+    AGREEMENT_FIELD_NUMBER: _builtins.int
+    DIFFERENCE_RATIO_FIELD_NUMBER: _builtins.int
+    PREDICTION_DRIFT_FIELD_NUMBER: _builtins.int
+    CHAMPION_LABELLED_ROWS_FIELD_NUMBER: _builtins.int
+    CHALLENGER_LABELLED_ROWS_FIELD_NUMBER: _builtins.int
+    CHAMPION_METRIC_FIELD_NUMBER: _builtins.int
+    CHALLENGER_METRIC_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    SHADOW_DROPPED_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    champion_version: _builtins.int
+    challenger_version: _builtins.int
+    stage: _builtins.str
+    """"shadow" or "canary"."""
+    step: _builtins.int
+    challenger_requests: _builtins.int
+    """Requests the challenger answered (canary) or scored (shadow), and how many of those failed."""
+    challenger_failures: _builtins.int
+    challenger_error_rate: _builtins.float
+    champion_p99_ms: _builtins.float
+    challenger_p99_ms: _builtins.float
+    compared_rows: _builtins.int
+    """Rows scored by both versions."""
+    agreement: _builtins.float
+    """Classifiers: share of compared rows with the same label."""
+    difference_ratio: _builtins.float
+    """Regressors: p90 |challenger - champion| over the std of the champion's outputs."""
+    prediction_drift: _builtins.float
+    """PSI of the challenger's outputs against the champion's on the compared rows."""
+    champion_labelled_rows: _builtins.int
+    """With labels (labels.v1): rows labelled and the live metric (accuracy, or R^2) of each version."""
+    challenger_labelled_rows: _builtins.int
+    champion_metric: _builtins.float
+    challenger_metric: _builtins.float
+    verdict: _builtins.str
+    """"holding" (evidence still short), "advancing", "promoted", "rolled_back", each with why."""
+    detail: _builtins.str
+    shadow_dropped: _builtins.int
+    """Shadow scorings serving dropped under load (reported by the replicas) in this step."""
+    @_builtins.property
+    def step_started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        champion_version: _builtins.int = ...,
+        challenger_version: _builtins.int = ...,
+        stage: _builtins.str = ...,
+        step: _builtins.int = ...,
+        step_started_at: _timestamp_pb2.Timestamp | None = ...,
+        challenger_requests: _builtins.int = ...,
+        challenger_failures: _builtins.int = ...,
+        challenger_error_rate: _builtins.float = ...,
+        champion_p99_ms: _builtins.float = ...,
+        challenger_p99_ms: _builtins.float = ...,
+        compared_rows: _builtins.int = ...,
+        agreement: _builtins.float = ...,
+        difference_ratio: _builtins.float = ...,
+        prediction_drift: _builtins.float = ...,
+        champion_labelled_rows: _builtins.int = ...,
+        challenger_labelled_rows: _builtins.int = ...,
+        champion_metric: _builtins.float = ...,
+        challenger_metric: _builtins.float = ...,
+        verdict: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        shadow_dropped: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["step_started_at", b"step_started_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement", b"agreement", "challenger_error_rate", b"challenger_error_rate", "challenger_failures", b"challenger_failures", "challenger_labelled_rows", b"challenger_labelled_rows", "challenger_metric", b"challenger_metric", "challenger_p99_ms", b"challenger_p99_ms", "challenger_requests", b"challenger_requests", "challenger_version", b"challenger_version", "champion_labelled_rows", b"champion_labelled_rows", "champion_metric", b"champion_metric", "champion_p99_ms", b"champion_p99_ms", "champion_version", b"champion_version", "compared_rows", b"compared_rows", "detail", b"detail", "difference_ratio", b"difference_ratio", "model", b"model", "prediction_drift", b"prediction_drift", "shadow_dropped", b"shadow_dropped", "stage", b"stage", "step", b"step", "step_started_at", b"step_started_at", "updated_at", b"updated_at", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LiveComparison: _TypeAlias = LiveComparison  # noqa: Y015

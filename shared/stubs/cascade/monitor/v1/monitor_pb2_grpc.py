@@ -44,6 +44,11 @@ class MonitorServiceStub:
                 request_serializer=cascade_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.GetDriftHistoryRequest.SerializeToString,
                 response_deserializer=cascade_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.DriftHistory.FromString,
                 _registered_method=True)
+        self.GetLiveComparison = channel.unary_unary(
+                '/cascade.monitor.v1.MonitorService/GetLiveComparison',
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.GetLiveComparisonRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.LiveComparison.FromString,
+                _registered_method=True)
 
 
 class MonitorServiceServicer:
@@ -63,6 +68,15 @@ class MonitorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLiveComparison(self, request, context):
+        """What the monitor sees of a model's challenger on live traffic (shadow or canary) against its
+        champion in the current rollout step, and what the rollout policy made of it. NOT_FOUND when
+        the model has no challenger on live traffic and no rollout on record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MonitorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +89,11 @@ def add_MonitorServiceServicer_to_server(servicer, server):
                     servicer.GetDriftHistory,
                     request_deserializer=cascade_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.GetDriftHistoryRequest.FromString,
                     response_serializer=cascade_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.DriftHistory.SerializeToString,
+            ),
+            'GetLiveComparison': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLiveComparison,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.GetLiveComparisonRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.LiveComparison.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +150,33 @@ class MonitorService:
             '/cascade.monitor.v1.MonitorService/GetDriftHistory',
             cascade_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.GetDriftHistoryRequest.SerializeToString,
             cascade_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.DriftHistory.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLiveComparison(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.monitor.v1.MonitorService/GetLiveComparison',
+            cascade_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.GetLiveComparisonRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_monitor_dot_v1_dot_monitor__pb2.LiveComparison.FromString,
             options,
             channel_credentials,
             insecure,

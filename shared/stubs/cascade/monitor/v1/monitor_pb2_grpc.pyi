@@ -35,6 +35,11 @@ class MonitorServiceStub:
     """The model's latest drift report: per feature and for the prediction, and its performance."""
     GetDriftHistory: _grpc.UnaryUnaryMultiCallable[_monitor_pb2.GetDriftHistoryRequest, _monitor_pb2.DriftHistory]
     """The model's verdicts, newest first, and the drift events they led to (emitted or held back)."""
+    GetLiveComparison: _grpc.UnaryUnaryMultiCallable[_monitor_pb2.GetLiveComparisonRequest, _monitor_pb2.LiveComparison]
+    """What the monitor sees of a model's challenger on live traffic (shadow or canary) against its
+    champion in the current rollout step, and what the rollout policy made of it. NOT_FOUND when
+    the model has no challenger on live traffic and no rollout on record.
+    """
 
 @_typing.type_check_only
 class MonitorServiceAsyncStub(MonitorServiceStub):
@@ -43,6 +48,11 @@ class MonitorServiceAsyncStub(MonitorServiceStub):
     """The model's latest drift report: per feature and for the prediction, and its performance."""
     GetDriftHistory: _aio.UnaryUnaryMultiCallable[_monitor_pb2.GetDriftHistoryRequest, _monitor_pb2.DriftHistory]  # type: ignore[assignment]
     """The model's verdicts, newest first, and the drift events they led to (emitted or held back)."""
+    GetLiveComparison: _aio.UnaryUnaryMultiCallable[_monitor_pb2.GetLiveComparisonRequest, _monitor_pb2.LiveComparison]  # type: ignore[assignment]
+    """What the monitor sees of a model's challenger on live traffic (shadow or canary) against its
+    champion in the current rollout step, and what the rollout policy made of it. NOT_FOUND when
+    the model has no challenger on live traffic and no rollout on record.
+    """
 
 class MonitorServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -60,5 +70,16 @@ class MonitorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_monitor_pb2.DriftHistory, _abc.Awaitable[_monitor_pb2.DriftHistory]]:
         """The model's verdicts, newest first, and the drift events they led to (emitted or held back)."""
+
+    @_abc_1.abstractmethod
+    def GetLiveComparison(
+        self,
+        request: _monitor_pb2.GetLiveComparisonRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_monitor_pb2.LiveComparison, _abc.Awaitable[_monitor_pb2.LiveComparison]]:
+        """What the monitor sees of a model's challenger on live traffic (shadow or canary) against its
+        champion in the current rollout step, and what the rollout policy made of it. NOT_FOUND when
+        the model has no challenger on live traffic and no rollout on record.
+        """
 
 def add_MonitorServiceServicer_to_server(servicer: MonitorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

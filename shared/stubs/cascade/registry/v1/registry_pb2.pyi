@@ -58,6 +58,10 @@ class _PromotionPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Promo
     """The passed candidate becomes `champion`."""
     PROMOTION_POLICY_MANUAL: _PromotionPolicy.ValueType  # 2
     """The passed candidate becomes `challenger`; a person promotes it."""
+    PROMOTION_POLICY_PROGRESSIVE: _PromotionPolicy.ValueType  # 3
+    """The passed candidate becomes `challenger` and is rolled out through the model's rollout plan
+    (shadow, canary steps): the monitor promotes it on live traffic, or rolls it back.
+    """
 
 class PromotionPolicy(_PromotionPolicy, metaclass=_PromotionPolicyEnumTypeWrapper):
     """What a passed validation does to a model's aliases."""
@@ -68,6 +72,10 @@ PROMOTION_POLICY_AUTOMATIC: PromotionPolicy.ValueType  # 1
 """The passed candidate becomes `champion`."""
 PROMOTION_POLICY_MANUAL: PromotionPolicy.ValueType  # 2
 """The passed candidate becomes `challenger`; a person promotes it."""
+PROMOTION_POLICY_PROGRESSIVE: PromotionPolicy.ValueType  # 3
+"""The passed candidate becomes `challenger` and is rolled out through the model's rollout plan
+(shadow, canary steps): the monitor promotes it on live traffic, or rolls it back.
+"""
 Global___PromotionPolicy: _TypeAlias = PromotionPolicy  # noqa: Y015
 
 class _PermissionLevel:
@@ -151,6 +159,50 @@ APPROVAL_STATUS_REJECTED: ApprovalStatus.ValueType  # 3
 APPROVAL_STATUS_SUPERSEDED: ApprovalStatus.ValueType  # 4
 """Closed because a newer version passed validation (see superseded_by)."""
 Global___ApprovalStatus: _TypeAlias = ApprovalStatus  # noqa: Y015
+
+class _RolloutStage:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RolloutStageEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RolloutStage.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROLLOUT_STAGE_UNSPECIFIED: _RolloutStage.ValueType  # 0
+    ROLLOUT_STAGE_SHADOW: _RolloutStage.ValueType  # 1
+    """The challenger scores a share of requests after the champion answered them; it never answers."""
+    ROLLOUT_STAGE_CANARY: _RolloutStage.ValueType  # 2
+    """The challenger answers a share of requests."""
+
+class RolloutStage(_RolloutStage, metaclass=_RolloutStageEnumTypeWrapper): ...
+
+ROLLOUT_STAGE_UNSPECIFIED: RolloutStage.ValueType  # 0
+ROLLOUT_STAGE_SHADOW: RolloutStage.ValueType  # 1
+"""The challenger scores a share of requests after the champion answered them; it never answers."""
+ROLLOUT_STAGE_CANARY: RolloutStage.ValueType  # 2
+"""The challenger answers a share of requests."""
+Global___RolloutStage: _TypeAlias = RolloutStage  # noqa: Y015
+
+class _RolloutState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RolloutStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RolloutState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROLLOUT_STATE_UNSPECIFIED: _RolloutState.ValueType  # 0
+    ROLLOUT_STATE_RUNNING: _RolloutState.ValueType  # 1
+    ROLLOUT_STATE_PROMOTED: _RolloutState.ValueType  # 2
+    """Reached the end of its plan: the version is champion."""
+    ROLLOUT_STATE_ROLLED_BACK: _RolloutState.ValueType  # 3
+    """Stopped on a breach (or by hand): traffic went back to the champion."""
+
+class RolloutState(_RolloutState, metaclass=_RolloutStateEnumTypeWrapper): ...
+
+ROLLOUT_STATE_UNSPECIFIED: RolloutState.ValueType  # 0
+ROLLOUT_STATE_RUNNING: RolloutState.ValueType  # 1
+ROLLOUT_STATE_PROMOTED: RolloutState.ValueType  # 2
+"""Reached the end of its plan: the version is champion."""
+ROLLOUT_STATE_ROLLED_BACK: RolloutState.ValueType  # 3
+"""Stopped on a breach (or by hand): traffic went back to the champion."""
+Global___RolloutState: _TypeAlias = RolloutState  # noqa: Y015
 
 @_typing.final
 class TrainingRun(_message.Message):
@@ -1169,6 +1221,7 @@ class AliasMove(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
+    TRAFFIC_PERCENT_FIELD_NUMBER: _builtins.int
     alias: _builtins.str
     from_version: _builtins.int
     """0 when the alias did not exist before."""
@@ -1176,6 +1229,8 @@ class AliasMove(_message.Message):
     """0 when the move deleted the alias."""
     actor: _builtins.str
     reason: _builtins.str
+    traffic_percent: _builtins.float
+    """For `canary` and `shadow`: the share of requests (0..100) the move gave the version."""
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -1187,10 +1242,11 @@ class AliasMove(_message.Message):
         actor: _builtins.str = ...,
         reason: _builtins.str = ...,
         at: _timestamp_pb2.Timestamp | None = ...,
+        traffic_percent: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "alias", b"alias", "at", b"at", "from_version", b"from_version", "reason", b"reason", "to_version", b"to_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "alias", b"alias", "at", b"at", "from_version", b"from_version", "reason", b"reason", "to_version", b"to_version", "traffic_percent", b"traffic_percent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1486,3 +1542,437 @@ class DecideApprovalRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DecideApprovalRequest: _TypeAlias = DecideApprovalRequest  # noqa: Y015
+
+@_typing.final
+class GetTrafficRequest(_message.Message):
+    """-- progressive delivery ---------------------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTrafficRequest: _TypeAlias = GetTrafficRequest  # noqa: Y015
+
+@_typing.final
+class RolloutStep(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGE_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
+    MIN_REQUESTS_FIELD_NUMBER: _builtins.int
+    MIN_SECONDS_FIELD_NUMBER: _builtins.int
+    stage: Global___RolloutStage.ValueType
+    percent: _builtins.float
+    """Canary: the share of requests the challenger answers; shadow: the share it also scores. 0..100."""
+    min_requests: _builtins.int
+    """The step holds until the challenger has answered (canary) or scored (shadow) this many requests
+    since the step began, summed over every serving replica ...
+    """
+    min_seconds: _builtins.float
+    """... and for at least this long."""
+    def __init__(
+        self,
+        *,
+        stage: Global___RolloutStage.ValueType = ...,
+        percent: _builtins.float = ...,
+        min_requests: _builtins.int = ...,
+        min_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_requests", b"min_requests", "min_seconds", b"min_seconds", "percent", b"percent", "stage", b"stage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutStep: _TypeAlias = RolloutStep  # noqa: Y015
+
+@_typing.final
+class RolloutThresholds(_message.Message):
+    """A step moves on only while every threshold holds; one breach rolls the version back at once.
+    A threshold of 0 is not checked.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_ERROR_RATE_FIELD_NUMBER: _builtins.int
+    MAX_P99_RATIO_FIELD_NUMBER: _builtins.int
+    P99_FLOOR_MS_FIELD_NUMBER: _builtins.int
+    MIN_AGREEMENT_FIELD_NUMBER: _builtins.int
+    MAX_DIFFERENCE_RATIO_FIELD_NUMBER: _builtins.int
+    MAX_PREDICTION_DRIFT_FIELD_NUMBER: _builtins.int
+    MAX_METRIC_DROP_FIELD_NUMBER: _builtins.int
+    MIN_COMPARED_ROWS_FIELD_NUMBER: _builtins.int
+    max_error_rate: _builtins.float
+    """The challenger's failed requests (or failed shadow scorings) over its requests, e.g. 0.01."""
+    max_p99_ratio: _builtins.float
+    """The challenger's p99 latency over the champion's in the same step, e.g. 1.5 ..."""
+    p99_floor_ms: _builtins.float
+    """... judged only once the challenger's p99 is above this many milliseconds (sub-millisecond
+    latencies are too noisy to compare as a ratio).
+    """
+    min_agreement: _builtins.float
+    """Classifiers: the share of compared rows on which both versions give the same label, e.g. 0.9."""
+    max_difference_ratio: _builtins.float
+    """Regressors: p90 of |challenger - champion| over the standard deviation of the champion's
+    outputs on the same rows, e.g. 0.5.
+    """
+    max_prediction_drift: _builtins.float
+    """Population stability index of the challenger's outputs against the champion's on the same
+    requests, e.g. 0.25.
+    """
+    max_metric_drop: _builtins.float
+    """With labels: how far the challenger's live metric (accuracy, or R^2) may fall below the
+    champion's over the same period, e.g. 0.05.
+    """
+    min_compared_rows: _builtins.int
+    """Compared (or labelled) rows needed before agreement, difference, drift (or the metric) are judged."""
+    def __init__(
+        self,
+        *,
+        max_error_rate: _builtins.float = ...,
+        max_p99_ratio: _builtins.float = ...,
+        p99_floor_ms: _builtins.float = ...,
+        min_agreement: _builtins.float = ...,
+        max_difference_ratio: _builtins.float = ...,
+        max_prediction_drift: _builtins.float = ...,
+        max_metric_drop: _builtins.float = ...,
+        min_compared_rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_difference_ratio", b"max_difference_ratio", "max_error_rate", b"max_error_rate", "max_metric_drop", b"max_metric_drop", "max_p99_ratio", b"max_p99_ratio", "max_prediction_drift", b"max_prediction_drift", "min_agreement", b"min_agreement", "min_compared_rows", b"min_compared_rows", "p99_floor_ms", b"p99_floor_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutThresholds: _TypeAlias = RolloutThresholds  # noqa: Y015
+
+@_typing.final
+class RolloutPlan(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    THRESHOLDS_FIELD_NUMBER: _builtins.int
+    IS_DEFAULT_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    is_default: _builtins.bool
+    """True when the model has set no plan and this is the registry's default."""
+    actor: _builtins.str
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutStep]:
+        """In order; the version becomes champion after the last one."""
+
+    @_builtins.property
+    def thresholds(self) -> Global___RolloutThresholds: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        steps: _abc.Iterable[Global___RolloutStep] | None = ...,
+        thresholds: Global___RolloutThresholds | None = ...,
+        is_default: _builtins.bool = ...,
+        actor: _builtins.str = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["thresholds", b"thresholds", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "is_default", b"is_default", "model", b"model", "steps", b"steps", "thresholds", b"thresholds", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutPlan: _TypeAlias = RolloutPlan  # noqa: Y015
+
+@_typing.final
+class Rollout(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    STEP_STARTED_AT_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    state: Global___RolloutState.ValueType
+    step: _builtins.int
+    """Index into plan.steps of the current (or last) step."""
+    cause: _builtins.str
+    """Why it ended: the breach that rolled it back, or the promotion."""
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def step_started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def plan(self) -> Global___RolloutPlan:
+        """The plan it follows, fixed when it started."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        state: Global___RolloutState.ValueType = ...,
+        step: _builtins.int = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        step_started_at: _timestamp_pb2.Timestamp | None = ...,
+        cause: _builtins.str = ...,
+        plan: Global___RolloutPlan | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan", "started_at", b"started_at", "step_started_at", b"step_started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "plan", b"plan", "started_at", b"started_at", "state", b"state", "step", b"step", "step_started_at", b"step_started_at", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Rollout: _TypeAlias = Rollout  # noqa: Y015
+
+@_typing.final
+class Traffic(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    CHAMPION_VERSION_FIELD_NUMBER: _builtins.int
+    CANARY_VERSION_FIELD_NUMBER: _builtins.int
+    CANARY_PERCENT_FIELD_NUMBER: _builtins.int
+    SHADOW_VERSION_FIELD_NUMBER: _builtins.int
+    SHADOW_PERCENT_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    ROLLOUT_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    champion_version: _builtins.int
+    """0: no champion."""
+    canary_version: _builtins.int
+    """The alias `canary` (0: none) and the share of requests it answers, 0..100."""
+    canary_percent: _builtins.float
+    shadow_version: _builtins.int
+    """The alias `shadow` (0: none) and the share of requests it also scores, 0..100."""
+    shadow_percent: _builtins.float
+    revision: _builtins.int
+    """Grows by one with every change of the split or the rollout; replicas never go back to an older one."""
+    actor: _builtins.str
+    reason: _builtins.str
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def rollout(self) -> Global___Rollout:
+        """The model's latest rollout (absent before its first)."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        champion_version: _builtins.int = ...,
+        canary_version: _builtins.int = ...,
+        canary_percent: _builtins.float = ...,
+        shadow_version: _builtins.int = ...,
+        shadow_percent: _builtins.float = ...,
+        revision: _builtins.int = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        rollout: Global___Rollout | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_rollout", b"_rollout", "rollout", b"rollout", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_rollout", b"_rollout", "actor", b"actor", "canary_percent", b"canary_percent", "canary_version", b"canary_version", "champion_version", b"champion_version", "model", b"model", "reason", b"reason", "revision", b"revision", "rollout", b"rollout", "shadow_percent", b"shadow_percent", "shadow_version", b"shadow_version", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__rollout: _TypeAlias = _typing.Literal["rollout"]  # noqa: Y015
+    _WhichOneofArgType__rollout: _TypeAlias = _typing.Literal["_rollout", b"_rollout"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rollout) -> _WhichOneofReturnType__rollout | None: ...
+
+Global___Traffic: _TypeAlias = Traffic  # noqa: Y015
+
+@_typing.final
+class SetTrafficRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    CANARY_VERSION_FIELD_NUMBER: _builtins.int
+    CANARY_PERCENT_FIELD_NUMBER: _builtins.int
+    SHADOW_VERSION_FIELD_NUMBER: _builtins.int
+    SHADOW_PERCENT_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    canary_version: _builtins.int
+    """0 with percent 0: no canary."""
+    canary_percent: _builtins.float
+    shadow_version: _builtins.int
+    """0 with percent 0: no shadow."""
+    shadow_percent: _builtins.float
+    actor: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        canary_version: _builtins.int = ...,
+        canary_percent: _builtins.float = ...,
+        shadow_version: _builtins.int = ...,
+        shadow_percent: _builtins.float = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "canary_percent", b"canary_percent", "canary_version", b"canary_version", "model", b"model", "reason", b"reason", "shadow_percent", b"shadow_percent", "shadow_version", b"shadow_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetTrafficRequest: _TypeAlias = SetTrafficRequest  # noqa: Y015
+
+@_typing.final
+class GetRolloutPlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRolloutPlanRequest: _TypeAlias = GetRolloutPlanRequest  # noqa: Y015
+
+@_typing.final
+class SetRolloutPlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    THRESHOLDS_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    actor: _builtins.str
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutStep]: ...
+    @_builtins.property
+    def thresholds(self) -> Global___RolloutThresholds: ...
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        steps: _abc.Iterable[Global___RolloutStep] | None = ...,
+        thresholds: Global___RolloutThresholds | None = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["thresholds", b"thresholds"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "model", b"model", "steps", b"steps", "thresholds", b"thresholds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetRolloutPlanRequest: _TypeAlias = SetRolloutPlanRequest  # noqa: Y015
+
+@_typing.final
+class StartRolloutRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    version: _builtins.int
+    actor: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        version: _builtins.int = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "model", b"model", "reason", b"reason", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartRolloutRequest: _TypeAlias = StartRolloutRequest  # noqa: Y015
+
+@_typing.final
+class AdvanceRolloutRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    FROM_STEP_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    version: _builtins.int
+    from_step: _builtins.int
+    actor: _builtins.str
+    reason: _builtins.str
+    """What was observed: recorded in the history and the event."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        version: _builtins.int = ...,
+        from_step: _builtins.int = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "from_step", b"from_step", "model", b"model", "reason", b"reason", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdvanceRolloutRequest: _TypeAlias = AdvanceRolloutRequest  # noqa: Y015
+
+@_typing.final
+class AbortRolloutRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    version: _builtins.int
+    actor: _builtins.str
+    reason: _builtins.str
+    """The cause (the breached threshold and the measured value, or a person's reason). Required."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        version: _builtins.int = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "model", b"model", "reason", b"reason", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AbortRolloutRequest: _TypeAlias = AbortRolloutRequest  # noqa: Y015

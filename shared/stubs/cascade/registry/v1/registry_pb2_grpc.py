@@ -139,6 +139,41 @@ class RegistryServiceStub:
                 request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DecideApprovalRequest.SerializeToString,
                 response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Approval.FromString,
                 _registered_method=True)
+        self.GetTraffic = channel.unary_unary(
+                '/cascade.registry.v1.RegistryService/GetTraffic',
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetTrafficRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Traffic.FromString,
+                _registered_method=True)
+        self.SetTraffic = channel.unary_unary(
+                '/cascade.registry.v1.RegistryService/SetTraffic',
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetTrafficRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Traffic.FromString,
+                _registered_method=True)
+        self.GetRolloutPlan = channel.unary_unary(
+                '/cascade.registry.v1.RegistryService/GetRolloutPlan',
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetRolloutPlanRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.RolloutPlan.FromString,
+                _registered_method=True)
+        self.SetRolloutPlan = channel.unary_unary(
+                '/cascade.registry.v1.RegistryService/SetRolloutPlan',
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetRolloutPlanRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.RolloutPlan.FromString,
+                _registered_method=True)
+        self.StartRollout = channel.unary_unary(
+                '/cascade.registry.v1.RegistryService/StartRollout',
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.StartRolloutRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Traffic.FromString,
+                _registered_method=True)
+        self.AdvanceRollout = channel.unary_unary(
+                '/cascade.registry.v1.RegistryService/AdvanceRollout',
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.AdvanceRolloutRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Traffic.FromString,
+                _registered_method=True)
+        self.AbortRollout = channel.unary_unary(
+                '/cascade.registry.v1.RegistryService/AbortRollout',
+                request_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.AbortRolloutRequest.SerializeToString,
+                response_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Traffic.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -293,6 +328,63 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTraffic(self, request, context):
+        """Progressive delivery. A model's traffic: which version answers (champion, and a canary for a
+        share of requests) and which is scored beside it without answering (shadow). The canary and
+        shadow versions are the aliases `canary` and `shadow`, so every change is in the alias history.
+        Every serving replica follows it (ModelTrafficChanged). Needs READ.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTraffic(self, request, context):
+        """Sets a manual split (needs MANAGE). FAILED_PRECONDITION while a rollout runs (abort it first),
+        INVALID_ARGUMENT for a percent outside 0..100 or the champion as its own canary.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRolloutPlan(self, request, context):
+        """The model's rollout plan: the registry's default until one is set. Needs READ.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRolloutPlan(self, request, context):
+        """Needs MANAGE; INVALID_ARGUMENT for a plan without steps or with a threshold out of range.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartRollout(self, request, context):
+        """Starts rolling a version out through the model's plan, at its first step (needs MANAGE). Under
+        the PROGRESSIVE policy the registry starts one itself for each version that passes validation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdvanceRollout(self, request, context):
+        """Moves a running rollout from `from_step` to the next step; from the last step it promotes the
+        version to `champion` (ModelPromoted) and clears canary and shadow. FAILED_PRECONDITION when the
+        rollout is not at `from_step` (someone else moved it). Needs MANAGE (the monitor calls it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortRollout(self, request, context):
+        """Stops a running rollout: all traffic back to the champion at once, the cause recorded in the
+        alias history and in ModelTrafficChanged(action=rolled_back). Needs MANAGE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -400,6 +492,41 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.RejectVersion,
                     request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DecideApprovalRequest.FromString,
                     response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Approval.SerializeToString,
+            ),
+            'GetTraffic': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTraffic,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetTrafficRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Traffic.SerializeToString,
+            ),
+            'SetTraffic': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTraffic,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetTrafficRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Traffic.SerializeToString,
+            ),
+            'GetRolloutPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRolloutPlan,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetRolloutPlanRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.RolloutPlan.SerializeToString,
+            ),
+            'SetRolloutPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRolloutPlan,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetRolloutPlanRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.RolloutPlan.SerializeToString,
+            ),
+            'StartRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRollout,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.StartRolloutRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Traffic.SerializeToString,
+            ),
+            'AdvanceRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdvanceRollout,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.AdvanceRolloutRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Traffic.SerializeToString,
+            ),
+            'AbortRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortRollout,
+                    request_deserializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.AbortRolloutRequest.FromString,
+                    response_serializer=cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Traffic.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -969,6 +1096,195 @@ class RegistryService:
             '/cascade.registry.v1.RegistryService/RejectVersion',
             cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.DecideApprovalRequest.SerializeToString,
             cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Approval.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTraffic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.registry.v1.RegistryService/GetTraffic',
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetTrafficRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Traffic.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTraffic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.registry.v1.RegistryService/SetTraffic',
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetTrafficRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Traffic.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRolloutPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.registry.v1.RegistryService/GetRolloutPlan',
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.GetRolloutPlanRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.RolloutPlan.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRolloutPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.registry.v1.RegistryService/SetRolloutPlan',
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.SetRolloutPlanRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.RolloutPlan.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.registry.v1.RegistryService/StartRollout',
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.StartRolloutRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Traffic.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdvanceRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.registry.v1.RegistryService/AdvanceRollout',
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.AdvanceRolloutRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Traffic.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.registry.v1.RegistryService/AbortRollout',
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.AbortRolloutRequest.SerializeToString,
+            cascade_dot_stubs_dot_cascade_dot_registry_dot_v1_dot_registry__pb2.Traffic.FromString,
             options,
             channel_credentials,
             insecure,

@@ -81,6 +81,33 @@ class RegistryServiceStub:
     """
     RejectVersion: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DecideApprovalRequest, _registry_pb2.Approval]
     """Rejects a pending version (needs MANAGE): `champion` stays; the same errors as ApproveVersion."""
+    GetTraffic: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetTrafficRequest, _registry_pb2.Traffic]
+    """Progressive delivery. A model's traffic: which version answers (champion, and a canary for a
+    share of requests) and which is scored beside it without answering (shadow). The canary and
+    shadow versions are the aliases `canary` and `shadow`, so every change is in the alias history.
+    Every serving replica follows it (ModelTrafficChanged). Needs READ.
+    """
+    SetTraffic: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetTrafficRequest, _registry_pb2.Traffic]
+    """Sets a manual split (needs MANAGE). FAILED_PRECONDITION while a rollout runs (abort it first),
+    INVALID_ARGUMENT for a percent outside 0..100 or the champion as its own canary.
+    """
+    GetRolloutPlan: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetRolloutPlanRequest, _registry_pb2.RolloutPlan]
+    """The model's rollout plan: the registry's default until one is set. Needs READ."""
+    SetRolloutPlan: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetRolloutPlanRequest, _registry_pb2.RolloutPlan]
+    """Needs MANAGE; INVALID_ARGUMENT for a plan without steps or with a threshold out of range."""
+    StartRollout: _grpc.UnaryUnaryMultiCallable[_registry_pb2.StartRolloutRequest, _registry_pb2.Traffic]
+    """Starts rolling a version out through the model's plan, at its first step (needs MANAGE). Under
+    the PROGRESSIVE policy the registry starts one itself for each version that passes validation.
+    """
+    AdvanceRollout: _grpc.UnaryUnaryMultiCallable[_registry_pb2.AdvanceRolloutRequest, _registry_pb2.Traffic]
+    """Moves a running rollout from `from_step` to the next step; from the last step it promotes the
+    version to `champion` (ModelPromoted) and clears canary and shadow. FAILED_PRECONDITION when the
+    rollout is not at `from_step` (someone else moved it). Needs MANAGE (the monitor calls it).
+    """
+    AbortRollout: _grpc.UnaryUnaryMultiCallable[_registry_pb2.AbortRolloutRequest, _registry_pb2.Traffic]
+    """Stops a running rollout: all traffic back to the champion at once, the cause recorded in the
+    alias history and in ModelTrafficChanged(action=rolled_back). Needs MANAGE.
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -135,6 +162,33 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """
     RejectVersion: _aio.UnaryUnaryMultiCallable[_registry_pb2.DecideApprovalRequest, _registry_pb2.Approval]  # type: ignore[assignment]
     """Rejects a pending version (needs MANAGE): `champion` stays; the same errors as ApproveVersion."""
+    GetTraffic: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetTrafficRequest, _registry_pb2.Traffic]  # type: ignore[assignment]
+    """Progressive delivery. A model's traffic: which version answers (champion, and a canary for a
+    share of requests) and which is scored beside it without answering (shadow). The canary and
+    shadow versions are the aliases `canary` and `shadow`, so every change is in the alias history.
+    Every serving replica follows it (ModelTrafficChanged). Needs READ.
+    """
+    SetTraffic: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetTrafficRequest, _registry_pb2.Traffic]  # type: ignore[assignment]
+    """Sets a manual split (needs MANAGE). FAILED_PRECONDITION while a rollout runs (abort it first),
+    INVALID_ARGUMENT for a percent outside 0..100 or the champion as its own canary.
+    """
+    GetRolloutPlan: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetRolloutPlanRequest, _registry_pb2.RolloutPlan]  # type: ignore[assignment]
+    """The model's rollout plan: the registry's default until one is set. Needs READ."""
+    SetRolloutPlan: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetRolloutPlanRequest, _registry_pb2.RolloutPlan]  # type: ignore[assignment]
+    """Needs MANAGE; INVALID_ARGUMENT for a plan without steps or with a threshold out of range."""
+    StartRollout: _aio.UnaryUnaryMultiCallable[_registry_pb2.StartRolloutRequest, _registry_pb2.Traffic]  # type: ignore[assignment]
+    """Starts rolling a version out through the model's plan, at its first step (needs MANAGE). Under
+    the PROGRESSIVE policy the registry starts one itself for each version that passes validation.
+    """
+    AdvanceRollout: _aio.UnaryUnaryMultiCallable[_registry_pb2.AdvanceRolloutRequest, _registry_pb2.Traffic]  # type: ignore[assignment]
+    """Moves a running rollout from `from_step` to the next step; from the last step it promotes the
+    version to `champion` (ModelPromoted) and clears canary and shadow. FAILED_PRECONDITION when the
+    rollout is not at `from_step` (someone else moved it). Needs MANAGE (the monitor calls it).
+    """
+    AbortRollout: _aio.UnaryUnaryMultiCallable[_registry_pb2.AbortRolloutRequest, _registry_pb2.Traffic]  # type: ignore[assignment]
+    """Stops a running rollout: all traffic back to the champion at once, the cause recorded in the
+    alias history and in ModelTrafficChanged(action=rolled_back). Needs MANAGE.
+    """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -312,5 +366,74 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.Approval, _abc.Awaitable[_registry_pb2.Approval]]:
         """Rejects a pending version (needs MANAGE): `champion` stays; the same errors as ApproveVersion."""
+
+    @_abc_1.abstractmethod
+    def GetTraffic(
+        self,
+        request: _registry_pb2.GetTrafficRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Traffic, _abc.Awaitable[_registry_pb2.Traffic]]:
+        """Progressive delivery. A model's traffic: which version answers (champion, and a canary for a
+        share of requests) and which is scored beside it without answering (shadow). The canary and
+        shadow versions are the aliases `canary` and `shadow`, so every change is in the alias history.
+        Every serving replica follows it (ModelTrafficChanged). Needs READ.
+        """
+
+    @_abc_1.abstractmethod
+    def SetTraffic(
+        self,
+        request: _registry_pb2.SetTrafficRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Traffic, _abc.Awaitable[_registry_pb2.Traffic]]:
+        """Sets a manual split (needs MANAGE). FAILED_PRECONDITION while a rollout runs (abort it first),
+        INVALID_ARGUMENT for a percent outside 0..100 or the champion as its own canary.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRolloutPlan(
+        self,
+        request: _registry_pb2.GetRolloutPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RolloutPlan, _abc.Awaitable[_registry_pb2.RolloutPlan]]:
+        """The model's rollout plan: the registry's default until one is set. Needs READ."""
+
+    @_abc_1.abstractmethod
+    def SetRolloutPlan(
+        self,
+        request: _registry_pb2.SetRolloutPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RolloutPlan, _abc.Awaitable[_registry_pb2.RolloutPlan]]:
+        """Needs MANAGE; INVALID_ARGUMENT for a plan without steps or with a threshold out of range."""
+
+    @_abc_1.abstractmethod
+    def StartRollout(
+        self,
+        request: _registry_pb2.StartRolloutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Traffic, _abc.Awaitable[_registry_pb2.Traffic]]:
+        """Starts rolling a version out through the model's plan, at its first step (needs MANAGE). Under
+        the PROGRESSIVE policy the registry starts one itself for each version that passes validation.
+        """
+
+    @_abc_1.abstractmethod
+    def AdvanceRollout(
+        self,
+        request: _registry_pb2.AdvanceRolloutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Traffic, _abc.Awaitable[_registry_pb2.Traffic]]:
+        """Moves a running rollout from `from_step` to the next step; from the last step it promotes the
+        version to `champion` (ModelPromoted) and clears canary and shadow. FAILED_PRECONDITION when the
+        rollout is not at `from_step` (someone else moved it). Needs MANAGE (the monitor calls it).
+        """
+
+    @_abc_1.abstractmethod
+    def AbortRollout(
+        self,
+        request: _registry_pb2.AbortRolloutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Traffic, _abc.Awaitable[_registry_pb2.Traffic]]:
+        """Stops a running rollout: all traffic back to the champion at once, the cause recorded in the
+        alias history and in ModelTrafficChanged(action=rolled_back). Needs MANAGE.
+        """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
