@@ -21,7 +21,15 @@ from typing import Any
 from cascade.services.monitor.attribution import AttributionShift
 from cascade.services.monitor.drift import Distribution, FeatureDrift
 
-__all__ = ["DriftEventRecord", "DriftReport", "MonitorStore", "Performance", "ReferenceInfo", "Verdict"]
+__all__ = [
+    "DriftEventRecord",
+    "DriftReport",
+    "MonitorStore",
+    "Performance",
+    "ReferenceInfo",
+    "RolloutStepRecord",
+    "Verdict",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reference_datasets (
@@ -59,6 +67,14 @@ CREATE TABLE IF NOT EXISTS drift_events (
     emitted_at TEXT NOT NULL,
     triggered TEXT NOT NULL DEFAULT '',
     emitted INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS rollout_steps (
+    model TEXT PRIMARY KEY,
+    challenger_version INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    step_started_at TEXT NOT NULL,
+    evidence_json TEXT NOT NULL,
+    updated_at TEXT NOT NULL
 );
 """
 # (table, column, declaration) added after the first schema, for files written before them.
@@ -158,6 +174,20 @@ class Verdict:
     computed_at: datetime
     features: tuple[FeatureDrift, ...] = ()  # each test at the time, without distributions
     prediction: FeatureDrift | None = None
+
+
+@dataclass(frozen=True)
+class RolloutStepRecord:
+    """The evidence a model's running rollout gathered in its current step, as the rollout policy
+    wrote it (`evidence_json`, its own format): a restart resumes the step instead of starting over.
+    One per model; a new step or a new rollout replaces it."""
+
+    model: str
+    challenger_version: int
+    step: int
+    step_started_at: datetime
+    evidence_json: str
+    updated_at: datetime
 
 
 class MonitorStore:
@@ -299,6 +329,38 @@ class MonitorStore:
             )
             for row in rows
         ]
+
+    # -- rollouts ------------------------------------------------------------------------------
+    def save_rollout_step(self, record: RolloutStepRecord) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO rollout_steps (model, challenger_version, step, step_started_at, "
+            "evidence_json, updated_at) VALUES (?,?,?,?,?,?)",
+            (
+                record.model,
+                record.challenger_version,
+                record.step,
+                record.step_started_at.isoformat(),
+                record.evidence_json,
+                record.updated_at.isoformat(),
+            ),
+        )
+
+    def rollout_step(self, model: str) -> RolloutStepRecord | None:
+        row = self._db.execute(
+            "SELECT challenger_version, step, step_started_at, evidence_json, updated_at FROM rollout_steps "
+            "WHERE model=?",
+            (model,),
+        ).fetchone()
+        if row is None:
+            return None
+        return RolloutStepRecord(
+            model, row[0], row[1], datetime.fromisoformat(row[2]), row[3], datetime.fromisoformat(row[4])
+        )
+
+    def rollout_steps(self) -> list[RolloutStepRecord]:
+        """Every model's recorded rollout step (to resume them at start-up)."""
+        models = [row[0] for row in self._db.execute("SELECT model FROM rollout_steps ORDER BY model")]
+        return [record for model in models if (record := self.rollout_step(model)) is not None]
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
