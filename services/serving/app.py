@@ -18,6 +18,7 @@ from cascade.messaging import build_broker, publish_event
 from cascade.security import ADMIN, OPEN, Authenticator, method_roles
 from cascade.service import Service
 from cascade.services.serving import explain, kafka_api
+from cascade.services.serving.batching import BatchingPolicy
 from cascade.services.serving.inference import SERVICE_NAME, InferenceServicer
 from cascade.services.serving.prediction_log import PredictionLog
 from cascade.services.serving.registry_client import RegistryModelSource
@@ -132,6 +133,11 @@ def build_serving(settings: ServingSettings | None = None) -> tuple[Service, Res
         _server_version(),
         inline_max_rows=settings.inline_max_rows,
         instances=settings.workers,
+        batching=BatchingPolicy(
+            enabled=settings.batching_enabled,
+            max_delay_seconds=settings.batching_max_delay_microseconds / 1e6,
+            max_batch_rows=settings.batching_max_batch_rows,
+        ),
     )
     background: list[asyncio.Task[None]] = []
     roles = serving_roles(settings.auth_open_inference)

@@ -34,6 +34,7 @@ from prometheus_client import Counter
 
 from cascade.errors import CascadeError, InvalidArgument, NotFound, grpc_errors
 from cascade.grpc_io import ServicerContext
+from cascade.services.serving.batching import BATCHING_OFF, Batcher, BatchingPolicy
 from cascade.services.serving.prediction_log import PredictionLog
 from cascade.services.serving.repository import Array, LoadedModel, ModelRepository, TensorSpec, oip_datatype
 from cascade.services.serving.statistics import InferenceStatistics, VersionStatistics
@@ -93,12 +94,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         server_version: str,
         inline_max_rows: int = 256,
         instances: int = 1,
+        batching: BatchingPolicy = BATCHING_OFF,
     ) -> None:
         self.repository = repository
         self.prediction_log = prediction_log
         self.server_version = server_version
         # Requests of at most this many rows run the model on the event loop, larger ones in a thread.
         self.inline_max_rows = inline_max_rows
+        # Runs the model: alone, or batched with concurrent requests for the same version.
+        self.batcher = Batcher(batching, inline_max_rows)
         self.instances = instances  # worker processes sharing the port, for ModelConfig
         self.statistics = InferenceStatistics()
         self.ready = False  # set once the service has started
@@ -185,16 +189,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         decoded = time.perf_counter_ns()
         # All outputs are computed (sklearn graphs compute them together anyway) so the prediction
         # log always gets the first one, whatever the client asked for.
-        if rows <= self.inline_max_rows:
-            results = model.predict(feeds)
-        else:
-            results = await asyncio.to_thread(model.predict, feeds)
+        prediction = await self.batcher.predict(model, feeds, rows)
+        results = prediction.outputs
         inferred = time.perf_counter_ns()
         # A classifier's second output is its probability of each class (the trainer's export).
         probabilities = results[1] if len(results) > 1 and results[1].ndim == 2 else None
         self.prediction_log.record(model, request.id, first, results[0], probabilities)
         response = encode_response(request, model, wanted, results)
-        self.statistics.success(model.name, model.version, rows, started_ns, decoded, inferred)
+        self.statistics.success(
+            model.name, model.version, rows, started_ns, decoded, inferred, prediction.executions
+        )
         return response
 
     def _model_label(self, name: str) -> str:

@@ -80,6 +80,27 @@ class ServingSettings(RegistryClientSettings):
             "thread hop for small batches); larger ones run in a worker thread."
         ),
     )
+    batching_enabled: bool = Field(
+        False,
+        description=(
+            "Adaptive batching (cascade.services.serving.batching): concurrent requests for the same "
+            "model version share one onnxruntime run, each caller getting its own rows' outputs."
+        ),
+    )
+    batching_max_delay_microseconds: int = Field(
+        500,
+        ge=0,
+        description=(
+            "Longest a batch waits for more requests after its first one. It closes sooner when a "
+            "turn of the event loop brings no new request, so a lone request does not wait; 0 "
+            "batches only what arrives in the same turn."
+        ),
+    )
+    batching_max_batch_rows: int = Field(
+        256,
+        ge=1,
+        description="Rows of one batched run, at most; a request of this many rows or more runs alone.",
+    )
     keep_versions: int = Field(
         2, ge=1, description="Versions per model kept loaded, the champion included, for explicit addressing."
     )

@@ -38,12 +38,19 @@ class InferenceStatistics:
         return stats
 
     def success(
-        self, model: str, version: int, rows: int, started_ns: int, decoded_ns: int, inferred_ns: int
+        self,
+        model: str,
+        version: int,
+        rows: int,
+        started_ns: int,
+        decoded_ns: int,
+        inferred_ns: int,
+        executions: int = 1,  # 0 for a request whose batched session run another request counts
     ) -> None:
         now = time.perf_counter_ns()
         stats = self.of(model, version)
         stats.inference_count += rows
-        stats.execution_count += 1
+        stats.execution_count += executions
         stats.last_inference_ms = time.time_ns() // 1_000_000
         stats.success_count += 1
         stats.success_ns += now - started_ns

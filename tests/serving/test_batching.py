@@ -1,0 +1,301 @@
+"""Adaptive batching (cascade.services.serving.batching) on a real onnxruntime session.
+
+The model doubles `x` ([-1, 3] floats) and looks `idx` ([-1] int64) up in a table of five values, so
+every output row shows which input row it came from, and an index outside the table makes
+onnxruntime fail the whole run: the bad request of a batch. The session is wrapped only to record
+the rows of each run; counts of runs, never timings, show what was batched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from cascade.errors import InvalidArgument
+from cascade.services.serving.batching import BATCHING_OFF, Batcher, BatchingPolicy, Prediction
+from cascade.services.serving.inference import InferenceServicer
+from cascade.services.serving.prediction_log import PredictionLog
+from cascade.services.serving.repository import LoadedModel, ModelRepository, _tensor_specs
+from cascade.stubs.inference import grpc_service_pb2 as pb
+
+TABLE = np.array([10.0, 11.0, 12.0, 13.0, 14.0], dtype=np.float32)
+
+
+def _onnx_model() -> bytes:
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3]),
+        helper.make_tensor_value_info("idx", TensorProto.INT64, [None]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("doubled", TensorProto.FLOAT, [None, 3]),
+        helper.make_tensor_value_info("looked_up", TensorProto.FLOAT, [None]),
+    ]
+    initializers = [
+        helper.make_tensor("table", TensorProto.FLOAT, [5], TABLE.tolist()),
+        helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
+    ]
+    nodes = [
+        helper.make_node("Mul", ["x", "two"], ["doubled"]),
+        helper.make_node("Gather", ["table", "idx"], ["looked_up"]),
+    ]
+    graph = helper.make_graph(nodes, "lookup", inputs, outputs, initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+ONNX = _onnx_model()
+
+
+class RecordingSession:
+    """A real session that notes the rows of every run."""
+
+    def __init__(self) -> None:
+        options = ort.SessionOptions()
+        options.log_severity_level = 4  # the failing Gather of the bad-request tests logs errors
+        self.session = ort.InferenceSession(ONNX, options, providers=["CPUExecutionProvider"])
+        self.runs: list[int] = []
+
+    def run(self, names: Any, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        self.runs.append(len(feeds["idx"]))
+        return self.session.run(names, dict(feeds))  # type: ignore[no-any-return]
+
+    def get_inputs(self) -> Any:
+        return self.session.get_inputs()
+
+    def get_outputs(self) -> Any:
+        return self.session.get_outputs()
+
+
+def loaded(session: RecordingSession) -> LoadedModel:
+    return LoadedModel("lookup", 1, session, *_tensor_specs(session))  # type: ignore[arg-type]
+
+
+def feeds_of(first: int, rows: int, bad: bool = False) -> dict[str, np.ndarray]:
+    """`rows` rows numbered from `first`; with `bad`, one index falls outside the table."""
+    numbers = np.arange(first, first + rows, dtype=np.float32)
+    x = np.repeat(numbers[:, None], 3, axis=1)
+    idx = np.arange(first, first + rows, dtype=np.int64) % len(TABLE)
+    if bad:
+        idx[-1] = 99
+    return {"x": x, "idx": idx}
+
+
+def assert_own_rows(prediction: Prediction, feeds: Mapping[str, np.ndarray]) -> None:
+    doubled, looked_up = prediction.outputs
+    np.testing.assert_array_equal(doubled, feeds["x"] * 2)
+    np.testing.assert_array_equal(looked_up, TABLE[feeds["idx"]])
+
+
+async def concurrently(
+    batcher: Batcher, model: LoadedModel, requests: list[dict[str, np.ndarray]]
+) -> list[Any]:
+    return await asyncio.gather(
+        *(batcher.predict(model, feeds, len(feeds["idx"])) for feeds in requests), return_exceptions=True
+    )
+
+
+@pytest.mark.parametrize("inline_max_rows", [256, 4], ids=["on the loop", "in a thread"])
+async def test_each_caller_gets_its_own_rows_in_order(inline_max_rows: int) -> None:
+    session = RecordingSession()
+    model = loaded(session)
+    batcher = Batcher(BatchingPolicy(max_delay_seconds=60.0, max_batch_rows=256), inline_max_rows)
+    sizes = [1, 5, 2, 7, 1, 3, 4, 1, 6, 2] * 3
+    starts = np.cumsum([0, *sizes[:-1]])
+    requests = [feeds_of(int(start) * 10, size) for start, size in zip(starts, sizes, strict=True)]
+
+    predictions = await concurrently(batcher, model, requests)
+
+    for prediction, feeds in zip(predictions, requests, strict=True):
+        assert_own_rows(prediction, feeds)
+    assert sum(session.runs) == sum(sizes)
+    assert len(session.runs) < len(requests)  # batched
+    # Triton's counting: one execution per session run, carried by one request of each batch.
+    assert sum(p.executions for p in predictions) == len(session.runs)
+
+
+async def test_requests_arriving_turn_after_turn_share_a_batch_until_the_delay_passes() -> None:
+    """A batch stays open while each loop turn brings a request, until the (injected) clock says the
+    delay has passed."""
+    now = [0.0]
+    session = RecordingSession()
+    model = loaded(session)
+    batcher = Batcher(BatchingPolicy(max_delay_seconds=1.0, max_batch_rows=256), clock=lambda: now[0])
+
+    async def one_per_turn(count: int, tick: float) -> list[Prediction]:
+        tasks = []
+        for index in range(count):
+            tasks.append(asyncio.create_task(batcher.predict(model, feeds_of(index, 1), 1)))
+            await asyncio.sleep(0)  # the next request arrives a loop turn later
+            now[0] += tick
+        return await asyncio.gather(*tasks)
+
+    await one_per_turn(12, tick=0.0)  # the delay never passes: one batch
+    assert session.runs == [12]
+
+    session.runs.clear()
+    predictions = await one_per_turn(12, tick=0.5)  # past the delay after two turns
+    assert sum(session.runs) == 12
+    assert len(session.runs) >= 4 and max(session.runs) <= 3
+    for index, prediction in enumerate(predictions):
+        assert_own_rows(prediction, feeds_of(index, 1))
+
+
+async def test_a_lone_request_does_not_wait_for_the_delay() -> None:
+    """A turn of the loop without a new request closes the batch: the clock never moves, yet it runs."""
+    session = RecordingSession()
+    batcher = Batcher(BatchingPolicy(max_delay_seconds=3600.0), clock=lambda: 0.0)
+    prediction = await batcher.predict(loaded(session), feeds_of(0, 2), 2)
+    assert_own_rows(prediction, feeds_of(0, 2))
+    assert session.runs == [2]
+
+
+async def test_no_batch_exceeds_the_maximum_rows() -> None:
+    session = RecordingSession()
+    model = loaded(session)
+    batcher = Batcher(BatchingPolicy(max_delay_seconds=60.0, max_batch_rows=8))
+    sizes = [3, 3, 3, 1, 5, 2, 2, 4, 8, 9, 1, 7, 3]  # 8 and 9 run alone
+    requests = [feeds_of(index * 100, size) for index, size in enumerate(sizes)]
+
+    predictions = await concurrently(batcher, model, requests)
+
+    for prediction, feeds in zip(predictions, requests, strict=True):
+        assert_own_rows(prediction, feeds)
+    assert max(session.runs) == 9  # the one request larger than a batch, alone
+    assert [rows for rows in session.runs if rows != 9] and all(
+        rows <= 8 for rows in session.runs if rows != 9
+    )
+    assert sum(session.runs) == sum(sizes)
+    assert any(rows > 5 for rows in session.runs if rows != 9)  # requests were merged
+
+
+@pytest.mark.parametrize("inline_max_rows", [256, 4], ids=["on the loop", "in a thread"])
+async def test_a_bad_request_fails_alone(inline_max_rows: int) -> None:
+    session = RecordingSession()
+    model = loaded(session)
+    batcher = Batcher(BatchingPolicy(max_delay_seconds=60.0), inline_max_rows)
+    requests = [feeds_of(index * 10, 2, bad=index in (3, 6)) for index in range(8)]
+
+    outcomes = await concurrently(batcher, model, requests)
+
+    for index, (outcome, feeds) in enumerate(zip(outcomes, requests, strict=True)):
+        if index in (3, 6):
+            assert isinstance(outcome, InvalidArgument)
+            assert "indices element out of data bounds" in str(outcome)
+        else:
+            assert_own_rows(outcome, feeds)
+            assert outcome.executions == 1  # each good request ran again alone
+    assert session.runs[0] == 16  # the batch, which failed, then each request alone
+    assert session.runs[1:] == [2] * 8
+
+
+async def test_a_cancelled_caller_does_not_stop_its_batch() -> None:
+    session = RecordingSession()
+    model = loaded(session)
+    batcher = Batcher(BatchingPolicy(max_delay_seconds=60.0))
+    requests = [feeds_of(index, 1) for index in range(4)]
+    tasks = [asyncio.create_task(batcher.predict(model, feeds, 1)) for feeds in requests]
+    await asyncio.sleep(0)  # all four joined the batch
+    tasks[1].cancel()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(outcomes[1], asyncio.CancelledError)
+    for index in (0, 2, 3):
+        assert_own_rows(outcomes[index], requests[index])
+    assert session.runs == [4]
+
+
+async def test_requests_of_different_shapes_or_models_never_share_a_run() -> None:
+    first, second = RecordingSession(), RecordingSession()
+    model, other = loaded(first), loaded(second)
+    batcher = Batcher(BatchingPolicy(max_delay_seconds=60.0))
+    as_float64 = {"x": feeds_of(50, 2)["x"].astype(np.float64), "idx": feeds_of(50, 2)["idx"]}
+    calls: list[tuple[LoadedModel, dict[str, np.ndarray]]] = [
+        (model, feeds_of(0, 2)),
+        (other, feeds_of(10, 2)),
+        (model, as_float64),  # another dtype: its own batch (onnxruntime refuses float64 for x)
+        (model, feeds_of(20, 2)),
+        (other, feeds_of(30, 2)),
+    ]
+    outcomes = await asyncio.gather(
+        *(batcher.predict(m, feeds, 2) for m, feeds in calls), return_exceptions=True
+    )
+    assert isinstance(outcomes[2], InvalidArgument)  # alone, so nothing else failed with it
+    for index in (0, 1, 3, 4):
+        assert_own_rows(outcomes[index], calls[index][1])
+    assert sorted(first.runs) == [2, 4] and second.runs == [4]
+
+
+async def test_off_runs_every_request_alone() -> None:
+    session = RecordingSession()
+    model = loaded(session)
+    batcher = Batcher(BATCHING_OFF)
+    requests = [feeds_of(index * 10, 3) for index in range(10)]
+    predictions = await concurrently(batcher, model, requests)
+    for prediction, feeds in zip(predictions, requests, strict=True):
+        assert_own_rows(prediction, feeds)
+        assert prediction.executions == 1
+    assert session.runs == [3] * 10
+
+
+class _NoRegistry:
+    """The repository's source, never asked: models are loaded directly."""
+
+    async def models_with_champion(self) -> list[str]:
+        return []
+
+    async def champion(self, model: str) -> Any:
+        raise AssertionError("not used")
+
+    async def artifact(self, ref: Any) -> bytes:
+        raise AssertionError("not used")
+
+
+def infer_request(feeds: Mapping[str, np.ndarray]) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="lookup")
+    for name, datatype in (("x", "FP32"), ("idx", "INT64")):
+        array = feeds[name]
+        request.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
+        request.raw_input_contents.append(array.tobytes())
+    return request
+
+
+@pytest.mark.parametrize("policy", [BatchingPolicy(max_delay_seconds=60.0), BATCHING_OFF], ids=["on", "off"])
+async def test_the_servicer_answers_and_counts_as_triton_does(policy: BatchingPolicy) -> None:
+    """Through InferenceServicer.infer: every answer is its own; requests and rows count once each,
+    and executions count session runs: fewer than requests when batched."""
+    repository = ModelRepository(_NoRegistry())
+    await repository.load("lookup", 1, ONNX)
+
+    async def publish(event: Any) -> None:
+        pass
+
+    servicer = InferenceServicer(repository, PredictionLog(publish, 0.0), "test", batching=policy)
+
+    async def infer_all(requests: list[dict[str, np.ndarray]]) -> list[Any]:
+        return await asyncio.gather(
+            *(servicer.infer(infer_request(feeds)) for feeds in requests), return_exceptions=True
+        )
+
+    requests = [feeds_of(index * 10, 1 + index % 3) for index in range(12)]
+    for response, feeds in zip(await infer_all(requests), requests, strict=True):
+        doubled = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(-1, 3)
+        looked_up = np.frombuffer(response.raw_output_contents[1], np.float32)
+        np.testing.assert_array_equal(doubled, feeds["x"] * 2)
+        np.testing.assert_array_equal(looked_up, TABLE[feeds["idx"]])
+    stats = servicer.statistics.of("lookup", 1)
+    assert (stats.success_count, stats.inference_count) == (12, 24)
+    assert stats.execution_count == (1 if policy.enabled else 12)
+
+    # A bad request among them fails alone; the batch that failed is no execution, the reruns are.
+    requests = [feeds_of(index * 10, 2, bad=index == 1) for index in range(3)]
+    outcomes = await infer_all(requests)
+    assert isinstance(outcomes[1], InvalidArgument)
+    assert [type(outcome) for outcome in outcomes[::2]] == [pb.ModelInferResponse] * 2
+    assert (stats.success_count, stats.fail_count, stats.inference_count) == (14, 1, 28)
+    assert stats.execution_count == (3 if policy.enabled else 14)
