@@ -92,6 +92,7 @@ ROLES: Final[Mapping[str, str]] = {
     "registry:register": "register new models (which their registrant then manages)",
     "registry:edit": "register models, add versions and edit every model",
     "registry:manage": "move aliases, roll back and grant permissions on every model",
+    "registry:rollout": "advance and abort rollouts on every model, nothing else (the monitor's policy)",
 }
 # Shorthands a principals file may use in `roles`.
 ROLE_BUNDLES: Final[Mapping[str, frozenset[str]]] = {
@@ -103,8 +104,9 @@ SERVICE_ROLES: Final[Mapping[str, frozenset[str]]] = {
     "registry": frozenset({"ingest:read"}),  # lineage reads a dataset's batches
     "trainer": frozenset({"ingest:read", "registry:edit"}),  # reads data and the spec, uploads versions
     "validator": frozenset({"ingest:read", "registry:read"}),  # its verdicts travel by Kafka
-    # reads references and champions; uploads labelled production rows as a feedback batch
-    "monitor": frozenset({"ingest:read", "ingest:write", "registry:read"}),
+    # reads references and champions; uploads labelled production rows as a feedback batch;
+    # advances or aborts rollouts on live traffic
+    "monitor": frozenset({"ingest:read", "ingest:write", "registry:read", "registry:rollout"}),
     "serving": frozenset({"registry:read"}),
 }
 

@@ -39,7 +39,9 @@ def build(settings: RegistrySettings | None = None) -> Service:
         if settings.webhook_secret_file
         else settings.webhook_secret.get_secret_value(),
     )
-    core = RegistryCore(store, artifacts, publish, settings.promotion_policy, webhooks)
+    core = RegistryCore(
+        store, artifacts, publish, settings.promotion_policy, webhooks, settings.default_rollout_plan.plan()
+    )
     notifier = Notifier(
         store,
         Destinations(settings.notifications_file),  # a broken file stops the start, saying why

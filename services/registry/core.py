@@ -23,6 +23,7 @@ from cascade.events import (
     ModelApprovalDecided,
     ModelApprovalRequested,
     ModelPromoted,
+    ModelTrafficChanged,
     ModelValidated,
     ModelVersionCreated,
     ModelVersionStatusChanged,
@@ -31,6 +32,12 @@ from cascade.grpc_io import ReceivedFile
 from cascade.names import ALIAS_PATTERN, check_name
 from cascade.outbox import OutboxRelay
 from cascade.services.registry.artifacts import ArtifactStore
+from cascade.services.registry.rollouts import (
+    RolloutPlan,
+    RolloutRecord,
+    TrafficRecord,
+    check_percent,
+)
 from cascade.services.registry.store import (
     APPROVAL_STATUSES,
     ApprovalRecord,
@@ -91,7 +98,8 @@ class NewVersion:
     description: str = ""
 
 
-POLICIES = ("automatic", "manual")
+POLICIES = ("automatic", "manual", "progressive")
+TrafficAction = Literal["set", "rollout_started", "rollout_advanced", "promoted", "rolled_back"]
 MAX_TAG_VALUE = 4 * 1024 * 1024
 # Outbox events read and marked published per transaction: bounded, however long Kafka was away.
 OUTBOX_BATCH = 500
@@ -108,11 +116,13 @@ class RegistryCore:
         publish: Publish,
         policy: str,
         webhooks: WebhookSender | None = None,
+        default_plan: RolloutPlan | None = None,
     ) -> None:
         self.store = store
         self.artifacts = artifacts
         self.publish = publish
         self.policy = policy  # the default for models that set none
+        self.default_plan = (default_plan or RolloutPlan()).checked()
         self.webhooks = webhooks if webhooks and webhooks.urls else None
         # One flush at a time, so no event goes out twice from here.
         self._outbox = OutboxRelay(store, publish, batch_size=OUTBOX_BATCH)
@@ -257,6 +267,8 @@ class RegistryCore:
         with self.store.transaction() as db:
             self.store.ensure_model(db, model)
             self._move(db, model, alias, version, actor or "unknown", reason, "set")
+            if alias == "champion":
+                self._champion_moved(db, model, version, actor or "unknown")
             pending = self.store.approval(model, version, db) if alias == "champion" else None
             if pending is not None and pending.status == "pending":  # promoted by hand: that approves it
                 self._decide(db, pending, "approved", actor or "unknown", reason or "promoted by hand")
@@ -290,6 +302,7 @@ class RegistryCore:
             previous = int(last["from_version"])
             why = f"rollback from v{last['to_version']}: {reason}"
             self._move(db, model, "champion", previous, actor or "unknown", why, "rolled_back")
+            self._champion_moved(db, model, previous, actor or "unknown")
         await self._announce()
         return self.store.get(model, previous)
 
@@ -322,9 +335,10 @@ class RegistryCore:
         reason: str,
         action: Literal["set", "deleted", "rolled_back"],
         cause: Event | None = None,
+        traffic_percent: float | None = None,
     ) -> None:
         """Move an alias, record it in the history and queue its events, all in `db`."""
-        previous = self.store.move_alias(db, model, alias, version, actor, reason)
+        previous = self.store.move_alias(db, model, alias, version, actor, reason, traffic_percent)
         common = {"source": SOURCE, "subject": model, "model": model, "actor": actor, "reason": reason}
         lineage = {
             "dataset_version": cause.dataset_version if cause else None,
@@ -364,9 +378,12 @@ class RegistryCore:
                 )
             with self.store.transaction() as db:
                 self.store.ensure_model(db, event.model)
+                policy = self.effective_policy(self.store.get_model(event.model))
+                champion = self.store.alias_target(event.model, "champion", db)
+                # A progressive rollout needs a champion to compare with: the first version is it.
                 alias = (
                     "champion"
-                    if self.effective_policy(self.store.get_model(event.model)) == ("automatic")
+                    if policy == "automatic" or (policy == "progressive" and champion is None)
                     else "challenger"
                 )
                 self.store.set_validation(db, event.model, event.model_version, event.model_dump(mode="json"))
@@ -387,9 +404,20 @@ class RegistryCore:
                     )
                 if event.passed:
                     self._move(db, event.model, alias, event.model_version, "validator", reason, "set", event)
-                    if alias == "challenger":  # the manual policy: a person decides
+                    if alias == "challenger" and policy == "progressive":  # live traffic decides
+                        self._announce_superseded(
+                            db,
+                            event.model,
+                            self.store.supersede_approvals(db, event.model, event.model_version),
+                            event.model_version,
+                        )
+                        self._supersede_rollout(db, event.model, event.model_version, "validator")
+                        self._start_rollout(db, event.model, event.model_version, "validator", reason)
+                    elif alias == "challenger":  # the manual policy: a person decides
                         self._request_approval(db, event, reason)
-                    else:  # the policy became automatic while a version awaited approval
+                    else:
+                        self._champion_moved(db, event.model, event.model_version, "validator")
+                        # the policy became automatic while a version awaited approval
                         self._announce_superseded(
                             db,
                             event.model,
@@ -461,6 +489,7 @@ class RegistryCore:
             self._still_pending(db, intended)
             why = f"approved v{intended.version}: {reason}"
             self._move(db, model, "champion", intended.version, actor or "unknown", why, "set")
+            self._champion_moved(db, model, intended.version, actor or "unknown")
             self._decide(db, intended, "approved", actor or "unknown", reason)
         log.info("%s v%d approved by %s", model, intended.version, actor)
         await self._announce()
@@ -542,6 +571,320 @@ class RegistryCore:
         if not isinstance(spec, dict):
             raise InvalidArgument("the training spec must be a JSON object")
         return self.store.add_training_spec(model, json.dumps(spec, sort_keys=True), actor or "unknown")
+
+    # -- traffic and rollouts ------------------------------------------------------------------
+    def get_traffic(self, model: str, db: sa.Connection | None = None) -> TrafficRecord:
+        """The model's split and latest rollout; NotFound for an unknown model."""
+        check_name("model", model)
+        if db is None:
+            self.get_model(model)
+        targets = self._aliases(model, db)
+        row = self.store.traffic_row(model, db)
+        canary, shadow = targets.get("canary"), targets.get("shadow")
+        return TrafficRecord(
+            model=model,
+            champion_version=targets.get("champion"),
+            canary_version=canary,
+            canary_percent=float(row["canary_percent"]) if row and canary is not None else 0.0,
+            shadow_version=shadow,
+            shadow_percent=float(row["shadow_percent"]) if row and shadow is not None else 0.0,
+            revision=int(row["revision"]) if row else 0,
+            actor=row["actor"] if row else "",
+            reason=row["reason"] if row else "",
+            updated_at=row["updated_at"] if row else None,
+            rollout=self.store.latest_rollout(model, db),
+        )
+
+    def _aliases(self, model: str, db: sa.Connection | None) -> dict[str, int]:
+        if db is None:
+            return self.store.aliases(model)
+        return {
+            alias: target
+            for alias in ("champion", "canary", "shadow")
+            if (target := self.store.alias_target(model, alias, db)) is not None
+        }
+
+    async def set_traffic(
+        self,
+        model: str,
+        canary: tuple[int, float],
+        shadow: tuple[int, float],
+        actor: str,
+        reason: str,
+    ) -> TrafficRecord:
+        """A manual split: `canary` and `shadow` are (version, percent), (0, 0) for none. Refused
+        while a rollout runs, which owns the split until it ends."""
+        before = self.get_traffic(model)
+        wanted = {"canary": canary, "shadow": shadow}
+        for alias, (version, percent) in wanted.items():
+            check_percent(f"the {alias} percent", percent)
+            if version < 0:
+                raise InvalidArgument(f"the {alias} version must be a version number, or 0 for none")
+            if (version == 0) != (percent == 0):
+                raise InvalidArgument(
+                    f"a {alias} needs both a version and a percent above 0 (0 and 0: no {alias})"
+                )
+            if version and version == before.champion_version:
+                raise InvalidArgument(
+                    f"v{version} is the champion of {model!r}; it cannot be its own {alias}"
+                )
+        if canary[0] and canary[0] == shadow[0]:
+            raise InvalidArgument(f"v{canary[0]} cannot be both the canary and the shadow")
+        for alias, (version, _percent) in wanted.items():
+            if version:
+                target = self.store.get(model, version)  # NotFound before anything moves
+                if target.status == "FAILED":
+                    raise FailedPrecondition(f"{model} v{version} failed validation; it takes no traffic")
+                await self._require_intact_artifact(target, alias)
+        if (canary[0] or shadow[0]) and before.champion_version is None:
+            raise FailedPrecondition(f"model {model!r} has no champion to split its traffic with")
+        with self.store.transaction() as db:
+            self.store.ensure_model(db, model)
+            self._no_running_rollout(db, model)
+            self._split(
+                db,
+                model,
+                canary=(canary[0] or None, canary[1]),
+                shadow=(shadow[0] or None, shadow[1]),
+                actor=actor or "unknown",
+                reason=reason,
+                action="set",
+            )
+        await self._announce()
+        return self.get_traffic(model)
+
+    def _no_running_rollout(self, db: sa.Connection, model: str) -> None:
+        rollout = self.store.latest_rollout(model, db)
+        if rollout is not None and rollout.running:
+            raise FailedPrecondition(
+                f"{model} v{rollout.version} is rolling out (step {rollout.step}); abort it first"
+            )
+
+    def _split(
+        self,
+        db: sa.Connection,
+        model: str,
+        *,
+        canary: tuple[int | None, float],
+        shadow: tuple[int | None, float],
+        actor: str,
+        reason: str,
+        action: TrafficAction,
+    ) -> None:
+        """Move `canary` and `shadow` where they are wanted (a move only for what changes, each in
+        the alias history with its percent), bump the split's revision and queue ModelTrafficChanged,
+        all in `db`, which holds the model."""
+        before = self.get_traffic(model, db)
+        was = {
+            "canary": (before.canary_version, before.canary_percent),
+            "shadow": (before.shadow_version, before.shadow_percent),
+        }
+        wanted = {
+            "canary": canary if canary[0] else (None, 0.0),
+            "shadow": shadow if shadow[0] else (None, 0.0),
+        }
+        for alias, (version, percent) in wanted.items():
+            if (version, percent) == was[alias]:
+                continue
+            move: Literal["set", "deleted", "rolled_back"] = (
+                "set" if version is not None else "rolled_back" if action == "rolled_back" else "deleted"
+            )
+            self._move(db, model, alias, version, actor, reason, move, traffic_percent=percent)
+        revision = self.store.write_traffic(
+            db, model, wanted["canary"][1], wanted["shadow"][1], actor, reason
+        )
+        rollout = self.store.latest_rollout(model, db)
+        follows_rollout = rollout is not None and action != "set"
+        self._enqueue(
+            db,
+            ModelTrafficChanged(
+                source=SOURCE,
+                subject=model,
+                model=model,
+                revision=revision,
+                champion_version=self.store.alias_target(model, "champion", db),
+                canary_version=wanted["canary"][0],
+                canary_percent=wanted["canary"][1],
+                shadow_version=wanted["shadow"][0],
+                shadow_percent=wanted["shadow"][1],
+                action=action,
+                rollout_version=rollout.version if follows_rollout and rollout else None,
+                rollout_step=rollout.step if follows_rollout and rollout else None,
+                actor=actor,
+                reason=reason,
+            ),
+        )
+
+    def _step_split(
+        self, rollout_version: int, plan: RolloutPlan, step: int
+    ) -> dict[str, tuple[int | None, float]]:
+        """The canary and shadow a rollout's step asks for."""
+        current = plan.steps[step]
+        none: tuple[int | None, float] = (None, 0.0)
+        mine: tuple[int | None, float] = (rollout_version, current.percent)
+        return {
+            "canary": mine if current.stage == "canary" else none,
+            "shadow": mine if current.stage == "shadow" else none,
+        }
+
+    def rollout_plan(self, model: str) -> RolloutPlan:
+        """The model's plan, or the registry's default."""
+        self.get_model(model)
+        return self.store.rollout_plan(model) or self.default_plan
+
+    def set_rollout_plan(self, model: str, plan: RolloutPlan, actor: str) -> RolloutPlan:
+        """Store the model's own plan; a running rollout keeps the plan it started with."""
+        self.get_model(model)
+        plan.checked()
+        with self.store.transaction() as db:
+            self.store.ensure_model(db, model)
+            self.store.set_rollout_plan(db, model, plan, actor or "unknown")
+        return self.rollout_plan(model)
+
+    async def start_rollout(self, model: str, version: int, actor: str, reason: str) -> TrafficRecord:
+        """Roll `version` out through the model's plan from its first step; it becomes the challenger."""
+        before = self.get_traffic(model)
+        if version <= 0:
+            raise InvalidArgument("give the version to roll out")
+        target = self.store.get(model, version)  # NotFound before anything moves
+        if target.status != "READY":
+            raise FailedPrecondition(
+                f"{model} v{version} "
+                + ("failed validation" if target.status == "FAILED" else "is not validated yet")
+                + "; only a version that passed validation is rolled out"
+            )
+        if before.champion_version is None:
+            raise FailedPrecondition(f"model {model!r} has no champion to roll v{version} out against")
+        if before.champion_version == version:
+            raise FailedPrecondition(f"{model} v{version} is the champion already")
+        await self._require_intact_artifact(target, "canary")
+        with self.store.transaction() as db:
+            self.store.ensure_model(db, model)
+            self._no_running_rollout(db, model)
+            if self.store.alias_target(model, "challenger", db) != version:
+                self._move(
+                    db, model, "challenger", version, actor or "unknown", reason or "rollout started", "set"
+                )
+            self._start_rollout(db, model, version, actor or "unknown", reason)
+        await self._announce()
+        return self.get_traffic(model)
+
+    def _start_rollout(self, db: sa.Connection, model: str, version: int, actor: str, reason: str) -> None:
+        plan = self.store.rollout_plan(model) or self.default_plan
+        self.store.start_rollout(db, model, version, plan)
+        why = f"rollout of v{version} started" + (f": {reason}" if reason else "")
+        self._split(
+            db, model, **self._step_split(version, plan, 0), actor=actor, reason=why, action="rollout_started"
+        )
+        log.info("%s v%d: rollout started (%d steps)", model, version, len(plan.steps))
+
+    def _supersede_rollout(self, db: sa.Connection, model: str, version: int, actor: str) -> None:
+        """A newer passing version replaces a rollout still running: it is rolled back first."""
+        rollout = self.store.latest_rollout(model, db)
+        if rollout is not None and rollout.running and rollout.version != version:
+            self._end_rollout(db, rollout, "rolled_back", actor, f"superseded by v{version}")
+
+    def _running(self, db: sa.Connection, model: str, version: int) -> RolloutRecord:
+        """The model's running rollout (of `version` when it is not 0), else FailedPrecondition."""
+        rollout = self.store.latest_rollout(model, db)
+        if rollout is None or not rollout.running:
+            raise FailedPrecondition(f"model {model!r} has no rollout running")
+        if version and rollout.version != version:
+            raise FailedPrecondition(f"the rollout of {model!r} is of v{rollout.version}, not v{version}")
+        return rollout
+
+    async def advance_rollout(
+        self, model: str, version: int, from_step: int, actor: str, reason: str
+    ) -> TrafficRecord:
+        """Move the running rollout from `from_step` to its next step, or from its last step make
+        the version champion (ModelPromoted, as any promotion) and clear canary and shadow.
+        FailedPrecondition when it is not at `from_step`: someone else moved it first."""
+        before = self.get_traffic(model)
+        intended = before.rollout
+        if intended is not None and intended.running and from_step == len(intended.plan.steps) - 1:
+            await self._require_intact_artifact(self.store.get(model, intended.version), "champion")
+        with self.store.transaction() as db:
+            self.store.ensure_model(db, model)
+            rollout = self._running(db, model, version)
+            if rollout.step != from_step:
+                raise FailedPrecondition(
+                    f"the rollout of {model} v{rollout.version} is at step {rollout.step}, not {from_step}"
+                )
+            who = actor or "unknown"
+            if from_step + 1 < len(rollout.plan.steps):
+                step = from_step + 1
+                self.store.update_rollout(db, model, "running", step, "")
+                current = rollout.plan.steps[step]
+                why = f"rollout of v{rollout.version}: step {step} ({current.stage} {current.percent:g}%)" + (
+                    f": {reason}" if reason else ""
+                )
+                self._split(
+                    db,
+                    model,
+                    **self._step_split(rollout.version, rollout.plan, step),
+                    actor=who,
+                    reason=why,
+                    action="rollout_advanced",
+                )
+            else:
+                why = f"rollout of v{rollout.version} completed its plan" + (f": {reason}" if reason else "")
+                self._move(db, model, "champion", rollout.version, who, why, "set")
+                self._end_rollout(db, rollout, "promoted", who, why)
+        await self._announce()
+        return self.get_traffic(model)
+
+    async def abort_rollout(self, model: str, version: int, actor: str, reason: str) -> TrafficRecord:
+        """Stop the running rollout: canary and shadow cleared at once, the cause recorded."""
+        if not reason.strip():
+            raise InvalidArgument("give the cause of the rollback; it goes into the history and the event")
+        self.get_model(model)
+        with self.store.transaction() as db:
+            self.store.ensure_model(db, model)
+            rollout = self._running(db, model, version)
+            self._end_rollout(db, rollout, "rolled_back", actor or "unknown", reason)
+        log.warning("%s v%d rolled back: %s", model, rollout.version, reason)
+        await self._announce()
+        return self.get_traffic(model)
+
+    def _champion_moved(self, db: sa.Connection, model: str, champion: int, actor: str) -> None:
+        """A champion moved by hand ends a running rollout (promoted when it is the rolled-out
+        version, else rolled back), and no version stays canary or shadow beside itself."""
+        rollout = self.store.latest_rollout(model, db)
+        if rollout is not None and rollout.running:
+            promoted = rollout.version == champion
+            cause = f"the champion was moved by hand to v{champion}"
+            self._end_rollout(db, rollout, "promoted" if promoted else "rolled_back", actor, cause)
+            return
+        split = self.get_traffic(model, db)
+        if champion in (split.canary_version, split.shadow_version):
+            keep = {
+                "canary": (split.canary_version, split.canary_percent),
+                "shadow": (split.shadow_version, split.shadow_percent),
+            }
+            for alias, (version, _percent) in keep.items():
+                if version == champion:
+                    keep[alias] = (None, 0.0)
+            self._split(
+                db,
+                model,
+                **keep,
+                actor=actor,
+                reason=f"v{champion} became champion",
+                action="set",
+            )
+
+    def _end_rollout(
+        self,
+        db: sa.Connection,
+        rollout: RolloutRecord,
+        state: Literal["promoted", "rolled_back"],
+        actor: str,
+        cause: str,
+    ) -> None:
+        self.store.update_rollout(db, rollout.model, state, rollout.step, cause)
+        self._split(
+            db, rollout.model, canary=(None, 0.0), shadow=(None, 0.0), actor=actor, reason=cause, action=state
+        )
 
     # -- events --------------------------------------------------------------------------------
     def _enqueue(self, db: sa.Connection, event: Event) -> None:

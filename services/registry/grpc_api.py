@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
@@ -17,6 +18,14 @@ from cascade.names import check_name
 from cascade.security import ANY_PRINCIPAL, Principal, audit_actor, current_principal, method_roles
 from cascade.services.registry.core import Lineage, NewVersion, RegistryCore
 from cascade.services.registry.permissions import Level, Permissions
+from cascade.services.registry.rollouts import (
+    RolloutPlan,
+    RolloutRecord,
+    RolloutStep,
+    RolloutThresholds,
+    Stage,
+    TrafficRecord,
+)
 from cascade.services.registry.store import (
     ApprovalRecord,
     MetricCondition,
@@ -39,7 +48,11 @@ _STATUS = {
     "FAILED": pb.VERSION_STATUS_FAILED,
 }
 _STATUS_NAMES = {number: name for name, number in _STATUS.items()}
-_POLICIES = {"automatic": pb.PROMOTION_POLICY_AUTOMATIC, "manual": pb.PROMOTION_POLICY_MANUAL}
+_POLICIES = {
+    "automatic": pb.PROMOTION_POLICY_AUTOMATIC,
+    "manual": pb.PROMOTION_POLICY_MANUAL,
+    "progressive": pb.PROMOTION_POLICY_PROGRESSIVE,
+}
 _POLICY_NAMES = {number: name for name, number in _POLICIES.items()}
 _APPROVAL_STATUSES = {
     "pending": pb.APPROVAL_STATUS_PENDING,
@@ -48,6 +61,16 @@ _APPROVAL_STATUSES = {
     "superseded": pb.APPROVAL_STATUS_SUPERSEDED,
 }
 _APPROVAL_STATUS_NAMES = {number: name for name, number in _APPROVAL_STATUSES.items()}
+_STAGES: dict[Stage, pb.RolloutStage.ValueType] = {
+    "shadow": pb.ROLLOUT_STAGE_SHADOW,
+    "canary": pb.ROLLOUT_STAGE_CANARY,
+}
+_STAGE_NAMES = {number: name for name, number in _STAGES.items()}
+_ROLLOUT_STATES = {
+    "running": pb.ROLLOUT_STATE_RUNNING,
+    "promoted": pb.ROLLOUT_STATE_PROMOTED,
+    "rolled_back": pb.ROLLOUT_STATE_ROLLED_BACK,
+}
 _COMPARISONS = {
     pb.COMPARISON_EQ: "==",
     pb.COMPARISON_NE: "!=",
@@ -307,6 +330,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
                     actor=move["actor"],
                     reason=move["reason"],
                     at=at,
+                    traffic_percent=move["traffic_percent"] or 0.0,
                 )
             )
         return pb.AliasHistory(model=request.model, moves=moves)
@@ -368,6 +392,76 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             await self.core.reject(request.model, request.version, audit_actor(request.actor), request.reason)
         )
 
+    # -- progressive delivery ------------------------------------------------------------------
+    @grpc_errors
+    async def GetTraffic(self, request: pb.GetTrafficRequest, context: ServicerContext) -> pb.Traffic:
+        check_name("model", request.model)
+        self._authorize(request.model, "read")
+        return traffic_message(self.core.get_traffic(request.model))
+
+    @grpc_errors
+    async def SetTraffic(self, request: pb.SetTrafficRequest, context: ServicerContext) -> pb.Traffic:
+        check_name("model", request.model)
+        self._authorize(request.model, "manage")
+        return traffic_message(
+            await self.core.set_traffic(
+                request.model,
+                (request.canary_version, request.canary_percent),
+                (request.shadow_version, request.shadow_percent),
+                audit_actor(request.actor),
+                request.reason,
+            )
+        )
+
+    @grpc_errors
+    async def GetRolloutPlan(
+        self, request: pb.GetRolloutPlanRequest, context: ServicerContext
+    ) -> pb.RolloutPlan:
+        check_name("model", request.model)
+        self._authorize(request.model, "read")
+        return plan_message(request.model, self.core.rollout_plan(request.model))
+
+    @grpc_errors
+    async def SetRolloutPlan(
+        self, request: pb.SetRolloutPlanRequest, context: ServicerContext
+    ) -> pb.RolloutPlan:
+        check_name("model", request.model)
+        self._authorize(request.model, "manage")
+        plan = plan_of(request.steps, request.thresholds)
+        return plan_message(
+            request.model, self.core.set_rollout_plan(request.model, plan, audit_actor(request.actor))
+        )
+
+    @grpc_errors
+    async def StartRollout(self, request: pb.StartRolloutRequest, context: ServicerContext) -> pb.Traffic:
+        check_name("model", request.model)
+        self._authorize(request.model, "manage")
+        return traffic_message(
+            await self.core.start_rollout(
+                request.model, request.version, audit_actor(request.actor), request.reason
+            )
+        )
+
+    @grpc_errors
+    async def AdvanceRollout(self, request: pb.AdvanceRolloutRequest, context: ServicerContext) -> pb.Traffic:
+        check_name("model", request.model)
+        self.permissions.require_rollout_move(current_principal(), request.model)
+        return traffic_message(
+            await self.core.advance_rollout(
+                request.model, request.version, request.from_step, audit_actor(request.actor), request.reason
+            )
+        )
+
+    @grpc_errors
+    async def AbortRollout(self, request: pb.AbortRolloutRequest, context: ServicerContext) -> pb.Traffic:
+        check_name("model", request.model)
+        self.permissions.require_rollout_move(current_principal(), request.model)
+        return traffic_message(
+            await self.core.abort_rollout(
+                request.model, request.version, audit_actor(request.actor), request.reason
+            )
+        )
+
     def _model_message(self, model: ModelRecord) -> pb.Model:
         signature = self.core.signature(model)
         return pb.Model(
@@ -392,6 +486,83 @@ def _timestamp(moment: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(moment)
     return stamp
+
+
+def plan_of(steps: Sequence[pb.RolloutStep], thresholds: pb.RolloutThresholds) -> RolloutPlan:
+    """A plan from its messages, checked (InvalidArgument naming its first flaw)."""
+    chosen = []
+    for index, step in enumerate(steps):
+        if step.stage not in _STAGE_NAMES:
+            raise InvalidArgument(f"step {index}: give its stage, SHADOW or CANARY")
+        chosen.append(
+            RolloutStep(_STAGE_NAMES[step.stage], step.percent, step.min_requests, step.min_seconds)
+        )
+    return RolloutPlan(
+        steps=tuple(chosen),
+        thresholds=RolloutThresholds(
+            max_error_rate=thresholds.max_error_rate,
+            max_p99_ratio=thresholds.max_p99_ratio,
+            p99_floor_ms=thresholds.p99_floor_ms,
+            min_agreement=thresholds.min_agreement,
+            max_difference_ratio=thresholds.max_difference_ratio,
+            max_prediction_drift=thresholds.max_prediction_drift,
+            max_metric_drop=thresholds.max_metric_drop,
+            min_compared_rows=thresholds.min_compared_rows,
+        ),
+        is_default=False,
+    ).checked()
+
+
+def plan_message(model: str, plan: RolloutPlan) -> pb.RolloutPlan:
+    message = pb.RolloutPlan(
+        model=model,
+        steps=[
+            pb.RolloutStep(
+                stage=_STAGES[step.stage],
+                percent=step.percent,
+                min_requests=step.min_requests,
+                min_seconds=step.min_seconds,
+            )
+            for step in plan.steps
+        ],
+        thresholds=pb.RolloutThresholds(**asdict(plan.thresholds)),
+        is_default=plan.is_default,
+        actor=plan.actor,
+    )
+    if plan.updated_at is not None:
+        message.updated_at.CopyFrom(_timestamp(plan.updated_at))
+    return message
+
+
+def rollout_message(rollout: RolloutRecord) -> pb.Rollout:
+    return pb.Rollout(
+        version=rollout.version,
+        state=_ROLLOUT_STATES.get(rollout.state, pb.ROLLOUT_STATE_UNSPECIFIED),
+        step=rollout.step,
+        started_at=_timestamp(rollout.started_at),
+        step_started_at=_timestamp(rollout.step_started_at),
+        cause=rollout.cause,
+        plan=plan_message(rollout.model, rollout.plan),
+    )
+
+
+def traffic_message(traffic: TrafficRecord) -> pb.Traffic:
+    message = pb.Traffic(
+        model=traffic.model,
+        champion_version=traffic.champion_version or 0,
+        canary_version=traffic.canary_version or 0,
+        canary_percent=traffic.canary_percent,
+        shadow_version=traffic.shadow_version or 0,
+        shadow_percent=traffic.shadow_percent,
+        revision=traffic.revision,
+        actor=traffic.actor,
+        reason=traffic.reason,
+    )
+    if traffic.updated_at is not None:
+        message.updated_at.CopyFrom(_timestamp(traffic.updated_at))
+    if traffic.rollout is not None:
+        message.rollout.CopyFrom(rollout_message(traffic.rollout))
+    return message
 
 
 def approval_message(approval: ApprovalRecord) -> pb.Approval:

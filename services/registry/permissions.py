@@ -7,6 +7,7 @@ audit trail records, whatever the request claims. Admins may do anything. Everyo
 model, the higher of the level granted to them (SetModelPermission) or else the registry's default
 level, and the level of a global role they hold (`registry:read|edit|manage`). Registering a new
 model needs `registry:register` (or edit/manage), and whoever registers a model manages it.
+Advancing or aborting a rollout needs manage, or the role `registry:rollout` (the monitor's).
 Verdicts from the validator arrive over Kafka, inside the trust boundary.
 """
 
@@ -29,6 +30,10 @@ _ROLE_LEVELS: tuple[tuple[str, Level], ...] = (
     ("registry:edit", "edit"),
     ("registry:read", "read"),
 )
+
+
+# Advances and aborts rollouts on every model, and may do nothing else (the monitor's).
+ROLLOUT_ROLE = "registry:rollout"
 
 
 def _higher(a: Level, b: Level) -> Level:
@@ -65,6 +70,12 @@ class Permissions:
         """Registering a new model, which its registrant then manages."""
         if not any(principal.has(role) for role in ("registry:register", "registry:edit", "registry:manage")):
             raise PermissionDenied(f"{principal.name} lacks the role registry:register to register a model")
+
+    def require_rollout_move(self, principal: Principal, model: str) -> None:
+        """Advancing or aborting a rollout: manage on the model, or the role `registry:rollout`,
+        which is the monitor's (its rollout policy moves rollouts, and nothing else, on every model)."""
+        if not principal.has(ROLLOUT_ROLE):
+            self.require(principal, model, "manage")
 
     def can_read(self, principal: Principal, model: str) -> bool:
         return LEVELS.index(self.level(principal, model)) >= LEVELS.index("read")

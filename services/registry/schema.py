@@ -95,6 +95,8 @@ alias_history = sa.Table(
     sa.Column("actor", sa.String(256), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    # For `canary` and `shadow`: the share of requests (0..100) the move gave the version.
+    sa.Column("traffic_percent", sa.Float, nullable=True),
     sa.Index("ix_alias_history_model", "model"),
 )
 
@@ -176,4 +178,46 @@ approvals = sa.Table(
     sa.Column("reason", sa.Text, nullable=True),
     sa.Column("superseded_by", sa.Integer, nullable=True),
     sa.Index("ix_approvals_status", "status"),
+)
+
+# A model's traffic split beside its champion: the versions are the aliases `canary` and `shadow`,
+# their shares of requests live here, with the revision every change bumps (serving replicas never
+# go back to an older one). No row: no change yet (revision 0, no canary, no shadow).
+traffic = sa.Table(
+    "traffic",
+    metadata,
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("revision", sa.Integer, nullable=False),
+    sa.Column("canary_percent", sa.Float, nullable=False),
+    sa.Column("shadow_percent", sa.Float, nullable=False),
+    sa.Column("actor", sa.String(256), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# A model's own rollout plan (rollouts.RolloutPlan as JSON); no row: the registry's default.
+rollout_plans = sa.Table(
+    "rollout_plans",
+    metadata,
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("plan_json", sa.Text, nullable=False),
+    sa.Column("actor", sa.String(256), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Every rollout, the latest per model the one that counts; the plan is copied in when it starts.
+rollouts = sa.Table(
+    "rollouts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    # running, promoted or rolled_back.
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("step_started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("cause", sa.Text, nullable=False),
+    sa.Column("plan_json", sa.Text, nullable=False),
+    sa.Index("ix_rollouts_model", "model"),
 )

@@ -1,12 +1,50 @@
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from cascade.services.registry.rollouts import DEFAULT_STEPS, RolloutPlan, RolloutStep, RolloutThresholds
 from cascade.settings import ServiceSettings
+
+
+class RolloutStepSetting(BaseModel):
+    stage: Literal["shadow", "canary"]
+    percent: float = Field(gt=0, le=100, description="The share of requests (0..100].")
+    min_requests: int = Field(0, ge=0, description="Requests the challenger answers or scores first.")
+    min_seconds: float = Field(0.0, ge=0, description="How long the step lasts at least.")
+
+
+class RolloutThresholdsSetting(BaseModel):
+    """registry.proto's RolloutThresholds; 0 turns one off."""
+
+    max_error_rate: float = Field(0.01, ge=0, le=1)
+    max_p99_ratio: float = Field(2.0, ge=0)
+    p99_floor_ms: float = Field(5.0, ge=0)
+    min_agreement: float = Field(0.9, ge=0, le=1)
+    max_difference_ratio: float = Field(0.5, ge=0)
+    max_prediction_drift: float = Field(0.25, ge=0)
+    max_metric_drop: float = Field(0.05, ge=0, le=1)
+    min_compared_rows: int = Field(100, ge=0)
+
+
+class RolloutPlanSetting(BaseModel):
+    """The rollout plan of models that set none, as JSON in CASCADE_REGISTRY_DEFAULT_ROLLOUT_PLAN."""
+
+    steps: list[RolloutStepSetting] = Field(
+        default_factory=lambda: [RolloutStepSetting(**asdict(step)) for step in DEFAULT_STEPS],
+        min_length=1,
+    )
+    thresholds: RolloutThresholdsSetting = Field(default_factory=RolloutThresholdsSetting)
+
+    def plan(self) -> RolloutPlan:
+        return RolloutPlan(
+            steps=tuple(RolloutStep(**step.model_dump()) for step in self.steps),
+            thresholds=RolloutThresholds(**self.thresholds.model_dump()),
+        ).checked()
 
 
 class RegistrySettings(ServiceSettings):
@@ -35,10 +73,17 @@ class RegistrySettings(ServiceSettings):
         "read",
         description="The level an authenticated principal has on a model that granted it nothing.",
     )
-    promotion_policy: Literal["automatic", "manual"] = Field(
+    promotion_policy: Literal["automatic", "manual", "progressive"] = Field(
         "automatic",
         description="The default for models that set none (UpdateModel, `cascade models policy`)."
-        " automatic: a passed candidate becomes champion; manual: it becomes challenger.",
+        " automatic: a passed candidate becomes champion; manual: it becomes challenger;"
+        " progressive: it becomes challenger and rolls out through the model's rollout plan.",
+    )
+    default_rollout_plan: RolloutPlanSetting = Field(
+        default_factory=RolloutPlanSetting,
+        description='The rollout plan of models that set none, as JSON: {"steps": [{"stage": "shadow"|'
+        '"canary", "percent", "min_requests", "min_seconds"}], "thresholds": {...}}; default shadow 100%,'
+        " canary 10%, canary 50% (200 requests and 10 s each), then champion.",
     )
     notifications_file: Path | None = Field(
         None,

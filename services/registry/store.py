@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from cascade.errors import AlreadyExists, NotFound
 from cascade.services.registry import schema
+from cascade.services.registry.rollouts import RolloutPlan, RolloutRecord
 from cascade.services.registry.schema import (
     alias_history,
     aliases,
@@ -29,6 +30,9 @@ from cascade.services.registry.schema import (
     model_tags,
     models,
     outbox,
+    rollout_plans,
+    rollouts,
+    traffic,
     training_specs,
     version_metrics,
     version_tags,
@@ -480,10 +484,18 @@ class RegistryStore:
         return int(target) if target is not None else None
 
     def move_alias(
-        self, db: sa.Connection, model: str, alias: str, version: int | None, actor: str, reason: str
+        self,
+        db: sa.Connection,
+        model: str,
+        alias: str,
+        version: int | None,
+        actor: str,
+        reason: str,
+        traffic_percent: float | None = None,
     ) -> int | None:
-        """Point `alias` at `version` (None deletes it) and append the move to the history, inside
-        the caller's transaction, which holds the model; returns the previous target."""
+        """Point `alias` at `version` (None deletes it) and append the move to the history (with the
+        share of traffic it gave, for `canary` and `shadow`), inside the caller's transaction, which
+        holds the model; returns the previous target."""
         previous = self.alias_target(model, alias, db)
         db.execute(aliases.delete().where(aliases.c.model == model, aliases.c.alias == alias))
         if version is not None:
@@ -497,6 +509,7 @@ class RegistryStore:
                 actor=actor,
                 reason=reason,
                 at=_now(),
+                traffic_percent=traffic_percent,
             )
         )
         return previous
@@ -511,6 +524,7 @@ class RegistryStore:
                 alias_history.c.actor,
                 alias_history.c.reason,
                 alias_history.c.at,
+                alias_history.c.traffic_percent,
             )
             .where(alias_history.c.model == model)
             .order_by(alias_history.c.id)
@@ -613,6 +627,108 @@ class RegistryStore:
             )
             for row in rows
         ]
+
+    # -- traffic and rollouts ------------------------------------------------------------------
+    def traffic_row(self, model: str, db: sa.Connection | None = None) -> dict[str, Any] | None:
+        """The model's split row (revision, percents, who and why), None before its first change."""
+        query = sa.select(traffic).where(traffic.c.model == model)
+        if db is not None:
+            row = db.execute(query).mappings().first()
+        else:
+            with self._read() as read:
+                row = read.execute(query).mappings().first()
+        return {**row, "updated_at": _utc(row["updated_at"])} if row is not None else None
+
+    def write_traffic(
+        self,
+        db: sa.Connection,
+        model: str,
+        canary_percent: float,
+        shadow_percent: float,
+        actor: str,
+        reason: str,
+    ) -> int:
+        """Record the split's percents and bump its revision, in the caller's transaction (which
+        holds the model); returns the new revision."""
+        row = self.traffic_row(model, db)
+        values = {
+            "canary_percent": canary_percent,
+            "shadow_percent": shadow_percent,
+            "actor": actor,
+            "reason": reason,
+            "updated_at": _now(),
+        }
+        if row is None:
+            db.execute(traffic.insert().values(model=model, revision=1, **values))
+            return 1
+        revision = int(row["revision"]) + 1
+        db.execute(traffic.update().where(traffic.c.model == model).values(revision=revision, **values))
+        return revision
+
+    def rollout_plan(self, model: str) -> RolloutPlan | None:
+        """The plan the model set, None when it set none."""
+        with self._read() as db:
+            row = (
+                db.execute(sa.select(rollout_plans).where(rollout_plans.c.model == model)).mappings().first()
+            )
+        if row is None:
+            return None
+        return RolloutPlan.from_json(
+            row["plan_json"], is_default=False, actor=row["actor"], updated_at=_utc(row["updated_at"])
+        )
+
+    def set_rollout_plan(self, db: sa.Connection, model: str, plan: RolloutPlan, actor: str) -> None:
+        db.execute(rollout_plans.delete().where(rollout_plans.c.model == model))
+        db.execute(
+            rollout_plans.insert().values(
+                model=model, plan_json=plan.to_json(), actor=actor, updated_at=_now()
+            )
+        )
+
+    def latest_rollout(self, model: str, db: sa.Connection | None = None) -> RolloutRecord | None:
+        query = sa.select(rollouts).where(rollouts.c.model == model).order_by(rollouts.c.id.desc()).limit(1)
+        if db is not None:
+            row = db.execute(query).mappings().first()
+        else:
+            with self._read() as read:
+                row = read.execute(query).mappings().first()
+        if row is None:
+            return None
+        return RolloutRecord(
+            model=row["model"],
+            version=int(row["version"]),
+            state=row["state"],
+            step=int(row["step"]),
+            started_at=_utc(row["started_at"]),
+            step_started_at=_utc(row["step_started_at"]),
+            cause=row["cause"],
+            plan=RolloutPlan.from_json(row["plan_json"], is_default=False),
+        )
+
+    def start_rollout(self, db: sa.Connection, model: str, version: int, plan: RolloutPlan) -> None:
+        now = _now()
+        db.execute(
+            rollouts.insert().values(
+                model=model,
+                version=version,
+                state="running",
+                step=0,
+                started_at=now,
+                step_started_at=now,
+                cause="",
+                plan_json=plan.to_json(),
+            )
+        )
+
+    def update_rollout(self, db: sa.Connection, model: str, state: str, step: int, cause: str) -> None:
+        """Move the model's latest rollout to `step` (its clock restarts when the step changes) or
+        end it with `state` and `cause`."""
+        latest = sa.select(sa.func.max(rollouts.c.id)).where(rollouts.c.model == model).scalar_subquery()
+        current = self.latest_rollout(model, db)
+        values: dict[str, Any] = {"state": state, "step": step, "cause": cause}
+        if current is not None and current.step != step:
+            values["step_started_at"] = _now()
+        db.execute(rollouts.update().where(rollouts.c.id == latest).values(**values))
 
     # -- training specs ------------------------------------------------------------------------
     def add_training_spec(self, model: str, spec_json: str, actor: str) -> int:

@@ -42,9 +42,16 @@ __all__ = [
     "ModelVersion",
     "Performance",
     "RejectedRow",
+    "Rollout",
+    "RolloutPlan",
+    "RolloutStage",
+    "RolloutState",
+    "RolloutStep",
+    "RolloutThresholds",
     "RowAttribution",
     "StoredTrainingSpec",
     "TensorSpec",
+    "Traffic",
     "TrainingRun",
     "UploadResult",
     "VersionStatus",
@@ -388,6 +395,13 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+_POLICY_NAMES = {
+    registry_pb2.PROMOTION_POLICY_AUTOMATIC: "automatic",
+    registry_pb2.PROMOTION_POLICY_MANUAL: "manual",
+    registry_pb2.PROMOTION_POLICY_PROGRESSIVE: "progressive",
+}
+
+
 @dataclass(frozen=True)
 class Model:
     name: str
@@ -395,7 +409,7 @@ class Model:
     aliases: dict[str, int]
     description: str
     tags: dict[str, str]
-    # "automatic" or "manual": what the validator does with a version that passes its gates.
+    # "automatic", "manual" or "progressive": what becomes of a version that passes its gates.
     promotion_policy: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
@@ -410,7 +424,7 @@ class Model:
             aliases=dict(model.aliases),
             description=model.description,
             tags=dict(model.tags),
-            promotion_policy="manual" if policy == registry_pb2.PROMOTION_POLICY_MANUAL else "automatic",
+            promotion_policy=_POLICY_NAMES.get(policy, "automatic"),
             inputs=_tensors(model.inputs),
             outputs=_tensors(model.outputs),
             created_at=_time(model.created_at, model.HasField("created_at")),
@@ -426,6 +440,8 @@ class AliasMove:
     actor: str
     reason: str
     at: datetime | None
+    # For `canary` and `shadow`: the share of requests (0..100) the move gave the version.
+    traffic_percent: float = 0.0
 
     @classmethod
     def of(cls, move: registry_pb2.AliasMove) -> AliasMove:
@@ -436,6 +452,188 @@ class AliasMove:
             actor=move.actor,
             reason=move.reason,
             at=_time(move.at, move.HasField("at")),
+            traffic_percent=move.traffic_percent,
+        )
+
+
+# Progressive delivery
+
+RolloutStage = Literal["shadow", "canary"]
+RolloutState = Literal["running", "promoted", "rolled_back"]
+_STAGES: dict[int, RolloutStage] = {
+    registry_pb2.ROLLOUT_STAGE_SHADOW: "shadow",
+    registry_pb2.ROLLOUT_STAGE_CANARY: "canary",
+}
+_STAGE_NUMBERS = {name: number for number, name in _STAGES.items()}
+_ROLLOUT_STATES: dict[int, RolloutState] = {
+    registry_pb2.ROLLOUT_STATE_RUNNING: "running",
+    registry_pb2.ROLLOUT_STATE_PROMOTED: "promoted",
+    registry_pb2.ROLLOUT_STATE_ROLLED_BACK: "rolled_back",
+}
+
+
+@dataclass(frozen=True)
+class RolloutStep:
+    """One step of a rollout plan: the challenger as shadow (scores `percent` of requests beside
+    the champion) or canary (answers `percent` of them), until it has answered or scored
+    `min_requests` and `min_seconds` have passed."""
+
+    stage: RolloutStage
+    percent: float
+    min_requests: int = 0
+    min_seconds: float = 0.0
+
+    @classmethod
+    def of(cls, step: registry_pb2.RolloutStep) -> RolloutStep:
+        return cls(
+            stage=_STAGES.get(step.stage, "shadow"),
+            percent=step.percent,
+            min_requests=step.min_requests,
+            min_seconds=step.min_seconds,
+        )
+
+    @property
+    def proto(self) -> registry_pb2.RolloutStep:
+        return registry_pb2.RolloutStep(
+            stage=_STAGE_NUMBERS.get(self.stage, registry_pb2.ROLLOUT_STAGE_UNSPECIFIED),
+            percent=self.percent,
+            min_requests=self.min_requests,
+            min_seconds=self.min_seconds,
+        )
+
+
+@dataclass(frozen=True)
+class RolloutThresholds:
+    """What a challenger is held to on live traffic; one breach rolls it back, 0 turns one off
+    (registry.proto says what each measures)."""
+
+    max_error_rate: float = 0.01
+    max_p99_ratio: float = 2.0
+    p99_floor_ms: float = 5.0
+    min_agreement: float = 0.9
+    max_difference_ratio: float = 0.5
+    max_prediction_drift: float = 0.25
+    max_metric_drop: float = 0.05
+    min_compared_rows: int = 100
+
+    @classmethod
+    def of(cls, thresholds: registry_pb2.RolloutThresholds) -> RolloutThresholds:
+        return cls(
+            max_error_rate=thresholds.max_error_rate,
+            max_p99_ratio=thresholds.max_p99_ratio,
+            p99_floor_ms=thresholds.p99_floor_ms,
+            min_agreement=thresholds.min_agreement,
+            max_difference_ratio=thresholds.max_difference_ratio,
+            max_prediction_drift=thresholds.max_prediction_drift,
+            max_metric_drop=thresholds.max_metric_drop,
+            min_compared_rows=thresholds.min_compared_rows,
+        )
+
+    @property
+    def proto(self) -> registry_pb2.RolloutThresholds:
+        return registry_pb2.RolloutThresholds(
+            max_error_rate=self.max_error_rate,
+            max_p99_ratio=self.max_p99_ratio,
+            p99_floor_ms=self.p99_floor_ms,
+            min_agreement=self.min_agreement,
+            max_difference_ratio=self.max_difference_ratio,
+            max_prediction_drift=self.max_prediction_drift,
+            max_metric_drop=self.max_metric_drop,
+            min_compared_rows=self.min_compared_rows,
+        )
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """A model's rollout plan: its steps in order (the version becomes champion after the last)
+    and the thresholds every step holds it to. `is_default`: the registry's, the model set none."""
+
+    model: str
+    steps: tuple[RolloutStep, ...]
+    thresholds: RolloutThresholds
+    is_default: bool = False
+    actor: str = ""
+    updated_at: datetime | None = None
+
+    @classmethod
+    def of(cls, plan: registry_pb2.RolloutPlan) -> RolloutPlan:
+        return cls(
+            model=plan.model,
+            steps=tuple(RolloutStep.of(step) for step in plan.steps),
+            thresholds=RolloutThresholds.of(plan.thresholds),
+            is_default=plan.is_default,
+            actor=plan.actor,
+            updated_at=_time(plan.updated_at, plan.HasField("updated_at")),
+        )
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """A version rolled out through a plan: running at `step`, or ended (promoted, rolled back)
+    with its `cause`."""
+
+    version: int
+    state: RolloutState
+    step: int
+    started_at: datetime | None
+    step_started_at: datetime | None
+    cause: str
+    plan: RolloutPlan
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    @property
+    def current_step(self) -> RolloutStep | None:
+        return self.plan.steps[self.step] if 0 <= self.step < len(self.plan.steps) else None
+
+    @classmethod
+    def of(cls, rollout: registry_pb2.Rollout) -> Rollout:
+        return cls(
+            version=rollout.version,
+            state=_ROLLOUT_STATES.get(rollout.state, "running"),
+            step=rollout.step,
+            started_at=_time(rollout.started_at, rollout.HasField("started_at")),
+            step_started_at=_time(rollout.step_started_at, rollout.HasField("step_started_at")),
+            cause=rollout.cause,
+            plan=RolloutPlan.of(rollout.plan),
+        )
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Which versions of a model take its requests: the champion answers, the canary answers
+    `canary_percent` of them, the shadow scores `shadow_percent` beside the champion without
+    answering. Versions are 0 when absent. `revision` grows with every change."""
+
+    model: str
+    champion_version: int
+    canary_version: int
+    canary_percent: float
+    shadow_version: int
+    shadow_percent: float
+    revision: int
+    actor: str
+    reason: str
+    updated_at: datetime | None
+    # The model's latest rollout; None before its first.
+    rollout: Rollout | None
+
+    @classmethod
+    def of(cls, traffic: registry_pb2.Traffic) -> Traffic:
+        return cls(
+            model=traffic.model,
+            champion_version=traffic.champion_version,
+            canary_version=traffic.canary_version,
+            canary_percent=traffic.canary_percent,
+            shadow_version=traffic.shadow_version,
+            shadow_percent=traffic.shadow_percent,
+            revision=traffic.revision,
+            actor=traffic.actor,
+            reason=traffic.reason,
+            updated_at=_time(traffic.updated_at, traffic.HasField("updated_at")),
+            rollout=Rollout.of(traffic.rollout) if traffic.HasField("rollout") else None,
         )
 
 

@@ -1,6 +1,6 @@
 """The typed client of the registry: models, versions, aliases with their history, lineage, training
-specs, and artifacts (uploaded in chunks, downloaded verified and resumable). Plain values in,
-records out."""
+specs, artifacts (uploaded in chunks, downloaded verified and resumable), approvals, and progressive
+delivery (traffic splits, rollout plans and rollouts). Plain values in, records out."""
 
 from __future__ import annotations
 
@@ -18,7 +18,11 @@ from cascade.client.records import (
     Lineage,
     Model,
     ModelVersion,
+    RolloutPlan,
+    RolloutStep,
+    RolloutThresholds,
     StoredTrainingSpec,
+    Traffic,
     TrainingRun,
     VersionStatus,
 )
@@ -29,7 +33,7 @@ from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc as pb_grpc
 
 __all__ = ["MetricFilter", "PermissionLevel", "PromotionPolicy", "RegistryClient"]
 
-PromotionPolicy = Literal["automatic", "manual"]
+PromotionPolicy = Literal["automatic", "manual", "progressive"]
 PermissionLevel = Literal["none", "read", "edit", "manage"]
 Comparison = Literal["==", "!=", ">", ">=", "<", "<="]
 
@@ -37,6 +41,7 @@ _POLICIES: dict[PromotionPolicy | None, pb.PromotionPolicy.ValueType] = {
     None: pb.PROMOTION_POLICY_UNSPECIFIED,
     "automatic": pb.PROMOTION_POLICY_AUTOMATIC,
     "manual": pb.PROMOTION_POLICY_MANUAL,
+    "progressive": pb.PROMOTION_POLICY_PROGRESSIVE,
 }
 _LEVELS: dict[PermissionLevel, pb.PermissionLevel.ValueType] = {
     "none": pb.PERMISSION_LEVEL_NONE,
@@ -371,6 +376,113 @@ class RegistryClient(ServiceClient):
             lambda: self._stub.RejectVersion(request, timeout=self.timeout),
         )
         return Approval.of(response)
+
+    # -- progressive delivery ------------------------------------------------------------------
+    async def get_traffic(self, model: str) -> Traffic:
+        """The model's split (champion, canary and shadow with their percents) and latest rollout."""
+        response = await call(
+            self.service,
+            f"reading the traffic of {model}",
+            lambda: self._stub.GetTraffic(pb.GetTrafficRequest(model=model), timeout=self.timeout),
+        )
+        return Traffic.of(response)
+
+    async def set_traffic(
+        self,
+        model: str,
+        *,
+        canary_version: int = 0,
+        canary_percent: float = 0.0,
+        shadow_version: int = 0,
+        shadow_percent: float = 0.0,
+        actor: str = "",
+        reason: str = "",
+    ) -> Traffic:
+        """Set the split by hand (a version 0 with percent 0: none); the whole split is given, so
+        what is left out is cleared. FailedPrecondition while a rollout runs."""
+        request = pb.SetTrafficRequest(
+            model=model,
+            canary_version=canary_version,
+            canary_percent=canary_percent,
+            shadow_version=shadow_version,
+            shadow_percent=shadow_percent,
+            actor=actor,
+            reason=reason,
+        )
+        response = await call(
+            self.service,
+            f"setting the traffic of {model}",
+            lambda: self._stub.SetTraffic(request, timeout=self.timeout),
+        )
+        return Traffic.of(response)
+
+    async def get_rollout_plan(self, model: str) -> RolloutPlan:
+        """The model's rollout plan, or the registry's default (is_default) when it set none."""
+        response = await call(
+            self.service,
+            f"reading the rollout plan of {model}",
+            lambda: self._stub.GetRolloutPlan(pb.GetRolloutPlanRequest(model=model), timeout=self.timeout),
+        )
+        return RolloutPlan.of(response)
+
+    async def set_rollout_plan(
+        self,
+        model: str,
+        steps: Sequence[RolloutStep],
+        thresholds: RolloutThresholds | None = None,
+        *,
+        actor: str = "",
+    ) -> RolloutPlan:
+        """Give the model its own plan (thresholds default to RolloutThresholds()); rollouts that
+        start afterwards follow it."""
+        request = pb.SetRolloutPlanRequest(
+            model=model,
+            steps=[step.proto for step in steps],
+            thresholds=(thresholds or RolloutThresholds()).proto,
+            actor=actor,
+        )
+        response = await call(
+            self.service,
+            f"setting the rollout plan of {model}",
+            lambda: self._stub.SetRolloutPlan(request, timeout=self.timeout),
+        )
+        return RolloutPlan.of(response)
+
+    async def start_rollout(self, model: str, version: int, *, actor: str = "", reason: str = "") -> Traffic:
+        """Roll a version that passed validation out through the model's plan, from its first step."""
+        request = pb.StartRolloutRequest(model=model, version=version, actor=actor, reason=reason)
+        response = await call(
+            self.service,
+            f"starting the rollout of {model} v{version}",
+            lambda: self._stub.StartRollout(request, timeout=self.timeout),
+        )
+        return Traffic.of(response)
+
+    async def advance_rollout(
+        self, model: str, version: int, from_step: int, *, actor: str = "", reason: str = ""
+    ) -> Traffic:
+        """Move the running rollout from `from_step` to its next step (from the last: the version
+        becomes champion). FailedPrecondition when it is no longer at `from_step`."""
+        request = pb.AdvanceRolloutRequest(
+            model=model, version=version, from_step=from_step, actor=actor, reason=reason
+        )
+        response = await call(
+            self.service,
+            f"advancing the rollout of {model} v{version} from step {from_step}",
+            lambda: self._stub.AdvanceRollout(request, timeout=self.timeout),
+        )
+        return Traffic.of(response)
+
+    async def abort_rollout(self, model: str, version: int = 0, *, reason: str, actor: str = "") -> Traffic:
+        """Roll the running rollout back (of `version`, or whichever runs for 0): all traffic to the
+        champion at once; `reason` (the cause) is required."""
+        request = pb.AbortRolloutRequest(model=model, version=version, actor=actor, reason=reason)
+        response = await call(
+            self.service,
+            f"aborting the rollout of {_named(model, version) if version else model}",
+            lambda: self._stub.AbortRollout(request, timeout=self.timeout),
+        )
+        return Traffic.of(response)
 
     # -- training specs ------------------------------------------------------------------------
     async def get_training_spec(self, model: str, version: int = 0) -> StoredTrainingSpec:
