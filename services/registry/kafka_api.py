@@ -1,5 +1,5 @@
 """The registry's Kafka side: verdicts from the validator move aliases; the loop's events (its own
-promotions, verdicts, drift, serving's refusals, dead letters) become chat notifications."""
+promotions and rollbacks, verdicts, drift, serving's refusals, dead letters) become chat notifications."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from cascade.events import (
     ModelApprovalRequested,
     ModelLoadFailed,
     ModelPromoted,
+    ModelTrafficChanged,
     ModelValidated,
     Topics,
     decode_event,
@@ -41,6 +42,7 @@ NOTIFIED_EVENTS: tuple[type[Event], ...] = (
     ModelLoadFailed,
     ModelApprovalRequested,
     ModelApprovalDecided,
+    ModelTrafficChanged,  # its rollbacks
 )
 
 

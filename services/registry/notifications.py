@@ -8,7 +8,9 @@ What is notified, by event kind:
 - `load_failed`: serving refused a version (and which one keeps serving);
 - `dead_letters`: more than `dead_letter_threshold` messages reached the dead-letter topic in one
   window (once per window; dead letters are counted from their headers, never parsed);
-- `approval_requested` / `approval_decided`: a challenger waits for a person, and what they decided.
+- `approval_requested` / `approval_decided`: a challenger waits for a person, and what they decided;
+- `rolled_back`: a rollout stopped (a threshold breached on live traffic, or by hand) and all traffic
+  went back to the champion, with the cause; a rollout's promotion is announced as `promoted`.
 
 Destinations (the notifications file) choose models by glob and events by kind. Every message links
 to the console page that shows what it is about.
@@ -59,6 +61,7 @@ from cascade.events import (
     ModelApprovalRequested,
     ModelLoadFailed,
     ModelPromoted,
+    ModelTrafficChanged,
     ModelValidated,
 )
 from cascade.services.registry.chat_cards import Link, Notice, Severity, slack_message, teams_message
@@ -93,6 +96,7 @@ EventKind = Literal[
     "dead_letters",
     "approval_requested",
     "approval_decided",
+    "rolled_back",
 ]
 EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
 DestinationKind = Literal["slack", "teams", "cloudevent"]
@@ -409,6 +413,37 @@ def approval_decided_notice(event: ModelApprovalDecided, links: ConsoleLinks) ->
             *(
                 [(f"v{event.superseded_by}", links.version(event.model, event.superseded_by))]
                 if event.superseded_by
+                else []
+            ),
+        ),
+        context=_context(event),
+    )
+
+
+def rolled_back_notice(event: ModelTrafficChanged, links: ConsoleLinks) -> Notice:
+    """A rollout stopped: the version it rolled out takes no traffic, the champion takes it all."""
+    version = event.rollout_version
+    named = f"{event.model} v{version}" if version else f"{event.model}'s rollout"
+    champion = f"v{event.champion_version}" if event.champion_version else "no champion"
+    facts: list[tuple[str, str]] = [
+        ("Rolled back", f"v{version}" if version else "the rollout"),
+        ("Cause", _clip(event.reason) or "none given"),
+    ]
+    if event.rollout_step is not None:
+        facts.append(("At step", str(event.rollout_step)))
+    facts.extend([("Champion", f"{champion} takes all traffic"), ("By", event.actor)])
+    return Notice(
+        kind="rolled_back",
+        title=f"{named} rolled back",
+        summary=f"The rollout of {named} stopped and all traffic went back to {champion}. "
+        f"Cause: {_clip(event.reason) or 'none given'}",
+        severity="attention",
+        facts=tuple(facts),
+        links=_links(
+            *([(f"v{version} in the console", links.version(event.model, version))] if version else []),
+            *(
+                [(f"Champion {champion}", links.version(event.model, event.champion_version))]
+                if event.champion_version
                 else []
             ),
         ),
@@ -809,6 +844,8 @@ class Notifier:
             return approval_requested_notice(event, new, champion, self.links)
         if isinstance(event, ModelApprovalDecided):
             return approval_decided_notice(event, self.links)
+        if isinstance(event, ModelTrafficChanged):  # of its moves, only a rollback is news
+            return rolled_back_notice(event, self.links) if event.action == "rolled_back" else None
         return None
 
     def _version(self, model: str, version: int) -> VersionRecord | None:

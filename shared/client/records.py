@@ -460,11 +460,11 @@ class AliasMove:
 
 RolloutStage = Literal["shadow", "canary"]
 RolloutState = Literal["running", "promoted", "rolled_back"]
-_STAGES: dict[int, RolloutStage] = {
-    registry_pb2.ROLLOUT_STAGE_SHADOW: "shadow",
-    registry_pb2.ROLLOUT_STAGE_CANARY: "canary",
+_STAGE_NUMBERS: dict[RolloutStage, registry_pb2.RolloutStage.ValueType] = {
+    "shadow": registry_pb2.ROLLOUT_STAGE_SHADOW,
+    "canary": registry_pb2.ROLLOUT_STAGE_CANARY,
 }
-_STAGE_NUMBERS = {name: number for number, name in _STAGES.items()}
+_STAGES: dict[int, RolloutStage] = {number: name for name, number in _STAGE_NUMBERS.items()}
 _ROLLOUT_STATES: dict[int, RolloutState] = {
     registry_pb2.ROLLOUT_STATE_RUNNING: "running",
     registry_pb2.ROLLOUT_STATE_PROMOTED: "promoted",
