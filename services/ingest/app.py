@@ -21,7 +21,7 @@ def build(settings: IngestSettings | None = None) -> Service:
     settings = settings or IngestSettings()
     topics = Topics(settings.topic_prefix, settings.topic_partitions, settings.topic_replication_factor)
     broker = build_broker(settings, "ingest")
-    store = IngestStore(settings.data_dir)
+    store = IngestStore(settings.data_dir, settings.database_url)
 
     async def emit(event: Event) -> None:
         await publish_event(broker, topics, event)

@@ -10,6 +10,12 @@ class IngestSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CASCADE_INGEST_", extra="ignore", frozen=True)
 
     grpc_port: int = Field(50051, description="gRPC port of IngestService.")
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL of the metadata database (datasets, versions, batches, outbox),"
+        " e.g. postgresql+psycopg://user:pw@host/db, which replicas can share; empty means SQLite"
+        " (WAL) at <data_dir>/ingest.sqlite3. Segments stay under data_dir either way.",
+    )
     max_upload_bytes: int = Field(512 * 1024 * 1024, description="Largest batch file accepted.")
     max_record_bytes: int = Field(
         512 * 1024,

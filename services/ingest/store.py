@@ -1,4 +1,5 @@
-"""Ingest's own store: SQLite for metadata, immutable per-batch Parquet segments for rows.
+"""Ingest's own store: metadata in a database (SQLite by default, PostgreSQL by URL, both through
+SQLAlchemy Core with Alembic migrations), immutable per-batch Parquet segments for rows.
 
 A dataset version is a manifest: the chain of segments from its first version to itself, each
 version adding exactly one segment (the batch's rows not already in the dataset). Appending a batch
@@ -17,10 +18,16 @@ A version made before segments existed (one Parquet file ``versions/<id>.parquet
 rows) is read as a single segment, and versions appended to it chain from its id.
 
 Durability: a segment is written to a temporary file, fsynced, renamed into place and its directory
-fsynced before the SQLite transaction (WAL, synchronous=FULL) that records the version commits; an
+fsynced before the transaction that records the version commits (SQLite: WAL, synchronous=FULL); an
 acknowledged batch therefore survives a crash, and a crash before the commit leaves at most an
 unreferenced segment file, which start-up removes. Downloads of a whole version or a slice are
 materialised once into ``exports/`` (a cache, rebuilt on demand).
+
+Replicas: several ingest processes may share one PostgreSQL database. An append holds its
+dataset's row locked from reading the head to committing the new one, so versions form one chain
+whichever replica takes a batch, and a batch id counts once (the batches key): a batch another
+replica stored meanwhile is answered with that replica's version. Only the head of a dataset ever
+changes; versions, segments and batches are written once.
 """
 
 from __future__ import annotations
@@ -28,10 +35,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sqlite3
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,14 +48,18 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import sqlalchemy as sa
 from opentelemetry import propagate
 
-from cascade.errors import AlreadyExists, InvalidArgument, NotFound
+from cascade import database
+from cascade.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from cascade.events import Event
+from cascade.services.ingest import tables
 from cascade.services.ingest.cleaning import Rejection, quantiles, row_hashes
 from cascade.services.ingest.schema import Schema
 
 __all__ = [
+    "MIGRATIONS",
     "BatchRecord",
     "IngestStore",
     "NewVersion",
@@ -60,62 +71,7 @@ __all__ = [
     "segment_stats",
 ]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS datasets (
-    name TEXT PRIMARY KEY,
-    schema_json TEXT NOT NULL,
-    head_version TEXT,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS versions (
-    version TEXT NOT NULL,
-    dataset TEXT NOT NULL REFERENCES datasets(name),
-    parent TEXT,
-    rows INTEGER NOT NULL,
-    size_bytes INTEGER NOT NULL,
-    file_sha256 TEXT NOT NULL,
-    profile_json TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    PRIMARY KEY (dataset, version)
-);
-CREATE TABLE IF NOT EXISTS segments (
-    dataset TEXT NOT NULL,
-    version TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    segment TEXT NOT NULL,
-    row_start INTEGER NOT NULL,
-    rows INTEGER NOT NULL,
-    size_bytes INTEGER NOT NULL,
-    stats_json TEXT NOT NULL,
-    PRIMARY KEY (dataset, version)
-);
-CREATE TABLE IF NOT EXISTS batches (
-    batch_id TEXT NOT NULL,
-    dataset TEXT NOT NULL REFERENCES datasets(name),
-    version TEXT,
-    source TEXT NOT NULL,
-    report_json TEXT NOT NULL,
-    received_at TEXT NOT NULL,
-    PRIMARY KEY (dataset, batch_id)
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL UNIQUE,
-    event_type TEXT NOT NULL,
-    event_json TEXT NOT NULL,
-    published INTEGER NOT NULL DEFAULT 0,
-    trace_carrier TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS ix_outbox_pending ON outbox(published, id);
-CREATE TABLE IF NOT EXISTS rejected_rows (
-    dataset TEXT NOT NULL,
-    batch_id TEXT NOT NULL,
-    row INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    values_json TEXT NOT NULL,
-    PRIMARY KEY (dataset, batch_id, row)
-);
-"""
+MIGRATIONS = Path(__file__).parent / "migrations"
 
 _CHAIN_DOMAIN = b"cascade-dataset-v2\0"
 _SKETCH_POINTS = np.linspace(0.0, 1.0, 101)
@@ -310,32 +266,46 @@ def _write_atomically(path: Path, write: Any) -> None:
 
 
 class IngestStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, database_url: str = "") -> None:
+        """Segments under `root`; metadata at `database_url` (SQLAlchemy URL), by default the
+        SQLite file `root`/ingest.sqlite3, which a store from before migrations also used."""
         self.root = root
         self.versions_dir = root / "versions"  # single-file versions made before segments
         self.segments_dir = root / "segments"
         self.exports_dir = root / "exports"
         for directory in (self.versions_dir, self.segments_dir, self.exports_dir):
             directory.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(root / "ingest.sqlite3", check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        outbox_columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
-        if "trace_carrier" not in outbox_columns:  # an outbox made before events kept their trace
-            self._db.execute("ALTER TABLE outbox ADD COLUMN trace_carrier TEXT NOT NULL DEFAULT '{}'")
+        url = database_url or database.sqlite_url(root / "ingest.sqlite3")
+        self.engine = database.engine(url, writer=True)
+        self.reader = database.engine(url, writer=False) if url.startswith("sqlite") else self.engine
+        database.migrate(self.engine, MIGRATIONS)
+        # Serialises this process's writers; other processes queue on the database's locks.
         self._lock = threading.RLock()
         # dataset -> (head version, sorted 64-bit hashes of its rows): dedupe without re-reading.
         self._hashes: dict[str, tuple[str | None, np.ndarray]] = {}
         self._export_digests: dict[Path, str] = {}
         self._sweep()
 
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
     def close(self) -> None:
-        self._db.close()
+        self.reader.dispose()
+        self.engine.dispose()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sa.Connection]:
+        with self.engine.begin() as connection:
+            yield connection
+
+    def _read(self) -> sa.Connection:
+        return self.reader.connect()
 
     def _sweep(self) -> None:
         """Remove what a crash can leave behind: temporary files and segments no version names."""
-        referenced = {row[0] for row in self._db.execute("SELECT segment FROM segments")}
+        with self._read() as db:
+            referenced = set(db.execute(sa.select(tables.segments.c.segment)).scalars())
         for directory in (self.segments_dir, self.exports_dir, self.versions_dir):
             for path in directory.glob(".tmp-*"):
                 path.unlink(missing_ok=True)
@@ -345,56 +315,83 @@ class IngestStore:
 
     # -- datasets ------------------------------------------------------------------------------
     def schema(self, dataset: str) -> Schema | None:
-        row = self._db.execute("SELECT schema_json FROM datasets WHERE name=?", (dataset,)).fetchone()
-        return Schema.from_dict(json.loads(row[0])) if row else None
+        with self._read() as db:
+            found = db.execute(
+                sa.select(tables.datasets.c.schema_json).where(tables.datasets.c.name == dataset)
+            ).scalar_one_or_none()
+        return Schema.from_dict(json.loads(found)) if found is not None else None
 
     def head(self, dataset: str) -> str | None:
-        row = self._db.execute("SELECT head_version FROM datasets WHERE name=?", (dataset,)).fetchone()
-        return row[0] if row else None
+        with self._read() as db:
+            found: str | None = db.execute(
+                sa.select(tables.datasets.c.head_version).where(tables.datasets.c.name == dataset)
+            ).scalar_one_or_none()
+        return found
 
     def datasets(self) -> list[tuple[str, Schema, str | None, int]]:
         """(name, schema, head version, number of versions) of every dataset, by name."""
-        rows = self._db.execute(
-            "SELECT d.name, d.schema_json, d.head_version,"
-            " (SELECT COUNT(*) FROM versions v WHERE v.dataset = d.name) FROM datasets d ORDER BY d.name"
-        ).fetchall()
-        return [(r[0], Schema.from_dict(json.loads(r[1])), r[2], r[3]) for r in rows]
+        d, v = tables.datasets, tables.versions
+        count = sa.select(sa.func.count()).where(v.c.dataset == d.c.name).scalar_subquery()
+        with self._read() as db:
+            rows = db.execute(
+                sa.select(d.c.name, d.c.schema_json, d.c.head_version, count).order_by(d.c.name)
+            ).all()
+        return [(r[0], Schema.from_dict(json.loads(r[1])), r[2], int(r[3])) for r in rows]
 
     def register(self, dataset: str, schema: Schema) -> Schema:
         """Declare a dataset's schema. Registering the same schema again changes nothing; a
         different one for a dataset that already has data is refused."""
         declared = Schema.from_dict(schema.to_dict(), declared=True)
-        with self._lock:
-            existing = self.schema(dataset)
-            if existing is not None:
-                if existing == declared:
-                    return existing
-                if self.head(dataset) is not None or existing.declared:
-                    raise AlreadyExists(f"dataset {dataset!r} already has a schema; it cannot change")
-            self._db.execute(
-                "INSERT INTO datasets(name, schema_json, head_version, created_at) VALUES (?,?,?,?)"
-                " ON CONFLICT(name) DO UPDATE SET schema_json=excluded.schema_json",
-                (dataset, json.dumps(declared.to_dict()), None, datetime.now(UTC).isoformat()),
+        d = tables.datasets
+        with self._lock, self._transaction() as db:
+            created = db.execute(
+                database.insert(db, d)
+                .values(
+                    name=dataset,
+                    schema_json=json.dumps(declared.to_dict()),
+                    head_version=None,
+                    created_at=datetime.now(UTC).isoformat(),
+                )
+                .on_conflict_do_nothing(index_elements=["name"])
+                .returning(d.c.name)
+            ).first()
+            if created is not None:
+                return declared
+            row = db.execute(
+                sa.select(d.c.schema_json, d.c.head_version).where(d.c.name == dataset).with_for_update()
+            ).one()
+            existing = Schema.from_dict(json.loads(row.schema_json))
+            if existing == declared:
+                return existing
+            if row.head_version is not None or existing.declared:
+                raise AlreadyExists(f"dataset {dataset!r} already has a schema; it cannot change")
+            db.execute(
+                d.update().where(d.c.name == dataset).values(schema_json=json.dumps(declared.to_dict()))
             )
         return declared
 
     # -- batches -------------------------------------------------------------------------------
     def batch(self, dataset: str, batch_id: str) -> BatchRecord | None:
-        row = self._db.execute(
-            "SELECT batch_id, dataset, version, source, received_at, report_json FROM batches"
-            " WHERE dataset=? AND batch_id=?",
-            (dataset, batch_id),
-        ).fetchone()
+        with self._read() as db:
+            return self._batch(db, dataset, batch_id)
+
+    def _batch(self, db: sa.Connection, dataset: str, batch_id: str) -> BatchRecord | None:
+        b = tables.batches
+        row = (
+            db.execute(sa.select(b).where(b.c.dataset == dataset, b.c.batch_id == batch_id))
+            .mappings()
+            .first()
+        )
         return _batch_record(row) if row else None
 
     def batches(self, dataset: str, version: str = "") -> list[BatchRecord]:
         """Batches of a dataset, oldest first; with `version`, those in its lineage."""
-        rows = self._db.execute(
-            "SELECT batch_id, dataset, version, source, received_at, report_json FROM batches"
-            " WHERE dataset=? ORDER BY received_at, rowid",
-            (dataset,),
-        ).fetchall()
-        records = [_batch_record(r) for r in rows]
+        b = tables.batches
+        with self._read() as db:
+            rows = db.execute(
+                sa.select(b).where(b.c.dataset == dataset).order_by(b.c.received_at, b.c.batch_id)
+            ).mappings()
+            records = [_batch_record(r) for r in rows]
         if version:
             lineage = set(self.version(dataset, version).batch_ids)
             records = [r for r in records if r.batch_id in lineage]
@@ -403,14 +400,14 @@ class IngestStore:
     def rejected_rows(self, dataset: str, batch_id: str) -> list[RejectedRecord]:
         if self.batch(dataset, batch_id) is None:
             raise NotFound(f"dataset {dataset!r} has no batch {batch_id!r}")
-        return [
-            RejectedRecord(r[0], r[1], json.loads(r[2]))
-            for r in self._db.execute(
-                "SELECT row, reason, values_json FROM rejected_rows WHERE dataset=? AND batch_id=?"
-                " ORDER BY row",
-                (dataset, batch_id),
-            )
-        ]
+        r = tables.rejected_rows
+        with self._read() as db:
+            rows = db.execute(
+                sa.select(r.c.row, r.c.reason, r.c.values_json)
+                .where(r.c.dataset == dataset, r.c.batch_id == batch_id)
+                .order_by(r.c.row)
+            ).all()
+        return [RejectedRecord(int(row[0]), row[1], json.loads(row[2])) for row in rows]
 
     # -- versions ------------------------------------------------------------------------------
     def version(self, dataset: str, version: str = "") -> VersionInfo:
@@ -418,19 +415,21 @@ class IngestStore:
         if schema is None:
             raise NotFound(f"dataset {dataset!r} does not exist")
         version = version or (self.head(dataset) or "")
-        row = self._db.execute(
-            "SELECT parent, rows, size_bytes, file_sha256, profile_json, created_at FROM versions"
-            " WHERE dataset=? AND version=?",
-            (dataset, version),
-        ).fetchone()
+        v = tables.versions
+        with self._read() as db:
+            row = db.execute(
+                sa.select(
+                    v.c.parent, v.c.rows, v.c.size_bytes, v.c.file_sha256, v.c.profile_json, v.c.created_at
+                ).where(v.c.dataset == dataset, v.c.version == version)
+            ).first()
         if row is None:
             raise NotFound(f"dataset {dataset!r} has no version {version!r}")
         return VersionInfo(
             dataset=dataset,
             version=version,
             parent=row[0],
-            rows=row[1],
-            size_bytes=row[2],
+            rows=int(row[1]),
+            size_bytes=int(row[2]),
             file_sha256=row[3],
             profile=json.loads(row[4]),
             created_at=datetime.fromisoformat(row[5]),
@@ -446,22 +445,28 @@ class IngestStore:
         # Read in three queries, not `version()` per version: each version's batches and segments
         # extend its parent's, so walking every version's lineage apart costs O(versions²) queries
         # (thousands at 100 versions, seconds for the console's Datasets page).
-        rows = self._db.execute(
-            "SELECT version, parent, rows, size_bytes, file_sha256, profile_json, created_at FROM versions"
-            " WHERE dataset=? ORDER BY created_at, rowid",
-            (dataset,),
-        ).fetchall()
-        newest_first: dict[str, list[str]] = {}
-        for version, batch_id in self._db.execute(
-            "SELECT version, batch_id FROM batches WHERE dataset=? ORDER BY received_at DESC", (dataset,)
-        ):
-            newest_first.setdefault(version, []).append(batch_id)
-        segment_of = {
-            version: segment
-            for version, segment in self._db.execute(
-                "SELECT version, segment FROM segments WHERE dataset=?", (dataset,)
-            )
-        }
+        v, seg = tables.versions, tables.segments
+        with self._read() as db:
+            rows = db.execute(
+                sa.select(
+                    v.c.version,
+                    v.c.parent,
+                    v.c.rows,
+                    v.c.size_bytes,
+                    v.c.file_sha256,
+                    v.c.profile_json,
+                    v.c.created_at,
+                )
+                .where(v.c.dataset == dataset)
+                .order_by(v.c.created_at, v.c.version)
+            ).all()
+            newest_first = self._batches_by_version(db, dataset)
+            segment_of: dict[str, str] = {
+                version: segment
+                for version, segment in db.execute(
+                    sa.select(seg.c.version, seg.c.segment).where(seg.c.dataset == dataset)
+                )
+            }
         batches: dict[str, list[str]] = {}
         segments: dict[str, list[str]] = {}
         for version, parent, *_ in rows:  # oldest first: a parent is met before its children
@@ -482,8 +487,8 @@ class IngestStore:
                     dataset=dataset,
                     version=version,
                     parent=parent,
-                    rows=count,
-                    size_bytes=size_bytes,
+                    rows=int(count),
+                    size_bytes=int(size_bytes),
                     file_sha256=file_sha256,
                     profile=json.loads(profile_json),
                     created_at=datetime.fromisoformat(created_at),
@@ -494,48 +499,71 @@ class IngestStore:
             )
         return infos
 
+    @staticmethod
+    def _batches_by_version(db: sa.Connection, dataset: str) -> dict[str | None, list[str]]:
+        """version -> the ids of the batches that made it, newest first."""
+        b = tables.batches
+        newest_first: dict[str | None, list[str]] = {}
+        for version, batch_id in db.execute(
+            sa.select(b.c.version, b.c.batch_id)
+            .where(b.c.dataset == dataset)
+            .order_by(b.c.received_at.desc(), b.c.batch_id.desc())
+        ):
+            newest_first.setdefault(version, []).append(batch_id)
+        return newest_first
+
+    def _chain(self, dataset: str, version: str) -> list[tuple[Any, ...]]:
+        """The version and its ancestors, newest first: (version, its segment, the segment's
+        row_start, rows and size, and the version's rows and size); the segment's are NULL for a
+        version from before segments."""
+        query = sa.text(
+            "WITH RECURSIVE chain(v, depth) AS (SELECT CAST(:version AS TEXT), 0 UNION ALL"
+            " SELECT versions.parent, chain.depth + 1 FROM versions JOIN chain"
+            " ON versions.dataset = :dataset AND versions.version = chain.v"
+            " WHERE versions.parent IS NOT NULL)"
+            " SELECT chain.v, segments.segment, segments.row_start, segments.rows, segments.size_bytes,"
+            " versions.rows, versions.size_bytes FROM chain"
+            " LEFT JOIN segments ON segments.dataset = :dataset AND segments.version = chain.v"
+            " LEFT JOIN versions ON versions.dataset = :dataset AND versions.version = chain.v"
+            " ORDER BY chain.depth"
+        )
+        with self._read() as db:
+            return [tuple(row) for row in db.execute(query, {"version": version, "dataset": dataset})]
+
     def _lineage(self, dataset: str, version: str) -> list[str]:
         """The version and its ancestors, newest first."""
-        rows = self._db.execute(
-            "WITH RECURSIVE chain(v, depth) AS (SELECT ?, 0 UNION ALL"
-            " SELECT versions.parent, chain.depth + 1 FROM versions JOIN chain"
-            " ON versions.dataset = ? AND versions.version = chain.v WHERE versions.parent IS NOT NULL)"
-            " SELECT v FROM chain ORDER BY depth",
-            (version, dataset),
-        ).fetchall()
-        return [r[0] for r in rows]
+        return [row[0] for row in self._chain(dataset, version)]
 
     def _lineage_batches(self, dataset: str, version: str) -> list[str]:
         """Every batch that contributed to `version`, oldest first."""
+        with self._read() as db:
+            newest_first = self._batches_by_version(db, dataset)
         chain: list[str] = []
         for current in self._lineage(dataset, version):
-            chain.extend(
-                r[0]
-                for r in self._db.execute(
-                    "SELECT batch_id FROM batches WHERE dataset=? AND version=? ORDER BY received_at DESC",
-                    (dataset, current),
-                )
-            )
+            chain.extend(newest_first.get(current, []))
         return chain[::-1]
 
     def manifest(self, dataset: str, version: str) -> list[Segment]:
         """The segments whose concatenation is the version, oldest first."""
         segments: list[Segment] = []
-        for current in self._lineage(dataset, version):
-            row = self._db.execute(
-                "SELECT segment, row_start, rows, size_bytes FROM segments WHERE dataset=? AND version=?",
-                (dataset, current),
-            ).fetchone()
-            if row is None:  # a single-file version from before segments: all rows up to it
+        for current, segment, row_start, rows, size_bytes, version_rows, version_size in self._chain(
+            dataset, version
+        ):
+            if segment is None:  # a single-file version from before segments: all rows up to it
                 legacy = self.versions_dir / f"{current}.parquet"
-                meta = self._db.execute(
-                    "SELECT rows, size_bytes FROM versions WHERE dataset=? AND version=?", (dataset, current)
-                ).fetchone()
-                if meta is None or not legacy.exists():
+                if version_rows is None or not legacy.exists():
                     raise NotFound(f"dataset {dataset!r}: version {current!r} has no data")
-                segments.append(Segment(current, 0, meta[0], meta[1], legacy))
+                segments.append(Segment(current, 0, int(version_rows), int(version_size), legacy))
                 break
-            segments.append(Segment(row[0], row[1], row[2], row[3], self.segments_dir / f"{row[0]}.parquet"))
+            segments.append(
+                Segment(
+                    segment,
+                    int(row_start),
+                    int(rows),
+                    int(size_bytes),
+                    self.segments_dir / f"{segment}.parquet",
+                )
+            )
         return segments[::-1]
 
     def load(self, dataset: str, version: str) -> pd.DataFrame:
@@ -623,10 +651,20 @@ class IngestStore:
         """Record a batch and, if it adds rows, the new version (parent + one segment of the rows
         new to the dataset) and the event `announce` makes of it, in the outbox, in one
         transaction. Returns the dataset's version after it and how many of the batch's rows were
-        already in the parent version."""
-        with self._lock:
+        already in the parent version.
+
+        The transaction holds the dataset's row from reading the head to moving it, so a replica
+        appending to the same dataset waits, then builds on this version. A batch that another
+        replica stored meanwhile is not stored again: `report` becomes the stored one, and its
+        version is returned."""
+        with self._lock, self._transaction() as db:
             now = datetime.now(UTC).isoformat()
-            parent = self.head(dataset)
+            parent = self._hold(db, dataset, schema, now)
+            stored = self._batch(db, dataset, batch_id)
+            if stored is not None:
+                report.clear()
+                report.update(stored.report)
+                return stored.version, 0
             history = self._history_hashes(dataset, parent)
             hashes = row_hashes(rows) if hashes is None else hashes
             if len(history):
@@ -651,65 +689,109 @@ class IngestStore:
                 if announce is not None and segment is not None and version is not None
                 else None
             )
-            event_json = event.encoded().decode() if event is not None else ""
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.execute(
-                    "INSERT OR IGNORE INTO datasets(name, schema_json, head_version, created_at)"
-                    " VALUES (?,?,?,?)",
-                    (dataset, json.dumps(schema.to_dict()), None, now),
-                )
-                if segment is not None:
-                    assert version is not None
-                    parts = [stats, *self._stats_of(dataset, parent)]
-                    size = segment.size_bytes + (self.version(dataset, parent).size_bytes if parent else 0)
-                    db.execute(
-                        "INSERT OR IGNORE INTO versions VALUES (?,?,?,?,?,?,?,?)",
-                        (
-                            version,
-                            dataset,
-                            parent,
-                            segment.row_start + segment.rows,
-                            size,
-                            segment.segment,
-                            json.dumps(merge_profile(schema, parts)),
-                            now,
-                        ),
-                    )
-                    db.execute(
-                        "INSERT OR IGNORE INTO segments VALUES (?,?,?,?,?,?,?,?)",
-                        (
-                            dataset,
-                            version,
-                            len(self._lineage(dataset, parent)) if parent else 0,
-                            segment.segment,
-                            segment.row_start,
-                            segment.rows,
-                            segment.size_bytes,
-                            json.dumps(stats),
-                        ),
-                    )
-                    db.execute("UPDATE datasets SET head_version=? WHERE name=?", (version, dataset))
-                if event is not None:
-                    self._enqueue(event, event_json)
-                db.execute(
-                    "INSERT INTO batches VALUES (?,?,?,?,?,?)",
-                    (batch_id, dataset, version if segment else None, source, json.dumps(report), now),
-                )
-                db.executemany(
-                    "INSERT OR IGNORE INTO rejected_rows VALUES (?,?,?,?,?)",
-                    [(dataset, batch_id, r.row, r.reason, json.dumps(r.values)) for r in rejected],
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
             if segment is not None:
-                merged = np.concatenate([history, hashes[~known]])
-                merged.sort()
+                assert version is not None
+                self._record_version(db, dataset, schema, parent, version, segment, stats, now)
+            if event is not None:
+                self._enqueue(db, event, event.encoded().decode())
+            db.execute(
+                tables.batches.insert().values(
+                    batch_id=batch_id,
+                    dataset=dataset,
+                    version=version if segment else None,
+                    source=source,
+                    report_json=json.dumps(report),
+                    received_at=now,
+                )
+            )
+            if rejected:
+                db.execute(
+                    database.insert(db, tables.rejected_rows).on_conflict_do_nothing(),
+                    [
+                        {
+                            "dataset": dataset,
+                            "batch_id": batch_id,
+                            "row": r.row,
+                            "reason": r.reason,
+                            "values_json": json.dumps(r.values),
+                        }
+                        for r in rejected
+                    ],
+                )
+        if segment is not None:  # committed
+            merged = np.concatenate([history, hashes[~known]])
+            merged.sort()
+            with self._lock:
                 self._hashes[dataset] = (version, merged)
-            return version, already_present
+        return version, already_present
+
+    def _hold(self, db: sa.Connection, dataset: str, schema: Schema, now: str) -> str | None:
+        """Within `db`: create the dataset with `schema` if it is new, lock its row until the
+        transaction ends (PostgreSQL; SQLite's writer holds the whole database from BEGIN) and
+        return its head. A batch cleaned against another schema than the dataset's (another
+        replica made the dataset meanwhile) is refused, to be sent again."""
+        d = tables.datasets
+        db.execute(
+            database.insert(db, d)
+            .values(name=dataset, schema_json=json.dumps(schema.to_dict()), head_version=None, created_at=now)
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
+        row = db.execute(
+            sa.select(d.c.schema_json, d.c.head_version).where(d.c.name == dataset).with_for_update()
+        ).one()
+        if Schema.from_dict(json.loads(row.schema_json)) != Schema.from_dict(schema.to_dict()):
+            raise FailedPrecondition(
+                f"dataset {dataset!r} got its schema from another upload meanwhile; send the batch again"
+            )
+        head: str | None = row.head_version
+        return head
+
+    def _record_version(
+        self,
+        db: sa.Connection,
+        dataset: str,
+        schema: Schema,
+        parent: str | None,
+        version: str,
+        segment: Segment,
+        stats: dict[str, Any],
+        now: str,
+    ) -> None:
+        """Insert the version and its segment and move the dataset's head to it, within `db`."""
+        parts = [stats, *self._stats_of(dataset, parent)]
+        size = segment.size_bytes + (self.version(dataset, parent).size_bytes if parent else 0)
+        rows = segment.row_start + segment.rows
+        db.execute(
+            database.insert(db, tables.versions)
+            .values(
+                version=version,
+                dataset=dataset,
+                parent=parent,
+                rows=rows,
+                size_bytes=size,
+                file_sha256=segment.segment,
+                profile_json=json.dumps(merge_profile(schema, parts)),
+                created_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["dataset", "version"])
+        )
+        db.execute(
+            database.insert(db, tables.segments)
+            .values(
+                dataset=dataset,
+                version=version,
+                seq=len(self._lineage(dataset, parent)) if parent else 0,
+                segment=segment.segment,
+                row_start=segment.row_start,
+                rows=segment.rows,
+                size_bytes=segment.size_bytes,
+                stats_json=json.dumps(stats),
+            )
+            .on_conflict_do_nothing(index_elements=["dataset", "version"])
+        )
+        db.execute(
+            tables.datasets.update().where(tables.datasets.c.name == dataset).values(head_version=version)
+        )
 
     def _write_segment(self, dataset: str, parent: str | None, new_rows: pd.DataFrame) -> Segment:
         """The rows new to the dataset as a durable, content-addressed Parquet file."""
@@ -721,56 +803,70 @@ class IngestStore:
         return Segment(digest, parent_rows, len(new_rows), path.stat().st_size, path)
 
     # -- outbox --------------------------------------------------------------------------------
-    def _enqueue(self, event: Event, event_json: str) -> None:
+    def _enqueue(self, db: sa.Connection, event: Event, event_json: str) -> None:
         """Within the caller's transaction. An event already there (same id) stays as it is. The
         caller's trace context is kept with it, so the event continues that trace whenever it goes."""
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
-        self._db.execute(
-            "INSERT OR IGNORE INTO outbox(event_id, event_type, event_json, trace_carrier) VALUES (?,?,?,?)",
-            (event.id, event.type, event_json, json.dumps(carrier)),
+        db.execute(
+            database.insert(db, tables.outbox)
+            .values(
+                event_id=event.id,
+                event_type=event.type,
+                event_json=event_json,
+                published=False,
+                trace_carrier=json.dumps(carrier),
+            )
+            .on_conflict_do_nothing(index_elements=["event_id"])
         )
 
     def trace_carrier(self, event_id: str) -> dict[str, str]:
         """The W3C trace context (`traceparent`, ...) the event was stored in; empty if none."""
-        with self._lock:
-            query = "SELECT trace_carrier FROM outbox WHERE event_id=?"
-            row = self._db.execute(query, (event_id,)).fetchone()
-        carrier: dict[str, str] = json.loads(row[0]) if row else {}
+        o = tables.outbox
+        with self._read() as db:
+            found = db.execute(
+                sa.select(o.c.trace_carrier).where(o.c.event_id == event_id)
+            ).scalar_one_or_none()
+        carrier: dict[str, str] = json.loads(found) if found else {}
         return carrier
 
     def ensure_announced(self, event: Event) -> None:
         """Store `event` in the outbox unless it is there already (published or not)."""
         event_json = event.encoded().decode()
-        with self._lock:
-            self._enqueue(event, event_json)
+        with self._lock, self._transaction() as db:
+            self._enqueue(db, event, event_json)
 
     def pending_events(self, limit: int | None = None) -> list[tuple[int, str, str]]:
-        """(id, event type, event JSON) of the oldest `limit` (default: all) unpublished events."""
-        # Under the write lock: the connection is shared, and an event of a transaction still open
-        # in another thread must not be published before it commits.
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, event_type, event_json FROM outbox WHERE published=0 ORDER BY id LIMIT ?",
-                (-1 if limit is None else limit,),
-            ).fetchall()
+        """(id, event type, event JSON) of the oldest `limit` (default: all) unpublished events.
+
+        Only committed events are seen (each transaction writes on its own connection). Replicas
+        sharing the database may both publish an event before either marks it: delivery is at
+        least once, and consumers know an event by its id."""
+        o = tables.outbox
+        with self._read() as db:
+            rows = db.execute(
+                sa.select(o.c.id, o.c.event_type, o.c.event_json)
+                .where(o.c.published == sa.false())
+                .order_by(o.c.id)
+                .limit(limit)
+            ).all()
         return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
 
     def mark_published(self, event_ids: Sequence[int]) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany("UPDATE outbox SET published=1 WHERE id=?", [(i,) for i in event_ids])
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        if not event_ids:
+            return
+        o = tables.outbox
+        with self._transaction() as db:
+            db.execute(o.update().where(o.c.id.in_(list(event_ids))).values(published=True))
 
     def event_pending(self, event_id: str) -> bool:
         """Whether the event with this id waits in the outbox (False once published, or unknown)."""
-        with self._lock:
-            row = self._db.execute("SELECT published FROM outbox WHERE event_id=?", (event_id,)).fetchone()
-        return row is not None and not row[0]
+        o = tables.outbox
+        with self._read() as db:
+            published = db.execute(
+                sa.select(o.c.published).where(o.c.event_id == event_id)
+            ).scalar_one_or_none()
+        return published is not None and not published
 
     def _stats_of(self, dataset: str, version: str | None) -> list[dict[str, Any]]:
         """Segment statistics of a version's lineage (computed from the file for a legacy one)."""
@@ -778,20 +874,37 @@ class IngestStore:
             return []
         schema = self.schema(dataset)
         assert schema is not None
-        parts = []
-        for segment in self.manifest(dataset, version):
-            row = self._db.execute(
-                "SELECT stats_json FROM segments WHERE dataset=? AND segment=?", (dataset, segment.segment)
-            ).fetchone()
-            parts.append(json.loads(row[0]) if row else segment_stats(pd.read_parquet(segment.path), schema))
-        return parts
+        manifest = self.manifest(dataset, version)
+        s = tables.segments
+        with self._read() as db:
+            stored: dict[str, str] = {
+                name: stats
+                for name, stats in db.execute(
+                    sa.select(s.c.segment, s.c.stats_json).where(
+                        s.c.dataset == dataset, s.c.segment.in_([segment.segment for segment in manifest])
+                    )
+                )
+            }
+        return [
+            json.loads(stored[segment.segment])
+            if segment.segment in stored
+            else segment_stats(pd.read_parquet(segment.path), schema)
+            for segment in manifest
+        ]
 
     def segments(self, dataset: str, version: str) -> Iterator[Segment]:
         yield from self.manifest(dataset, version)
 
 
-def _batch_record(row: tuple[Any, ...]) -> BatchRecord:
-    return BatchRecord(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]))
+def _batch_record(row: sa.RowMapping) -> BatchRecord:
+    return BatchRecord(
+        row["batch_id"],
+        row["dataset"],
+        row["version"],
+        row["source"],
+        row["received_at"],
+        json.loads(row["report_json"]),
+    )
 
 
 def _file_sha256(path: Path) -> str:

@@ -12,6 +12,7 @@ from sklearn.datasets import load_wine
 
 from cascade.errors import InvalidArgument
 from cascade.events import DataArrived, Event
+from cascade.services.ingest import tables
 from cascade.services.ingest.core import IngestCore, batch_id_of
 from cascade.services.ingest.schema import Feature, Policy, Schema
 from cascade.services.ingest.store import IngestStore, chain_version, segment_digest
@@ -200,20 +201,37 @@ async def test_a_version_stored_before_segments_is_read_and_appended_to(
     store = IngestStore(tmp_path)
     old.to_parquet(store.versions_dir / "legacy.parquet", index=False)
     features = [c for c in wine.columns if c != "target"]
-    store._db.execute(
-        "INSERT INTO datasets VALUES (?,?,?,?)",
-        (
-            "wine",
-            json.dumps({"features": features, "target": "target", "task": "classification"}),
-            "legacy",
-            "t",
-        ),
-    )
-    store._db.execute(
-        "INSERT INTO versions VALUES (?,?,?,?,?,?,?,?)",
-        ("legacy", "wine", None, 100, 1, "x", "[]", "2026-01-01T00:00:00+00:00"),
-    )
-    store._db.execute("INSERT INTO batches VALUES (?,?,?,?,?,?)", ("b0", "wine", "legacy", "old", "{}", "t"))
+    with store.engine.begin() as db:
+        db.execute(
+            tables.datasets.insert().values(
+                name="wine",
+                schema_json=json.dumps({"features": features, "target": "target", "task": "classification"}),
+                head_version="legacy",
+                created_at="t",
+            )
+        )
+        db.execute(
+            tables.versions.insert().values(
+                version="legacy",
+                dataset="wine",
+                parent=None,
+                rows=100,
+                size_bytes=1,
+                file_sha256="x",
+                profile_json="[]",
+                created_at="2026-01-01T00:00:00+00:00",
+            )
+        )
+        db.execute(
+            tables.batches.insert().values(
+                batch_id="b0",
+                dataset="wine",
+                version="legacy",
+                source="old",
+                report_json="{}",
+                received_at="t",
+            )
+        )
     store.close()
 
     core, _ = _core(tmp_path)
