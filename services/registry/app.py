@@ -12,7 +12,7 @@ from cascade.events import Event, Topics
 from cascade.messaging import build_broker, publish_event
 from cascade.service import Service
 from cascade.services.registry import kafka_api
-from cascade.services.registry.artifacts import LocalArtifactStore
+from cascade.services.registry.artifacts import open_artifact_store
 from cascade.services.registry.core import Lineage, RegistryCore
 from cascade.services.registry.grpc_api import ROLES, SERVICE_NAME, RegistryServicer
 from cascade.services.registry.notifications import ConsoleLinks, DeliveryPolicy, Destinations, Notifier
@@ -28,7 +28,7 @@ def build(settings: RegistrySettings | None = None) -> Service:
     topics = Topics(settings.topic_prefix, settings.topic_partitions, settings.topic_replication_factor)
     broker = build_broker(settings, "registry")
     store = RegistryStore(settings.database_url or sqlite_url(settings.data_dir / "registry.sqlite3"))
-    artifacts = LocalArtifactStore(settings.data_dir / "artifacts")
+    artifacts = open_artifact_store(settings.artifact_url, settings.data_dir, settings)
 
     async def publish(event: Event) -> None:
         await publish_event(broker, topics, event)

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from cascade.objectstore import ObjectStoreSettings
 from cascade.services.registry.rollouts import DEFAULT_STEPS, RolloutPlan, RolloutStep, RolloutThresholds
 from cascade.settings import ServiceSettings
 
@@ -47,7 +48,7 @@ class RolloutPlanSetting(BaseModel):
         ).checked()
 
 
-class RegistrySettings(ServiceSettings):
+class RegistrySettings(ServiceSettings, ObjectStoreSettings):
     model_config = SettingsConfigDict(env_prefix="CASCADE_REGISTRY_", extra="ignore", frozen=True)
 
     grpc_port: int = Field(50054, description="gRPC port of RegistryService.")
@@ -56,6 +57,11 @@ class RegistrySettings(ServiceSettings):
         "",
         description="SQLAlchemy URL of the metadata database, e.g. postgresql+psycopg://user:pw@host/db;"
         " empty means SQLite (WAL) at <data_dir>/registry.sqlite3.",
+    )
+    artifact_url: str = Field(
+        "",
+        description="Where artifacts are stored: s3://bucket/prefix (with the s3_* settings), or a"
+        " directory; empty means <data_dir>/artifacts. Replicas of the registry share an s3:// store.",
     )
     max_artifact_bytes: int = Field(1024 * 1024 * 1024, description="Largest artifact accepted.")
     webhook_urls: str = Field(
