@@ -10,11 +10,26 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Task = Literal["classification", "regression"]
-Estimator = Literal["logistic_regression", "random_forest", "gradient_boosting", "linear_regression", "ridge"]
+Estimator = Literal[
+    "logistic_regression",
+    "random_forest",
+    "gradient_boosting",
+    "linear_regression",
+    "ridge",
+    "xgboost",
+    "lightgbm",
+]
 Strategy = Literal["grid", "random", "bayesian"]
 
-CLASSIFIERS: frozenset[str] = frozenset({"logistic_regression", "random_forest", "gradient_boosting"})
-REGRESSORS: frozenset[str] = frozenset({"linear_regression", "ridge", "random_forest", "gradient_boosting"})
+# Gradient boosting libraries outside scikit-learn, installed by the `import` extra: the trainer's
+# default search tries them only where they are installed.
+BOOSTING: frozenset[str] = frozenset({"xgboost", "lightgbm"})
+CLASSIFIERS: frozenset[str] = frozenset(
+    {"logistic_regression", "random_forest", "gradient_boosting", *BOOSTING}
+)
+REGRESSORS: frozenset[str] = frozenset(
+    {"linear_regression", "ridge", "random_forest", "gradient_boosting", *BOOSTING}
+)
 
 
 class ParamRange(BaseModel):
@@ -67,10 +82,25 @@ DEFAULT_SPACES: dict[str, dict[str, ParamRange]] = {
         "learning_rate": _float(0.01, 0.3, log=True),
         "max_depth": _int(2, 5),
     },
+    # Shallow, few trees and a floor on leaf weight / size: a small search on a small machine, and
+    # data sets of a few hundred rows that deeper boosting would memorise.
+    "xgboost": {
+        "n_estimators": _int(20, 150),
+        "learning_rate": _float(0.02, 0.3, log=True),
+        "max_depth": _int(2, 6),
+        "min_child_weight": _float(0.5, 10.0, log=True),
+    },
+    "lightgbm": {
+        "n_estimators": _int(20, 150),
+        "learning_rate": _float(0.02, 0.3, log=True),
+        "num_leaves": _int(4, 31),
+        "min_child_samples": _int(5, 40),
+    },
 }
+# The boosting families among these are left out where their library is not installed.
 DEFAULT_ESTIMATORS: dict[str, list[Estimator]] = {
-    "classification": ["logistic_regression", "random_forest"],
-    "regression": ["ridge", "random_forest"],
+    "classification": ["logistic_regression", "random_forest", "xgboost", "lightgbm"],
+    "regression": ["ridge", "random_forest", "xgboost", "lightgbm"],
 }
 DEFAULT_METRIC: dict[str, str] = {"classification": "accuracy", "regression": "r2"}
 METRICS: dict[str, frozenset[str]] = {

@@ -30,6 +30,13 @@ from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline
 
 from cascade.errors import FailedPrecondition, InvalidArgument
+from cascade.services.trainer.boosting import (
+    IMPORT_EXTRA,
+    first_line,
+    lightgbm_float32_thresholds,
+    onnxmltools_convert,
+    optional,
+)
 from cascade.services.trainer.training import (
     INPUT_NAME,
     Predictor,
@@ -43,10 +50,6 @@ __all__ = ["IMPORT_EXTRA", "ImportedModel", "ModelFormat", "convert_and_check", 
 
 ModelFormat = Literal["onnx", "sklearn_pickle", "xgboost", "lightgbm"]
 
-# The pyproject extra that installs onnxmltools, xgboost and lightgbm.
-IMPORT_EXTRA = "cascade-mlops[import]"
-# onnxmltools' tree converters support opsets up to 15; onnxruntime runs them all.
-CONVERTER_OPSET = 15
 MAX_PARITY_ROWS = 1000
 
 
@@ -138,27 +141,29 @@ def _unpickled_pipeline(data: bytes, allow_pickle: bool) -> Pipeline:
 
 
 def _xgboost(data: bytes, features: list[str], task: Task) -> tuple[Predictor, bytes]:
-    xgboost, onnxmltools = _optional("xgboost"), _optional("onnxmltools")
+    xgboost, onnxmltools = optional("xgboost"), optional("onnxmltools")
     model = xgboost.XGBClassifier() if task == "classification" else xgboost.XGBRegressor()
     try:
         model.load_model(bytearray(data))
     except Exception as exc:  # XGBoostError: not a model, or not one saved as JSON/UBJSON
-        raise InvalidArgument(f"cannot load the XGBoost model: {_first_line(exc)}") from exc
+        raise InvalidArgument(f"cannot load the XGBoost model: {first_line(exc)}") from exc
     booster = model.get_booster()
     _check_width(booster.num_features(), len(features))
     _check_names(booster.feature_names, features)
     # The converter reads feature names back from the trees; by position they match the input.
     booster.feature_names = None
-    converted = _onnxmltools_convert(onnxmltools.convert_xgboost, model, len(features))
+    converted = onnxmltools_convert(
+        onnxmltools.convert_xgboost, model, len(features), INPUT_NAME, InvalidArgument
+    )
     return model, converted
 
 
 def _lightgbm(data: bytes, features: list[str], task: Task) -> tuple[Predictor, bytes]:
-    lightgbm, onnxmltools = _optional("lightgbm"), _optional("onnxmltools")
+    lightgbm, onnxmltools = optional("lightgbm"), optional("onnxmltools")
     try:
         booster = lightgbm.Booster(model_str=data.decode("utf-8"))
     except Exception as exc:  # LightGBMError, UnicodeDecodeError
-        raise InvalidArgument(f"not a LightGBM text model: {_first_line(exc)}") from exc
+        raise InvalidArgument(f"not a LightGBM text model: {first_line(exc)}") from exc
     _check_width(booster.num_feature(), len(features))
     names = booster.feature_name()
     # LightGBM saves "mean radius" as "mean_radius"; unnamed columns as Column_0, Column_1, ...
@@ -169,35 +174,15 @@ def _lightgbm(data: bytes, features: list[str], task: Task) -> tuple[Predictor, 
     objective = str(booster.dump_model().get("objective", "")).split(" ")[0]
     if (task == "classification") != (objective in ("binary", "multiclass", "multiclassova")):
         raise InvalidArgument(f"a LightGBM {objective or 'unknown'} objective is not a {task} model")
-    converted = _onnxmltools_convert(onnxmltools.convert_lightgbm, booster, len(features), zipmap=False)
+    converted = onnxmltools_convert(
+        onnxmltools.convert_lightgbm,
+        lightgbm_float32_thresholds(booster),
+        len(features),
+        INPUT_NAME,
+        InvalidArgument,
+        zipmap=False,
+    )
     return _LightGbmPredictor(booster, task), converted
-
-
-def _onnxmltools_convert(convert: Any, model: Any, width: int, **options: Any) -> bytes:
-    from onnxmltools.convert.common.data_types import FloatTensorType
-
-    try:
-        converted = convert(
-            model,
-            initial_types=[(INPUT_NAME, FloatTensorType([None, width]))],
-            target_opset=CONVERTER_OPSET,
-            **options,
-        )
-    except Exception as exc:  # the converters raise RuntimeError, ValueError, NotImplementedError
-        raise InvalidArgument(f"onnxmltools cannot convert this model: {_first_line(exc)}") from exc
-    _batch_dimension_dynamic(converted)
-    serialized: bytes = converted.SerializeToString()
-    return serialized
-
-
-def _batch_dimension_dynamic(model: onnx.ModelProto) -> None:
-    """Some converters declare a label output of one row; every output has a row per input row,
-    and serving and the validator read the declared shapes."""
-    for output in model.graph.output:
-        dims = output.type.tensor_type.shape.dim
-        if dims:
-            dims[0].ClearField("dim_value")
-            dims[0].dim_param = "N"
 
 
 class _LightGbmPredictor:
@@ -241,7 +226,7 @@ def _checked_onnx(data: bytes, width: int, task: Task, rows: np.ndarray) -> byte
         model = onnx.load_from_string(data)
         onnx.checker.check_model(model)
     except Exception as exc:  # DecodeError, ValidationError
-        raise InvalidArgument(f"not a valid ONNX model: {_first_line(exc)}") from exc
+        raise InvalidArgument(f"not a valid ONNX model: {first_line(exc)}") from exc
     inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     if len(inputs) != 1:
         raise InvalidArgument(f"the ONNX model must take one input tensor, not {len(inputs)}")
@@ -261,7 +246,7 @@ def _checked_onnx(data: bytes, width: int, task: Task, rows: np.ndarray) -> byte
             None, {INPUT_NAME: rows}
         )
     except Exception as exc:  # onnxruntime's Fail/InvalidArgument: the graph does not run on the rows
-        raise InvalidArgument(f"the ONNX model does not run on the parity rows: {_first_line(exc)}") from exc
+        raise InvalidArgument(f"the ONNX model does not run on the parity rows: {first_line(exc)}") from exc
     if np.asarray(outputs[0]).size != len(rows):
         raise InvalidArgument(f"the ONNX model's first output must hold one value per row ({len(rows)})")
     if task == "classification" and (len(outputs) < 2 or np.asarray(outputs[1]).ndim != 2):
@@ -293,17 +278,6 @@ def _check_names(model_names: list[str] | None, features: list[str]) -> None:
         )
 
 
-def _optional(module: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise FailedPrecondition(
-            f"{module} is not installed on this trainer: install {IMPORT_EXTRA}"
-        ) from exc
-
-
 def _versions(model_format: ModelFormat) -> dict[str, str]:
     packages = {
         "onnx": ["onnx", "onnxruntime"],
@@ -318,9 +292,3 @@ def _versions(model_format: ModelFormat) -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return found
-
-
-def _first_line(exc: BaseException) -> str:
-    """Library errors can run to pages of native stack; the first line says what went wrong."""
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__

@@ -39,8 +39,15 @@ from cascade.services.trainer.attribution import (
     background_sample,
     global_attribution_record,
 )
+from cascade.services.trainer.boosting import (
+    IMPORT_EXTRA,
+    boosting_estimator,
+    boosting_to_onnx,
+    is_boosting,
+    missing_library,
+)
 from cascade.splits import holdout_mask
-from cascade.training_spec import ParamRange, Task, TrainingSpec
+from cascade.training_spec import BOOSTING, DEFAULT_ESTIMATORS, ParamRange, Task, TrainingSpec
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +80,9 @@ class TrainingResult:
 
 def _estimator(name: str, task: Task, params: dict[str, Any], seed: int) -> BaseEstimator:
     classify = task == "classification"
+    if name in BOOSTING:
+        estimator: BaseEstimator = boosting_estimator(name, task, params, seed)
+        return estimator
     if name == "logistic_regression":
         return LogisticRegression(max_iter=2000, **params)
     if name == "ridge":
@@ -88,7 +98,7 @@ def _estimator(name: str, task: Task, params: dict[str, Any], seed: int) -> Base
     raise InvalidArgument(f"unknown estimator {name!r}")
 
 
-_TREES = frozenset({"random_forest", "gradient_boosting"})
+_TREES = frozenset({"random_forest", "gradient_boosting", *BOOSTING})
 
 
 def build_pipeline(name: str, task: Task, params: dict[str, Any], seed: int) -> Pipeline:
@@ -98,6 +108,32 @@ def build_pipeline(name: str, task: Task, params: dict[str, Any], seed: int) -> 
     if name in _TREES:
         return Pipeline([("model", model)])
     return Pipeline([("scale", StandardScaler()), ("model", model)])
+
+
+def trainable_families(spec: TrainingSpec, task: Task, labels: np.ndarray | None) -> TrainingSpec:
+    """The spec with the families this trainer can train on these labels (classification's, else
+    None). A default search leaves out the boosting families whose library is not installed, and,
+    for classes other than 0..n-1 (XGBoost takes no others, and LightGBM's export answers class
+    indices), both; a spec that names one of them is refused with the reason."""
+    indexed = labels is None or np.array_equal(np.unique(labels), np.arange(len(np.unique(labels))))
+    if spec.estimators is None:
+        defaults = DEFAULT_ESTIMATORS[task]
+        usable = [e for e in defaults if e not in BOOSTING or (indexed and missing_library(e) is None)]
+        return spec.model_copy(update={"estimators": usable})
+    missing = {name: missing_library(name) for name in spec.estimators}
+    absent = [f"{name} (needs {module})" for name, module in missing.items() if module is not None]
+    if absent:
+        raise FailedPrecondition(
+            f"the spec asks for {', '.join(absent)}, not installed on this trainer: install {IMPORT_EXTRA}"
+        )
+    boosting = [name for name in spec.estimators if name in BOOSTING]
+    if boosting and not indexed:
+        assert labels is not None
+        raise InvalidArgument(
+            f"{' and '.join(boosting)} need class labels 0..n-1; the target holds "
+            f"{np.unique(labels)[:10].tolist()}"
+        )
+    return spec
 
 
 def _suggest(trial: optuna.Trial, name: str, space: dict[str, ParamRange]) -> dict[str, Any]:
@@ -239,9 +275,8 @@ def train(
     ONNX and check on the held-out rows that ONNX and scikit-learn agree; then sample its
     explanation background from the training rows and attribute the exported ONNX's outputs on the
     held-out rows (within `explain`'s limits)."""
-    spec = (spec or TrainingSpec(seed=seed, cv_folds=folds, holdout_fraction=holdout)).resolved(task)
-    assert spec.task is not None
-    task = spec.task
+    spec = TrainingSpec(seed=seed, cv_folds=folds, holdout_fraction=holdout) if spec is None else spec
+    task = spec.task or task
     started = time.perf_counter()
     held_out = holdout_mask(frame[[*features, target]], spec.holdout_fraction)
     train_rows, holdout_rows = frame[~held_out], frame[held_out]
@@ -253,6 +288,7 @@ def train(
         y_train = y_train.astype(np.int64)
         if len(np.unique(y_train)) < 2:
             raise InvalidArgument("classification needs at least two classes in the training rows")
+    spec = trainable_families(spec, task, y_train if task == "classification" else None).resolved(task)
 
     search = _Search(spec, x_train, y_train, on_trial)
     study = search.run()
@@ -314,10 +350,17 @@ def train(
             "importance": round(importance_done - exported, 4),
             "attribution": round(finished - importance_done, 4),
         },
-        versions={p: version(p) for p in ("scikit-learn", "skl2onnx", "onnxruntime", "numpy", "optuna")},
+        versions=_versions(name),
         parity_reference=parity_reference(best, x_holdout, task),
         explain_tags=explain_tags,
     )
+
+
+def _versions(family: str) -> dict[str, str]:
+    packages = ["scikit-learn", "skl2onnx", "onnxruntime", "numpy", "optuna"]
+    if family in BOOSTING:
+        packages += [family, "onnxmltools"]
+    return {package: version(package) for package in packages}
 
 
 def parity_reference(model: Predictor, rows: np.ndarray, task: Task) -> dict[str, list[list[float]]]:
@@ -337,8 +380,14 @@ def parity_reference(model: Predictor, rows: np.ndarray, task: Task) -> dict[str
 
 
 def export_onnx(pipeline: Pipeline, n_features: int, task: Task) -> bytes:
-    """The pipeline as ONNX with one float input; classifiers expose a label and a probability tensor."""
+    """The pipeline as ONNX with one float input; classifiers expose a label and a probability tensor.
+    XGBoost and LightGBM (alone in their pipeline: trees get no scaler) go through onnxmltools, as
+    imported models of theirs do."""
     model = pipeline.steps[-1][1]
+    if is_boosting(model):
+        if len(pipeline.steps) > 1:
+            raise InvalidArgument("a boosting model exports alone, with no preprocessing steps before it")
+        return boosting_to_onnx(model, n_features, INPUT_NAME)
     onnx_model = to_onnx(
         pipeline,
         initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],

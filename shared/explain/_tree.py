@@ -472,6 +472,9 @@ class _LeafGames:
             values = rows[start : start + step, self.constraint_feature]
             inside = (values > self.constraint_low) & (values <= self.constraint_high)
             bits = inside * self.constraint_bit  # disjoint bits: their sum per leaf is their OR
+            # A zero column past the end: trailing unsplit leaves (LightGBM's multiclass ends trees
+            # with them) start there, and reduceat refuses an index past the last column.
+            bits = np.pad(bits, ((0, 0), (0, 1)))
             masks[start : start + step] = np.add.reduceat(bits, self.leaf_starts, axis=1) * split
         return masks
 

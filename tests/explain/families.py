@@ -29,6 +29,8 @@ PARAMS: dict[str, dict[str, Any]] = {
     "linear_regression": {},
     "random_forest": {"n_estimators": 30, "max_depth": 6},
     "gradient_boosting": {"n_estimators": 40, "max_depth": 3},
+    "xgboost": {"n_estimators": 30, "max_depth": 3},
+    "lightgbm": {"n_estimators": 30, "num_leaves": 8},
 }
 EXPECTED_METHOD = {
     "logistic_regression": "linear",
@@ -36,6 +38,8 @@ EXPECTED_METHOD = {
     "linear_regression": "linear",
     "random_forest": "tree",
     "gradient_boosting": "tree",
+    "xgboost": "tree",
+    "lightgbm": "tree",
 }
 BACKGROUND_ROWS = 60
 

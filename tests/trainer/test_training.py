@@ -50,13 +50,14 @@ def test_every_trial_of_the_search_is_recorded_and_weak_ones_are_pruned(
     trials = trained_breast_cancer.trials
     assert len(trials) == TrainingSpec().max_trials
     assert [t["number"] for t in trials] == list(range(len(trials)))
-    assert {t["estimator"] for t in trials} <= {"logistic_regression", "random_forest"}
+    defaults = {"logistic_regression", "random_forest", "xgboost", "lightgbm"}
+    assert {t["estimator"] for t in trials} <= defaults
     complete = [t for t in trials if not t["pruned"]]
     assert complete and all(t["folds_scored"] == 3 for t in complete)
     assert any(t["pruned"] and t["folds_scored"] < 3 for t in trials)  # the median pruner stopped some
     best = max(t["score"] for t in complete)
     assert trained_breast_cancer.metrics["cv_accuracy"] == best
-    assert trained_breast_cancer.params["estimator"] in {"logistic_regression", "random_forest"}
+    assert trained_breast_cancer.params["estimator"] in defaults
     assert set(trained_breast_cancer.feature_importance) == set(
         load_breast_cancer(as_frame=True).feature_names
     )
