@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import grpc
 
 from cascade.client.channels import ClientSecurity
@@ -14,6 +17,7 @@ from cascade.services.monitor.core import DriftPolicy, MonitorCore
 from cascade.services.monitor.grpc_api import ROLES, SERVICE_NAME, MonitorServicer
 from cascade.services.monitor.loop_clients import GrpcLoopClients
 from cascade.services.monitor.references import GrpcReferenceSource
+from cascade.services.monitor.rollout import RolloutPolicy
 from cascade.services.monitor.settings import MonitorSettings
 from cascade.services.monitor.store import MonitorStore
 from cascade.stubs.cascade.monitor.v1 import monitor_pb2_grpc
@@ -24,7 +28,7 @@ __all__ = ["build"]
 def build(settings: MonitorSettings | None = None) -> Service:
     settings = settings or MonitorSettings()
     broker = build_broker(settings, "monitor")
-    store = MonitorStore(settings.data_dir)
+    store = MonitorStore(settings.data_dir, settings.database_url)
     source = GrpcReferenceSource(
         settings.registry_address,
         settings.ingest_address,
@@ -79,8 +83,29 @@ def build(settings: MonitorSettings | None = None) -> Service:
         retrain_data=loop_clients,
         artifacts=loop_clients,
     )
-    kafka_api.register(broker, core, topics)
-    servicer = MonitorServicer(core)
+
+    async def task_of(model: str, model_version: int) -> str:
+        return core.known_task(model) or await loop_clients.task(model, model_version)
+
+    rollouts = RolloutPolicy(store, loop_clients, task_of)
+    kafka_api.register(broker, core, topics, rollouts)
+    servicer = MonitorServicer(core, rollouts)
+    background: list[asyncio.Task[None]] = []
+
+    async def judge_rollouts() -> None:
+        await rollouts.resume()
+        while True:
+            await asyncio.sleep(settings.rollout_tick_seconds)
+            await rollouts.tick()
+
+    async def start_rollouts() -> None:
+        background.append(asyncio.create_task(judge_rollouts(), name="rollout-policy"))
+
+    async def stop_rollouts() -> None:
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def add_servicer(server: grpc.aio.Server) -> None:
         monitor_pb2_grpc.add_MonitorServiceServicer_to_server(servicer, server)
@@ -95,6 +120,7 @@ def build(settings: MonitorSettings | None = None) -> Service:
         grpc_registrars=[add_servicer],
         grpc_service_names=[SERVICE_NAME],
         grpc_roles=ROLES,
-        on_start=[source.open, loop_clients.open],  # channels belong to the running event loop
-        on_stop=[source.close, loop_clients.close, close_store],
+        # channels belong to the running event loop
+        on_start=[source.open, loop_clients.open, start_rollouts],
+        on_stop=[stop_rollouts, source.close, loop_clients.close, close_store],
     )

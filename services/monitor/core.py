@@ -505,6 +505,12 @@ class MonitorCore:
                 await self._maybe_emit(model, state, "decay", performance.summary, [], asdict(performance))
             return performance
 
+    def known_task(self, model: str) -> str:
+        """The model's task ("classification", "regression") as its loaded reference's tags say;
+        "" when no reference is loaded (nothing is fetched for it)."""
+        state = self._models.get(model)
+        return state.reference.task if state is not None and state.reference is not None else ""
+
     def history(self, model: str, limit: int = 100) -> tuple[list[Verdict], list[DriftEventRecord]]:
         if not model:
             raise InvalidArgument("a model name is required")

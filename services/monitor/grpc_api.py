@@ -6,26 +6,42 @@ from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from cascade.errors import grpc_errors
+from cascade.errors import NotFound, grpc_errors
 from cascade.grpc_io import ServicerContext
 from cascade.security import method_roles
 from cascade.services.monitor.core import MonitorCore
 from cascade.services.monitor.drift import FeatureDrift
+from cascade.services.monitor.rollout import LiveComparison, RolloutPolicy
 from cascade.services.monitor.store import DriftEventRecord, DriftReport, Performance, Verdict
 from cascade.stubs.cascade.monitor.v1 import monitor_pb2 as pb
 from cascade.stubs.cascade.monitor.v1 import monitor_pb2_grpc
 
-__all__ = ["DEFAULT_HISTORY", "SERVICE_NAME", "MonitorServicer", "history_message", "report_message"]
+__all__ = [
+    "DEFAULT_HISTORY",
+    "SERVICE_NAME",
+    "MonitorServicer",
+    "comparison_message",
+    "history_message",
+    "report_message",
+]
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MonitorService"].full_name
 # The role each RPC needs (cascade.security).
-ROLES = method_roles(SERVICE_NAME, {"GetDriftReport": "monitor:read", "GetDriftHistory": "monitor:read"})
+ROLES = method_roles(
+    SERVICE_NAME,
+    {
+        "GetDriftReport": "monitor:read",
+        "GetDriftHistory": "monitor:read",
+        "GetLiveComparison": "monitor:read",
+    },
+)
 DEFAULT_HISTORY = 100
 
 
 class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
-    def __init__(self, core: MonitorCore) -> None:
+    def __init__(self, core: MonitorCore, rollouts: RolloutPolicy | None = None) -> None:
         self.core = core
+        self.rollouts = rollouts
 
     @grpc_errors
     async def GetDriftReport(
@@ -39,6 +55,43 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
     ) -> pb.DriftHistory:
         verdicts, events = self.core.history(request.model, request.limit or DEFAULT_HISTORY)
         return history_message(request.model, verdicts, events)
+
+    @grpc_errors
+    async def GetLiveComparison(
+        self, request: pb.GetLiveComparisonRequest, context: ServicerContext
+    ) -> pb.LiveComparison:
+        if self.rollouts is None:
+            raise NotFound("this monitor follows no rollouts")
+        return comparison_message(self.rollouts.comparison(request.model))
+
+
+def comparison_message(comparison: LiveComparison) -> pb.LiveComparison:
+    rollout, figures = comparison.rollout, comparison.figures
+    return pb.LiveComparison(
+        model=rollout.model,
+        champion_version=rollout.champion_version,
+        challenger_version=rollout.challenger_version,
+        stage=rollout.current.stage,
+        step=rollout.step,
+        step_started_at=_timestamp(rollout.step_started_at),
+        challenger_requests=figures.challenger_requests,
+        challenger_failures=figures.challenger_failures,
+        challenger_error_rate=figures.error_rate,
+        champion_p99_ms=figures.champion_p99_ms,
+        challenger_p99_ms=figures.challenger_p99_ms,
+        compared_rows=figures.compared_rows,
+        agreement=figures.agreement,
+        difference_ratio=figures.difference_ratio,
+        prediction_drift=figures.prediction_drift,
+        champion_labelled_rows=figures.champion_labelled_rows,
+        challenger_labelled_rows=figures.challenger_labelled_rows,
+        champion_metric=figures.champion_metric,
+        challenger_metric=figures.challenger_metric,
+        verdict=comparison.verdict,
+        detail=comparison.detail,
+        updated_at=_timestamp(comparison.updated_at),
+        shadow_dropped=figures.shadow_dropped,
+    )
 
 
 def _timestamp(moment: datetime) -> Timestamp:

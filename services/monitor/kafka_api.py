@@ -1,5 +1,7 @@
 """The monitor's Kafka side: promotions set the reference, logged predictions fill the window,
-labels from any producer measure decay."""
+labels from any producer measure decay. With a rollout policy: traffic changes say which rollout to
+follow, serving's live traffic reports and compared predictions (and the canary's logged answers and
+their labels) are its evidence."""
 
 from __future__ import annotations
 
@@ -7,9 +9,18 @@ import logging
 
 from faststream.kafka import KafkaBroker
 
-from cascade.events import LabelsArrived, ModelPromoted, PredictionLogged, Topics
+from cascade.events import (
+    LabelsArrived,
+    LiveTrafficReported,
+    ModelPromoted,
+    ModelTrafficChanged,
+    PredictionLogged,
+    PredictionsCompared,
+    Topics,
+)
 from cascade.messaging import subscriber_options
 from cascade.services.monitor.core import MonitorCore
+from cascade.services.monitor.rollout import RolloutPolicy
 
 __all__ = ["CHAMPION_ALIAS", "register"]
 
@@ -19,7 +30,9 @@ log = logging.getLogger(__name__)
 CHAMPION_ALIAS = "champion"
 
 
-def register(broker: KafkaBroker, core: MonitorCore, topics: Topics) -> None:
+def register(
+    broker: KafkaBroker, core: MonitorCore, topics: Topics, rollouts: RolloutPolicy | None = None
+) -> None:
     options = subscriber_options(f"{topics.prefix}.monitor")
 
     @broker.subscriber(topics.declared(ModelPromoted), **options)
@@ -36,6 +49,10 @@ def register(broker: KafkaBroker, core: MonitorCore, topics: Topics) -> None:
 
     @broker.subscriber(topics.declared(PredictionLogged), **options)
     async def on_prediction_logged(event: PredictionLogged) -> None:
+        if rollouts is not None:
+            await rollouts.on_prediction_logged(event)
+        if event.role == "canary":
+            return  # the drift window is the champion's traffic
         await core.record_predictions(
             event.model,
             event.features,
@@ -48,4 +65,22 @@ def register(broker: KafkaBroker, core: MonitorCore, topics: Topics) -> None:
 
     @broker.subscriber(topics.declared(LabelsArrived), **options)
     async def on_labels(labels: LabelsArrived) -> None:
+        if rollouts is not None:
+            await rollouts.on_labels(labels.model, labels.request_id, labels.values)
         await core.record_labels(labels.model, labels.request_id, labels.values)
+
+    if rollouts is None:
+        return
+    policy = rollouts
+
+    @broker.subscriber(topics.declared(ModelTrafficChanged), **options)
+    async def on_traffic_changed(event: ModelTrafficChanged) -> None:
+        await policy.on_traffic_changed(event)
+
+    @broker.subscriber(topics.declared(LiveTrafficReported), **options)
+    async def on_live_traffic(event: LiveTrafficReported) -> None:
+        await policy.on_live_traffic(event)
+
+    @broker.subscriber(topics.declared(PredictionsCompared), **options)
+    async def on_compared(event: PredictionsCompared) -> None:
+        await policy.on_compared(event)

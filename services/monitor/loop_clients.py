@@ -1,13 +1,15 @@
 """The monitor's clients for closing the loop: it runs a champion's ONNX artifact on its
 reference rows (the prediction's reference), asks ingest whether a dataset has a version newer than
 the champion's, and sends labelled production rows to ingest as a feedback batch, through the same
-UploadBatch (and so the same validation, versioning and lineage) as any other batch."""
+UploadBatch (and so the same validation, versioning and lineage) as any other batch. For the rollout
+policy it reads a model's rollout from the registry and advances or aborts it."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import numpy as np
 import onnxruntime as ort
@@ -15,11 +17,12 @@ import pandas as pd
 
 from cascade.client.channels import PLAINTEXT, ClientSecurity
 from cascade.client.ingest import IngestClient
-from cascade.client.records import DatasetVersion
+from cascade.client.records import DatasetVersion, Traffic
 from cascade.client.registry import RegistryClient
 from cascade.services.monitor.core import Matrix
+from cascade.services.monitor.rollout import ACTOR, Rollout, Step, Thresholds
 
-__all__ = ["GrpcLoopClients", "first_output_per_row"]
+__all__ = ["GrpcLoopClients", "first_output_per_row", "rollout_of"]
 
 
 class GrpcLoopClients:
@@ -68,6 +71,31 @@ class GrpcLoopClients:
         self._last_artifact = (model, model_version, artifact)
         return artifact
 
+    # -- the rollout policy's RolloutControl ---------------------------------------------------
+    async def rollout(self, model: str) -> Rollout | None:
+        return rollout_of(await self._registry_client().get_traffic(model))
+
+    async def advance(self, model: str, version: int, from_step: int, reason: str) -> Rollout | None:
+        traffic = await self._registry_client().advance_rollout(
+            model, version, from_step, actor=ACTOR, reason=reason
+        )
+        return rollout_of(traffic)
+
+    async def abort(self, model: str, version: int, reason: str) -> Rollout | None:
+        return rollout_of(
+            await self._registry_client().abort_rollout(model, version, reason=reason, actor=ACTOR)
+        )
+
+    async def task(self, model: str, model_version: int) -> str:
+        """The model's task as its version's registry tags say ("" when they do not)."""
+        version = await self._registry_client().get_version(model, model_version)
+        return version.tags.get("task", "")
+
+    def _registry_client(self) -> RegistryClient:
+        if self._registry is None:
+            raise RuntimeError("GrpcLoopClients.open() was not called")
+        return self._registry
+
     async def newer_version(self, dataset: str, dataset_version: str) -> str | None:
         latest = await self._latest(dataset)
         return None if latest.version == dataset_version else latest.version
@@ -100,6 +128,40 @@ def first_output_per_row(artifact: bytes, rows: Matrix) -> Matrix:
     first = np.asarray(session.run([session.get_outputs()[0].name], feed)[0], dtype=np.float64)
     outputs: Matrix = first.reshape(len(rows), -1)[:, 0].copy()
     return outputs
+
+
+def rollout_of(traffic: Traffic) -> Rollout | None:
+    """The policy's view of the model's latest rollout, None before its first."""
+    rollout = traffic.rollout
+    if rollout is None:
+        return None
+    plan = rollout.plan
+    started = rollout.step_started_at or rollout.started_at or datetime.fromtimestamp(0, UTC)
+    limits = plan.thresholds
+    return Rollout(
+        model=traffic.model,
+        champion_version=traffic.champion_version,
+        challenger_version=rollout.version,
+        state=rollout.state,
+        step=rollout.step,
+        step_started_at=started,
+        steps=tuple(
+            Step(step.stage, step.percent, step.min_requests, step.min_seconds) for step in plan.steps
+        )
+        or (Step("shadow", 0.0, 0, 0.0),),
+        thresholds=Thresholds(
+            max_error_rate=limits.max_error_rate,
+            max_p99_ratio=limits.max_p99_ratio,
+            p99_floor_ms=limits.p99_floor_ms,
+            min_agreement=limits.min_agreement,
+            max_difference_ratio=limits.max_difference_ratio,
+            max_prediction_drift=limits.max_prediction_drift,
+            max_metric_drop=limits.max_metric_drop,
+            min_compared_rows=limits.min_compared_rows,
+        ),
+        revision=traffic.revision,
+        cause=rollout.cause,
+    )
 
 
 def _parquet(features: Sequence[str], rows: Matrix, labels: Matrix, target: str, task: str) -> bytes:

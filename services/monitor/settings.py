@@ -14,6 +14,12 @@ class MonitorSettings(RegistryClientSettings):
     model_config = SettingsConfigDict(env_prefix="CASCADE_MONITOR_", extra="ignore", frozen=True)
 
     grpc_port: int = Field(50055, description="gRPC port of MonitorService.")
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL of the monitor's database (references, reports, verdicts, drift"
+        " events, rollout steps), e.g. postgresql+psycopg://user:pw@host/db, which replicas can share;"
+        " empty means SQLite (WAL) at <data_dir>/monitor.sqlite3.",
+    )
     ingest_address: str = Field(
         "127.0.0.1:50051", description="host:port of ingest, which serves the reference dataset versions."
     )
@@ -131,6 +137,12 @@ class MonitorSettings(RegistryClientSettings):
         ge=1,
         le=100,
         description="Drift explained: features a report (and its event) lists, largest move first.",
+    )
+    rollout_tick_seconds: float = Field(
+        2.0,
+        gt=0.0,
+        description="How often the rollout policy judges each running rollout step: advance, roll back "
+        "or hold.",
     )
     rpc_timeout_seconds: float = Field(
         60.0, gt=0.0, description="Deadline of each call to the registry or ingest, download included."

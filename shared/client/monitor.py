@@ -1,4 +1,5 @@
-"""The typed client of the monitor: a model's latest drift report and its history of verdicts."""
+"""The typed client of the monitor: a model's latest drift report and its history of verdicts, and
+what it sees of a challenger on live traffic during a rollout."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from cascade.client.records import DriftReport, FeatureDrift
 from cascade.stubs.cascade.monitor.v1 import monitor_pb2 as pb
 from cascade.stubs.cascade.monitor.v1 import monitor_pb2_grpc as pb_grpc
 
-__all__ = ["DriftEvent", "DriftHistory", "MonitorClient", "Verdict"]
+__all__ = ["DriftEvent", "DriftHistory", "LiveComparison", "MonitorClient", "Verdict"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,71 @@ class DriftHistory:
         )
 
 
+def _at(stamp: Timestamp, present: bool = True) -> datetime | None:
+    unset = not present or (stamp.seconds == 0 and stamp.nanos == 0)
+    return None if unset else stamp.ToDatetime(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class LiveComparison:
+    """A model's challenger against its champion on live traffic over the current rollout step,
+    summed over serving's replicas, and the rollout policy's verdict ("holding", "advancing",
+    "promoted", "rolled_back") with why. NaN where there is nothing to measure yet: `agreement`
+    is a classifier's, `difference_ratio` a regressor's; the metrics need labels."""
+
+    model: str
+    champion_version: int
+    challenger_version: int
+    stage: str  # "shadow" or "canary"
+    step: int
+    step_started_at: datetime | None
+    challenger_requests: int
+    challenger_failures: int
+    challenger_error_rate: float
+    champion_p99_ms: float
+    challenger_p99_ms: float
+    compared_rows: int
+    agreement: float
+    difference_ratio: float
+    prediction_drift: float
+    champion_labelled_rows: int
+    challenger_labelled_rows: int
+    champion_metric: float
+    challenger_metric: float
+    verdict: str
+    detail: str
+    updated_at: datetime | None
+    shadow_dropped: int
+
+    @classmethod
+    def of(cls, comparison: pb.LiveComparison) -> LiveComparison:
+        return cls(
+            model=comparison.model,
+            champion_version=comparison.champion_version,
+            challenger_version=comparison.challenger_version,
+            stage=comparison.stage,
+            step=comparison.step,
+            step_started_at=_at(comparison.step_started_at, comparison.HasField("step_started_at")),
+            challenger_requests=comparison.challenger_requests,
+            challenger_failures=comparison.challenger_failures,
+            challenger_error_rate=comparison.challenger_error_rate,
+            champion_p99_ms=comparison.champion_p99_ms,
+            challenger_p99_ms=comparison.challenger_p99_ms,
+            compared_rows=comparison.compared_rows,
+            agreement=comparison.agreement,
+            difference_ratio=comparison.difference_ratio,
+            prediction_drift=comparison.prediction_drift,
+            champion_labelled_rows=comparison.champion_labelled_rows,
+            challenger_labelled_rows=comparison.challenger_labelled_rows,
+            champion_metric=comparison.champion_metric,
+            challenger_metric=comparison.challenger_metric,
+            verdict=comparison.verdict,
+            detail=comparison.detail,
+            updated_at=_at(comparison.updated_at, comparison.HasField("updated_at")),
+            shadow_dropped=comparison.shadow_dropped,
+        )
+
+
 class MonitorClient(ServiceClient):
     """The monitor's RPCs as async methods; failures are Cascade errors naming the monitor."""
 
@@ -119,3 +185,14 @@ class MonitorClient(ServiceClient):
             lambda: self._stub.GetDriftHistory(request, timeout=self.timeout),
         )
         return DriftHistory.of(response)
+
+    async def get_live_comparison(self, model: str) -> LiveComparison:
+        """The model's challenger against its champion in the current (or last) rollout step;
+        NotFound when the model has no challenger on live traffic and no rollout on record."""
+        request = pb.GetLiveComparisonRequest(model=model)
+        response = await call(
+            self.service,
+            f"reading the live comparison of {model}",
+            lambda: self._stub.GetLiveComparison(request, timeout=self.timeout),
+        )
+        return LiveComparison.of(response)
