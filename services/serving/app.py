@@ -9,17 +9,20 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 
 import grpc
+from faststream.kafka import KafkaBroker
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
 from cascade.client.channels import ClientSecurity
-from cascade.events import ModelLoadFailed, PredictionLogged, Topics
+from cascade.events import Event, ModelLoadFailed, PredictionLogged, Topics
 from cascade.messaging import build_broker, publish_event
 from cascade.security import ADMIN, OPEN, Authenticator, method_roles
 from cascade.service import Service
 from cascade.services.serving import explain, kafka_api
 from cascade.services.serving.batching import BatchingPolicy
+from cascade.services.serving.comparisons import Comparisons
 from cascade.services.serving.inference import SERVICE_NAME, InferenceServicer
+from cascade.services.serving.live_stats import LiveStats, LiveStatsReporter
 from cascade.services.serving.prediction_log import PredictionLog
 from cascade.services.serving.registry_client import RegistryModelSource
 from cascade.services.serving.repository import LoadedModel, LoadFailure, ModelRepository
@@ -127,12 +130,15 @@ def build_serving(settings: ServingSettings | None = None) -> tuple[Service, Res
         publish, settings.prediction_log_sample_rate, settings.prediction_log_queue_size
     )
     kafka_api.register(broker, repository, topics, replica)
+    live_stats, comparisons, reporter = _live_traffic(settings, broker, topics, replica)
     servicer = InferenceServicer(
         repository,
         prediction_log,
         _server_version(),
         inline_max_rows=settings.inline_max_rows,
         instances=settings.workers,
+        live_stats=live_stats,
+        comparisons=comparisons,
         batching=BatchingPolicy(
             enabled=settings.batching_enabled,
             max_delay_seconds=settings.batching_max_delay_microseconds / 1e6,
@@ -165,6 +171,8 @@ def build_serving(settings: ServingSettings | None = None) -> tuple[Service, Res
         # and each model is served as soon as it is loaded (ModelReady tells which).
         background.append(asyncio.create_task(repository.sync_all_until_done(), name="load-champions"))
         prediction_log.start()
+        comparisons.start()
+        reporter.start()
         if rest is not None:
             await rest.start()
         servicer.ready = True
@@ -177,6 +185,8 @@ def build_serving(settings: ServingSettings | None = None) -> tuple[Service, Res
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await prediction_log.stop()
+        await reporter.stop()
+        await comparisons.stop()
         if explainer is not None:
             await explainer.close()
         await registry.close()
@@ -215,6 +225,25 @@ def build_explainer(settings: ServingSettings, repository: ModelRepository) -> e
             background_rows=settings.explain_background_rows,
         ),
     )
+
+
+def _live_traffic(
+    settings: ServingSettings, broker: KafkaBroker, topics: Topics, replica: str
+) -> tuple[LiveStats, Comparisons, LiveStatsReporter]:
+    """While a model has a canary or a shadow: what each version answered or scored, and both
+    versions' outputs on the same requests (scored off the answer path), for the monitor."""
+
+    async def publish(event: Event) -> None:
+        await publish_event(broker, topics, event)
+
+    live_stats = LiveStats()
+    comparisons = Comparisons(
+        publish, live_stats, replica, settings.shadow_queue_size, settings.compare_max_rows
+    )
+    reporter = LiveStatsReporter(
+        live_stats, publish, replica, settings.live_stats_interval_seconds, comparisons.flush
+    )
+    return live_stats, comparisons, reporter
 
 
 def _server_version() -> str:

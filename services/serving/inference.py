@@ -35,9 +35,12 @@ from prometheus_client import Counter
 from cascade.errors import CascadeError, InvalidArgument, NotFound, grpc_errors
 from cascade.grpc_io import ServicerContext
 from cascade.services.serving.batching import BATCHING_OFF, Batcher, BatchingPolicy
+from cascade.services.serving.comparisons import Comparisons
+from cascade.services.serving.live_stats import LiveStats
 from cascade.services.serving.prediction_log import PredictionLog
 from cascade.services.serving.repository import Array, LoadedModel, ModelRepository, TensorSpec, oip_datatype
 from cascade.services.serving.statistics import InferenceStatistics, VersionStatistics
+from cascade.services.serving.traffic import ROUTING_KEY, Role, Routed
 from cascade.stubs.inference import grpc_service_pb2 as pb
 from cascade.stubs.inference import grpc_service_pb2_grpc as pb_grpc
 from cascade.stubs.inference import model_config_pb2 as config_pb
@@ -94,6 +97,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         server_version: str,
         inline_max_rows: int = 256,
         instances: int = 1,
+        live_stats: LiveStats | None = None,
+        comparisons: Comparisons | None = None,
         batching: BatchingPolicy = BATCHING_OFF,
     ) -> None:
         self.repository = repository
@@ -104,6 +109,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # Runs the model: alone, or batched with concurrent requests for the same version.
         self.batcher = Batcher(batching, inline_max_rows)
         self.instances = instances  # worker processes sharing the port, for ModelConfig
+        # While a model has a canary or a shadow: its requests per version and role, and the
+        # comparisons of both versions' answers, scored after the answer (comparisons.py).
+        self.live_stats = live_stats
+        self.comparisons = comparisons
         self.statistics = InferenceStatistics()
         self.ready = False  # set once the service has started
 
@@ -126,21 +135,34 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        """Answer one request with the model it resolves to, counted in metrics and statistics."""
+        """Answer one request with the version it names, else the one the model's traffic split
+        routes it to (by its `routing_key` parameter, else its id); counted in metrics, statistics
+        and, while the model has a canary or a shadow, its live stats."""
         started = time.perf_counter_ns()
         try:
-            model = self.repository.resolve(request.model_name, request.model_version)
+            routed = self.repository.routed(request.model_name, request.model_version, routing_key(request))
         except BaseException as exc:
             _count_request(self._model_label(request.model_name), "", exc)
             raise
+        model = routed.model
         try:
-            response = await self._infer(model, request, started)
+            response = await self._infer(model, request, started, routed)
         except BaseException as exc:
             self.statistics.failure(model.name, model.version, started)
+            self._observe(routed, started, failed=True)
             _count_request(model.name, _version_label(model), exc)
             raise
+        self._observe(routed, started, failed=False)
         _count_request(model.name, response.model_version, None)
         return response
+
+    def _observe(self, routed: Routed, started_ns: int, failed: bool) -> None:
+        route = routed.route
+        if self.live_stats is None or route is None or routed.explicit or not route.has_challenger:
+            return
+        seconds = (time.perf_counter_ns() - started_ns) / 1e9
+        model = routed.model
+        self.live_stats.observe(model.name, route.revision, model.version, routed.role, seconds, failed)
 
     # -- gRPC ----------------------------------------------------------------------------------------
     @grpc_errors
@@ -180,7 +202,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self.infer(request)
 
     async def _infer(
-        self, model: LoadedModel, request: pb.ModelInferRequest, started_ns: int
+        self,
+        model: LoadedModel,
+        request: pb.ModelInferRequest,
+        started_ns: int,
+        routed: Routed | None = None,
     ) -> pb.ModelInferResponse:
         feeds = decode_inputs(request, model)
         wanted = requested_outputs(request, model.outputs)
@@ -194,8 +220,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         inferred = time.perf_counter_ns()
         # A classifier's second output is its probability of each class (the trainer's export).
         probabilities = results[1] if len(results) > 1 and results[1].ndim == 2 else None
-        self.prediction_log.record(model, request.id, first, results[0], probabilities)
+        role: Role = "champion" if routed is None else routed.role
+        self.prediction_log.record(model, request.id, first, results[0], probabilities, role)
         response = encode_response(request, model, wanted, results)
+        if routed is not None and self.comparisons is not None:  # scored later, off the answer path
+            self.comparisons.offer(routed, request.id, feeds, results[0])
         self.statistics.success(
             model.name, model.version, rows, started_ns, decoded, inferred, prediction.executions
         )
@@ -257,6 +286,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryIndexRequest, context: ServicerContext
     ) -> pb.RepositoryIndexResponse:
         return self.repository_index(request.repository_name, request.ready)
+
+
+def routing_key(request: pb.ModelInferRequest) -> str:
+    """What keeps a request on one side of a traffic split: its `routing_key` parameter (a string or
+    a number), else its id; "" (routed at random) when it has neither."""
+    if ROUTING_KEY in request.parameters:
+        parameter = request.parameters[ROUTING_KEY]
+        choice = parameter.WhichOneof("parameter_choice")
+        if choice is not None:
+            return str(getattr(parameter, choice))
+    return request.id
 
 
 def model_config(model: LoadedModel, instances: int = 1) -> config_pb.ModelConfig:

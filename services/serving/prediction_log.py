@@ -24,6 +24,7 @@ from prometheus_client import Counter
 
 from cascade.events import PredictionLogged
 from cascade.services.serving.repository import LoadedModel
+from cascade.services.serving.traffic import Role
 
 __all__ = ["SOURCE", "PredictionLog"]
 
@@ -52,6 +53,7 @@ class _Sample:
     inputs: npt.NDArray[Any]
     outputs: npt.NDArray[Any]
     probabilities: npt.NDArray[Any] | None = None
+    role: Role = "champion"
 
 
 class PredictionLog:
@@ -69,13 +71,15 @@ class PredictionLog:
         inputs: npt.NDArray[Any],
         outputs: npt.NDArray[Any],
         probabilities: npt.NDArray[Any] | None = None,
+        role: Role = "champion",
     ) -> None:
-        """Maybe log one answered request: the model's first input and first output, and a
-        classifier's probabilities when given. Never blocks."""
+        """Maybe log one answered request: the model's first input and first output, a
+        classifier's probabilities when given, and the side of the traffic split that answered it.
+        Never blocks."""
         if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
             return
         try:
-            self._queue.put_nowait(_Sample(model, request_id, inputs, outputs, probabilities))
+            self._queue.put_nowait(_Sample(model, request_id, inputs, outputs, probabilities, role))
         except asyncio.QueueFull:
             DROPPED.labels("queue_full").inc()
 
@@ -97,7 +101,12 @@ class PredictionLog:
             try:
                 events = list(
                     events_of(
-                        sample.model, sample.request_id, sample.inputs, sample.outputs, sample.probabilities
+                        sample.model,
+                        sample.request_id,
+                        sample.inputs,
+                        sample.outputs,
+                        sample.probabilities,
+                        sample.role,
                     )
                 )
             except Exception:  # a model with outputs we cannot log must not stop the logging of others
@@ -127,6 +136,7 @@ def events_of(
     inputs: npt.NDArray[Any],
     outputs: npt.NDArray[Any],
     probabilities: npt.NDArray[Any] | None = None,
+    role: Role = "champion",
 ) -> Iterator[PredictionLogged]:
     """The events for one request: its rows in chunks of `MAX_ROWS_PER_EVENT`, same request id.
     None for an empty batch or one with non-finite inputs, which the monitor would refuse.
@@ -158,6 +168,7 @@ def events_of(
             inputs=rows[start:stop].tolist(),
             outputs=(answers[start * per_row : stop * per_row] if aligned else answers).tolist(),
             probabilities=None if per_class is None else per_class[start:stop].tolist(),
+            role=role,
         )
 
 

@@ -1,4 +1,5 @@
-"""The registry as serving's `ModelSource`: champions, their feature names and verified artifacts."""
+"""The registry as serving's `ModelSource`: champions, traffic splits, feature names and verified
+artifacts."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import json
 import logging
 from collections.abc import Mapping
 
+import grpc
+
 from cascade.client.channels import PLAINTEXT, ClientSecurity
+from cascade.client.records import ModelVersion
 from cascade.client.registry import RegistryClient
 from cascade.errors import CascadeError, FailedPrecondition, RemoteFailure, Unavailable
 from cascade.services.serving.repository import ModelRef
+from cascade.services.serving.traffic import TrafficSplit
 
 __all__ = ["CHAMPION", "RegistryModelSource"]
 
@@ -31,6 +36,7 @@ class RegistryModelSource:
         self.security = security
         self.timeout_seconds = timeout_seconds
         self._client: RegistryClient | None = None
+        self._warned_no_traffic = False
 
     def _registry(self) -> RegistryClient:
         """The client, connected on first use: inside the running event loop its channel belongs to."""
@@ -47,12 +53,31 @@ class RegistryModelSource:
         return [model.name for model in await self._registry().list_models() if CHAMPION in model.aliases]
 
     async def champion(self, model: str) -> ModelRef:
-        version = await self._registry().get_version(model, alias=CHAMPION)
-        return ModelRef(
-            model=version.model,
-            version=version.version,
-            artifact_sha256=version.artifact_sha256,
-            features=_feature_names(model, version.tags),
+        return _ref(await self._registry().get_version(model, alias=CHAMPION))
+
+    async def version(self, model: str, version: int) -> ModelRef:
+        return _ref(await self._registry().get_version(model, version))
+
+    async def traffic(self, model: str) -> TrafficSplit:
+        """The model's split (GetTraffic). A registry that predates progressive delivery
+        (UNIMPLEMENTED) has none: the champion alias alone decides, as before."""
+        try:
+            traffic = await self._registry().get_traffic(model)
+        except RemoteFailure as exc:
+            if exc.status != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            if not self._warned_no_traffic:
+                log.warning("the registry has no traffic splits (%s); serving champions only", exc)
+            self._warned_no_traffic = True
+            return TrafficSplit(model)
+        return TrafficSplit(
+            model=model,
+            champion_version=traffic.champion_version,
+            canary_version=traffic.canary_version,
+            canary_percent=traffic.canary_percent,
+            shadow_version=traffic.shadow_version,
+            shadow_percent=traffic.shadow_percent,
+            revision=traffic.revision,
         )
 
     async def artifact(self, ref: ModelRef) -> bytes:
@@ -73,6 +98,15 @@ class RegistryModelSource:
                 f"recorded {ref.artifact_sha256 or 'none'}; refused"
             )
         return data
+
+
+def _ref(version: ModelVersion) -> ModelRef:
+    return ModelRef(
+        model=version.model,
+        version=version.version,
+        artifact_sha256=version.artifact_sha256,
+        features=_feature_names(version.model, version.tags),
+    )
 
 
 def _feature_names(model: str, tags: Mapping[str, str]) -> tuple[str, ...]:

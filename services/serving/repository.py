@@ -1,9 +1,11 @@
 """The models being served: loading, atomic hot swap, and lookup by name and version. No transport.
 
-Each loaded version is an immutable `LoadedModel`. Promoting one is a single assignment of the
-champion pointer (atomic in CPython), so a request that already resolved the old model finishes on
-it, and the next request gets the new one. A version is built and warmed up before it is swapped
-in; if that fails, the old version keeps serving.
+Each loaded version is an immutable `LoadedModel`, and each model's traffic an immutable `Route`
+(cascade.services.serving.traffic): its champion, and the canary and shadow of a progressive
+rollout. Promoting a version or changing the split is a single assignment of the model's route
+(atomic in CPython), so a request that already picked its version finishes on it, and the next
+request gets the new route. Every version is built and warmed up before the route that needs it is
+swapped in; if that fails, the old route keeps serving.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from cascade.errors import (
     RemoteFailure,
     Unavailable,
 )
+from cascade.services.serving.traffic import Route, Routed, TrafficSplit
 
 __all__ = [
     "OIP_DTYPES",
@@ -175,6 +178,12 @@ class ModelSource(Protocol):
 
     async def champion(self, model: str) -> ModelRef: ...
 
+    async def version(self, model: str, version: int) -> ModelRef: ...
+
+    async def traffic(self, model: str) -> TrafficSplit:
+        """The model's split; champion version 0 when it is not known (the champion alias rules)."""
+        ...
+
     async def artifact(self, ref: ModelRef) -> bytes:
         """The ONNX bytes of `ref`, already checked against its digest."""
         ...
@@ -199,28 +208,42 @@ class ModelRepository:
         self._on_load_failed = on_load_failed
         # The last refused version of each model, until a later version loads.
         self.failures: dict[str, LoadFailure] = {}
-        self._champions: dict[str, LoadedModel] = {}
+        # Per model, its route: the champion, and any canary and shadow. Replaced whole, never edited.
+        self._routes: dict[str, Route] = {}
         # Per model, the versions kept loaded, oldest load first. Replaced whole, never edited in place.
         self._loaded: dict[str, dict[int, LoadedModel]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     # -- lookups (called on every request: no awaits, no locks) ----------------------------------
     def models(self) -> list[str]:
-        return sorted(self._champions)
+        return sorted(self._routes)
 
     def champion(self, name: str) -> LoadedModel | None:
-        return self._champions.get(name)
+        route = self._routes.get(name)
+        return None if route is None else route.champion
+
+    def route(self, name: str) -> Route | None:
+        return self._routes.get(name)
 
     def versions(self, name: str) -> list[int]:
         return sorted(self._loaded.get(name, {}))
 
+    def routed(self, name: str, version: str = "", routing_key: str = "") -> Routed:
+        """Where a request goes: the version it names (bypassing the split), else the version the
+        model's route picks for its routing key."""
+        route = self._routes.get(name)
+        if route is None or version:
+            model = self.resolve(name, version)
+            return Routed(model, route.role_of(model.version) if route else "champion", route, explicit=True)
+        return route.pick(routing_key)
+
     def resolve(self, name: str, version: str = "") -> LoadedModel:
         """The champion of `name` for an empty version, else that loaded version."""
-        champion = self._champions.get(name)
-        if champion is None:
+        route = self._routes.get(name)
+        if route is None:
             raise NotFound(f"model {name!r} is not loaded; loaded models: {self.models()}")
         if not version:
-            return champion
+            return route.champion
         loaded = self._loaded.get(name, {})
         model = loaded.get(int(version)) if version.isdecimal() else None
         if model is None:
@@ -257,7 +280,7 @@ class ModelRepository:
             except Unavailable:
                 raise
             except CascadeError as exc:
-                current = self._champions.get(name)
+                current = self.champion(name)
                 log.error(
                     "champion of %s refused; %s: %s",
                     name,
@@ -266,11 +289,36 @@ class ModelRepository:
                 )
                 raise
 
+    async def sync_traffic(self, name: str) -> bool:
+        """Follow the registry's traffic split of `name` now; True if the route changed.
+
+        Re-reads the split rather than trusting an event, and ignores a split older (a lower
+        revision) than the one installed, so repeated or late events are harmless. Loads the
+        canary and shadow versions first; one that cannot be served is refused (metric, event,
+        `failures`) and raised as FailedPrecondition, the old route still serving.
+        """
+        async with self._lock(name):
+            try:
+                return await self._sync_traffic(name)
+            except Unavailable:
+                raise
+            except CascadeError as exc:
+                current = self._routes.get(name)
+                log.error(
+                    "traffic of %s refused; %s: %s",
+                    name,
+                    current.describe() if current else "nothing is served",
+                    exc,
+                )
+                raise
+
     async def sync_all(self) -> None:
-        """Sync every model that has a champion. One broken model does not stop the others."""
+        """Sync every model that has a champion, and its traffic split. One broken model does not
+        stop the others."""
         for name in await self._source.models_with_champion():
             try:
                 await self.sync_champion(name)
+                await self.sync_traffic(name)
             except (Unavailable, RemoteFailure):
                 raise  # the registry may answer next time: sync_all_until_done tries again
             except CascadeError:
@@ -303,23 +351,85 @@ class ModelRepository:
 
     async def _sync(self, name: str) -> bool:
         ref = await self._source.champion(name)
-        current = self._champions.get(name)
+        current = self.champion(name)
         if current is not None and current.version == ref.version:
             return False
         kept = self._loaded.get(name, {}).get(ref.version)
-        if kept is not None:  # e.g. a rollback to a version still loaded: swap, no download
+        if kept is not None:  # e.g. a rollback to a version still loaded, or the canary: swap, no download
             self._install(kept)
             log.info("model %s: champion is now version %d (already loaded)", name, ref.version)
             await self._notify_loaded(kept)
             return True
-        try:
-            onnx_bytes = await self._source.artifact(ref)
-        except FailedPrecondition as exc:  # corrupt in storage or transit, or refused by the registry
-            reason = "digest_mismatch" if "sha256" in str(exc) else "download_refused"
-            await self._refuse(name, ref.version, reason, exc)
-            raise
+        onnx_bytes = await self._download(ref)
         await self._load(name, ref.version, onnx_bytes, ref.features)
         return True
+
+    async def _download(self, ref: ModelRef) -> bytes:
+        try:
+            return await self._source.artifact(ref)
+        except FailedPrecondition as exc:  # corrupt in storage or transit, or refused by the registry
+            reason = "digest_mismatch" if "sha256" in str(exc) else "download_refused"
+            await self._refuse(ref.model, ref.version, reason, exc)
+            raise
+
+    async def _sync_traffic(self, name: str) -> bool:
+        split = await self._source.traffic(name)
+        route = self._routes.get(name)
+        if route is not None and split.revision < route.revision:
+            log.info(
+                "model %s: traffic revision %d is older than the installed %d; ignored",
+                name,
+                split.revision,
+                route.revision,
+            )
+            return False
+        if split.champion_version and (route is None or route.champion.version != split.champion_version):
+            await self._sync(name)  # the champion moved too: follow its alias, as a promotion does
+            route = self._routes.get(name)
+        if route is None:
+            return False  # no champion served: a split has nothing to route between
+        canary = await self._challenger(name, split.canary_version, split.canary_percent)
+        shadow = await self._challenger(name, split.shadow_version, split.shadow_percent)
+        new = Route(
+            route.champion,
+            canary,
+            split.canary_percent if canary else 0.0,
+            shadow,
+            split.shadow_percent if shadow else 0.0,
+            split.revision,
+        ).with_champion(route.champion)
+        if new.same_split(route):
+            return False
+        self._put(name, new, [model for model in (new.canary, new.shadow) if model is not None])
+        failure = self.failures.get(name)
+        if failure is not None and failure.version in new.pinned():
+            self.failures.pop(name, None)
+        log.info("model %s: traffic is now %s", name, new.describe())
+        return True
+
+    async def _challenger(self, name: str, version: int, percent: float) -> LoadedModel | None:
+        """The loaded canary or shadow `version` (loaded now if need be); None for no share."""
+        if not version or percent <= 0:
+            return None
+        kept = self._loaded.get(name, {}).get(version)
+        if kept is not None:
+            return kept
+        ref = await self._source.version(name, version)
+        onnx_bytes = await self._download(ref)
+        started = time.perf_counter()
+        try:
+            model = await asyncio.to_thread(_build, name, version, onnx_bytes, ref.features)
+        except _Refused as exc:
+            error = FailedPrecondition(f"model {name} version {version} cannot be served: {exc}")
+            await self._refuse(name, version, exc.reason, error)
+            raise error from exc
+        log.info(
+            "model %s: version %d loaded beside the champion in %.3f s",
+            name,
+            version,
+            time.perf_counter() - started,
+        )
+        return model
 
     async def _load(
         self, name: str, version: int, onnx_bytes: bytes, features: tuple[str, ...]
@@ -331,7 +441,7 @@ class ModelRepository:
             error = FailedPrecondition(f"model {name} version {version} cannot be served: {exc}")
             await self._refuse(name, version, exc.reason, error)
             raise error from exc
-        previous = self._champions.get(name)
+        previous = self.champion(name)
         self._install(model)
         seconds = time.perf_counter() - started
         SWAP_SECONDS.observe(seconds)
@@ -346,7 +456,7 @@ class ModelRepository:
         return model
 
     async def _refuse(self, name: str, version: int, reason: str, exc: BaseException) -> None:
-        current = self._champions.get(name)
+        current = self.champion(name)
         failure = LoadFailure(name, version, reason, str(exc), current.version if current else None)
         self.failures[name] = failure
         FAILED_LOADS.labels(name, reason).inc()
@@ -364,16 +474,28 @@ class ModelRepository:
                 log.exception("on_loaded of %s version %d failed", model.name, model.version)
 
     def _install(self, model: LoadedModel) -> None:
-        """Keep `model` loaded and make it the champion, each with a single assignment."""
-        versions = {v: m for v, m in self._loaded.get(model.name, {}).items() if v != model.version}
-        versions[model.version] = model  # most recent last
-        while len(versions) > self._keep_versions:
-            del versions[next(iter(versions))]  # the oldest; never the champion, which is last
-        self._loaded[model.name] = versions
-        self._champions[model.name] = model
+        """Keep `model` loaded and make it the champion of the model's route."""
+        current = self._routes.get(model.name)
+        self._put(model.name, Route(model) if current is None else current.with_champion(model), [model])
         self.failures.pop(model.name, None)  # a refused version before this one no longer matters
         SWAPS.labels(model.name).inc()
         LOADED_VERSION.labels(model.name).set(model.version)
+
+    def _put(self, name: str, route: Route, loaded: Sequence[LoadedModel]) -> None:
+        """Keep `loaded` loaded, evict the oldest versions beyond `keep_versions` that `route` does
+        not need, and install `route`: each a single assignment."""
+        fresh = {model.version for model in loaded}
+        versions = {v: m for v, m in self._loaded.get(name, {}).items() if v not in fresh}
+        versions.update((model.version, model) for model in loaded)  # most recent last
+        pinned = route.pinned()
+        limit = max(self._keep_versions, len(pinned))
+        for version in list(versions):
+            if len(versions) <= limit:
+                break
+            if version not in pinned:
+                del versions[version]  # the oldest first
+        self._loaded[name] = versions
+        self._routes[name] = route
 
 
 def _build(name: str, version: int, onnx_bytes: bytes, features: tuple[str, ...]) -> LoadedModel:

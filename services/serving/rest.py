@@ -59,6 +59,7 @@ from cascade.errors import CascadeError, InvalidArgument
 from cascade.services.serving.explain import EXPLAIN_SERVICE_NAME, ExplainCore, query_of_json, response_of
 from cascade.services.serving.inference import REQUEST_DTYPES, InferenceServicer
 from cascade.services.serving.repository import OIP_DTYPES
+from cascade.services.serving.traffic import ROUTING_KEY
 from cascade.stubs.inference import grpc_service_pb2 as pb
 
 __all__ = ["HEADER_LENGTH", "Admission", "RestEndpoint", "ServerTls", "rest_app"]
@@ -294,6 +295,11 @@ def _decode_request(
         raise InvalidArgument('"id" must be a string')
     request.id = request_id
     parameters = _mapping(header.get("parameters"), "parameters")
+    routing_key = parameters.get(ROUTING_KEY)
+    if routing_key is not None:  # keeps the request on one side of a traffic split, as over gRPC
+        if isinstance(routing_key, bool) or not isinstance(routing_key, str | int):
+            raise InvalidArgument(f'"parameters.{ROUTING_KEY}" must be a string or an integer')
+        request.parameters[ROUTING_KEY].string_param = str(routing_key)
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidArgument('"inputs" must be a non-empty list of tensors')

@@ -102,7 +102,38 @@ class ServingSettings(RegistryClientSettings):
         description="Rows of one batched run, at most; a request of this many rows or more runs alone.",
     )
     keep_versions: int = Field(
-        2, ge=1, description="Versions per model kept loaded, the champion included, for explicit addressing."
+        2,
+        ge=1,
+        description=(
+            "Versions per model kept loaded, the champion included, for explicit addressing. A "
+            "rollout's canary and shadow stay loaded beside the champion whatever this says."
+        ),
+    )
+    shadow_queue_size: int = Field(
+        1000,
+        gt=0,
+        description=(
+            "Answered requests waiting to be scored off the answer path by a rollout's shadow (or, "
+            "for a canary's answers, by the champion); beyond it they are dropped and counted "
+            "(cascade_serving_shadow_dropped_total, LiveTrafficReported.shadow_dropped)."
+        ),
+    )
+    compare_max_rows: int = Field(
+        100,
+        ge=1,
+        description=(
+            "Rows of one request scored for a live comparison, at most (its first rows): a large "
+            "batch is sampled, so the comparison costs a bounded amount per request."
+        ),
+    )
+    live_stats_interval_seconds: float = Field(
+        2.0,
+        gt=0.0,
+        description=(
+            "How often each replica reports a model's live traffic (LiveTrafficReported) and "
+            "publishes its pending comparisons (PredictionsCompared) while the model has a canary "
+            "or a shadow."
+        ),
     )
     http_enabled: bool = Field(
         True, description="Serve the KServe V2 REST API (cascade.services.serving.rest) beside gRPC."

@@ -13,6 +13,7 @@ import pytest
 from cascade.errors import FailedPrecondition, NotFound, RemoteFailure, Unavailable
 from cascade.services.serving.registry_client import RegistryModelSource
 from cascade.services.serving.repository import ModelRef, ModelRepository
+from cascade.services.serving.traffic import TrafficSplit
 
 from .support import MODEL, Dataset, RunningRegistry, TrainedModel
 
@@ -121,6 +122,9 @@ class RecoversAfterTwoFailures:
 
     async def champion(self, model: str) -> ModelRef:
         return await self.source.champion(model)
+
+    async def traffic(self, model: str) -> TrafficSplit:
+        return await self.source.traffic(model)
 
     async def artifact(self, ref: ModelRef) -> bytes:
         try:

@@ -14,6 +14,7 @@ from sklearn.linear_model import LogisticRegression
 
 from cascade.errors import FailedPrecondition, NotFound, Unavailable
 from cascade.services.serving.repository import LoadedModel, LoadFailure, ModelRef, ModelRepository
+from cascade.services.serving.traffic import TrafficSplit
 
 from .support import MODEL, Dataset, TrainedModel
 
@@ -45,6 +46,9 @@ class FakeSource:
             raise NotFound(f"no model {model}")
         data = self.artifacts[self.champion_version]
         return ModelRef(model, self.champion_version, hashlib.sha256(data).hexdigest(), ("a", "b"))
+
+    async def traffic(self, model: str) -> TrafficSplit:
+        return TrafficSplit(model)  # no split: the champion alias alone decides
 
     async def artifact(self, ref: ModelRef) -> bytes:
         self._reach()
