@@ -126,7 +126,8 @@ class _Shared:
 shared_s3_server = _Shared()
 
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
+@pytest.fixture(scope="session", name="s3_server")
+def s3_server_fixture() -> Iterator[S3Server]:
+    """Import it into a test module (`from tests.s3_server import s3_server_fixture`) to use it."""
     with shared_s3_server.use() as server:
         yield server

@@ -8,6 +8,7 @@ import grpc
 
 from cascade.events import Event, Topics
 from cascade.messaging import build_broker, publish_event
+from cascade.objectstore import open_object_store
 from cascade.service import Service
 from cascade.services.ingest import kafka_api
 from cascade.services.ingest.core import IngestCore
@@ -21,7 +22,8 @@ def build(settings: IngestSettings | None = None) -> Service:
     settings = settings or IngestSettings()
     topics = Topics(settings.topic_prefix, settings.topic_partitions, settings.topic_replication_factor)
     broker = build_broker(settings, "ingest")
-    store = IngestStore(settings.data_dir, settings.database_url)
+    segment_store = open_object_store(settings.segment_url, settings) if settings.segment_url else None
+    store = IngestStore(settings.data_dir, settings.database_url, segment_store)
 
     async def emit(event: Event) -> None:
         await publish_event(broker, topics, event)

@@ -3,13 +3,19 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from cascade.objectstore import ObjectStoreSettings
 from cascade.settings import ServiceSettings
 
 
-class IngestSettings(ServiceSettings):
+class IngestSettings(ServiceSettings, ObjectStoreSettings):
     model_config = SettingsConfigDict(env_prefix="CASCADE_INGEST_", extra="ignore", frozen=True)
 
     grpc_port: int = Field(50051, description="gRPC port of IngestService.")
+    segment_url: str = Field(
+        "",
+        description="Where Parquet segments are stored besides <data_dir>/segments: s3://bucket/prefix"
+        " (with the s3_* settings) or a directory; empty: only there. Replicas share an s3:// store.",
+    )
     database_url: str = Field(
         "",
         description="SQLAlchemy URL of the metadata database (datasets, versions, batches, outbox),"

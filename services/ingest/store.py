@@ -54,6 +54,7 @@ from opentelemetry import propagate
 from cascade import database
 from cascade.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from cascade.events import Event
+from cascade.objectstore import ObjectStore
 from cascade.services.ingest import tables
 from cascade.services.ingest.cleaning import Rejection, quantiles, row_hashes
 from cascade.services.ingest.schema import Schema
@@ -266,10 +267,14 @@ def _write_atomically(path: Path, write: Any) -> None:
 
 
 class IngestStore:
-    def __init__(self, root: Path, database_url: str = "") -> None:
+    def __init__(self, root: Path, database_url: str = "", segment_store: ObjectStore | None = None) -> None:
         """Segments under `root`; metadata at `database_url` (SQLAlchemy URL), by default the
-        SQLite file `root`/ingest.sqlite3, which a store from before migrations also used."""
+        SQLite file `root`/ingest.sqlite3, which a store from before migrations also used. With a
+        `segment_store` (S3, shared by replicas), each segment is stored there too before its
+        version commits, and `root`/segments is a cache of it: a segment another replica wrote is
+        fetched, verified, when first read."""
         self.root = root
+        self.segment_store = segment_store
         self.versions_dir = root / "versions"  # single-file versions made before segments
         self.segments_dir = root / "segments"
         self.exports_dir = root / "exports"
@@ -568,7 +573,7 @@ class IngestStore:
 
     def load(self, dataset: str, version: str) -> pd.DataFrame:
         return pd.concat(
-            [pd.read_parquet(s.path) for s in self.manifest(dataset, version)], ignore_index=True
+            [pd.read_parquet(self._local(s)) for s in self.manifest(dataset, version)], ignore_index=True
         )
 
     # -- downloads -----------------------------------------------------------------------------
@@ -618,7 +623,7 @@ class IngestStore:
                 low, high = max(start, segment.row_start), min(end, segment.row_start + segment.rows)
                 if low >= high and writer is not None:
                     continue
-                table = pq.read_table(segment.path)
+                table = pq.read_table(self._local(segment))
                 table = table.slice(low - segment.row_start, max(0, high - low)).replace_schema_metadata(None)
                 if writer is None:
                     writer = pq.ParquetWriter(out, table.schema, use_dictionary=False)
@@ -799,8 +804,16 @@ class IngestStore:
         path = self.segments_dir / f"{digest}.parquet"
         table = pa.Table.from_pandas(new_rows, preserve_index=False).replace_schema_metadata(None)
         _write_atomically(path, lambda tmp: pq.write_table(table, tmp, use_dictionary=False))
+        if self.segment_store is not None:  # before the version commits: no version names a lost segment
+            self.segment_store.put(f"{digest}.parquet", path, _file_sha256(path))
         parent_rows = self.version(dataset, parent).rows if parent else 0
         return Segment(digest, parent_rows, len(new_rows), path.stat().st_size, path)
+
+    def _local(self, segment: Segment) -> Path:
+        """The segment's file on this machine, fetched (verified) from the segment store if missing."""
+        if self.segment_store is not None and not segment.path.exists():
+            self.segment_store.fetch(f"{segment.segment}.parquet", segment.path)
+        return segment.path
 
     # -- outbox --------------------------------------------------------------------------------
     def _enqueue(self, db: sa.Connection, event: Event, event_json: str) -> None:

@@ -29,8 +29,10 @@ from cascade.services.trainer.training import TrainingResult
 from cascade.stubs.cascade.registry.v1 import registry_pb2 as pb
 from cascade.stubs.cascade.registry.v1 import registry_pb2_grpc
 from tests.grpc_server import serving
-from tests.s3_server import S3Server
-from tests.s3_server import s3_server as _s3_server_fixture  # noqa: F401  (the fixture s3_server)
+from tests.s3_server import (
+    S3Server,
+    s3_server_fixture,  # noqa: F401  (the fixture s3_server)
+)
 
 
 def _store(s3_server: S3Server, bucket: str, data_dir: Path) -> CachedArtifactStore:

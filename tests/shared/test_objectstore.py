@@ -32,8 +32,8 @@ from tests.s3_server import (
     SECRET_ACCESS_KEY,
     S3Server,
     run_moto_server,
+    s3_server_fixture,  # noqa: F401  (the fixture s3_server)
 )
-from tests.s3_server import s3_server as _s3_server_fixture  # noqa: F401  (the fixture s3_server)
 
 MIB = 1024 * 1024
 
