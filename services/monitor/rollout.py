@@ -498,6 +498,7 @@ class RolloutPolicy:
         self.refresh_spacing_seconds = refresh_spacing_seconds
         self._models: dict[str, _Tracked] = {}
         self._refreshed: dict[str, datetime] = {}  # model -> last time its rollout was read
+        self._revisions_read: dict[str, int] = {}  # model -> the newest reported revision read
         self._lock = asyncio.Lock()
 
     # -- following rollouts --------------------------------------------------------------------
@@ -574,21 +575,30 @@ class RolloutPolicy:
             log.warning("%s: cannot read its rollout from the registry now: %s", model, exc)
             self._refreshed[model] = self.clock()
 
-    async def _running(self, model: str) -> _Tracked | None:
-        """The model's tracked running rollout; for a model not tracked, its rollout is read from the
-        registry (at most every `refresh_spacing_seconds`: serving may report before the change
-        reaches the monitor)."""
+    async def _running(
+        self, model: str, revision: int | None = None, other_step: Callable[[Rollout], bool] | None = None
+    ) -> _Tracked | None:
+        """The model's tracked running rollout. The registry is read again first when the evidence
+        seems to belong to a step the monitor has not heard of (serving may follow a change before
+        the monitor does, even the monitor's own advance while its answer is on the way): for a model
+        not tracked, or evidence of another step (`other_step`), at most every
+        `refresh_spacing_seconds`; for a traffic `revision` newer than the tracked one, once per
+        revision."""
         tracked = self._models.get(model)
-        if tracked is None:
+        newer = revision is not None and tracked is not None and revision > tracked.rollout.revision
+        if newer and revision is not None and revision > self._revisions_read.get(model, 0):
+            self._revisions_read[model] = revision
+            await self._refresh_quietly(model)
+        elif tracked is None or (other_step is not None and other_step(tracked.rollout)):
             last = self._refreshed.get(model)
             if last is None or (self.clock() - last).total_seconds() >= self.refresh_spacing_seconds:
                 await self._refresh_quietly(model)
-                tracked = self._models.get(model)
+        tracked = self._models.get(model)
         return tracked if tracked is not None and tracked.rollout.state == "running" else None
 
     # -- evidence ------------------------------------------------------------------------------
     async def on_live_traffic(self, event: LiveTrafficReported) -> None:
-        tracked = await self._running(event.model)
+        tracked = await self._running(event.model, revision=event.traffic_revision)
         if tracked is None or event.traffic_revision < tracked.rollout.revision:
             return
         rollout, evidence = tracked.rollout, tracked.evidence
@@ -613,7 +623,13 @@ class RolloutPolicy:
         tracked.dirty = True
 
     async def on_compared(self, event: PredictionsCompared) -> None:
-        tracked = await self._running(event.model)
+        def other_step(rollout: Rollout) -> bool:
+            return (event.challenger_version, event.challenger_role) != (
+                rollout.challenger_version,
+                rollout.current.stage,
+            ) and event.time >= rollout.step_started_at
+
+        tracked = await self._running(event.model, other_step=other_step)
         if tracked is None:
             return
         rollout, evidence = tracked.rollout, tracked.evidence

@@ -198,3 +198,20 @@ async def test_a_model_without_rollout_is_not_found(store: MonitorStore) -> None
     policy = RolloutPolicy(store, FakeRegistry(Clock()), classification)
     with pytest.raises(NotFound, match="no challenger on live traffic and no rollout on record"):
         policy.comparison("nobody")
+
+
+async def test_evidence_of_a_step_not_heard_of_yet_reads_the_rollout_and_counts(store: MonitorStore) -> None:
+    clock = Clock()
+    registry = FakeRegistry(clock)
+    registry.start()
+    policy = RolloutPolicy(store, registry, classification, clock=clock)
+    await policy.refresh(MODEL)
+    clock.advance(1)
+    moved = await registry.advance(MODEL, 2, 0, "moved")  # its traffic-changed event is still on the way
+
+    await policy.on_live_traffic(live_traffic(moved, clock(), [3.0] * 20, [3.0] * 20))
+    await policy.on_compared(compared(moved, clock(), ["a", "b"], [1.0, 0.0], [1.0, 0.0]))
+
+    comparison = policy.comparison(MODEL)
+    assert (comparison.rollout.step, comparison.rollout.current.stage) == (1, "canary")
+    assert (comparison.figures.challenger_requests, comparison.figures.compared_rows) == (20, 2)
