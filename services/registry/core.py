@@ -99,6 +99,8 @@ class NewVersion:
 
 
 POLICIES = ("automatic", "manual", "progressive")
+# The aliases a model's traffic split is made of, beside `champion`.
+TRAFFIC_ALIASES = ("canary", "shadow")
 TrafficAction = Literal["set", "rollout_started", "rollout_advanced", "promoted", "rolled_back"]
 MAX_TAG_VALUE = 4 * 1024 * 1024
 # Outbox events read and marked published per transaction: bounded, however long Kafka was away.
@@ -266,9 +268,13 @@ class RegistryCore:
         await self._require_intact_artifact(target, alias)  # force or not: serving would refuse it
         with self.store.transaction() as db:
             self.store.ensure_model(db, model)
+            if alias in TRAFFIC_ALIASES:
+                self._no_running_rollout(db, model)
             self._move(db, model, alias, version, actor or "unknown", reason, "set")
             if alias == "champion":
                 self._champion_moved(db, model, version, actor or "unknown")
+            elif alias in TRAFFIC_ALIASES:
+                self._traffic_alias_moved(db, model, actor or "unknown", reason)
             pending = self.store.approval(model, version, db) if alias == "champion" else None
             if pending is not None and pending.status == "pending":  # promoted by hand: that approves it
                 self._decide(db, pending, "approved", actor or "unknown", reason or "promoted by hand")
@@ -283,7 +289,11 @@ class RegistryCore:
             previous = self.store.alias_target(model, alias, db)
             if previous is None:
                 raise NotFound(f"model {model!r} has no alias {alias!r}")
+            if alias in TRAFFIC_ALIASES:
+                self._no_running_rollout(db, model)
             self._move(db, model, alias, None, actor or "unknown", reason, "deleted")
+            if alias in TRAFFIC_ALIASES:
+                self._traffic_alias_moved(db, model, actor or "unknown", reason)
         await self._announce()
         return previous
 
@@ -615,6 +625,8 @@ class RegistryCore:
         """A manual split: `canary` and `shadow` are (version, percent), (0, 0) for none. Refused
         while a rollout runs, which owns the split until it ends."""
         before = self.get_traffic(model)
+        if before.rollout is not None and before.rollout.running:  # said first: it is what to fix
+            self._no_running_rollout(None, model)
         wanted = {"canary": canary, "shadow": shadow}
         for alias, (version, percent) in wanted.items():
             check_percent(f"the {alias} percent", percent)
@@ -653,7 +665,32 @@ class RegistryCore:
         await self._announce()
         return self.get_traffic(model)
 
-    def _no_running_rollout(self, db: sa.Connection, model: str) -> None:
+    def _traffic_alias_moved(self, db: sa.Connection, model: str, actor: str, reason: str) -> None:
+        """`canary` or `shadow` moved as a plain alias (SetAlias, DeleteAlias): the version changed,
+        its share did not (none once deleted); a new revision, so serving follows."""
+        now = self.get_traffic(model, db)
+        canary = now.canary_percent if now.canary_version is not None else 0.0
+        shadow = now.shadow_percent if now.shadow_version is not None else 0.0
+        revision = self.store.write_traffic(db, model, canary, shadow, actor, reason)
+        self._enqueue(
+            db,
+            ModelTrafficChanged(
+                source=SOURCE,
+                subject=model,
+                model=model,
+                revision=revision,
+                champion_version=now.champion_version,
+                canary_version=now.canary_version if canary else None,
+                canary_percent=canary,
+                shadow_version=now.shadow_version if shadow else None,
+                shadow_percent=shadow,
+                action="set",
+                actor=actor,
+                reason=reason,
+            ),
+        )
+
+    def _no_running_rollout(self, db: sa.Connection | None, model: str) -> None:
         rollout = self.store.latest_rollout(model, db)
         if rollout is not None and rollout.running:
             raise FailedPrecondition(

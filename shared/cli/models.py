@@ -54,6 +54,7 @@ models_app = typer.Typer(
 class Policy(StrEnum):
     automatic = "automatic"
     manual = "manual"
+    progressive = "progressive"
 
 
 class Status(StrEnum):
@@ -567,7 +568,8 @@ def history(
     address: AddressOption = None,
     token: TokenOption = "",
 ) -> None:
-    """Every alias move, oldest first: when, which alias, from and to, who and why."""
+    """Every alias move, oldest first: when, which alias, from and to (a canary's or shadow's
+    with the share of requests it gave), who and why."""
     moves: list[AliasMove] = _call(ctx, address, token, lambda registry: registry.alias_history(model))
     if not moves:
         _require_model(ctx, address, token, model)
@@ -581,13 +583,21 @@ def history(
                 _when(m.at),
                 m.alias,
                 str(m.from_version or "-"),
-                str(m.to_version or "(deleted)"),
+                _moved_to(m),
                 m.actor,
                 m.reason,
             ]
             for m in moves
         ],
     )
+
+
+def _moved_to(move: AliasMove) -> str:
+    if not move.to_version:
+        return "(deleted)"
+    if move.alias in ("canary", "shadow") and move.traffic_percent > 0:
+        return f"{move.to_version} ({move.traffic_percent:g}%)"
+    return str(move.to_version)
 
 
 @models_app.command()
@@ -631,7 +641,8 @@ def register(
         Policy | None,
         typer.Option(
             help="What a passed validation does: automatic makes it champion, manual makes it "
-            "challenger for a person to promote (default: the registry's).",
+            "challenger for a person to promote, progressive rolls it out through shadow and canary "
+            "steps (default: the registry's).",
             show_default=False,
         ),
     ] = None,
@@ -713,7 +724,11 @@ def set_policy(
     model: Annotated[str, typer.Argument(help="Model name.")],
     policy: Annotated[
         Policy,
-        typer.Argument(help="automatic: a passed candidate becomes champion; manual: it becomes challenger."),
+        typer.Argument(
+            help="automatic: a passed candidate becomes champion; manual: it becomes challenger; "
+            "progressive: it becomes challenger and rolls out through the model's plan "
+            "(`cascade models rollout`)."
+        ),
     ],
     actor: ActorOption = "cli",
     address: AddressOption = None,
@@ -1119,3 +1134,7 @@ def _await_verdict(ctx: typer.Context, token: str, model: str, version: int, tim
                 )
             )
         time.sleep(1.0)
+
+
+# `models traffic|canary|shadow|rollout` live in their own module, on this app.
+import cascade.cli.traffic  # noqa: E402, F401

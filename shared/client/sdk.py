@@ -34,6 +34,10 @@ from cascade.client.records import (
     Lineage,
     Model,
     ModelVersion,
+    RolloutPlan,
+    RolloutStep,
+    RolloutThresholds,
+    Traffic,
     UploadResult,
     VersionStatus,
 )
@@ -201,6 +205,52 @@ class AsyncClient:
         """Reject the version awaiting approval (0: the pending one); the champion stays."""
         return await self.registry.reject_version(model, version, reason=reason)
 
+    # -- progressive delivery --------------------------------------------------------------------
+    async def traffic(self, model: str) -> Traffic:
+        """Which versions take the model's requests (champion, canary, shadow) and its latest rollout."""
+        return await self.registry.get_traffic(model)
+
+    async def set_traffic(
+        self,
+        model: str,
+        *,
+        canary: tuple[int, float] = (0, 0.0),
+        shadow: tuple[int, float] = (0, 0.0),
+        reason: str = "",
+    ) -> Traffic:
+        """Split by hand: `canary` (version, percent) answers that share of requests, `shadow`
+        (version, percent) scores that share beside the champion; (0, 0) for none."""
+        return await self.registry.set_traffic(
+            model,
+            canary_version=canary[0],
+            canary_percent=canary[1],
+            shadow_version=shadow[0],
+            shadow_percent=shadow[1],
+            reason=reason,
+        )
+
+    async def rollout_plan(self, model: str) -> RolloutPlan:
+        """The model's rollout plan, or the registry's default."""
+        return await self.registry.get_rollout_plan(model)
+
+    async def set_rollout_plan(
+        self, model: str, steps: list[RolloutStep], thresholds: RolloutThresholds | None = None
+    ) -> RolloutPlan:
+        return await self.registry.set_rollout_plan(model, steps, thresholds)
+
+    async def start_rollout(self, model: str, version: int, *, reason: str = "") -> Traffic:
+        """Roll a version that passed validation out through the model's plan; the monitor advances
+        it on live traffic (the last step makes it champion) or rolls it back."""
+        return await self.registry.start_rollout(model, version, reason=reason)
+
+    async def advance_rollout(self, model: str, version: int, from_step: int, *, reason: str = "") -> Traffic:
+        """Move the running rollout on from `from_step` by hand (FailedPrecondition if it moved)."""
+        return await self.registry.advance_rollout(model, version, from_step, reason=reason)
+
+    async def abort_rollout(self, model: str, *, reason: str) -> Traffic:
+        """Roll the running rollout back: all traffic to the champion at once; `reason` is its cause."""
+        return await self.registry.abort_rollout(model, reason=reason)
+
     async def lineage(self, model: str, version: int) -> Lineage:
         return await self.registry.lineage(model, version)
 
@@ -343,6 +393,36 @@ class Client:
 
     def reject(self, model: str, version: int = 0, *, reason: str) -> Approval:
         return self._run(self._client.reject(model, version, reason=reason))
+
+    def traffic(self, model: str) -> Traffic:
+        return self._run(self._client.traffic(model))
+
+    def set_traffic(
+        self,
+        model: str,
+        *,
+        canary: tuple[int, float] = (0, 0.0),
+        shadow: tuple[int, float] = (0, 0.0),
+        reason: str = "",
+    ) -> Traffic:
+        return self._run(self._client.set_traffic(model, canary=canary, shadow=shadow, reason=reason))
+
+    def rollout_plan(self, model: str) -> RolloutPlan:
+        return self._run(self._client.rollout_plan(model))
+
+    def set_rollout_plan(
+        self, model: str, steps: list[RolloutStep], thresholds: RolloutThresholds | None = None
+    ) -> RolloutPlan:
+        return self._run(self._client.set_rollout_plan(model, steps, thresholds))
+
+    def start_rollout(self, model: str, version: int, *, reason: str = "") -> Traffic:
+        return self._run(self._client.start_rollout(model, version, reason=reason))
+
+    def advance_rollout(self, model: str, version: int, from_step: int, *, reason: str = "") -> Traffic:
+        return self._run(self._client.advance_rollout(model, version, from_step, reason=reason))
+
+    def abort_rollout(self, model: str, *, reason: str) -> Traffic:
+        return self._run(self._client.abort_rollout(model, reason=reason))
 
     def lineage(self, model: str, version: int) -> Lineage:
         return self._run(self._client.lineage(model, version))

@@ -450,3 +450,31 @@ async def test_the_rollout_plan_is_the_default_until_set_and_a_bad_plan_is_refus
         assert (stored.is_default, stored.actor) == (False, "alice (claimed mallory)")
         assert stored.steps == (RolloutStep("canary", 5.0, 50, 1.0),) and stored.updated_at is not None
         assert await bob.get_rollout_plan("bc") == stored
+
+
+async def test_canary_and_shadow_moved_as_plain_aliases_bump_the_split_and_wait_for_a_rollout(
+    registry: Registry, trained_breast_cancer: TrainingResult
+) -> None:
+    onnx_bytes = trained_breast_cancer.onnx_bytes
+    async with registry.connect("alice") as alice:
+        await _progressive_model(registry, alice, onnx_bytes)
+        await registry.version(alice, onnx_bytes)  # v2 rolls out, as shadow
+        with pytest.raises(FailedPrecondition, match="abort it first"):
+            await alice.set_alias("bc", "canary", 2)
+        with pytest.raises(FailedPrecondition, match="abort it first"):
+            await alice.delete_alias("bc", "shadow")
+        await alice.abort_rollout("bc", reason="by hand")
+        await alice.set_traffic("bc", canary_version=2, canary_percent=30)
+        before = await alice.get_traffic("bc")
+
+        await alice.delete_alias("bc", "canary", reason="enough")
+
+        after = await alice.get_traffic("bc")
+        assert (after.canary_version, after.canary_percent, after.revision) == (0, 0.0, before.revision + 1)
+        event = registry.traffic_events()[-1]
+        assert (event.action, event.revision, event.canary_version, event.reason) == (
+            "set",
+            after.revision,
+            None,
+            "enough",
+        )
