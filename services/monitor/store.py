@@ -1,27 +1,34 @@
-"""The monitor's own store, SQLite in WAL mode: each model's current reference, its latest drift
-report, and the history of every verdict. Reports survive restarts and name the reference they used;
-the reference data itself is not kept here, since ingest serves it again on demand.
+"""The monitor's own store: each model's current reference, its latest drift report, the history of
+every verdict and drift decision, and its rollout's step. SQLite (WAL) by default, PostgreSQL by URL,
+both through SQLAlchemy Core with Alembic migrations (services/monitor/migrations), which adopt a file
+written by the first sqlite3 store with its rows. Reports survive restarts and name the reference
+they used; the reference data itself is not kept here, since ingest serves it again on demand.
 
-Columns added since the first schema are added to an older file when it is opened (`_ADDED`);
-rows written before have them empty: a verdict without its per-feature tests, an event without
-what it triggered (those were all emitted)."""
+Replicas may share one PostgreSQL database: every write is one transaction, keyed rows are upserted,
+and the one read-modify-write (a newer decay measurement into the latest report) holds the report's
+row while it does it. Rows written before columns were added have them empty: a verdict without its
+per-feature tests, an event without what it triggered (those were all emitted)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import json
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
+from cascade import database
+from cascade.services.monitor import tables
 from cascade.services.monitor.attribution import AttributionShift
 from cascade.services.monitor.drift import Distribution, FeatureDrift
 
 __all__ = [
+    "MIGRATIONS",
     "DriftEventRecord",
     "DriftReport",
     "MonitorStore",
@@ -31,59 +38,7 @@ __all__ = [
     "Verdict",
 ]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS reference_datasets (
-    model TEXT PRIMARY KEY,
-    model_version INTEGER NOT NULL,
-    dataset TEXT NOT NULL,
-    dataset_version TEXT NOT NULL,
-    features_json TEXT NOT NULL,
-    rows INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS latest_reports (
-    model TEXT PRIMARY KEY,
-    report_json TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS verdicts (
-    model TEXT NOT NULL,
-    computed_at TEXT NOT NULL,
-    model_version INTEGER NOT NULL,
-    reference_dataset TEXT NOT NULL,
-    reference_dataset_version TEXT NOT NULL,
-    window_size INTEGER NOT NULL,
-    predictions_seen INTEGER NOT NULL,
-    dataset_drifted INTEGER NOT NULL,
-    drifted_features_json TEXT NOT NULL,
-    features_json TEXT,
-    prediction_json TEXT
-);
-CREATE INDEX IF NOT EXISTS verdicts_by_model ON verdicts(model, computed_at);
-CREATE TABLE IF NOT EXISTS drift_events (
-    model TEXT NOT NULL,
-    event_id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    model_version INTEGER NOT NULL,
-    summary TEXT NOT NULL,
-    emitted_at TEXT NOT NULL,
-    triggered TEXT NOT NULL DEFAULT '',
-    emitted INTEGER NOT NULL DEFAULT 1
-);
-CREATE TABLE IF NOT EXISTS rollout_steps (
-    model TEXT PRIMARY KEY,
-    challenger_version INTEGER NOT NULL,
-    step INTEGER NOT NULL,
-    step_started_at TEXT NOT NULL,
-    evidence_json TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
-"""
-# (table, column, declaration) added after the first schema, for files written before them.
-_ADDED = (
-    ("verdicts", "features_json", "TEXT"),
-    ("verdicts", "prediction_json", "TEXT"),
-    ("drift_events", "triggered", "TEXT NOT NULL DEFAULT ''"),
-    ("drift_events", "emitted", "INTEGER NOT NULL DEFAULT 1"),
-)
+MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 @dataclass(frozen=True)
@@ -191,84 +146,102 @@ class RolloutStepRecord:
 
 
 class MonitorStore:
-    def __init__(self, root: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(root / "monitor.sqlite3", isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        self._add_missing_columns()
+    def __init__(self, root: Path, database_url: str = "") -> None:
+        """The store at `database_url` (SQLAlchemy URL), by default the SQLite file
+        `root`/monitor.sqlite3, which a store from before migrations also used."""
+        url = database_url or database.sqlite_url(root / "monitor.sqlite3")
+        if not database_url:
+            root.mkdir(parents=True, exist_ok=True)
+        self.engine = database.engine(url, writer=True)
+        self.reader = database.engine(url, writer=False) if url.startswith("sqlite") else self.engine
+        database.migrate(self.engine, MIGRATIONS)
 
-    def _add_missing_columns(self) -> None:
-        for table, column, declaration in _ADDED:
-            present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-            if column not in present:
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
 
     def close(self) -> None:
-        self._db.close()
+        self.reader.dispose()
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sa.Connection]:
+        with self.engine.begin() as connection:
+            yield connection
+
+    def _read(self) -> sa.Connection:
+        return self.reader.connect()
 
     # -- references ----------------------------------------------------------------------------
     def save_reference(self, info: ReferenceInfo) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO reference_datasets VALUES (?,?,?,?,?,?)",
-            (
-                info.model,
-                info.model_version,
-                info.dataset,
-                info.dataset_version,
-                json.dumps(info.features),
-                info.rows,
-            ),
-        )
+        values = {
+            "model_version": info.model_version,
+            "dataset": info.dataset,
+            "dataset_version": info.dataset_version,
+            "features_json": json.dumps(info.features),
+            "rows": info.rows,
+        }
+        with self._transaction() as db:
+            db.execute(
+                database.insert(db, tables.reference_datasets)
+                .values(model=info.model, **values)
+                .on_conflict_do_update(index_elements=["model"], set_=values)
+            )
 
     def reference(self, model: str) -> ReferenceInfo | None:
-        row = self._db.execute(
-            "SELECT model_version, dataset, dataset_version, features_json, rows FROM reference_datasets "
-            "WHERE model=?",
-            (model,),
-        ).fetchone()
+        r = tables.reference_datasets
+        with self._read() as db:
+            row = db.execute(
+                sa.select(
+                    r.c.model_version, r.c.dataset, r.c.dataset_version, r.c.features_json, r.c.rows
+                ).where(r.c.model == model)
+            ).first()
         if row is None:
             return None
-        return ReferenceInfo(model, row[0], row[1], row[2], tuple(json.loads(row[3])), row[4])
+        return ReferenceInfo(model, int(row[0]), row[1], row[2], tuple(json.loads(row[3])), int(row[4]))
 
     # -- reports -------------------------------------------------------------------------------
     def save_report(self, report: DriftReport) -> None:
         """Replace the model's latest report and append its verdict to the history, atomically."""
-        with self._transaction():
-            self._db.execute(
-                "INSERT INTO latest_reports VALUES (?,?) "
-                "ON CONFLICT(model) DO UPDATE SET report_json=excluded.report_json",
-                (report.model, _report_to_json(report)),
+        text = _report_to_json(report)
+        with self._transaction() as db:
+            db.execute(
+                database.insert(db, tables.latest_reports)
+                .values(model=report.model, report_json=text)
+                .on_conflict_do_update(index_elements=["model"], set_={"report_json": text})
             )
-            self._db.execute(
-                "INSERT INTO verdicts (model, computed_at, model_version, reference_dataset, "
-                "reference_dataset_version, window_size, predictions_seen, dataset_drifted, "
-                "drifted_features_json, features_json, prediction_json) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    report.model,
-                    report.computed_at.isoformat(),
-                    report.model_version,
-                    report.reference_dataset,
-                    report.reference_dataset_version,
-                    report.window_size,
-                    report.predictions_seen,
-                    int(report.dataset_drifted),
-                    json.dumps(report.drifted_features),
-                    json.dumps([_without_distribution(feature) for feature in report.features]),
-                    json.dumps(_without_distribution(report.prediction)) if report.prediction else None,
-                ),
+            db.execute(
+                tables.verdicts.insert().values(
+                    model=report.model,
+                    computed_at=report.computed_at.isoformat(),
+                    model_version=report.model_version,
+                    reference_dataset=report.reference_dataset,
+                    reference_dataset_version=report.reference_dataset_version,
+                    window_size=report.window_size,
+                    predictions_seen=report.predictions_seen,
+                    dataset_drifted=report.dataset_drifted,
+                    drifted_features_json=json.dumps(report.drifted_features),
+                    features_json=json.dumps([_without_distribution(feature) for feature in report.features]),
+                    prediction_json=(
+                        json.dumps(_without_distribution(report.prediction)) if report.prediction else None
+                    ),
+                )
             )
 
     def update_performance(self, model: str, performance: Performance) -> None:
-        """Put a newer decay measurement into the model's latest report."""
-        with self._transaction():
-            report = self.latest_report(model)
-            if report is None:
+        """Put a newer decay measurement into the model's latest report. The report is read and
+        written back under its row's lock, so a report another replica saves meanwhile is not
+        overwritten by the older one."""
+        latest = tables.latest_reports
+        with self._transaction() as db:
+            text = db.execute(
+                sa.select(latest.c.report_json).where(latest.c.model == model).with_for_update()
+            ).scalar_one_or_none()
+            if text is None:
                 return
-            self._db.execute(
-                "UPDATE latest_reports SET report_json=? WHERE model=?",
-                (_report_to_json(dataclasses.replace(report, performance=performance)), model),
+            report = dataclasses.replace(_report_from_json(text), performance=performance)
+            db.execute(
+                latest.update().where(latest.c.model == model).values(report_json=_report_to_json(report))
             )
 
     def save_drift_event(
@@ -283,44 +256,73 @@ class MonitorStore:
         triggered: str = "",
         emitted: bool = True,
     ) -> None:
-        self._db.execute(
-            "INSERT OR IGNORE INTO drift_events (model, event_id, kind, model_version, summary, emitted_at, "
-            "triggered, emitted) VALUES (?,?,?,?,?,?,?,?)",
-            (model, event_id, kind, model_version, summary, emitted_at.isoformat(), triggered, int(emitted)),
-        )
+        with self._transaction() as db:
+            db.execute(
+                database.insert(db, tables.drift_events)
+                .values(
+                    model=model,
+                    event_id=event_id,
+                    kind=kind,
+                    model_version=model_version,
+                    summary=summary,
+                    emitted_at=emitted_at.isoformat(),
+                    triggered=triggered,
+                    emitted=emitted,
+                )
+                .on_conflict_do_nothing(index_elements=["event_id"])
+            )
 
     def drift_events(
         self, model: str, limit: int = 100, *, emitted_only: bool = False
     ) -> list[DriftEventRecord]:
         """The model's drift events, newest first: the emitted ones only, or the held-back ones too."""
-        rows = self._db.execute(
-            "SELECT event_id, kind, model_version, summary, emitted_at, triggered, emitted FROM drift_events "
-            "WHERE model=? AND (emitted=1 OR NOT ?) ORDER BY emitted_at DESC, rowid DESC LIMIT ?",
-            (model, emitted_only, limit),
-        )
+        e = tables.drift_events
+        query = sa.select(
+            e.c.event_id, e.c.kind, e.c.model_version, e.c.summary, e.c.emitted_at, e.c.triggered, e.c.emitted
+        ).where(e.c.model == model)
+        if emitted_only:
+            query = query.where(e.c.emitted == sa.true())
+        with self._read() as db:
+            rows = db.execute(query.order_by(e.c.emitted_at.desc(), e.c.id.desc()).limit(limit)).all()
         return [
-            DriftEventRecord(r[0], r[1], r[2], r[3], datetime.fromisoformat(r[4]), r[5], bool(r[6]))
+            DriftEventRecord(r[0], r[1], int(r[2]), r[3], datetime.fromisoformat(r[4]), r[5], bool(r[6]))
             for r in rows
         ]
 
     def latest_report(self, model: str) -> DriftReport | None:
-        row = self._db.execute("SELECT report_json FROM latest_reports WHERE model=?", (model,)).fetchone()
-        return _report_from_json(row[0]) if row else None
+        latest = tables.latest_reports
+        with self._read() as db:
+            text = db.execute(
+                sa.select(latest.c.report_json).where(latest.c.model == model)
+            ).scalar_one_or_none()
+        return _report_from_json(text) if text is not None else None
 
     def verdicts(self, model: str, limit: int = 100) -> list[Verdict]:
         """The model's most recent verdicts, newest first."""
-        rows = self._db.execute(
-            "SELECT model_version, reference_dataset_version, window_size, predictions_seen, "
-            "dataset_drifted, drifted_features_json, computed_at, features_json, prediction_json "
-            "FROM verdicts WHERE model=? ORDER BY computed_at DESC, rowid DESC LIMIT ?",
-            (model, limit),
-        )
+        v = tables.verdicts
+        with self._read() as db:
+            rows = db.execute(
+                sa.select(
+                    v.c.model_version,
+                    v.c.reference_dataset_version,
+                    v.c.window_size,
+                    v.c.predictions_seen,
+                    v.c.dataset_drifted,
+                    v.c.drifted_features_json,
+                    v.c.computed_at,
+                    v.c.features_json,
+                    v.c.prediction_json,
+                )
+                .where(v.c.model == model)
+                .order_by(v.c.computed_at.desc(), v.c.id.desc())
+                .limit(limit)
+            ).all()
         return [
             Verdict(
-                row[0],
+                int(row[0]),
                 row[1],
-                row[2],
-                row[3],
+                int(row[2]),
+                int(row[3]),
                 bool(row[4]),
                 tuple(json.loads(row[5])),
                 datetime.fromisoformat(row[6]),
@@ -332,45 +334,43 @@ class MonitorStore:
 
     # -- rollouts ------------------------------------------------------------------------------
     def save_rollout_step(self, record: RolloutStepRecord) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO rollout_steps (model, challenger_version, step, step_started_at, "
-            "evidence_json, updated_at) VALUES (?,?,?,?,?,?)",
-            (
-                record.model,
-                record.challenger_version,
-                record.step,
-                record.step_started_at.isoformat(),
-                record.evidence_json,
-                record.updated_at.isoformat(),
-            ),
-        )
+        values = {
+            "challenger_version": record.challenger_version,
+            "step": record.step,
+            "step_started_at": record.step_started_at.isoformat(),
+            "evidence_json": record.evidence_json,
+            "updated_at": record.updated_at.isoformat(),
+        }
+        with self._transaction() as db:
+            db.execute(
+                database.insert(db, tables.rollout_steps)
+                .values(model=record.model, **values)
+                .on_conflict_do_update(index_elements=["model"], set_=values)
+            )
 
     def rollout_step(self, model: str) -> RolloutStepRecord | None:
-        row = self._db.execute(
-            "SELECT challenger_version, step, step_started_at, evidence_json, updated_at FROM rollout_steps "
-            "WHERE model=?",
-            (model,),
-        ).fetchone()
-        if row is None:
-            return None
-        return RolloutStepRecord(
-            model, row[0], row[1], datetime.fromisoformat(row[2]), row[3], datetime.fromisoformat(row[4])
-        )
+        found = self._rollout_steps(tables.rollout_steps.c.model == model)
+        return found[0] if found else None
 
     def rollout_steps(self) -> list[RolloutStepRecord]:
         """Every model's recorded rollout step (to resume them at start-up)."""
-        models = [row[0] for row in self._db.execute("SELECT model FROM rollout_steps ORDER BY model")]
-        return [record for model in models if (record := self.rollout_step(model)) is not None]
+        return self._rollout_steps(sa.true())
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _rollout_steps(self, condition: sa.ColumnElement[bool]) -> list[RolloutStepRecord]:
+        r = tables.rollout_steps
+        with self._read() as db:
+            rows = db.execute(sa.select(r).where(condition).order_by(r.c.model)).mappings().all()
+        return [
+            RolloutStepRecord(
+                row["model"],
+                int(row["challenger_version"]),
+                int(row["step"]),
+                datetime.fromisoformat(row["step_started_at"]),
+                row["evidence_json"],
+                datetime.fromisoformat(row["updated_at"]),
+            )
+            for row in rows
+        ]
 
 
 def _report_to_json(report: DriftReport) -> str:
