@@ -11,6 +11,9 @@ and are published to it:
 Tracing is set up as `run_main` sets it up for a real service (the exporters OTEL_TRACES_EXPORTER
 names; the benchmark writes OTLP-JSON to a file), so sampled spans cost what they cost in production.
 
+--batching on|off sets adaptive batching (CASCADE_SERVING_BATCHING_ENABLED), --batching-max-delay-us
+its delay; without them the service's defaults hold.
+
 --without-shared-interceptors is a diagnosis only: the gRPC server is built without the tracing and
 metrics interceptors every Cascade service carries (shared/service.py), to show what they cost the
 request path. Cascade itself always runs with them.
@@ -72,10 +75,20 @@ def security_settings(arguments: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
+def batching_settings(arguments: argparse.Namespace) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    if arguments.batching is not None:
+        settings["batching_enabled"] = arguments.batching == "on"
+    if arguments.batching_max_delay_us is not None:
+        settings["batching_max_delay_microseconds"] = arguments.batching_max_delay_us
+    return settings
+
+
 async def main(arguments: argparse.Namespace) -> None:
     settings = worker_settings(
         ServingSettings(
             **security_settings(arguments),
+            **batching_settings(arguments),
             grpc_port=arguments.port,
             http_port=arguments.http_port,
             registry_address=arguments.registry,
@@ -116,6 +129,10 @@ if __name__ == "__main__":
     parser.add_argument("--without-shared-interceptors", action="store_true")
     parser.add_argument("--security-dir", help="serve TLS with the certificate and CA made there")
     parser.add_argument("--auth", action="store_true", help="require a token (from --security-dir)")
+    parser.add_argument(
+        "--batching", choices=["on", "off"], help="adaptive batching (default: the service's)"
+    )
+    parser.add_argument("--batching-max-delay-us", type=int, help="adaptive batching's max delay")
     arguments = parser.parse_args()
     if arguments.without_shared_interceptors:
         build_server = grpc.aio.server

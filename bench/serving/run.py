@@ -62,10 +62,13 @@ MLSERVER_VENV = REPO / "bench" / ".work" / "mlserver-venv"
 PA_DIR = REPO / "bench" / ".work" / "perf_analyzer"
 MODEL = "bench"
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
-PORT = 19301  # the server under test; its REST port and MLServer's metrics port follow it
+PORT = 19501  # the server under test; its REST port and MLServer's metrics port follow it
 HTTP_PORT = PORT + 1
-REGISTRY_PORT = 19310
-TLS_REGISTRY_PORT = 19311  # the fake registry again, over TLS, for servers whose channels verify a CA
+REGISTRY_PORT = 19510
+TLS_REGISTRY_PORT = 19511  # the fake registry again, over TLS, for servers whose channels verify a CA
+# The interleaved batching comparison runs its servers side by side: the echo, then each Cascade.
+ECHO_PORT = PORT + 20
+BATCHING_PORTS = PORT + 30  # + 10 per configuration (each Cascade's REST port follows its gRPC port)
 SECURITY = WORK / "security"  # a local CA, serving's certificate, tokens and principals (cascade.stack.certs)
 CHUNK = 1 << 20
 
@@ -226,8 +229,14 @@ def start_cascade(
     tls: bool = False,
     auth: bool = False,
     port: int = PORT,
+    batching: bool | None = None,
+    max_delay_us: int | None = None,
 ) -> Server:
     flags = [] if interceptors else ["--without-shared-interceptors"]
+    if batching is not None:
+        flags.append(f"--batching={'on' if batching else 'off'}")
+    if max_delay_us is not None:
+        flags.append(f"--batching-max-delay-us={max_delay_us}")
     if tls:
         flags += [f"--security-dir={SECURITY}", f"--registry=127.0.0.1:{TLS_REGISTRY_PORT}"]
     else:
@@ -259,6 +268,10 @@ def start_cascade(
     name = f"cascade ({workers} worker{'s' if workers > 1 else ''})"
     if tls:
         name += " TLS" + ("+auth" if auth else "")
+    if batching is not None:
+        name += " batching " + ("on" if batching else "off")
+    if max_delay_us is not None:
+        name += f" ({max_delay_us} us)"
     return Server(name + ("" if interceptors else " without shared interceptors"), processes)
 
 
@@ -272,13 +285,15 @@ def promote(server: Server, version: int) -> None:
         _wait_line(process, "PROMOTED")
 
 
-def start_echo(processes: int, response: bytes, interceptors: bool = False, uvloop: bool = False) -> Server:
-    path = WORK / "echo-response.bin"
+def start_echo(
+    processes: int, response: bytes, interceptors: bool = False, uvloop: bool = False, port: int = PORT
+) -> Server:
+    path = WORK / f"echo-response-{port}.bin"
     path.write_bytes(response)
     flags = ["--interceptors"] * interceptors + ["--uvloop"] * uvloop
     started = [
         subprocess.Popen(
-            [sys.executable, str(HERE / "echo_server.py"), f"--port={PORT}", f"--response={path}", *flags],
+            [sys.executable, str(HERE / "echo_server.py"), f"--port={port}", f"--response={path}", *flags],
             stdout=subprocess.PIPE,
             text=True,
             env=_env(),
@@ -657,6 +672,165 @@ def run_perf_analyzer() -> list[str]:
     return lines
 
 
+def raw_onnxruntime(models: Models, seconds: float = 0.5) -> list[str]:
+    """session.run alone, in this process, with serving's session options: what one run of 1, 16, 64
+    and 256 rows costs, and the rows per second one core gets from it."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # as serving opens its sessions (repository.py)
+    session = ort.InferenceSession(models.onnx[1], options, providers=["CPUExecutionProvider"])
+    parts = []
+    for rows in (1, 16, 64, 256):
+        feeds = {"input": np.ascontiguousarray(np.resize(models.rows, (rows, models.rows.shape[1])))}
+        session.run(None, feeds)
+        runs, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            session.run(None, feeds)
+            runs += 1
+        parts.append(f"{rows} rows {elapsed / runs * 1e6:.0f} us/run ({runs * rows / elapsed:,.0f} rows/s)")
+    return ["raw onnxruntime session.run, one thread, in-process: " + "; ".join(parts)]
+
+
+@dataclass(frozen=True)
+class Point:
+    """One configuration at one point: the median over rounds of its req/s, p50 and p99."""
+
+    server: str
+    rows: int
+    concurrency: int
+    rate: float
+    p50: float
+    p99: float
+    failures: int
+
+    @property
+    def rows_rate(self) -> float:
+        return self.rate * self.rows
+
+
+def _median_point(runs: list[Run]) -> Point:
+    first = runs[0]
+    return Point(
+        first.server,
+        first.rows,
+        first.concurrency,
+        statistics.median(run.rate for run in runs),
+        statistics.median(run.percentile(50) for run in runs),
+        statistics.median(run.percentile(99) for run in runs),
+        sum(run.failures for run in runs),
+    )
+
+
+async def batching_comparison(args: argparse.Namespace, requests: dict[int, bytes]) -> list[str]:
+    """Cascade with adaptive batching off and on (one Cascade per max delay in --batching-delays),
+    against the 2-process echo, all running side by side and measured in turn, point by point, for
+    --rounds rounds; each point's figure is its median over the rounds, so load from elsewhere falls
+    on all alike."""
+    configurations: list[tuple[str, int, Callable[[int], Server]]] = []
+    responses: dict[int, bytes] = {}  # Cascade's answers, for the echo to send back
+    cascades = [(False, None), *((True, delay) for delay in args.batching_delays)]
+    for index, (batching, delay) in enumerate(cascades):
+        configurations.append(
+            (
+                f"cascade {index}",
+                BATCHING_PORTS + 10 * index,
+                lambda port, batching=batching, delay=delay: start_cascade(
+                    args.workers, args.sample_rate, port=port, batching=batching, max_delay_us=delay
+                ),
+            )
+        )
+    for index, rows in enumerate(requests):
+        configurations.append(
+            (
+                f"echo {rows}",
+                ECHO_PORT + 5 * index,
+                lambda port, rows=rows: start_echo(args.workers, responses[rows], port=port),
+            )
+        )
+    runs: dict[tuple[str, int, int], list[Run]] = {}
+    names: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        for key, port, start in configurations:
+            if key.startswith("echo") and not responses:
+                for rows, request in requests.items():
+                    _, _, _, sample = await closed_loop(BATCHING_PORTS, request, 1, 0.2, warmup=0)
+                    responses[rows] = sample[0]
+            server = stack.enter_context(running(start(port)))
+            names[key] = server.name
+            if key.startswith("cascade"):
+                await wait_model_ready(port)
+        for round_ in range(args.rounds):
+            print(f"  batching comparison, round {round_ + 1} of {args.rounds}", flush=True)
+            for rows, request in requests.items():
+                for concurrency in (1, 16, 64):
+                    for key, port, _ in configurations:
+                        if key.startswith("echo") and key != f"echo {rows}":
+                            continue
+                        run = await measure(names[key], request, rows, concurrency, args.seconds, port=port)
+                        runs.setdefault((key, rows, concurrency), []).append(run)
+        executions = {
+            names[key]: await requests_per_execution(port)
+            for key, port, _ in configurations
+            if key.startswith("cascade")
+        }
+    summary = _batching_summary([_median_point(each) for each in runs.values()], names, requests)
+    return [
+        *summary,
+        "",
+        "Requests per session run over the whole comparison (ModelStatistics success_count ÷ "
+        "execution_count, summed over the workers): "
+        + "; ".join(f"{name}: {ratio:.2f}" for name, ratio in executions.items()),
+    ]
+
+
+async def requests_per_execution(port: int) -> float:
+    """Requests answered per session.run, from ModelStatistics of every worker (each keeps its own:
+    fresh connections reach them all, told apart by their counts)."""
+    seen: set[tuple[int, int]] = set()
+    for _ in range(16):
+        async with _channel(port, PLAINTEXT) as channel:
+            response = await pb_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
+                pb.ModelStatisticsRequest(name=MODEL), timeout=5
+            )
+        for stats in response.model_stats:
+            seen.add((stats.inference_stats.success.count, stats.execution_count))
+    successes = sum(success for success, _ in seen)
+    executions = sum(execution for _, execution in seen)
+    return successes / executions if executions else float("nan")
+
+
+def _batching_summary(points: list[Point], names: dict[str, str], requests: dict[int, bytes]) -> list[str]:
+    by_key = {(point.server, point.rows, point.concurrency): point for point in points}
+    cascades = [name for key, name in names.items() if key.startswith("cascade")]
+    off, ons = cascades[0], cascades[1:]
+    lines = [
+        "| rows | conc. | echo req/s | "
+        + " | ".join(f"{name} req/s (rows/s; p50 / p99 ms)" for name in cascades)
+        + " | "
+        + " | ".join(f"{name} ÷ off; ÷ echo" for name in ons)
+        + " |",
+        "|---" * (3 + len(cascades) + len(ons)) + "|",
+    ]
+    for rows in requests:
+        echo = names[f"echo {rows}"]
+        for concurrency in (1, 16, 64):
+            floor = by_key[echo, rows, concurrency]
+            cells = [str(rows), str(concurrency), f"{floor.rate:.0f}"]
+            for name in cascades:
+                point = by_key[name, rows, concurrency]
+                cells.append(
+                    f"{point.rate:.0f} ({point.rows_rate:,.0f}; {point.p50:.2f} / {point.p99:.2f})"
+                    + (f" failed {point.failures}" if point.failures else "")
+                )
+            base = by_key[off, rows, concurrency]
+            for name in ons:
+                point = by_key[name, rows, concurrency]
+                cells.append(f"{point.rate / base.rate:.2f}x; {point.rate / floor.rate:.2f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 async def main(args: argparse.Namespace) -> None:
     models = train_models()
     requests = {rows: infer_request(models.rows[:rows]) for rows in (1, 64)}
@@ -673,6 +847,14 @@ async def main(args: argparse.Namespace) -> None:
     lines: list[str] = []
 
     print(f"Serving benchmark: {args.seconds:g} s per point, {os.cpu_count()} cores", flush=True)
+    lines.extend(raw_onnxruntime(models))
+    print(lines[-1], flush=True)
+    if args.only_batching:
+        batching = await batching_comparison(args, requests)
+        await registry_server.stop(None)
+        print("\nAdaptive batching, interleaved (median of rounds):\n" + "\n".join(batching))
+        print("\n" + "\n".join(f"- {line}" for line in lines))
+        return
     with running(start_cascade(args.workers, args.sample_rate)) as cascade:
         await wait_model_ready(PORT)
         runs += await measure_each(cascade.name, rest_requests, concurrencies, args.seconds, rest=True)
@@ -706,6 +888,8 @@ async def main(args: argparse.Namespace) -> None:
                 for concurrency in concurrencies:
                     runs.append(await measure(echo.name, request, rows, concurrency, args.seconds))
 
+    batching = [] if (args.only_rest or args.skip_batching) else await batching_comparison(args, requests)
+
     runtimes = ["onnx"] if args.only_rest else ["sklearn", "onnx"]
     for runtime in [] if args.skip_mlserver else runtimes:
         with running(start_mlserver(models, runtime)) as mlserver:
@@ -714,6 +898,8 @@ async def main(args: argparse.Namespace) -> None:
             runs += await measure_each(mlserver.name, grpc_requests, concurrencies, args.seconds)
     await registry_server.stop(None)
     report(runs, lines, args)
+    if batching:
+        print("\nAdaptive batching, interleaved (median of rounds):\n" + "\n".join(batching))
 
 
 def report(runs: list[Run], lines: list[str], args: argparse.Namespace) -> None:
@@ -749,6 +935,18 @@ if __name__ == "__main__":
         "--only-rest", action="store_true", help="only the REST rows: Cascade's and MLServer's (ONNX runtime)"
     )
     parser.add_argument("--skip-perf-analyzer", action="store_true")
+    parser.add_argument("--skip-batching", action="store_true", help="skip the batching comparison")
+    parser.add_argument(
+        "--only-batching", action="store_true", help="only the batching comparison (and raw onnxruntime)"
+    )
+    parser.add_argument(
+        "--batching-delays",
+        type=int,
+        nargs="+",
+        default=[500],
+        help="max delays (us) of the Cascades with batching on, one Cascade each, in the comparison",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the interleaved batching comparison")
     parser.add_argument(
         "--skip-diagnosis", action="store_true", help="skip Cascade without the shared gRPC interceptors"
     )

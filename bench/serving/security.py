@@ -70,7 +70,7 @@ async def main(args: argparse.Namespace) -> None:
         "TLS + auth": admin,
     }
     # Clear of run.py's fixed ports (its server's, the registries'): each server's REST port follows it.
-    ports = {name: PORT + 100 + 10 * index for index, name in enumerate(CONFIGURATIONS)}
+    ports = {name: PORT + 50 + 10 * index for index, name in enumerate(CONFIGURATIONS)}
     rates: dict[tuple[str, int, int], list[float]] = {}
     print(
         f"Serving security benchmark: {args.rounds} interleaved rounds of {args.seconds:g} s per point, "

@@ -6,14 +6,13 @@ first:
 
 - it holds `max_batch_rows` rows (a request that would overflow it runs it first, then opens the
   next one);
-- a turn of the event loop passes in which no request joined it (the loop has nothing more for it
-  now, so waiting would only add latency: a lone caller pays two loop turns, a few microseconds);
-- `max_delay_seconds` have passed since it opened.
-
-The delay is checked once per loop turn rather than with a timer, because neither asyncio nor uvloop
-keeps a timer shorter than a millisecond (asyncio waits at least 1 ms; uvloop rounds to whole
-milliseconds), and the delays worth having here are a few hundred microseconds. The loop never
-spins idle for it: a batch stays open past a turn only if a request joined during that turn.
+- while requests come further apart than `max_delay_seconds` (on average, and always for the first
+  one): a turn of the event loop in which no request joined it. A lone caller pays two loop turns,
+  a few microseconds, never the delay;
+- while they come closer together: the first request to join `max_delay_seconds` or more after the
+  batch opened, or a timer. The timer cannot be shorter than a millisecond (asyncio waits at least
+  that long for any timer, uvloop rounds to whole milliseconds), so when requests stop coming a
+  batch may wait up to 1 ms even with a shorter delay; the loop sleeps meanwhile, never spinning.
 
 A batch concatenates its requests' inputs along the first (batch) dimension, runs once (on the loop
 up to `inline_max_rows` rows, in a worker thread beyond, as serving runs a single request) and
@@ -35,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -69,6 +69,11 @@ class BatchingPolicy:
 
 BATCHING_OFF = BatchingPolicy(enabled=False)
 
+# The shortest timer worth setting: asyncio waits at least a millisecond for any timer, and uvloop
+# rounds to whole milliseconds (a 0.4 ms timer fires at once).
+_TIMER_FLOOR = 0.001
+_GAP_WEIGHT = 0.2  # of the newest gap between requests in their running average
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -93,7 +98,7 @@ class _Caller:
 
 
 class _Batch:
-    __slots__ = ("callers", "closed", "joined", "key", "model", "opened", "rows")
+    __slots__ = ("callers", "closed", "joined", "key", "model", "opened", "rows", "timer")
 
     def __init__(self, model: LoadedModel, key: _BatchKey, opened: float) -> None:
         self.model = model
@@ -103,6 +108,7 @@ class _Batch:
         self.opened = opened
         self.joined = False  # whether a request joined since the last turn of the loop
         self.closed = False
+        self.timer: asyncio.TimerHandle | None = None  # set while it waits for the max delay
 
 
 class Batcher:
@@ -119,6 +125,10 @@ class Batcher:
         self._clock = clock  # seconds; tests give their own to decide when the delay has passed
         self.inline_max_rows = inline_max_rows  # runs of at most this many rows stay on the event loop
         self._open: dict[_BatchKey, _Batch] = {}
+        # Seconds between batchable requests, on average (exponentially weighted): whether another
+        # one is likely to come within the max delay. Unknown (inf) until two have come.
+        self._gap = math.inf
+        self._last_arrival = -math.inf
         self._running: set[asyncio.Task[None]] = set()  # threaded batches, referenced until done
 
     async def predict(self, model: LoadedModel, feeds: Mapping[str, Array], rows: int) -> Prediction:
@@ -130,18 +140,27 @@ class Batcher:
         if key is None:
             return Prediction(await self._run(model, feeds, rows), 1)
         loop = asyncio.get_running_loop()
+        now = self._clock()
+        self._note_arrival(now)
         batch = self._open.get(key)
         if batch is not None and batch.rows + rows > policy.max_batch_rows:
             self._close(batch)
             batch = None
         if batch is None:
-            batch = self._open[key] = _Batch(model, key, self._clock())
-            loop.call_soon(self._turn, batch)
+            batch = self._open[key] = _Batch(model, key, now)
+            if self._gap < policy.max_delay_seconds:  # more are likely within the delay: wait for them
+                batch.timer = loop.call_later(
+                    max(policy.max_delay_seconds, _TIMER_FLOOR), self._expire, batch
+                )
+            else:
+                loop.call_soon(self._turn, batch)
         future: asyncio.Future[Prediction] = loop.create_future()
         batch.callers.append(_Caller(feeds, rows, future))
         batch.rows += rows
         batch.joined = True
-        if batch.rows >= policy.max_batch_rows:
+        if batch.rows >= policy.max_batch_rows or (
+            batch.timer is not None and now - batch.opened >= policy.max_delay_seconds
+        ):
             self._close(batch)
         return await future
 
@@ -150,6 +169,14 @@ class Batcher:
         if rows <= self.inline_max_rows:
             return model.predict(feeds)
         return await asyncio.to_thread(model.predict, feeds)
+
+    def _note_arrival(self, now: float) -> None:
+        gap, self._last_arrival = now - self._last_arrival, now
+        self._gap = gap if self._gap == math.inf else self._gap + _GAP_WEIGHT * (gap - self._gap)
+
+    def _expire(self, batch: _Batch) -> None:
+        if not batch.closed:
+            self._close(batch)
 
     def _turn(self, batch: _Batch) -> None:
         """Once per loop turn while `batch` is open: keep it open only while requests keep joining."""
@@ -164,6 +191,8 @@ class Batcher:
     def _close(self, batch: _Batch) -> None:
         """Take `batch` out of the open ones and run it: on the loop if small enough, else in a thread."""
         batch.closed = True
+        if batch.timer is not None:
+            batch.timer.cancel()
         if self._open.get(batch.key) is batch:
             del self._open[batch.key]
         BATCH_REQUESTS.observe(len(batch.callers))

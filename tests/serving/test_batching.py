@@ -105,7 +105,7 @@ async def concurrently(
 async def test_each_caller_gets_its_own_rows_in_order(inline_max_rows: int) -> None:
     session = RecordingSession()
     model = loaded(session)
-    batcher = Batcher(BatchingPolicy(max_delay_seconds=60.0, max_batch_rows=256), inline_max_rows)
+    batcher = Batcher(BatchingPolicy(max_delay_seconds=0.05, max_batch_rows=256), inline_max_rows)
     sizes = [1, 5, 2, 7, 1, 3, 4, 1, 6, 2] * 3
     starts = np.cumsum([0, *sizes[:-1]])
     requests = [feeds_of(int(start) * 10, size) for start, size in zip(starts, sizes, strict=True)]
@@ -120,46 +120,67 @@ async def test_each_caller_gets_its_own_rows_in_order(inline_max_rows: int) -> N
     assert sum(p.executions for p in predictions) == len(session.runs)
 
 
-async def test_requests_arriving_turn_after_turn_share_a_batch_until_the_delay_passes() -> None:
-    """A batch stays open while each loop turn brings a request, until the (injected) clock says the
-    delay has passed."""
+async def test_a_batch_closes_at_the_first_request_after_the_max_delay() -> None:
+    """Requests one loop turn apart, the (injected) clock moving 1/16 s per request: with a delay of
+    1/4 s no batch holds more than the five requests that came within it."""
     now = [0.0]
     session = RecordingSession()
     model = loaded(session)
-    batcher = Batcher(BatchingPolicy(max_delay_seconds=1.0, max_batch_rows=256), clock=lambda: now[0])
+    batcher = Batcher(BatchingPolicy(max_delay_seconds=0.25, max_batch_rows=256), clock=lambda: now[0])
 
-    async def one_per_turn(count: int, tick: float) -> list[Prediction]:
-        tasks = []
-        for index in range(count):
-            tasks.append(asyncio.create_task(batcher.predict(model, feeds_of(index, 1), 1)))
-            await asyncio.sleep(0)  # the next request arrives a loop turn later
-            now[0] += tick
-        return await asyncio.gather(*tasks)
+    tasks = []
+    for index in range(23):
+        tasks.append(asyncio.create_task(batcher.predict(model, feeds_of(index, 1), 1)))
+        await asyncio.sleep(0)  # the next request arrives a loop turn later
+        now[0] += 0.0625  # exact in binary: the delay passes after exactly four requests
+    predictions = await asyncio.gather(*tasks)
 
-    await one_per_turn(12, tick=0.0)  # the delay never passes: one batch
-    assert session.runs == [12]
-
-    session.runs.clear()
-    predictions = await one_per_turn(12, tick=0.5)  # past the delay after two turns
-    assert sum(session.runs) == 12
-    assert len(session.runs) >= 4 and max(session.runs) <= 3
     for index, prediction in enumerate(predictions):
         assert_own_rows(prediction, feeds_of(index, 1))
+    assert sum(session.runs) == 23
+    assert max(session.runs) == 5  # arrivals at +0, 1/16, 2/16, 3/16 and 4/16 (which closes it)
+    assert session.runs.count(5) >= 3
+
+
+async def test_requests_that_come_often_wait_for_each_other_across_quiet_turns() -> None:
+    """Once requests come closer together than the delay, a batch waits for the next ones even when
+    loop turns pass without one (the clock stands still: the delay never passes)."""
+    session = RecordingSession()
+    model = loaded(session)
+    batcher = Batcher(BatchingPolicy(max_delay_seconds=0.5), clock=lambda: 0.0)
+    await batcher.predict(model, feeds_of(0, 1), 1)  # two requests: a gap between them is known
+    await batcher.predict(model, feeds_of(1, 1), 1)
+    session.runs.clear()
+
+    tasks = []
+    for index in range(10):
+        tasks.append(asyncio.create_task(batcher.predict(model, feeds_of(index, 1), 1)))
+        for _ in range(3):
+            await asyncio.sleep(0)  # turns without a new request
+    predictions = await asyncio.gather(*tasks)
+
+    for index, prediction in enumerate(predictions):
+        assert_own_rows(prediction, feeds_of(index, 1))
+    assert session.runs == [10]
 
 
 async def test_a_lone_request_does_not_wait_for_the_delay() -> None:
-    """A turn of the loop without a new request closes the batch: the clock never moves, yet it runs."""
+    """The first request (no gap known) and requests further apart than the delay close their batch
+    after one turn of the loop without a new request: the clock never moves, yet they run."""
     session = RecordingSession()
-    batcher = Batcher(BatchingPolicy(max_delay_seconds=3600.0), clock=lambda: 0.0)
-    prediction = await batcher.predict(loaded(session), feeds_of(0, 2), 2)
-    assert_own_rows(prediction, feeds_of(0, 2))
-    assert session.runs == [2]
+    now = [0.0]
+    batcher = Batcher(BatchingPolicy(max_delay_seconds=3600.0), clock=lambda: now[0])
+    for index in range(3):
+        prediction = await asyncio.wait_for(batcher.predict(loaded(session), feeds_of(index, 2), 2), 60)
+        assert_own_rows(prediction, feeds_of(index, 2))
+        now[0] += 7200.0
+    assert session.runs == [2, 2, 2]
 
 
 async def test_no_batch_exceeds_the_maximum_rows() -> None:
     session = RecordingSession()
     model = loaded(session)
-    batcher = Batcher(BatchingPolicy(max_delay_seconds=60.0, max_batch_rows=8))
+    batcher = Batcher(BatchingPolicy(max_delay_seconds=0.05, max_batch_rows=8))
     sizes = [3, 3, 3, 1, 5, 2, 2, 4, 8, 9, 1, 7, 3]  # 8 and 9 run alone
     requests = [feeds_of(index * 100, size) for index, size in enumerate(sizes)]
 
@@ -179,7 +200,7 @@ async def test_no_batch_exceeds_the_maximum_rows() -> None:
 async def test_a_bad_request_fails_alone(inline_max_rows: int) -> None:
     session = RecordingSession()
     model = loaded(session)
-    batcher = Batcher(BatchingPolicy(max_delay_seconds=60.0), inline_max_rows)
+    batcher = Batcher(BatchingPolicy(max_delay_seconds=0.05), inline_max_rows)
     requests = [feeds_of(index * 10, 2, bad=index in (3, 6)) for index in range(8)]
 
     outcomes = await concurrently(batcher, model, requests)
@@ -198,7 +219,7 @@ async def test_a_bad_request_fails_alone(inline_max_rows: int) -> None:
 async def test_a_cancelled_caller_does_not_stop_its_batch() -> None:
     session = RecordingSession()
     model = loaded(session)
-    batcher = Batcher(BatchingPolicy(max_delay_seconds=60.0))
+    batcher = Batcher(BatchingPolicy(max_delay_seconds=0.05))
     requests = [feeds_of(index, 1) for index in range(4)]
     tasks = [asyncio.create_task(batcher.predict(model, feeds, 1)) for feeds in requests]
     await asyncio.sleep(0)  # all four joined the batch
@@ -213,7 +234,7 @@ async def test_a_cancelled_caller_does_not_stop_its_batch() -> None:
 async def test_requests_of_different_shapes_or_models_never_share_a_run() -> None:
     first, second = RecordingSession(), RecordingSession()
     model, other = loaded(first), loaded(second)
-    batcher = Batcher(BatchingPolicy(max_delay_seconds=60.0))
+    batcher = Batcher(BatchingPolicy(max_delay_seconds=0.05))
     as_float64 = {"x": feeds_of(50, 2)["x"].astype(np.float64), "idx": feeds_of(50, 2)["idx"]}
     calls: list[tuple[LoadedModel, dict[str, np.ndarray]]] = [
         (model, feeds_of(0, 2)),
@@ -265,7 +286,7 @@ def infer_request(feeds: Mapping[str, np.ndarray]) -> pb.ModelInferRequest:
     return request
 
 
-@pytest.mark.parametrize("policy", [BatchingPolicy(max_delay_seconds=60.0), BATCHING_OFF], ids=["on", "off"])
+@pytest.mark.parametrize("policy", [BatchingPolicy(max_delay_seconds=0.05), BATCHING_OFF], ids=["on", "off"])
 async def test_the_servicer_answers_and_counts_as_triton_does(policy: BatchingPolicy) -> None:
     """Through InferenceServicer.infer: every answer is its own; requests and rows count once each,
     and executions count session runs: fewer than requests when batched."""
