@@ -1,4 +1,5 @@
-"""`cascade monitor MODEL`: the monitor's latest drift report as a table per feature, and its history.
+"""`cascade monitor MODEL`: the monitor's latest drift report as a table per feature, and its history;
+and while a challenger is on live traffic (a rollout), how it compares with the champion.
 
 Registered in shared/cli/main.py; reads MonitorService over gRPC (imported only when the command
 runs, so `cascade --help` stays quick)."""
@@ -6,6 +7,7 @@ runs, so `cascade --help` stays quick)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from typing import TYPE_CHECKING, Annotated
 
@@ -13,13 +15,13 @@ import typer
 
 from cascade.cli.client import remote_service
 from cascade.cli.errors import failure_of
-from cascade.errors import CascadeError
+from cascade.errors import CascadeError, NotFound
 from cascade.stack import StackConfig
 
 if TYPE_CHECKING:
     from cascade.stubs.cascade.monitor.v1 import monitor_pb2
 
-__all__ = ["format_history", "format_report", "monitor"]
+__all__ = ["format_history", "format_live_comparison", "format_report", "monitor"]
 
 
 def monitor(
@@ -31,11 +33,14 @@ def monitor(
     history: Annotated[int, typer.Option(help="Also list this many past verdicts and drift events.")] = 5,
 ) -> None:
     """Show MODEL's latest drift report: per feature the test, statistic, threshold and verdict; the
-    prediction's drift, the champion's performance (measured, and estimated), and recent history."""
+    prediction's drift, the champion's performance (measured, and estimated), and recent history;
+    during a rollout, the challenger against the champion on live traffic and the monitor's verdict."""
     from cascade.client.calls import call
     from cascade.stubs.cascade.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 
     config: StackConfig = ctx.obj
+
+    live: list[monitor_pb2.LiveComparison] = []
 
     async def read() -> tuple[monitor_pb2.DriftReport, monitor_pb2.DriftHistory | None]:
         async with remote_service(config, "monitor", address) as service:
@@ -46,6 +51,15 @@ def monitor(
                 f"reading the drift report of {model}",
                 lambda: stub.GetDriftReport(request, timeout=10),
             )
+            compare = monitor_pb2.GetLiveComparisonRequest(model=model)
+            with contextlib.suppress(NotFound):  # no rollout on record: nothing to compare
+                live.append(
+                    await call(
+                        service,
+                        f"reading the live comparison of {model}",
+                        lambda: stub.GetLiveComparison(compare, timeout=10),
+                    )
+                )
             if history <= 0:
                 return report, None
             asked = monitor_pb2.GetDriftHistoryRequest(model=model, limit=history)
@@ -63,6 +77,8 @@ def monitor(
         typer.secho(f"Error: {failure}", err=True, fg=typer.colors.RED)
         raise typer.Exit(failure.exit_code) from None
     typer.echo(format_report(report))
+    for comparison in live:
+        typer.echo(format_live_comparison(comparison))
     if past is not None:
         typer.echo(format_history(past))
 
@@ -139,6 +155,37 @@ def _attribution_lines(report: monitor_pb2.DriftReport) -> list[str]:
     if report.attribution_note:
         lines.append(f"({report.attribution_note})")
     return lines
+
+
+def format_live_comparison(comparison: monitor_pb2.LiveComparison) -> str:
+    """The challenger against the champion on live traffic in the rollout's current step."""
+    since = comparison.step_started_at.ToDatetime()
+    error_rate = _number(100 * comparison.challenger_error_rate)
+    closeness = (
+        f"agreement {_number(comparison.agreement)}"
+        if not math.isnan(comparison.agreement)
+        else f"difference ratio {_number(comparison.difference_ratio)}"
+    )
+    lines = [
+        "",
+        f"live comparison: v{comparison.challenger_version} ({comparison.stage}, step {comparison.step + 1}, "
+        f"since {since:%Y-%m-%d %H:%M:%S}) against champion v{comparison.champion_version}",
+        f"  verdict: {comparison.verdict}: {comparison.detail}",
+        f"  challenger: {comparison.challenger_requests} requests, {comparison.challenger_failures} failed "
+        f"({error_rate}%), p99 {_number(comparison.challenger_p99_ms)} ms against the champion's "
+        f"{_number(comparison.champion_p99_ms)} ms",
+        f"  compared rows: {comparison.compared_rows}, {closeness}, "
+        f"prediction drift (PSI) {_number(comparison.prediction_drift)}",
+    ]
+    if comparison.champion_labelled_rows or comparison.challenger_labelled_rows:
+        lines.append(
+            f"  with labels: challenger {_number(comparison.challenger_metric)} on "
+            f"{comparison.challenger_labelled_rows} rows, champion {_number(comparison.champion_metric)} on "
+            f"{comparison.champion_labelled_rows}"
+        )
+    if comparison.shadow_dropped:
+        lines.append(f"  shadow scorings dropped under load: {comparison.shadow_dropped}")
+    return "\n".join(lines)
 
 
 def format_history(history: monitor_pb2.DriftHistory) -> str:
