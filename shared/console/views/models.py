@@ -21,7 +21,7 @@ from cascade.client.records import AliasMove, Approval, Model, ModelVersion
 from cascade.client.sdk import AsyncClient
 from cascade.console.connection import listing_with, run, show_error, signed_in_token
 from cascade.console.tables import NONE, markdown_literal
-from cascade.console.views import attribution
+from cascade.console.views import attribution, traffic
 from cascade.errors import CascadeError
 
 LATENCY_GATE = "latency_p99_ms"
@@ -56,6 +56,7 @@ def render() -> None:
         return
     _versions(model, versions)
     _approval(model)
+    traffic.render_model(model, versions, _forget_reads)
     attribution.render_version(versions, model.name)
     _compare(model, versions)
     _actions(model, versions)
