@@ -8,14 +8,26 @@ producers send: the challenger's requests and failures and each version's latenc
 ground truth (labels.v1) joined by request id to whatever each version answered or scored for that
 request (PredictionLogged, PredictionsCompared). On each `tick` it judges the step (`judge`):
 
-- any threshold breached, with enough evidence -> AbortRollout, the cause naming the threshold and
-  the measured value ("agreement 0.62 < 0.90 over 340 compared rows");
+- any threshold breached, with enough evidence and beyond what chance explains -> AbortRollout,
+  the cause naming the threshold and the measured value ("agreement 0.62 < 0.90 over 340 compared
+  rows at step 2 of 3 (canary 10%)");
 - every threshold holding, the step's min_requests and min_seconds met, and at least
-  min_compared_rows compared rows (a step is not passed unseen) -> AdvanceRollout(from_step);
-- else hold.
+  min_compared_rows compared rows (a step is not passed unseen) -> AdvanceRollout(from_step), the
+  reason giving the step's figures;
+- else hold, the detail saying what is still short.
 
-The rate and latency thresholds wait for min_compared_rows requests too: a 1-in-3 failure rate or a
-p99 of three requests says nothing. A threshold of 0 is not checked.
+Enough evidence: min_compared_rows compared rows for agreement, difference ratio and PSI, labelled
+rows of each version for the live metric, and requests of both versions for the error rate and p99
+(a 1-in-3 failure rate or the p99 of three requests says nothing). Beyond chance: a share (error
+rate, agreement) breaches only when its one-sided 99% Wilson bound is past the threshold, PSI only
+above the threshold plus the PSI two samples of that size reach by chance (99th percentile), an
+accuracy drop only above the threshold plus 2.33 standard errors of the difference. A figure past
+its threshold but within chance holds the step, which gathers evidence until it is clear either
+way. The difference ratio, R^2 and p99 have no such allowance. A threshold of 0 is not checked.
+
+Evidence of a step the monitor has not heard of yet (a newer traffic revision, another challenger
+or role: serving may follow a change first, even the monitor's own advance while its answer is on
+the way) makes it read the rollout from the registry before counting it.
 
 The step's identity (challenger, step, when it started) and its evidence are kept in the monitor
 store (`rollout_steps`), written on each tick that saw news, so a restart resumes the step instead
