@@ -7,6 +7,9 @@ and are published to it:
     stdin   promote <model> <version>
     stdout  READY                       once the gRPC server listens (the champion loads next)
     stdout  PROMOTED <model> <version>  once this worker has handled it
+    stdin   stats
+    stdout  STATS <scored> <dropped>    shadow scorings this worker reported (LiveTrafficReported,
+                                        published every 2 s) and dropped (its queue full)
 
 Tracing is set up as `run_main` sets it up for a real service (the exporters OTEL_TRACES_EXPORTER
 names; the benchmark writes OTLP-JSON to a file), so sampled spans cost what they cost in production.
@@ -28,9 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import prometheus_client
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 
-from cascade.events import ModelPromoted, Topics
+from cascade.events import LiveTrafficReported, ModelPromoted, Topics
 from cascade.logs import setup_logging
 from cascade.service import event_loop_factory
 from cascade.services.serving.app import build
@@ -43,17 +47,39 @@ def say(*words: object) -> None:
     print(*words, flush=True)
 
 
+SHADOW_SCORED = [0]  # shadow scorings in this worker's LiveTrafficReported events
+
+
+def count_shadow_scorings(broker: KafkaBroker, topics: Topics) -> None:
+    @broker.subscriber(topics.for_event(LiveTrafficReported), group_id="bench-live-traffic")
+    async def on_live_traffic(event: LiveTrafficReported) -> None:
+        SHADOW_SCORED[0] += sum(stats.requests for stats in event.versions if stats.role == "shadow")
+
+
 async def obey(broker: KafkaBroker, topics: Topics) -> None:
     reader = asyncio.StreamReader()
     loop = asyncio.get_running_loop()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while line := (await reader.readline()).decode():
+        if line.startswith("stats"):
+            say("STATS", SHADOW_SCORED[0], int(_counted("cascade_serving_shadow_dropped_total")))
+            continue
         _, model, version = line.split()
         event = ModelPromoted(
             source="bench", subject=model, model=model, model_version=int(version), actor="bench"
         )
         await broker.publish(event, topic=topics.for_event(ModelPromoted), key=model.encode())
         say("PROMOTED", model, version)
+
+
+def _counted(name: str) -> float:
+    """The sum of a counter's samples in this process (what /metrics would show)."""
+    return sum(
+        sample.value
+        for metric in prometheus_client.REGISTRY.collect()
+        for sample in metric.samples
+        if sample.name == name
+    )
 
 
 def security_settings(arguments: argparse.Namespace) -> dict[str, Any]:
@@ -103,6 +129,7 @@ async def main(arguments: argparse.Namespace) -> None:
     )
     service = build(settings)
     assert service.broker is not None
+    count_shadow_scorings(service.broker, Topics(settings.topic_prefix))
 
     async def announce() -> None:
         say("READY")

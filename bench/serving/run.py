@@ -65,6 +65,7 @@ METHOD = "/inference.GRPCInferenceService/ModelInfer"
 PORT = 19501  # the server under test; its REST port and MLServer's metrics port follow it
 HTTP_PORT = PORT + 1
 REGISTRY_PORT = 19510
+SHADOW_REGISTRY_PORT = 19512  # a registry whose model has a shadow at 100%
 TLS_REGISTRY_PORT = 19511  # the fake registry again, over TLS, for servers whose channels verify a CA
 # The interleaved batching comparison runs its servers side by side: the echo, then each Cascade.
 ECHO_PORT = PORT + 20
@@ -102,9 +103,20 @@ def train_models() -> Models:
 class Registry(registry_pb2_grpc.RegistryServiceServicer):
     """The registry's read side, in memory, over the real registry protocol."""
 
-    def __init__(self, artifacts: dict[int, bytes]) -> None:
+    def __init__(self, artifacts: dict[int, bytes], shadow: int = 0, shadow_percent: float = 0.0) -> None:
         self.artifacts = artifacts
         self.champion = 1
+        self.shadow = shadow  # a version scoring `shadow_percent` of the champion's requests beside it
+        self.shadow_percent = shadow_percent
+
+    async def GetTraffic(self, request: Any, context: Any) -> registry_pb2.Traffic:
+        return registry_pb2.Traffic(
+            model=MODEL,
+            champion_version=self.champion,
+            shadow_version=self.shadow,
+            shadow_percent=self.shadow_percent,
+            revision=self.champion,
+        )
 
     async def GetModelVersion(self, request: Any, context: Any) -> registry_pb2.ModelVersion:
         version = self.champion if request.WhichOneof("selector") == "alias" else request.version
@@ -231,6 +243,7 @@ def start_cascade(
     port: int = PORT,
     batching: bool | None = None,
     max_delay_us: int | None = None,
+    registry_port: int = REGISTRY_PORT,
 ) -> Server:
     flags = [] if interceptors else ["--without-shared-interceptors"]
     if batching is not None:
@@ -240,7 +253,7 @@ def start_cascade(
     if tls:
         flags += [f"--security-dir={SECURITY}", f"--registry=127.0.0.1:{TLS_REGISTRY_PORT}"]
     else:
-        flags.append(f"--registry=127.0.0.1:{REGISTRY_PORT}")
+        flags.append(f"--registry=127.0.0.1:{registry_port}")
     if auth:
         flags.append("--auth")
     processes = [
@@ -272,6 +285,8 @@ def start_cascade(
         name += " batching " + ("on" if batching else "off")
     if max_delay_us is not None:
         name += f" ({max_delay_us} us)"
+    if registry_port == SHADOW_REGISTRY_PORT:
+        name += " + shadow 100%"
     return Server(name + ("" if interceptors else " without shared interceptors"), processes)
 
 
@@ -722,13 +737,15 @@ def _median_point(runs: list[Run]) -> Point:
     )
 
 
-async def batching_comparison(args: argparse.Namespace, requests: dict[int, bytes]) -> list[str]:
-    """Cascade with adaptive batching off and on (one Cascade per max delay in --batching-delays),
-    against the 2-process echo, all running side by side and measured in turn, point by point, for
-    --rounds rounds; each point's figure is its median over the rounds, so load from elsewhere falls
-    on all alike."""
-    configurations: list[tuple[str, int, Callable[[int], Server]]] = []
-    responses: dict[int, bytes] = {}  # Cascade's answers, for the echo to send back
+Configuration = tuple[str, int, Callable[[int], Server]]  # key, gRPC port, start(port)
+
+
+def comparison_configurations(
+    args: argparse.Namespace, requests: dict[int, bytes], responses: dict[int, bytes]
+) -> list[Configuration]:
+    """Cascade with batching off ("cascade 0"), on per max delay ("cascade 1"...), off with a shadow
+    ("shadow"), then an echo per request size ("echo ROWS"), answering `responses` (filled later)."""
+    configurations: list[Configuration] = []
     cascades = [(False, None), *((True, delay) for delay in args.batching_delays)]
     for index, (batching, delay) in enumerate(cascades):
         configurations.append(
@@ -740,6 +757,20 @@ async def batching_comparison(args: argparse.Namespace, requests: dict[int, byte
                 ),
             )
         )
+    if not args.skip_shadow:  # the first Cascade again, its model with a shadow scoring every request
+        configurations.append(
+            (
+                "shadow",
+                BATCHING_PORTS + 10 * len(cascades),
+                lambda port: start_cascade(
+                    args.workers,
+                    args.sample_rate,
+                    port=port,
+                    batching=False,
+                    registry_port=SHADOW_REGISTRY_PORT,
+                ),
+            )
+        )
     for index, rows in enumerate(requests):
         configurations.append(
             (
@@ -748,17 +779,28 @@ async def batching_comparison(args: argparse.Namespace, requests: dict[int, byte
                 lambda port, rows=rows: start_echo(args.workers, responses[rows], port=port),
             )
         )
+    return configurations
+
+
+async def batching_comparison(args: argparse.Namespace, requests: dict[int, bytes]) -> list[str]:
+    """Cascade with adaptive batching off and on (one Cascade per max delay in --batching-delays),
+    and with a shadow, against the 2-process echo, all running side by side and measured in turn,
+    point by point, for --rounds rounds; each point's figure is its median over the rounds, so load
+    from elsewhere falls on all alike."""
+    responses: dict[int, bytes] = {}  # Cascade's answers, for the echo to send back
+    configurations = comparison_configurations(args, requests, responses)
     runs: dict[tuple[str, int, int], list[Run]] = {}
     names: dict[str, str] = {}
+    servers: dict[str, Server] = {}
     with contextlib.ExitStack() as stack:
         for key, port, start in configurations:
             if key.startswith("echo") and not responses:
                 for rows, request in requests.items():
                     _, _, _, sample = await closed_loop(BATCHING_PORTS, request, 1, 0.2, warmup=0)
                     responses[rows] = sample[0]
-            server = stack.enter_context(running(start(port)))
+            server = servers[key] = stack.enter_context(running(start(port)))
             names[key] = server.name
-            if key.startswith("cascade"):
+            if not key.startswith("echo"):
                 await wait_model_ready(port)
         for round_ in range(args.rounds):
             print(f"  batching comparison, round {round_ + 1} of {args.rounds}", flush=True)
@@ -774,7 +816,12 @@ async def batching_comparison(args: argparse.Namespace, requests: dict[int, byte
             for key, port, _ in configurations
             if key.startswith("cascade")
         }
-    summary = _batching_summary([_median_point(each) for each in runs.values()], names, requests)
+        await asyncio.sleep(2.5)  # the workers' last live-traffic reports (every 2 s)
+        scorings = shadow_scorings(servers["shadow"]) if "shadow" in servers else (0, 0)
+    points = [_median_point(each) for each in runs.values()]
+    summary = _batching_summary(points, names, requests)
+    if "shadow" in names:
+        summary += ["", *_shadow_summary(points, names, requests, scorings, runs)]
     return [
         *summary,
         "",
@@ -782,6 +829,58 @@ async def batching_comparison(args: argparse.Namespace, requests: dict[int, byte
         "execution_count, summed over the workers): "
         + "; ".join(f"{name}: {ratio:.2f}" for name, ratio in executions.items()),
     ]
+
+
+def shadow_scorings(server: Server) -> tuple[int, int]:
+    """Shadow scorings the server's workers reported, and those they dropped, their queue full
+    (cascade_worker's STATS)."""
+    scored = dropped = 0
+    for process in server.processes:
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write("stats\n")
+        process.stdin.flush()
+        while not (line := process.stdout.readline()).startswith("STATS"):
+            if not line:
+                raise RuntimeError("a worker exited before its stats")
+        _, worker_scored, worker_dropped = line.split()
+        scored, dropped = scored + int(worker_scored), dropped + int(worker_dropped)
+    return scored, dropped
+
+
+def _shadow_summary(
+    points: list[Point],
+    names: dict[str, str],
+    requests: dict[int, bytes],
+    scorings: tuple[int, int],
+    runs: dict[tuple[str, int, int], list[Run]],
+) -> list[str]:
+    """The champion's latency with a shadow scoring every request it answers, against the same
+    Cascade without one."""
+    by_key = {(point.server, point.rows, point.concurrency): point for point in points}
+    without, shadowed = names["cascade 0"], names["shadow"]
+    measured = sum(
+        len(run.latencies) for (key, _, _), each in runs.items() if key == "shadow" for run in each
+    )
+    scored, dropped = scorings
+    lines = [
+        f"Shadow cost: {shadowed} against {without} (same settings, no shadow); the shadow (another "
+        "forest) scores every request the champion answered, off the answer path. Its workers "
+        f"reported {scored} scorings and dropped {dropped} (queue full), for {measured} measured "
+        "requests (plus warm-ups).",
+        "",
+        "| rows | conc. | no shadow req/s (p50 / p99 ms) | shadow 100% req/s (p50 / p99 ms) | p99 ratio "
+        "| req/s ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for rows in requests:
+        for concurrency in (1, 16, 64):
+            base, point = by_key[without, rows, concurrency], by_key[shadowed, rows, concurrency]
+            lines.append(
+                f"| {rows} | {concurrency} | {base.rate:.0f} ({base.p50:.2f} / {base.p99:.2f}) | "
+                f"{point.rate:.0f} ({point.p50:.2f} / {point.p99:.2f}) | {point.p99 / base.p99:.2f}x | "
+                f"{point.rate / base.rate:.2f}x |"
+            )
+    return lines
 
 
 async def requests_per_execution(port: int) -> float:
@@ -831,6 +930,14 @@ def _batching_summary(points: list[Point], names: dict[str, str], requests: dict
     return lines
 
 
+async def serve_registry(registry: Registry, port: int) -> grpc.aio.Server:
+    server = grpc.aio.server()
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(registry, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    return server
+
+
 async def main(args: argparse.Namespace) -> None:
     models = train_models()
     requests = {rows: infer_request(models.rows[:rows]) for rows in (1, 64)}
@@ -838,10 +945,10 @@ async def main(args: argparse.Namespace) -> None:
     grpc_requests = {} if args.only_rest else requests
     concurrencies = [1, 16, 64]
     registry = Registry(models.onnx)
-    registry_server = grpc.aio.server()
-    registry_pb2_grpc.add_RegistryServiceServicer_to_server(registry, registry_server)
-    registry_server.add_insecure_port(f"127.0.0.1:{REGISTRY_PORT}")
-    await registry_server.start()
+    registry_server = await serve_registry(registry, REGISTRY_PORT)
+    shadow_registry = await serve_registry(
+        Registry(models.onnx, shadow=2, shadow_percent=100.0), SHADOW_REGISTRY_PORT
+    )
     runs: list[Run] = []
     responses: dict[int, bytes] = {}
     lines: list[str] = []
@@ -852,6 +959,7 @@ async def main(args: argparse.Namespace) -> None:
     if args.only_batching:
         batching = await batching_comparison(args, requests)
         await registry_server.stop(None)
+        await shadow_registry.stop(None)
         print("\nAdaptive batching, interleaved (median of rounds):\n" + "\n".join(batching))
         print("\n" + "\n".join(f"- {line}" for line in lines))
         return
@@ -897,6 +1005,7 @@ async def main(args: argparse.Namespace) -> None:
             runs += await measure_each(mlserver.name, rest_requests, concurrencies, args.seconds, rest=True)
             runs += await measure_each(mlserver.name, grpc_requests, concurrencies, args.seconds)
     await registry_server.stop(None)
+    await shadow_registry.stop(None)
     report(runs, lines, args)
     if batching:
         print("\nAdaptive batching, interleaved (median of rounds):\n" + "\n".join(batching))
@@ -936,6 +1045,7 @@ if __name__ == "__main__":
     )
     parser.add_argument("--skip-perf-analyzer", action="store_true")
     parser.add_argument("--skip-batching", action="store_true", help="skip the batching comparison")
+    parser.add_argument("--skip-shadow", action="store_true", help="no shadow in the batching comparison")
     parser.add_argument(
         "--only-batching", action="store_true", help="only the batching comparison (and raw onnxruntime)"
     )
