@@ -52,7 +52,7 @@ import sqlalchemy as sa
 from opentelemetry import propagate
 
 from cascade import database
-from cascade.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from cascade.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from cascade.events import Event
 from cascade.objectstore import ObjectStore
 from cascade.services.ingest import tables
@@ -734,7 +734,8 @@ class IngestStore:
         """Within `db`: create the dataset with `schema` if it is new, lock its row until the
         transaction ends (PostgreSQL; SQLite's writer holds the whole database from BEGIN) and
         return its head. A batch cleaned against another schema than the dataset's (another
-        replica made the dataset meanwhile) is refused, to be sent again."""
+        replica made the dataset meanwhile) is refused as unavailable: sent again (a client's
+        retry, Kafka's redelivery), it is cleaned against the dataset's schema."""
         d = tables.datasets
         db.execute(
             database.insert(db, d)
@@ -745,7 +746,7 @@ class IngestStore:
             sa.select(d.c.schema_json, d.c.head_version).where(d.c.name == dataset).with_for_update()
         ).one()
         if Schema.from_dict(json.loads(row.schema_json)) != Schema.from_dict(schema.to_dict()):
-            raise FailedPrecondition(
+            raise Unavailable(
                 f"dataset {dataset!r} got its schema from another upload meanwhile; send the batch again"
             )
         head: str | None = row.head_version

@@ -5,6 +5,7 @@ publish each event from one outbox."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import threading
@@ -18,9 +19,10 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from cascade.errors import AlreadyExists
-from cascade.events import DataArrived
+from cascade.errors import AlreadyExists, Unavailable
+from cascade.events import DataArrived, Event
 from cascade.services.ingest.cleaning import clean, infer_schema
+from cascade.services.ingest.core import IngestCore
 from cascade.services.ingest.schema import Feature, Schema
 from cascade.services.ingest.store import IngestStore, NewVersion
 from cascade.services.ingest.tables import metadata
@@ -240,3 +242,57 @@ def test_an_event_stored_twice_stays_one_row(tmp_path: Path, database_url: str, 
     assert len(store.pending_events()) == (0 if published else 1)
     assert store.event_pending(_event(NewVersion("d", version, None, 3, info.schema)).id) is not published
     store.close()
+
+
+def test_a_batch_cleaned_against_a_schema_another_replica_did_not_keep_is_sent_again(
+    tmp_path: Path, database_url: str
+) -> None:
+    replicas = [IngestStore(tmp_path, database_url), IngestStore(tmp_path, database_url)]
+    classes = infer_schema(_frame(0, 4), "target", 20)
+    regression = infer_schema(_frame(0, 4).assign(target=[0.5, 1.5, 2.5, 3.5]), "target", 20)
+    assert classes != regression
+    batch = clean(_frame(0, 4), classes)
+    replicas[0].append_batch("d", classes, "first", batch.rows, batch.report(), [], "test", batch.hashes)
+    # The other replica read no schema before the first batch committed, and inferred its own.
+    other = clean(_frame(4, 4).assign(target=[0.5, 1.5, 2.5, 3.5]), regression)
+    with pytest.raises(Unavailable, match="send the batch again"):
+        replicas[1].append_batch(
+            "d", regression, "second", other.rows, other.report(), [], "test", other.hashes
+        )
+    assert replicas[1].batch("d", "second") is None and len(replicas[1].versions("d")) == 1
+    for replica in replicas:
+        replica.close()
+
+
+async def test_two_replicas_publish_every_version_once_at_least(tmp_path: Path, database_url: str) -> None:
+    # One replica cannot reach Kafka: its events wait in the shared outbox, and the other's relay
+    # publishes them. Delivery is at least once; consumers know an event by its id.
+    published: list[Event] = []
+
+    async def unreachable(event: Event) -> None:
+        raise ConnectionError("this replica cannot reach the broker")
+
+    async def reachable(event: Event) -> None:
+        published.append(event)
+
+    cores = [
+        IngestCore(IngestStore(tmp_path, database_url), unreachable, event_wait_seconds=0.05),
+        IngestCore(IngestStore(tmp_path, database_url), reachable, event_wait_seconds=0.05),
+    ]
+    await cores[1].ingest("d", _frame(0, 5), "b0", "target", "test")  # the dataset and its schema
+    results = await asyncio.gather(
+        *(cores[n % 2].ingest("d", _frame(5 * n, 5), f"b{n}", "target", "test") for n in range(1, 9))
+    )
+    await cores[1].outbox.flush()
+    versions = [info.version for info in cores[0].store.versions("d")]
+    assert all(result.created for result in results) and len(versions) == 9
+    assert {event.id for event in published} == {event_id for event_id in _event_ids(cores[1].store)}
+    assert sorted({e.dataset_version for e in published if isinstance(e, DataArrived)}) == sorted(versions)
+    assert cores[0].store.pending_events() == []
+    for core in cores:
+        core.store.close()
+
+
+def _event_ids(store: IngestStore) -> list[str]:
+    with store.engine.connect() as connection:
+        return [row[0] for row in connection.exec_driver_sql("SELECT event_id FROM outbox")]
