@@ -32,6 +32,8 @@ class ServingProcess:
         self.logged: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.promoted: asyncio.Queue[str] = asyncio.Queue()
         self.load_failed: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.live: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.compared: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._reader = asyncio.create_task(self._read_stdout())
 
     @classmethod
@@ -80,6 +82,10 @@ class ServingProcess:
                 self.promoted.put_nowait(f"failed: {rest}")
             elif kind == "LOAD_FAILED":
                 self.load_failed.put_nowait(json.loads(rest))
+            elif kind == "LIVE":
+                self.live.put_nowait(json.loads(rest))
+            elif kind == "COMPARED":
+                self.compared.put_nowait(json.loads(rest))
         if not self.port.done():
             self.port.set_exception(RuntimeError("the serving process exited before it started"))
 
@@ -89,6 +95,14 @@ class ServingProcess:
         self.process.stdin.write(f"promote {model} {version}\n".encode())
         await self.process.stdin.drain()
         assert await asyncio.wait_for(self.promoted.get(), 30) == f"{model} {version}"
+
+    async def change_traffic(self, model: str, revision: int) -> str:
+        """Publish ModelTrafficChanged and wait until the service has handled it; what it said
+        (`<model> <revision>`, or `failed: ...` when the handler raised)."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"traffic {model} {revision}\n".encode())
+        await self.process.stdin.drain()
+        return await asyncio.wait_for(self.promoted.get(), 30)
 
     async def wait_until_ready(self, client: triton_aio.InferenceServerClient, version: str = "") -> None:
         for _ in range(600):  # polling a remote service: up to 30 s

@@ -14,8 +14,12 @@ One line per message:
     stdout  PORT <port> <http port>      the gRPC and REST ports, once the service has started
     stdout  LOGGED <json>                every PredictionLogged event the service publishes
     stdout  LOAD_FAILED <json>           every ModelLoadFailed event the service publishes
+    stdout  LIVE <json>                  every LiveTrafficReported event the service publishes
+    stdout  COMPARED <json>              every PredictionsCompared event the service publishes
     stdin   promote <model> <version>    publish ModelPromoted, as the validator would; then
     stdout  PROMOTED <model> <version>   once the service has handled it
+    stdin   traffic <model> <revision>   publish ModelTrafficChanged, as the registry would; then
+    stdout  PROMOTED <model> <revision>  once the service has handled it
 Closing stdin stops the service gracefully.
 """
 
@@ -27,7 +31,16 @@ import sys
 
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 
-from cascade.events import ModelLoadFailed, ModelPromoted, PredictionLogged, Topics
+from cascade.events import (
+    Event,
+    LiveTrafficReported,
+    ModelLoadFailed,
+    ModelPromoted,
+    ModelTrafficChanged,
+    PredictionLogged,
+    PredictionsCompared,
+    Topics,
+)
 from cascade.logs import setup_logging
 from cascade.service import event_loop_factory
 from cascade.services.serving.app import build_serving
@@ -49,13 +62,17 @@ async def stdin_lines() -> asyncio.StreamReader:
 async def obey(commands: asyncio.StreamReader, broker: KafkaBroker, topics: Topics) -> None:
     while line := (await commands.readline()).decode():
         verb, model, version = line.split()
-        assert verb == "promote", line
-        event = ModelPromoted(
+        assert verb in ("promote", "traffic"), line
+        event: Event = ModelPromoted(
             source="tests", subject=model, model=model, model_version=int(version), actor="tests"
         )
+        if verb == "traffic":  # the number is the split's revision; serving re-reads the split
+            event = ModelTrafficChanged(
+                source="tests", subject=model, model=model, revision=int(version), action="set", actor="tests"
+            )
         # The in-memory broker raises the handler's error here; a real one would redeliver.
         try:
-            await broker.publish(event, topic=topics.for_event(ModelPromoted), key=model.encode())
+            await broker.publish(event, topic=topics.for_event(type(event)), key=model.encode())
         except Exception as exc:
             say("PROMOTE_FAILED", model, version, type(exc).__name__)
         else:
@@ -94,6 +111,14 @@ async def main(
     @service.broker.subscriber(topics.for_event(ModelLoadFailed))
     async def on_load_failed(event: ModelLoadFailed) -> None:
         say("LOAD_FAILED", event.model_dump_json())
+
+    @service.broker.subscriber(topics.for_event(LiveTrafficReported))
+    async def on_live_traffic(event: LiveTrafficReported) -> None:
+        say("LIVE", event.model_dump_json())
+
+    @service.broker.subscriber(topics.for_event(PredictionsCompared))
+    async def on_compared(event: PredictionsCompared) -> None:
+        say("COMPARED", event.model_dump_json())
 
     async def announce_port() -> None:
         say("PORT", service.bound_port, rest.port)
