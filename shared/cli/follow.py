@@ -68,8 +68,9 @@ class Served:
 
 @dataclass(frozen=True)
 class Challenger:
-    """Passed validation under a manual promotion policy: challenger, awaiting the approval of
-    someone who manages the model (`cascade models approve`)."""
+    """Passed validation and became challenger: under the manual policy awaiting the approval of
+    someone who manages the model (`cascade models approve`), under the progressive one rolling out
+    on live traffic."""
 
     version: ModelVersion
 
@@ -278,12 +279,22 @@ async def follow_version(
                 if await _serving(client, model, number):
                     stage("serving", f"  serving v{number}")
                     return Served(version)
+            elif _rolling_out(version):
+                stage(
+                    "awaiting", f"  rolling out: v{number} is challenger on live traffic (progressive policy)"
+                )
+                return Challenger(version)
             elif "challenger" in version.aliases:
                 stage("awaiting", f"  awaiting approval: v{number} is challenger (manual promotion policy)")
                 return Challenger(version)
         deadline.check(waiting_for)
         await asyncio.sleep(_POLL_SECONDS)
         version = await client.registry.get_version(model, number)
+
+
+def _rolling_out(version: ModelVersion) -> bool:
+    """On live traffic beside the champion: a rollout (progressive policy) made it shadow or canary."""
+    return "challenger" in version.aliases and bool({"canary", "shadow"} & set(version.aliases))
 
 
 def validation_failure(version: ModelVersion) -> CascadeFailed:
@@ -410,6 +421,12 @@ def outcome_lines(model: str, outcome: Outcome, seconds: float) -> list[str]:
     """What a followed cascade came to, for a person."""
     if isinstance(outcome, Served):
         return [f"Served {model} v{outcome.version.version} after {seconds:.1f} s."]
+    if isinstance(outcome, Challenger) and _rolling_out(outcome.version):
+        number = outcome.version.version
+        return [
+            f"{model} v{number} passed validation and is rolling out on live traffic (progressive "
+            f"promotion policy); `cascade models traffic {model}` shows its step, the monitor promotes it."
+        ]
     if isinstance(outcome, Challenger):
         number = outcome.version.version
         return [

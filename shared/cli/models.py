@@ -261,6 +261,11 @@ def _why_no_champion(newest: ModelVersion | None) -> str:
         return f"No champion: v{newest.version} failed validation: {gates}"
     if newest.status is VersionStatus.pending:
         return f"No champion yet: v{newest.version} awaits the validator's verdict."
+    if "challenger" in newest.aliases and {"canary", "shadow"} & set(newest.aliases):
+        return (
+            f"No champion: v{newest.version} passed validation and is rolling out on live traffic "
+            f"(`cascade models traffic {newest.model}`)."
+        )
     if "challenger" in newest.aliases:
         return (
             f"No champion: v{newest.version} passed validation and is challenger, awaiting approval (manual "

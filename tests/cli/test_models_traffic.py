@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cascade.cli.errors import EXIT_DENIED, EXIT_NOT_FOUND, EXIT_USAGE
+from cascade.cli.follow import Challenger, outcome_lines
 from cascade.cli.main import app
 from cascade.client.calls import RemoteService
 from cascade.client.channels import ClientSecurity
@@ -25,6 +26,7 @@ from cascade.grpc_io import open_channel
 from cascade.security import Authenticator, PrincipalEntry, Principals, hash_token
 from tests.cli import test_models
 from tests.cli.test_models import Registry, _cascade, _registry
+from tests.records import model_version
 
 onnx_model = test_models.onnx_model  # the module's fixture: one small trained classifier
 
@@ -221,5 +223,16 @@ async def test_progressive_policy_and_the_sdk_follow_a_rollout(tmp_path: Path, o
 
         loop = asyncio.get_running_loop()
         await asyncio.to_thread(use_the_sdk)
+        await _passing(registry, onnx_model, 3)  # the plan's one canary step
+        shown = await _cascade(registry, "show", "bc")
+        assert "v3 passed validation and is rolling out on live traffic" in " ".join(shown.split())
         shown = await _cascade(registry, "traffic", "bc")
-        assert "champion:  v2" in shown and "promoted: it is the champion" in shown
+        assert "champion:  v2" in shown and "canary:    v3 answers 25%" in shown
+
+
+def test_following_a_version_that_rolls_out_says_so_and_not_awaiting_approval() -> None:
+    rolling = model_version(aliases=("canary", "challenger"))
+    [line] = outcome_lines("cancer", Challenger(rolling), 1.0)
+    assert "rolling out on live traffic" in line and "cascade models traffic cancer" in line
+    [line] = outcome_lines("cancer", Challenger(model_version(aliases=("challenger",))), 1.0)
+    assert "awaiting approval" in line
