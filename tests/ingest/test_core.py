@@ -1,3 +1,5 @@
+"""The ingest core over its store; the store-bound tests run on SQLite and PostgreSQL (conftest.py)."""
+
 import asyncio
 import json
 from pathlib import Path
@@ -23,13 +25,13 @@ def wine() -> pd.DataFrame:
     return load_wine(as_frame=True).frame.sample(frac=1.0, random_state=1).reset_index(drop=True)
 
 
-def _core(root: Path) -> tuple[IngestCore, list[DataArrived]]:
+def _core(root: Path, database_url: str = "") -> tuple[IngestCore, list[DataArrived]]:
     announced: list[DataArrived] = []
 
     async def emit(event: DataArrived) -> None:
         announced.append(event)
 
-    return IngestCore(IngestStore(root), emit), announced
+    return IngestCore(IngestStore(root, database_url), emit), announced
 
 
 async def _ingest(core: IngestCore, frame: pd.DataFrame) -> str | None:
@@ -38,8 +40,10 @@ async def _ingest(core: IngestCore, frame: pd.DataFrame) -> str | None:
     return result.dataset_version
 
 
-async def test_each_batch_makes_a_version_on_top_of_the_previous(tmp_path: Path, wine: pd.DataFrame) -> None:
-    core, announced = _core(tmp_path)
+async def test_each_batch_makes_a_version_on_top_of_the_previous(
+    tmp_path: Path, database_url: str, wine: pd.DataFrame
+) -> None:
+    core, announced = _core(tmp_path, database_url)
     first = await _ingest(core, wine.iloc[:100])
     second = await _ingest(core, wine.iloc[100:])
     assert first and second and first != second
@@ -53,9 +57,9 @@ async def test_each_batch_makes_a_version_on_top_of_the_previous(tmp_path: Path,
 
 
 async def test_redelivering_a_batch_changes_nothing_and_announces_once(
-    tmp_path: Path, wine: pd.DataFrame
+    tmp_path: Path, database_url: str, wine: pd.DataFrame
 ) -> None:
-    core, announced = _core(tmp_path)
+    core, announced = _core(tmp_path, database_url)
     version = await _ingest(core, wine.iloc[:100])
     again = await _ingest(core, wine.iloc[:100])
     assert again == version
@@ -77,8 +81,10 @@ async def test_versions_are_content_addressed(tmp_path: Path, wine: pd.DataFrame
     assert version == chain_version(None, segment_digest(one.store.load("wine", version)))
 
 
-async def test_rejected_rows_are_kept_with_their_reason(tmp_path: Path, wine: pd.DataFrame) -> None:
-    core, _ = _core(tmp_path)
+async def test_rejected_rows_are_kept_with_their_reason(
+    tmp_path: Path, database_url: str, wine: pd.DataFrame
+) -> None:
+    core, _ = _core(tmp_path, database_url)
     frame = wine.iloc[:20].astype(object)
     frame.iat[3, 0] = "n/a"
     result = await core.ingest("wine", frame, "b1", "target", "test")
@@ -89,9 +95,9 @@ async def test_rejected_rows_are_kept_with_their_reason(tmp_path: Path, wine: pd
 
 
 async def test_appending_writes_one_segment_and_never_rewrites_history(
-    tmp_path: Path, wine: pd.DataFrame
+    tmp_path: Path, database_url: str, wine: pd.DataFrame
 ) -> None:
-    core, _ = _core(tmp_path)
+    core, _ = _core(tmp_path, database_url)
     first = await _ingest(core, wine.iloc[:100])
     files_after_first = {p: p.stat().st_mtime_ns for p in core.store.segments_dir.iterdir()}
     # The second batch repeats 20 rows of the first: only its 58 new rows make the new segment.
@@ -108,8 +114,10 @@ async def test_appending_writes_one_segment_and_never_rewrites_history(
     assert core.store.load("wine", second).to_numpy().tolist() == wine.to_numpy(dtype="float64").tolist()
 
 
-async def test_slices_of_a_version_are_one_parquet_file(tmp_path: Path, wine: pd.DataFrame) -> None:
-    core, _ = _core(tmp_path)
+async def test_slices_of_a_version_are_one_parquet_file(
+    tmp_path: Path, database_url: str, wine: pd.DataFrame
+) -> None:
+    core, _ = _core(tmp_path, database_url)
     await _ingest(core, wine.iloc[:100])
     await _ingest(core, wine.iloc[100:150])
     head = await _ingest(core, wine.iloc[150:])
@@ -126,8 +134,8 @@ async def test_slices_of_a_version_are_one_parquet_file(tmp_path: Path, wine: pd
         assert pq.read_table(path).to_pandas().to_numpy().tolist() == rows.tolist(), arguments
 
 
-async def test_the_profile_merges_segments(tmp_path: Path, wine: pd.DataFrame) -> None:
-    core, _ = _core(tmp_path)
+async def test_the_profile_merges_segments(tmp_path: Path, database_url: str, wine: pd.DataFrame) -> None:
+    core, _ = _core(tmp_path, database_url)
     await _ingest(core, wine.iloc[:60])
     head = await _ingest(core, wine.iloc[60:])
     assert head
@@ -142,8 +150,10 @@ async def test_the_profile_merges_segments(tmp_path: Path, wine: pd.DataFrame) -
     assert sum(entry["histogram_counts"]) == len(wine) and len(entry["histogram_edges"]) == 11
 
 
-async def test_a_declared_schema_governs_cleaning_and_categories_are_profiled(tmp_path: Path) -> None:
-    core, announced = _core(tmp_path)
+async def test_a_declared_schema_governs_cleaning_and_categories_are_profiled(
+    tmp_path: Path, database_url: str
+) -> None:
+    core, announced = _core(tmp_path, database_url)
     schema = Schema(
         (Feature("x", "numeric", min=0, max=10), Feature("c", "categorical", categories=("a", "b"))),
         "y",
@@ -166,22 +176,26 @@ async def test_a_declared_schema_governs_cleaning_and_categories_are_profiled(tm
     assert announced[0].target == "y" and announced[0].rows == 3
 
 
-async def test_a_store_reopened_after_a_crash_is_consistent(tmp_path: Path, wine: pd.DataFrame) -> None:
-    core, _ = _core(tmp_path)
+async def test_a_store_reopened_after_a_crash_is_consistent(
+    tmp_path: Path, database_url: str, wine: pd.DataFrame
+) -> None:
+    core, _ = _core(tmp_path, database_url)
     head = await _ingest(core, wine.iloc[:100])
     # What a crash between writing a segment and committing its version leaves behind.
     (core.store.segments_dir / ".tmp-half").write_bytes(b"PAR1 half")
     (core.store.segments_dir / ("0" * 64 + ".parquet")).write_bytes(b"orphan")
     core.store.close()
-    reopened = IngestStore(tmp_path)
+    reopened = IngestStore(tmp_path, database_url)
     assert sorted(p.name for p in reopened.segments_dir.iterdir()) == [
         f"{s.segment}.parquet" for s in reopened.manifest("wine", head or "")
     ]
     assert reopened.head("wine") == head
 
 
-async def test_exports_are_a_bounded_cache_rebuilt_byte_for_byte(tmp_path: Path, wine: pd.DataFrame) -> None:
-    core, _ = _core(tmp_path)
+async def test_exports_are_a_bounded_cache_rebuilt_byte_for_byte(
+    tmp_path: Path, database_url: str, wine: pd.DataFrame
+) -> None:
+    core, _ = _core(tmp_path, database_url)
     head = await _ingest(core, wine)
     assert head
     path, digest = core.store.export("wine", head)
@@ -194,11 +208,11 @@ async def test_exports_are_a_bounded_cache_rebuilt_byte_for_byte(tmp_path: Path,
 
 
 async def test_a_version_stored_before_segments_is_read_and_appended_to(
-    tmp_path: Path, wine: pd.DataFrame
+    tmp_path: Path, database_url: str, wine: pd.DataFrame
 ) -> None:
     # The layout of older stores: one Parquet file per version with all its rows, no segments.
     old = wine.iloc[:100].astype("float64").reset_index(drop=True)
-    store = IngestStore(tmp_path)
+    store = IngestStore(tmp_path, database_url)
     old.to_parquet(store.versions_dir / "legacy.parquet", index=False)
     features = [c for c in wine.columns if c != "target"]
     with store.engine.begin() as db:
@@ -234,7 +248,7 @@ async def test_a_version_stored_before_segments_is_read_and_appended_to(
         )
     store.close()
 
-    core, _ = _core(tmp_path)
+    core, _ = _core(tmp_path, database_url)
     head = await _ingest(core, wine.iloc[90:])  # ten rows overlap the old version
     assert head
     info = core.store.version("wine", head)
@@ -245,7 +259,7 @@ async def test_a_version_stored_before_segments_is_read_and_appended_to(
 
 
 async def test_an_upload_while_kafka_hangs_answers_with_its_version_and_event_pending(
-    tmp_path: Path, wine: pd.DataFrame
+    tmp_path: Path, database_url: str, wine: pd.DataFrame
 ) -> None:
     kafka_back, delivered = asyncio.Event(), asyncio.Event()
     announced: list[Event] = []
@@ -255,7 +269,9 @@ async def test_an_upload_while_kafka_hangs_answers_with_its_version_and_event_pe
         announced.append(event)
         delivered.set()
 
-    core = IngestCore(IngestStore(tmp_path), emit, event_wait_seconds=0.05, outbox_interval_seconds=0.05)
+    core = IngestCore(
+        IngestStore(tmp_path, database_url), emit, event_wait_seconds=0.05, outbox_interval_seconds=0.05
+    )
     frame = wine.iloc[:50]
     async with asyncio.timeout(5):  # answered, not hung until the caller's deadline
         first = await core.ingest("wine", frame, "b1", "target", "test")
@@ -297,7 +313,7 @@ async def test_a_column_name_over_the_limit_is_invalid(tmp_path: Path) -> None:
 
 
 async def test_an_event_sent_after_an_outage_continues_the_uploads_trace(
-    tmp_path: Path, wine: pd.DataFrame
+    tmp_path: Path, database_url: str, wine: pd.DataFrame
 ) -> None:
     kafka_up = False
     sent_in: list[int] = []
@@ -307,7 +323,7 @@ async def test_an_event_sent_after_an_outage_continues_the_uploads_trace(
             raise ConnectionError("broker down")
         sent_in.append(trace.get_current_span().get_span_context().trace_id)
 
-    core = IngestCore(IngestStore(tmp_path), emit, event_wait_seconds=0.05)
+    core = IngestCore(IngestStore(tmp_path, database_url), emit, event_wait_seconds=0.05)
     upload = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
     token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(upload)))
     try:
@@ -320,9 +336,11 @@ async def test_an_event_sent_after_an_outage_continues_the_uploads_trace(
     assert sent_in == [0xABC] and core.store.pending_events() == []
 
 
-async def test_listing_versions_reads_each_as_reading_it_alone(tmp_path: Path, wine: pd.DataFrame) -> None:
+async def test_listing_versions_reads_each_as_reading_it_alone(
+    tmp_path: Path, database_url: str, wine: pd.DataFrame
+) -> None:
     # versions() builds every lineage in one pass; it must agree with version() one by one.
-    core, _ = _core(tmp_path)
+    core, _ = _core(tmp_path, database_url)
     made = [await _ingest(core, wine.iloc[start : start + 30]) for start in range(0, 150, 30)]
     listed = core.store.versions("wine")
     assert [info.version for info in listed] == made
@@ -331,9 +349,11 @@ async def test_listing_versions_reads_each_as_reading_it_alone(tmp_path: Path, w
     assert listed[-1].segments[:-1] == listed[-2].segments
 
 
-async def test_listing_versions_on_a_store_from_before_segments(tmp_path: Path, wine: pd.DataFrame) -> None:
-    await test_a_version_stored_before_segments_is_read_and_appended_to(tmp_path, wine)
-    store = IngestStore(tmp_path)
+async def test_listing_versions_on_a_store_from_before_segments(
+    tmp_path: Path, database_url: str, wine: pd.DataFrame
+) -> None:
+    await test_a_version_stored_before_segments_is_read_and_appended_to(tmp_path, database_url, wine)
+    store = IngestStore(tmp_path, database_url)
     names = [info.version for info in store.versions("wine")]
     assert names[0] == "legacy" and len(names) == 2
     assert store.versions("wine") == [store.version("wine", name) for name in names]
