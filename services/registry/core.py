@@ -99,6 +99,9 @@ class NewVersion:
 
 
 POLICIES = ("automatic", "manual", "progressive")
+# A traffic change's reason (a breach's cause, a person's why) goes into ModelTrafficChanged, which
+# is bounded (64 KiB): a reason is a sentence, not a report.
+MAX_TRAFFIC_REASON = 4096
 # The aliases a model's traffic split is made of, beside `champion`.
 TRAFFIC_ALIASES = ("canary", "shadow")
 TrafficAction = Literal["set", "rollout_started", "rollout_advanced", "promoted", "rolled_back"]
@@ -624,6 +627,7 @@ class RegistryCore:
     ) -> TrafficRecord:
         """A manual split: `canary` and `shadow` are (version, percent), (0, 0) for none. Refused
         while a rollout runs, which owns the split until it ends."""
+        _check_reason(reason)
         before = self.get_traffic(model)
         if before.rollout is not None and before.rollout.running:  # said first: it is what to fix
             self._no_running_rollout(None, model)
@@ -686,7 +690,7 @@ class RegistryCore:
                 shadow_percent=shadow,
                 action="set",
                 actor=actor,
-                reason=reason,
+                reason=reason[:MAX_TRAFFIC_REASON],  # the whole in the history; the event stays small
             ),
         )
 
@@ -748,7 +752,7 @@ class RegistryCore:
                 rollout_version=rollout.version if follows_rollout and rollout else None,
                 rollout_step=rollout.step if follows_rollout and rollout else None,
                 actor=actor,
-                reason=reason,
+                reason=reason[:MAX_TRAFFIC_REASON],  # the whole in the history; the event stays small
             ),
         )
 
@@ -780,6 +784,7 @@ class RegistryCore:
 
     async def start_rollout(self, model: str, version: int, actor: str, reason: str) -> TrafficRecord:
         """Roll `version` out through the model's plan from its first step; it becomes the challenger."""
+        _check_reason(reason)
         before = self.get_traffic(model)
         if version <= 0:
             raise InvalidArgument("give the version to roll out")
@@ -836,6 +841,7 @@ class RegistryCore:
         """Move the running rollout from `from_step` to its next step, or from its last step make
         the version champion (ModelPromoted, as any promotion) and clear canary and shadow.
         FailedPrecondition when it is not at `from_step`: someone else moved it first."""
+        _check_reason(reason)
         before = self.get_traffic(model)
         intended = before.rollout
         if intended is not None and intended.running and from_step == len(intended.plan.steps) - 1:
@@ -874,6 +880,7 @@ class RegistryCore:
         """Stop the running rollout: canary and shadow cleared at once, the cause recorded."""
         if not reason.strip():
             raise InvalidArgument("give the cause of the rollback; it goes into the history and the event")
+        _check_reason(reason)
         self.get_model(model)
         with self.store.transaction() as db:
             self.store.ensure_model(db, model)
@@ -986,6 +993,13 @@ def _closed(approval: ApprovalRecord) -> str:
     return f"{approval.status} by {approval.decided_by}" + (
         f" ({approval.reason})" if approval.reason else ""
     )
+
+
+def _check_reason(reason: str) -> None:
+    if len(reason) > MAX_TRAFFIC_REASON:
+        raise InvalidArgument(
+            f"the reason is longer than {MAX_TRAFFIC_REASON} characters; say it in a sentence"
+        )
 
 
 def _check_tags(tags: dict[str, str]) -> None:

@@ -201,6 +201,8 @@ async def test_a_bad_split_is_refused_with_the_right_status_and_moves_nothing(
             await alice.set_traffic("bc", canary_version=3, canary_percent=5)
         with pytest.raises(PermissionDenied, match="manage"):
             await bob.set_traffic("bc", canary_version=2, canary_percent=5)
+        with pytest.raises(InvalidArgument, match="longer than 4096"):  # the event stays small
+            await alice.set_traffic("bc", canary_version=2, canary_percent=5, reason="x" * 5000)
 
         assert len(registry.published) == before
         assert (await bob.get_traffic("bc")).revision == 0
