@@ -24,6 +24,7 @@ loop keeps serving.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import time
@@ -140,7 +141,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         and, while the model has a canary or a shadow, its live stats."""
         started = time.perf_counter_ns()
         try:
-            routed = self.repository.routed(request.model_name, request.model_version, routing_key(request))
+            routed = self.repository.routed(
+                request.model_name, request.model_version, functools.partial(routing_key, request)
+            )
         except BaseException as exc:
             _count_request(self._model_label(request.model_name), "", exc)
             raise

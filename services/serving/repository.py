@@ -31,7 +31,7 @@ from cascade.errors import (
     RemoteFailure,
     Unavailable,
 )
-from cascade.services.serving.traffic import Route, Routed, TrafficSplit
+from cascade.services.serving.traffic import Route, Routed, RoutingKey, TrafficSplit
 
 __all__ = [
     "OIP_DTYPES",
@@ -228,9 +228,9 @@ class ModelRepository:
     def versions(self, name: str) -> list[int]:
         return sorted(self._loaded.get(name, {}))
 
-    def routed(self, name: str, version: str = "", routing_key: str = "") -> Routed:
+    def routed(self, name: str, version: str = "", routing_key: RoutingKey = "") -> Routed:
         """Where a request goes: the version it names (bypassing the split), else the version the
-        model's route picks for its routing key."""
+        model's route picks for its routing key (a callable is only called when there is a canary)."""
         route = self._routes.get(name)
         if route is None or version:
             model = self.resolve(name, version)

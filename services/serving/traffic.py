@@ -17,19 +17,22 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import random
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 if TYPE_CHECKING:  # repository imports this module; LoadedModel is only a type here
     from cascade.services.serving.repository import LoadedModel
 
-__all__ = ["ROUTING_KEY", "Role", "Route", "Routed", "TrafficSplit", "share_of"]
+__all__ = ["ROUTING_KEY", "Role", "Route", "Routed", "RoutingKey", "TrafficSplit", "share_of"]
 
 # The request parameter (OIP `parameters`, gRPC and REST alike) that names what a request belongs
 # to (a user, a session) so that its requests stay on one side of the split.
 ROUTING_KEY = "routing_key"
 
 Role = Literal["champion", "canary"]
+# A request's routing key, or how to read it (only read when the route has a canary to split to).
+RoutingKey = str | Callable[[], str]
 
 _HASH_SPAN = float(1 << 64)
 
@@ -48,8 +51,7 @@ class TrafficSplit:
     revision: int = 0
 
 
-@dataclass(frozen=True)
-class Routed:
+class Routed(NamedTuple):  # a tuple: made on every request, and cheaper than a dataclass
     """Where one request went: the version that answers it, its side of the split, and the route it
     was picked from (None when the model has none). `explicit`: the request named its version,
     bypassing the split, so it counts in no live comparison."""
@@ -70,6 +72,11 @@ class Route:
     shadow: LoadedModel | None = None
     shadow_percent: float = 0.0
     revision: int = 0
+    # The answer of every request the champion takes, made once.
+    _to_champion: Routed = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_to_champion", Routed(self.champion, "champion", self))
 
     @property
     def has_challenger(self) -> bool:
@@ -78,14 +85,15 @@ class Route:
             self.shadow is not None and self.shadow_percent > 0
         )
 
-    def pick(self, routing_key: str) -> Routed:
+    def pick(self, routing_key: RoutingKey) -> Routed:
         """The version that answers a request with this routing key ("" for none: at random)."""
         canary = self.canary
         if canary is not None and self.canary_percent > 0:
-            share = share_of(self.champion.name, routing_key) if routing_key else random.random() * 100
+            key = routing_key() if callable(routing_key) else routing_key
+            share = share_of(self.champion.name, key) if key else random.random() * 100
             if share < self.canary_percent:
                 return Routed(canary, "canary", self)
-        return Routed(self.champion, "champion", self)
+        return self._to_champion
 
     def samples_shadow(self) -> bool:
         """Whether the shadow also scores one more request the champion answered (a random share)."""

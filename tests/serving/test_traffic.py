@@ -9,8 +9,11 @@ import math
 
 import numpy as np
 import pytest
+from faststream.kafka import KafkaBroker, TestKafkaBroker
 
 from cascade.errors import FailedPrecondition
+from cascade.events import ModelPromoted, ModelTrafficChanged, Topics
+from cascade.services.serving import kafka_api
 from cascade.services.serving.registry_client import RegistryModelSource
 from cascade.services.serving.repository import LoadFailure, ModelRepository
 from cascade.services.serving.traffic import Route, TrafficSplit, share_of
@@ -277,3 +280,33 @@ async def test_a_registry_without_splits_serves_the_champion_alone(registry: Run
         assert installed(repository).champion.version == 1 and not installed(repository).has_challenger
     finally:
         await source.close()
+
+
+def traffic_changed(revision: int) -> ModelTrafficChanged:
+    return ModelTrafficChanged(
+        source="tests", subject=MODEL, model=MODEL, revision=revision, action="set", actor="tests"
+    )
+
+
+async def test_traffic_events_make_the_replica_reread_and_install_the_split(
+    repository: ModelRepository, source: SplitSource
+) -> None:
+    topics = Topics("test-traffic")
+    broker = KafkaBroker()
+    kafka_api.register(broker, repository, topics, "replica-a")
+    changed = topics.for_event(ModelTrafficChanged)
+    async with TestKafkaBroker(broker) as test_broker:
+        split = source.set_split(canary_version=2, canary_percent=30)
+        await test_broker.publish(traffic_changed(split.revision), topic=changed)
+        assert installed(repository).canary_percent == 30
+        # A version that cannot load is reported, not redelivered: the old split keeps routing.
+        split = source.set_split(canary_version=NOT_ONNX, canary_percent=60)
+        await test_broker.publish(traffic_changed(split.revision), topic=changed)
+        assert installed(repository).canary_percent == 30
+        assert repository.failures[MODEL].version == NOT_ONNX
+        # A promotion ends the rollout: the champion and the split are both re-read.
+        source.set_split(champion_version=2, canary_version=0, canary_percent=0)
+        promoted = ModelPromoted(source="tests", subject=MODEL, model=MODEL, model_version=2, actor="tests")
+        await test_broker.publish(promoted, topic=topics.for_event(ModelPromoted))
+        route = installed(repository)
+        assert (route.champion.version, route.canary, route.revision) == (2, None, source.split.revision)
