@@ -178,9 +178,12 @@ class Comparisons:
         assert route is not None  # offer() queues routed answers only
         name = job.routed.model.name
         started = time.perf_counter()
+        timing: list[float] = []
         loop = asyncio.get_running_loop()
         try:
-            results = await loop.run_in_executor(self._executor, job.scorer.predict, dict(job.feeds))
+            results = await loop.run_in_executor(
+                self._executor, _timed, job.scorer.predict, dict(job.feeds), timing
+            )
             scored = _first_per_row(results[0], _rows(job.answer))
             if scored is None:
                 raise ValueError(
@@ -194,7 +197,7 @@ class Comparisons:
                 log.warning(
                     "model %s version %d failed to score live requests: %s", name, job.scorer.version, exc
                 )
-        seconds = time.perf_counter() - started
+        seconds = timing[0] if timing else time.perf_counter() - started
         if job.role == "shadow":
             self.stats.observe(name, route.revision, job.scorer.version, "shadow", seconds, scored is None)
         champion, challenger = (
@@ -282,3 +285,17 @@ def _first_per_row(array: Any, rows: int) -> np.ndarray[Any, np.dtype[np.float64
         return values.reshape(rows, -1)[:, 0].astype(np.float64)
     except (TypeError, ValueError):  # strings, say: nothing to compare as numbers
         return None
+
+
+def _timed(
+    predict: Callable[[Mapping[str, Array]], list[Array]], feeds: Mapping[str, Array], timing: list[float]
+) -> list[Array]:
+    """`predict(feeds)` in the worker thread, its own seconds appended to `timing`: what the shadow
+    costs, measured as the champion's answer is. The wall time around the executor also holds the
+    wait for a busy event loop to resume the scoring coroutine: under load on the real stack a good
+    shadow's p99 came out at 25.6 ms against its champion's 4.8 ms, and was rolled back for it."""
+    started = time.perf_counter()
+    try:
+        return predict(feeds)
+    finally:
+        timing.append(time.perf_counter() - started)
