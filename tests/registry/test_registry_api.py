@@ -17,6 +17,7 @@ from cascade.events import (
     GateResult,
     ModelAliasChanged,
     ModelPromoted,
+    ModelTrafficChanged,
     ModelValidated,
     ModelVersionCreated,
     ModelVersionStatusChanged,
@@ -366,8 +367,12 @@ async def test_every_change_is_announced_once_in_order(
         ModelAliasChanged,
         ModelPromoted,
         ModelAliasChanged,
+        ModelTrafficChanged,  # `canary` is part of the model's traffic: serving re-reads it
         ModelAliasChanged,
+        ModelTrafficChanged,
     ]
+    revisions = [e.revision for e in registry.published if isinstance(e, ModelTrafficChanged)]
+    assert revisions == [1, 2]
     first = registry.published[0]
     assert isinstance(first, ModelVersionCreated)
     assert (first.model_version, first.artifact_sha256, first.training_run) == (
