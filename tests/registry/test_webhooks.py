@@ -115,7 +115,7 @@ async def test_a_failing_receiver_is_retried_with_backoff_then_given_up(
     published: list[Event] = []
     core = _core(tmp_path, _collecting(published), [receiver.url])
     _add_versions(core, 1)
-    await core.set_alias("bc", "canary", 1, "bob", "")
+    await core.set_alias("bc", "staging", 1, "bob", "")
     assert len(published) == 1  # Kafka got it although the webhook is down
 
     await core.deliver_webhooks(max_attempts=3)
@@ -136,7 +136,7 @@ async def test_without_webhooks_nothing_is_queued_for_them(tmp_path: Path) -> No
     published: list[Event] = []
     core = _core(tmp_path, _collecting(published), [])
     _add_versions(core, 1)
-    await core.set_alias("bc", "canary", 1, "bob", "")
+    await core.set_alias("bc", "staging", 1, "bob", "")
     assert len(published) == 1 and core.store.webhook_states() == {}
 
 
