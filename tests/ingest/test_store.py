@@ -87,6 +87,17 @@ def test_the_migrations_build_exactly_the_declared_schema(tmp_path: Path, databa
     store.close()
 
 
+def test_two_replicas_starting_at_once_migrate_once(tmp_path: Path, database_url: str) -> None:
+    opened: list[IngestStore] = []
+    _race(3, lambda _worker: opened.append(IngestStore(tmp_path, database_url)))
+    with opened[0].engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() == [
+            "0001"
+        ]
+    for store in opened:
+        store.close()
+
+
 # The sqlite3 store's own schema, as it created it before migrations, in its oldest form (an outbox
 # without trace_carrier, no lookup indexes).
 _BEFORE_MIGRATIONS = """
