@@ -8,6 +8,8 @@ with the right status and moves nothing."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -480,3 +482,41 @@ async def test_canary_and_shadow_moved_as_plain_aliases_bump_the_split_and_wait_
             None,
             "enough",
         )
+
+
+async def test_two_replicas_advancing_the_same_step_at_once_move_it_once(
+    registry: Registry, trained_breast_cancer: TrainingResult, database_url: str, tmp_path: Path
+) -> None:
+    """Two registries on one database (each its own store and core, in its own thread, as two
+    replicas would be): of two advances from step 0 at the same moment, one moves the rollout and
+    the other is told someone else did; the step is not skipped."""
+    onnx_bytes = trained_breast_cancer.onnx_bytes
+    async with registry.connect("alice") as alice:
+        await _progressive_model(registry, alice, onnx_bytes)
+        await registry.version(alice, onnx_bytes)
+    replicas = [
+        RegistryCore(RegistryStore(database_url), LocalArtifactStore(tmp_path / "a"), _dropped, "automatic")
+        for _ in range(2)
+    ]
+    start = threading.Barrier(2)
+
+    def advance(core: RegistryCore) -> str:
+        start.wait()
+        try:
+            asyncio.run(core.advance_rollout("bc", 2, 0, "monitor", "held"))
+        except FailedPrecondition as refused:
+            return str(refused)
+        return "moved"
+
+    outcomes = await asyncio.gather(*(asyncio.to_thread(advance, core) for core in replicas))
+
+    assert sorted(outcomes) == ["moved", "the rollout of bc v2 is at step 1, not 0"]
+    traffic = registry.core.get_traffic("bc")
+    assert traffic.rollout is not None and traffic.rollout.step == 1
+    assert (traffic.canary_version, traffic.canary_percent) == (2, 10.0)
+    for core in replicas:
+        core.store.close()
+
+
+async def _dropped(event: Event) -> None:
+    """A replica's publisher in a test that reads the outcome from the database."""
