@@ -10,6 +10,7 @@ import asyncio
 import io
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -23,6 +24,8 @@ from cascade.services.monitor.core import Matrix
 from cascade.services.monitor.rollout import ACTOR, Rollout, Step, Thresholds
 
 __all__ = ["GrpcLoopClients", "first_output_per_row", "rollout_of"]
+
+_EPOCH = datetime.fromtimestamp(0, UTC)
 
 
 class GrpcLoopClients:
@@ -131,12 +134,30 @@ def first_output_per_row(artifact: bytes, rows: Matrix) -> Matrix:
 
 
 def rollout_of(traffic: Traffic) -> Rollout | None:
-    """The policy's view of the model's latest rollout, None before its first."""
+    """The policy's view of the model's traffic: its running rollout; else a split set by hand as a
+    "manual" one (compared, never decided); else its latest, ended rollout; None before any."""
     rollout = traffic.rollout
+    running = rollout is not None and rollout.state == "running"
+    challenger = traffic.canary_version or traffic.shadow_version
+    if not running and challenger:
+        stage: Literal["shadow", "canary"] = "canary" if traffic.canary_version else "shadow"
+        percent = traffic.canary_percent if traffic.canary_version else traffic.shadow_percent
+        return Rollout(
+            model=traffic.model,
+            champion_version=traffic.champion_version,
+            challenger_version=challenger,
+            state="manual",
+            step=0,
+            step_started_at=traffic.updated_at or _EPOCH,
+            steps=(Step(stage, percent, 0, 0.0),),
+            thresholds=Thresholds(),
+            revision=traffic.revision,
+            cause=traffic.reason,
+        )
     if rollout is None:
         return None
     plan = rollout.plan
-    started = rollout.step_started_at or rollout.started_at or datetime.fromtimestamp(0, UTC)
+    started = rollout.step_started_at or rollout.started_at or _EPOCH
     limits = plan.thresholds
     return Rollout(
         model=traffic.model,

@@ -84,7 +84,10 @@ log = logging.getLogger(__name__)
 
 ACTOR = "cascade/monitor"
 Stage = Literal["shadow", "canary"]
-RolloutState = Literal["running", "promoted", "rolled_back"]
+# "manual": no rollout runs, but a split set by hand (SetTraffic) puts a challenger on live traffic:
+# its evidence is gathered and shown, and nothing is decided.
+RolloutState = Literal["running", "manual", "promoted", "rolled_back"]
+_LIVE = ("running", "manual")  # states whose challenger is on live traffic
 Verdict = Literal["holding", "advancing", "promoted", "rolled_back"]
 TaskOf = Callable[[str, int], Awaitable[str]]
 Vector = NDArray[np.float64]
@@ -547,16 +550,18 @@ class RolloutPolicy:
         self._refreshed[model] = self.clock()
         if rollout is not None:
             self._follow(rollout)
+        elif model in self._models and self._models[model].rollout.state == "manual":
+            del self._models[model]  # the split set by hand was taken off: nothing on live traffic
 
     def _follow(self, rollout: Rollout) -> None:
         tracked = self._models.get(rollout.model)
         if tracked is not None and tracked.rollout.same_step(rollout):
-            ended = tracked.rollout.state == "running" and rollout.state != "running"
+            ended = tracked.rollout.state in _LIVE and rollout.state not in _LIVE
             tracked.rollout = rollout
             if ended:
                 self._ended(tracked)
             return
-        if tracked is not None and tracked.rollout.state == "running":
+        if tracked is not None and tracked.rollout.state in _LIVE:
             log.info(
                 "%s: v%d step %d is over (now v%d step %d, %s)",
                 rollout.model,
@@ -568,7 +573,9 @@ class RolloutPolicy:
             )
         tracked = _Tracked(rollout, Evidence(), updated_at=self.clock())
         self._models[rollout.model] = tracked
-        if rollout.state != "running":
+        if rollout.state == "manual":
+            tracked.detail = "a split set by hand: the monitor compares, a person decides"
+        elif rollout.state != "running":
             self._ended(tracked)
         else:
             tracked.detail = f"step {rollout.step + 1} of {len(rollout.steps)} started"
@@ -606,7 +613,7 @@ class RolloutPolicy:
             if last is None or (self.clock() - last).total_seconds() >= self.refresh_spacing_seconds:
                 await self._refresh_quietly(model)
         tracked = self._models.get(model)
-        return tracked if tracked is not None and tracked.rollout.state == "running" else None
+        return tracked if tracked is not None and tracked.rollout.state in _LIVE else None
 
     # -- evidence ------------------------------------------------------------------------------
     async def on_live_traffic(self, event: LiveTrafficReported) -> None:
@@ -697,7 +704,7 @@ class RolloutPolicy:
         """Join ground truth to each version's answer to the request: what the answering version
         said (PredictionLogged) and, for compared rows, what both said."""
         tracked = self._models.get(model)
-        if tracked is None or tracked.rollout.state != "running":
+        if tracked is None or tracked.rollout.state not in _LIVE:
             return
         evidence = tracked.evidence
         answers = evidence.answered.pop(request_id, None)

@@ -6,6 +6,7 @@ someone else meanwhile is read again rather than moved twice."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -215,3 +216,29 @@ async def test_evidence_of_a_step_not_heard_of_yet_reads_the_rollout_and_counts(
     comparison = policy.comparison(MODEL)
     assert (comparison.rollout.step, comparison.rollout.current.stage) == (1, "canary")
     assert (comparison.figures.challenger_requests, comparison.figures.compared_rows) == (20, 2)
+
+
+async def test_a_split_set_by_hand_is_compared_and_never_decided(store: MonitorStore) -> None:
+    clock = Clock()
+    registry = FakeRegistry(clock)
+    manual = replace(registry.start(), state="manual", steps=(Step("canary", 20.0, 0, 0.0),))
+    registry.rollouts[MODEL] = manual
+    policy = RolloutPolicy(store, registry, classification, clock=clock)
+    await policy.refresh(MODEL)
+    champion = [float(i % 2) for i in range(200)]
+    await policy.on_live_traffic(live_traffic(manual, clock(), [3.0] * 200, [3.0] * 200, 50))
+    await policy.on_compared(compared(manual, clock(), [f"r{i}" for i in range(200)], champion, [1.0] * 200))
+    clock.advance(60)
+
+    await policy.tick()
+
+    assert registry.calls == []  # far past every threshold, and still nobody is called
+    comparison = policy.comparison(MODEL)
+    assert (comparison.figures.challenger_failures, comparison.figures.agreement) == (50, 0.5)
+    assert comparison.verdict == "holding"
+    assert comparison.detail == "a split set by hand: the monitor compares, a person decides"
+
+    del registry.rollouts[MODEL]  # the split is taken off
+    await policy.refresh(MODEL)
+    with pytest.raises(NotFound):
+        policy.comparison(MODEL)
