@@ -589,8 +589,8 @@ class RegistryCore:
     def get_traffic(self, model: str, db: sa.Connection | None = None) -> TrafficRecord:
         """The model's split and latest rollout; NotFound for an unknown model."""
         check_name("model", model)
-        if db is None:
-            self.get_model(model)
+        if db is None and not self.store.model_exists(model):  # one query: serving reads this often
+            raise NotFound(f"model {model!r} is not registered")
         targets = self._aliases(model, db)
         row = self.store.traffic_row(model, db)
         canary, shadow = targets.get("canary"), targets.get("shadow")
