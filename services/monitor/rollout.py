@@ -160,7 +160,8 @@ class RolloutControl(Protocol):
     """The registry's side of rollouts (its client, in the service)."""
 
     async def rollout(self, model: str) -> Rollout | None:
-        """The model's latest rollout (running or ended), None if it never had one."""
+        """The model's running rollout, else a split set by hand ("manual"), else its latest ended
+        rollout; None if it has none of them."""
         ...
 
     async def advance(self, model: str, version: int, from_step: int, reason: str) -> Rollout | None: ...
@@ -182,10 +183,13 @@ class Evidence:
     agreeing_rows: int = 0
     champion_outputs: list[float] = field(default_factory=list)  # the latest KEPT_ROWS compared rows
     challenger_outputs: list[float] = field(default_factory=list)
-    # request id -> {"champion": outputs, "challenger": outputs}: what each version gave, awaiting labels
+    # request id -> what each version gave for it, awaiting its labels: "champion" or "challenger"
+    # (the version that answered, PredictionLogged), "compared_champion" and "compared_challenger"
+    # (rows both scored, PredictionsCompared)
     answered: OrderedDict[str, dict[str, list[float]]] = field(default_factory=OrderedDict)
     # per version role, [prediction, truth] of labelled rows
     labelled: dict[str, list[list[float]]] = field(default_factory=lambda: {"champion": [], "challenger": []})
+    # ids of the counted events (live traffic, comparisons), to count a redelivered one once
     seen_events: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
     def first_time(self, event_id: str) -> bool:
@@ -489,7 +493,7 @@ class _Tracked:
     verdict: Verdict = "holding"
     detail: str = ""
     updated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    dirty: bool = True
+    dirty: bool = True  # changed since last saved
     task: str = ""  # "classification" or "regression", once known
 
 
@@ -691,8 +695,10 @@ class RolloutPolicy:
             role = "champion"
         else:
             return
-        if event.time < rollout.step_started_at or not tracked.evidence.first_time(event.id):
+        if event.time < rollout.step_started_at:
             return
+        # Not deduplicated by id (logs are many, the remembered ids few): a redelivered log doubles
+        # its request's rows, whose labels then do not line up and are skipped.
         per_row = np.asarray(event.outputs, dtype=np.float64).ravel()
         if not len(per_row) or len(per_row) % len(event.inputs):
             return
