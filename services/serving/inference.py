@@ -37,7 +37,7 @@ from cascade.errors import CascadeError, InvalidArgument, NotFound, grpc_errors
 from cascade.grpc_io import ServicerContext
 from cascade.services.serving.batching import BATCHING_OFF, Batcher, BatchingPolicy
 from cascade.services.serving.comparisons import Comparisons
-from cascade.services.serving.live_stats import LiveStats
+from cascade.services.serving.live_stats import LiveStats, fails_the_version
 from cascade.services.serving.prediction_log import PredictionLog
 from cascade.services.serving.repository import Array, LoadedModel, ModelRepository, TensorSpec, oip_datatype
 from cascade.services.serving.statistics import InferenceStatistics, VersionStatistics
@@ -152,19 +152,29 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response = await self._infer(model, request, started, routed)
         except BaseException as exc:
             self.statistics.failure(model.name, model.version, started)
-            self._observe(routed, started, failed=True)
+            self._observe(routed, started, exc, request)
             _count_request(model.name, _version_label(model), exc)
             raise
-        self._observe(routed, started, failed=False)
+        self._observe(routed, started, None, request)
         _count_request(model.name, response.model_version, None)
         return response
 
-    def _observe(self, routed: Routed, started_ns: int, failed: bool) -> None:
+    def _observe(
+        self, routed: Routed, started_ns: int, error: BaseException | None, request: pb.ModelInferRequest
+    ) -> None:
         route = routed.route
         if self.live_stats is None or route is None or routed.explicit or not route.has_challenger:
             return
+        if error is not None and not fails_the_version(error):
+            # Refused before the model ran: the request's fault (no evidence either way), unless
+            # a canary refused what its champion takes (another input shape, say).
+            if routed.role != "canary" or not isinstance(error, InvalidArgument):
+                return
+            if not _takes(route.champion, request):
+                return
         seconds = (time.perf_counter_ns() - started_ns) / 1e9
         model = routed.model
+        failed = error is not None
         self.live_stats.observe(model.name, route.revision, model.version, routed.role, seconds, failed)
 
     # -- gRPC ----------------------------------------------------------------------------------------
@@ -289,6 +299,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryIndexRequest, context: ServicerContext
     ) -> pb.RepositoryIndexResponse:
         return self.repository_index(request.repository_name, request.ready)
+
+
+def _takes(model: LoadedModel, request: pb.ModelInferRequest) -> bool:
+    """Whether `model` would accept the request's inputs and outputs (on a failure path only)."""
+    try:
+        decode_inputs(request, model)
+        requested_outputs(request, model.outputs)
+    except InvalidArgument:
+        return False
+    return True
 
 
 def routing_key(request: pb.ModelInferRequest) -> str:

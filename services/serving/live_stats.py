@@ -21,9 +21,11 @@ from typing import Literal
 
 from prometheus_client import Counter
 
+from cascade.errors import InvalidArgument, NotFound
 from cascade.events import LATENCY_BOUNDS_MS, LiveTrafficReported, VersionLiveStats
+from cascade.services.serving.repository import ModelRejectedInput
 
-__all__ = ["LiveRole", "LiveStats", "LiveStatsReporter"]
+__all__ = ["LiveRole", "LiveStats", "LiveStatsReporter", "fails_the_version"]
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,17 @@ class LiveStats:
             )
             for (model, revision), versions in sorted(grouped.items())
         ]
+
+
+def fails_the_version(error: BaseException) -> bool:
+    """Whether a failed request counts as its version's failure. A malformed request (refused
+    before the model ran: a bad shape, an unknown output) or one its caller cancelled says nothing
+    about the version, and would fail on any version alike; the model refusing the input does."""
+    if isinstance(error, asyncio.CancelledError):
+        return False
+    if isinstance(error, InvalidArgument | NotFound):
+        return isinstance(error, ModelRejectedInput)
+    return True
 
 
 Publish = Callable[[LiveTrafficReported], Awaitable[None]]

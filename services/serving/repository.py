@@ -39,6 +39,7 @@ __all__ = [
     "LoadFailure",
     "LoadedModel",
     "ModelRef",
+    "ModelRejectedInput",
     "ModelRepository",
     "ModelSource",
     "TensorSpec",
@@ -113,6 +114,11 @@ class TensorSpec:
     dtype: np.dtype[Any]
 
 
+class ModelRejectedInput(InvalidArgument):
+    """A request that passed serving's checks, refused by the model's session itself: a version
+    that cannot take what its champion takes fails such requests, so they count against it."""
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """One version of one model, ready to answer. Never mutated, so it can be swapped atomically."""
@@ -130,7 +136,7 @@ class LoadedModel:
         try:
             results: list[Array] = self.session.run(None, dict(feeds))
         except OrtInvalidArgument as exc:
-            raise InvalidArgument(
+            raise ModelRejectedInput(
                 f"model {self.name} version {self.version} rejected the input: {exc}"
             ) from exc
         return results

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from cascade.errors import InvalidArgument, NotFound, Unavailable
 from cascade.events import LATENCY_BOUNDS_MS, LiveTrafficReported, PredictionsCompared
 from cascade.services.serving.comparisons import MAX_ROWS_PER_EVENT, Comparisons
-from cascade.services.serving.live_stats import LiveStats, LiveStatsReporter
-from cascade.services.serving.repository import LoadedModel, ModelRepository
+from cascade.services.serving.live_stats import LiveStats, LiveStatsReporter, fails_the_version
+from cascade.services.serving.repository import LoadedModel, ModelRejectedInput, ModelRepository
 from cascade.services.serving.traffic import Role, Route, Routed
 
 from .support import MODEL, Dataset, TrainedModel
@@ -247,3 +248,16 @@ async def test_the_reporter_publishes_every_interval_then_flushes_the_comparison
     (event,) = published.live
     assert event.versions[0].requests == 1 and event.interval_seconds > 0
     assert flushes[0] == 1  # after the stats of the same interval
+
+
+async def test_only_failures_a_version_causes_count_against_it(
+    loaded: dict[int, LoadedModel], dataset: Dataset
+) -> None:
+    with pytest.raises(ModelRejectedInput) as rejected:  # the 29-feature model, given 30 features
+        loaded[NARROW].predict({"input": dataset.rows[:2]})
+    assert fails_the_version(rejected.value)
+    assert fails_the_version(RuntimeError("the session crashed"))
+    assert fails_the_version(Unavailable("out of threads"))
+    assert not fails_the_version(InvalidArgument("input 'input' has shape [2, 7]"))  # malformed
+    assert not fails_the_version(NotFound("no output 'x'"))
+    assert not fails_the_version(asyncio.CancelledError())  # the caller went away

@@ -15,13 +15,14 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as triton
 from tritonclient.grpc import aio as triton_aio
 
 from cascade.services.serving.traffic import share_of
 
 from .harness import ServingProcess, assert_answers, raw_input
 from .support import MODEL, Dataset, RunningRegistry, TrainedModel
-from .traffic_support import TrafficRegistry, running_traffic_registry
+from .traffic_support import TrafficRegistry, narrow_model, running_traffic_registry
 
 # Reports every 0.2 s, so a test sees them at once.
 ENV = {"CASCADE_SERVING_LIVE_STATS_INTERVAL_SECONDS": "0.2"}
@@ -31,6 +32,11 @@ ENV = {"CASCADE_SERVING_LIVE_STATS_INTERVAL_SECONDS": "0.2"}
 async def registry(models: dict[int, TrainedModel], dataset: Dataset) -> AsyncIterator[RunningRegistry]:
     async with running_traffic_registry(models, dataset) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def narrow(dataset: Dataset) -> bytes:
+    return narrow_model(dataset)
 
 
 def fake(registry: RunningRegistry) -> TrafficRegistry:
@@ -59,26 +65,32 @@ async def set_split(process: ServingProcess, registry: RunningRegistry, **split:
 
 
 async def live_counts(
-    process: ServingProcess, revision: int, requests: int, seconds: float = 20
+    process: ServingProcess, revision: int, requests: int, seconds: float = 20, settle: float = 0.0
 ) -> tuple[dict[tuple[int, str], tuple[int, int]], list[dict[str, Any]]]:
     """(requests, failures) per (version, role) summed over the LiveTrafficReported events of
-    `revision` until they add up to `requests`, and those events."""
+    `revision` until they add up to `requests` (and whatever else comes within `settle` seconds
+    after), and those events."""
     counts: dict[tuple[int, str], tuple[int, int]] = {}
     events: list[dict[str, Any]] = []
 
+    def add(event: dict[str, Any]) -> None:
+        if event["traffic_revision"] != revision:
+            return
+        events.append(event)
+        for version in event["versions"]:
+            assert sum(version["latency_buckets"]) == version["requests"]
+            key = (version["version"], version["role"])
+            before = counts.get(key, (0, 0))
+            counts[key] = (before[0] + version["requests"], before[1] + version["failures"])
+
     async def collect() -> None:
         while sum(n for n, _ in counts.values()) < requests:
-            event = await process.live.get()
-            if event["traffic_revision"] != revision:
-                continue
-            events.append(event)
-            for version in event["versions"]:
-                assert sum(version["latency_buckets"]) == version["requests"]
-                key = (version["version"], version["role"])
-                before = counts.get(key, (0, 0))
-                counts[key] = (before[0] + version["requests"], before[1] + version["failures"])
+            add(await process.live.get())
 
     await asyncio.wait_for(collect(), seconds)
+    await asyncio.sleep(settle)
+    while not process.live.empty():
+        add(process.live.get_nowait())
     return counts, events
 
 
@@ -259,3 +271,24 @@ async def test_more_than_20_split_changes_under_load_fail_no_request(
         assert 9 not in versions and 15 not in versions
         assert len(versions) >= 8, sorted(versions)  # the load really overlapped the changes
         assert 1 not in versions or 11 in versions  # the champion moved to 11 midway
+
+
+async def test_a_canary_failing_what_its_champion_takes_counts_failures_and_malformed_requests_none(
+    registry: RunningRegistry, dataset: Dataset, narrow: bytes
+) -> None:
+    fake(registry).add(MODEL, 3, narrow)  # loads, but takes 29 features where the champion takes 30
+    async with serving(registry) as (process, client, _):
+        await set_split(process, registry, canary=3, canary_percent=100)
+        revision = fake(registry).traffic[MODEL].revision
+        for request in range(3):  # malformed for any version: 7 features
+            with pytest.raises(triton.InferenceServerException):
+                await client.infer(MODEL, [raw_input(dataset.rows[:2, :7])], request_id=f"bad-{request}")
+        for request in range(4):
+            with pytest.raises(triton.InferenceServerException) as failed:
+                await client.infer(MODEL, [raw_input(dataset.rows[:2])], request_id=f"ok-{request}")
+            assert failed.value.status() == "StatusCode.INVALID_ARGUMENT"
+        answered = await client.infer(MODEL, [raw_input(dataset.rows[:2])], "1")  # named: outside the split
+        assert answered.get_response().model_version == "1"
+
+        counts, _ = await live_counts(process, revision, 4, settle=1.0)  # five more reports
+        assert counts == {(3, "canary"): (4, 4)}
