@@ -56,6 +56,18 @@ SWAP_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 
+TRAFFIC_REVISION = Gauge(
+    "cascade_serving_traffic_revision",
+    "Revision of each model's traffic split this replica follows.",
+    ["model"],
+)
+TRAFFIC_PERCENT = Gauge(
+    "cascade_serving_traffic_percent",
+    "Share of each model's requests (0..100) its canary answers (role canary) or its shadow also "
+    "scores (role shadow) in this replica.",
+    ["model", "role"],
+)
+
 FAILED_LOADS = Counter(
     "cascade_serving_failed_loads_total",
     "Versions refused at promotion (the old version kept serving), by model and reason.",
@@ -410,6 +422,9 @@ class ModelRepository:
         failure = self.failures.get(name)
         if failure is not None and failure.version in new.pinned():
             self.failures.pop(name, None)
+        TRAFFIC_REVISION.labels(name).set(new.revision)
+        TRAFFIC_PERCENT.labels(name, "canary").set(new.canary_percent)
+        TRAFFIC_PERCENT.labels(name, "shadow").set(new.shadow_percent)
         log.info("model %s: traffic is now %s", name, new.describe())
         return True
 

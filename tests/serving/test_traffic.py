@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 from faststream.kafka import KafkaBroker, TestKafkaBroker
+from prometheus_client import REGISTRY
 
 from cascade.errors import FailedPrecondition
 from cascade.events import ModelPromoted, ModelTrafficChanged, Topics
@@ -124,6 +125,10 @@ async def test_the_canary_and_shadow_load_before_their_route_and_stay_loaded(
         50,
     )
     assert route.revision == source.split.revision and route.has_challenger
+    gauge = REGISTRY.get_sample_value
+    assert gauge("cascade_serving_traffic_revision", {"model": MODEL}) == route.revision
+    assert gauge("cascade_serving_traffic_percent", {"model": MODEL, "role": "canary"}) == 20
+    assert gauge("cascade_serving_traffic_percent", {"model": MODEL, "role": "shadow"}) == 50
     # keep_versions is 1, yet all three stay loaded while the route needs them.
     assert repository.versions(MODEL) == [1, 2, NARROW]
     labels, _ = route.canary.predict({"input": dataset.rows[:4]})
