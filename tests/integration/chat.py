@@ -15,8 +15,9 @@ from cascade.stack import Stack
 from tests.integration.browser import Console
 from tests.registry.chat_receiver import ChatReceiver, running_receiver
 
-# test_notifications.py's models, and the console's approval (test_console_models.py).
-MODELS = ["notify_*", "console_approval_*"]
+# test_notifications.py's models, the console's approval (test_console_models.py) and the rollback
+# of test_progressive_delivery.py.
+MODELS = ["notify_*", "console_approval_*", "progressive_*"]
 
 
 @pytest.fixture
@@ -38,6 +39,7 @@ def chat(stack: Stack, console: Console) -> Iterator[ChatReceiver]:
                             "promoted",
                             "approval_requested",
                             "approval_decided",
+                            "rolled_back",
                         ],
                     },
                     {
@@ -51,6 +53,7 @@ def chat(stack: Stack, console: Console) -> Iterator[ChatReceiver]:
                             "promoted",
                             "approval_requested",
                             "approval_decided",
+                            "rolled_back",
                         ],
                     },
                 ]

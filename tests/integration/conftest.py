@@ -4,6 +4,7 @@ Tests isolate themselves by dataset/model name; the stack is stopped at the end,
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -66,6 +67,11 @@ def stack(otlp_receiver: OtlpReceiver) -> Iterator[Stack]:
             "CASCADE_REGISTRY_MAX_ARTIFACT_BYTES": str(64 * 1024 * 1024),
             # test_notifications.py writes its chat destinations here (the registry re-reads it).
             "CASCADE_REGISTRY_NOTIFICATIONS_FILE": str(home / "notifications.json"),
+            # test_progressive_delivery.py lets a constant predictor through the gates, for the
+            # monitor to roll it back on live traffic.
+            "CASCADE_VALIDATOR_MODEL_THRESHOLDS": json.dumps(
+                {"progressive_bc": {"min_accuracy": 0.0, "max_regression": 1.0}}
+            ),
         },
     )
     environ = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
