@@ -270,9 +270,9 @@ class S3ObjectStore:
         except ImportError:
             raise FailedPrecondition("an s3:// store needs boto3: pip install 'cascade-mlops[s3]'") from None
         # botocore's DEBUG records quote each signed request's headers (the access key id and a
-        # signature): never let a service's DEBUG level pass them on.
+        # signature): a service's DEBUG level, set on the root logger later, must not pass them on.
         quoted_headers = logging.getLogger("botocore")
-        if quoted_headers.getEffectiveLevel() < logging.INFO:
+        if quoted_headers.level < logging.INFO:  # NOTSET (0) too: it would follow the root
             quoted_headers.setLevel(logging.INFO)
         secret = (
             settings.s3_secret_access_key_file.read_text().strip()
