@@ -560,3 +560,177 @@ def test_the_brokers_rendered_properties_serve_clients_sasl_ssl_only() -> None:
     # As the image turns the KAFKA_* variables into server.properties (checked against a real
     # Kafka 4.1.1 with SASL_SSL clients when this was written; no Docker here).
     assert kafka_security_problems(_kafka_env()) == []
+
+
+# ---------------------------------------------------------------------- scaled out: deploy/replicated
+
+REPLICATED = REPO / "deploy" / "replicated"
+REPLICATED_KUSTOMIZATION: dict[str, Any] = yaml.safe_load((REPLICATED / "kustomization.yaml").read_text())
+
+
+def _replicated_documents() -> list[dict[str, Any]]:
+    """The overlay as kustomize renders it, built offline: the base, less the StatefulSets its
+    patches delete, plus its Deployments and its generated ConfigMap."""
+    deleted = {
+        (patch["kind"], patch["metadata"]["name"])
+        for patch in (yaml.safe_load(p["patch"]) for p in REPLICATED_KUSTOMIZATION["patches"])
+        if patch.get("$patch") == "delete"
+    }
+    documents = [doc for _, doc in DOCUMENTS if (doc["kind"], doc["metadata"]["name"]) not in deleted]
+    for resource in REPLICATED_KUSTOMIZATION["resources"]:
+        if resource != "../k8s":
+            documents += [d for d in yaml.safe_load_all((REPLICATED / resource).read_text()) if d is not None]
+    for generated in REPLICATED_KUSTOMIZATION["configMapGenerator"]:
+        literals = dict(literal.split("=", 1) for literal in generated["literals"])
+        documents.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": generated["name"]},
+                "data": literals,
+            }
+        )
+    return documents
+
+
+REPLICATED_DOCUMENTS = _replicated_documents()
+
+
+def _replicated_workload(name: str) -> dict[str, Any]:
+    (found,) = [
+        doc
+        for doc in REPLICATED_DOCUMENTS
+        if doc["kind"] in ("Deployment", "StatefulSet") and doc["metadata"]["name"] == name
+    ]
+    return found
+
+
+def _replicated_env(name: str) -> dict[str, str]:
+    """As `_env`, on the overlay; a Secret's key becomes a stand-in value."""
+    (container,) = [c for c in _replicated_workload(name)["spec"]["template"]["spec"]["containers"]]
+    config_maps = {
+        d["metadata"]["name"]: d.get("data", {}) for d in REPLICATED_DOCUMENTS if d["kind"] == "ConfigMap"
+    }
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(config_maps[source["configMapRef"]["name"]])
+    for variable in container.get("env", []):
+        ref = variable.get("valueFrom", {})
+        if "value" in variable:
+            env[variable["name"]] = str(variable["value"])
+        elif "configMapKeyRef" in ref:
+            env[variable["name"]] = config_maps[ref["configMapKeyRef"]["name"]][ref["configMapKeyRef"]["key"]]
+        elif "secretKeyRef" in ref:
+            env[variable["name"]] = f"secret {ref['secretKeyRef']['name']}/{ref['secretKeyRef']['key']}"
+        else:
+            env[variable["name"]] = f"{name}-stand-in-for-{ref['fieldRef']['fieldPath']}"
+    return env
+
+
+def read_write_once_volumes_shared_by_replicas(documents: list[dict[str, Any]]) -> list[str]:
+    """Deployments with more than one replica that mount a ReadWriteOnce (or -OncePod) claim: each
+    replica would need the volume alone, so all but one would not start (or, on one node, share
+    a database file and an outbox meant for one writer). A claim not among the documents counts too."""
+    claims = {
+        doc["metadata"]["name"]: set(doc["spec"].get("accessModes", []))
+        for doc in documents
+        if doc["kind"] == "PersistentVolumeClaim"
+    }
+    problems = []
+    for doc in documents:
+        if doc["kind"] != "Deployment" or doc["spec"].get("replicas", 1) <= 1:
+            continue
+        for volume in doc["spec"]["template"]["spec"].get("volumes", []):
+            if "persistentVolumeClaim" not in volume:
+                continue
+            claim = volume["persistentVolumeClaim"]["claimName"]
+            modes = claims.get(claim, {"unknown"})
+            if modes & {"ReadWriteOnce", "ReadWriteOncePod", "unknown"}:
+                problems.append(f"Deployment {doc['metadata']['name']} mounts {claim} ({sorted(modes)})")
+    return problems
+
+
+@pytest.mark.parametrize("variant", ["base", "replicated"])
+def test_no_deployment_with_replicas_mounts_a_read_write_once_volume(variant: str) -> None:
+    documents = [doc for _, doc in DOCUMENTS] if variant == "base" else REPLICATED_DOCUMENTS
+    assert read_write_once_volumes_shared_by_replicas(documents) == []
+
+
+def test_the_read_write_once_check_finds_a_shared_claim() -> None:
+    claim = {
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"]},
+    }
+    deployment = {
+        "kind": "Deployment",
+        "metadata": {"name": "registry"},
+        "spec": {
+            "replicas": 2,
+            "template": {
+                "spec": {"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}]}
+            },
+        },
+    }
+    assert read_write_once_volumes_shared_by_replicas([claim, deployment]) == [
+        "Deployment registry mounts data (['ReadWriteOnce'])"
+    ]
+    unknown = {**deployment, "metadata": {"name": "ingest"}}
+    assert read_write_once_volumes_shared_by_replicas([unknown]) == [
+        "Deployment ingest mounts data (['unknown'])"
+    ]
+
+
+@pytest.mark.parametrize(
+    "document",
+    [doc for doc in REPLICATED_DOCUMENTS if doc["metadata"]["name"] in DATA_SERVICES],
+    ids=lambda doc: f"{doc['kind']}/{doc['metadata']['name']}",
+)
+def test_the_replicated_overlays_documents_are_valid_kubernetes(document: dict[str, Any]) -> None:
+    kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("name", DATA_SERVICES)
+def test_the_data_services_scale_out_on_shared_state(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    workload = _replicated_workload(name)
+    assert workload["kind"] == "Deployment" and workload["spec"]["replicas"] >= 2
+    env = _replicated_env(name)
+    assert env_problems(name, env) == []
+    settings = load_settings(name, env, monkeypatch)
+    assert getattr(settings, "database_url") == f"secret cascade-postgres/{name}-url"  # noqa: B009
+    data_dir = str(settings.data_dir)
+    pod = workload["spec"]["template"]["spec"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == data_dir]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mount["name"]], "a replica's data directory is only a cache"
+    if name == "monitor":
+        return
+    url = settings.segment_url if name == "ingest" else settings.artifact_url  # type: ignore[attr-defined]
+    assert url.startswith("s3://")
+    # The secret key is a file from the cascade-s3 Secret, mounted read-only; never a value.
+    secret_file = Path(settings.s3_secret_access_key_file)  # type: ignore[attr-defined]
+    (s3_mount,) = [
+        m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == str(secret_file.parent)
+    ]
+    assert s3_mount["readOnly"] is True
+    assert volumes[s3_mount["name"]]["secret"]["secretName"] == "cascade-s3"
+    assert settings.s3_secret_access_key.get_secret_value() == ""  # type: ignore[attr-defined]
+
+
+def test_kustomize_renders_the_replicated_overlay_as_built_offline() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    rendered = subprocess.run(
+        [kubectl, "kustomize", str(REPLICATED)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    documents = [doc for doc in yaml.safe_load_all(rendered) if doc is not None]
+
+    def ids(docs: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        return sorted((doc["kind"], doc["metadata"]["name"]) for doc in docs)
+
+    assert ids(documents) == ids(REPLICATED_DOCUMENTS)
+    assert read_write_once_volumes_shared_by_replicas(documents) == []
+    for name in DATA_SERVICES:
+        (workload,) = [d for d in documents if d["kind"] == "Deployment" and d["metadata"]["name"] == name]
+        assert workload["metadata"]["namespace"] == NAMESPACE and workload["spec"]["replicas"] == 2
