@@ -435,7 +435,12 @@ class ModelRepository:
         kept = self._loaded.get(name, {}).get(version)
         if kept is not None:
             return kept
-        ref = await self._source.version(name, version)
+        try:
+            ref = await self._source.version(name, version)
+        except NotFound as exc:  # gone since the split named it: refused like any unservable version
+            error = FailedPrecondition(f"model {name} version {version} cannot be served: {exc}")
+            await self._refuse(name, version, "download_refused", error)
+            raise error from exc
         onnx_bytes = await self._download(ref)
         started = time.perf_counter()
         try:

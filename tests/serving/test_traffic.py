@@ -170,6 +170,16 @@ async def test_a_canary_that_cannot_load_is_refused_and_the_old_route_stays(
     assert installed(repository).canary_percent == 30
 
 
+async def test_a_canary_the_registry_no_longer_has_is_refused(
+    repository: ModelRepository, source: SplitSource
+) -> None:
+    source.set_split(canary_version=99, canary_percent=10)
+    with pytest.raises(FailedPrecondition, match="version 99 cannot be served"):
+        await repository.sync_traffic(MODEL)
+    assert repository.failures[MODEL].reason == "download_refused"
+    assert not installed(repository).has_challenger
+
+
 async def test_an_older_revision_is_ignored(repository: ModelRepository, source: SplitSource) -> None:
     source.set_split(canary_version=2, canary_percent=25, revision=7)
     assert await repository.sync_traffic(MODEL)
