@@ -13,6 +13,8 @@ first:
   batch opened, or a timer. The timer cannot be shorter than a millisecond (asyncio waits at least
   that long for any timer, uvloop rounds to whole milliseconds), so when requests stop coming a
   batch may wait up to 1 ms even with a shorter delay; the loop sleeps meanwhile, never spinning.
+  A wait that caught no second request (a lone caller whose round trip is shorter than the delay
+  looks like frequent requests) stops the waiting for the next 16 batches.
 
 A batch concatenates its requests' inputs along the first (batch) dimension, runs once (on the loop
 up to `inline_max_rows` rows, in a worker thread beyond, as serving runs a single request) and
@@ -73,6 +75,7 @@ BATCHING_OFF = BatchingPolicy(enabled=False)
 # rounds to whole milliseconds (a 0.4 ms timer fires at once).
 _TIMER_FLOOR = 0.001
 _GAP_WEIGHT = 0.2  # of the newest gap between requests in their running average
+_NO_WAIT_AFTER_FUTILE = 16  # batches that do not wait after a wait that caught nothing
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,11 @@ class Batcher:
         # one is likely to come within the max delay. Unknown (inf) until two have come.
         self._gap = math.inf
         self._last_arrival = -math.inf
+        # Batches still to open without waiting after a wait that caught no second request (a lone
+        # closed-loop caller whose round trip is shorter than the delay looks like frequent requests).
+        self._no_wait = 0
+        self.waits = 0  # batches that waited for the delay
+        self.futile_waits = 0  # of which those that got no second request
         self._running: set[asyncio.Task[None]] = set()  # threaded batches, referenced until done
 
     async def predict(self, model: LoadedModel, feeds: Mapping[str, Array], rows: int) -> Prediction:
@@ -148,11 +156,14 @@ class Batcher:
             batch = None
         if batch is None:
             batch = self._open[key] = _Batch(model, key, now)
-            if self._gap < policy.max_delay_seconds:  # more are likely within the delay: wait for them
+            if self._no_wait == 0 and self._gap < policy.max_delay_seconds:
+                # More are likely within the delay: wait for them.
+                self.waits += 1
                 batch.timer = loop.call_later(
                     max(policy.max_delay_seconds, _TIMER_FLOOR), self._expire, batch
                 )
             else:
+                self._no_wait = max(self._no_wait - 1, 0)
                 loop.call_soon(self._turn, batch)
         future: asyncio.Future[Prediction] = loop.create_future()
         batch.callers.append(_Caller(feeds, rows, future))
@@ -175,8 +186,12 @@ class Batcher:
         self._gap = gap if self._gap == math.inf else self._gap + _GAP_WEIGHT * (gap - self._gap)
 
     def _expire(self, batch: _Batch) -> None:
-        if not batch.closed:
-            self._close(batch)
+        if batch.closed:
+            return
+        if len(batch.callers) == 1:
+            self.futile_waits += 1
+            self._no_wait = _NO_WAIT_AFTER_FUTILE
+        self._close(batch)
 
     def _turn(self, batch: _Batch) -> None:
         """Once per loop turn while `batch` is open: keep it open only while requests keep joining."""

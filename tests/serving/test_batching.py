@@ -148,8 +148,8 @@ async def test_requests_that_come_often_wait_for_each_other_across_quiet_turns()
     session = RecordingSession()
     model = loaded(session)
     batcher = Batcher(BatchingPolicy(max_delay_seconds=0.5), clock=lambda: 0.0)
-    await batcher.predict(model, feeds_of(0, 1), 1)  # two requests: a gap between them is known
-    await batcher.predict(model, feeds_of(1, 1), 1)
+    # Two requests together: a gap between requests is known (and no wait has been in vain).
+    await asyncio.gather(batcher.predict(model, feeds_of(0, 1), 1), batcher.predict(model, feeds_of(1, 1), 1))
     session.runs.clear()
 
     tasks = []
@@ -162,6 +162,20 @@ async def test_requests_that_come_often_wait_for_each_other_across_quiet_turns()
     for index, prediction in enumerate(predictions):
         assert_own_rows(prediction, feeds_of(index, 1))
     assert session.runs == [10]
+    assert (batcher.waits, batcher.futile_waits) == (1, 0)
+
+
+async def test_a_lone_caller_soon_stops_paying_the_delay() -> None:
+    """One caller at a time, the clock standing still: requests seem to come closer together than the
+    delay, but a wait that caught nobody stops the waiting for the next 16 batches."""
+    session = RecordingSession()
+    model = loaded(session)
+    batcher = Batcher(BatchingPolicy(max_delay_seconds=0.2), clock=lambda: 0.0)
+    for index in range(20):
+        assert_own_rows(await batcher.predict(model, feeds_of(index, 1), 1), feeds_of(index, 1))
+    assert session.runs == [1] * 20
+    # The first request knows no gap; the 2nd and the 19th wait in vain, the 16 between do not wait.
+    assert (batcher.waits, batcher.futile_waits) == (2, 2)
 
 
 async def test_a_lone_request_does_not_wait_for_the_delay() -> None:
