@@ -440,6 +440,9 @@ async def test_the_rollout_plan_is_the_default_until_set_and_a_bad_plan_is_refus
             ([RolloutStep("shadow", 50, min_requests=-1)], None, "min_requests"),
             ([RolloutStep("shadow", 50)], RolloutThresholds(min_agreement=1.5), "min_agreement"),
             ([RolloutStep("shadow", 50)], RolloutThresholds(max_p99_ratio=float("nan")), "max_p99_ratio"),
+            ([RolloutStep("blue", 50)], None, "give its stage"),  # type: ignore[arg-type]
+            ([RolloutStep("canary", 5, min_seconds=float("inf"))], None, "min_seconds"),
+            ([RolloutStep("canary", 5)] * 21, None, "at most 20 steps"),
         ]:
             with pytest.raises(InvalidArgument, match=complaint):
                 await alice.set_rollout_plan("bc", steps, thresholds)
