@@ -6,6 +6,7 @@ stack owns lives under one home directory::
 
     kafka/               the broker, or kafka/node-N/ per broker of a cluster (cascade.stack.kafka_broker)
     data/<service>/      each service's own data; services share no filesystem
+    data/<service>-N/    ... and each further replica's (StackConfig.replicas); so logs/ and run/
     logs/<service>.log   the service's log, rotated by size (logs/<service>.log.1, ...; cascade.logs)
     logs/<service>.out   anything else it writes to stdout and stderr (a crash's traceback), appended
     run/<service>.pid    pid (= process group id) of the running service
@@ -119,6 +120,9 @@ _POLL_INTERVAL = 0.25
 _PROGRESS_EVERY = 5.0
 _KILL_GRACE = 5.0
 _TAIL_LINES = 30
+# Replica N > 1 of a service listens REPLICA_PORT_STEP * (N - 1) above the first replica's gRPC
+# (serving: and REST) and metrics ports, unless StackConfig.ports names "<service>-N".
+REPLICA_PORT_STEP = 10
 
 
 class StackError(RuntimeError):
@@ -151,6 +155,12 @@ class StackConfig:
     # Kafka security: the broker's client listener is SASL_SSL only (the home's CA; SCRAM-SHA-512
     # user KAFKA_USER with a random password in HOME/secrets/kafka-password), and services use it.
     kafka_security: bool = False
+    # Processes per service (1 when left out). Replica 1 keeps the service's name; replica N is
+    # "<service>-N", with its own data dir, log, pid file and ports (REPLICA_PORT_STEP). Replicas share
+    # what the settings make shared (Kafka, a database URL, an object store), a consumer group
+    # (serving: one group per replica, by its instance id), and every caller is given all replicas
+    # of a service it depends on.
+    replicas: dict[str, int] = field(default_factory=dict)
 
     @property
     def serves_tls(self) -> bool:
@@ -214,26 +224,62 @@ class Stack:
     def traces_file(self, name: str) -> Path:
         return self.home / "traces" / f"{name}.jsonl"
 
+    def replicas(self, service: str) -> list[str]:
+        """The process names of a service's replicas: the service's own name, then "<service>-N"."""
+        _check_known(service)
+        count = max(1, self.config.replicas.get(service, 1))
+        return [service, *(f"{service}-{number}" for number in range(2, count + 1))]
+
+    def instances(self, services: Iterable[str] = SERVICES) -> list[str]:
+        """Every process of the given services, in start order."""
+        return [name for service in _ordered(services) for name in self.replicas(service)]
+
     def port(self, name: str) -> int:
-        _check_known(name)
-        return self.config.ports.get(name, DEFAULT_PORTS[name])
+        """gRPC port of a service (its first replica) or of one replica ("<service>-N")."""
+        service, number = self._replica_of(name)
+        first = self.config.ports.get(service, DEFAULT_PORTS[service])
+        return self.config.ports.get(name, first + REPLICA_PORT_STEP * (number - 1))
+
+    def metrics_port(self, name: str) -> int:
+        """Prometheus port of a service or replica; 0 (no /metrics) for a service left out."""
+        service, number = self._replica_of(name)
+        first = self.config.metrics_ports.get(service, 0)
+        return self.config.metrics_ports.get(name, first and first + REPLICA_PORT_STEP * (number - 1))
 
     def address(self, name: str) -> str:
-        """`host:port` of a service's gRPC server, or the Kafka bootstrap list for "kafka"."""
+        """`host:port` of a service's (first replica's) gRPC server or of one replica's, or the Kafka
+        bootstrap list for "kafka"."""
         if name == "kafka":
             return self.kafka.bootstrap
         return f"{LOOPBACK}:{self.port(name)}"
 
-    def rest_port(self) -> int:
-        """Serving's KServe V2 REST port: one below its gRPC port, as Triton pairs them (8000 and
-        8001), so that stacks on other ports never share it."""
-        return self.port("serving") - 1
+    def service_address(self, service: str) -> str:
+        """Where a caller finds a service: its address, or with several replicas a gRPC target
+        naming them all (ipv4:a,b), so a call goes to one that answers."""
+        replicas = self.replicas(service)
+        if len(replicas) == 1:
+            return self.address(service)
+        return "ipv4:" + ",".join(self.address(name) for name in replicas)
+
+    def rest_port(self, name: str = "serving") -> int:
+        """Serving's (or one serving replica's) KServe V2 REST port: one below its gRPC port, as
+        Triton pairs them (8000 and 8001), so that stacks on other ports never share it."""
+        return self.port(name) - 1
+
+    def _replica_of(self, name: str) -> tuple[str, int]:
+        """(service, replica number) of a process name; StackError for one this stack has not."""
+        service, _, number = name.rpartition("-")
+        if service in DEFAULT_PORTS and number.isdigit() and name in self.replicas(service):
+            return service, int(number)
+        _check_known(name)
+        return name, 1
 
     # ------------------------------------------------------------------ environment
 
     def service_env(self, name: str) -> dict[str, str]:
         """The variables the stack sets for one service (on top of the caller's environment)."""
-        prefix = f"CASCADE_{name.upper()}_"
+        service, _number = self._replica_of(name)
+        prefix = f"CASCADE_{service.upper()}_"
         settings = {
             "KAFKA_BOOTSTRAP": self.kafka.bootstrap,
             "TOPIC_PREFIX": self.config.topic_prefix,
@@ -241,16 +287,18 @@ class Stack:
             "GRPC_HOST": LOOPBACK,
             "GRPC_PORT": str(self.port(name)),
             "DATA_DIR": str(self.data_dir(name)),
-            "METRICS_PORT": str(self.config.metrics_ports.get(name, 0)),
+            "METRICS_PORT": str(self.metrics_port(name)),
             "LOG_FORMAT": self.config.log_format,
-            **self._security_settings(name),
+            **self._security_settings(service),
             **self.kafka_client_settings(),
         }
-        for dependency in DEPENDENCIES[name]:
-            settings[f"{dependency.upper()}_ADDRESS"] = self.address(dependency)
-        if name == "serving":
-            settings["HTTP_PORT"] = str(self.rest_port())
-        if name == "registry":  # chat notifications link to the console, once `start_console` runs it
+        for dependency in DEPENDENCIES[service]:
+            settings[f"{dependency.upper()}_ADDRESS"] = self.service_address(dependency)
+        if service == "serving":
+            settings["HTTP_PORT"] = str(self.rest_port(name))
+            if len(self.replicas(service)) > 1:  # one consumer group per replica, named after it
+                settings["INSTANCE_ID"] = name
+        if service == "registry":  # chat notifications link to the console, once `start_console` runs it
             settings["CONSOLE_URL_FILE"] = str(self.console_url_file())
         env = {prefix + key: value for key, value in settings.items()}
         env["PYTHONUNBUFFERED"] = "1"  # a crash's last words reach the log
@@ -354,7 +402,7 @@ class Stack:
         """Start Kafka and the given services unless already running, then wait until every one
         reports SERVING. On failure the processes that did start keep running: call `stop()`.
         `timeout` does not count the one-off download of the Kafka jars."""
-        names = _ordered(services)
+        names = self.instances(services)
         self._install_kafka()
         self._prepare_identities()
         self._prepare_kafka_secrets()
@@ -378,6 +426,7 @@ class Stack:
             "mtls": self.config.mtls,
             "auth": self.config.auth,
             "kafka_security": self.config.kafka_security,
+            "replicas": self.config.replicas,
         }
         remembered = self.home / "run" / "stack.json"
         remembered.parent.mkdir(parents=True, exist_ok=True)
@@ -392,7 +441,8 @@ class Stack:
         self._start_kafka(timeout)
 
     def start_service(self, name: str, timeout: float = 60.0) -> None:
-        """Start one service (Kafka is assumed up) unless running, and wait until it is SERVING."""
+        """Start one service or replica (Kafka is assumed up) unless running, and wait until it is
+        SERVING."""
         self._prepare_identities()
         self._ensure_running(name)
         self._wait_serving([name], time.monotonic() + timeout)
@@ -413,7 +463,7 @@ class Stack:
         kafka_broker.install(self.kafka, pom=KAFKA_POM)
 
     def _ensure_running(self, name: str) -> None:
-        _check_known(name)
+        self._replica_of(name)
         with self._lock():
             pid = self.pid(name)
             if pid is not None:
@@ -433,11 +483,12 @@ class Stack:
         self._log_offsets[name] = log_file.stat().st_size if log_file.exists() else 0
         with output_file.open("ab") as output:
             started = datetime.now(UTC).isoformat()
-            output.write(f"===== cascade: starting cascade.services.{name} at {started} =====\n".encode())
+            module = f"cascade.services.{self._replica_of(name)[0]}"
+            output.write(f"===== cascade: starting {module} as {name} at {started} =====\n".encode())
             output.flush()
             self._output_offsets[name] = output.tell()
             process = subprocess.Popen(
-                [sys.executable, "-m", f"cascade.services.{name}"],
+                [sys.executable, "-m", module],
                 cwd=_repo_root(),
                 # The service writes its log itself, rotating it, so no outage can fill the disk.
                 env={**self._environ, **self.service_env(name), "CASCADE_LOG_FILE": str(log_file)},
@@ -459,7 +510,8 @@ class Stack:
                     raise StackError(self._died_message(name))
                 if check_health(self.address(name), security=self.client_security) == "SERVING":
                     pending.remove(name)
-                    rest = f" (KServe V2 REST on {LOOPBACK}:{self.rest_port()})" if name == "serving" else ""
+                    serving = self._replica_of(name)[0] == "serving"
+                    rest = f" (KServe V2 REST on {LOOPBACK}:{self.rest_port(name)})" if serving else ""
                     self._progress(f"{name} is SERVING on {self.address(name)}{rest}")
             if not pending:
                 return
@@ -614,7 +666,7 @@ class Stack:
         if not self.home.is_dir():
             return
         self.stop_console()
-        running = {name: pid for name in SERVICES if (pid := self.pid(name)) is not None}
+        running = {name: pid for name in self.instances() if (pid := self.pid(name)) is not None}
         if running:
             self._progress(f"Stopping {', '.join(running)}")
         for pid in running.values():
@@ -626,7 +678,7 @@ class Stack:
         survivors = self._wait_exit(stubborn, _KILL_GRACE)
         if survivors:
             raise StackError(f"still running after SIGKILL: {survivors}")
-        for name in SERVICES:
+        for name in self.instances():
             self.pid_file(name).unlink(missing_ok=True)
         if any(kafka_broker.status(node).running for node in self.kafka.nodes):
             self._progress("Stopping Kafka")
@@ -669,7 +721,7 @@ class Stack:
             kafka_health: Health = "SERVING" if broker.ready else "NOT_SERVING" if broker.running else "DOWN"
             name = "kafka" if self.kafka.brokers == 1 else f"kafka-{broker.node_id}"
             rows.append(ServiceStatus(name, broker.pid, broker.bootstrap, kafka_health))
-        for name in SERVICES:
+        for name in self.instances():
             rows.append(ServiceStatus(name, self.pid(name), self.address(name), self.health(name)))
         return rows
 
@@ -683,7 +735,7 @@ class Stack:
         seen = command_line(pid)
         if name == CONSOLE:
             return seen is not None and "streamlit" in seen and _console_script() in seen
-        return seen is not None and f"cascade.services.{name}" in seen
+        return seen is not None and f"cascade.services.{self._replica_of(name)[0]}" in seen
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
@@ -710,6 +762,7 @@ def remembered_config(home: Path) -> StackConfig | None:
         mtls=bool(saved.get("mtls", False)),
         auth=bool(saved.get("auth", False)),
         kafka_security=bool(saved.get("kafka_security", False)),
+        replicas={str(k): int(v) for k, v in saved.get("replicas", {}).items()},
     )
 
 
