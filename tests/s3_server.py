@@ -21,9 +21,10 @@ from pydantic import SecretStr
 
 from cascade.objectstore import ObjectStoreSettings
 
-# Below the ephemeral range (tests/integration/conftest.py says why); 26500-26599 are this suite's.
-S3_PORT = 26501
-S3_PORT_WITH_AUTH = 26502
+# Below the ephemeral range (tests/integration/conftest.py says why); 26500-26549 are these servers'
+# (the first free one is taken, so test runs side by side each get their own).
+S3_PORTS = range(26501, 26520)
+S3_PORTS_WITH_AUTH = range(26520, 26540)
 ACCESS_KEY_ID = "AKIACASCADETESTKEY01"
 SECRET_ACCESS_KEY = "cascade-test-secret-4f7d1c9e-not-for-logs"
 
@@ -67,11 +68,21 @@ def _answering(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _free_port(ports: range) -> int:
+    for port in ports:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1} for an S3 test server")
+
+
 @contextlib.contextmanager
-def run_moto_server(port: int, env: dict[str, str] | None = None) -> Iterator[S3Server]:
+def run_moto_server(ports: range, env: dict[str, str] | None = None) -> Iterator[S3Server]:
     pytest.importorskip("moto.server", reason="moto[server] is a dev dependency: pip install -e '.[dev]'")
-    if _answering(port):
-        raise RuntimeError(f"port {port} is taken: another S3 test server is running")
+    port = _free_port(ports)
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
@@ -109,7 +120,7 @@ class _Shared:
     def use(self) -> Iterator[S3Server]:
         with self._lock:
             if self._server is None:
-                self._context = run_moto_server(S3_PORT)
+                self._context = run_moto_server(S3_PORTS)
                 self._server = self._context.__enter__()
             self._users += 1
             server = self._server

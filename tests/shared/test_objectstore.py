@@ -28,7 +28,7 @@ from cascade.objectstore import (
 )
 from tests.s3_server import (
     ACCESS_KEY_ID,
-    S3_PORT_WITH_AUTH,
+    S3_PORTS_WITH_AUTH,
     SECRET_ACCESS_KEY,
     S3Server,
     run_moto_server,
@@ -242,7 +242,7 @@ def test_refused_credentials_are_unavailable_and_never_quoted(
     """moto checks signatures when its IAM auth is on: these keys are unknown to it."""
     caplog.set_level(logging.DEBUG)
     source, sha256 = _file(tmp_path, b"x")
-    with run_moto_server(S3_PORT_WITH_AUTH, {"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as server:
+    with run_moto_server(S3_PORTS_WITH_AUTH, {"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as server:
         store = open_object_store("s3://some-bucket/p", server.settings(s3_max_attempts=1))
         failures: list[Callable[[], object]] = [
             lambda: store.put("k", source, sha256),
@@ -262,7 +262,7 @@ def test_a_secret_from_a_file_is_used_and_an_unreachable_endpoint_is_unavailable
     secret_file = tmp_path / "secret"
     secret_file.write_text(SECRET_ACCESS_KEY + "\n")
     settings = ObjectStoreSettings(
-        s3_endpoint_url="http://127.0.0.1:26503",  # nothing listens there
+        s3_endpoint_url="http://127.0.0.1:26549",  # nothing listens there (outside the servers' ports)
         s3_region="us-east-1",
         s3_access_key_id=ACCESS_KEY_ID,
         s3_secret_access_key=SecretStr("overridden"),
