@@ -891,12 +891,13 @@ class RegistryCore:
         return self.get_traffic(model)
 
     def _champion_moved(self, db: sa.Connection, model: str, champion: int, actor: str) -> None:
-        """A champion moved by hand ends a running rollout (promoted when it is the rolled-out
+        """A champion moved outside the rollout (by hand, an approval, a rollback, or the validator
+        under the automatic policy) ends a running rollout (promoted when it is the rolled-out
         version, else rolled back), and no version stays canary or shadow beside itself."""
         rollout = self.store.latest_rollout(model, db)
         if rollout is not None and rollout.running:
             promoted = rollout.version == champion
-            cause = f"the champion was moved by hand to v{champion}"
+            cause = f"the champion was moved to v{champion} outside the rollout, by {actor}"
             self._end_rollout(db, rollout, "promoted" if promoted else "rolled_back", actor, cause)
             return
         split = self.get_traffic(model, db)

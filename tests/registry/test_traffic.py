@@ -409,7 +409,7 @@ async def test_moving_the_champion_by_hand_ends_the_rollout(
         traffic = await alice.get_traffic("bc")
         assert (traffic.champion_version, traffic.canary_version, traffic.shadow_version) == (2, 0, 0)
         assert traffic.rollout is not None and traffic.rollout.state == "promoted"
-        assert "moved by hand to v2" in traffic.rollout.cause
+        assert traffic.rollout.cause == "the champion was moved to v2 outside the rollout, by alice"
 
         await registry.version(alice, onnx_bytes)  # v3 rolls out against v2
         await alice.rollback("bc", reason="v2 misbehaves")  # champion back to v1
