@@ -624,9 +624,11 @@ class RegistryCore:
         shadow: tuple[int, float],
         actor: str,
         reason: str,
+        expected_revision: int = 0,
     ) -> TrafficRecord:
         """A manual split: `canary` and `shadow` are (version, percent), (0, 0) for none. Refused
-        while a rollout runs, which owns the split until it ends."""
+        while a rollout runs, which owns the split until it ends, and (`expected_revision` above 0)
+        when the split moved on from the revision the caller read."""
         _check_reason(reason)
         before = self.get_traffic(model)
         if before.rollout is not None and before.rollout.running:  # said first: it is what to fix
@@ -657,6 +659,14 @@ class RegistryCore:
         with self.store.transaction() as db:
             self.store.ensure_model(db, model)
             self._no_running_rollout(db, model)
+            if expected_revision > 0:
+                row = self.store.traffic_row(model, db)
+                now = int(row["revision"]) if row else 0
+                if now != expected_revision:
+                    raise FailedPrecondition(
+                        f"the traffic of {model!r} is at revision {now}, not {expected_revision}: "
+                        "it changed meanwhile; read it again"
+                    )
             self._split(
                 db,
                 model,

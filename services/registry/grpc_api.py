@@ -410,6 +410,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
                 (request.shadow_version, request.shadow_percent),
                 audit_actor(request.actor),
                 request.reason,
+                request.expected_revision,
             )
         )
 

@@ -139,7 +139,8 @@ def _set_one(
     actor: str,
     reason: str,
 ) -> Traffic:
-    """Set the canary or the shadow, keeping the other as it is (`--percent 0`: take it off)."""
+    """Set the canary or the shadow, keeping the other as it is (`--percent 0`: take it off); if
+    the split changes between the read and the write, the registry refuses rather than undo it."""
     chosen = (version, percent) if percent > 0 else (0, 0.0)
 
     async def change(registry: RegistryClient) -> Traffic:
@@ -154,6 +155,7 @@ def _set_one(
             shadow_percent=shadow[1],
             actor=actor,
             reason=reason,
+            expected_revision=now.revision,  # refused, not undone, if it changed since
         )
 
     return _call(ctx, address, token, change)

@@ -397,9 +397,11 @@ class RegistryClient(ServiceClient):
         shadow_percent: float = 0.0,
         actor: str = "",
         reason: str = "",
+        expected_revision: int = 0,
     ) -> Traffic:
         """Set the split by hand (a version 0 with percent 0: none); the whole split is given, so
-        what is left out is cleared. FailedPrecondition while a rollout runs."""
+        what is left out is cleared. FailedPrecondition while a rollout runs, or (with
+        `expected_revision`, the revision read) when the split changed since it was read."""
         request = pb.SetTrafficRequest(
             model=model,
             canary_version=canary_version,
@@ -408,6 +410,7 @@ class RegistryClient(ServiceClient):
             shadow_percent=shadow_percent,
             actor=actor,
             reason=reason,
+            expected_revision=expected_revision,
         )
         response = await call(
             self.service,

@@ -158,7 +158,9 @@ async def test_a_manual_canary_and_shadow_move_the_aliases_with_their_percents_a
             ("canary", 2, 2, 25.0),  # the same version, a new share: still a move in the history
             ("shadow", 3, 0, 0.0),
         ]
-        cleared = await alice.set_traffic("bc", reason="done")
+        with pytest.raises(FailedPrecondition, match="at revision 2, not 1"):  # read before `wider`
+            await alice.set_traffic("bc", canary_version=3, canary_percent=5, expected_revision=1)
+        cleared = await alice.set_traffic("bc", reason="done", expected_revision=2)
         assert (cleared.canary_version, cleared.canary_percent, cleared.revision) == (0, 0.0, 3)
         assert "canary" not in (await bob.get_model("bc")).aliases
         assert [e.revision for e in registry.traffic_events()] == [1, 2, 3]

@@ -1811,6 +1811,7 @@ class SetTrafficRequest(_message.Message):
     SHADOW_PERCENT_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    EXPECTED_REVISION_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     canary_version: _builtins.int
     """0 with percent 0: no canary."""
@@ -1820,6 +1821,11 @@ class SetTrafficRequest(_message.Message):
     shadow_percent: _builtins.float
     actor: _builtins.str
     reason: _builtins.str
+    expected_revision: _builtins.int
+    """When above 0, the split must still be at this revision, else FAILED_PRECONDITION: a caller that
+    read the split to change one side of it (the canary, keeping the shadow) undoes no change made
+    in between. 0: no check.
+    """
     def __init__(
         self,
         *,
@@ -1830,10 +1836,11 @@ class SetTrafficRequest(_message.Message):
         shadow_percent: _builtins.float = ...,
         actor: _builtins.str = ...,
         reason: _builtins.str = ...,
+        expected_revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "canary_percent", b"canary_percent", "canary_version", b"canary_version", "model", b"model", "reason", b"reason", "shadow_percent", b"shadow_percent", "shadow_version", b"shadow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "canary_percent", b"canary_percent", "canary_version", b"canary_version", "expected_revision", b"expected_revision", "model", b"model", "reason", b"reason", "shadow_percent", b"shadow_percent", "shadow_version", b"shadow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
