@@ -3,7 +3,8 @@
 The model doubles `x` ([-1, 3] floats) and looks `idx` ([-1] int64) up in a table of five values, so
 every output row shows which input row it came from, and an index outside the table makes
 onnxruntime fail the whole run: the bad request of a batch. The session is wrapped only to record
-the rows of each run; counts of runs, never timings, show what was batched.
+the rows of each run; counts of runs, never timings, show what was batched. The last test runs the
+real service in a child process (cascade.stubs.inference and tritonclient cannot share this one).
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
+from tritonclient.grpc import aio as triton_aio
 
 from cascade.errors import InvalidArgument
 from cascade.services.serving.batching import BATCHING_OFF, Batcher, BatchingPolicy, Prediction
-from cascade.services.serving.inference import InferenceServicer
-from cascade.services.serving.prediction_log import PredictionLog
-from cascade.services.serving.repository import LoadedModel, ModelRepository, _tensor_specs
-from cascade.stubs.inference import grpc_service_pb2 as pb
+from cascade.services.serving.repository import LoadedModel, _tensor_specs
+
+from .harness import ServingProcess, assert_answers, raw_input
+from .support import MODEL, Dataset, RunningRegistry, TrainedModel
 
 TABLE = np.array([10.0, 11.0, 12.0, 13.0, 14.0], dtype=np.float32)
 
@@ -278,59 +280,33 @@ async def test_off_runs_every_request_alone() -> None:
     assert session.runs == [3] * 10
 
 
-class _NoRegistry:
-    """The repository's source, never asked: models are loaded directly."""
-
-    async def models_with_champion(self) -> list[str]:
-        return []
-
-    async def champion(self, model: str) -> Any:
-        raise AssertionError("not used")
-
-    async def artifact(self, ref: Any) -> bytes:
-        raise AssertionError("not used")
-
-
-def infer_request(feeds: Mapping[str, np.ndarray]) -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name="lookup")
-    for name, datatype in (("x", "FP32"), ("idx", "INT64")):
-        array = feeds[name]
-        request.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
-        request.raw_input_contents.append(array.tobytes())
-    return request
-
-
-@pytest.mark.parametrize("policy", [BatchingPolicy(max_delay_seconds=0.05), BATCHING_OFF], ids=["on", "off"])
-async def test_the_servicer_answers_and_counts_as_triton_does(policy: BatchingPolicy) -> None:
-    """Through InferenceServicer.infer: every answer is its own; requests and rows count once each,
-    and executions count session runs: fewer than requests when batched."""
-    repository = ModelRepository(_NoRegistry())
-    await repository.load("lookup", 1, ONNX)
-
-    async def publish(event: Any) -> None:
-        pass
-
-    servicer = InferenceServicer(repository, PredictionLog(publish, 0.0), "test", batching=policy)
-
-    async def infer_all(requests: list[dict[str, np.ndarray]]) -> list[Any]:
-        return await asyncio.gather(
-            *(servicer.infer(infer_request(feeds)) for feeds in requests), return_exceptions=True
-        )
-
-    requests = [feeds_of(index * 10, 1 + index % 3) for index in range(12)]
-    for response, feeds in zip(await infer_all(requests), requests, strict=True):
-        doubled = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(-1, 3)
-        looked_up = np.frombuffer(response.raw_output_contents[1], np.float32)
-        np.testing.assert_array_equal(doubled, feeds["x"] * 2)
-        np.testing.assert_array_equal(looked_up, TABLE[feeds["idx"]])
-    stats = servicer.statistics.of("lookup", 1)
-    assert (stats.success_count, stats.inference_count) == (12, 24)
-    assert stats.execution_count == (1 if policy.enabled else 12)
-
-    # A bad request among them fails alone; the batch that failed is no execution, the reruns are.
-    requests = [feeds_of(index * 10, 2, bad=index == 1) for index in range(3)]
-    outcomes = await infer_all(requests)
-    assert isinstance(outcomes[1], InvalidArgument)
-    assert [type(outcome) for outcome in outcomes[::2]] == [pb.ModelInferResponse] * 2
-    assert (stats.success_count, stats.fail_count, stats.inference_count) == (14, 1, 28)
-    assert stats.execution_count == (3 if policy.enabled else 14)
+async def test_the_service_batches_concurrent_requests_and_counts_as_triton_does(
+    registry: RunningRegistry, models: dict[int, TrainedModel], dataset: Dataset
+) -> None:
+    """The real service (a child process) with batching on, called over gRPC by tritonclient:
+    concurrent requests of mixed sizes each get their own rows' answers; requests and rows count
+    once each, executions once per session run, so fewer than requests."""
+    serving = await ServingProcess.start(
+        registry.address,
+        env={
+            "CASCADE_SERVING_BATCHING_ENABLED": "true",
+            # Long enough that requests sent together always meet, whatever the machine's load.
+            "CASCADE_SERVING_BATCHING_MAX_DELAY_MICROSECONDS": "50000",
+        },
+    )
+    client = triton_aio.InferenceServerClient(serving.url)
+    try:
+        await serving.wait_until_ready(client)
+        sizes = [1 + index % 7 for index in range(40)]
+        starts = [sum(sizes[:index]) for index in range(len(sizes))]
+        chunks = [dataset.rows[start : start + size] for start, size in zip(starts, sizes, strict=True)]
+        results = await asyncio.gather(*(client.infer(MODEL, [raw_input(rows)]) for rows in chunks))
+        for result, rows in zip(results, chunks, strict=True):
+            assert_answers(result, models[1], rows)
+        (stats,) = (await client.get_inference_statistics(MODEL)).model_stats
+        assert stats.inference_stats.success.count == 40
+        assert stats.inference_count == sum(sizes)
+        assert 1 <= stats.execution_count < 40
+    finally:
+        await client.close()
+        await serving.stop()
