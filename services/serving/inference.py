@@ -381,7 +381,8 @@ def _fill_statistics(message: pb.ModelStatistics, name: str, version: int, stats
     inference = message.inference_stats
     inference.success.count, inference.success.ns = stats.success_count, stats.success_ns
     inference.fail.count, inference.fail.ns = stats.fail_count, stats.fail_ns
-    # No queue: a request runs as soon as it arrives (count and zero ns, as Triton reports it).
+    # No queue time apart (count and zero ns, as Triton reports an unqueued model): with adaptive
+    # batching a request's wait for its batch is part of its compute_infer time.
     inference.queue.count = stats.success_count
     inference.compute_input.count, inference.compute_input.ns = stats.success_count, stats.compute_input_ns
     inference.compute_infer.count, inference.compute_infer.ns = stats.success_count, stats.compute_infer_ns
