@@ -238,7 +238,12 @@ def _live_traffic(
 
     live_stats = LiveStats()
     comparisons = Comparisons(
-        publish, live_stats, replica, settings.shadow_queue_size, settings.compare_max_rows
+        publish,
+        live_stats,
+        replica,
+        settings.shadow_queue_size,
+        settings.compare_max_rows,
+        settings.shadow_nice,
     )
     reporter = LiveStatsReporter(
         live_stats, publish, replica, settings.live_stats_interval_seconds, comparisons.flush

@@ -118,6 +118,16 @@ class ServingSettings(RegistryClientSettings):
             "(cascade_serving_shadow_dropped_total, LiveTrafficReported.shadow_dropped)."
         ),
     )
+    shadow_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description=(
+            "How much the thread scoring shadow and mirror comparisons lowers its CPU priority (a "
+            "thread's nice value, Linux): on saturated cores the answers run first and comparisons "
+            "are dropped and counted instead."
+        ),
+    )
     compare_max_rows: int = Field(
         100,
         ge=1,

@@ -5,6 +5,11 @@ as challenger failures, and the shapes of LiveTrafficReported. Real ONNX models 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
+import sys
+import threading
+from collections.abc import Mapping
 
 import numpy as np
 import pytest
@@ -14,7 +19,7 @@ from cascade.errors import InvalidArgument, NotFound, Unavailable
 from cascade.events import LATENCY_BOUNDS_MS, LiveTrafficReported, PredictionsCompared
 from cascade.services.serving.comparisons import MAX_ROWS_PER_EVENT, Comparisons
 from cascade.services.serving.live_stats import LiveStats, LiveStatsReporter, fails_the_version
-from cascade.services.serving.repository import LoadedModel, ModelRejectedInput, ModelRepository
+from cascade.services.serving.repository import Array, LoadedModel, ModelRejectedInput, ModelRepository
 from cascade.services.serving.traffic import Role, Route, Routed
 
 from .support import MODEL, Dataset, TrainedModel
@@ -261,3 +266,29 @@ async def test_only_failures_a_version_causes_count_against_it(
     assert not fails_the_version(InvalidArgument("input 'input' has shape [2, 7]"))  # malformed
     assert not fails_the_version(NotFound("no output 'x'"))
     assert not fails_the_version(asyncio.CancelledError())  # the caller went away
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own nice value is Linux's")
+async def test_comparisons_are_scored_at_a_lower_cpu_priority_than_the_answers(
+    loaded: dict[int, LoadedModel], published: Published, dataset: Dataset
+) -> None:
+    """On saturated cores the kernel must run the answers first: the shadow's thread is niced."""
+    niceness_seen: list[int] = []
+
+    @dataclasses.dataclass(frozen=True)
+    class RecordingShadow(LoadedModel):
+        def predict(self, feeds: Mapping[str, Array]) -> list[Array]:
+            niceness_seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            return super().predict(feeds)
+
+    shadow = RecordingShadow(**{f.name: getattr(loaded[2], f.name) for f in dataclasses.fields(loaded[2])})
+    answering = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    comparisons = Comparisons(published.comparison, LiveStats(), "replica-a", nice_increment=7)
+    comparisons.start()
+    try:
+        route = Route(loaded[1], shadow=shadow, shadow_percent=100, revision=1)
+        comparisons.offer(*answer(loaded[1], dataset.rows[:3], "champion", route, "r0"))
+        await comparisons.drain()
+    finally:
+        await comparisons.stop()
+    assert niceness_seen == [min(19, answering + 7)]
