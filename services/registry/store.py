@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.dialects import postgresql, sqlite
 
+from cascade import database
 from cascade.errors import AlreadyExists, NotFound
 from cascade.services.registry import schema
 from cascade.services.registry.rollouts import RolloutPlan, RolloutRecord
@@ -123,12 +122,9 @@ def sqlite_url(path: Path) -> str:
 
 
 def migrate(engine: sa.Engine) -> None:
-    """Bring the schema to the newest Alembic revision (a no-op when it is there already)."""
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    """Bring the schema to the newest Alembic revision (a no-op when it is there already); replicas
+    starting at once on one PostgreSQL database queue on cascade.database.migrate's advisory lock."""
+    database.migrate(engine, MIGRATIONS)
 
 
 def _engine(url: str, writer: bool) -> sa.Engine:

@@ -58,6 +58,17 @@ def _version(model: str) -> dict[str, object]:
     }
 
 
+def test_replicas_starting_at_once_on_a_fresh_database_migrate_it_once(database_url: str) -> None:
+    # Without the shared advisory lock, PostgreSQL failed the second CREATE TABLE alembic_version.
+    opened: list[RegistryStore] = []
+    _race(3, lambda _worker: opened.append(RegistryStore(database_url)))
+    with opened[0].engine.connect() as connection:
+        versions = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
+    assert len(versions) == 1
+    for store in opened:
+        store.close()
+
+
 def test_two_replicas_racing_lose_no_alias_move_and_number_versions_once(database_url: str) -> None:
     replicas = [RegistryStore(database_url), RegistryStore(database_url)]
     created: list[int] = []
