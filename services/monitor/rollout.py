@@ -21,9 +21,12 @@ rows of each version for the live metric, and requests of both versions for the 
 (a 1-in-3 failure rate or the p99 of three requests says nothing). Beyond chance: a share (error
 rate, agreement) breaches only when its one-sided 99% Wilson bound is past the threshold, PSI only
 above the threshold plus the PSI two samples of that size reach by chance (99th percentile), an
-accuracy drop only above the threshold plus 2.33 standard errors of the difference. A figure past
-its threshold but within chance holds the step, which gathers evidence until it is clear either
-way. The difference ratio, R^2 and p99 have no such allowance. A threshold of 0 is not checked.
+accuracy drop only above the threshold plus 2.33 standard errors of the difference, a p99 ratio
+only when the challenger's p99 bounded from below exceeds the ratio times the champion's bounded
+from above (99% bounds from the ranks of the order statistics: a p99 of a few hundred requests rests
+on their few slowest, which a loaded machine makes slow). A figure past its threshold but within
+chance holds the step, which gathers evidence until it is clear either way. The difference ratio
+and R^2 have no such allowance. A threshold of 0 is not checked.
 
 Evidence of a step the monitor has not heard of yet (a newer traffic revision, another challenger
 or role: serving may follow a change first, even the monitor's own advance while its answer is on
@@ -243,6 +246,10 @@ class Figures:
     shadow_dropped: int
     metric: str  # "accuracy" or "r2"
     drift_bins: int = _PSI_BINS  # the bins (or labels) the PSI was computed over
+    # one-sided 99% bounds of the p99s from their order statistics: the challenger's lower, the
+    # champion's upper (a p99 of a few hundred requests rests on its few slowest)
+    challenger_p99_low_ms: float = math.nan
+    champion_p99_high_ms: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -307,6 +314,16 @@ def _psi_bins(expected: Vector, actual: Vector, categorical: bool) -> int:
     return len(np.unique(np.quantile(expected, np.linspace(0, 1, _PSI_BINS + 1))[1:-1])) + 1
 
 
+def _p99_rank_bound(requests: int, side: int) -> float:
+    """The quantile whose order statistic bounds the p99 of `requests` requests from below (side
+    -1) or above (+1) with 99% confidence (the normal approximation of the binomial rank)."""
+    if requests <= 0:
+        return 0.99
+    spread = _Z99 * math.sqrt(requests * 0.99 * 0.01)
+    rank = 0.99 * requests + side * spread + (1 if side > 0 else 0)
+    return min(max(rank / requests, 0.0), 1.0)
+
+
 def _counts(bins: NDArray[np.intp], size: int) -> Vector:
     return np.bincount(bins, minlength=size).astype(np.float64)
 
@@ -340,6 +357,10 @@ def figures_of(evidence: Evidence, classifier: bool) -> Figures:
         champion_requests=evidence.champion_requests,
         champion_p99_ms=p99_ms(evidence.champion_latency),
         challenger_p99_ms=p99_ms(evidence.challenger_latency),
+        challenger_p99_low_ms=p99_ms(evidence.challenger_latency, _p99_rank_bound(requests, -1)),
+        champion_p99_high_ms=p99_ms(
+            evidence.champion_latency, _p99_rank_bound(evidence.champion_requests, 1)
+        ),
         compared_rows=evidence.compared_rows,
         agreement=agreement,
         difference_ratio=difference,
@@ -394,10 +415,15 @@ def _assess(figures: Figures, limits: Thresholds, classifier: bool) -> tuple[lis
         and challenger_p99 > limits.p99_floor_ms
         and challenger_p99 > limits.max_p99_ratio * champion_p99
     ):
-        breaches.append(
+        measured = (
             f"p99 latency {challenger_p99:.1f} ms = {challenger_p99 / champion_p99:.2f}x the champion's "
             f"{champion_p99:.1f} ms > {limits.max_p99_ratio:g}x"
         )
+        low, high = figures.challenger_p99_low_ms, figures.champion_p99_high_ms
+        if low > limits.max_p99_ratio * high:
+            breaches.append(f"{measured} (at least {low:.1f} ms against at most {high:.1f} ms)")
+        else:
+            doubts.append(measured)
     rows = figures.compared_rows
     if rows >= enough:
         over = f"over {rows} compared rows"

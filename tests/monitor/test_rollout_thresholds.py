@@ -111,8 +111,26 @@ def test_a_slower_challenger_rolls_back_on_its_p99_but_not_under_the_floor() -> 
 
     assert slow.action == "abort"
     # 15 ms is counted in (8, 16] ms, 3 ms in (2, 4]: each p99 interpolated inside its bucket
-    assert slow.reason.startswith("p99 latency 15.9 ms = 4.00x the champion's 4.0 ms > 2x at step 2 of 3")
+    assert slow.reason.startswith(
+        "p99 latency 15.9 ms = 4.00x the champion's 4.0 ms > 2x (at least 15.8 ms against at most 4.0 ms) "
+        "at step 2 of 3"
+    )
     assert fast_noise.action == "advance"
+
+
+def test_a_p99_resting_on_a_few_slow_requests_holds_until_their_share_is_clear() -> None:
+    few_slow = evidence(requests=150)
+    few_slow.challenger_latency = histogram([3.0] * 147 + [30.0] * 3)  # 2% slow: p99 in (16, 32] ms
+    many_slow = evidence(requests=1500)
+    many_slow.challenger_latency = histogram([3.0] * 1440 + [30.0] * 60)  # 4% slow
+
+    figures, unclear = judge(ROLLOUT, few_slow, True, LATER)
+    _, clear = judge(ROLLOUT, many_slow, True, LATER)
+
+    assert figures.challenger_p99_ms > 2 * figures.champion_p99_ms
+    assert unclear.action == "hold"
+    assert "p99 latency" in unclear.reason and "not yet beyond chance" in unclear.reason
+    assert clear.action == "abort" and clear.reason.startswith("p99 latency")
 
 
 def test_agreement_below_the_threshold_rolls_a_classifier_back_with_the_measured_value() -> None:
