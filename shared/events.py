@@ -452,6 +452,27 @@ class TrainingProgress(Event):
     message: str = ""
 
 
+class StudyOpened(Event):
+    """A trainer replica put a run's trial budget into a shared hyperparameter study (the trainer's
+    study storage setting): the other replicas join it on the same dataset version and spec until
+    the budget is spent. Every replica reads this in a consumer group of its own."""
+
+    TOPIC: ClassVar[str] = "training-studies.v1"
+    MAX_BYTES: ClassVar[int] = 4 * 1024
+    type: Literal["io.cascade.training.study-opened.v1"] = "io.cascade.training.study-opened.v1"
+
+    model: str = Field(min_length=1, max_length=128)
+    study: str = Field(min_length=1, max_length=64, description="The study's name in the shared storage.")
+    run_key: str = Field(max_length=1024, description="The run's idempotency key.")
+    dataset: str = Field(min_length=1, max_length=128)
+    task: Literal["classification", "regression"]
+    window_batches: int | None = Field(None, ge=1, description="As the spec says: the rows trained on.")
+    spec_digest: str = Field(
+        max_length=64, description="The spec the owner searches with; a joiner checks it."
+    )
+    owner: str = Field(max_length=256, description="The replica that opened the study.")
+
+
 class LabelsArrived(BaseModel):
     """Ground truth for logged predictions, from any producer: plain JSON, no envelope required.
 

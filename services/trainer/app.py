@@ -28,7 +28,7 @@ def build(settings: TrainerSettings | None = None) -> Service:
     async def publish(event: Event) -> None:
         await publish_event(broker, topics, event)
 
-    core = TrainerCore(settings, ingest, registry, emit=publish, progress=publish)
+    core = TrainerCore(settings, ingest, registry, emit=publish, progress=publish, announce=publish)
     kafka_api.register(broker, core, topics)
     servicer = TrainerServicer(publish, core, settings.max_import_bytes)
 

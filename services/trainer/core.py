@@ -11,6 +11,8 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
+import socket
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from cascade.events import (
     DriftDetected,
     ModelTrained,
     RetrainCause,
+    StudyOpened,
     TrainingProgress,
     TrainingRequested,
 )
@@ -38,6 +41,7 @@ from cascade.services.trainer.attribution import (
     background_sample,
     global_attribution_record,
 )
+from cascade.services.trainer.distributed import SharedStudy, is_open, study_name
 from cascade.services.trainer.importing import (
     ImportedModel,
     ModelFormat,
@@ -45,19 +49,21 @@ from cascade.services.trainer.importing import (
     parity_rows_from_csv,
 )
 from cascade.services.trainer.settings import TrainerSettings
-from cascade.services.trainer.training import TrainingResult, train
+from cascade.services.trainer.training import TrainingResult, join_study, train
 from cascade.splits import holdout_mask
 from cascade.training_spec import Task, TrainingSpec
 
 log = logging.getLogger(__name__)
 
 SOURCE = "cascade/trainer"
+WORKER = f"{socket.gethostname()}:{os.getpid()}"  # this replica, on the trials it claims in a shared study
 RUNS = Counter("cascade_trainer_runs_total", "Training runs, by outcome.", ["model", "outcome"])
 TRIALS = Counter("cascade_trainer_trials_total", "Hyperparameter trials run.", ["model"])
 TRAIN_SECONDS = Histogram("cascade_trainer_train_seconds", "Wall time of one training run.")
 
 Emit = Callable[[ModelTrained], Awaitable[None]]
 Progress = Callable[[TrainingProgress], Awaitable[None]]
+Announce = Callable[[StudyOpened], Awaitable[None]]
 
 
 class Datasets(Protocol):
@@ -164,12 +170,14 @@ class TrainerCore:
         registry: Registry,
         emit: Emit,
         progress: Progress | None = None,
+        announce: Announce | None = None,
     ) -> None:
         self.settings = settings
         self.ingest = ingest
         self.registry = registry
         self.emit = emit
         self.progress = progress
+        self.announce = announce  # with study storage set: invites the other replicas to a study
 
     async def spec_for(self, model: str) -> TrainingSpec:
         """The model's latest spec in the registry, or the defaults (with this trainer's seed, folds
@@ -340,6 +348,7 @@ class TrainerCore:
                     spec=spec,
                     on_trial=on_trial,
                     explain=self.settings.explain_limits(),
+                    shared=self._shared_study(model, key, job, spec),
                 )
         except Exception as exc:
             RUNS.labels(model, "failed").inc()
@@ -375,6 +384,64 @@ class TrainerCore:
             message=f"registered version {version.version}: {result.metrics}",
         )
         return version
+
+    def _shared_study(self, model: str, key: str, job: _Job, spec: TrainingSpec) -> SharedStudy | None:
+        """With study storage set, the run's search is a study other replicas join once it is
+        announced, named after the run's idempotency key: a redelivered event resumes it rather than
+        starting again."""
+        storage = self.settings.study_storage()
+        if storage is None or self.announce is None:
+            return None
+        name = study_name(model, key)
+        opened = StudyOpened(
+            source=SOURCE,
+            subject=model,
+            model=model,
+            study=name,
+            run_key=key,
+            dataset=job.dataset,
+            dataset_version=job.dataset_version,
+            task=job.task,
+            window_batches=spec.window_batches,
+            spec_digest=spec.digest(),
+            owner=WORKER,
+        )
+        loop, announce = asyncio.get_running_loop(), self.announce
+
+        async def invite() -> None:
+            try:
+                await announce(opened)
+            except Exception as exc:  # an invitation lost only slows the study: the owner runs it all
+                log.warning("could not announce study %s: %s", name, exc)
+
+        def on_open() -> None:  # from the training thread
+            asyncio.run_coroutine_threadsafe(invite(), loop)
+
+        return SharedStudy(storage, name, worker=WORKER, on_open=on_open)
+
+    async def on_study_opened(self, event: StudyOpened) -> None:
+        """Join another replica's study: the same dataset version (and window) and spec, trials until
+        its budget is spent. An announcement of a study that is done (an old one read again) or of a
+        spec that has changed since is passed over."""
+        storage = self.settings.study_storage()
+        if event.owner == WORKER or storage is None or event.dataset_version is None:
+            return
+        if not await asyncio.to_thread(is_open, storage, event.study):
+            log.info("study %s of %s has no trial waiting; not joining", event.study, event.model)
+            return
+        spec = await self.spec_for(event.model)
+        if spec.digest() != event.spec_digest:
+            log.warning("study %s of %s was opened with another spec; not joining", event.study, event.model)
+            return
+        info, frame = await self.ingest.download_dataset(
+            event.dataset, event.dataset_version, last_batches=event.window_batches or 0
+        )
+        shared = SharedStudy(storage, event.study, worker=WORKER, owner=False)
+        ran = await asyncio.to_thread(
+            join_study, frame, list(info.features), info.target, event.task, spec, shared
+        )
+        TRIALS.labels(event.model).inc(ran)
+        log.info("ran %d trials of %s's study %s (owner %s)", ran, event.model, event.study, event.owner)
 
     async def _champion_with_artifact(self, model: str, onnx_bytes: bytes) -> ModelVersion | None:
         """The champion, if its artifact has the same sha256 as `onnx_bytes`."""

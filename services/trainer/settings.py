@@ -4,6 +4,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from cascade.services.trainer.attribution import MAX_BACKGROUND_ROWS, ExplainLimits
+from cascade.services.trainer.distributed import StudyStorage
 from cascade.settings import RegistryClientSettings
 
 
@@ -40,6 +41,28 @@ class TrainerSettings(RegistryClientSettings):
     attribution_seconds: float = Field(
         20.0, gt=0.0, description="Deadline of a version's global attribution; past it, the version has none."
     )
+
+    study_storage_url: str | None = Field(
+        None,
+        description="A database URL (SQLAlchemy's, e.g. postgresql+psycopg://...) where hyperparameter "
+        "studies are kept, so the trainer replicas share one study per run: the replica that got the "
+        "event puts the trial budget in, every replica that joins runs trials, the budget holds across "
+        "them, and a redelivered event resumes its study. None: each run's study is in memory.",
+    )
+    study_heartbeat_seconds: int = Field(
+        10, ge=1, description="How often a replica running a trial of a shared study says it is alive."
+    )
+    study_grace_seconds: int = Field(
+        30,
+        ge=2,
+        description="How long a trial of a shared study may go without a heartbeat before another "
+        "replica marks it failed and queues it again (its replica is taken for dead).",
+    )
+
+    def study_storage(self) -> StudyStorage | None:
+        if self.study_storage_url is None:
+            return None
+        return StudyStorage(self.study_storage_url, self.study_heartbeat_seconds, self.study_grace_seconds)
 
     def explain_limits(self) -> ExplainLimits:
         return ExplainLimits(

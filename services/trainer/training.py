@@ -3,10 +3,11 @@ prove the export predicts the same."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import version
 from typing import Any, Protocol
 
@@ -46,6 +47,14 @@ from cascade.services.trainer.boosting import (
     is_boosting,
     missing_library,
 )
+from cascade.services.trainer.distributed import (
+    SharedStudy,
+    fill_slots,
+    open_study,
+    wait_for_running,
+    wait_for_slots,
+    work_on,
+)
 from cascade.splits import holdout_mask
 from cascade.training_spec import BOOSTING, DEFAULT_ESTIMATORS, ParamRange, Task, TrainingSpec
 
@@ -54,6 +63,8 @@ log = logging.getLogger(__name__)
 INPUT_NAME = "input"
 PARITY_REFERENCE_ROWS = 16
 PROBABILITY_TOLERANCE = 1e-4  # absolute for probabilities; relative to the magnitude for regression values
+STARTUP_TRIALS = 4  # the Bayesian search's random trials before TPE proposes
+TRIAL_RECORD = "cascade.trial"  # a shared study's trials carry their record (user attribute)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # Cascade logs each trial itself
 
 # Told about each finished trial (number, estimator, state, score, best so far), from the training thread.
@@ -172,10 +183,16 @@ class _Search:
     fold, so the median pruner stops weak trials early."""
 
     def __init__(
-        self, spec: TrainingSpec, x: np.ndarray, y: np.ndarray, on_trial: OnTrial | None = None
+        self,
+        spec: TrainingSpec,
+        x: np.ndarray,
+        y: np.ndarray,
+        on_trial: OnTrial | None = None,
+        shared: SharedStudy | None = None,
     ) -> None:
         self.spec = spec
         self.on_trial = on_trial
+        self.shared = shared
         self.x, self.y = x, y
         assert spec.task is not None and spec.primary_metric is not None
         self.task: Task = spec.task
@@ -199,30 +216,31 @@ class _Search:
                 if trial.should_prune():
                     raise optuna.TrialPruned()
         finally:
-            self.trials.append(
-                {
-                    "number": trial.number,
-                    "estimator": name,
-                    "params": {k: str(v) for k, v in params.items()},
-                    "score": float(np.mean(scores)) if scores else None,
-                    "folds_scored": len(scores),
-                    "pruned": len(scores) < len(self.folds),
-                    "seconds": round(time.perf_counter() - started, 4),
-                }
-            )
+            record = {
+                "number": trial.number,
+                "estimator": name,
+                "params": {k: str(v) for k, v in params.items()},
+                "score": float(np.mean(scores)) if scores else None,
+                "folds_scored": len(scores),
+                "pruned": len(scores) < len(self.folds),
+                "seconds": round(time.perf_counter() - started, 4),
+            }
+            self.trials.append(record)
+            if self.shared is not None:  # the owner reports every replica's trials from the study
+                trial.set_user_attr(TRIAL_RECORD, record)
         return float(np.mean(scores))
 
     def run(self) -> optuna.Study:
+        if self.shared is not None:
+            return self._run_shared(self.shared)
         seed = self.spec.seed
         if self.spec.strategy == "bayesian":
-            sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)
+            sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=STARTUP_TRIALS
+            )
         else:
             sampler = optuna.samplers.RandomSampler(seed=seed)
-        study = optuna.create_study(
-            direction="maximize",
-            sampler=sampler,
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
-        )
+        study = optuna.create_study(direction="maximize", sampler=sampler, pruner=_pruner())
         n_trials = self.spec.max_trials
         if self.spec.strategy == "grid":
             grid = _grid(self.spec)
@@ -233,6 +251,61 @@ class _Search:
             self.objective, n_trials=n_trials, timeout=self.spec.max_seconds, callbacks=[self._progress]
         )
         return study
+
+    def _run_shared(self, shared: SharedStudy) -> optuna.Study:
+        """The search as one participant of a study in shared storage (distributed.py): the owner
+        puts the budget in as slots, everyone runs slots, the owner then waits for the others'."""
+        storage = shared.storage.open()
+        study = open_study(storage, shared.name, self._shared_sampler(shared.worker), _pruner())
+        if shared.owner:
+            added = fill_slots(study, self.spec.max_trials, self._fixed_points())
+            log.info("study %s: %d trial slots added (budget %d)", shared.name, added, self.spec.max_trials)
+            if shared.on_open is not None:
+                shared.on_open()
+        deadline = time.monotonic() + self.spec.max_seconds
+        poll = shared.storage.poll_seconds
+        if not shared.owner and not wait_for_slots(study, deadline, poll):
+            log.warning(
+                "study %s: no trial slots within %g s; nothing to join", shared.name, self.spec.max_seconds
+            )
+            return study
+        ran = work_on(study, self.objective, deadline, shared.worker, self._progress, poll)
+        log.info("study %s: %s ran %d trials", shared.name, shared.worker, ran)
+        if shared.owner:
+            still_running = wait_for_running(study, deadline + shared.storage.grace_seconds, poll)
+            if still_running:
+                log.warning(
+                    "study %s: %d trials still running past the deadline; chosen without them",
+                    shared.name,
+                    len(still_running),
+                )
+        return study
+
+    def _shared_sampler(self, worker: str) -> optuna.samplers.BaseSampler:
+        """Grid and random trials are fixed in their slots, so who runs them does not matter. The
+        Bayesian sampler proposes from the study's history, which depends on which replica asks
+        when; each replica seeds it apart, or two with the same history would propose the same."""
+        if self.spec.strategy != "bayesian":
+            return optuna.samplers.RandomSampler(seed=self.spec.seed)
+        offset = int.from_bytes(hashlib.sha256(worker.encode()).digest()[:4], "big")
+        return optuna.samplers.TPESampler(seed=self.spec.seed + offset, n_startup_trials=STARTUP_TRIALS)
+
+    def _fixed_points(self) -> list[dict[str, Any]]:
+        """The parameters fixed in the slots: every grid point; the random search's trials, drawn from
+        the spec's seed; the Bayesian search's random start-up trials."""
+        if self.spec.strategy == "grid":
+            return _grid(self.spec)
+        count = self.spec.max_trials if self.spec.strategy == "random" else STARTUP_TRIALS
+        draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=self.spec.seed))
+        points: list[dict[str, Any]] = []
+        assert self.spec.estimators is not None
+        for _ in range(count):
+            trial = draws.ask()
+            name = str(trial.suggest_categorical("estimator", self.spec.estimators))
+            _suggest(trial, name, self.spec.search_space[name])
+            points.append(dict(trial.params))
+            draws.tell(trial, 0.0)
+        return points
 
     def _progress(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -259,6 +332,16 @@ class _Search:
         )
 
 
+def _pruner() -> optuna.pruners.BasePruner:
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+
+
+def study_trials(study: optuna.Study) -> list[dict[str, Any]]:
+    """Every participant's trial records, in trial order, from a shared study."""
+    records = [t.user_attrs.get(TRIAL_RECORD) for t in study.get_trials(deepcopy=False)]
+    return [record for record in records if record is not None]
+
+
 def train(
     frame: pd.DataFrame,
     features: list[str],
@@ -270,27 +353,19 @@ def train(
     spec: TrainingSpec | None = None,
     on_trial: OnTrial | None = None,
     explain: ExplainLimits | None = None,
+    shared: SharedStudy | None = None,
 ) -> TrainingResult:
     """Search on the training rows within the spec's budget, refit the best pipeline, export it to
     ONNX and check on the held-out rows that ONNX and scikit-learn agree; then sample its
     explanation background from the training rows and attribute the exported ONNX's outputs on the
-    held-out rows (within `explain`'s limits)."""
+    held-out rows (within `explain`'s limits). With `shared` (its owner), the search is one study in
+    shared storage that other replicas join (join_study)."""
     spec = TrainingSpec(seed=seed, cv_folds=folds, holdout_fraction=holdout) if spec is None else spec
     task = spec.task or task
     started = time.perf_counter()
-    held_out = holdout_mask(frame[[*features, target]], spec.holdout_fraction)
-    train_rows, holdout_rows = frame[~held_out], frame[held_out]
-    if len(train_rows) < 4 * spec.cv_folds or len(holdout_rows) == 0:
-        raise InvalidArgument(f"too few rows to train: {len(train_rows)} train, {len(holdout_rows)} held out")
-    x_train = train_rows[features].to_numpy(dtype=np.float32)
-    y_train = train_rows[target].to_numpy()
-    if task == "classification":
-        y_train = y_train.astype(np.int64)
-        if len(np.unique(y_train)) < 2:
-            raise InvalidArgument("classification needs at least two classes in the training rows")
-    spec = trainable_families(spec, task, y_train if task == "classification" else None).resolved(task)
+    spec, x_train, y_train, holdout_rows = _training_rows(frame, features, target, task, spec)
 
-    search = _Search(spec, x_train, y_train, on_trial)
+    search = _Search(spec, x_train, y_train, on_trial, shared)
     study = search.run()
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not completed:
@@ -338,7 +413,7 @@ def train(
             f"cv_{metric}": float(study.best_value),
             f"holdout_{metric}": float(scorer(best, x_holdout, y_holdout)),
         },
-        trials=search.trials,
+        trials=search.trials if shared is None else study_trials(study),
         train_seconds=finished - started,
         feature_importance={
             f: round(float(v), 6) for f, v in zip(features, importance.importances_mean, strict=True)
@@ -354,6 +429,42 @@ def train(
         parity_reference=parity_reference(best, x_holdout, task),
         explain_tags=explain_tags,
     )
+
+
+def join_study(
+    frame: pd.DataFrame,
+    features: list[str],
+    target: str,
+    task: Task,
+    spec: TrainingSpec,
+    shared: SharedStudy,
+    on_trial: OnTrial | None = None,
+) -> int:
+    """Take part in another replica's study: run its waiting trials on the same training rows (the
+    same dataset version, hold-out and folds give the same rows everywhere) until none is left. The
+    number of trials run here."""
+    spec, x_train, y_train, _ = _training_rows(frame, features, target, spec.task or task, spec)
+    search = _Search(spec, x_train, y_train, on_trial, replace(shared, owner=False))
+    search.run()
+    return len(search.trials)
+
+
+def _training_rows(
+    frame: pd.DataFrame, features: list[str], target: str, task: Task, spec: TrainingSpec
+) -> tuple[TrainingSpec, np.ndarray, np.ndarray, pd.DataFrame]:
+    """The resolved spec, the training rows' features and labels, and the held-out rows."""
+    held_out = holdout_mask(frame[[*features, target]], spec.holdout_fraction)
+    train_rows, holdout_rows = frame[~held_out], frame[held_out]
+    if len(train_rows) < 4 * spec.cv_folds or len(holdout_rows) == 0:
+        raise InvalidArgument(f"too few rows to train: {len(train_rows)} train, {len(holdout_rows)} held out")
+    x_train = train_rows[features].to_numpy(dtype=np.float32)
+    y_train = train_rows[target].to_numpy()
+    if task == "classification":
+        y_train = y_train.astype(np.int64)
+        if len(np.unique(y_train)) < 2:
+            raise InvalidArgument("classification needs at least two classes in the training rows")
+    spec = trainable_families(spec, task, y_train if task == "classification" else None).resolved(task)
+    return spec, x_train, y_train, holdout_rows
 
 
 def _versions(family: str) -> dict[str, str]:
