@@ -1,9 +1,11 @@
-"""The real stack with the registry's artifacts and ingest's segments in S3 (moto's server, a real
-S3 API in its own process): a batch cascades to a served model, the bucket holds the segment and the
-artifact under their digests, and with both services' local copies wiped, the next cascade and a
-download of the first model read them back from the bucket. A stack of its own (its own Kafka and
-ports, 265xx), since the session stack keeps its files locally; the secret key reaches the services
-as a file and appears in none of their logs."""
+"""The real stack with two replicas each of ingest and registry, their artifacts and segments in S3
+(moto's server, a real S3 API in its own process) and their metadata in one database per service: a
+batch cascades to a served model and the bucket holds the segment and the artifact under their
+digests; the second ingest replica, which never saw the first batch, takes the next one (reading the
+first segment from the bucket) and it cascades too; the second registry replica serves both models'
+artifacts, fetched from the bucket and verified. A stack of its own (its own Kafka and ports,
+265xx), since the session stack keeps its files locally; the secret key reaches the services as a
+file and appears in none of their logs."""
 
 from __future__ import annotations
 
@@ -32,8 +34,10 @@ PORTS = {
     "validator": 26553,
     "registry": 26554,
     "monitor": 26555,
-    "serving": 26561,  # REST one below: 26560
+    "serving": 26581,  # REST one below: 26580
 }
+# Second replicas listen 10 above: ingest-2 on 26561, registry-2 on 26564.
+REPLICAS = {"ingest": 2, "registry": 2}
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +66,11 @@ def s3_stack(s3_server: S3Server, bucket: str) -> Iterator[Stack]:
         topic_prefix="s3it",
         ports=PORTS,
         metrics_ports={},
+        replicas=REPLICAS,
         extra_env={
+            # Each service's replicas share one database (SQLite in WAL mode, on this one machine).
+            "CASCADE_INGEST_DATABASE_URL": f"sqlite:///{home}/ingest.sqlite3",
+            "CASCADE_REGISTRY_DATABASE_URL": f"sqlite:///{home}/registry.sqlite3",
             **s3_env,
             "CASCADE_REGISTRY_ARTIFACT_URL": f"s3://{bucket}/artifacts",
             "CASCADE_INGEST_SEGMENT_URL": f"s3://{bucket}/segments",
@@ -90,7 +98,7 @@ def _keys(s3_server: S3Server, bucket: str, prefix: str) -> set[str]:
     return {item["Key"].rsplit("/", 1)[-1] for item in listed}
 
 
-async def test_a_cascade_on_s3_serves_its_model_and_reads_back_what_it_stored(
+async def test_replicas_on_s3_cascade_and_serve_what_the_other_replica_stored(
     s3_stack: Stack, s3_server: S3Server, bucket: str
 ) -> None:
     model = "bc_s3"
@@ -109,22 +117,34 @@ async def test_a_cascade_on_s3_serves_its_model_and_reads_back_what_it_stored(
         assert _keys(s3_server, bucket, "segments/") == {f"{segment}.parquet"}
         assert _keys(s3_server, bucket, "artifacts/") == {v1.artifact_sha256}
 
-        # Both services' local copies gone: what they serve next comes from the bucket.
-        shutil.rmtree(s3_stack.data_dir("ingest") / "segments")
-        (s3_stack.data_dir("ingest") / "segments").mkdir()
-        shutil.rmtree(s3_stack.data_dir("registry") / "artifact-cache")
-        response, _ = upload(s3_stack, model, second)
-        assert response.created
+    # The second ingest replica has none of the first batch's files: it reads the first segment
+    # from the bucket to find which of the new rows the dataset already holds.
+    second_ingest = s3_stack.data_dir("ingest-2") / "segments"
+    assert not list(second_ingest.glob("*.parquet"))
+    async with AsyncClient(
+        {"ingest": s3_stack.address("ingest-2"), "registry": s3_stack.address("registry-2")},
+        security=s3_stack.client_security,
+    ) as replicas:
+        uploaded = await replicas.ingest.upload_batch(second.to_csv(index=False).encode(), model)
+        assert uploaded.created and uploaded.report.rows_duplicate == 0
+        assert (second_ingest / f"{segment}.parquet").exists()  # fetched, verified
         wait_for(
             lambda: infer(s3_stack, model, features[:4])[0] == "2",
             CASCADE_TIMEOUT,
             "serving to swap to version 2 (trained on both segments)",
         )
-        version_two = await client.ingest.get_dataset_version(model, response.dataset_version)
+        version_two = await replicas.ingest.get_dataset_version(model, uploaded.dataset_version)
         assert version_two.rows == len(frame) and len(version_two.segments) == 2
         assert len(_keys(s3_server, bucket, "segments/")) == 2
-        artifact = await client.registry.download_artifact(model, 1)
-        assert hashlib.sha256(artifact).hexdigest() == v1.artifact_sha256
-        assert (s3_stack.data_dir("ingest") / "segments" / f"{segment}.parquet").exists()  # fetched again
-        _, downloaded = await client.ingest.download_dataset(model, response.dataset_version)
+        v2 = await replicas.registry.get_version(model, 2)
+        assert _keys(s3_server, bucket, "artifacts/") == {v1.artifact_sha256, v2.artifact_sha256}
+        # Callers spread over both registry replicas, so either may hold copies: the second one's
+        # are removed (a replica just started), and it serves both versions from the bucket.
+        cache = s3_stack.data_dir("registry-2") / "artifact-cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        for version in (v1, v2):
+            artifact = await replicas.registry.download_artifact(model, version.version)
+            assert hashlib.sha256(artifact).hexdigest() == version.artifact_sha256
+        assert {path.name for path in cache.glob("*/*")} == {v1.artifact_sha256, v2.artifact_sha256}
+        _, downloaded = await replicas.ingest.download_dataset(model, uploaded.dataset_version)
         assert len(downloaded) == len(frame)
