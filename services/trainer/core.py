@@ -171,6 +171,7 @@ class TrainerCore:
         emit: Emit,
         progress: Progress | None = None,
         announce: Announce | None = None,
+        worker: str = WORKER,
     ) -> None:
         self.settings = settings
         self.ingest = ingest
@@ -178,6 +179,7 @@ class TrainerCore:
         self.emit = emit
         self.progress = progress
         self.announce = announce  # with study storage set: invites the other replicas to a study
+        self.worker = worker
 
     async def spec_for(self, model: str) -> TrainingSpec:
         """The model's latest spec in the registry, or the defaults (with this trainer's seed, folds
@@ -404,7 +406,7 @@ class TrainerCore:
             task=job.task,
             window_batches=spec.window_batches,
             spec_digest=spec.digest(),
-            owner=WORKER,
+            owner=self.worker,
         )
         loop, announce = asyncio.get_running_loop(), self.announce
 
@@ -417,14 +419,14 @@ class TrainerCore:
         def on_open() -> None:  # from the training thread
             asyncio.run_coroutine_threadsafe(invite(), loop)
 
-        return SharedStudy(storage, name, worker=WORKER, on_open=on_open)
+        return SharedStudy(storage, name, worker=self.worker, on_open=on_open)
 
     async def on_study_opened(self, event: StudyOpened) -> None:
         """Join another replica's study: the same dataset version (and window) and spec, trials until
         its budget is spent. An announcement of a study that is done (an old one read again) or of a
         spec that has changed since is passed over."""
         storage = self.settings.study_storage()
-        if event.owner == WORKER or storage is None or event.dataset_version is None:
+        if event.owner == self.worker or storage is None or event.dataset_version is None:
             return
         if not await asyncio.to_thread(is_open, storage, event.study):
             log.info("study %s of %s has no trial waiting; not joining", event.study, event.model)
@@ -436,7 +438,7 @@ class TrainerCore:
         info, frame = await self.ingest.download_dataset(
             event.dataset, event.dataset_version, last_batches=event.window_batches or 0
         )
-        shared = SharedStudy(storage, event.study, worker=WORKER, owner=False)
+        shared = SharedStudy(storage, event.study, worker=self.worker, owner=False)
         ran = await asyncio.to_thread(
             join_study, frame, list(info.features), info.target, event.task, spec, shared
         )
