@@ -206,6 +206,19 @@ def _ready_on_every_replica(stack: Stack, model: str) -> bool:
     return True
 
 
+def _inferences_per_replica(stack: Stack, model: str) -> dict[str, int]:
+    """Requests each serving replica answered for the model since it last started (its statistics)."""
+    counts: dict[str, int] = {}
+    for replica in stack.replicas("serving"):
+        client = triton.InferenceServerClient(url=stack.address(replica))
+        try:
+            statistics = client.get_inference_statistics(model)
+            counts[replica] = sum(int(stats.inference_count) for stats in statistics.model_stats)
+        finally:
+            client.close()
+    return counts
+
+
 # ---------------------------------------------------------------------- batches
 
 
@@ -401,8 +414,10 @@ def test_killing_one_replica_of_each_service_in_turn_loses_nothing_and_fails_no_
         load.stop()
     seconds = time.monotonic() - started
     ledger = Ledger.read(stack)
+    per_replica = _inferences_per_replica(stack, first)
     with capsys.disabled():
         print("\n" + "\n".join(ledger.lines(uploads, load, killed, seconds)))
+        print(f"requests answered per serving replica since its last start: {per_replica}")
 
     assert not uploads.refused
     assert len(uploads.acknowledged) == len(DATASETS) * BATCHES_PER_DATASET
@@ -422,5 +437,6 @@ def test_killing_one_replica_of_each_service_in_turn_loses_nothing_and_fails_no_
         champion_moves = [to for alias, _, to in moves if alias == "champion"]
         assert champion_moves and set(champion_moves) <= passed, dataset
     assert load.ok > 0
+    assert all(count > 0 for count in per_replica.values()), per_replica  # both replicas took the load
     assert load.failed == 0, load.errors
     assert all(row.health == "SERVING" for row in stack.status())
