@@ -207,7 +207,7 @@ def _ready_on_every_replica(stack: Stack, model: str) -> bool:
 
 
 def _inferences_per_replica(stack: Stack, model: str) -> dict[str, int]:
-    """Requests each serving replica answered for the model since it last started (its statistics)."""
+    """Rows each serving replica inferred for the model since it last started (inference_count)."""
     counts: dict[str, int] = {}
     for replica in stack.replicas("serving"):
         client = triton.InferenceServerClient(url=stack.address(replica))
@@ -417,7 +417,7 @@ def test_killing_one_replica_of_each_service_in_turn_loses_nothing_and_fails_no_
     per_replica = _inferences_per_replica(stack, first)
     with capsys.disabled():
         print("\n" + "\n".join(ledger.lines(uploads, load, killed, seconds)))
-        print(f"requests answered per serving replica since its last start: {per_replica}")
+        print(f"rows inferred per serving replica since its last start: {per_replica}")
 
     assert not uploads.refused
     assert len(uploads.acknowledged) == len(DATASETS) * BATCHES_PER_DATASET
