@@ -39,6 +39,7 @@ STUDY_PREFIX = "cascade-"
 # that runs it (out of memory, say) must not stall the study for ever.
 MAX_RETRIES = 2
 CLAIMED_BY = "cascade.claimed_by"
+OPEN_ATTEMPTS = 5
 _SCORED = (TrialState.COMPLETE, TrialState.PRUNED)
 _OPEN = (TrialState.WAITING, TrialState.RUNNING)
 
@@ -56,15 +57,28 @@ class StudyStorage:
     poll_seconds: float = 1.0
 
     def open(self) -> RDBStorage:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = RDBStorage(
-                self.url,
-                engine_kwargs=_engine_kwargs(self.url),
-                heartbeat_interval=self.heartbeat_seconds,
-                grace_period=self.grace_seconds,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
-            )
+        """The storage; its tables are created on first use. Optuna's first use is not safe against
+        itself (two processes both create the tables, both stamp the schema version): the loser
+        fails on a constraint or a lock, and finds the tables made when it tries again."""
+        for attempt in range(OPEN_ATTEMPTS):
+            try:
+                with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    storage = RDBStorage(
+                        self.url,
+                        engine_kwargs=_engine_kwargs(self.url),
+                        heartbeat_interval=self.heartbeat_seconds,
+                        grace_period=self.grace_seconds,
+                        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                            max_retry=MAX_RETRIES
+                        ),
+                    )
+                break
+            except (sa.exc.IntegrityError, sa.exc.OperationalError) as exc:
+                if attempt == OPEN_ATTEMPTS - 1:
+                    raise
+                log.info("study storage busy being created (%s); trying again", type(exc).__name__)
+                time.sleep(0.5 * (attempt + 1))
         if storage.engine.dialect.name == "sqlite":
             _begin_immediate(storage.engine)
         return storage
@@ -233,7 +247,11 @@ def _beating(storage: BaseHeartbeat, trial_id: int) -> Iterator[None]:
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
-        return {"connect_args": {"timeout": 60}}
+        # No implicit BEGIN from the first connection on: RDBStorage creates its tables before
+        # _begin_immediate is in place, and several processes doing that at once in SQLite's
+        # deferred transactions deadlock ("database is locked" at once, no waiting); statement by
+        # statement they wait their turn within the timeout.
+        return {"connect_args": {"timeout": 60, "isolation_level": None}}
     return {"pool_pre_ping": True}
 
 

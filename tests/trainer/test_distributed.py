@@ -167,3 +167,20 @@ def _wait_for_claim(url: str, name: str, worker_prefix: str) -> optuna.trial.Fro
             return mine[0]
         time.sleep(0.1)
     raise AssertionError(f"{worker_prefix}* claimed no trial")
+
+
+def _open_and_count(url: str) -> int:
+    study = open_study(
+        _storage(url).open(), "fresh", optuna.samplers.RandomSampler(), optuna.pruners.NopPruner()
+    )
+    return len(study.get_trials(deepcopy=False))
+
+
+def test_processes_opening_a_fresh_sqlite_store_at_once_all_get_the_one_study(tmp_path: Path) -> None:
+    # Optuna's table creation and schema stamp race with themselves on a fresh file (a constraint
+    # or lock error for the loser): StudyStorage.open tries again, within its budget.
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    with _executor(6) as pool:
+        counts = list(pool.map(_open_and_count, [url] * 6))
+    assert counts == [0] * 6
+    assert len(optuna.get_all_study_names(storage=url)) == 1
