@@ -222,3 +222,28 @@ def test_p99_interpolates_in_its_bucket_and_psi_of_identical_outputs_is_zero() -
     outputs = np.random.default_rng(2).normal(size=500)
     assert psi(outputs, outputs, categorical=False) == 0.0
     assert psi_allowance(100, 10) == pytest.approx(0.433, abs=1e-3)
+
+
+def test_labels_showing_the_challenger_no_worse_outrank_its_disagreement_with_the_champion() -> None:
+    """After a shift a better challenger disagrees with the champion where the champion is wrong:
+    with enough labels saying so, the disagreement is no breach; without them, or with labels
+    saying it is worse, it still is."""
+    rng = np.random.default_rng(3)
+    champion = rng.integers(0, 2, 400).astype(float).tolist()
+    challenger = [c if i < 300 else 1 - c for i, c in enumerate(champion)]  # agreement 0.75
+    departing = evidence(champion=champion, challenger=challenger)
+    right = {  # the challenger right on 190 of 200 labelled rows, the champion on 150
+        "champion": [[1.0, 1.0]] * 150 + [[0.0, 1.0]] * 50,
+        "challenger": [[1.0, 1.0]] * 190 + [[0.0, 1.0]] * 10,
+    }
+    wrong = {"champion": right["challenger"], "challenger": right["champion"]}
+
+    _, unlabelled = judge(ROLLOUT, departing, True, LATER)
+    figures, vouched = judge(ROLLOUT, replace(departing, labelled=right), True, LATER)
+    _, worse = judge(ROLLOUT, replace(departing, labelled=wrong), True, LATER)
+
+    assert unlabelled.action == "abort" and unlabelled.reason.startswith("agreement 0.75 < 0.90")
+    assert figures.agreement == pytest.approx(0.75)
+    assert figures.challenger_metric > figures.champion_metric
+    assert vouched.action == "advance"
+    assert worse.action == "abort" and "agreement 0.75" in worse.reason and "live accuracy" in worse.reason
