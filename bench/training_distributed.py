@@ -16,7 +16,6 @@ x 30 features: the whole frame (read_parquet, then fit) against segment by segme
 from __future__ import annotations
 
 import multiprocessing
-import resource
 import sys
 import tempfile
 import time
@@ -77,7 +76,7 @@ def _peak_rss(path: str, segment_wise: bool) -> tuple[float, float]:
     from cascade.services.trainer.training import build_pipeline
     from cascade.splits import holdout_mask
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = _high_water_mib()
     if segment_wise:
         fit_segments("ridge", {"alpha": 1.0}, parquet_segments(Path(path), FEATURES, "target", 0.2))
     else:
@@ -85,7 +84,16 @@ def _peak_rss(path: str, segment_wise: bool) -> tuple[float, float]:
         kept = frame[~holdout_mask(frame[[*FEATURES, "target"]], 0.2)]
         x = kept[FEATURES].to_numpy(dtype=np.float32)
         build_pipeline("ridge", "regression", {"alpha": 1.0}, 42).fit(x, kept["target"].to_numpy())
-    return before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return before, _high_water_mib()
+
+
+def _high_water_mib() -> float:
+    """This process's peak RSS. Not getrusage's ru_maxrss: Linux keeps that across execve, so a
+    spawned child would report its parent's peak (the parent builds the largest frame)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def memory(directory: Path) -> None:
