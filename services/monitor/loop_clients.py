@@ -158,7 +158,6 @@ def rollout_of(traffic: Traffic) -> Rollout | None:
         return None
     plan = rollout.plan
     started = rollout.step_started_at or rollout.started_at or _EPOCH
-    limits = plan.thresholds
     return Rollout(
         model=traffic.model,
         champion_version=traffic.champion_version,
@@ -170,16 +169,7 @@ def rollout_of(traffic: Traffic) -> Rollout | None:
             Step(step.stage, step.percent, step.min_requests, step.min_seconds) for step in plan.steps
         )
         or (Step("shadow", 0.0, 0, 0.0),),
-        thresholds=Thresholds(
-            max_error_rate=limits.max_error_rate,
-            max_p99_ratio=limits.max_p99_ratio,
-            p99_floor_ms=limits.p99_floor_ms,
-            min_agreement=limits.min_agreement,
-            max_difference_ratio=limits.max_difference_ratio,
-            max_prediction_drift=limits.max_prediction_drift,
-            max_metric_drop=limits.max_metric_drop,
-            min_compared_rows=limits.min_compared_rows,
-        ),
+        thresholds=plan.thresholds,
         revision=traffic.revision,
         cause=rollout.cause,
     )

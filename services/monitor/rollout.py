@@ -61,6 +61,7 @@ from numpy.typing import NDArray
 from prometheus_client import Counter
 from scipy.stats import chi2
 
+from cascade.client.records import RolloutThresholds
 from cascade.errors import CascadeError, FailedPrecondition, InvalidArgument, NotFound, classify
 from cascade.events import (
     LATENCY_BOUNDS_MS,
@@ -115,18 +116,9 @@ DECISIONS = Counter(
 )
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    """The rollout plan's thresholds (RolloutThresholds); 0 turns one off."""
-
-    max_error_rate: float = 0.01
-    max_p99_ratio: float = 2.0
-    p99_floor_ms: float = 5.0
-    min_agreement: float = 0.9
-    max_difference_ratio: float = 0.5
-    max_prediction_drift: float = 0.25
-    max_metric_drop: float = 0.05
-    min_compared_rows: int = 100
+# The rollout plan's thresholds, as the registry's client reads them (0 turns one off): one type, so
+# the monitor judges by exactly what the registry stored.
+Thresholds = RolloutThresholds
 
 
 @dataclass(frozen=True)
