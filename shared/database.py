@@ -17,7 +17,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.dialects import postgresql, sqlite
 
-__all__ = ["engine", "insert", "migrate", "sqlite_url"]
+__all__ = ["engine", "insert", "migrate", "run_alembic_environment", "sqlite_url"]
 
 
 def sqlite_url(path: Path) -> str:
@@ -67,3 +67,29 @@ def insert(connection: sa.Connection, table: sa.Table) -> Any:
     """The dialect's INSERT, which has ON CONFLICT DO NOTHING / DO UPDATE on both databases."""
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
+
+
+def run_alembic_environment(metadata: sa.MetaData) -> None:
+    """The body of a service's migrations/env.py: migrate on the connection `migrate` hands over
+    (a service at start-up), or on one opened from `-x url=...` or the ini's sqlalchemy.url (a person
+    running `alembic -c services/<name>/alembic.ini`)."""
+    from alembic import context  # only inside an Alembic run is `context` configured
+
+    def run_on(connection: sa.Connection) -> None:
+        context.configure(
+            connection=connection,
+            target_metadata=metadata,
+            render_as_batch=connection.dialect.name == "sqlite",  # SQLite alters tables by copying them
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+
+    connection = context.config.attributes.get("connection")
+    if connection is not None:
+        run_on(connection)
+        return
+    url = context.get_x_argument(as_dictionary=True).get("url") or context.config.get_main_option(
+        "sqlalchemy.url"
+    )
+    with sa.create_engine(url or "").begin() as opened:
+        run_on(opened)

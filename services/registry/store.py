@@ -117,39 +117,14 @@ class VersionQuery:
     limit: int = 100
 
 
-def sqlite_url(path: Path) -> str:
-    return f"sqlite:///{path}"
+# The registry's URLs are the shared mechanism's; re-exported for the registry's callers.
+sqlite_url = database.sqlite_url
 
 
 def migrate(engine: sa.Engine) -> None:
     """Bring the schema to the newest Alembic revision (a no-op when it is there already); replicas
     starting at once on one PostgreSQL database queue on cascade.database.migrate's advisory lock."""
     database.migrate(engine, MIGRATIONS)
-
-
-def _engine(url: str, writer: bool) -> sa.Engine:
-    if not url.startswith("sqlite"):
-        return sa.create_engine(url, pool_pre_ping=True)
-    path = sa.make_url(url).database
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"timeout": 30})
-
-    @sa.event.listens_for(engine, "connect")
-    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself, below
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _begin(connection: sa.Connection) -> None:
-        # A writer takes the write lock at BEGIN (IMMEDIATE), so concurrent writers queue there
-        # instead of failing at their first write; readers never block (WAL).
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
-
-    return engine
 
 
 def _utc(moment: datetime) -> datetime:
@@ -163,8 +138,8 @@ def _now() -> datetime:
 
 class RegistryStore:
     def __init__(self, url: str) -> None:
-        self.engine = _engine(url, writer=True)
-        self.reader = _engine(url, writer=False) if url.startswith("sqlite") else self.engine
+        self.engine = database.engine(url, writer=True)
+        self.reader = database.engine(url, writer=False) if url.startswith("sqlite") else self.engine
         migrate(self.engine)
 
     @property
