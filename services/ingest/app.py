@@ -35,6 +35,7 @@ def build(settings: IngestSettings | None = None) -> Service:
         settings.max_columns,
         settings.event_wait_seconds,
         settings.outbox_interval_seconds,
+        settings.outbox_lease_seconds,
     )
     relay: list[asyncio.Task[None]] = []
 
