@@ -29,6 +29,8 @@ __all__ = ["OutboxRelay", "OutboxStore", "PendingEvent"]
 
 log = logging.getLogger(__name__)
 
+# How long a stopping relay tries to let its lease go before leaving it to expire.
+RELEASE_WAIT_SECONDS = 2.0
 # (outbox row id, event type, event JSON)
 PendingEvent = tuple[int, str, str]
 
@@ -183,7 +185,7 @@ class OutboxRelay:
         """Let the lease go (if this relay has one); another replica's relay takes it at its next
         attempt."""
         if self.lease is not None:
-            try:
-                await asyncio.to_thread(self.lease.release)
+            try:  # bounded: a replica stopping does not wait on a busy or unreachable database
+                await asyncio.wait_for(asyncio.to_thread(self.lease.release), RELEASE_WAIT_SECONDS)
             except Exception as exc:  # the database is gone: the lease expires by itself
                 log.warning("outbox: could not release the lease, it expires by itself: %s", exc)

@@ -51,6 +51,7 @@ def build(settings: IngestSettings | None = None) -> Service:
     async def close_store() -> None:
         for task in relay:
             task.cancel()
+        await asyncio.gather(*relay, return_exceptions=True)  # the relays let their leases go
         store.close()
 
     return Service(

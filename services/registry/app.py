@@ -85,6 +85,7 @@ def build(settings: RegistrySettings | None = None) -> Service:
     async def close_store() -> None:
         for task in relay:
             task.cancel()
+        await asyncio.gather(*relay, return_exceptions=True)  # the relays let their leases go
         await ingest.close()
         store.close()
 

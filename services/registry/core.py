@@ -109,6 +109,8 @@ TrafficAction = Literal["set", "rollout_started", "rollout_advanced", "promoted"
 MAX_TAG_VALUE = 4 * 1024 * 1024
 # Outbox events read and marked published per transaction: bounded, however long Kafka was away.
 OUTBOX_BATCH = 500
+# How often a replica asks for the webhooks' lease while another replica holds it.
+WEBHOOK_LEASE_RETRY_SECONDS = 1.0
 # How long a change's RPC waits for Kafka to take its events before answering anyway: during an
 # outage a producer hangs until its own timeout, and the caller must not.
 EVENT_WAIT_SECONDS = 1.0
@@ -142,6 +144,9 @@ class RegistryCore:
             store.lease("webhooks", lease_seconds + 1.5 * self.webhooks.timeout) if self.webhooks else None
         )
         self._delivering = asyncio.Lock()  # one webhook round at a time in this replica too
+        # While another replica holds the webhooks' lease, this one asks for it at most once a
+        # second, not at every round of a relay that polls the outbox often.
+        self._webhook_lease_retry_at = 0.0
         self._wake_relay = asyncio.Event()
 
     # -- models --------------------------------------------------------------------------------
@@ -986,7 +991,11 @@ class RegistryCore:
             await self._deliver_due_webhooks(self._webhook_lease, max_attempts)
 
     async def _deliver_due_webhooks(self, lease: Lease, max_attempts: int) -> None:
-        if self.webhooks is None or not await asyncio.to_thread(lease.acquire):
+        now = asyncio.get_running_loop().time()
+        if self.webhooks is None or now < self._webhook_lease_retry_at:
+            return
+        if not await asyncio.to_thread(lease.acquire):
+            self._webhook_lease_retry_at = now + WEBHOOK_LEASE_RETRY_SECONDS
             return
         for event_id, event_json, attempts_before in await asyncio.to_thread(self.store.due_webhooks):
             if not (lease.fresh() or await asyncio.to_thread(lease.renew)):
