@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import sqlalchemy as sa
 
 from cascade.events import DataArrived, Event
@@ -157,6 +158,34 @@ async def test_a_stalled_holder_loses_the_lease_and_the_other_replica_publishes_
         # The successor publishes, in order, everything the stalled holder had not marked published:
         # the three it sent unmarked go out again (at least once across a hand-over), none is lost.
         assert [event.id for _, event in by_successor] == [event.id for event in events]
+    finally:
+        for store in stores:
+            store.close()
+
+
+async def test_a_holder_that_cannot_reach_kafka_lets_the_lease_go_to_one_that_can(
+    tmp_path: Path, database_url: str
+) -> None:
+    stores = [IngestStore(tmp_path, database_url) for _ in range(2)]
+    events = [_arrived(n) for n in range(3)]
+    for event in events:
+        stores[0].ensure_announced(event)
+
+    async def unreachable(event: Event) -> None:
+        raise ConnectionError("this replica cannot reach the broker")
+
+    published: list[tuple[str, Event]] = []
+    cut_off = OutboxRelay(stores[0], unreachable, lease=stores[0].lease("outbox", 30.0))
+    connected = OutboxRelay(
+        stores[1], _recording("connected", published), lease=stores[1].lease("outbox", 30.0)
+    )
+    try:
+        with pytest.raises(ConnectionError):
+            await cut_off.flush()
+        # Not after the lease's thirty seconds: at once.
+        assert await connected.flush() is True
+        assert [event.id for _, event in published] == [event.id for event in events]
+        assert await cut_off.flush() is False  # the connected replica holds it now
     finally:
         for store in stores:
             store.close()
