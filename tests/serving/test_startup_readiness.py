@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -143,3 +144,32 @@ async def test_a_replica_whose_champion_is_refused_becomes_ready(
         finally:
             await client.close()
             await process.stop()
+
+
+async def test_an_unreachable_registry_keeps_a_replica_unready_for_its_budget_only(dataset: Dataset) -> None:
+    """Nothing listens at the registry's address: not ready, saying it cannot read the registry, and
+    any model is UNAVAILABLE (nobody knows yet whether it exists); once the budget is spent the
+    replica is ready with nothing loaded, and an unknown model is NOT_FOUND again."""
+    with socket.socket() as unused:  # a port nothing listens on: every call is refused
+        unused.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{unused.getsockname()[1]}"
+    process = await ServingProcess.start(nowhere, env={"CASCADE_SERVING_STARTUP_BUDGET_SECONDS": "8"})
+    client = triton_aio.InferenceServerClient(process.url)
+    try:
+        assert not await client.is_server_ready()
+        health, why = await asyncio.to_thread(probe, process.url)
+        assert health == "NOT_SERVING"
+        assert f"{process.url}: NOT_SERVING: not ready: reading the registry's models" in why
+        with pytest.raises(triton.InferenceServerException, match="has not read the registry") as starting:
+            await client.infer(MODEL, [raw_input(dataset.rows[:1])])
+        assert starting.value.status() == "StatusCode.UNAVAILABLE"
+
+        await until_server_ready(client)  # the budget spent: ready with what it has (nothing)
+
+        assert (await asyncio.to_thread(probe, process.url)) == ("SERVING", "")
+        with pytest.raises(triton.InferenceServerException) as unknown:
+            await client.infer(MODEL, [raw_input(dataset.rows[:1])])
+        assert unknown.value.status() == "StatusCode.NOT_FOUND"
+    finally:
+        await client.close()
+        await process.stop()
