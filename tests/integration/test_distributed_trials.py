@@ -4,7 +4,10 @@ partition gets the *data arrived* opens the study and announces it (training-stu
 joins. Read back from the study storage: both replicas ran trials of the one study, and no more
 trials than the budget; from the registry: the run made exactly one model version, whose trial
 record is the study's. Its own stack (home, ports 281xx, topic prefix), with only the services a
-training run needs (ingest, registry, two trainers)."""
+training run needs (ingest, registry, two trainers).
+
+The same stack trains a version over CASCADE_TRAINER_OUT_OF_CORE_ROWS out of core: streamed from
+ingest into a spool file, read segment by segment, one of the incremental families fitted."""
 
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ MODEL = "distributed_rf"
 BUDGET = 8
 # Random forests on 8,000 rows x 20 with 3-fold CV: a trial takes seconds on this machine, long
 # enough for the second replica to read the announcement, download the version and claim slots.
+OUT_OF_CORE_ROWS = 10_000
 SPEC = {"strategy": "random", "max_trials": BUDGET, "estimators": ["random_forest"], "max_seconds": 150}
 
 
@@ -64,6 +68,8 @@ def two_trainers(request: pytest.FixtureRequest, study_url: str) -> Iterator[Sta
             "CASCADE_TRAINER_STUDY_STORAGE_URL": study_url,
             # The search is under test, not the explanations: no global attribution.
             "CASCADE_TRAINER_ATTRIBUTION_MAX_EVALUATIONS": "1",
+            # Versions over this are trained out of core; the study's (8,000 rows) is not.
+            "CASCADE_TRAINER_OUT_OF_CORE_ROWS": str(OUT_OF_CORE_ROWS),
         },
     )
     environ = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
@@ -120,3 +126,19 @@ def test_two_trainer_replicas_run_one_study_within_its_budget(two_trainers: Stac
     assert sorted(t["number"] for t in recorded) == list(range(BUDGET))
     assert version.run.params["estimator"] == "random_forest"
     assert _versions(stack, MODEL) == [version]
+
+
+def test_a_version_over_the_threshold_is_trained_out_of_core(two_trainers: Stack) -> None:
+    stack, model = two_trainers, "out_of_core_lr"
+    x, y = make_classification(n_samples=15_000, n_features=12, n_informative=6, random_state=5)
+    upload(stack, model, pd.DataFrame(x, columns=[f"f{i}" for i in range(12)]).assign(target=y))
+    [version] = wait_for(lambda: _versions(stack, model), 150, "the out-of-core version", interval=1.0)
+
+    assert version.run.params["estimator"] == "logistic_regression"  # the default family that can
+    assert "logistic_regression fitted segment by segment" in version.tags["out_of_core"]
+    trials = json.loads(version.tags["trials"])
+    assert trials and all(t["out_of_core"] and t["estimator"] == "logistic_regression" for t in trials)
+    assert version.run.metrics["holdout_accuracy"] > 0.75
+    assert json.loads(version.tags["parity_reference"])["rows"]  # the export passed its parity gate
+    logs = "".join(stack.log_file(name).read_text() for name in stack.replicas("trainer"))
+    assert "over 10000: out of core" in logs
