@@ -153,7 +153,7 @@ async def test_an_unreachable_registry_keeps_a_replica_unready_for_its_budget_on
     with socket.socket() as unused:  # a port nothing listens on: every call is refused
         unused.bind(("127.0.0.1", 0))
         nowhere = f"127.0.0.1:{unused.getsockname()[1]}"
-    process = await ServingProcess.start(nowhere, env={"CASCADE_SERVING_STARTUP_BUDGET_SECONDS": "8"})
+    process = await ServingProcess.start(nowhere, env={"CASCADE_SERVING_STARTUP_BUDGET_SECONDS": "15"})
     client = triton_aio.InferenceServerClient(process.url)
     try:
         assert not await client.is_server_ready()
