@@ -163,10 +163,10 @@ class Lease:
         # is at least `seconds` after it.
         self._renewed_at = -math.inf
 
-    def fresh(self) -> bool:
-        """Held and renewed less than a third of its term ago, so held for two thirds of it more:
-        no need to ask the database."""
-        return time.monotonic() < self._renewed_at + self.seconds / 3
+    def fresh(self, spent: float = 1 / 3) -> bool:
+        """Held and renewed less than `spent` of its term ago (by default a third, so held for two
+        thirds of it more): no need to ask the database."""
+        return time.monotonic() < self._renewed_at + self.seconds * spent
 
     def acquire(self) -> bool:
         """Take the lease if it is free or expired, or renew it if this holder has it; True if it
