@@ -14,6 +14,7 @@ import math
 import os
 import secrets
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,9 @@ class Lease:
         # When (time.monotonic) the last successful take or renewal started: the database's expiry
         # is at least `seconds` after it.
         self._renewed_at = -math.inf
+        # A relay renews from worker threads, at times two at once (its loop, an announcement's
+        # flush): one claim or release at a time keeps `_renewed_at` true to the database.
+        self._claiming = threading.Lock()
 
     def fresh(self, spent: float = 1 / 3) -> bool:
         """Held and renewed less than `spent` of its term ago (by default a third, so held for two
@@ -180,9 +184,9 @@ class Lease:
 
     def release(self) -> None:
         """Let the lease go now (a replica stopping), so another need not wait for it to expire."""
-        self._renewed_at = -math.inf
         t = self.table
-        with self.engine.begin() as db:
+        with self._claiming, self.engine.begin() as db:
+            self._renewed_at = -math.inf
             db.execute(
                 t.update().where(t.c.name == self.name, t.c.holder == self.holder).values(expires_at=0.0)
             )
@@ -197,6 +201,10 @@ class Lease:
         return None if found is None else str(found)
 
     def _claim(self, take: bool) -> bool:
+        with self._claiming:
+            return self._claim_alone(take)
+
+    def _claim_alone(self, take: bool) -> bool:
         if self.fresh():
             return True
         started = time.monotonic()

@@ -90,7 +90,7 @@ class OutboxRelay:
         False if another replica's relay holds the lease (that one publishes), True otherwise. A
         failed publish lets the lease go: the other replicas may reach Kafka when this one cannot.
 
-        The lease is renewed before each event (a database round trip a third of a term at most),
+        The lease is renewed before each event (a database round trip once a third of its term),
         and the flush stops if it lapsed: a publish that hangs past the lease's term may go out
         from the replica that takes over too."""
         async with self._flushing:
