@@ -14,13 +14,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
+from numpy.typing import NDArray
 
 from cascade import database
 from cascade.services.monitor import tables
@@ -31,14 +34,20 @@ __all__ = [
     "MIGRATIONS",
     "DriftEventRecord",
     "DriftReport",
+    "LabelJoin",
+    "ModelState",
     "MonitorStore",
     "Performance",
     "ReferenceInfo",
     "RolloutStepRecord",
     "Verdict",
+    "WindowAppend",
+    "WindowRows",
 ]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+Matrix = NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -145,6 +154,47 @@ class RolloutStepRecord:
     updated_at: datetime
 
 
+@dataclass(frozen=True)
+class ModelState:
+    """What decides for a model, shared by the replicas on one database (see tables.model_states)."""
+
+    window_version: int | None = None
+    window_width: int | None = None
+    pending: int = 0
+    seen: int = 0
+    consecutive_drifted: int = 0
+    last_emitted: float | None = None
+    labels_pending: int = 0
+
+
+@dataclass(frozen=True)
+class WindowRows:
+    """The window's rows oldest first, with each row's prediction and confidence (NaN when none)."""
+
+    rows: Matrix
+    outputs: Matrix
+    confidences: Matrix
+
+
+@dataclass(frozen=True)
+class WindowAppend:
+    """What appending a batch decided: rows in all, and the window when this batch made an
+    evaluation due (claimed by this append alone: the count of pending rows starts again)."""
+
+    seen: int
+    due: WindowRows | None
+
+
+@dataclass(frozen=True)
+class LabelJoin:
+    """Labels joined with a remembered request: `rows` it had; `due` when the labels pending reached
+    the minimum (claimed: the count starts again). A mismatch in rows leaves the request remembered."""
+
+    rows: int
+    joined: bool
+    due: bool = False
+
+
 class MonitorStore:
     def __init__(self, root: Path, database_url: str = "") -> None:
         """The store at `database_url` (SQLAlchemy URL), by default the SQLite file
@@ -203,30 +253,33 @@ class MonitorStore:
     # -- reports -------------------------------------------------------------------------------
     def save_report(self, report: DriftReport) -> None:
         """Replace the model's latest report and append its verdict to the history, atomically."""
-        text = _report_to_json(report)
         with self._transaction() as db:
-            db.execute(
-                database.insert(db, tables.latest_reports)
-                .values(model=report.model, report_json=text)
-                .on_conflict_do_update(index_elements=["model"], set_={"report_json": text})
+            self._save_report(db, report)
+
+    def _save_report(self, db: sa.Connection, report: DriftReport) -> None:
+        text = _report_to_json(report)
+        db.execute(
+            database.insert(db, tables.latest_reports)
+            .values(model=report.model, report_json=text)
+            .on_conflict_do_update(index_elements=["model"], set_={"report_json": text})
+        )
+        db.execute(
+            tables.verdicts.insert().values(
+                model=report.model,
+                computed_at=report.computed_at.isoformat(),
+                model_version=report.model_version,
+                reference_dataset=report.reference_dataset,
+                reference_dataset_version=report.reference_dataset_version,
+                window_size=report.window_size,
+                predictions_seen=report.predictions_seen,
+                dataset_drifted=report.dataset_drifted,
+                drifted_features_json=json.dumps(report.drifted_features),
+                features_json=json.dumps([_without_distribution(feature) for feature in report.features]),
+                prediction_json=(
+                    json.dumps(_without_distribution(report.prediction)) if report.prediction else None
+                ),
             )
-            db.execute(
-                tables.verdicts.insert().values(
-                    model=report.model,
-                    computed_at=report.computed_at.isoformat(),
-                    model_version=report.model_version,
-                    reference_dataset=report.reference_dataset,
-                    reference_dataset_version=report.reference_dataset_version,
-                    window_size=report.window_size,
-                    predictions_seen=report.predictions_seen,
-                    dataset_drifted=report.dataset_drifted,
-                    drifted_features_json=json.dumps(report.drifted_features),
-                    features_json=json.dumps([_without_distribution(feature) for feature in report.features]),
-                    prediction_json=(
-                        json.dumps(_without_distribution(report.prediction)) if report.prediction else None
-                    ),
-                )
-            )
+        )
 
     def update_performance(self, model: str, performance: Performance) -> None:
         """Put a newer decay measurement into the model's latest report. The report is read and
@@ -371,6 +424,357 @@ class MonitorStore:
             )
             for row in rows
         ]
+
+    # -- shared model state: the window, the streak, the cooldown, labels ------------------------
+    # Every change locks the model's state row first (FOR UPDATE on PostgreSQL; SQLite's writers
+    # hold the database's write lock from BEGIN), so replicas take turns per model.
+    def _locked_state(self, db: sa.Connection, model: str) -> sa.RowMapping:
+        s = tables.model_states
+        db.execute(
+            database.insert(db, s).values(model=model).on_conflict_do_nothing(index_elements=["model"])
+        )
+        return db.execute(sa.select(s).where(s.c.model == model).with_for_update()).mappings().one()
+
+    def model_state(self, model: str) -> ModelState:
+        s = tables.model_states
+        with self._read() as db:
+            row = db.execute(sa.select(s).where(s.c.model == model)).mappings().first()
+        return _model_state(row) if row is not None else ModelState()
+
+    def install_reference(self, info: ReferenceInfo) -> None:
+        """Make `info` the model's reference. A new champion is judged on its own answers: a fresh
+        window unless the rows held came before any reference, answered by it (or unversioned) and as
+        wide; a fresh
+        streak; and, after another champion, no labels of that one's answers (its feedback stays)."""
+        s, w, a, lab = tables.model_states, tables.window_rows, tables.awaiting_labels, tables.labelled_rows
+        r = tables.reference_datasets
+        with self._transaction() as db:
+            state = self._locked_state(db, info.model)
+            previous = db.execute(
+                sa.select(r.c.model_version).where(r.c.model == info.model)
+            ).scalar_one_or_none()
+            if previous == info.model_version:
+                return
+            values = {
+                "model_version": info.model_version,
+                "dataset": info.dataset,
+                "dataset_version": info.dataset_version,
+                "features_json": json.dumps(info.features),
+                "rows": info.rows,
+            }
+            db.execute(
+                database.insert(db, r)
+                .values(model=info.model, **values)
+                .on_conflict_do_update(index_elements=["model"], set_=values)
+            )
+            changes: dict[str, Any] = {
+                "consecutive_drifted": 0,
+                "window_version": info.model_version,
+                "window_width": len(info.features),
+            }
+            keep_window = (
+                previous is None
+                and state["window_version"] in (None, info.model_version)
+                and state["window_width"] in (None, len(info.features))
+            )
+            if not keep_window:
+                db.execute(w.delete().where(w.c.model == info.model))
+                changes["pending"] = 0
+            if previous is not None:
+                last = db.execute(sa.select(sa.func.max(lab.c.id)).where(lab.c.model == info.model)).scalar()
+                changes.update(labels_pending=0, labelled_after=last or 0)
+                db.execute(a.delete().where(a.c.model == info.model))
+            db.execute(s.update().where(s.c.model == info.model).values(**changes))
+
+    def append_window(
+        self,
+        model: str,
+        model_version: int | None,
+        rows: Matrix,
+        outputs: Matrix | None,
+        confidences: Matrix | None,
+        *,
+        window_size: int,
+        evaluate_every: int,
+        at: float,
+        evaluates: bool = True,
+        since: float | None = None,
+        remember: tuple[str, int] | None = None,
+    ) -> WindowAppend:
+        """Append a batch to the model's window (a fresh one when another version answered it, or
+        rows of another width), trimmed to `window_size`, in one transaction with one multi-row
+        insert; remember the batch under a request id for labels to come (`remember`: the id and
+        how many requests to remember at most, the oldest dropped). When `evaluates` and the rows
+        pending reach `evaluate_every`, the evaluation is this append's: the window since `since`."""
+        s, w = tables.model_states, tables.window_rows
+        kept = rows[-window_size:]
+        predicted = np.full(len(rows), np.nan) if outputs is None else outputs
+        confidence = np.full(len(rows), np.nan) if confidences is None else confidences
+        with self._transaction() as db:
+            state = self._locked_state(db, model)
+            pending = int(state["pending"])
+            if (model_version is not None and state["window_version"] != model_version) or state[
+                "window_width"
+            ] not in (None, rows.shape[1]):
+                db.execute(w.delete().where(w.c.model == model))
+                pending = 0
+            db.execute(
+                w.insert(),
+                [
+                    {
+                        "model": model,
+                        "at": at,
+                        "features": _blob(row),
+                        "prediction": _number(p),
+                        "confidence": _number(c),
+                    }
+                    for row, p, c in zip(
+                        kept, predicted[-window_size:], confidence[-window_size:], strict=True
+                    )
+                ],
+            )
+            _trim(db, w, model, window_size)
+            if remember is not None and outputs is not None:
+                self._remember(db, model, remember, outputs, confidence, rows)
+            pending += len(rows)
+            seen = int(state["seen"]) + len(rows)
+            due = evaluates and pending >= evaluate_every
+            db.execute(
+                s.update()
+                .where(s.c.model == model)
+                .values(
+                    pending=0 if due else pending,
+                    seen=seen,
+                    window_width=rows.shape[1],
+                    window_version=state["window_version"] if model_version is None else model_version,
+                )
+            )
+            return WindowAppend(seen, self._window(db, model, since) if due else None)
+
+    def claim_evaluation(self, model: str, evaluate_every: int, since: float | None = None) -> WindowAppend:
+        """The window since `since` when `evaluate_every` rows are pending, claimed (the count starts
+        again); else no window."""
+        s = tables.model_states
+        with self._transaction() as db:
+            state = self._locked_state(db, model)
+            if int(state["pending"]) < evaluate_every:
+                return WindowAppend(int(state["seen"]), None)
+            db.execute(s.update().where(s.c.model == model).values(pending=0))
+            return WindowAppend(int(state["seen"]), self._window(db, model, since))
+
+    def window(self, model: str, since: float | None = None) -> WindowRows:
+        with self._read() as db:
+            return self._window(db, model, since)
+
+    def _window(self, db: sa.Connection, model: str, since: float | None = None) -> WindowRows:
+        w, s = tables.window_rows, tables.model_states
+        width = db.execute(sa.select(s.c.window_width).where(s.c.model == model)).scalar_one_or_none()
+        query = sa.select(w.c.features, w.c.prediction, w.c.confidence).where(w.c.model == model)
+        if since is not None:
+            query = query.where(w.c.at >= since)
+        found = db.execute(query.order_by(w.c.id)).all()
+        rows = _matrix([row[0] for row in found], width or 0)
+        return WindowRows(rows, _numbers(row[1] for row in found), _numbers(row[2] for row in found))
+
+    def _remember(
+        self,
+        db: sa.Connection,
+        model: str,
+        remember: tuple[str, int],
+        predicted: Matrix,
+        confidences: Matrix,
+        inputs: Matrix,
+    ) -> None:
+        a = tables.awaiting_labels
+        request_id, limit = remember
+        previous = db.execute(
+            sa.select(a.c.id, a.c.predictions, a.c.confidences, a.c.inputs, a.c.width).where(
+                a.c.model == model, a.c.request_id == request_id
+            )
+        ).first()
+        if previous is not None:  # a request logged in chunks: rows in order
+            predicted = np.concatenate([_vector(previous[1]), predicted])
+            confidences = np.concatenate([_vector(previous[2]), confidences])
+            inputs = np.concatenate([_matrix([previous[3]], int(previous[4])), inputs])
+            db.execute(a.delete().where(a.c.id == previous[0]))
+        db.execute(
+            a.insert().values(
+                model=model,
+                request_id=request_id,
+                width=inputs.shape[1],
+                predictions=_blob(predicted),
+                confidences=_blob(confidences),
+                inputs=_blob(inputs),
+            )
+        )
+        _trim(db, a, model, limit)
+
+    def join_labels(
+        self, model: str, request_id: str, truth: Matrix, *, min_labels: int, keep: int, counts: bool
+    ) -> LabelJoin:
+        """Join `truth` with the predictions remembered under `request_id` (by any replica) into the
+        labelled rows, of which the newest `keep` are kept; count them towards the next decay
+        measurement, due (and claimed) at `min_labels` when `counts`."""
+        s, a, lab = tables.model_states, tables.awaiting_labels, tables.labelled_rows
+        with self._transaction() as db:
+            state = self._locked_state(db, model)
+            found = db.execute(
+                sa.select(a.c.id, a.c.predictions, a.c.confidences, a.c.inputs, a.c.width).where(
+                    a.c.model == model, a.c.request_id == request_id
+                )
+            ).first()
+            if found is None:
+                return LabelJoin(0, joined=False)
+            predicted, confidences = _vector(found[1]), _vector(found[2])
+            if len(predicted) != len(truth):
+                return LabelJoin(len(predicted), joined=False)
+            inputs = _matrix([found[3]], int(found[4]))
+            db.execute(a.delete().where(a.c.id == found[0]))
+            db.execute(
+                lab.insert(),
+                [
+                    {
+                        "model": model,
+                        "prediction": float(p),
+                        "truth": float(t),
+                        "confidence": _number(c),
+                        "features": _blob(row),
+                    }
+                    for p, t, c, row in zip(predicted, truth, confidences, inputs, strict=True)
+                ],
+            )
+            _trim(db, lab, model, keep)
+            pending = int(state["labels_pending"]) + len(truth)
+            due = counts and pending >= min_labels
+            db.execute(s.update().where(s.c.model == model).values(labels_pending=0 if due else pending))
+            return LabelJoin(len(predicted), joined=True, due=due)
+
+    def labelled(self, model: str, limit: int) -> Matrix:
+        """The newest `limit` labelled rows of the current champion, oldest first: (prediction,
+        truth, confidence) each."""
+        lab, s = tables.labelled_rows, tables.model_states
+        after = sa.select(s.c.labelled_after).where(s.c.model == model).scalar_subquery()
+        with self._read() as db:
+            found = db.execute(
+                sa.select(lab.c.prediction, lab.c.truth, lab.c.confidence)
+                .where(lab.c.model == model, lab.c.id > sa.func.coalesce(after, 0))
+                .order_by(lab.c.id.desc())
+                .limit(limit)
+            ).all()
+        values = np.array(
+            [(r[0], r[1], np.nan if r[2] is None else r[2]) for r in reversed(found)], dtype=np.float64
+        )
+        return values.reshape(-1, 3)
+
+    def feedback(self, model: str, limit: int) -> tuple[Matrix, Matrix, int]:
+        """Labelled rows not sent as feedback yet, the newest `limit` oldest first: inputs, labels,
+        and the id to pass to `feedback_sent` once they are."""
+        lab, s = tables.labelled_rows, tables.model_states
+        after = sa.select(s.c.feedback_after).where(s.c.model == model).scalar_subquery()
+        with self._read() as db:
+            found = db.execute(
+                sa.select(lab.c.id, lab.c.features, lab.c.truth)
+                .where(lab.c.model == model, lab.c.id > sa.func.coalesce(after, 0))
+                .order_by(lab.c.id.desc())
+                .limit(limit)
+            ).all()
+        found = list(reversed(found))
+        width = len(found[0][1]) // 8 if found else 0
+        inputs = _matrix([row[1] for row in found], width)
+        return inputs, np.array([row[2] for row in found], dtype=np.float64), found[-1][0] if found else 0
+
+    def feedback_sent(self, model: str, through: int) -> None:
+        s = tables.model_states
+        with self._transaction() as db:
+            self._locked_state(db, model)
+            db.execute(
+                s.update()
+                .where(s.c.model == model, s.c.feedback_after < through)
+                .values(feedback_after=through)
+            )
+
+    def save_verdict(self, report: DriftReport) -> int:
+        """Save the report (see save_report) and count it in the model's drift streak, in one
+        transaction; the streak after it."""
+        s = tables.model_states
+        with self._transaction() as db:
+            state = self._locked_state(db, report.model)
+            self._save_report(db, report)
+            streak = int(state["consecutive_drifted"]) + 1 if report.dataset_drifted else 0
+            db.execute(s.update().where(s.c.model == report.model).values(consecutive_drifted=streak))
+            return streak
+
+    def claim_emission(self, model: str, now: float, cooldown: float) -> tuple[bool, float | None]:
+        """Claim the right to emit *drift detected* unless one was emitted within `cooldown`
+        seconds of `now` (by any replica): (claimed, the previous emission's time). A claim ends
+        the streak."""
+        s = tables.model_states
+        with self._transaction() as db:
+            state = self._locked_state(db, model)
+            last = state["last_emitted"]
+            if last is not None and now - float(last) < cooldown:
+                return False, float(last)
+            db.execute(s.update().where(s.c.model == model).values(last_emitted=now, consecutive_drifted=0))
+            return True, None if last is None else float(last)
+
+    def release_emission(self, model: str, claimed: float, previous: float | None) -> None:
+        """Give back a claim whose event could not be emitted (unless a newer claim replaced it)."""
+        s = tables.model_states
+        with self._transaction() as db:
+            self._locked_state(db, model)
+            db.execute(
+                s.update()
+                .where(s.c.model == model, s.c.last_emitted == claimed)
+                .values(last_emitted=previous)
+            )
+
+
+def _model_state(row: sa.RowMapping) -> ModelState:
+    return ModelState(
+        window_version=row["window_version"],
+        window_width=row["window_width"],
+        pending=int(row["pending"]),
+        seen=int(row["seen"]),
+        consecutive_drifted=int(row["consecutive_drifted"]),
+        last_emitted=None if row["last_emitted"] is None else float(row["last_emitted"]),
+        labels_pending=int(row["labels_pending"]),
+    )
+
+
+def _trim(db: sa.Connection, table: sa.Table, model: str, keep: int) -> None:
+    """Delete the model's rows older than its newest `keep` (ids grow with time)."""
+    oldest_kept = (
+        sa.select(table.c.id)
+        .where(table.c.model == model)
+        .order_by(table.c.id.desc())
+        .offset(keep - 1)
+        .limit(1)
+        .scalar_subquery()
+    )
+    db.execute(table.delete().where(table.c.model == model, table.c.id < oldest_kept))
+
+
+def _blob(values: Matrix) -> bytes:
+    return np.ascontiguousarray(values, dtype="<f8").tobytes()
+
+
+def _vector(blob: bytes) -> Matrix:
+    return np.frombuffer(blob, dtype="<f8").astype(np.float64)
+
+
+def _matrix(blobs: list[bytes], width: int) -> Matrix:
+    if not blobs:
+        return np.empty((0, width))
+    return np.frombuffer(b"".join(blobs), dtype="<f8").astype(np.float64).reshape(-1, width)
+
+
+def _number(value: float) -> float | None:
+    """SQLite keeps NaN as NULL: store it so on both databases."""
+    return None if math.isnan(value) else float(value)
+
+
+def _numbers(values: Iterator[float | None]) -> Matrix:
+    return np.array([np.nan if value is None else value for value in values], dtype=np.float64)
 
 
 def _report_to_json(report: DriftReport) -> str:
