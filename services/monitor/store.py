@@ -430,10 +430,14 @@ class MonitorStore:
     # hold the database's write lock from BEGIN), so replicas take turns per model.
     def _locked_state(self, db: sa.Connection, model: str) -> sa.RowMapping:
         s = tables.model_states
+        locked = sa.select(s).where(s.c.model == model).with_for_update()
+        row = db.execute(locked).mappings().first()
+        if row is not None:  # the common case: one statement
+            return row
         db.execute(
             database.insert(db, s).values(model=model).on_conflict_do_nothing(index_elements=["model"])
         )
-        return db.execute(sa.select(s).where(s.c.model == model).with_for_update()).mappings().one()
+        return db.execute(locked).mappings().one()
 
     def model_state(self, model: str) -> ModelState:
         s = tables.model_states
