@@ -445,7 +445,7 @@ class MonitorCore:
                 )
             if not joined.due or state.reference is None:
                 return None
-            performance = self._performance(model, state.reference, self.store.window(model).confidences)
+            performance = self._performance(model, state.reference, self.store.window_confidences(model))
             if performance.value is not None:
                 WINDOW_METRIC.labels(model, performance.metric).set(performance.value)
             latest = self.store.latest_report(model)

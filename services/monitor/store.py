@@ -435,9 +435,27 @@ class MonitorStore:
         if row is not None:  # the common case: one statement
             return row
         db.execute(
-            database.insert(db, s).values(model=model).on_conflict_do_nothing(index_elements=["model"])
+            database.insert(db, s)
+            .values(model=model, **self._carried_over(db, model))
+            .on_conflict_do_nothing(index_elements=["model"])
         )
         return db.execute(locked).mappings().one()
+
+    def _carried_over(self, db: sa.Connection, model: str) -> dict[str, Any]:
+        """A model's first state row, in a store written before it had one: the rows seen, as its
+        latest report counted them, and the cooldown from its latest emitted event."""
+        latest, e = tables.latest_reports, tables.drift_events
+        text = db.execute(sa.select(latest.c.report_json).where(latest.c.model == model)).scalar()
+        emitted = db.execute(
+            sa.select(e.c.emitted_at)
+            .where(e.c.model == model, e.c.emitted == sa.true())
+            .order_by(e.c.emitted_at.desc())
+            .limit(1)
+        ).scalar()
+        return {
+            "seen": json.loads(text)["predictions_seen"] if text else 0,
+            "last_emitted": datetime.fromisoformat(emitted).timestamp() if emitted else None,
+        }
 
     def model_state(self, model: str) -> ModelState:
         s = tables.model_states
@@ -565,6 +583,17 @@ class MonitorStore:
                 return WindowAppend(int(state["seen"]), None)
             db.execute(s.update().where(s.c.model == model).values(pending=0))
             return WindowAppend(int(state["seen"]), self._window(db, model, since))
+
+    def window_confidences(self, model: str) -> Matrix:
+        """The confidences logged with the window's rows, oldest first (none for rows without)."""
+        w = tables.window_rows
+        with self._read() as db:
+            found = db.execute(
+                sa.select(w.c.confidence)
+                .where(w.c.model == model, w.c.confidence.is_not(None))
+                .order_by(w.c.id)
+            ).scalars()
+            return np.array(list(found), dtype=np.float64)
 
     def window(self, model: str, since: float | None = None) -> WindowRows:
         with self._read() as db:

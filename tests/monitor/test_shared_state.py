@@ -4,9 +4,11 @@ suite's PostgreSQL (pgserver); each replica has its own store (its own engine), 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ import pytest
 
 from cascade.database import sqlite_url
 from cascade.services.monitor.core import MonitorCore
-from cascade.services.monitor.store import MonitorStore
+from cascade.services.monitor.store import DriftReport, MonitorStore
 from tests.databases import database_url_for
 
 from .support import FEATURES, normal_rows
@@ -158,3 +160,21 @@ async def test_a_promotion_on_one_replica_gives_the_other_the_new_champion(
     report = first.latest_report(MODEL)
     assert (report.model_version, report.window_size) == (2, EVERY)
     assert second.known_task(MODEL) == "classification"
+
+
+async def test_a_store_from_before_shared_state_keeps_its_cooldown_and_count(
+    stores: list[MonitorStore],
+) -> None:
+    store, emitted = stores[0], Emitted()
+    store.save_report(dataclasses.replace(_any_report(), predictions_seen=50))
+    store.save_drift_event(MODEL, "earlier", "drift", 1, "drifted", datetime.now(UTC))  # no state row yet
+    core = core_of(store, emitted, trigger_after=1, cooldown_seconds=3600)
+    await core.set_reference(MODEL, 1)
+    await send(core, normal_rows(EVERY, shift=3.0, seed=2))
+    report = core.latest_report(MODEL)
+    assert report.dataset_drifted and report.predictions_seen == 50 + EVERY
+    assert not emitted  # within the cooldown of the event the older monitor emitted
+
+
+def _any_report() -> DriftReport:
+    return DriftReport(MODEL, 1, "customers", "ds-v1", 0, (), False, datetime.now(UTC), 0)
