@@ -33,6 +33,14 @@ keeps each verdict's per-feature statistics and thresholds, without the distribu
 Predictions may arrive before any reference (they travel on another topic): they just fill the
 window, and the first evaluation happens as soon as the reference is in. Delivery is at-least-once,
 so a redelivered batch is appended twice; a window of recent traffic tolerates that.
+
+What decides lives in the store, not in a replica's memory: the window's rows, the rows pending
+evaluation, the drift streak, the cooldown, predictions awaiting labels and the labelled rows. So
+replicas on one database (each consuming some partitions) and a restarted monitor see one window and
+one streak, an evaluation is claimed by the append that made it due, a drift event by the one
+replica that claims the cooldown, and labels join predictions another replica logged. A replica
+keeps only what it can rebuild (the reference prepared, calibrated and explained, loaded again when
+another replica installed a new champion) and the answers of a version not promoted yet.
 """
 
 from __future__ import annotations

@@ -5,9 +5,11 @@ written by the first sqlite3 store with its rows. Reports survive restarts and n
 they used; the reference data itself is not kept here, since ingest serves it again on demand.
 
 Replicas may share one PostgreSQL database: every write is one transaction, keyed rows are upserted,
-and the one read-modify-write (a newer decay measurement into the latest report) holds the report's
-row while it does it. Rows written before columns were added have them empty: a verdict without its
-per-feature tests, an event without what it triggered (those were all emitted)."""
+and the read-modify-writes hold a row's lock while they do it: a newer decay measurement into the
+latest report, and every change to a model's shared state (its window, streak, cooldown, requests
+awaiting labels and labelled rows), which locks the model's state row first. Rows written before
+columns were added have them empty: a verdict without its per-feature tests, an event without what
+it triggered (those were all emitted)."""
 
 from __future__ import annotations
 
