@@ -411,7 +411,8 @@ class MonitorCore:
                 )
                 return None
             _check_width(model, state, rows.shape[1], self.store)
-            appended = self.store.append_window(
+            appended = await asyncio.to_thread(  # off the loop: it may wait for another replica's lock
+                self.store.append_window,
                 model,
                 model_version,
                 rows,
@@ -436,7 +437,8 @@ class MonitorCore:
             truth = np.asarray(labels, dtype=np.float64)
             if truth.ndim != 1 or not np.isfinite(truth).all():
                 raise InvalidArgument(f"{model}: labels for request {request_id} must be finite numbers")
-            joined = self.store.join_labels(
+            joined = await asyncio.to_thread(
+                self.store.join_labels,
                 model,
                 request_id,
                 truth,
