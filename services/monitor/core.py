@@ -915,6 +915,11 @@ class MonitorCore:
             attribution_note=attribution_note,
         )
         streak = self.store.save_verdict(report)
+        if streak is None:
+            log.info(
+                "%s: the report on v%d is dropped: a new champion was installed", model, report.model_version
+            )
+            return None
         _export_metrics(report)
         if streak >= self.policy.trigger_after:
             drifted = report.drifted_features

@@ -728,12 +728,15 @@ class MonitorStore:
                 .values(feedback_after=through)
             )
 
-    def save_verdict(self, report: DriftReport) -> int:
+    def save_verdict(self, report: DriftReport) -> int | None:
         """Save the report (see save_report) and count it in the model's drift streak, in one
-        transaction; the streak after it."""
+        transaction; the streak after it. None, and nothing saved, when the report is on a window of
+        a champion another replica has replaced meanwhile."""
         s = tables.model_states
         with self._transaction() as db:
             state = self._locked_state(db, report.model)
+            if state["window_version"] not in (None, report.model_version):
+                return None
             self._save_report(db, report)
             streak = int(state["consecutive_drifted"]) + 1 if report.dataset_drifted else 0
             db.execute(s.update().where(s.c.model == report.model).values(consecutive_drifted=streak))

@@ -178,3 +178,13 @@ async def test_a_store_from_before_shared_state_keeps_its_cooldown_and_count(
 
 def _any_report() -> DriftReport:
     return DriftReport(MODEL, 1, "customers", "ds-v1", 0, (), False, datetime.now(UTC), 0)
+
+
+async def test_a_report_on_a_replaced_champion_is_dropped(stores: list[MonitorStore]) -> None:
+    first, second = (core_of(store, Emitted()) for store in stores)
+    await first.set_reference(MODEL, 1)
+    stale = dataclasses.replace(_any_report(), model_version=1, dataset_drifted=True)
+    await second.set_reference(MODEL, 2)  # while the first replica evaluates v1's window
+    assert stores[0].save_verdict(stale) is None
+    assert stores[0].latest_report(MODEL) is None and stores[0].model_state(MODEL).consecutive_drifted == 0
+    assert stores[0].save_verdict(dataclasses.replace(stale, model_version=2)) == 1
