@@ -314,7 +314,6 @@ class _ModelState:
     prepared: PreparedReference | None = None  # the reference, sorted and counted once
     calibration: Calibration | None = None  # its thresholds for the window size (calibrated mode)
     prediction_reference: ColumnReference | None = None
-    held_back: dict[str, float] = field(default_factory=dict)  # kind -> when one was last recorded
     attribution: AttributionBaseline | None = None  # the champion's explainer, built at its first drift
     attribution_unavailable: str = ""  # why the champion cannot be explained (not tried again)
 
@@ -628,22 +627,13 @@ class MonitorCore:
     def _hold_back(
         self, model: str, state: _ModelState, kind: str, summary: str, now: float, why: str
     ) -> None:
-        """Record a decision that emitted nothing, unless one of its kind was recorded recently."""
+        """Record a decision that emitted nothing, unless one of its kind was recorded recently (by
+        any replica)."""
         kind = "decay" if kind == "decay" else "drift"
         spacing = max(self.policy.cooldown_seconds, _HOLD_BACK_SPACING)
-        if now - state.held_back.get(kind, -math.inf) < spacing or state.reference is None:
-            return
-        state.held_back[kind] = now
-        self.store.save_drift_event(
-            model,
-            str(uuid.uuid4()),
-            kind,
-            state.reference.info.model_version,
-            summary,
-            datetime.fromtimestamp(now, UTC),
-            triggered=why,
-            emitted=False,
-        )
+        if state.reference is not None:
+            version = state.reference.info.model_version
+            self.store.save_held_back(model, kind, version, summary, now, spacing, why)
 
     async def _retrain_action(self, model: str, state: _ModelState, event_id: str) -> tuple[Action, str]:
         """What a retrain could learn from, preferring labelled production rows (sent to ingest now,

@@ -17,9 +17,10 @@ import contextlib
 import dataclasses
 import json
 import math
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -754,6 +755,32 @@ class MonitorStore:
                 return False, float(last)
             db.execute(s.update().where(s.c.model == model).values(last_emitted=now, consecutive_drifted=0))
             return True, None if last is None else float(last)
+
+    def save_held_back(
+        self, model: str, kind: str, model_version: int, summary: str, now: float, spacing: float, why: str
+    ) -> bool:
+        """Record a decision of `kind` ("drift" or "decay") that emitted nothing, unless one was
+        recorded within `spacing` seconds (by any replica); whether it was."""
+        s = tables.model_states
+        column = s.c.held_back_decay if kind == "decay" else s.c.held_back_drift
+        with self._transaction() as db:
+            last = self._locked_state(db, model)[column.name]
+            if last is not None and now - float(last) < spacing:
+                return False
+            db.execute(s.update().where(s.c.model == model).values({column: now}))
+            db.execute(
+                tables.drift_events.insert().values(
+                    model=model,
+                    event_id=str(uuid.uuid4()),
+                    kind=kind,
+                    model_version=model_version,
+                    summary=summary,
+                    emitted_at=datetime.fromtimestamp(now, UTC).isoformat(),
+                    triggered=why,
+                    emitted=False,
+                )
+            )
+            return True
 
     def release_emission(self, model: str, claimed: float, previous: float | None) -> None:
         """Give back a claim whose event could not be emitted (unless a newer claim replaced it)."""

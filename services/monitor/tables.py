@@ -114,6 +114,9 @@ model_states = sa.Table(
     sa.Column("labels_pending", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("labelled_after", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("feedback_after", sa.BigInteger, nullable=False, server_default="0"),
+    # When a decision held back was last recorded, by kind (recorded once per cooldown period).
+    sa.Column("held_back_drift", sa.Float, nullable=True),
+    sa.Column("held_back_decay", sa.Float, nullable=True),
 )
 
 # The champion's window: its latest prediction rows, oldest first by id, trimmed to the window size.

@@ -60,6 +60,8 @@ async def test_one_window_and_one_streak_across_two_replicas_and_one_event(
         await send((first, second)[seed % 2], normal_rows(EVERY, shift=3.0, seed=seed))
     assert len(emitted) == 1
     assert len(stores[0].drift_events(MODEL, emitted_only=True)) == 1
+    # The decision held back is recorded once, though both replicas held it back.
+    assert [event.emitted for event in stores[0].drift_events(MODEL)] == [False, True]
     assert stores[1].window(MODEL).rows.shape == (40, len(FEATURES))  # trimmed to the window size
     assert stores[0].verdicts(MODEL)[0].predictions_seen == 8 * EVERY
 

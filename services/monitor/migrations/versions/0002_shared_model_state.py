@@ -33,6 +33,8 @@ def upgrade() -> None:
         sa.Column("labels_pending", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("labelled_after", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("feedback_after", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("held_back_drift", sa.Float(), nullable=True),
+        sa.Column("held_back_decay", sa.Float(), nullable=True),
         sa.PrimaryKeyConstraint("model"),
     )
     op.create_table(
