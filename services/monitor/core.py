@@ -72,6 +72,7 @@ from cascade.services.monitor.attribution import (
     attribution_shift,
     describe_movers,
 )
+from cascade.services.monitor.batching import GroupCommit
 from cascade.services.monitor.drift import (
     CATEGORICAL,
     DEFAULT_THRESHOLDS,
@@ -91,8 +92,11 @@ from cascade.services.monitor.drift import (
 from cascade.services.monitor.store import (
     DriftEventRecord,
     DriftReport,
+    LabelBatch,
+    LabelJoin,
     MonitorStore,
     Performance,
+    PredictionBatch,
     ReferenceInfo,
     Verdict,
     WindowAppend,
@@ -138,6 +142,9 @@ Action = Literal["retrain", "feedback", "no_new_data"]
 DRIFT_MODES = ("calibrated", "evidently")
 NO_NEW_DATA = "drift detected; no new data to learn from"
 _HOLD_BACK_SPACING = 60.0  # seconds: held-back decisions are recorded at least this far apart
+# How often a replica asks the store whether another replica installed a new champion, at most,
+# besides whenever rows of a version it does not know arrive or an append finds another champion.
+_REFERENCE_RECHECK_SECONDS = 1.0
 IGNORED_ROWS = Counter(
     "cascade_monitor_other_version_rows_total",
     "Prediction rows answered by a version other than the champion, not counted against it.",
@@ -348,7 +355,12 @@ class MonitorCore:
             **self.policy.thresholds,
         }
         self._models: dict[str, _ModelState] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, asyncio.Lock] = {}  # the reference: restored, installed, routed by
+        self._evaluations: dict[str, asyncio.Lock] = {}  # a model's drift reports, one at a time
+        self._reference_checked: dict[str, float] = {}  # when the store's champion was last read
+        # Appends and label joins arriving together share one store transaction (GroupCommit).
+        self._appends: dict[str, GroupCommit[PredictionBatch, WindowAppend]] = {}
+        self._joins: dict[str, GroupCommit[LabelBatch, LabelJoin]] = {}
 
     async def set_reference(self, model: str, model_version: int) -> DriftReport | None:
         """Make `model_version`'s training data the model's reference. Idempotent: the current
@@ -389,7 +401,7 @@ class MonitorCore:
         confidence = _confidences(probabilities, len(rows))
         async with self._lock(model):
             state = self._state(model)
-            await self._restore_reference(model, state)
+            await self._restore_reference(model, state, model_version)
             champion = state.reference.info.model_version if state.reference is not None else None
             if model_version is not None and champion is not None and model_version > champion:
                 # Serving may answer with a new champion before its promotion reaches the monitor
@@ -410,59 +422,57 @@ class MonitorCore:
                 )
                 return None
             _check_width(model, state, rows.shape[1], self.store)
-            appended = await asyncio.to_thread(  # off the loop: it may wait for another replica's lock
-                self.store.append_window,
-                model,
-                model_version,
+            batch = PredictionBatch(
                 rows,
                 predicted,
                 confidence,
-                window_size=self.window_size,
-                evaluate_every=self.evaluate_every,
-                at=time.time(),
+                model_version,
                 evaluates=state.reference is not None,
-                since=self._since(),
                 remember=(request_id, self.policy.remembered_requests) if request_id else None,
             )
-            PREDICTIONS.labels(model).inc(len(rows))
+        # Outside the lock, so that batches arriving meanwhile share the transaction; returns
+        # once the rows are committed.
+        appended = await self._appender(model).submit(batch)
+        self._compare_champion(model, state, appended.champion)
+        if not appended.counted:  # another replica installed another champion meanwhile
+            IGNORED_ROWS.labels(model).inc(len(rows))
+            return None
+        PREDICTIONS.labels(model).inc(len(rows))
+        if appended.due is None:
+            return None
+        async with self._evaluation_lock(model):  # not the lock: appends and labels go on meanwhile
             return await self._evaluate(model, state, appended)
 
     async def record_labels(self, model: str, request_id: str, labels: Sequence[float]) -> Performance | None:
         """Join ground truth with the predictions logged under `request_id`; returns the decay
-        measurement if one was due. Labels of a request not (or no longer) remembered are dropped."""
+        measurement if one was due. Labels of a request not (or no longer) remembered are dropped.
+        Joins do not wait for a drift evaluation; those arriving together share one transaction."""
+        truth = np.asarray(labels, dtype=np.float64)
+        if truth.ndim != 1 or not np.isfinite(truth).all():
+            raise InvalidArgument(f"{model}: labels for request {request_id} must be finite numbers")
         async with self._lock(model):
             state = self._state(model)
             await self._restore_reference(model, state)
-            truth = np.asarray(labels, dtype=np.float64)
-            if truth.ndim != 1 or not np.isfinite(truth).all():
-                raise InvalidArgument(f"{model}: labels for request {request_id} must be finite numbers")
-            joined = await asyncio.to_thread(
-                self.store.join_labels,
-                model,
-                request_id,
-                truth,
-                min_labels=self.policy.min_labels,
-                keep=max(self.policy.labels_window, self.policy.feedback_max_rows),
-                counts=state.reference is not None,
+        joined = await self._joiner(model).submit(LabelBatch(request_id, truth))
+        if not joined.joined and not joined.rows:
+            log.info("%s: labels for unknown request %s dropped", model, request_id)
+            return None
+        if not joined.joined:
+            raise InvalidArgument(
+                f"{model}: {len(labels)} labels for request {request_id} of {joined.rows} rows"
             )
-            if not joined.joined and not joined.rows:
-                log.info("%s: labels for unknown request %s dropped", model, request_id)
-                return None
-            if not joined.joined:
-                raise InvalidArgument(
-                    f"{model}: {len(labels)} labels for request {request_id} of {joined.rows} rows"
-                )
-            if not joined.due or state.reference is None:
-                return None
-            performance = self._performance(model, state.reference, self.store.window_confidences(model))
-            if performance.value is not None:
-                WINDOW_METRIC.labels(model, performance.metric).set(performance.value)
-            latest = self.store.latest_report(model)
-            if latest is not None:  # the latest report carries the latest decay measurement
-                self.store.update_performance(model, performance)
-            if performance.decayed:
-                await self._maybe_emit(model, state, "decay", performance.summary, [], asdict(performance))
-            return performance
+        reference = state.reference
+        if not joined.due or reference is None:
+            return None
+        performance = self._performance(model, reference, self.store.window_confidences(model))
+        if performance.value is not None:
+            WINDOW_METRIC.labels(model, performance.metric).set(performance.value)
+        latest = self.store.latest_report(model)
+        if latest is not None:  # the latest report carries the latest decay measurement
+            self.store.update_performance(model, performance)
+        if performance.decayed:
+            await self._maybe_emit(model, state, "decay", performance.summary, [], asdict(performance))
+        return performance
 
     def known_task(self, model: str) -> str:
         """The model's task ("classification", "regression") as its loaded reference's tags say;
@@ -513,6 +523,50 @@ class MonitorCore:
 
     def _lock(self, model: str) -> asyncio.Lock:
         return self._locks.setdefault(model, asyncio.Lock())
+
+    def _evaluation_lock(self, model: str) -> asyncio.Lock:
+        return self._evaluations.setdefault(model, asyncio.Lock())
+
+    def _appender(self, model: str) -> GroupCommit[PredictionBatch, WindowAppend]:
+        appender = self._appends.get(model)
+        if appender is None:
+
+            async def flush(batches: Sequence[PredictionBatch]) -> list[WindowAppend]:
+                return await asyncio.to_thread(  # off the loop: it may wait for another replica's lock
+                    self.store.append_windows,
+                    model,
+                    batches,
+                    window_size=self.window_size,
+                    evaluate_every=self.evaluate_every,
+                    at=time.time(),
+                    since=self._since(),
+                )
+
+            appender = self._appends[model] = GroupCommit(flush)
+        return appender
+
+    def _joiner(self, model: str) -> GroupCommit[LabelBatch, LabelJoin]:
+        joiner = self._joins.get(model)
+        if joiner is None:
+
+            async def flush(labels: Sequence[LabelBatch]) -> list[LabelJoin]:
+                return await asyncio.to_thread(
+                    self.store.join_labels_many,
+                    model,
+                    labels,
+                    min_labels=self.policy.min_labels,
+                    keep=max(self.policy.labels_window, self.policy.feedback_max_rows),
+                    counts=self._state(model).reference is not None,
+                )
+
+            joiner = self._joins[model] = GroupCommit(flush)
+        return joiner
+
+    def _compare_champion(self, model: str, state: _ModelState, stored: int | None) -> None:
+        """After an append: when the store's champion is not this replica's, read it at the next event."""
+        local = state.reference.info.model_version if state.reference is not None else None
+        if stored != local:
+            self._reference_checked.pop(model, None)
 
     def _performance(self, model: str, reference: Reference, confidences: Matrix) -> Performance:
         labelled = self.store.labelled(model, self.policy.labels_window)
@@ -712,9 +766,20 @@ class MonitorCore:
     def _state(self, model: str) -> _ModelState:
         return self._models.setdefault(model, _ModelState())
 
-    async def _restore_reference(self, model: str, state: _ModelState) -> None:
+    async def _restore_reference(
+        self, model: str, state: _ModelState, answered_by: int | None = None
+    ) -> None:
         """Load the stored reference when this replica has another or none: after a restart (the
-        promotion event is long consumed) or after another replica installed a new champion."""
+        promotion event is long consumed) or after another replica installed a new champion. The
+        store is read at most once a second, unless rows `answered_by` a version newer than this
+        replica's champion arrive (a promotion elsewhere) or an append found another champion."""
+        local = state.reference.info.model_version if state.reference is not None else None
+        now = time.monotonic()
+        checked = self._reference_checked.get(model)
+        newer = answered_by is not None and local is not None and answered_by > local
+        if checked is not None and now - checked < _REFERENCE_RECHECK_SECONDS and not newer:
+            return
+        self._reference_checked[model] = now
         info = self.store.reference(model)
         if info is None or (
             state.reference is not None and state.reference.info.model_version == info.model_version
@@ -859,6 +924,7 @@ class MonitorCore:
     async def _evaluate(self, model: str, state: _ModelState, appended: WindowAppend) -> DriftReport | None:
         """The report on the window an append claimed for evaluation, if it did."""
         reference, prepared, window = state.reference, state.prepared, appended.due
+        calibration = state.calibration  # all of one champion's, though another may be installed meanwhile
         if reference is None or prepared is None or window is None or not len(window.rows):
             return None
         current, outputs = window.rows, window.outputs
@@ -867,7 +933,6 @@ class MonitorCore:
         features, prediction = await asyncio.to_thread(
             self._drift, prepared, state.prediction_reference, current, outputs
         )
-        calibration = state.calibration
         if calibration is not None:
             verdict = await asyncio.to_thread(evaluate, prepared, calibration, current, mode="calibrated")
             features, window_drifted = verdict.features, verdict.drifted

@@ -18,7 +18,7 @@ import dataclasses
 import json
 import math
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,10 +37,12 @@ __all__ = [
     "MIGRATIONS",
     "DriftEventRecord",
     "DriftReport",
+    "LabelBatch",
     "LabelJoin",
     "ModelState",
     "MonitorStore",
     "Performance",
+    "PredictionBatch",
     "ReferenceInfo",
     "RolloutStepRecord",
     "Verdict",
@@ -182,10 +184,37 @@ class WindowRows:
 @dataclass(frozen=True)
 class WindowAppend:
     """What appending a batch decided: rows in all, and the window when this batch made an
-    evaluation due (claimed by this append alone: the count of pending rows starts again)."""
+    evaluation due (claimed by this append alone: the count of pending rows starts again); whether
+    its rows were counted (not when another version than the stored champion answered them), and
+    the stored champion's version (None before any)."""
 
     seen: int
     due: WindowRows | None
+    counted: bool = True
+    champion: int | None = None
+
+
+@dataclass(frozen=True)
+class PredictionBatch:
+    """One logged batch for the window: its rows, their predictions and confidences (None: not
+    logged), the version that answered them (None: not said), whether it counts towards an
+    evaluation (not before a reference), and the request id to remember it under for labels to
+    come, with how many requests to remember at most."""
+
+    rows: Matrix
+    outputs: Matrix | None = None
+    confidences: Matrix | None = None
+    model_version: int | None = None
+    evaluates: bool = True
+    remember: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class LabelBatch:
+    """Ground truth for the rows of one request, in their order."""
+
+    request_id: str
+    truth: Matrix
 
 
 @dataclass(frozen=True)
@@ -526,55 +555,85 @@ class MonitorStore:
         since: float | None = None,
         remember: tuple[str, int] | None = None,
     ) -> WindowAppend:
-        """Append a batch to the model's window (a fresh one when another version answered it, or
-        rows of another width), trimmed to `window_size`, in one transaction with one multi-row
-        insert; remember the batch under a request id for labels to come (`remember`: the id and
-        how many requests to remember at most, the oldest dropped). When `evaluates` and the rows
-        pending reach `evaluate_every`, the evaluation is this append's: the window since `since`."""
-        s, w = tables.model_states, tables.window_rows
-        kept = rows[-window_size:]
-        predicted = np.full(len(rows), np.nan) if outputs is None else outputs
-        confidence = np.full(len(rows), np.nan) if confidences is None else confidences
+        """One batch's append_windows."""
+        batch = PredictionBatch(rows, outputs, confidences, model_version, evaluates, remember)
+        [appended] = self.append_windows(
+            model, [batch], window_size=window_size, evaluate_every=evaluate_every, at=at, since=since
+        )
+        return appended
+
+    def append_windows(
+        self,
+        model: str,
+        batches: Sequence[PredictionBatch],
+        *,
+        window_size: int,
+        evaluate_every: int,
+        at: float,
+        since: float | None = None,
+    ) -> list[WindowAppend]:
+        """Append batches, in order, to the model's window (a fresh one from a batch another version
+        answered, or of another width), trimmed to `window_size`; remember each batch under its
+        request id for labels to come (the oldest requests dropped past the bound, up to a sixteenth
+        more between trims). One transaction
+        with one insert per table (executemany), whatever the number of batches. Rows answered by a
+        version other than the stored champion are not counted (`counted` False). When a batch that
+        `evaluates` brings the rows pending to `evaluate_every`, the evaluation is claimed (the count
+        starts again) and goes to the last such batch: the window since `since` after them all."""
+        if not batches:
+            return []
+        s, w, r = tables.model_states, tables.window_rows, tables.reference_datasets
         with self._transaction() as db:
             state = self._locked_state(db, model)
-            pending = int(state["pending"])
-            if (model_version is not None and state["window_version"] != model_version) or state[
-                "window_width"
-            ] not in (None, rows.shape[1]):
+            champion = db.execute(sa.select(r.c.model_version).where(r.c.model == model)).scalar_one_or_none()
+            version, width = state["window_version"], state["window_width"]
+            pending, seen = int(state["pending"]), int(state["seen"])
+            fresh = False  # the stored window is replaced
+            window: list[dict[str, Any]] = []
+            requests: dict[str, list[PredictionBatch]] = {}
+            outcomes: list[tuple[int, bool]] = []  # per batch: rows seen after it, counted
+            claimed: int | None = None  # the batch the evaluation goes to
+            for index, batch in enumerate(batches):
+                if champion is not None and batch.model_version not in (None, champion):
+                    outcomes.append((seen, False))
+                    continue
+                if (batch.model_version is not None and version != batch.model_version) or width not in (
+                    None,
+                    batch.rows.shape[1],
+                ):
+                    fresh, window, pending = True, [], 0
+                version = version if batch.model_version is None else batch.model_version
+                width = batch.rows.shape[1]
+                window.extend(_window_rows(model, batch, window_size, at))
+                del window[:-window_size]
+                pending += len(batch.rows)
+                seen += len(batch.rows)
+                if batch.evaluates and pending >= evaluate_every:
+                    claimed, pending = index, 0
+                if batch.remember is not None and batch.outputs is not None:
+                    requests.setdefault(batch.remember[0], []).append(batch)
+                outcomes.append((seen, True))
+            if fresh:
                 db.execute(w.delete().where(w.c.model == model))
-                pending = 0
-            db.execute(
-                w.insert(),
-                [
-                    {
-                        "model": model,
-                        "at": at,
-                        "features": _blob(row),
-                        "prediction": _number(p),
-                        "confidence": _number(c),
-                    }
-                    for row, p, c in zip(
-                        kept, predicted[-window_size:], confidence[-window_size:], strict=True
-                    )
-                ],
-            )
-            _trim(db, w, model, window_size)
-            if remember is not None and outputs is not None:
-                self._remember(db, model, remember, outputs, confidence, rows)
-            pending += len(rows)
-            seen = int(state["seen"]) + len(rows)
-            due = evaluates and pending >= evaluate_every
+            if window:
+                db.execute(w.insert(), window)
+                _trim(db, w, model, window_size)
+            if requests:
+                limit = max(b.remember[1] for b in batches if b.remember)
+                # Trimmed once every `limit // 16` rows seen (each request has one at least), not
+                # at every append: finding the oldest kept walks `limit` index entries.
+                trims = _crosses(int(state["seen"]), seen, _trim_stride(limit))
+                self._remember(db, model, requests, limit if trims else None)
             db.execute(
                 s.update()
                 .where(s.c.model == model)
-                .values(
-                    pending=0 if due else pending,
-                    seen=seen,
-                    window_width=rows.shape[1],
-                    window_version=state["window_version"] if model_version is None else model_version,
-                )
+                .values(pending=pending, seen=seen, window_width=width, window_version=version)
             )
-            return WindowAppend(seen, self._window(db, model, since) if due else None)
+            due = self._window(db, model, since) if claimed is not None else None
+        return [
+            WindowAppend(rows_seen, due if index == claimed else None, counted=counted, champion=champion)
+            for index, (rows_seen, counted) in enumerate(outcomes)
+        ]
 
     def claim_evaluation(self, model: str, evaluate_every: int, since: float | None = None) -> WindowAppend:
         """The window since `since` when `evaluate_every` rows are pending, claimed (the count starts
@@ -616,74 +675,118 @@ class MonitorStore:
         self,
         db: sa.Connection,
         model: str,
-        remember: tuple[str, int],
-        predicted: Matrix,
-        confidences: Matrix,
-        inputs: Matrix,
+        requests: Mapping[str, Sequence[PredictionBatch]],
+        limit: int | None,
     ) -> None:
+        """Remember each request's batches (a request logged in chunks: its rows in order, after
+        those remembered already), one select, one delete and one insert for them all; then keep
+        the newest `limit` requests, if given."""
         a = tables.awaiting_labels
-        request_id, limit = remember
         previous = db.execute(
-            sa.select(a.c.id, a.c.predictions, a.c.confidences, a.c.inputs, a.c.width).where(
-                a.c.model == model, a.c.request_id == request_id
+            sa.select(a.c.id, a.c.request_id, a.c.predictions, a.c.confidences, a.c.inputs, a.c.width).where(
+                a.c.model == model, a.c.request_id.in_(list(requests))
             )
-        ).first()
-        if previous is not None:  # a request logged in chunks: rows in order
-            predicted = np.concatenate([_vector(previous[1]), predicted])
-            confidences = np.concatenate([_vector(previous[2]), confidences])
-            inputs = np.concatenate([_matrix([previous[3]], int(previous[4])), inputs])
-            db.execute(a.delete().where(a.c.id == previous[0]))
-        db.execute(
-            a.insert().values(
-                model=model,
-                request_id=request_id,
-                width=inputs.shape[1],
-                predictions=_blob(predicted),
-                confidences=_blob(confidences),
-                inputs=_blob(inputs),
+        ).all()
+        earlier = {row[1]: row for row in previous}
+        if previous:
+            db.execute(a.delete().where(a.c.id.in_([row[0] for row in previous])))
+        remembered = []
+        for request_id, chunks in requests.items():
+            predicted = [chunk.outputs for chunk in chunks if chunk.outputs is not None]
+            confidences = [_confidences_of(chunk) for chunk in chunks]
+            inputs = [chunk.rows for chunk in chunks]
+            if request_id in earlier:
+                row = earlier[request_id]
+                predicted.insert(0, _vector(row[2]))
+                confidences.insert(0, _vector(row[3]))
+                inputs.insert(0, _matrix([row[4]], int(row[5])))
+            rows = np.concatenate(inputs)
+            remembered.append(
+                {
+                    "model": model,
+                    "request_id": request_id,
+                    "width": rows.shape[1],
+                    "predictions": _blob(np.concatenate(predicted)),
+                    "confidences": _blob(np.concatenate(confidences)),
+                    "inputs": _blob(rows),
+                }
             )
-        )
-        _trim(db, a, model, limit)
+        db.execute(a.insert(), remembered)
+        if limit is not None:
+            _trim(db, a, model, limit)
 
     def join_labels(
         self, model: str, request_id: str, truth: Matrix, *, min_labels: int, keep: int, counts: bool
     ) -> LabelJoin:
-        """Join `truth` with the predictions remembered under `request_id` (by any replica) into the
-        labelled rows, of which the newest `keep` are kept; count them towards the next decay
-        measurement, due (and claimed) at `min_labels` when `counts`."""
+        """One request's join_labels_many."""
+        [joined] = self.join_labels_many(
+            model, [LabelBatch(request_id, truth)], min_labels=min_labels, keep=keep, counts=counts
+        )
+        return joined
+
+    def join_labels_many(
+        self, model: str, labels: Sequence[LabelBatch], *, min_labels: int, keep: int, counts: bool
+    ) -> list[LabelJoin]:
+        """Join each request's truth, in order, with the predictions remembered under its request id
+        (by any replica) into the labelled rows, of which the newest `keep` are kept (up to a
+        sixteenth more between trims); count them
+        towards the next decay measurement, due at `min_labels` when `counts` and claimed (the count
+        starts again) by the last request that made it due. A request is joined once; a mismatch in
+        rows leaves it remembered. One transaction, one statement per step for them all."""
+        if not labels:
+            return []
         s, a, lab = tables.model_states, tables.awaiting_labels, tables.labelled_rows
         with self._transaction() as db:
             state = self._locked_state(db, model)
-            found = db.execute(
-                sa.select(a.c.id, a.c.predictions, a.c.confidences, a.c.inputs, a.c.width).where(
-                    a.c.model == model, a.c.request_id == request_id
-                )
-            ).first()
-            if found is None:
-                return LabelJoin(0, joined=False)
-            predicted, confidences = _vector(found[1]), _vector(found[2])
-            if len(predicted) != len(truth):
-                return LabelJoin(len(predicted), joined=False)
-            inputs = _matrix([found[3]], int(found[4]))
-            db.execute(a.delete().where(a.c.id == found[0]))
-            db.execute(
-                lab.insert(),
-                [
+            found = {
+                row[0]: row
+                for row in db.execute(
+                    sa.select(
+                        a.c.request_id, a.c.id, a.c.predictions, a.c.confidences, a.c.inputs, a.c.width
+                    ).where(a.c.model == model, a.c.request_id.in_({label.request_id for label in labels}))
+                ).all()
+            }
+            joins: list[LabelJoin] = []
+            joined_ids: list[int] = []
+            labelled: list[dict[str, Any]] = []
+            pending, claimed = int(state["labels_pending"]), None
+            for index, label in enumerate(labels):
+                row = found.get(label.request_id)
+                if row is None:
+                    joins.append(LabelJoin(0, joined=False))
+                    continue
+                predicted, confidences = _vector(row[2]), _vector(row[3])
+                if len(predicted) != len(label.truth):
+                    joins.append(LabelJoin(len(predicted), joined=False))
+                    continue
+                del found[label.request_id]  # joined once
+                joined_ids.append(row[1])
+                inputs = _matrix([row[4]], int(row[5]))
+                labelled.extend(
                     {
                         "model": model,
                         "prediction": float(p),
                         "truth": float(t),
                         "confidence": _number(c),
-                        "features": _blob(row),
+                        "features": _blob(features),
                     }
-                    for p, t, c, row in zip(predicted, truth, confidences, inputs, strict=True)
-                ],
-            )
-            _trim(db, lab, model, keep)
-            pending = int(state["labels_pending"]) + len(truth)
-            due = counts and pending >= min_labels
-            db.execute(s.update().where(s.c.model == model).values(labels_pending=0 if due else pending))
-            return LabelJoin(len(predicted), joined=True, due=due)
+                    for p, t, c, features in zip(predicted, label.truth, confidences, inputs, strict=True)
+                )
+                pending += len(label.truth)
+                if counts and pending >= min_labels:
+                    claimed, pending = index, 0
+                joins.append(LabelJoin(len(predicted), joined=True))
+            if joined_ids:
+                db.execute(a.delete().where(a.c.id.in_(joined_ids)))
+                db.execute(lab.insert(), labelled)
+                # Trimmed at a measurement claimed or every `keep // 16` rows pending, not at every
+                # join: finding the oldest kept walks `keep` index entries.
+                if claimed is not None or _crosses(int(state["labels_pending"]), pending, _trim_stride(keep)):
+                    _trim(db, lab, model, keep)
+                db.execute(s.update().where(s.c.model == model).values(labels_pending=pending))
+        if claimed is not None:
+            joins[claimed] = dataclasses.replace(joins[claimed], due=True)
+        return joins
 
     def labelled(self, model: str, limit: int) -> Matrix:
         """The newest `limit` labelled rows of the current champion, oldest first: (prediction,
@@ -794,6 +897,20 @@ class MonitorStore:
             )
 
 
+def _window_rows(model: str, batch: PredictionBatch, window_size: int, at: float) -> list[dict[str, Any]]:
+    """The window's rows of a batch (its newest `window_size`): features, prediction, confidence."""
+    kept = slice(-window_size, None)
+    predicted = np.full(len(batch.rows), np.nan) if batch.outputs is None else batch.outputs
+    return [
+        {"model": model, "at": at, "features": _blob(row), "prediction": _number(p), "confidence": _number(c)}
+        for row, p, c in zip(batch.rows[kept], predicted[kept], _confidences_of(batch)[kept], strict=True)
+    ]
+
+
+def _confidences_of(batch: PredictionBatch) -> Matrix:
+    return np.full(len(batch.rows), np.nan) if batch.confidences is None else batch.confidences
+
+
 def _model_state(row: sa.RowMapping) -> ModelState:
     return ModelState(
         window_version=row["window_version"],
@@ -817,6 +934,16 @@ def _trim(db: sa.Connection, table: sa.Table, model: str, keep: int) -> None:
         .scalar_subquery()
     )
     db.execute(table.delete().where(table.c.model == model, table.c.id < oldest_kept))
+
+
+def _trim_stride(keep: int) -> int:
+    """Rows between two trims of a table bounded to `keep`: it holds at most this many more."""
+    return max(1, keep // 16)
+
+
+def _crosses(before: int, after: int, stride: int) -> bool:
+    """Whether a count going from `before` to `after` passed a multiple of `stride`."""
+    return before // stride != after // stride
 
 
 def _blob(values: Matrix) -> bytes:
