@@ -679,8 +679,8 @@ class MonitorStore:
         limit: int | None,
     ) -> None:
         """Remember each request's batches (a request logged in chunks: its rows in order, after
-        those remembered already), one select, one delete and one insert for them all; then keep
-        the newest `limit` requests, if given."""
+        those remembered already; chunks of another width than its last are dropped), one select,
+        one delete and one insert for them all; then keep the newest `limit` requests, if given."""
         a = tables.awaiting_labels
         previous = db.execute(
             sa.select(a.c.id, a.c.request_id, a.c.predictions, a.c.confidences, a.c.inputs, a.c.width).where(
@@ -692,23 +692,25 @@ class MonitorStore:
             db.execute(a.delete().where(a.c.id.in_([row[0] for row in previous])))
         remembered = []
         for request_id, chunks in requests.items():
-            predicted = [chunk.outputs for chunk in chunks if chunk.outputs is not None]
-            confidences = [_confidences_of(chunk) for chunk in chunks]
-            inputs = [chunk.rows for chunk in chunks]
-            if request_id in earlier:
-                row = earlier[request_id]
-                predicted.insert(0, _vector(row[2]))
-                confidences.insert(0, _vector(row[3]))
-                inputs.insert(0, _matrix([row[4]], int(row[5])))
-            rows = np.concatenate(inputs)
+            width = chunks[-1].rows.shape[1]
+            kept = [chunk for chunk in chunks if chunk.rows.shape[1] == width]  # a request is one width
+            # Float64 bytes concatenate as the arrays would: no arrays to build for the blobs.
+            predictions = [_blob(chunk.outputs) for chunk in kept if chunk.outputs is not None]
+            confidences = [_blob(_confidences_of(chunk)) for chunk in kept]
+            inputs = [_blob(chunk.rows) for chunk in kept]
+            row = earlier.get(request_id)
+            if row is not None and int(row[5]) == width:
+                predictions.insert(0, row[2])
+                confidences.insert(0, row[3])
+                inputs.insert(0, row[4])
             remembered.append(
                 {
                     "model": model,
                     "request_id": request_id,
-                    "width": rows.shape[1],
-                    "predictions": _blob(np.concatenate(predicted)),
-                    "confidences": _blob(np.concatenate(confidences)),
-                    "inputs": _blob(rows),
+                    "width": width,
+                    "predictions": b"".join(predictions),
+                    "confidences": b"".join(confidences),
+                    "inputs": b"".join(inputs),
                 }
             )
         db.execute(a.insert(), remembered)
