@@ -178,3 +178,17 @@ async def test_labels_join_while_a_drift_evaluation_waits(store: MonitorStore) -
     released.set()
     await evaluation
     assert len(emitted) == 1
+
+
+def test_a_chunk_of_another_width_starts_its_request_again(store: MonitorStore) -> None:
+    """Rows of one request of two widths cannot be labelled as one: the newer chunk replaces it."""
+    wide, narrow = normal_rows(3, seed=1), normal_rows(2, seed=2)[:, :2]
+    store.append_window(
+        MODEL, None, wide, np.ones(3), None, window_size=20, evaluate_every=100, at=1.0, remember=("r", 10)
+    )
+    store.append_window(
+        MODEL, None, narrow, np.zeros(2), None, window_size=20, evaluate_every=100, at=2.0, remember=("r", 10)
+    )
+    assert not store.join_labels(MODEL, "r", np.ones(5), min_labels=100, keep=10, counts=True).joined
+    assert store.join_labels(MODEL, "r", np.zeros(2), min_labels=100, keep=10, counts=True).joined
+    assert np.array_equal(store.labelled(MODEL, 10)[:, 0], np.zeros(2))
