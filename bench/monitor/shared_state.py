@@ -75,7 +75,7 @@ def in_memory_core_class(ref: str) -> Any:
     return module.MonitorCore
 
 
-EVERY = 100  # the settings' default; --evaluate-every
+EVERY = 50  # the settings' default (EVALUATE_EVERY); --evaluate-every
 
 
 def core_of(core_class: Any, store: MonitorStore, every: int = EVERY) -> Any:
