@@ -41,6 +41,11 @@ one streak, an evaluation is claimed by the append that made it due, a drift eve
 replica that claims the cooldown, and labels join predictions another replica logged. A replica
 keeps only what it can rebuild (the reference prepared, calibrated and explained, loaded again when
 another replica installed a new champion) and the answers of a version not promoted yet.
+
+Appends and label joins of a model that arrive while its previous transaction is in flight share the
+next one (batching.GroupCommit): each call returns once its rows are committed, a failed transaction
+fails every call in it, and a group claims one evaluation at most (on the window after it). Label
+joins do not wait for a drift evaluation; evaluations of a model run one at a time.
 """
 
 from __future__ import annotations
