@@ -4,11 +4,17 @@ The registry started this shape; ingest and the monitor share it. A store opens 
 SQLite, a writer whose transactions take the write lock at BEGIN (so concurrent writers queue there
 instead of failing at their first write) and a reader that never blocks (WAL); on PostgreSQL one
 engine does both, and writers serialise on the rows they lock. Alembic migrations bring the schema to
-the newest revision when a store opens, on its own connection.
+the newest revision when a store opens, on its own connection. A `Lease` lets one of the replicas
+sharing a database do a job at a time (the outbox relays: one publishes, in order).
 """
 
 from __future__ import annotations
 
+import math
+import os
+import secrets
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +23,16 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.dialects import postgresql, sqlite
 
-__all__ = ["engine", "insert", "migrate", "run_alembic_environment", "sqlite_url"]
+__all__ = [
+    "Lease",
+    "engine",
+    "holder_name",
+    "insert",
+    "lease_table",
+    "migrate",
+    "run_alembic_environment",
+    "sqlite_url",
+]
 
 
 def sqlite_url(path: Path) -> str:
@@ -93,3 +108,118 @@ def run_alembic_environment(metadata: sa.MetaData) -> None:
     )
     with sa.create_engine(url or "").begin() as opened:
         run_on(opened)
+
+
+def lease_table(metadata: sa.MetaData) -> sa.Table:
+    """The `leases` table of a service's database: one row per job (`outbox`, `webhooks`), naming
+    the replica that holds it and until when, in seconds since the epoch on the database's clock
+    (so replicas on different machines agree on when a lease has expired)."""
+    return sa.Table(
+        "leases",
+        metadata,
+        sa.Column("name", sa.String(64), primary_key=True),
+        sa.Column("holder", sa.String(256), nullable=False),
+        sa.Column("expires_at", sa.Float, nullable=False),
+    )
+
+
+def holder_name() -> str:
+    """A name for one lease holder: host and process, made unique by a random suffix (two relays
+    in one process are two holders)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def _database_clock(connection: sa.Connection) -> sa.ColumnElement[float]:
+    """The database's time now, in seconds since the epoch."""
+    if connection.dialect.name == "postgresql":
+        return sa.cast(sa.func.extract("epoch", sa.func.clock_timestamp()), sa.Float)
+    return (sa.func.julianday("now") - 2440587.5) * 86400.0  # the Julian day of 1970-01-01
+
+
+class Lease:
+    """A job that one of the replicas sharing a database does at a time: whoever takes the lease
+    holds it for `seconds`, renewing it while it works; a holder that dies or hangs lets it lapse,
+    and another replica takes it then.
+
+    Taking and renewing are one atomic statement on both databases: UPDATE ... WHERE the lease is
+    ours or expired (SQLite runs it under its write lock; PostgreSQL re-checks the condition on the
+    row it has locked), or, for the very first holder, INSERT ... ON CONFLICT DO NOTHING.
+
+    A lease is not a lock: a holder paused past its expiry (a stalled process, a call hanging
+    longer than the lease) may act once more after another replica took over. What a lease guards
+    must tolerate that; the outbox does, as its delivery is at least once."""
+
+    def __init__(
+        self, engine: sa.Engine, table: sa.Table, name: str, seconds: float, holder: str = ""
+    ) -> None:
+        if seconds <= 0:
+            raise ValueError(f"a lease lasts a positive time, not {seconds} s")
+        self.engine = engine
+        self.table = table
+        self.name = name
+        self.seconds = seconds
+        self.holder = holder or holder_name()
+        # When (time.monotonic) the last successful take or renewal started: the database's expiry
+        # is at least `seconds` after it.
+        self._renewed_at = -math.inf
+
+    def fresh(self) -> bool:
+        """Held and renewed less than a third of its term ago, so held for two thirds of it more:
+        no need to ask the database."""
+        return time.monotonic() < self._renewed_at + self.seconds / 3
+
+    def acquire(self) -> bool:
+        """Take the lease if it is free or expired, or renew it if this holder has it; True if it
+        is held now, for at least two thirds of its term."""
+        return self._claim(take=True)
+
+    def renew(self) -> bool:
+        """Renew the lease if this holder has held it without a break since it took it; False if
+        it lapsed meanwhile, even if nobody else took it (what was read under it may be stale)."""
+        return self._claim(take=False)
+
+    def release(self) -> None:
+        """Let the lease go now (a replica stopping), so another need not wait for it to expire."""
+        self._renewed_at = -math.inf
+        t = self.table
+        with self.engine.begin() as db:
+            db.execute(
+                t.update().where(t.c.name == self.name, t.c.holder == self.holder).values(expires_at=0.0)
+            )
+
+    def holder_now(self) -> str | None:
+        """Who holds the lease now (None: nobody, or it has expired)."""
+        t = self.table
+        with self.engine.connect() as db:
+            found = db.execute(
+                sa.select(t.c.holder).where(t.c.name == self.name, t.c.expires_at >= _database_clock(db))
+            ).scalar_one_or_none()
+        return None if found is None else str(found)
+
+    def _claim(self, take: bool) -> bool:
+        if self.fresh():
+            return True
+        started = time.monotonic()
+        t = self.table
+        with self.engine.begin() as db:
+            now = _database_clock(db)
+            ours = sa.and_(t.c.holder == self.holder, t.c.expires_at >= now)
+            claimable = sa.or_(ours, t.c.expires_at < now) if take else ours
+            held = (
+                db.execute(
+                    t.update()
+                    .where(t.c.name == self.name, claimable)
+                    .values(holder=self.holder, expires_at=now + self.seconds)
+                ).rowcount
+                == 1
+            )
+            if not held and take:  # nobody has ever held it: the first to insert its row does
+                inserted = db.execute(
+                    insert(db, t)
+                    .values(name=self.name, holder=self.holder, expires_at=now + self.seconds)
+                    .on_conflict_do_nothing(index_elements=["name"])
+                    .returning(t.c.name)  # psycopg reports no rowcount for this INSERT
+                )
+                held = inserted.first() is not None
+        self._renewed_at = started if held else -math.inf
+        return held

@@ -27,12 +27,14 @@ from pydantic import ValidationError
 from cascade.client.channels import PLAINTEXT, ClientSecurity
 from cascade.settings import ServiceSettings
 
-__all__ = ["Health", "check", "main", "probe", "security_of"]
+__all__ = ["REASON_METADATA_KEY", "Health", "check", "main", "probe", "security_of"]
 
 # Straight to the address: a proxy named in the environment must not answer for the service. Not
 # cascade.grpc_io.open_blocking_channel, whose tracing imports cost a probe run every few seconds
 # more than the check itself.
 _CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
+# Trailing metadata of a NOT_SERVING answer saying why (cascade.services.serving.readiness sets it).
+REASON_METADATA_KEY = "cascade-health-reason"
 
 
 Health = Literal["SERVING", "NOT_SERVING", "DOWN"]
@@ -53,7 +55,9 @@ def probe(
     with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
-            response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+            response, call = stub.Check.with_call(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
         except grpc.RpcError as error:
             # Errors of sync calls are also a grpc.Call, which carries the status.
             if isinstance(error, grpc.Call):
@@ -62,7 +66,9 @@ def probe(
     if response.status == health_pb2.HealthCheckResponse.SERVING:
         return "SERVING", ""
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-    return "NOT_SERVING", f"{address}: {status}"
+    # A service may say why in the trailing metadata (serving: "not ready: loading 2 models (...)").
+    why = dict(call.trailing_metadata() or ()).get(REASON_METADATA_KEY, "")
+    return "NOT_SERVING", f"{address}: {status}" + (f": {why}" if why else "")
 
 
 def check(

@@ -35,6 +35,7 @@ def build(settings: IngestSettings | None = None) -> Service:
         settings.max_columns,
         settings.event_wait_seconds,
         settings.outbox_interval_seconds,
+        settings.outbox_lease_seconds,
     )
     relay: list[asyncio.Task[None]] = []
 
@@ -50,6 +51,7 @@ def build(settings: IngestSettings | None = None) -> Service:
     async def close_store() -> None:
         for task in relay:
             task.cancel()
+        await asyncio.gather(*relay, return_exceptions=True)  # the relays let their leases go
         store.close()
 
     return Service(

@@ -60,14 +60,21 @@ class IngestCore:
         max_columns: int = 1000,
         event_wait_seconds: float = 0.25,
         outbox_interval_seconds: float = 1.0,
+        outbox_lease_seconds: float = 5.0,
     ) -> None:
         self.store = store
         self.max_classes = max_classes
         self.max_columns = max_columns
         self.event_wait_seconds = event_wait_seconds
-        # Events go out through the store's outbox: stored with the batch, published after.
+        # Events go out through the store's outbox: stored with the batch, published after, by
+        # whichever replica's relay holds the outbox's lease.
         self.emit = emit
-        self.outbox = OutboxRelay(store, self._emit_in_its_trace, interval=outbox_interval_seconds)
+        self.outbox = OutboxRelay(
+            store,
+            self._emit_in_its_trace,
+            interval=outbox_interval_seconds,
+            lease=store.lease("outbox", outbox_lease_seconds),
+        )
         self._locks: dict[str, asyncio.Lock] = {}
 
     def check_width(self, columns: int) -> None:

@@ -42,5 +42,13 @@ class IngestSettings(ServiceSettings, ObjectStoreSettings):
         " answers 'event pending' (the event is stored; the outbox relay publishes it later).",
     )
     outbox_interval_seconds: float = Field(
-        1.0, description="How often the outbox relay retries events Kafka has not taken."
+        1.0,
+        description="How often the outbox relay retries events Kafka has not taken, and how often a"
+        " replica whose relay does not hold the outbox's lease tries to take it.",
+    )
+    outbox_lease_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Replicas sharing the database publish the outbox one at a time, whichever"
+        " holds its lease; a holder that dies lets it lapse after this long, and another takes over.",
     )

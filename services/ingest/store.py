@@ -854,8 +854,7 @@ class IngestStore:
         """(id, event type, event JSON) of the oldest `limit` (default: all) unpublished events.
 
         Only committed events are seen (each transaction writes on its own connection). Replicas
-        sharing the database may both publish an event before either marks it: delivery is at
-        least once, and consumers know an event by its id."""
+        sharing the database publish them one at a time, whichever holds the `outbox` lease."""
         o = tables.outbox
         with self._read() as db:
             rows = db.execute(
@@ -865,6 +864,16 @@ class IngestStore:
                 .limit(limit)
             ).all()
         return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    def newest_event_id(self) -> int:
+        o = tables.outbox
+        with self._read() as db:
+            return int(db.execute(sa.select(sa.func.coalesce(sa.func.max(o.c.id), 0))).scalar_one())
+
+    def lease(self, name: str, seconds: float) -> database.Lease:
+        """The lease `name` in this database, for a new holder: replicas sharing the database take
+        turns at the job it names (the outbox relay's `outbox`)."""
+        return database.Lease(self.engine, tables.leases, name, seconds)
 
     def mark_published(self, event_ids: Sequence[int]) -> None:
         if not event_ids:

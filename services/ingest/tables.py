@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["batches", "datasets", "metadata", "outbox", "rejected_rows", "segments", "versions"]
+from cascade import database
+
+__all__ = ["batches", "datasets", "leases", "metadata", "outbox", "rejected_rows", "segments", "versions"]
 
 metadata = sa.MetaData()
 
@@ -82,6 +84,9 @@ outbox = sa.Table(
     sa.Column("trace_carrier", sa.Text, nullable=False, server_default="{}"),
     sa.Index("ix_outbox_pending", "published", "id"),
 )
+
+# Which replica's relay publishes the outbox (cascade.database.Lease).
+leases = database.lease_table(metadata)
 
 rejected_rows = sa.Table(
     "rejected_rows",

@@ -40,7 +40,13 @@ def build(settings: RegistrySettings | None = None) -> Service:
         else settings.webhook_secret.get_secret_value(),
     )
     core = RegistryCore(
-        store, artifacts, publish, settings.promotion_policy, webhooks, settings.default_rollout_plan.plan()
+        store,
+        artifacts,
+        publish,
+        settings.promotion_policy,
+        webhooks,
+        settings.default_rollout_plan.plan(),
+        settings.outbox_lease_seconds,
     )
     notifier = Notifier(
         store,
@@ -79,6 +85,7 @@ def build(settings: RegistrySettings | None = None) -> Service:
     async def close_store() -> None:
         for task in relay:
             task.cancel()
+        await asyncio.gather(*relay, return_exceptions=True)  # the relays let their leases go
         await ingest.close()
         store.close()
 

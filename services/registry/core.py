@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from prometheus_client import Counter
 
 from cascade.client.records import DatasetVersion
+from cascade.database import Lease
 from cascade.errors import FailedPrecondition, InvalidArgument, NotFound
 from cascade.events import (
     Event,
@@ -108,6 +109,8 @@ TrafficAction = Literal["set", "rollout_started", "rollout_advanced", "promoted"
 MAX_TAG_VALUE = 4 * 1024 * 1024
 # Outbox events read and marked published per transaction: bounded, however long Kafka was away.
 OUTBOX_BATCH = 500
+# How often a replica asks for the webhooks' lease while another replica holds it.
+WEBHOOK_LEASE_RETRY_SECONDS = 1.0
 # How long a change's RPC waits for Kafka to take its events before answering anyway: during an
 # outage a producer hangs until its own timeout, and the caller must not.
 EVENT_WAIT_SECONDS = 1.0
@@ -122,6 +125,7 @@ class RegistryCore:
         policy: str,
         webhooks: WebhookSender | None = None,
         default_plan: RolloutPlan | None = None,
+        lease_seconds: float = 5.0,
     ) -> None:
         self.store = store
         self.artifacts = artifacts
@@ -129,8 +133,20 @@ class RegistryCore:
         self.policy = policy  # the default for models that set none
         self.default_plan = (default_plan or RolloutPlan()).checked()
         self.webhooks = webhooks if webhooks and webhooks.urls else None
-        # One flush at a time, so no event goes out twice from here.
-        self._outbox = OutboxRelay(store, publish, batch_size=OUTBOX_BATCH)
+        # One flush at a time, so no event goes out twice from here; and one replica's relay at a
+        # time, whichever holds the outbox's lease, so none goes out twice from the replicas.
+        self._outbox = OutboxRelay(
+            store, publish, batch_size=OUTBOX_BATCH, lease=store.lease("outbox", lease_seconds)
+        )
+        # Webhooks are POSTed by one replica at a time too. Its lease outlasts a POST (the sender's
+        # timeout) by more than the renewal margin, so a POST started while held ends while held.
+        self._webhook_lease = (
+            store.lease("webhooks", lease_seconds + 1.5 * self.webhooks.timeout) if self.webhooks else None
+        )
+        self._delivering = asyncio.Lock()  # one webhook round at a time in this replica too
+        # While another replica holds the webhooks' lease, this one asks for it at most once a
+        # second, not at every round of a relay that polls the outbox often.
+        self._webhook_lease_retry_at = 0.0
         self._wake_relay = asyncio.Event()
 
     # -- models --------------------------------------------------------------------------------
@@ -945,11 +961,12 @@ class RegistryCore:
     def _enqueue(self, db: sa.Connection, event: Event) -> None:
         self.store.enqueue(db, event.type, event.model_dump_json(), webhooks=self.webhooks is not None)
 
-    async def flush_outbox(self) -> None:
+    async def flush_outbox(self) -> bool:
         """Publish what the outbox holds, oldest first, in bounded batches (cascade.outbox); a failure
-        leaves the rest for next time."""
-        await self._outbox.flush()
+        leaves the rest for next time. False if another replica holds the outbox's lease."""
+        held = await self._outbox.flush()
         self._wake_relay.set()
+        return held
 
     async def _announce(self) -> None:
         """Publish a committed change's events now if Kafka takes them; if not, the change stands
@@ -962,10 +979,28 @@ class RegistryCore:
 
     async def deliver_webhooks(self, max_attempts: int = 10) -> None:
         """POST every due event; a failure is retried later with exponential backoff (1 s, 2 s, ...
-        up to 5 min), and given up after `max_attempts`."""
-        if self.webhooks is None:
+        up to 5 min), and given up after `max_attempts`.
+
+        Only while this replica holds the `webhooks` lease, renewed before each POST; if it lapsed
+        (this replica stalled), the rest are left to the replica that took it over, which reads
+        them afresh. A POST that outlasts the lease (a stall mid-way) may be made again by the
+        other replica: delivery is at least once, and receivers dedupe on the CloudEvent id."""
+        if self.webhooks is None or self._webhook_lease is None:
+            return
+        async with self._delivering:
+            await self._deliver_due_webhooks(self._webhook_lease, max_attempts)
+
+    async def _deliver_due_webhooks(self, lease: Lease, max_attempts: int) -> None:
+        now = asyncio.get_running_loop().time()
+        if self.webhooks is None or now < self._webhook_lease_retry_at:
+            return
+        if not await asyncio.to_thread(lease.acquire):
+            self._webhook_lease_retry_at = now + WEBHOOK_LEASE_RETRY_SECONDS
             return
         for event_id, event_json, attempts_before in await asyncio.to_thread(self.store.due_webhooks):
+            if not (lease.fresh() or await asyncio.to_thread(lease.renew)):
+                log.info("webhooks: the lease lapsed; the replica that takes it delivers the rest")
+                return
             attempts = attempts_before + 1
             try:
                 await self.webhooks.deliver(event_json)
@@ -981,20 +1016,37 @@ class RegistryCore:
                 self.store.record_webhook(event_id, "delivered", attempts, None, "")
 
     async def relay(self, interval: float = 1.0, max_webhook_attempts: int = 10) -> None:
-        """Forever: publish what a crash or an outage left in the outbox, and deliver webhooks.
-        Runs beside the request handlers, which flush their own events at once."""
-        while True:
+        """Forever: publish what a crash, an outage or another replica left in the outbox, and
+        deliver webhooks. Runs beside the request handlers, which flush their own events at once.
+        While this replica holds the outbox's lease it looks every `poll` seconds (another replica's
+        change is its to publish), otherwise every `interval`; on stopping it lets its leases go, so
+        another replica takes over at once."""
+        try:
+            while True:
+                pause = interval
+                try:
+                    if await self.flush_outbox():
+                        pause = min(interval, self._outbox.poll)
+                except Exception as exc:  # Kafka down: the events wait in the outbox
+                    log.warning("outbox: publishing failed, will retry: %s", exc)
+                try:
+                    await self.deliver_webhooks(max_webhook_attempts)
+                except Exception:
+                    log.exception("outbox: webhook delivery failed")
+                self._wake_relay.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake_relay.wait(), pause)
+        finally:
+            await self.release_leases()
+
+    async def release_leases(self) -> None:
+        """Let this replica's outbox and webhook leases go (it is stopping)."""
+        await self._outbox.release()
+        if self._webhook_lease is not None:
             try:
-                await self.flush_outbox()
-            except Exception as exc:  # Kafka down: the events wait in the outbox
-                log.warning("outbox: publishing failed, will retry: %s", exc)
-            try:
-                await self.deliver_webhooks(max_webhook_attempts)
-            except Exception:
-                log.exception("outbox: webhook delivery failed")
-            self._wake_relay.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_relay.wait(), interval)
+                await asyncio.to_thread(self._webhook_lease.release)
+            except Exception as exc:  # the database is gone: the lease expires by itself
+                log.warning("webhooks: could not release the lease, it expires by itself: %s", exc)
 
 
 def _closed(approval: ApprovalRecord) -> str:

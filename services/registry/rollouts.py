@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
+from cascade.client.records import RolloutThresholds  # one record of the thresholds, the monitor's too
 from cascade.errors import InvalidArgument
 
 __all__ = [
@@ -48,20 +49,6 @@ class RolloutStep:
     percent: float
     min_requests: int = 0
     min_seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class RolloutThresholds:
-    """What the monitor holds a challenger to; 0 turns a threshold off (registry.proto)."""
-
-    max_error_rate: float = 0.01
-    max_p99_ratio: float = 2.0
-    p99_floor_ms: float = 5.0
-    min_agreement: float = 0.9
-    max_difference_ratio: float = 0.5
-    max_prediction_drift: float = 0.25
-    max_metric_drop: float = 0.05
-    min_compared_rows: int = 100
 
 
 # The plan of a model that set none, unless the registry's settings name another.

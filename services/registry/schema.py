@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from cascade import database
+
 metadata = sa.MetaData()
 
 models = sa.Table(
@@ -127,6 +129,10 @@ outbox = sa.Table(
     sa.Index("ix_outbox_published", "published"),
     sa.Index("ix_outbox_webhook_state", "webhook_state"),
 )
+
+# Which replica's relay publishes the outbox (`outbox`) and POSTs its webhooks (`webhooks`):
+# cascade.database.Lease.
+leases = database.lease_table(metadata)
 
 # Chat notifications (notifications.py): one job per destination and event id, which is the dedup
 # key; the sender retries a pending job until it is delivered or its deadline passes (failed).

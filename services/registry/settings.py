@@ -75,6 +75,13 @@ class RegistrySettings(ServiceSettings, ObjectStoreSettings):
         SecretStr(""), description="Signs webhook bodies: X-Cascade-Signature: sha256=<HMAC of the body>."
     )
     webhook_max_attempts: int = Field(10, ge=1, description="Tries per event before a webhook gives up.")
+    outbox_lease_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Replicas sharing the database publish the outbox, and POST webhooks, one at a time,"
+        " whichever holds the lease; a holder that dies lets it lapse after this long (webhooks: plus"
+        " 1.5 times the POST timeout), and another takes over.",
+    )
     default_permission: Literal["none", "read", "edit", "manage"] = Field(
         "read",
         description="The level an authenticated principal has on a model that granted it nothing.",

@@ -743,7 +743,9 @@ class RegistryStore:
         )
 
     def due_webhooks(self, limit: int = 100) -> list[tuple[int, str, int]]:
-        """(id, event JSON, attempts so far) of events whose webhook delivery is due, oldest first."""
+        """(id, event JSON, attempts so far) of events whose webhook delivery is due, oldest first.
+        Replicas sharing the database deliver them one at a time, whichever holds the `webhooks`
+        lease."""
         query = (
             sa.select(outbox.c.id, outbox.c.event_json, outbox.c.webhook_attempts)
             .where(
@@ -782,7 +784,9 @@ class RegistryStore:
             return {str(state): int(count) for state, count in db.execute(query)}
 
     def pending_events(self, limit: int | None = None) -> list[tuple[int, str, str]]:
-        """(id, event type, event JSON) of the oldest `limit` (default: all) unpublished events."""
+        """(id, event type, event JSON) of the oldest `limit` (default: all) unpublished events.
+        Replicas sharing the database publish them one at a time, whichever holds the `outbox`
+        lease."""
         query = (
             sa.select(outbox.c.id, outbox.c.event_type, outbox.c.event_json)
             .where(outbox.c.published == sa.false())
@@ -791,6 +795,15 @@ class RegistryStore:
         )
         with self._read() as db:
             return [(int(i), str(t), str(e)) for i, t, e in db.execute(query)]
+
+    def newest_event_id(self) -> int:
+        with self._read() as db:
+            return int(db.execute(sa.select(sa.func.coalesce(sa.func.max(outbox.c.id), 0))).scalar_one())
+
+    def lease(self, name: str, seconds: float) -> database.Lease:
+        """The lease `name` in this database, for a new holder: replicas sharing the database take
+        turns at the job it names (`outbox`: publishing events; `webhooks`: POSTing them)."""
+        return database.Lease(self.engine, schema.leases, name, seconds)
 
     def mark_published(self, event_ids: Sequence[int]) -> None:
         with self.transaction() as db:

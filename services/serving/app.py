@@ -11,7 +11,6 @@ from importlib.metadata import version as package_version
 import grpc
 from faststream.kafka import KafkaBroker
 from grpc_health.v1 import health_pb2
-from grpc_health.v1._async import HealthServicer
 
 from cascade.client.channels import ClientSecurity
 from cascade.events import Event, ModelLoadFailed, PredictionLogged, Topics
@@ -24,6 +23,7 @@ from cascade.services.serving.comparisons import Comparisons
 from cascade.services.serving.inference import SERVICE_NAME, InferenceServicer
 from cascade.services.serving.live_stats import LiveStats, LiveStatsReporter
 from cascade.services.serving.prediction_log import PredictionLog
+from cascade.services.serving.readiness import GatedHealth, StartupLoad
 from cascade.services.serving.registry_client import RegistryModelSource
 from cascade.services.serving.repository import LoadedModel, LoadFailure, ModelRepository
 from cascade.services.serving.rest import Admission, RestEndpoint, ServerTls, rest_app
@@ -99,7 +99,7 @@ def build_serving(settings: ServingSettings | None = None) -> tuple[Service, Res
         ClientSecurity.of(settings),
     )
     replica = replica_id(settings)
-    health = HealthServicer()
+    startup, health = _readiness(settings)
 
     async def on_loaded(model: LoadedModel) -> None:
         # grpc.health.v1 per model: the service name is the model's name.
@@ -121,7 +121,7 @@ def build_serving(settings: ServingSettings | None = None) -> tuple[Service, Res
             ),
         )
 
-    repository = ModelRepository(registry, settings.keep_versions, on_loaded, on_load_failed)
+    repository = ModelRepository(registry, settings.keep_versions, on_loaded, on_load_failed, startup)
 
     async def publish(event: PredictionLogged) -> None:
         await publish_event(broker, topics, event)
@@ -168,8 +168,10 @@ def build_serving(settings: ServingSettings | None = None) -> tuple[Service, Res
 
     async def start() -> None:
         # Loading champions waits for the registry in the background: start-up never blocks on it,
-        # and each model is served as soon as it is loaded (ModelReady tells which).
+        # and each model is served as soon as it is loaded (ModelReady tells which). The replica
+        # is ready (health, ServerReady) once all are, or the start-up budget is spent.
         background.append(asyncio.create_task(repository.sync_all_until_done(), name="load-champions"))
+        background.append(asyncio.create_task(health.open_when_ready(startup), name="become-ready"))
         prediction_log.start()
         comparisons.start()
         reporter.start()
@@ -196,7 +198,7 @@ def build_serving(settings: ServingSettings | None = None) -> tuple[Service, Res
         settings=settings,
         broker=broker,
         grpc_registrars=[add_servicer],
-        grpc_service_names=[SERVICE_NAME, *([explain.EXPLAIN_SERVICE_NAME] if explainer is not None else [])],
+        grpc_service_names=_grpc_service_names(settings),
         grpc_roles=roles,
         on_start=[start],
         on_stop=[stop],
@@ -204,6 +206,17 @@ def build_serving(settings: ServingSettings | None = None) -> tuple[Service, Res
         share_port=settings.workers > 1,
     )
     return service, rest
+
+
+def _readiness(settings: ServingSettings) -> tuple[StartupLoad, GatedHealth]:
+    """Not ready until the champions, canaries and shadows the registry names are loaded (or
+    refused), within the start-up budget: see cascade.services.serving.readiness."""
+    startup = StartupLoad(settings.startup_budget_seconds)
+    return startup, GatedHealth(["", *_grpc_service_names(settings)], startup.reason)
+
+
+def _grpc_service_names(settings: ServingSettings) -> list[str]:
+    return [SERVICE_NAME, *([explain.EXPLAIN_SERVICE_NAME] if settings.explain_enabled else [])]
 
 
 def build_explainer(settings: ServingSettings, repository: ModelRepository) -> explain.ExplainCore | None:

@@ -115,9 +115,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.live_stats = live_stats
         self.comparisons = comparisons
         self.statistics = InferenceStatistics()
-        self.ready = False  # set once the service has started
+        self.ready = False  # set once the service has started; see server_ready
 
     # -- the transport-free core (the REST endpoint calls these too) -------------------------------
+    @property
+    def server_ready(self) -> bool:
+        """Started, and every model the registry named at start-up loaded or refused (or the
+        start-up budget spent): cascade.services.serving.readiness."""
+        startup = self.repository.startup
+        return self.ready and (startup is None or startup.ready)
+
     def server_metadata(self) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=self.server_version, extensions=EXTENSIONS)
 
@@ -188,7 +195,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: ServicerContext
     ) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.ready)
+        return pb.ServerReadyResponse(ready=self.server_ready)
 
     @grpc_errors
     async def ModelReady(

@@ -31,6 +31,7 @@ from cascade.errors import (
     RemoteFailure,
     Unavailable,
 )
+from cascade.services.serving.readiness import StartupLoad
 from cascade.services.serving.traffic import Route, Routed, RoutingKey, TrafficSplit
 
 __all__ = [
@@ -209,7 +210,9 @@ class ModelSource(Protocol):
 
 class ModelRepository:
     """`on_loaded` runs after a version becomes the champion; `on_load_failed` after a version is
-    refused. Both are awaited inside the model's lock, and their own failures are only logged."""
+    refused. Both are awaited inside the model's lock, and their own failures are only logged.
+    `startup` follows the initial sync (`sync_all_until_done`): while a model it names is loading,
+    a request for it is UNAVAILABLE rather than NOT_FOUND (cascade.services.serving.readiness)."""
 
     def __init__(
         self,
@@ -217,6 +220,7 @@ class ModelRepository:
         keep_versions: int = 2,
         on_loaded: OnLoaded | None = None,
         on_load_failed: OnLoadFailed | None = None,
+        startup: StartupLoad | None = None,
     ) -> None:
         if keep_versions < 1:
             raise ValueError("keep_versions must be at least 1: the champion stays loaded")
@@ -231,6 +235,7 @@ class ModelRepository:
         # Per model, the versions kept loaded, oldest load first. Replaced whole, never edited in place.
         self._loaded: dict[str, dict[int, LoadedModel]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self.startup = startup
 
     # -- lookups (called on every request: no awaits, no locks) ----------------------------------
     def models(self) -> list[str]:
@@ -259,21 +264,22 @@ class ModelRepository:
         """The champion of `name` for an empty version, else that loaded version."""
         route = self._routes.get(name)
         if route is None:
-            raise NotFound(f"model {name!r} is not loaded; loaded models: {self.models()}")
+            raise self._missing(name, f"model {name!r} is not loaded; loaded models: {self.models()}")
         if not version:
             return route.champion
         loaded = self._loaded.get(name, {})
         model = loaded.get(int(version)) if version.isdecimal() else None
         if model is None:
-            raise NotFound(
-                f"model {name!r} has no loaded version {version!r}; loaded versions: {self.versions(name)}"
+            raise self._missing(
+                name,
+                f"model {name!r} has no loaded version {version!r}; loaded versions: {self.versions(name)}",
             )
         return model
 
     def is_ready(self, name: str, version: str = "") -> bool:
         try:
             self.resolve(name, version)
-        except NotFound:
+        except (NotFound, Unavailable):
             return False
         return True
 
@@ -332,22 +338,38 @@ class ModelRepository:
 
     async def sync_all(self) -> None:
         """Sync every model that has a champion, and its traffic split. One broken model does not
-        stop the others."""
-        for name in await self._source.models_with_champion():
+        stop the others. Each model settled (served as the registry says, or a version refused) is
+        reported to `startup`."""
+        names = await self._source.models_with_champion()
+        if self.startup is not None:
+            self.startup.listed(names)
+        for name in names:
             try:
                 await self.sync_champion(name)
                 await self.sync_traffic(name)
             except (Unavailable, RemoteFailure):
                 raise  # the registry may answer next time: sync_all_until_done tries again
-            except CascadeError:
-                continue  # logged by sync_champion; the old version (if any) keeps serving
+            except CascadeError as exc:
+                # Logged by sync_champion or sync_traffic; the old version (if any) keeps serving.
+                if self.startup is not None:
+                    self.startup.settled(name, refused=str(exc))
+                continue
+            if self.startup is not None:
+                self.startup.settled(name)
 
     async def sync_all_until_done(self, first_delay: float = 0.5, max_delay: float = 30.0) -> None:
         """`sync_all`, retried with exponential backoff for as long as the registry is unreachable or
         failing inside (RemoteFailure).
 
         Runs as a background task, so it never raises: a permanent failure is logged, and the
-        champions then load on their next promotion."""
+        champions then load on their next promotion. `startup` hears of each retry, and of the end."""
+        try:
+            await self._sync_all_retrying(first_delay, max_delay)
+        finally:
+            if self.startup is not None:
+                self.startup.finished()
+
+    async def _sync_all_retrying(self, first_delay: float, max_delay: float) -> None:
         delay = first_delay
         while True:
             try:
@@ -355,15 +377,26 @@ class ModelRepository:
                 return
             except (Unavailable, RemoteFailure) as exc:  # down, or failing inside: perhaps not for long
                 log.warning("cannot load champions yet (%s); retrying in %.1f s", exc, delay)
+                self._retrying(str(exc))
             except CascadeError as exc:
                 log.error("cannot load champions: %s; they will load on their next promotion", exc)
                 return
-            except Exception:  # unexpected, so maybe transient: keep trying rather than serve nothing
+            except Exception as exc:  # unexpected, so maybe transient: keep trying rather than serve nothing
                 log.exception("loading champions failed; retrying in %.1f s", delay)
+                self._retrying(repr(exc))
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay)
 
     # -- internals -------------------------------------------------------------------------------
+    def _missing(self, name: str, message: str) -> CascadeError:
+        """NOT_FOUND with `message`, unless `name` is still loading at start-up (UNAVAILABLE)."""
+        loading = None if self.startup is None else self.startup.missing(name)
+        return NotFound(message) if loading is None else loading
+
+    def _retrying(self, error: str) -> None:
+        if self.startup is not None:
+            self.startup.retrying(error)
+
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 

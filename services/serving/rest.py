@@ -20,7 +20,9 @@ calls):
     POST /v2/models/{name}[/versions/{v}]/explain       per-prediction attributions (cascade.explain.v1's
                                                         Explain: the same core, JSON in and out)
 
-Health answers 200 when true and 400 when false, as the protocol says. A client's mistake is 400
+Health answers 200 when true and 400 when false, as the protocol says; a server not ready says why
+(`"reason": "not ready: loading 2 models (...)"`). A request for a model still loading at start-up
+is 503 (UNAVAILABLE: retry), not 404. A client's mistake is 400
 (404 for an unknown model) with `{"error": "..."}`, never 500. Who may call what is the `admit`
 hook's decision (cascade.services.serving.app gives it the roles of each endpoint's gRPC twin), from the
 `Authorization` header; client certificates are not read here.
@@ -165,7 +167,11 @@ class _Endpoints:
         return JSONResponse({"live": True})
 
     async def ready(self, request: Request) -> Response:
-        return _truth("ready", self.servicer.ready)
+        if self.servicer.server_ready:
+            return _truth("ready", True)
+        startup = self.servicer.repository.startup
+        reason = (startup.reason() if startup is not None else "") or "not ready: starting"
+        return JSONResponse({"ready": False, "reason": reason}, status_code=400)
 
     async def model_ready(self, request: Request) -> Response:
         return _truth("ready", self.servicer.repository.is_ready(*_model(request)))

@@ -101,6 +101,17 @@ class ServingSettings(RegistryClientSettings):
         ge=1,
         description="Rows of one batched run, at most; a request of this many rows or more runs alone.",
     )
+    startup_budget_seconds: float = Field(
+        120.0,
+        gt=0.0,
+        description=(
+            "Longest a starting replica stays not ready (health NOT_SERVING, ServerReady false) "
+            "while it loads the champions, canaries and shadows the registry names, or waits for "
+            "an unreachable registry. Then it turns ready with what it has and keeps loading; a model "
+            "still loading answers UNAVAILABLE. Keep it below the startup probe's window "
+            "(deploy/k8s/serving.yaml: 180 s): a restart cannot make the registry answer."
+        ),
+    )
     keep_versions: int = Field(
         2,
         ge=1,

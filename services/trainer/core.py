@@ -16,6 +16,7 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -48,6 +49,7 @@ from cascade.services.trainer.importing import (
     convert_and_check,
     parity_rows_from_csv,
 )
+from cascade.services.trainer.out_of_core import OUT_OF_CORE_TAG, out_of_core_families, train_out_of_core
 from cascade.services.trainer.settings import TrainerSettings
 from cascade.services.trainer.training import TrainingResult, join_study, train
 from cascade.splits import holdout_mask
@@ -74,6 +76,10 @@ class Datasets(Protocol):
     async def download_dataset(
         self, dataset: str, version: str = "", *, row_start: int = 0, row_end: int = 0, last_batches: int = 0
     ) -> tuple[DatasetVersion, pd.DataFrame]: ...
+
+    async def download_dataset_to_file(
+        self, dataset: str, version: str, path: Path, *, last_batches: int = 0
+    ) -> int: ...
 
 
 class Registry(Protocol):
@@ -319,43 +325,19 @@ class TrainerCore:
     async def _train_and_register(
         self, job: _Job, model: str, key: str, spec: TrainingSpec
     ) -> ModelVersion | None:
-        info, frame = await self.ingest.download_dataset(
-            job.dataset, job.dataset_version, last_batches=spec.window_batches or 0
-        )
-        features, target = list(info.features), info.target
-        window = f"latest {spec.window_batches} batches" if spec.window_batches else "all rows"
-        log.info(
-            "training %s on %s@%s (%d rows, %s)", model, job.dataset, info.version[:12], len(frame), window
-        )
-        await self._report(
-            model,
-            key,
-            "started",
-            max_trials=spec.max_trials,
-            message=f"{len(frame)} rows ({window}), {spec.strategy} search",
-        )
-        loop = asyncio.get_running_loop()
-
-        def on_trial(trial: dict[str, Any]) -> None:  # called from the training thread
-            asyncio.run_coroutine_threadsafe(self._report(model, key, "trial", **trial), loop)
-
+        described = await self.ingest.get_dataset_version(job.dataset, job.dataset_version)
+        if described.rows > self.settings.out_of_core_rows:
+            fitting = self._fit_out_of_core(described, job, model, key, spec)
+        else:
+            fitting = self._fit_in_memory(job, model, key, spec)
         try:
             with TRAIN_SECONDS.time():
-                result = await asyncio.to_thread(
-                    train,
-                    frame,
-                    features,
-                    target,
-                    job.task,
-                    spec=spec,
-                    on_trial=on_trial,
-                    explain=self.settings.explain_limits(),
-                    shared=self._shared_study(model, key, job, spec),
-                )
+                info, result = await fitting
         except Exception as exc:
             RUNS.labels(model, "failed").inc()
             await self._report(model, key, "failed", message=str(exc))
             raise
+        features, target = list(info.features), info.target
         RUNS.labels(model, "succeeded").inc()
         TRIALS.labels(model).inc(len(result.trials))
         run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"cascade:run:{model}:{key}"))
@@ -386,6 +368,81 @@ class TrainerCore:
             message=f"registered version {version.version}: {result.metrics}",
         )
         return version
+
+    def _trial_reporter(self, model: str, key: str) -> Callable[[dict[str, Any]], None]:
+        loop = asyncio.get_running_loop()
+
+        def on_trial(trial: dict[str, Any]) -> None:  # called from the training thread
+            asyncio.run_coroutine_threadsafe(self._report(model, key, "trial", **trial), loop)
+
+        return on_trial
+
+    async def _fit_in_memory(
+        self, job: _Job, model: str, key: str, spec: TrainingSpec
+    ) -> tuple[DatasetVersion, TrainingResult]:
+        """The version (or its window) as one frame, searched with cross-validation."""
+        info, frame = await self.ingest.download_dataset(
+            job.dataset, job.dataset_version, last_batches=spec.window_batches or 0
+        )
+        window = f"latest {spec.window_batches} batches" if spec.window_batches else "all rows"
+        log.info(
+            "training %s on %s@%s (%d rows, %s)", model, job.dataset, info.version[:12], len(frame), window
+        )
+        await self._report(
+            model,
+            key,
+            "started",
+            max_trials=spec.max_trials,
+            message=f"{len(frame)} rows ({window}), {spec.strategy} search",
+        )
+        result = await asyncio.to_thread(
+            train,
+            frame,
+            list(info.features),
+            info.target,
+            job.task,
+            spec=spec,
+            on_trial=self._trial_reporter(model, key),
+            explain=self.settings.explain_limits(),
+            shared=self._shared_study(model, key, job, spec),
+        )
+        return info, result
+
+    async def _fit_out_of_core(
+        self, info: DatasetVersion, job: _Job, model: str, key: str, spec: TrainingSpec
+    ) -> tuple[DatasetVersion, TrainingResult]:
+        """A version over out_of_core_rows: its Parquet file streamed into a spool file in the data
+        dir, then read segment by segment by the families that can learn that way (out_of_core.py).
+        Not a shared study: its candidates are few and each is a pass over the file."""
+        families = out_of_core_families(spec.resolved(spec.task or job.task))
+        window = f"latest {spec.window_batches} batches" if spec.window_batches else "all rows"
+        message = (
+            f"{info.rows} rows in the version, over {self.settings.out_of_core_rows}: out of core "
+            f"({window}), segment by segment, families {', '.join(families) or 'none that can'}"
+        )
+        log.info("training %s on %s@%s: %s", model, job.dataset, info.version[:12], message)
+        await self._report(model, key, "started", max_trials=spec.max_trials, message=message)
+        spool_dir = self.settings.data_dir / "spool"
+        await asyncio.to_thread(spool_dir.mkdir, parents=True, exist_ok=True)
+        spool = spool_dir / f"{uuid.uuid4().hex}.parquet"
+        try:
+            size = await self.ingest.download_dataset_to_file(
+                job.dataset, info.version, spool, last_batches=spec.window_batches or 0
+            )
+            log.info("spooled %s@%s: %d bytes", job.dataset, info.version[:12], size)
+            result = await asyncio.to_thread(
+                train_out_of_core,
+                spool,
+                list(info.features),
+                info.target,
+                job.task,
+                spec,
+                self._trial_reporter(model, key),
+                self.settings.explain_limits(),
+            )
+        finally:
+            await asyncio.to_thread(spool.unlink, missing_ok=True)
+        return info, result
 
     def _shared_study(self, model: str, key: str, job: _Job, spec: TrainingSpec) -> SharedStudy | None:
         """With study storage set, the run's search is a study other replicas join once it is
@@ -708,6 +765,8 @@ def _tags(
         "parity_reference": json.dumps(result.parity_reference),
         **result.explain_tags,
     }
+    if result.out_of_core:
+        tags[OUT_OF_CORE_TAG] = result.out_of_core
     if job.cause is not None:  # the registry keeps why this version exists, with the report
         tags["cause"] = job.cause.model_dump_json()
     return tags

@@ -74,8 +74,8 @@ class StudyStorage:
                         ),
                     )
                 break
-            except (sa.exc.IntegrityError, sa.exc.OperationalError) as exc:
-                if attempt == OPEN_ATTEMPTS - 1:
+            except sa.exc.DBAPIError as exc:
+                if not _lost_creation_race(exc) or attempt == OPEN_ATTEMPTS - 1:
                     raise
                 log.info("study storage busy being created (%s); trying again", type(exc).__name__)
                 time.sleep(0.5 * (attempt + 1))
@@ -243,6 +243,14 @@ def _beating(storage: BaseHeartbeat, trial_id: int) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+
+
+def _lost_creation_race(error: sa.exc.DBAPIError) -> bool:
+    """Whether `error` is what losing the race to create the tables looks like: a constraint or a
+    lock, or (PostgreSQL) a table the winner created meanwhile (DuplicateTable, a ProgrammingError)."""
+    if isinstance(error, (sa.exc.IntegrityError, sa.exc.OperationalError)):
+        return True
+    return isinstance(error, sa.exc.ProgrammingError) and "already exists" in str(error.orig)
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:

@@ -13,45 +13,93 @@ Which families can, and how:
   XGBoost and LightGBM can train from external memory but are not wired here.
 
 The hold-out rows are recognised segment by segment (cascade.splits hashes each row on its own), so
-a segment-wise fit learns from the same rows as the whole-frame one.
+a segment-wise fit learns from the same rows as the whole-frame one, and the validator holds out the
+same rows. The trainer's service path uses this for versions over CASCADE_TRAINER_OUT_OF_CORE_ROWS
+(out_of_core.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 from sklearn.linear_model import LinearRegression, Ridge, SGDClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cascade.errors import InvalidArgument
-from cascade.splits import holdout_mask
 
 INCREMENTAL: frozenset[str] = frozenset({"ridge", "linear_regression", "logistic_regression"})
 WHOLE_FRAME: frozenset[str] = frozenset({"random_forest", "gradient_boosting", "xgboost", "lightgbm"})
 SEGMENT_ROWS = 16_384
 SGD_EPOCHS = 5
+BUCKETS = 10_000  # cascade.splits.holdout_mask's: a row is held out when its bucket < fraction x BUCKETS
+READ_BUFFER_BYTES = 1 << 20  # a column chunk is streamed through a buffer this size
+SELECT_SHARE = 0.1  # of all rows, taken from the training rows to score candidates out of core
 
 # (features, labels) of each segment's training rows, afresh on every call: a fit may pass twice.
 Segments = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
+
+
+Part = Literal["train", "fit", "select", "holdout"]
 
 
 def parquet_segments(
     path: Path, features: list[str], target: str, holdout: float, rows: int = SEGMENT_ROWS
 ) -> Segments:
     """The training rows of a Parquet file, `rows` at a time (the held-out rows left out)."""
+    return split_segments(path, features, target, holdout, "train", rows)
+
+
+def split_segments(
+    path: Path,
+    features: list[str],
+    target: str,
+    holdout: float,
+    part: Part,
+    rows: int = SEGMENT_ROWS,
+    select_share: float = SELECT_SHARE,
+) -> Segments:
+    """One part of a Parquet file's rows, `rows` at a time. Every row falls in a bucket by the hash
+    cascade.splits uses (so "holdout" is exactly the rows holdout_mask holds out); "train" is the
+    rest, which splits into "select" (the next `select_share` of buckets: rows candidates are
+    scored on) and "fit" (what candidates learn from)."""
+    held_out, selected = int(holdout * BUCKETS), int((holdout + select_share) * BUCKETS)
 
     def read() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=[*features, target]):
+        for batch in _file(path).iter_batches(batch_size=rows, columns=[*features, target]):
             frame = batch.to_pandas()
-            kept = frame[~holdout_mask(frame[[*features, target]], holdout)]
+            bucket = row_buckets(frame[[*features, target]])
+            if part == "holdout":
+                keep = bucket < held_out
+            elif part == "train":
+                keep = bucket >= held_out
+            elif part == "select":
+                keep = (bucket >= held_out) & (bucket < selected)
+            else:
+                keep = bucket >= selected
+            kept = frame[keep]
             if len(kept):
                 yield kept[features].to_numpy(dtype=np.float32), kept[target].to_numpy()
 
     return read
+
+
+def _file(path: Path) -> pq.ParquetFile:
+    """The file, read a page at a time. Not pre-buffered: pyarrow's pre-buffering fetches the column
+    chunks of every row group iter_batches will read, which is the whole file, before the first
+    batch (the segment-wise peak then grew with the file: bench/RESULTS.md)."""
+    return pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
+
+
+def row_buckets(frame: pd.DataFrame) -> np.ndarray:
+    """Each row's bucket in 0..BUCKETS-1, by the hash of its values (as cascade.splits.holdout_mask)."""
+    hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy(dtype=np.uint64)
+    return (hashes % np.uint64(BUCKETS)).astype(np.int64)
 
 
 def fit_segments(family: str, params: dict[str, float], segments: Segments, seed: int = 42) -> Pipeline:

@@ -41,6 +41,13 @@ class TrainerSettings(RegistryClientSettings):
     attribution_seconds: float = Field(
         20.0, gt=0.0, description="Deadline of a version's global attribution; past it, the version has none."
     )
+    out_of_core_rows: int = Field(
+        1_000_000,
+        ge=1,
+        description="A dataset version with more rows than this is not loaded whole: its Parquet file is "
+        "spooled to the data dir and read segment by segment, and only the families that can learn that "
+        "way are fitted (ridge, linear_regression, logistic_regression; services/trainer/out_of_core.py).",
+    )
 
     study_storage_url: str | None = Field(
         None,

@@ -87,6 +87,8 @@ class TrainingResult:
     # The `explain_background` and (when the model could be explained in budget) `global_attribution`
     # tags, as JSON (services/trainer/attribution.py).
     explain_tags: dict[str, str] = field(default_factory=dict)
+    # How a version too large for memory was fitted (out_of_core.py); empty: the whole frame in memory.
+    out_of_core: str = ""
 
 
 def _estimator(name: str, task: Task, params: dict[str, Any], seed: int) -> BaseEstimator:
@@ -425,7 +427,7 @@ def train(
             "importance": round(importance_done - exported, 4),
             "attribution": round(finished - importance_done, 4),
         },
-        versions=_versions(name),
+        versions=training_versions(name),
         parity_reference=parity_reference(best, x_holdout, task),
         explain_tags=explain_tags,
     )
@@ -467,7 +469,8 @@ def _training_rows(
     return spec, x_train, y_train, holdout_rows
 
 
-def _versions(family: str) -> dict[str, str]:
+def training_versions(family: str) -> dict[str, str]:
+    """The versions of the libraries that made (and export) a model of this family."""
     packages = ["scikit-learn", "skl2onnx", "onnxruntime", "numpy", "optuna"]
     if family in BOOSTING:
         packages += [family, "onnxmltools"]

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from cascade.client.calls import RemoteService, stream
 from cascade.errors import FailedPrecondition, Unavailable
 
-__all__ = ["MAX_RESUMES", "Chunk", "verified_download"]
+__all__ = ["MAX_RESUMES", "Chunk", "verified_download", "verified_download_to_file"]
 
 # Resumes after a broken stream, per download: enough for a server restart or a dropped
 # connection, few enough that a service that keeps failing is reported soon.
@@ -75,6 +76,59 @@ async def verified_download(
     data = bytes(received)
     await _verify(data, total_size, sha256, service.describe(what))
     return data
+
+
+async def verified_download_to_file(
+    service: RemoteService,
+    what: str,
+    request_from: Callable[[int], Any],
+    path: Path,
+    *,
+    max_resumes: int = MAX_RESUMES,
+) -> int:
+    """As verified_download, but each chunk goes to `path` as it arrives, so a file larger than
+    memory can be received; its size. The sha256 is computed on the way; a file that does not
+    match is deleted before FailedPrecondition."""
+    digest, written, total_size, sha256 = hashlib.sha256(), 0, -1, ""
+    resumes_left = max_resumes
+    chunk: Chunk
+    with path.open("wb") as spool:
+        while True:
+            start = written
+            call = request_from(start)
+            try:
+                async for chunk in stream(service, what, call):
+                    if chunk.offset != written:
+                        raise FailedPrecondition(
+                            f"{service.describe(what)}: a chunk arrived at offset {chunk.offset}, "
+                            f"expected {written}"
+                        )
+                    if sha256 and chunk.sha256 != sha256:
+                        raise FailedPrecondition(f"{service.describe(what)}: the file changed while resuming")
+                    total_size, sha256 = chunk.total_size, chunk.sha256
+                    await asyncio.to_thread(spool.write, chunk.data)
+                    digest.update(chunk.data)
+                    written += len(chunk.data)
+                break
+            except Unavailable:
+                if written == start or resumes_left == 0:
+                    raise
+                resumes_left -= 1
+            finally:
+                call.cancel()
+    problem = _problem(written, digest.hexdigest(), total_size, sha256)
+    if problem:
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+        raise FailedPrecondition(f"{service.describe(what)}: {problem}")
+    return written
+
+
+def _problem(size: int, digest: str, total_size: int, sha256: str) -> str:
+    if total_size < 0:
+        return "the stream ended before any chunk arrived"
+    if size != total_size:
+        return f"arrived {size} bytes of {total_size}"
+    return "arrived corrupt (sha256 mismatch)" if digest != sha256 else ""
 
 
 async def _verify(data: bytes, total_size: int, sha256: str, what: str) -> None:

@@ -15,7 +15,7 @@ from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 
 from cascade.client.base import ServiceClient
 from cascade.client.calls import RemoteService, call
-from cascade.client.downloads import verified_download
+from cascade.client.downloads import verified_download, verified_download_to_file
 from cascade.client.records import Batch, Dataset, DatasetVersion, RejectedRow, UploadResult
 from cascade.errors import InvalidArgument
 from cascade.grpc_io import CHUNK_SIZE, file_chunks
@@ -202,6 +202,21 @@ class IngestClient(ServiceClient):
             return self._stub.DownloadDatasetVersion(request, timeout=self.timeout)
 
         return await verified_download(self.service, f"downloading {_name(dataset, version)}", request_from)
+
+    async def download_dataset_to_file(
+        self, dataset: str, version: str, path: Path, *, last_batches: int = 0
+    ) -> int:
+        """A dataset version (or its latest `last_batches` batches) streamed into the Parquet file at
+        `path`, chunk by chunk, never whole in memory; verified as `download_dataset_file` is. Its size."""
+
+        def request_from(offset: int) -> grpc.aio.UnaryStreamCall[Any, pb.DataChunk]:
+            request = pb.DownloadDatasetVersionRequest(
+                dataset=dataset, version=version, offset=offset, last_batches=last_batches
+            )
+            return self._stub.DownloadDatasetVersion(request, timeout=self.timeout)
+
+        what = f"downloading {_name(dataset, version)}"
+        return await verified_download_to_file(self.service, what, request_from, path)
 
 
 def _schema_message(schema: Mapping[str, Any]) -> pb.DatasetSchema:

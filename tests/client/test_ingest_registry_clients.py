@@ -398,3 +398,25 @@ async def test_a_malformed_schema_is_refused_before_any_call(ingest: tuple[FakeI
     with pytest.raises(InvalidArgument, match="not a valid dataset schema"):
         await client.register_dataset("d", {"features": [{"name": "a", "kind": "integer"}]})
     assert fake.registered == []
+
+
+async def test_a_dataset_streamed_to_a_file_resumes_and_is_the_served_file(
+    ingest: tuple[FakeIngest, IngestClient], tmp_path: Path
+) -> None:
+    fake, client = ingest
+    fake.download.breaks = 1
+    path = tmp_path / "spool.parquet"
+    size = await client.download_dataset_to_file("d", "v-latest", path, last_batches=2)
+    assert size == len(fake.download.data) and path.read_bytes() == fake.download.data
+    assert [(r.offset, r.last_batches) for r in fake.downloaded] == [(0, 2), (2 * CHUNK, 2)]
+
+
+async def test_a_corrupt_dataset_file_is_refused_and_removed(
+    ingest: tuple[FakeIngest, IngestClient], tmp_path: Path
+) -> None:
+    fake, client = ingest
+    fake.download.sha256 = hashlib.sha256(b"something else").hexdigest()
+    path = tmp_path / "spool.parquet"
+    with pytest.raises(FailedPrecondition, match="corrupt"):
+        await client.download_dataset_to_file("d", "v-latest", path)
+    assert not path.exists()

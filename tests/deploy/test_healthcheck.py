@@ -18,6 +18,7 @@ from grpc_health.v1._async import HealthServicer
 
 from cascade.healthcheck import main, security_of
 from cascade.security import server_credentials
+from cascade.services.serving.readiness import GatedHealth
 from cascade.settings import ServiceSettings
 from cascade.stack.certs import LocalPki, init_pki
 from tests.grpc_server import serving
@@ -230,3 +231,20 @@ async def test_refused_settings_are_one_unhealthy_line_without_their_inputs(
     assert "kafka_sasl_username" in err
     assert err.count("\n") == 1
     assert password not in err
+
+
+async def test_not_serving_prints_the_reason_the_service_gives(capsys: pytest.CaptureFixture[str]) -> None:
+    """A service may say why it is not serving (trailing metadata): serving's start-up readiness."""
+    servicer = GatedHealth([""], lambda: "not ready: loading 1 model (fraud)")
+
+    def register(server: grpc.aio.Server) -> None:
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+
+    async with serving(register) as address:
+        await servicer.set("", SERVING)  # held back until the servicer opens
+
+        assert await _run(address) == 1
+        assert (
+            capsys.readouterr().err
+            == f"unhealthy: {address}: NOT_SERVING: not ready: loading 1 model (fraud)\n"
+        )

@@ -251,6 +251,21 @@ def test_probes_ask_the_port_the_service_listens_on(name: str) -> None:
     assert int(_setting(name, "METRICS_PORT")) in declared
 
 
+def test_serving_is_given_longer_than_its_start_up_budget_to_turn_ready(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Serving's health (what every probe asks) stays NOT_SERVING while it loads the models the
+    registry names, or waits for the registry, for at most its start-up budget
+    (services/serving/readiness.py). The startup probe must wait longer: a replica restarted while
+    it waits for the registry cannot make the registry answer."""
+    budget = load_settings("serving", _env("serving"), monkeypatch).startup_budget_seconds  # type: ignore[attr-defined]
+    startup = _container("serving")["startupProbe"]
+
+    assert startup["periodSeconds"] * startup["failureThreshold"] > budget
+    ready = _container("serving")["readinessProbe"]["exec"]["command"]
+    assert "--service" not in ready, "readiness asks the whole server, which is ready once loaded"
+
+
 @pytest.mark.parametrize("name", SERVICES)
 def test_every_port_the_service_listens_on_is_declared_and_served(
     name: str, monkeypatch: pytest.MonkeyPatch

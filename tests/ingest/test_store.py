@@ -83,7 +83,7 @@ def test_the_migrations_build_exactly_the_declared_schema(tmp_path: Path, databa
     IngestStore(tmp_path, database_url).close()  # a second start finds the schema current
     with store.engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), metadata) == []
-        assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+        assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
     store.close()
 
 
@@ -92,7 +92,7 @@ def test_two_replicas_starting_at_once_migrate_once(tmp_path: Path, database_url
     _race(3, lambda _worker: opened.append(IngestStore(tmp_path, database_url)))
     with opened[0].engine.connect() as connection:
         assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() == [
-            "0001"
+            "0002"
         ]
     for store in opened:
         store.close()
@@ -155,7 +155,7 @@ def test_a_store_from_before_migrations_is_adopted_with_its_data(tmp_path: Path)
     assert [json.loads(e)["dataset_version"] for _, _, e in adopted.pending_events()] == [second]
     assert adopted.trace_carrier("e1") == {}
     with adopted.engine.connect() as connection:
-        assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+        assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
         indexes = {r[1] for r in connection.exec_driver_sql("SELECT * FROM sqlite_master WHERE type='index'")}
     assert {"ix_segments_dataset_segment", "ix_batches_dataset_version"} <= indexes
     adopted.close()

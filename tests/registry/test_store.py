@@ -20,7 +20,7 @@ def test_the_migrations_build_exactly_the_declared_schema(database_url: str) -> 
     RegistryStore(database_url).close()  # a second start finds the schema current and changes nothing
     with store.engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), metadata) == []
-        assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0006"
+        assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0007"
     store.close()
 
 

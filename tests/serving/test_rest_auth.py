@@ -45,7 +45,6 @@ async def test_rest_needs_the_same_roles_as_grpc(
     try:
         async with httpx.AsyncClient(base_url=f"http://{serving.http_url}") as http:
             assert (await http.get("/v2/health/live")).status_code == 200  # open to all
-            assert (await http.get("/v2/health/ready")).status_code == 200
 
             async def infer(authorization: str | None) -> httpx.Response:
                 headers = {"Authorization": authorization} if authorization else {}
@@ -55,6 +54,8 @@ async def test_rest_needs_the_same_roles_as_grpc(
                 if (await http.get(f"/v2/models/{MODEL}/ready")).status_code == 200:
                     break
                 await asyncio.sleep(0.05)
+            # Open to all too; ready once the champion is loaded (not before: readiness.py).
+            assert (await http.get("/v2/health/ready")).status_code == 200
             refused = await infer(None)
             assert refused.status_code == 401
             assert "needs a bearer token" in refused.json()["error"]

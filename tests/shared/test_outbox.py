@@ -18,6 +18,9 @@ class _MemoryOutbox:
         pending = [(i, t, j) for i, (t, j, done) in sorted(self.rows.items()) if not done]
         return pending[:limit] if limit is not None else pending
 
+    def newest_event_id(self) -> int:
+        return max(self.rows, default=0)
+
     def mark_published(self, event_ids: Sequence[int]) -> None:
         for i in event_ids:
             event_type, event_json, _ = self.rows[i]
