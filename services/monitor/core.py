@@ -33,6 +33,19 @@ keeps each verdict's per-feature statistics and thresholds, without the distribu
 Predictions may arrive before any reference (they travel on another topic): they just fill the
 window, and the first evaluation happens as soon as the reference is in. Delivery is at-least-once,
 so a redelivered batch is appended twice; a window of recent traffic tolerates that.
+
+What decides lives in the store, not in a replica's memory: the window's rows, the rows pending
+evaluation, the drift streak, the cooldown, predictions awaiting labels and the labelled rows. So
+replicas on one database (each consuming some partitions) and a restarted monitor see one window and
+one streak, an evaluation is claimed by the append that made it due, a drift event by the one
+replica that claims the cooldown, and labels join predictions another replica logged. A replica
+keeps only what it can rebuild (the reference prepared, calibrated and explained, loaded again when
+another replica installed a new champion) and the answers of a version not promoted yet.
+
+Appends and label joins of a model that arrive while its previous transaction is in flight share the
+next one (batching.GroupCommit): each call returns once its rows are committed, a failed transaction
+fails every call in it, and a group claims one evaluation at most (on the window after it). Label
+joins do not wait for a drift evaluation; evaluations of a model run one at a time.
 """
 
 from __future__ import annotations
@@ -45,7 +58,6 @@ import logging
 import math
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -65,6 +77,7 @@ from cascade.services.monitor.attribution import (
     attribution_shift,
     describe_movers,
 )
+from cascade.services.monitor.batching import GroupCommit
 from cascade.services.monitor.drift import (
     CATEGORICAL,
     DEFAULT_THRESHOLDS,
@@ -84,10 +97,14 @@ from cascade.services.monitor.drift import (
 from cascade.services.monitor.store import (
     DriftEventRecord,
     DriftReport,
+    LabelBatch,
+    LabelJoin,
     MonitorStore,
     Performance,
+    PredictionBatch,
     ReferenceInfo,
     Verdict,
+    WindowAppend,
 )
 
 __all__ = [
@@ -130,6 +147,9 @@ Action = Literal["retrain", "feedback", "no_new_data"]
 DRIFT_MODES = ("calibrated", "evidently")
 NO_NEW_DATA = "drift detected; no new data to learn from"
 _HOLD_BACK_SPACING = 60.0  # seconds: held-back decisions are recorded at least this far apart
+# How often a replica asks the store whether another replica installed a new champion, at most,
+# besides whenever rows of a version it does not know arrive or an append finds another champion.
+_REFERENCE_RECHECK_SECONDS = 1.0
 IGNORED_ROWS = Counter(
     "cascade_monitor_other_version_rows_total",
     "Prediction rows answered by a version other than the champion, not counted against it.",
@@ -294,70 +314,18 @@ class Window:
         return self._outputs[order]
 
 
-class _Labelled:
-    """Ring buffer of (prediction, truth, confidence) for the decay window."""
-
-    def __init__(self, size: int) -> None:
-        self.values = np.full((size, 3), np.nan)
-        self.next = 0
-        self.filled = 0
-
-    def append(self, rows: Matrix) -> None:
-        kept = rows[-len(self.values) :]
-        positions = (self.next + np.arange(len(kept))) % len(self.values)
-        self.values[positions] = kept
-        self.next = (self.next + len(kept)) % len(self.values)
-        self.filled = min(self.filled + len(kept), len(self.values))
-
-    def rows(self) -> Matrix:
-        return self.values[: self.filled] if self.filled < len(self.values) else self.values
-
-
-@dataclass
-class _Feedback:
-    """Production rows with their ground truth, oldest first, at most `limit` of them: data the
-    champion has never learned from, for the next retrain."""
-
-    limit: int
-    batches: list[tuple[Matrix, Matrix]] = field(default_factory=list)
-    rows: int = 0
-
-    def append(self, inputs: Matrix, labels: Matrix) -> None:
-        self.batches.append((inputs, labels))
-        self.rows += len(inputs)
-        while self.rows - len(self.batches[0][0]) >= self.limit:
-            self.rows -= len(self.batches.pop(0)[0])
-
-    def take(self) -> tuple[Matrix, Matrix]:
-        inputs = np.concatenate([batch[0] for batch in self.batches])[-self.limit :]
-        labels = np.concatenate([batch[1] for batch in self.batches])[-self.limit :]
-        return inputs, labels
-
-    def clear(self) -> None:
-        self.batches, self.rows = [], 0
-
-
 @dataclass
 class _ModelState:
-    window: Window | None = None
-    window_version: int | None = None  # the version whose answers fill the window
+    """A replica's own view of a model: caches it can rebuild (the reference prepared, calibrated and
+    explained) and the answers of a version not promoted yet. What decides (the window, the streak,
+    the cooldown, labels) lives in the store, shared by the replicas (MonitorStore.model_state)."""
+
     early: Window | None = None  # answers of a version newer than the champion, not promoted here yet
     early_version: int | None = None
     reference: Reference | None = None
     prepared: PreparedReference | None = None  # the reference, sorted and counted once
     calibration: Calibration | None = None  # its thresholds for the window size (calibrated mode)
     prediction_reference: ColumnReference | None = None
-    pending: int = 0  # rows received since the last evaluation
-    seen: int = 0  # rows received in all, carried over restarts by the latest report
-    consecutive_drifted: int = 0  # reports in a row that found dataset drift (hysteresis)
-    last_emitted: float = -math.inf  # wall-clock time of the last *drift detected* (cooldown)
-    # request id -> (predictions, confidences, inputs) of logged requests not labelled yet, oldest first
-    awaiting_labels: OrderedDict[str, tuple[Matrix, Matrix, Matrix]] = field(default_factory=OrderedDict)
-    feedback: _Feedback | None = None
-    labelled: _Labelled | None = None
-    labels_pending: int = 0
-    confidences: Matrix = field(default_factory=lambda: np.empty(0))  # latest window's max probabilities
-    held_back: dict[str, float] = field(default_factory=dict)  # kind -> when one was last recorded
     attribution: AttributionBaseline | None = None  # the champion's explainer, built at its first drift
     attribution_unavailable: str = ""  # why the champion cannot be explained (not tried again)
 
@@ -392,7 +360,12 @@ class MonitorCore:
             **self.policy.thresholds,
         }
         self._models: dict[str, _ModelState] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, asyncio.Lock] = {}  # the reference: restored, installed, routed by
+        self._evaluations: dict[str, asyncio.Lock] = {}  # a model's drift reports, one at a time
+        self._reference_checked: dict[str, float] = {}  # when the store's champion was last read
+        # Appends and label joins arriving together share one store transaction (GroupCommit).
+        self._appends: dict[str, GroupCommit[PredictionBatch, WindowAppend]] = {}
+        self._joins: dict[str, GroupCommit[LabelBatch, LabelJoin]] = {}
 
     async def set_reference(self, model: str, model_version: int) -> DriftReport | None:
         """Make `model_version`'s training data the model's reference. Idempotent: the current
@@ -407,10 +380,10 @@ class MonitorCore:
             except Unmonitored as exc:
                 log.warning("%s v%d is the champion but not monitored: %s", model, model_version, exc)
                 return None
-            self.store.save_reference(reference.info)
+            self.store.install_reference(reference.info)
             self._install(model, state, reference)
             await self._calibrate(model, state)
-            return await self._evaluate_if_due(model, state)
+            return await self._adopt_early(model, state)
 
     async def record_predictions(
         self,
@@ -433,7 +406,7 @@ class MonitorCore:
         confidence = _confidences(probabilities, len(rows))
         async with self._lock(model):
             state = self._state(model)
-            await self._restore_reference(model, state)
+            await self._restore_reference(model, state, model_version)
             champion = state.reference.info.model_version if state.reference is not None else None
             if model_version is not None and champion is not None and model_version > champion:
                 # Serving may answer with a new champion before its promotion reaches the monitor
@@ -453,57 +426,58 @@ class MonitorCore:
                     champion,
                 )
                 return None
-            _check_width(model, state, rows.shape[1])
-            if state.window is None or (model_version is not None and state.window_version != model_version):
-                self._fresh_window(state, rows.shape[1], model_version)
-            assert state.window is not None
-            state.window.append(rows, predicted)
-            if confidence is not None:
-                state.confidences = np.concatenate([state.confidences, confidence])[-self.window_size :]
-            if request_id and predicted is not None:
-                self._remember(state, request_id, predicted, confidence, rows)
-            state.pending += len(rows)
-            state.seen += len(rows)
-            PREDICTIONS.labels(model).inc(len(rows))
-            return await self._evaluate_if_due(model, state)
+            _check_width(model, state, rows.shape[1], self.store)
+            batch = PredictionBatch(
+                rows,
+                predicted,
+                confidence,
+                model_version,
+                evaluates=state.reference is not None,
+                remember=(request_id, self.policy.remembered_requests) if request_id else None,
+            )
+        # Outside the lock, so that batches arriving meanwhile share the transaction; returns
+        # once the rows are committed.
+        appended = await self._appender(model).submit(batch)
+        self._compare_champion(model, state, appended.champion)
+        if not appended.counted:  # another replica installed another champion meanwhile
+            IGNORED_ROWS.labels(model).inc(len(rows))
+            return None
+        PREDICTIONS.labels(model).inc(len(rows))
+        if appended.due is None:
+            return None
+        async with self._evaluation_lock(model):  # not the lock: appends and labels go on meanwhile
+            return await self._evaluate(model, state, appended)
 
     async def record_labels(self, model: str, request_id: str, labels: Sequence[float]) -> Performance | None:
         """Join ground truth with the predictions logged under `request_id`; returns the decay
-        measurement if one was due. Labels of a request not (or no longer) remembered are dropped."""
+        measurement if one was due. Labels of a request not (or no longer) remembered are dropped.
+        Joins do not wait for a drift evaluation; those arriving together share one transaction."""
+        truth = np.asarray(labels, dtype=np.float64)
+        if truth.ndim != 1 or not np.isfinite(truth).all():
+            raise InvalidArgument(f"{model}: labels for request {request_id} must be finite numbers")
         async with self._lock(model):
             state = self._state(model)
             await self._restore_reference(model, state)
-            remembered = state.awaiting_labels.pop(request_id, None)
-            if remembered is None:
-                log.info("%s: labels for unknown request %s dropped", model, request_id)
-                return None
-            predicted, confidence, inputs = remembered
-            if len(labels) != len(predicted):
-                raise InvalidArgument(
-                    f"{model}: {len(labels)} labels for request {request_id} of {len(predicted)} rows"
-                )
-            truth = np.asarray(labels, dtype=np.float64)
-            if not np.isfinite(truth).all():
-                raise InvalidArgument(f"{model}: labels for request {request_id} must be finite numbers")
-            if state.labelled is None:
-                state.labelled = _Labelled(self.policy.labels_window)
-            state.labelled.append(np.column_stack([predicted, truth, confidence]))
-            if state.feedback is None:
-                state.feedback = _Feedback(self.policy.feedback_max_rows)
-            state.feedback.append(inputs, truth)
-            state.labels_pending += len(labels)
-            if state.labels_pending < self.policy.min_labels or state.reference is None:
-                return None
-            state.labels_pending = 0
-            performance = self._performance(state.reference, state)
-            if performance.value is not None:
-                WINDOW_METRIC.labels(model, performance.metric).set(performance.value)
-            latest = self.store.latest_report(model)
-            if latest is not None:  # the latest report carries the latest decay measurement
-                self.store.update_performance(model, performance)
-            if performance.decayed:
-                await self._maybe_emit(model, state, "decay", performance.summary, [], asdict(performance))
-            return performance
+        joined = await self._joiner(model).submit(LabelBatch(request_id, truth))
+        if not joined.joined and not joined.rows:
+            log.info("%s: labels for unknown request %s dropped", model, request_id)
+            return None
+        if not joined.joined:
+            raise InvalidArgument(
+                f"{model}: {len(labels)} labels for request {request_id} of {joined.rows} rows"
+            )
+        reference = state.reference
+        if not joined.due or reference is None:
+            return None
+        performance = self._performance(model, reference, self.store.window_confidences(model))
+        if performance.value is not None:
+            WINDOW_METRIC.labels(model, performance.metric).set(performance.value)
+        latest = self.store.latest_report(model)
+        if latest is not None:  # the latest report carries the latest decay measurement
+            self.store.update_performance(model, performance)
+        if performance.decayed:
+            await self._maybe_emit(model, state, "decay", performance.summary, [], asdict(performance))
+        return performance
 
     def known_task(self, model: str) -> str:
         """The model's task ("classification", "regression") as its loaded reference's tags say;
@@ -555,39 +529,52 @@ class MonitorCore:
     def _lock(self, model: str) -> asyncio.Lock:
         return self._locks.setdefault(model, asyncio.Lock())
 
-    def _fresh_window(self, state: _ModelState, width: int, model_version: int | None) -> None:
-        if state.window is not None and len(state.window):
-            log.info(
-                "dropping %d buffered rows of v%s: v%s answers now",
-                len(state.window),
-                state.window_version,
-                model_version,
-            )
-        state.window = Window(self.window_size, width)
-        state.window_version = model_version
-        state.pending = 0
-        state.confidences = np.empty(0)
+    def _evaluation_lock(self, model: str) -> asyncio.Lock:
+        return self._evaluations.setdefault(model, asyncio.Lock())
 
-    def _remember(
-        self,
-        state: _ModelState,
-        request_id: str,
-        predicted: Matrix,
-        confidence: Matrix | None,
-        inputs: Matrix,
-    ) -> None:
-        conf = np.full(len(predicted), np.nan) if confidence is None else confidence
-        previous = state.awaiting_labels.pop(request_id, None)
-        if previous is not None:  # a request logged in chunks: rows in order
-            predicted = np.concatenate([previous[0], predicted])
-            conf = np.concatenate([previous[1], conf])
-            inputs = np.concatenate([previous[2], inputs])
-        state.awaiting_labels[request_id] = (predicted, conf, inputs)
-        while len(state.awaiting_labels) > self.policy.remembered_requests:
-            state.awaiting_labels.popitem(last=False)
+    def _appender(self, model: str) -> GroupCommit[PredictionBatch, WindowAppend]:
+        appender = self._appends.get(model)
+        if appender is None:
 
-    def _performance(self, reference: Reference, state: _ModelState) -> Performance:
-        labelled = state.labelled.rows() if state.labelled is not None else np.empty((0, 3))
+            async def flush(batches: Sequence[PredictionBatch]) -> list[WindowAppend]:
+                return await asyncio.to_thread(  # off the loop: it may wait for another replica's lock
+                    self.store.append_windows,
+                    model,
+                    batches,
+                    window_size=self.window_size,
+                    evaluate_every=self.evaluate_every,
+                    at=time.time(),
+                    since=self._since(),
+                )
+
+            appender = self._appends[model] = GroupCommit(flush)
+        return appender
+
+    def _joiner(self, model: str) -> GroupCommit[LabelBatch, LabelJoin]:
+        joiner = self._joins.get(model)
+        if joiner is None:
+
+            async def flush(labels: Sequence[LabelBatch]) -> list[LabelJoin]:
+                return await asyncio.to_thread(
+                    self.store.join_labels_many,
+                    model,
+                    labels,
+                    min_labels=self.policy.min_labels,
+                    keep=max(self.policy.labels_window, self.policy.feedback_max_rows),
+                    counts=self._state(model).reference is not None,
+                )
+
+            joiner = self._joins[model] = GroupCommit(flush)
+        return joiner
+
+    def _compare_champion(self, model: str, state: _ModelState, stored: int | None) -> None:
+        """After an append: when the store's champion is not this replica's, read it at the next event."""
+        local = state.reference.info.model_version if state.reference is not None else None
+        if stored != local:
+            self._reference_checked.pop(model, None)
+
+    def _performance(self, model: str, reference: Reference, confidences: Matrix) -> Performance:
+        labelled = self.store.labelled(model, self.policy.labels_window)
         metric = reference.primary_metric
         value = _metric(metric, labelled[:, 0], labelled[:, 1]) if len(labelled) else None
         champion = reference.validation_metric
@@ -597,8 +584,8 @@ class MonitorCore:
         estimate, note = None, "unavailable: serving logs no predicted probabilities"
         if reference.task == "regression":
             note = "unavailable: a confidence-based estimate needs a classifier"
-        elif len(state.confidences) and np.isfinite(state.confidences).any():
-            estimate = float(np.nanmean(state.confidences))
+        elif len(confidences) and np.isfinite(confidences).any():
+            estimate = float(np.nanmean(confidences))
             note = "estimate (CBPE-like): mean top-class probability, assuming calibrated probabilities"
         return Performance(
             metric=metric,
@@ -636,14 +623,15 @@ class MonitorCore:
                 f"{self.policy.retrain_models!r}); not emitted",
             )
             return
-        if now - state.last_emitted < self.policy.cooldown_seconds:
+        claimed, last_emitted = self.store.claim_emission(model, now, self.policy.cooldown_seconds)
+        if not claimed:  # this replica or another emitted within the cooldown
             log.info(
                 "%s: %s again, but within the %gs cooldown; not emitted",
                 model,
                 kind,
                 self.policy.cooldown_seconds,
             )
-            last = datetime.fromtimestamp(state.last_emitted, UTC)
+            last = datetime.fromtimestamp(last_emitted or now, UTC)
             self._hold_back(
                 model,
                 state,
@@ -655,23 +643,25 @@ class MonitorCore:
             )
             return
         event_id = str(uuid.uuid4())
-        action, note = await self._retrain_action(model, state, event_id)
-        event = DriftDetected(
-            id=event_id,
-            source=SOURCE,
-            subject=model,
-            model=model,
-            model_version=state.reference.info.model_version,
-            kind="decay" if kind == "decay" else "drift",
-            summary=f"{summary}; {note}" if note else summary,
-            drifted_features=drifted_features,
-            report=report,
-            dataset_version=state.reference.info.dataset_version,
-            action=action,
-        )
-        await self.emit(event)
-        state.last_emitted = now
-        state.consecutive_drifted = 0
+        try:
+            action, note = await self._retrain_action(model, state, event_id)
+            event = DriftDetected(
+                id=event_id,
+                source=SOURCE,
+                subject=model,
+                model=model,
+                model_version=state.reference.info.model_version,
+                kind="decay" if kind == "decay" else "drift",
+                summary=f"{summary}; {note}" if note else summary,
+                drifted_features=drifted_features,
+                report=report,
+                dataset_version=state.reference.info.dataset_version,
+                action=action,
+            )
+            await self.emit(event)
+        except BaseException:  # not emitted: the next decision may emit
+            self.store.release_emission(model, now, last_emitted)
+            raise
         self.store.save_drift_event(
             model,
             event.id,
@@ -696,22 +686,13 @@ class MonitorCore:
     def _hold_back(
         self, model: str, state: _ModelState, kind: str, summary: str, now: float, why: str
     ) -> None:
-        """Record a decision that emitted nothing, unless one of its kind was recorded recently."""
+        """Record a decision that emitted nothing, unless one of its kind was recorded recently (by
+        any replica)."""
         kind = "decay" if kind == "decay" else "drift"
         spacing = max(self.policy.cooldown_seconds, _HOLD_BACK_SPACING)
-        if now - state.held_back.get(kind, -math.inf) < spacing or state.reference is None:
-            return
-        state.held_back[kind] = now
-        self.store.save_drift_event(
-            model,
-            str(uuid.uuid4()),
-            kind,
-            state.reference.info.model_version,
-            summary,
-            datetime.fromtimestamp(now, UTC),
-            triggered=why,
-            emitted=False,
-        )
+        if state.reference is not None:
+            version = state.reference.info.model_version
+            self.store.save_held_back(model, kind, version, summary, now, spacing, why)
 
     async def _retrain_action(self, model: str, state: _ModelState, event_id: str) -> tuple[Action, str]:
         """What a retrain could learn from, preferring labelled production rows (sent to ingest now,
@@ -721,9 +702,8 @@ class MonitorCore:
             return "retrain", ""
         info = reference.info
         trained_on = f"{info.dataset}@{info.dataset_version[:12]}"
-        feedback = state.feedback
-        if feedback is not None and feedback.rows >= self.policy.feedback_min_rows:
-            inputs, labels = feedback.take()
+        inputs, labels, through = self.store.feedback(model, self.policy.feedback_max_rows)
+        if len(labels) >= self.policy.feedback_min_rows:
             source = (
                 f"feedback: {len(labels)} labelled predictions of {model} v{info.model_version}, "
                 f"drift event {event_id}"
@@ -735,7 +715,7 @@ class MonitorCore:
             except Exception as exc:  # the rows stay here; a newer version may still help
                 log.warning("%s: the feedback batch could not be sent to ingest: %s", model, exc)
             else:
-                feedback.clear()
+                self.store.feedback_sent(model, through)
                 FEEDBACK_ROWS.labels(model).inc(len(labels))
                 return "feedback", (
                     f"{len(labels)} labelled production rows sent to ingest as a feedback batch "
@@ -789,24 +769,92 @@ class MonitorCore:
             return (), reason
 
     def _state(self, model: str) -> _ModelState:
-        if model not in self._models:
-            previous = self.store.latest_report(model)
-            emitted = self.store.drift_events(model, 1, emitted_only=True)  # the cooldown survives restarts
-            self._models[model] = _ModelState(
-                seen=previous.predictions_seen if previous else 0,
-                last_emitted=emitted[0].emitted_at.timestamp() if emitted else -math.inf,
-            )
-        return self._models[model]
+        return self._models.setdefault(model, _ModelState())
 
-    async def _restore_reference(self, model: str, state: _ModelState) -> None:
-        """After a restart the promotion event is long consumed: fetch the stored reference again."""
-        if state.reference is not None:
+    async def _restore_reference(
+        self, model: str, state: _ModelState, answered_by: int | None = None
+    ) -> None:
+        """Load the stored reference when this replica has another or none: after a restart (the
+        promotion event is long consumed) or after another replica installed a new champion. The
+        store is read at most once a second, unless rows `answered_by` a version newer than this
+        replica's champion arrive (a promotion elsewhere) or an append found another champion."""
+        local = state.reference.info.model_version if state.reference is not None else None
+        now = time.monotonic()
+        checked = self._reference_checked.get(model)
+        newer = answered_by is not None and local is not None and answered_by > local
+        if checked is not None and now - checked < _REFERENCE_RECHECK_SECONDS and not newer:
             return
+        self._reference_checked[model] = now
         info = self.store.reference(model)
-        if info is not None:
-            log.info("restoring the reference of %s from v%d", model, info.model_version)
-            self._install(model, state, await self._fetch(model, info.model_version))
-            await self._calibrate(model, state)
+        if info is None or (
+            state.reference is not None and state.reference.info.model_version == info.model_version
+        ):
+            return
+        log.info("loading the reference of %s from v%d", model, info.model_version)
+        self._install(model, state, await self._fetch(model, info.model_version))
+        await self._calibrate(model, state)
+        early = self._take_early(state)
+        if early is not None:  # this replica's answers of the new champion, before the change
+            self._append(
+                model, state, early.rows(), early.outputs(), None, info.model_version, evaluates=False
+            )
+
+    def _take_early(self, state: _ModelState) -> Window | None:
+        """The answers held for the champion before its promotion, if they fit its reference."""
+        early, version = state.early, state.early_version
+        state.early = state.early_version = None
+        if (
+            early is None
+            or state.reference is None
+            or version != state.reference.info.model_version
+            or early.width != len(state.reference.info.features)
+            or not len(early)
+        ):
+            return None
+        return early
+
+    async def _adopt_early(self, model: str, state: _ModelState) -> DriftReport | None:
+        """After a promotion: the champion's answers that came before it count in its window, and an
+        evaluation due (rows before any reference included) happens now."""
+        early = self._take_early(state)
+        if early is None:
+            appended = self.store.claim_evaluation(model, self.evaluate_every, self._since())
+        else:
+            assert state.reference is not None
+            version = state.reference.info.model_version
+            appended = self._append(
+                model, state, early.rows(), early.outputs(), None, version, evaluates=True
+            )
+        return await self._evaluate(model, state, appended)
+
+    def _append(
+        self,
+        model: str,
+        state: _ModelState,
+        rows: Matrix,
+        outputs: Matrix | None,
+        confidences: Matrix | None,
+        model_version: int | None,
+        *,
+        evaluates: bool,
+    ) -> WindowAppend:
+        appended = self.store.append_window(
+            model,
+            model_version,
+            rows,
+            outputs,
+            confidences,
+            window_size=self.window_size,
+            evaluate_every=self.evaluate_every,
+            at=time.time(),
+            evaluates=evaluates,
+            since=self._since(),
+        )
+        PREDICTIONS.labels(model).inc(len(rows))
+        return appended
+
+    def _since(self) -> float | None:
+        return time.time() - self.policy.window_seconds if self.policy.window_seconds > 0 else None
 
     async def _calibrate(self, model: str, state: _ModelState) -> None:
         """Thresholds for this reference and window size, once per champion (seconds of CPU, in a
@@ -866,40 +914,9 @@ class MonitorCore:
             if reference.predictions is not None and len(reference.predictions)
             else None
         )
-        state.consecutive_drifted = 0  # a new champion earns a fresh count
         state.attribution, state.attribution_unavailable = None, ""  # explained with its own artifact
-        if previous is not None:  # labelled rows and confidences were the previous champion's answers
-            state.labelled, state.labels_pending = None, 0
-            state.confidences = np.empty(0)
-            state.awaiting_labels.clear()
         if previous is not None:
             _forget_feature_gauges(model, set(previous.info.features) - set(reference.info.features))
-        if state.window is not None and state.window.width != len(reference.info.features):
-            log.warning(
-                "%s: dropping %d buffered rows of %d features; the new reference has %d",
-                model,
-                len(state.window),
-                state.window.width,
-                len(reference.info.features),
-            )
-            state.window = None
-            state.pending = 0
-        elif state.window is not None and (
-            previous is not None or state.window_version not in (None, reference.info.model_version)
-        ):
-            # A new champion is judged on its own answers only: a fresh window.
-            self._fresh_window(state, state.window.width, reference.info.model_version)
-        early = state.early
-        if (
-            early is not None
-            and state.early_version == reference.info.model_version
-            and early.width == len(reference.info.features)
-        ):  # its answers that came before its promotion
-            state.window, state.pending = early, len(early)
-            state.seen += len(early)
-            PREDICTIONS.labels(model).inc(len(early))
-        state.early = state.early_version = None
-        state.window_version = reference.info.model_version
         log.info(
             "%s v%d: reference is %s@%s (%d rows)",
             model,
@@ -909,20 +926,18 @@ class MonitorCore:
             reference.info.rows,
         )
 
-    async def _evaluate_if_due(self, model: str, state: _ModelState) -> DriftReport | None:
-        reference, window, prepared = state.reference, state.window, state.prepared
-        if reference is None or window is None or prepared is None or state.pending < self.evaluate_every:
+    async def _evaluate(self, model: str, state: _ModelState, appended: WindowAppend) -> DriftReport | None:
+        """The report on the window an append claimed for evaluation, if it did."""
+        reference, prepared, window = state.reference, state.prepared, appended.due
+        calibration = state.calibration  # all of one champion's, though another may be installed meanwhile
+        if reference is None or prepared is None or window is None or not len(window.rows):
             return None
-        since = time.time() - self.policy.window_seconds if self.policy.window_seconds > 0 else None
-        current, outputs = window.rows(since), window.outputs(since)
-        if not len(current):
-            state.pending = 0
-            return None
+        current, outputs = window.rows, window.outputs
+        confidences = window.confidences[np.isfinite(window.confidences)]
         # Off the event loop: a large reference takes milliseconds to test.
         features, prediction = await asyncio.to_thread(
             self._drift, prepared, state.prediction_reference, current, outputs
         )
-        calibration = state.calibration
         if calibration is not None:
             verdict = await asyncio.to_thread(evaluate, prepared, calibration, current, mode="calibrated")
             features, window_drifted = verdict.features, verdict.drifted
@@ -942,6 +957,7 @@ class MonitorCore:
         attribution_note = ""
         if window_drifted or (prediction is not None and prediction.drifted):
             shifts, attribution_note = await self._explain_drift(model, state, current)
+        performance = self._performance(model, reference, confidences)
         report = DriftReport(
             model=model,
             model_version=reference.info.model_version,
@@ -951,23 +967,24 @@ class MonitorCore:
             features=tuple(features),
             dataset_drifted=window_drifted,
             computed_at=datetime.now(UTC),
-            predictions_seen=state.seen,
+            predictions_seen=appended.seen,
             prediction=prediction,
             reference_rows=len(reference.rows),
-            performance=self._performance(reference, state)
-            if state.labelled or len(state.confidences)
-            else None,
+            performance=performance if performance.labelled_rows or len(confidences) else None,
             attribution_shift=shifts,
             attribution_note=attribution_note,
         )
-        self.store.save_report(report)
-        state.pending = 0
+        streak = self.store.save_verdict(report)
+        if streak is None:
+            log.info(
+                "%s: the report on v%d is dropped: a new champion was installed", model, report.model_version
+            )
+            return None
         _export_metrics(report)
-        state.consecutive_drifted = state.consecutive_drifted + 1 if report.dataset_drifted else 0
-        if state.consecutive_drifted >= self.policy.trigger_after:
+        if streak >= self.policy.trigger_after:
             drifted = report.drifted_features
             summary = (
-                f"{len(drifted)} of {len(report.features)} features drifted in {state.consecutive_drifted} "
+                f"{len(drifted)} of {len(report.features)} features drifted in {streak} "
                 f"reports in a row: "
                 + ", ".join(f"{f.feature} ({f.test})" for f in report.features if f.drifted)
                 + f"; the decision: {rule}"
@@ -1070,7 +1087,7 @@ def _prediction_rows(model: str, features: Sequence[str], inputs: Sequence[Seque
     return rows
 
 
-def _check_width(model: str, state: _ModelState, width: int) -> None:
+def _check_width(model: str, state: _ModelState, width: int, store: MonitorStore) -> None:
     if state.reference is not None:
         expected = len(state.reference.info.features)
         if width != expected:
@@ -1078,10 +1095,10 @@ def _check_width(model: str, state: _ModelState, width: int) -> None:
                 f"{model}: prediction rows have {width} features, its reference "
                 f"{state.reference.info.dataset}@{state.reference.info.dataset_version} has {expected}"
             )
-    elif state.window is not None and width != state.window.width:
-        raise InvalidArgument(
-            f"{model}: prediction rows have {width} features, earlier ones had {state.window.width}"
-        )
+        return
+    earlier = store.model_state(model).window_width
+    if earlier is not None and width != earlier:
+        raise InvalidArgument(f"{model}: prediction rows have {width} features, earlier ones had {earlier}")
 
 
 def _export_metrics(report: DriftReport) -> None:

@@ -5,22 +5,28 @@ written by the first sqlite3 store with its rows. Reports survive restarts and n
 they used; the reference data itself is not kept here, since ingest serves it again on demand.
 
 Replicas may share one PostgreSQL database: every write is one transaction, keyed rows are upserted,
-and the one read-modify-write (a newer decay measurement into the latest report) holds the report's
-row while it does it. Rows written before columns were added have them empty: a verdict without its
-per-feature tests, an event without what it triggered (those were all emitted)."""
+and the read-modify-writes hold a row's lock while they do it: a newer decay measurement into the
+latest report, and every change to a model's shared state (its window, streak, cooldown, requests
+awaiting labels and labelled rows), which locks the model's state row first. Rows written before
+columns were added have them empty: a verdict without its per-feature tests, an event without what
+it triggered (those were all emitted)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import json
-from collections.abc import Iterator
+import math
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
+from numpy.typing import NDArray
 
 from cascade import database
 from cascade.services.monitor import tables
@@ -31,14 +37,22 @@ __all__ = [
     "MIGRATIONS",
     "DriftEventRecord",
     "DriftReport",
+    "LabelBatch",
+    "LabelJoin",
+    "ModelState",
     "MonitorStore",
     "Performance",
+    "PredictionBatch",
     "ReferenceInfo",
     "RolloutStepRecord",
     "Verdict",
+    "WindowAppend",
+    "WindowRows",
 ]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+Matrix = NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -145,6 +159,74 @@ class RolloutStepRecord:
     updated_at: datetime
 
 
+@dataclass(frozen=True)
+class ModelState:
+    """What decides for a model, shared by the replicas on one database (see tables.model_states)."""
+
+    window_version: int | None = None
+    window_width: int | None = None
+    pending: int = 0
+    seen: int = 0
+    consecutive_drifted: int = 0
+    last_emitted: float | None = None
+    labels_pending: int = 0
+
+
+@dataclass(frozen=True)
+class WindowRows:
+    """The window's rows oldest first, with each row's prediction and confidence (NaN when none)."""
+
+    rows: Matrix
+    outputs: Matrix
+    confidences: Matrix
+
+
+@dataclass(frozen=True)
+class WindowAppend:
+    """What appending a batch decided: rows in all, and the window when this batch made an
+    evaluation due (claimed by this append alone: the count of pending rows starts again); whether
+    its rows were counted (not when another version than the stored champion answered them), and
+    the stored champion's version (None before any)."""
+
+    seen: int
+    due: WindowRows | None
+    counted: bool = True
+    champion: int | None = None
+
+
+@dataclass(frozen=True)
+class PredictionBatch:
+    """One logged batch for the window: its rows, their predictions and confidences (None: not
+    logged), the version that answered them (None: not said), whether it counts towards an
+    evaluation (not before a reference), and the request id to remember it under for labels to
+    come, with how many requests to remember at most."""
+
+    rows: Matrix
+    outputs: Matrix | None = None
+    confidences: Matrix | None = None
+    model_version: int | None = None
+    evaluates: bool = True
+    remember: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class LabelBatch:
+    """Ground truth for the rows of one request, in their order."""
+
+    request_id: str
+    truth: Matrix
+
+
+@dataclass(frozen=True)
+class LabelJoin:
+    """Labels joined with a remembered request: `rows` it had; `due` when the labels pending reached
+    the minimum (claimed: the count starts again). A mismatch in rows leaves the request remembered."""
+
+    rows: int
+    joined: bool
+    due: bool = False
+
+
 class MonitorStore:
     def __init__(self, root: Path, database_url: str = "") -> None:
         """The store at `database_url` (SQLAlchemy URL), by default the SQLite file
@@ -203,30 +285,33 @@ class MonitorStore:
     # -- reports -------------------------------------------------------------------------------
     def save_report(self, report: DriftReport) -> None:
         """Replace the model's latest report and append its verdict to the history, atomically."""
-        text = _report_to_json(report)
         with self._transaction() as db:
-            db.execute(
-                database.insert(db, tables.latest_reports)
-                .values(model=report.model, report_json=text)
-                .on_conflict_do_update(index_elements=["model"], set_={"report_json": text})
+            self._save_report(db, report)
+
+    def _save_report(self, db: sa.Connection, report: DriftReport) -> None:
+        text = _report_to_json(report)
+        db.execute(
+            database.insert(db, tables.latest_reports)
+            .values(model=report.model, report_json=text)
+            .on_conflict_do_update(index_elements=["model"], set_={"report_json": text})
+        )
+        db.execute(
+            tables.verdicts.insert().values(
+                model=report.model,
+                computed_at=report.computed_at.isoformat(),
+                model_version=report.model_version,
+                reference_dataset=report.reference_dataset,
+                reference_dataset_version=report.reference_dataset_version,
+                window_size=report.window_size,
+                predictions_seen=report.predictions_seen,
+                dataset_drifted=report.dataset_drifted,
+                drifted_features_json=json.dumps(report.drifted_features),
+                features_json=json.dumps([_without_distribution(feature) for feature in report.features]),
+                prediction_json=(
+                    json.dumps(_without_distribution(report.prediction)) if report.prediction else None
+                ),
             )
-            db.execute(
-                tables.verdicts.insert().values(
-                    model=report.model,
-                    computed_at=report.computed_at.isoformat(),
-                    model_version=report.model_version,
-                    reference_dataset=report.reference_dataset,
-                    reference_dataset_version=report.reference_dataset_version,
-                    window_size=report.window_size,
-                    predictions_seen=report.predictions_seen,
-                    dataset_drifted=report.dataset_drifted,
-                    drifted_features_json=json.dumps(report.drifted_features),
-                    features_json=json.dumps([_without_distribution(feature) for feature in report.features]),
-                    prediction_json=(
-                        json.dumps(_without_distribution(report.prediction)) if report.prediction else None
-                    ),
-                )
-            )
+        )
 
     def update_performance(self, model: str, performance: Performance) -> None:
         """Put a newer decay measurement into the model's latest report. The report is read and
@@ -371,6 +456,519 @@ class MonitorStore:
             )
             for row in rows
         ]
+
+    # -- shared model state: the window, the streak, the cooldown, labels ------------------------
+    # Every change locks the model's state row first (FOR UPDATE on PostgreSQL; SQLite's writers
+    # hold the database's write lock from BEGIN), so replicas take turns per model.
+    def _locked_state(self, db: sa.Connection, model: str) -> sa.RowMapping:
+        s = tables.model_states
+        locked = sa.select(s).where(s.c.model == model).with_for_update()
+        row = db.execute(locked).mappings().first()
+        if row is not None:  # the common case: one statement
+            return row
+        db.execute(
+            database.insert(db, s)
+            .values(model=model, **self._carried_over(db, model))
+            .on_conflict_do_nothing(index_elements=["model"])
+        )
+        return db.execute(locked).mappings().one()
+
+    def _carried_over(self, db: sa.Connection, model: str) -> dict[str, Any]:
+        """A model's first state row, in a store written before it had one: the rows seen, as its
+        latest report counted them, and the cooldown from its latest emitted event."""
+        latest, e = tables.latest_reports, tables.drift_events
+        text = db.execute(sa.select(latest.c.report_json).where(latest.c.model == model)).scalar()
+        emitted = db.execute(
+            sa.select(e.c.emitted_at)
+            .where(e.c.model == model, e.c.emitted == sa.true())
+            .order_by(e.c.emitted_at.desc())
+            .limit(1)
+        ).scalar()
+        return {
+            "seen": json.loads(text)["predictions_seen"] if text else 0,
+            "last_emitted": datetime.fromisoformat(emitted).timestamp() if emitted else None,
+        }
+
+    def model_state(self, model: str) -> ModelState:
+        s = tables.model_states
+        with self._read() as db:
+            row = db.execute(sa.select(s).where(s.c.model == model)).mappings().first()
+        return _model_state(row) if row is not None else ModelState()
+
+    def install_reference(self, info: ReferenceInfo) -> None:
+        """Make `info` the model's reference. A new champion is judged on its own answers: a fresh
+        window unless the rows held came before any reference, answered by it (or unversioned) and as
+        wide; a fresh
+        streak; and, after another champion, no labels of that one's answers (its feedback stays)."""
+        s, w, a, lab = tables.model_states, tables.window_rows, tables.awaiting_labels, tables.labelled_rows
+        r = tables.reference_datasets
+        with self._transaction() as db:
+            state = self._locked_state(db, info.model)
+            previous = db.execute(
+                sa.select(r.c.model_version).where(r.c.model == info.model)
+            ).scalar_one_or_none()
+            if previous == info.model_version:
+                return
+            values = {
+                "model_version": info.model_version,
+                "dataset": info.dataset,
+                "dataset_version": info.dataset_version,
+                "features_json": json.dumps(info.features),
+                "rows": info.rows,
+            }
+            db.execute(
+                database.insert(db, r)
+                .values(model=info.model, **values)
+                .on_conflict_do_update(index_elements=["model"], set_=values)
+            )
+            changes: dict[str, Any] = {
+                "consecutive_drifted": 0,
+                "window_version": info.model_version,
+                "window_width": len(info.features),
+            }
+            keep_window = (
+                previous is None
+                and state["window_version"] in (None, info.model_version)
+                and state["window_width"] in (None, len(info.features))
+            )
+            if not keep_window:
+                db.execute(w.delete().where(w.c.model == info.model))
+                changes["pending"] = 0
+            if previous is not None:
+                last = db.execute(sa.select(sa.func.max(lab.c.id)).where(lab.c.model == info.model)).scalar()
+                changes.update(labels_pending=0, labelled_after=last or 0)
+                db.execute(a.delete().where(a.c.model == info.model))
+            db.execute(s.update().where(s.c.model == info.model).values(**changes))
+
+    def append_window(
+        self,
+        model: str,
+        model_version: int | None,
+        rows: Matrix,
+        outputs: Matrix | None,
+        confidences: Matrix | None,
+        *,
+        window_size: int,
+        evaluate_every: int,
+        at: float,
+        evaluates: bool = True,
+        since: float | None = None,
+        remember: tuple[str, int] | None = None,
+    ) -> WindowAppend:
+        """One batch's append_windows."""
+        batch = PredictionBatch(rows, outputs, confidences, model_version, evaluates, remember)
+        [appended] = self.append_windows(
+            model, [batch], window_size=window_size, evaluate_every=evaluate_every, at=at, since=since
+        )
+        return appended
+
+    def append_windows(
+        self,
+        model: str,
+        batches: Sequence[PredictionBatch],
+        *,
+        window_size: int,
+        evaluate_every: int,
+        at: float,
+        since: float | None = None,
+    ) -> list[WindowAppend]:
+        """Append batches, in order, to the model's window (a fresh one from a batch another version
+        answered, or of another width), trimmed to `window_size`; remember each batch under its
+        request id for labels to come (the oldest requests dropped past the bound, up to a sixteenth
+        more between trims). One transaction
+        with one insert per table (executemany), whatever the number of batches. Rows answered by a
+        version other than the stored champion are not counted (`counted` False). When a batch that
+        `evaluates` brings the rows pending to `evaluate_every`, the evaluation is claimed (the count
+        starts again) and goes to the last such batch: the window since `since` after them all."""
+        if not batches:
+            return []
+        s, w, r = tables.model_states, tables.window_rows, tables.reference_datasets
+        with self._transaction() as db:
+            state = self._locked_state(db, model)
+            champion = db.execute(sa.select(r.c.model_version).where(r.c.model == model)).scalar_one_or_none()
+            version, width = state["window_version"], state["window_width"]
+            pending, seen = int(state["pending"]), int(state["seen"])
+            fresh = False  # the stored window is replaced
+            window: list[dict[str, Any]] = []
+            requests: dict[str, list[PredictionBatch]] = {}
+            outcomes: list[tuple[int, bool]] = []  # per batch: rows seen after it, counted
+            claimed: int | None = None  # the batch the evaluation goes to
+            for index, batch in enumerate(batches):
+                if champion is not None and batch.model_version not in (None, champion):
+                    outcomes.append((seen, False))
+                    continue
+                if (batch.model_version is not None and version != batch.model_version) or width not in (
+                    None,
+                    batch.rows.shape[1],
+                ):
+                    fresh, window, pending = True, [], 0
+                version = version if batch.model_version is None else batch.model_version
+                width = batch.rows.shape[1]
+                window.extend(_window_rows(model, batch, window_size, at))
+                del window[:-window_size]
+                pending += len(batch.rows)
+                seen += len(batch.rows)
+                if batch.evaluates and pending >= evaluate_every:
+                    claimed, pending = index, 0
+                if batch.remember is not None and batch.outputs is not None:
+                    requests.setdefault(batch.remember[0], []).append(batch)
+                outcomes.append((seen, True))
+            if fresh:
+                db.execute(w.delete().where(w.c.model == model))
+            if window:
+                db.execute(w.insert(), window)
+                _trim(db, w, model, window_size)
+            if requests:
+                limit = max(b.remember[1] for b in batches if b.remember)
+                # Trimmed once every `limit // 16` rows seen (each request has one at least), not
+                # at every append: finding the oldest kept walks `limit` index entries.
+                trims = _crosses(int(state["seen"]), seen, _trim_stride(limit))
+                self._remember(db, model, requests, limit if trims else None)
+            db.execute(
+                s.update()
+                .where(s.c.model == model)
+                .values(pending=pending, seen=seen, window_width=width, window_version=version)
+            )
+            due = self._window(db, model, since) if claimed is not None else None
+        return [
+            WindowAppend(rows_seen, due if index == claimed else None, counted=counted, champion=champion)
+            for index, (rows_seen, counted) in enumerate(outcomes)
+        ]
+
+    def claim_evaluation(self, model: str, evaluate_every: int, since: float | None = None) -> WindowAppend:
+        """The window since `since` when `evaluate_every` rows are pending, claimed (the count starts
+        again); else no window."""
+        s = tables.model_states
+        with self._transaction() as db:
+            state = self._locked_state(db, model)
+            if int(state["pending"]) < evaluate_every:
+                return WindowAppend(int(state["seen"]), None)
+            db.execute(s.update().where(s.c.model == model).values(pending=0))
+            return WindowAppend(int(state["seen"]), self._window(db, model, since))
+
+    def window_confidences(self, model: str) -> Matrix:
+        """The confidences logged with the window's rows, oldest first (none for rows without)."""
+        w = tables.window_rows
+        with self._read() as db:
+            found = db.execute(
+                sa.select(w.c.confidence)
+                .where(w.c.model == model, w.c.confidence.is_not(None))
+                .order_by(w.c.id)
+            ).scalars()
+            return np.array(list(found), dtype=np.float64)
+
+    def window(self, model: str, since: float | None = None) -> WindowRows:
+        with self._read() as db:
+            return self._window(db, model, since)
+
+    def _window(self, db: sa.Connection, model: str, since: float | None = None) -> WindowRows:
+        w, s = tables.window_rows, tables.model_states
+        width = db.execute(sa.select(s.c.window_width).where(s.c.model == model)).scalar_one_or_none()
+        query = sa.select(w.c.features, w.c.prediction, w.c.confidence).where(w.c.model == model)
+        if since is not None:
+            query = query.where(w.c.at >= since)
+        found = db.execute(query.order_by(w.c.id)).all()
+        rows = _matrix([row[0] for row in found], width or 0)
+        return WindowRows(rows, _numbers(row[1] for row in found), _numbers(row[2] for row in found))
+
+    def _remember(
+        self,
+        db: sa.Connection,
+        model: str,
+        requests: Mapping[str, Sequence[PredictionBatch]],
+        limit: int | None,
+    ) -> None:
+        """Remember each request's batches (a request logged in chunks: its rows in order, after
+        those remembered already; chunks of another width than its last are dropped), one select,
+        one delete and one insert for them all; then keep the newest `limit` requests, if given."""
+        a = tables.awaiting_labels
+        previous = db.execute(
+            sa.select(a.c.id, a.c.request_id, a.c.predictions, a.c.confidences, a.c.inputs, a.c.width).where(
+                a.c.model == model, a.c.request_id.in_(list(requests))
+            )
+        ).all()
+        earlier = {row[1]: row for row in previous}
+        if previous:
+            db.execute(a.delete().where(a.c.id.in_([row[0] for row in previous])))
+        remembered = []
+        for request_id, chunks in requests.items():
+            width = chunks[-1].rows.shape[1]
+            kept = [chunk for chunk in chunks if chunk.rows.shape[1] == width]  # a request is one width
+            # Float64 bytes concatenate as the arrays would: no arrays to build for the blobs.
+            predictions = [_blob(chunk.outputs) for chunk in kept if chunk.outputs is not None]
+            confidences = [_blob(_confidences_of(chunk)) for chunk in kept]
+            inputs = [_blob(chunk.rows) for chunk in kept]
+            row = earlier.get(request_id)
+            if row is not None and int(row[5]) == width:
+                predictions.insert(0, row[2])
+                confidences.insert(0, row[3])
+                inputs.insert(0, row[4])
+            remembered.append(
+                {
+                    "model": model,
+                    "request_id": request_id,
+                    "width": width,
+                    "predictions": b"".join(predictions),
+                    "confidences": b"".join(confidences),
+                    "inputs": b"".join(inputs),
+                }
+            )
+        db.execute(a.insert(), remembered)
+        if limit is not None:
+            _trim(db, a, model, limit)
+
+    def join_labels(
+        self, model: str, request_id: str, truth: Matrix, *, min_labels: int, keep: int, counts: bool
+    ) -> LabelJoin:
+        """One request's join_labels_many."""
+        [joined] = self.join_labels_many(
+            model, [LabelBatch(request_id, truth)], min_labels=min_labels, keep=keep, counts=counts
+        )
+        return joined
+
+    def join_labels_many(
+        self, model: str, labels: Sequence[LabelBatch], *, min_labels: int, keep: int, counts: bool
+    ) -> list[LabelJoin]:
+        """Join each request's truth, in order, with the predictions remembered under its request id
+        (by any replica) into the labelled rows, of which the newest `keep` are kept (up to a
+        sixteenth more between trims); count them
+        towards the next decay measurement, due at `min_labels` when `counts` and claimed (the count
+        starts again) by the last request that made it due. A request is joined once; a mismatch in
+        rows leaves it remembered. One transaction, one statement per step for them all."""
+        if not labels:
+            return []
+        s, a, lab = tables.model_states, tables.awaiting_labels, tables.labelled_rows
+        with self._transaction() as db:
+            state = self._locked_state(db, model)
+            found = {
+                row[0]: row
+                for row in db.execute(
+                    sa.select(
+                        a.c.request_id, a.c.id, a.c.predictions, a.c.confidences, a.c.inputs, a.c.width
+                    ).where(a.c.model == model, a.c.request_id.in_({label.request_id for label in labels}))
+                ).all()
+            }
+            joins: list[LabelJoin] = []
+            joined_ids: list[int] = []
+            labelled: list[dict[str, Any]] = []
+            pending, claimed = int(state["labels_pending"]), None
+            for index, label in enumerate(labels):
+                row = found.get(label.request_id)
+                if row is None:
+                    joins.append(LabelJoin(0, joined=False))
+                    continue
+                predicted, confidences = _vector(row[2]), _vector(row[3])
+                if len(predicted) != len(label.truth):
+                    joins.append(LabelJoin(len(predicted), joined=False))
+                    continue
+                del found[label.request_id]  # joined once
+                joined_ids.append(row[1])
+                inputs = _matrix([row[4]], int(row[5]))
+                labelled.extend(
+                    {
+                        "model": model,
+                        "prediction": float(p),
+                        "truth": float(t),
+                        "confidence": _number(c),
+                        "features": _blob(features),
+                    }
+                    for p, t, c, features in zip(predicted, label.truth, confidences, inputs, strict=True)
+                )
+                pending += len(label.truth)
+                if counts and pending >= min_labels:
+                    claimed, pending = index, 0
+                joins.append(LabelJoin(len(predicted), joined=True))
+            if joined_ids:
+                db.execute(a.delete().where(a.c.id.in_(joined_ids)))
+                db.execute(lab.insert(), labelled)
+                # Trimmed at a measurement claimed or every `keep // 16` rows pending, not at every
+                # join: finding the oldest kept walks `keep` index entries.
+                if claimed is not None or _crosses(int(state["labels_pending"]), pending, _trim_stride(keep)):
+                    _trim(db, lab, model, keep)
+                db.execute(s.update().where(s.c.model == model).values(labels_pending=pending))
+        if claimed is not None:
+            joins[claimed] = dataclasses.replace(joins[claimed], due=True)
+        return joins
+
+    def labelled(self, model: str, limit: int) -> Matrix:
+        """The newest `limit` labelled rows of the current champion, oldest first: (prediction,
+        truth, confidence) each."""
+        lab, s = tables.labelled_rows, tables.model_states
+        after = sa.select(s.c.labelled_after).where(s.c.model == model).scalar_subquery()
+        with self._read() as db:
+            found = db.execute(
+                sa.select(lab.c.prediction, lab.c.truth, lab.c.confidence)
+                .where(lab.c.model == model, lab.c.id > sa.func.coalesce(after, 0))
+                .order_by(lab.c.id.desc())
+                .limit(limit)
+            ).all()
+        values = np.array(
+            [(r[0], r[1], np.nan if r[2] is None else r[2]) for r in reversed(found)], dtype=np.float64
+        )
+        return values.reshape(-1, 3)
+
+    def feedback(self, model: str, limit: int) -> tuple[Matrix, Matrix, int]:
+        """Labelled rows not sent as feedback yet, the newest `limit` oldest first: inputs, labels,
+        and the id to pass to `feedback_sent` once they are."""
+        lab, s = tables.labelled_rows, tables.model_states
+        after = sa.select(s.c.feedback_after).where(s.c.model == model).scalar_subquery()
+        with self._read() as db:
+            found = db.execute(
+                sa.select(lab.c.id, lab.c.features, lab.c.truth)
+                .where(lab.c.model == model, lab.c.id > sa.func.coalesce(after, 0))
+                .order_by(lab.c.id.desc())
+                .limit(limit)
+            ).all()
+        found = list(reversed(found))
+        width = len(found[0][1]) // 8 if found else 0
+        inputs = _matrix([row[1] for row in found], width)
+        return inputs, np.array([row[2] for row in found], dtype=np.float64), found[-1][0] if found else 0
+
+    def feedback_sent(self, model: str, through: int) -> None:
+        s = tables.model_states
+        with self._transaction() as db:
+            self._locked_state(db, model)
+            db.execute(
+                s.update()
+                .where(s.c.model == model, s.c.feedback_after < through)
+                .values(feedback_after=through)
+            )
+
+    def save_verdict(self, report: DriftReport) -> int | None:
+        """Save the report (see save_report) and count it in the model's drift streak, in one
+        transaction; the streak after it. None, and nothing saved, when the report is on a window of
+        a champion another replica has replaced meanwhile."""
+        s = tables.model_states
+        with self._transaction() as db:
+            state = self._locked_state(db, report.model)
+            if state["window_version"] not in (None, report.model_version):
+                return None
+            self._save_report(db, report)
+            streak = int(state["consecutive_drifted"]) + 1 if report.dataset_drifted else 0
+            db.execute(s.update().where(s.c.model == report.model).values(consecutive_drifted=streak))
+            return streak
+
+    def claim_emission(self, model: str, now: float, cooldown: float) -> tuple[bool, float | None]:
+        """Claim the right to emit *drift detected* unless one was emitted within `cooldown`
+        seconds of `now` (by any replica): (claimed, the previous emission's time). A claim ends
+        the streak."""
+        s = tables.model_states
+        with self._transaction() as db:
+            state = self._locked_state(db, model)
+            last = state["last_emitted"]
+            if last is not None and now - float(last) < cooldown:
+                return False, float(last)
+            db.execute(s.update().where(s.c.model == model).values(last_emitted=now, consecutive_drifted=0))
+            return True, None if last is None else float(last)
+
+    def save_held_back(
+        self, model: str, kind: str, model_version: int, summary: str, now: float, spacing: float, why: str
+    ) -> bool:
+        """Record a decision of `kind` ("drift" or "decay") that emitted nothing, unless one was
+        recorded within `spacing` seconds (by any replica); whether it was."""
+        s = tables.model_states
+        column = s.c.held_back_decay if kind == "decay" else s.c.held_back_drift
+        with self._transaction() as db:
+            last = self._locked_state(db, model)[column.name]
+            if last is not None and now - float(last) < spacing:
+                return False
+            db.execute(s.update().where(s.c.model == model).values({column: now}))
+            db.execute(
+                tables.drift_events.insert().values(
+                    model=model,
+                    event_id=str(uuid.uuid4()),
+                    kind=kind,
+                    model_version=model_version,
+                    summary=summary,
+                    emitted_at=datetime.fromtimestamp(now, UTC).isoformat(),
+                    triggered=why,
+                    emitted=False,
+                )
+            )
+            return True
+
+    def release_emission(self, model: str, claimed: float, previous: float | None) -> None:
+        """Give back a claim whose event could not be emitted (unless a newer claim replaced it)."""
+        s = tables.model_states
+        with self._transaction() as db:
+            self._locked_state(db, model)
+            db.execute(
+                s.update()
+                .where(s.c.model == model, s.c.last_emitted == claimed)
+                .values(last_emitted=previous)
+            )
+
+
+def _window_rows(model: str, batch: PredictionBatch, window_size: int, at: float) -> list[dict[str, Any]]:
+    """The window's rows of a batch (its newest `window_size`): features, prediction, confidence."""
+    kept = slice(-window_size, None)
+    predicted = np.full(len(batch.rows), np.nan) if batch.outputs is None else batch.outputs
+    return [
+        {"model": model, "at": at, "features": _blob(row), "prediction": _number(p), "confidence": _number(c)}
+        for row, p, c in zip(batch.rows[kept], predicted[kept], _confidences_of(batch)[kept], strict=True)
+    ]
+
+
+def _confidences_of(batch: PredictionBatch) -> Matrix:
+    return np.full(len(batch.rows), np.nan) if batch.confidences is None else batch.confidences
+
+
+def _model_state(row: sa.RowMapping) -> ModelState:
+    return ModelState(
+        window_version=row["window_version"],
+        window_width=row["window_width"],
+        pending=int(row["pending"]),
+        seen=int(row["seen"]),
+        consecutive_drifted=int(row["consecutive_drifted"]),
+        last_emitted=None if row["last_emitted"] is None else float(row["last_emitted"]),
+        labels_pending=int(row["labels_pending"]),
+    )
+
+
+def _trim(db: sa.Connection, table: sa.Table, model: str, keep: int) -> None:
+    """Delete the model's rows older than its newest `keep` (ids grow with time)."""
+    oldest_kept = (
+        sa.select(table.c.id)
+        .where(table.c.model == model)
+        .order_by(table.c.id.desc())
+        .offset(keep - 1)
+        .limit(1)
+        .scalar_subquery()
+    )
+    db.execute(table.delete().where(table.c.model == model, table.c.id < oldest_kept))
+
+
+def _trim_stride(keep: int) -> int:
+    """Rows between two trims of a table bounded to `keep`: it holds at most this many more."""
+    return max(1, keep // 16)
+
+
+def _crosses(before: int, after: int, stride: int) -> bool:
+    """Whether a count going from `before` to `after` passed a multiple of `stride`."""
+    return before // stride != after // stride
+
+
+def _blob(values: Matrix) -> bytes:
+    return np.ascontiguousarray(values, dtype="<f8").tobytes()
+
+
+def _vector(blob: bytes) -> Matrix:
+    return np.frombuffer(blob, dtype="<f8").astype(np.float64)
+
+
+def _matrix(blobs: list[bytes], width: int) -> Matrix:
+    if not blobs:
+        return np.empty((0, width))
+    return np.frombuffer(b"".join(blobs), dtype="<f8").astype(np.float64).reshape(-1, width)
+
+
+def _number(value: float) -> float | None:
+    """SQLite keeps NaN as NULL: store it so on both databases."""
+    return None if math.isnan(value) else float(value)
+
+
+def _numbers(values: Iterator[float | None]) -> Matrix:
+    return np.array([np.nan if value is None else value for value in values], dtype=np.float64)
 
 
 def _report_to_json(report: DriftReport) -> str:

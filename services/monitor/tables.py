@@ -9,7 +9,18 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["drift_events", "latest_reports", "metadata", "reference_datasets", "rollout_steps", "verdicts"]
+__all__ = [
+    "awaiting_labels",
+    "drift_events",
+    "labelled_rows",
+    "latest_reports",
+    "metadata",
+    "model_states",
+    "reference_datasets",
+    "rollout_steps",
+    "verdicts",
+    "window_rows",
+]
 
 metadata = sa.MetaData()
 
@@ -80,4 +91,74 @@ rollout_steps = sa.Table(
     sa.Column("step_started_at", sa.Text, nullable=False),
     sa.Column("evidence_json", sa.Text, nullable=False),
     sa.Column("updated_at", sa.Text, nullable=False),
+)
+
+# Row ids of the tables the monitor appends to hundreds of times a second: 64 bits on PostgreSQL
+# (2^31 rows last weeks there), SQLite's rowid on SQLite.
+RowId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+# One per model: what decides, shared by every replica on the database and kept over restarts. The
+# window's version and width, rows since the last evaluation, rows in all, the drift streak, the
+# last emitted *drift detected* (epoch seconds, the cooldown), labelled rows since the last decay
+# measurement, and where the labelled window and the unsent feedback start (labelled_rows ids).
+model_states = sa.Table(
+    "model_states",
+    metadata,
+    sa.Column("model", sa.Text, primary_key=True),
+    sa.Column("window_version", sa.Integer, nullable=True),
+    sa.Column("window_width", sa.Integer, nullable=True),
+    sa.Column("pending", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("seen", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("consecutive_drifted", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_emitted", sa.Float, nullable=True),
+    sa.Column("labels_pending", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("labelled_after", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("feedback_after", sa.BigInteger, nullable=False, server_default="0"),
+    # When a decision held back was last recorded, by kind (recorded once per cooldown period).
+    sa.Column("held_back_drift", sa.Float, nullable=True),
+    sa.Column("held_back_decay", sa.Float, nullable=True),
+)
+
+# The champion's window: its latest prediction rows, oldest first by id, trimmed to the window size.
+# A row's features are little-endian float64s; NULL prediction or confidence when not logged.
+window_rows = sa.Table(
+    "window_rows",
+    metadata,
+    sa.Column("id", RowId, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("features", sa.LargeBinary, nullable=False),
+    sa.Column("prediction", sa.Float, nullable=True),
+    sa.Column("confidence", sa.Float, nullable=True),
+    sa.Index("window_rows_by_model", "model", "id"),
+)
+
+# Logged requests not labelled yet, by request id, oldest dropped past the policy's bound: the
+# predictions, confidences (NaN when not logged) and inputs, float64 bytes.
+awaiting_labels = sa.Table(
+    "awaiting_labels",
+    metadata,
+    sa.Column("id", RowId, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("request_id", sa.Text, nullable=False),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("predictions", sa.LargeBinary, nullable=False),
+    sa.Column("confidences", sa.LargeBinary, nullable=False),
+    sa.Column("inputs", sa.LargeBinary, nullable=False),
+    sa.UniqueConstraint("model", "request_id", name="awaiting_labels_by_request"),
+    sa.Index("awaiting_labels_by_model", "model", "id"),
+)
+
+# Predictions joined with their ground truth, oldest first by id: the decay window (after
+# model_states.labelled_after) and the feedback not sent yet (after feedback_after).
+labelled_rows = sa.Table(
+    "labelled_rows",
+    metadata,
+    sa.Column("id", RowId, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("prediction", sa.Float, nullable=False),
+    sa.Column("truth", sa.Float, nullable=False),
+    sa.Column("confidence", sa.Float, nullable=True),
+    sa.Column("features", sa.LargeBinary, nullable=False),
+    sa.Index("labelled_rows_by_model", "model", "id"),
 )

@@ -174,7 +174,7 @@ async def test_a_restart_restores_the_reference_and_the_count(
     assert source.fetches == [("churn", 2), ("churn", 2)]
     assert report is not None
     assert report.model_version == 2 and report.predictions_seen == 2 * EVERY
-    assert report.window_size == EVERY  # the window itself starts again
+    assert report.window_size == 2 * EVERY  # the window is in the store: it survives the restart
 
 
 # -- refusals --------------------------------------------------------------------------------------

@@ -106,7 +106,7 @@ def test_the_migrations_build_exactly_the_declared_schema(tmp_path: Path, databa
     MonitorStore(tmp_path, database_url).close()  # a second start finds the schema current
     with store.engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), metadata) == []
-        assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+        assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
     store.close()
 
 
@@ -172,7 +172,7 @@ def test_a_store_from_before_migrations_is_adopted_in_its_order(tmp_path: Path) 
     store.save_report(report(drifted=True, seen=30))  # new lines go in after the adopted ones
     assert [v.predictions_seen for v in store.verdicts("churn")] == [30, 20, 10]
     with store.engine.connect() as connection:
-        assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+        assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
     store.close()
 
 
