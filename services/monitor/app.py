@@ -28,7 +28,7 @@ __all__ = ["build"]
 def build(settings: MonitorSettings | None = None) -> Service:
     settings = settings or MonitorSettings()
     broker = build_broker(settings, "monitor")
-    store = MonitorStore(settings.data_dir, settings.database_url)
+    store = MonitorStore(settings.data_dir, settings.database_url, settings.database_sync_each_commit)
     source = GrpcReferenceSource(
         settings.registry_address,
         settings.ingest_address,

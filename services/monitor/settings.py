@@ -20,6 +20,13 @@ class MonitorSettings(RegistryClientSettings):
         " events, rollout steps), e.g. postgresql+psycopg://user:pw@host/db, which replicas can share;"
         " empty means SQLite (WAL) at <data_dir>/monitor.sqlite3.",
     )
+    database_sync_each_commit: bool = Field(
+        False,
+        description="Flush every commit to disk before acknowledging the event it stores. Off: a commit"
+        " survives the monitor being killed at any point, but the last moments of prediction windows"
+        " may be lost if the machine goes down (SQLite synchronous=NORMAL, PostgreSQL"
+        " synchronous_commit=off). An fsync per sampled prediction would bound the monitor's rate.",
+    )
     ingest_address: str = Field(
         "127.0.0.1:50051", description="host:port of ingest, which serves the reference dataset versions."
     )

@@ -228,13 +228,15 @@ class LabelJoin:
 
 
 class MonitorStore:
-    def __init__(self, root: Path, database_url: str = "") -> None:
+    def __init__(self, root: Path, database_url: str = "", sync_each_commit: bool = True) -> None:
         """The store at `database_url` (SQLAlchemy URL), by default the SQLite file
-        `root`/monitor.sqlite3, which a store from before migrations also used."""
+        `root`/monitor.sqlite3, which a store from before migrations also used. The service opens it
+        without `sync_each_commit` (MonitorSettings.database_sync_each_commit, cascade.database.engine
+        says what that risks)."""
         url = database_url or database.sqlite_url(root / "monitor.sqlite3")
         if not database_url:
             root.mkdir(parents=True, exist_ok=True)
-        self.engine = database.engine(url, writer=True)
+        self.engine = database.engine(url, writer=True, sync_each_commit=sync_each_commit)
         self.reader = database.engine(url, writer=False) if url.startswith("sqlite") else self.engine
         database.migrate(self.engine, MIGRATIONS)
 
