@@ -14,6 +14,7 @@ import math
 import os
 import secrets
 import socket
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -62,7 +63,7 @@ def engine(url: str, writer: bool, sync_each_commit: bool = True) -> sa.Engine:
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself, below
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(cursor)
         cursor.execute("PRAGMA synchronous=FULL" if sync_each_commit else "PRAGMA synchronous=NORMAL")
         cursor.close()
 
@@ -71,6 +72,25 @@ def engine(url: str, writer: bool, sync_each_commit: bool = True) -> sa.Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
     return created
+
+
+# Switching a new file to WAL needs it alone for a moment, and SQLite's busy timeout does not wait for
+# that: replicas opening one new file at once see "database is locked". They retry within this budget.
+_WAL_SWITCH_SECONDS = 30.0
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    deadline = time.monotonic() + _WAL_SWITCH_SECONDS
+    delay = 0.01
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
 
 def migrate(engine: sa.Engine, script_location: Path) -> None:
