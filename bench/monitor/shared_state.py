@@ -123,8 +123,10 @@ async def measure(core: Any, rows_per_event: int, events: int, callers: int) -> 
 Figures = dict[str, float]  # "pred1", "pred64", "pred4", "labels4": rows/s of each kind of event
 
 
-async def bench(url: str, root: Path, core_class: Any, events: int, callers: int, every: int) -> Figures:
-    store = MonitorStore(root, url)
+async def bench(
+    url: str, root: Path, core_class: Any, events: int, callers: int, every: int, sync: bool = True
+) -> Figures:
+    store = MonitorStore(root, url, sync_each_commit=sync)
     try:
         core = core_of(core_class, store, every)
         await core.set_reference(MODEL, 1)
@@ -204,6 +206,10 @@ async def main() -> None:
                     ),
                     "shared, 1 caller": await bench(
                         url_of("one"), root, MonitorCore, args.events, 1, args.evaluate_every
+                    ),
+                    # What the service runs (MonitorSettings.database_sync_each_commit is off).
+                    "shared, 1 caller, no fsync per commit": await bench(
+                        url_of("lazy"), root, MonitorCore, args.events, 1, args.evaluate_every, sync=False
                     ),
                     f"shared, {args.concurrency} callers": await bench(
                         url_of("many"), root, MonitorCore, args.events, args.concurrency, args.evaluate_every
