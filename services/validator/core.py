@@ -124,14 +124,16 @@ class ValidatorCore:
         for gate in gates:
             if not gate.passed:
                 GATES_FAILED.labels(event.model, gate.name).inc()
+        failed = "; ".join(_described(gate) for gate in gates if not gate.passed)
         log.info(
-            "%s v%d %s: candidate %.4f vs champion %s on %d fresh rows",
+            "%s v%d %s: candidate %.4f vs champion %s on %d fresh rows%s",
             event.model,
             event.model_version,
             "PASSED" if passed else "FAILED",
             candidate_score,
             "none" if champion_score is None else f"{champion_score:.4f}",
             measured.rows,
+            f"; failed {failed}" if failed else "",
         )
         metrics = {"candidate": candidate_score}
         if champion_score is not None:
@@ -222,3 +224,10 @@ def _signature(version: ModelVersion) -> Signature:
         "inputs": [(t.name, t.datatype, tuple(t.shape)) for t in version.inputs],
         "outputs": [(t.name, t.datatype, tuple(t.shape)) for t in version.outputs],
     }
+
+
+def _described(gate: GateResult) -> str:
+    """A failed gate for the log: its name, what it measured and against what."""
+    measured = "" if gate.value is None else f" {gate.value:g}"
+    against = "" if gate.threshold is None else f" (threshold {gate.threshold:g})"
+    return f"{gate.name}{measured}{against}: {gate.detail}"

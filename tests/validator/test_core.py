@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,13 +213,20 @@ async def test_a_candidate_that_beats_the_champion_is_promoted_under_automatic_p
     assert automatic.registry.store.get(MODEL, strong).status == "READY"
 
 
-async def test_a_candidate_that_loses_to_the_champion_is_not_promoted(automatic: Rig) -> None:
+async def test_a_candidate_that_loses_to_the_champion_is_not_promoted(
+    automatic: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
     strong = await automatic.add_version(automatic.labels, seed=1)
     await automatic.validate(strong)
     assert automatic.champion() == strong
     weak = await automatic.add_version(_shuffled(automatic.labels), seed=2)
 
-    verdict = await automatic.validate(weak)
+    with caplog.at_level(logging.INFO, logger="cascade.services.validator.core"):
+        verdict = await automatic.validate(weak)
+
+    # The log says which gate failed, with what it measured against its threshold.
+    (line,) = [r.getMessage() for r in caplog.records if "FAILED" in r.getMessage()]
+    assert f"no_regression {verdict.metrics['candidate']:g} (threshold" in line
 
     assert not verdict.passed
     assert not _gates(verdict)["no_regression"]
