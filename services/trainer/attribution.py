@@ -108,3 +108,21 @@ def global_attribution_record(
         time.perf_counter() - started,
     )
     return json.dumps(record)
+
+
+def explain_tags(
+    onnx_bytes: bytes,
+    training_rows: np.ndarray,
+    features: list[str],
+    holdout_rows: np.ndarray,
+    limits: ExplainLimits,
+    seed: int,
+) -> dict[str, str]:
+    """A new version's explanation tags: its background (sampled from `training_rows`) and, when
+    it can be computed within the limits, its global attribution on `holdout_rows`."""
+    background = background_sample(training_rows, limits.background_rows, seed)
+    tags = {BACKGROUND_TAG: background_record(features, background)}
+    attribution = global_attribution_record(onnx_bytes, background, features, holdout_rows, limits, seed)
+    if attribution is not None:
+        tags[GLOBAL_ATTRIBUTION_TAG] = attribution
+    return tags

@@ -26,14 +26,7 @@ from sklearn.inspection import permutation_importance
 from sklearn.metrics import get_scorer
 
 from cascade.errors import FailedPrecondition, InvalidArgument
-from cascade.services.trainer.attribution import (
-    BACKGROUND_TAG,
-    GLOBAL_ATTRIBUTION_TAG,
-    ExplainLimits,
-    background_record,
-    background_sample,
-    global_attribution_record,
-)
+from cascade.services.trainer.attribution import ExplainLimits, explain_tags
 from cascade.services.trainer.segments import (
     INCREMENTAL,
     SEGMENT_ROWS,
@@ -146,12 +139,7 @@ def train_out_of_core(
         model, x_holdout, y_holdout, n_repeats=5, random_state=spec.seed, scoring=scorer
     )
     importance_done = time.perf_counter()
-    limits = explain or ExplainLimits()
-    background = background_sample(x_select, limits.background_rows, spec.seed)
-    explain_tags = {BACKGROUND_TAG: background_record(features, background)}
-    attribution = global_attribution_record(onnx_bytes, background, features, x_holdout, limits, spec.seed)
-    if attribution is not None:
-        explain_tags[GLOBAL_ATTRIBUTION_TAG] = attribution
+    tags = explain_tags(onnx_bytes, x_select, features, x_holdout, explain or ExplainLimits(), spec.seed)
     finished = time.perf_counter()
     metric = spec.primary_metric
     return TrainingResult(
@@ -175,7 +163,7 @@ def train_out_of_core(
         },
         versions=training_versions(name),
         parity_reference=parity_reference(model, x_holdout, task),
-        explain_tags=explain_tags,
+        explain_tags=tags,
         out_of_core=f"{name} fitted segment by segment ({segment_rows} rows a segment); "
         f"{len(trials)} candidates scored on {len(x_select)} selection rows, no cross-validation",
     )

@@ -32,14 +32,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cascade.errors import CascadeError, FailedPrecondition, InvalidArgument
-from cascade.services.trainer.attribution import (
-    BACKGROUND_TAG,
-    GLOBAL_ATTRIBUTION_TAG,
-    ExplainLimits,
-    background_record,
-    background_sample,
-    global_attribution_record,
-)
+from cascade.services.trainer.attribution import ExplainLimits, explain_tags
 from cascade.services.trainer.boosting import (
     IMPORT_EXTRA,
     boosting_estimator,
@@ -400,12 +393,7 @@ def train(
         best, x_holdout, y_holdout, n_repeats=5, random_state=spec.seed, scoring=scorer
     )
     importance_done = time.perf_counter()
-    limits = explain or ExplainLimits()
-    background = background_sample(x_train, limits.background_rows, spec.seed)
-    explain_tags = {BACKGROUND_TAG: background_record(features, background)}
-    attribution = global_attribution_record(onnx_bytes, background, features, x_holdout, limits, spec.seed)
-    if attribution is not None:
-        explain_tags[GLOBAL_ATTRIBUTION_TAG] = attribution
+    tags = explain_tags(onnx_bytes, x_train, features, x_holdout, explain or ExplainLimits(), spec.seed)
     finished = time.perf_counter()
     metric = spec.primary_metric
     return TrainingResult(
@@ -429,7 +417,7 @@ def train(
         },
         versions=training_versions(name),
         parity_reference=parity_reference(best, x_holdout, task),
-        explain_tags=explain_tags,
+        explain_tags=tags,
     )
 
 
