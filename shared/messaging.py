@@ -21,8 +21,10 @@ rules for each message of a batch: each one is checked against the limits and pa
 one that is malformed, or whose event fails permanently, is dead-lettered while its batch-mates are
 handled. Any other failure fails the whole batch, which is then retried (the subscriber seeks back to
 each partition's earliest record of it) within the same budget, counted from that record, and
-dead-lettered record by record when the budget is spent. Offsets are committed only after the
-handler returns, so a crash redelivers the whole batch.
+dead-lettered record by record when the budget is spent (or at once, when the handler raises a
+permanent error for the batch as a whole). Offsets are committed only after the handler returns, so
+a crash redelivers the whole batch, and a retried batch's events that had succeeded are handled
+again (at-least-once, as for single messages).
 """
 
 from __future__ import annotations
@@ -388,11 +390,16 @@ async def consume_batch(
     await dead_letters.consume_batch(_records(message.raw_message), event_type, handle)
 
 
+def _is_batch(raw: Any) -> bool:
+    """Whether `raw` is a batch subscriber's records: a tuple from the consumer, a list from
+    TestKafkaBroker."""
+    return isinstance(raw, tuple | list) and bool(raw) and all(isinstance(r, ConsumerRecord) for r in raw)
+
+
 def _records(raw: Any) -> list[ConsumerRecord[Any, Any]]:
-    """A batch's records: a tuple from the consumer, a list from TestKafkaBroker."""
-    if isinstance(raw, tuple | list) and all(isinstance(record, ConsumerRecord) for record in raw):
-        return list(raw)
-    raise TypeError(f"not a batch of Kafka records: {type(raw).__name__}")
+    if not _is_batch(raw):
+        raise TypeError(f"not a batch of Kafka records: {type(raw).__name__}")
+    return list(raw)
 
 
 class _DeadLetterMiddleware(BaseMiddleware[Any, Any]):
@@ -408,8 +415,8 @@ class _DeadLetterMiddleware(BaseMiddleware[Any, Any]):
     ) -> bool | None:
         if isinstance(self.msg, ConsumerRecord):
             records = [self.msg]
-        elif isinstance(self.msg, tuple | list) and self.msg:
-            records = _records(self.msg)  # a batch subscriber's
+        elif _is_batch(self.msg):
+            records = list(self.msg)
         else:
             return False
         record = records[0]
@@ -443,7 +450,7 @@ class _DestinationAttributeMiddleware(BaseMiddleware[Any, Any]):
         # Runs inside the telemetry middleware's scope, so the current span is the process span.
         if isinstance(self.msg, ConsumerRecord):
             trace.get_current_span().set_attribute("messaging.destination.name", self.msg.topic)
-        elif isinstance(self.msg, tuple | list) and self.msg and isinstance(self.msg[0], ConsumerRecord):
+        elif _is_batch(self.msg):
             trace.get_current_span().set_attribute("messaging.destination.name", self.msg[0].topic)
         return await call_next(msg)
 
