@@ -3,10 +3,11 @@ labels from any producer measure decay. With a rollout policy: traffic changes s
 follow, serving's live traffic reports and compared predictions (and the canary's logged answers and
 their labels) are its evidence.
 
-Logged predictions and labels are consumed in batches: a batch's events are handled concurrently, so
-one model's appends (and label joins) share one store transaction (core's GroupCommit) rather than
-one each, and the batch's offsets are committed once all its rows are (cascade.messaging's
-batch rules: a malformed event is dead-lettered alone, a failed transaction retries the batch)."""
+Logged predictions and labels are consumed in batches: a batch's prediction events go to the core
+together (`record_predictions_many`: one store transaction per model), its labels concurrently
+(their joins share transactions: core's GroupCommit), and the batch's offsets are committed once all
+its rows are (cascade.messaging's batch rules: a malformed event is dead-lettered alone, a failed
+transaction retries the batch within the budget)."""
 
 from __future__ import annotations
 
@@ -36,16 +37,21 @@ log = logging.getLogger(__name__)
 
 # Serving answers with the champion, so only its training data is the reference for live traffic.
 CHAMPION_ALIAS = "champion"
-# Events per batch: one transaction per model per batch; 64 one-row events commit in about the
-# time of a few single ones (bench/RESULTS.md, "Monitor: shared state").
-BATCH_MAX_RECORDS = 64
 
 
 def register(
-    broker: KafkaBroker, core: MonitorCore, topics: Topics, rollouts: RolloutPolicy | None = None
+    broker: KafkaBroker,
+    core: MonitorCore,
+    topics: Topics,
+    rollouts: RolloutPolicy | None = None,
+    *,
+    batch_max_records: int = 64,
 ) -> None:
+    """The subscribers. Logged predictions and labels come `batch_max_records` at most at a time:
+    one transaction per model per batch (64 one-row events commit in about the time of a few single
+    ones: bench/RESULTS.md, "Monitor: shared state")."""
     options = subscriber_options(f"{topics.prefix}.monitor")
-    batches = batch_subscriber_options(f"{topics.prefix}.monitor", max_records=BATCH_MAX_RECORDS)
+    batches = batch_subscriber_options(f"{topics.prefix}.monitor", max_records=batch_max_records)
 
     @broker.subscriber(topics.declared(ModelPromoted), **options)
     async def on_model_promoted(event: ModelPromoted) -> None:
