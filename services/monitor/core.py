@@ -163,6 +163,24 @@ FEEDBACK_ROWS = Counter(
 )
 
 
+def _groups_of_rows(
+    prepared: Sequence[tuple[int, PredictionBatch]], rows: int
+) -> list[list[tuple[int, PredictionBatch]]]:
+    """Consecutive groups, each closed once it holds at least `rows` rows."""
+    groups: list[list[tuple[int, PredictionBatch]]] = []
+    current: list[tuple[int, PredictionBatch]] = []
+    held = 0
+    for item in prepared:
+        current.append(item)
+        held += len(item[1].rows)
+        if held >= rows:
+            groups.append(current)
+            current, held = [], 0
+    if current:
+        groups.append(current)
+    return groups
+
+
 @dataclass(frozen=True)
 class LoggedPredictions:
     """One logged request's rows, as `MonitorCore.record_predictions` takes them."""
@@ -445,13 +463,13 @@ class MonitorCore:
                         continue
                     if batch is not None:
                         prepared.append((index, batch))
-            if not prepared:
-                continue
             # Outside the lock, so that batches arriving meanwhile share the transaction; returns
-            # once the rows are committed.
-            appended = await self._appender(model).submit_many([batch for _, batch in prepared])
-            for (index, batch), append in zip(prepared, appended, strict=True):
-                outcomes[index] = await self._appended(model, state, len(batch.rows), append)
+            # once the rows are committed. A transaction claims one drift report at most, so a
+            # group closes once it holds `evaluate_every` rows: reports keep their cadence.
+            for group in _groups_of_rows(prepared, self.evaluate_every):
+                appended = await self._appender(model).submit_many([batch for _, batch in group])
+                for (index, batch), append in zip(group, appended, strict=True):
+                    outcomes[index] = await self._appended(model, state, len(batch.rows), append)
         return outcomes
 
     async def _prepare(
