@@ -6,8 +6,8 @@ their labels) are its evidence.
 Logged predictions and labels are consumed in batches: a batch's prediction events go to the core
 together (`record_predictions_many`: one store transaction per model and `evaluate_every` rows),
 its labels concurrently (their joins share transactions: core's GroupCommit), and the batch's
-offsets are committed once all its rows are (cascade.messaging's batch rules: a malformed event is dead-lettered alone, a failed
-transaction retries the batch within the budget)."""
+offsets are committed once all its rows are (cascade.messaging's batch rules: a malformed event is
+dead-lettered alone, a failed transaction retries the batch within the budget)."""
 
 from __future__ import annotations
 
