@@ -15,6 +15,16 @@ partition for long:
 
 While a message is being retried the service is *degraded*; `DeadLetters.failing()` says which,
 and cascade.service turns it into health and metrics.
+
+A batch subscriber (`batch_subscriber_options`, its handler calling `consume_batch`) keeps these
+rules for each message of a batch: each one is checked against the limits and parsed on its own, and
+one that is malformed, or whose event fails permanently, is dead-lettered while its batch-mates are
+handled. Any other failure fails the whole batch, which is then retried (the subscriber seeks back to
+each partition's earliest record of it) within the same budget, counted from that record, and
+dead-lettered record by record when the budget is spent (or at once, when the handler raises a
+permanent error for the batch as a whole). Offsets are committed only after the handler returns, so
+a crash redelivers the whole batch, and a retried batch's events that had succeeded are handled
+again (at-least-once, as for single messages).
 """
 
 from __future__ import annotations
@@ -24,10 +34,10 @@ import functools
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, TypeVar
 
 from aiokafka import ConsumerRecord
 from faststream import AckPolicy
@@ -39,6 +49,7 @@ from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from opentelemetry import trace
 from prometheus_client import REGISTRY, Counter
+from pydantic import BaseModel
 
 from cascade.errors import classify
 from cascade.events import Event, Topics, cloudevent_headers
@@ -55,12 +66,17 @@ __all__ = [
     "DLQ_TOPIC",
     "REPLAYED_FROM",
     "REPLAY_COUNT",
+    "BatchSubscriberOptions",
     "DeadLetters",
     "Failing",
+    "HandleMany",
     "RetryBudget",
     "SubscriberOptions",
+    "batch_subscriber_options",
     "build_broker",
+    "consume_batch",
     "dead_letters_of",
+    "each_concurrently",
     "publish_event",
     "subscriber_options",
 ]
@@ -89,6 +105,9 @@ REPLAYED_FROM = "cascade_replayed_from"  # "<dead-letter topic>:<partition>:<off
 REPLAY_COUNT = "cascade_replay_count"
 
 Position = tuple[str, int, int]  # topic, partition, offset
+Message = TypeVar("Message", bound=BaseModel)  # an event, or a plain JSON model like LabelsArrived
+# A batch handler: the batch's events in order, one outcome each (None, or the error it failed with).
+HandleMany = Callable[[Sequence[Message]], Awaitable[Sequence[BaseException | None]]]
 _CHECK_ON_LOOP_BYTES = 64 * 1024
 
 
@@ -174,7 +193,11 @@ class DeadLetters:
     ) -> Any:
         """The broker's decoder: limits on the raw body first, then FastStream's own JSON decoding.
         JsonTooLarge is permanent, so the middleware dead-letters the message at its first try.
-        A dead letter itself is what it is: one over the limits is handed over as raw bytes."""
+        A dead letter itself is what it is: one over the limits is handed over as raw bytes.
+        A batch is handed over undecoded (its raw bodies): `consume_batch` checks and parses each
+        message on its own, so that a bad one does not fail its batch-mates."""
+        if isinstance(message.raw_message, tuple | list):
+            return message.body
         check = functools.partial(
             check_json_limits, message.body, max_bytes=self.max_message_bytes, max_depth=self.max_json_depth
         )
@@ -186,7 +209,7 @@ class DeadLetters:
             else:
                 check()
         except JsonTooLarge:
-            if message.raw_message.topic == self.topic:  # type: ignore[union-attr]
+            if message.raw_message.topic == self.topic:
                 return message.body
             raise
         return await original_decoder(message)
@@ -208,35 +231,54 @@ class DeadLetters:
         )
 
     def succeeded(self, record: ConsumerRecord[Any, Any]) -> None:
-        self._failures.pop((record.topic, record.partition, record.offset), None)
+        self.succeeded_batch([record])
+
+    def succeeded_batch(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+        for position in _earliest(records):
+            self._failures.pop(position, None)
 
     async def failed(self, record: ConsumerRecord[Any, Any], error: Exception) -> bool:
         """Dead-letter `record` (True: acknowledge it) or pause before its retry (False: seek back)."""
-        position = (record.topic, record.partition, record.offset)
+        return await self.failed_batch([record], error)
+
+    async def failed_batch(self, records: Sequence[ConsumerRecord[Any, Any]], error: Exception) -> bool:
+        """Dead-letter every record of a batch that failed as a whole (True: acknowledge it) or pause
+        before its retry (False: seek back). Its tries are counted from each partition's earliest
+        record, where the seek-back redelivers it from."""
+        positions = _earliest(records)
+        record = records[0]
         described = f"{type(error).__name__}: {error}"
         kind = classify(error)
         if kind == "permanent":
-            await self.send(record, described)
-            self._failures.pop(position, None)
+            for each in records:
+                await self.send(each, described)
+            for position in positions:
+                self._failures.pop(position, None)
             return True
         now = self._clock()
-        failure = self._failures.setdefault(position, _Failure(first_failed=now, last_failed=now))
+        known = [self._failures[position] for position in positions if position in self._failures]
+        failure = known[0] if known else _Failure(first_failed=now, last_failed=now)
+        for position in positions:  # a batch redelivered with other partitions' records keeps its count
+            self._failures[position] = failure
         failure.attempts += 1
         failure.last_failed = now
         failure.last_error = described[:500]
         allowed = self.budget.max_attempts if kind == "transient" else self.budget.unknown_max_attempts
         elapsed = now - failure.first_failed
         if failure.attempts >= allowed or elapsed >= self.budget.max_seconds:
-            await self.send(record, f"retries exhausted after {failure.attempts} attempts: {described}")
-            self._failures.pop(position, None)
+            for each in records:
+                await self.send(each, f"retries exhausted after {failure.attempts} attempts: {described}")
+            for position in positions:
+                self._failures.pop(position, None)
             return True
         pause = min(self.budget.backoff(failure.attempts), self.budget.max_seconds - elapsed)
         RETRIES.labels(self.service, record.topic).inc()
         log.error(
-            "handler failed on %s[%d]@%d (attempt %d of %d, %s error), retrying in %.1f s: %s",
+            "handler failed on %s[%d]@%d%s (attempt %d of %d, %s error), retrying in %.1f s: %s",
             record.topic,
             record.partition,
             record.offset,
+            f" and {len(records) - 1} more in its batch" if len(records) > 1 else "",
             failure.attempts,
             allowed,
             kind,
@@ -272,6 +314,93 @@ class DeadLetters:
             reason[:500],
         )
 
+    async def consume_batch(
+        self,
+        records: Sequence[ConsumerRecord[Any, Any]],
+        event_type: type[Message],
+        handle: HandleMany[Message],
+    ) -> None:
+        """Parse each record as `event_type` (pydantic) and hand the events to `handle` together;
+        returns once it has. A record over the limits or not an `event_type` is dead-lettered with
+        its reason, and so is an event whose outcome is a permanent error; any other outcome error
+        (and anything `handle` raises) fails the batch, which the middleware retries within the
+        budget."""
+        parsed: list[tuple[ConsumerRecord[Any, Any], Message]] = []
+        for record in records:
+            try:
+                parsed.append((record, await self._parse(record, event_type)))
+            except (JsonTooLarge, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+                await self.send(record, f"{type(exc).__name__}: {exc}")
+        if not parsed:
+            return
+        outcomes = await handle([event for _, event in parsed])
+        if len(outcomes) != len(parsed):
+            raise RuntimeError(f"a batch handler gave {len(outcomes)} outcomes for {len(parsed)} events")
+        retry: BaseException | None = None
+        for (record, _), outcome in zip(parsed, outcomes, strict=True):
+            if outcome is None:
+                continue
+            if isinstance(outcome, Exception) and classify(outcome) == "permanent":
+                await self.send(record, f"{type(outcome).__name__}: {outcome}")
+            elif retry is None or not isinstance(outcome, Exception):  # a cancellation wins
+                retry = outcome
+        if retry is not None:
+            raise retry
+
+    async def _parse(self, record: ConsumerRecord[Any, Any], event_type: type[Message]) -> Message:
+        body: bytes = record.value or b""
+        check = functools.partial(
+            check_json_limits, body, max_bytes=self.max_message_bytes, max_depth=self.max_json_depth
+        )
+        if len(body) > _CHECK_ON_LOOP_BYTES:
+            await asyncio.to_thread(check)
+        else:
+            check()
+        return event_type.model_validate_json(body)
+
+
+def each_concurrently(handle: Callable[[Message], Awaitable[object]]) -> HandleMany[Message]:
+    """A batch handler that handles the events one by one, all at once: each one's error is its
+    outcome."""
+
+    async def handle_many(events: Sequence[Message]) -> list[BaseException | None]:
+        outcomes = await asyncio.gather(*(handle(event) for event in events), return_exceptions=True)
+        return [outcome if isinstance(outcome, BaseException) else None for outcome in outcomes]
+
+    return handle_many
+
+
+def _earliest(records: Sequence[ConsumerRecord[Any, Any]]) -> list[Position]:
+    """Each partition's earliest record of a batch: where a seek-back redelivers it from."""
+    earliest: dict[tuple[str, int], int] = {}
+    for record in records:
+        key = (record.topic, record.partition)
+        earliest[key] = min(record.offset, earliest.get(key, record.offset))
+    return [(topic, partition, offset) for (topic, partition), offset in earliest.items()]
+
+
+async def consume_batch(
+    broker: KafkaBroker, message: KafkaMessage, event_type: type[Message], handle: HandleMany[Message]
+) -> None:
+    """The body of a batch subscriber's handler (`batch_subscriber_options`): the batch's messages
+    parsed as `event_type` and handed to `handle` together, with the dead-letter rules kept per
+    message (`DeadLetters.consume_batch`)."""
+    dead_letters = dead_letters_of(broker)
+    assert dead_letters is not None, "a batch subscriber needs a broker made by build_broker"
+    await dead_letters.consume_batch(_records(message.raw_message), event_type, handle)
+
+
+def _is_batch(raw: Any) -> bool:
+    """Whether `raw` is a batch subscriber's records: a tuple from the consumer, a list from
+    TestKafkaBroker."""
+    return isinstance(raw, tuple | list) and bool(raw) and all(isinstance(r, ConsumerRecord) for r in raw)
+
+
+def _records(raw: Any) -> list[ConsumerRecord[Any, Any]]:
+    if not _is_batch(raw):
+        raise TypeError(f"not a batch of Kafka records: {type(raw).__name__}")
+    return list(raw)
+
 
 class _DeadLetterMiddleware(BaseMiddleware[Any, Any]):
     def __init__(self, msg: Any, /, *, context: Any, dead_letters: DeadLetters) -> None:
@@ -284,11 +413,15 @@ class _DeadLetterMiddleware(BaseMiddleware[Any, Any]):
         exc_val: BaseException | None = None,
         exc_tb: TracebackType | None = None,
     ) -> bool | None:
-        record = self.msg
-        if not isinstance(record, ConsumerRecord):
+        if isinstance(self.msg, ConsumerRecord):
+            records = [self.msg]
+        elif _is_batch(self.msg):
+            records = list(self.msg)
+        else:
             return False
+        record = records[0]
         if exc_val is None:
-            self.dead_letters.succeeded(record)
+            self.dead_letters.succeeded_batch(records)
             return False
         # Cancellation, FastStream's own control flow (AckMessage, StopConsume...) and SystemExit
         # are not failures of the message.
@@ -304,9 +437,9 @@ class _DeadLetterMiddleware(BaseMiddleware[Any, Any]):
                 exc_val,
             )
             return True
-        # True: handled, the message is acknowledged and consumption goes on. False: the
-        # subscriber's NACK_ON_ERROR seeks back and the message is redelivered.
-        return await self.dead_letters.failed(record, exc_val)
+        # True: handled, the message (batch) is acknowledged and consumption goes on. False: the
+        # subscriber's NACK_ON_ERROR seeks back and the message (batch) is redelivered.
+        return await self.dead_letters.failed_batch(records, exc_val)
 
 
 class _DestinationAttributeMiddleware(BaseMiddleware[Any, Any]):
@@ -317,6 +450,8 @@ class _DestinationAttributeMiddleware(BaseMiddleware[Any, Any]):
         # Runs inside the telemetry middleware's scope, so the current span is the process span.
         if isinstance(self.msg, ConsumerRecord):
             trace.get_current_span().set_attribute("messaging.destination.name", self.msg.topic)
+        elif _is_batch(self.msg):
+            trace.get_current_span().set_attribute("messaging.destination.name", self.msg[0].topic)
         return await call_next(msg)
 
 
@@ -376,6 +511,31 @@ def subscriber_options(group_id: str) -> SubscriberOptions:
         "group_id": group_id,
         "ack_policy": AckPolicy.NACK_ON_ERROR,
         "auto_offset_reset": "earliest",
+    }
+
+
+class BatchSubscriberOptions(TypedDict):
+    """`SubscriberOptions` for a batch subscriber, typed so mypy picks the batch overload."""
+
+    group_id: str
+    ack_policy: AckPolicy
+    auto_offset_reset: Literal["earliest"]
+    batch: Literal[True]
+    max_records: int
+    batch_timeout_ms: int
+
+
+def batch_subscriber_options(
+    group_id: str, *, max_records: int = 64, batch_timeout_ms: int = 100
+) -> BatchSubscriberOptions:
+    """Options for at-least-once consumption in batches of up to `max_records` (what has arrived
+    when the consumer polls, waiting up to `batch_timeout_ms` only when nothing has): the batch's
+    offsets are committed once its handler, which calls `consume_batch`, returns."""
+    return {
+        **subscriber_options(group_id),
+        "batch": True,
+        "max_records": max_records,
+        "batch_timeout_ms": batch_timeout_ms,
     }
 
 

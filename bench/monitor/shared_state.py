@@ -6,7 +6,10 @@ Each figure drives one MonitorCore directly (no Kafka) with `--concurrency` call
 events in flight from several partitions, for `--events` events; a drift evaluation runs every
 `evaluate_every` rows, as in production. Baselines in the same run: the in-memory core of main
 before shared state (`git show <ref>:services/monitor/core.py`, the window and labels in memory) and
-the shared-state core with one caller at a time (every event its own transaction).
+the shared-state core with one caller at a time (every event its own transaction). "batches of 64
+events": what the monitor's Kafka batch subscriber hands the core, 64 events at once (predictions by
+`record_predictions_many`, one transaction for the 64; label joins concurrently, as
+`cascade.messaging.each_concurrently` runs them), one batch after another.
 
     flock /tmp/cascade-heavy.lock .venv/bin/python bench/monitor/shared_state.py [--no-postgres]
 """
@@ -29,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from cascade.database import sqlite_url
-from cascade.services.monitor.core import DriftPolicy, MonitorCore, Reference
+from cascade.services.monitor.core import DriftPolicy, LoggedPredictions, MonitorCore, Reference
 from cascade.services.monitor.store import MonitorStore, ReferenceInfo
 
 FEATURES = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta")
@@ -97,7 +100,17 @@ async def run(callers: int, events: int, event: Callable[[int], Awaitable[object
     return time.perf_counter() - started
 
 
-async def measure(core: Any, rows_per_event: int, events: int, callers: int) -> dict[str, float]:
+async def run_batched(batch: int, events: int, handle: Callable[[range], Awaitable[object]]) -> float:
+    """Seconds to run `events` events handed over `batch` at a time, one batch after another."""
+    started = time.perf_counter()
+    for first in range(0, events, batch):
+        await handle(range(first, min(first + batch, events)))
+    return time.perf_counter() - started
+
+
+async def measure(
+    core: Any, rows_per_event: int, events: int, callers: int, batch: int = 1
+) -> dict[str, float]:
     rng = np.random.default_rng(rows_per_event)
     batches = [rng.normal(size=(rows_per_event, len(FEATURES))).tolist() for _ in range(64)]
     outputs = [[float(r[0] > 0) for r in batch] for batch in batches]
@@ -108,14 +121,31 @@ async def measure(core: Any, rows_per_event: int, events: int, callers: int) -> 
             MODEL, FEATURES, batches[index % 64], outputs[index % 64], f"{tag}-{index}"
         )
 
-    seconds = await run(callers, events, predictions)
+    async def predictions_batch(indexes: range) -> object:
+        return await core.record_predictions_many(
+            [
+                LoggedPredictions(MODEL, FEATURES, batches[i % 64], outputs[i % 64], f"{tag}-{i}")
+                for i in indexes
+            ]
+        )
+
+    if batch > 1:
+        seconds = await run_batched(batch, events, predictions_batch)
+    else:
+        seconds = await run(callers, events, predictions)
     figures = {"pred_ms": 1000 * seconds / events, "pred_rows_s": events * rows_per_event / seconds}
     if rows_per_event == 4:  # label joins of the requests just logged
 
         async def labels(index: int) -> object:
             return await core.record_labels(MODEL, f"{tag}-{index}", outputs[index % 64])
 
-        seconds = await run(callers, events, labels)
+        async def labels_batch(indexes: range) -> object:
+            return await asyncio.gather(*(labels(i) for i in indexes))
+
+        if batch > 1:
+            seconds = await run_batched(batch, events, labels_batch)
+        else:
+            seconds = await run(callers, events, labels)
         figures |= {"label_ms": 1000 * seconds / events, "label_rows_s": events * rows_per_event / seconds}
     return figures
 
@@ -124,7 +154,14 @@ Figures = dict[str, float]  # "pred1", "pred64", "pred4", "labels4": rows/s of e
 
 
 async def bench(
-    url: str, root: Path, core_class: Any, events: int, callers: int, every: int, sync: bool = True
+    url: str,
+    root: Path,
+    core_class: Any,
+    events: int,
+    callers: int,
+    every: int,
+    sync: bool = True,
+    batch: int = 1,
 ) -> Figures:
     store = MonitorStore(root, url, sync_each_commit=sync)
     try:
@@ -132,7 +169,8 @@ async def bench(
         await core.set_reference(MODEL, 1)
         figures: Figures = {}
         for rows in (1, 64, 4):
-            measured = await measure(core, rows, events if rows != 64 else max(events // 8, 50), callers)
+            count = events if rows != 64 else max(events // 8, 50)
+            measured = await measure(core, rows, count, callers, batch)
             figures[f"pred{rows}"] = measured["pred_rows_s"]
             if "label_rows_s" in measured:
                 figures["labels4"] = measured["label_rows_s"]
@@ -213,6 +251,17 @@ async def main() -> None:
                     ),
                     f"shared, {args.concurrency} callers": await bench(
                         url_of("many"), root, MonitorCore, args.events, args.concurrency, args.evaluate_every
+                    ),
+                    # What the monitor's Kafka batch subscriber does (no fsync per commit either).
+                    "shared, batches of 64 events, no fsync": await bench(
+                        url_of("batched"),
+                        root,
+                        MonitorCore,
+                        args.events,
+                        1,
+                        args.evaluate_every,
+                        sync=False,
+                        batch=64,
                     ),
                 }
                 report(dialect, runs)

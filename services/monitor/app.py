@@ -88,7 +88,7 @@ def build(settings: MonitorSettings | None = None) -> Service:
         return core.known_task(model) or await loop_clients.task(model, model_version)
 
     rollouts = RolloutPolicy(store, loop_clients, task_of)
-    kafka_api.register(broker, core, topics, rollouts)
+    kafka_api.register(broker, core, topics, rollouts, batch_max_records=settings.batch_max_records)
     servicer = MonitorServicer(core, rollouts)
     background: list[asyncio.Task[None]] = []
 

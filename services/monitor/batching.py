@@ -34,13 +34,20 @@ class GroupCommit(Generic[Item, Result]):
 
     async def submit(self, item: Item) -> Result:
         """`item`'s result once the flush that took it has committed; its error if that flush failed."""
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._waiting.append((item, future))
+        (result,) = await self.submit_many([item])
+        return result
+
+    async def submit_many(self, items: Sequence[Item]) -> list[Result]:
+        """The results of `items`, submitted together (so in one flush when they fit in one), once
+        committed; the first error of a flush that took any of them."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Result]] = [loop.create_future() for _ in items]
+        self._waiting.extend(zip(items, futures, strict=True))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_all())
         # A caller that gives up does not stop the flush: its rows may still commit (then its
         # event is redelivered and appended again, which at-least-once delivery allows).
-        return await asyncio.shield(future)
+        return list(await asyncio.shield(asyncio.gather(*futures)))
 
     async def _flush_all(self) -> None:
         while self._waiting:

@@ -111,6 +111,7 @@ __all__ = [
     "ChampionArtifacts",
     "ChampionOutputs",
     "DriftPolicy",
+    "LoggedPredictions",
     "MonitorCore",
     "Reference",
     "ReferenceSource",
@@ -160,6 +161,37 @@ FEEDBACK_ROWS = Counter(
     "Labelled production rows sent to ingest as feedback batches.",
     ["model"],
 )
+
+
+def _groups_of_rows(
+    prepared: Sequence[tuple[int, PredictionBatch]], rows: int
+) -> list[list[tuple[int, PredictionBatch]]]:
+    """Consecutive groups, each closed once it holds at least `rows` rows."""
+    groups: list[list[tuple[int, PredictionBatch]]] = []
+    current: list[tuple[int, PredictionBatch]] = []
+    held = 0
+    for item in prepared:
+        current.append(item)
+        held += len(item[1].rows)
+        if held >= rows:
+            groups.append(current)
+            current, held = [], 0
+    if current:
+        groups.append(current)
+    return groups
+
+
+@dataclass(frozen=True)
+class LoggedPredictions:
+    """One logged request's rows, as `MonitorCore.record_predictions` takes them."""
+
+    model: str
+    features: Sequence[str]
+    inputs: Sequence[Sequence[float]]
+    outputs: Sequence[float] = ()
+    request_id: str = ""
+    probabilities: Sequence[Sequence[float]] | None = None
+    model_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -399,50 +431,97 @@ class MonitorCore:
         the model's window; remember them under `request_id` for labels to come. Returns the report
         if one was due. Rows answered by a `model_version` other than the champion's are not
         counted; before any reference, the window holds one version's rows, the latest one's."""
-        if not inputs:
+        logged = LoggedPredictions(model, features, inputs, outputs, request_id, probabilities, model_version)
+        (outcome,) = await self.record_predictions_many([logged])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def record_predictions_many(
+        self, logged: Sequence[LoggedPredictions]
+    ) -> list[DriftReport | Exception | None]:
+        """`record_predictions` for many requests at once (a batch of events): each model's rows are
+        appended in one store transaction, in order, and this returns once they are committed. One
+        outcome per request: the report it made due, or the permanent error that request alone
+        failed with (a malformed one does not fail the others). Any other error (the transaction
+        failed, the registry is down) is raised, and none of the rows may be taken as recorded."""
+        outcomes: list[DriftReport | Exception | None] = [None] * len(logged)
+        by_model: dict[str, list[int]] = {}
+        for index, each in enumerate(logged):
+            by_model.setdefault(each.model, []).append(index)
+        for model, indexes in by_model.items():  # one writer at a time on the store anyway
+            prepared: list[tuple[int, PredictionBatch]] = []
+            async with self._lock(model):
+                state = self._state(model)
+                for index in indexes:
+                    try:
+                        batch = await self._prepare(model, state, logged[index])
+                    except Exception as exc:
+                        if classify(exc) != "permanent":
+                            raise
+                        outcomes[index] = exc
+                        continue
+                    if batch is not None:
+                        prepared.append((index, batch))
+            # Outside the lock, so that batches arriving meanwhile share the transaction; returns
+            # once the rows are committed. A transaction claims one drift report at most, so a
+            # group closes once it holds `evaluate_every` rows: reports keep their cadence.
+            for group in _groups_of_rows(prepared, self.evaluate_every):
+                appended = await self._appender(model).submit_many([batch for _, batch in group])
+                for (index, batch), append in zip(group, appended, strict=True):
+                    outcomes[index] = await self._appended(model, state, len(batch.rows), append)
+        return outcomes
+
+    async def _prepare(
+        self, model: str, state: _ModelState, logged: LoggedPredictions
+    ) -> PredictionBatch | None:
+        """Under the model's lock: the rows to append, or None when they are not the champion's
+        (held for an early champion, or ignored)."""
+        if not logged.inputs:
             return None
-        rows = _prediction_rows(model, features, inputs)
-        predicted = _per_row(outputs, len(rows))
-        confidence = _confidences(probabilities, len(rows))
-        async with self._lock(model):
-            state = self._state(model)
-            await self._restore_reference(model, state, model_version)
-            champion = state.reference.info.model_version if state.reference is not None else None
-            if model_version is not None and champion is not None and model_version > champion:
-                # Serving may answer with a new champion before its promotion reaches the monitor
-                # (another topic): its rows wait in a window of their own, adopted if it is promoted.
-                if state.early is None or state.early_version != model_version:
-                    state.early, state.early_version = Window(self.window_size, rows.shape[1]), model_version
-                if state.early.width == rows.shape[1]:
-                    state.early.append(rows, predicted)
-                return None
-            if model_version is not None and champion is not None and model_version != champion:
-                IGNORED_ROWS.labels(model).inc(len(rows))
-                log.debug(
-                    "%s: %d rows answered by v%d, not the champion v%d",
-                    model,
-                    len(rows),
-                    model_version,
-                    champion,
-                )
-                return None
-            _check_width(model, state, rows.shape[1], self.store)
-            batch = PredictionBatch(
-                rows,
-                predicted,
-                confidence,
+        rows = _prediction_rows(model, logged.features, logged.inputs)
+        predicted = _per_row(logged.outputs, len(rows))
+        confidence = _confidences(logged.probabilities, len(rows))
+        model_version = logged.model_version
+        await self._restore_reference(model, state, model_version)
+        champion = state.reference.info.model_version if state.reference is not None else None
+        if model_version is not None and champion is not None and model_version > champion:
+            # Serving may answer with a new champion before its promotion reaches the monitor
+            # (another topic): its rows wait in a window of their own, adopted if it is promoted.
+            if state.early is None or state.early_version != model_version:
+                state.early, state.early_version = Window(self.window_size, rows.shape[1]), model_version
+            if state.early.width == rows.shape[1]:
+                state.early.append(rows, predicted)
+            return None
+        if model_version is not None and champion is not None and model_version != champion:
+            IGNORED_ROWS.labels(model).inc(len(rows))
+            log.debug(
+                "%s: %d rows answered by v%d, not the champion v%d",
+                model,
+                len(rows),
                 model_version,
-                evaluates=state.reference is not None,
-                remember=(request_id, self.policy.remembered_requests) if request_id else None,
+                champion,
             )
-        # Outside the lock, so that batches arriving meanwhile share the transaction; returns
-        # once the rows are committed.
-        appended = await self._appender(model).submit(batch)
+            return None
+        _check_width(model, state, rows.shape[1], self.store)
+        return PredictionBatch(
+            rows,
+            predicted,
+            confidence,
+            model_version,
+            evaluates=state.reference is not None,
+            remember=(logged.request_id, self.policy.remembered_requests) if logged.request_id else None,
+        )
+
+    async def _appended(
+        self, model: str, state: _ModelState, rows: int, appended: WindowAppend
+    ) -> DriftReport | None:
+        """After a commit: count the rows, and run the drift evaluation the append made due."""
         self._compare_champion(model, state, appended.champion)
         if not appended.counted:  # another replica installed another champion meanwhile
-            IGNORED_ROWS.labels(model).inc(len(rows))
+            IGNORED_ROWS.labels(model).inc(rows)
             return None
-        PREDICTIONS.labels(model).inc(len(rows))
+        PREDICTIONS.labels(model).inc(rows)
         if appended.due is None:
             return None
         async with self._evaluation_lock(model):  # not the lock: appends and labels go on meanwhile

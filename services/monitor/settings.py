@@ -81,6 +81,13 @@ class MonitorSettings(RegistryClientSettings):
     remembered_requests: int = Field(
         10000, ge=1, description="Logged requests kept, per model, for labels arriving later to join."
     )
+    batch_max_records: int = Field(
+        64,
+        ge=1,
+        le=512,
+        description="Logged predictions (and labels) taken from Kafka at once, at most: a batch's "
+        "events for one model are appended in one store transaction, its offsets committed after it.",
+    )
     drift_mode: Literal["calibrated", "evidently"] = Field(
         "calibrated",
         description="calibrated: each feature's threshold is calibrated on the champion's reference for "
