@@ -796,35 +796,38 @@ class MonitorStore:
         """The newest `limit` labelled rows of the current champion, oldest first: (prediction,
         truth, confidence) each."""
         lab, s = tables.labelled_rows, tables.model_states
-        after = sa.select(s.c.labelled_after).where(s.c.model == model).scalar_subquery()
-        with self._read() as db:
-            found = db.execute(
-                sa.select(lab.c.prediction, lab.c.truth, lab.c.confidence)
-                .where(lab.c.model == model, lab.c.id > sa.func.coalesce(after, 0))
-                .order_by(lab.c.id.desc())
-                .limit(limit)
-            ).all()
-        values = np.array(
-            [(r[0], r[1], np.nan if r[2] is None else r[2]) for r in reversed(found)], dtype=np.float64
+        found = self._newest_labelled(
+            model, s.c.labelled_after, (lab.c.prediction, lab.c.truth, lab.c.confidence), limit
         )
+        values = np.array([(r[0], r[1], np.nan if r[2] is None else r[2]) for r in found], dtype=np.float64)
         return values.reshape(-1, 3)
 
     def feedback(self, model: str, limit: int) -> tuple[Matrix, Matrix, int]:
         """Labelled rows not sent as feedback yet, the newest `limit` oldest first: inputs, labels,
         and the id to pass to `feedback_sent` once they are."""
         lab, s = tables.labelled_rows, tables.model_states
-        after = sa.select(s.c.feedback_after).where(s.c.model == model).scalar_subquery()
+        found = self._newest_labelled(
+            model, s.c.feedback_after, (lab.c.id, lab.c.features, lab.c.truth), limit
+        )
+        width = len(found[0][1]) // 8 if found else 0
+        inputs = _matrix([row[1] for row in found], width)
+        return inputs, np.array([row[2] for row in found], dtype=np.float64), found[-1][0] if found else 0
+
+    def _newest_labelled(
+        self, model: str, marker: sa.Column[Any], columns: tuple[sa.Column[Any], ...], limit: int
+    ) -> list[Any]:
+        """The newest `limit` labelled rows of `model` after its state row's `marker` (a labelled
+        row id), oldest first."""
+        lab = tables.labelled_rows
+        after = sa.select(marker).where(tables.model_states.c.model == model).scalar_subquery()
         with self._read() as db:
             found = db.execute(
-                sa.select(lab.c.id, lab.c.features, lab.c.truth)
+                sa.select(*columns)
                 .where(lab.c.model == model, lab.c.id > sa.func.coalesce(after, 0))
                 .order_by(lab.c.id.desc())
                 .limit(limit)
             ).all()
-        found = list(reversed(found))
-        width = len(found[0][1]) // 8 if found else 0
-        inputs = _matrix([row[1] for row in found], width)
-        return inputs, np.array([row[2] for row in found], dtype=np.float64), found[-1][0] if found else 0
+        return list(reversed(found))
 
     def feedback_sent(self, model: str, through: int) -> None:
         s = tables.model_states
